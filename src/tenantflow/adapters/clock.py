@@ -1,0 +1,22 @@
+"""The system clock: wall time for ``now`` and asyncio for sleeping and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AbstractAsyncContextManager
+
+__all__ = ["SystemClock"]
+
+
+class SystemClock:
+    """Wall-clock time (``time.time``) with asyncio sleeps and timeouts."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[None]:
+        return asyncio.timeout(seconds)

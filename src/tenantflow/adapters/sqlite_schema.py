@@ -1,0 +1,107 @@
+"""SQLite schema migrations, applied in order and recorded in ``tf_schema``.
+
+Each migration is a list of statements; a database is brought up to date in one transaction.
+Keep these in step with the PostgreSQL migrations: the same tables, columns and meaning.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+__all__ = ["MIGRATIONS", "migrate", "schema_version"]
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            workflow TEXT NOT NULL,
+            workflow_version TEXT NOT NULL,
+            status TEXT NOT NULL,
+            lane TEXT NOT NULL DEFAULT 'normal',
+            input BLOB NOT NULL,
+            result BLOB,
+            error TEXT,
+            state_version INTEGER NOT NULL DEFAULT 0,
+            state_hash TEXT NOT NULL,
+            idempotency_key TEXT,
+            parent_run_id TEXT,
+            meta TEXT NOT NULL DEFAULT '{}',
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            finished_at REAL
+        )""",
+        "CREATE UNIQUE INDEX runs_idempotency ON runs (tenant_id, idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL",
+        "CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at, id)",
+        "CREATE INDEX runs_active ON runs (status)"
+        " WHERE status IN ('queued', 'running', 'compensating', 'cancelling')",
+        """CREATE TABLE steps (
+            run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            tenant_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempt INTEGER NOT NULL DEFAULT 0,
+            fence INTEGER NOT NULL DEFAULT 0,
+            owner TEXT,
+            lease_expires_at REAL,
+            available_at REAL NOT NULL DEFAULT 0,
+            output BLOB,
+            error TEXT,
+            version INTEGER,
+            started_at REAL,
+            finished_at REAL,
+            PRIMARY KEY (run_id, key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX steps_running ON steps (owner) WHERE status = 'running'",
+        """CREATE TABLE state_versions (
+            run_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            tenant_id TEXT NOT NULL,
+            parent INTEGER,
+            step TEXT,
+            delta BLOB NOT NULL,
+            hash TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (run_id, version)
+        ) WITHOUT ROWID""",
+        # State versions are append-only: an UPDATE is refused by the database itself.
+        """CREATE TRIGGER state_versions_immutable BEFORE UPDATE ON state_versions
+           BEGIN SELECT RAISE(ABORT, 'state versions are immutable'); END""",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            ts REAL NOT NULL,
+            kind TEXT NOT NULL,
+            step TEXT,
+            attempt INTEGER,
+            data TEXT
+        )""",
+        "CREATE INDEX events_run ON events (run_id, id)",
+    ],
+]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS tf_schema (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT MAX(version) FROM tf_schema").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every pending migration in one transaction; returns the resulting version."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = schema_version(conn)
+        for number, statements in enumerate(MIGRATIONS, start=1):
+            if number <= current:
+                continue
+            for sql in statements:
+                conn.execute(sql)
+            conn.execute("INSERT INTO tf_schema (version) VALUES (?)", (number,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(MIGRATIONS)

@@ -1,0 +1,102 @@
+"""Data contracts: pydantic validation at every step boundary.
+
+A :class:`Contract` wraps one type (a pydantic model, ``list[Model]``, ``int``…). Checking a value
+validates it and returns the validated copy together with its canonical JSON, so what reaches a
+downstream step and what is stored are the same validated data. A violation raises
+:class:`~tenantflow.errors.ContractError` naming the step, the field path and the offending value.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pydantic
+from pydantic import BaseModel, TypeAdapter
+
+from tenantflow.errors import ContractError
+
+__all__ = ["Contract", "contract_for"]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "$"
+
+
+class Contract:
+    """Validation and serialisation for one type."""
+
+    __slots__ = ("_adapter", "_is_model", "annotation", "is_any")
+
+    def __init__(self, annotation: Any) -> None:
+        self.annotation = annotation
+        self.is_any = annotation is Any
+        self._adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+        self._is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+    def check(self, value: Any, *, step: str, direction: str) -> tuple[Any, bytes]:
+        """Validate ``value``; returns ``(validated, json_bytes)`` or raises ContractError."""
+        try:
+            if self._is_model and isinstance(value, BaseModel):
+                # Instances may have been built with model_construct or mutated after
+                # validation: re-validate from their data rather than trusting them.
+                value = value.model_dump(mode="python")
+            validated = self._adapter.validate_python(value)
+            return validated, self._adapter.dump_json(validated)
+        except pydantic.ValidationError as exc:
+            raise self._error(exc, step, direction, value) from None
+        except (TypeError, ValueError, pydantic.PydanticSerializationError) as exc:
+            raise ContractError(
+                f"{direction} of step {step!r} is not serialisable: {exc}",
+                step=step,
+                direction=direction,
+                field="$",
+                value=_short(value),
+            ) from None
+
+    def load(self, data: bytes | str, *, step: str, direction: str = "stored output") -> Any:
+        """Rebuild a value from its stored JSON (after a restart)."""
+        try:
+            return self._adapter.validate_json(data)
+        except pydantic.ValidationError as exc:
+            raise self._error(exc, step, direction, data) from None
+
+    def dump(self, value: Any) -> bytes:
+        return self._adapter.dump_json(value)
+
+    def _error(
+        self, exc: pydantic.ValidationError, step: str, direction: str, value: Any
+    ) -> ContractError:
+        first = exc.errors()[0]
+        field = _loc(tuple(first.get("loc", ())))
+        bad = first.get("input", value)
+        return ContractError(
+            f"{direction} of step {step!r} breaks its contract at {field}: {first.get('msg')}"
+            f" (got {_short(bad)})",
+            step=step,
+            direction=direction,
+            field=field,
+            value=_short(bad),
+            errors=len(exc.errors()),
+        )
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@lru_cache(maxsize=4096)
+def _cached(annotation: Any) -> Contract:
+    return Contract(annotation)
+
+
+def contract_for(annotation: Any) -> Contract:
+    """A (cached, when hashable) contract for ``annotation``."""
+    try:
+        return _cached(annotation)
+    except TypeError:  # unhashable annotation
+        return Contract(annotation)

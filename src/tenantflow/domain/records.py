@@ -1,0 +1,323 @@
+"""Stored records and the write commands (ops) every Store applies.
+
+A Store is a small interpreter of these ops: it applies a batch of them in one transaction
+(group commit) and returns one result per op. Every op names its tenant, and every fenced op is
+conditional on the attempt's fencing token and live lease, so a late write from a lost attempt
+changes nothing and answers :data:`STALE`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "STALE",
+    "TERMINAL_RUN",
+    "TERMINAL_STEP",
+    "CreateRun",
+    "CreateResult",
+    "EventRecord",
+    "FailAttempt",
+    "FinishAttempt",
+    "Lease",
+    "NewEvent",
+    "Op",
+    "RecoverOrphans",
+    "RenewLeases",
+    "RunRecord",
+    "RunStatus",
+    "RunUpdate",
+    "StartAttempt",
+    "StateVersionRecord",
+    "StepRecord",
+    "StepStatus",
+    "StepUpdate",
+    "Transition",
+    "next_state_hash",
+]
+
+
+class RunStatus(StrEnum):
+    """Where a run is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_RUN = frozenset(
+    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.COMPENSATED, RunStatus.CANCELLED}
+)
+
+
+class StepStatus(StrEnum):
+    """Where one step (or one fan-out element) is."""
+
+    PENDING = "pending"
+    READY = "ready"
+    RUNNING = "running"
+    MAPPED = "mapped"  # a fan-out step whose elements are running
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+
+
+TERMINAL_STEP = frozenset(
+    {
+        StepStatus.SUCCEEDED,
+        StepStatus.FAILED,
+        StepStatus.SKIPPED,
+        StepStatus.CANCELLED,
+        StepStatus.COMPENSATED,
+        StepStatus.COMPENSATION_FAILED,
+    }
+)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One run as stored."""
+
+    id: str
+    tenant_id: str
+    workflow: str
+    workflow_version: str
+    status: RunStatus
+    input_json: bytes
+    created_at: float
+    updated_at: float
+    lane: str = "normal"
+    state_version: int = 0
+    state_hash: str = ""
+    result_json: bytes | None = None
+    error: str | None = None
+    idempotency_key: str | None = None
+    parent_run_id: str | None = None
+    finished_at: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step (or fan-out element) of a run as stored."""
+
+    run_id: str
+    tenant_id: str
+    key: str
+    status: StepStatus
+    attempt: int = 0
+    fence: int = 0
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    available_at: float = 0.0
+    output_json: bytes | None = None
+    error: str | None = None
+    version: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(slots=True)
+class StateVersionRecord:
+    """An immutable state version: the delta one step added on top of its parent."""
+
+    run_id: str
+    tenant_id: str
+    version: int
+    parent: int | None
+    step: str | None
+    delta_json: bytes
+    hash: str
+    created_at: float
+
+
+@dataclass(slots=True)
+class EventRecord:
+    """One entry of a run's execution log."""
+
+    id: int
+    tenant_id: str
+    run_id: str
+    ts: float
+    kind: str
+    step: str | None
+    attempt: int | None
+    data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class NewEvent:
+    """An event to append with an op."""
+
+    kind: str
+    step: str | None = None
+    attempt: int | None = None
+    data: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class StepUpdate:
+    """Set a step's status (and optionally more). ``create`` inserts a new row (fan-out)."""
+
+    key: str
+    status: StepStatus
+    available_at: float | None = None
+    output_json: bytes | None = None
+    error: str | None = None
+    create: bool = False
+    # A state-version delta this update appends (a gathered fan-out output).
+    delta_json: bytes | None = None
+
+
+@dataclass(slots=True)
+class RunUpdate:
+    """Set a run's status, and its result or error when it ends."""
+
+    status: RunStatus
+    result_json: bytes | None = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Lease:
+    """A claimed attempt: the fencing token every later write of it must present."""
+
+    fence: int
+    attempt: int
+    lease_expires_at: float
+
+
+class _Stale:
+    """The op's fencing condition failed: the attempt had lost its lease."""
+
+    def __repr__(self) -> str:
+        return "STALE"
+
+
+STALE: Any = _Stale()
+
+
+@dataclass(slots=True)
+class CreateRun:
+    """Insert a run, its step rows, state version 0 (the input) and its first events.
+
+    With an idempotency key already used by this tenant, nothing is written and the existing
+    run's id is returned.
+    """
+
+    run: RunRecord
+    steps: list[StepRecord]
+    events: list[NewEvent]
+
+
+@dataclass(slots=True)
+class CreateResult:
+    run_id: str
+    created: bool
+
+
+@dataclass(slots=True)
+class StartAttempt:
+    """Claim a step: READY and due, or RUNNING with an expired lease. Result: Lease or None."""
+
+    tenant_id: str
+    run_id: str
+    key: str
+    owner: str
+    now: float
+    lease_until: float
+
+
+@dataclass(slots=True)
+class FinishAttempt:
+    """Record a successful attempt (fenced). Result: the new state version, or STALE.
+
+    ``delta_json`` (when given) appends the next state version; ``then`` carries the follow-on
+    transitions decided from the output (ready, skipped, run completed) so that they commit in
+    the same transaction as the completion.
+    """
+
+    tenant_id: str
+    run_id: str
+    key: str
+    fence: int
+    now: float
+    output_json: bytes
+    delta_json: bytes | None
+    then: Transition
+
+
+@dataclass(slots=True)
+class FailAttempt:
+    """Record a failed attempt (fenced): retry at ``retry_at`` or fail for good. Result: True or STALE."""
+
+    tenant_id: str
+    run_id: str
+    key: str
+    fence: int
+    now: float
+    error: str
+    retry_at: float | None
+    then: Transition
+
+
+@dataclass(slots=True)
+class Transition:
+    """Unfenced changes to one run: step updates, a run update and events."""
+
+    tenant_id: str
+    run_id: str
+    now: float
+    steps: list[StepUpdate] = field(default_factory=list)
+    run: RunUpdate | None = None
+    events: list[NewEvent] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RenewLeases:
+    """Extend every live lease of ``owner``. Result: keys (run_id, key) whose lease had expired."""
+
+    owner: str
+    now: float
+    lease_until: float
+
+
+@dataclass(slots=True)
+class RecoverOrphans:
+    """Make every RUNNING attempt claimable again (its owner is known to be dead). Result: count."""
+
+    now: float
+    owners: tuple[str, ...] | None = None  # None: every owner (an exclusive embedded engine)
+
+
+Op = (
+    CreateRun
+    | StartAttempt
+    | FinishAttempt
+    | FailAttempt
+    | Transition
+    | RenewLeases
+    | RecoverOrphans
+)
+
+
+def next_state_hash(parent_hash: str, version: int, step: str | None, delta_json: bytes) -> str:
+    """Hash chain over the state history: each version commits to its parent's hash."""
+    h = hashlib.sha256()
+    h.update(parent_hash.encode())
+    h.update(b"|%d|" % version)
+    h.update((step or "").encode())
+    h.update(b"|")
+    h.update(delta_json)
+    return h.hexdigest()

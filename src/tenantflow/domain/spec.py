@@ -1,0 +1,286 @@
+"""Workflow specifications: a versioned DAG of steps, checked when it is defined.
+
+A :class:`WorkflowSpec` is pure data plus the step callables. It is validated as a whole
+(duplicate names, unknown dependencies, cycles, parameters that match no upstream output) so
+that a bad workflow fails at import time with a :class:`~tenantflow.errors.SpecError`, never
+half-way through a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+from tenantflow.errors import ConfigurationError, SpecError
+
+__all__ = [
+    "Param",
+    "Predicate",
+    "Retry",
+    "StepSpec",
+    "WorkflowSpec",
+    "child_key",
+    "parse_key",
+]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,99}$")
+
+StepFn = Callable[..., Awaitable[Any]]
+ParamSource = Literal["input", "step", "item"]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """When and how a failed step attempt is tried again.
+
+    Delays grow exponentially from ``initial`` by ``multiplier`` up to ``max_interval``; each is
+    spread by ``jitter`` (a fraction: 0.2 means ±20 %) so retries of many runs do not arrive in
+    lock-step. An error retries if it is an instance of ``retry_on`` and not of ``no_retry_on``.
+    """
+
+    max_attempts: int = 3
+    initial: timedelta = timedelta(milliseconds=200)
+    multiplier: float = 2.0
+    max_interval: timedelta = timedelta(seconds=30)
+    jitter: float = 0.2
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    no_retry_on: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError(
+                "Retry.max_attempts must be at least 1",
+                field="max_attempts",
+                value=self.max_attempts,
+            )
+        if self.multiplier < 1.0:
+            raise ConfigurationError(
+                "Retry.multiplier must be >= 1", field="multiplier", value=self.multiplier
+            )
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ConfigurationError(
+                "Retry.jitter must be within [0, 1]", field="jitter", value=self.jitter
+            )
+        if self.initial < timedelta(0) or self.max_interval < timedelta(0):
+            raise ConfigurationError("Retry intervals must not be negative", field="initial")
+
+    def should_retry(self, attempt: int, error: BaseException) -> bool:
+        """Whether ``attempt`` (1-based, the one that just failed) may be followed by another."""
+        if attempt >= self.max_attempts:
+            return False
+        if self.no_retry_on and isinstance(error, self.no_retry_on):
+            return False
+        return isinstance(error, self.retry_on)
+
+    def delay_s(self, attempt: int, rand: float) -> float:
+        """Backoff before the attempt after ``attempt``; ``rand`` is uniform in [0, 1)."""
+        base = self.initial.total_seconds() * self.multiplier ** max(0, attempt - 1)
+        base = min(base, self.max_interval.total_seconds())
+        return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One parameter of a step or predicate, and where its value comes from."""
+
+    name: str
+    source: ParamSource
+    step: str | None = None
+    annotation: Any = Any
+    has_default: bool = False
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Predicate:
+    """A condition on upstream outputs: the step runs only if it returns true."""
+
+    fn: Callable[..., Any]
+    params: tuple[Param, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One node of a workflow.
+
+    Attributes:
+        name: unique within the workflow.
+        fn: the async callable; its first parameter is the :class:`StepContext`.
+        deps: names of the steps that must finish first.
+        params: the remaining parameters, each bound to the workflow input, an upstream output,
+            or (for a fan-out step) one element of the mapped list.
+        output_type: the output contract (a type pydantic can validate).
+        when: optional predicate; false means the step is recorded as skipped.
+        fan_out: name of the parameter mapped over; the step runs once per element and its
+            output is the list of results, in order.
+        optional: a failure for good does not fail the run; dependents get their default.
+    """
+
+    name: str
+    fn: StepFn
+    deps: tuple[str, ...]
+    params: tuple[Param, ...]
+    output_type: Any = Any
+    when: Predicate | None = None
+    fan_out: str | None = None
+    optional: bool = False
+    retry: Retry = field(default_factory=Retry)
+    timeout_s: float | None = None
+    compensate: Callable[..., Awaitable[Any]] | None = None
+    circuit: str | None = None
+    kind: str = "function"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def child_key(name: str, index: int) -> str:
+    """The key of element ``index`` of a fan-out step."""
+    return f"{name}[{index}]"
+
+
+def parse_key(key: str) -> tuple[str, int | None]:
+    """Split a step key into its step name and fan-out index (None for a plain step)."""
+    if key.endswith("]") and "[" in key:
+        name, _, rest = key.partition("[")
+        return name, int(rest[:-1])
+    return key, None
+
+
+class WorkflowSpec:
+    """A named, versioned DAG of :class:`StepSpec`, validated on construction."""
+
+    __slots__ = (
+        "_by_name",
+        "dependents",
+        "fingerprint",
+        "input_type",
+        "name",
+        "sinks",
+        "steps",
+        "version",
+    )
+
+    def __init__(self, name: str, version: str, input_type: Any, steps: Sequence[StepSpec]) -> None:
+        if not _NAME.match(name):
+            raise SpecError(
+                f"workflow name {name!r} is invalid: use letters, digits, '_' or '-'",
+                workflow=name,
+            )
+        self.name = name
+        self.version = str(version)
+        self.input_type = input_type
+        by_name: dict[str, StepSpec] = {}
+        for step in steps:
+            if not _NAME.match(step.name):
+                raise SpecError(
+                    f"step name {step.name!r} is invalid: use letters, digits, '_' or '-'",
+                    workflow=name,
+                    step=step.name,
+                )
+            if step.name in by_name:
+                raise SpecError(
+                    f"workflow {name!r} defines step {step.name!r} twice",
+                    workflow=name,
+                    step=step.name,
+                )
+            by_name[step.name] = step
+        if not by_name:
+            raise SpecError(f"workflow {name!r} has no steps", workflow=name)
+        self._by_name = by_name
+        self._check_references()
+        self.steps: tuple[StepSpec, ...] = tuple(self._topological_order())
+        dependents: dict[str, list[str]] = {s.name: [] for s in self.steps}
+        for step in self.steps:
+            for dep in step.deps:
+                dependents[dep].append(step.name)
+        self.dependents: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in dependents.items()}
+        self.sinks: tuple[str, ...] = tuple(s.name for s in self.steps if not dependents[s.name])
+        self.fingerprint = self._fingerprint()
+
+    def step(self, name: str) -> StepSpec:
+        """The step called ``name``; :class:`SpecError` if there is none."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SpecError(
+                f"workflow {self.name!r} has no step {name!r}", workflow=self.name, step=name
+            ) from None
+
+    def has_step(self, name: str) -> bool:
+        return name in self._by_name
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.steps if not s.deps)
+
+    def _check_references(self) -> None:
+        for step in self._by_name.values():
+            for dep in step.deps:
+                if dep not in self._by_name:
+                    raise SpecError(
+                        f"step {step.name!r} depends on unknown step {dep!r}",
+                        workflow=self.name,
+                        step=step.name,
+                        dependency=dep,
+                    )
+                if dep == step.name:
+                    raise SpecError(
+                        f"step {step.name!r} depends on itself", workflow=self.name, step=step.name
+                    )
+            params = list(step.params) + list(step.when.params if step.when else ())
+            for p in params:
+                if p.source == "step" and p.step not in step.deps:
+                    raise SpecError(
+                        f"parameter {p.name!r} of step {step.name!r} reads step {p.step!r},"
+                        " which is not among its dependencies",
+                        workflow=self.name,
+                        step=step.name,
+                        parameter=p.name,
+                    )
+            if step.fan_out is not None:
+                matched = [p for p in step.params if p.name == step.fan_out]
+                if not matched:
+                    raise SpecError(
+                        f"step {step.name!r} fans out over {step.fan_out!r}, which is not one"
+                        " of its parameters",
+                        workflow=self.name,
+                        step=step.name,
+                        parameter=step.fan_out,
+                    )
+
+    def _topological_order(self) -> list[StepSpec]:
+        # Kahn's algorithm, stable in declaration order so the order is reproducible.
+        indegree = {name: len(s.deps) for name, s in self._by_name.items()}
+        children: dict[str, list[str]] = {name: [] for name in self._by_name}
+        for s in self._by_name.values():
+            for dep in s.deps:
+                children[dep].append(s.name)
+        order: list[StepSpec] = []
+        ready = [name for name in self._by_name if indegree[name] == 0]
+        while ready:
+            name = ready.pop(0)
+            order.append(self._by_name[name])
+            for child in children[name]:
+                indegree[child] -= 1
+                if indegree[child] == 0:
+                    ready.append(child)
+        if len(order) != len(self._by_name):
+            cyclic = sorted(n for n, d in indegree.items() if d > 0)
+            raise SpecError(
+                f"workflow {self.name!r} has a dependency cycle through {', '.join(cyclic)}",
+                workflow=self.name,
+                steps=",".join(cyclic),
+            )
+        return order
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for s in self.steps:
+            h.update(
+                f"{s.name}|{','.join(s.deps)}|{s.fan_out}|{s.optional}|{s.kind}|"
+                f"{getattr(s.fn, '__qualname__', '')}\n".encode()
+            )
+        return h.hexdigest()[:16]

@@ -1,0 +1,660 @@
+"""The executing core: active runs in memory, slots, attempts, retries, sagas, recovery.
+
+Every transition is written through the :class:`~tenantflow.engine.writer.Writer` and acted on
+only after it commits. The store stays the source of truth: memory mirrors it for speed and is
+rebuilt from it after a restart. Transitions of one run are serialised by the run's lock, so two
+parallel branches finishing together both see each other's completion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenantflow.domain.breaker import CircuitBreaker
+from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.records import (
+    STALE,
+    TERMINAL_RUN,
+    TERMINAL_STEP,
+    FailAttempt,
+    FinishAttempt,
+    NewEvent,
+    RecoverOrphans,
+    RenewLeases,
+    RunRecord,
+    RunStatus,
+    RunUpdate,
+    StartAttempt,
+    StepRecord,
+    StepStatus,
+    StepUpdate,
+    Transition,
+)
+from tenantflow.domain.run import MISSING, Plan, advance, bind, compensation_order, run_result
+from tenantflow.domain.spec import StepSpec, WorkflowSpec, child_key, parse_key
+from tenantflow.engine.context import StepContext
+from tenantflow.engine.writer import Writer
+from tenantflow.errors import CircuitOpenError, StepTimeoutError, TenantflowError
+from tenantflow.ports import Clock, Store
+
+__all__ = ["Active", "Runtime"]
+
+log = logging.getLogger("tenantflow.engine")
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 2000 else text[:1999] + "…"
+
+
+def delta_bytes(name: str, output_json: bytes) -> bytes:
+    return b"{" + json.dumps(name).encode() + b":" + output_json + b"}"
+
+
+@dataclass(slots=True, eq=False)
+class Active:
+    """An unfinished run as the engine holds it in memory."""
+
+    id: str
+    tenant_id: str
+    lane: str
+    spec: WorkflowSpec
+    input: Any
+    status: RunStatus
+    statuses: dict[str, StepStatus]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    jsons: dict[str, bytes] = field(default_factory=dict)
+    versions: dict[str, int | None] = field(default_factory=dict)
+    children: dict[str, int] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    executing: set[str] = field(default_factory=set)
+    lost: set[str] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    error: str | None = None
+
+
+class Runtime:
+    """Drives active runs on one store. Owned by :class:`~tenantflow.engine.engine.Engine`."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        *,
+        owner: str,
+        slots: int,
+        lease_s: float,
+        breaker_threshold: int,
+        breaker_cooldown_s: float,
+        rng: random.Random,
+        on_finish: Callable[[Active, RunStatus, Any], None],
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.owner = owner
+        self.slots = slots
+        self.lease_s = lease_s
+        self.writer = Writer(store)
+        self.active: dict[str, Active] = {}
+        self._free = slots
+        self._ready: deque[tuple[Active, str]] = deque()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breaker_threshold = breaker_threshold
+        self._breaker_cooldown_s = breaker_cooldown_s
+        self._rng = rng
+        self._on_finish = on_finish
+        self._background: set[asyncio.Task[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.closing = False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.writer.start()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="tenantflow-heartbeat")
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        tasks = [t for run in self.active.values() for t in run.tasks.values()]
+        tasks.extend(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._heartbeat is not None:
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await self.writer.close()
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        b = self._breakers.get(name)
+        if b is None:
+            b = CircuitBreaker(name, self._breaker_threshold, self._breaker_cooldown_s)
+            self._breakers[name] = b
+        return b
+
+    def spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def enqueue(self, run: Active, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._ready.append((run, key))
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._free > 0 and self._ready and not self.closing:
+            run, key = self._ready.popleft()
+            if run.status != RunStatus.RUNNING or key in run.tasks:
+                continue
+            self._free -= 1
+            run.tasks[key] = asyncio.create_task(self._attempt(run, key), name=f"{run.id}:{key}")
+
+    def _release_slot(self) -> None:
+        self._free += 1
+        self._pump()
+
+    def enqueue_later(self, run: Active, key: str, delay_s: float) -> None:
+        async def later() -> None:
+            await self.clock.sleep(delay_s)
+            self.enqueue(run, [key])
+
+        self.spawn(later(), f"retry:{run.id}:{key}")
+
+    # -- one attempt --------------------------------------------------------------------------
+
+    async def _attempt(self, run: Active, key: str) -> None:
+        slot_held = True
+        try:
+            now = self.clock.now()
+            lease = await self.writer.write(
+                StartAttempt(run.tenant_id, run.id, key, self.owner, now, now + self.lease_s)
+            )
+            if lease is None:
+                return
+            name, index = parse_key(key)
+            step = run.spec.step(name)
+            ctx = StepContext(
+                run.id, run.tenant_id, run.spec.name, key, lease.attempt, f"{run.id}:{key}", self
+            )
+            run.executing.add(key)
+            try:
+                value, output_json = await self._execute(run, step, index, ctx)
+                error: BaseException | None = None
+            except asyncio.CancelledError:
+                if self.closing:
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                error = asyncio.CancelledError()
+            except Exception as exc:
+                error = exc
+            finally:
+                run.executing.discard(key)
+            slot_held = False
+            self._release_slot()
+            if key in run.lost:  # our lease was lost mid-flight: the step is claimed again
+                run.lost.discard(key)
+                self.enqueue(run, [key])
+                return
+            async with run.lock:
+                if error is None:
+                    await self._succeeded(run, step, key, index, lease.fence, value, output_json, ctx)
+                else:
+                    await self._failed(run, step, key, index, lease.fence, lease.attempt, error, ctx)
+        finally:
+            if slot_held:
+                self._release_slot()
+            run.tasks.pop(key, None)
+
+    async def _execute(
+        self, run: Active, step: StepSpec, index: int | None, ctx: StepContext
+    ) -> tuple[Any, bytes]:
+        item = MISSING
+        if index is not None and step.fan_out is not None:
+            item = self._fan_out_items(run, step)[index]
+        args = bind(step.params, run.input, run.outputs, item, step.fan_out)
+        if args is None:  # cannot happen for a step made ready by advance(); guard anyway
+            raise TenantflowError(f"step {step.name!r} is missing an upstream output")
+        for p in step.params:
+            if p.source == "step" and p.step is not None and p.name in args:
+                upstream = run.spec.step(p.step).output_type
+                annotation = p.annotation
+                if p.name == step.fan_out and index is not None:
+                    args[p.name], _ = contract_for(annotation).check(
+                        args[p.name], step=ctx.step, direction=f"input {p.name!r}"
+                    )
+                elif annotation is not Any and annotation != upstream and args[p.name] is not None:
+                    args[p.name], _ = contract_for(annotation).check(
+                        args[p.name], step=ctx.step, direction=f"input {p.name!r}"
+                    )
+        breaker = self.breaker(step.circuit) if step.circuit else None
+        if breaker is not None and not breaker.allow(self.clock.now()):
+            raise CircuitOpenError(
+                f"circuit {step.circuit!r} is open",
+                dependency=step.circuit,
+                retry_after_s=breaker.retry_after_s(self.clock.now()),
+            )
+        try:
+            if step.timeout_s is not None:
+                try:
+                    async with self.clock.timeout(step.timeout_s):
+                        raw = await step.fn(ctx, **args)
+                except TimeoutError:
+                    raise StepTimeoutError(
+                        f"step {ctx.step!r} timed out after {step.timeout_s:g}s",
+                        step=ctx.step,
+                        timeout_s=step.timeout_s,
+                    ) from None
+            else:
+                raw = await step.fn(ctx, **args)
+        except Exception:
+            if breaker is not None:
+                breaker.record_failure(self.clock.now())
+            raise
+        if breaker is not None:
+            breaker.record_success(self.clock.now())
+        return contract_for(step.output_type).check(raw, step=ctx.step, direction="output")
+
+    def _fan_out_items(self, run: Active, step: StepSpec) -> list[Any]:
+        args = bind(step.params, run.input, run.outputs) or {}
+        return list(args[step.fan_out or ""])
+
+    # -- outcomes -----------------------------------------------------------------------------
+
+    async def _succeeded(
+        self,
+        run: Active,
+        step: StepSpec,
+        key: str,
+        index: int | None,
+        fence: int,
+        value: Any,
+        output_json: bytes,
+        ctx: StepContext,
+    ) -> None:
+        now = self.clock.now()
+        then = Transition(run.tenant_id, run.id, now, events=self._notes(key, ctx))
+        statuses = dict(run.statuses)
+        statuses[key] = StepStatus.SUCCEEDED
+        outputs = run.outputs
+        plan = Plan()
+        gathered_json: bytes | None = None
+        settled: str | None = key
+        if index is not None:
+            n = run.children[step.name]
+            done = all(
+                statuses.get(child_key(step.name, i)) == StepStatus.SUCCEEDED for i in range(n)
+            )
+            settled = None
+            if done and run.status == RunStatus.RUNNING:
+                jsons = [output_json if i == index else run.jsons[child_key(step.name, i)] for i in range(n)]
+                gathered_json = b"[" + b",".join(jsons) + b"]"
+                statuses[step.name] = StepStatus.SUCCEEDED
+                then.steps.append(
+                    StepUpdate(
+                        step.name,
+                        StepStatus.SUCCEEDED,
+                        output_json=gathered_json,
+                        delta_json=delta_bytes(step.name, gathered_json),
+                    )
+                )
+                then.events.append(NewEvent("step.gathered", step.name, None, {"elements": n}))
+                settled = step.name
+        if settled is not None and run.status == RunStatus.RUNNING:
+            trial = dict(outputs)
+            trial[key] = value
+            if settled != key:
+                trial[settled] = [
+                    value if i == index else outputs[child_key(step.name, i)]
+                    for i in range(run.children[step.name])
+                ]
+            plan = advance(run.spec, statuses, trial, run.input, changed=[settled])
+            self._plan_to_transition(run, plan, then, trial)
+        delta = delta_bytes(key, output_json) if index is None else None
+        result = await self.writer.write(
+            FinishAttempt(run.tenant_id, run.id, key, fence, now, output_json, delta, then)
+        )
+        if result is STALE:
+            log.warning("late result of %s/%s refused (lease lost)", run.id, key)
+            self.enqueue(run, [key])
+            return
+        run.statuses[key] = StepStatus.SUCCEEDED
+        run.outputs[key] = value
+        run.jsons[key] = output_json
+        if index is None:
+            run.versions[key] = result
+        elif gathered_json is not None:
+            run.statuses[step.name] = StepStatus.SUCCEEDED
+            run.outputs[step.name] = [
+                run.outputs[child_key(step.name, i)] for i in range(run.children[step.name])
+            ]
+            run.jsons[step.name] = gathered_json
+        self._apply_plan(run, plan)
+
+    def _plan_to_transition(self, run: Active, plan: Plan, then: Transition, outputs: dict[str, Any]) -> None:
+        for key in plan.ready:
+            then.steps.append(StepUpdate(key, StepStatus.READY))
+        for key, reason in plan.skipped:
+            then.steps.append(StepUpdate(key, StepStatus.SKIPPED))
+            then.events.append(NewEvent("step.skipped", key, None, {"reason": reason}))
+        for key, n in plan.mapped:
+            then.steps.append(StepUpdate(key, StepStatus.MAPPED))
+            then.steps.extend(
+                StepUpdate(child_key(key, i), StepStatus.READY, create=True) for i in range(n)
+            )
+            then.events.append(NewEvent("step.mapped", key, None, {"elements": n}))
+        for key in plan.gathered:  # an empty fan-out: its output is []
+            then.steps.append(
+                StepUpdate(key, StepStatus.SUCCEEDED, output_json=b"[]", delta_json=delta_bytes(key, b"[]"))
+            )
+        for key, reason in plan.failed:
+            then.steps.append(StepUpdate(key, StepStatus.FAILED, error=reason))
+            then.events.append(NewEvent("step.failed", key, None, {"error": reason}))
+        fatal = [k for k, _ in plan.failed if not run.spec.step(k).optional]
+        if fatal:
+            run.error = f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}"
+            then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
+            then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
+        elif plan.completed:
+            result = run_result(run.spec, outputs)
+            then.run = RunUpdate(RunStatus.COMPLETED, result_json=self._result_json(run.spec, result))
+            then.events.append(NewEvent("run.completed"))
+
+    def _result_json(self, spec: WorkflowSpec, result: Any) -> bytes:
+        if len(spec.sinks) == 1:
+            sink = spec.step(spec.sinks[0])
+            if result is None:
+                return b"null"
+            return contract_for(list[sink.output_type] if sink.fan_out else sink.output_type).dump(result)
+        parts = {n: json.loads(self._result_json_one(spec, n, v)) for n, v in result.items()}
+        return json.dumps(parts).encode()
+
+    def _result_json_one(self, spec: WorkflowSpec, name: str, value: Any) -> bytes:
+        sink = spec.step(name)
+        if value is None:
+            return b"null"
+        return contract_for(list[sink.output_type] if sink.fan_out else sink.output_type).dump(value)
+
+    def _apply_plan(self, run: Active, plan: Plan) -> None:
+        for key, status in plan.statuses().items():
+            run.statuses[key] = status
+        for key, n in plan.mapped:
+            run.children[key] = n
+        for key in plan.gathered:
+            run.outputs[key] = []
+            run.jsons[key] = b"[]"
+        if any(not run.spec.step(k).optional for k, _ in plan.failed):
+            run.status = RunStatus.COMPENSATING
+            self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+            return
+        if plan.completed:
+            run.status = RunStatus.COMPLETED
+            self._finish(run, RunStatus.COMPLETED, run_result(run.spec, run.outputs))
+            return
+        ready = list(plan.ready)
+        for key, n in plan.mapped:
+            ready.extend(child_key(key, i) for i in range(n))
+        self.enqueue(run, ready)
+
+    async def _failed(
+        self,
+        run: Active,
+        step: StepSpec,
+        key: str,
+        index: int | None,
+        fence: int,
+        attempt: int,
+        error: BaseException,
+        ctx: StepContext,
+    ) -> None:
+        now = self.clock.now()
+        cancelled = isinstance(error, asyncio.CancelledError)
+        description = "cancelled" if cancelled else _describe(error)
+        then = Transition(run.tenant_id, run.id, now, events=self._notes(key, ctx))
+        if cancelled or run.status != RunStatus.RUNNING:
+            then.steps.append(StepUpdate(key, StepStatus.CANCELLED))
+            result = await self.writer.write(
+                FailAttempt(run.tenant_id, run.id, key, fence, now, description, None, then)
+            )
+            if result is not STALE:
+                run.statuses[key] = StepStatus.CANCELLED
+            return
+        if step.retry.should_retry(attempt, error):
+            delay = step.retry.delay_s(attempt, self._rng.random())
+            if isinstance(error, CircuitOpenError):
+                delay = max(delay, float(error.fields.get("retry_after_s", 0.0)))
+            result = await self.writer.write(
+                FailAttempt(run.tenant_id, run.id, key, fence, now, description, now + delay, then)
+            )
+            if result is STALE:
+                self.enqueue(run, [key])
+                return
+            run.statuses[key] = StepStatus.READY
+            self.enqueue_later(run, key, delay)
+            return
+        # Failed for good.
+        failing = step.name if index is not None else key
+        statuses = dict(run.statuses)
+        statuses[key] = StepStatus.FAILED
+        if index is not None:
+            statuses[step.name] = StepStatus.FAILED
+            then.steps.append(StepUpdate(step.name, StepStatus.FAILED, error=description))
+        plan = Plan()
+        if step.optional:
+            plan = advance(run.spec, statuses, run.outputs, run.input, changed=[failing])
+            self._plan_to_transition(run, plan, then, run.outputs)
+        else:
+            run.error = f"step {key!r} failed: {description}"
+            then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
+            then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
+        result = await self.writer.write(
+            FailAttempt(run.tenant_id, run.id, key, fence, now, description, None, then)
+        )
+        if result is STALE:
+            self.enqueue(run, [key])
+            return
+        run.statuses[key] = StepStatus.FAILED
+        if index is not None:
+            run.statuses[step.name] = StepStatus.FAILED
+        if step.optional:
+            self._apply_plan(run, plan)
+        else:
+            run.status = RunStatus.COMPENSATING
+            self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+
+    def _notes(self, key: str, ctx: StepContext) -> list[NewEvent]:
+        return [NewEvent("step.log", key, ctx.attempt, note) for note in ctx.notes]
+
+    # -- failure, cancellation and compensation (the saga) -------------------------------------
+
+    async def cancel(self, run: Active, reason: str) -> None:
+        async with run.lock:
+            if run.status != RunStatus.RUNNING:
+                return
+            run.status = RunStatus.CANCELLING
+            run.error = reason
+            await self.writer.write(
+                Transition(
+                    run.tenant_id,
+                    run.id,
+                    self.clock.now(),
+                    run=RunUpdate(RunStatus.CANCELLING, error=reason),
+                    events=[NewEvent("run.cancelling", None, None, {"reason": reason})],
+                )
+            )
+        self.spawn(self._unwind(run, cancel=True), f"unwind:{run.id}")
+
+    async def _unwind(self, run: Active, *, cancel: bool) -> None:
+        """Stop the run's other steps, then compensate its completed steps in reverse order."""
+        for key in list(run.executing):
+            task = run.tasks.get(key)
+            if task is not None:
+                task.cancel()
+        pending = [t for t in run.tasks.values() if t is not asyncio.current_task()]
+        await asyncio.gather(*pending, return_exceptions=True)
+        async with run.lock:
+            now = self.clock.now()
+            leftover = [
+                k for k, s in run.statuses.items() if s not in TERMINAL_STEP and s != StepStatus.MAPPED
+            ]
+            mapped = [k for k, s in run.statuses.items() if s == StepStatus.MAPPED]
+            if leftover or mapped:
+                await self.writer.write(
+                    Transition(
+                        run.tenant_id,
+                        run.id,
+                        now,
+                        steps=[StepUpdate(k, StepStatus.CANCELLED) for k in leftover + mapped],
+                        events=[NewEvent("step.cancelled", k) for k in leftover + mapped],
+                    )
+                )
+                for k in leftover + mapped:
+                    run.statuses[k] = StepStatus.CANCELLED
+        order = compensation_order(run.spec, run.statuses, run.versions)
+        all_ok = True
+        for name in order:
+            ok = await self._compensate(run, run.spec.step(name))
+            all_ok = all_ok and ok
+        if cancel:
+            final = RunStatus.CANCELLED
+        elif order and all_ok:
+            final = RunStatus.COMPENSATED
+        else:
+            final = RunStatus.FAILED
+        error = run.error
+        if not all_ok:
+            error = f"{run.error}; a compensation failed"
+        await self.writer.write(
+            Transition(
+                run.tenant_id,
+                run.id,
+                self.clock.now(),
+                run=RunUpdate(final, error=error),
+                events=[NewEvent(f"run.{final.value}", None, None, {"error": error})],
+            )
+        )
+        run.status = final
+        run.error = error
+        self._finish(run, final, None)
+
+    async def _compensate(self, run: Active, step: StepSpec) -> bool:
+        assert step.compensate is not None
+        for attempt in range(1, step.retry.max_attempts + 1):
+            ctx = StepContext(
+                run.id, run.tenant_id, run.spec.name, step.name, attempt, f"{run.id}:{step.name}:compensate", self
+            )
+            try:
+                await step.compensate(ctx, run.outputs.get(step.name))
+            except Exception as exc:
+                error = _describe(exc)
+                if attempt < step.retry.max_attempts:
+                    await self.clock.sleep(step.retry.delay_s(attempt, self._rng.random()))
+                    continue
+                status, kind, data = StepStatus.COMPENSATION_FAILED, "step.compensation_failed", {"error": error}
+            else:
+                status, kind, data = StepStatus.COMPENSATED, "step.compensated", {}
+            await self.writer.write(
+                Transition(
+                    run.tenant_id,
+                    run.id,
+                    self.clock.now(),
+                    steps=[StepUpdate(step.name, status)],
+                    events=[NewEvent(kind, step.name, attempt, data)],
+                )
+            )
+            run.statuses[step.name] = status
+            return status == StepStatus.COMPENSATED
+        return False
+
+    def _finish(self, run: Active, status: RunStatus, result: Any) -> None:
+        self.active.pop(run.id, None)
+        self._on_finish(run, status, result)
+
+    # -- leases and recovery ------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.05, self.lease_s / 3.0)
+        while True:
+            await self.clock.sleep(interval)
+            try:
+                await self.renew_leases()
+            except TenantflowError as exc:  # the store is down: leases will lapse; keep trying
+                log.warning("lease renewal failed: %s", exc)
+
+    async def renew_leases(self) -> list[tuple[str, str]]:
+        """Extend our live leases; cancel and re-queue the attempts whose lease had lapsed."""
+        now = self.clock.now()
+        lost = await self.writer.write(RenewLeases(self.owner, now, now + self.lease_s))
+        for run_id, key in lost:
+            run = self.active.get(run_id)
+            if run is None:
+                continue
+            run.lost.add(key)
+            task = run.tasks.get(key)
+            if task is not None and key in run.executing:
+                task.cancel()
+        return list(lost)
+
+    async def recover(self, specs: Callable[[str, str], WorkflowSpec | None]) -> list[RunRecord]:
+        """Load every unfinished run and resume it; returns runs whose spec is not registered."""
+        if self.store.exclusive:
+            await self.writer.write(RecoverOrphans(self.clock.now()))
+        parked: list[RunRecord] = []
+        for record, steps in await self.store.active_runs():
+            spec = specs(record.workflow, record.workflow_version)
+            if spec is None:
+                parked.append(record)
+                continue
+            self.resume(record, steps, spec)
+        return parked
+
+    def resume(self, record: RunRecord, steps: list[StepRecord], spec: WorkflowSpec) -> Active:
+        value = contract_for(spec.input_type).load(record.input_json, step="<input>", direction="input")
+        run = Active(
+            record.id,
+            record.tenant_id,
+            record.lane,
+            spec,
+            value,
+            record.status,
+            {s.key: s.status for s in steps},
+            error=record.error,
+        )
+        for s in steps:
+            name, index = parse_key(s.key)
+            run.versions[s.key] = s.version
+            if index is not None:
+                run.children[name] = max(run.children.get(name, 0), index + 1)
+            if s.output_json is not None and s.status in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED):
+                step = spec.step(name)
+                annotation = list[step.output_type] if step.fan_out and index is None else step.output_type
+                run.outputs[s.key] = contract_for(annotation).load(s.output_json, step=s.key)
+                run.jsons[s.key] = s.output_json
+        self.active[run.id] = run
+        if run.status == RunStatus.RUNNING:
+            now = self.clock.now()
+            for s in steps:
+                if s.status == StepStatus.READY:
+                    if s.available_at > now:
+                        self.enqueue_later(run, s.key, s.available_at - now)
+                    else:
+                        self.enqueue(run, [s.key])
+                elif s.status == StepStatus.RUNNING:  # another owner's lease: claim when it lapses
+                    self.enqueue_later(run, s.key, max(0.0, (s.lease_expires_at or now) - now))
+        elif run.status in (RunStatus.COMPENSATING, RunStatus.CANCELLING):
+            self.spawn(self._unwind(run, cancel=run.status == RunStatus.CANCELLING), f"unwind:{run.id}")
+        elif run.status in TERMINAL_RUN:
+            self.active.pop(run.id, None)
+        return run

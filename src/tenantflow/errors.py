@@ -1,0 +1,195 @@
+"""The whole tenantflow error tree.
+
+Every error the library raises on purpose derives from :class:`TenantflowError`, carries a stable
+machine-readable ``code`` and structured fields (``err.fields``), and its class docstring is the
+default message::
+
+    TenantflowError
+    ├── ConfigurationError          bad settings, URL or option
+    ├── SpecError                   an invalid WorkflowSpec (cycle, unknown step, unmatched parameter)
+    ├── ContractError               a value broke a step's or a workflow's data contract
+    ├── NotFoundError               no such run / workflow / tenant / version (for *this* tenant)
+    ├── ConflictError               the write lost a race or contradicts what is stored
+    │   └── StaleAttemptError       a step attempt whose lease was lost tried to commit (fencing)
+    ├── PolicyError                 refused by the tenant's policy
+    │   ├── BudgetExceededError     the money or token budget cannot cover the work
+    │   ├── RateLimitedError        a per-tenant rate limit is exhausted (carries retry_after_s)
+    │   ├── ResidencyError          the work would leave the tenant's residency region
+    │   └── NotAllowedError         a tool or model is not on the tenant's allow list, or is denied
+    ├── BackpressureError           the platform is over capacity; retry later (retry_after_s)
+    ├── CircuitOpenError            a dependency's circuit breaker is open; fails fast
+    ├── StepTimeoutError            a step attempt ran past its timeout and was cancelled
+    ├── RunFailedError              a run ended failed, compensated or cancelled
+    └── StoreError                  the store failed
+        └── StoreUnavailableError   the store cannot be reached or opened
+
+Driver errors are translated at the adapter boundary (``raise StoreError(...) from exc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BackpressureError",
+    "BudgetExceededError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "ConflictError",
+    "ContractError",
+    "NotAllowedError",
+    "NotFoundError",
+    "PolicyError",
+    "RateLimitedError",
+    "ResidencyError",
+    "RunFailedError",
+    "SpecError",
+    "StaleAttemptError",
+    "StepTimeoutError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TenantflowError",
+]
+
+
+class TenantflowError(Exception):
+    """A tenantflow operation failed."""
+
+    code: ClassVar[str] = "tenantflow_error"
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        self.message = message or (self.__class__.__doc__ or self.code).strip().splitlines()[0]
+        self.fields: dict[str, Any] = fields
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view: ``{"code", "message", **fields}``."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        for key, value in self.fields.items():
+            out[key] = value if isinstance(value, str | int | float | bool | None) else repr(value)
+        return out
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep fields across pickling (process pools)
+        return (_rebuild, (self.__class__, self.message, self.fields))
+
+
+def _rebuild(cls: type[TenantflowError], message: str, fields: dict[str, Any]) -> TenantflowError:
+    return cls(message, **fields)
+
+
+class ConfigurationError(TenantflowError):
+    """The configuration is invalid."""
+
+    code = "configuration_invalid"
+
+
+class SpecError(TenantflowError):
+    """The workflow specification is invalid."""
+
+    code = "spec_invalid"
+
+
+class ContractError(TenantflowError):
+    """A value broke a data contract."""
+
+    code = "contract_violation"
+
+    @property
+    def step(self) -> str | None:
+        return self.fields.get("step")
+
+    @property
+    def field(self) -> str | None:
+        return self.fields.get("field")
+
+
+class NotFoundError(TenantflowError):
+    """The requested object does not exist."""
+
+    code = "not_found"
+
+
+class ConflictError(TenantflowError):
+    """The write conflicts with the stored state."""
+
+    code = "conflict"
+
+
+class StaleAttemptError(ConflictError):
+    """The step attempt lost its lease; its result was refused."""
+
+    code = "stale_attempt"
+
+
+class PolicyError(TenantflowError):
+    """The tenant's policy refuses this."""
+
+    code = "policy_violation"
+
+
+class BudgetExceededError(PolicyError):
+    """The budget cannot cover this work."""
+
+    code = "budget_exceeded"
+
+
+class RateLimitedError(PolicyError):
+    """The tenant's rate limit for this resource is exhausted."""
+
+    code = "rate_limited"
+
+    @property
+    def retry_after_s(self) -> float:
+        return float(self.fields.get("retry_after_s", 1.0))
+
+
+class ResidencyError(PolicyError):
+    """The work would leave the tenant's residency region."""
+
+    code = "residency_violation"
+
+
+class NotAllowedError(PolicyError):
+    """The tool or model is not allowed for this tenant."""
+
+    code = "not_allowed"
+
+
+class BackpressureError(TenantflowError):
+    """The platform is over capacity; retry later."""
+
+    code = "backpressure"
+
+    @property
+    def retry_after_s(self) -> float:
+        return float(self.fields.get("retry_after_s", 1.0))
+
+
+class CircuitOpenError(TenantflowError):
+    """The dependency's circuit breaker is open."""
+
+    code = "circuit_open"
+
+
+class StepTimeoutError(TenantflowError):
+    """The step attempt timed out."""
+
+    code = "step_timeout"
+
+
+class RunFailedError(TenantflowError):
+    """The run did not complete."""
+
+    code = "run_failed"
+
+
+class StoreError(TenantflowError):
+    """The store failed."""
+
+    code = "store_error"
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached or opened."""
+
+    code = "store_unavailable"

@@ -1,0 +1,92 @@
+"""The engine's seams: the roles adapters play.
+
+The engine talks to the outside only through these Protocols. Adapters implement them
+(``SqliteStore``, ``MemoryStore``, ``SystemClock``; ``tenantflow.testing.FakeClock``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from tenantflow.domain.records import (
+    EventRecord,
+    Op,
+    RunRecord,
+    RunStatus,
+    StateVersionRecord,
+    StepRecord,
+)
+
+__all__ = ["Clock", "Store"]
+
+
+class Clock(Protocol):
+    """Time, injected: the engine never reads the system clock itself."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` of this clock's time."""
+        ...
+
+    def timeout(self, seconds: float) -> AbstractAsyncContextManager[None]:
+        """Cancel the enclosed block after ``seconds``, raising :class:`TimeoutError`."""
+        ...
+
+
+class Store(Protocol):
+    """Durable runs, steps, state versions and the execution log.
+
+    Every read takes the caller's ``tenant_id`` and sees only that tenant's rows. Writes are ops
+    (see :mod:`tenantflow.domain.records`) applied by :meth:`apply` in one transaction.
+    ``active_runs`` is the one system-scoped read: the engine's recovery after a restart.
+    """
+
+    url: str
+
+    @property
+    def exclusive(self) -> bool:
+        """True when this process is known to be the only executor (dead attempts are orphans)."""
+        ...
+
+    async def open(self, *, execute: bool = True) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def apply(self, ops: Sequence[Op]) -> list[Any]:
+        """Apply ``ops`` in one transaction; one result per op (see each op's docstring)."""
+        ...
+
+    async def get_run(self, tenant_id: str, run_id: str) -> RunRecord:
+        """The run; :class:`~tenantflow.errors.NotFoundError` if this tenant has no such run."""
+        ...
+
+    async def list_runs(
+        self,
+        tenant_id: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[RunRecord]:
+        """The tenant's runs, newest first; ``before`` is a run id cursor from a previous page."""
+        ...
+
+    async def get_steps(self, tenant_id: str, run_id: str) -> list[StepRecord]: ...
+
+    async def events(self, tenant_id: str, run_id: str, after_id: int = 0) -> list[EventRecord]: ...
+
+    async def state_versions(
+        self, tenant_id: str, run_id: str, upto: int | None = None
+    ) -> list[StateVersionRecord]:
+        """State versions 0..upto (all when None), in order."""
+        ...
+
+    async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
+        """Every unfinished run with its steps, for recovery (system scope)."""
+        ...

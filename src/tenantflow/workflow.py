@@ -1,0 +1,241 @@
+"""Defining workflows: ``Workflow`` and its ``@workflow.step`` decorator.
+
+Each step is an ``async def`` whose first parameter receives the :class:`StepContext`. Every
+other parameter is bound by name: a parameter named after an earlier step receives that step's
+output (and makes it a dependency); a parameter annotated with the workflow's input type, or
+named ``input``, receives the workflow input. Anything else is a :class:`SpecError` raised when
+the module is imported, as are unknown dependencies and cycles.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
+from typing import Any, TypeVar, overload
+
+from tenantflow.domain.spec import Param, Predicate, Retry, StepSpec, WorkflowSpec
+from tenantflow.errors import SpecError
+
+__all__ = ["Workflow"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+StepRef = str | Callable[..., Any]
+
+
+class Workflow:
+    """A named, versioned workflow built from decorated async steps.
+
+    Args:
+        name: the workflow's name, used to submit runs.
+        input: the input contract (a pydantic model or any type pydantic validates).
+        version: runs stay on the version they started with; register a new version to change
+            the steps without disturbing runs in flight.
+    """
+
+    def __init__(self, name: str, *, input: Any = Any, version: str | int = "1") -> None:
+        self.name = name
+        self.input_type = input
+        self.version = str(version)
+        self._steps: list[StepSpec] = []
+        self._names: dict[Callable[..., Any], str] = {}
+        self._spec: WorkflowSpec | None = None
+
+    @property
+    def spec(self) -> WorkflowSpec:
+        """The validated spec; :class:`SpecError` if the workflow has no steps."""
+        if self._spec is None:
+            self._spec = WorkflowSpec(self.name, self.version, self.input_type, self._steps)
+        return self._spec
+
+    @overload
+    def step(self, fn: F, /) -> F: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        after: Iterable[StepRef] = (),
+        when: Callable[..., Any] | None = None,
+        fan_out: str | None = None,
+        optional: bool = False,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        compensate: Callable[..., Awaitable[Any]] | None = None,
+        circuit: str | None = None,
+    ) -> Callable[[F], F]: ...
+
+    def step(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        after: Iterable[StepRef] = (),
+        when: Callable[..., Any] | None = None,
+        fan_out: str | None = None,
+        optional: bool = False,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+        compensate: Callable[..., Awaitable[Any]] | None = None,
+        circuit: str | None = None,
+    ) -> F | Callable[[F], F]:
+        """Add a step. Use bare (``@wf.step``) or with options.
+
+        Args:
+            name: defaults to the function's name.
+            after: steps (functions or names) that must finish first, beyond those implied by
+                parameter names.
+            when: a predicate over upstream outputs (parameters bound like a step's); when it is
+                false the step is recorded as skipped.
+            fan_out: the parameter to map over: the step runs once per element of that list and
+                its output is the list of results, in order.
+            optional: if it fails for good the run goes on; dependents receive their parameter's
+                default (or are skipped if they have none).
+            retry: the retry policy (default: 3 attempts, exponential backoff with jitter).
+            timeout: per attempt; a hung attempt is cancelled and counts as a failure.
+            compensate: ``async def (ctx, output)`` run in reverse order if the run fails later.
+            circuit: name of the dependency whose circuit breaker guards this step.
+        """
+
+        def register(func: F) -> F:
+            self._add(
+                func,
+                name=name or func.__name__,
+                after=after,
+                when=when,
+                fan_out=fan_out,
+                optional=optional,
+                retry=retry or Retry(),
+                timeout=timeout,
+                compensate=compensate,
+                circuit=circuit,
+            )
+            return func
+
+        return register(fn) if fn is not None else register
+
+    def _add(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        *,
+        name: str,
+        after: Iterable[StepRef],
+        when: Callable[..., Any] | None,
+        fan_out: str | None,
+        optional: bool,
+        retry: Retry,
+        timeout: timedelta | None,
+        compensate: Callable[..., Awaitable[Any]] | None,
+        circuit: str | None,
+    ) -> None:
+        where = f"step {name!r} of workflow {self.name!r}"
+        if not inspect.iscoroutinefunction(func):
+            raise SpecError(f"{where} must be an async function", workflow=self.name, step=name)
+        if compensate is not None and not inspect.iscoroutinefunction(compensate):
+            raise SpecError(
+                f"the compensation of {where} must be an async function",
+                workflow=self.name,
+                step=name,
+            )
+        if timeout is not None and timeout <= timedelta(0):
+            raise SpecError(f"the timeout of {where} must be positive", workflow=self.name, step=name)
+        deps: list[str] = [self._resolve(ref, where) for ref in after]
+        params, output_type = self._params(func, where, skip_first=True)
+        if fan_out is not None and fan_out not in {p.name for p in params}:
+            raise SpecError(
+                f"{where} fans out over {fan_out!r}, which is not one of its parameters",
+                workflow=self.name,
+                step=name,
+            )
+        predicate = None
+        if when is not None:
+            when_params, _ = self._params(when, f"the condition of {where}", skip_first=False)
+            predicate = Predicate(when, tuple(when_params))
+            deps.extend(p.step for p in when_params if p.step)
+        deps.extend(p.step for p in params if p.step)
+        spec = StepSpec(
+            name=name,
+            fn=func,
+            deps=tuple(dict.fromkeys(deps)),
+            params=tuple(params),
+            output_type=output_type,
+            when=predicate,
+            fan_out=fan_out,
+            optional=optional,
+            retry=retry,
+            timeout_s=timeout.total_seconds() if timeout is not None else None,
+            compensate=compensate,
+            circuit=circuit,
+        )
+        steps = [*self._steps, spec]
+        self._spec = WorkflowSpec(self.name, self.version, self.input_type, steps)  # validates
+        self._steps = steps
+        self._names[func] = name
+
+    def _resolve(self, ref: StepRef, where: str) -> str:
+        if isinstance(ref, str):
+            known = {s.name for s in self._steps}
+            if ref not in known:
+                raise SpecError(
+                    f"{where} comes after unknown step {ref!r}; define it first",
+                    workflow=self.name,
+                    dependency=ref,
+                )
+            return ref
+        resolved = self._names.get(ref)
+        if resolved is None:
+            label = getattr(ref, "__name__", repr(ref))
+            raise SpecError(
+                f"{where} comes after {label!r}, which is not a step of this workflow",
+                workflow=self.name,
+                dependency=label,
+            )
+        return resolved
+
+    def _params(
+        self, func: Callable[..., Any], where: str, *, skip_first: bool
+    ) -> tuple[list[Param], Any]:
+        try:
+            hints = typing.get_type_hints(func)
+        except Exception as exc:
+            raise SpecError(
+                f"cannot resolve the type hints of {where}: {exc}", workflow=self.name
+            ) from None
+        sig = inspect.signature(func)
+        items = list(sig.parameters.values())
+        if skip_first:
+            if not items:
+                raise SpecError(
+                    f"{where} must take the step context as its first parameter", workflow=self.name
+                )
+            items = items[1:]
+        known = {s.name for s in self._steps}
+        params: list[Param] = []
+        for p in items:
+            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                raise SpecError(f"{where} may not take *args or **kwargs", workflow=self.name)
+            annotation = hints.get(p.name, Any)
+            has_default = p.default is not inspect.Parameter.empty
+            default = p.default if has_default else None
+            if p.name in known:
+                params.append(Param(p.name, "step", p.name, annotation, has_default, default))
+            elif p.name == "input" or (
+                self.input_type is not Any and annotation is self.input_type
+            ):
+                params.append(Param(p.name, "input", None, annotation, has_default, default))
+            elif has_default:
+                continue  # the function's own default applies
+            else:
+                raise SpecError(
+                    f"parameter {p.name!r} of {where} matches no upstream output (steps so far:"
+                    f" {', '.join(sorted(known)) or 'none'}) and is not the workflow input"
+                    f" (annotate it with the input type or name it 'input')",
+                    workflow=self.name,
+                    parameter=p.name,
+                )
+        return params, hints.get("return", Any)
