@@ -88,8 +88,10 @@ def main() -> None:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}?synchronous={args.synchronous}"
         figures = asyncio.run(run(args.runs, url, args.slots, args.tenants))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"throughput: {args.runs} four-step workflows, SQLite synchronous={args.synchronous}, "
-          f"slots={args.slots}")
+    print(
+        f"throughput: {args.runs} four-step workflows, SQLite synchronous={args.synchronous}, "
+        f"slots={args.slots}"
+    )
     print(f"  workflows/s      {figures['workflows_per_s']:10.1f}")
     print(f"  steps/s          {figures['steps_per_s']:10.1f}")
     print(f"  p50 latency ms   {figures['p50_ms']:10.1f}")

@@ -6,7 +6,7 @@ default message::
 
     TenantflowError
     ├── ConfigurationError          bad settings, URL or option
-    ├── SpecError                   an invalid WorkflowSpec (cycle, unknown step, unmatched parameter)
+    ├── SpecError                   an invalid WorkflowSpec (cycle, unknown step, bad parameter)
     ├── ContractError               a value broke a step's or a workflow's data contract
     ├── NotFoundError               no such run / workflow / tenant / version (for *this* tenant)
     ├── ConflictError               the write lost a race or contradicts what is stored

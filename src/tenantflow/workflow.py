@@ -143,7 +143,9 @@ class Workflow:
                 step=name,
             )
         if timeout is not None and timeout <= timedelta(0):
-            raise SpecError(f"the timeout of {where} must be positive", workflow=self.name, step=name)
+            raise SpecError(
+                f"the timeout of {where} must be positive", workflow=self.name, step=name
+            )
         deps: list[str] = [self._resolve(ref, where) for ref in after]
         params, output_type = self._params(func, where, skip_first=True)
         if fan_out is not None and fan_out not in {p.name for p in params}:
@@ -224,8 +226,10 @@ class Workflow:
             default = p.default if has_default else None
             if p.name in known:
                 params.append(Param(p.name, "step", p.name, annotation, has_default, default))
-            elif p.name == "input" or (
-                self.input_type is not Any and annotation is self.input_type
+            elif (
+                p.name == "input"
+                or (self.input_type is not Any and annotation is self.input_type)
+                or (not skip_first and p.name not in hints)  # an unannotated lambda argument
             ):
                 params.append(Param(p.name, "input", None, annotation, has_default, default))
             elif has_default:

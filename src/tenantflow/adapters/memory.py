@@ -93,7 +93,13 @@ class MemoryStore:
         for e in events:
             self.event_log.append(
                 EventRecord(
-                    len(self.event_log) + 1, tenant_id, run_id, ts, e.kind, e.step, e.attempt,
+                    len(self.event_log) + 1,
+                    tenant_id,
+                    run_id,
+                    ts,
+                    e.kind,
+                    e.step,
+                    e.attempt,
                     dict(e.data or {}),
                 )
             )
@@ -139,7 +145,9 @@ class MemoryStore:
         self._log(op.tenant_id, op.run_id, op.now, [NewEvent("step.started", op.key, s.attempt)])
         return Lease(s.fence, s.attempt, op.lease_until)
 
-    def _fenced(self, tenant_id: str, run_id: str, key: str, fence: int, now: float) -> StepRecord | None:
+    def _fenced(
+        self, tenant_id: str, run_id: str, key: str, fence: int, now: float
+    ) -> StepRecord | None:
         s = self._step(tenant_id, run_id, key)
         if (
             s is None
@@ -150,7 +158,9 @@ class MemoryStore:
             return None
         return s
 
-    def _append_version(self, tenant_id: str, run_id: str, step: str, delta: bytes, now: float) -> int:
+    def _append_version(
+        self, tenant_id: str, run_id: str, step: str, delta: bytes, now: float
+    ) -> int:
         run = self.runs[run_id]
         version = run.state_version + 1
         h = next_state_hash(run.state_hash, version, step, delta)
@@ -159,7 +169,9 @@ class MemoryStore:
         )
         run.state_version, run.state_hash, run.updated_at = version, h, now
         self.steps[run_id][step].version = version
-        self._log(tenant_id, run_id, now, [NewEvent("state.version", step, None, {"version": version})])
+        self._log(
+            tenant_id, run_id, now, [NewEvent("state.version", step, None, {"version": version})]
+        )
         return version
 
     def _finish(self, op: FinishAttempt) -> Any:
@@ -200,7 +212,9 @@ class MemoryStore:
             if u.create:
                 if u.key in steps:
                     raise ConflictError(f"step {u.key!r} exists", run_id=t.run_id, step=u.key)
-                steps[u.key] = StepRecord(t.run_id, t.tenant_id, u.key, u.status, available_at=u.available_at or 0.0)
+                steps[u.key] = StepRecord(
+                    t.run_id, t.tenant_id, u.key, u.status, available_at=u.available_at or 0.0
+                )
             else:
                 s = steps[u.key]
                 s.status = u.status
@@ -227,15 +241,15 @@ class MemoryStore:
                 run.finished_at = t.now
         self._log(t.tenant_id, t.run_id, t.now, t.events)
 
-    def _renew(self, op: RenewLeases) -> list[tuple[str, str]]:
-        lost: list[tuple[str, str]] = []
+    def _renew(self, op: RenewLeases) -> list[tuple[str, str, int]]:
+        lost: list[tuple[str, str, int]] = []
         for run_id, steps in self.steps.items():
             for s in steps.values():
                 if s.owner == op.owner and s.status == StepStatus.RUNNING:
                     if (s.lease_expires_at or 0.0) >= op.now:
                         s.lease_expires_at = op.lease_until
                     else:
-                        lost.append((run_id, s.key))
+                        lost.append((run_id, s.key, s.fence))
         return lost
 
     def _recover(self, op: RecoverOrphans) -> int:
@@ -244,10 +258,15 @@ class MemoryStore:
             for s in steps.values():
                 if s.status == StepStatus.RUNNING and (op.owners is None or s.owner in op.owners):
                     s.status, s.owner, s.lease_expires_at, s.available_at = (
-                        StepStatus.READY, None, None, op.now,
+                        StepStatus.READY,
+                        None,
+                        None,
+                        op.now,
                     )
                     self._log(
-                        s.tenant_id, run_id, op.now,
+                        s.tenant_id,
+                        run_id,
+                        op.now,
                         [NewEvent("step.recovered", s.key, s.attempt, {"reason": "owner died"})],
                     )
                     n += 1
@@ -307,6 +326,7 @@ class MemoryStore:
 
     async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
         runs = sorted(
-            (r for r in self.runs.values() if r.status in _ACTIVE), key=lambda r: (r.created_at, r.id)
+            (r for r in self.runs.values() if r.status in _ACTIVE),
+            key=lambda r: (r.created_at, r.id),
         )
         return [(replace(r), await self.get_steps(r.tenant_id, r.id)) for r in runs]

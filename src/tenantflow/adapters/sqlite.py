@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from tenantflow.adapters import sqlite_ops
-from tenantflow.adapters.sqlite_schema import migrate
+from tenantflow.adapters.sqlite_schema import MIGRATIONS, migrate, schema_version_readonly
 from tenantflow.domain.records import (
     EventRecord,
     Op,
@@ -76,16 +76,27 @@ class SqliteStore:
         parsed = urlparse(url)
         if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/":
             raise ConfigurationError(
-                f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)", field="url", value=url
+                f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)",
+                field="url",
+                value=url,
             )
         path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
         params = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
         unknown = set(params) - {"synchronous"}
         if unknown:
             raise ConfigurationError(
-                f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}", field="url", value=url
+                f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}",
+                field="url",
+                value=url,
             )
         return cls(path, synchronous=params.get("synchronous", "full"))
+
+    async def upgrade(self) -> int:
+        """Apply pending migrations (``tenantflow db upgrade``); returns the schema version."""
+        return await self._run(migrate)
+
+    async def schema_version(self) -> int:
+        return await self._run(schema_version_readonly)
 
     @property
     def exclusive(self) -> bool:
@@ -94,6 +105,10 @@ class SqliteStore:
     async def open(self, *, execute: bool = True) -> None:
         if self._conn is not None:
             return
+        if not execute and not self.path.is_file():
+            raise StoreUnavailableError(
+                f"no tenantflow database at {str(self.path)!r}", path=str(self.path)
+            )
         if execute:
             self._take_lock()
         try:
@@ -105,8 +120,17 @@ class SqliteStore:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
-            migrate(conn)
-        except (sqlite3.Error, OSError) as exc:
+            if execute:
+                migrate(conn)
+            elif schema_version_readonly(conn) != len(MIGRATIONS):
+                found = schema_version_readonly(conn)
+                conn.close()
+                raise StoreUnavailableError(
+                    f"the database {str(self.path)!r} has schema version {found}, this release"
+                    f" needs {len(MIGRATIONS)}: run `tenantflow db upgrade`",
+                    path=str(self.path),
+                )
+        except (sqlite3.Error, OSError, RuntimeError) as exc:
             self._release_lock()
             raise StoreUnavailableError(
                 f"cannot open SQLite database {str(self.path)!r}: {exc}", path=str(self.path)

@@ -194,7 +194,9 @@ def _append_version(
         "UPDATE steps SET version = ? WHERE run_id = ? AND key = ? AND tenant_id = ?",
         (version, run_id, step, tenant_id),
     )
-    _events(conn, tenant_id, run_id, now, [NewEvent("state.version", step, None, {"version": version})])
+    _events(
+        conn, tenant_id, run_id, now, [NewEvent("state.version", step, None, {"version": version})]
+    )
     return version
 
 
@@ -296,18 +298,18 @@ def _transition(conn: sqlite3.Connection, t: Transition) -> None:
     _events(conn, t.tenant_id, t.run_id, t.now, t.events)
 
 
-def _renew(conn: sqlite3.Connection, op: RenewLeases) -> list[tuple[str, str]]:
+def _renew(conn: sqlite3.Connection, op: RenewLeases) -> list[tuple[str, str, int]]:
     conn.execute(
         "UPDATE steps SET lease_expires_at = ?"
         " WHERE owner = ? AND status = 'running' AND lease_expires_at >= ?",
         (op.lease_until, op.owner, op.now),
     )
     rows = conn.execute(
-        "SELECT run_id, key FROM steps WHERE owner = ? AND status = 'running'"
+        "SELECT run_id, key, fence FROM steps WHERE owner = ? AND status = 'running'"
         " AND lease_expires_at < ?",
         (op.owner, op.now),
     ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def _recover(conn: sqlite3.Connection, op: RecoverOrphans) -> int:
@@ -329,7 +331,11 @@ def _recover(conn: sqlite3.Connection, op: RecoverOrphans) -> int:
             (op.now, run_id, key, tenant_id),
         )
         _events(
-            conn, tenant_id, run_id, op.now, [NewEvent("step.recovered", key, attempt, {"reason": "owner died"})]
+            conn,
+            tenant_id,
+            run_id,
+            op.now,
+            [NewEvent("step.recovered", key, attempt, {"reason": "owner died"})],
         )
     return len(rows)
 

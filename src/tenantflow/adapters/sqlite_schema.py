@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["MIGRATIONS", "migrate", "schema_version"]
+__all__ = ["MIGRATIONS", "migrate", "schema_version", "schema_version_readonly"]
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -89,11 +89,30 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
+def schema_version_readonly(conn: sqlite3.Connection) -> int:
+    """The schema version without creating anything (0 for an empty database)."""
+    row = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'tf_schema'"
+    ).fetchone()
+    if row is None:
+        return 0
+    return int(conn.execute("SELECT MAX(version) FROM tf_schema").fetchone()[0] or 0)
+
+
 def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every pending migration in one transaction; returns the resulting version."""
+    """Apply every pending migration in one transaction; returns the resulting version.
+
+    Raises:
+        RuntimeError: the database was written by a newer release (its schema is ahead).
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
         current = schema_version(conn)
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"the database schema is version {current}, newer than this release's"
+                f" {len(MIGRATIONS)}; upgrade tenantflow"
+            )
         for number, statements in enumerate(MIGRATIONS, start=1):
             if number <= current:
                 continue

@@ -13,10 +13,11 @@ from typing import Any
 
 import pydantic
 from pydantic import BaseModel, TypeAdapter
+from pydantic_core import PydanticSerializationError
 
 from tenantflow.errors import ContractError
 
-__all__ = ["Contract", "contract_for"]
+__all__ = ["Contract", "contract_for", "list_of"]
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -48,7 +49,7 @@ class Contract:
             return validated, self._adapter.dump_json(validated)
         except pydantic.ValidationError as exc:
             raise self._error(exc, step, direction, value) from None
-        except (TypeError, ValueError, pydantic.PydanticSerializationError) as exc:
+        except (TypeError, ValueError, PydanticSerializationError) as exc:
             raise ContractError(
                 f"{direction} of step {step!r} is not serialisable: {exc}",
                 step=step,
@@ -73,9 +74,9 @@ class Contract:
         first = exc.errors()[0]
         field = _loc(tuple(first.get("loc", ())))
         bad = first.get("input", value)
+        subject = "the workflow input" if step == "<input>" else f"{direction} of step {step!r}"
         return ContractError(
-            f"{direction} of step {step!r} breaks its contract at {field}: {first.get('msg')}"
-            f" (got {_short(bad)})",
+            f"{subject} breaks its contract at {field}: {first.get('msg')} (got {_short(bad)})",
             step=step,
             direction=direction,
             field=field,
@@ -100,3 +101,8 @@ def contract_for(annotation: Any) -> Contract:
         return _cached(annotation)
     except TypeError:  # unhashable annotation
         return Contract(annotation)
+
+
+def list_of(annotation: Any) -> Any:
+    """``list[annotation]`` for a type known only at run time (a fan-out step's output)."""
+    return list[annotation]

@@ -17,8 +17,8 @@ __all__ = [
     "STALE",
     "TERMINAL_RUN",
     "TERMINAL_STEP",
-    "CreateRun",
     "CreateResult",
+    "CreateRun",
     "EventRecord",
     "FailAttempt",
     "FinishAttempt",
@@ -260,7 +260,10 @@ class FinishAttempt:
 
 @dataclass(slots=True)
 class FailAttempt:
-    """Record a failed attempt (fenced): retry at ``retry_at`` or fail for good. Result: True or STALE."""
+    """Record a failed attempt (fenced): retry at ``retry_at`` or fail for good.
+
+    Result: True, or STALE.
+    """
 
     tenant_id: str
     run_id: str
@@ -286,7 +289,7 @@ class Transition:
 
 @dataclass(slots=True)
 class RenewLeases:
-    """Extend every live lease of ``owner``. Result: keys (run_id, key) whose lease had expired."""
+    """Extend every live lease of ``owner``. Result: (run_id, key, fence) of lapsed leases."""
 
     owner: str
     now: float

@@ -58,7 +58,9 @@ class StepContext:
         now = self._runtime.clock.now()
         if not breaker.allow(now):
             raise CircuitOpenError(
-                f"circuit {name!r} is open", dependency=name, retry_after_s=breaker.retry_after_s(now)
+                f"circuit {name!r} is open",
+                dependency=name,
+                retry_after_s=breaker.retry_after_s(now),
             )
         try:
             yield

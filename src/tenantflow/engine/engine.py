@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from tenantflow.adapters.clock import SystemClock
-from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.contracts import contract_for, list_of
 from tenantflow.domain.records import (
     TERMINAL_RUN,
     CreateRun,
@@ -239,7 +239,9 @@ class Engine:
         return spec
 
     async def _resume_parked(self, spec: WorkflowSpec) -> None:
-        mine = [r for r in self._parked if (r.workflow, r.workflow_version) == (spec.name, spec.version)]
+        mine = [
+            r for r in self._parked if (r.workflow, r.workflow_version) == (spec.name, spec.version)
+        ]
         self._parked = [r for r in self._parked if r not in mine]
         for record in mine:
             steps = await self.store.get_steps(record.tenant_id, record.id)
@@ -283,7 +285,9 @@ class Engine:
             ConfigurationError: a bad tenant id or lane, or an engine that does not execute.
         """
         if not self.execute or not self._started:
-            raise ConfigurationError("this engine is not executing runs (open it with execute=True)")
+            raise ConfigurationError(
+                "this engine is not executing runs (open it with execute=True)"
+            )
         tenant = check_tenant(tenant)
         if lane not in _LANES:
             raise ConfigurationError(
@@ -291,14 +295,21 @@ class Engine:
             )
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         spec = self.workflow(name, version)
-        value, input_json = contract_for(spec.input_type).check(input, step="<input>", direction="input")
+        value, input_json = contract_for(spec.input_type).check(
+            input, step="<input>", direction="input"
+        )
         now = self.clock.now()
         run_id = "run_" + secrets.token_hex(12)
         pending = {s.name: StepStatus.PENDING for s in spec.steps}
         plan = advance(spec, pending, {}, value, changed=None)
         statuses = {**pending, **plan.statuses()}
         events = [
-            NewEvent("run.submitted", None, None, {"workflow": spec.name, "version": spec.version, "lane": lane}),
+            NewEvent(
+                "run.submitted",
+                None,
+                None,
+                {"workflow": spec.name, "version": spec.version, "lane": lane},
+            ),
             NewEvent("run.started"),
         ]
         events.extend(NewEvent("step.skipped", k, None, {"reason": r}) for k, r in plan.skipped)
@@ -309,7 +320,10 @@ class Engine:
         result_json: bytes | None = None
         error: str | None = None
         if fatal:
-            status, error = RunStatus.FAILED, f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}"
+            status, error = (
+                RunStatus.FAILED,
+                f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}",
+            )
             events.append(NewEvent("run.failed", None, None, {"error": error}))
         elif plan.completed:
             status = RunStatus.COMPLETED
@@ -374,12 +388,16 @@ class Engine:
         await self.get_run(tenant, run_id)
         return await self.store.get_steps(tenant, run_id)
 
-    async def cancel(self, tenant: str, run_id: str, reason: str = "cancelled by request") -> RunRecord:
+    async def cancel(
+        self, tenant: str, run_id: str, reason: str = "cancelled by request"
+    ) -> RunRecord:
         """Cancel a run: stop its steps, compensate completed ones, end it ``cancelled``."""
         record = await self.get_run(tenant, run_id)
         if record.status in TERMINAL_RUN:
             raise ConflictError(
-                f"run {run_id} already ended {record.status.value}", run_id=run_id, status=record.status.value
+                f"run {run_id} already ended {record.status.value}",
+                run_id=run_id,
+                status=record.status.value,
             )
         active = self.runtime.active.get(run_id)
         if active is None or not self.execute:
@@ -396,7 +414,9 @@ class Engine:
         async def until_done() -> RunRecord:
             while True:
                 if run_id in self.runtime.active:
-                    fut: asyncio.Future[tuple[RunStatus, Any]] = asyncio.get_running_loop().create_future()
+                    fut: asyncio.Future[tuple[RunStatus, Any]] = (
+                        asyncio.get_running_loop().create_future()
+                    )
                     self._waiters.setdefault(run_id, []).append(fut)
                     await fut
                 else:  # executing elsewhere (or not yet resumed): poll the store
@@ -423,8 +443,10 @@ class Engine:
             return json.loads(record.result_json)
         if len(spec.sinks) == 1:
             sink = spec.step(spec.sinks[0])
-            annotation = list[sink.output_type] if sink.fan_out else sink.output_type
-            return contract_for(annotation).load(record.result_json, step=sink.name, direction="result")
+            annotation = list_of(sink.output_type) if sink.fan_out else sink.output_type
+            return contract_for(annotation).load(
+                record.result_json, step=sink.name, direction="result"
+            )
         return json.loads(record.result_json)
 
     # -- history ------------------------------------------------------------------------------
@@ -449,7 +471,9 @@ class Engine:
             json.loads(v.delta_json) for v in versions[1:]
         ]
         last = versions[-1]
-        return StateVersion(run_id, last.version, last.parent, last.step, last.hash, last.created_at, fold(deltas))
+        return StateVersion(
+            run_id, last.version, last.parent, last.step, last.hash, last.created_at, fold(deltas)
+        )
 
     async def versions(self, tenant: str, run_id: str) -> list[StateVersion]:
         """Every state version of the run, materialised, in order."""
@@ -458,9 +482,13 @@ class Engine:
         out: list[StateVersion] = []
         state: dict[str, Any] = {}
         for v in rows:
-            delta = {"input": json.loads(v.delta_json)} if v.version == 0 else json.loads(v.delta_json)
+            delta = (
+                {"input": json.loads(v.delta_json)} if v.version == 0 else json.loads(v.delta_json)
+            )
             state = {**state, **delta}
-            out.append(StateVersion(run_id, v.version, v.parent, v.step, v.hash, v.created_at, state))
+            out.append(
+                StateVersion(run_id, v.version, v.parent, v.step, v.hash, v.created_at, state)
+            )
         return out
 
     async def diff(self, tenant: str, run_id: str, a: int, b: int) -> list[Change]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tenantflow.domain.breaker import CircuitBreaker
-from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.contracts import contract_for, list_of
 from tenantflow.domain.records import (
     STALE,
     TERMINAL_RUN,
@@ -74,7 +74,7 @@ class Active:
     versions: dict[str, int | None] = field(default_factory=dict)
     children: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    executing: set[str] = field(default_factory=set)
+    executing: dict[str, int] = field(default_factory=dict)  # key -> fence of the live attempt
     lost: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     error: str | None = None
@@ -187,7 +187,8 @@ class Runtime:
             ctx = StepContext(
                 run.id, run.tenant_id, run.spec.name, key, lease.attempt, f"{run.id}:{key}", self
             )
-            run.executing.add(key)
+            run.lost.discard(key)
+            run.executing[key] = lease.fence
             try:
                 value, output_json = await self._execute(run, step, index, ctx)
                 error: BaseException | None = None
@@ -201,22 +202,33 @@ class Runtime:
             except Exception as exc:
                 error = exc
             finally:
-                run.executing.discard(key)
+                run.executing.pop(key, None)
             slot_held = False
             self._release_slot()
             if key in run.lost:  # our lease was lost mid-flight: the step is claimed again
                 run.lost.discard(key)
-                self.enqueue(run, [key])
+                self._requeue(run, key)
                 return
             async with run.lock:
                 if error is None:
-                    await self._succeeded(run, step, key, index, lease.fence, value, output_json, ctx)
+                    await self._succeeded(
+                        run, step, key, index, lease.fence, value, output_json, ctx
+                    )
                 else:
-                    await self._failed(run, step, key, index, lease.fence, lease.attempt, error, ctx)
+                    await self._failed(
+                        run, step, key, index, lease.fence, lease.attempt, error, ctx
+                    )
         finally:
             if slot_held:
                 self._release_slot()
-            run.tasks.pop(key, None)
+            if run.tasks.get(key) is asyncio.current_task():
+                del run.tasks[key]
+
+    def _requeue(self, run: Active, key: str) -> None:
+        """Queue ``key`` for a new attempt from inside its current attempt's task."""
+        if run.tasks.get(key) is asyncio.current_task():
+            del run.tasks[key]
+        self.enqueue(run, [key])
 
     async def _execute(
         self, run: Active, step: StepSpec, index: int | None, ctx: StepContext
@@ -231,11 +243,9 @@ class Runtime:
             if p.source == "step" and p.step is not None and p.name in args:
                 upstream = run.spec.step(p.step).output_type
                 annotation = p.annotation
-                if p.name == step.fan_out and index is not None:
-                    args[p.name], _ = contract_for(annotation).check(
-                        args[p.name], step=ctx.step, direction=f"input {p.name!r}"
-                    )
-                elif annotation is not Any and annotation != upstream and args[p.name] is not None:
+                is_item = p.name == step.fan_out and index is not None
+                narrower = annotation is not Any and annotation != upstream
+                if is_item or (narrower and args[p.name] is not None):
                     args[p.name], _ = contract_for(annotation).check(
                         args[p.name], step=ctx.step, direction=f"input {p.name!r}"
                     )
@@ -299,7 +309,10 @@ class Runtime:
             )
             settled = None
             if done and run.status == RunStatus.RUNNING:
-                jsons = [output_json if i == index else run.jsons[child_key(step.name, i)] for i in range(n)]
+                jsons = [
+                    output_json if i == index else run.jsons[child_key(step.name, i)]
+                    for i in range(n)
+                ]
                 gathered_json = b"[" + b",".join(jsons) + b"]"
                 statuses[step.name] = StepStatus.SUCCEEDED
                 then.steps.append(
@@ -328,7 +341,7 @@ class Runtime:
         )
         if result is STALE:
             log.warning("late result of %s/%s refused (lease lost)", run.id, key)
-            self.enqueue(run, [key])
+            self._requeue(run, key)
             return
         run.statuses[key] = StepStatus.SUCCEEDED
         run.outputs[key] = value
@@ -343,7 +356,9 @@ class Runtime:
             run.jsons[step.name] = gathered_json
         self._apply_plan(run, plan)
 
-    def _plan_to_transition(self, run: Active, plan: Plan, then: Transition, outputs: dict[str, Any]) -> None:
+    def _plan_to_transition(
+        self, run: Active, plan: Plan, then: Transition, outputs: dict[str, Any]
+    ) -> None:
         for key in plan.ready:
             then.steps.append(StepUpdate(key, StepStatus.READY))
         for key, reason in plan.skipped:
@@ -357,7 +372,9 @@ class Runtime:
             then.events.append(NewEvent("step.mapped", key, None, {"elements": n}))
         for key in plan.gathered:  # an empty fan-out: its output is []
             then.steps.append(
-                StepUpdate(key, StepStatus.SUCCEEDED, output_json=b"[]", delta_json=delta_bytes(key, b"[]"))
+                StepUpdate(
+                    key, StepStatus.SUCCEEDED, output_json=b"[]", delta_json=delta_bytes(key, b"[]")
+                )
             )
         for key, reason in plan.failed:
             then.steps.append(StepUpdate(key, StepStatus.FAILED, error=reason))
@@ -369,7 +386,9 @@ class Runtime:
             then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
         elif plan.completed:
             result = run_result(run.spec, outputs)
-            then.run = RunUpdate(RunStatus.COMPLETED, result_json=self._result_json(run.spec, result))
+            then.run = RunUpdate(
+                RunStatus.COMPLETED, result_json=self._result_json(run.spec, result)
+            )
             then.events.append(NewEvent("run.completed"))
 
     def _result_json(self, spec: WorkflowSpec, result: Any) -> bytes:
@@ -377,7 +396,9 @@ class Runtime:
             sink = spec.step(spec.sinks[0])
             if result is None:
                 return b"null"
-            return contract_for(list[sink.output_type] if sink.fan_out else sink.output_type).dump(result)
+            return contract_for(
+                list_of(sink.output_type) if sink.fan_out else sink.output_type
+            ).dump(result)
         parts = {n: json.loads(self._result_json_one(spec, n, v)) for n, v in result.items()}
         return json.dumps(parts).encode()
 
@@ -385,7 +406,9 @@ class Runtime:
         sink = spec.step(name)
         if value is None:
             return b"null"
-        return contract_for(list[sink.output_type] if sink.fan_out else sink.output_type).dump(value)
+        return contract_for(list_of(sink.output_type) if sink.fan_out else sink.output_type).dump(
+            value
+        )
 
     def _apply_plan(self, run: Active, plan: Plan) -> None:
         for key, status in plan.statuses().items():
@@ -439,7 +462,7 @@ class Runtime:
                 FailAttempt(run.tenant_id, run.id, key, fence, now, description, now + delay, then)
             )
             if result is STALE:
-                self.enqueue(run, [key])
+                self._requeue(run, key)
                 return
             run.statuses[key] = StepStatus.READY
             self.enqueue_later(run, key, delay)
@@ -463,7 +486,7 @@ class Runtime:
             FailAttempt(run.tenant_id, run.id, key, fence, now, description, None, then)
         )
         if result is STALE:
-            self.enqueue(run, [key])
+            self._requeue(run, key)
             return
         run.statuses[key] = StepStatus.FAILED
         if index is not None:
@@ -507,7 +530,9 @@ class Runtime:
         async with run.lock:
             now = self.clock.now()
             leftover = [
-                k for k, s in run.statuses.items() if s not in TERMINAL_STEP and s != StepStatus.MAPPED
+                k
+                for k, s in run.statuses.items()
+                if s not in TERMINAL_STEP and s != StepStatus.MAPPED
             ]
             mapped = [k for k, s in run.statuses.items() if s == StepStatus.MAPPED]
             if leftover or mapped:
@@ -553,7 +578,13 @@ class Runtime:
         assert step.compensate is not None
         for attempt in range(1, step.retry.max_attempts + 1):
             ctx = StepContext(
-                run.id, run.tenant_id, run.spec.name, step.name, attempt, f"{run.id}:{step.name}:compensate", self
+                run.id,
+                run.tenant_id,
+                run.spec.name,
+                step.name,
+                attempt,
+                f"{run.id}:{step.name}:compensate",
+                self,
             )
             try:
                 await step.compensate(ctx, run.outputs.get(step.name))
@@ -562,7 +593,11 @@ class Runtime:
                 if attempt < step.retry.max_attempts:
                     await self.clock.sleep(step.retry.delay_s(attempt, self._rng.random()))
                     continue
-                status, kind, data = StepStatus.COMPENSATION_FAILED, "step.compensation_failed", {"error": error}
+                status, kind, data = (
+                    StepStatus.COMPENSATION_FAILED,
+                    "step.compensation_failed",
+                    {"error": error},
+                )
             else:
                 status, kind, data = StepStatus.COMPENSATED, "step.compensated", {}
             await self.writer.write(
@@ -593,19 +628,23 @@ class Runtime:
             except TenantflowError as exc:  # the store is down: leases will lapse; keep trying
                 log.warning("lease renewal failed: %s", exc)
 
-    async def renew_leases(self) -> list[tuple[str, str]]:
-        """Extend our live leases; cancel and re-queue the attempts whose lease had lapsed."""
+    async def renew_leases(self) -> list[tuple[str, str, int]]:
+        """Extend our live leases; cancel the attempts whose lease had lapsed (re-queued)."""
         now = self.clock.now()
-        lost = await self.writer.write(RenewLeases(self.owner, now, now + self.lease_s))
-        for run_id, key in lost:
+        lost: list[tuple[str, str, int]] = await self.writer.write(
+            RenewLeases(self.owner, now, now + self.lease_s)
+        )
+        for run_id, key, fence in lost:
             run = self.active.get(run_id)
-            if run is None:
+            # Only the attempt that held this very fence is affected; an attempt between
+            # execution and commit will have its late write refused (STALE) and re-queue.
+            if run is None or run.executing.get(key) != fence:
                 continue
             run.lost.add(key)
             task = run.tasks.get(key)
-            if task is not None and key in run.executing:
+            if task is not None:
                 task.cancel()
-        return list(lost)
+        return lost
 
     async def recover(self, specs: Callable[[str, str], WorkflowSpec | None]) -> list[RunRecord]:
         """Load every unfinished run and resume it; returns runs whose spec is not registered."""
@@ -621,7 +660,9 @@ class Runtime:
         return parked
 
     def resume(self, record: RunRecord, steps: list[StepRecord], spec: WorkflowSpec) -> Active:
-        value = contract_for(spec.input_type).load(record.input_json, step="<input>", direction="input")
+        value = contract_for(spec.input_type).load(
+            record.input_json, step="<input>", direction="input"
+        )
         run = Active(
             record.id,
             record.tenant_id,
@@ -637,9 +678,16 @@ class Runtime:
             run.versions[s.key] = s.version
             if index is not None:
                 run.children[name] = max(run.children.get(name, 0), index + 1)
-            if s.output_json is not None and s.status in (StepStatus.SUCCEEDED, StepStatus.COMPENSATED):
+            if s.output_json is not None and s.status in (
+                StepStatus.SUCCEEDED,
+                StepStatus.COMPENSATED,
+            ):
                 step = spec.step(name)
-                annotation = list[step.output_type] if step.fan_out and index is None else step.output_type
+                annotation = (
+                    list_of(step.output_type)
+                    if step.fan_out and index is None
+                    else step.output_type
+                )
                 run.outputs[s.key] = contract_for(annotation).load(s.output_json, step=s.key)
                 run.jsons[s.key] = s.output_json
         self.active[run.id] = run
@@ -654,7 +702,9 @@ class Runtime:
                 elif s.status == StepStatus.RUNNING:  # another owner's lease: claim when it lapses
                     self.enqueue_later(run, s.key, max(0.0, (s.lease_expires_at or now) - now))
         elif run.status in (RunStatus.COMPENSATING, RunStatus.CANCELLING):
-            self.spawn(self._unwind(run, cancel=run.status == RunStatus.CANCELLING), f"unwind:{run.id}")
+            self.spawn(
+                self._unwind(run, cancel=run.status == RunStatus.CANCELLING), f"unwind:{run.id}"
+            )
         elif run.status in TERMINAL_RUN:
             self.active.pop(run.id, None)
         return run

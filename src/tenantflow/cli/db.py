@@ -1,0 +1,40 @@
+"""``tenantflow db …``: manage the store's schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from tenantflow.adapters.sqlite import SqliteStore
+from tenantflow.cli.common import DbOption, reporting_errors, settings_for
+from tenantflow.engine.engine import open_store
+from tenantflow.errors import ConfigurationError
+
+__all__ = ["app"]
+
+app = typer.Typer(name="db", help="Manage the store's schema.", no_args_is_help=True)
+
+
+@app.command("upgrade")
+def upgrade(ctx: typer.Context, db: DbOption = None) -> None:
+    """Apply pending schema migrations and print the schema version."""
+    with reporting_errors():
+        settings = settings_for(ctx, db)
+        version = asyncio.run(_upgrade(settings.database_url))
+    typer.echo(f"schema version {version}")
+
+
+async def _upgrade(url: str) -> int:
+    store = open_store(url)
+    if not isinstance(store, SqliteStore):
+        raise ConfigurationError(
+            f"{url!r} has no schema to upgrade: db upgrade needs a SQL store", field="url"
+        )
+    # Opening to execute applies every pending migration in one transaction (and refuses a
+    # database written by a newer release); it also refuses while an engine is running on it.
+    await store.open(execute=True)
+    try:
+        return await store.schema_version()
+    finally:
+        await store.close()

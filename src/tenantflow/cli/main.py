@@ -1,0 +1,59 @@
+"""The root ``tenantflow`` command: global options and the command groups.
+
+Each group is a typer app in its own module, mounted here with ``add_typer``; new groups
+(tenants, reviews, usage, audit, demo, serve, worker) are added the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tenantflow import __version__
+from tenantflow.cli import db, runs
+from tenantflow.cli.common import CliState, DbOption
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="tenantflow",
+    help="tenantflow: a multi-tenant control plane for AI-agent workflows.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(runs.app, name="runs")
+app.add_typer(db.app, name="db")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tenantflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    db: DbOption = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """tenantflow: a multi-tenant control plane for AI-agent workflows."""
+    ctx.obj = CliState(db=db)
+
+
+def main() -> None:
+    """Run the ``tenantflow`` command line (the console script's entry point)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
