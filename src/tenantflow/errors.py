@@ -18,6 +18,8 @@ default message::
     │   └── NotAllowedError         a tool or model is not on the tenant's allow list, or is denied
     ├── BackpressureError           the platform is over capacity; retry later (retry_after_s)
     ├── CircuitOpenError            a dependency's circuit breaker is open; fails fast
+    ├── ProviderError               a model provider failed (carries tokens used so far)
+    │   └── ProviderThrottledError  the provider answered 429 (carries retry_after_s)
     ├── StepTimeoutError            a step attempt ran past its timeout and was cancelled
     ├── RunFailedError              a run ended failed, compensated or cancelled
     └── StoreError                  the store failed
@@ -40,6 +42,8 @@ __all__ = [
     "NotAllowedError",
     "NotFoundError",
     "PolicyError",
+    "ProviderError",
+    "ProviderThrottledError",
     "RateLimitedError",
     "ResidencyError",
     "RunFailedError",
@@ -169,6 +173,26 @@ class CircuitOpenError(TenantflowError):
     """The dependency's circuit breaker is open."""
 
     code = "circuit_open"
+
+
+class ProviderError(TenantflowError):
+    """The model provider failed."""
+
+    code = "provider_error"
+
+    @property
+    def retryable(self) -> bool:
+        return bool(self.fields.get("retryable", True))
+
+
+class ProviderThrottledError(ProviderError):
+    """The model provider is throttling this caller."""
+
+    code = "provider_throttled"
+
+    @property
+    def retry_after_s(self) -> float:
+        return float(self.fields.get("retry_after_s", 1.0))
 
 
 class StepTimeoutError(TenantflowError):

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.domain.records import (
     EventRecord,
     Op,
@@ -19,7 +20,7 @@ from tenantflow.domain.records import (
     StepRecord,
 )
 
-__all__ = ["Clock", "Store"]
+__all__ = ["Clock", "ModelProvider", "Store"]
 
 
 class Clock(Protocol):
@@ -90,3 +91,19 @@ class Store(Protocol):
     async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
         """Every unfinished run with its steps, for recovery (system scope)."""
         ...
+
+
+class ModelProvider(Protocol):
+    """A model vendor's API (or a simulation of one), for one or more endpoints.
+
+    Raises :class:`~tenantflow.errors.ProviderThrottledError` on a 429 (with ``retry_after_s``)
+    and :class:`~tenantflow.errors.ProviderError` on other failures; both carry ``tokens_in`` and
+    ``tokens_out`` when some tokens were already produced (an interrupted stream), so that they
+    are priced.
+    """
+
+    name: str
+
+    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+
+    async def close(self) -> None: ...

@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +53,8 @@ _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA", "off": "OFF
 class SqliteStore:
     """A :class:`~tenantflow.ports.Store` on one SQLite file."""
 
+    in_memory = False
+
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "full") -> None:
         self.path = Path(path)
         if synchronous.lower() not in _SYNC_MODES:
@@ -68,7 +69,6 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
         self._exclusive = False
-        self._thread_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -100,27 +100,31 @@ class SqliteStore:
 
     @property
     def exclusive(self) -> bool:
-        return self._exclusive
+        return self._exclusive or self.in_memory
 
     async def open(self, *, execute: bool = True) -> None:
         if self._conn is not None:
             return
-        if not execute and not self.path.is_file():
+        if not execute and not self.in_memory and not self.path.is_file():
             raise StoreUnavailableError(
                 f"no tenantflow database at {str(self.path)!r}", path=str(self.path)
             )
-        if execute:
+        if execute and not self.in_memory:
             self._take_lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.in_memory:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+                ":memory:" if self.in_memory else self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=10.0,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
-            if execute:
+            if execute or self.in_memory:
                 migrate(conn)
             elif schema_version_readonly(conn) != len(MIGRATIONS):
                 found = schema_version_readonly(conn)
@@ -185,12 +189,8 @@ class SqliteStore:
             raise StoreUnavailableError("the SQLite store is not open")
         loop = asyncio.get_running_loop()
 
-        def call() -> T:
-            with self._thread_lock:
-                return fn(conn)
-
         try:
-            return await loop.run_in_executor(executor, call)
+            return await loop.run_in_executor(executor, fn, conn)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
 
