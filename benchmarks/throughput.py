@@ -51,7 +51,7 @@ async def four(ctx: tf.StepContext, three: Item) -> Item:
 
 async def run(n: int, url: str, slots: int, tenants: int) -> dict[str, float]:
     latencies: list[float] = []
-    async with tf.Engine.open(url, slots=slots) as engine:
+    async with tf.Engine.open(url, slots=slots, auto_tenant="enterprise") as engine:
         engine.register(wf)
 
         async def one_run(i: int) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from tenantflow.domain.audit import AuditRecord
 from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.domain.records import (
     EventRecord,
@@ -19,6 +20,7 @@ from tenantflow.domain.records import (
     StateVersionRecord,
     StepRecord,
 )
+from tenantflow.domain.tenancy import ReviewRecord, TenantRecord
 
 __all__ = ["Clock", "ModelProvider", "Store"]
 
@@ -91,6 +93,47 @@ class Store(Protocol):
     async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
         """Every unfinished run with its steps, for recovery (system scope)."""
         ...
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord:
+        """The tenant; NotFoundError if absent."""
+        ...
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        """Every tenant (control plane scope)."""
+        ...
+
+    async def audit_log(self, tenant_id: str) -> list[AuditRecord]:
+        """The tenant's audit rows in insertion order."""
+        ...
+
+    async def get_review(self, tenant_id: str, review_id: str) -> ReviewRecord: ...
+
+    async def list_reviews(
+        self,
+        tenant_id: str,
+        *,
+        pool: str | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[ReviewRecord]:
+        """The tenant's reviews, by lane, then SLA due time."""
+        ...
+
+    async def ledgers(self, tenant_id: str, scope: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def recorded_calls(
+        self, tenant_id: str, run_id: str, key: str
+    ) -> dict[int, tuple[str, str, str]]:
+        """A step's recorded model and tool calls by call index: (kind, name, result JSON)."""
+        ...
+
+    async def pending_reviews(self) -> list[ReviewRecord]:
+        """Every undecided review (system scope: SLA timers after a restart)."""
+        ...
+
+    async def usage(
+        self, tenant_id: str, since_day: str | None = None, until_day: str | None = None
+    ) -> list[dict[str, Any]]: ...
 
 
 class ModelProvider(Protocol):

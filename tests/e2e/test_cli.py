@@ -52,7 +52,7 @@ class Db:
 
 
 async def _populate(url: str) -> tuple[str, str, str]:
-    async with tf.Engine.open(url, seed=1) as engine:
+    async with tf.Engine.open(url, seed=1, auto_tenant="enterprise") as engine:
         engine.register(loan)
         ids = []
         for tenant, amount in (("bank-a", 900), ("bank-a", 100), ("bank-b", 700)):

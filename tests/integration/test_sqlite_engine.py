@@ -36,7 +36,7 @@ async def test_restart_resumes_runs_where_they_stopped(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     executed: list[str] = []
     gate = asyncio.Event()
-    engine = tf.Engine.open(url)
+    engine = tf.Engine.open(url, auto_tenant="enterprise")
     await engine.start()
     engine.register(make_workflow(executed, gate))
     runs = [await engine.submit("resume", tenant="t", input=None) for _ in range(3)]
@@ -49,7 +49,7 @@ async def test_restart_resumes_runs_where_they_stopped(tmp_path: Path) -> None:
 
     executed.clear()
     gate.set()
-    async with tf.Engine.open(url) as again:
+    async with tf.Engine.open(url, auto_tenant="enterprise") as again:
         again.register(make_workflow(executed, gate))
         results = [await again.run("t", r.id).result() for r in runs]
         assert results == [3, 3, 3]
@@ -65,14 +65,14 @@ async def test_runs_of_an_unregistered_version_wait_until_it_is_registered(tmp_p
     url = f"sqlite:///{tmp_path / 'p.db'}"
     gate = asyncio.Event()
     executed: list[str] = []
-    engine = tf.Engine.open(url)
+    engine = tf.Engine.open(url, auto_tenant="enterprise")
     await engine.start()
     engine.register(make_workflow(executed, gate))
     run = await engine.submit("resume", tenant="t", input=None)
     await asyncio.sleep(0.05)
     await engine.close()
     gate.set()
-    async with tf.Engine.open(url) as again:
+    async with tf.Engine.open(url, auto_tenant="enterprise") as again:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(again.run("t", run.id).result(), 0.3)
         again.register(make_workflow(executed, gate))
@@ -83,7 +83,7 @@ async def test_a_read_only_engine_reads_while_another_executes(tmp_path: Path) -
     url = f"sqlite:///{tmp_path / 'ro.db'}"
     gate = asyncio.Event()
     gate.set()
-    async with tf.Engine.open(url) as engine:
+    async with tf.Engine.open(url, auto_tenant="enterprise") as engine:
         engine.register(make_workflow([], gate))
         run = await engine.submit("resume", tenant="t", input=None)
         await run.result()

@@ -110,7 +110,9 @@ async def e(ctx: tf.StepContext, d: int) -> int:
 async def main(args: argparse.Namespace, progress: Log) -> int:
     pid = os.getpid()
     t0 = time.monotonic()
-    engine = tf.Engine.open(f"sqlite:///{args.db}", slots=args.slots, seed=args.seed)
+    engine = tf.Engine.open(
+        f"sqlite:///{args.db}", slots=args.slots, seed=args.seed, auto_tenant="enterprise"
+    )
     engine.register(wf)  # before start: recovery resumes the unfinished runs at once
     async with engine:
         progress.line(f"{pid} ready {time.monotonic() - t0:.4f} {len(engine.runtime.active)}")

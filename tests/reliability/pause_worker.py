@@ -69,7 +69,9 @@ def build(log: Log, step_s: float) -> tf.Workflow:
 
 
 async def main(args: argparse.Namespace, log: Log) -> int:
-    engine = tf.Engine.open(f"sqlite:///{args.db}", lease=timedelta(seconds=args.lease))
+    engine = tf.Engine.open(
+        f"sqlite:///{args.db}", lease=timedelta(seconds=args.lease), auto_tenant="enterprise"
+    )
     engine.register(build(log, args.step_s))
     async with engine:
         handle = await engine.submit("pause", tenant="t1", input={"n": 4}, idempotency_key="p-1")

@@ -300,7 +300,9 @@ async def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.
 @asynccontextmanager
 async def _engine(kind: str, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Engine]:
     store: Store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "engine.db")
-    async with Engine(store, clock=clock, lease=timedelta(seconds=LEASE_S), seed=7) as engine:
+    async with Engine(
+        store, clock=clock, lease=timedelta(seconds=LEASE_S), seed=7, auto_tenant="enterprise"
+    ) as engine:
         yield engine
 
 

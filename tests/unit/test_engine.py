@@ -38,7 +38,9 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def engine(clock: FakeClock) -> AsyncIterator[tf.Engine]:
-    async with tf.Engine(MemoryStore(), clock=clock, slots=8, seed=7) as eng:
+    async with tf.Engine(
+        MemoryStore(), clock=clock, slots=8, seed=7, auto_tenant="enterprise"
+    ) as eng:
         yield eng
 
 
@@ -332,7 +334,11 @@ async def test_circuit_breaker_opens_and_fails_fast(clock: FakeClock) -> None:
         raise ConnectionError("bureau down")
 
     async with tf.Engine(
-        MemoryStore(), clock=clock, breaker_failures=3, breaker_cooldown=timedelta(seconds=30)
+        MemoryStore(),
+        clock=clock,
+        breaker_failures=3,
+        breaker_cooldown=timedelta(seconds=30),
+        auto_tenant="standard",
     ) as engine:
         engine.register(wf)
         for _ in range(5):

@@ -32,7 +32,9 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from tenantflow.adapters import sqlite_ops
+from tenantflow.adapters import sqlite_tenancy as tq
 from tenantflow.adapters.sqlite_schema import MIGRATIONS, migrate, schema_version_readonly
+from tenantflow.domain.audit import AuditRecord
 from tenantflow.domain.records import (
     EventRecord,
     Op,
@@ -41,6 +43,7 @@ from tenantflow.domain.records import (
     StateVersionRecord,
     StepRecord,
 )
+from tenantflow.domain.tenancy import ReviewRecord, TenantRecord
 from tenantflow.errors import ConfigurationError, StoreError, StoreUnavailableError
 
 __all__ = ["SqliteStore"]
@@ -250,3 +253,52 @@ class SqliteStore:
 
     async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
         return await self._run(sqlite_ops.active_runs)
+
+    # -- tenancy reads ------------------------------------------------------------------------
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord:
+        return await self._run(lambda c: tq.get_tenant(c, tenant_id))
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        return await self._run(tq.list_tenants)
+
+    async def audit_log(self, tenant_id: str) -> list[AuditRecord]:
+        return await self._run(lambda c: tq.audit_rows(c, tenant_id))
+
+    async def get_review(self, tenant_id: str, review_id: str) -> ReviewRecord:
+        return await self._run(lambda c: tq.get_review(c, tenant_id, review_id))
+
+    async def list_reviews(
+        self,
+        tenant_id: str,
+        *,
+        pool: str | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[ReviewRecord]:
+        return await self._run(lambda c: tq.list_reviews(c, tenant_id, pool, statuses, limit))
+
+    async def ledgers(self, tenant_id: str, scope: str | None = None) -> list[dict[str, Any]]:
+        return await self._run(lambda c: tq.read_ledgers(c, tenant_id, scope))
+
+    async def usage(
+        self, tenant_id: str, since_day: str | None = None, until_day: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self._run(lambda c: tq.read_usage(c, tenant_id, since_day, until_day))
+
+    async def execute_sql(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (tests and tooling: tamper tests, purge proofs)."""
+
+        def q(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in c.execute(sql, tuple(args)).fetchall()]
+
+        return await self._run(q)
+
+    async def recorded_calls(
+        self, tenant_id: str, run_id: str, key: str
+    ) -> dict[int, tuple[str, str, str]]:
+        """Results of a step's recorded model and tool calls, by call index."""
+        return await self._run(lambda c: tq.recorded_calls(c, tenant_id, run_id, key))
+
+    async def pending_reviews(self) -> list[ReviewRecord]:
+        return await self._run(tq.pending_reviews)

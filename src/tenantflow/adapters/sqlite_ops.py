@@ -11,6 +11,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from tenantflow.adapters import sqlite_tenancy as tq
+from tenantflow.domain import tenancy as t_ops
 from tenantflow.domain.records import (
     STALE,
     TERMINAL_RUN,
@@ -22,6 +24,8 @@ from tenantflow.domain.records import (
     Lease,
     NewEvent,
     Op,
+    ParkAttempt,
+    RecordCall,
     RecoverOrphans,
     RenewLeases,
     RunRecord,
@@ -83,6 +87,64 @@ def _apply(conn: sqlite3.Connection, op: Op) -> Any:
         return _renew(conn, op)
     if isinstance(op, RecoverOrphans):
         return _recover(conn, op)
+    if isinstance(op, ParkAttempt):
+        return _park(conn, op)
+    if isinstance(op, RecordCall):
+        conn.execute(
+            "INSERT OR IGNORE INTO calls (tenant_id, run_id, key, idx, kind, name, result,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (op.tenant_id, op.run_id, op.key, op.index, op.kind, op.name, op.result_json, op.now),
+        )
+        return True
+    return _apply_tenancy(conn, op)
+
+
+def _park(conn: sqlite3.Connection, op: ParkAttempt) -> Any:
+    row = conn.execute(
+        "UPDATE steps SET status = ?, owner = NULL, lease_expires_at = NULL, available_at = ?"
+        " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
+        " AND lease_expires_at >= ? RETURNING attempt",
+        (op.status.value, op.available_at, op.run_id, op.key, op.tenant_id, op.fence, op.now),
+    ).fetchone()
+    if row is None:
+        return STALE
+    kind = "step.waiting" if op.status == StepStatus.WAITING else "step.deferred"
+    data: dict[str, Any] = {"reason": op.reason}
+    if op.status != StepStatus.WAITING:
+        data["until"] = op.available_at
+    _events(conn, op.tenant_id, op.run_id, op.now, [NewEvent(kind, op.key, row[0], data)])
+    _transition(conn, op.then)
+    return True
+
+
+def _apply_tenancy(conn: sqlite3.Connection, op: Any) -> Any:
+    def then(t: Transition) -> None:
+        _transition(conn, t)
+
+    if isinstance(op, t_ops.Reserve):
+        return tq.reserve(conn, op)
+    if isinstance(op, t_ops.Settle):
+        return tq.settle(conn, op)
+    if isinstance(op, t_ops.AcquireRate):
+        return tq.acquire_rate(conn, op)
+    if isinstance(op, t_ops.ReleaseHolds):
+        return tq.release_holds(conn, op)
+    if isinstance(op, t_ops.Charge):
+        return tq.charge(conn, op)
+    if isinstance(op, t_ops.ThrottleRate):
+        return tq.throttle_rate(conn, op)
+    if isinstance(op, t_ops.CreateReview):
+        return tq.create_review(conn, op, then)
+    if isinstance(op, t_ops.ClaimReview):
+        return tq.claim_review(conn, op)
+    if isinstance(op, t_ops.DecideReview):
+        return tq.decide_review(conn, op, then)
+    if isinstance(op, t_ops.EscalateReview):
+        return tq.escalate_review(conn, op, then)
+    if isinstance(op, t_ops.PutTenant):
+        return tq.put_tenant(conn, op)
+    if isinstance(op, t_ops.DeleteTenant):
+        return tq.delete_tenant(conn, op)
     raise TypeError(f"unknown op {type(op).__name__}")
 
 
@@ -296,6 +358,12 @@ def _transition(conn: sqlite3.Connection, t: Transition) -> None:
             ),
         )
     _events(conn, t.tenant_id, t.run_id, t.now, t.events)
+    tq.append_audit(conn, t.tenant_id, t.now, t.audit)
+    tq.add_usage(conn, t.tenant_id, t.now, t.usage)
+    if t.review is not None:
+        tq.insert_review(conn, t.review)
+    if t.release_prefix is not None:
+        tq.release_holds(conn, t_ops.ReleaseHolds(t.tenant_id, t.release_prefix, t.now))
 
 
 def _renew(conn: sqlite3.Connection, op: RenewLeases) -> list[tuple[str, str, int]]:
@@ -337,6 +405,8 @@ def _recover(conn: sqlite3.Connection, op: RecoverOrphans) -> int:
             op.now,
             [NewEvent("step.recovered", key, attempt, {"reason": "owner died"})],
         )
+        # The dead attempt's budget holds are released: its calls are re-made (or replayed).
+        tq.release_holds(conn, t_ops.ReleaseHolds(tenant_id, f"{run_id}:{key}:", op.now))
     return len(rows)
 
 
@@ -431,7 +501,8 @@ def active_runs(conn: sqlite3.Connection) -> list[tuple[RunRecord, list[StepReco
         _run_from_row(r)
         for r in conn.execute(
             f"SELECT {_RUN_COLS} FROM runs WHERE status IN"
-            " ('queued', 'running', 'compensating', 'cancelling') ORDER BY created_at, id"
+            " ('queued', 'running', 'paused', 'compensating', 'cancelling')"
+            " ORDER BY created_at, id"
         ).fetchall()
     ]
     return [(r, get_steps(conn, r.tenant_id, r.id)) for r in runs]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from tenantflow.adapters.sqlite_tenancy import MIGRATION as _TENANCY
+
 __all__ = ["MIGRATIONS", "migrate", "schema_version", "schema_version_readonly"]
 
 MIGRATIONS: list[list[str]] = [
@@ -35,7 +37,7 @@ MIGRATIONS: list[list[str]] = [
         " WHERE idempotency_key IS NOT NULL",
         "CREATE INDEX runs_tenant_created ON runs (tenant_id, created_at, id)",
         "CREATE INDEX runs_active ON runs (status)"
-        " WHERE status IN ('queued', 'running', 'compensating', 'cancelling')",
+        " WHERE status IN ('queued', 'running', 'paused', 'compensating', 'cancelling')",
         """CREATE TABLE steps (
             run_id TEXT NOT NULL,
             key TEXT NOT NULL,
@@ -80,6 +82,7 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX events_run ON events (run_id, id)",
     ],
+    _TENANCY,
 ]
 
 

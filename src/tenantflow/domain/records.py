@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tenantflow.domain import tenancy as _t
+from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, UsageDelta
+
 __all__ = [
     "STALE",
     "TERMINAL_RUN",
@@ -25,6 +28,8 @@ __all__ = [
     "Lease",
     "NewEvent",
     "Op",
+    "ParkAttempt",
+    "RecordCall",
     "RecoverOrphans",
     "RenewLeases",
     "RunRecord",
@@ -47,6 +52,7 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     COMPENSATING = "compensating"
     CANCELLING = "cancelling"
+    PAUSED = "paused"  # the budget ladder paused it; resumed by engine.resume or a new budget
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATED = "compensated"
@@ -65,6 +71,7 @@ class StepStatus(StrEnum):
     READY = "ready"
     RUNNING = "running"
     MAPPED = "mapped"  # a fan-out step whose elements are running
+    WAITING = "waiting"  # waiting for a human review: holds no slot
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
@@ -276,6 +283,38 @@ class FailAttempt:
 
 
 @dataclass(slots=True)
+class ParkAttempt:
+    """End an attempt without an outcome (fenced): the step waits (``status``: WAITING for a
+    review, READY at ``available_at`` for a rate limit), without counting as a failure.
+    Result: True or STALE."""
+
+    tenant_id: str
+    run_id: str
+    key: str
+    fence: int
+    now: float
+    status: StepStatus
+    available_at: float
+    reason: str
+    then: Transition
+
+
+@dataclass(slots=True)
+class RecordCall:
+    """Durably remember the result of call ``index`` (a model or tool call) of a step, so that
+    a re-executed attempt replays it instead of calling (and paying) again. Result: True."""
+
+    tenant_id: str
+    run_id: str
+    key: str
+    index: int
+    kind: str
+    name: str
+    result_json: str
+    now: float
+
+
+@dataclass(slots=True)
 class Transition:
     """Unfenced changes to one run: step updates, a run update and events."""
 
@@ -285,6 +324,10 @@ class Transition:
     steps: list[StepUpdate] = field(default_factory=list)
     run: RunUpdate | None = None
     events: list[NewEvent] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
+    usage: list[UsageDelta] = field(default_factory=list)
+    review: ReviewRecord | None = None  # a review to open with this change
+    release_prefix: str | None = None  # release the open budget holds whose key starts so
 
 
 @dataclass(slots=True)
@@ -312,6 +355,20 @@ Op = (
     | Transition
     | RenewLeases
     | RecoverOrphans
+    | ParkAttempt
+    | RecordCall
+    | _t.PutTenant
+    | _t.DeleteTenant
+    | _t.Reserve
+    | _t.Settle
+    | _t.Charge
+    | _t.ReleaseHolds
+    | _t.AcquireRate
+    | _t.ThrottleRate
+    | _t.CreateReview
+    | _t.ClaimReview
+    | _t.DecideReview
+    | _t.EscalateReview
 )
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain import budget as budget_math
+from tenantflow.domain.models import ModelResponse
+from tenantflow.domain.records import NewEvent, Transition
+from tenantflow.domain.tenancy import AuditEntry, ReleaseHolds, UsageDelta
 from tenantflow.errors import CircuitOpenError
 
 if TYPE_CHECKING:
-    from tenantflow.engine.runtime import Runtime
+    from tenantflow.domain.policy import Policy
+    from tenantflow.engine.runtime import Active, Runtime
 
 __all__ = ["StepContext"]
 
@@ -37,7 +42,14 @@ class StepContext:
     attempt: int
     idempotency_key: str
     _runtime: Runtime = field(repr=False)
-    notes: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _run: Active | None = field(default=None, repr=False)
+    optional: bool = False
+    notes: list[NewEvent] = field(default_factory=list, repr=False)
+    notes_usage: list[UsageDelta] = field(default_factory=list, repr=False)
+    _calls: int = field(default=0, repr=False)
+    _recorded: dict[int, tuple[str, str, str]] | None = field(default=None, repr=False)
+
+    # -- for step code ------------------------------------------------------------------------
 
     def now(self) -> datetime:
         """The engine clock's current time (a fake clock in tests)."""
@@ -45,7 +57,64 @@ class StepContext:
 
     def log(self, message: str, **data: Any) -> None:
         """Add a note to the run's execution log (committed with the attempt's outcome)."""
-        self.notes.append({"message": message, **data})
+        self.notes.append(
+            NewEvent("step.log", self.step, self.attempt, {"message": message, **data})
+        )
+
+    @property
+    def policy(self) -> Policy:
+        """The tenant policy snapshot this run was admitted with (refreshed between steps)."""
+        if self._run is None or self._run.policy is None:
+            raise RuntimeError("this step context has no policy (a compensation)")
+        return self._run.policy
+
+    async def tool(self, name: str, /, **args: Any) -> Any:
+        """Call a registered tool through the tenant's allow list, rate limit, budget and
+        circuit breaker. Raises NotAllowedError, RateLimitedError (the step is re-queued
+        without holding a slot), BudgetExceededError or CircuitOpenError."""
+        return await self._runtime.gateway.call_tool(self, name, args)
+
+    async def model(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Iterable[dict[str, Any]] | None = None,
+        system: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        tools: Iterable[str] = (),
+        stream: bool = False,
+        tier: str | None = None,
+    ) -> ModelResponse:
+        """Call a model: the endpoint is chosen by the tenant's model tier, allowed models,
+        residency region, endpoint health and remaining budget; tokens and cost are recorded.
+
+        Args:
+            prompt: a user message (or pass ``messages``).
+            messages: OpenAI-shaped chat messages.
+            system: a system message placed first.
+            max_tokens: completion cap; the budget reserves the worst case for it.
+            tools: names of registered tools the model may ask to call.
+            tier: "large" or "small", overriding the policy's model tier preference.
+        """
+        msgs: list[dict[str, Any]] = []
+        if system:
+            msgs.append({"role": "system", "content": system})
+        if messages is not None:
+            msgs.extend(dict(m) for m in messages)
+        if prompt is not None:
+            msgs.append({"role": "user", "content": prompt})
+        if not msgs:
+            raise ValueError("ctx.model needs a prompt or messages")
+        return await self._runtime.gateway.call_model(
+            self,
+            msgs,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            tools=tools,
+            stream=stream,
+            tier=tier,
+        )
 
     @asynccontextmanager
     async def circuit(self, name: str) -> AsyncIterator[None]:
@@ -68,3 +137,81 @@ class StepContext:
             breaker.record_failure(self._runtime.clock.now())
             raise
         breaker.record_success(self._runtime.clock.now())
+
+    # -- for the gateway ----------------------------------------------------------------------
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    def now_s(self) -> float:
+        return self._runtime.clock.now()
+
+    def next_call_index(self) -> int:
+        self._calls += 1
+        return self._calls
+
+    async def recorded_call(self, index: int) -> str | None:
+        if self._recorded is None:
+            self._recorded = await self._runtime.store.recorded_calls(
+                self.tenant_id, self.run_id, self.step
+            )
+        found = self._recorded.get(index)
+        return None if found is None else found[2]
+
+    async def write(self, op: Any) -> Any:
+        return await self._runtime.writer.write(op)
+
+    def log_event(self, kind: str, data: dict[str, Any]) -> None:
+        self.notes.append(NewEvent(kind, self.step, self.attempt, data))
+
+    async def note_decision(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        audit: AuditEntry | None = None,
+        usage: list[UsageDelta] | None = None,
+    ) -> None:
+        """Record a policy decision now, in the execution log and the audit log."""
+        await self.write(
+            Transition(
+                self.tenant_id,
+                self.run_id,
+                self.now_s(),
+                events=[NewEvent(kind, self.step, self.attempt, data)],
+                audit=[audit] if audit is not None else [],
+                usage=usage or [],
+            )
+        )
+
+    async def release_holds(self, key: str) -> None:
+        await self.write(ReleaseHolds(self.tenant_id, key, self.now_s()))
+
+    async def remaining_micros(self) -> int | None:
+        """What is left of the run's and the tenant's period money budget (None: unlimited)."""
+        policy = self.policy
+        b = policy.budget
+        now = self.now_s()
+        ledgers = {
+            row["scope"]: row
+            for row in await self._runtime.store.ledgers(self.tenant_id)
+            if row["unit"] == "micros" and row["scope"] in (f"run:{self.run_id}", "period")
+        }
+        left: list[int] = []
+        for scope, limit in ((f"run:{self.run_id}", b.run_micros), ("period", b.period_micros)):
+            if limit is None:
+                continue
+            row = ledgers.get(scope)
+            spent = reserved = 0
+            if row is not None:
+                reserved = int(row["reserved"])
+                stale = scope == "period" and budget_math.needs_reset(
+                    row["period_start"], now, b.period
+                )
+                spent = 0 if stale else int(row["spent"])
+            left.append(max(0, limit - spent - reserved))
+        return min(left) if left else None
+
+
+_ = ModelResponse

@@ -18,14 +18,19 @@ import random
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
 from tenantflow.adapters.clock import SystemClock
+from tenantflow.domain import budget as budget_math
+from tenantflow.domain.admission import AdmissionController
+from tenantflow.domain.audit import VerifyResult, verify_chain
+from tenantflow.domain.breaker import CircuitBreaker
 from tenantflow.domain.contracts import contract_for, list_of
+from tenantflow.domain.policy import Policy
 from tenantflow.domain.records import (
     TERMINAL_RUN,
     CreateRun,
@@ -39,18 +44,28 @@ from tenantflow.domain.records import (
 from tenantflow.domain.run import advance, run_result
 from tenantflow.domain.spec import WorkflowSpec, child_key
 from tenantflow.domain.state import Change, bisect_versions, diff_states, fold
+from tenantflow.domain.tenancy import ReviewRecord
+from tenantflow.engine.dispatch import Dispatcher
+from tenantflow.engine.gateway import Gateway, Models, Tools
+from tenantflow.engine.reviews import Reviews
 from tenantflow.engine.runtime import Active, Runtime
+from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.errors import (
+    BudgetExceededError,
     ConfigurationError,
     ConflictError,
     NotFoundError,
+    ResidencyError,
     RunFailedError,
     SpecError,
+    TenantflowError,
 )
 from tenantflow.ports import Clock, Store
 from tenantflow.workflow import Workflow
 
-__all__ = ["Engine", "RunHandle", "StateVersion", "open_store"]
+__all__ = ["DEFAULT_STORE", "Engine", "RunHandle", "StateVersion", "check_tenant", "open_store"]
+
+DEFAULT_STORE = "default"
 
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _LANES = ("urgent", "normal", "background")
@@ -131,16 +146,27 @@ class RunHandle:
 
 
 class Engine:
-    """Runs registered workflows durably on one store.
+    """Runs registered workflows durably for many tenants, each inside its boundary.
 
     Args:
-        store: where runs live (see :func:`open_store`).
+        store: where runs live (see :func:`open_store`): the default store.
         clock: time source; :class:`~tenantflow.testing.FakeClock` in tests.
-        slots: how many step attempts may execute at once in this process.
+        slots: how many step attempts may execute at once, shared fairly by all tenants.
         lease: how long an attempt's lease lasts without renewal; an attempt whose lease lapses
             (the process stalled) can no longer commit, and the step is claimed again.
         execute: False opens the store to read (timelines, state) without running anything.
         seed: seeds retry jitter, for reproducible tests.
+        region: the residency region of the default store (None: a single store that serves
+            every tenant whose region has no store of its own, only when ``regions`` is empty).
+        regions: more stores, one per residency region: a tenant's runs, state, audit log and
+            ledgers live only in its region's store.
+        max_queued_runs: past this many runs waiting for admission, submissions are refused
+            with :class:`BackpressureError` (and its retry-after).
+        auto_tenant: a tier name or Policy: unknown tenants are registered with it on first
+            submit (audited). None (the default) refuses unknown tenants.
+        aging: how long a waiting step takes to climb one lane.
+        controls: False switches tenant controls off — one shared FIFO queue, no caps, rate
+            limits shared by all tenants — the baseline the demo compares against.
     """
 
     def __init__(
@@ -154,6 +180,12 @@ class Engine:
         breaker_cooldown: timedelta = timedelta(seconds=30),
         execute: bool = True,
         seed: int | None = None,
+        region: str | None = None,
+        regions: Mapping[str, Store] | None = None,
+        max_queued_runs: int = 100_000,
+        auto_tenant: str | Policy | None = None,
+        aging: timedelta = timedelta(seconds=30),
+        controls: bool = True,
     ) -> None:
         if slots < 1:
             raise ConfigurationError("slots must be at least 1", field="slots", value=slots)
@@ -162,28 +194,58 @@ class Engine:
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.execute = execute
+        self.region = region
+        self.regions: dict[str, Store] = dict(regions or {})
+        if region is not None and region in self.regions:
+            raise ConfigurationError(
+                f"region {region!r} is both the default store's and in regions", field="regions"
+            )
+        self.stores: dict[str, Store] = {DEFAULT_STORE: store, **self.regions}
+        self.auto_tenant = auto_tenant
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._specs: dict[tuple[str, str], WorkflowSpec] = {}
         self._latest: dict[str, WorkflowSpec] = {}
         self._waiters: dict[str, list[asyncio.Future[tuple[RunStatus, Any]]]] = {}
         self._parked: list[RunRecord] = []
         self._started = False
-        self.runtime = Runtime(
-            store,
-            self.clock,
-            owner=self.owner,
-            slots=slots,
-            lease_s=lease.total_seconds(),
-            breaker_threshold=breaker_failures,
-            breaker_cooldown_s=breaker_cooldown.total_seconds(),
-            rng=random.Random(seed),
-            on_finish=self._on_finish,
+        self.tools = Tools()
+        self.models = Models()
+        self.gateway = Gateway(self.tools, self.models)
+        self.controls = controls
+        self.dispatcher = Dispatcher(
+            self.clock, slots=slots, aging_s=aging.total_seconds(), shared=not controls
         )
+        self.dispatcher.on_notice = self._burst_notice
+        self.admission = AdmissionController(max_queued=max_queued_runs)
+        self.tenants = Tenants(self)
+        self.reviews = Reviews(self)
+        self.burst_notices: list[Any] = []
+        rng = random.Random(seed)
+        breakers: dict[str, CircuitBreaker] = {}
+        self.runtimes: dict[str, Runtime] = {
+            key: Runtime(
+                st,
+                self.clock,
+                owner=self.owner,
+                dispatcher=self.dispatcher,
+                gateway=self.gateway,
+                hooks=self,
+                breakers=breakers,
+                lease_s=lease.total_seconds(),
+                breaker_threshold=breaker_failures,
+                breaker_cooldown_s=breaker_cooldown.total_seconds(),
+                rng=rng,
+            )
+            for key, st in self.stores.items()
+        }
+        self.runtime = self.runtimes[DEFAULT_STORE]
 
     @classmethod
-    def open(cls, url: str, **options: Any) -> Engine:
-        """An engine on the store named by ``url``; use it as ``async with Engine.open(...)``."""
-        return cls(open_store(url), **options)
+    def open(cls, url: str, *, regions: Mapping[str, str] | None = None, **options: Any) -> Engine:
+        """An engine on the store named by ``url`` (plus one store URL per residency region);
+        use it as ``async with Engine.open(...)``."""
+        stores = {region: open_store(u) for region, u in (regions or {}).items()}
+        return cls(open_store(url), regions=stores, **options)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -201,19 +263,40 @@ class Engine:
         """Open the store and, when executing, resume every unfinished run."""
         if self._started:
             return
-        await self.store.open(execute=self.execute)
+        opened: list[Store] = []
+        try:
+            for st in self.stores.values():
+                await st.open(execute=self.execute)
+                opened.append(st)
+        except BaseException:
+            for st in opened:
+                await st.close()
+            raise
         self._started = True
+        await self.tenants.load()
         if self.execute:
-            self.runtime.start()
-            self._parked = await self.runtime.recover(self._spec_or_none)
+            for runtime in self.runtimes.values():
+                runtime.start()
+            for runtime in self.runtimes.values():
+                self._parked.extend(await runtime.recover(self._spec_or_none))
+            await self._readmit()
+            for st in self.stores.values():
+                for review in await st.pending_reviews():
+                    self.review_opened(review)
 
     async def close(self) -> None:
         """Stop executing (attempts in flight are resumed by the next start) and close the store."""
         if not self._started:
             return
         if self.execute:
-            await self.runtime.close()
-        await self.store.close()
+            self.dispatcher.closing = True
+            for runtime in self.runtimes.values():
+                runtime.closing = True
+            for runtime in self.runtimes.values():
+                await runtime.close()
+        for st in self.stores.values():
+            await st.close()
+        await self.models.close()
         self._started = False
 
     # -- workflows ----------------------------------------------------------------------------
@@ -244,8 +327,11 @@ class Engine:
         ]
         self._parked = [r for r in self._parked if r not in mine]
         for record in mine:
-            steps = await self.store.get_steps(record.tenant_id, record.id)
-            self.runtime.resume(record, steps, spec)
+            runtime = self.runtime_for_tenant(record.tenant_id)
+            steps = await runtime.store.get_steps(record.tenant_id, record.id)
+            run = runtime.resume(record, steps, spec)
+            self._attach_policy(run)
+            self._admit_recovered(runtime, run)
 
     def _spec_or_none(self, name: str, version: str) -> WorkflowSpec | None:
         return self._specs.get((name, version))
@@ -272,16 +358,20 @@ class Engine:
         tenant: str,
         input: Any,
         idempotency_key: str | None = None,
-        lane: str = "normal",
+        lane: str | None = None,
         version: str | None = None,
     ) -> RunHandle:
         """Start a run of ``workflow`` for ``tenant``; returns once the run is durably recorded.
 
-        The same ``idempotency_key`` for the same tenant returns the existing run.
+        The run is admitted at once while the tenant is under its active-run cap, else it waits
+        in the tenant's own queue (status ``queued``). Its policy snapshot and region are fixed
+        here. The same ``idempotency_key`` for the same tenant returns the existing run.
 
         Raises:
-            NotFoundError: the workflow (version) is not registered.
+            NotFoundError: the workflow (version) or the tenant is not registered.
             ContractError: ``input`` breaks the workflow's input contract.
+            BackpressureError: the platform's queue is full; retry after ``retry_after_s``.
+            BudgetExceededError: the tenant's period budget is spent.
             ConfigurationError: a bad tenant id or lane, or an engine that does not execute.
         """
         if not self.execute or not self._started:
@@ -289,6 +379,9 @@ class Engine:
                 "this engine is not executing runs (open it with execute=True)"
             )
         tenant = check_tenant(tenant)
+        info = await self._tenant_for_submit(tenant)
+        policy = info.policy
+        lane = lane or policy.default_lane
         if lane not in _LANES:
             raise ConfigurationError(
                 f"unknown lane {lane!r}: one of {', '.join(_LANES)}", field="lane", value=lane
@@ -298,37 +391,39 @@ class Engine:
         value, input_json = contract_for(spec.input_type).check(
             input, step="<input>", direction="input"
         )
+        runtime = self.runtimes[info.store]
+        await self._check_period_budget(runtime, tenant, policy)
         now = self.clock.now()
         run_id = "run_" + secrets.token_hex(12)
         pending = {s.name: StepStatus.PENDING for s in spec.steps}
         plan = advance(spec, pending, {}, value, changed=None)
         statuses = {**pending, **plan.statuses()}
-        events = [
-            NewEvent(
-                "run.submitted",
-                None,
-                None,
-                {"workflow": spec.name, "version": spec.version, "lane": lane},
-            ),
-            NewEvent("run.started"),
-        ]
+        submitted = {
+            "workflow": spec.name,
+            "version": spec.version,
+            "lane": lane,
+            "policy_version": info.policy_version,
+            "region": policy.region,
+        }
+        events = [NewEvent("run.submitted", None, None, submitted)]
         events.extend(NewEvent("step.skipped", k, None, {"reason": r}) for k, r in plan.skipped)
         events.extend(NewEvent("step.mapped", k, None, {"elements": n}) for k, n in plan.mapped)
         events.extend(NewEvent("step.failed", k, None, {"error": r}) for k, r in plan.failed)
         fatal = [k for k, _ in plan.failed if not spec.step(k).optional]
-        status = RunStatus.RUNNING
         result_json: bytes | None = None
         error: str | None = None
         if fatal:
-            status, error = (
-                RunStatus.FAILED,
-                f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}",
-            )
+            status = RunStatus.FAILED
+            error = f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}"
             events.append(NewEvent("run.failed", None, None, {"error": error}))
         elif plan.completed:
             status = RunStatus.COMPLETED
             result_json = self.runtime._result_json(spec, run_result(spec, {}))
             events.append(NewEvent("run.completed"))
+        else:
+            admitted = self.admission.submit(self._adm(tenant), run_id, lane, now)  # type: ignore[arg-type]
+            status = RunStatus.RUNNING if admitted else RunStatus.QUEUED
+            events.append(NewEvent("run.started" if admitted else "run.queued"))
         record = RunRecord(
             id=run_id,
             tenant_id=tenant,
@@ -343,31 +438,87 @@ class Engine:
             result_json=result_json,
             error=error,
             finished_at=now if status in TERMINAL_RUN else None,
+            meta={"policy_version": info.policy_version, "region": policy.region},
         )
         rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
-        outcome = await self.runtime.writer.write(CreateRun(record, rows, events))
+        try:
+            outcome = await runtime.writer.write(CreateRun(record, rows, events))
+        except BaseException:
+            self._forget_admission(tenant, run_id, status)
+            raise
         if not outcome.created:
+            self._forget_admission(tenant, run_id, status)
             return RunHandle(self, tenant, outcome.run_id, created=False)
-        if status == RunStatus.RUNNING:
+        if status in (RunStatus.RUNNING, RunStatus.QUEUED):
             run = Active(run_id, tenant, lane, spec, value, status, statuses)
+            run.policy, run.policy_version = policy, info.policy_version
             for key, n in plan.mapped:
                 run.children[key] = n
             for key in plan.gathered:
                 run.outputs[key] = []
                 run.jsons[key] = b"[]"
-            self.runtime.active[run_id] = run
+            runtime.active[run_id] = run
             ready = list(plan.ready)
             for key, n in plan.mapped:
                 ready.extend(child_key(key, i) for i in range(n))
-            self.runtime.enqueue(run, ready)
+            runtime.enqueue(run, ready)
         return RunHandle(self, tenant, run_id)
+
+    def _forget_admission(self, tenant: str, run_id: str, status: RunStatus) -> None:
+        if status == RunStatus.RUNNING:
+            self._admit_keys(
+                tenant, self.admission.finished(self._adm(tenant), run_id, self.clock.now())
+            )
+        elif status == RunStatus.QUEUED:
+            self.admission.withdraw(self._adm(tenant), run_id)
+
+    def _adm(self, tenant: str) -> str:
+        """The admission queue a tenant's runs wait in (one shared queue without controls)."""
+        return tenant if self.controls else "*"
+
+    async def _tenant_for_submit(self, tenant: str) -> TenantInfo:
+        info = self.tenants.cached(tenant)
+        if info is not None:
+            return info
+        if self.auto_tenant is None:
+            raise NotFoundError(
+                f"tenant {tenant!r} is not registered; create it with engine.tenants.create()"
+                " (or open the engine with auto_tenant=<tier>)",
+                kind="tenant",
+                id=tenant,
+            )
+        try:
+            if isinstance(self.auto_tenant, Policy):
+                return await self.tenants.create(
+                    tenant, policy=self.auto_tenant, actor="engine:auto"
+                )
+            return await self.tenants.create(tenant, tier=self.auto_tenant, actor="engine:auto")
+        except ConflictError:  # created concurrently
+            return await self.tenants.get(tenant)
+
+    async def _check_period_budget(self, runtime: Runtime, tenant: str, policy: Policy) -> None:
+        b = policy.budget
+        if b.period_micros is None:
+            return
+        for row in await runtime.store.ledgers(tenant, "period"):
+            if row["unit"] != "micros":
+                continue
+            if budget_math.needs_reset(row["period_start"], self.clock.now(), b.period):
+                return
+            if int(row["spent"]) + int(row["reserved"]) >= b.period_micros:
+                raise BudgetExceededError(
+                    f"tenant {tenant!r} has spent its {b.period} budget",
+                    scope="period",
+                    tenant=tenant,
+                )
 
     def run(self, tenant: str, run_id: str) -> RunHandle:
         """A handle on an existing run."""
         return RunHandle(self, check_tenant(tenant), run_id)
 
     async def get_run(self, tenant: str, run_id: str) -> RunRecord:
-        return await self.store.get_run(check_tenant(tenant), run_id)
+        """The run's record; NotFoundError if this tenant has no such run."""
+        return await self.store_for_tenant(check_tenant(tenant)).get_run(tenant, run_id)
 
     async def list_runs(
         self,
@@ -380,13 +531,13 @@ class Engine:
     ) -> list[RunRecord]:
         if not 1 <= limit <= 1000:
             raise ConfigurationError("limit must be within 1..1000", field="limit", value=limit)
-        return await self.store.list_runs(
-            check_tenant(tenant), status=status, workflow=workflow, limit=limit, before=before
+        return await self.store_for_tenant(check_tenant(tenant)).list_runs(
+            tenant, status=status, workflow=workflow, limit=limit, before=before
         )
 
     async def steps(self, tenant: str, run_id: str) -> list[StepRecord]:
         await self.get_run(tenant, run_id)
-        return await self.store.get_steps(tenant, run_id)
+        return await self.store_for_tenant(tenant).get_steps(tenant, run_id)
 
     async def cancel(
         self, tenant: str, run_id: str, reason: str = "cancelled by request"
@@ -399,11 +550,14 @@ class Engine:
                 run_id=run_id,
                 status=record.status.value,
             )
-        active = self.runtime.active.get(run_id)
+        active = self.active_run(tenant, run_id)
         if active is None or not self.execute:
             raise ConflictError(f"run {run_id} is not executing in this engine", run_id=run_id)
-        await self.runtime.cancel(active, reason)
-        return await self.store.get_run(tenant, run_id)
+        if active.status == RunStatus.QUEUED:
+            self.admission.withdraw(self._adm(tenant), run_id)
+            active.status = RunStatus.RUNNING  # so that cancel() unwinds it like any run
+        await self.runtime_for_tenant(tenant).cancel(active, reason)
+        return await self.get_run(tenant, run_id)
 
     async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
         """Wait until the run ends and return its record."""
@@ -413,7 +567,7 @@ class Engine:
 
         async def until_done() -> RunRecord:
             while True:
-                if run_id in self.runtime.active:
+                if self.active_run(tenant, run_id) is not None:
                     fut: asyncio.Future[tuple[RunStatus, Any]] = (
                         asyncio.get_running_loop().create_future()
                     )
@@ -421,7 +575,7 @@ class Engine:
                     await fut
                 else:  # executing elsewhere (or not yet resumed): poll the store
                     await asyncio.sleep(0.1)
-                current = await self.store.get_run(tenant, run_id)
+                current = await self.get_run(tenant, run_id)
                 if current.status in TERMINAL_RUN:
                     return current
 
@@ -429,10 +583,181 @@ class Engine:
             return await until_done()
         return await asyncio.wait_for(until_done(), timeout.total_seconds())
 
-    def _on_finish(self, run: Active, status: RunStatus, result: Any) -> None:
+    # -- hooks the runtimes call ----------------------------------------------------------
+
+    def on_finish(self, run: Active, status: RunStatus, result: Any) -> None:
         for fut in self._waiters.pop(run.id, []):
             if not fut.done():
                 fut.set_result((status, result))
+        try:
+            admitted = self.admission.finished(self._adm(run.tenant_id), run.id, self.clock.now())
+        except NotFoundError:
+            return  # it was never admitted (it ended while queued)
+        self._admit_keys(run.tenant_id, admitted)
+
+    def _admit_keys(self, tenant: str, keys: list[Any]) -> None:
+        for key in keys:
+            for runtime in self.runtimes.values():
+                run = runtime.active.get(str(key))
+                if run is not None:
+                    runtime.spawn(runtime.set_running(run, "run.admitted"), f"admit:{run.id}")
+
+    def refresh_policy(self, run: Active) -> None:
+        """At a step boundary: a running run picks up its tenant's changed policy (O(1))."""
+        info = self.tenants.cached(run.tenant_id)
+        if info is not None and info.policy_version != run.policy_version:
+            run.policy, run.policy_version = info.policy, info.policy_version
+
+    def review_opened(self, review: ReviewRecord) -> None:
+        """Arm the SLA timer of an open review."""
+        if review.sla_due is None or not self.execute:
+            return
+        delay = max(0.0, review.sla_due - self.clock.now())
+
+        async def watch() -> None:
+            await self.clock.sleep(delay)
+            await self.reviews.check_sla(review.tenant_id, review.id)
+
+        self.runtime_for_tenant(review.tenant_id).spawn(watch(), f"sla:{review.id}")
+
+    def _burst_notice(self, notice: Any) -> None:
+        self.burst_notices.append(notice)
+        del self.burst_notices[:-1000]
+
+    def configure_tenant(self, info: TenantInfo) -> None:
+        """Apply a tenant's policy to the scheduler and admission (caps, weight, burst)."""
+        p = info.policy
+        cap = p.max_running_steps
+        self.dispatcher.configure(
+            info.id,
+            weight=p.weight,
+            running_cap=cap,
+            guaranteed_slots=min(p.guaranteed_slots, cap),
+            burst_slots=p.burst_slots if cap else 0,
+            burst_window_s=p.burst_window.total_seconds() if p.burst_slots and cap else 0.0,
+        )
+        if self.controls:
+            admitted = self.admission.configure_tenant(
+                info.id, active_cap=p.max_active_runs, now_s=self.clock.now()
+            )
+        else:
+            admitted = self.admission.configure_tenant("*", now_s=self.clock.now())
+        if self._started:
+            self._admit_keys(info.id, admitted)
+            self._resume_paused(info.id)
+
+    def _resume_paused(self, tenant: str) -> None:
+        runtime = self.runtimes.get(self._store_key_of(tenant))
+        if runtime is None:
+            return
+        for run in list(runtime.active.values()):
+            if run.tenant_id == tenant and run.status == RunStatus.PAUSED:
+                runtime.spawn(
+                    runtime.set_running(run, "run.resumed", {"reason": "policy changed"}),
+                    f"resume:{run.id}",
+                )
+
+    # -- recovery with tenancy ------------------------------------------------------------
+
+    def _attach_policy(self, run: Active) -> None:
+        info = self.tenants.cached(run.tenant_id)
+        if info is not None:
+            run.policy, run.policy_version = info.policy, info.policy_version
+
+    async def _readmit(self) -> None:
+        for runtime in self.runtimes.values():
+            runs = sorted(
+                runtime.active.values(), key=lambda r: (r.status != RunStatus.RUNNING, r.id)
+            )
+            for run in runs:
+                self._attach_policy(run)
+                self._admit_recovered(runtime, run)
+
+    def _admit_recovered(self, runtime: Runtime, run: Active) -> None:
+        if run.status not in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.PAUSED):
+            return
+        if self.tenants.cached(run.tenant_id) is None:
+            self.dispatcher.configure(run.tenant_id)
+            self.admission.configure_tenant(self._adm(run.tenant_id), now_s=self.clock.now())
+        lane: Any = run.lane
+        try:
+            admitted = self.admission.submit(
+                self._adm(run.tenant_id), run.id, lane, self.clock.now()
+            )
+        except TenantflowError:
+            admitted = False
+        if run.status == RunStatus.QUEUED and admitted:
+            runtime.spawn(runtime.set_running(run, "run.admitted"), f"admit:{run.id}")
+
+    # -- routing tenants to region stores ------------------------------------------------
+
+    def store_key_for(self, region: str | None) -> str:
+        """Which store holds the data of a tenant whose residency region is ``region``."""
+        if region is None or region == self.region:
+            return DEFAULT_STORE
+        if region in self.regions:
+            return region
+        if self.region is None and not self.regions:
+            return DEFAULT_STORE  # a single unlabelled store serves every tenant
+        configured = ", ".join(sorted(self._labels())) or "none"
+        raise ResidencyError(
+            f"no store serves region {region!r} (configured: {configured})", region=region
+        )
+
+    def _labels(self) -> set[str]:
+        return set(self.regions) | ({self.region} if self.region else set())
+
+    def _store_key_of(self, tenant: str) -> str:
+        info = self.tenants.cached(tenant)
+        return DEFAULT_STORE if info is None else info.store
+
+    def store_for_tenant(self, tenant: str) -> Store:
+        """The store that holds this tenant's data."""
+        return self.stores[self._store_key_of(tenant)]
+
+    def runtime_for_tenant(self, tenant: str) -> Runtime:
+        return self.runtimes[self._store_key_of(tenant)]
+
+    def active_run(self, tenant: str, run_id: str) -> Active | None:
+        """The run if it is executing in this engine (and belongs to ``tenant``)."""
+        run = self.runtime_for_tenant(tenant).active.get(run_id)
+        return run if run is not None and run.tenant_id == tenant else None
+
+    async def resume(self, tenant: str, run_id: str) -> RunRecord:
+        """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+        run = self.active_run(tenant, run_id)
+        if run is None or run.status != RunStatus.PAUSED:
+            record = await self.get_run(tenant, run_id)
+            raise ConflictError(f"run {run_id} is {record.status.value}, not paused", run_id=run_id)
+        await self.runtime_for_tenant(tenant).set_running(
+            run, "run.resumed", {"reason": "resumed by request"}
+        )
+        return await self.get_run(tenant, run_id)
+
+    # -- attribution and audit -------------------------------------------------------------
+
+    async def usage(
+        self, tenant: str, *, since: str | None = None, until: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's usage counters per day (``YYYY-MM-DD``): steps, slot_seconds,
+        tokens_in/out, cost_micros, tool_calls, model_calls, rate_limit_waits, degradations,
+        reviews; ``dim`` names the tool, model or step."""
+        await self.tenants.get(check_tenant(tenant))
+        return await self.store_for_tenant(tenant).usage(tenant, since, until)
+
+    async def budget(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's ledgers: limit, spent, reserved and overrun per scope and unit."""
+        await self.tenants.get(check_tenant(tenant))
+        return await self.store_for_tenant(tenant).ledgers(tenant)
+
+    async def audit_log(self, tenant: str) -> list[Any]:
+        """The tenant's audit rows, oldest first."""
+        return await self.store_for_tenant(check_tenant(tenant)).audit_log(tenant)
+
+    async def audit_verify(self, tenant: str) -> VerifyResult:
+        """Check the tenant's audit hash chain; names the first tampered, missing or moved row."""
+        rows = await self.audit_log(tenant)
+        return verify_chain(rows, tenant_id=tenant)
 
     def decode_result(self, record: RunRecord) -> Any:
         """A completed run's result as the sink step's output type."""
@@ -454,7 +779,7 @@ class Engine:
     async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]:
         """The run's execution log, oldest first."""
         await self.get_run(tenant, run_id)
-        return await self.store.events(tenant, run_id)
+        return await self.store_for_tenant(tenant).events(tenant, run_id)
 
     async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion:
         """The run's state at ``version`` (latest when None): time travel over its history."""
@@ -466,7 +791,7 @@ class Engine:
                 kind="state_version",
                 id=str(target),
             )
-        versions = await self.store.state_versions(tenant, run_id, upto=target)
+        versions = await self.store_for_tenant(tenant).state_versions(tenant, run_id, upto=target)
         deltas = [{"input": json.loads(versions[0].delta_json)}] + [
             json.loads(v.delta_json) for v in versions[1:]
         ]
@@ -478,7 +803,9 @@ class Engine:
     async def versions(self, tenant: str, run_id: str) -> list[StateVersion]:
         """Every state version of the run, materialised, in order."""
         record = await self.get_run(tenant, run_id)
-        rows = await self.store.state_versions(tenant, run_id, upto=record.state_version)
+        rows = await self.store_for_tenant(tenant).state_versions(
+            tenant, run_id, upto=record.state_version
+        )
         out: list[StateVersion] = []
         state: dict[str, Any] = {}
         for v in rows:

@@ -9,13 +9,14 @@ parallel branches finishing together both see each other's completion.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
-from collections import deque
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantflow.domain.breaker import CircuitBreaker
 from tenantflow.domain.contracts import contract_for, list_of
@@ -26,6 +27,8 @@ from tenantflow.domain.records import (
     FailAttempt,
     FinishAttempt,
     NewEvent,
+    ParkAttempt,
+    RecordCall,
     RecoverOrphans,
     RenewLeases,
     RunRecord,
@@ -37,12 +40,30 @@ from tenantflow.domain.records import (
     StepUpdate,
     Transition,
 )
+from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.run import MISSING, Plan, advance, bind, compensation_order, run_result
 from tenantflow.domain.spec import StepSpec, WorkflowSpec, child_key, parse_key
+from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, ReviewStatus, UsageDelta
 from tenantflow.engine.context import StepContext
+from tenantflow.engine.dispatch import Dispatcher, Slot
+from tenantflow.engine.gateway import Escalate, Gateway, Pause, SkipStep, human_response
 from tenantflow.engine.writer import Writer
-from tenantflow.errors import CircuitOpenError, StepTimeoutError, TenantflowError
+from tenantflow.errors import (
+    CircuitOpenError,
+    NotAllowedError,
+    NotFoundError,
+    RateLimitedError,
+    SpecError,
+    StepTimeoutError,
+    TenantflowError,
+)
 from tenantflow.ports import Clock, Store
+
+if TYPE_CHECKING:
+    from tenantflow.domain.policy import Policy
+
+# Errors no retry can fix: fail the step at once.
+_NEVER_RETRY = (NotAllowedError, NotFoundError, SpecError)
 
 __all__ = ["Active", "Runtime"]
 
@@ -78,6 +99,22 @@ class Active:
     lost: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     error: str | None = None
+    policy: Policy | None = None
+    policy_version: int = 0
+    progressed: bool = False  # a step has completed: its steps go before new runs' first ones
+    deferrals: dict[str, int] = field(default_factory=dict)
+
+
+class Hooks(Protocol):
+    """What the runtime asks of the engine around it."""
+
+    controls: bool
+
+    def refresh_policy(self, run: Active) -> None: ...
+
+    def on_finish(self, run: Active, status: RunStatus, result: Any) -> None: ...
+
+    def review_opened(self, review: ReviewRecord) -> None: ...
 
 
 class Runtime:
@@ -89,27 +126,28 @@ class Runtime:
         clock: Clock,
         *,
         owner: str,
-        slots: int,
+        dispatcher: Dispatcher,
+        gateway: Gateway,
+        hooks: Hooks,
+        breakers: dict[str, CircuitBreaker],
         lease_s: float,
         breaker_threshold: int,
         breaker_cooldown_s: float,
         rng: random.Random,
-        on_finish: Callable[[Active, RunStatus, Any], None],
     ) -> None:
         self.store = store
         self.clock = clock
         self.owner = owner
-        self.slots = slots
+        self.dispatcher = dispatcher
+        self.gateway = gateway
+        self.hooks = hooks
         self.lease_s = lease_s
         self.writer = Writer(store)
         self.active: dict[str, Active] = {}
-        self._free = slots
-        self._ready: deque[tuple[Active, str]] = deque()
-        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breakers = breakers  # shared by every region: a dependency is one dependency
         self._breaker_threshold = breaker_threshold
         self._breaker_cooldown_s = breaker_cooldown_s
         self._rng = rng
-        self._on_finish = on_finish
         self._background: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self.closing = False
@@ -148,21 +186,19 @@ class Runtime:
     # -- dispatch -----------------------------------------------------------------------------
 
     def enqueue(self, run: Active, keys: Iterable[str]) -> None:
+        """Hand ready steps to the fair dispatcher (only while the run is running)."""
+        if run.status != RunStatus.RUNNING or self.closing:
+            return
+        lane: Any = run.lane
         for key in keys:
-            self._ready.append((run, key))
-        self._pump()
-
-    def _pump(self) -> None:
-        while self._free > 0 and self._ready and not self.closing:
-            run, key = self._ready.popleft()
-            if run.status != RunStatus.RUNNING or key in run.tasks:
-                continue
-            self._free -= 1
-            run.tasks[key] = asyncio.create_task(self._attempt(run, key), name=f"{run.id}:{key}")
-
-    def _release_slot(self) -> None:
-        self._free += 1
-        self._pump()
+            self.dispatcher.push(
+                run.tenant_id,
+                (run.id, key),
+                lane,
+                functools.partial(self._attempt, run, key),
+                in_flight=run.progressed,
+                hint_name=f"{run.spec.name}/{parse_key(key)[0]}",
+            )
 
     def enqueue_later(self, run: Active, key: str, delay_s: float) -> None:
         async def later() -> None:
@@ -173,9 +209,14 @@ class Runtime:
 
     # -- one attempt --------------------------------------------------------------------------
 
-    async def _attempt(self, run: Active, key: str) -> None:
-        slot_held = True
+    async def _attempt(self, run: Active, key: str, slot: Slot) -> None:
+        current = asyncio.current_task()
+        if run.status != RunStatus.RUNNING or key in run.tasks or self.closing or current is None:
+            slot.release()
+            return
+        run.tasks[key] = current
         try:
+            self.hooks.refresh_policy(run)
             now = self.clock.now()
             lease = await self.writer.write(
                 StartAttempt(run.tenant_id, run.id, key, self.owner, now, now + self.lease_s)
@@ -185,8 +226,17 @@ class Runtime:
             name, index = parse_key(key)
             step = run.spec.step(name)
             ctx = StepContext(
-                run.id, run.tenant_id, run.spec.name, key, lease.attempt, f"{run.id}:{key}", self
+                run.id,
+                run.tenant_id,
+                run.spec.name,
+                key,
+                lease.attempt,
+                f"{run.id}:{key}",
+                self,
+                run,
+                optional=step.optional,
             )
+            started = self.clock.now()
             run.lost.discard(key)
             run.executing[key] = lease.fence
             try:
@@ -199,29 +249,40 @@ class Runtime:
                 if current is not None:
                     current.uncancel()
                 error = asyncio.CancelledError()
-            except Exception as exc:
+            except (Exception, SkipStep, Escalate, Pause) as exc:
                 error = exc
             finally:
                 run.executing.pop(key, None)
-            slot_held = False
-            self._release_slot()
+            service_s = max(0.0, self.clock.now() - started)
+            slot.release()
+            self.dispatcher.learn(f"{run.spec.name}/{name}", service_s)
+            ctx.notes_usage = [UsageDelta("slot_seconds", service_s, name)]
             if key in run.lost:  # our lease was lost mid-flight: the step is claimed again
                 run.lost.discard(key)
                 self._requeue(run, key)
                 return
             async with run.lock:
-                if error is None:
+                if error is None and step.kind == "review":
+                    await self._open_review(run, key, lease.fence, value, ctx)
+                elif error is None:
                     await self._succeeded(
                         run, step, key, index, lease.fence, value, output_json, ctx
                     )
+                elif isinstance(error, RateLimitedError):
+                    await self._park_rate_limited(run, key, lease.fence, error, ctx)
+                elif isinstance(error, SkipStep) and index is None:
+                    await self._skip_for_budget(run, key, lease.fence, error.reason, ctx)
+                elif isinstance(error, Escalate):
+                    await self._escalate(run, key, lease.fence, error, ctx)
+                elif isinstance(error, Pause):
+                    await self._pause(run, key, lease.fence, error.reason, ctx)
                 else:
                     await self._failed(
                         run, step, key, index, lease.fence, lease.attempt, error, ctx
                     )
         finally:
-            if slot_held:
-                self._release_slot()
-            if run.tasks.get(key) is asyncio.current_task():
+            slot.release()
+            if run.tasks.get(key) is current:
                 del run.tasks[key]
 
     def _requeue(self, run: Active, key: str) -> None:
@@ -275,6 +336,9 @@ class Runtime:
             raise
         if breaker is not None:
             breaker.record_success(self.clock.now())
+        if step.kind == "review":  # the function describes the request; a human decides
+            payload = raw.model_dump(mode="json") if hasattr(raw, "model_dump") else raw
+            return payload, json.dumps(payload, default=str).encode()
         return contract_for(step.output_type).check(raw, step=ctx.step, direction="output")
 
     def _fan_out_items(self, run: Active, step: StepSpec) -> list[Any]:
@@ -295,7 +359,13 @@ class Runtime:
         ctx: StepContext,
     ) -> None:
         now = self.clock.now()
-        then = Transition(run.tenant_id, run.id, now, events=self._notes(key, ctx))
+        then = Transition(
+            run.tenant_id,
+            run.id,
+            now,
+            events=self._notes(key, ctx),
+            usage=[UsageDelta("steps", 1, step.name), *ctx.notes_usage],
+        )
         statuses = dict(run.statuses)
         statuses[key] = StepStatus.SUCCEEDED
         outputs = run.outputs
@@ -344,6 +414,7 @@ class Runtime:
             self._requeue(run, key)
             return
         run.statuses[key] = StepStatus.SUCCEEDED
+        run.progressed = True
         run.outputs[key] = value
         run.jsons[key] = output_json
         if index is None:
@@ -390,6 +461,7 @@ class Runtime:
                 RunStatus.COMPLETED, result_json=self._result_json(run.spec, result)
             )
             then.events.append(NewEvent("run.completed"))
+            then.release_prefix = f"{run.id}:"
 
     def _result_json(self, spec: WorkflowSpec, result: Any) -> bytes:
         if len(spec.sinks) == 1:
@@ -445,7 +517,10 @@ class Runtime:
         now = self.clock.now()
         cancelled = isinstance(error, asyncio.CancelledError)
         description = "cancelled" if cancelled else _describe(error)
-        then = Transition(run.tenant_id, run.id, now, events=self._notes(key, ctx))
+        then = Transition(
+            run.tenant_id, run.id, now, events=self._notes(key, ctx), usage=list(ctx.notes_usage)
+        )
+        failures = attempt - run.deferrals.get(key, 0)
         if cancelled or run.status != RunStatus.RUNNING:
             then.steps.append(StepUpdate(key, StepStatus.CANCELLED))
             result = await self.writer.write(
@@ -454,8 +529,8 @@ class Runtime:
             if result is not STALE:
                 run.statuses[key] = StepStatus.CANCELLED
             return
-        if step.retry.should_retry(attempt, error):
-            delay = step.retry.delay_s(attempt, self._rng.random())
+        if not isinstance(error, _NEVER_RETRY) and step.retry.should_retry(failures, error):
+            delay = step.retry.delay_s(failures, self._rng.random())
             if isinstance(error, CircuitOpenError):
                 delay = max(delay, float(error.fields.get("retry_after_s", 0.0)))
             result = await self.writer.write(
@@ -498,7 +573,7 @@ class Runtime:
             self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
 
     def _notes(self, key: str, ctx: StepContext) -> list[NewEvent]:
-        return [NewEvent("step.log", key, ctx.attempt, note) for note in ctx.notes]
+        return list(ctx.notes)
 
     # -- failure, cancellation and compensation (the saga) -------------------------------------
 
@@ -568,6 +643,7 @@ class Runtime:
                 self.clock.now(),
                 run=RunUpdate(final, error=error),
                 events=[NewEvent(f"run.{final.value}", None, None, {"error": error})],
+                release_prefix=f"{run.id}:",
             )
         )
         run.status = final
@@ -585,6 +661,7 @@ class Runtime:
                 attempt,
                 f"{run.id}:{step.name}:compensate",
                 self,
+                run,
             )
             try:
                 await step.compensate(ctx, run.outputs.get(step.name))
@@ -615,7 +692,9 @@ class Runtime:
 
     def _finish(self, run: Active, status: RunStatus, result: Any) -> None:
         self.active.pop(run.id, None)
-        self._on_finish(run, status, result)
+        for key in list(run.statuses):
+            self.dispatcher.remove((run.id, key))
+        self.hooks.on_finish(run, status, result)
 
     # -- leases and recovery ------------------------------------------------------------------
 
@@ -691,6 +770,7 @@ class Runtime:
                 run.outputs[s.key] = contract_for(annotation).load(s.output_json, step=s.key)
                 run.jsons[s.key] = s.output_json
         self.active[run.id] = run
+        run.progressed = any(s == StepStatus.SUCCEEDED for s in run.statuses.values())
         if run.status == RunStatus.RUNNING:
             now = self.clock.now()
             for s in steps:
@@ -708,3 +788,276 @@ class Runtime:
         elif run.status in TERMINAL_RUN:
             self.active.pop(run.id, None)
         return run
+
+    # -- waiting: rate limits, reviews, budget decisions ----------------------------------------
+
+    async def _park(
+        self,
+        run: Active,
+        key: str,
+        fence: int,
+        status: StepStatus,
+        available_at: float,
+        reason: str,
+        then: Transition,
+    ) -> bool:
+        """End the attempt without an outcome; False if its lease was lost (re-queued)."""
+        result = await self.writer.write(
+            ParkAttempt(
+                run.tenant_id, run.id, key, fence, then.now, status, available_at, reason, then
+            )
+        )
+        if result is STALE:
+            self._requeue(run, key)
+            return False
+        run.statuses[key] = status
+        return True
+
+    async def _park_rate_limited(
+        self, run: Active, key: str, fence: int, error: RateLimitedError, ctx: StepContext
+    ) -> None:
+        now = self.clock.now()
+        wait = max(0.001, error.retry_after_s)
+        resource = str(error.fields.get("resource", ""))
+        run.deferrals[key] = run.deferrals.get(key, 0) + 1
+        then = Transition(
+            run.tenant_id,
+            run.id,
+            now,
+            events=self._notes(key, ctx),
+            usage=[
+                UsageDelta("rate_limit_waits", 1, resource),
+                UsageDelta("rate_limit_wait_s", wait, resource),
+                *ctx.notes_usage,
+            ],
+        )
+        reason = f"rate limit {resource}: retry in {wait:.3g}s"
+        if await self._park(run, key, fence, StepStatus.READY, now + wait, reason, then):
+            self.enqueue_later(run, key, wait)
+
+    async def _open_review(
+        self,
+        run: Active,
+        key: str,
+        fence: int,
+        payload: Any,
+        ctx: StepContext,
+        *,
+        kind: str = "step",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        now = self.clock.now()
+        policy = run.policy
+        step = run.spec.step(parse_key(key)[0])
+        pool = str(
+            step.options.get("pool")
+            or (policy.review_pool_for(run.tenant_id) if policy else "shared")
+        )
+        sla = step.options.get("sla_s") or (
+            policy.review_sla.total_seconds() if policy and policy.review_sla else None
+        )
+        lane = policy.review_lane if policy else run.lane
+        review = ReviewRecord(
+            id="rev_" + secrets.token_hex(10),
+            tenant_id=run.tenant_id,
+            run_id=run.id,
+            step=key,
+            pool=pool,
+            lane=lane,
+            status=ReviewStatus.PENDING,
+            sla_due=None if sla is None else now + float(sla),
+            created_at=now,
+            payload={"kind": kind, "request": payload, **(extra or {})},
+        )
+        then = Transition(
+            run.tenant_id,
+            run.id,
+            now,
+            events=[
+                *self._notes(key, ctx),
+                NewEvent(
+                    "review.requested",
+                    key,
+                    ctx.attempt,
+                    {"review_id": review.id, "pool": pool, "kind": kind},
+                ),
+            ],
+            audit=[
+                AuditEntry(
+                    f"run:{run.id}",
+                    "review.requested",
+                    f"review:{review.id}",
+                    {"step": key, "pool": pool, "kind": kind},
+                )
+            ],
+            usage=[UsageDelta("reviews", 1, pool), *ctx.notes_usage],
+            review=review,
+        )
+        if await self._park(run, key, fence, StepStatus.WAITING, 0.0, f"review {review.id}", then):
+            self.hooks.review_opened(review)
+
+    async def _escalate(
+        self, run: Active, key: str, fence: int, signal: Escalate, ctx: StepContext
+    ) -> None:
+        await self._open_review(
+            run,
+            key,
+            fence,
+            {"reason": signal.reason, "prompt": signal.prompt[:4000]},
+            ctx,
+            kind="escalation",
+            extra={"call_index": signal.index},
+        )
+
+    async def _skip_for_budget(
+        self, run: Active, key: str, fence: int, reason: str, ctx: StepContext
+    ) -> None:
+        now = self.clock.now()
+        statuses = dict(run.statuses)
+        statuses[key] = StepStatus.SKIPPED
+        plan = advance(run.spec, statuses, run.outputs, run.input, changed=[key])
+        then = Transition(
+            run.tenant_id, run.id, now, events=self._notes(key, ctx), usage=list(ctx.notes_usage)
+        )
+        self._plan_to_transition(run, plan, then, run.outputs)
+        if await self._park(run, key, fence, StepStatus.SKIPPED, 0.0, reason, then):
+            self._apply_plan(run, plan)
+
+    async def _pause(
+        self, run: Active, key: str, fence: int, reason: str, ctx: StepContext
+    ) -> None:
+        now = self.clock.now()
+        then = Transition(
+            run.tenant_id,
+            run.id,
+            now,
+            run=RunUpdate(RunStatus.PAUSED, error=reason),
+            events=[
+                *self._notes(key, ctx),
+                NewEvent("run.paused", key, ctx.attempt, {"reason": reason}),
+            ],
+            audit=[AuditEntry(f"run:{run.id}", "run.paused", f"run:{run.id}", {"reason": reason})],
+            usage=list(ctx.notes_usage),
+        )
+        if await self._park(run, key, fence, StepStatus.READY, now, reason, then):
+            run.status = RunStatus.PAUSED
+
+    async def set_running(
+        self, run: Active, event: str, data: dict[str, Any] | None = None
+    ) -> None:
+        """Admit a queued run or resume a paused one: it runs its ready steps again."""
+        async with run.lock:
+            if run.status not in (RunStatus.QUEUED, RunStatus.PAUSED):
+                return
+            await self.writer.write(
+                Transition(
+                    run.tenant_id,
+                    run.id,
+                    self.clock.now(),
+                    run=RunUpdate(RunStatus.RUNNING),
+                    events=[NewEvent(event, None, None, data or {})],
+                )
+            )
+            run.status = RunStatus.RUNNING
+            self.enqueue(run, [k for k, s in run.statuses.items() if s == StepStatus.READY])
+
+    async def review_decided(
+        self,
+        run: Active,
+        review: ReviewRecord,
+        *,
+        approved: bool,
+        comment: str | None,
+        reviewer: str,
+        fail_step: bool = False,
+    ) -> Any:
+        """Record a human decision and move the waiting step on, in one transaction."""
+        from tenantflow.domain.tenancy import DecideReview
+
+        async with run.lock:
+            now = self.clock.now()
+            key = review.step
+            kind = review.payload.get("kind", "step")
+            decide = DecideReview(run.tenant_id, review.id, reviewer, approved, comment, now)
+            then = Transition(run.tenant_id, run.id, now)
+            plan = Plan()
+            value: Any = None
+            output_json = b""
+            fatal = fail_step or (kind == "escalation" and not approved)
+            if run.statuses.get(key) != StepStatus.WAITING or run.status not in (
+                RunStatus.RUNNING,
+                RunStatus.PAUSED,
+            ):
+                fatal = False
+                then = Transition(run.tenant_id, run.id, now)  # the run moved on: record only
+            elif fatal:
+                reason = comment or "rejected by reviewer"
+                run.error = f"step {key!r} failed: review {review.id} {reason}"
+                then.steps.append(StepUpdate(key, StepStatus.FAILED, error=reason))
+                then.events.append(NewEvent("step.failed", key, None, {"error": run.error}))
+                then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
+                then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
+            elif kind == "escalation":
+                index = int(review.payload.get("call_index", 1))
+                await self.writer.write(
+                    RecordCall(
+                        run.tenant_id,
+                        run.id,
+                        key,
+                        index,
+                        "model",
+                        "human",
+                        human_response(comment or "approved"),
+                        now,
+                    )
+                )
+                then.steps.append(StepUpdate(key, StepStatus.READY, available_at=now))
+                then.events.append(NewEvent("step.resumed", key, None, {"review_id": review.id}))
+            else:
+                decision = ReviewDecision(
+                    approved=approved, comment=comment, reviewer=reviewer, review_id=review.id
+                )
+                value, output_json = contract_for(ReviewDecision).check(
+                    decision, step=key, direction="output"
+                )
+                statuses = dict(run.statuses)
+                statuses[key] = StepStatus.SUCCEEDED
+                outputs = {**run.outputs, key: value}
+                plan = advance(run.spec, statuses, outputs, run.input, changed=[key])
+                then.steps.append(
+                    StepUpdate(
+                        key,
+                        StepStatus.SUCCEEDED,
+                        output_json=output_json,
+                        delta_json=delta_bytes(key, output_json),
+                    )
+                )
+                then.events.append(
+                    NewEvent(
+                        "step.succeeded", key, None, {"review_id": review.id, "approved": approved}
+                    )
+                )
+                self._plan_to_transition(run, plan, then, outputs)
+            decide.then = then
+            result = await self.writer.write(decide)
+            if isinstance(result, BaseException):
+                raise result
+            if run.statuses.get(key) != StepStatus.WAITING:
+                return result
+            if fatal:
+                run.statuses[key] = StepStatus.FAILED
+                run.status = RunStatus.COMPENSATING
+                self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+            elif kind == "escalation":
+                run.statuses[key] = StepStatus.READY
+                self.enqueue(run, [key])
+            else:
+                run.statuses[key] = StepStatus.SUCCEEDED
+                run.progressed = True
+                run.outputs[key] = value
+                run.jsons[key] = output_json
+                run.versions[key] = (
+                    max((v or 0) for v in run.versions.values()) + 1 if run.versions else 1
+                )
+                self._apply_plan(run, plan)
+            return result

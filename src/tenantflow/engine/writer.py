@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from tenantflow.domain.records import Op
-from tenantflow.errors import StoreError, StoreUnavailableError
+from tenantflow.errors import StoreError, StoreUnavailableError, TenantflowError
 from tenantflow.ports import Store
 
 __all__ = ["Writer"]
@@ -43,6 +43,8 @@ class Writer:
         self._pending.append((op, fut))
         self._wake.set()
         result = await fut
+        if isinstance(result, TenantflowError):
+            raise result  # a refusal the store reports as a typed error (conflict, not found)
         if isinstance(result, BaseException):
             raise StoreError(f"write refused by the store: {result}") from result
         return result

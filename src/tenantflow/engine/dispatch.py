@@ -1,0 +1,122 @@
+"""Compute isolation: slots handed out by the weighted fair scheduler.
+
+Every ready step of every run (whatever its region store) is pushed here; when a slot is free
+the :class:`~tenantflow.domain.scheduler.FairScheduler` picks the next one by tenant weight,
+running-step cap, lane and aging, and the dispatcher starts it. A step gives its slot back as
+soon as its code returns or starts waiting (review, rate limit, backoff), charged by the
+service time it actually used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from tenantflow.domain.scheduler import FairScheduler, Lane, ReadyItem
+from tenantflow.ports import Clock
+
+__all__ = ["SHARED", "Dispatcher", "Slot"]
+
+SHARED = "*"
+
+log = logging.getLogger("tenantflow.dispatch")
+
+Starter = Callable[["Slot"], Coroutine[Any, Any, None]]
+
+
+@dataclass(slots=True, eq=False)
+class Slot:
+    """A granted slot: release it exactly once."""
+
+    tenant_id: str
+    key: tuple[str, str]
+    started_s: float
+    dispatcher: Dispatcher
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.dispatcher.release(self)
+
+
+class Dispatcher:
+    """Starts queued steps as slots free up, fairly across tenants."""
+
+    def __init__(
+        self, clock: Clock, *, slots: int, aging_s: float = 30.0, shared: bool = False
+    ) -> None:
+        self.clock = clock
+        # shared: tenant controls off — every step waits in one FIFO queue, no caps (baseline).
+        self.shared = shared
+        self.scheduler = FairScheduler(slots=slots, aging_s=aging_s)
+        self._starters: dict[tuple[str, str], Starter] = {}
+        self._hints: dict[str, float] = {}
+        self.closing = False
+        self.service_s: dict[str, float] = {}  # slot-seconds per tenant, for attribution
+        self.on_notice: Callable[[Any], None] | None = None
+
+    def configure(self, tenant_id: str, **policy: Any) -> None:
+        if self.shared:
+            self.scheduler.configure_tenant(SHARED, now_s=self.clock.now())
+            return
+        self.scheduler.configure_tenant(tenant_id, now_s=self.clock.now(), **policy)
+
+    def push(
+        self,
+        tenant_id: str,
+        key: tuple[str, str],
+        lane: Lane,
+        starter: Starter,
+        *,
+        in_flight: bool = True,
+        hint_name: str = "",
+    ) -> None:
+        """Queue a ready step; ``starter(slot)`` runs it once the scheduler grants a slot."""
+        if key in self._starters:
+            return  # already queued or running: a duplicate wake-up
+        self._starters[key] = starter
+        item = ReadyItem(tenant_id, key, lane, in_flight, self._hints.get(hint_name, 0.01), None)
+        self.scheduler.push(item, self.clock.now())
+        self.pump()
+
+    def remove(self, key: tuple[str, str]) -> None:
+        if self.scheduler.remove(key):
+            self._starters.pop(key, None)
+
+    def pump(self) -> None:
+        if self.closing:
+            return
+        now = self.clock.now()
+        while True:
+            item = self.scheduler.pop(now)
+            if item is None:
+                break
+            key = item.key
+            assert isinstance(key, tuple)
+            starter = self._starters.get(key)
+            slot = Slot(item.tenant_id, key, now, self)
+            if starter is None:  # withdrawn while queued
+                slot.release()
+                continue
+            asyncio.get_running_loop().create_task(starter(slot), name=f"{key[0]}:{key[1]}")
+        if self.on_notice is not None:
+            for notice in self.scheduler.drain_notices():
+                self.on_notice(notice)
+
+    def release(self, slot: Slot) -> None:
+        now = self.clock.now()
+        service = max(0.0, now - slot.started_s)
+        self._starters.pop(slot.key, None)
+        self.scheduler.done(slot.tenant_id, slot.key, service, now)
+        self.service_s[slot.tenant_id] = self.service_s.get(slot.tenant_id, 0.0) + service
+        self.pump()
+
+    def learn(self, hint_name: str, service_s: float) -> None:
+        """Keep a moving average of a step's service time: the scheduler's cost hint."""
+        old = self._hints.get(hint_name)
+        value = max(service_s, 1e-4)
+        self._hints[hint_name] = value if old is None else 0.8 * old + 0.2 * value

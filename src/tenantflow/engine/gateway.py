@@ -1,0 +1,552 @@
+"""The tool and model gateway behind ``ctx.tool(...)`` and ``ctx.model(...)``.
+
+Every external call passes the same gates, in order: the durable call record (a re-executed
+attempt replays a call it already made instead of calling, and paying, again), the tenant's
+allow/deny list, the residency region (models), the tenant's rate limit for that resource
+(durable GCRA; an exhausted limit parks the step without holding a slot), the budget (reserve
+the worst case before, settle the actual cost after, release on failure; the degradation ladder
+when it does not fit), the circuit breaker, then the call itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from tenantflow.domain import budget as budget_math
+from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
+from tenantflow.domain.records import RecordCall, Transition
+from tenantflow.domain.routing import Endpoint, Selection, select_endpoint
+from tenantflow.domain.tenancy import (
+    AcquireRate,
+    AuditEntry,
+    LedgerLine,
+    Refusal,
+    Reserve,
+    Settle,
+    ThrottleRate,
+    UsageDelta,
+)
+from tenantflow.errors import (
+    BudgetExceededError,
+    CircuitOpenError,
+    ConfigurationError,
+    NotAllowedError,
+    NotFoundError,
+    ProviderError,
+    ProviderThrottledError,
+    RateLimitedError,
+    ResidencyError,
+)
+from tenantflow.ports import ModelProvider
+
+if TYPE_CHECKING:
+    from tenantflow.engine.context import StepContext
+
+__all__ = ["Escalate", "Gateway", "Models", "Pause", "SkipStep", "Tool", "Tools"]
+
+
+class _Signal(BaseException):
+    """Ends an attempt with a decision rather than an error (user code cannot swallow it)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SkipStep(_Signal):
+    """The budget ladder skips this optional step."""
+
+
+class Escalate(_Signal):
+    """The budget ladder hands this call to a human reviewer."""
+
+    def __init__(self, reason: str, index: int, prompt: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.prompt = prompt
+
+
+class Pause(_Signal):
+    """The budget ladder pauses the run until its budget allows it to go on."""
+
+
+@dataclass(slots=True)
+class Tool:
+    """A tool steps may call: typed input and output, a rate-limit resource, a price."""
+
+    name: str
+    fn: Callable[..., Awaitable[Any]]
+    input_model: type[BaseModel] | None = None
+    output_type: Any = Any
+    resource: str = ""
+    cost_micros: int = 0
+    description: str = ""
+    takes_key: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI tool-calling schema the model sees."""
+        params = (
+            self.input_model.model_json_schema()
+            if self.input_model is not None
+            else {"type": "object", "properties": {}}
+        )
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": params},
+        }
+
+
+class Tools:
+    """The tools registered on an engine."""
+
+    def __init__(self) -> None:
+        self._tools: dict[str, Tool] = {}
+
+    def register(
+        self,
+        fn: Callable[..., Awaitable[Any]] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        input: type[BaseModel] | None = None,
+        resource: str | None = None,
+        cost_usd: float = 0.0,
+        description: str | None = None,
+    ) -> Any:
+        """Register an async tool (usable as a decorator). Its parameters are its arguments;
+        one named ``idempotency_key`` receives the call's stable key."""
+
+        def add(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            if not inspect.iscoroutinefunction(func):
+                raise ConfigurationError(f"tool {func.__name__!r} must be an async function")
+            tool_name = name or func.__name__
+            sig = inspect.signature(func)
+            hints = getattr(func, "__annotations__", {})
+            self._tools[tool_name] = Tool(
+                name=tool_name,
+                fn=func,
+                input_model=input,
+                output_type=hints.get("return", Any)
+                if isinstance(hints.get("return"), type)
+                else Any,
+                resource=resource or f"tool:{tool_name}",
+                cost_micros=budget_math_usd(cost_usd),
+                description=description or (inspect.getdoc(func) or "").split("\n")[0],
+                takes_key="idempotency_key" in sig.parameters,
+            )
+            return func
+
+        return add(fn) if fn is not None else add
+
+    def get(self, name: str) -> Tool:
+        tool = self._tools.get(name)
+        if tool is None:
+            raise NotFoundError(f"no tool named {name!r} is registered", kind="tool", id=name)
+        return tool
+
+    def __iter__(self) -> Any:
+        return iter(self._tools.values())
+
+
+def budget_math_usd(usd: float) -> int:
+    from tenantflow.domain.policy import usd_to_micros
+
+    return usd_to_micros(usd)
+
+
+@dataclass
+class Models:
+    """Model endpoints and the providers that serve them."""
+
+    endpoints: list[Endpoint] = field(default_factory=list)
+    providers: dict[str, ModelProvider] = field(default_factory=dict)
+
+    def add(self, endpoint: Endpoint, provider: ModelProvider) -> None:
+        """Serve ``endpoint`` through ``provider`` (one provider may serve many endpoints)."""
+        if any(e.name == endpoint.name for e in self.endpoints):
+            raise ConfigurationError(f"endpoint {endpoint.name!r} is already registered")
+        self.endpoints.append(endpoint)
+        self.providers[endpoint.name] = provider
+
+    async def close(self) -> None:
+        seen: set[int] = set()
+        for provider in self.providers.values():
+            if id(provider) not in seen:
+                seen.add(id(provider))
+                await provider.close()
+
+
+def _estimate_tokens(messages: Iterable[dict[str, Any]]) -> int:
+    return max(1, math.ceil(sum(len(str(m.get("content") or "")) for m in messages) / 4))
+
+
+class Gateway:
+    """Runs tool and model calls for steps, enforcing the tenant's policy (see module doc)."""
+
+    def __init__(self, tools: Tools, models: Models) -> None:
+        self.tools = tools
+        self.models = models
+
+    # -- tools --------------------------------------------------------------------------------
+
+    async def call_tool(self, ctx: StepContext, name: str, args: dict[str, Any]) -> Any:
+        index = ctx.next_call_index()
+        recorded = await ctx.recorded_call(index)
+        tool = self.tools.get(name)
+        if recorded is not None:
+            return contract_for(tool.output_type).load(
+                recorded, step=ctx.step, direction=f"tool {name}"
+            )
+        policy = ctx.policy
+        if not policy.allows_tool(name):
+            await ctx.note_decision(
+                "tool.denied",
+                {"tool": name},
+                audit=AuditEntry(
+                    f"run:{ctx.run_id}", "tool.denied", f"tool:{name}", {"step": ctx.step}
+                ),
+            )
+            raise NotAllowedError(
+                f"tool {name!r} is not allowed for tenant {ctx.tenant_id!r}",
+                tool=name,
+                tenant=ctx.tenant_id,
+            )
+        if tool.input_model is not None:
+            validated, _ = contract_for(tool.input_model).check(
+                args, step=ctx.step, direction=f"arguments of tool {name!r}"
+            )
+            call_args = validated.model_dump()
+        else:
+            call_args = dict(args)
+        await self._rate(ctx, tool.resource)
+        key = f"{ctx.run_id}:{ctx.step}:{ctx.attempt}:{index}"
+        if tool.cost_micros:
+            await self._reserve(ctx, key, tool.cost_micros, 0)
+        if tool.takes_key:
+            call_args["idempotency_key"] = f"{ctx.idempotency_key}:{index}"
+        try:
+            async with ctx.circuit(f"tool:{name}"):
+                raw = await tool.fn(**call_args)
+        except BaseException:
+            if tool.cost_micros:
+                await ctx.release_holds(key)
+            raise
+        value, out_json = contract_for(tool.output_type).check(
+            raw, step=ctx.step, direction=f"result of tool {name!r}"
+        )
+        usage = [UsageDelta("tool_calls", 1, name)]
+        if tool.cost_micros:
+            usage.append(UsageDelta("cost_micros", tool.cost_micros, f"tool:{name}"))
+            await ctx.write(
+                Settle(
+                    ctx.tenant_id, key, self._actual(ctx, tool.cost_micros, 0), ctx.now_s(), usage
+                )
+            )
+            usage = []
+        await ctx.write(
+            RecordCall(
+                ctx.tenant_id,
+                ctx.run_id,
+                ctx.step,
+                index,
+                "tool",
+                name,
+                out_json.decode(),
+                ctx.now_s(),
+            )
+        )
+        if usage:
+            await ctx.write(Transition(ctx.tenant_id, ctx.run_id, ctx.now_s(), usage=usage))
+        return value
+
+    # -- models -------------------------------------------------------------------------------
+
+    async def call_model(
+        self,
+        ctx: StepContext,
+        messages: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        tools: Iterable[str],
+        stream: bool,
+        tier: str | None,
+    ) -> ModelResponse:
+        index = ctx.next_call_index()
+        recorded = await ctx.recorded_call(index)
+        if recorded is not None:
+            return _response_from_json(recorded)
+        if max_tokens < 1:
+            raise ConfigurationError(
+                "max_tokens must be at least 1", field="max_tokens", value=max_tokens
+            )
+        policy = ctx.policy
+        prompt_tokens = _estimate_tokens(messages)
+        remaining = await ctx.remaining_micros()
+        runtime = ctx.runtime
+
+        def healthy(name: str) -> bool:
+            b = runtime.breaker(f"model:{name}")
+            return b.state != "open" or b.retry_after_s(ctx.now_s()) <= 0
+
+        try:
+            selection = select_endpoint(
+                policy,
+                self.models.endpoints,
+                healthy=healthy,
+                max_tokens=max_tokens,
+                prompt_tokens=prompt_tokens,
+                remaining_micros=remaining,
+                prefer_tier=tier,  # type: ignore[arg-type]
+            )
+        except ResidencyError as exc:
+            await ctx.note_decision(
+                "residency.blocked",
+                {"region": policy.region, "error": exc.message},
+                audit=AuditEntry(
+                    f"run:{ctx.run_id}",
+                    "residency.blocked",
+                    f"step:{ctx.step}",
+                    {"region": policy.region},
+                ),
+            )
+            raise
+        except BudgetExceededError as exc:
+            await self._degrade(ctx, exc, remaining, index, messages)
+            raise  # _degrade always raises a signal; this keeps type checkers honest
+        endpoint = selection.endpoint
+        if selection.degraded:
+            await ctx.note_decision(
+                "budget.degraded",
+                {"action": "cheaper_model", "endpoint": endpoint.name, "reason": selection.reason},
+                audit=AuditEntry(
+                    f"run:{ctx.run_id}",
+                    "budget.degraded",
+                    f"step:{ctx.step}",
+                    {"action": "cheaper_model", "endpoint": endpoint.name},
+                ),
+                usage=[UsageDelta("degradations", 1, "cheaper_model")],
+            )
+        resource = f"model:{endpoint.name}"
+        limit = await self._rate(ctx, resource)
+        key = f"{ctx.run_id}:{ctx.step}:{ctx.attempt}:{index}"
+        await self._reserve(ctx, key, selection.estimate_micros, prompt_tokens + max_tokens)
+        provider = self.models.providers[endpoint.name]
+        request = ModelRequest(
+            model=endpoint.model,
+            messages=tuple(messages),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            tools=tuple(self.tools.get(t).schema() for t in tools),
+            idempotency_key=f"{ctx.idempotency_key}:{index}",
+            stream=stream,
+        )
+        breaker = runtime.breaker(resource)
+        if not breaker.allow(ctx.now_s()):
+            await ctx.release_holds(key)
+            raise CircuitOpenError(
+                f"circuit {resource!r} is open",
+                dependency=resource,
+                retry_after_s=breaker.retry_after_s(ctx.now_s()),
+            )
+        try:
+            response = await provider.complete(request)
+        except ProviderThrottledError as exc:
+            breaker.record_success(ctx.now_s())  # a throttle is not an outage
+            await ctx.release_holds(key)
+            if limit is not None:
+                await ctx.write(
+                    ThrottleRate(
+                        ctx.tenant_id,
+                        resource,
+                        ctx.now_s(),
+                        exc.retry_after_s,
+                        limit.rate_per_s,
+                        limit.burst,
+                    )
+                )
+            raise RateLimitedError(
+                f"provider throttled {endpoint.name!r}",
+                resource=resource,
+                retry_after_s=exc.retry_after_s,
+            ) from exc
+        except ProviderError as exc:
+            breaker.record_failure(ctx.now_s())
+            used_in = int(exc.fields.get("tokens_in") or 0)
+            used_out = int(exc.fields.get("tokens_out") or 0)
+            if used_in or used_out:  # an interrupted call is priced for what it produced
+                cost = endpoint.cost_micros(used_in, used_out)
+                await ctx.write(
+                    Settle(
+                        ctx.tenant_id,
+                        key,
+                        self._actual(ctx, cost, used_in + used_out),
+                        ctx.now_s(),
+                        self._usage(endpoint, used_in, used_out, cost),
+                    )
+                )
+            else:
+                await ctx.release_holds(key)
+            raise
+        except BaseException:
+            await ctx.release_holds(key)
+            raise
+        breaker.record_success(ctx.now_s())
+        cost = endpoint.cost_micros(response.tokens_in, response.tokens_out)
+        await ctx.write(
+            Settle(
+                ctx.tenant_id,
+                key,
+                self._actual(ctx, cost, response.tokens_in + response.tokens_out),
+                ctx.now_s(),
+                self._usage(endpoint, response.tokens_in, response.tokens_out, cost),
+            )
+        )
+        await ctx.write(
+            RecordCall(
+                ctx.tenant_id,
+                ctx.run_id,
+                ctx.step,
+                index,
+                "model",
+                endpoint.name,
+                _response_to_json(response),
+                ctx.now_s(),
+            )
+        )
+        ctx.log_event(
+            "model.call",
+            {
+                "endpoint": endpoint.name,
+                "model": endpoint.model,
+                "region": endpoint.region,
+                "tokens_in": response.tokens_in,
+                "tokens_out": response.tokens_out,
+                "cost_micros": cost,
+            },
+        )
+        return response
+
+    def _usage(
+        self, endpoint: Endpoint, tokens_in: int, tokens_out: int, cost: int
+    ) -> list[UsageDelta]:
+        return [
+            UsageDelta("model_calls", 1, endpoint.name),
+            UsageDelta("tokens_in", tokens_in, endpoint.model),
+            UsageDelta("tokens_out", tokens_out, endpoint.model),
+            UsageDelta("cost_micros", cost, f"model:{endpoint.model}"),
+        ]
+
+    def _lines(self, ctx: StepContext, micros: int, tokens: int) -> list[LedgerLine]:
+        b = ctx.policy.budget
+        run_scope = f"run:{ctx.run_id}"
+        lines = [
+            LedgerLine(run_scope, "micros", micros, b.run_micros),
+            LedgerLine("period", "micros", micros, b.period_micros, b.period),
+        ]
+        if tokens:
+            lines.append(LedgerLine(run_scope, "tokens", tokens, b.run_tokens))
+            lines.append(LedgerLine("period", "tokens", tokens, b.period_tokens, b.period))
+        return lines
+
+    def _actual(self, ctx: StepContext, micros: int, tokens: int) -> dict[tuple[str, str], int]:
+        run_scope = f"run:{ctx.run_id}"
+        return {
+            (run_scope, "micros"): micros,
+            ("period", "micros"): micros,
+            (run_scope, "tokens"): tokens,
+            ("period", "tokens"): tokens,
+        }
+
+    async def _reserve(self, ctx: StepContext, key: str, micros: int, tokens: int) -> None:
+        result = await ctx.write(
+            Reserve(ctx.tenant_id, key, self._lines(ctx, micros, tokens), ctx.now_s())
+        )
+        if isinstance(result, Refusal):
+            raise BudgetExceededError(
+                f"the {result.scope} budget cannot cover this call: needs {result.needed}"
+                f" {result.unit}, {result.available} left",
+                scope=result.scope,
+                unit=result.unit,
+                needed=result.needed,
+                available=result.available,
+            )
+
+    async def _rate(self, ctx: StepContext, resource: str) -> Any:
+        limit = ctx.policy.rate_limit_for(resource)
+        if limit is None:
+            return None
+        decision = await ctx.write(
+            AcquireRate(ctx.tenant_id, resource, ctx.now_s(), limit.rate_per_s, limit.burst)
+        )
+        if not decision.allowed:
+            raise RateLimitedError(
+                f"tenant {ctx.tenant_id!r} is over its rate limit for {resource!r}",
+                resource=resource,
+                retry_after_s=decision.retry_after_s,
+            )
+        return limit
+
+    async def _degrade(
+        self,
+        ctx: StepContext,
+        exc: BudgetExceededError,
+        remaining: int | None,
+        index: int,
+        messages: list[dict[str, Any]],
+    ) -> None:
+        policy = ctx.policy
+        decision = budget_math.decide_degradation(
+            remaining_micros=remaining if remaining is not None else 0,
+            estimate_micros=int(exc.fields.get("needed") or exc.fields.get("estimate_micros") or 1),
+            optional=ctx.optional,
+            cheaper_estimate_micros=None,
+            ladder=policy.degradation,
+        )
+        action = decision.action
+        await ctx.note_decision(
+            "budget.degraded",
+            {"action": action, "reason": decision.reason},
+            audit=AuditEntry(
+                f"run:{ctx.run_id}",
+                "budget.degraded",
+                f"step:{ctx.step}",
+                {"action": action, "reason": decision.reason},
+            ),
+            usage=[UsageDelta("degradations", 1, action)],
+        )
+        if action == "skip_optional":
+            raise SkipStep(f"budget: {decision.reason}")
+        if action == "escalate_to_human":
+            prompt = "\n".join(str(m.get("content") or "") for m in messages)
+            raise Escalate(f"budget: {decision.reason}", index, prompt)
+        raise Pause(f"budget: {decision.reason}")
+
+
+def _response_to_json(response: ModelResponse) -> str:
+    data = asdict(response)
+    return json.dumps(data)
+
+
+def _response_from_json(text: str) -> ModelResponse:
+    data = json.loads(text)
+    calls = tuple(ToolCall(**c) for c in data.pop("tool_calls", []))
+    return ModelResponse(tool_calls=calls, **data)
+
+
+def human_response(text: str) -> str:
+    """The recorded 'model' answer a human reviewer gave in place of a model."""
+    return _response_to_json(
+        ModelResponse(text=text, tokens_in=0, tokens_out=0, model="human", finish_reason="human")
+    )
+
+
+_ = Selection  # re-exported type for callers that inspect selections

@@ -1,0 +1,130 @@
+"""Human review queues, per tenant and reviewer pool, ordered by lane and SLA.
+
+A review step (``@workflow.review``) parks its run's step as WAITING — holding no slot — and opens
+a ReviewTask in the tenant's reviewer pool. Reviewers of one tenant only ever see that tenant's
+tasks: every call takes the tenant, and every store query is scoped by it. A task past its SLA is
+handled as the tenant's policy says: escalate to another pool, auto-reject, or fail the step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from tenantflow.domain.tenancy import ClaimReview, EscalateReview, ReviewRecord, ReviewStatus
+from tenantflow.errors import ConflictError, TenantflowError
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import Engine
+
+__all__ = ["Reviews"]
+
+_OPEN = (ReviewStatus.PENDING.value, ReviewStatus.CLAIMED.value)
+
+
+class Reviews:
+    """List, claim and decide a tenant's review tasks (``engine.reviews``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        pool: str | None = None,
+        status: tuple[str, ...] | None = _OPEN,
+        limit: int = 100,
+    ) -> list[ReviewRecord]:
+        """The tenant's tasks (open ones by default), urgent lane first, then by SLA."""
+        store = self._engine.store_for_tenant(tenant)
+        return await store.list_reviews(tenant, pool=pool, statuses=status, limit=limit)
+
+    async def get(self, tenant: str, review_id: str) -> ReviewRecord:
+        return await self._engine.store_for_tenant(tenant).get_review(tenant, review_id)
+
+    async def queue_depths(self, tenant: str) -> dict[str, int]:
+        """Open tasks per pool."""
+        return dict(Counter(r.pool for r in await self.list(tenant, limit=100_000)))
+
+    async def claim(self, tenant: str, review_id: str, *, reviewer: str) -> ReviewRecord:
+        """Take a task so other reviewers see it is being handled."""
+        runtime = self._engine.runtime_for_tenant(tenant)
+        result = await runtime.writer.write(
+            ClaimReview(tenant, review_id, reviewer, self._engine.clock.now())
+        )
+        if isinstance(result, TenantflowError):
+            raise result
+        return result  # type: ignore[no-any-return]
+
+    async def decide(
+        self,
+        tenant: str,
+        review_id: str,
+        *,
+        reviewer: str,
+        approve: bool,
+        comment: str | None = None,
+        fail_step: bool = False,
+    ) -> ReviewRecord:
+        """Approve or reject; the waiting step goes on in the same transaction."""
+        review = await self.get(tenant, review_id)
+        if review.status not in (ReviewStatus.PENDING, ReviewStatus.CLAIMED):
+            raise ConflictError(
+                f"review {review_id} is already {review.status.value}", review_id=review_id
+            )
+        run = self._engine.active_run(tenant, review.run_id)
+        if run is None:
+            raise ConflictError(
+                f"the run of review {review_id} is not executing in this engine",
+                review_id=review_id,
+            )
+        runtime = self._engine.runtime_for_tenant(tenant)
+        result = await runtime.review_decided(
+            run, review, approved=approve, comment=comment, reviewer=reviewer, fail_step=fail_step
+        )
+        return result  # type: ignore[no-any-return]
+
+    async def check_sla(self, tenant: str, review_id: str) -> None:
+        """Apply the tenant's breach action to a task whose SLA has passed."""
+        engine = self._engine
+        try:
+            review = await self.get(tenant, review_id)
+        except TenantflowError:
+            return
+        now = engine.clock.now()
+        if review.status not in (ReviewStatus.PENDING, ReviewStatus.CLAIMED):
+            return
+        if review.sla_due is None or review.sla_due > now:
+            return
+        info = engine.tenants.cached(tenant)
+        action, pool = ("fail", None) if info is None else info.policy.review_breach
+        try:
+            if action == "escalate" and pool and pool != review.pool:
+                sla = info.policy.review_sla if info is not None else None
+                due = now + sla.total_seconds() if sla is not None else None
+                runtime = engine.runtime_for_tenant(tenant)
+                updated = await runtime.writer.write(
+                    EscalateReview(tenant, review_id, pool, due, now, "SLA breached")
+                )
+                if isinstance(updated, ReviewRecord):
+                    engine.review_opened(updated)
+            elif action == "auto_reject" or (action == "escalate"):
+                await self.decide(
+                    tenant,
+                    review_id,
+                    reviewer="system",
+                    approve=False,
+                    comment="SLA breached: auto-rejected",
+                )
+            else:
+                await self.decide(
+                    tenant,
+                    review_id,
+                    reviewer="system",
+                    approve=False,
+                    comment="SLA breached",
+                    fail_step=True,
+                )
+        except ConflictError:
+            return  # decided meanwhile
