@@ -4,7 +4,11 @@ Define workflows as graphs of async steps, run them durably for many tenants, an
 tenant inside its boundary on state, compute, rate limits, review queues and budget.
 """
 
+from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
+from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
+from tenantflow.domain.reviews import ReviewDecision
+from tenantflow.domain.routing import Endpoint
 from tenantflow.domain.spec import Retry
 from tenantflow.domain.state import Change
 from tenantflow.engine.context import StepContext
@@ -19,6 +23,8 @@ from tenantflow.errors import (
     NotAllowedError,
     NotFoundError,
     PolicyError,
+    ProviderError,
+    ProviderThrottledError,
     RateLimitedError,
     ResidencyError,
     RunFailedError,
@@ -41,14 +47,22 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ContractError",
+    "Endpoint",
     "Engine",
     "EventRecord",
+    "ModelRequest",
+    "ModelResponse",
     "NotAllowedError",
     "NotFoundError",
+    "Policy",
     "PolicyError",
+    "ProviderError",
+    "ProviderThrottledError",
+    "RateLimit",
     "RateLimitedError",
     "ResidencyError",
     "Retry",
+    "ReviewDecision",
     "RunFailedError",
     "RunHandle",
     "RunRecord",
@@ -63,6 +77,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TenantflowError",
+    "ToolCall",
     "Workflow",
     "__version__",
     "open_store",

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
+from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.spec import Param, Predicate, Retry, StepSpec, WorkflowSpec
 from tenantflow.errors import SpecError
 
@@ -119,6 +120,59 @@ class Workflow:
 
         return register(fn) if fn is not None else register
 
+    @overload
+    def review(self, fn: F, /) -> F: ...
+
+    @overload
+    def review(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        after: Iterable[StepRef] = (),
+        when: Callable[..., Any] | None = None,
+        pool: str | None = None,
+        sla: timedelta | None = None,
+        optional: bool = False,
+    ) -> Callable[[F], F]: ...
+
+    def review(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        after: Iterable[StepRef] = (),
+        when: Callable[..., Any] | None = None,
+        pool: str | None = None,
+        sla: timedelta | None = None,
+        optional: bool = False,
+    ) -> F | Callable[[F], F]:
+        """Add a human review gate. The function returns what the reviewer sees (a dict or a
+        model); the step then waits — holding no slot — in the tenant's reviewer pool (or
+        ``pool``) until someone decides, and its output is a :class:`ReviewDecision`.
+        ``sla`` overrides the policy's review SLA; a breach is handled as the policy says."""
+
+        def register(func: F) -> F:
+            self._add(
+                func,
+                name=name or func.__name__,
+                after=after,
+                when=when,
+                fan_out=None,
+                optional=optional,
+                retry=Retry(),
+                timeout=None,
+                compensate=None,
+                circuit=None,
+                kind="review",
+                options={"pool": pool, "sla_s": sla.total_seconds() if sla else None},
+            )
+            return func
+
+        return register(fn) if fn is not None else register
+
     def _add(
         self,
         func: Callable[..., Awaitable[Any]],
@@ -132,6 +186,8 @@ class Workflow:
         timeout: timedelta | None,
         compensate: Callable[..., Awaitable[Any]] | None,
         circuit: str | None,
+        kind: str = "function",
+        options: dict[str, Any] | None = None,
     ) -> None:
         where = f"step {name!r} of workflow {self.name!r}"
         if not inspect.iscoroutinefunction(func):
@@ -165,7 +221,7 @@ class Workflow:
             fn=func,
             deps=tuple(dict.fromkeys(deps)),
             params=tuple(params),
-            output_type=output_type,
+            output_type=ReviewDecision if kind == "review" else output_type,
             when=predicate,
             fan_out=fan_out,
             optional=optional,
@@ -173,6 +229,8 @@ class Workflow:
             timeout_s=timeout.total_seconds() if timeout is not None else None,
             compensate=compensate,
             circuit=circuit,
+            kind=kind,
+            options=options or {},
         )
         steps = [*self._steps, spec]
         self._spec = WorkflowSpec(self.name, self.version, self.input_type, steps)  # validates

@@ -236,7 +236,7 @@ def append_audit(
 def audit_rows(conn: sqlite3.Connection, tenant_id: str) -> list[AuditRecord]:
     rows = conn.execute(
         "SELECT tenant_id, seq, ts, actor, action, subject, detail, prev_hash, hash"
-        " FROM audit_log WHERE tenant_id = ? ORDER BY rowid",
+        " FROM audit_log WHERE tenant_id = ? ORDER BY seq",
         (tenant_id,),
     ).fetchall()
     return [_audit_from_row(r) for r in rows]

@@ -61,10 +61,11 @@ class _DrainRate:
         if self.first_s is None:
             return 0.0
         count = self.count * math.exp(-max(0.0, now_s - self.last_s) * _LN2 / half_life_s)
-        # The decay kernel integrates to half_life/ln 2; a young history is divided by its age
-        # instead, so the first minutes are not underestimated.
-        span_s = min(half_life_s / _LN2, max(1.0, now_s - self.first_s))
-        return count / span_s
+        # Divide by the decay kernel's integral over the history we have: half_life/ln 2 for a
+        # long history, less for a young one, so a steady rate reads the same from the start.
+        age_s = max(0.0, now_s - self.first_s)
+        span_s = half_life_s / _LN2 * -math.expm1(-age_s * _LN2 / half_life_s)
+        return count / max(1.0, span_s)
 
 
 class _Waiting:

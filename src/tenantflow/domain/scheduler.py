@@ -60,9 +60,10 @@ Complexity (T tenants, N queued items)
 invalidation (stale entries are skipped, and the heap is rebuilt when more than half is stale).
 Tenants at their cap leave the heap and rejoin from ``done``; nothing ever scans all tenants.
 ``push`` is O(1), plus O(log T) when the tenant becomes eligible. ``remove`` is O(1): the item
-is forgotten at once and its deque entry is skipped when it reaches the head. Per queued item
-the scheduler holds the item (a slotted dataclass), one deque cell and one dict entry — about
-200 bytes; per tenant a slotted record plus one deque per non-empty (lane, in-flight) class.
+is forgotten at once and its queue cell is skipped when it reaches the head. Per queued item
+the scheduler holds the item (a slotted dataclass), one list cell and one dict entry — about
+200 bytes; per tenant a slotted record plus one small list-based FIFO per non-empty (lane,
+in-flight) class (``collections.deque`` preallocates 760 bytes, too much for 10^6 tenants).
 
 Nothing here does I/O or reads a clock: every call takes ``now_s``.
 """
@@ -73,7 +74,6 @@ import heapq
 import itertools
 import math
 import sys
-from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -182,6 +182,16 @@ class BurstNotice:
     burst_window_s: float
 
 
+class _Fifo(list[Any]):
+    """A FIFO of ready items: a list plus a head index (cells before ``head`` are None)."""
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = 0
+
+
 class _Tenant:
     """Per-tenant scheduling state (slotted: there may be a million of these)."""
 
@@ -217,9 +227,9 @@ class _Tenant:
         self.vtime = 0.0
         self.running = 0
         self.queued = 0
-        # Six FIFO deques indexed by ``rank * 2 + (0 if in_flight else 1)``, created on demand
-        # and dropped when empty so idle tenants cost no deque memory.
-        self.lanes: list[deque[ReadyItem] | None] | None = None
+        # Six FIFOs indexed by ``rank * 2 + (0 if in_flight else 1)``, created on demand and
+        # dropped when empty so idle tenants cost no queue memory.
+        self.lanes: list[_Fifo | None] | None = None
         self.entry: _Entry | None = None  # in the eligible heap
         self.g_entry: _Entry | None = None  # in the guaranteed heap
         self.wake_entry: _Entry | None = None  # waiting for burst debt to be repaid
@@ -375,10 +385,10 @@ class FairScheduler:
         lanes = t.lanes
         if lanes is None:
             lanes = t.lanes = [None, None, None, None, None, None]
-        dq = lanes[idx]
-        if dq is None:
-            dq = lanes[idx] = deque()
-        dq.append(item)
+        fifo = lanes[idx]
+        if fifo is None:
+            fifo = lanes[idx] = _Fifo()
+        fifo.append(item)
         self._queued[key] = item
         t.queued += 1
         if t.queued == 1:
@@ -464,7 +474,7 @@ class FairScheduler:
         t = self._tenants[item.tenant_id]
         t.queued -= 1
         if t.queued == 0:
-            t.lanes = None  # also frees the tombstone left in its deque
+            t.lanes = None  # also frees the withdrawn items still in its FIFOs
             self._with_work -= 1
             self._refresh(t, rejoin=False)
         return True
@@ -559,23 +569,26 @@ class FairScheduler:
         best_rank = best_cls = 0
         best_enq = 0.0
         for idx in range(6):
-            dq = lanes[idx]
-            if dq is None:
+            fifo = lanes[idx]
+            if fifo is None:
                 continue
-            item = dq[0]
+            head = fifo.head
+            item: ReadyItem = fifo[head]
             while queued.get(item.key) is not item:  # skip withdrawn items
-                dq.popleft()
-                if not dq:
+                fifo[head] = None
+                head += 1
+                if head == len(fifo):
                     break
-                item = dq[0]
-            if not dq:
+                item = fifo[head]
+            fifo.head = head
+            if head == len(fifo):
                 lanes[idx] = None
                 continue
             enq = now_s if item.enqueued_s is None else item.enqueued_s
             rank = effective_rank(idx >> 1, now_s - enq, aging_s)
             cls = idx & 1  # 0: in-flight, 1: first step of a new run
-            # Order: effective rank, then in-flight first, then oldest. Each deque is FIFO, so
-            # its head is its best item and six comparisons decide.
+            # Order: effective rank, then in-flight first, then oldest. Each FIFO is in push
+            # order, so its head is its best item and six comparisons decide.
             if (
                 best_item is None
                 or rank < best_rank
@@ -588,11 +601,15 @@ class FairScheduler:
     def _take(self, t: _Tenant, idx: int, item: ReadyItem) -> None:
         lanes = t.lanes
         assert lanes is not None
-        dq = lanes[idx]
-        assert dq is not None
-        dq.popleft()
-        if not dq:
+        fifo = lanes[idx]
+        assert fifo is not None
+        fifo[fifo.head] = None  # release the item as soon as it leaves the queue
+        fifo.head += 1
+        if fifo.head == len(fifo):
             lanes[idx] = None
+        elif fifo.head >= 32 and fifo.head * 2 >= len(fifo):
+            del fifo[: fifo.head]  # amortised O(1): each cell is moved at most once per halving
+            fifo.head = 0
         del self._queued[item.key]
         t.queued -= 1
         if t.queued == 0:

@@ -338,7 +338,11 @@ class Gateway:
         resource = f"model:{endpoint.name}"
         limit = await self._rate(ctx, resource)
         key = f"{ctx.run_id}:{ctx.step}:{ctx.attempt}:{index}"
-        await self._reserve(ctx, key, selection.estimate_micros, prompt_tokens + max_tokens)
+        try:
+            await self._reserve(ctx, key, selection.estimate_micros, prompt_tokens + max_tokens)
+        except BudgetExceededError as exc:  # lost a race for the last of the budget
+            await self._degrade(ctx, exc, remaining, index, messages)
+            raise
         provider = self.models.providers[endpoint.name]
         request = ModelRequest(
             model=endpoint.model,
@@ -504,9 +508,11 @@ class Gateway:
         messages: list[dict[str, Any]],
     ) -> None:
         policy = ctx.policy
+        available = exc.fields.get("available")
+        left = int(available) if available is not None else (remaining or 0)
         decision = budget_math.decide_degradation(
-            remaining_micros=remaining if remaining is not None else 0,
-            estimate_micros=int(exc.fields.get("needed") or exc.fields.get("estimate_micros") or 1),
+            remaining_micros=left,
+            estimate_micros=max(left + 1, int(exc.fields.get("needed") or 1)),
             optional=ctx.optional,
             cheaper_estimate_micros=None,
             ladder=policy.degradation,

@@ -1,0 +1,558 @@
+"""Tenant isolation on all five dimensions, through the real engine (in-memory SQLite store)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tenantflow as tf
+from tenantflow.adapters.clock import SystemClock
+from tenantflow.adapters.memory import MemoryStore
+from tenantflow.adapters.providers import SimulatedProvider
+from tenantflow.adapters.sqlite import SqliteStore
+from tenantflow.domain.routing import Endpoint
+
+CLOCK = SystemClock()
+
+
+def endpoint(
+    name: str, region: str, tier: str, price_out: int, model: str | None = None
+) -> Endpoint:
+    return Endpoint(
+        name=name,
+        provider="sim",
+        model=model or name,
+        region=region,
+        tier=tier,  # type: ignore[arg-type]
+        price_in_per_1k_micros=0,
+        price_out_per_1k_micros=price_out,
+        max_context=100_000,
+    )
+
+
+def provider(seed: int = 0, out: int = 100) -> SimulatedProvider:
+    return SimulatedProvider(clock=CLOCK, seed=seed, latency_ms=(1.0, 2.0), out_tokens=(out, out))
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[tf.Engine]:
+    async with tf.Engine(MemoryStore(), slots=16, seed=3) as eng:
+        yield eng
+
+
+def blocking_workflow(gate: asyncio.Event, started: list[str]) -> tf.Workflow:
+    wf = tf.Workflow("block")
+
+    @wf.step
+    async def hold(ctx: tf.StepContext) -> str:
+        started.append(ctx.run_id)
+        await gate.wait()
+        return "done"
+
+    return wf
+
+
+async def test_tenants_are_versioned_validated_and_audited(engine: tf.Engine) -> None:
+    a = await engine.tenants.create("bank-a", tier="enterprise", org_id="holding")
+    assert a.policy.max_active_runs == 50 and a.policy_version == 1
+    b = await engine.tenants.update("bank-a", max_active_runs=5)
+    assert b.policy.max_active_runs == 5 and b.policy_version == 2
+    with pytest.raises(tf.ConfigurationError, match="max_active_runs"):
+        await engine.tenants.create("bad-1", max_active_runs=-1)
+    with pytest.raises(tf.ConfigurationError, match="unknown region"):
+        await engine.tenants.create("bad-2", region="mars-1")
+    with pytest.raises(tf.ConfigurationError, match="both allowed and denied"):
+        await engine.tenants.create("bad-3", allowed_models=["m"], denied_models=["m"])
+    with pytest.raises(tf.ConfigurationError):
+        await engine.tenants.create("bad-4", tier="gold")
+    with pytest.raises(tf.ConflictError):
+        await engine.tenants.create("bank-a")
+    assert [t.id for t in engine.tenants.list()] == ["bank-a"]  # nothing half-written
+    log = await engine.audit_log("bank-a")
+    assert [r.action for r in log] == ["tenant.created", "policy.updated"]
+    assert (await engine.audit_verify("bank-a")).ok
+
+
+async def test_unknown_tenants_are_refused_without_auto_registration(engine: tf.Engine) -> None:
+    engine.register(blocking_workflow(asyncio.Event(), []))
+    with pytest.raises(tf.NotFoundError, match="not registered"):
+        await engine.submit("block", tenant="nobody", input=None)
+
+
+async def test_active_run_cap_queues_per_tenant_and_backpressure_refuses() -> None:
+    async with tf.Engine(MemoryStore(), slots=16, max_queued_runs=3) as engine:
+        gate, started = asyncio.Event(), []
+        engine.register(blocking_workflow(gate, started))
+        await engine.tenants.create("busy", tier="standard", max_active_runs=2)
+        await engine.tenants.create("quiet", tier="standard")
+        runs = [await engine.submit("block", tenant="busy", input=None) for _ in range(5)]
+        statuses = [(await r.status()).value for r in runs]
+        assert statuses == ["running", "running", "queued", "queued", "queued"]
+        with pytest.raises(tf.BackpressureError) as err:
+            await engine.submit("block", tenant="busy", input=None)
+        assert err.value.retry_after_s > 0
+        quiet = await engine.submit("block", tenant="quiet", input=None)
+        with pytest.raises(tf.BackpressureError):  # the global queue is full for everyone…
+            await engine.submit("block", tenant="busy", input=None)
+        assert (await quiet.status()) == tf.RunStatus.RUNNING  # …but quiet was under its cap
+        for _ in range(100):
+            if len(started) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(started) == sorted([runs[0].id, runs[1].id, quiet.id])
+        gate.set()
+        for r in [*runs, quiet]:
+            assert (await r.wait()).status == tf.RunStatus.COMPLETED
+        kinds = [e.kind for e in await engine.timeline("busy", runs[4].id)]
+        assert kinds[:3] == ["run.submitted", "run.queued", "run.admitted"]
+
+
+async def test_running_step_cap_holds(engine: tf.Engine) -> None:
+    running = 0
+    peak = 0
+    wf = tf.Workflow("fan", input=list[int])
+
+    @wf.step
+    async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
+        return input
+
+    @wf.step(fan_out="items")
+    async def work(ctx: tf.StepContext, items: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return items
+
+    engine.register(wf)
+    await engine.tenants.create(
+        "capped", tier="standard", max_running_steps=3, guaranteed_slots=0, burst_slots=0
+    )
+    runs = [await engine.submit("fan", tenant="capped", input=list(range(10))) for _ in range(3)]
+    for r in runs:
+        assert await r.result() == list(range(10))
+    assert peak == 3
+
+
+async def test_budget_race_never_overspends_and_leaks_nothing(engine: tf.Engine) -> None:
+    sim = provider(out=100)
+    engine.models.add(
+        endpoint("small", "us-east-1", "small", price_out=1_000_000), sim
+    )  # $0.10/call
+    wf = tf.Workflow("race")
+    go = asyncio.Event()
+
+    @wf.step(optional=True)
+    async def ask(ctx: tf.StepContext) -> str:
+        await go.wait()  # hold every step until all 100 are in flight: then they race
+        return (await ctx.model("score this", max_tokens=100)).text
+
+    engine.register(wf)
+    await engine.tenants.create(
+        "t",
+        tier="standard",
+        max_active_runs=200,
+        max_running_steps=100,
+        degradation=["skip_optional"],
+        budget={"run_micros": None, "period_micros": 1_000_000},
+    )
+    runs = [await engine.submit("race", tenant="t", input=None) for _ in range(100)]
+    go.set()
+    records = [await r.wait() for r in runs]
+    assert all(r.status == tf.RunStatus.COMPLETED for r in records)
+    assert sim.calls == 10
+    [money] = [
+        row
+        for row in await engine.budget("t")
+        if row["scope"] == "period" and row["unit"] == "micros"
+    ]
+    assert money["spent"] == 1_000_000  # exactly the budget: overspend is 0
+    assert money["reserved"] == 0  # no reservation leaked
+    skipped = 0
+    for r in runs:
+        steps = {s.key: s.status for s in await engine.steps("t", r.id)}
+        skipped += steps["ask"] == tf.StepStatus.SKIPPED
+    assert skipped == 90
+    usage = await engine.usage("t")
+    assert sum(u["value"] for u in usage if u["metric"] == "degradations") == 90
+    actions = [r.action for r in await engine.audit_log("t")]
+    assert actions.count("budget.degraded") == 90
+
+
+async def test_eu_tenant_never_leaves_the_eu() -> None:
+    eu_store = MemoryStore()
+    async with tf.Engine(
+        MemoryStore(),
+        region="us-east-1",
+        regions={"eu-west-1": eu_store},
+        breaker_failures=1,
+        seed=1,
+    ) as engine:
+        us, eu = provider(1), provider(2)
+        engine.models.add(endpoint("us-large", "us-east-1", "large", 1000), us)
+        engine.models.add(endpoint("eu-large", "eu-west-1", "large", 1000), eu)
+        eu.set_down(True)
+        wf = tf.Workflow("comply")
+
+        @wf.step(retry=tf.Retry(max_attempts=3, initial=timedelta(milliseconds=5)))
+        async def check(ctx: tf.StepContext) -> str:
+            return (await ctx.model("compliance check", max_tokens=50)).text
+
+        engine.register(wf)
+        await engine.tenants.create("gdpr-bank", tier="enterprise", region="eu-west-1")
+        run = await engine.submit("comply", tenant="gdpr-bank", input=None)
+        record = await run.wait()
+        assert record.status == tf.RunStatus.FAILED
+        assert "ResidencyError" in (record.error or "")
+        assert us.calls == 0  # never a US endpoint, even with the EU one down
+        kinds = [e.kind for e in await engine.timeline("gdpr-bank", run.id)]
+        assert "residency.blocked" in kinds
+        # Its state exists only in the EU store.
+        assert (await eu_store.get_run("gdpr-bank", run.id)).id == run.id
+        with pytest.raises(tf.NotFoundError):
+            await engine.store.get_run("gdpr-bank", run.id)
+        assert await engine.store.list_tenants() == []
+        eu.set_down(False)
+        engine.runtime.breaker("model:eu-large").record_success(0)
+        ok = await engine.submit("comply", tenant="gdpr-bank", input=None)
+        assert (await ok.wait()).status == tf.RunStatus.COMPLETED
+        assert us.calls == 0 and eu.calls >= 1
+        calls = [e for e in await engine.timeline("gdpr-bank", ok.id) if e.kind == "model.call"]
+        assert [c.data["region"] for c in calls] == ["eu-west-1"]
+        with pytest.raises(tf.ResidencyError):
+            await engine.tenants.create("apac", region="ap-southeast-1")
+
+
+async def test_a_bursting_tenant_does_not_touch_anothers_admissions_limits_or_budget(
+    engine: tf.Engine,
+) -> None:
+    calls: dict[str, int] = {"a": 0, "b": 0}
+
+    @engine.tools.register(name="bureau")
+    async def bureau(applicant: str) -> int:
+        calls[applicant] += 1
+        return 700
+
+    sim = provider()
+    engine.models.add(endpoint("small", "us-east-1", "small", price_out=1_000_000), sim)
+    wf = tf.Workflow("loan", input=str)
+
+    @wf.step
+    async def credit(ctx: tf.StepContext, input: str) -> int:
+        return int(await ctx.tool("bureau", applicant=input))
+
+    @wf.step(optional=True)
+    async def comply(ctx: tf.StepContext, credit: int) -> str:
+        return (await ctx.model("check", max_tokens=100)).text
+
+    engine.register(wf)
+    limits = {
+        "rate_limits": {"tool:bureau": {"rate": "3/hour", "burst": 3}},
+        "degradation": ["skip_optional"],
+    }
+    await engine.tenants.create(
+        "a",
+        tier="standard",
+        max_active_runs=5,
+        budget={"run_micros": None, "period_micros": 200_000},
+        **limits,
+    )
+    await engine.tenants.create(
+        "b", tier="standard", budget={"run_micros": None, "period_micros": 10_000_000}, **limits
+    )
+    burst = await asyncio.gather(*(engine.submit("loan", tenant="a", input="a") for _ in range(20)))
+    with pytest.raises(tf.BudgetExceededError):  # a's spent budget refuses a's new runs…
+        for _ in range(50):
+            await engine.submit("loan", tenant="a", input="a")
+            await asyncio.sleep(0.02)
+    quiet = [await engine.submit("loan", tenant="b", input="b") for _ in range(3)]
+    assert [await q.status() for q in quiet] == [tf.RunStatus.RUNNING] * 3  # admitted at once
+    for q in quiet:
+        assert (await q.wait(timedelta(seconds=10))).status == tf.RunStatus.COMPLETED
+    assert calls["b"] == 3  # b's limit untouched by a's exhausted one
+    assert calls["a"] == 3  # a is held to its own 3/hour
+    b_steps = [s for q in quiet for s in await engine.steps("b", q.id)]
+    assert all(s.status == tf.StepStatus.SUCCEEDED for s in b_steps)  # b's budget untouched
+    usage_b = {u["metric"] for u in await engine.usage("b")}
+    assert "rate_limit_waits" not in usage_b and "degradations" not in usage_b
+    usage_a = {u["metric"] for u in await engine.usage("a")}
+    assert "rate_limit_waits" in usage_a
+    statuses = [(await r.status()).value for r in burst]
+    assert statuses.count("running") <= 5  # a's own cap
+    for r in burst:
+        if (await r.status()) not in (tf.RunStatus.COMPLETED, tf.RunStatus.FAILED):
+            await engine.cancel("a", r.id)
+
+
+async def test_rate_limited_step_waits_without_holding_a_slot() -> None:
+    async with tf.Engine(MemoryStore(), slots=1) as engine:
+
+        @engine.tools.register(name="slow_api")
+        async def slow_api() -> int:
+            return 1
+
+        wf = tf.Workflow("limited")
+
+        @wf.step
+        async def call(ctx: tf.StepContext) -> int:
+            return int(await ctx.tool("slow_api"))
+
+        other = tf.Workflow("other")
+
+        @other.step
+        async def quick(ctx: tf.StepContext) -> str:
+            return "ran"
+
+        engine.register(wf)
+        engine.register(other)
+        await engine.tenants.create(
+            "t", tier="standard", rate_limits={"tool:slow_api": {"rate": "1/second", "burst": 1}}
+        )
+        first = await engine.submit("limited", tenant="t", input=None)
+        second = await engine.submit("limited", tenant="t", input=None)
+        await first.result()
+        # The second waits ~1 s for its token; with one slot, another run still gets through.
+        q = await engine.submit("other", tenant="t", input=None)
+        assert await q.result(timedelta(seconds=0.5)) == "ran"
+        assert await second.result(timedelta(seconds=5)) == 1
+        deferred = [e for e in await engine.timeline("t", second.id) if e.kind == "step.deferred"]
+        assert deferred and "rate limit" in deferred[0].data["reason"]
+
+
+async def test_denied_tools_fail_at_once_and_are_audited(engine: tf.Engine) -> None:
+    @engine.tools.register(name="wire_money")
+    async def wire_money(amount: int) -> str:
+        return "sent"
+
+    wf = tf.Workflow("evil")
+
+    @wf.step
+    async def act(ctx: tf.StepContext) -> str:
+        return str(await ctx.tool("wire_money", amount=10**6))
+
+    engine.register(wf)
+    await engine.tenants.create("t", tier="free", denied_tools=["wire_money"])
+    run = await engine.submit("evil", tenant="t", input=None)
+    record = await run.wait()
+    assert record.status == tf.RunStatus.FAILED and "NotAllowedError" in (record.error or "")
+    attempts = [e for e in await engine.timeline("t", run.id) if e.kind == "step.started"]
+    assert len(attempts) == 1  # no retries of a policy refusal
+    assert "tool.denied" in [r.action for r in await engine.audit_log("t")]
+
+
+async def test_reviews_are_per_tenant_and_waiting_holds_no_slot() -> None:
+    async with tf.Engine(MemoryStore(), slots=1) as engine:
+        wf = tf.Workflow("loan", input=int)
+
+        @wf.review
+        async def review(ctx: tf.StepContext, input: int) -> dict[str, Any]:
+            return {"amount": input}
+
+        @wf.step
+        async def decide(ctx: tf.StepContext, review: tf.ReviewDecision) -> str:
+            return "approved" if review.approved else "declined"
+
+        quick = tf.Workflow("quick")
+
+        @quick.step
+        async def go(ctx: tf.StepContext) -> str:
+            return "ok"
+
+        engine.register(wf)
+        engine.register(quick)
+        await engine.tenants.create("a", tier="enterprise")
+        await engine.tenants.create("b", tier="standard")
+        run = await engine.submit("loan", tenant="a", input=50_000)
+        for _ in range(100):
+            if await engine.reviews.list("a"):
+                break
+            await asyncio.sleep(0.01)
+        [task] = await engine.reviews.list("a")
+        assert task.pool == "a-reviewers" and task.payload["request"] == {"amount": 50_000}
+        # The waiting run holds no slot: with one slot, another run completes meanwhile.
+        assert (
+            await (await engine.submit("quick", tenant="b", input=None)).result(
+                timedelta(seconds=2)
+            )
+            == "ok"
+        )
+        assert await engine.reviews.list("b") == []  # b sees nothing of a's queue
+        with pytest.raises(tf.NotFoundError):
+            await engine.reviews.claim("b", task.id, reviewer="mallory")
+        with pytest.raises(tf.NotFoundError):
+            await engine.reviews.decide("b", task.id, reviewer="mallory", approve=True)
+        claimed = await engine.reviews.claim("a", task.id, reviewer="alice")
+        assert claimed.claimed_by == "alice"
+        with pytest.raises(tf.ConflictError):
+            await engine.reviews.claim("a", task.id, reviewer="bob")
+        await engine.reviews.decide("a", task.id, reviewer="alice", approve=True, comment="fine")
+        assert await run.result() == "approved"
+        state = await engine.state("a", run.id)
+        assert state.state["review"]["reviewer"] == "alice"
+        assert {"review.claimed", "review.approved"} <= {
+            r.action for r in await engine.audit_log("a")
+        }
+
+
+@pytest.mark.parametrize(
+    ("action", "expect"),
+    [("auto_reject", "declined"), ("escalate:seniors", "seniors"), ("fail", "failed")],
+)
+async def test_review_sla_breach_follows_the_policy(action: str, expect: str) -> None:
+    async with tf.Engine(MemoryStore()) as engine:
+        wf = tf.Workflow("loan")
+
+        @wf.review
+        async def review(ctx: tf.StepContext) -> str:
+            return "please look"
+
+        @wf.step
+        async def decide(ctx: tf.StepContext, review: tf.ReviewDecision) -> str:
+            return "approved" if review.approved else "declined"
+
+        engine.register(wf)
+        await engine.tenants.create(
+            "t",
+            tier="standard",
+            review_sla=timedelta(milliseconds=100),
+            review_breach_action=action,
+        )
+        run = await engine.submit("loan", tenant="t", input=None)
+        if expect == "seniors":
+            for _ in range(100):
+                tasks = await engine.reviews.list("t")
+                if tasks and tasks[0].pool == "seniors":
+                    break
+                await asyncio.sleep(0.02)
+            assert tasks[0].pool == "seniors" and tasks[0].escalations >= 1
+            await engine.cancel("t", run.id)
+            return
+        record = await run.wait(timedelta(seconds=5))
+        if expect == "failed":
+            assert record.status == tf.RunStatus.FAILED
+        else:
+            assert await run.result() == "declined"
+
+
+async def test_budget_ladder_cheaper_model_escalation_and_pause(engine: tf.Engine) -> None:
+    big, small = provider(1, out=100), provider(2, out=100)
+    engine.models.add(endpoint("large", "us-east-1", "large", price_out=10_000_000), big)  # $1.00
+    engine.models.add(endpoint("small", "us-east-1", "small", price_out=1_000_000), small)  # $0.10
+    wf = tf.Workflow("ask")
+
+    @wf.step
+    async def answer(ctx: tf.StepContext) -> str:
+        return (await ctx.model("summarise", max_tokens=100)).text
+
+    engine.register(wf)
+    # Cheaper model: the large model does not fit the run budget, the small one does.
+    await engine.tenants.create("cheap", tier="enterprise", budget={"run_micros": 500_000})
+    run = await engine.submit("ask", tenant="cheap", input=None)
+    await run.result()
+    assert big.calls == 0 and small.calls == 1
+    degraded = [e for e in await engine.timeline("cheap", run.id) if e.kind == "budget.degraded"]
+    assert degraded[0].data["action"] == "cheaper_model"
+    # Escalation: nothing fits; a human answers in place of the model.
+    await engine.tenants.create(
+        "human",
+        tier="enterprise",
+        budget={"run_micros": 1},
+        degradation=["cheaper_model", "escalate_to_human"],
+    )
+    run = await engine.submit("ask", tenant="human", input=None)
+    for _ in range(100):
+        tasks = await engine.reviews.list("human")
+        if tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert tasks[0].payload["kind"] == "escalation"
+    await engine.reviews.decide(
+        "human", tasks[0].id, reviewer="ops", approve=True, comment="risk is low"
+    )
+    assert await run.result() == "risk is low"
+    # Pause: the run waits for budget and resumes when the policy raises it.
+    await engine.tenants.create(
+        "broke", tier="standard", budget={"run_micros": 1}, degradation=["pause"]
+    )
+    run = await engine.submit("ask", tenant="broke", input=None)
+    for _ in range(100):
+        if (await run.status()) == tf.RunStatus.PAUSED:
+            break
+        await asyncio.sleep(0.01)
+    assert (await run.status()) == tf.RunStatus.PAUSED
+    await engine.tenants.update("broke", budget={"run_micros": 1_000_000})
+    assert isinstance(await run.result(timedelta(seconds=5)), str)
+    kinds = [e.kind for e in await engine.timeline("broke", run.id)]
+    assert "run.paused" in kinds and "run.resumed" in kinds
+
+
+async def test_recorded_calls_are_replayed_not_repaid(engine: tf.Engine) -> None:
+    sim = provider()
+    engine.models.add(endpoint("small", "us-east-1", "small", price_out=1000), sim)
+    wf = tf.Workflow("replay")
+
+    @wf.step(retry=tf.Retry(max_attempts=2, initial=timedelta(milliseconds=1)))
+    async def think(ctx: tf.StepContext) -> str:
+        reply = await ctx.model("plan", max_tokens=20)
+        if ctx.attempt == 1:
+            raise RuntimeError("crashed after the model answered")
+        return reply.text
+
+    engine.register(wf)
+    await engine.tenants.create("t", tier="standard")
+    run = await engine.submit("replay", tenant="t", input=None)
+    await run.result()
+    assert sim.calls == 1  # attempt 2 replayed the recorded answer
+
+
+async def test_deleting_a_tenant_purges_everything_but_the_audit(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    async with tf.Engine(SqliteStore(path)) as engine:
+        engine.register(blocking_workflow(asyncio.Event(), []))
+        wf = tf.Workflow("ok")
+
+        @wf.step
+        async def one(ctx: tf.StepContext) -> int:
+            return 1
+
+        engine.register(wf)
+        await engine.tenants.create("gone", tier="standard")
+        await engine.tenants.create("stays", tier="standard")
+        for tenant in ("gone", "stays"):
+            await (await engine.submit("ok", tenant=tenant, input=None)).result()
+        proof = await engine.tenants.delete("gone")
+        assert proof["deleted"]["runs"] == 1 and proof["deleted"]["events"] > 0
+        assert set(proof["left"].values()) == {0}
+        with pytest.raises(tf.NotFoundError):
+            await engine.tenants.get("gone")
+        assert [r.action for r in await engine.audit_log("gone")][-1] == "tenant.deleted"
+        assert (await engine.audit_verify("gone")).ok
+    conn = sqlite3.connect(path)
+    for table in ("runs", "steps", "state_versions", "events", "usage", "tenants", "ledgers"):
+        column = "id" if table == "tenants" else "tenant_id"
+        n = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = 'gone'").fetchone()[0]
+        assert n == 0, table
+    assert conn.execute("SELECT COUNT(*) FROM runs WHERE tenant_id = 'stays'").fetchone()[0] == 1
+    conn.close()
+
+
+async def test_audit_verification_names_the_tampered_row(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    async with tf.Engine(SqliteStore(path)) as engine:
+        await engine.tenants.create("t", tier="standard")
+        for cap in (3, 4, 5):
+            await engine.tenants.update("t", max_active_runs=cap)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE audit_log SET detail = '{}' WHERE tenant_id = 't' AND seq = 3")
+    conn.commit()
+    conn.close()
+    async with tf.Engine(SqliteStore(path), execute=False) as engine:
+        result = await engine.audit_verify("t")
+        assert not result.ok and result.first_bad_seq == 3
