@@ -556,3 +556,70 @@ async def test_audit_verification_names_the_tampered_row(tmp_path: Path) -> None
     async with tf.Engine(SqliteStore(path), execute=False) as engine:
         result = await engine.audit_verify("t")
         assert not result.ok and result.first_bad_seq == 3
+
+
+async def test_retention_purges_finished_runs_past_the_policy() -> None:
+    from tenantflow.testing import FakeClock
+
+    clock = FakeClock()
+    async with tf.Engine(MemoryStore(), clock=clock) as engine:
+        wf = tf.Workflow("ok")
+
+        @wf.step
+        async def one(ctx: tf.StepContext) -> int:
+            return 1
+
+        engine.register(wf)
+        await engine.tenants.create("short", tier="standard", data_retention=timedelta(days=30))
+        await engine.tenants.create("keep", tier="standard")
+        old = await engine.submit("ok", tenant="short", input=None)
+        kept = await engine.submit("ok", tenant="keep", input=None)
+        await old.result()
+        await kept.result()
+        clock.advance(31 * 86400)
+        fresh = await engine.submit("ok", tenant="short", input=None)
+        await fresh.result()
+        purged = await engine.purge_expired()
+        assert purged["short"]["runs"] == 1 and purged["short"]["events"] > 0
+        assert "keep" not in purged
+        with pytest.raises(tf.NotFoundError):
+            await engine.get_run("short", old.id)
+        assert (await engine.get_run("short", fresh.id)).status == tf.RunStatus.COMPLETED
+        assert (await engine.get_run("keep", kept.id)).status == tf.RunStatus.COMPLETED
+        assert "retention.purged" in [r.action for r in await engine.audit_log("short")]
+
+
+async def test_burst_credit_use_is_audited() -> None:
+    async with tf.Engine(MemoryStore(), slots=8) as engine:
+        gate = asyncio.Event()
+        wf = tf.Workflow("fan", input=list[int])
+
+        @wf.step
+        async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
+            return input
+
+        @wf.step(fan_out="items")
+        async def work(ctx: tf.StepContext, items: int) -> int:
+            await gate.wait()
+            return items
+
+        engine.register(wf)
+        await engine.tenants.create(
+            "bursty",
+            tier="standard",
+            max_running_steps=2,
+            guaranteed_slots=0,
+            burst_slots=2,
+            burst_window=timedelta(minutes=5),
+        )
+        run = await engine.submit("fan", tenant="bursty", input=list(range(6)))
+        for _ in range(100):
+            if engine.dispatcher.scheduler.running("bursty") == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.dispatcher.scheduler.running("bursty") == 4  # cap 2 + burst 2
+        gate.set()
+        await run.result()
+        await asyncio.sleep(0.05)
+        actions = [r.action for r in await engine.audit_log("bursty")]
+        assert actions.count("compute.burst_used") >= 2

@@ -145,6 +145,8 @@ def _apply_tenancy(conn: sqlite3.Connection, op: Any) -> Any:
         return tq.put_tenant(conn, op)
     if isinstance(op, t_ops.DeleteTenant):
         return tq.delete_tenant(conn, op)
+    if isinstance(op, t_ops.PurgeRuns):
+        return tq.purge_runs(conn, op)
     raise TypeError(f"unknown op {type(op).__name__}")
 
 

@@ -25,6 +25,7 @@ from tenantflow.domain.tenancy import (
     DecideReview,
     DeleteTenant,
     EscalateReview,
+    PurgeRuns,
     PutTenant,
     RateDecision,
     Refusal,
@@ -783,3 +784,42 @@ def insert_review(conn: sqlite3.Connection, r: ReviewRecord) -> None:
             0,
         ),
     )
+
+
+def purge_runs(conn: sqlite3.Connection, op: PurgeRuns) -> dict[str, int]:
+    """Delete finished runs past retention, and everything that hangs off them."""
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS purge_ids (id TEXT PRIMARY KEY)")
+    conn.execute("DELETE FROM purge_ids")
+    conn.execute(
+        "INSERT INTO purge_ids SELECT id FROM runs WHERE tenant_id = ? AND finished_at IS NOT NULL"
+        " AND finished_at < ? AND status IN ('completed', 'failed', 'compensated', 'cancelled')",
+        (op.tenant_id, op.before),
+    )
+    deleted: dict[str, int] = {}
+    for table in ("events", "state_versions", "steps", "calls", "reviews"):
+        deleted[table] = conn.execute(
+            f"DELETE FROM {table} WHERE tenant_id = ? AND run_id IN (SELECT id FROM purge_ids)",
+            (op.tenant_id,),
+        ).rowcount
+    deleted["ledgers"] = conn.execute(
+        "DELETE FROM ledgers WHERE tenant_id = ? AND scope IN (SELECT 'run:' || id FROM purge_ids)",
+        (op.tenant_id,),
+    ).rowcount
+    deleted["runs"] = conn.execute(
+        "DELETE FROM runs WHERE tenant_id = ? AND id IN (SELECT id FROM purge_ids)", (op.tenant_id,)
+    ).rowcount
+    if deleted["runs"]:
+        append_audit(
+            conn,
+            op.tenant_id,
+            op.now,
+            [
+                AuditEntry(
+                    op.actor,
+                    "retention.purged",
+                    f"tenant:{op.tenant_id}",
+                    {"before": op.before, "deleted": deleted},
+                )
+            ],
+        )
+    return deleted

@@ -359,6 +359,7 @@ Op = (
     | RecordCall
     | _t.PutTenant
     | _t.DeleteTenant
+    | _t.PurgeRuns
     | _t.Reserve
     | _t.Settle
     | _t.Charge

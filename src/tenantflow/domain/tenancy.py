@@ -23,6 +23,7 @@ __all__ = [
     "DeleteTenant",
     "EscalateReview",
     "LedgerLine",
+    "PurgeRuns",
     "PutTenant",
     "RateDecision",
     "Refusal",
@@ -93,6 +94,18 @@ class DeleteTenant:
     now: float
     actor: str
     purge_audit: bool = False
+
+
+@dataclass(slots=True)
+class PurgeRuns:
+    """Delete the tenant's finished runs that ended before ``before`` (data retention), with
+    their steps, state versions, events, recorded calls and reviews. Result: rows deleted by
+    table."""
+
+    tenant_id: str
+    before: float
+    now: float
+    actor: str = "retention"
 
 
 @dataclass(slots=True)

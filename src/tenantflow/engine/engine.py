@@ -40,11 +40,12 @@ from tenantflow.domain.records import (
     RunStatus,
     StepRecord,
     StepStatus,
+    Transition,
 )
 from tenantflow.domain.run import advance, run_result
 from tenantflow.domain.spec import WorkflowSpec, child_key
 from tenantflow.domain.state import Change, bisect_versions, diff_states, fold
-from tenantflow.domain.tenancy import ReviewRecord
+from tenantflow.domain.tenancy import AuditEntry, PurgeRuns, ReviewRecord
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
 from tenantflow.engine.reviews import Reviews
@@ -621,8 +622,40 @@ class Engine:
         self.runtime_for_tenant(review.tenant_id).spawn(watch(), f"sla:{review.id}")
 
     def _burst_notice(self, notice: Any) -> None:
+        """Burst credit is never silent: every use, exhaustion and restoration is audited."""
         self.burst_notices.append(notice)
         del self.burst_notices[:-1000]
+        if notice.tenant_id not in self.tenants._cache:
+            return
+        entry = AuditEntry(
+            "scheduler",
+            f"compute.{notice.kind}",
+            f"tenant:{notice.tenant_id}",
+            {
+                "running": notice.running,
+                "running_cap": notice.running_cap,
+                "burst_debt_s": round(notice.burst_debt_s, 3),
+                "burst_window_s": notice.burst_window_s,
+            },
+        )
+        runtime = self.runtime_for_tenant(notice.tenant_id)
+        write = Transition(notice.tenant_id, "", self.clock.now(), audit=[entry])
+        runtime.spawn(runtime.writer.write(write), f"audit:{notice.kind}")
+
+    async def purge_expired(self) -> dict[str, dict[str, int]]:
+        """The retention job: delete every tenant's finished runs older than its policy's
+        ``data_retention`` (with their state, events and reviews). Returns rows by tenant."""
+        out: dict[str, dict[str, int]] = {}
+        now = self.clock.now()
+        for info in self.tenants.list():
+            retention = info.policy.data_retention
+            if retention is None:
+                continue
+            runtime = self.runtimes[info.store]
+            out[info.id] = await runtime.writer.write(
+                PurgeRuns(info.id, now - retention.total_seconds(), now)
+            )
+        return out
 
     def configure_tenant(self, info: TenantInfo) -> None:
         """Apply a tenant's policy to the scheduler and admission (caps, weight, burst)."""
