@@ -84,6 +84,9 @@ async def decide(
 async def main(url: str) -> None:
     async with tf.Engine.open(url) as engine:
         engine.register(loan)
+        # Tenants come from the caller (an API key in service mode), each with a policy.
+        await engine.tenants.create("regional-bank", tier="enterprise")
+        await engine.tenants.create("credit-union", tier="standard")
         submitted = [
             (tenant, await engine.submit("loan-approval", tenant=tenant, input=application))
             for tenant, application in [
