@@ -177,12 +177,25 @@ def _day(ts: float) -> str:
 
 
 def _last_audit(conn: sqlite3.Connection, tenant_id: str) -> AuditRecord | None:
+    # Appending needs only the last row's seq and hash: never parse its (possibly tampered)
+    # content here, so a damaged row is reported by verification, not by a failing write.
     row = conn.execute(
-        "SELECT tenant_id, seq, ts, actor, action, subject, detail, prev_hash, hash"
-        " FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, hash FROM audit_log WHERE tenant_id = ? ORDER BY seq DESC LIMIT 1",
         (tenant_id,),
     ).fetchone()
-    return None if row is None else _audit_from_row(row)
+    if row is None:
+        return None
+    return AuditRecord.model_construct(
+        tenant_id=tenant_id,
+        seq=int(row[0]),
+        ts=0.0,
+        actor="",
+        action="",
+        subject="",
+        detail={},
+        prev_hash="",
+        hash=str(row[1]),
+    )
 
 
 def _audit_from_row(r: Sequence[Any]) -> AuditRecord:

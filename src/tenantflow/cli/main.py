@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from tenantflow import __version__
-from tenantflow.cli import db, runs
+from tenantflow.cli import audit, db, reviews, runs, tenants, usage
 from tenantflow.cli.common import CliState, DbOption
 
 __all__ = ["app", "main"]
@@ -24,6 +24,10 @@ app = typer.Typer(
 )
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
+app.add_typer(tenants.app, name="tenants")
+app.add_typer(reviews.app, name="reviews")
+app.command("usage")(usage.usage)
+app.add_typer(audit.app, name="audit")
 
 
 def _print_version(value: bool) -> None:

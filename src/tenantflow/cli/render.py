@@ -17,19 +17,30 @@ from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
 
+from tenantflow.domain.audit import AuditRecord, VerifyResult
+from tenantflow.domain.policy import micros_to_usd
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
+from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
+from tenantflow.engine.tenants import TenantInfo
 
 __all__ = [
+    "audit_dict",
+    "audit_table",
+    "budget_table",
     "change_dict",
     "changes_table",
     "console",
+    "deletion_table",
     "event_dict",
     "events_table",
     "iso",
     "print_json",
     "print_json_lines",
+    "review_detail",
+    "review_dict",
+    "reviews_table",
     "run_detail",
     "run_dict",
     "runs_table",
@@ -37,6 +48,13 @@ __all__ = [
     "state_view",
     "step_dict",
     "steps_table",
+    "tenant_detail",
+    "tenant_dict",
+    "tenants_table",
+    "usage_dict",
+    "usage_table",
+    "verify_dict",
+    "verify_line",
 ]
 
 _PIPE_WIDTH = 200
@@ -49,6 +67,10 @@ _STYLES = {
     StepStatus.SUCCEEDED.value: "green",
     StepStatus.COMPENSATION_FAILED.value: "red",
     StepStatus.SKIPPED.value: "dim",
+    ReviewStatus.PENDING.value: "cyan",
+    ReviewStatus.CLAIMED.value: "cyan",
+    ReviewStatus.APPROVED.value: "green",
+    ReviewStatus.REJECTED.value: "red",
 }
 
 
@@ -294,3 +316,283 @@ def changes_table(changes: Sequence[Change]) -> Table:
             Text("" if c.kind == "removed" else _compact(c.after)),
         )
     return table
+
+
+# -- tenancy: tenants, reviews, usage and budgets, audit --------------------------------------
+
+
+def _number(value: Any) -> Any:
+    # Usage counters are stored as REAL: a count reads 3, not 3.0.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _grid(rows: Iterable[tuple[str, Text]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for name, value in rows:
+        grid.add_row(name, value)
+    return grid
+
+
+def _amount(unit: str, value: int | None) -> str:
+    """A ledger amount: dollars for micro-dollars (``$2.00``, ``$0.012345``), else the count."""
+    if value is None:
+        return ""
+    if unit != "micros":
+        return str(value)
+    whole, _, frac = f"{micros_to_usd(value):.6f}".partition(".")
+    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
+def tenant_dict(info: TenantInfo) -> dict[str, Any]:
+    """A tenant and its current policy, JSON-ready (durations as ISO 8601)."""
+    return {
+        **info.to_dict(),
+        "created_at": iso(info.created_at),
+        "updated_at": iso(info.updated_at),
+    }
+
+
+def tenants_table(tenants: Sequence[TenantInfo]) -> Table:
+    """Tenants by id, with the policy fields that matter most at a glance."""
+    table = _table(
+        "tenant",
+        "org",
+        "tier",
+        "policy",
+        "region",
+        "store",
+        "weight",
+        "max runs",
+        "max steps",
+        "updated",
+        fold=("tenant", "updated"),
+    )
+    for t in tenants:
+        p = t.policy
+        table.add_row(
+            Text(t.id),
+            Text(t.org_id or ""),
+            Text(p.tier),
+            f"v{t.policy_version}",
+            Text(p.region or "any"),
+            Text(t.store),
+            f"{p.weight:g}",
+            str(p.max_active_runs),
+            str(p.max_running_steps),
+            _ms(t.updated_at),
+        )
+    return table
+
+
+def tenant_detail(info: TenantInfo) -> tuple[Table, JSON]:
+    """A tenant's fields, one per row, and its policy pretty-printed."""
+    grid = _grid(
+        [
+            ("tenant", Text(info.id)),
+            ("org", Text(info.org_id or "")),
+            ("tier", Text(info.policy.tier)),
+            ("policy version", Text(str(info.policy_version))),
+            ("region", Text(info.policy.region or "any")),
+            ("store", Text(info.store)),
+            ("created", Text(_ms(info.created_at))),
+            ("updated", Text(_ms(info.updated_at))),
+        ]
+    )
+    return grid, JSON(_compact(info.policy.model_dump(mode="json")))
+
+
+def deletion_table(result: dict[str, Any]) -> Table:
+    """What a tenant deletion removed, and the rows left afterwards, per table."""
+    deleted: dict[str, int] = result.get("deleted", {})
+    left: dict[str, int] = result.get("left", {})
+    table = _table("table", "deleted", "left")
+    for name in sorted(set(deleted) | set(left)):
+        count = left.get(name)
+        table.add_row(
+            Text(name),
+            str(deleted.get(name, 0)),
+            Text("" if count is None else str(count), style="green" if count == 0 else "red"),
+        )
+    return table
+
+
+def review_dict(review: ReviewRecord) -> dict[str, Any]:
+    """A review task, JSON-ready."""
+    return {
+        "id": review.id,
+        "tenant_id": review.tenant_id,
+        "run_id": review.run_id,
+        "step": review.step,
+        "pool": review.pool,
+        "lane": review.lane,
+        "status": review.status.value,
+        "sla_due": iso(review.sla_due),
+        "created_at": iso(review.created_at),
+        "claimed_by": review.claimed_by,
+        "decided_by": review.decided_by,
+        "decided_at": iso(review.decided_at),
+        "comment": review.comment,
+        "escalations": review.escalations,
+        "payload": review.payload,
+    }
+
+
+def reviews_table(reviews: Sequence[ReviewRecord]) -> Table:
+    """Review tasks in queue order (lane, then SLA)."""
+    table = _table(
+        "review",
+        "pool",
+        "lane",
+        "status",
+        "step",
+        "run",
+        "sla due",
+        "claimed by",
+        fold=("review", "run", "sla due"),
+    )
+    for r in reviews:
+        table.add_row(
+            Text(r.id),
+            Text(r.pool),
+            Text(r.lane),
+            _status(r.status.value),
+            Text(r.step),
+            Text(r.run_id),
+            _ms(r.sla_due),
+            Text(r.claimed_by or ""),
+        )
+    return table
+
+
+def review_detail(review: ReviewRecord) -> tuple[Table, JSON]:
+    """A review's fields, one per row, and what the reviewer is asked (its payload)."""
+    rows: list[tuple[str, Text]] = [
+        ("review", Text(review.id)),
+        ("tenant", Text(review.tenant_id)),
+        ("run", Text(review.run_id)),
+        ("step", Text(review.step)),
+        ("pool", Text(review.pool)),
+        ("lane", Text(review.lane)),
+        ("status", _status(review.status.value)),
+        ("created", Text(_ms(review.created_at))),
+        ("sla due", Text(_ms(review.sla_due))),
+    ]
+    if review.claimed_by:
+        rows.append(("claimed by", Text(review.claimed_by)))
+    if review.decided_by:
+        rows.append(("decided by", Text(review.decided_by)))
+        rows.append(("decided", Text(_ms(review.decided_at))))
+    if review.comment:
+        rows.append(("comment", Text(review.comment)))
+    if review.escalations:
+        rows.append(("escalations", Text(str(review.escalations))))
+    return _grid(rows), JSON(_compact(review.payload))
+
+
+def usage_dict(row: dict[str, Any]) -> dict[str, Any]:
+    """One usage counter (day, metric, dim, value), JSON-ready."""
+    return {
+        "day": row["day"],
+        "metric": row["metric"],
+        "dim": row["dim"],
+        "value": _number(row["value"]),
+    }
+
+
+def usage_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """Usage counters per day, metric and dimension (tool, model, step or pool)."""
+    table = _table("day", "metric", "dim", "value", fold=("dim",))
+    for row in rows:
+        value = _number(row["value"])
+        shown = f"{value:.6g}" if isinstance(value, float) else str(value)
+        table.add_row(row["day"], Text(row["metric"]), Text(row["dim"]), shown)
+    return table
+
+
+def budget_table(ledgers: Sequence[dict[str, Any]]) -> Table:
+    """Budget ledgers: limit, spent, reserved and overrun per scope and unit."""
+    table = _table(
+        "scope",
+        "unit",
+        "period",
+        "limit",
+        "spent",
+        "reserved",
+        "overrun",
+        "period start",
+        fold=("scope", "period start"),
+    )
+    for led in ledgers:
+        unit = str(led["unit"])
+        limit = led.get("limit")
+        table.add_row(
+            Text(str(led["scope"])),
+            Text(unit),
+            Text(led.get("period") or ""),
+            "unlimited" if limit is None else _amount(unit, limit),
+            _amount(unit, led.get("spent")),
+            _amount(unit, led.get("reserved")),
+            _amount(unit, led.get("overrun")),
+            _ms(led.get("period_start")),
+        )
+    return table
+
+
+def audit_dict(record: AuditRecord) -> dict[str, Any]:
+    """One audit row, JSON-ready."""
+    return {**record.model_dump(mode="json"), "ts": iso(record.ts)}
+
+
+def audit_table(records: Sequence[AuditRecord]) -> Table:
+    """A tenant's audit rows, oldest first."""
+    table = _table(
+        "seq",
+        "time",
+        "actor",
+        "action",
+        "subject",
+        "detail",
+        "hash",
+        fold=("time", "subject"),
+    )
+    # A policy change's detail is the whole policy: one cut line here, in full with --json.
+    detail = table.columns[5]
+    detail.no_wrap, detail.max_width = True, 80
+    for r in records:
+        table.add_row(
+            str(r.seq),
+            _ms(r.ts),
+            Text(r.actor),
+            Text(r.action),
+            Text(r.subject),
+            Text(_compact(r.detail) if r.detail else ""),
+            Text(r.hash[:12]),
+        )
+    return table
+
+
+def verify_dict(tenant: str, result: VerifyResult) -> dict[str, Any]:
+    """The outcome of an audit chain check, JSON-ready."""
+    return {
+        "tenant_id": tenant,
+        "ok": result.ok,
+        "checked": result.checked,
+        "first_bad_seq": result.first_bad_seq,
+        "reason": result.reason or None,
+    }
+
+
+def verify_line(tenant: str, result: VerifyResult) -> Text:
+    """One line: the chain is intact, or where it breaks and why."""
+    rows = f"{result.checked} row{'' if result.checked == 1 else 's'}"
+    if result.ok:
+        return Text(f"ok: tenant {tenant} audit chain intact ({rows})", style="green")
+    return Text(
+        f"tampered: tenant {tenant} audit chain breaks at seq {result.first_bad_seq}:"
+        f" {result.reason} ({rows} verified before it)",
+        style="red",
+    )

@@ -25,9 +25,8 @@ drained, ``max_retry_after_s`` is returned.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Hashable
-from typing import Final
+from typing import Any, Final
 
 from tenantflow.domain.scheduler import Lane, effective_rank, lane_rank
 from tenantflow.errors import BackpressureError, ConfigurationError, ConflictError, NotFoundError
@@ -76,6 +75,39 @@ class _Waiting:
         self.enqueued_s = enqueued_s
 
 
+class _Fifo(list[Any]):
+    """Waiting runs of one lane in arrival order: a list plus a head index.
+
+    ``collections.deque`` preallocates 760 bytes, too much for 10^6 tenants.
+    """
+
+    __slots__ = ("head",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = 0
+
+    def peek(self, waiting: dict[Hashable, _Waiting]) -> _Waiting | None:
+        """The first run still waiting, dropping withdrawn ones; None when empty."""
+        head = self.head
+        while head < len(self):
+            run: _Waiting = self[head]
+            if waiting.get(run.run_key) is run:
+                self.head = head
+                return run
+            self[head] = None
+            head += 1
+        self.head = head
+        return None
+
+    def popleft(self) -> None:
+        self[self.head] = None
+        self.head += 1
+        if self.head >= 32 and self.head * 2 >= len(self):
+            del self[: self.head]  # amortised O(1)
+            self.head = 0
+
+
 class _TenantQueue:
     __slots__ = ("active", "cap", "drain", "lanes", "max_queued", "waiting")
 
@@ -85,7 +117,7 @@ class _TenantQueue:
         # Created on first use and dropped when empty: there may be a million tenants.
         self.active: set[Hashable] | None = None
         self.waiting: dict[Hashable, _Waiting] | None = None
-        self.lanes: list[deque[_Waiting] | None] | None = None
+        self.lanes: list[_Fifo | None] | None = None
         self.drain = _DrainRate()
 
     @property
@@ -229,10 +261,10 @@ class AdmissionController:
             t.waiting = {}
         if t.lanes is None:
             t.lanes = [None, None, None]
-        dq = t.lanes[rank]
-        if dq is None:
-            dq = t.lanes[rank] = deque()
-        dq.append(waiting)
+        fifo = t.lanes[rank]
+        if fifo is None:
+            fifo = t.lanes[rank] = _Fifo()
+        fifo.append(waiting)
         t.waiting[run_key] = waiting
         self._total_queued += 1
         return False
@@ -267,7 +299,7 @@ class AdmissionController:
         self._total_queued -= 1
         if not t.waiting:
             t.waiting = None
-            t.lanes = None  # frees the tombstone too
+            t.lanes = None  # frees the withdrawn entries too
         return True
 
     # -- introspection ---------------------------------------------------------------------
@@ -325,13 +357,11 @@ class AdmissionController:
         assert lanes is not None and waiting is not None
         best_rank, best_enq, best_idx = 0, 0.0, -1
         for idx in range(3):
-            dq = lanes[idx]
-            while dq and waiting.get(dq[0].run_key) is not dq[0]:
-                dq.popleft()  # withdrawn
-            if not dq:
+            fifo = lanes[idx]
+            head = None if fifo is None else fifo.peek(waiting)
+            if head is None:
                 lanes[idx] = None
                 continue
-            head = dq[0]
             rank = effective_rank(idx, now_s - head.enqueued_s, self._aging_s)
             if (
                 best_idx < 0
@@ -339,9 +369,10 @@ class AdmissionController:
                 or (rank == best_rank and head.enqueued_s < best_enq)
             ):
                 best_rank, best_enq, best_idx = rank, head.enqueued_s, idx
-        dq = lanes[best_idx]
-        assert dq is not None
-        chosen = dq.popleft()
+        fifo = lanes[best_idx]
+        assert fifo is not None
+        chosen: _Waiting = fifo[fifo.head]
+        fifo.popleft()
         del waiting[chosen.run_key]
         if not waiting:
             t.waiting = None

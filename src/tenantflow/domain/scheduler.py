@@ -30,10 +30,10 @@ Other rules, in the order :meth:`FairScheduler.pop` applies them:
 1. The global ``slots`` limit always holds; nothing is preempted when it is lowered.
 2. A tenant below its ``guaranteed_slots`` is served first (a second heap, also by ``vtime``).
    Guaranteed service is charged like any other, so a tenant receives
-   ``max(guarantee, fair share)``, not the sum. Once its ``vtime`` is ahead of every
-   fair-share tenant's (it already wins no fair-share pick), further guaranteed service is not
-   recorded as debt: it would only hold the tenant back after contention eases, punishing it
-   for using what it was promised.
+   ``max(guarantee, fair share)``, not the sum. Once its ``vtime`` is more than one round of
+   its guarantee ahead of every fair-share charge (it wins no fair-share pick either way),
+   further guaranteed service is not recorded as debt: it would only hold the tenant back
+   after contention eases, punishing it for using what it was promised.
 3. Otherwise the eligible tenant with the smallest ``vtime`` is served. A tenant is eligible
    while it has queued work and ``running < running_cap`` (plus ``burst_slots`` while it has
    burst credit), so the per-tenant cap holds whatever the lane.
@@ -99,12 +99,16 @@ _LANE_RANK: Final[dict[str, int]] = {lane: rank for rank, lane in enumerate(LANE
 
 BurstNoticeKind = Literal["burst_used", "burst_exhausted", "burst_restored"]
 
-# A heap entry is ``[vtime_or_due_s, seq, tenant_or_None]``: lists compare in C, the unique
-# ``seq`` breaks ties before the tenant is ever compared, and ``None`` marks a stale entry.
-_Entry = list[Any]
+# A heap entry is ``(vtime_or_due_s, seq, tenant)``: tuples compare in C with one indirection
+# fewer than lists, and the unique ``seq`` breaks ties before a tenant is ever compared. An
+# entry is live only while the tenant still points at it (``t.entry is entry``); stale ones are
+# skipped when they surface, and the heap is rebuilt when they are the majority.
+_Entry = tuple[float, int, "_Tenant"]
 
 _NO_CAP: Final = sys.maxsize
-_DEBT_EPSILON_S: Final = 1e-3  # a millisecond of slot-time: below float noise at epoch scale
+# A millisecond of slot-time: far above float rounding of epoch-scale times (~2.4e-7 s), so a
+# repayment timer set for ``now + debt`` always finds the debt repaid when it fires.
+_DEBT_EPSILON_S: Final = 1e-3
 _MIN_BURST_WINDOW_S: Final = 0.01  # well above _DEBT_EPSILON_S, so exhaustion takes time
 _COMPACT_MIN: Final = 64
 
@@ -275,6 +279,7 @@ class FairScheduler:
         self._vmax = 0.0  # the highest virtual time a fair-share charge has produced
         self._with_work = 0
         self._notices: list[BurstNotice] = []
+        self._now_s = 0.0  # the latest now_s seen, for calls that do not pass one
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -287,7 +292,7 @@ class FairScheduler:
         guaranteed_slots: int = 0,
         burst_slots: int = 0,
         burst_window_s: float = 0.0,
-        now_s: float = 0.0,
+        now_s: float | None = None,
     ) -> None:
         """Create or update a tenant's scheduling policy. Idempotent; safe at runtime.
 
@@ -301,7 +306,8 @@ class FairScheduler:
                 (>= 0, <= ``running_cap``).
             burst_slots: How far above ``running_cap`` the tenant may go on burst credit.
             burst_window_s: Burst credit, in slot-seconds of accumulated excess.
-            now_s: Current time; used to settle burst debt before the change.
+            now_s: Current time, to settle burst debt before the change; defaults to the
+                latest ``now_s`` given to ``push``, ``pop`` or ``done``.
 
         Raises:
             ConfigurationError: A value is out of range.
@@ -323,6 +329,8 @@ class FairScheduler:
                 f"burst credit needs a running_cap and a burst_window_s >= {_MIN_BURST_WINDOW_S}",
                 field="burst_slots",
             )
+        if now_s is None:
+            now_s = self._now_s
         t = self._tenants.get(tenant_id)
         if t is None:
             t = self._tenants[tenant_id] = _Tenant(tenant_id)
@@ -364,6 +372,7 @@ class FairScheduler:
             ConflictError: An item with this key is already queued or running.
             ContractError: ``cost_hint_s`` is not a finite number > 0, or the lane is unknown.
         """
+        self._now_s = now_s
         t = self._tenants.get(item.tenant_id)
         if t is None:
             raise NotFoundError(
@@ -376,10 +385,12 @@ class FairScheduler:
                 f"an item with key {key!r} is already queued or running; keys must be unique",
                 key=key,
             )
-        hint = item.cost_hint_s
-        if not (hint > 0.0 and math.isfinite(hint)):
+        if not 0.0 < item.cost_hint_s < math.inf:  # also refuses NaN
             raise ContractError("cost_hint_s must be a finite number > 0", field="cost_hint_s")
-        idx = lane_rank(item.lane) * 2 + (0 if item.in_flight else 1)
+        rank = _LANE_RANK.get(item.lane)
+        if rank is None:
+            rank = lane_rank(item.lane)  # raises the explanatory error
+        idx = rank * 2 + (0 if item.in_flight else 1)
         if item.enqueued_s is None:
             item.enqueued_s = now_s
         lanes = t.lanes
@@ -400,6 +411,7 @@ class FairScheduler:
 
         O(log T) amortised. Burst decisions are recorded for :meth:`drain_notices`.
         """
+        self._now_s = now_s
         if self._wake and self._wake[0][0] <= now_s:
             self._wake_due(now_s)
         if len(self._running) >= self._slots:
@@ -449,6 +461,7 @@ class FairScheduler:
             )
         if not (service_s >= 0.0 and math.isfinite(service_s)):
             raise ContractError("service_s must be a finite number >= 0", field="service_s")
+        self._now_s = now_s
         item, guaranteed = grant
         del self._running[key]
         t = self._tenants[tenant_id]
@@ -526,8 +539,8 @@ class FairScheduler:
         g_heap = self._g_heap
         while g_heap:
             entry = heapq.heappop(g_heap)
-            t: _Tenant | None = entry[2]
-            if t is None:
+            t = entry[2]
+            if t.g_entry is not entry:
                 self._g_stale -= 1
                 continue
             t.g_entry = None
@@ -536,7 +549,7 @@ class FairScheduler:
         while heap:
             entry = heapq.heappop(heap)
             t = entry[2]
-            if t is None:
+            if t.entry is not entry:
                 self._stale -= 1
                 continue
             t.entry = None
@@ -566,7 +579,7 @@ class FairScheduler:
         aging_s = self._aging_s
         best_idx = -1
         best_item: ReadyItem | None = None
-        best_rank = best_cls = 0
+        best_order = _NO_CAP
         best_enq = 0.0
         for idx in range(6):
             fifo = lanes[idx]
@@ -585,16 +598,15 @@ class FairScheduler:
                 lanes[idx] = None
                 continue
             enq = now_s if item.enqueued_s is None else item.enqueued_s
-            rank = effective_rank(idx >> 1, now_s - enq, aging_s)
-            cls = idx & 1  # 0: in-flight, 1: first step of a new run
-            # Order: effective rank, then in-flight first, then oldest. Each FIFO is in push
-            # order, so its head is its best item and six comparisons decide.
-            if (
-                best_item is None
-                or rank < best_rank
-                or (rank == best_rank and (cls < best_cls or (cls == best_cls and enq < best_enq)))
-            ):
-                best_idx, best_item, best_rank, best_cls, best_enq = idx, item, rank, cls, enq
+            # ``order`` is ``effective rank * 2 + (0 if in-flight else 1)``: each aging period
+            # promotes by one lane, i.e. by two positions. Ties go to the oldest. Each FIFO is
+            # in push order, so its head is its best item and six comparisons decide.
+            order = idx
+            waited_s = now_s - enq
+            if waited_s >= aging_s:
+                order -= 2 * int(waited_s // aging_s)
+            if order < best_order or (order == best_order and enq < best_enq):
+                best_idx, best_item, best_order, best_enq = idx, item, order, enq
         assert best_item is not None
         return best_idx, best_item
 
@@ -626,33 +638,31 @@ class FairScheduler:
                     t.vtime = self._vclock  # no credit is banked while idle or capped
                 t.entry = self._push_entry(self._heap, t.vtime, t)
             elif entry[0] != t.vtime:
-                entry[2] = None
                 self._stale += 1
                 t.entry = self._push_entry(self._heap, t.vtime, t)
         elif entry is not None:
-            entry[2] = None
             self._stale += 1
             t.entry = None
         g_entry = t.g_entry
         if has_work and t.running < t.guaranteed:
             if g_entry is None or g_entry[0] != t.vtime:
                 if g_entry is not None:
-                    g_entry[2] = None
                     self._g_stale += 1
                 t.g_entry = self._push_entry(self._g_heap, t.vtime, t)
         elif g_entry is not None:
-            g_entry[2] = None
             self._g_stale += 1
             t.g_entry = None
         if self._stale > _COMPACT_MIN and self._stale * 2 > len(self._heap):
-            self._heap = _compact(self._heap)
+            self._heap = [e for e in self._heap if e[2].entry is e]
+            heapq.heapify(self._heap)
             self._stale = 0
         if self._g_stale > _COMPACT_MIN and self._g_stale * 2 > len(self._g_heap):
-            self._g_heap = _compact(self._g_heap)
+            self._g_heap = [e for e in self._g_heap if e[2].g_entry is e]
+            heapq.heapify(self._g_heap)
             self._g_stale = 0
 
     def _push_entry(self, heap: list[_Entry], key: float, t: _Tenant) -> _Entry:
-        entry: _Entry = [key, next(self._seq), t]
+        entry: _Entry = (key, next(self._seq), t)
         heapq.heappush(heap, entry)
         return entry
 
@@ -707,15 +717,15 @@ class FairScheduler:
         t.limit = t.cap if (t.locked or t.deferred) else t.cap + t.burst_slots
 
     def _cancel_wake(self, t: _Tenant) -> None:
-        if t.wake_entry is not None:
-            t.wake_entry[2] = None  # the wake heap only holds locked tenants: no compaction
-            t.wake_entry = None
+        # The wake heap only ever holds exhausted tenants, so it is small: no compaction.
+        t.wake_entry = None
 
     def _wake_due(self, now_s: float) -> None:
         wake = self._wake
         while wake and wake[0][0] <= now_s:
-            t: _Tenant | None = heapq.heappop(wake)[2]
-            if t is None:
+            entry = heapq.heappop(wake)
+            t = entry[2]
+            if t.wake_entry is not entry:
                 continue
             t.wake_entry = None
             self._accrue(t, now_s)
@@ -734,12 +744,6 @@ class FairScheduler:
                 burst_window_s=t.burst_window_s,
             )
         )
-
-
-def _compact(heap: list[_Entry]) -> list[_Entry]:
-    live = [entry for entry in heap if entry[2] is not None]
-    heapq.heapify(live)
-    return live
 
 
 def _check_slots(slots: int) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy, validate_policy
+from tenantflow.domain.records import RunStatus
 from tenantflow.domain.tenancy import DeleteTenant, PutTenant, TenantRecord
 from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError, TenantflowError
 
@@ -191,17 +192,16 @@ class Tenants:
         ``purge_audit``. Refused while the tenant has runs in flight: cancel them first."""
         info = await self.get(tenant_id)
         engine = self._engine
-        active = [
-            r
-            for rt in engine.runtimes.values()
-            for r in rt.active.values()
-            if r.tenant_id == tenant_id
-        ]
-        if active:
+        busy = any(
+            r.tenant_id == tenant_id for rt in engine.runtimes.values() for r in rt.active.values()
+        )
+        store = engine.stores[info.store]
+        for status in ("queued", "running", "paused", "compensating", "cancelling"):
+            busy = busy or bool(await store.list_runs(tenant_id, status=RunStatus(status), limit=1))
+        if busy:
             raise ConflictError(
-                f"tenant {tenant_id!r} has {len(active)} run(s) in flight; cancel them first",
+                f"tenant {tenant_id!r} has unfinished runs; cancel them first",
                 tenant=tenant_id,
-                active=len(active),
             )
         result = await engine.runtimes[info.store].writer.write(
             DeleteTenant(tenant_id, engine.clock.now(), actor, purge_audit)

@@ -1,0 +1,379 @@
+"""``tenantflow tenants …``: register tenants and change or delete their versioned policies.
+
+``list`` and ``show`` only read (``execute=False``). ``create``, ``update`` and ``delete`` write:
+they open the engine with ``execute=True``, the only mode with a writer; on SQLite an executing
+engine holds the file's exclusive lock, so while another engine (a worker, ``serve``) runs on the
+same file they fail with the store's one-line error instead of writing behind its back.
+
+A policy is a tier preset (``--tier``) with fields overridden by ``--policy-file`` (JSON or YAML,
+a mapping of policy fields, or the output of ``tenants show --json``) and then by each
+``--set field=value``; a value is read as JSON when it parses (``5``, ``null``,
+``{"tool:x": "50/hour"}``), else as a string (``eu-west-1``, ``4h``). Mappings replace the field
+whole, except ``budget``, which is merged into the current budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+
+from tenantflow.cli import render
+from tenantflow.cli.common import (
+    DbOption,
+    JsonOption,
+    read,
+    reporting_errors,
+    settings_for,
+)
+from tenantflow.domain.policy import DEFAULT_REGIONS, TIERS, Policy
+from tenantflow.domain.state import diff_states
+from tenantflow.engine.engine import Engine, check_tenant
+from tenantflow.engine.tenants import TenantInfo
+from tenantflow.errors import ConfigurationError
+
+__all__ = ["ACTOR", "app", "load_policy_file", "parse_sets", "write"]
+
+T = TypeVar("T")
+
+ACTOR = "cli"
+"""Who the audit log names for a change made from the command line."""
+
+app = typer.Typer(
+    name="tenants",
+    help="Register tenants and change or delete their versioned policies.",
+    no_args_is_help=True,
+)
+
+TenantArgument = Annotated[str, typer.Argument(metavar="TENANT", help="The tenant's id.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="FIELD=VALUE",
+        help="Set one policy field; VALUE is JSON when it parses, else a string. Repeatable.",
+        show_default=False,
+    ),
+]
+PolicyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--policy-file",
+        metavar="FILE",
+        help="Policy fields from a JSON or YAML file (--set wins over it).",
+        show_default=False,
+    ),
+]
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def write(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[T]]) -> T:
+    """Open the engine on the configured store to write (``execute=True``) and run ``call``.
+
+    The counterpart of :func:`tenantflow.cli.common.read` for commands that change the store.
+
+    Raises:
+        typer.Exit: on any TenantflowError (including the lock held by another engine), after
+            printing it as one line.
+    """
+    with reporting_errors():
+        settings = settings_for(ctx, db)
+        return asyncio.run(_write(settings.database_url, call))
+
+
+async def _write(url: str, call: Callable[[Engine], Awaitable[T]]) -> T:
+    async with Engine.open(url, execute=True) as engine:
+        return await call(engine)
+
+
+# -- policy input -----------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON: keep them as strings
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["max_active_runs=5", "region=eu-west-1"]`` as ``{"max_active_runs": 5, ...}``.
+
+    Raises:
+        ConfigurationError: a pair has no ``=`` or no field name.
+    """
+    fields: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigurationError(
+                f"invalid --set {pair!r}: write FIELD=VALUE, e.g. --set max_active_runs=5",
+                field="set",
+                value=pair,
+            )
+        try:
+            fields[name] = json.loads(raw, parse_constant=_reject_constant)
+        except ValueError:
+            fields[name] = raw
+    return fields
+
+
+def load_policy_file(path: Path) -> dict[str, Any]:
+    """The policy fields in a JSON (``.json``) or YAML file.
+
+    A file holding a tenant as ``tenants show --json`` prints it (a mapping with a ``policy``
+    mapping and an ``id``) gives that policy, so a tenant's policy can be copied to another.
+
+    Raises:
+        ConfigurationError: the file cannot be read or parsed, or holds no mapping.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigurationError(
+            f"cannot read policy file {str(path)!r}: {reason}", field="policy_file"
+        ) from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigurationError(
+            f"cannot parse policy file {str(path)!r}: {exc}", field="policy_file"
+        ) from None
+    if data is None:
+        data = {}
+    if isinstance(data, dict) and isinstance(data.get("policy"), dict) and "id" in data:
+        data = data["policy"]
+    if not isinstance(data, dict):
+        raise ConfigurationError(
+            f"policy file {str(path)!r} must hold a mapping of policy fields,"
+            f" not {type(data).__name__}",
+            field="policy_file",
+        )
+    return data
+
+
+def _policy_fields(policy_file: Path | None, sets: Sequence[str] | None) -> dict[str, Any]:
+    fields = load_policy_file(policy_file) if policy_file is not None else {}
+    fields.update(parse_sets(sets or ()))
+    unknown = sorted(str(k) for k in fields if k not in Policy.model_fields)
+    if unknown:
+        raise ConfigurationError(
+            f"unknown policy field(s): {', '.join(unknown)}",
+            field=unknown[0],
+            known=sorted(Policy.model_fields),
+        )
+    return fields
+
+
+def _tier_of(tier: str | None, fields: dict[str, Any]) -> str:
+    """The tier from ``--tier`` or the policy fields (removed from them); they must agree."""
+    given = fields.pop("tier", None)
+    if tier is not None and given is not None and given != tier:
+        raise ConfigurationError(
+            f"--tier {tier} contradicts tier = {given!r} in the policy", field="tier", value=given
+        )
+    chosen = tier if tier is not None else given
+    if chosen is None:
+        raise ConfigurationError(f"give the tenant's tier: --tier {'|'.join(TIERS)}", field="tier")
+    if not isinstance(chosen, str):
+        raise ConfigurationError(
+            f"invalid tier = {chosen!r}: known tiers are {', '.join(TIERS)}",
+            field="tier",
+            value=repr(chosen),
+        )
+    return chosen
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    tenant: TenantArgument,
+    tier: Annotated[
+        str | None,
+        typer.Option(
+            "--tier",
+            metavar="|".join(TIERS),
+            help="The preset the policy starts from.",
+            show_default=False,
+        ),
+    ] = None,
+    org: Annotated[
+        str | None,
+        typer.Option("--org", metavar="ORG", help="The tenant's organisation.", show_default=False),
+    ] = None,
+    sets: SetOption = None,
+    policy_file: PolicyFileOption = None,
+    json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Register a tenant with a tier preset and any policy field overridden."""
+    with reporting_errors():
+        check_tenant(tenant)
+        fields = _policy_fields(policy_file, sets)
+        chosen = _tier_of(tier, fields)
+        file_org = fields.pop("org_id", None)
+        org_id = org if org is not None else file_org
+        if org_id is not None and not isinstance(org_id, str):
+            raise ConfigurationError(
+                f"invalid org_id = {org_id!r}: a string", field="org_id", value=repr(org_id)
+            )
+        # Checked before the store is opened, so bad input never creates a database file; the
+        # engine checks again against the regions its stores serve.
+        Policy.for_tier(
+            chosen,
+            known_regions=DEFAULT_REGIONS,
+            **({"org_id": org_id} if org_id else {}),
+            **fields,
+        )
+
+    info = write(
+        ctx,
+        db,
+        lambda engine: engine.tenants.create(
+            tenant, tier=chosen, org_id=org_id, actor=ACTOR, **fields
+        ),
+    )
+    if json:
+        render.print_json(render.tenant_dict(info))
+        return
+    render.console().print(
+        f"created tenant {info.id} ({info.policy.tier}, policy version {info.policy_version},"
+        f" region {info.policy.region or 'any'}, store {info.store})",
+        markup=False,
+    )
+
+
+@app.command("list")
+def list_tenants(ctx: typer.Context, json: JsonOption = False, db: DbOption = None) -> None:
+    """List every tenant with its tier, policy version, region and caps."""
+
+    async def fetch(engine: Engine) -> list[TenantInfo]:
+        return engine.tenants.list()
+
+    tenants = read(ctx, db, fetch)
+    if json:
+        render.print_json([render.tenant_dict(t) for t in tenants])
+        return
+    out = render.console()
+    if not tenants:
+        out.print("no tenants")
+        return
+    out.print(render.tenants_table(tenants))
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context, tenant: TenantArgument, json: JsonOption = False, db: DbOption = None
+) -> None:
+    """Show a tenant: its policy, policy version, region and the store holding its data."""
+    info = read(ctx, db, lambda engine: engine.tenants.get(check_tenant(tenant)))
+    if json:
+        render.print_json(render.tenant_dict(info))
+        return
+    grid, policy = render.tenant_detail(info)
+    out = render.console()
+    out.print(grid)
+    out.print(policy)
+
+
+@app.command("update")
+def update(
+    ctx: typer.Context,
+    tenant: TenantArgument,
+    sets: SetOption = None,
+    policy_file: PolicyFileOption = None,
+    json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Change policy fields: a new policy version, used by new admissions at once and by
+    running runs at their next step."""
+    with reporting_errors():
+        check_tenant(tenant)
+        fields = _policy_fields(policy_file, sets)
+        if not fields:
+            raise ConfigurationError(
+                "nothing to update: give --set FIELD=VALUE or --policy-file FILE", field="set"
+            )
+
+    async def change(engine: Engine) -> tuple[TenantInfo, TenantInfo]:
+        before = await engine.tenants.get(tenant)
+        after = await engine.tenants.update(tenant, actor=ACTOR, **fields)
+        return before, after
+
+    before, after = write(ctx, db, change)
+    changes = diff_states(
+        before.policy.model_dump(mode="json"), after.policy.model_dump(mode="json")
+    )
+    if json:
+        render.print_json(
+            {**render.tenant_dict(after), "changes": [render.change_dict(c) for c in changes]}
+        )
+        return
+    out = render.console()
+    out.print(
+        f"updated tenant {after.id}: policy version {before.policy_version}"
+        f" -> {after.policy_version}",
+        markup=False,
+    )
+    if changes:
+        out.print(render.changes_table(changes))
+    else:
+        out.print("no field changed", style="dim")
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    tenant: TenantArgument,
+    purge_audit: Annotated[
+        bool,
+        typer.Option("--purge-audit", help="Delete the tenant's audit log too (kept by default)."),
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Confirm: the tenant's data cannot be restored.")
+    ] = False,
+    json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Delete a tenant and every row of its data, and print the proof: rows deleted and rows
+    left (all zero) per table. Refused while it has runs in flight in this engine."""
+    with reporting_errors():
+        check_tenant(tenant)
+        if not yes:
+            raise ConfigurationError(
+                f"deleting tenant {tenant!r} purges all of its data: add --yes to confirm",
+                field="yes",
+            )
+    result = write(
+        ctx,
+        db,
+        lambda engine: engine.tenants.delete(tenant, actor=ACTOR, purge_audit=purge_audit),
+    )
+    left = sum(int(n) for n in result.get("left", {}).values())
+    if json:
+        render.print_json(
+            {
+                "tenant_id": tenant,
+                "audit_log": "purged" if purge_audit else "kept",
+                "rows_left": left,
+                **result,
+            }
+        )
+        return
+    out = render.console()
+    out.print(render.deletion_table(result))
+    audit = "purged" if purge_audit else "kept, ending with a tenant.deleted row"
+    out.print(
+        f"deleted tenant {tenant}: {left} rows left; audit log {audit}",
+        style="green" if left == 0 else "red",
+        markup=False,
+    )
