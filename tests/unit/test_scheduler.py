@@ -7,6 +7,7 @@ and checks the scheduler's invariants after every decision. No sleeps: time is a
 from __future__ import annotations
 
 import bisect
+import functools
 import heapq
 import itertools
 import math
@@ -14,6 +15,7 @@ import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -64,7 +66,7 @@ class Sim:
         self.now = START_S
         self.seq = itertools.count()
         self.events: list[tuple[float, int, Callable[[], None]]] = []
-        self.service_of: dict[Hashable, float] = {}
+        self.service_of: dict[Any, float] = {}  # keys are (tenant, workflow, n)
         self.running: dict[Hashable, tuple[str, float, float]] = {}  # key -> (tenant, start, s)
         self.completed_s: dict[str, float] = defaultdict(float)
         self.started = Counter[str]()
@@ -117,7 +119,7 @@ class Sim:
             assert running <= limit, (tenant, running, limit)
             assert sched.total_running <= sched.slots
             assert running == sum(1 for t, _, _ in self.running.values() if t == tenant)
-            self.at(self.now + service_s, lambda key=item.key: self.finish(key))
+            self.at(self.now + service_s, functools.partial(self.finish, item.key))
             self.refill(tenant)
         self.notices += sched.drain_notices()
         for check in self.after_fill:
@@ -293,9 +295,9 @@ def test_caps_and_slots_hold_and_idle_capacity_is_used(
         sim.at(sim.now + rng.expovariate(rate), lambda: arrive(name, rate))
 
     for i, (_, _, rate, _) in enumerate(tenants):
-        sim.at(START_S + rng.expovariate(rate), lambda n=f"t{i}", r=rate: arrive(n, r))
+        sim.at(START_S + rng.expovariate(rate), functools.partial(arrive, f"t{i}", rate))
     for j, new_slots in enumerate(slot_changes):
-        sim.at(START_S + 40.0 * (j + 1), lambda s=new_slots: sim.sched.set_slots(s))
+        sim.at(START_S + 40.0 * (j + 1), functools.partial(sim.sched.set_slots, new_slots))
     sim.run(250.0)
     assert sim.sched.total_queued == len(sim.service_of)
     assert sim.sched.total_running == len(sim.running)
