@@ -618,26 +618,7 @@ def list_reviews(
 
 def create_review(conn: sqlite3.Connection, op: CreateReview, then: Any) -> str:
     r = op.review
-    conn.execute(
-        f"INSERT INTO reviews ({_REVIEW_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (
-            r.id,
-            r.tenant_id,
-            r.run_id,
-            r.step,
-            r.pool,
-            r.lane,
-            r.status.value,
-            r.sla_due,
-            r.created_at,
-            json.dumps(r.payload, default=str),
-            None,
-            None,
-            None,
-            None,
-            0,
-        ),
-    )
+    insert_review(conn, r)
     if op.then is not None:
         then(op.then)
     return r.id
