@@ -623,3 +623,33 @@ async def test_burst_credit_use_is_audited() -> None:
         await asyncio.sleep(0.05)
         actions = [r.action for r in await engine.audit_log("bursty")]
         assert actions.count("compute.burst_used") >= 2
+
+
+async def test_a_provider_429_parks_the_step_and_lowers_that_tenants_rate(
+    engine: tf.Engine,
+) -> None:
+    sim = provider()
+    engine.models.add(endpoint("small", "us-east-1", "small", price_out=1000), sim)
+    wf = tf.Workflow("ask")
+
+    @wf.step
+    async def answer(ctx: tf.StepContext) -> str:
+        return (await ctx.model("hello", max_tokens=10)).text
+
+    engine.register(wf)
+    limits = {"rate_limits": {"model:small": {"rate": "100/second", "burst": 5}}}
+    await engine.tenants.create("throttled", tier="standard", **limits)
+    await engine.tenants.create("other", tier="standard", **limits)
+    sim.fail_next(1, throttle=True)
+    run = await engine.submit("ask", tenant="throttled", input=None)
+    assert isinstance(await run.result(timedelta(seconds=10)), str)
+    kinds = [e.kind for e in await engine.timeline("throttled", run.id)]
+    assert "step.deferred" in kinds and "step.retrying" not in kinds  # a wait, not a failure
+    rows = await engine.store.execute_sql(  # type: ignore[attr-defined]
+        "SELECT tenant_id, factor FROM rate_buckets WHERE resource = 'model:small'"
+    )
+    factors = dict(rows)
+    assert factors["throttled"] < 1.0  # adaptive: this tenant's rate for the endpoint went down
+    await (await engine.submit("ask", tenant="other", input=None)).result()
+    factors = dict(await engine.store.execute_sql("SELECT tenant_id, factor FROM rate_buckets"))  # type: ignore[attr-defined]
+    assert factors["other"] == 1.0  # and no one else's
