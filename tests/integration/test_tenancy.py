@@ -653,3 +653,19 @@ async def test_a_provider_429_parks_the_step_and_lowers_that_tenants_rate(
     await (await engine.submit("ask", tenant="other", input=None)).result()
     factors = dict(await engine.store.execute_sql("SELECT tenant_id, factor FROM rate_buckets"))  # type: ignore[attr-defined]
     assert factors["other"] == 1.0  # and no one else's
+
+
+async def test_without_controls_tenants_share_one_fifo_and_no_caps() -> None:
+    async with tf.Engine(MemoryStore(), slots=8, controls=False) as engine:
+        gate, started = asyncio.Event(), []
+        engine.register(blocking_workflow(gate, started))
+        await engine.tenants.create("capped", tier="free")  # max 3 active runs, 3 running steps
+        runs = [await engine.submit("block", tenant="capped", input=None) for _ in range(6)]
+        for _ in range(100):
+            if len(started) == 6:
+                break
+            await asyncio.sleep(0.01)
+        assert len(started) == 6  # the tenant's caps are not applied: the baseline behaviour
+        gate.set()
+        assert [(await r.wait()).status for r in runs] == [tf.RunStatus.COMPLETED] * 6
+        assert engine.dispatcher.service_s.keys() == {"capped"}  # attribution stays per tenant

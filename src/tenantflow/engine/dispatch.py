@@ -54,6 +54,7 @@ class Dispatcher:
         self.shared = shared
         self.scheduler = FairScheduler(slots=slots, aging_s=aging_s)
         self._starters: dict[tuple[str, str], Starter] = {}
+        self._owners: dict[tuple[str, str], str] = {}  # the real tenant of each queued step
         self._hints: dict[str, float] = {}
         self.closing = False
         self.service_s: dict[str, float] = {}  # slot-seconds per tenant, for attribution
@@ -79,6 +80,9 @@ class Dispatcher:
         if key in self._starters:
             return  # already queued or running: a duplicate wake-up
         self._starters[key] = starter
+        self._owners[key] = tenant_id
+        if self.shared:  # one FIFO for everyone: no weights, caps or lanes
+            tenant_id, lane, in_flight = SHARED, "normal", True
         item = ReadyItem(tenant_id, key, lane, in_flight, self._hints.get(hint_name, 0.01), None)
         self.scheduler.push(item, self.clock.now())
         self.pump()
@@ -86,6 +90,7 @@ class Dispatcher:
     def remove(self, key: tuple[str, str]) -> None:
         if self.scheduler.remove(key):
             self._starters.pop(key, None)
+            self._owners.pop(key, None)
 
     def pump(self) -> None:
         if self.closing:
@@ -111,8 +116,9 @@ class Dispatcher:
         now = self.clock.now()
         service = max(0.0, now - slot.started_s)
         self._starters.pop(slot.key, None)
+        owner = self._owners.pop(slot.key, slot.tenant_id)
         self.scheduler.done(slot.tenant_id, slot.key, service, now)
-        self.service_s[slot.tenant_id] = self.service_s.get(slot.tenant_id, 0.0) + service
+        self.service_s[owner] = self.service_s.get(owner, 0.0) + service
         self.pump()
 
     def learn(self, hint_name: str, service_s: float) -> None:

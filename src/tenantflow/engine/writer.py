@@ -5,6 +5,10 @@ after the op's transaction has committed — the engine acts on a transition onl
 While one batch commits, new ops queue; the next batch takes all of them. Under load a single
 commit (and a single fsync) covers hundreds of transitions; with no load an op commits alone at
 once.
+
+Transitions of runs already in flight go first: new submissions (``CreateRun``) fill what is left
+of a batch, at most ``max_new`` of them, so a tenant submitting thousands of runs at once cannot
+put other tenants' in-flight steps behind its inserts on the commit path either.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tenantflow.domain.records import Op
+from tenantflow.domain.records import CreateRun, Op
 from tenantflow.errors import StoreError, StoreUnavailableError, TenantflowError
 from tenantflow.ports import Store
 
@@ -22,10 +26,12 @@ __all__ = ["Writer"]
 class Writer:
     """Batches ops into transactions on one store."""
 
-    def __init__(self, store: Store, *, max_batch: int = 512) -> None:
+    def __init__(self, store: Store, *, max_batch: int = 512, max_new: int = 64) -> None:
         self._store = store
         self._max_batch = max_batch
+        self._max_new = max_new
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._new: list[tuple[Op, asyncio.Future[Any]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -40,7 +46,7 @@ class Writer:
         if self._closed:
             raise StoreUnavailableError("the engine is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((op, fut))
+        (self._new if isinstance(op, CreateRun) else self._pending).append((op, fut))
         self._wake.set()
         result = await fut
         if isinstance(result, TenantflowError):
@@ -53,9 +59,13 @@ class Writer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending or self._new:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
+                room = min(self._max_new, self._max_batch - len(batch))
+                if room > 0 and self._new:
+                    batch.extend(self._new[:room])
+                    del self._new[:room]
                 try:
                     results = await self._store.apply([op for op, _ in batch])
                 except asyncio.CancelledError:
