@@ -17,7 +17,7 @@ from pydantic_core import PydanticSerializationError
 
 from tenantflow.errors import ContractError
 
-__all__ = ["Contract", "contract_for", "list_of"]
+__all__ = ["Contract", "contract_for"]
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -101,8 +101,3 @@ def contract_for(annotation: Any) -> Contract:
         return _cached(annotation)
     except TypeError:  # unhashable annotation
         return Contract(annotation)
-
-
-def list_of(annotation: Any) -> Any:
-    """``list[annotation]`` for a type known only at run time (a fan-out step's output)."""
-    return list[annotation]

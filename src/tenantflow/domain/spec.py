@@ -135,6 +135,11 @@ class StepSpec:
     kind: str = "function"
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def result_type(self) -> Any:
+        """The type of the step's recorded output: a fan-out step gathers a list of them."""
+        return list[self.output_type] if self.fan_out else self.output_type  # type: ignore[name-defined]
+
 
 def child_key(name: str, index: int) -> str:
     """The key of element ``index`` of a fan-out step."""

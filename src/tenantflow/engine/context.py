@@ -212,6 +212,3 @@ class StepContext:
                 spent = 0 if stale else int(row["spent"])
             left.append(max(0, limit - spent - reserved))
         return min(left) if left else None
-
-
-_ = ModelResponse

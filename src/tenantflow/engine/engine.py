@@ -29,7 +29,7 @@ from tenantflow.domain import budget as budget_math
 from tenantflow.domain.admission import AdmissionController
 from tenantflow.domain.audit import VerifyResult, verify_chain
 from tenantflow.domain.breaker import CircuitBreaker
-from tenantflow.domain.contracts import contract_for, list_of
+from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import Policy
 from tenantflow.domain.records import (
     TERMINAL_RUN,
@@ -50,6 +50,7 @@ from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
 from tenantflow.engine.reviews import Reviews
 from tenantflow.engine.runtime import Active, Runtime
+from tenantflow.engine.runtime import result_json as make_result_json
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.errors import (
     BudgetExceededError,
@@ -419,7 +420,7 @@ class Engine:
             events.append(NewEvent("run.failed", None, None, {"error": error}))
         elif plan.completed:
             status = RunStatus.COMPLETED
-            result_json = self.runtime._result_json(spec, run_result(spec, {}))
+            result_json = make_result_json(spec, run_result(spec, {}))
             events.append(NewEvent("run.completed"))
         else:
             admitted = self.admission.submit(self._adm(tenant), run_id, lane, now)  # type: ignore[arg-type]
@@ -801,8 +802,7 @@ class Engine:
             return json.loads(record.result_json)
         if len(spec.sinks) == 1:
             sink = spec.step(spec.sinks[0])
-            annotation = list_of(sink.output_type) if sink.fan_out else sink.output_type
-            return contract_for(annotation).load(
+            return contract_for(sink.result_type).load(
                 record.result_json, step=sink.name, direction="result"
             )
         return json.loads(record.result_json)

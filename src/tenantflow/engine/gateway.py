@@ -22,8 +22,9 @@ from pydantic import BaseModel
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
+from tenantflow.domain.policy import usd_to_micros
 from tenantflow.domain.records import RecordCall, Transition
-from tenantflow.domain.routing import Endpoint, Selection, select_endpoint
+from tenantflow.domain.routing import Endpoint, select_endpoint
 from tenantflow.domain.tenancy import (
     AcquireRate,
     AuditEntry,
@@ -138,7 +139,7 @@ class Tools:
                 if isinstance(hints.get("return"), type)
                 else Any,
                 resource=resource or f"tool:{tool_name}",
-                cost_micros=budget_math_usd(cost_usd),
+                cost_micros=usd_to_micros(cost_usd),
                 description=description or (inspect.getdoc(func) or "").split("\n")[0],
                 takes_key="idempotency_key" in sig.parameters,
             )
@@ -154,12 +155,6 @@ class Tools:
 
     def __iter__(self) -> Any:
         return iter(self._tools.values())
-
-
-def budget_math_usd(usd: float) -> int:
-    from tenantflow.domain.policy import usd_to_micros
-
-    return usd_to_micros(usd)
 
 
 @dataclass
@@ -553,6 +548,3 @@ def human_response(text: str) -> str:
     return _response_to_json(
         ModelResponse(text=text, tokens_in=0, tokens_out=0, model="human", finish_reason="human")
     )
-
-
-_ = Selection  # re-exported type for callers that inspect selections

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantflow.domain.breaker import CircuitBreaker
-from tenantflow.domain.contracts import contract_for, list_of
+from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import (
     STALE,
     TERMINAL_RUN,
@@ -73,6 +73,17 @@ log = logging.getLogger("tenantflow.engine")
 def _describe(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 2000 else text[:1999] + "…"
+
+
+def result_json(spec: WorkflowSpec, result: Any) -> bytes:
+    """A completed run's result as stored: the sink's output, or a JSON object by sink name."""
+
+    def one(name: str, value: Any) -> bytes:
+        return b"null" if value is None else contract_for(spec.step(name).result_type).dump(value)
+
+    if len(spec.sinks) == 1:
+        return one(spec.sinks[0], result)
+    return json.dumps({n: json.loads(one(n, v)) for n, v in result.items()}).encode()
 
 
 def delta_bytes(name: str, output_json: bytes) -> bytes:
@@ -457,30 +468,9 @@ class Runtime:
             then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
         elif plan.completed:
             result = run_result(run.spec, outputs)
-            then.run = RunUpdate(
-                RunStatus.COMPLETED, result_json=self._result_json(run.spec, result)
-            )
+            then.run = RunUpdate(RunStatus.COMPLETED, result_json=result_json(run.spec, result))
             then.events.append(NewEvent("run.completed"))
             then.release_prefix = f"{run.id}:"
-
-    def _result_json(self, spec: WorkflowSpec, result: Any) -> bytes:
-        if len(spec.sinks) == 1:
-            sink = spec.step(spec.sinks[0])
-            if result is None:
-                return b"null"
-            return contract_for(
-                list_of(sink.output_type) if sink.fan_out else sink.output_type
-            ).dump(result)
-        parts = {n: json.loads(self._result_json_one(spec, n, v)) for n, v in result.items()}
-        return json.dumps(parts).encode()
-
-    def _result_json_one(self, spec: WorkflowSpec, name: str, value: Any) -> bytes:
-        sink = spec.step(name)
-        if value is None:
-            return b"null"
-        return contract_for(list_of(sink.output_type) if sink.fan_out else sink.output_type).dump(
-            value
-        )
 
     def _apply_plan(self, run: Active, plan: Plan) -> None:
         for key, status in plan.statuses().items():
@@ -762,11 +752,7 @@ class Runtime:
                 StepStatus.COMPENSATED,
             ):
                 step = spec.step(name)
-                annotation = (
-                    list_of(step.output_type)
-                    if step.fan_out and index is None
-                    else step.output_type
-                )
+                annotation = step.result_type if index is None else step.output_type
                 run.outputs[s.key] = contract_for(annotation).load(s.output_json, step=s.key)
                 run.jsons[s.key] = s.output_json
         self.active[run.id] = run
