@@ -70,7 +70,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import tenantflow as tf
-from tenantflow.domain.fairness import jain_index
+from tenantflow.domain.fairness import jain_index, max_min_shares
 from tenantflow.errors import NotFoundError
 
 BURSTER = "institution-x"
@@ -492,7 +492,7 @@ async def scenario(
                 demand[BURSTER] = 4 * per_step * cfg.burst
             res.demand = dict(demand)
             active = [t for t in tenants if demand.get(t, 0.0) > 0.0]
-            res.share = fair_shares(
+            res.share = max_min_shares(
                 {t: demand[t] for t in active},
                 {t: weights[t] for t in active},
                 {
@@ -569,30 +569,6 @@ def _slot_time_per_step(engine: tf.Engine, by_body: bool, cfg: Config) -> float:
     if by_body or steps == 0:
         return cfg.step_s
     return sum(engine.dispatcher.service_s.values()) / steps
-
-
-def fair_shares(
-    demand: dict[str, float], weight: dict[str, float], cap: dict[str, float], capacity: float
-) -> dict[str, float]:
-    """Weighted max-min fair shares (water-filling): nobody gets more than min(demand, cap);
-    the rest of the capacity is split by weight among those who want more."""
-    limit = {t: min(demand[t], cap[t]) for t in demand}
-    share = dict.fromkeys(demand, 0.0)
-    left = capacity
-    open_ = set(demand)
-    while open_ and left > 1e-9:
-        wsum = sum(weight[t] for t in open_)
-        level = left / wsum
-        capped = {t for t in open_ if limit[t] - share[t] <= level * weight[t]}
-        if not capped:
-            for t in open_:
-                share[t] += level * weight[t]
-            break
-        for t in capped:
-            left -= limit[t] - share[t]
-            share[t] = limit[t]
-        open_ -= capped
-    return {t: max(v, 1e-12) for t, v in share.items()}
 
 
 # -- the report -------------------------------------------------------------------------------

@@ -669,3 +669,51 @@ async def test_without_controls_tenants_share_one_fifo_and_no_caps() -> None:
         gate.set()
         assert [(await r.wait()).status for r in runs] == [tf.RunStatus.COMPLETED] * 6
         assert engine.dispatcher.service_s.keys() == {"capped"}  # attribution stays per tenant
+
+
+async def test_platform_limits_are_shared_and_controls_off_drops_tenant_limits() -> None:
+    """A platform limit is one bucket for every tenant; without controls only it applies."""
+    for controls in (True, False):
+        engine = tf.Engine(
+            MemoryStore(),
+            slots=4,
+            controls=controls,
+            platform_limits={"tool:bureau": {"rate": "2/hour", "burst": 2}},
+        )
+        async with engine:
+
+            @engine.tools.register(name="bureau")
+            async def bureau() -> int:
+                return 1
+
+            wf = tf.Workflow("pull")
+
+            @wf.step
+            async def pull(ctx: tf.StepContext) -> int:
+                return int(await ctx.tool("bureau"))
+
+            engine.register(wf)
+            own = {"rate_limits": {"tool:bureau": {"rate": "1/hour", "burst": 1}}}
+            await engine.tenants.create("a", tier="standard", **own)
+            await engine.tenants.create("b", tier="standard", **own)
+            tenants = ["a", "a", "b", "b"]
+            runs = [await engine.submit("pull", tenant=t, input=None) for t in tenants]
+            await asyncio.sleep(0.3)
+            done = [(await r.status()) == tf.RunStatus.COMPLETED for r in runs]
+            # with controls each tenant gets its own 1 call; without, the first two take the
+            # platform's 2, whoever they belong to
+            assert done == ([True, False, True, False] if controls else [True, True, False, False])
+            for tenant, run, finished in zip(tenants, runs, done, strict=True):
+                if not finished:
+                    await engine.cancel(tenant, run.id)
+
+
+def test_a_policy_refusal_is_not_an_outage() -> None:
+    from tenantflow.domain.breaker import CircuitBreaker, record_outcome
+
+    breaker = CircuitBreaker("bureau", failure_threshold=1)
+    record_outcome(breaker, tf.RateLimitedError("over", retry_after_s=1.0), 0.0)
+    record_outcome(breaker, tf.BudgetExceededError("no money"), 0.0)
+    assert breaker.allow(1.0) and breaker.failures == 0
+    record_outcome(breaker, ConnectionError("down"), 2.0)
+    assert not breaker.allow(3.0)  # a real failure opens it

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from tenantflow import __version__
-from tenantflow.cli import audit, db, reviews, runs, tenants, usage
+from tenantflow.cli import audit, db, demo, reviews, runs, tenants, usage
 from tenantflow.cli.common import CliState, DbOption
 
 __all__ = ["app", "main"]
@@ -22,6 +22,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.command("demo")(demo.demo)
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
 app.add_typer(tenants.app, name="tenants")

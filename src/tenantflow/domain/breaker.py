@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from tenantflow.errors import ConfigurationError
+from tenantflow.errors import ConfigurationError, PolicyError
 
-__all__ = ["BreakerState", "CircuitBreaker"]
+__all__ = ["BreakerState", "CircuitBreaker", "record_outcome"]
 
 
 class BreakerState(StrEnum):
@@ -70,6 +70,11 @@ class CircuitBreaker:
         if self.state != BreakerState.CLOSED:
             self._move(BreakerState.CLOSED, now_s)
 
+    def record_neutral(self) -> None:
+        """The call ended without saying anything about the dependency's health (refused by
+        the tenant's policy before it was sent, or cancelled): free the trial, count nothing."""
+        self.trial_in_flight = False
+
     def record_failure(self, now_s: float) -> None:
         self.failures += 1
         was_trial = self.state == BreakerState.HALF_OPEN
@@ -83,3 +88,17 @@ class CircuitBreaker:
         self.state = state
         self.transitions.append((now_s, state))
         del self.transitions[:-20]  # a short history is enough for the timeline
+
+
+def record_outcome(breaker: CircuitBreaker, exc: BaseException, now_s: float) -> None:
+    """Count an exception from a guarded call against ``breaker`` — if it says the dependency
+    failed.
+
+    A tenant's policy refusing the call (:class:`~tenantflow.errors.PolicyError`: a rate limit,
+    the budget, an allow-list, residency), the budget ladder's signals and cancellations are not
+    outages: one tenant exhausting its own quota must not open a breaker every tenant shares.
+    """
+    if isinstance(exc, Exception) and not isinstance(exc, PolicyError):
+        breaker.record_failure(now_s)
+    else:
+        breaker.record_neutral()

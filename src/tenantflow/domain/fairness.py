@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from tenantflow.errors import ContractError
 
-__all__ = ["jain_index", "weighted_jain"]
+__all__ = ["jain_index", "max_min_shares", "weighted_jain"]
 
 
 def jain_index(values: Sequence[float]) -> float:
@@ -72,3 +72,50 @@ def weighted_jain(throughput: Mapping[str, float], weights: Mapping[str, float])
             raise ContractError(f"weight of {tenant_id!r} must be > 0", field="weights")
         normalised.append(throughput.get(tenant_id, 0.0) / weight)
     return jain_index(normalised)
+
+
+def max_min_shares(
+    demand: Mapping[str, float],
+    weight: Mapping[str, float],
+    cap: Mapping[str, float],
+    capacity: float,
+) -> dict[str, float]:
+    """Weighted max-min fair shares of ``capacity`` (water-filling).
+
+    Nobody is given more than ``min(demand, cap)``; what they leave is split by weight among
+    those who want more, until the capacity or the demand runs out. This is what a perfectly
+    fair, work-conserving scheduler would hand each tenant.
+
+    Args:
+        demand: What each tenant asked for (e.g. slot-seconds of work), >= 0.
+        weight: Each tenant's weight, > 0 (every tenant of ``demand`` needs one).
+        cap: Each tenant's ceiling (e.g. running-step cap × duration); ``math.inf`` for none.
+        capacity: What there is to share, >= 0.
+
+    Returns:
+        Each tenant's share, at least ``1e-12`` so it can divide.
+
+    Raises:
+        ContractError: a tenant of ``demand`` has no weight or cap, or a weight is not > 0.
+    """
+    missing = [t for t in demand if t not in weight or t not in cap]
+    if missing:
+        raise ContractError(f"no weight or cap for tenants {missing[:5]}", field="weight")
+    if any(not weight[t] > 0.0 for t in demand):
+        raise ContractError("every weight must be > 0", field="weight")
+    limit = {t: max(0.0, min(demand[t], cap[t])) for t in demand}
+    share = dict.fromkeys(demand, 0.0)
+    left = max(0.0, capacity)
+    open_ = {t for t in demand if limit[t] > 0.0}
+    while open_ and left > 1e-9:
+        level = left / sum(weight[t] for t in open_)
+        capped = {t for t in open_ if limit[t] - share[t] <= level * weight[t]}
+        if not capped:
+            for t in open_:
+                share[t] += level * weight[t]
+            break
+        for t in capped:
+            left -= limit[t] - share[t]
+            share[t] = limit[t]
+        open_ -= capped
+    return {t: max(v, 1e-12) for t, v in share.items()}

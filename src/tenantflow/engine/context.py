@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain import budget as budget_math
+from tenantflow.domain.breaker import record_outcome
 from tenantflow.domain.models import ModelResponse
 from tenantflow.domain.records import NewEvent, Transition
 from tenantflow.domain.tenancy import AuditEntry, ReleaseHolds, UsageDelta
@@ -121,7 +122,9 @@ class StepContext:
         """Guard a call to dependency ``name`` with its circuit breaker.
 
         Raises :class:`CircuitOpenError` at once, without running the block, while the breaker
-        is open; an exception from the block counts as a failure of the dependency.
+        is open; an exception from the block counts as a failure of the dependency, unless it
+        is the tenant's policy refusing the call (a rate limit, the budget, an allow-list) or a
+        cancellation (see :func:`~tenantflow.domain.breaker.record_outcome`).
         """
         breaker = self._runtime.breaker(name)
         now = self._runtime.clock.now()
@@ -133,8 +136,8 @@ class StepContext:
             )
         try:
             yield
-        except BaseException:
-            breaker.record_failure(self._runtime.clock.now())
+        except BaseException as exc:
+            record_outcome(breaker, exc, self._runtime.clock.now())
             raise
         breaker.record_success(self._runtime.clock.now())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,10 @@ class Dispatcher:
         self._hints: dict[str, float] = {}
         self.closing = False
         self.service_s: dict[str, float] = {}  # slot-seconds per tenant, for attribution
+        # Steps per real tenant (also when shared): for sampling and per-tenant metrics.
+        self.running_by: Counter[str] = Counter()
+        self.queued_by: Counter[str] = Counter()
+        self._running: dict[tuple[str, str], str] = {}
         self.on_notice: Callable[[Any], None] | None = None
 
     def configure(self, tenant_id: str, **policy: Any) -> None:
@@ -81,6 +86,7 @@ class Dispatcher:
             return  # already queued or running: a duplicate wake-up
         self._starters[key] = starter
         self._owners[key] = tenant_id
+        self.queued_by[tenant_id] += 1
         if self.shared:  # one FIFO for everyone: no weights, caps or lanes
             tenant_id, lane, in_flight = SHARED, "normal", True
         item = ReadyItem(tenant_id, key, lane, in_flight, self._hints.get(hint_name, 0.01), None)
@@ -90,7 +96,9 @@ class Dispatcher:
     def remove(self, key: tuple[str, str]) -> None:
         if self.scheduler.remove(key):
             self._starters.pop(key, None)
-            self._owners.pop(key, None)
+            owner = self._owners.pop(key, None)
+            if owner is not None:
+                _decrement(self.queued_by, owner)
 
     def pump(self) -> None:
         if self.closing:
@@ -107,6 +115,10 @@ class Dispatcher:
             if starter is None:  # withdrawn while queued
                 slot.release()
                 continue
+            owner = self._owners.get(key, item.tenant_id)
+            _decrement(self.queued_by, owner)
+            self.running_by[owner] += 1
+            self._running[key] = owner
             asyncio.get_running_loop().create_task(starter(slot), name=f"{key[0]}:{key[1]}")
         if self.on_notice is not None:
             for notice in self.scheduler.drain_notices():
@@ -117,6 +129,8 @@ class Dispatcher:
         service = max(0.0, now - slot.started_s)
         self._starters.pop(slot.key, None)
         owner = self._owners.pop(slot.key, slot.tenant_id)
+        if self._running.pop(slot.key, None) is not None:
+            _decrement(self.running_by, owner)
         self.scheduler.done(slot.tenant_id, slot.key, service, now)
         self.service_s[owner] = self.service_s.get(owner, 0.0) + service
         self.pump()
@@ -126,3 +140,10 @@ class Dispatcher:
         old = self._hints.get(hint_name)
         value = max(service_s, 1e-4)
         self._hints[hint_name] = value if old is None else 0.8 * old + 0.2 * value
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    if counter[key] <= 1:
+        counter.pop(key, None)
+    else:
+        counter[key] -= 1

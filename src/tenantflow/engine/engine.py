@@ -30,7 +30,7 @@ from tenantflow.domain.admission import AdmissionController
 from tenantflow.domain.audit import VerifyResult, verify_chain
 from tenantflow.domain.breaker import CircuitBreaker
 from tenantflow.domain.contracts import contract_for
-from tenantflow.domain.policy import Policy
+from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import (
     TERMINAL_RUN,
     CreateRun,
@@ -74,17 +74,37 @@ _LANES = ("urgent", "normal", "background")
 
 
 def open_store(url: str) -> Store:
-    """The store a URL names: ``sqlite:///file.db`` or ``memory://``."""
+    """The store a URL names.
+
+    * ``sqlite:///file.db``: the embedded store (one executing process);
+    * ``postgresql://user@host:port/db`` (or ``postgres://``, with ``?schema=…``): the
+      scale-out store; needs the ``postgres`` extra (``pip install 'tenantflow[postgres]'``);
+    * ``memory://``: nothing durable, for tests and throwaway demos.
+
+    Raises:
+        ConfigurationError: an unsupported or malformed URL, or psycopg is not installed.
+    """
     if url.startswith("sqlite:"):
         from tenantflow.adapters.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        try:
+            from tenantflow.adapters.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"{url.split(':', 1)[0]}:// URLs need psycopg: pip install 'tenantflow[postgres]'"
+                f" ({exc})",
+                field="url",
+            ) from None
+        return PostgresStore.from_url(url)
     if url.startswith("memory:"):
         from tenantflow.adapters.memory import MemoryStore
 
         return MemoryStore()
     raise ConfigurationError(
-        f"unsupported store URL {url!r}: use sqlite:///path/to/file.db or memory://",
+        f"unsupported store URL {url!r}: use sqlite:///path/to/file.db,"
+        " postgresql://user@host:port/dbname or memory://",
         field="url",
         value=url,
     )
@@ -167,8 +187,13 @@ class Engine:
         auto_tenant: a tier name or Policy: unknown tenants are registered with it on first
             submit (audited). None (the default) refuses unknown tenants.
         aging: how long a waiting step takes to climb one lane.
-        controls: False switches tenant controls off — one shared FIFO queue, no caps, rate
-            limits shared by all tenants — the baseline the demo compares against.
+        controls: False switches tenant controls off — one shared FIFO queue, no caps, no
+            per-tenant rate limits (only ``platform_limits``) — the baseline the demo compares
+            against. Budgets, residency and allow-lists hold either way.
+        platform_limits: rate limits per resource (``{"tool:credit_bureau": "3000/hour"}``, or
+            ``{"rate": "3000/hour", "burst": 100}``)
+            shared by all tenants together, e.g. a vendor's quota for the whole platform; with
+            controls on they apply on top of each tenant's own limit.
     """
 
     def __init__(
@@ -188,6 +213,7 @@ class Engine:
         auto_tenant: str | Policy | None = None,
         aging: timedelta = timedelta(seconds=30),
         controls: bool = True,
+        platform_limits: Mapping[str, RateLimit | str | Mapping[str, Any]] | None = None,
     ) -> None:
         if slots < 1:
             raise ConfigurationError("slots must be at least 1", field="slots", value=slots)
@@ -212,7 +238,15 @@ class Engine:
         self._started = False
         self.tools = Tools()
         self.models = Models()
-        self.gateway = Gateway(self.tools, self.models)
+        self.gateway = Gateway(
+            self.tools,
+            self.models,
+            platform_limits={
+                resource: RateLimit.model_validate(limit)
+                for resource, limit in (platform_limits or {}).items()
+            },
+            tenant_limits=controls,
+        )
         self.controls = controls
         self.dispatcher = Dispatcher(
             self.clock, slots=slots, aging_s=aging.total_seconds(), shared=not controls
@@ -611,7 +645,8 @@ class Engine:
             run.policy, run.policy_version = info.policy, info.policy_version
 
     def review_opened(self, review: ReviewRecord) -> None:
-        """Arm the SLA timer of an open review."""
+        """Tell review subscribers, and arm the SLA timer of an open review."""
+        self.reviews.notify(review)
         if review.sla_due is None or not self.execute:
             return
         delay = max(0.0, review.sla_due - self.clock.now())

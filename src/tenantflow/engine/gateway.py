@@ -13,16 +13,16 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pydantic import BaseModel
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
-from tenantflow.domain.policy import usd_to_micros
+from tenantflow.domain.policy import RateLimit, usd_to_micros
 from tenantflow.domain.records import RecordCall, Transition
 from tenantflow.domain.routing import Endpoint, select_endpoint
 from tenantflow.domain.tenancy import (
@@ -51,7 +51,12 @@ from tenantflow.ports import ModelProvider
 if TYPE_CHECKING:
     from tenantflow.engine.context import StepContext
 
-__all__ = ["Escalate", "Gateway", "Models", "Pause", "SkipStep", "Tool", "Tools"]
+__all__ = ["PLATFORM", "Escalate", "Gateway", "Models", "Pause", "SkipStep", "Tool", "Tools"]
+
+_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+
+PLATFORM = "*"
+"""The rate-limit bucket of limits shared by all tenants (never a tenant id: ids refuse ``*``)."""
 
 
 class _Signal(BaseException):
@@ -111,9 +116,13 @@ class Tools:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
 
+    @overload
+    def register(self, fn: _F, /) -> _F: ...
+
+    @overload
     def register(
         self,
-        fn: Callable[..., Awaitable[Any]] | None = None,
+        fn: None = None,
         /,
         *,
         name: str | None = None,
@@ -121,11 +130,24 @@ class Tools:
         resource: str | None = None,
         cost_usd: float = 0.0,
         description: str | None = None,
-    ) -> Any:
+    ) -> Callable[[_F], _F]: ...
+
+    def register(
+        self,
+        fn: _F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        input: type[BaseModel] | None = None,
+        resource: str | None = None,
+        cost_usd: float = 0.0,
+        description: str | None = None,
+    ) -> _F | Callable[[_F], _F]:
         """Register an async tool (usable as a decorator). Its parameters are its arguments;
         one named ``idempotency_key`` receives the call's stable key."""
 
-        def add(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        def add(func: _F) -> _F:
+            registered = func  # keeps _F: the check below narrows ``func``
             if not inspect.iscoroutinefunction(func):
                 raise ConfigurationError(f"tool {func.__name__!r} must be an async function")
             tool_name = name or func.__name__
@@ -143,7 +165,7 @@ class Tools:
                 description=description or (inspect.getdoc(func) or "").split("\n")[0],
                 takes_key="idempotency_key" in sig.parameters,
             )
-            return func
+            return registered
 
         return add(fn) if fn is not None else add
 
@@ -186,9 +208,21 @@ def _estimate_tokens(messages: Iterable[dict[str, Any]]) -> int:
 class Gateway:
     """Runs tool and model calls for steps, enforcing the tenant's policy (see module doc)."""
 
-    def __init__(self, tools: Tools, models: Models) -> None:
+    def __init__(
+        self,
+        tools: Tools,
+        models: Models,
+        *,
+        platform_limits: Mapping[str, RateLimit] | None = None,
+        tenant_limits: bool = True,
+    ) -> None:
         self.tools = tools
         self.models = models
+        self.platform_limits: dict[str, RateLimit] = dict(platform_limits or {})
+        """Limits on a resource for all tenants together (e.g. the bureau's contract with the
+        platform), in a bucket of their own (:data:`PLATFORM`)."""
+        self.tenant_limits = tenant_limits
+        """False: the tenants' own limits are not applied (tenant controls off)."""
 
     # -- tools --------------------------------------------------------------------------------
 
@@ -479,20 +513,35 @@ class Gateway:
                 available=result.available,
             )
 
-    async def _rate(self, ctx: StepContext, resource: str) -> Any:
-        limit = ctx.policy.rate_limit_for(resource)
-        if limit is None:
-            return None
+    async def _rate(self, ctx: StepContext, resource: str) -> RateLimit | None:
+        """Take a cell of the tenant's bucket, then of the platform's, or raise RateLimitedError.
+
+        Returns the tenant's limit applied (None: none), which a provider's 429 then lowers.
+
+        The tenant's own limit comes first, so one tenant exhausting its quota never touches
+        the shared bucket another tenant needs. When the platform's bucket refuses after the
+        tenant's granted, the tenant's cell is spent without a call: conservative, never over.
+        """
+        limit = ctx.policy.rate_limit_for(resource) if self.tenant_limits else None
+        if limit is not None:
+            await self._acquire(ctx, ctx.tenant_id, resource, limit, f"tenant {ctx.tenant_id!r}")
+        shared = self.platform_limits.get(resource)
+        if shared is not None:
+            await self._acquire(ctx, PLATFORM, resource, shared, "the platform")
+        return limit
+
+    async def _acquire(
+        self, ctx: StepContext, bucket: str, resource: str, limit: RateLimit, whose: str
+    ) -> None:
         decision = await ctx.write(
-            AcquireRate(ctx.tenant_id, resource, ctx.now_s(), limit.rate_per_s, limit.burst)
+            AcquireRate(bucket, resource, ctx.now_s(), limit.rate_per_s, limit.burst)
         )
         if not decision.allowed:
             raise RateLimitedError(
-                f"tenant {ctx.tenant_id!r} is over its rate limit for {resource!r}",
+                f"{whose} is over its rate limit for {resource!r}",
                 resource=resource,
                 retry_after_s=decision.retry_after_s,
             )
-        return limit
 
     async def _degrade(
         self,

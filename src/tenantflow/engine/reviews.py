@@ -9,6 +9,7 @@ handled as the tenant's policy says: escalate to another pool, auto-reject, or f
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tenantflow.domain.tenancy import ClaimReview, EscalateReview, ReviewRecord, ReviewStatus
@@ -27,6 +28,22 @@ class Reviews:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._subscribers: list[Callable[[ReviewRecord], None]] = []
+
+    def subscribe(self, callback: Callable[[ReviewRecord], None]) -> Callable[[], None]:
+        """Call ``callback`` with every task this engine opens or escalates to another pool.
+
+        For reviewer tooling in the same process (notifications, a simulated reviewer pool).
+        The callback runs on the event loop and must not block; the record is already
+        committed. Returns a function that unsubscribes.
+        """
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def notify(self, review: ReviewRecord) -> None:
+        """Tell subscribers a task was opened or moved (called by the engine after commit)."""
+        for callback in list(self._subscribers):
+            callback(review)
 
     async def list(
         self,

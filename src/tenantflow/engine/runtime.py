@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tenantflow.domain.breaker import CircuitBreaker
+from tenantflow.domain.breaker import CircuitBreaker, record_outcome
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import (
     STALE,
@@ -341,9 +341,9 @@ class Runtime:
                     ) from None
             else:
                 raw = await step.fn(ctx, **args)
-        except Exception:
+        except BaseException as exc:
             if breaker is not None:
-                breaker.record_failure(self.clock.now())
+                record_outcome(breaker, exc, self.clock.now())
             raise
         if breaker is not None:
             breaker.record_success(self.clock.now())

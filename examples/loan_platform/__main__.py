@@ -1,0 +1,5 @@
+"""``python -m loan_platform [options]``: the same as ``tenantflow demo [options]``."""
+
+from tenantflow.cli.demo import main
+
+main()
