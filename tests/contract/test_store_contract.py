@@ -1,10 +1,18 @@
-"""The store contract: every Store implementation must pass these, op by op."""
+"""The store contract: every Store implementation must pass these, op by op.
+
+Each contract test runs on the in-memory store, SQLite and PostgreSQL (a fresh schema per test,
+see ``postgres_url`` in ``tests/conftest.py``); the tests at the end are specific to one store.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -16,6 +24,8 @@ from tenantflow.domain.records import (
     FailAttempt,
     FinishAttempt,
     NewEvent,
+    ParkAttempt,
+    RecordCall,
     RecoverOrphans,
     RenewLeases,
     RunRecord,
@@ -28,15 +38,64 @@ from tenantflow.domain.records import (
     Transition,
     next_state_hash,
 )
-from tenantflow.errors import NotFoundError, StoreUnavailableError
+from tenantflow.domain.tenancy import (
+    AcquireRate,
+    AuditEntry,
+    Charge,
+    ClaimReview,
+    CreateReview,
+    DecideReview,
+    DeleteTenant,
+    EscalateReview,
+    LedgerLine,
+    PurgeRuns,
+    PutTenant,
+    Refusal,
+    ReleaseHolds,
+    Reserve,
+    ReviewRecord,
+    ReviewStatus,
+    Settle,
+    ThrottleRate,
+    UsageDelta,
+)
+from tenantflow.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from tenantflow.ports import Store
+
+if TYPE_CHECKING:
+    from tenantflow.adapters.postgres import PostgresStore
 
 NOW = 1_800_000_000.0
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+STORES = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def make_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A closed store of ``kind``; PostgreSQL on a fresh schema of its own."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SqliteStore(tmp_path / "c.db")
+    return postgres_store(request.getfixturevalue("postgres_url"))
+
+
+def postgres_store(url: str) -> PostgresStore:
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    from tenantflow.adapters.postgres import PostgresStore
+
+    return PostgresStore.from_url(url)
+
+
+@pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "c.db")
+    s = make_store(request.param, request, tmp_path)
     await s.open()
     try:
         yield s
@@ -264,3 +323,364 @@ async def test_sqlite_refuses_a_second_executing_engine_and_bad_paths(tmp_path: 
         await SqliteStore(tmp_path / "dir.db").open()
     with pytest.raises(StoreUnavailableError, match="no tenantflow database"):
         await SqliteStore(tmp_path / "missing.db").open(execute=False)
+
+
+# -- tenancy ops ----------------------------------------------------------------------------
+
+
+def put_tenant(tenant: str, *, create: bool = True, cap: int = 5) -> PutTenant:
+    return PutTenant(tenant, "org", f'{{"max_active_runs": {cap}}}', NOW, "admin", create)
+
+
+async def test_tenants_are_versioned_audited_and_deleted_without_a_trace(store: Store) -> None:
+    [v1, dup] = await store.apply([put_tenant("t1"), put_tenant("t1")])
+    assert v1 == 1 and isinstance(dup, ConflictError)
+    [v2, missing] = await store.apply(
+        [put_tenant("t1", create=False, cap=7), put_tenant("nope", create=False)]
+    )
+    assert v2 == 2 and isinstance(missing, NotFoundError)
+    await store.apply([put_tenant("t2"), new_run("r1"), new_run("x1", tenant="t2")])
+    tenant = await store.get_tenant("t1")
+    assert (tenant.policy_version, tenant.policy_json) == (2, '{"max_active_runs": 7}')
+    assert [t.id for t in await store.list_tenants()] == ["t1", "t2"]
+    [proof] = await store.apply([DeleteTenant("t1", NOW + 1, "admin")])
+    assert proof["deleted"]["runs"] == 1 and proof["deleted"]["policy_versions"] == 2
+    assert set(proof["left"].values()) == {0}
+    with pytest.raises(NotFoundError):
+        await store.get_tenant("t1")
+    assert [t.id for t in await store.list_tenants()] == ["t2"]
+    assert [r.id for r in await store.list_runs("t2")] == ["x1"]  # the other tenant is untouched
+    log = await store.audit_log("t1")
+    assert [(r.seq, r.action) for r in log] == [
+        (1, "tenant.created"),
+        (2, "policy.updated"),
+        (3, "tenant.deleted"),
+    ]
+    assert all(r.prev_hash == p.hash for p, r in itertools.pairwise(log))
+
+
+def line(amount: int, limit: int | None, scope: str = "period") -> LedgerLine:
+    return LedgerLine(scope, "micros", amount, limit, "daily" if scope == "period" else None)
+
+
+async def test_reservations_fit_or_are_refused_and_settle_exactly_once(store: Store) -> None:
+    [ok, same, refused] = await store.apply(
+        [
+            Reserve("t1", "r1:a:0", [line(60, 100), line(60, None, "run:r1")], NOW),
+            Reserve("t1", "r1:a:0", [line(60, 100)], NOW),  # idempotent by key
+            Reserve("t1", "r1:b:0", [line(50, 100)], NOW),
+        ]
+    )
+    assert ok is True and same is True
+    assert refused == Refusal("period", "micros", 50, 40)
+    [charged, again] = await store.apply(
+        [
+            Settle("t1", "r1:a:0", {("period", "micros"): 45, ("run:r1", "micros"): 45}, NOW),
+            Settle("t1", "r1:a:0", {("period", "micros"): 45}, NOW),
+        ]
+    )
+    assert (charged, again) == (45, 0)  # a retried settle never double-charges
+    [held, released, extra, extra_again] = await store.apply(
+        [
+            Reserve("t1", "r1:c:0", [line(30, 100)], NOW),
+            ReleaseHolds("t1", "r1:c:", NOW),
+            Charge("t1", "stream:1", [line(70, 100)], NOW),
+            Charge("t1", "stream:1", [line(70, 100)], NOW),
+        ]
+    )
+    assert (held, released, extra, extra_again) == (True, 1, True, False)
+    [period] = await store.ledgers("t1", "period")
+    assert (period["spent"], period["reserved"], period["overrun"]) == (115, 0, 70)
+    assert period["limit"] == 100 and period["period"] == "daily"
+    assert await store.ledgers("t2") == []
+
+
+async def test_a_new_period_resets_the_ledger_once(store: Store) -> None:
+    await store.apply([Reserve("t1", "k1", [line(80, 100)], NOW)])
+    await store.apply([Settle("t1", "k1", {("period", "micros"): 80}, NOW)])
+    [refused] = await store.apply([Reserve("t1", "k2", [line(80, 100)], NOW + 1)])
+    assert isinstance(refused, Refusal)
+    [fits] = await store.apply([Reserve("t1", "k2", [line(80, 100)], NOW + 86_400)])
+    assert fits is True
+    [period] = await store.ledgers("t1")
+    assert (period["spent"], period["reserved"]) == (0, 80)
+
+
+async def test_rate_buckets_are_per_tenant_and_adapt_to_throttling(store: Store) -> None:
+    take = [AcquireRate("t1", "tool:x", NOW, rate_per_s=1.0, burst=2) for _ in range(3)]
+    first, second, third = await store.apply(take)
+    assert first.allowed and second.allowed and not third.allowed
+    assert third.retry_after_s > 0
+    [other] = await store.apply([AcquireRate("t2", "tool:x", NOW, rate_per_s=1.0, burst=2)])
+    assert other.allowed  # t1 exhausting its bucket leaves t2's alone
+    [factor] = await store.apply([ThrottleRate("t1", "tool:x", NOW, 5.0, 1.0, 2)])
+    assert 0 < factor < 1
+    [later] = await store.apply([AcquireRate("t1", "tool:x", NOW + 3, rate_per_s=1.0, burst=2)])
+    assert not later.allowed  # the provider's retry-after deferred the bucket
+
+
+def review(review_id: str, *, lane: str = "normal", sla: float | None = None) -> ReviewRecord:
+    return ReviewRecord(
+        review_id, "t1", "r1", "a", "pool", lane, ReviewStatus.PENDING, sla, NOW, {"q": 1}
+    )
+
+
+async def test_reviews_are_claimed_decided_and_escalated_once(store: Store) -> None:
+    await store.apply([new_run("r1")])
+    waiting = Transition("t1", "r1", NOW, steps=[StepUpdate("a", StepStatus.WAITING)])
+    [rid, _] = await store.apply(
+        [
+            CreateReview(review("v1", sla=NOW + 60), waiting),
+            CreateReview(review("v2", lane="urgent")),
+        ]
+    )
+    assert rid == "v1"
+    assert [r.id for r in await store.list_reviews("t1")] == ["v2", "v1"]  # by lane first
+    assert await store.list_reviews("t2") == []
+    [claimed, taken, foreign] = await store.apply(
+        [
+            ClaimReview("t1", "v1", "alice", NOW),
+            ClaimReview("t1", "v1", "bob", NOW),
+            ClaimReview("t2", "v1", "mallory", NOW),
+        ]
+    )
+    assert claimed.claimed_by == "alice" and claimed.status == ReviewStatus.CLAIMED
+    assert isinstance(taken, ConflictError) and isinstance(foreign, NotFoundError)
+    ready = Transition("t1", "r1", NOW + 1, steps=[StepUpdate("a", StepStatus.READY)])
+    [decided, twice] = await store.apply(
+        [
+            DecideReview("t1", "v1", "alice", True, "fine", NOW + 1, ready),
+            DecideReview("t1", "v1", "alice", False, None, NOW + 2),
+        ]
+    )
+    assert decided.status == ReviewStatus.APPROVED and decided.comment == "fine"
+    assert isinstance(twice, ConflictError)
+    assert {s.key: s.status for s in await store.get_steps("t1", "r1")}["a"] == StepStatus.READY
+    [moved] = await store.apply([EscalateReview("t1", "v2", "seniors", NOW + 90, NOW, "sla")])
+    assert (moved.pool, moved.escalations, moved.sla_due) == ("seniors", 1, NOW + 90)
+    assert [r.id for r in await store.pending_reviews()] == ["v2"]
+    actions = [r.action for r in await store.audit_log("t1")]
+    assert actions == ["review.claimed", "review.approved", "review.escalated"]
+
+
+async def test_park_record_calls_and_usage(store: Store) -> None:
+    await store.apply([new_run("r1")])
+    [lease] = await store.apply([start("r1")])
+    then = Transition("t1", "r1", NOW, usage=[UsageDelta("steps", 1.0), UsageDelta("steps", 2.0)])
+    [parked, stale] = await store.apply(
+        [
+            ParkAttempt("t1", "r1", "a", lease.fence, NOW, StepStatus.READY, NOW + 5, "rate", then),
+            ParkAttempt("t1", "r1", "a", lease.fence, NOW, StepStatus.READY, NOW + 5, "rate", then),
+        ]
+    )
+    assert parked is True and stale is STALE
+    deferred = [e for e in await store.events("t1", "r1") if e.kind == "step.deferred"]
+    assert deferred[0].data == {"reason": "rate", "until": NOW + 5}
+    [usage] = await store.usage("t1")
+    assert (usage["metric"], usage["value"]) == ("steps", 3.0)
+    calls = [
+        RecordCall("t1", "r1", "a", 0, "model", "m", '"first"', NOW),
+        RecordCall("t1", "r1", "a", 0, "model", "m", '"again"', NOW),  # recorded once
+        RecordCall("t1", "r1", "a", 1, "tool", "t", "2", NOW),
+    ]
+    assert await store.apply(calls) == [True, True, True]
+    assert await store.recorded_calls("t1", "r1", "a") == {
+        0: ("model", "m", '"first"'),
+        1: ("tool", "t", "2"),
+    }
+    assert await store.recorded_calls("t2", "r1", "a") == {}
+
+
+async def test_retention_purges_only_finished_runs_past_the_cutoff(store: Store) -> None:
+    await store.apply([new_run("old"), new_run("new"), new_run("live")])
+    for run_id, at in (("old", NOW + 1), ("new", NOW + 100)):
+        end = RunUpdate(RunStatus.COMPLETED, result_json=b"1")
+        await store.apply([Transition("t1", run_id, at, run=end)])
+    [deleted] = await store.apply([PurgeRuns("t1", NOW + 50, NOW + 200)])
+    assert deleted["runs"] == 1 and deleted["events"] == 1 and deleted["steps"] == 2
+    assert sorted(r.id for r in await store.list_runs("t1")) == ["live", "new"]
+    assert await store.state_versions("t1", "old") == []
+    assert [r.action for r in await store.audit_log("t1")] == ["retention.purged"]
+
+
+async def test_a_bad_op_fails_alone_and_the_rest_of_its_batch_commits(store: Store) -> None:
+    await store.apply([new_run("r1")])
+    duplicate = Transition("t1", "r1", NOW, steps=[StepUpdate("a", StepStatus.READY, create=True)])
+    created, refused, other = await store.apply([new_run("r2"), duplicate, new_run("r3")])
+    assert isinstance(refused, Exception)
+    assert created.created and other.created
+    assert sorted(r.id for r in await store.list_runs("t1")) == ["r1", "r2", "r3"]
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[PostgresStore]:
+    s = postgres_store(postgres_url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_rls_refuses_other_tenants_rows_when_the_sql_forgets_the_filter(
+    pg: PostgresStore,
+) -> None:
+    await pg.apply([new_run("r1"), new_run("x1", tenant="t2")])
+    # The application role is neither the owner nor a superuser, nor does it bypass RLS.
+    [(role, superuser, bypass)] = await pg.execute_sql(
+        "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+        tenant="t2",
+    )
+    assert (role, superuser, bypass) == ("tenantflow_app", False, False)
+    [(owner,)] = await pg.execute_sql(
+        "SELECT tableowner FROM pg_tables WHERE schemaname = current_schema()"
+        " AND tablename = 'runs'"
+    )
+    assert owner != role
+    # No tenant filter in any of these: the policies supply it.
+    assert await pg.execute_sql("SELECT id FROM runs", tenant="t2") == [("x1",)]
+    assert await pg.execute_sql("SELECT DISTINCT tenant_id FROM events", tenant="t2") == [("t2",)]
+    assert await pg.execute_sql("UPDATE steps SET status = 'failed' RETURNING run_id", tenant="t2")
+    assert {s.status for s in await pg.get_steps("t1", "r1")} == {
+        StepStatus.READY,
+        StepStatus.PENDING,
+    }
+    assert await pg.execute_sql("DELETE FROM runs RETURNING id", tenant="t2") == [("x1",)]
+    assert [r.id for r in await pg.list_runs("t1")] == ["r1"]
+    with pytest.raises(StoreError, match="row-level security"):
+        await pg.execute_sql(
+            "INSERT INTO events (tenant_id, run_id, ts, kind) VALUES ('t1', 'r1', 0, 'forged')",
+            tenant="t2",
+        )
+    with pytest.raises(StoreError, match="row-level security"):
+        await pg.execute_sql("UPDATE runs SET tenant_id = 't2' WHERE id = 'r1'", tenant="t1")
+    # Without a tenant set, the application role sees nothing at all.
+    assert await pg.execute_sql("SELECT count(*) FROM runs", tenant="") == [(0,)]
+
+
+@pytest.mark.postgres
+async def test_postgres_system_scope_reads_every_tenant_but_cannot_write_runs(
+    pg: PostgresStore, postgres_url: str
+) -> None:
+    await pg.apply([new_run("r1"), new_run("x1", tenant="t2")])
+    assert sorted(r.id for r, _ in await pg.active_runs()) == ["r1", "x1"]
+    import psycopg
+
+    parts = urlsplit(postgres_url)
+    query = parse_qsl(parts.query)
+    [schema] = [v for k, v in query if k == "schema"]
+    server = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "schema"])))
+    conn = await psycopg.AsyncConnection.connect(server, autocommit=True)
+    async with conn:
+        await conn.execute(f"SET search_path TO {schema}")
+        await conn.execute("SET ROLE tenantflow_system")
+        cur = await conn.execute("SELECT count(*) FROM runs")
+        assert await cur.fetchone() == (2,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("DELETE FROM runs")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("UPDATE runs SET status = 'failed'")
+
+
+@pytest.mark.postgres
+async def test_postgres_claims_from_many_processes_have_one_winner(
+    pg: PostgresStore, postgres_url: str
+) -> None:
+    """Two stores (two pools: what two processes have) race to claim and to reserve."""
+    other = postgres_store(postgres_url)
+    await other.open()
+    try:
+        await pg.apply([new_run(f"r{i}") for i in range(10)])
+        claims = [
+            s.apply([start(f"r{i}", now=NOW + n)])
+            for i in range(10)
+            for n, s in enumerate((pg, other, pg, other))
+        ]
+        leases = [r for [r] in await asyncio.gather(*claims) if r is not None]
+        assert len(leases) == 10 and {(x.fence, x.attempt) for x in leases} == {(1, 1)}
+        reserves = [
+            s.apply([Reserve("t1", f"k{i}", [line(1, 10)], NOW)])
+            for i, s in enumerate([pg, other] * 15)
+        ]
+        results = [r for [r] in await asyncio.gather(*reserves)]
+        assert results.count(True) == 10  # never one more than the ledger holds
+        [period] = await pg.ledgers("t1")
+        assert period["reserved"] == 10
+        entry = AuditEntry("ops", "noted", "tenant:shared")
+        audits = [
+            s.apply([Transition("shared", "r0", NOW, audit=[entry])]) for s in [pg, other] * 3
+        ]
+        await asyncio.gather(*audits)
+        log = await pg.audit_log("shared")
+        assert [r.seq for r in log] == list(range(1, 7))  # one chain, no fork
+        assert all(r.prev_hash == p.hash for p, r in itertools.pairwise(log))
+        submits = [s.apply([new_run(f"dup{i}", key="same")]) for i, s in enumerate([pg, other] * 3)]
+        created = [r for [r] in await asyncio.gather(*submits)]
+        assert [r.created for r in created].count(True) == 1  # one run per idempotency key…
+        assert len({r.run_id for r in created}) == 1  # …and every submission is told which
+    finally:
+        await other.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_without_pipeline_mode(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a libpq older than 14 every statement waits for its result; nothing else changes."""
+    from tenantflow.adapters import postgres
+
+    monkeypatch.setattr(postgres, "_PIPELINE", False)
+    s = postgres_store(postgres_url)
+    await s.open()
+    try:
+        [created, duplicate] = await s.apply([new_run("r1"), new_run("r1")])
+        assert created.created and isinstance(duplicate, ConflictError)
+        [lease] = await s.apply([start("r1")])
+        then = Transition("t1", "r1", NOW + 1)
+        finish = FinishAttempt("t1", "r1", "a", lease.fence, NOW + 1, b"1", b'{"a":1}', then)
+        assert await s.apply([finish]) == [1]
+        assert [v.version for v in await s.state_versions("t1", "r1")] == [0, 1]
+    finally:
+        await s.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_schema_versions_and_immutable_state(postgres_url: str) -> None:
+    from tenantflow.adapters.postgres_schema import MIGRATIONS
+
+    s = postgres_store(postgres_url)
+    with pytest.raises(StoreUnavailableError, match="db upgrade"):
+        await s.open(execute=False)  # an empty schema: nothing to read yet
+    assert await s.schema_version() == 0
+    assert await s.upgrade() == len(MIGRATIONS)
+    await s.open(execute=False)
+    assert not s.exclusive
+    await s.close()
+    await s.open()
+    await s.apply([new_run("r1")])
+    with pytest.raises(StoreError, match="immutable"):
+        await s.execute_sql("UPDATE state_versions SET delta = ?", (b"x",))
+    await s.execute_sql("INSERT INTO tf_schema (version) VALUES (99)")
+    await s.close()
+    with pytest.raises(StoreUnavailableError, match="newer than this release"):
+        await postgres_store(postgres_url).open()
+
+
+async def test_postgres_unreachable_server_and_bad_urls_are_clear_errors() -> None:
+    down = postgres_store("postgres://tf:secret@127.0.0.1:1/db?schema=s&sslmode=disable")
+    assert down.url == "postgres://tf:***@127.0.0.1:1/db?sslmode=disable&schema=s"
+    with pytest.raises(StoreUnavailableError, match="unavailable") as err:
+        await down.open()
+    assert "secret" not in str(err.value)
+    with pytest.raises(StoreUnavailableError, match="not open"):
+        await down.get_run("t1", "r1")
+    with pytest.raises(ConfigurationError, match="schema"):
+        postgres_store("postgresql://h/db?schema=bad-name")
+    with pytest.raises(ConfigurationError, match="pool_size"):
+        postgres_store("postgresql://h/db?pool_size=many")
+    with pytest.raises(ConfigurationError, match="connection string"):
+        postgres_store("postgresql://h/db?nonsense=1")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -32,18 +31,10 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from tenantflow.adapters import sqlite_ops
-from tenantflow.adapters import sqlite_tenancy as tq
+from tenantflow.adapters.sql import Gen
+from tenantflow.adapters.sql_store import SqlStore
 from tenantflow.adapters.sqlite_schema import MIGRATIONS, migrate, schema_version_readonly
-from tenantflow.domain.audit import AuditRecord
-from tenantflow.domain.records import (
-    EventRecord,
-    Op,
-    RunRecord,
-    RunStatus,
-    StateVersionRecord,
-    StepRecord,
-)
-from tenantflow.domain.tenancy import ReviewRecord, TenantRecord
+from tenantflow.domain.records import Op
 from tenantflow.errors import ConfigurationError, StoreError, StoreUnavailableError
 
 __all__ = ["SqliteStore"]
@@ -53,7 +44,7 @@ T = TypeVar("T")
 _SYNC_MODES = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA", "off": "OFF"}
 
 
-class SqliteStore:
+class SqliteStore(SqlStore):
     """A :class:`~tenantflow.ports.Store` on one SQLite file."""
 
     in_memory = False
@@ -197,94 +188,14 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
 
-    # -- writes -------------------------------------------------------------------------------
+    # -- writes and reads (every read scoped by tenant: see SqlStore) ---------------------------
 
     async def apply(self, ops: Sequence[Op]) -> list[Any]:
         return await self._run(lambda conn: sqlite_ops.apply_batch(conn, ops))
 
-    # -- reads (every one scoped by tenant) ---------------------------------------------------
-
-    async def get_run(self, tenant_id: str, run_id: str) -> RunRecord:
-        return await self._run(lambda c: sqlite_ops.get_run(c, tenant_id, run_id))
-
-    async def list_runs(
-        self,
-        tenant_id: str,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        before: str | None = None,
-    ) -> list[RunRecord]:
-        return await self._run(
-            lambda c: sqlite_ops.list_runs(c, tenant_id, status, workflow, limit, before)
-        )
-
-    async def get_steps(self, tenant_id: str, run_id: str) -> list[StepRecord]:
-        return await self._run(lambda c: sqlite_ops.get_steps(c, tenant_id, run_id))
-
-    async def events(self, tenant_id: str, run_id: str, after_id: int = 0) -> list[EventRecord]:
-        def q(c: sqlite3.Connection) -> list[EventRecord]:
-            rows = c.execute(
-                "SELECT id, tenant_id, run_id, ts, kind, step, attempt, data FROM events"
-                " WHERE tenant_id = ? AND run_id = ? AND id > ? ORDER BY id",
-                (tenant_id, run_id, after_id),
-            ).fetchall()
-            return [
-                EventRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
-                for r in rows
-            ]
-
-        return await self._run(q)
-
-    async def state_versions(
-        self, tenant_id: str, run_id: str, upto: int | None = None
-    ) -> list[StateVersionRecord]:
-        def q(c: sqlite3.Connection) -> list[StateVersionRecord]:
-            rows = c.execute(
-                "SELECT run_id, tenant_id, version, parent, step, delta, hash, created_at"
-                " FROM state_versions WHERE tenant_id = ? AND run_id = ? AND version <= ?"
-                " ORDER BY version",
-                (tenant_id, run_id, upto if upto is not None else 2**62),
-            ).fetchall()
-            return [StateVersionRecord(*r) for r in rows]
-
-        return await self._run(q)
-
-    async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
-        return await self._run(sqlite_ops.active_runs)
-
-    # -- tenancy reads ------------------------------------------------------------------------
-
-    async def get_tenant(self, tenant_id: str) -> TenantRecord:
-        return await self._run(lambda c: tq.get_tenant(c, tenant_id))
-
-    async def list_tenants(self) -> list[TenantRecord]:
-        return await self._run(tq.list_tenants)
-
-    async def audit_log(self, tenant_id: str) -> list[AuditRecord]:
-        return await self._run(lambda c: tq.audit_rows(c, tenant_id))
-
-    async def get_review(self, tenant_id: str, review_id: str) -> ReviewRecord:
-        return await self._run(lambda c: tq.get_review(c, tenant_id, review_id))
-
-    async def list_reviews(
-        self,
-        tenant_id: str,
-        *,
-        pool: str | None = None,
-        statuses: Sequence[str] | None = None,
-        limit: int = 100,
-    ) -> list[ReviewRecord]:
-        return await self._run(lambda c: tq.list_reviews(c, tenant_id, pool, statuses, limit))
-
-    async def ledgers(self, tenant_id: str, scope: str | None = None) -> list[dict[str, Any]]:
-        return await self._run(lambda c: tq.read_ledgers(c, tenant_id, scope))
-
-    async def usage(
-        self, tenant_id: str, since_day: str | None = None, until_day: str | None = None
-    ) -> list[dict[str, Any]]:
-        return await self._run(lambda c: tq.read_usage(c, tenant_id, since_day, until_day))
+    async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
+        # One writer thread, no row-level security: every query names its tenant itself.
+        return await self._run(lambda conn: sqlite_ops.drive(conn, query))
 
     async def execute_sql(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (tests and tooling: tamper tests, purge proofs)."""
@@ -293,12 +204,3 @@ class SqliteStore:
             return [tuple(r) for r in c.execute(sql, tuple(args)).fetchall()]
 
         return await self._run(q)
-
-    async def recorded_calls(
-        self, tenant_id: str, run_id: str, key: str
-    ) -> dict[int, tuple[str, str, str]]:
-        """Results of a step's recorded model and tool calls, by call index."""
-        return await self._run(lambda c: tq.recorded_calls(c, tenant_id, run_id, key))
-
-    async def pending_reviews(self) -> list[ReviewRecord]:
-        return await self._run(tq.pending_reviews)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol, runtime_checkable
 
 import typer
 
-from tenantflow.adapters.sqlite import SqliteStore
 from tenantflow.cli.common import DbOption, reporting_errors, settings_for
 from tenantflow.engine.engine import open_store
 from tenantflow.errors import ConfigurationError
@@ -14,6 +14,17 @@ from tenantflow.errors import ConfigurationError
 __all__ = ["app"]
 
 app = typer.Typer(name="db", help="Manage the store's schema.", no_args_is_help=True)
+
+
+@runtime_checkable
+class _Versioned(Protocol):
+    """A store with a schema (SQLite, PostgreSQL)."""
+
+    async def open(self, *, execute: bool = True) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def schema_version(self) -> int: ...
 
 
 @app.command("upgrade")
@@ -27,12 +38,12 @@ def upgrade(ctx: typer.Context, db: DbOption = None) -> None:
 
 async def _upgrade(url: str) -> int:
     store = open_store(url)
-    if not isinstance(store, SqliteStore):
+    if not isinstance(store, _Versioned):
         raise ConfigurationError(
             f"{url!r} has no schema to upgrade: db upgrade needs a SQL store", field="url"
         )
     # Opening to execute applies every pending migration in one transaction (and refuses a
-    # database written by a newer release); it also refuses while an engine is running on it.
+    # database written by a newer release); SQLite also refuses while an engine is running on it.
     await store.open(execute=True)
     try:
         return await store.schema_version()

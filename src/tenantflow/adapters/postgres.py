@@ -1,0 +1,377 @@
+"""The scale-out store: PostgreSQL through psycopg 3 (async) and a connection pool.
+
+URL: ``postgresql://user[:password]@host[:port]/dbname`` (or ``postgres://``). libpq options go
+in the query (``?sslmode=require``), with two of the store's own:
+
+* ``schema=NAME`` keeps tenantflow's tables in that schema, created on first open (one schema per
+  environment, or per test);
+* ``pool_size=N`` caps the connection pool (default 10).
+
+**Transactions.** ``apply(ops)`` is one transaction (the group commit) with one result per op.
+What each op does is decided once for every SQL store (:mod:`~tenantflow.adapters.sql_ops`);
+this module executes it, in pipeline mode: a statement whose result the op does not read is
+sent without waiting, so an op costs about one round trip per result it reads. A unique
+violation fails the batch, which is then applied op by op so that only the bad op fails (its
+result is a :class:`~tenantflow.errors.ConflictError`); a deadlock or serialization failure
+against another process retries the whole batch, which committed nothing. Driver errors never
+escape: an unreachable server is :class:`~tenantflow.errors.StoreUnavailableError`, anything
+else :class:`~tenantflow.errors.StoreError`.
+
+**Row-level security, the second wall.** Every query names its tenant; row-level security
+makes the database refuse what a query that forgot to would see or write. The roles (created by
+the migrations, :mod:`~tenantflow.adapters.postgres_schema`):
+
+* the connecting role owns the tables and runs the migrations. It may be a superuser, and a
+  superuser bypasses row-level security, so no tenant's work ever runs as it;
+* every tenant-scoped transaction (and, inside a batch, every op) first sets, transaction-locally
+  (``set_config(…, true)``, i.e. ``SET LOCAL``), ``role`` to ``tenantflow_app`` — not the owner,
+  no ``BYPASSRLS`` — and ``tenantflow.tenant`` to the op's tenant. Its policies (``USING`` and
+  ``WITH CHECK``, forced on every tenant table) show it that tenant's rows only, and refuse
+  to write any other's. Both settings end with the transaction, so nothing carries over to the
+  next user of a pooled connection;
+* system scope — the reads and ops that recovery needs across tenants (``active_runs``,
+  ``pending_reviews``, ``list_tenants``, ``RenewLeases``, ``RecoverOrphans``) — runs as
+  ``tenantflow_system``: a role of its own whose policy sees every tenant, granted only what
+  those need (read; take over, renew and log step leases; release a dead attempt's budget holds).
+  It is a policy rather than ``BYPASSRLS`` deliberately: creating a bypassing role needs a
+  superuser, a bypass would let it write anything anywhere, and the policy stands in the catalog
+  next to the tenant policy it widens. Nothing else runs in this scope.
+
+The wall catches a query that forgets its tenant; it does not stop code that sets
+``tenantflow.tenant`` itself (the application role may): that code is this module.
+
+**Several processes on one database.** ``exclusive`` is False: a RUNNING attempt in the table
+may belong to a live engine elsewhere, so it is taken over only once its lease has expired,
+never assumed orphaned. What is safe with many processes:
+
+* claims: ``StartAttempt`` takes a step with ``FOR UPDATE SKIP LOCKED`` (two claimers never wait
+  on each other; exactly one wins), ``RecoverOrphans`` skips rows another recoverer holds, and
+  every fenced write is a conditional ``UPDATE`` on the fence and a live lease, re-checked by
+  PostgreSQL on the latest row after a lock wait — a late write of a lost attempt changes nothing;
+* read-check-writes: ledger rows (budget reservations, settlements, releases), review rows
+  (claims, decisions), a run's state version chain and a tenant's policy version are locked
+  ``FOR UPDATE``; a tenant's audit chain and each rate bucket are serialised by transaction
+  advisory locks; a repeated idempotency key returns the run that won the insert.
+
+Not yet: each engine drives the runs it admitted or recovered at start-up and does not poll for
+runs other engines admitted later (no LISTEN/NOTIFY yet); admission caps and fair dispatch are
+counted per process; two engines that both loaded one run may both issue its unfenced run
+transitions. So run one executing engine per database and use more for takeover after a crash
+(leases expire, the survivor or a restart claims the steps), not yet for load sharing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, closing, nullcontext
+from functools import lru_cache
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import AsyncConnection, AsyncPipeline
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from tenantflow.adapters.postgres_schema import (
+    APP_ROLE,
+    MIGRATIONS,
+    SYSTEM_ROLE,
+    TENANT_SETTING,
+    migrate,
+    schema_version,
+)
+from tenantflow.adapters.sql import Gen, Result, Sql, advance
+from tenantflow.adapters.sql_ops import apply_op, op_tenant
+from tenantflow.adapters.sql_store import SqlStore
+from tenantflow.domain.records import Op
+from tenantflow.errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
+
+__all__ = ["PostgresStore", "postgres_text"]
+
+T = TypeVar("T")
+
+_SCHEMES = ("postgresql", "postgres")
+_STORE_OPTIONS = ("schema", "pool_size")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PG_HINT = re.compile(r"/\*pg:(.*?)\*/", re.DOTALL)
+_SET_SCOPE = f"SELECT set_config('role', %s, true), set_config('{TENANT_SETTING}', %s, true)"
+_ATTEMPTS = 5  # a batch that keeps deadlocking with other processes fails after this many
+_NOTHING = Result([], 0)  # what a statement whose result is not read returns
+_PIPELINE = psycopg.Pipeline.is_supported()  # libpq >= 14; else one round trip a statement
+
+
+@lru_cache(maxsize=2048)
+def postgres_text(text: str) -> str:
+    """A shared statement (:mod:`~tenantflow.adapters.sql`) in PostgreSQL's dialect: its
+    ``/*pg: …*/`` additions kept, ``?`` placeholders as psycopg's ``%s``."""
+    return _PG_HINT.sub(r"\1", text).replace("%", "%%").replace("?", "%s")
+
+
+class PostgresStore(SqlStore):
+    """A :class:`~tenantflow.ports.Store` on a PostgreSQL database (see the module docstring).
+
+    Args:
+        conninfo: a libpq connection string or URL (without the store's own options).
+        schema: the schema holding the tables (None: the role's search path, e.g. ``public``).
+        pool_size: the most connections the pool opens.
+        connect_timeout_s: how long to wait for the server (to connect, or for a free connection).
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str | None = None,
+        pool_size: int = 10,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        if schema is not None and not _IDENTIFIER.match(schema):
+            raise ConfigurationError(
+                f"invalid schema name {schema!r}: letters, digits and '_', not starting with a"
+                " digit",
+                field="schema",
+                value=schema,
+            )
+        if pool_size < 1:
+            raise ConfigurationError("pool_size must be at least 1", field="pool_size")
+        options: dict[str, Any] = {}
+        if "connect_timeout" not in _conninfo_dict(conninfo):
+            options["connect_timeout"] = max(1, round(connect_timeout_s))
+        if schema is not None:
+            # The search path is fixed at connection start-up, for the owner and both roles.
+            options["options"] = f"-c search_path={schema}"
+        self._conninfo = make_conninfo(conninfo, **options)
+        self.schema = schema
+        self.pool_size = pool_size
+        self.connect_timeout_s = connect_timeout_s
+        self.url = _redacted(conninfo, schema)
+        self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """``postgresql://user@host:5432/db?schema=tenantflow&pool_size=20&sslmode=require``."""
+        parts = urlsplit(url)
+        if parts.scheme not in _SCHEMES or not parts.netloc:
+            raise ConfigurationError(
+                f"not a PostgreSQL URL: {_redacted(url, None)!r}"
+                " (expected postgresql://user@host:port/dbname)",
+                field="url",
+            )
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        own = {k: v for k, v in query if k in _STORE_OPTIONS}
+        libpq = urlencode([(k, v) for k, v in query if k not in _STORE_OPTIONS])
+        pool_size = own.get("pool_size", "10")
+        if not pool_size.isdigit():
+            raise ConfigurationError(f"pool_size must be a number, not {pool_size!r}", field="url")
+        return cls(
+            urlunsplit(parts._replace(query=libpq)),
+            schema=own.get("schema") or None,
+            pool_size=int(pool_size),
+        )
+
+    @property
+    def exclusive(self) -> bool:
+        # Other processes may execute from the same database: a RUNNING attempt is dead only
+        # once its lease has expired.
+        return False
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def open(self, *, execute: bool = True) -> None:
+        """Connect; with ``execute`` apply pending migrations (one transaction), else refuse a
+        schema that is not this release's."""
+        if self._pool is not None:
+            return
+        async with self._owner() as conn:
+            if execute:
+                await migrate(conn, self.schema)
+            else:
+                await self._check_version(conn)
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+            timeout=self.connect_timeout_s,
+            name="tenantflow",
+            open=False,
+        )
+        try:
+            async with self._translated():
+                await pool.open(wait=True, timeout=self.connect_timeout_s)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def upgrade(self) -> int:
+        """Apply pending migrations (``tenantflow db upgrade``); returns the schema version."""
+        async with self._owner() as conn:
+            return await migrate(conn, self.schema)
+
+    async def schema_version(self) -> int:
+        async with self._owner() as conn:
+            return await schema_version(conn)
+
+    async def _check_version(self, conn: AsyncConnection[Any]) -> None:
+        found = await schema_version(conn)
+        if found != len(MIGRATIONS):
+            raise StoreUnavailableError(
+                f"the database {self.url!r} has schema version {found}, this release needs"
+                f" {len(MIGRATIONS)}: run `tenantflow db upgrade`",
+                url=self.url,
+            )
+
+    @asynccontextmanager
+    async def _owner(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection of its own as the connecting (owner) role: migrations and versions."""
+        async with self._translated():
+            conn = await AsyncConnection.connect(self._conninfo, autocommit=True)
+            async with conn:
+                yield conn
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        """Translate driver errors at the boundary: nothing of psycopg escapes."""
+        try:
+            yield
+        except psycopg.errors.TransactionRollback as exc:
+            raise StoreError(
+                f"PostgreSQL kept aborting the transaction ({exc.sqlstate}): {exc}",
+                sqlstate=exc.sqlstate,
+            ) from exc
+        except psycopg.OperationalError as exc:  # also the pool's timeouts
+            raise StoreUnavailableError(
+                f"PostgreSQL at {self.url!r} is unavailable: {exc}", url=self.url
+            ) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL error: {exc}", sqlstate=exc.sqlstate) from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Session]:
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailableError("the PostgreSQL store is not open", url=self.url)
+        async with pool.connection() as conn:
+            pipelined = conn.pipeline() if _PIPELINE else nullcontext(None)
+            async with pipelined as pipeline, conn.transaction():
+                yield _Session(conn, pipeline)
+
+    async def apply(self, ops: Sequence[Op]) -> list[Any]:
+        attempt = 1
+        async with self._translated():
+            while True:
+                try:
+                    return await self._commit(ops)
+                except psycopg.errors.TransactionRollback:
+                    # A deadlock or serialization failure with another process: nothing was
+                    # committed, so the whole batch is tried again, after a short random pause.
+                    if attempt == _ATTEMPTS:
+                        raise
+                    await asyncio.sleep(random.uniform(0.0, 0.01 * 2**attempt))
+                    attempt += 1
+
+    async def _commit(self, ops: Sequence[Op]) -> list[Any]:
+        try:
+            async with self._transaction() as session:
+                results = []
+                for op in ops:
+                    await session.enter(op_tenant(op))
+                    results.append(await session.drive(apply_op(op)))
+                return results
+        except psycopg.errors.IntegrityError as exc:
+            if len(ops) == 1:
+                return [ConflictError(f"write refused: {exc}", sqlstate=exc.sqlstate)]
+            return [result for op in ops for result in await self._commit([op])]
+
+    async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
+        async with self._translated(), self._transaction() as session:
+            await session.enter(tenant_id)
+            return await session.drive(query)
+
+    async def execute_sql(
+        self, sql: str, args: Sequence[Any] = (), *, tenant: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Run one statement, with ``?`` placeholders (tests and tooling: tamper tests, purge
+        proofs). As the connecting role by default; with ``tenant``, as the application role
+        scoped to that tenant, exactly like the store's own tenant-scoped queries."""
+        async with self._translated(), self._transaction() as session:
+            if tenant is not None:
+                await session.enter(tenant)
+            result = await session.execute(Sql(sql, tuple(args)))
+            return result.rows
+
+
+class _Session:
+    """One transaction on one connection, in pipeline mode: a statement whose result the
+    interpreter does not read is sent without waiting for the server, so an op costs about one
+    round trip per result it reads, not one per statement. (A failing statement fails the
+    transaction at the next wait, with its own error.)"""
+
+    def __init__(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline | None) -> None:
+        self._conn = conn
+        self._pipeline = pipeline
+        self._scope: tuple[str, str] | None = None
+
+    async def enter(self, tenant_id: str | None) -> None:
+        """Act as ``tenant_id`` (the application role), or in system scope when None; the
+        settings are transaction-local and sent only when they change."""
+        scope = (SYSTEM_ROLE, "") if tenant_id is None else (APP_ROLE, tenant_id)
+        if scope != self._scope:
+            await self._conn.execute(_SET_SCOPE, scope)
+            self._scope = scope
+
+    async def drive(self, query: Gen[T]) -> T:
+        """Run an interpreter step to its end in this transaction; its result."""
+        with closing(query):
+            step = advance(query, None)
+            while isinstance(step, Sql):
+                step = advance(query, await self.execute(step))
+            return step.value
+
+    async def execute(self, statement: Sql) -> Result:
+        text = postgres_text(statement.text)
+        cur = self._conn.cursor()
+        if statement.many:
+            await cur.executemany(text, statement.args)
+        else:
+            await cur.execute(text, statement.args)
+        if not statement.results:
+            return _NOTHING
+        if self._pipeline is not None:
+            await self._pipeline.sync()
+        found = await cur.fetchall() if cur.description is not None else []
+        return Result(found, cur.rowcount)
+
+
+def _conninfo_dict(conninfo: str) -> dict[str, Any]:
+    try:
+        return conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"invalid PostgreSQL connection string: {exc}") from None
+
+
+def _redacted(url: str, schema: str | None) -> str:
+    """``url`` without its password, with the schema option (what logs and errors show)."""
+    if "://" not in url:  # a key=value connection string
+        shown = {k: v for k, v in _conninfo_dict(url).items() if k != "password"}
+        return make_conninfo(**shown) + (f" (schema {schema})" if schema else "")
+    parts = urlsplit(url)
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    if schema is not None and "schema=" not in parts.query:
+        parts = parts._replace(query="&".join(q for q in (parts.query, f"schema={schema}") if q))
+    return urlunsplit(parts)

@@ -1,0 +1,583 @@
+"""Run ops in SQL: how each op is applied, and the scoped reads.
+
+Dialect-neutral interpreter steps (see :mod:`~tenantflow.adapters.sql`): a store's driver runs
+:func:`apply_op` for each op of a batch inside one transaction. Every statement names the tenant.
+
+Claims are safe with writers in several processes: :class:`StartAttempt` claims a step with one
+conditional ``UPDATE`` (on PostgreSQL restricted to rows it can lock at once, ``FOR UPDATE SKIP
+LOCKED``, so two claimers never wait on each other and exactly one wins), and every fenced op
+is a conditional ``UPDATE`` on the fencing token and a live lease, which PostgreSQL re-checks
+against the latest committed row after any lock wait.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tenantflow.adapters import sql_tenancy as tq
+from tenantflow.adapters.sql import Gen, execute, many, one, rows
+from tenantflow.domain import tenancy as t_ops
+from tenantflow.domain.records import (
+    STALE,
+    TERMINAL_RUN,
+    TERMINAL_STEP,
+    CreateResult,
+    CreateRun,
+    EventRecord,
+    FailAttempt,
+    FinishAttempt,
+    Lease,
+    NewEvent,
+    Op,
+    ParkAttempt,
+    RecordCall,
+    RecoverOrphans,
+    RenewLeases,
+    RunRecord,
+    RunStatus,
+    StartAttempt,
+    StateVersionRecord,
+    StepRecord,
+    StepStatus,
+    Transition,
+    next_state_hash,
+)
+from tenantflow.errors import NotFoundError
+
+__all__ = [
+    "active_runs",
+    "apply_op",
+    "events",
+    "get_run",
+    "get_steps",
+    "list_runs",
+    "op_tenant",
+    "state_versions",
+]
+
+_RUN_COLS = (
+    "id, tenant_id, workflow, workflow_version, status, input, created_at, updated_at, lane,"
+    " state_version, state_hash, result, error, idempotency_key, parent_run_id, finished_at, meta"
+)
+_STEP_COLS = (
+    "run_id, tenant_id, key, status, attempt, fence, owner, lease_expires_at, available_at,"
+    " output, error, version, started_at, finished_at"
+)
+_ACTIVE = "('queued', 'running', 'paused', 'compensating', 'cancelling')"
+
+
+def apply_op(op: Op) -> Gen[Any]:
+    """The interpreter step for ``op``; its result is the op's result (see each op)."""
+    handler = _HANDLERS.get(type(op))
+    if handler is None:
+        raise TypeError(f"unknown op {type(op).__name__}")
+    return handler(op)
+
+
+def op_tenant(op: Op) -> str | None:
+    """The tenant ``op`` acts for, or None for a system-scoped op (leases across tenants)."""
+    if isinstance(op, RenewLeases | RecoverOrphans):
+        return None
+    if isinstance(op, CreateRun):
+        return op.run.tenant_id
+    if isinstance(op, t_ops.CreateReview):
+        return op.review.tenant_id
+    return op.tenant_id
+
+
+def _events(tenant_id: str, run_id: str, ts: float, new: Sequence[NewEvent]) -> Gen[None]:
+    yield from many(
+        "INSERT INTO events (tenant_id, run_id, ts, kind, step, attempt, data)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                tenant_id,
+                run_id,
+                ts,
+                e.kind,
+                e.step,
+                e.attempt,
+                json.dumps(e.data, default=str) if e.data else None,
+            )
+            for e in new
+        ],
+    )
+
+
+def _record_call(op: RecordCall) -> Gen[bool]:
+    yield from execute(
+        "INSERT INTO calls (tenant_id, run_id, key, idx, kind, name, result, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        op.tenant_id,
+        op.run_id,
+        op.key,
+        op.index,
+        op.kind,
+        op.name,
+        op.result_json,
+        op.now,
+    )
+    return True
+
+
+def _park(op: ParkAttempt) -> Gen[Any]:
+    row = yield from one(
+        "UPDATE steps SET status = ?, owner = NULL, lease_expires_at = NULL, available_at = ?"
+        " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
+        " AND lease_expires_at >= ? RETURNING attempt",
+        op.status.value,
+        op.available_at,
+        op.run_id,
+        op.key,
+        op.tenant_id,
+        op.fence,
+        op.now,
+    )
+    if row is None:
+        return STALE
+    kind = "step.waiting" if op.status == StepStatus.WAITING else "step.deferred"
+    data: dict[str, Any] = {"reason": op.reason}
+    if op.status != StepStatus.WAITING:
+        data["until"] = op.available_at
+    yield from _events(op.tenant_id, op.run_id, op.now, [NewEvent(kind, op.key, row[0], data)])
+    yield from _transition(op.then)
+    return True
+
+
+def _existing_run(tenant_id: str, key: str) -> Gen[str | None]:
+    row = yield from one(
+        "SELECT id FROM runs WHERE tenant_id = ? AND idempotency_key = ?", tenant_id, key
+    )
+    return None if row is None else str(row[0])
+
+
+def _create(op: CreateRun) -> Gen[CreateResult]:
+    r = op.run
+    if r.idempotency_key is not None:
+        existing = yield from _existing_run(r.tenant_id, r.idempotency_key)
+        if existing is not None:
+            return CreateResult(existing, created=False)
+    state_hash = next_state_hash("", 0, None, r.input_json)
+    # A concurrent submission with the same key (another process) wins the insert: this one
+    # then returns the run that won, as if it had come second.
+    inserted = yield from one(
+        f"INSERT INTO runs ({_RUN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+        " /*pg: ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
+        " DO NOTHING*/ RETURNING id",
+        r.id,
+        r.tenant_id,
+        r.workflow,
+        r.workflow_version,
+        r.status.value,
+        r.input_json,
+        r.created_at,
+        r.updated_at,
+        r.lane,
+        0,
+        state_hash,
+        r.result_json,
+        r.error,
+        r.idempotency_key,
+        r.parent_run_id,
+        r.finished_at,
+        json.dumps(r.meta, default=str),
+    )
+    if inserted is None and r.idempotency_key is not None:
+        winner = yield from _existing_run(r.tenant_id, r.idempotency_key)
+        return CreateResult(winner or r.id, created=False)
+    yield from many(
+        "INSERT INTO steps (run_id, key, tenant_id, status, available_at) VALUES (?, ?, ?, ?, ?)",
+        [(s.run_id, s.key, s.tenant_id, s.status.value, s.available_at) for s in op.steps],
+    )
+    yield from execute(
+        "INSERT INTO state_versions (run_id, version, tenant_id, parent, step, delta, hash,"
+        " created_at) VALUES (?, 0, ?, NULL, NULL, ?, ?, ?)",
+        r.id,
+        r.tenant_id,
+        r.input_json,
+        state_hash,
+        r.created_at,
+    )
+    yield from _events(r.tenant_id, r.id, r.created_at, op.events)
+    return CreateResult(r.id, created=True)
+
+
+def _start(op: StartAttempt) -> Gen[Lease | None]:
+    row = yield from one(
+        "UPDATE steps SET status = 'running', attempt = attempt + 1, fence = fence + 1,"
+        " owner = ?, lease_expires_at = ?, started_at = ?"
+        " WHERE /*pg: (run_id, key) IN (SELECT run_id, key FROM steps WHERE*/"
+        " run_id = ? AND key = ? AND tenant_id = ?"
+        " AND ((status = 'ready' AND available_at <= ?)"
+        "      OR (status = 'running' AND lease_expires_at < ?))"
+        " /*pg: FOR UPDATE SKIP LOCKED)*/ RETURNING fence, attempt",
+        op.owner,
+        op.lease_until,
+        op.now,
+        op.run_id,
+        op.key,
+        op.tenant_id,
+        op.now,
+        op.now,
+    )
+    if row is None:
+        return None
+    started = [NewEvent("step.started", op.key, row[1])]
+    yield from _events(op.tenant_id, op.run_id, op.now, started)
+    return Lease(fence=row[0], attempt=row[1], lease_expires_at=op.lease_until)
+
+
+def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: float) -> Gen[int]:
+    row = yield from one(
+        "SELECT state_version, state_hash FROM runs WHERE id = ? AND tenant_id = ?"
+        " /*pg: FOR UPDATE*/",
+        run_id,
+        tenant_id,
+    )
+    if row is None:
+        raise NotFoundError(f"run {run_id!r} not found", run_id=run_id)
+    version = int(row[0]) + 1
+    state_hash = next_state_hash(row[1], version, step, delta)
+    yield from execute(
+        "INSERT INTO state_versions (run_id, version, tenant_id, parent, step, delta, hash,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        run_id,
+        version,
+        tenant_id,
+        version - 1,
+        step,
+        delta,
+        state_hash,
+        now,
+    )
+    yield from execute(
+        "UPDATE runs SET state_version = ?, state_hash = ?, updated_at = ?"
+        " WHERE id = ? AND tenant_id = ?",
+        version,
+        state_hash,
+        now,
+        run_id,
+        tenant_id,
+    )
+    yield from execute(
+        "UPDATE steps SET version = ? WHERE run_id = ? AND key = ? AND tenant_id = ?",
+        version,
+        run_id,
+        step,
+        tenant_id,
+    )
+    new_version = [NewEvent("state.version", step, None, {"version": version})]
+    yield from _events(tenant_id, run_id, now, new_version)
+    return version
+
+
+def _finish(op: FinishAttempt) -> Gen[Any]:
+    row = yield from one(
+        "UPDATE steps SET status = 'succeeded', output = ?, error = NULL, owner = NULL,"
+        " lease_expires_at = NULL, finished_at = ?"
+        " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
+        " AND lease_expires_at >= ? RETURNING attempt",
+        op.output_json,
+        op.now,
+        op.run_id,
+        op.key,
+        op.tenant_id,
+        op.fence,
+        op.now,
+    )
+    if row is None:
+        return STALE
+    succeeded = [NewEvent("step.succeeded", op.key, row[0])]
+    yield from _events(op.tenant_id, op.run_id, op.now, succeeded)
+    version = 0
+    if op.delta_json is not None:
+        version = yield from _append_version(op.tenant_id, op.run_id, op.key, op.delta_json, op.now)
+    yield from _transition(op.then)
+    return version
+
+
+def _fail(op: FailAttempt) -> Gen[Any]:
+    status = StepStatus.READY if op.retry_at is not None else StepStatus.FAILED
+    row = yield from one(
+        "UPDATE steps SET status = ?, error = ?, owner = NULL, lease_expires_at = NULL,"
+        " available_at = ?, finished_at = ?"
+        " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
+        " AND lease_expires_at >= ? RETURNING attempt",
+        status.value,
+        op.error,
+        op.retry_at if op.retry_at is not None else 0.0,
+        None if op.retry_at is not None else op.now,
+        op.run_id,
+        op.key,
+        op.tenant_id,
+        op.fence,
+        op.now,
+    )
+    if row is None:
+        return STALE
+    data: dict[str, Any] = {"error": op.error}
+    if op.retry_at is not None:
+        data["retry_at"] = op.retry_at
+    kind = "step.retrying" if op.retry_at is not None else "step.failed"
+    yield from _events(op.tenant_id, op.run_id, op.now, [NewEvent(kind, op.key, row[0], data)])
+    yield from _transition(op.then)
+    return True
+
+
+def _step_updates(t: Transition) -> Gen[None]:
+    for u in t.steps:
+        if u.create:
+            yield from execute(
+                "INSERT INTO steps (run_id, key, tenant_id, status, available_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                t.run_id,
+                u.key,
+                t.tenant_id,
+                u.status.value,
+                u.available_at or 0.0,
+            )
+        else:
+            yield from execute(
+                "UPDATE steps SET status = ?, available_at = COALESCE(?, available_at),"
+                " output = COALESCE(?, output), error = COALESCE(?, error),"
+                " owner = CASE WHEN ? THEN NULL ELSE owner END,"
+                " finished_at = CASE WHEN ? THEN ? ELSE finished_at END"
+                " WHERE run_id = ? AND key = ? AND tenant_id = ?",
+                u.status.value,
+                u.available_at,
+                u.output_json,
+                u.error,
+                u.status != StepStatus.RUNNING,
+                u.status in TERMINAL_STEP,
+                t.now,
+                t.run_id,
+                u.key,
+                t.tenant_id,
+            )
+        if u.delta_json is not None:
+            yield from _append_version(t.tenant_id, t.run_id, u.key, u.delta_json, t.now)
+
+
+def _transition(t: Transition) -> Gen[None]:
+    yield from _step_updates(t)
+    if t.run is not None:
+        terminal = t.run.status in TERMINAL_RUN
+        yield from execute(
+            "UPDATE runs SET status = ?, result = COALESCE(?, result), error = COALESCE(?, error),"
+            " updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END"
+            " WHERE id = ? AND tenant_id = ?",
+            t.run.status.value,
+            t.run.result_json,
+            t.run.error,
+            t.now,
+            terminal,
+            t.now,
+            t.run_id,
+            t.tenant_id,
+        )
+    yield from _events(t.tenant_id, t.run_id, t.now, t.events)
+    yield from tq.append_audit(t.tenant_id, t.now, t.audit)
+    yield from tq.add_usage(t.tenant_id, t.now, t.usage)
+    if t.review is not None:
+        yield from tq.insert_review(t.review)
+    if t.release_prefix is not None:
+        yield from tq.release_holds(t_ops.ReleaseHolds(t.tenant_id, t.release_prefix, t.now))
+
+
+def _transition_op(t: Transition) -> Gen[bool]:
+    yield from _transition(t)
+    return True
+
+
+def _renew(op: RenewLeases) -> Gen[list[tuple[str, str, int]]]:
+    yield from execute(
+        "UPDATE steps SET lease_expires_at = ?"
+        " WHERE owner = ? AND status = 'running' AND lease_expires_at >= ?",
+        op.lease_until,
+        op.owner,
+        op.now,
+    )
+    lapsed = yield from rows(
+        "SELECT run_id, key, fence FROM steps WHERE owner = ? AND status = 'running'"
+        " AND lease_expires_at < ?",
+        op.owner,
+        op.now,
+    )
+    return [(r[0], r[1], r[2]) for r in lapsed]
+
+
+def _recover(op: RecoverOrphans) -> Gen[int]:
+    sql = "SELECT tenant_id, run_id, key, attempt FROM steps WHERE status = 'running'"
+    owners: tuple[str, ...] = ()
+    if op.owners is not None:
+        owners = op.owners
+        sql += f" AND owner IN ({','.join('?' for _ in owners)})"
+    # Another process recovering at the same moment skips the rows this one has locked.
+    orphans = yield from rows(sql + " /*pg: FOR UPDATE SKIP LOCKED*/", *owners)
+    for tenant_id, run_id, key, attempt in orphans:
+        yield from execute(
+            "UPDATE steps SET status = 'ready', owner = NULL, lease_expires_at = NULL,"
+            " available_at = ? WHERE run_id = ? AND key = ? AND tenant_id = ?",
+            op.now,
+            run_id,
+            key,
+            tenant_id,
+        )
+        recovered = [NewEvent("step.recovered", key, attempt, {"reason": "owner died"})]
+        yield from _events(tenant_id, run_id, op.now, recovered)
+        # The dead attempt's budget holds are released: its calls are re-made (or replayed).
+        yield from tq.release_holds(t_ops.ReleaseHolds(tenant_id, f"{run_id}:{key}:", op.now))
+    return len(orphans)
+
+
+_HANDLERS: dict[type[Any], Callable[[Any], Gen[Any]]] = {
+    StartAttempt: _start,
+    FinishAttempt: _finish,
+    FailAttempt: _fail,
+    Transition: _transition_op,
+    CreateRun: _create,
+    RenewLeases: _renew,
+    RecoverOrphans: _recover,
+    ParkAttempt: _park,
+    RecordCall: _record_call,
+    t_ops.Reserve: tq.reserve,
+    t_ops.Settle: tq.settle,
+    t_ops.AcquireRate: tq.acquire_rate,
+    t_ops.ReleaseHolds: tq.release_holds,
+    t_ops.Charge: tq.charge,
+    t_ops.ThrottleRate: tq.throttle_rate,
+    t_ops.CreateReview: lambda op: tq.create_review(op, _transition),
+    t_ops.ClaimReview: tq.claim_review,
+    t_ops.DecideReview: lambda op: tq.decide_review(op, _transition),
+    t_ops.EscalateReview: lambda op: tq.escalate_review(op, _transition),
+    t_ops.PutTenant: tq.put_tenant,
+    t_ops.DeleteTenant: tq.delete_tenant,
+    t_ops.PurgeRuns: tq.purge_runs,
+}
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+def _run_from_row(r: Sequence[Any]) -> RunRecord:
+    return RunRecord(
+        id=r[0],
+        tenant_id=r[1],
+        workflow=r[2],
+        workflow_version=r[3],
+        status=RunStatus(r[4]),
+        input_json=r[5],
+        created_at=r[6],
+        updated_at=r[7],
+        lane=r[8],
+        state_version=r[9],
+        state_hash=r[10],
+        result_json=r[11],
+        error=r[12],
+        idempotency_key=r[13],
+        parent_run_id=r[14],
+        finished_at=r[15],
+        meta=json.loads(r[16] or "{}"),
+    )
+
+
+def _step_from_row(r: Sequence[Any]) -> StepRecord:
+    return StepRecord(
+        run_id=r[0],
+        tenant_id=r[1],
+        key=r[2],
+        status=StepStatus(r[3]),
+        attempt=r[4],
+        fence=r[5],
+        owner=r[6],
+        lease_expires_at=r[7],
+        available_at=r[8],
+        output_json=r[9],
+        error=r[10],
+        version=r[11],
+        started_at=r[12],
+        finished_at=r[13],
+    )
+
+
+def get_run(tenant_id: str, run_id: str) -> Gen[RunRecord]:
+    row = yield from one(
+        f"SELECT {_RUN_COLS} FROM runs WHERE id = ? AND tenant_id = ?", run_id, tenant_id
+    )
+    if row is None:
+        raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
+    return _run_from_row(row)
+
+
+def list_runs(
+    tenant_id: str,
+    status: RunStatus | None,
+    workflow: str | None,
+    limit: int,
+    before: str | None,
+) -> Gen[list[RunRecord]]:
+    sql = f"SELECT {_RUN_COLS} FROM runs WHERE tenant_id = ?"
+    args: list[Any] = [tenant_id]
+    if status is not None:
+        sql += " AND status = ?"
+        args.append(status.value)
+    if workflow is not None:
+        sql += " AND workflow = ?"
+        args.append(workflow)
+    if before is not None:
+        cursor = yield from get_run(tenant_id, before)
+        sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+        args.extend([cursor.created_at, cursor.created_at, cursor.id])
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+    args.append(limit)
+    found = yield from rows(sql, *args)
+    return [_run_from_row(r) for r in found]
+
+
+def get_steps(tenant_id: str, run_id: str) -> Gen[list[StepRecord]]:
+    found = yield from rows(
+        f"SELECT {_STEP_COLS} FROM steps WHERE run_id = ? AND tenant_id = ? ORDER BY key",
+        run_id,
+        tenant_id,
+    )
+    return [_step_from_row(r) for r in found]
+
+
+def events(tenant_id: str, run_id: str, after_id: int) -> Gen[list[EventRecord]]:
+    found = yield from rows(
+        "SELECT id, tenant_id, run_id, ts, kind, step, attempt, data FROM events"
+        " WHERE tenant_id = ? AND run_id = ? AND id > ? ORDER BY id",
+        tenant_id,
+        run_id,
+        after_id,
+    )
+    return [
+        EventRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
+        for r in found
+    ]
+
+
+def state_versions(tenant_id: str, run_id: str, upto: int | None) -> Gen[list[StateVersionRecord]]:
+    found = yield from rows(
+        "SELECT run_id, tenant_id, version, parent, step, delta, hash, created_at"
+        " FROM state_versions WHERE tenant_id = ? AND run_id = ? AND version <= ?"
+        " ORDER BY version",
+        tenant_id,
+        run_id,
+        upto if upto is not None else 2**62,
+    )
+    return [StateVersionRecord(*r) for r in found]
+
+
+def active_runs() -> Gen[list[tuple[RunRecord, list[StepRecord]]]]:
+    """Every unfinished run with its steps (system scope: recovery after a restart)."""
+    found = yield from rows(
+        f"SELECT {_RUN_COLS} FROM runs WHERE status IN {_ACTIVE} ORDER BY created_at, id"
+    )
+    runs = [_run_from_row(r) for r in found]
+    out = []
+    for run in runs:
+        out.append((run, (yield from get_steps(run.tenant_id, run.id))))
+    return out

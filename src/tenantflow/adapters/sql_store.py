@@ -1,0 +1,111 @@
+"""What the SQL stores share: every read of :class:`~tenantflow.ports.Store`.
+
+A subclass says how an interpreter generator runs (:meth:`SqlStore._read`): on SQLite's writer
+thread, or in a PostgreSQL transaction scoped to the tenant. The queries themselves are in
+:mod:`~tenantflow.adapters.sql_ops` and :mod:`~tenantflow.adapters.sql_tenancy`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from tenantflow.adapters import sql_ops
+from tenantflow.adapters import sql_tenancy as tq
+from tenantflow.adapters.sql import Gen
+from tenantflow.domain.audit import AuditRecord
+from tenantflow.domain.records import (
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StateVersionRecord,
+    StepRecord,
+)
+from tenantflow.domain.tenancy import ReviewRecord, TenantRecord
+
+__all__ = ["SqlStore"]
+
+T = TypeVar("T")
+
+
+class SqlStore(ABC):
+    """The reads of a SQL :class:`~tenantflow.ports.Store`; every one is scoped by tenant,
+    except the system-scoped reads recovery needs (``active_runs``, ``pending_reviews``) and
+    the control plane's ``list_tenants``."""
+
+    url: str
+
+    @abstractmethod
+    async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
+        """Run ``query`` as ``tenant_id``; None runs it in system scope (across tenants)."""
+
+    async def get_run(self, tenant_id: str, run_id: str) -> RunRecord:
+        return await self._read(tenant_id, sql_ops.get_run(tenant_id, run_id))
+
+    async def list_runs(
+        self,
+        tenant_id: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[RunRecord]:
+        query = sql_ops.list_runs(tenant_id, status, workflow, limit, before)
+        return await self._read(tenant_id, query)
+
+    async def get_steps(self, tenant_id: str, run_id: str) -> list[StepRecord]:
+        return await self._read(tenant_id, sql_ops.get_steps(tenant_id, run_id))
+
+    async def events(self, tenant_id: str, run_id: str, after_id: int = 0) -> list[EventRecord]:
+        return await self._read(tenant_id, sql_ops.events(tenant_id, run_id, after_id))
+
+    async def state_versions(
+        self, tenant_id: str, run_id: str, upto: int | None = None
+    ) -> list[StateVersionRecord]:
+        return await self._read(tenant_id, sql_ops.state_versions(tenant_id, run_id, upto))
+
+    async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
+        return await self._read(None, sql_ops.active_runs())
+
+    # -- tenancy reads ------------------------------------------------------------------------
+
+    async def get_tenant(self, tenant_id: str) -> TenantRecord:
+        return await self._read(tenant_id, tq.get_tenant(tenant_id))
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        return await self._read(None, tq.list_tenants())
+
+    async def audit_log(self, tenant_id: str) -> list[AuditRecord]:
+        return await self._read(tenant_id, tq.audit_rows(tenant_id))
+
+    async def get_review(self, tenant_id: str, review_id: str) -> ReviewRecord:
+        return await self._read(tenant_id, tq.get_review(tenant_id, review_id))
+
+    async def list_reviews(
+        self,
+        tenant_id: str,
+        *,
+        pool: str | None = None,
+        statuses: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[ReviewRecord]:
+        return await self._read(tenant_id, tq.list_reviews(tenant_id, pool, statuses, limit))
+
+    async def ledgers(self, tenant_id: str, scope: str | None = None) -> list[dict[str, Any]]:
+        return await self._read(tenant_id, tq.read_ledgers(tenant_id, scope))
+
+    async def usage(
+        self, tenant_id: str, since_day: str | None = None, until_day: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self._read(tenant_id, tq.read_usage(tenant_id, since_day, until_day))
+
+    async def recorded_calls(
+        self, tenant_id: str, run_id: str, key: str
+    ) -> dict[int, tuple[str, str, str]]:
+        """Results of a step's recorded model and tool calls, by call index."""
+        return await self._read(tenant_id, tq.recorded_calls(tenant_id, run_id, key))
+
+    async def pending_reviews(self) -> list[ReviewRecord]:
+        return await self._read(None, tq.pending_reviews())
