@@ -58,6 +58,7 @@ REVIEWER_POOLS: dict[str, int] = {
 
 _US, _EU = "us-east-1", "eu-west-1"
 
+
 def _endpoint(tier: str, region: str, price_in: int, price_out: int) -> tf.Endpoint:
     """A model deployment; prices in micro-dollars per 1,000 tokens."""
     return tf.Endpoint(

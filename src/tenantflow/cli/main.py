@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from tenantflow import __version__
-from tenantflow.cli import audit, db, demo, reviews, runs, tenants, usage
+from tenantflow.cli import audit, db, demo, reviews, runs, simulate, tenants, usage
 from tenantflow.cli.common import CliState, DbOption
 
 __all__ = ["app", "main"]
@@ -23,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command("demo")(demo.demo)
+app.command("simulate")(simulate.simulate)
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
 app.add_typer(tenants.app, name="tenants")

@@ -533,6 +533,19 @@ class FairScheduler:
         """Tenants with at least one queued item."""
         return self._with_work
 
+    @property
+    def next_wake_s(self) -> float | None:
+        """When the earliest burst-exhausted tenant has repaid its debt, or None.
+
+        :meth:`pop` restores such a tenant at that moment; a loop that calls ``pop`` only on
+        events (a discrete-event simulation) should call it then too, or the restored tenant
+        waits for the next unrelated event. Stale timer entries are dropped on the way.
+        """
+        wake = self._wake
+        while wake and wake[0][2].wake_entry is not wake[0]:
+            heapq.heappop(wake)
+        return wake[0][0] if wake else None
+
     # -- internals -------------------------------------------------------------------------
 
     def _next_tenant(self) -> tuple[_Tenant | None, bool]:
