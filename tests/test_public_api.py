@@ -3,6 +3,7 @@
 import tenantflow
 
 EXPECTED = {
+    "AuthenticationError",
     "BackpressureError",
     "BudgetExceededError",
     "Change",
@@ -17,6 +18,7 @@ EXPECTED = {
     "ModelResponse",
     "NotAllowedError",
     "NotFoundError",
+    "PermissionDeniedError",
     "Policy",
     "PolicyError",
     "ProviderError",

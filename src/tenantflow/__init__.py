@@ -14,6 +14,7 @@ from tenantflow.domain.state import Change
 from tenantflow.engine.context import StepContext
 from tenantflow.engine.engine import Engine, RunHandle, StateVersion, open_store
 from tenantflow.errors import (
+    AuthenticationError,
     BackpressureError,
     BudgetExceededError,
     CircuitOpenError,
@@ -22,6 +23,7 @@ from tenantflow.errors import (
     ContractError,
     NotAllowedError,
     NotFoundError,
+    PermissionDeniedError,
     PolicyError,
     ProviderError,
     ProviderThrottledError,
@@ -40,6 +42,7 @@ from tenantflow.workflow import Workflow
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "BackpressureError",
     "BudgetExceededError",
     "Change",
@@ -54,6 +57,7 @@ __all__ = [
     "ModelResponse",
     "NotAllowedError",
     "NotFoundError",
+    "PermissionDeniedError",
     "Policy",
     "PolicyError",
     "ProviderError",

@@ -6,6 +6,8 @@ default message::
 
     TenantflowError
     ├── ConfigurationError          bad settings, URL or option
+    ├── AuthenticationError         no API key, or an unknown, malformed or revoked one
+    ├── PermissionDeniedError       the key is valid but may not do this (tenant key on admin API)
     ├── SpecError                   an invalid WorkflowSpec (cycle, unknown step, bad parameter)
     ├── ContractError               a value broke a step's or a workflow's data contract
     ├── NotFoundError               no such run / workflow / tenant / version (for *this* tenant)
@@ -33,6 +35,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "AuthenticationError",
     "BackpressureError",
     "BudgetExceededError",
     "CircuitOpenError",
@@ -41,6 +44,7 @@ __all__ = [
     "ContractError",
     "NotAllowedError",
     "NotFoundError",
+    "PermissionDeniedError",
     "PolicyError",
     "ProviderError",
     "ProviderThrottledError",
@@ -85,6 +89,18 @@ class ConfigurationError(TenantflowError):
     """The configuration is invalid."""
 
     code = "configuration_invalid"
+
+
+class AuthenticationError(TenantflowError):
+    """The request carries no valid API key."""
+
+    code = "unauthenticated"
+
+
+class PermissionDeniedError(TenantflowError):
+    """The API key may not perform this operation."""
+
+    code = "permission_denied"
 
 
 class SpecError(TenantflowError):
