@@ -6,11 +6,13 @@ The engine talks to the outside only through these Protocols. Adapters implement
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from tenantflow.domain.audit import AuditRecord
+from tenantflow.domain.cluster import Command, Notice
+from tenantflow.domain.keys import ApiKeyRecord
 from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.domain.records import (
     EventRecord,
@@ -22,7 +24,7 @@ from tenantflow.domain.records import (
 )
 from tenantflow.domain.tenancy import ReviewRecord, TenantRecord
 
-__all__ = ["Clock", "ModelProvider", "Store"]
+__all__ = ["Clock", "Coordinator", "ModelProvider", "Store"]
 
 
 class Clock(Protocol):
@@ -46,7 +48,9 @@ class Store(Protocol):
 
     Every read takes the caller's ``tenant_id`` and sees only that tenant's rows. Writes are ops
     (see :mod:`tenantflow.domain.records`) applied by :meth:`apply` in one transaction.
-    ``active_runs`` is the one system-scoped read: the engine's recovery after a restart.
+    System-scoped reads are few and named so: recovery after a restart (``active_runs``,
+    ``pending_reviews``) and the control plane's (``list_tenants``, ``get_api_key``, and
+    ``list_api_keys`` of admin keys).
     """
 
     url: str
@@ -90,8 +94,11 @@ class Store(Protocol):
         """State versions 0..upto (all when None), in order."""
         ...
 
-    async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
-        """Every unfinished run with its steps, for recovery (system scope)."""
+    async def active_runs(
+        self, tenant_id: str | None = None
+    ) -> list[tuple[RunRecord, list[StepRecord]]]:
+        """Every unfinished run with its steps, for recovery (system scope); with
+        ``tenant_id``, that tenant's only (in its scope)."""
         ...
 
     async def get_tenant(self, tenant_id: str) -> TenantRecord:
@@ -135,6 +142,16 @@ class Store(Protocol):
         self, tenant_id: str, since_day: str | None = None, until_day: str | None = None
     ) -> list[dict[str, Any]]: ...
 
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord:
+        """The API key with this id, whoever owns it (system scope: authentication looks a key
+        up before it knows the tenant); NotFoundError if absent."""
+        ...
+
+    async def list_api_keys(self, tenant_id: str | None) -> list[ApiKeyRecord]:
+        """The tenant's API keys, or with None the admin keys; revoked ones included, oldest
+        first. A tenant sees only its own keys, never another's or an admin key."""
+        ...
+
 
 class ModelProvider(Protocol):
     """A model vendor's API (or a simulation of one), for one or more endpoints.
@@ -150,3 +167,53 @@ class ModelProvider(Protocol):
     async def complete(self, request: ModelRequest) -> ModelResponse: ...
 
     async def close(self) -> None: ...
+
+
+class Coordinator(Protocol):
+    """Workers sharing one database: liveness, tenant leases, the run-command inbox, wake-ups.
+
+    Implemented by :class:`~tenantflow.adapters.postgres_cluster.PostgresCoordinator`; see
+    :mod:`tenantflow.domain.cluster` for how tenants are assigned.
+    """
+
+    async def beat(
+        self, worker: str, now: float, alive_s: float, info: dict[str, Any]
+    ) -> list[str]:
+        """Record the worker's heartbeat; the ids of the live workers."""
+        ...
+
+    async def hold(
+        self, worker: str, tenants: Sequence[str], now: float, until: float
+    ) -> list[str]:
+        """Take or renew leases on tenants that are free, expired or ours; those now ours."""
+        ...
+
+    async def release(self, worker: str, tenants: Sequence[str] | None = None) -> None: ...
+
+    async def active_runs(self) -> list[tuple[str, str]]:
+        """(tenant, run id) of every unfinished run."""
+        ...
+
+    async def post(
+        self, tenant_id: str, kind: str, target: str, payload: dict[str, Any], now: float
+    ) -> int: ...
+
+    async def take(
+        self, worker: str, tenants: Sequence[str], now: float, until: float, limit: int = 100
+    ) -> list[Command]: ...
+
+    async def finish(self, command: Command, result: dict[str, Any], now: float) -> None: ...
+
+    async def result(self, tenant_id: str, command_id: int) -> dict[str, Any] | None: ...
+
+    async def notify(self, kind: str, tenant_id: str, target: str) -> None: ...
+
+    def announce(self, kind: str, tenant_id: str, target: str) -> None:
+        """Notify without waiting (batched with other announcements; best effort)."""
+        ...
+
+    async def close(self) -> None:
+        """Send what is waiting to be announced."""
+        ...
+
+    def listen(self) -> AsyncIterator[Notice]: ...

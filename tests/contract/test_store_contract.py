@@ -11,13 +11,14 @@ import itertools
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
 from tenantflow.adapters.memory import MemoryStore
 from tenantflow.adapters.sqlite import SqliteStore
+from tenantflow.domain.keys import ApiKeyRecord, CreateApiKey, Revocation, RevokeApiKey
 from tenantflow.domain.records import (
     STALE,
     CreateRun,
@@ -512,6 +513,99 @@ async def test_a_bad_op_fails_alone_and_the_rest_of_its_batch_commits(store: Sto
     assert sorted(r.id for r in await store.list_runs("t1")) == ["r1", "r2", "r3"]
 
 
+# -- API keys -------------------------------------------------------------------------------
+
+K1, K2, K3, K4, K5, K6 = (f"key_{n}" + "0" * 23 for n in "123456")
+
+
+def api_key(key_id: str, tenant: str | None, *, at: float = NOW) -> ApiKeyRecord:
+    return ApiKeyRecord(key_id, tenant, "ci", f"tfk_{key_id[4:12]}", key_id[4:] * 2, at, "admin")
+
+
+def create_key(key: ApiKeyRecord) -> CreateApiKey:
+    audit = [AuditEntry("admin", "api_key.created", f"api_key:{key.id}")] if key.tenant_id else []
+    return CreateApiKey(key, audit)
+
+
+def revoke_key(
+    tenant: str | None, key_id: str, *, at: float = NOW + 5, replacement: ApiKeyRecord | None = None
+) -> RevokeApiKey:
+    audit = [AuditEntry("alice", "api_key.revoked", f"api_key:{key_id}")] if tenant else []
+    return RevokeApiKey(tenant, key_id, at, "alice", replacement, audit)
+
+
+async def keys_of(store: Store) -> list[ApiKeyRecord]:
+    """Every key row: t1's, t2's and the admin keys."""
+    return [k for t in ("t1", "t2", None) for k in await store.list_api_keys(t)]
+
+
+async def test_api_keys_are_looked_up_by_id_and_listed_by_owner(store: Store) -> None:
+    k1, k2, k3 = api_key(K1, "t1"), api_key(K2, "t1", at=NOW + 1), api_key(K3, "t2")
+    k4 = api_key(K4, None)
+    assert await store.apply([create_key(k) for k in (k1, k2, k3, k4)]) == [True] * 4
+    assert await store.get_api_key(K1) == k1
+    assert await store.get_api_key(K4) == k4  # system scope: whoever owns the key
+    with pytest.raises(NotFoundError):
+        await store.get_api_key(K5)
+    assert await store.list_api_keys("t1") == [k1, k2]
+    assert await store.list_api_keys("t2") == [k3]
+    assert await store.list_api_keys(None) == [k4]  # admin keys only
+    assert await store.list_api_keys("t3") == []
+    assert [r.action for r in await store.audit_log("t1")] == ["api_key.created"] * 2
+    [duplicate] = await store.apply([create_key(api_key(K1, "t2"))])
+    assert isinstance(duplicate, Exception)
+    assert await store.list_api_keys("t2") == [k3]
+
+
+async def test_a_key_is_revoked_only_by_its_owner_once(store: Store) -> None:
+    await store.apply([create_key(api_key(k, t)) for k, t in ((K1, "t1"), (K3, "t2"), (K4, None))])
+    strangers = await store.apply(
+        [revoke_key("t2", K1), revoke_key(None, K1), revoke_key("t1", K4), revoke_key("t1", K5)]
+    )
+    assert all(isinstance(r, NotFoundError) for r in strangers)
+    assert all(k.revoked_at is None for k in await keys_of(store))
+    [done, again, admin] = await store.apply(
+        [revoke_key("t1", K1), revoke_key("t1", K1, at=NOW + 9), revoke_key(None, K4)]
+    )
+    assert isinstance(done, Revocation) and done.changed
+    assert (done.key.revoked_at, done.key.revoked_by) == (NOW + 5, "alice")
+    assert again == Revocation(done.key, changed=False)  # nothing changes the second time
+    assert admin.changed and admin.key.tenant_id is None
+    assert await store.get_api_key(K1) == done.key
+    assert (await store.get_api_key(K3)).revoked_at is None
+    actions = [r.action for r in await store.audit_log("t1")]
+    assert actions == ["api_key.created", "api_key.revoked"]
+
+
+async def test_a_rotation_revokes_and_replaces_in_one_transaction(store: Store) -> None:
+    await store.apply([create_key(api_key(k, t)) for k, t in ((K1, "t1"), (K2, "t1"), (K3, "t2"))])
+    [rotated] = await store.apply([revoke_key("t1", K1, replacement=api_key(K5, "t1", at=NOW + 5))])
+    assert rotated.changed and rotated.key.revoked_at == NOW + 5
+    assert (await store.get_api_key(K5)).revoked_at is None
+    [twice] = await store.apply([revoke_key("t1", K1, replacement=api_key(K6, "t1"))])
+    assert isinstance(twice, ConflictError)
+    with pytest.raises(NotFoundError):
+        await store.get_api_key(K6)  # the refused rotation inserted nothing
+    # A replacement that cannot be inserted (its id is taken) leaves the old key live.
+    [clash] = await store.apply([revoke_key("t1", K2, replacement=api_key(K3, "t1"))])
+    assert isinstance(clash, Exception)
+    assert (await store.get_api_key(K2)).revoked_at is None
+    assert (await store.get_api_key(K3)).tenant_id == "t2"
+    assert [k.id for k in await store.list_api_keys("t1")] == [K1, K2, K5]
+    assert [r.action for r in await store.audit_log("t1")].count("api_key.revoked") == 1
+
+
+async def test_deleting_a_tenant_deletes_its_keys_and_no_others(store: Store) -> None:
+    await store.apply([put_tenant("t1"), put_tenant("t2")])
+    keys = [api_key(K1, "t1"), api_key(K2, "t1"), api_key(K3, "t2"), api_key(K4, None)]
+    await store.apply([create_key(k) for k in keys])
+    [proof] = await store.apply([DeleteTenant("t1", NOW + 1, "admin")])
+    assert proof["deleted"]["api_keys"] == 2 and proof["left"]["api_keys"] == 0
+    assert await keys_of(store) == keys[2:]
+    with pytest.raises(NotFoundError):
+        await store.get_api_key(K1)
+
+
 # -- PostgreSQL -----------------------------------------------------------------------------
 
 
@@ -684,3 +778,67 @@ async def test_postgres_unreachable_server_and_bad_urls_are_clear_errors() -> No
         postgres_store("postgresql://h/db?pool_size=many")
     with pytest.raises(ConfigurationError, match="connection string"):
         postgres_store("postgresql://h/db?nonsense=1")
+
+
+async def _as_system(postgres_url: str) -> Any:
+    """A connection of its own in the test's schema, acting as the system role."""
+    import psycopg
+
+    parts = urlsplit(postgres_url)
+    query = parse_qsl(parts.query)
+    [schema] = [v for k, v in query if k == "schema"]
+    server = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "schema"])))
+    conn = await psycopg.AsyncConnection.connect(server, autocommit=True)
+    await conn.execute(f"SET search_path TO {schema}")
+    await conn.execute("SET ROLE tenantflow_system")
+    return conn
+
+
+@pytest.mark.postgres
+async def test_postgres_rls_shows_a_tenant_its_own_keys_only(pg: PostgresStore) -> None:
+    keys = [api_key(K1, "t1"), api_key(K2, "t2"), api_key(K3, "t2"), api_key(K4, None)]
+    await pg.apply([create_key(k) for k in keys])
+    # No tenant filter in any of these: the policies supply it.
+    assert await pg.execute_sql("SELECT id FROM api_keys", tenant="t1") == [(K1,)]
+    assert await pg.execute_sql("SELECT id FROM api_keys ORDER BY id", tenant="t2") == [
+        (K2,),
+        (K3,),
+    ]
+    assert await pg.execute_sql("SELECT count(*) FROM api_keys", tenant="") == [(0,)]
+    changed = await pg.execute_sql("UPDATE api_keys SET revoked_at = 1 RETURNING id", tenant="t1")
+    assert changed == [(K1,)]  # neither t2's keys nor the admin key
+    assert await pg.execute_sql("DELETE FROM api_keys RETURNING id", tenant="t1") == [(K1,)]
+    insert = (
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, created_at,"
+        " created_by) VALUES (?, ?, 'x', 'tfk_', 'd', 0, 'mallory')"
+    )
+    for owner in ("t2", None):  # another tenant's key, or an admin key
+        with pytest.raises(StoreError, match="row-level security"):
+            await pg.execute_sql(insert, (K5, owner), tenant="t1")
+    with pytest.raises(StoreError, match="row-level security"):
+        await pg.execute_sql("UPDATE api_keys SET tenant_id = 't1'", tenant="t2")
+    assert [k.id for k in await keys_of(pg)] == [K2, K3, K4]
+
+
+@pytest.mark.postgres
+async def test_postgres_system_scope_reads_every_key_but_writes_admin_keys_only(
+    pg: PostgresStore, postgres_url: str
+) -> None:
+    import psycopg
+
+    await pg.apply([create_key(k) for k in (api_key(K1, "t1"), api_key(K4, None))])
+    conn = await _as_system(postgres_url)
+    async with conn:
+        cur = await conn.execute("SELECT id FROM api_keys ORDER BY id")
+        assert await cur.fetchall() == [(K1,), (K4,)]
+        cur = await conn.execute("UPDATE api_keys SET revoked_by = 'system' RETURNING id")
+        assert await cur.fetchall() == [(K4,)]  # the tenant's key is out of its reach
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute(
+                "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, created_at,"
+                " created_by) VALUES (%s, 't1', 'x', 'tfk_', 'd', 0, 'system')",
+                (K5,),
+            )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("DELETE FROM api_keys")
+    assert (await pg.get_api_key(K1)).revoked_by is None

@@ -19,6 +19,7 @@ import pytest
 import tenantflow as tf
 from tenantflow.adapters.clock import SystemClock
 from tenantflow.adapters.providers import SimulatedProvider
+from tenantflow.adapters.sqlite_schema import MIGRATIONS
 from tenantflow.domain.routing import Endpoint
 
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
@@ -230,7 +231,7 @@ def test_db_upgrade_creates_the_schema_from_the_command_line(postgres_url: str) 
             command, capture_output=True, text=True, env=env, timeout=30, check=False
         )
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == "schema version 2"
+        assert proc.stdout.strip() == f"schema version {len(MIGRATIONS)}"
 
 
 def test_postgres_urls_need_the_postgres_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tenantflow.adapters.sql_tenancy import TENANT_TABLES
+from tenantflow.adapters.sql_tenancy import SYSTEM_TABLES, TENANT_TABLES
 from tenantflow.adapters.sqlite_schema import MIGRATIONS as SQLITE
 
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
@@ -60,7 +60,7 @@ def test_every_tenant_table_is_under_forced_row_level_security() -> None:
     statements = [s for migration in POSTGRES for s in migration]
     protected = {*TENANT_TABLES, "audit_log"}
     created = {t for migration in POSTGRES for t in tables(migration)}
-    assert protected == created  # every table created holds tenant rows
+    assert protected | SYSTEM_TABLES == created  # every table is a tenant's or the platform's
     for table in protected:
         column = TENANT_TABLES.get(table, "tenant_id")
         assert f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY" in statements
@@ -68,3 +68,25 @@ def test_every_tenant_table_is_under_forced_row_level_security() -> None:
         [policy] = [s for s in statements if s.startswith(f"CREATE POLICY {table}_tenant ")]
         check = f"{column} = current_setting('tenantflow.tenant', true)"
         assert f"USING ({check}) WITH CHECK ({check})" in policy
+
+
+def test_platform_tables_are_invisible_to_the_application_role() -> None:
+    statements = [s for migration in POSTGRES for s in migration]
+    for table in SYSTEM_TABLES:
+        assert f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY" in statements
+        policies = [s for s in statements if s.startswith(f"CREATE POLICY {table}_")]
+        assert policies and all("TO tenantflow_system" in s for s in policies)
+        assert not [
+            s for s in statements if s.startswith("GRANT") and f" ON {table} TO tenantflow_app" in s
+        ]
+
+
+def test_the_system_role_reads_every_api_key_but_writes_only_admin_keys() -> None:
+    statements = [s for migration in POSTGRES for s in migration]
+    [grant] = [
+        s for s in statements if s.startswith("GRANT") and "ON api_keys TO tenantflow_system" in s
+    ]
+    assert "SELECT" in grant and "DELETE" not in grant
+    restrictive = [s for s in statements if "ON api_keys AS RESTRICTIVE" in s]
+    assert {s.split(" FOR ")[1].split()[0] for s in restrictive} == {"INSERT", "UPDATE"}
+    assert all("TO tenantflow_system" in s and "(tenant_id IS NULL)" in s for s in restrictive)

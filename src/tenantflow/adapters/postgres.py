@@ -35,7 +35,10 @@ the migrations, :mod:`~tenantflow.adapters.postgres_schema`):
   those need (read; take over, renew and log step leases; release a dead attempt's budget holds).
   It is a policy rather than ``BYPASSRLS`` deliberately: creating a bypassing role needs a
   superuser, a bypass would let it write anything anywhere, and the policy stands in the catalog
-  next to the tenant policy it widens. Nothing else runs in this scope.
+  next to the tenant policy it widens. The only other work in this scope is the control plane's
+  API keys: looking a key up by id to authenticate a request (``get_api_key``: the tenant is not
+  known yet) and reading and writing admin keys, which belong to no tenant (``list_api_keys(None)``,
+  the key ops with ``tenant_id`` None); the system role may write no tenant's key.
 
 The wall catches a query that forgets its tenant; it does not stop code that sets
 ``tenantflow.tenant`` itself (the application role may): that code is this module.
@@ -53,11 +56,12 @@ never assumed orphaned. What is safe with many processes:
   ``FOR UPDATE``; a tenant's audit chain and each rate bucket are serialised by transaction
   advisory locks; a repeated idempotency key returns the run that won the insert.
 
-Not yet: each engine drives the runs it admitted or recovered at start-up and does not poll for
-runs other engines admitted later (no LISTEN/NOTIFY yet); admission caps and fair dispatch are
-counted per process; two engines that both loaded one run may both issue its unfenced run
-transitions. So run one executing engine per database and use more for takeover after a crash
-(leases expire, the survivor or a restart claims the steps), not yet for load sharing.
+Admission caps, fair dispatch and a run's unfenced transitions are decided in the process that
+drives the run. Two plain executing engines on one database would each drive the runs they
+admitted, each counting caps on its own; to share the load run them as a cluster instead
+(``cluster="worker"``, ``tenantflow worker``): each tenant is then driven by exactly one worker
+at a time, so every tenant's caps and fair share hold across processes (see
+:mod:`tenantflow.engine.cluster` and :mod:`~tenantflow.adapters.postgres_cluster`).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing, nullcontext
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -89,6 +93,9 @@ from tenantflow.adapters.sql_ops import apply_op, op_tenant
 from tenantflow.adapters.sql_store import SqlStore
 from tenantflow.domain.records import Op
 from tenantflow.errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
+
+if TYPE_CHECKING:
+    from tenantflow.adapters.postgres_cluster import PostgresCoordinator
 
 __all__ = ["PostgresStore", "postgres_text"]
 
@@ -300,6 +307,28 @@ class PostgresStore(SqlStore):
         async with self._translated(), self._transaction() as session:
             await session.enter(tenant_id)
             return await session.drive(query)
+
+    def coordinator(self) -> PostgresCoordinator:
+        """Coordination of worker processes on this database (``tenantflow worker``)."""
+        from tenantflow.adapters.postgres_cluster import PostgresCoordinator
+
+        return PostgresCoordinator(self)
+
+    @property
+    def conninfo(self) -> str:
+        """The libpq connection string (with the schema's search path), for a connection of
+        one's own (listening for notifications)."""
+        return self._conninfo
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection in autocommit mode, driver errors translated; who uses it sets
+        its own scope in each transaction (see :mod:`~tenantflow.adapters.postgres_cluster`)."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailableError("the PostgreSQL store is not open", url=self.url)
+        async with self._translated(), pool.connection() as conn:
+            yield conn
 
     async def execute_sql(
         self, sql: str, args: Sequence[Any] = (), *, tenant: str | None = None

@@ -19,6 +19,14 @@ filters (see :mod:`~tenantflow.adapters.postgres` for how the store uses it):
   recovery; its policy sees every tenant, and its grants allow only what recovery needs: reading,
   taking over and renewing step leases, logging the takeover and releasing the dead attempt's
   budget holds. It cannot insert runs or delete anything.
+
+API keys (``api_keys``) follow the same design with one addition. A tenant key is a tenant row
+like any other: the app role, scoped to its tenant, creates, lists, revokes and (with the tenant)
+deletes it, and sees no other tenant's key and no admin key (``NULL`` never equals the setting).
+Authentication looks a key up by id before it knows whose it is, so the system role reads every
+key. An admin key (``tenant_id IS NULL``) belongs to no tenant: it is written in system scope,
+and restrictive policies confine the system role's writes to such rows — it can neither create,
+revoke nor re-assign a tenant's key, and it deletes nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any
 
 from psycopg import AsyncConnection, sql
 
-from tenantflow.adapters.sql_tenancy import TENANT_TABLES
+from tenantflow.adapters.sql_tenancy import SYSTEM_TABLES, TENANT_TABLES
 from tenantflow.adapters.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from tenantflow.errors import StoreUnavailableError
 
@@ -61,6 +69,16 @@ def _role(name: str) -> list[str]:
     ]
 
 
+def _system_table(table: str) -> list[str]:
+    """Row-level security on a table of the platform's own: the system role only."""
+    return [
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+        f"CREATE POLICY {table}_system ON {table} TO {SYSTEM_ROLE} USING (true) WITH CHECK (true)",
+        f"GRANT {_ALL} ON {table} TO {SYSTEM_ROLE}",
+    ]
+
+
 def _tenant_table(table: str) -> list[str]:
     """Row-level security on ``table``: the app role sees the current tenant's rows only, the
     system role every row; the grants of :data:`_GRANTS` say what each may do to them."""
@@ -73,6 +91,7 @@ def _tenant_table(table: str) -> list[str]:
         f"CREATE POLICY {table}_system ON {table} TO {SYSTEM_ROLE} USING (true) WITH CHECK (true)",
         f"GRANT {app} ON {table} TO {APP_ROLE}",
         f"GRANT {system} ON {table} TO {SYSTEM_ROLE}",
+        *_RESTRICTIONS.get(table, []),
     ]
 
 
@@ -100,6 +119,20 @@ _GRANTS: dict[str, tuple[str, str]] = {
     "reviews": (_ALL, "SELECT"),
     "calls": (_APPEND_ONLY, "SELECT"),
     "usage": (_ALL, "SELECT"),
+    "api_keys": (_ALL, "SELECT, INSERT, UPDATE"),
+    # A front posts a tenant's command and reads its result; the driving worker takes it.
+    "commands": ("SELECT, INSERT, DELETE", "SELECT, UPDATE"),
+}
+
+# Restrictive policies (ANDed with the permissive ones above) narrowing what a role may write.
+# The system role reads every API key to authenticate, but writes only admin keys (no tenant).
+_RESTRICTIONS: dict[str, list[str]] = {
+    "api_keys": [
+        f"CREATE POLICY api_keys_system_insert ON api_keys AS RESTRICTIVE FOR INSERT"
+        f" TO {SYSTEM_ROLE} WITH CHECK (tenant_id IS NULL)",
+        f"CREATE POLICY api_keys_system_update ON api_keys AS RESTRICTIVE FOR UPDATE"
+        f" TO {SYSTEM_ROLE} USING (tenant_id IS NULL) WITH CHECK (tenant_id IS NULL)",
+    ],
 }
 
 # What PostgreSQL has in place of SQLite-only statements, by migration version.
@@ -140,7 +173,11 @@ def _postgres_ddl(statement: str) -> str | None:
 def _migration(version: int, sqlite: list[str]) -> list[str]:
     ddl = [t for t in map(_postgres_ddl, sqlite) if t is not None]
     tables = [m.group(1) for m in map(_CREATE_TABLE.match, ddl) if m is not None]
-    secured = [s for table in tables for s in _tenant_table(table)]
+    secured = [
+        s
+        for table in tables
+        for s in (_system_table(table) if table in SYSTEM_TABLES else _tenant_table(table))
+    ]
     return [*(_ROLES if version == 1 else []), *ddl, *_INSTEAD.get(version, []), *secured]
 
 

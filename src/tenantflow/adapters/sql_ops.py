@@ -16,8 +16,10 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tenantflow.adapters import sql_keys
 from tenantflow.adapters import sql_tenancy as tq
 from tenantflow.adapters.sql import Gen, execute, many, one, rows
+from tenantflow.domain import keys as k_ops
 from tenantflow.domain import tenancy as t_ops
 from tenantflow.domain.records import (
     STALE,
@@ -77,7 +79,8 @@ def apply_op(op: Op) -> Gen[Any]:
 
 
 def op_tenant(op: Op) -> str | None:
-    """The tenant ``op`` acts for, or None for a system-scoped op (leases across tenants)."""
+    """The tenant ``op`` acts for, or None for a system-scoped op (leases across tenants, admin
+    API keys)."""
     if isinstance(op, RenewLeases | RecoverOrphans):
         return None
     if isinstance(op, CreateRun):
@@ -410,12 +413,15 @@ def _renew(op: RenewLeases) -> Gen[list[tuple[str, str, int]]]:
 
 def _recover(op: RecoverOrphans) -> Gen[int]:
     sql = "SELECT tenant_id, run_id, key, attempt FROM steps WHERE status = 'running'"
-    owners: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
     if op.owners is not None:
-        owners = op.owners
-        sql += f" AND owner IN ({','.join('?' for _ in owners)})"
+        args = op.owners
+        sql += f" AND owner IN ({','.join('?' for _ in op.owners)})"
+    if op.tenant_id is not None:
+        args = (*args, op.tenant_id)
+        sql += " AND tenant_id = ?"
     # Another process recovering at the same moment skips the rows this one has locked.
-    orphans = yield from rows(sql + " /*pg: FOR UPDATE SKIP LOCKED*/", *owners)
+    orphans = yield from rows(sql + " /*pg: FOR UPDATE SKIP LOCKED*/", *args)
     for tenant_id, run_id, key, attempt in orphans:
         yield from execute(
             "UPDATE steps SET status = 'ready', owner = NULL, lease_expires_at = NULL,"
@@ -455,6 +461,8 @@ _HANDLERS: dict[type[Any], Callable[[Any], Gen[Any]]] = {
     t_ops.PutTenant: tq.put_tenant,
     t_ops.DeleteTenant: tq.delete_tenant,
     t_ops.PurgeRuns: tq.purge_runs,
+    k_ops.CreateApiKey: sql_keys.create_api_key,
+    k_ops.RevokeApiKey: sql_keys.revoke_api_key,
 }
 
 
@@ -571,10 +579,13 @@ def state_versions(tenant_id: str, run_id: str, upto: int | None) -> Gen[list[St
     return [StateVersionRecord(*r) for r in found]
 
 
-def active_runs() -> Gen[list[tuple[RunRecord, list[StepRecord]]]]:
-    """Every unfinished run with its steps (system scope: recovery after a restart)."""
+def active_runs(tenant_id: str | None = None) -> Gen[list[tuple[RunRecord, list[StepRecord]]]]:
+    """Every unfinished run with its steps (system scope: recovery after a restart), or one
+    tenant's (a worker taking the tenant over)."""
+    where, args = ("", ()) if tenant_id is None else (" AND tenant_id = ?", (tenant_id,))
     found = yield from rows(
-        f"SELECT {_RUN_COLS} FROM runs WHERE status IN {_ACTIVE} ORDER BY created_at, id"
+        f"SELECT {_RUN_COLS} FROM runs WHERE status IN {_ACTIVE}{where} ORDER BY created_at, id",
+        *args,
     )
     runs = [_run_from_row(r) for r in found]
     out = []

@@ -11,10 +11,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from tenantflow.adapters import sql_ops
+from tenantflow.adapters import sql_keys, sql_ops
 from tenantflow.adapters import sql_tenancy as tq
 from tenantflow.adapters.sql import Gen
 from tenantflow.domain.audit import AuditRecord
+from tenantflow.domain.keys import ApiKeyRecord
 from tenantflow.domain.records import (
     EventRecord,
     RunRecord,
@@ -32,7 +33,7 @@ T = TypeVar("T")
 class SqlStore(ABC):
     """The reads of a SQL :class:`~tenantflow.ports.Store`; every one is scoped by tenant,
     except the system-scoped reads recovery needs (``active_runs``, ``pending_reviews``) and
-    the control plane's ``list_tenants``."""
+    the control plane's (``list_tenants``, ``get_api_key``, ``list_api_keys(None)``)."""
 
     url: str
 
@@ -66,8 +67,10 @@ class SqlStore(ABC):
     ) -> list[StateVersionRecord]:
         return await self._read(tenant_id, sql_ops.state_versions(tenant_id, run_id, upto))
 
-    async def active_runs(self) -> list[tuple[RunRecord, list[StepRecord]]]:
-        return await self._read(None, sql_ops.active_runs())
+    async def active_runs(
+        self, tenant_id: str | None = None
+    ) -> list[tuple[RunRecord, list[StepRecord]]]:
+        return await self._read(tenant_id, sql_ops.active_runs(tenant_id))
 
     # -- tenancy reads ------------------------------------------------------------------------
 
@@ -109,3 +112,11 @@ class SqlStore(ABC):
 
     async def pending_reviews(self) -> list[ReviewRecord]:
         return await self._read(None, tq.pending_reviews())
+
+    # -- API keys (the control plane's store) -------------------------------------------------
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord:
+        return await self._read(None, sql_keys.get_api_key(key_id))
+
+    async def list_api_keys(self, tenant_id: str | None) -> list[ApiKeyRecord]:
+        return await self._read(tenant_id, sql_keys.list_api_keys(tenant_id))

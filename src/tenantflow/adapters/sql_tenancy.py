@@ -70,8 +70,14 @@ TENANT_TABLES: dict[str, str] = {
     "rate_buckets": "tenant_id",
     "usage": "tenant_id",
     "policy_versions": "tenant_id",
+    "api_keys": "tenant_id",
+    "commands": "tenant_id",
     "tenants": "id",
 }
+
+# Tables of the platform's own, not of any tenant: under row-level security with no policy for
+# the application role (it sees none of their rows), written in system scope only.
+SYSTEM_TABLES: frozenset[str] = frozenset({"workers", "tenant_owners"})
 
 Then = Callable[[Any], Gen[None]]
 """Applies a follow-on ``records.Transition`` in the same transaction."""

@@ -83,6 +83,53 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX events_run ON events (run_id, id)",
     ],
     _TENANCY,
+    # API keys: the control plane's table (keys live in the default store only). tenant_id is
+    # NULL for an admin key; only the secret's SHA-256 digest is kept.
+    [
+        """CREATE TABLE api_keys (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,
+            secret_sha256 TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL,
+            created_by TEXT NOT NULL,
+            revoked_by TEXT
+        )""",
+        "CREATE INDEX api_keys_tenant ON api_keys (tenant_id, created_at)",
+    ],
+    # Workers sharing one database (tenantflow.engine.cluster): their heartbeats, which worker
+    # drives which tenant (a lease), and the inbox of run commands for the driving worker.
+    [
+        """CREATE TABLE workers (
+            id TEXT PRIMARY KEY,
+            info TEXT,
+            started_at REAL NOT NULL,
+            beat_at REAL NOT NULL
+        )""",
+        """CREATE TABLE tenant_owners (
+            tenant_id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE INDEX tenant_owners_owner ON tenant_owners (owner)",
+        """CREATE TABLE commands (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            tenant_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            payload TEXT,
+            created_at REAL NOT NULL,
+            taken_by TEXT,
+            taken_until REAL,
+            done_at REAL,
+            result TEXT
+        )""",
+        "CREATE INDEX commands_open ON commands (tenant_id, id) WHERE done_at IS NULL",
+        "CREATE INDEX runs_unfinished ON runs (status)"
+        " WHERE status IN ('queued', 'running', 'paused', 'compensating', 'cancelling')",
+    ],
 ]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tenantflow.domain import keys as _k
 from tenantflow.domain import tenancy as _t
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, UsageDelta
 
@@ -345,6 +346,7 @@ class RecoverOrphans:
 
     now: float
     owners: tuple[str, ...] | None = None  # None: every owner (an exclusive embedded engine)
+    tenant_id: str | None = None  # only this tenant's (a worker handing the tenant over)
 
 
 Op = (
@@ -370,6 +372,8 @@ Op = (
     | _t.ClaimReview
     | _t.DecideReview
     | _t.EscalateReview
+    | _k.CreateApiKey
+    | _k.RevokeApiKey
 )
 
 

@@ -86,7 +86,7 @@ class PutTenant:
 @dataclass(slots=True)
 class DeleteTenant:
     """Purge every row of the tenant (runs, steps, versions, events, reviews, rate buckets,
-    ledgers, holds, usage, policy versions, the tenant). The audit log is kept unless
+    ledgers, holds, usage, policy versions, API keys, the tenant). The audit log is kept unless
     ``purge_audit``; a final ``tenant.deleted`` row is appended to it. Result: rows deleted by
     table, and the rows left afterwards by table (all zero)."""
 

@@ -12,6 +12,7 @@ used as an async context manager::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -22,13 +23,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from tenantflow.adapters.clock import SystemClock
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.admission import AdmissionController
 from tenantflow.domain.audit import VerifyResult, verify_chain
 from tenantflow.domain.breaker import CircuitBreaker
+from tenantflow.domain.cluster import Command
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import (
@@ -36,6 +38,7 @@ from tenantflow.domain.records import (
     CreateRun,
     EventRecord,
     NewEvent,
+    RecoverOrphans,
     RunRecord,
     RunStatus,
     StepRecord,
@@ -46,8 +49,10 @@ from tenantflow.domain.run import advance, run_result
 from tenantflow.domain.spec import WorkflowSpec, child_key
 from tenantflow.domain.state import Change, bisect_versions, diff_states, fold
 from tenantflow.domain.tenancy import AuditEntry, PurgeRuns, ReviewRecord
+from tenantflow.engine.cluster import Membership, error_from_dict
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
+from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.reviews import Reviews
 from tenantflow.engine.runtime import Active, Runtime
 from tenantflow.engine.runtime import result_json as make_result_json
@@ -62,7 +67,8 @@ from tenantflow.errors import (
     SpecError,
     TenantflowError,
 )
-from tenantflow.ports import Clock, Store
+from tenantflow.observability.events import Observers
+from tenantflow.ports import Clock, Coordinator, Store
 from tenantflow.workflow import Workflow
 
 __all__ = ["DEFAULT_STORE", "Engine", "RunHandle", "StateVersion", "check_tenant", "open_store"]
@@ -196,6 +202,13 @@ class Engine:
             ``{"rate": "3000/hour", "burst": 100}``)
             shared by all tenants together, e.g. a vendor's quota for the whole platform; with
             controls on they apply on top of each tenant's own limit.
+        cluster: None (the default) drives every tenant's runs in this process. ``"worker"``
+            makes this engine one of several worker processes sharing one PostgreSQL database:
+            it drives only the tenants it owns (see :mod:`tenantflow.engine.cluster`).
+            ``"front"`` executes nothing: submissions are queued for the workers, and cancel
+            and review decisions are passed to the worker that drives the run.
+        command_timeout: how long a front waits for a worker to run a cancel or a decision
+            before it returns (the command stays queued and is run when a worker takes it).
     """
 
     def __init__(
@@ -216,6 +229,8 @@ class Engine:
         aging: timedelta = timedelta(seconds=30),
         controls: bool = True,
         platform_limits: Mapping[str, RateLimit | str | Mapping[str, Any]] | None = None,
+        cluster: Literal["worker", "front"] | None = None,
+        command_timeout: timedelta = timedelta(seconds=10),
     ) -> None:
         if slots < 1:
             raise ConfigurationError("slots must be at least 1", field="slots", value=slots)
@@ -238,6 +253,7 @@ class Engine:
         self._waiters: dict[str, list[asyncio.Future[tuple[RunStatus, Any]]]] = {}
         self._parked: list[RunRecord] = []
         self._started = False
+        self.observers = Observers()  # see tenantflow.observability.events
         self.tools = Tools()
         self.models = Models()
         self.gateway = Gateway(
@@ -257,6 +273,7 @@ class Engine:
         self.admission = AdmissionController(max_queued=max_queued_runs)
         self.tenants = Tenants(self)
         self.reviews = Reviews(self)
+        self.keys = ApiKeys(self)
         self.burst_notices: list[Any] = []
         rng = random.Random(seed)
         breakers: dict[str, CircuitBreaker] = {}
@@ -277,6 +294,29 @@ class Engine:
             for key, st in self.stores.items()
         }
         self.runtime = self.runtimes[DEFAULT_STORE]
+        self.cluster = cluster
+        self.command_timeout_s = command_timeout.total_seconds()
+        self.coordinator: Coordinator | None = None
+        self.membership: Membership | None = None
+        if cluster is not None:
+            self._join(cluster, lease)
+
+    def _join(self, cluster: str, lease: timedelta) -> None:
+        if cluster not in ("worker", "front"):
+            raise ConfigurationError(
+                f"unknown cluster role {cluster!r}: 'worker' or 'front'", field="cluster"
+            )
+        make = getattr(self.store, "coordinator", None)
+        if make is None or not self.execute:
+            raise ConfigurationError(
+                "workers and fronts share a PostgreSQL database (postgresql://...) and execute;"
+                f" {self.store.url!r} is not one (run the embedded engine instead)",
+                field="cluster",
+            )
+        self.coordinator = make()
+        if cluster == "worker":
+            assert self.coordinator is not None
+            self.membership = Membership(self, self.coordinator, lease_s=lease.total_seconds())
 
     @classmethod
     def open(cls, url: str, *, regions: Mapping[str, str] | None = None, **options: Any) -> Engine:
@@ -315,6 +355,10 @@ class Engine:
         if self.execute:
             for runtime in self.runtimes.values():
                 runtime.start()
+            if self.membership is not None:
+                await self.membership.start()
+            if self.cluster is not None:
+                return  # a worker takes its tenants' runs over one tenant at a time
             for runtime in self.runtimes.values():
                 self._parked.extend(await runtime.recover(self._spec_or_none))
             await self._readmit()
@@ -326,12 +370,22 @@ class Engine:
         """Stop executing (attempts in flight are resumed by the next start) and close the store."""
         if not self._started:
             return
+        if self.membership is not None:
+            await self.membership.close()
         if self.execute:
             self.dispatcher.closing = True
             for runtime in self.runtimes.values():
                 runtime.closing = True
             for runtime in self.runtimes.values():
                 await runtime.close()
+        if self.membership is not None:
+            # Hand the attempts and tenants back now rather than when their leases lapse.
+            for st in self.stores.values():
+                with contextlib.suppress(TenantflowError):  # down: the leases lapse instead
+                    await st.apply([RecoverOrphans(self.clock.now(), owners=(self.owner,))])
+            await self.membership.leave()
+        if self.coordinator is not None:
+            await self.coordinator.close()
         for st in self.stores.values():
             await st.close()
         await self.models.close()
@@ -458,6 +512,9 @@ class Engine:
             status = RunStatus.COMPLETED
             result_json = make_result_json(spec, run_result(spec, {}))
             events.append(NewEvent("run.completed"))
+        elif not self._drives(tenant):  # queued for the worker that owns the tenant
+            status = RunStatus.QUEUED
+            events.append(NewEvent("run.queued"))
         else:
             admitted = self.admission.submit(self._adm(tenant), run_id, lane, now)  # type: ignore[arg-type]
             status = RunStatus.RUNNING if admitted else RunStatus.QUEUED
@@ -479,14 +536,21 @@ class Engine:
             meta={"policy_version": info.policy_version, "region": policy.region},
         )
         rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
+        local = self._drives(tenant)
         try:
             outcome = await runtime.writer.write(CreateRun(record, rows, events))
         except BaseException:
-            self._forget_admission(tenant, run_id, status)
+            if local:
+                self._forget_admission(tenant, run_id, status)
             raise
         if not outcome.created:
-            self._forget_admission(tenant, run_id, status)
+            if local:
+                self._forget_admission(tenant, run_id, status)
             return RunHandle(self, tenant, outcome.run_id, created=False)
+        if not local:
+            if status == RunStatus.QUEUED and self.coordinator is not None:
+                self.coordinator.announce("run", tenant, run_id)
+            return RunHandle(self, tenant, run_id)
         if status in (RunStatus.RUNNING, RunStatus.QUEUED):
             run = Active(run_id, tenant, lane, spec, value, status, statuses)
             run.policy, run.policy_version = policy, info.policy_version
@@ -496,6 +560,7 @@ class Engine:
                 run.outputs[key] = []
                 run.jsons[key] = b"[]"
             runtime.active[run_id] = run
+            runtime.submitted(run, now)
             ready = list(plan.ready)
             for key, n in plan.mapped:
                 ready.extend(child_key(key, i) for i in range(n))
@@ -588,6 +653,9 @@ class Engine:
                 run_id=run_id,
                 status=record.status.value,
             )
+        if not self._drives(tenant):
+            await self.command(tenant, "cancel", run_id, {"reason": reason})
+            return await self.get_run(tenant, run_id)
         active = self.active_run(tenant, run_id)
         if active is None or not self.execute:
             raise ConflictError(f"run {run_id} is not executing in this engine", run_id=run_id)
@@ -793,6 +861,120 @@ class Engine:
         """The run if it is executing in this engine (and belongs to ``tenant``)."""
         run = self.runtime_for_tenant(tenant).active.get(run_id)
         return run if run is not None and run.tenant_id == tenant else None
+
+    # -- workers sharing a database (see tenantflow.engine.cluster) -------------------------
+
+    def _drives(self, tenant: str) -> bool:
+        """Whether this process drives ``tenant``'s runs (always, unless in a cluster)."""
+        if self.cluster is None:
+            return True
+        return self.membership is not None and tenant in self.membership.owned
+
+    def holds_run(self, tenant: str, run_id: str) -> bool:
+        """Whether the run is in this engine's memory (executing, or parked on its version)."""
+        return self.active_run(tenant, run_id) is not None or any(
+            r.id == run_id for r in self._parked
+        )
+
+    async def load_run(self, tenant: str, run_id: str) -> None:
+        """Take over one unfinished run of an owned tenant (a submission another process made,
+        or one a sweep found)."""
+        if not self._drives(tenant) or self.holds_run(tenant, run_id):
+            return
+        runtime = self.runtime_for_tenant(tenant)
+        record = await runtime.store.get_run(tenant, run_id)
+        if record.status in TERMINAL_RUN or self.holds_run(tenant, run_id):
+            return
+        steps = await runtime.store.get_steps(tenant, run_id)
+        if self._drives(tenant) and not self.holds_run(tenant, run_id):
+            self._take_over(runtime, record, steps)
+
+    def _take_over(self, runtime: Runtime, record: RunRecord, steps: list[StepRecord]) -> None:
+        spec = self._spec_or_none(record.workflow, record.workflow_version)
+        if spec is None:
+            self._parked.append(record)
+            return
+        run = runtime.resume(record, steps, spec)
+        self._attach_policy(run)
+        self._admit_recovered(runtime, run)
+
+    async def adopt_tenant(self, tenant: str) -> None:
+        """This worker now owns ``tenant``: load its unfinished runs, re-arm its review timers."""
+        runtime = self.runtime_for_tenant(tenant)
+        for record, steps in await runtime.store.active_runs(tenant):
+            if not self.holds_run(tenant, record.id):
+                self._take_over(runtime, record, steps)
+        pending = await runtime.store.list_reviews(
+            tenant, statuses=["pending", "claimed"], limit=100_000
+        )
+        for review in pending:
+            self.review_opened(review)
+
+    async def release_tenant(self, tenant: str, *, leases: bool = True) -> None:
+        """Stop driving ``tenant``'s runs here: their attempts stop (as at shutdown) and, with
+        ``leases``, their step leases are handed back at once for the next owner."""
+        runtime = self.runtime_for_tenant(tenant)
+        runs = [r for r in runtime.active.values() if r.tenant_id == tenant]
+        await runtime.drop(runs)
+        for run in runs:
+            try:
+                if run.status == RunStatus.QUEUED:
+                    self.admission.withdraw(self._adm(tenant), run.id)
+                else:
+                    self.admission.finished(self._adm(tenant), run.id, self.clock.now())
+            except TenantflowError:
+                pass  # it was not admitted here
+            for fut in self._waiters.pop(run.id, []):  # waiters poll the store from now on
+                if not fut.done():
+                    fut.set_result((run.status, None))
+        self._parked = [r for r in self._parked if r.tenant_id != tenant]
+        if leases:
+            release = RecoverOrphans(self.clock.now(), owners=(self.owner,), tenant_id=tenant)
+            await runtime.writer.write(release)
+
+    async def command(
+        self, tenant: str, kind: str, target: str, payload: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Pass a run command to the worker that drives the tenant and wait for its result
+        (None if none came within ``command_timeout``: it stays queued).
+
+        Raises:
+            TenantflowError: the error the command ended with on the worker.
+        """
+        if self.coordinator is None:
+            raise ConfigurationError("run commands are for engines in a cluster")
+        posted = await self.coordinator.post(tenant, kind, target, payload, self.clock.now())
+        deadline = self.clock.now() + self.command_timeout_s
+        delay = 0.005
+        while self.clock.now() < deadline:
+            result = await self.coordinator.result(tenant, posted)
+            if result is not None:
+                if "error" in result:
+                    raise error_from_dict(result["error"])
+                return result
+            await asyncio.sleep(delay)
+            delay = min(0.1, delay * 2)
+        return None
+
+    async def apply_command(self, command: Command) -> None:
+        """Run a command another process posted for a tenant this worker drives."""
+        tenant, payload = command.tenant_id, command.payload
+        if command.kind == "cancel":
+            await self.load_run(tenant, command.target)
+            await self.cancel(tenant, command.target, str(payload.get("reason") or "cancelled"))
+        elif command.kind == "decide":
+            review = await self.reviews.get(tenant, command.target)
+            await self.load_run(tenant, review.run_id)
+            await self.reviews.decide(
+                tenant,
+                command.target,
+                reviewer=str(payload.get("reviewer", "")),
+                approve=bool(payload.get("approve")),
+                comment=payload.get("comment"),
+                fail_step=bool(payload.get("fail_step", False)),
+            )
+        else:
+            raise ConfigurationError(f"unknown command {command.kind!r}", kind=command.kind)
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""

@@ -46,6 +46,7 @@ from tenantflow.errors import (
     RateLimitedError,
     ResidencyError,
 )
+from tenantflow.observability.events import Degraded, ModelCallFinished, ToolCallFinished
 from tenantflow.ports import ModelProvider
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ class Gateway:
             call_args["idempotency_key"] = f"{ctx.idempotency_key}:{index}"
         try:
             async with ctx.circuit(f"tool:{name}"):
-                raw = await tool.fn(**call_args)
+                raw = await self._run_tool(ctx, tool, call_args)
         except BaseException:
             if tool.cost_micros:
                 await ctx.release_holds(key)
@@ -364,6 +365,7 @@ class Gateway:
                 ),
                 usage=[UsageDelta("degradations", 1, "cheaper_model")],
             )
+            self._degraded(ctx, "cheaper_model")
         resource = f"model:{endpoint.name}"
         limit = await self._rate(ctx, resource)
         key = f"{ctx.run_id}:{ctx.step}:{ctx.attempt}:{index}"
@@ -391,7 +393,7 @@ class Gateway:
                 retry_after_s=breaker.retry_after_s(ctx.now_s()),
             )
         try:
-            response = await provider.complete(request)
+            response = await self._complete(ctx, endpoint, provider, request)
         except ProviderThrottledError as exc:
             breaker.record_success(ctx.now_s())  # a throttle is not an outage
             await ctx.release_holds(key)
@@ -573,12 +575,102 @@ class Gateway:
             ),
             usage=[UsageDelta("degradations", 1, action)],
         )
+        self._degraded(ctx, action)
         if action == "skip_optional":
             raise SkipStep(f"budget: {decision.reason}")
         if action == "escalate_to_human":
             prompt = "\n".join(str(m.get("content") or "") for m in messages)
             raise Escalate(f"budget: {decision.reason}", index, prompt)
         raise Pause(f"budget: {decision.reason}")
+
+    # -- observers (tenantflow.observability.events) ------------------------------------------
+
+    async def _run_tool(self, ctx: StepContext, tool: Tool, args: dict[str, Any]) -> Any:
+        observers = ctx.runtime.hooks.observers
+        if not observers:
+            return await tool.fn(**args)
+        started_s = ctx.now_s()
+        error: BaseException | None = None
+        try:
+            return await tool.fn(**args)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observers.emit(
+                ToolCallFinished(
+                    tenant_id=ctx.tenant_id,
+                    run_id=ctx.run_id,
+                    at_s=ctx.now_s(),
+                    step=ctx.step,
+                    attempt=ctx.attempt,
+                    tool=tool.name,
+                    started_at_s=started_s,
+                    cost_micros=tool.cost_micros if error is None else 0,
+                    error_type=None if error is None else type(error).__name__,
+                )
+            )
+
+    async def _complete(
+        self, ctx: StepContext, endpoint: Endpoint, provider: ModelProvider, request: ModelRequest
+    ) -> ModelResponse:
+        observers = ctx.runtime.hooks.observers
+        if not observers:
+            return await provider.complete(request)
+        started_s = ctx.now_s()
+        response: ModelResponse | None = None
+        error: BaseException | None = None
+        try:
+            response = await provider.complete(request)
+            return response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if response is not None:
+                tokens_in, tokens_out = response.tokens_in, response.tokens_out
+            elif isinstance(error, ProviderError) and not isinstance(error, ProviderThrottledError):
+                # An interrupted call is priced for what it produced (see call_model).
+                tokens_in = int(error.fields.get("tokens_in") or 0)
+                tokens_out = int(error.fields.get("tokens_out") or 0)
+            else:
+                tokens_in = tokens_out = 0
+            observers.emit(
+                ModelCallFinished(
+                    tenant_id=ctx.tenant_id,
+                    run_id=ctx.run_id,
+                    at_s=ctx.now_s(),
+                    step=ctx.step,
+                    attempt=ctx.attempt,
+                    endpoint=endpoint.name,
+                    provider=endpoint.provider,
+                    model=endpoint.model,
+                    region=endpoint.region,
+                    started_at_s=started_s,
+                    max_tokens=request.max_tokens,
+                    temperature=request.temperature,
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                    cost_micros=endpoint.cost_micros(tokens_in, tokens_out),
+                    response_model=None if response is None else response.model,
+                    finish_reason=None if response is None else response.finish_reason,
+                    error_type=None if error is None else type(error).__name__,
+                )
+            )
+
+    def _degraded(self, ctx: StepContext, action: str) -> None:
+        observers = ctx.runtime.hooks.observers
+        if observers:
+            observers.emit(
+                Degraded(
+                    tenant_id=ctx.tenant_id,
+                    run_id=ctx.run_id,
+                    at_s=ctx.now_s(),
+                    step=ctx.step,
+                    attempt=ctx.attempt,
+                    action=action,
+                )
+            )
 
 
 def _response_to_json(response: ModelResponse) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tenantflow.domain.tenancy import ClaimReview, EscalateReview, ReviewRecord, ReviewStatus
 from tenantflow.errors import ConflictError, TenantflowError
+from tenantflow.observability.events import ReviewSlaBreached
 
 if TYPE_CHECKING:
     from tenantflow.engine.engine import Engine
@@ -90,6 +91,15 @@ class Reviews:
             raise ConflictError(
                 f"review {review_id} is already {review.status.value}", review_id=review_id
             )
+        if not self._engine._drives(tenant):  # another worker drives the run: pass it on
+            payload = {
+                "reviewer": reviewer,
+                "approve": approve,
+                "comment": comment,
+                "fail_step": fail_step,
+            }
+            await self._engine.command(tenant, "decide", review_id, payload)
+            return await self.get(tenant, review_id)
         run = self._engine.active_run(tenant, review.run_id)
         if run is None:
             raise ConflictError(
@@ -116,6 +126,19 @@ class Reviews:
             return
         info = engine.tenants.cached(tenant)
         action, pool = ("fail", None) if info is None else info.policy.review_breach
+        if engine.observers:
+            engine.observers.emit(
+                ReviewSlaBreached(
+                    tenant_id=tenant,
+                    run_id=review.run_id,
+                    at_s=now,
+                    review_id=review.id,
+                    step=review.step,
+                    pool=review.pool,
+                    action=action,
+                    due_s=review.sla_due,
+                )
+            )
         try:
             if action == "escalate" and pool and pool != review.pool:
                 sla = info.policy.review_sla if info is not None else None

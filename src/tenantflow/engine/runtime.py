@@ -57,6 +57,17 @@ from tenantflow.errors import (
     StepTimeoutError,
     TenantflowError,
 )
+from tenantflow.observability.events import (
+    Observers,
+    RateLimitWait,
+    RunAdmitted,
+    RunFinished,
+    RunSubmitted,
+    RunSuspended,
+    StepFinished,
+    StepOutcome,
+    StepStarted,
+)
 from tenantflow.ports import Clock, Store
 
 if TYPE_CHECKING:
@@ -114,12 +125,15 @@ class Active:
     policy_version: int = 0
     progressed: bool = False  # a step has completed: its steps go before new runs' first ones
     deferrals: dict[str, int] = field(default_factory=dict)
+    submitted_at_s: float = 0.0
+    released: bool = False  # handed to another worker: stop as at shutdown
 
 
 class Hooks(Protocol):
     """What the runtime asks of the engine around it."""
 
     controls: bool
+    observers: Observers
 
     def refresh_policy(self, run: Active) -> None: ...
 
@@ -171,6 +185,8 @@ class Runtime:
 
     async def close(self) -> None:
         self.closing = True
+        if self.hooks.observers:
+            self._suspended(self.active.values())
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         tasks = [t for run in self.active.values() for t in run.tasks.values()]
@@ -181,6 +197,30 @@ class Runtime:
         if self._heartbeat is not None:
             await asyncio.gather(self._heartbeat, return_exceptions=True)
         await self.writer.close()
+
+    async def drop(self, runs: list[Active]) -> None:
+        """Stop driving ``runs`` in this process, as a shutdown would: their attempts and
+        timers are cancelled (the store keeps everything; their next owner resumes them)."""
+        if self.hooks.observers:
+            self._suspended(runs)
+        tasks: list[asyncio.Task[Any]] = []
+        for run in runs:
+            run.released = True
+            tasks.extend(run.tasks.values())
+            self.active.pop(run.id, None)
+            for key in list(run.statuses):
+                self.dispatcher.remove((run.id, key))
+        ids = {run.id for run in runs}
+        # Their timers and unwinds are named "<what>:<run id>[:<step>]" (see spawn's callers).
+        tasks.extend(
+            t for t in self._background if t.get_name().split(":")[1:2] in ([i] for i in ids)
+        )
+        for task in tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in tasks if t is not asyncio.current_task()), return_exceptions=True
+        )
 
     def breaker(self, name: str) -> CircuitBreaker:
         b = self._breakers.get(name)
@@ -198,7 +238,7 @@ class Runtime:
 
     def enqueue(self, run: Active, keys: Iterable[str]) -> None:
         """Hand ready steps to the fair dispatcher (only while the run is running)."""
-        if run.status != RunStatus.RUNNING or self.closing:
+        if run.status != RunStatus.RUNNING or self.closing or run.released:
             return
         lane: Any = run.lane
         for key in keys:
@@ -222,7 +262,13 @@ class Runtime:
 
     async def _attempt(self, run: Active, key: str, slot: Slot) -> None:
         current = asyncio.current_task()
-        if run.status != RunStatus.RUNNING or key in run.tasks or self.closing or current is None:
+        if (
+            run.status != RunStatus.RUNNING
+            or key in run.tasks
+            or self.closing
+            or run.released
+            or current is None
+        ):
             slot.release()
             return
         run.tasks[key] = current
@@ -250,11 +296,13 @@ class Runtime:
             started = self.clock.now()
             run.lost.discard(key)
             run.executing[key] = lease.fence
+            if self.hooks.observers:
+                self._step_started(run, key, lease.attempt, started)
             try:
                 value, output_json = await self._execute(run, step, index, ctx)
                 error: BaseException | None = None
             except asyncio.CancelledError:
-                if self.closing:
+                if self.closing or run.released:
                     raise
                 current = asyncio.current_task()
                 if current is not None:
@@ -271,6 +319,8 @@ class Runtime:
             if key in run.lost:  # our lease was lost mid-flight: the step is claimed again
                 run.lost.discard(key)
                 self._requeue(run, key)
+                if self.hooks.observers:
+                    self._step_finished(run, key, lease.attempt, started, "lease_lost", None)
                 return
             async with run.lock:
                 if error is None and step.kind == "review":
@@ -291,6 +341,9 @@ class Runtime:
                     await self._failed(
                         run, step, key, index, lease.fence, lease.attempt, error, ctx
                     )
+            if self.hooks.observers:
+                outcome = _outcome(step.kind, index, error)
+                self._step_finished(run, key, lease.attempt, started, outcome, error)
         finally:
             slot.release()
             if run.tasks.get(key) is current:
@@ -685,6 +738,85 @@ class Runtime:
         for key in list(run.statuses):
             self.dispatcher.remove((run.id, key))
         self.hooks.on_finish(run, status, result)
+        if self.hooks.observers:
+            sla = run.policy.run_sla if run.policy is not None else None
+            self.hooks.observers.emit(
+                RunFinished(
+                    tenant_id=run.tenant_id,
+                    run_id=run.id,
+                    at_s=self.clock.now(),
+                    workflow=run.spec.name,
+                    status=status.value,
+                    submitted_at_s=run.submitted_at_s,
+                    state_version=_latest_version(run),
+                    run_sla_s=None if sla is None else sla.total_seconds(),
+                )
+            )
+
+    # -- observers (tenantflow.observability.events) -------------------------------------------
+
+    def submitted(self, run: Active, now: float) -> None:
+        """A new run was recorded: stamp its submission time and tell the observers."""
+        run.submitted_at_s = now
+        if self.hooks.observers:
+            self.hooks.observers.emit(
+                RunSubmitted(
+                    tenant_id=run.tenant_id,
+                    run_id=run.id,
+                    at_s=now,
+                    workflow=run.spec.name,
+                    lane=run.lane,
+                    queued=run.status == RunStatus.QUEUED,
+                )
+            )
+
+    def _suspended(self, runs: Iterable[Active]) -> None:
+        """This process stops driving ``runs`` (shutdown, or handed to another worker)."""
+        now = self.clock.now()
+        for run in list(runs):
+            self.hooks.observers.emit(
+                RunSuspended(
+                    tenant_id=run.tenant_id, run_id=run.id, at_s=now, workflow=run.spec.name
+                )
+            )
+
+    def _step_started(self, run: Active, key: str, attempt: int, started_s: float) -> None:
+        self.hooks.observers.emit(
+            StepStarted(
+                tenant_id=run.tenant_id,
+                run_id=run.id,
+                at_s=started_s,
+                workflow=run.spec.name,
+                step=key,
+                attempt=attempt,
+                state_version=_latest_version(run),
+            )
+        )
+
+    def _step_finished(
+        self,
+        run: Active,
+        key: str,
+        attempt: int,
+        started_s: float,
+        outcome: StepOutcome,
+        error: BaseException | None,
+    ) -> None:
+        produced = run.versions.get(key) if outcome == "succeeded" else None
+        self.hooks.observers.emit(
+            StepFinished(
+                tenant_id=run.tenant_id,
+                run_id=run.id,
+                at_s=self.clock.now(),
+                workflow=run.spec.name,
+                step=key,
+                attempt=attempt,
+                outcome=outcome,
+                started_at_s=started_s,
+                state_version=produced if produced is not None else _latest_version(run),
+                error_type=type(error).__name__ if outcome in ("failed", "cancelled") else None,
+            )
+        )
 
     # -- leases and recovery ------------------------------------------------------------------
 
@@ -741,6 +873,7 @@ class Runtime:
             record.status,
             {s.key: s.status for s in steps},
             error=record.error,
+            submitted_at_s=record.created_at,
         )
         for s in steps:
             name, index = parse_key(s.key)
@@ -820,6 +953,18 @@ class Runtime:
         reason = f"rate limit {resource}: retry in {wait:.3g}s"
         if await self._park(run, key, fence, StepStatus.READY, now + wait, reason, then):
             self.enqueue_later(run, key, wait)
+            if self.hooks.observers:
+                self.hooks.observers.emit(
+                    RateLimitWait(
+                        tenant_id=run.tenant_id,
+                        run_id=run.id,
+                        at_s=now,
+                        step=key,
+                        attempt=ctx.attempt,
+                        resource=resource,
+                        wait_s=wait,
+                    )
+                )
 
     async def _open_review(
         self,
@@ -946,6 +1091,16 @@ class Runtime:
             )
             run.status = RunStatus.RUNNING
             self.enqueue(run, [k for k, s in run.statuses.items() if s == StepStatus.READY])
+        if event == "run.admitted" and self.hooks.observers:
+            self.hooks.observers.emit(
+                RunAdmitted(
+                    tenant_id=run.tenant_id,
+                    run_id=run.id,
+                    at_s=self.clock.now(),
+                    workflow=run.spec.name,
+                    submitted_at_s=run.submitted_at_s,
+                )
+            )
 
     async def review_decided(
         self,
@@ -1047,3 +1202,23 @@ class Runtime:
                 )
                 self._apply_plan(run, plan)
             return result
+
+
+def _latest_version(run: Active) -> int:
+    """The run's latest committed state version (0: only its input)."""
+    return max((v or 0 for v in run.versions.values()), default=0)
+
+
+def _outcome(kind: str, index: int | None, error: BaseException | None) -> StepOutcome:
+    """How an attempt ended, as :meth:`Runtime._attempt` handled it."""
+    if error is None:
+        return "review" if kind == "review" else "succeeded"
+    if isinstance(error, RateLimitedError):
+        return "rate_limited"
+    if isinstance(error, SkipStep) and index is None:
+        return "skipped"
+    if isinstance(error, Escalate):
+        return "escalated"
+    if isinstance(error, Pause):
+        return "paused"
+    return "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"

@@ -80,6 +80,26 @@ class Tenants:
             store_key,
         )
 
+    async def refresh(self, tenant_id: str) -> TenantInfo | None:
+        """Re-read one tenant from the stores (another process changed it); None if it is gone."""
+        for key, store in self._engine.stores.items():
+            try:
+                record = await store.get_tenant(tenant_id)
+            except NotFoundError:
+                continue
+            info = self._info(record, key)
+            self._cache[info.id] = info
+            self._engine.configure_tenant(info)
+            return info
+        self._cache.pop(tenant_id, None)
+        return None
+
+    async def _announce(self, tenant_id: str) -> None:
+        """Tell the other processes of a cluster that the tenant changed."""
+        coordinator = self._engine.coordinator
+        if coordinator is not None:
+            await coordinator.notify("tenant", tenant_id, "")
+
     def cached(self, tenant_id: str) -> TenantInfo | None:
         """The tenant's current info from memory (None if unknown): no store access."""
         return self._cache.get(tenant_id)
@@ -182,6 +202,7 @@ class Tenants:
         )
         self._cache[tenant_id] = info
         engine.configure_tenant(info)
+        await self._announce(tenant_id)
         return info
 
     async def delete(
@@ -203,12 +224,21 @@ class Tenants:
                 f"tenant {tenant_id!r} has unfinished runs; cancel them first",
                 tenant=tenant_id,
             )
+        from tenantflow.engine.engine import DEFAULT_STORE
+
+        if info.store != DEFAULT_STORE:
+            # Its API keys are in the default store, out of reach of the region's purge: revoke
+            # them first, so that a tenant re-created with this id never inherits them.
+            for key in await engine.keys.list(tenant_id):
+                if key.revoked_at is None:
+                    await engine.keys.revoke(tenant_id, key.id, actor=actor)
         result = await engine.runtimes[info.store].writer.write(
             DeleteTenant(tenant_id, engine.clock.now(), actor, purge_audit)
         )
         if isinstance(result, TenantflowError):
             raise result
         self._cache.pop(tenant_id, None)
+        await self._announce(tenant_id)
         if any(result["left"].values()):
             raise ConfigurationError(f"tenant {tenant_id!r} was not fully purged: {result['left']}")
         return dict(result)

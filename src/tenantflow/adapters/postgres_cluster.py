@@ -1,0 +1,245 @@
+"""Coordination of worker processes on one PostgreSQL database (:class:`PostgresCoordinator`).
+
+The tables (created by the migrations like every other):
+
+* ``workers`` — one row per live worker process, its heartbeat (``beat_at``). A worker whose beat
+  is older than the liveness window is gone; it is deleted by the next worker that beats.
+* ``tenant_owners`` — which worker drives which tenant, as a lease (``expires_at``). A worker
+  renews its leases with each beat; a lease is taken only when it is free, expired or already
+  the taker's, in one conditional upsert, so two workers never hold one tenant at once.
+* ``commands`` — a durable inbox of run commands (cancel a run, decide a review) posted by a
+  process that does not drive the run, for the worker that does. Each is taken with a lease
+  (``taken_until``) and finished once with its result; a command whose taker died is taken again.
+
+Wake-ups: every change another process must react to is also announced with ``pg_notify`` on the
+channel :attr:`PostgresCoordinator.channel` (one per schema), as ``kind:tenant:target``. A
+notification is a hint, never the only copy: what it announces is in the tables, and workers
+sweep them periodically in case one was missed (a listener reconnecting, say).
+
+Scopes: the coordination tables hold ids and commands, not tenant data, but ``commands`` carries
+a tenant's words (a reviewer's comment), so it is under row-level security like any tenant table:
+a command is posted in its tenant's scope (the application role) and taken and finished in system
+scope. ``workers`` and ``tenant_owners`` are written in system scope only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+from tenantflow.adapters.postgres import PostgresStore
+from tenantflow.adapters.postgres_schema import APP_ROLE, SYSTEM_ROLE, TENANT_SETTING
+from tenantflow.domain.cluster import Command, Notice
+from tenantflow.errors import StoreUnavailableError
+
+__all__ = ["PostgresCoordinator"]
+
+log = logging.getLogger("tenantflow.cluster")
+
+_SET_SCOPE = f"SELECT set_config('role', %s, true), set_config('{TENANT_SETTING}', %s, true)"
+_ACTIVE = "('queued', 'running', 'paused', 'compensating', 'cancelling')"
+
+
+class PostgresCoordinator:
+    """Worker liveness, tenant ownership, the command inbox and wake-ups, on a PostgresStore."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.channel = f"tenantflow_{store.schema or 'public'}"
+        self._outbox: list[str] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def _scope(self, tenant_id: str | None) -> AsyncIterator[AsyncConnection[Any]]:
+        async with self.store.connection() as conn, conn.transaction():
+            role = (SYSTEM_ROLE, "") if tenant_id is None else (APP_ROLE, tenant_id)
+            await conn.execute(_SET_SCOPE, role)
+            yield conn
+
+    # -- liveness and ownership -------------------------------------------------------------
+
+    async def beat(
+        self, worker: str, now: float, alive_s: float, info: dict[str, Any]
+    ) -> list[str]:
+        """Record ``worker``'s heartbeat, forget workers silent for ``alive_s``; the live ids."""
+        async with self._scope(None) as conn:
+            await conn.execute(
+                "INSERT INTO workers (id, info, started_at, beat_at) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
+                (worker, json.dumps(info), now, now),
+            )
+            await conn.execute("DELETE FROM workers WHERE beat_at < %s", (now - alive_s,))
+            cur = await conn.execute("SELECT id FROM workers ORDER BY id")
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    async def hold(
+        self, worker: str, tenants: Sequence[str], now: float, until: float
+    ) -> list[str]:
+        """Take or renew the leases on ``tenants`` that are free, expired or ours; the tenants
+        that are ours afterwards (in the order given)."""
+        if not tenants:
+            return []
+        async with self._scope(None) as conn:
+            cur = await conn.execute(
+                "INSERT INTO tenant_owners (tenant_id, owner, expires_at)"
+                " SELECT t, %s, %s FROM unnest(%s::text[]) AS t"
+                " ON CONFLICT (tenant_id) DO UPDATE"
+                " SET owner = excluded.owner, expires_at = excluded.expires_at"
+                " WHERE tenant_owners.owner = excluded.owner OR tenant_owners.expires_at < %s"
+                " RETURNING tenant_id",
+                (worker, until, list(tenants), now),
+            )
+            held = {str(r[0]) for r in await cur.fetchall()}
+        return [t for t in tenants if t in held]
+
+    async def release(self, worker: str, tenants: Sequence[str] | None = None) -> None:
+        """Give up ``worker``'s leases on ``tenants`` (all of them when None)."""
+        async with self._scope(None) as conn:
+            if tenants is None:
+                await conn.execute("DELETE FROM tenant_owners WHERE owner = %s", (worker,))
+                await conn.execute("DELETE FROM workers WHERE id = %s", (worker,))
+            else:
+                await conn.execute(
+                    "DELETE FROM tenant_owners WHERE owner = %s AND tenant_id = ANY(%s::text[])",
+                    (worker, list(tenants)),
+                )
+
+    async def owners(self) -> dict[str, tuple[str, float]]:
+        """Every tenant lease: tenant -> (owner, expires_at)."""
+        async with self._scope(None) as conn:
+            cur = await conn.execute("SELECT tenant_id, owner, expires_at FROM tenant_owners")
+            return {str(t): (str(o), float(e)) for t, o, e in await cur.fetchall()}
+
+    async def active_runs(self) -> list[tuple[str, str]]:
+        """(tenant, run id) of every unfinished run: the sweep for missed wake-ups."""
+        async with self._scope(None) as conn:
+            cur = await conn.execute(f"SELECT tenant_id, id FROM runs WHERE status IN {_ACTIVE}")
+            return [(str(t), str(r)) for t, r in await cur.fetchall()]
+
+    # -- the command inbox ------------------------------------------------------------------
+
+    async def post(
+        self, tenant_id: str, kind: str, target: str, payload: dict[str, Any], now: float
+    ) -> int:
+        """Queue a command in ``tenant_id``'s scope and announce it; its id."""
+        async with self._scope(tenant_id) as conn:
+            cur = await conn.execute(
+                "INSERT INTO commands (tenant_id, kind, target, payload, created_at)"
+                " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                (tenant_id, kind, target, json.dumps(payload), now),
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            command_id = int(row[0])
+            await conn.execute(
+                "SELECT pg_notify(%s, %s)", (self.channel, f"command:{tenant_id}:{command_id}")
+            )
+            return command_id
+
+    async def take(
+        self, worker: str, tenants: Sequence[str], now: float, until: float, limit: int = 100
+    ) -> list[Command]:
+        """Lease up to ``limit`` unfinished commands of ``tenants`` not leased by a live taker."""
+        if not tenants:
+            return []
+        async with self._scope(None) as conn:
+            cur = await conn.execute(
+                "UPDATE commands SET taken_by = %s, taken_until = %s WHERE id IN ("
+                " SELECT id FROM commands WHERE done_at IS NULL AND tenant_id = ANY(%s::text[])"
+                " AND (taken_until IS NULL OR taken_until < %s) ORDER BY id LIMIT %s"
+                " FOR UPDATE SKIP LOCKED)"
+                " RETURNING id, tenant_id, kind, target, payload",
+                (worker, until, list(tenants), now, limit),
+            )
+            found = await cur.fetchall()
+        return sorted(
+            (
+                Command(int(i), str(t), str(k), str(g), json.loads(p or "{}"))
+                for i, t, k, g, p in found
+            ),
+            key=lambda c: c.id,
+        )
+
+    async def finish(self, command: Command, result: dict[str, Any], now: float) -> None:
+        """Record ``command``'s result (once: a second finish changes nothing)."""
+        async with self._scope(None) as conn:
+            await conn.execute(
+                "UPDATE commands SET done_at = %s, result = %s WHERE id = %s AND done_at IS NULL",
+                (now, json.dumps(result), command.id),
+            )
+
+    async def result(self, tenant_id: str, command_id: int) -> dict[str, Any] | None:
+        """The command's result once finished (None before), read in its tenant's scope."""
+        async with self._scope(tenant_id) as conn:
+            cur = await conn.execute(
+                "SELECT done_at, result FROM commands WHERE id = %s AND tenant_id = %s",
+                (command_id, tenant_id),
+            )
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        value: dict[str, Any] = json.loads(row[1] or "{}")
+        return value
+
+    # -- wake-ups ---------------------------------------------------------------------------
+
+    async def notify(self, kind: str, tenant_id: str, target: str) -> None:
+        """Announce ``kind`` about ``target`` of ``tenant_id`` to every listening process."""
+        async with self._scope(tenant_id) as conn:
+            await conn.execute(
+                "SELECT pg_notify(%s, %s)", (self.channel, f"{kind}:{tenant_id}:{target}")
+            )
+
+    def announce(self, kind: str, tenant_id: str, target: str) -> None:
+        """Like :meth:`notify`, without waiting: announcements made while one batch is being
+        sent go out together in the next (one transaction for many submissions). Best effort:
+        a batch that fails is dropped — the listeners' sweeps find what it announced."""
+        self._outbox.append(f"{kind}:{tenant_id}:{target}")
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="tenantflow-announce")
+
+    async def _flush(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                async with self._scope(None) as conn:
+                    await conn.execute(
+                        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                        (self.channel, batch),
+                    )
+            except StoreUnavailableError as exc:
+                log.warning(
+                    "could not announce %d wake-ups (sweeps will find them): %s", len(batch), exc
+                )
+
+    async def close(self) -> None:
+        """Send what is waiting to be announced."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    async def listen(self) -> AsyncIterator[Notice]:
+        """Wake-ups as they arrive, on a connection of their own, until cancelled.
+
+        Raises:
+            StoreUnavailableError: the connection was lost (the caller reconnects and sweeps).
+        """
+        try:
+            conn = await AsyncConnection.connect(self.store.conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"cannot listen for wake-ups: {exc}") from exc
+        try:
+            async with conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                async for note in conn.notifies():
+                    kind, _, rest = note.payload.partition(":")
+                    tenant, _, target = rest.partition(":")
+                    yield Notice(kind, tenant, target)
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"lost the wake-up connection: {exc}") from exc

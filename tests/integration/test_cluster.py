@@ -1,0 +1,228 @@
+"""Workers sharing one PostgreSQL database, in one process: a front that queues, workers that
+each drive the tenants they own, commands passed to the owner, and takeover when a worker goes.
+
+(The multi-process test with SIGKILL is tests/reliability/test_cluster_kill.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+import tenantflow as tf
+from tenantflow.domain.cluster import assign, owner_of
+
+pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.postgres]
+
+LEASE = timedelta(seconds=1)
+TENANTS = ("bank-a", "bank-b", "bank-c", "bank-d", "bank-e", "bank-f")
+
+
+def steps_workflow(executed: Counter[str], gate: asyncio.Event) -> tf.Workflow:
+    """Three steps; the middle one waits for ``gate`` (so runs can be caught in flight)."""
+    wf = tf.Workflow("three", input=int)
+
+    @wf.step
+    async def first(ctx: tf.StepContext, input: int) -> int:
+        executed[f"{ctx.run_id}:first"] += 1
+        return input + 1
+
+    @wf.step
+    async def second(ctx: tf.StepContext, first: int) -> int:
+        await gate.wait()
+        executed[f"{ctx.run_id}:second"] += 1
+        return first * 2
+
+    @wf.step
+    async def third(ctx: tf.StepContext, second: int) -> int:
+        executed[f"{ctx.run_id}:third"] += 1
+        return second + 1
+
+    return wf
+
+
+def review_workflow() -> tf.Workflow:
+    wf = tf.Workflow("approve", input=str)
+
+    @wf.review(pool="credit")
+    async def check(ctx: tf.StepContext, input: str) -> dict[str, str]:
+        return {"applicant": input}
+
+    @wf.step
+    async def decide(ctx: tf.StepContext, check: tf.ReviewDecision) -> str:
+        return "approved" if check.approved else "rejected"
+
+    return wf
+
+
+def engine(url: str, role: str, executed: Counter[str], gate: asyncio.Event) -> tf.Engine:
+    e = tf.Engine.open(url, cluster=role, lease=LEASE, slots=8)  # type: ignore[arg-type]
+    e.register(steps_workflow(executed, gate))
+    e.register(review_workflow())
+    return e
+
+
+async def until(predicate: object, seconds: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+def test_rendezvous_spreads_tenants_and_moves_few_when_a_worker_joins() -> None:
+    tenants = [f"t{i}" for i in range(3000)]
+    two = {t: owner_of(t, ["w1", "w2"]) for t in tenants}
+    three = {t: owner_of(t, ["w1", "w2", "w3"]) for t in tenants}
+    counts = Counter(three.values())
+    assert all(900 < n < 1100 for n in counts.values()), counts
+    moved = [t for t in tenants if two[t] != three[t]]
+    assert all(three[t] == "w3" for t in moved)  # only tenants the new worker takes move
+    assert sorted(assign(tenants, ["w1", "w2", "w3"], "w1")) == sorted(
+        t for t, w in three.items() if w == "w1"
+    )
+    assert owner_of("t1", []) is None
+
+
+async def test_a_front_queues_runs_that_the_owning_workers_complete(postgres_url: str) -> None:
+    executed: Counter[str] = Counter()
+    gate = asyncio.Event()
+    gate.set()
+    async with (
+        engine(postgres_url, "worker", executed, gate) as w1,
+        engine(postgres_url, "worker", executed, gate) as w2,
+        engine(postgres_url, "front", executed, gate) as front,
+    ):
+        for tenant in TENANTS:
+            await front.tenants.create(tenant, tier="standard")
+        # Every worker hears of the new tenants and the tenants are split between them.
+        await until(lambda: len(w1.membership.owned | w2.membership.owned) == len(TENANTS))
+        assert not (w1.membership.owned & w2.membership.owned)
+        handles = [
+            await front.submit("three", tenant=t, input=i) for i in range(5) for t in TENANTS
+        ]
+        for h in handles:
+            record = await front.wait(h.tenant_id, h.id, timedelta(seconds=30))
+            assert record.status == tf.RunStatus.COMPLETED, record
+            assert front.decode_result(record) == ((int(record.input_json) + 1) * 2) + 1
+        # Each step ran once, in the worker that owns the run's tenant.
+        assert set(executed.values()) == {1} and len(executed) == 3 * len(handles)
+        assert not front.runtime.active  # the front drives nothing
+
+
+async def test_cancel_and_review_decisions_reach_the_owning_worker(postgres_url: str) -> None:
+    executed: Counter[str] = Counter()
+    gate = asyncio.Event()
+    async with (
+        engine(postgres_url, "worker", executed, gate) as worker,
+        engine(postgres_url, "front", executed, gate) as front,
+    ):
+        await front.tenants.create("bank-a", tier="standard")
+        await until(lambda: "bank-a" in worker.membership.owned)
+        stuck = await front.submit("three", tenant="bank-a", input=1)
+        await until(lambda: executed[f"{stuck.id}:first"] == 1)
+        cancelled = await front.cancel("bank-a", stuck.id, "changed my mind")
+        assert cancelled.status in (tf.RunStatus.CANCELLING, tf.RunStatus.CANCELLED)
+        final = await front.wait("bank-a", stuck.id, timedelta(seconds=20))
+        assert final.status == tf.RunStatus.CANCELLED
+
+        run = await front.submit("approve", tenant="bank-a", input="ada")
+        await until(lambda: bool(worker.active_run("bank-a", run.id)), 10)
+
+        async def pending() -> list[tf.ReviewRecord]:
+            return await front.reviews.list("bank-a")
+
+        for _ in range(200):
+            reviews = await pending()
+            if reviews:
+                break
+            await asyncio.sleep(0.05)
+        [review] = reviews
+        decided = await front.reviews.decide("bank-a", review.id, reviewer="ann", approve=True)
+        assert decided.status.value == "approved"
+        assert await front.run("bank-a", run.id).result(timedelta(seconds=20)) == "approved"
+        # A command that fails on the worker fails on the front with the same error.
+        with pytest.raises(tf.ConflictError):
+            await front.reviews.decide("bank-a", review.id, reviewer="ann", approve=False)
+
+
+async def test_when_a_worker_leaves_another_takes_its_tenants_and_runs(postgres_url: str) -> None:
+    executed: Counter[str] = Counter()
+    gate = asyncio.Event()
+    async with engine(postgres_url, "worker", executed, gate) as stays:
+        leaving = engine(postgres_url, "worker", executed, gate)
+        await leaving.start()
+        for tenant in TENANTS:
+            await stays.tenants.create(tenant, tier="standard")
+        await until(lambda: len(stays.membership.owned | leaving.membership.owned) == 6)
+        moved = sorted(leaving.membership.owned)
+        assert moved and len(stays.membership.owned) < len(TENANTS)
+        handles = [await stays.submit("three", tenant=t, input=1) for t in TENANTS]
+        await until(lambda: all(executed[f"{h.id}:first"] == 1 for h in handles))
+        await leaving.close()  # in flight: its runs wait in `second`
+        await until(lambda: stays.membership.owned == set(TENANTS), 10)
+        gate.set()
+        for h in handles:
+            record = await stays.wait(h.tenant_id, h.id, timedelta(seconds=20))
+            assert record.status == tf.RunStatus.COMPLETED
+        assert all(executed[f"{h.id}:first"] == 1 for h in handles)  # completed steps kept
+        assert all(executed[f"{h.id}:third"] == 1 for h in handles)
+
+
+def test_a_cluster_needs_postgresql(tmp_path: object) -> None:
+    with pytest.raises(tf.ConfigurationError, match="PostgreSQL"):
+        tf.Engine.open("memory://", cluster="worker")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_worker_process_serves_metrics_and_stops_cleanly_on_sigterm(postgres_url: str) -> None:
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("tenantflow")), "worker", "--db", postgres_url]
+    command += ["--lease", "1", "--metrics-port", str(port)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the worker never served metrics"
+                time.sleep(0.1)
+        assert "tenantflow_slots 64.0" in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert b"handing back" in err
+
+
+def test_a_worker_refuses_sqlite_with_one_line() -> None:
+    command = [
+        str(Path(sys.executable).with_name("tenantflow")),
+        "worker",
+        "--db",
+        "sqlite:///x.db",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "PostgreSQL" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
