@@ -1,43 +1,78 @@
-"""What every command shares: the ``--db`` option, settings, running the engine, errors.
+"""What every command shares: the ``--db``/``--url`` options, settings, the backend, errors.
 
-A command builds its :class:`~tenantflow.settings.Settings` with :func:`settings_for`, and calls
-the engine through :func:`read`, which opens it with ``execute=False``, runs the async
-call with :func:`asyncio.run` and turns any :class:`~tenantflow.errors.TenantflowError` into one
-line on stderr and an exit code: 2 for bad input or configuration, 1 for everything else.
+A command that reads or changes tenant data opens a *backend* with :func:`connect` (a tenant's
+data) or :func:`connect_admin` (the tenant registry): the store opened in this process (an
+:class:`EngineBackend`, ``--db URL``), or a server called over HTTP (a
+:class:`~tenantflow.client.Client`, ``--url URL --api-key KEY``). Both have the same methods and
+return the same records, so each command has one code path and prints the same either way.
+Which one is used: ``--url`` (or ``TENANTFLOW_URL``) names a server; ``--db`` given as a flag
+wins over ``TENANTFLOW_URL``; both as flags is an error.
+
+Any :class:`~tenantflow.errors.TenantflowError` is printed as one line on stderr with an exit
+code (see :func:`reporting_errors`): 2 for bad input, configuration or credentials, 1 for
+everything else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from tenantflow.engine.engine import Engine
-from tenantflow.errors import ConfigurationError, ContractError, SpecError, TenantflowError
+from tenantflow.client import Client
+from tenantflow.domain.audit import AuditRecord, VerifyResult
+from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
+from tenantflow.domain.state import Change
+from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
+from tenantflow.engine.engine import Engine, StateVersion, check_tenant
+from tenantflow.engine.tenants import TenantInfo
+from tenantflow.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ContractError,
+    NotFoundError,
+    PermissionDeniedError,
+    SpecError,
+    StoreError,
+    TenantflowError,
+)
 from tenantflow.settings import Settings
 
 __all__ = [
+    "ACTOR",
     "EXIT_FAILURE",
     "EXIT_USAGE",
+    "ApiKeyOption",
+    "Backend",
     "CliState",
     "DbOption",
+    "EngineBackend",
     "JsonOption",
     "TenantOption",
+    "UrlOption",
+    "connect",
+    "connect_admin",
     "exit_code",
     "read",
     "reporting_errors",
     "settings_for",
+    "target_for",
 ]
 
 T = TypeVar("T")
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+ACTOR = "cli"
+"""Who the audit log names for a change made from the command line on the store (a change made
+through a server names the API key)."""
 
 DbOption = Annotated[
     str | None,
@@ -48,8 +83,35 @@ DbOption = Annotated[
         show_default=False,
     ),
 ]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        metavar="URL",
+        help="Talk to this tenantflow server instead of opening the store (default: "
+        "$TENANTFLOW_URL).",
+        show_default=False,
+    ),
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        metavar="KEY",
+        help="The API key for --url (default: $TENANTFLOW_API_KEY, which keeps it out of the "
+        "process list).",
+        show_default=False,
+    ),
+]
 TenantOption = Annotated[
-    str, typer.Option("--tenant", "-t", metavar="TENANT", help="The tenant that owns the runs.")
+    str | None,
+    typer.Option(
+        "--tenant",
+        "-t",
+        metavar="TENANT",
+        help="The tenant that owns the data (with --url: the API key's tenant).",
+        show_default=False,
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 
@@ -59,6 +121,8 @@ class CliState:
     """Options given before the command (``tenantflow --db URL runs …``)."""
 
     db: str | None = None
+    url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
 
 
 def settings_for(ctx: typer.Context, db: str | None) -> Settings:
@@ -76,11 +140,50 @@ def settings_for(ctx: typer.Context, db: str | None) -> Settings:
     return Settings.from_env(database_url=url)
 
 
+def target_for(
+    ctx: typer.Context, db: str | None, url: str | None, api_key: str | None
+) -> Settings:
+    """The settings for a command that works on the store or a server: ``settings.url`` is
+    the server to call, or None to open ``settings.database_url``.
+
+    Each value is the command's own option, else the global one, else the environment; a
+    ``--db`` flag wins over ``TENANTFLOW_URL``.
+
+    Raises:
+        ConfigurationError: ``--db`` and ``--url`` both given, a malformed value, or a server
+            URL without an API key.
+    """
+    state = ctx.find_object(CliState) or CliState()
+    db = db if db is not None else state.db
+    url = url if url is not None else state.url
+    api_key = api_key if api_key is not None else state.api_key
+    if db is not None and url is not None:
+        raise ConfigurationError(
+            "give --db URL (open the store) or --url URL (call a server), not both", field="url"
+        )
+    settings = Settings.from_env(database_url=db, url=url, api_key=api_key)
+    if db is not None:
+        return dataclasses.replace(settings, url=None)
+    if settings.url is not None and settings.api_key is None:
+        raise ConfigurationError(
+            f"the server at {settings.url} needs an API key: give --api-key KEY or set"
+            f" {Settings.env_var('api_key')}",
+            field="api_key",
+        )
+    return settings
+
+
 def exit_code(error: TenantflowError) -> int:
-    """The process exit code for ``error``: 2 for bad input or configuration, else 1."""
-    if isinstance(error, ConfigurationError | ContractError | SpecError):
-        return EXIT_USAGE
-    return EXIT_FAILURE
+    """The process exit code for ``error``: 2 for bad input, configuration or credentials,
+    else 1."""
+    usage = (
+        ConfigurationError,
+        ContractError,
+        SpecError,
+        AuthenticationError,
+        PermissionDeniedError,
+    )
+    return EXIT_USAGE if isinstance(error, usage) else EXIT_FAILURE
 
 
 @contextmanager
@@ -99,6 +202,8 @@ def reporting_errors() -> Iterator[None]:
 
 def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[T]]) -> T:
     """Open the engine on the configured store, not executing runs, and run ``call`` on it.
+
+    For commands that only work on the store (``keys``); the others use :func:`connect`.
 
     Args:
         ctx: the command's context.
@@ -119,3 +224,263 @@ def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[
 async def _read(url: str, call: Callable[[Engine], Awaitable[T]]) -> T:
     async with Engine.open(url, execute=False) as engine:
         return await call(engine)
+
+
+# -- backends -----------------------------------------------------------------------------------
+
+
+class EngineBackend:
+    """The engine opened in this process on the store, with the methods of
+    :class:`~tenantflow.client.Client`: tenant methods act on the tenant given with
+    ``--tenant``, and writes name :data:`ACTOR` in the audit log.
+
+    Args:
+        engine: the started engine.
+        runner: the event loop the engine runs on; each call runs on it to completion.
+        tenant: the tenant of the tenant methods (None for the registry commands).
+    """
+
+    def __init__(self, engine: Engine, runner: asyncio.Runner, tenant: str | None) -> None:
+        self._engine = engine
+        self._runner = runner
+        self._tenant = tenant
+
+    def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(call)
+
+    @property
+    def tenant_id(self) -> str:
+        """The tenant given with ``--tenant``."""
+        if self._tenant is None:
+            raise ConfigurationError("give the tenant: --tenant TENANT", field="tenant")
+        return self._tenant
+
+    def _registered(self) -> str:
+        """The tenant, checked: a well-formed id of a registered tenant."""
+        self._run(self._engine.tenants.get(check_tenant(self.tenant_id)))
+        return self.tenant_id
+
+    # runs
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[RunRecord]:
+        return self._run(
+            self._engine.list_runs(
+                self.tenant_id, status=status, workflow=workflow, limit=limit, before=before
+            )
+        )
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return self._run(self._engine.get_run(self.tenant_id, run_id))
+
+    def steps(self, run_id: str) -> list[StepRecord]:
+        return self._run(self._engine.steps(self.tenant_id, run_id))
+
+    def timeline(self, run_id: str) -> list[EventRecord]:
+        return self._run(self._engine.timeline(self.tenant_id, run_id))
+
+    def state(self, run_id: str, version: int | None = None) -> StateVersion:
+        return self._run(self._engine.state(self.tenant_id, run_id, version))
+
+    def diff(self, run_id: str, a: int, b: int) -> list[Change]:
+        return self._run(self._engine.diff(self.tenant_id, run_id, a, b))
+
+    # reviews
+
+    def list_reviews(
+        self,
+        *,
+        pool: str | None = None,
+        statuses: Sequence[ReviewStatus] | None = None,
+        limit: int = 100,
+    ) -> list[ReviewRecord]:
+        tenant, reviews = self._registered(), self._engine.reviews
+        if statuses is None:
+            return self._run(reviews.list(tenant, pool=pool, limit=limit))
+        wanted = tuple(s.value for s in statuses)
+        return self._run(reviews.list(tenant, pool=pool, status=wanted, limit=limit))
+
+    def get_review(self, review_id: str) -> ReviewRecord:
+        return self._run(self._engine.reviews.get(self._registered(), review_id))
+
+    def claim_review(self, review_id: str, *, reviewer: str) -> ReviewRecord:
+        return self._run(
+            self._engine.reviews.claim(self._registered(), review_id, reviewer=reviewer)
+        )
+
+    def decide_review(
+        self, review_id: str, *, reviewer: str, approve: bool, comment: str | None = None
+    ) -> ReviewRecord:
+        return self._run(
+            self._engine.reviews.decide(
+                self._registered(), review_id, reviewer=reviewer, approve=approve, comment=comment
+            )
+        )
+
+    # usage, budget, audit
+
+    def usage(self, *, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        return self._run(self._engine.usage(self.tenant_id, since=since, until=until))
+
+    def budget(self) -> list[dict[str, Any]]:
+        return self._run(self._engine.budget(self.tenant_id))
+
+    def audit_log(self) -> list[AuditRecord]:
+        rows: list[AuditRecord] = self._audit(self._engine.audit_log(self.tenant_id))
+        self._known(len(rows))
+        return rows
+
+    def audit_verify(self) -> VerifyResult:
+        result: VerifyResult = self._audit(self._engine.audit_verify(self.tenant_id))
+        self._known(result.checked if result.ok else 1)
+        return result
+
+    def _audit(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run ``call``; a row the store cannot even parse (a tampered ``detail`` that is no
+        longer JSON, a ``seq`` out of range) is an unreadable audit log, not a traceback."""
+        try:
+            return self._run(call)
+        except ValueError as exc:  # json.JSONDecodeError, pydantic.ValidationError
+            reason = " ".join(str(exc).split())
+            raise StoreError(
+                f"the audit log of tenant {self.tenant_id!r} holds a row that cannot be read"
+                f" (tampered?): {reason}",
+                tenant=self.tenant_id,
+            ) from None
+
+    def _known(self, rows: int) -> None:
+        # No rows and no such tenant: most likely a typo, not an empty chain. (A deleted
+        # tenant's kept audit log can still be read.)
+        tenant = self.tenant_id
+        if rows == 0 and self._engine.tenants.cached(tenant) is None:
+            raise NotFoundError(
+                f"tenant {tenant!r} not found and has no audit log", kind="tenant", id=tenant
+            )
+
+    # tenants
+
+    def list_tenants(self) -> list[TenantInfo]:
+        return self._engine.tenants.list()
+
+    def get_tenant(self, tenant_id: str) -> TenantInfo:
+        return self._run(self._engine.tenants.get(check_tenant(tenant_id)))
+
+    def create_tenant(
+        self,
+        tenant_id: str,
+        *,
+        tier: str,
+        org_id: str | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> TenantInfo:
+        return self._run(
+            self._engine.tenants.create(
+                tenant_id, tier=tier, org_id=org_id, actor=ACTOR, **dict(policy or {})
+            )
+        )
+
+    def update_tenant(self, tenant_id: str, policy: Mapping[str, Any]) -> TenantInfo:
+        return self._run(self._engine.tenants.update(tenant_id, actor=ACTOR, **dict(policy)))
+
+    def delete_tenant(self, tenant_id: str, *, purge_audit: bool = False) -> dict[str, Any]:
+        return self._run(
+            self._engine.tenants.delete(tenant_id, actor=ACTOR, purge_audit=purge_audit)
+        )
+
+
+Backend = Client | EngineBackend
+"""What a command talks to: the store opened in this process, or a server over HTTP."""
+
+
+@contextmanager
+def connect(
+    ctx: typer.Context,
+    db: str | None,
+    url: str | None,
+    api_key: str | None,
+    *,
+    tenant: str | None,
+    write: bool = False,
+) -> Iterator[Backend]:
+    """A backend for one tenant's data, errors reported as one line (see
+    :func:`reporting_errors`).
+
+    On the store the tenant is ``--tenant`` (required). On a server it is the API key's
+    tenant; ``--tenant``, when given, must name it.
+
+    Args:
+        ctx: the command's context (carries the global options).
+        db: the command's ``--db``.
+        url: the command's ``--url``.
+        api_key: the command's ``--api-key``.
+        tenant: the command's ``--tenant``.
+        write: whether the command changes the store (it is then opened executing, the only
+            mode with a writer; see ``tenantflow tenants``).
+
+    Raises:
+        typer.Exit: on any TenantflowError, after printing it.
+    """
+    with reporting_errors():
+        settings = target_for(ctx, db, url, api_key)
+        if settings.url is None and tenant is None:
+            raise ConfigurationError(
+                "give the tenant: --tenant TENANT (or call a server with --url and the"
+                " tenant's --api-key)",
+                field="tenant",
+            )
+        with _open(settings, tenant, write=write) as backend:
+            if isinstance(backend, Client):
+                owner = backend.tenant().id
+                if tenant is not None and tenant != owner:
+                    raise ConfigurationError(
+                        f"--tenant {tenant} does not match the API key, which belongs to tenant"
+                        f" {owner}: drop --tenant or use {tenant}'s key",
+                        field="tenant",
+                        value=tenant,
+                    )
+            yield backend
+
+
+@contextmanager
+def connect_admin(
+    ctx: typer.Context,
+    db: str | None,
+    url: str | None,
+    api_key: str | None,
+    *,
+    write: bool = False,
+) -> Iterator[Backend]:
+    """A backend for the tenant registry (on a server: needs an admin key), errors reported
+    as one line; the arguments are those of :func:`connect`."""
+    with reporting_errors():
+        settings = target_for(ctx, db, url, api_key)
+        with _open(settings, None, write=write) as backend:
+            yield backend
+
+
+@contextmanager
+def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Backend]:
+    if settings.url is not None:
+        assert settings.api_key is not None  # target_for insists
+        with Client(settings.url, settings.api_key) as client:
+            yield client
+        return
+    # One event loop for the whole command, so that the engine stays open between calls.
+    with asyncio.Runner() as runner:
+        engine = runner.run(_started(settings.database_url, write))
+        try:
+            yield EngineBackend(engine, runner, tenant)
+        finally:
+            runner.run(engine.close())
+
+
+async def _started(url: str, write: bool) -> Engine:
+    engine = Engine.open(url, execute=write)
+    await engine.start()
+    return engine

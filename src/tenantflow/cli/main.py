@@ -11,8 +11,27 @@ from typing import Annotated
 import typer
 
 from tenantflow import __version__
-from tenantflow.cli import audit, db, demo, reviews, runs, simulate, tenants, usage
-from tenantflow.cli.common import CliState, DbOption
+from tenantflow.cli import (
+    audit,
+    db,
+    demo,
+    keys,
+    reviews,
+    runs,
+    serve,
+    simulate,
+    tenants,
+    usage,
+    worker,
+)
+from tenantflow.cli.common import (
+    ApiKeyOption,
+    CliState,
+    DbOption,
+    UrlOption,
+    reporting_errors,
+)
+from tenantflow.errors import ConfigurationError
 
 __all__ = ["app", "main"]
 
@@ -30,6 +49,12 @@ app.add_typer(tenants.app, name="tenants")
 app.add_typer(reviews.app, name="reviews")
 app.command("usage")(usage.usage)
 app.add_typer(audit.app, name="audit")
+app.command("serve")(serve.serve)
+app.command("worker")(worker.worker)
+app.add_typer(keys.app, name="keys")
+
+# The commands that can call a server (--url); the others work on the store only.
+_REMOTE = ("runs", "tenants", "reviews", "usage", "audit")
 
 
 def _print_version(value: bool) -> None:
@@ -42,6 +67,8 @@ def _print_version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -53,7 +80,15 @@ def root(
     ] = False,
 ) -> None:
     """tenantflow: a multi-tenant control plane for AI-agent workflows."""
-    ctx.obj = CliState(db=db)
+    command = ctx.invoked_subcommand
+    if (url is not None or api_key is not None) and command not in _REMOTE:
+        with reporting_errors():
+            raise ConfigurationError(
+                f"tenantflow {command} works on the store only (--db): --url and --api-key"
+                f" apply to {', '.join(_REMOTE)}",
+                field="url",
+            )
+    ctx.obj = CliState(db=db, url=url, api_key=api_key)
 
 
 def main() -> None:

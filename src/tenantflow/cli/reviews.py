@@ -1,10 +1,10 @@
 """``tenantflow reviews …``: a tenant's human review queue — list, show, claim and decide tasks.
 
-``list`` and ``show`` only read. ``claim`` and ``decide`` write, with an executing engine (see
-:func:`tenantflow.cli.tenants.write`). Deciding resumes the waiting step in the same transaction,
-so it needs the run executing in the same engine: the command line registers no workflows, so
-from here a decision is refused with a one-line error; decide through the engine (or server) that
-executes the run.
+``list`` and ``show`` only read. ``claim`` and ``decide`` write: on the store with an executing
+engine (see :mod:`tenantflow.cli.tenants`), or through a server (``--url``). Deciding resumes the
+waiting step in the same transaction, so it needs the run executing where the decision is made:
+a server executes its runs, so ``--url`` decides any of them; on the store the command line
+registers no workflows, so a decision is refused with a one-line error there.
 """
 
 from __future__ import annotations
@@ -14,10 +14,16 @@ from typing import Annotated
 import typer
 
 from tenantflow.cli import render
-from tenantflow.cli.common import DbOption, JsonOption, TenantOption, read, reporting_errors
-from tenantflow.cli.tenants import write
-from tenantflow.domain.tenancy import ReviewRecord
-from tenantflow.engine.engine import Engine, check_tenant
+from tenantflow.cli.common import (
+    ApiKeyOption,
+    DbOption,
+    JsonOption,
+    TenantOption,
+    UrlOption,
+    connect,
+    reporting_errors,
+)
+from tenantflow.domain.tenancy import ReviewStatus
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["app"]
@@ -34,12 +40,6 @@ ReviewerOption = Annotated[
 ]
 
 
-async def _tenant(engine: Engine, tenant: str) -> str:
-    """The tenant, checked: a well-formed id of a registered tenant."""
-    await engine.tenants.get(check_tenant(tenant))
-    return tenant
-
-
 def _reviewer(name: str) -> str:
     if not name.strip():
         raise ConfigurationError("--reviewer must name someone", field="reviewer", value=name)
@@ -49,7 +49,7 @@ def _reviewer(name: str) -> str:
 @app.command("list")
 def list_reviews(
     ctx: typer.Context,
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     pool: Annotated[
         str | None,
         typer.Option("--pool", "-p", metavar="POOL", help="Only tasks in this reviewer pool."),
@@ -60,19 +60,17 @@ def list_reviews(
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (1..1000).")] = 100,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """List a tenant's review tasks in queue order: urgent lane first, then by SLA."""
     with reporting_errors():
         if not 1 <= limit <= 1000:
             raise ConfigurationError("limit must be within 1..1000", field="limit", value=limit)
-
-    async def fetch(engine: Engine) -> list[ReviewRecord]:
-        await _tenant(engine, tenant)
-        if everything:
-            return await engine.reviews.list(tenant, pool=pool, status=None, limit=limit)
-        return await engine.reviews.list(tenant, pool=pool, limit=limit)
-
-    reviews = read(ctx, db, fetch)
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        reviews = backend.list_reviews(
+            pool=pool, statuses=tuple(ReviewStatus) if everything else None, limit=limit
+        )
     if json:
         render.print_json([render.review_dict(r) for r in reviews])
         return
@@ -87,16 +85,15 @@ def list_reviews(
 def show(
     ctx: typer.Context,
     review_id: ReviewIdArgument,
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a review task and what the reviewer is asked."""
-
-    async def fetch(engine: Engine) -> ReviewRecord:
-        return await engine.reviews.get(await _tenant(engine, tenant), review_id)
-
-    review = read(ctx, db, fetch)
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        review = backend.get_review(review_id)
     if json:
         render.print_json(render.review_dict(review))
         return
@@ -110,19 +107,18 @@ def show(
 def claim(
     ctx: typer.Context,
     review_id: ReviewIdArgument,
-    tenant: TenantOption,
     reviewer: ReviewerOption,
+    tenant: TenantOption = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Take a task, so other reviewers see it is being handled."""
     with reporting_errors():
         name = _reviewer(reviewer)
-
-    async def take(engine: Engine) -> ReviewRecord:
-        return await engine.reviews.claim(await _tenant(engine, tenant), review_id, reviewer=name)
-
-    review = write(ctx, db, take)
+    with connect(ctx, db, url, api_key, tenant=tenant, write=True) as backend:
+        review = backend.claim_review(review_id, reviewer=name)
     if json:
         render.print_json(render.review_dict(review))
         return
@@ -133,8 +129,8 @@ def claim(
 def decide(
     ctx: typer.Context,
     review_id: ReviewIdArgument,
-    tenant: TenantOption,
     reviewer: ReviewerOption,
+    tenant: TenantOption = None,
     approve: Annotated[bool, typer.Option("--approve", help="Approve the request.")] = False,
     reject: Annotated[bool, typer.Option("--reject", help="Reject the request.")] = False,
     comment: Annotated[
@@ -142,23 +138,17 @@ def decide(
     ] = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
-    """Approve or reject a task; the waiting step goes on (needs its run executing here)."""
+    """Approve or reject a task; the waiting step goes on (needs its run executing where the
+    decision is made: a server, with --url)."""
     with reporting_errors():
         name = _reviewer(reviewer)
         if approve == reject:
             raise ConfigurationError("give exactly one of --approve or --reject", field="approve")
-
-    async def settle(engine: Engine) -> ReviewRecord:
-        return await engine.reviews.decide(
-            await _tenant(engine, tenant),
-            review_id,
-            reviewer=name,
-            approve=approve,
-            comment=comment,
-        )
-
-    review = write(ctx, db, settle)
+    with connect(ctx, db, url, api_key, tenant=tenant, write=True) as backend:
+        review = backend.decide_review(review_id, reviewer=name, approve=approve, comment=comment)
     if json:
         render.print_json(render.review_dict(review))
         return

@@ -1,6 +1,7 @@
 """``tenantflow runs …``: list runs and read one run's steps, execution log and state history.
 
-Every command here only reads: it opens the engine with ``execute=False``.
+Every command here only reads: from the store (opened with ``execute=False``), or from a server
+with ``--url`` (see :func:`tenantflow.cli.common.connect`).
 """
 
 from __future__ import annotations
@@ -10,9 +11,17 @@ from typing import Annotated
 import typer
 
 from tenantflow.cli import render
-from tenantflow.cli.common import DbOption, JsonOption, TenantOption, read
-from tenantflow.domain.records import RunRecord, RunStatus, StepRecord
-from tenantflow.engine.engine import Engine
+from tenantflow.cli.common import (
+    ApiKeyOption,
+    DbOption,
+    JsonOption,
+    TenantOption,
+    UrlOption,
+    connect,
+    reporting_errors,
+)
+from tenantflow.domain.records import RunStatus
+from tenantflow.errors import ConfigurationError
 
 __all__ = ["app"]
 
@@ -28,7 +37,7 @@ RunIdArgument = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's 
 @app.command("list")
 def list_runs(
     ctx: typer.Context,
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     status: Annotated[
         RunStatus | None,
         typer.Option("--status", "-s", case_sensitive=False, help="Only runs in this status."),
@@ -43,15 +52,15 @@ def list_runs(
     ] = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """List a tenant's runs, newest first."""
-    runs = read(
-        ctx,
-        db,
-        lambda engine: engine.list_runs(
-            tenant, status=status, workflow=workflow, limit=limit, before=before
-        ),
-    )
+    with reporting_errors():
+        if not 1 <= limit <= 1000:
+            raise ConfigurationError("limit must be within 1..1000", field="limit", value=limit)
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        runs = backend.list_runs(status=status, workflow=workflow, limit=limit, before=before)
     if json:
         render.print_json([render.run_dict(r) for r in runs])
         return
@@ -68,16 +77,15 @@ def list_runs(
 def show(
     ctx: typer.Context,
     run_id: RunIdArgument,
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a run and its steps (status, attempt, state version)."""
-
-    async def fetch(engine: Engine) -> tuple[RunRecord, list[StepRecord]]:
-        return await engine.get_run(tenant, run_id), await engine.steps(tenant, run_id)
-
-    run, steps = read(ctx, db, fetch)
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        run, steps = backend.get_run(run_id), backend.steps(run_id)
     # The store returns steps by key; people read a DAG in the order it ran.
     steps.sort(key=lambda s: (s.started_at is None, s.started_at or 0.0, s.key))
     if json:
@@ -92,15 +100,18 @@ def show(
 def timeline(
     ctx: typer.Context,
     run_id: RunIdArgument,
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
     jsonl: Annotated[
         bool, typer.Option("--jsonl", help="Print JSON Lines, one event each.")
     ] = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a run's execution log, oldest first: time, event, step, attempt, data."""
-    events = read(ctx, db, lambda engine: engine.timeline(tenant, run_id))
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        events = backend.timeline(run_id)
     if jsonl:
         render.print_json_lines(render.event_dict(e) for e in events)
     elif json:
@@ -113,16 +124,19 @@ def timeline(
 def state(
     ctx: typer.Context,
     run_id: RunIdArgument,
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     version: Annotated[
         int | None,
         typer.Option("--version", help="The state version (default: the latest)."),
     ] = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a run's state at one version: its input plus every step output so far."""
-    found = read(ctx, db, lambda engine: engine.state(tenant, run_id, version))
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        found = backend.state(run_id, version)
     if json:
         render.print_json(render.state_dict(found))
         return
@@ -138,12 +152,15 @@ def diff(
     run_id: RunIdArgument,
     a: Annotated[int, typer.Argument(metavar="A", help="The earlier state version.")],
     b: Annotated[int, typer.Argument(metavar="B", help="The later state version.")],
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show what changed in a run's state between versions A and B."""
-    changes = read(ctx, db, lambda engine: engine.diff(tenant, run_id, a, b))
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        changes = backend.diff(run_id, a, b)
     if json:
         render.print_json([render.change_dict(c) for c in changes])
         return

@@ -1,9 +1,12 @@
 """``tenantflow tenants …``: register tenants and change or delete their versioned policies.
 
-``list`` and ``show`` only read (``execute=False``). ``create``, ``update`` and ``delete`` write:
-they open the engine with ``execute=True``, the only mode with a writer; on SQLite an executing
-engine holds the file's exclusive lock, so while another engine (a worker, ``serve``) runs on the
-same file they fail with the store's one-line error instead of writing behind its back.
+Every command works on the store (``--db``) or through a server (``--url`` with an admin API
+key; a tenant's key is refused with the server's one-line 403). On the store, ``list`` and
+``show`` only read (``execute=False``); ``create``, ``update`` and ``delete`` write: they open
+the engine with ``execute=True``, the only mode with a writer; on SQLite an executing engine holds
+the file's exclusive lock, so while another engine (a worker, ``serve``) runs on the same file
+they fail with the store's one-line error instead of writing behind its back — change the
+tenants of a served store through its server.
 
 A policy is a tier preset (``--tier``) with fields overridden by ``--policy-file`` (JSON or YAML,
 a mapping of policy fields, or the output of ``tenants show --json``) and then by each
@@ -14,35 +17,30 @@ whole, except ``budget``, which is merged into the current budget.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 import yaml
 
 from tenantflow.cli import render
 from tenantflow.cli.common import (
+    ApiKeyOption,
     DbOption,
     JsonOption,
-    read,
+    UrlOption,
+    connect_admin,
     reporting_errors,
-    settings_for,
+    target_for,
 )
 from tenantflow.domain.policy import DEFAULT_REGIONS, TIERS, Policy
 from tenantflow.domain.state import diff_states
-from tenantflow.engine.engine import Engine, check_tenant
-from tenantflow.engine.tenants import TenantInfo
+from tenantflow.engine.engine import check_tenant
 from tenantflow.errors import ConfigurationError
 
-__all__ = ["ACTOR", "app", "load_policy_file", "parse_sets", "write"]
-
-T = TypeVar("T")
-
-ACTOR = "cli"
-"""Who the audit log names for a change made from the command line."""
+__all__ = ["app", "load_policy_file", "parse_sets"]
 
 app = typer.Typer(
     name="tenants",
@@ -69,28 +67,6 @@ PolicyFileOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-# -- writing ----------------------------------------------------------------------------------
-
-
-def write(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[T]]) -> T:
-    """Open the engine on the configured store to write (``execute=True``) and run ``call``.
-
-    The counterpart of :func:`tenantflow.cli.common.read` for commands that change the store.
-
-    Raises:
-        typer.Exit: on any TenantflowError (including the lock held by another engine), after
-            printing it as one line.
-    """
-    with reporting_errors():
-        settings = settings_for(ctx, db)
-        return asyncio.run(_write(settings.database_url, call))
-
-
-async def _write(url: str, call: Callable[[Engine], Awaitable[T]]) -> T:
-    async with Engine.open(url, execute=True) as engine:
-        return await call(engine)
 
 
 # -- policy input -----------------------------------------------------------------------------
@@ -214,6 +190,8 @@ def create(
     policy_file: PolicyFileOption = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Register a tenant with a tier preset and any policy field overridden."""
     with reporting_errors():
@@ -227,21 +205,21 @@ def create(
                 f"invalid org_id = {org_id!r}: a string", field="org_id", value=repr(org_id)
             )
         # Checked before the store is opened, so bad input never creates a database file; the
-        # engine checks again against the regions its stores serve.
+        # engine checks again against the regions its stores serve. A server serves regions of
+        # its own: it checks the region.
+        regions = set(DEFAULT_REGIONS)
+        region = fields.get("region")
+        if isinstance(region, str) and target_for(ctx, db, url, api_key).url is not None:
+            regions.add(region)
         Policy.for_tier(
             chosen,
-            known_regions=DEFAULT_REGIONS,
+            known_regions=regions,
             **({"org_id": org_id} if org_id else {}),
             **fields,
         )
 
-    info = write(
-        ctx,
-        db,
-        lambda engine: engine.tenants.create(
-            tenant, tier=chosen, org_id=org_id, actor=ACTOR, **fields
-        ),
-    )
+    with connect_admin(ctx, db, url, api_key, write=True) as backend:
+        info = backend.create_tenant(tenant, tier=chosen, org_id=org_id, policy=fields)
     if json:
         render.print_json(render.tenant_dict(info))
         return
@@ -253,13 +231,16 @@ def create(
 
 
 @app.command("list")
-def list_tenants(ctx: typer.Context, json: JsonOption = False, db: DbOption = None) -> None:
+def list_tenants(
+    ctx: typer.Context,
+    json: JsonOption = False,
+    db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
     """List every tenant with its tier, policy version, region and caps."""
-
-    async def fetch(engine: Engine) -> list[TenantInfo]:
-        return engine.tenants.list()
-
-    tenants = read(ctx, db, fetch)
+    with connect_admin(ctx, db, url, api_key) as backend:
+        tenants = backend.list_tenants()
     if json:
         render.print_json([render.tenant_dict(t) for t in tenants])
         return
@@ -272,10 +253,18 @@ def list_tenants(ctx: typer.Context, json: JsonOption = False, db: DbOption = No
 
 @app.command("show")
 def show(
-    ctx: typer.Context, tenant: TenantArgument, json: JsonOption = False, db: DbOption = None
+    ctx: typer.Context,
+    tenant: TenantArgument,
+    json: JsonOption = False,
+    db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a tenant: its policy, policy version, region and the store holding its data."""
-    info = read(ctx, db, lambda engine: engine.tenants.get(check_tenant(tenant)))
+    with reporting_errors():
+        check_tenant(tenant)
+    with connect_admin(ctx, db, url, api_key) as backend:
+        info = backend.get_tenant(tenant)
     if json:
         render.print_json(render.tenant_dict(info))
         return
@@ -293,6 +282,8 @@ def update(
     policy_file: PolicyFileOption = None,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Change policy fields: a new policy version, used by new admissions at once and by
     running runs at their next step."""
@@ -303,13 +294,9 @@ def update(
             raise ConfigurationError(
                 "nothing to update: give --set FIELD=VALUE or --policy-file FILE", field="set"
             )
-
-    async def change(engine: Engine) -> tuple[TenantInfo, TenantInfo]:
-        before = await engine.tenants.get(tenant)
-        after = await engine.tenants.update(tenant, actor=ACTOR, **fields)
-        return before, after
-
-    before, after = write(ctx, db, change)
+    with connect_admin(ctx, db, url, api_key, write=True) as backend:
+        before = backend.get_tenant(tenant)
+        after = backend.update_tenant(tenant, fields)
     changes = diff_states(
         before.policy.model_dump(mode="json"), after.policy.model_dump(mode="json")
     )
@@ -343,9 +330,11 @@ def delete(
     ] = False,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Delete a tenant and every row of its data, and print the proof: rows deleted and rows
-    left (all zero) per table. Refused while it has runs in flight in this engine."""
+    left (all zero) per table. Refused while it has unfinished runs."""
     with reporting_errors():
         check_tenant(tenant)
         if not yes:
@@ -353,11 +342,8 @@ def delete(
                 f"deleting tenant {tenant!r} purges all of its data: add --yes to confirm",
                 field="yes",
             )
-    result = write(
-        ctx,
-        db,
-        lambda engine: engine.tenants.delete(tenant, actor=ACTOR, purge_audit=purge_audit),
-    )
+    with connect_admin(ctx, db, url, api_key, write=True) as backend:
+        result = backend.delete_tenant(tenant, purge_audit=purge_audit)
     left = sum(int(n) for n in result.get("left", {}).values())
     if json:
         render.print_json(

@@ -2,7 +2,8 @@
 
 Rows are ``day, metric, dim, value``: steps and slot_seconds per step, tokens_in/out, cost_micros,
 tool_calls and model_calls per tool or model, rate-limit waits, degradations and reviews. The
-human view adds the tenant's budget ledgers (limit, spent, reserved, overrun). Only reads.
+human view adds the tenant's budget ledgers (limit, spent, reserved, overrun). Only reads, from
+the store or from a server (``--url``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ import csv as csvlib
 import re
 import sys
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from tenantflow.cli import render
-from tenantflow.cli.common import DbOption, JsonOption, TenantOption, read, reporting_errors
-from tenantflow.engine.engine import Engine
+from tenantflow.cli.common import (
+    ApiKeyOption,
+    DbOption,
+    JsonOption,
+    TenantOption,
+    UrlOption,
+    connect,
+    reporting_errors,
+)
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["usage"]
@@ -41,7 +49,7 @@ def _day(option: str, value: str | None) -> str | None:
 
 def usage(
     ctx: typer.Context,
-    tenant: TenantOption,
+    tenant: TenantOption = None,
     since: Annotated[
         str | None,
         typer.Option("--since", metavar="YYYY-MM-DD", help="From this day (UTC), inclusive."),
@@ -53,6 +61,8 @@ def usage(
     json: JsonOption = False,
     csv: Annotated[bool, typer.Option("--csv", help="Print CSV: day,metric,dim,value.")] = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Show a tenant's usage per day (steps, slot seconds, tokens, cost, calls) and budget."""
     with reporting_errors():
@@ -64,11 +74,10 @@ def usage(
                 f"--since {first} is after --until {last}", field="since", value=first
             )
 
-    async def fetch(engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        rows = await engine.usage(tenant, since=first, until=last)
-        return rows, ([] if json or csv else await engine.budget(tenant))
-
-    rows, ledgers = read(ctx, db, fetch)
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        rows = backend.usage(since=first, until=last)
+        ledgers = [] if json or csv else backend.budget()
+        owner = backend.tenant_id
     if json:
         render.print_json([render.usage_dict(r) for r in rows])
         return
@@ -80,12 +89,12 @@ def usage(
         return
     out = render.console()
     span = f"{first or 'the start'} to {last or 'today'}"
-    out.print(f"usage of tenant {tenant}, {span} (UTC days)", style="bold", markup=False)
+    out.print(f"usage of tenant {owner}, {span} (UTC days)", style="bold", markup=False)
     if rows:
         out.print(render.usage_table(rows))
     else:
         out.print("no usage", style="dim")
-    out.print(f"budget of tenant {tenant}", style="bold", markup=False)
+    out.print(f"budget of tenant {owner}", style="bold", markup=False)
     if ledgers:
         out.print(render.budget_table(ledgers))
     else:

@@ -1,0 +1,122 @@
+"""The FastAPI application: :func:`create_app` wires the engine, routers, errors and metrics.
+
+The engine runs inside the server process: the app's lifespan runs the setup functions
+(registering workflows, tools and models), starts the engine — which resumes every unfinished
+run — and closes it on shutdown, after the last request.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from tenantflow import __version__
+from tenantflow.api.errors import install_error_handlers
+from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
+from tenantflow.api.middleware import RequestGuard
+from tenantflow.api.routes import events, health, reviews, runs, tenant, tenants
+from tenantflow.api.routes.runs import SubmissionGate
+from tenantflow.engine.engine import Engine
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_SUBMISSIONS", "create_app"]
+
+_DURATION = (
+    "An ISO 8601 duration as pydantic writes it: PT30S, PT2H, P30D, P7Y7D (a year is 365 days)."
+)
+
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+DEFAULT_MAX_SUBMISSIONS = 512
+
+Setup = Callable[[Engine], Any]
+
+
+def create_app(
+    engine: Engine,
+    *,
+    registry: CollectorRegistry | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_submissions: int = DEFAULT_MAX_SUBMISSIONS,
+    setup: Sequence[Setup] = (),
+    manage_engine: bool = True,
+) -> FastAPI:
+    """The REST API of ``engine``.
+
+    Args:
+        engine: the engine to serve; open it with ``execute=True`` to run submitted runs.
+        registry: where the HTTP and engine metrics are registered (a new one when None);
+            ``/metrics`` serves it.
+        max_body_bytes: request bodies over this size are refused with 413.
+        max_submissions: at most this many submissions are recorded at once by this process;
+            more are refused with 429 and ``Retry-After`` (see ``SubmissionGate``).
+        setup: functions called with the engine before it starts (``function(engine)``, may
+            be async): they register workflows, tools and models.
+        manage_engine: start the engine with the app and close it at shutdown (False when the
+            caller starts and closes it).
+
+    Returns:
+        The app; serve it with any ASGI server (``tenantflow serve`` uses uvicorn).
+    """
+    if max_body_bytes < 0:
+        raise ValueError("max_body_bytes must not be negative")
+    if max_submissions < 1:
+        raise ValueError("max_submissions must be at least 1")
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = HttpMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for function in setup:
+            result = function(engine)
+            if inspect.isawaitable(result):
+                await result
+        if manage_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if manage_engine:
+                await engine.close()
+
+    app = FastAPI(
+        title="tenantflow",
+        version=__version__,
+        summary="A multi-tenant control plane for durable AI-agent workflows.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.registry = registry
+    app.state.submissions = SubmissionGate(max_submissions, metrics)
+    install_error_handlers(app)
+    # Routes are matched in order: the busiest first.
+    for module in (runs, events, reviews, tenant, tenants, health):
+        app.include_router(module.router)
+    _describe_durations(app)
+    # Added last = outermost: metrics see every answer, the guard's included.
+    app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def _describe_durations(app: FastAPI) -> None:
+    """Policy durations are written as pydantic writes them (``P7Y7D``: years then days), which
+    RFC 3339's stricter ``duration`` format does not allow: the document says what is sent."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            for schema in document.get("components", {}).get("schemas", {}).values():
+                for prop in schema.get("properties", {}).values():
+                    for variant in [prop, *prop.get("anyOf", ())]:
+                        if variant.get("format") == "duration":
+                            del variant["format"]
+                            variant.setdefault("description", _DURATION)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,255 @@
+"""The caller's runs: submit, list, read, cancel, and their steps, timeline and state history."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+
+from tenantflow.api.auth import EngineDep, TenantId
+from tenantflow.api.errors import ERROR_RESPONSES
+from tenantflow.api.metrics import HttpMetrics
+from tenantflow.api.schemas import (
+    CancelIn,
+    ChangeOut,
+    ChangesOut,
+    EventOut,
+    EventsOut,
+    RunOut,
+    RunsPage,
+    RunSubmitted,
+    StateOut,
+    StatesOut,
+    StepOut,
+    StepsOut,
+    SubmitIn,
+)
+from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.records import RunRecord, RunStatus
+from tenantflow.engine.engine import Engine
+from tenantflow.errors import BackpressureError, ConflictError, ContractError
+
+__all__ = ["RunPath", "SubmissionGate", "router"]
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
+
+RunPath = Annotated[str, Path(min_length=1, max_length=100, description="The run's id.")]
+
+
+class SubmissionGate:
+    """A per-process cap on submissions being recorded at once.
+
+    Past the cap a submission is refused at once with 429 (``BackpressureError``) instead of
+    queueing behind the others: under an open-loop overload the queue (and every caller's
+    latency) would otherwise grow without bound while the store commits as fast as it can.
+    """
+
+    def __init__(self, limit: int, metrics: HttpMetrics | None = None) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._metrics = metrics
+
+    def enter(self) -> None:
+        if self.in_flight >= self.limit:
+            if self._metrics is not None:
+                self._metrics.submissions_refused.inc()
+            raise BackpressureError(
+                f"this server is recording {self.in_flight} submissions already; retry shortly",
+                retry_after_s=1.0,
+                in_flight=self.in_flight,
+            )
+        self.in_flight += 1
+        if self._metrics is not None:
+            self._metrics.submissions_in_flight.set(self.in_flight)
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self._metrics is not None:
+            self._metrics.submissions_in_flight.set(self.in_flight)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=RunSubmitted,
+    summary="Submit a run",
+    responses={
+        200: {"model": RunSubmitted, "description": "An earlier submission with this key."},
+        409: ERROR_RESPONSES[404] | {"description": "The key was used for another request."},
+        402: ERROR_RESPONSES[404] | {"description": "The tenant's budget is spent."},
+    },
+)
+async def submit(
+    body: SubmitIn,
+    request: Request,
+    response: Response,
+    engine: EngineDep,
+    tenant: TenantId,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="Submitting again with the same key returns the same run (200).",
+        ),
+    ] = None,
+) -> RunSubmitted:
+    """Record a run of a registered workflow; it starts at once while the tenant is under its
+    active-run cap, else it waits in the tenant's queue (status ``queued``)."""
+    gate: SubmissionGate = request.app.state.submissions
+    gate.enter()
+    try:
+        handle = await engine.submit(
+            body.workflow,
+            tenant=tenant,
+            input=body.input,
+            idempotency_key=idempotency_key,
+            lane=body.lane,
+            version=body.version,
+        )
+    except ContractError as exc:
+        if exc.step == "<input>":  # the path inside the input, as a path in the request
+            field = exc.field or "$"
+            exc.fields["field"] = "body.input" + (
+                "" if field == "$" else field if field.startswith("[") else f".{field}"
+            )
+        raise
+    finally:
+        gate.leave()
+    if not handle.created:
+        record = await engine.get_run(tenant, handle.id)
+        _check_replay(engine, record, body)
+        response.status_code = 200
+        return _submitted(record, created=False)
+    active = engine.active_run(tenant, handle.id)
+    if active is None:  # it ended at submission, or another process drives it (a front)
+        return _submitted(await engine.get_run(tenant, handle.id), created=True)
+    return RunSubmitted(
+        id=handle.id,
+        status=active.status,
+        workflow=active.spec.name,
+        workflow_version=active.spec.version,
+        lane=active.lane,
+        created=True,
+    )
+
+
+def _submitted(record: RunRecord, *, created: bool) -> RunSubmitted:
+    return RunSubmitted(
+        id=record.id,
+        status=record.status,
+        workflow=record.workflow,
+        workflow_version=record.workflow_version,
+        lane=record.lane,
+        created=created,
+    )
+
+
+def _check_replay(engine: Engine, record: RunRecord, body: SubmitIn) -> None:
+    """An idempotency key names one request: reusing it for another is a conflict."""
+    spec = engine.workflow(body.workflow, body.version)
+    _, input_json = contract_for(spec.input_type).check(
+        body.input, step="<input>", direction="input"
+    )
+    same = (
+        record.workflow == spec.name
+        and (body.version is None or record.workflow_version == spec.version)
+        and (body.lane is None or record.lane == body.lane)
+        and record.input_json == input_json
+    )
+    if not same:
+        raise ConflictError(
+            f"Idempotency-Key {record.idempotency_key!r} was used for a different request"
+            f" (run {record.id}); use a new key for a new run",
+            run_id=record.id,
+            field="header.Idempotency-Key",
+        )
+
+
+@router.get("", response_model=RunsPage, summary="List runs, newest first")
+async def list_runs(
+    engine: EngineDep,
+    tenant: TenantId,
+    status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
+    workflow: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Only this workflow.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(min_length=1, max_length=100, description="`next` of the previous page."),
+    ] = None,
+) -> RunsPage:
+    # One more than asked, to know whether there is a next page.
+    runs = await engine.list_runs(
+        tenant, status=status, workflow=workflow, limit=limit + 1, before=cursor
+    )
+    page = runs[:limit]
+    more = len(runs) > limit
+    return RunsPage(items=[RunOut.of(r) for r in page], next=page[-1].id if more else None)
+
+
+@router.get("/{run_id}", response_model=RunOut, summary="Show a run")
+async def get_run(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> RunOut:
+    return RunOut.of(await engine.get_run(tenant, run_id))
+
+
+@router.get("/{run_id}/steps", response_model=StepsOut, summary="A run's steps")
+async def steps(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> StepsOut:
+    found = await engine.steps(tenant, run_id)
+    # People read a DAG in the order it ran.
+    found.sort(key=lambda s: (s.started_at is None, s.started_at or 0.0, s.key))
+    return StepsOut(items=[StepOut.of(s) for s in found])
+
+
+@router.post(
+    "/{run_id}/cancel",
+    response_model=RunOut,
+    summary="Cancel a run",
+    responses={409: ERROR_RESPONSES[404] | {"description": "The run has already ended."}},
+)
+async def cancel(
+    run_id: RunPath, engine: EngineDep, tenant: TenantId, body: CancelIn | None = None
+) -> RunOut:
+    """Stop the run's steps, compensate completed ones, and end it ``cancelled``."""
+    record = await engine.cancel(tenant, run_id, (body or CancelIn()).reason)
+    return RunOut.of(record)
+
+
+@router.get("/{run_id}/timeline", response_model=EventsOut, summary="A run's execution log")
+async def timeline(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> EventsOut:
+    return EventsOut(items=[EventOut.of(e) for e in await engine.timeline(tenant, run_id)])
+
+
+@router.get("/{run_id}/state", response_model=StateOut, summary="A run's state at one version")
+async def state(
+    run_id: RunPath,
+    engine: EngineDep,
+    tenant: TenantId,
+    version: Annotated[
+        int | None, Query(ge=0, le=2**31, description="The state version; default: the latest.")
+    ] = None,
+) -> StateOut:
+    return StateOut.of(await engine.state(tenant, run_id, version))
+
+
+@router.get(
+    "/{run_id}/state/versions", response_model=StatesOut, summary="Every state version of a run"
+)
+async def state_versions(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> StatesOut:
+    return StatesOut(items=[StateOut.of(v) for v in await engine.versions(tenant, run_id)])
+
+
+@router.get(
+    "/{run_id}/state/diff", response_model=ChangesOut, summary="What changed between versions"
+)
+async def state_diff(
+    run_id: RunPath,
+    engine: EngineDep,
+    tenant: TenantId,
+    a: Annotated[int, Query(ge=0, le=2**31, description="The earlier state version.")],
+    b: Annotated[int, Query(ge=0, le=2**31, description="The later state version.")],
+) -> ChangesOut:
+    changes = await engine.diff(tenant, run_id, a, b)
+    return ChangesOut(a=a, b=b, items=[ChangeOut.of(c) for c in changes])

@@ -1,0 +1,191 @@
+"""``tenantflow keys …``: create, list, revoke and rotate API keys of a tenant or admin keys.
+
+Every command names whose keys it means: ``--tenant TENANT`` or ``--admin`` (the control
+plane's keys), exactly one of them. ``create`` and ``rotate`` print the new key string once; it
+is not stored (only its SHA-256 digest is) and cannot be shown again.
+
+The commands open the engine with ``execute=False``: key writes go straight to the store, so they
+work while a server or worker is running on the same database (a running server sees a
+revocation made here within its key cache TTL, a few seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+from rich.text import Text
+
+from tenantflow.cli import render
+from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
+from tenantflow.engine.engine import Engine, check_tenant
+from tenantflow.engine.keys import ApiKeyInfo
+from tenantflow.errors import ConfigurationError
+
+__all__ = ["ACTOR", "app"]
+
+ACTOR = "cli"
+"""Who the audit log names for a key change made from the command line."""
+
+NOT_SHOWN_AGAIN = "This key is shown once: it is not stored and cannot be shown again."
+
+app = typer.Typer(
+    name="keys",
+    help="API keys of a tenant (--tenant) or admin keys (--admin): create, list, revoke, rotate.",
+    no_args_is_help=True,
+)
+
+KeyTenantOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tenant",
+        "-t",
+        metavar="TENANT",
+        help="The tenant whose keys these are.",
+        show_default=False,
+    ),
+]
+AdminOption = Annotated[
+    bool, typer.Option("--admin", help="Admin (control-plane) keys instead of a tenant's.")
+]
+KeyArgument = Annotated[str, typer.Argument(metavar="KEY_ID", help="The key's id (key_…).")]
+
+
+def _owner(tenant: str | None, admin: bool) -> str | None:
+    """The tenant id, or None for ``--admin``; exactly one of them must be given."""
+    if admin == (tenant is not None):
+        raise ConfigurationError("give exactly one of --tenant TENANT or --admin", field="tenant")
+    return None if tenant is None else check_tenant(tenant)
+
+
+def _described(info: ApiKeyInfo) -> str:
+    """``admin API key key_…`` or ``API key key_… of tenant acme``."""
+    if info.tenant_id is None:
+        return f"admin API key {info.id}"
+    return f"API key {info.id} of tenant {info.tenant_id}"
+
+
+def _key_dict(info: ApiKeyInfo) -> dict[str, Any]:
+    """A key, JSON-ready, with ISO-8601 times like every other command's output."""
+    return {
+        **info.to_dict(),
+        "created_at": render.iso(info.created_at),
+        "revoked_at": render.iso(info.revoked_at),
+    }
+
+
+def _print_secret(info: ApiKeyInfo, secret: str, verb: str, json: bool) -> None:
+    if json:
+        render.print_json({**_key_dict(info), "secret": secret, "notice": NOT_SHOWN_AGAIN})
+        return
+    typer.echo(f"{verb} {_described(info)} (name {info.name}):")
+    typer.echo(secret)
+    typer.echo(NOT_SHOWN_AGAIN)
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    tenant: KeyTenantOption = None,
+    admin: AdminOption = False,
+    name: Annotated[
+        str, typer.Option("--name", "-n", metavar="NAME", help="A label for the key.")
+    ] = "default",
+    json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Create an API key and print it once (it is not stored and cannot be shown again)."""
+    with reporting_errors():
+        owner = _owner(tenant, admin)
+    info, secret = read(ctx, db, lambda engine: engine.keys.create(owner, name=name, actor=ACTOR))
+    _print_secret(info, secret, "created", json)
+
+
+@app.command("list")
+def list_keys(
+    ctx: typer.Context,
+    tenant: KeyTenantOption = None,
+    admin: AdminOption = False,
+    json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """List a tenant's keys, or the admin keys, revoked ones included (never their secrets)."""
+    with reporting_errors():
+        owner = _owner(tenant, admin)
+
+    async def fetch(engine: Engine) -> list[ApiKeyInfo]:
+        return await engine.keys.list(owner)
+
+    keys = read(ctx, db, fetch)
+    if json:
+        render.print_json([_key_dict(k) for k in keys])
+        return
+    out = render.console()
+    if not keys:
+        out.print("no keys", markup=False)
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("id", "name", "prefix", "created", "revoked"):
+        table.add_column(column, overflow="fold")
+    for k in keys:
+        table.add_row(
+            Text(k.id),
+            Text(k.name),
+            Text(f"{k.prefix}…"),
+            render.iso(k.created_at, timespec="seconds") or "",
+            Text(
+                render.iso(k.revoked_at, timespec="seconds") or "active",
+                style="" if k.revoked_at else "green",
+            ),
+        )
+    out.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    ctx: typer.Context,
+    key_id: KeyArgument,
+    tenant: KeyTenantOption = None,
+    admin: AdminOption = False,
+    json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Revoke a key: it never authenticates again.
+
+    A server running on the same database stops accepting it within its key cache TTL (a few
+    seconds). Revoking a revoked key changes nothing.
+    """
+    with reporting_errors():
+        owner = _owner(tenant, admin)
+    info = read(ctx, db, lambda engine: engine.keys.revoke(owner, key_id, actor=ACTOR))
+    if json:
+        render.print_json(_key_dict(info))
+        return
+    typer.echo(f"revoked {_described(info)} at {render.iso(info.revoked_at)}")
+
+
+@app.command("rotate")
+def rotate(
+    ctx: typer.Context,
+    key_id: KeyArgument,
+    tenant: KeyTenantOption = None,
+    admin: AdminOption = False,
+    json: JsonOption = False,
+    db: DbOption = None,
+) -> None:
+    """Replace a key: revoke it and create a new one, same name, in one transaction.
+
+    The new key is printed once; it is not stored and cannot be shown again.
+    """
+    with reporting_errors():
+        owner = _owner(tenant, admin)
+    info, secret = read(ctx, db, lambda engine: engine.keys.rotate(owner, key_id, actor=ACTOR))
+    if json:
+        render.print_json(
+            {**_key_dict(info), "replaces": key_id, "secret": secret, "notice": NOT_SHOWN_AGAIN}
+        )
+        return
+    typer.echo(f"revoked {key_id}; its replacement:")
+    _print_secret(info, secret, "created", json=False)

@@ -1,0 +1,142 @@
+"""``tenantflow worker``: one of any number of worker processes sharing a PostgreSQL database.
+
+Each worker drives the runs of the tenants it owns (see :mod:`tenantflow.engine.cluster`): start
+as many as the load needs, on any machines that reach the database, next to a
+``tenantflow serve --workers external`` front (or any engine opened with ``cluster="front"``).
+SIGTERM or SIGINT stop it gracefully: its attempts stop, and its tenants and step leases are
+handed back at once, so the others take over without waiting for the leases to lapse. A worker
+that dies without that (SIGKILL, a lost machine) is taken over when its leases lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Annotated, Any
+
+import typer
+
+from tenantflow.cli.common import DbOption, reporting_errors, settings_for
+from tenantflow.cli.serve import load_app
+from tenantflow.engine.engine import Engine
+from tenantflow.errors import ConfigurationError
+
+__all__ = ["worker"]
+
+log = logging.getLogger("tenantflow.worker")
+
+
+def worker(
+    ctx: typer.Context,
+    app: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--app",
+            metavar="MODULE:FUNCTION",
+            help="A function(engine) that registers workflows, tools and models. Repeatable"
+            " (default: $TENANTFLOW_APP, comma-separated).",
+            show_default=False,
+        ),
+    ] = None,
+    slots: Annotated[
+        int, typer.Option("--slots", min=1, help="Step attempts executing at once.")
+    ] = 64,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease",
+            min=0.5,
+            help="Seconds a step or tenant lease lasts without renewal: how soon a dead"
+            " worker's work is taken over.",
+        ),
+    ] = 10.0,
+    traces: Annotated[
+        str,
+        typer.Option(
+            "--traces",
+            help="Export spans: none, console or otlp (OTEL_EXPORTER_OTLP_* set the endpoint).",
+        ),
+    ] = "none",
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port at /metrics (0: off).",
+        ),
+    ] = 0,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", help="The address the metrics port listens on.")
+    ] = "127.0.0.1",
+    db: DbOption = None,
+) -> None:
+    """Run a worker: drive the runs of this worker's share of the tenants (PostgreSQL)."""
+    stopping: list[int] = []  # a signal that comes while starting up stops it once started
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    with reporting_errors():
+        settings = settings_for(ctx, db)
+        if app:
+            settings = type(settings)(settings.database_url, ",".join(app))
+        setups = [load_app(ref) for ref in settings.apps]
+        engine = Engine.open(
+            settings.database_url,
+            cluster="worker",
+            slots=slots,
+            lease=timedelta(seconds=lease),
+        )
+        observe(engine, traces, metrics_port, metrics_host)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        asyncio.run(_run(engine, setups, stopping))
+
+
+def observe(engine: Engine, traces: str, metrics_port: int, metrics_host: str) -> None:
+    """Attach the spans and the metrics the options ask for (``tenantflow.observability``)."""
+    from tenantflow.observability.tracing import configure_tracing, install_tracing
+
+    provider = configure_tracing(traces)
+    if provider is not None:
+        install_tracing(engine, provider)
+    if metrics_port:
+        try:
+            from prometheus_client import CollectorRegistry, start_http_server
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"--metrics-port needs the server extra: pip install 'tenantflow[server]' ({exc})"
+            ) from None
+        from tenantflow.observability.metrics import install_metrics
+
+        registry = CollectorRegistry()
+        install_metrics(engine, registry)
+        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+
+
+async def _run(
+    engine: Engine, setups: Sequence[Callable[[Engine], Any]], stopping: list[int]
+) -> None:
+    for setup in setups:
+        result = setup(engine)
+        if inspect.isawaitable(result):
+            await result
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if stopping:
+        stop.set()
+    async with engine:
+        membership = engine.membership
+        assert membership is not None
+        log.info(
+            "worker %s started: %d live workers, owns %d tenants",
+            engine.owner,
+            len(membership.workers),
+            len(membership.owned),
+        )
+        await stop.wait()
+        log.info("worker %s stopping: handing back %d tenants", engine.owner, len(membership.owned))

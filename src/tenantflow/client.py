@@ -1,0 +1,494 @@
+"""A typed client of the REST API: what ``tenantflow --url URL …`` talks to.
+
+One method per API operation the command line needs. Each returns the records the engine
+returns for the same question (``RunRecord``, ``StepRecord``, ``EventRecord``, ``ReviewRecord``,
+``AuditRecord``, ``TenantInfo``…), so what is printed from a server and from the store is the
+same. Tenant operations act on the API key's tenant; admin operations need an admin key::
+
+    with Client("http://127.0.0.1:8000", key) as client:
+        runs = client.list_runs(status=RunStatus.COMPLETED, limit=10)
+
+Errors come back as the error tree: the API's ``{"error": {"code", "message", ...}}`` is raised
+as the :class:`~tenantflow.errors.TenantflowError` subclass that has that ``code``, with the
+other fields kept (a code no class has is mapped by HTTP status); a server that cannot be reached
+is a :class:`~tenantflow.errors.StoreUnavailableError` naming its URL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from tenantflow import __version__
+from tenantflow.domain.audit import AuditRecord, VerifyResult
+from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
+from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
+from tenantflow.domain.state import Change
+from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
+from tenantflow.engine.engine import StateVersion
+from tenantflow.engine.tenants import TenantInfo
+from tenantflow.errors import (
+    AuthenticationError,
+    BackpressureError,
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+    TenantflowError,
+)
+
+__all__ = ["DEFAULT_TIMEOUT", "Client", "error_from_response"]
+
+DEFAULT_TIMEOUT = timedelta(seconds=30)
+
+# The API's page sizes are capped (runs 500, tenants and audit rows 1000): longer lists are read
+# page by page.
+_RUNS_PAGE = 500
+_PAGE = 1000
+
+
+def _codes(cls: type[TenantflowError]) -> Iterator[tuple[str, type[TenantflowError]]]:
+    yield cls.code, cls
+    for sub in cls.__subclasses__():
+        yield from _codes(sub)
+
+
+_BY_CODE: dict[str, type[TenantflowError]] = dict(_codes(TenantflowError))
+_BY_STATUS: dict[int, type[TenantflowError]] = {
+    400: ConfigurationError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: ConfigurationError,
+    415: ConfigurationError,
+    422: ConfigurationError,  # "request_invalid": the request broke the API's schema
+    429: BackpressureError,
+    502: StoreUnavailableError,
+    503: StoreUnavailableError,
+    504: StoreUnavailableError,
+}
+
+
+def error_from_response(response: httpx.Response) -> TenantflowError:
+    """The error an unsuccessful answer stands for.
+
+    Args:
+        response: an answer with a 4xx or 5xx status.
+
+    Returns:
+        The error class whose ``code`` the body names (by HTTP status when no class has it, or
+        when the body is not the API's error shape), with the body's message and fields and the
+        ``status``.
+    """
+    detail: Any = None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        detail = body.get("error")
+    if not isinstance(detail, dict) or not isinstance(detail.get("message"), str):
+        cls = _BY_STATUS.get(response.status_code, TenantflowError)
+        reason = response.reason_phrase or "error"
+        return cls(
+            f"the server at {response.request.url.copy_with(query=None)} answered"
+            f" {response.status_code} {reason}",
+            http_status=response.status_code,
+        )
+    code = str(detail.get("code", ""))
+    cls = _BY_CODE.get(code) or _BY_STATUS.get(response.status_code, TenantflowError)
+    fields = {k: v for k, v in detail.items() if k not in ("code", "message")}
+    fields["http_status"] = response.status_code
+    return cls(detail["message"], **fields)
+
+
+class Client:
+    """The REST API of one tenantflow server, called with one API key.
+
+    Args:
+        url: the server's base URL, e.g. ``http://127.0.0.1:8000``.
+        api_key: the key sent as ``Authorization: Bearer <key>``: a tenant's key for tenant
+            operations, an admin key for the ``*_tenant(s)`` operations.
+        timeout: how long one request may take.
+        transport: the HTTP transport (tests pass ``httpx.MockTransport``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: timedelta = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._tenant_id: str | None = None
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "User-Agent": f"tenantflow-cli/{__version__}",
+            },
+            timeout=timeout.total_seconds(),
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:  # never the key
+        return f"Client({self.url!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections."""
+        self._http.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+    ) -> Any:
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = self._http.request(method, path, params=query, json=body)
+        except httpx.InvalidURL as exc:
+            raise ConfigurationError(
+                f"invalid server URL {self.url!r}: {exc}", field="url", value=self.url
+            ) from None
+        except httpx.TransportError as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise StoreUnavailableError(
+                f"cannot reach the tenantflow server at {self.url}: {reason}", url=self.url
+            ) from exc
+        if not response.is_success:
+            raise error_from_response(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise TenantflowError(
+                f"the server at {self.url} answered {method} {path} with something that is not"
+                " JSON: is it a tenantflow server?",
+                url=self.url,
+            ) from None
+
+    def _pages(
+        self, path: str, params: Mapping[str, Any], cursor: str, start: Any, limit: int, page: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` items of a paged list, following ``next`` as ``?{cursor}=``."""
+        items: list[dict[str, Any]] = []
+        position = start
+        while len(items) < limit:
+            found = self._call(
+                "GET",
+                path,
+                params={**params, cursor: position, "limit": min(page, limit - len(items))},
+            )
+            items.extend(found["items"])
+            position = found.get("next")
+            if position is None:
+                break
+        return items
+
+    # -- the caller's tenant -------------------------------------------------------------------
+
+    def tenant(self) -> TenantInfo:
+        """The API key's tenant and its policy (``GET /v1/tenant``; 403 for an admin key)."""
+        info = _tenant(self._call("GET", "/v1/tenant"))
+        self._tenant_id = info.id
+        return info
+
+    @property
+    def tenant_id(self) -> str:
+        """The API key's tenant (asked once)."""
+        if self._tenant_id is None:
+            return self.tenant().id
+        return self._tenant_id
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[RunRecord]:
+        """The tenant's runs, newest first; ``before`` a run id, for paging."""
+        params = {"status": None if status is None else status.value, "workflow": workflow}
+        items = self._pages("/v1/runs", params, "cursor", before, limit, _RUNS_PAGE)
+        return [_run(item) for item in items]
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return _run(self._call("GET", f"/v1/runs/{_segment(run_id)}"))
+
+    def steps(self, run_id: str) -> list[StepRecord]:
+        found = self._call("GET", f"/v1/runs/{_segment(run_id)}/steps")
+        return [_step(self.tenant_id, run_id, item) for item in found["items"]]
+
+    def timeline(self, run_id: str) -> list[EventRecord]:
+        """The run's execution log, oldest first."""
+        found = self._call("GET", f"/v1/runs/{_segment(run_id)}/timeline")
+        return [_event(self.tenant_id, run_id, item) for item in found["items"]]
+
+    def state(self, run_id: str, version: int | None = None) -> StateVersion:
+        """The run's state at ``version`` (the latest when None)."""
+        body = self._call("GET", f"/v1/runs/{_segment(run_id)}/state", params={"version": version})
+        return _state(body)
+
+    def diff(self, run_id: str, a: int, b: int) -> list[Change]:
+        """What changed in the run's state between versions ``a`` and ``b``."""
+        body = self._call("GET", f"/v1/runs/{_segment(run_id)}/state/diff", params={"a": a, "b": b})
+        return [
+            Change(path=c["path"], kind=c["kind"], before=c.get("before"), after=c.get("after"))
+            for c in body["items"]
+        ]
+
+    # -- reviews -------------------------------------------------------------------------------
+
+    def list_reviews(
+        self,
+        *,
+        pool: str | None = None,
+        statuses: Sequence[ReviewStatus] | None = None,
+        limit: int = 100,
+    ) -> list[ReviewRecord]:
+        """Review tasks in queue order; open ones (pending, claimed) when ``statuses`` is None."""
+        params = {
+            "pool": pool,
+            "status": None if statuses is None else [s.value for s in statuses],
+            "limit": limit,
+        }
+        found = self._call("GET", "/v1/reviews", params=params)
+        return [_review(self.tenant_id, item) for item in found["items"]]
+
+    def get_review(self, review_id: str) -> ReviewRecord:
+        return _review(self.tenant_id, self._call("GET", f"/v1/reviews/{_segment(review_id)}"))
+
+    def claim_review(self, review_id: str, *, reviewer: str) -> ReviewRecord:
+        body = self._call(
+            "POST", f"/v1/reviews/{_segment(review_id)}/claim", body={"reviewer": reviewer}
+        )
+        return _review(self.tenant_id, body)
+
+    def decide_review(
+        self, review_id: str, *, reviewer: str, approve: bool, comment: str | None = None
+    ) -> ReviewRecord:
+        """Approve or reject; the server resumes the waiting step."""
+        body = self._call(
+            "POST",
+            f"/v1/reviews/{_segment(review_id)}/decide",
+            body={"reviewer": reviewer, "approve": approve, "comment": comment},
+        )
+        return _review(self.tenant_id, body)
+
+    # -- usage, budget, audit ------------------------------------------------------------------
+
+    def usage(self, *, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """Usage counters per day (``day``, ``metric``, ``dim``, ``value``); days YYYY-MM-DD."""
+        found = self._call("GET", "/v1/usage", params={"since": since, "until": until})
+        return [
+            {"day": r["day"], "metric": r["metric"], "dim": r["dim"], "value": r["value"]}
+            for r in found["items"]
+        ]
+
+    def budget(self) -> list[dict[str, Any]]:
+        """Budget ledgers: scope, unit, period, limit, spent, reserved, overrun, period_start."""
+        found = self._call("GET", "/v1/budget")
+        return [
+            {**row, "period_start": _ts_or_none(row.get("period_start"))} for row in found["items"]
+        ]
+
+    def audit_log(self) -> list[AuditRecord]:
+        """The tenant's audit rows, oldest first."""
+        items = self._pages("/v1/audit", {}, "after", 0, 2**62, _PAGE)
+        tenant = self.tenant_id
+        return [AuditRecord(tenant_id=tenant, **{**item, "ts": _ts(item["ts"])}) for item in items]
+
+    def audit_verify(self) -> VerifyResult:
+        """The check of the tenant's audit hash chain."""
+        body = self._call("GET", "/v1/audit/verify")
+        return VerifyResult(
+            ok=body["ok"],
+            checked=body["checked"],
+            first_bad_seq=body.get("first_bad_seq"),
+            reason=body.get("reason") or "",
+        )
+
+    # -- tenants (admin) -----------------------------------------------------------------------
+
+    def list_tenants(self) -> list[TenantInfo]:
+        """Every tenant, by id."""
+        items = self._pages("/v1/tenants", {}, "cursor", None, 2**62, _PAGE)
+        return [_tenant(item) for item in items]
+
+    def get_tenant(self, tenant_id: str) -> TenantInfo:
+        return _tenant(self._call("GET", f"/v1/tenants/{_segment(tenant_id)}"))
+
+    def create_tenant(
+        self,
+        tenant_id: str,
+        *,
+        tier: str,
+        org_id: str | None = None,
+        policy: Mapping[str, Any] | None = None,
+    ) -> TenantInfo:
+        """Register a tenant: the ``tier`` preset with ``policy`` fields overridden."""
+        body = {"id": tenant_id, "tier": tier, "org_id": org_id, "policy": dict(policy or {})}
+        return _tenant(self._call("POST", "/v1/tenants", body=body))
+
+    def update_tenant(self, tenant_id: str, policy: Mapping[str, Any]) -> TenantInfo:
+        """Change policy fields: a new policy version."""
+        body = {"policy": dict(policy)}
+        return _tenant(self._call("PATCH", f"/v1/tenants/{_segment(tenant_id)}", body=body))
+
+    def delete_tenant(self, tenant_id: str, *, purge_audit: bool = False) -> dict[str, Any]:
+        """Purge the tenant: rows ``deleted`` and rows ``left`` (all zero) per table."""
+        body = self._call(
+            "DELETE",
+            f"/v1/tenants/{_segment(tenant_id)}",
+            params={"purge_audit": "true" if purge_audit else "false"},
+        )
+        return {"deleted": body["deleted"], "left": body["left"]}
+
+
+# -- the API's JSON as records -------------------------------------------------------------------
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: a '/' or '?' in it must not change the route."""
+    return quote(value, safe="")
+
+
+def _ts(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def _ts_or_none(value: str | None) -> float | None:
+    return None if value is None else _ts(value)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _run(body: dict[str, Any]) -> RunRecord:
+    status = RunStatus(body["status"])
+    result = body.get("result")
+    return RunRecord(
+        id=body["id"],
+        tenant_id=body["tenant_id"],
+        workflow=body["workflow"],
+        workflow_version=body["workflow_version"],
+        status=status,
+        input_json=_dumps(body.get("input")),
+        created_at=_ts(body["created_at"]),
+        updated_at=_ts(body["updated_at"]),
+        lane=body["lane"],
+        state_version=body["state_version"],
+        state_hash=body["state_hash"],
+        # A completed run always has a result, even a null one.
+        result_json=None if result is None and status != RunStatus.COMPLETED else _dumps(result),
+        error=body.get("error"),
+        idempotency_key=body.get("idempotency_key"),
+        parent_run_id=body.get("parent_run_id"),
+        finished_at=_ts_or_none(body.get("finished_at")),
+        meta=dict(body.get("meta") or {}),
+    )
+
+
+def _step(tenant_id: str, run_id: str, body: dict[str, Any]) -> StepRecord:
+    output = body.get("output")
+    return StepRecord(
+        run_id=run_id,
+        tenant_id=tenant_id,
+        key=body["key"],
+        status=StepStatus(body["status"]),
+        attempt=body["attempt"],
+        output_json=None if output is None else _dumps(output),
+        error=body.get("error"),
+        version=body.get("state_version"),
+        started_at=_ts_or_none(body.get("started_at")),
+        finished_at=_ts_or_none(body.get("finished_at")),
+    )
+
+
+def _event(tenant_id: str, run_id: str, body: dict[str, Any]) -> EventRecord:
+    return EventRecord(
+        id=body["id"],
+        tenant_id=tenant_id,
+        run_id=run_id,
+        ts=_ts(body["ts"]),
+        kind=body["kind"],
+        step=body.get("step"),
+        attempt=body.get("attempt"),
+        data=body.get("data") or {},
+    )
+
+
+def _state(body: dict[str, Any]) -> StateVersion:
+    return StateVersion(
+        run_id=body["run_id"],
+        version=body["version"],
+        parent=body.get("parent"),
+        step=body.get("step"),
+        hash=body["hash"],
+        created_at=_ts(body["created_at"]),
+        state=body["state"],
+    )
+
+
+def _review(tenant_id: str, body: dict[str, Any]) -> ReviewRecord:
+    return ReviewRecord(
+        id=body["id"],
+        tenant_id=tenant_id,
+        run_id=body["run_id"],
+        step=body["step"],
+        pool=body["pool"],
+        lane=body["lane"],
+        status=ReviewStatus(body["status"]),
+        sla_due=_ts_or_none(body.get("sla_due")),
+        created_at=_ts(body["created_at"]),
+        payload=body.get("payload") or {},
+        claimed_by=body.get("claimed_by"),
+        decided_by=body.get("decided_by"),
+        comment=body.get("comment"),
+        decided_at=_ts_or_none(body.get("decided_at")),
+        escalations=body.get("escalations", 0),
+    )
+
+
+def _tenant(body: dict[str, Any]) -> TenantInfo:
+    policy = body["policy"]
+    # The server checked the region against the regions it serves, which may be more than the
+    # default ones this process knows.
+    region = policy.get("region")
+    known = DEFAULT_REGIONS | ({region} if isinstance(region, str) else set())
+    return TenantInfo(
+        id=body["id"],
+        org_id=body.get("org_id"),
+        policy=Policy.model_validate(policy, context={"known_regions": known}),
+        policy_version=body["policy_version"],
+        created_at=_ts(body["created_at"]),
+        updated_at=_ts(body["updated_at"]),
+        store=body["store"],
+    )

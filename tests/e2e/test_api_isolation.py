@@ -1,0 +1,250 @@
+"""Tenant isolation over HTTP: every operation of the app's OpenAPI document, called with
+tenant B's key on tenant A's objects (A's real run, review and key ids), answers 403 or 404 —
+exactly like an object that does not exist — and never carries A's data; without a key or with
+a revoked one, every /v1 operation answers 401.
+
+The list of operations comes from ``/openapi.json``: an operation added to the app without a
+case here fails the walk, so no endpoint can escape it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "apps"))
+from api_harness import Api, bearer, serving
+
+pytestmark = pytest.mark.timeout(60)
+
+MISSING = {
+    "run_id": "run_0123456789abcdef01234567",
+    "review_id": "rev_0123456789abcdef0123",
+    "key_id": "key_0123456789abcdef01234567",
+    "tenant_id": "no-such-tenant",
+}
+SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
+A_POOL = "tenant-a-private-pool"
+A_IDEMPOTENCY_KEY = "order-of-tenant-a"
+
+Expect = Literal["denied", "own", "public"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """How to call one operation as tenant B: ``denied`` must answer 403/404 exactly as for a
+    missing object; ``own`` acts on B's own tenant (2xx allowed) and must show none of A."""
+
+    expect: Expect
+    params: dict[str, Any] = field(default_factory=dict)
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+SUBMIT = {"workflow": "tally", "input": 1}
+CASES: dict[tuple[str, str], list[Case]] = {
+    ("GET", "/healthz"): [Case("public")],
+    ("GET", "/readyz"): [Case("public")],
+    ("GET", "/metrics"): [Case("denied")],  # admin only: labelled by tenant
+    # admin
+    ("POST", "/v1/tenants"): [Case("denied", body={"id": "tenant-c"})],
+    ("GET", "/v1/tenants"): [Case("denied")],
+    ("GET", "/v1/tenants/{tenant_id}"): [Case("denied")],
+    ("PATCH", "/v1/tenants/{tenant_id}"): [Case("denied", body={"policy": {"max_active_runs": 0}})],
+    ("DELETE", "/v1/tenants/{tenant_id}"): [Case("denied", params={"purge_audit": True})],
+    ("POST", "/v1/tenants/{tenant_id}/keys"): [Case("denied", body={"name": "stolen"})],
+    ("GET", "/v1/tenants/{tenant_id}/keys"): [Case("denied")],
+    ("POST", "/v1/tenants/{tenant_id}/keys/{key_id}/rotate"): [Case("denied")],
+    ("DELETE", "/v1/tenants/{tenant_id}/keys/{key_id}"): [Case("denied")],
+    # B's own tenant: collections, never A's rows
+    ("GET", "/v1/tenant"): [Case("own")],
+    ("GET", "/v1/usage"): [Case("own")],
+    ("GET", "/v1/budget"): [Case("own")],
+    ("GET", "/v1/audit"): [Case("own"), Case("own", params={"after": 0, "limit": 1000})],
+    ("GET", "/v1/audit/verify"): [Case("own")],
+    ("GET", "/v1/reviews"): [
+        Case("own"),
+        Case("own", params={"pool": A_POOL}),
+        Case("own", params={"status": ["pending", "claimed", "approved", "rejected"]}),
+    ],
+    ("GET", "/v1/runs"): [
+        Case("own"),
+        Case("own", params={"workflow": "approval"}),
+        Case("denied", params={"cursor": "{run_id}"}),  # A's run as a paging cursor
+    ],
+    # Reusing A's idempotency key creates B's own run; it never returns A's.
+    ("POST", "/v1/runs"): [
+        Case("own", body=SUBMIT, headers={"Idempotency-Key": A_IDEMPOTENCY_KEY})
+    ],
+    # A's objects by id
+    ("GET", "/v1/runs/{run_id}"): [Case("denied")],
+    ("GET", "/v1/runs/{run_id}/steps"): [Case("denied")],
+    ("POST", "/v1/runs/{run_id}/cancel"): [Case("denied", body={"reason": "sabotage"})],
+    ("GET", "/v1/runs/{run_id}/timeline"): [Case("denied")],
+    ("GET", "/v1/runs/{run_id}/state"): [Case("denied"), Case("denied", params={"version": 0})],
+    ("GET", "/v1/runs/{run_id}/state/versions"): [Case("denied")],
+    ("GET", "/v1/runs/{run_id}/state/diff"): [Case("denied", params={"a": 0, "b": 1})],
+    ("GET", "/v1/runs/{run_id}/events"): [
+        Case("denied"),
+        Case("denied", headers={"Last-Event-ID": "0"}),
+    ],
+    ("GET", "/v1/reviews/{review_id}"): [Case("denied")],
+    ("POST", "/v1/reviews/{review_id}/claim"): [Case("denied", body={"reviewer": "mallory"})],
+    ("POST", "/v1/reviews/{review_id}/decide"): [
+        Case("denied", body={"reviewer": "mallory", "approve": True}),
+        Case("denied", body={"reviewer": "mallory", "approve": False, "fail_step": True}),
+    ],
+}
+
+
+@dataclass
+class World:
+    api: Api
+    a_key: str
+    b_key: str
+    revoked_key: str
+    ids: dict[str, str]  # A's objects: run_id, review_id, key_id, tenant_id
+    a_runs: list[str]
+
+    def markers(self) -> set[str]:
+        """Strings that only A's data contains."""
+        return {*self.a_runs, *self.ids.values(), SECRET_APPLICANT, A_POOL, self.a_key}
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with serving(tmp_path) as api:
+        a_key = await api.tenant("tenant-a", reviewer_pool=A_POOL)
+        b_key = await api.tenant("tenant-b")
+        r = await api.client.post(
+            "/v1/runs",
+            json={"workflow": "approval", "input": {"applicant": SECRET_APPLICANT, "amount": 9000}},
+            headers=bearer(a_key) | {"Idempotency-Key": A_IDEMPOTENCY_KEY},
+        )
+        assert r.status_code == 201, r.text
+        waiting = r.json()["id"]
+        review = await api.wait_review(a_key, waiting)
+        done = (await api.submit(a_key, "tally", 5))["id"]
+        await api.wait_run(a_key, done)
+        keys = (await api.client.get("/v1/tenants/tenant-a/keys", headers=api.admin)).json()
+        r = await api.client.post("/v1/tenants/tenant-b/keys", headers=api.admin)
+        revoked = r.json()["secret"]
+        await api.client.delete(
+            f"/v1/tenants/tenant-b/keys/{r.json()['key']['id']}", headers=api.admin
+        )
+        ids = {
+            "run_id": waiting,
+            "review_id": review["id"],
+            "key_id": keys["items"][0]["id"],
+            "tenant_id": "tenant-a",
+        }
+        yield World(api, a_key, b_key, revoked, ids, [waiting, done])
+
+
+async def operations(client: httpx.AsyncClient) -> set[tuple[str, str]]:
+    spec = (await client.get("/openapi.json")).json()
+    return {
+        (method.upper(), path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in {"get", "post", "put", "patch", "delete", "head", "options"}
+    }
+
+
+def _fill(text: str, ids: dict[str, str]) -> str:
+    for name, value in ids.items():
+        text = text.replace("{" + name + "}", value)
+    assert "{" not in text, f"no id for {text}: add it to the walk"
+    return text
+
+
+async def call(
+    client: httpx.AsyncClient,
+    method: str,
+    path: str,
+    case: Case,
+    ids: dict[str, str],
+    key: str | None,
+) -> httpx.Response:
+    params = {k: (_fill(v, ids) if isinstance(v, str) else v) for k, v in case.params.items()}
+    headers = dict(case.headers) | (bearer(key) if key is not None else {})
+    return await client.request(
+        method,
+        _fill(path, ids),
+        params=params,
+        json=case.body,
+        headers=headers,
+    )
+
+
+async def test_every_operation_of_the_app_has_a_case(world: World) -> None:
+    spec_ops = await operations(world.api.client)
+    assert spec_ops == set(CASES), (
+        f"operations without a case: {sorted(spec_ops - set(CASES))};"
+        f" cases for no operation: {sorted(set(CASES) - spec_ops)}"
+    )
+
+
+async def test_tenant_b_never_reaches_tenant_a(world: World) -> None:
+    api = world.api
+    assert await operations(api.client) == set(CASES)
+    markers = world.markers()
+    for (method, path), cases in sorted(CASES.items()):
+        for case in cases:
+            r = await call(api.client, method, path, case, world.ids, world.b_key)
+            where = f"{method} {path} {case}: {r.status_code} {r.text[:300]}"
+            if case.expect == "denied":
+                assert r.status_code in (403, 404), where
+                # Exactly the answer for an object that does not exist, but for the id asked.
+                twin = await call(api.client, method, path, case, MISSING, world.b_key)
+                assert twin.status_code == r.status_code, where
+                assert _masked(r.text, world.ids) == _masked(twin.text, MISSING), where
+                assert not {m for m in markers if m in twin.text}, where
+            else:
+                assert r.status_code < 300, where
+                leaked = {m for m in markers if m in r.text}
+                assert not leaked, f"{where}: shows {leaked}"
+
+    # Nothing B tried changed anything of A.
+    h = bearer(world.a_key)
+    run = (await api.client.get(f"/v1/runs/{world.ids['run_id']}", headers=h)).json()
+    assert run["status"] == "running"
+    review = (await api.client.get(f"/v1/reviews/{world.ids['review_id']}", headers=h)).json()
+    assert review["status"] == "pending" and review["claimed_by"] is None
+    tenant = (await api.client.get("/v1/tenant", headers=h)).json()
+    assert tenant["policy_version"] == 1
+    keys = (await api.client.get("/v1/tenants/tenant-a/keys", headers=api.admin)).json()
+    assert [k["revoked_at"] for k in keys["items"]] == [None]
+    assert (await api.client.get("/v1/audit/verify", headers=h)).json()["ok"] is True
+
+
+def _masked(text: str, ids: dict[str, str]) -> str:
+    """``text`` with the ids the request named replaced by their names (an error message
+    repeats the id it was asked for)."""
+    for name, value in sorted(ids.items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(value, f"<{name}>")
+    return text
+
+
+async def test_without_a_valid_key_every_operation_is_401(world: World) -> None:
+    api = world.api
+    for (method, path), cases in sorted(CASES.items()):
+        case = cases[0]
+        for key in (None, world.revoked_key, "tfk_garbage"):
+            r = await call(api.client, method, path, case, world.ids, key)
+            where = f"{method} {path} key={key is not None}: {r.status_code} {r.text[:200]}"
+            if case.expect == "public":
+                assert r.status_code == 200, where
+                assert not {m for m in world.markers() if m in r.text}, where
+                continue
+            assert r.status_code == 401, where
+            assert r.headers["www-authenticate"] == "Bearer", where
+            assert r.json()["error"]["code"] == "unauthenticated", where
+            assert json.dumps(r.json()).count("tenant-a") == 0, where
