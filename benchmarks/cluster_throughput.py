@@ -1,0 +1,229 @@
+"""Throughput on PostgreSQL: one embedded engine, then a front with N worker processes.
+
+    python benchmarks/cluster_throughput.py                  # 3,000 runs, 3 workers
+    python benchmarks/cluster_throughput.py --runs 1000 --workers 2 --tenants 20
+    python benchmarks/cluster_throughput.py --url postgresql://postgres@127.0.0.1:5432/test
+
+The same four-step workflow as ``benchmarks/throughput.py`` (steps that only compute: what is
+measured is the engine and the database), on a fresh schema of the given database (dropped at
+the end), in two set-ups one after the other:
+
+1. embedded — one executing engine in this process submits and drives every run;
+2. cluster  — this process is a front (``cluster="front"``): it only submits; ``--workers``
+   ``tenantflow worker`` processes drive the runs, each the tenants it owns.
+
+Prints submissions/s (how fast the runs were durably recorded), workflows/s and steps/s (first
+submission to last completion), p50/p99 latency (a run's ``created_at`` to ``finished_at`` in the
+store) and, for the cluster, how the tenants were spread over the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import tenantflow as tf
+
+HERE = Path(__file__).parent
+STEPS = 4
+wf = tf.Workflow("bench", input=int)
+
+
+@wf.step
+async def one(ctx: tf.StepContext, input: int) -> int:
+    return input + 1
+
+
+@wf.step
+async def two(ctx: tf.StepContext, one: int) -> int:
+    return one + 1
+
+
+@wf.step
+async def three(ctx: tf.StepContext, two: int) -> int:
+    return two + 1
+
+
+@wf.step
+async def four(ctx: tf.StepContext, three: int) -> int:
+    return three + 1
+
+
+def setup(engine: tf.Engine) -> None:
+    """The workers' ``--app``."""
+    engine.register(wf)
+
+
+def with_schema(url: str, schema: str) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, f"schema={schema}") if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+async def create_tenants(engine: tf.Engine, tenants: int) -> list[str]:
+    names = [f"t{i}" for i in range(tenants)]
+    for name in names:
+        if engine.tenants.cached(name) is None:
+            await engine.tenants.create(name, tier="enterprise")
+    return names
+
+
+async def submit_all(engine: tf.Engine, names: list[str], runs: int) -> tuple[float, float]:
+    """Submit ``runs`` runs, 64 at a time; (start, seconds it took)."""
+    start = time.perf_counter()
+    pending = iter(range(runs))
+
+    async def submitter() -> None:
+        for i in pending:
+            await engine.submit("bench", tenant=names[i % len(names)], input=i)
+
+    await asyncio.gather(*(submitter() for _ in range(64)))
+    return start, time.perf_counter() - start
+
+
+async def wait_all(store: object, runs: int, deadline_s: float) -> None:
+    started = time.perf_counter()
+    while True:
+        rows = await store.execute_sql(  # type: ignore[attr-defined]
+            "SELECT count(*) FROM runs WHERE status = 'completed'"
+        )
+        if rows[0][0] >= runs:
+            return
+        if time.perf_counter() - started > deadline_s:
+            raise SystemExit(f"only {rows[0][0]} of {runs} runs completed in {deadline_s:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+async def latencies(store: object) -> tuple[float, float]:
+    rows = await store.execute_sql(  # type: ignore[attr-defined]
+        "SELECT finished_at - created_at FROM runs WHERE status = 'completed' ORDER BY 1"
+    )
+    values = [float(r[0]) for r in rows]
+    return values[len(values) // 2], values[min(len(values) - 1, int(0.99 * len(values)))]
+
+
+async def embedded(url: str, runs: int, tenants: int, slots: int) -> dict[str, float]:
+    async with tf.Engine.open(url, slots=slots) as engine:
+        engine.register(wf)
+        names = await create_tenants(engine, tenants)
+        start, submit_s = await submit_all(engine, names, runs)
+        await wait_all(engine.store, runs, 600)
+        elapsed = time.perf_counter() - start
+        p50, p99 = await latencies(engine.store)
+    return {"submit_s": submit_s, "elapsed_s": elapsed, "p50_s": p50, "p99_s": p99}
+
+
+def start_workers(command: list[str], env: dict[str, str], n: int) -> list[subprocess.Popen[bytes]]:
+    out = subprocess.DEVNULL
+    return [subprocess.Popen(command, env=env, stdout=out, stderr=out) for _ in range(n)]
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)
+
+
+async def cluster(
+    url: str, runs: int, tenants: int, slots: int, workers: int
+) -> dict[str, float | str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [str(Path(sys.executable).with_name("tenantflow")), "worker", "--db", url]
+    command += ["--app", "cluster_throughput:setup", "--slots", str(slots), "--lease", "10"]
+    front = tf.Engine.open(url, cluster="front")
+    front.register(wf)
+    async with front:
+        names = await create_tenants(front, tenants)
+        procs = start_workers(command, env, workers)
+        try:
+            # Wait until every worker has joined and the tenants are spread over all of them.
+            while True:
+                owners = await front.store.execute_sql(  # type: ignore[attr-defined]
+                    "SELECT owner, count(*) FROM tenant_owners GROUP BY owner"
+                )
+                if len(owners) == workers and sum(int(n) for _, n in owners) == tenants:
+                    break
+                await asyncio.sleep(0.1)
+            spread = sorted(int(n) for _, n in owners)
+            start, submit_s = await submit_all(front, names, runs)
+            await wait_all(front.store, runs, 600)
+            elapsed = time.perf_counter() - start
+            p50, p99 = await latencies(front.store)
+        finally:
+            stop_workers(procs)
+    return {
+        "submit_s": submit_s,
+        "elapsed_s": elapsed,
+        "p50_s": p50,
+        "p99_s": p99,
+        "spread": "/".join(map(str, spread)),
+    }
+
+
+async def drop(url: str, schema: str) -> None:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def report(name: str, runs: int, figures: dict[str, float | str]) -> None:
+    submit_s, elapsed = float(figures["submit_s"]), float(figures["elapsed_s"])
+    print(f"{name}")
+    print(f"  submissions/s    {runs / submit_s:10.1f}")
+    print(f"  workflows/s      {runs / elapsed:10.1f}")
+    print(f"  steps/s          {STEPS * runs / elapsed:10.1f}")
+    print(f"  p50 latency ms   {1000 * float(figures['p50_s']):10.1f}")
+    print(f"  p99 latency ms   {1000 * float(figures['p99_s']):10.1f}")
+    if "spread" in figures:
+        print(f"  tenants/worker   {figures['spread']:>10}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--runs", type=int, default=3000)
+    parser.add_argument("--tenants", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--slots", type=int, default=64)
+    parser.add_argument("--skip-embedded", action="store_true")
+    args = parser.parse_args()
+    print(
+        f"{args.runs} four-step workflows, {args.tenants} tenants, PostgreSQL,"
+        f" {os.cpu_count()} CPUs"
+    )
+    for name in (["embedded"] if not args.skip_embedded else []) + ["cluster"]:
+        schema = f"tf_bench_{secrets.token_hex(4)}"
+        url = with_schema(args.url, schema)
+        try:
+            if name == "embedded":
+                figures: dict[str, float | str] = dict(
+                    asyncio.run(embedded(url, args.runs, args.tenants, args.slots))
+                )
+                report("embedded: one engine submits and executes", args.runs, figures)
+            else:
+                figures = asyncio.run(
+                    cluster(url, args.runs, args.tenants, args.slots, args.workers)
+                )
+                report(
+                    f"cluster: a front submits, {args.workers} worker processes execute",
+                    args.runs,
+                    figures,
+                )
+        finally:
+            asyncio.run(drop(args.url, schema))
+
+
+if __name__ == "__main__":
+    main()
