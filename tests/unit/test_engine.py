@@ -11,7 +11,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 import tenantflow as tf
-from tenantflow.domain.records import next_state_hash
+from tenantflow.domain.records import CreateRun, next_state_hash
 from tenantflow.testing import FakeClock, MemoryStore
 
 T = TypeVar("T")
@@ -485,3 +485,33 @@ async def test_parallel_branches_join_exactly_once(engine: tf.Engine) -> None:
     runs = [await engine.submit("diamond", tenant="t", input=None) for _ in range(20)]
     assert [await r.result() for r in runs] == [5] * 20
     assert joined == [5] * 20
+
+
+async def test_a_run_admitted_while_its_submission_is_written_still_starts() -> None:
+    # The tenant's one slot frees up (its running run finishes) while the next run's submission
+    # is being written: that run, admitted before its own write returned, must still start.
+    gate = asyncio.Event()
+    wf = tf.Workflow("gated", input=int)
+
+    @wf.step
+    async def only(ctx: tf.StepContext, input: int) -> int:
+        if input == 1:
+            await gate.wait()
+        return input
+
+    async with tf.Engine(MemoryStore(), slots=4) as engine:
+        engine.register(wf)
+        await engine.tenants.create("solo", tier="standard", max_active_runs=1)
+        first = await engine.submit("gated", tenant="solo", input=1)
+        write = engine.runtime.writer.write
+
+        async def finish_first_meanwhile(op: Any) -> Any:
+            if isinstance(op, CreateRun) and op.run.input_json == b"2":
+                gate.set()
+                assert await first.result() == 1  # the slot is free before this write lands
+            return await write(op)
+
+        engine.runtime.writer.write = finish_first_meanwhile  # type: ignore[method-assign]
+        second = await engine.submit("gated", tenant="solo", input=2)
+        assert await asyncio.wait_for(second.result(), timeout=10) == 2
+        assert engine.admission.total_active == 0 and engine.admission.total_queued == 0

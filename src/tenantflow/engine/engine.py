@@ -252,6 +252,8 @@ class Engine:
         self._latest: dict[str, WorkflowSpec] = {}
         self._waiters: dict[str, list[asyncio.Future[tuple[RunStatus, Any]]]] = {}
         self._parked: list[RunRecord] = []
+        # Queued runs admitted before their submission's write returned (see submit).
+        self._early: set[str] = set()
         self._started = False
         self.observers = Observers()  # see tenantflow.observability.events
         self.tools = Tools()
@@ -565,6 +567,9 @@ class Engine:
             for key, n in plan.mapped:
                 ready.extend(child_key(key, i) for i in range(n))
             runtime.enqueue(run, ready)
+            if run_id in self._early:  # a slot freed up while the run was being recorded
+                self._early.discard(run_id)
+                runtime.spawn(runtime.set_running(run, "run.admitted"), f"admit:{run_id}")
         return RunHandle(self, tenant, run_id)
 
     def _forget_admission(self, tenant: str, run_id: str, status: RunStatus) -> None:
@@ -573,7 +578,10 @@ class Engine:
                 tenant, self.admission.finished(self._adm(tenant), run_id, self.clock.now())
             )
         elif status == RunStatus.QUEUED:
-            self.admission.withdraw(self._adm(tenant), run_id)
+            self._early.discard(run_id)
+            if not self.admission.withdraw(self._adm(tenant), run_id):
+                # Admitted while its submission was being written: give the slot back.
+                self._forget_admission(tenant, run_id, RunStatus.RUNNING)
 
     def _adm(self, tenant: str) -> str:
         """The admission queue a tenant's runs wait in (one shared queue without controls)."""
@@ -707,6 +715,9 @@ class Engine:
                 run = runtime.active.get(str(key))
                 if run is not None:
                     runtime.spawn(runtime.set_running(run, "run.admitted"), f"admit:{run.id}")
+                    break
+            else:  # admitted while its submission is still being written: submit() starts it
+                self._early.add(str(key))
 
     def refresh_policy(self, run: Active) -> None:
         """At a step boundary: a running run picks up its tenant's changed policy (O(1))."""
