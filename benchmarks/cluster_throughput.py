@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -132,6 +133,19 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait(30)
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has used (user + system), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    ticks = sum(int(v) for i, v in enumerate(fields) if i not in (3, 4))  # all but idle, iowait
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def cluster(
     url: str, runs: int, tenants: int, slots: int, workers: int
 ) -> dict[str, float | str]:
@@ -156,18 +170,29 @@ async def cluster(
                     break
                 await asyncio.sleep(0.1)
             spread = sorted(int(n) for _, n in owners)
+            machine0, front0 = machine_cpu_s(), own_cpu_s(resource.RUSAGE_SELF)
             start, submit_s = await submit_all(front, names, runs)
             await wait_all(front.store, runs, 600)
             elapsed = time.perf_counter() - start
+            machine, front_cpu = (
+                machine_cpu_s() - machine0,
+                own_cpu_s(resource.RUSAGE_SELF) - front0,
+            )
             p50, p99 = await latencies(front.store)
         finally:
+            workers0 = own_cpu_s(resource.RUSAGE_CHILDREN)
             stop_workers(procs)
+        # The workers' CPU is known once they have exited (it includes their start-up).
+        workers_cpu = own_cpu_s(resource.RUSAGE_CHILDREN) - workers0
     return {
         "submit_s": submit_s,
         "elapsed_s": elapsed,
         "p50_s": p50,
         "p99_s": p99,
         "spread": "/".join(map(str, spread)),
+        "cpu": f"machine {machine / elapsed:.2f} cores: workers {workers_cpu / elapsed:.2f},"
+        f" front {front_cpu / elapsed:.2f}, rest (PostgreSQL) "
+        f"{max(0.0, machine - workers_cpu - front_cpu) / elapsed:.2f}",
     }
 
 
@@ -188,6 +213,7 @@ def report(name: str, runs: int, figures: dict[str, float | str]) -> None:
     print(f"  p99 latency ms   {1000 * float(figures['p99_s']):10.1f}")
     if "spread" in figures:
         print(f"  tenants/worker   {figures['spread']:>10}")
+        print(f"  CPU              {figures['cpu']}")
 
 
 def main() -> None:
