@@ -1,9 +1,11 @@
-"""Three worker processes on one PostgreSQL database, SIGKILLed again and again.
+"""One API process and three worker processes on one PostgreSQL database, workers SIGKILLed.
 
-A front (an engine with ``cluster="front"`` in the test process) creates six tenants — one bulk
-tenant with 700 runs, five quiet ones with 60 each — and submits the 1,000 three-step runs while
-three ``tenantflow worker`` processes drive them. The test kills a random worker with SIGKILL
-every second or so, and starts a new one at once, until every run has ended. Then:
+``tenantflow serve --workers external`` (the API, a front that executes nothing) takes an admin
+key made with ``tenantflow keys create --admin``; over HTTP the test creates six tenants — one
+bulk tenant with 700 runs, five quiet ones with 60 each — and a key for each, and submits the
+1,000 three-step runs while three ``tenantflow worker`` processes drive them. The test kills a
+random worker with SIGKILL every second or so, and starts a new one at once, until every run has
+ended. Then:
 
 * every run completed, with the right result;
 * each step's completion is recorded exactly once (one ``step.succeeded`` event per step);
@@ -18,18 +20,18 @@ every second or so, and starts a new one at once, until every run has ended. The
 from __future__ import annotations
 
 import asyncio
-import importlib.util
+import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from datetime import timedelta
 from pathlib import Path
-from types import ModuleType
 
+import httpx
 import pytest
 
 import tenantflow as tf
@@ -48,12 +50,10 @@ MIN_KILLS = 6
 DEADLINE_S = 180.0
 
 
-def _app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cluster_app", HERE / "cluster_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Workers:
@@ -77,6 +77,24 @@ class Workers:
             subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=self.output)
         )
 
+    def admin_key(self) -> str:
+        """Create the schema and an admin key, as an operator would, from the command line."""
+        upgrade = [str(TENANTFLOW), "db", "upgrade", "--db", self.url]
+        subprocess.run(upgrade, env=self.env, capture_output=True, timeout=60, check=True)
+        command = [str(TENANTFLOW), "keys", "create", "--admin", "--db", self.url, "--json"]
+        done = subprocess.run(
+            command, env=self.env, capture_output=True, text=True, timeout=60, check=True
+        )
+        secret: str = json.loads(done.stdout)["secret"]
+        return secret
+
+    def serve(self, port: int) -> subprocess.Popen[bytes]:
+        command = [str(TENANTFLOW), "serve", "--db", self.url, "--app", "cluster_app:setup"]
+        command += ["--workers", "external", "--port", str(port), "--log-level", "warning"]
+        return subprocess.Popen(
+            command, env=self.env, stdout=subprocess.DEVNULL, stderr=self.output
+        )
+
     def kill_one(self, rng: random.Random) -> None:
         proc = rng.choice([p for p in self.procs if p.poll() is None])
         proc.send_signal(signal.SIGKILL)
@@ -95,15 +113,19 @@ class Workers:
                 proc.kill()
                 proc.wait()
                 codes.append(-9)
-        self.output.close()
+        self.procs = []
         return codes
+
+
+def lines(log: Path) -> list[str]:
+    return log.read_text().splitlines()
 
 
 def executing_at_once(log: Path, killed: dict[int, float]) -> dict[str, int]:
     """Per tenant, the most step bodies executing at once across every worker process."""
     open_: dict[tuple[str, str, str], tuple[str, float]] = {}
     intervals: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for line in log.read_text().splitlines():
+    for line in lines(log):
         kind, pid, tenant, run, step, ts = line.split()
         key = (pid, run, step)
         if kind == "start":
@@ -135,21 +157,73 @@ async def test_workers_killed_again_and_again_lose_nothing(
     log = tmp_path / "executions.log"
     workers = Workers(postgres_url, log)
     rng = random.Random(20_261_121)
-    app = _app()
-    front = tf.Engine.open(postgres_url, cluster="front", lease=timedelta(seconds=LEASE_S))
-    front.register(app.workflow())
-    async with front:
-        store = front.store
+    port = free_port()
+    admin = workers.admin_key()
+    reader = tf.Engine.open(postgres_url, execute=False)
+    api = workers.serve(port)
+    try:
+        async with reader:
+            await run_the_test(workers, api, port, admin, reader, rng, log)
+    finally:
+        workers.stop()
+        api.send_signal(signal.SIGTERM)
+        api.wait(30)
+        workers.output.close()
+    assert api.returncode == 0
+
+
+async def run_the_test(
+    workers: Workers,
+    api: subprocess.Popen[bytes],
+    port: int,
+    admin: str,
+    reader: tf.Engine,
+    rng: random.Random,
+    log: Path,
+) -> None:
+    store = reader.store
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        deadline = time.monotonic() + 60
+        while True:  # the API is up
+            try:
+                if (await http.get("/readyz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert api.poll() is None, "the API exited"
+            assert time.monotonic() < deadline, "the API never became ready"
+            await asyncio.sleep(0.1)
         for _ in range(3):
             workers.start()
+        keys: dict[str, str] = {}
         for tenant in RUNS:
-            await front.tenants.create(
-                tenant, tier="standard", max_running_steps=CAP, max_active_runs=20, burst_slots=0
+            policy = {"max_running_steps": CAP, "max_active_runs": 20, "burst_slots": 0}
+            r = await http.post(
+                "/v1/tenants",
+                json={"id": tenant, "tier": "standard", "policy": policy},
+                headers={"Authorization": f"Bearer {admin}"},
             )
-        submitted = []
-        for tenant, count in RUNS.items():
-            for i in range(count):
-                submitted.append((tenant, i, await front.submit("cluster", tenant=tenant, input=i)))
+            assert r.status_code == 201, r.text
+            r = await http.post(
+                f"/v1/tenants/{tenant}/keys", headers={"Authorization": f"Bearer {admin}"}
+            )
+            assert r.status_code == 201, r.text
+            keys[tenant] = r.json()["secret"]
+        todo = iter([(t, i) for t, n in RUNS.items() for i in range(n)])
+        submitted: list[tuple[str, int, str]] = []
+
+        async def submitter() -> None:
+            for tenant, i in todo:
+                r = await http.post(
+                    "/v1/runs",
+                    json={"workflow": "cluster", "input": i},
+                    headers={"Authorization": f"Bearer {keys[tenant]}"},
+                )
+                assert r.status_code == 201, r.text
+                submitted.append((tenant, i, r.json()["id"]))
+
+        await asyncio.gather(*(submitter() for _ in range(16)))
 
         started = time.monotonic()
         kills = 0
@@ -169,10 +243,10 @@ async def test_workers_killed_again_and_again_lose_nothing(
         codes = workers.stop()
 
         # Every run completed, with the right result.
-        for tenant, i, handle in submitted:
-            record = await front.get_run(tenant, handle.id)
+        for tenant, i, run_id in submitted:
+            record = await reader.get_run(tenant, run_id)
             assert record.status == tf.RunStatus.COMPLETED, record
-            assert front.decode_result(record) == (i + 1) * 2 + 1
+            assert json.loads(record.result_json or b"null") == (i + 1) * 2 + 1
         # Each step's completion recorded once.
         recorded = await store.execute_sql(  # type: ignore[attr-defined]
             "SELECT run_id, step, count(*) FROM events WHERE kind = 'step.succeeded'"
@@ -181,7 +255,7 @@ async def test_workers_killed_again_and_again_lose_nothing(
         assert len(recorded) == 3 * len(submitted)
         assert {r[2] for r in recorded} == {1}
         executions = Counter(
-            tuple(line.split()[3:5]) for line in log.read_text().splitlines() if "start" in line
+            tuple(line.split()[3:5]) for line in lines(log) if line.startswith("start")
         )
         assert len(executions) == 3 * len(submitted)
         repeats = sum(n - 1 for n in executions.values())
@@ -194,8 +268,8 @@ async def test_workers_killed_again_and_again_lose_nothing(
         assert max(peaks.values()) <= CAP, peaks
         # The quiet tenants were not queued behind the bulk tenant.
         latency: dict[str, list[float]] = defaultdict(list)
-        for tenant, _, handle in submitted:
-            record = await front.get_run(tenant, handle.id)
+        for tenant, _, run_id in submitted:
+            record = await reader.get_run(tenant, run_id)
             assert record.finished_at is not None
             latency["bulk" if tenant == BULK else "quiet"].append(
                 record.finished_at - record.created_at
