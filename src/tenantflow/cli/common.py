@@ -49,6 +49,7 @@ __all__ = [
     "EXIT_FAILURE",
     "EXIT_USAGE",
     "ApiKeyOption",
+    "AppOption",
     "Backend",
     "CliState",
     "DbOption",
@@ -100,6 +101,16 @@ ApiKeyOption = Annotated[
         metavar="KEY",
         help="The API key for --url (default: $TENANTFLOW_API_KEY, which keeps it out of the "
         "process list).",
+        show_default=False,
+    ),
+]
+AppOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--app",
+        metavar="MODULE:FUNCTION",
+        help="A function(engine) that registers workflows, tools and models. Repeatable"
+        " (default: $TENANTFLOW_APP, comma-separated).",
         show_default=False,
     ),
 ]

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tenantflow.cli.common import CliState, DbOption, reporting_errors
+from tenantflow.cli.common import AppOption, CliState, DbOption, reporting_errors
 from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
 from tenantflow.settings import Settings
@@ -59,16 +59,7 @@ def load_app(ref: str) -> Callable[[Engine], Any]:
 
 def serve(
     ctx: typer.Context,
-    app: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--app",
-            metavar="MODULE:FUNCTION",
-            help="A function(engine) that registers workflows, tools and models. Repeatable"
-            " (default: $TENANTFLOW_APP, comma-separated).",
-            show_default=False,
-        ),
-    ] = None,
+    app: AppOption = None,
     host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="The TCP port.")] = 8000,
     slots: Annotated[

@@ -20,10 +20,11 @@ from typing import Annotated, Any
 
 import typer
 
-from tenantflow.cli.common import DbOption, reporting_errors, settings_for
+from tenantflow.cli.common import AppOption, CliState, DbOption, reporting_errors
 from tenantflow.cli.serve import load_app
 from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
+from tenantflow.settings import Settings
 
 __all__ = ["worker"]
 
@@ -32,16 +33,7 @@ log = logging.getLogger("tenantflow.worker")
 
 def worker(
     ctx: typer.Context,
-    app: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--app",
-            metavar="MODULE:FUNCTION",
-            help="A function(engine) that registers workflows, tools and models. Repeatable"
-            " (default: $TENANTFLOW_APP, comma-separated).",
-            show_default=False,
-        ),
-    ] = None,
+    app: AppOption = None,
     slots: Annotated[
         int, typer.Option("--slots", min=1, help="Step attempts executing at once.")
     ] = 64,
@@ -80,9 +72,9 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     with reporting_errors():
-        settings = settings_for(ctx, db)
-        if app:
-            settings = type(settings)(settings.database_url, ",".join(app))
+        state = ctx.find_object(CliState)
+        url = db if db is not None else (state.db if state is not None else None)
+        settings = Settings.from_env(database_url=url, app=",".join(app) if app else None)
         setups = [load_app(ref) for ref in settings.apps]
         engine = Engine.open(
             settings.database_url,
