@@ -226,3 +226,31 @@ def test_a_worker_refuses_sqlite_with_one_line() -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "PostgreSQL" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+async def test_a_tenant_handed_over_leaves_nothing_behind_in_its_old_worker(
+    postgres_url: str,
+) -> None:
+    executed: Counter[str] = Counter()
+    gate = asyncio.Event()
+    async with engine(postgres_url, "worker", executed, gate) as first:
+        for tenant in TENANTS:
+            await first.tenants.create(tenant, tier="standard", max_active_runs=1)
+        await until(lambda: first.membership.owned == set(TENANTS))
+        # One running run (held in `second`) and three queued behind it, per tenant.
+        handles = [
+            await first.submit("three", tenant=t, input=i) for i in range(4) for t in TENANTS
+        ]
+        await until(lambda: all(first.admission.queued(t) == 3 for t in TENANTS))
+        async with engine(postgres_url, "worker", executed, gate) as joined:
+            await until(lambda: bool(joined.membership.owned), 10)
+            await until(lambda: not (first.membership.owned & joined.membership.owned), 10)
+            for tenant in joined.membership.owned:  # the old worker forgot them entirely
+                assert first.admission.active(tenant) == 0
+                assert first.admission.queued(tenant) == 0
+                assert not [r for r in first.runtime.active.values() if r.tenant_id == tenant]
+            gate.set()
+            for h in handles:
+                record = await first.wait(h.tenant_id, h.id, timedelta(seconds=30))
+                assert record.status == tf.RunStatus.COMPLETED
+        assert all(executed[f"{h.id}:third"] == 1 for h in handles)

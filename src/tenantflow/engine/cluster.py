@@ -23,6 +23,7 @@ commands that the owning worker runs, waited for up to ``command_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,7 @@ class Membership:
         self._commands = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_sweep = float("-inf")
+        self._held_until = float("-inf")
         self._tick_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -110,8 +112,20 @@ class Membership:
             await self.engine.clock.sleep(self.beat_s)
             try:
                 await self.tick()
-            except TenantflowError as exc:  # the database is down: leases lapse; keep trying
-                log.warning("cluster beat failed: %s", exc)
+            except Exception as exc:  # the database is down, say: keep trying
+                log.warning(
+                    "cluster beat failed: %s", exc, exc_info=not isinstance(exc, TenantflowError)
+                )
+                if self.owned and self.engine.clock.now() > self._held_until:
+                    await self._stop_driving()
+
+    async def _stop_driving(self) -> None:
+        """Our tenant leases have lapsed without a renewal: others may own them now."""
+        tenants, self.owned = sorted(self.owned), set()
+        log.warning("tenant leases lapsed; stopped driving %d tenants", len(tenants))
+        for tenant in tenants:
+            with contextlib.suppress(Exception):
+                await self.engine.release_tenant(tenant)
 
     async def tick(self) -> None:
         """One beat (see the module docstring)."""
@@ -129,18 +143,20 @@ class Membership:
         tenants = sorted(info.id for info in engine.tenants.list())
         desired = assign(tenants, self.workers, self.id)
         handed = sorted(self.owned.difference(desired))
+        self.owned.difference_update(handed)  # first: nothing new of theirs is loaded here
         for tenant in handed:
             await engine.release_tenant(tenant)
         if handed:
             await c.release(self.id, handed)
-            self.owned.difference_update(handed)
         now = engine.clock.now()
         held = await c.hold(self.id, desired, now, now + self.lease_s)
-        for tenant in self.owned.difference(held):  # taken while we stalled: drop, don't write
-            log.warning("lost the lease on tenant %s; dropping its runs", tenant)
-            await engine.release_tenant(tenant, leases=False)
+        self._held_until = now + self.lease_s
+        lost = self.owned.difference(held)
         new = [t for t in held if t not in self.owned]
         self.owned = set(held)
+        for tenant in lost:  # taken while we stalled
+            log.warning("lost the lease on tenant %s; dropping its runs", tenant)
+            await engine.release_tenant(tenant)
         for tenant in new:
             await engine.adopt_tenant(tenant)
         if new:
@@ -200,8 +216,12 @@ class Membership:
             self._commands.clear()
             try:
                 await self.run_commands()
-            except TenantflowError as exc:
-                log.warning("running commands failed: %s", exc)
+            except Exception as exc:
+                log.warning(
+                    "running commands failed: %s",
+                    exc,
+                    exc_info=not isinstance(exc, TenantflowError),
+                )
 
     async def run_commands(self) -> int:
         """Run the pending commands of the owned tenants; how many ran."""
@@ -215,6 +235,8 @@ class Membership:
             if not batch:
                 return done
             for command in batch:
+                if command.tenant_id not in self.owned:
+                    continue  # handed over meanwhile: its lease lapses and the owner takes it
                 result = await self._run(command)
                 await self.coordinator.finish(command, result, engine.clock.now())
                 done += 1

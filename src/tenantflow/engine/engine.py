@@ -423,6 +423,8 @@ class Engine:
         for record in mine:
             runtime = self.runtime_for_tenant(record.tenant_id)
             steps = await runtime.store.get_steps(record.tenant_id, record.id)
+            if not self._drives(record.tenant_id) or self.active_run(record.tenant_id, record.id):
+                continue  # handed to another worker meanwhile, or already resumed
             run = runtime.resume(record, steps, spec)
             self._attach_policy(run)
             self._admit_recovered(runtime, run)
@@ -549,8 +551,11 @@ class Engine:
             if local:
                 self._forget_admission(tenant, run_id, status)
             return RunHandle(self, tenant, outcome.run_id, created=False)
+        if local and not self._drives(tenant):  # the tenant moved to another worker meanwhile
+            self._forget_admission(tenant, run_id, status)
+            local = False
         if not local:
-            if status == RunStatus.QUEUED and self.coordinator is not None:
+            if status in (RunStatus.QUEUED, RunStatus.RUNNING) and self.coordinator is not None:
                 self.coordinator.announce("run", tenant, run_id)
             return RunHandle(self, tenant, run_id)
         if status in (RunStatus.RUNNING, RunStatus.QUEUED):
@@ -736,7 +741,8 @@ class Engine:
             await self.clock.sleep(delay)
             await self.reviews.check_sla(review.tenant_id, review.id)
 
-        self.runtime_for_tenant(review.tenant_id).spawn(watch(), f"sla:{review.id}")
+        runtime = self.runtime_for_tenant(review.tenant_id)
+        runtime.spawn(watch(), f"sla:{review.run_id}:{review.id}")
 
     def _burst_notice(self, notice: Any) -> None:
         """Burst credit is never silent: every use, exhaustion and restoration is audited."""
@@ -836,6 +842,9 @@ class Engine:
             )
         except TenantflowError:
             admitted = False
+            if self.cluster is not None:  # full: let it go; a later sweep loads it again
+                runtime.spawn(runtime.drop([run]), f"full:{run.id}")
+                return
         if run.status == RunStatus.QUEUED and admitted:
             runtime.spawn(runtime.set_running(run, "run.admitted"), f"admit:{run.id}")
 
@@ -921,27 +930,27 @@ class Engine:
         for review in pending:
             self.review_opened(review)
 
-    async def release_tenant(self, tenant: str, *, leases: bool = True) -> None:
-        """Stop driving ``tenant``'s runs here: their attempts stop (as at shutdown) and, with
-        ``leases``, their step leases are handed back at once for the next owner."""
+    async def release_tenant(self, tenant: str) -> None:
+        """Stop driving ``tenant``'s runs here: their attempts and timers stop (as at shutdown)
+        and their step leases are handed back at once for the next owner."""
         runtime = self.runtime_for_tenant(tenant)
         runs = [r for r in runtime.active.values() if r.tenant_id == tenant]
         await runtime.drop(runs)
+        adm = self._adm(tenant)
+        # Queued ones first, so that finishing the others admits none of the leaving runs.
+        waiting = [r for r in runs if self.admission.withdraw(adm, r.id)]
+        admitted: list[Any] = []
         for run in runs:
-            try:
-                if run.status == RunStatus.QUEUED:
-                    self.admission.withdraw(self._adm(tenant), run.id)
-                else:
-                    self.admission.finished(self._adm(tenant), run.id, self.clock.now())
-            except TenantflowError:
-                pass  # it was not admitted here
+            if run not in waiting:
+                with contextlib.suppress(TenantflowError):  # not admitted here
+                    admitted.extend(self.admission.finished(adm, run.id, self.clock.now()))
             for fut in self._waiters.pop(run.id, []):  # waiters poll the store from now on
                 if not fut.done():
                     fut.set_result((run.status, None))
+        self._admit_keys(tenant, admitted)  # other tenants' runs, in a shared queue
         self._parked = [r for r in self._parked if r.tenant_id != tenant]
-        if leases:
-            release = RecoverOrphans(self.clock.now(), owners=(self.owner,), tenant_id=tenant)
-            await runtime.writer.write(release)
+        release = RecoverOrphans(self.clock.now(), owners=(self.owner,), tenant_id=tenant)
+        await runtime.writer.write(release)
 
     async def command(
         self, tenant: str, kind: str, target: str, payload: dict[str, Any]
@@ -970,6 +979,8 @@ class Engine:
     async def apply_command(self, command: Command) -> None:
         """Run a command another process posted for a tenant this worker drives."""
         tenant, payload = command.tenant_id, command.payload
+        if not self._drives(tenant):
+            raise ConflictError(f"tenant {tenant!r} is not driven here", tenant=tenant)
         if command.kind == "cancel":
             await self.load_run(tenant, command.target)
             await self.cancel(tenant, command.target, str(payload.get("reason") or "cancelled"))

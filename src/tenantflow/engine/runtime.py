@@ -639,6 +639,8 @@ class Runtime:
 
     async def _unwind(self, run: Active, *, cancel: bool) -> None:
         """Stop the run's other steps, then compensate its completed steps in reverse order."""
+        if run.released:
+            return  # handed to another worker, which unwinds it
         for key in list(run.executing):
             task = run.tasks.get(key)
             if task is not None:
@@ -1078,7 +1080,7 @@ class Runtime:
     ) -> None:
         """Admit a queued run or resume a paused one: it runs its ready steps again."""
         async with run.lock:
-            if run.status not in (RunStatus.QUEUED, RunStatus.PAUSED):
+            if run.status not in (RunStatus.QUEUED, RunStatus.PAUSED) or run.released:
                 return
             await self.writer.write(
                 Transition(
