@@ -232,7 +232,8 @@ def _start(op: StartAttempt) -> Gen[Lease | None]:
     return Lease(fence=row[0], attempt=row[1], lease_expires_at=op.lease_until)
 
 
-def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: float) -> Gen[int]:
+def _next_version(tenant_id: str, run_id: str, step: str, delta: bytes) -> Gen[tuple[int, str]]:
+    """The run's next state version and its hash (the run row locked until the commit)."""
     row = yield from one(
         "SELECT state_version, state_hash FROM runs WHERE id = ? AND tenant_id = ?"
         " /*pg: FOR UPDATE*/",
@@ -242,7 +243,13 @@ def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: f
     if row is None:
         raise NotFoundError(f"run {run_id!r} not found", run_id=run_id)
     version = int(row[0]) + 1
-    state_hash = next_state_hash(row[1], version, step, delta)
+    return version, next_state_hash(row[1], version, step, delta)
+
+
+def _write_version(
+    tenant_id: str, run_id: str, step: str, delta: bytes, now: float, version: int, state_hash: str
+) -> Gen[None]:
+    """Record state version ``version`` and make it the run's current one."""
     yield from execute(
         "INSERT INTO state_versions (run_id, version, tenant_id, parent, step, delta, hash,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -264,6 +271,12 @@ def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: f
         run_id,
         tenant_id,
     )
+
+
+def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: float) -> Gen[int]:
+    """A new state version made by ``step`` (recorded on the step, with its event)."""
+    version, state_hash = yield from _next_version(tenant_id, run_id, step, delta)
+    yield from _write_version(tenant_id, run_id, step, delta, now, version, state_hash)
     yield from execute(
         "UPDATE steps SET version = ? WHERE run_id = ? AND key = ? AND tenant_id = ?",
         version,
@@ -277,13 +290,21 @@ def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: f
 
 
 def _finish(op: FinishAttempt) -> Gen[Any]:
+    # The state version is read first (and the run row locked), so that the fenced UPDATE of
+    # the step also records its version, and every event of the op goes in one INSERT.
+    version, state_hash = 0, None
+    if op.delta_json is not None:
+        version, state_hash = yield from _next_version(
+            op.tenant_id, op.run_id, op.key, op.delta_json
+        )
     row = yield from one(
         "UPDATE steps SET status = 'succeeded', output = ?, error = NULL, owner = NULL,"
-        " lease_expires_at = NULL, finished_at = ?"
+        " lease_expires_at = NULL, finished_at = ?, version = COALESCE(?, version)"
         " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
         " AND lease_expires_at >= ? RETURNING attempt",
         op.output_json,
         op.now,
+        version if state_hash is not None else None,
         op.run_id,
         op.key,
         op.tenant_id,
@@ -292,12 +313,13 @@ def _finish(op: FinishAttempt) -> Gen[Any]:
     )
     if row is None:
         return STALE
-    succeeded = [NewEvent("step.succeeded", op.key, row[0])]
-    yield from _events(op.tenant_id, op.run_id, op.now, succeeded)
-    version = 0
-    if op.delta_json is not None:
-        version = yield from _append_version(op.tenant_id, op.run_id, op.key, op.delta_json, op.now)
-    yield from _transition(op.then)
+    events = [NewEvent("step.succeeded", op.key, row[0])]
+    if op.delta_json is not None and state_hash is not None:
+        yield from _write_version(
+            op.tenant_id, op.run_id, op.key, op.delta_json, op.now, version, state_hash
+        )
+        events.append(NewEvent("state.version", op.key, None, {"version": version}))
+    yield from _transition(op.then, first=events)
     return version
 
 
@@ -363,7 +385,12 @@ def _step_updates(t: Transition) -> Gen[None]:
             yield from _append_version(t.tenant_id, t.run_id, u.key, u.delta_json, t.now)
 
 
-def _transition(t: Transition) -> Gen[None]:
+def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
+    """Apply ``t`` (``first``: events of the op that go before the transition's own)."""
+    if first and any(u.delta_json is not None for u in t.steps):
+        # Those step updates log state versions of their own: keep ``first`` ahead of them.
+        yield from _events(t.tenant_id, t.run_id, t.now, first)
+        first = ()
     yield from _step_updates(t)
     if t.run is not None:
         terminal = t.run.status in TERMINAL_RUN
@@ -380,7 +407,7 @@ def _transition(t: Transition) -> Gen[None]:
             t.run_id,
             t.tenant_id,
         )
-    yield from _events(t.tenant_id, t.run_id, t.now, t.events)
+    yield from _events(t.tenant_id, t.run_id, t.now, [*first, *t.events] if first else t.events)
     yield from tq.append_audit(t.tenant_id, t.now, t.audit)
     yield from tq.add_usage(t.tenant_id, t.now, t.usage)
     if t.review is not None:
