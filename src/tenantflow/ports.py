@@ -101,6 +101,12 @@ class Store(Protocol):
         ``tenant_id``, that tenant's only (in its scope)."""
         ...
 
+    async def unfinished_runs(
+        self, tenant_id: str, run_ids: Sequence[str]
+    ) -> list[tuple[RunRecord, list[StepRecord]]]:
+        """Those of the tenant's runs ``run_ids`` that exist and are unfinished, with steps."""
+        ...
+
     async def get_tenant(self, tenant_id: str) -> TenantRecord:
         """The tenant; NotFoundError if absent."""
         ...

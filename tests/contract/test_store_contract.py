@@ -298,6 +298,19 @@ async def test_reads_are_scoped_by_tenant_and_paginated(store: Store) -> None:
     assert sorted(r.id for r, _ in active) == ["r0", "r1", "r2", "r3", "r4", "x1"]
 
 
+async def test_unfinished_runs_by_id_are_the_tenants_own_with_their_steps(store: Store) -> None:
+    await store.apply([new_run("r1"), new_run("r2"), new_run("x1", tenant="t2")])
+    done = Transition("t1", "r2", NOW + 1, run=RunUpdate(RunStatus.COMPLETED))
+    await store.apply([done])
+    found = await store.unfinished_runs("t1", ["r1", "r2", "x1", "nope"])
+    assert [r.id for r, _ in found] == ["r1"]  # r2 ended, x1 is another tenant's
+    [(_, steps)] = found
+    assert steps == await store.get_steps("t1", "r1") and steps
+    assert await store.unfinished_runs("t2", ["r1"]) == []
+    assert await store.unfinished_runs("t1", []) == []
+    assert [r.id for r, _ in await store.active_runs("t1")] == ["r1"]
+
+
 async def test_sqlite_state_versions_are_immutable(tmp_path: Path) -> None:
     s = SqliteStore(tmp_path / "i.db")
     await s.open()

@@ -57,6 +57,7 @@ __all__ = [
     "list_runs",
     "op_tenant",
     "state_versions",
+    "unfinished_runs",
 ]
 
 _RUN_COLS = (
@@ -619,3 +620,51 @@ def active_runs(tenant_id: str | None = None) -> Gen[list[tuple[RunRecord, list[
     for run in runs:
         out.append((run, (yield from get_steps(run.tenant_id, run.id))))
     return out
+
+
+def unfinished_runs(
+    tenant_id: str, run_ids: Sequence[str]
+) -> Gen[list[tuple[RunRecord, list[StepRecord]]]]:
+    """Those of the tenant's runs ``run_ids`` that are unfinished, with their steps (two
+    statements for any number of runs: a worker loading the runs it was told of)."""
+    out: list[tuple[RunRecord, list[StepRecord]]] = []
+    for start in range(0, len(run_ids), _ID_BATCH):
+        ids = _padded(run_ids[start : start + _ID_BATCH])
+        # By primary key only (a status condition would tempt the planner into scanning the
+        # index of unfinished runs); finished ones are dropped here.
+        found = yield from rows(
+            f"SELECT {_RUN_COLS} FROM runs WHERE tenant_id = ? AND id IN ({_marks(ids)})"
+            " ORDER BY created_at, id",
+            tenant_id,
+            *ids,
+        )
+        runs = [r for r in map(_run_from_row, found) if r.status not in TERMINAL_RUN]
+        if not runs:
+            continue
+        ids = _padded([r.id for r in runs])
+        step_rows = yield from rows(
+            f"SELECT {_STEP_COLS} FROM steps WHERE tenant_id = ? AND run_id IN ({_marks(ids)})"
+            " ORDER BY run_id, key",
+            tenant_id,
+            *ids,
+        )
+        steps: dict[str, list[StepRecord]] = {r.id: [] for r in runs}
+        for row in step_rows:
+            step = _step_from_row(row)
+            steps[step.run_id].append(step)
+        out.extend((r, steps[r.id]) for r in runs)
+    return out
+
+
+_ID_BATCH = 64
+
+
+def _padded(ids: Sequence[str]) -> list[str]:
+    """``ids`` padded (with its first id) to 1, 4, 16 or 64 entries: a handful of statement
+    texts, so that PostgreSQL prepares each once instead of planning every list length."""
+    size = next(n for n in (1, 4, 16, _ID_BATCH) if n >= len(ids))
+    return [*ids, *([ids[0]] * (size - len(ids)))]
+
+
+def _marks(ids: Sequence[str]) -> str:
+    return ",".join("?" for _ in ids)

@@ -72,6 +72,11 @@ class SqlStore(ABC):
     ) -> list[tuple[RunRecord, list[StepRecord]]]:
         return await self._read(tenant_id, sql_ops.active_runs(tenant_id))
 
+    async def unfinished_runs(
+        self, tenant_id: str, run_ids: Sequence[str]
+    ) -> list[tuple[RunRecord, list[StepRecord]]]:
+        return await self._read(tenant_id, sql_ops.unfinished_runs(tenant_id, list(run_ids)))
+
     # -- tenancy reads ------------------------------------------------------------------------
 
     async def get_tenant(self, tenant_id: str) -> TenantRecord:

@@ -78,6 +78,8 @@ class Membership:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_sweep = float("-inf")
         self._held_until = float("-inf")
+        self._to_load: dict[str, set[str]] = {}
+        self._loader: asyncio.Task[None] | None = None
         self._tick_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -91,6 +93,8 @@ class Membership:
 
     async def close(self) -> None:
         """Stop beating and listening (the engine then hands its tenants back: see leave)."""
+        if self._loader is not None:
+            self._tasks.append(self._loader)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -167,9 +171,12 @@ class Membership:
     async def sweep(self) -> None:
         """Load the owned tenants' unfinished runs that are not in memory; run pending commands."""
         self._last_sweep = self.engine.clock.now()
+        missing: dict[str, list[str]] = {}
         for tenant, run_id in await self.coordinator.active_runs():
             if tenant in self.owned and not self.engine.holds_run(tenant, run_id):
-                await self.engine.load_run(tenant, run_id)
+                missing.setdefault(tenant, []).append(run_id)
+        for tenant, run_ids in missing.items():
+            await self.engine.load_runs(tenant, run_ids)
         self._commands.set()
 
     # -- wake-ups ---------------------------------------------------------------------------
@@ -194,10 +201,21 @@ class Membership:
             runtime.spawn(self._tenant_changed(notice.tenant_id), f"tenant:{notice.tenant_id}")
         elif notice.tenant_id not in self.owned:
             return
-        elif notice.kind == "run":
-            runtime.spawn(engine.load_run(notice.tenant_id, notice.target), f"load:{notice.target}")
+        elif notice.kind == "run":  # loaded in batches, a read per tenant for many runs
+            self._to_load.setdefault(notice.tenant_id, set()).add(notice.target)
+            if self._loader is None or self._loader.done():
+                self._loader = asyncio.create_task(self._load(), name="tenantflow-load")
         elif notice.kind == "command":
             self._commands.set()
+
+    async def _load(self) -> None:
+        while self._to_load:
+            batch, self._to_load = self._to_load, {}
+            for tenant, run_ids in batch.items():
+                try:
+                    await self.engine.load_runs(tenant, run_ids)
+                except TenantflowError as exc:  # the sweep loads them later
+                    log.warning("could not load %d runs of %s: %s", len(run_ids), tenant, exc)
 
     async def _tenant_changed(self, tenant: str) -> None:
         try:

@@ -19,7 +19,7 @@ import random
 import re
 import secrets
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -899,15 +899,19 @@ class Engine:
     async def load_run(self, tenant: str, run_id: str) -> None:
         """Take over one unfinished run of an owned tenant (a submission another process made,
         or one a sweep found)."""
-        if not self._drives(tenant) or self.holds_run(tenant, run_id):
+        await self.load_runs(tenant, [run_id])
+
+    async def load_runs(self, tenant: str, run_ids: Collection[str]) -> None:
+        """Take over those of ``run_ids`` that are unfinished runs of an owned tenant and not
+        yet held here (one read for all of them)."""
+        wanted = [r for r in run_ids if not self.holds_run(tenant, r)]
+        if not wanted or not self._drives(tenant):
             return
         runtime = self.runtime_for_tenant(tenant)
-        record = await runtime.store.get_run(tenant, run_id)
-        if record.status in TERMINAL_RUN or self.holds_run(tenant, run_id):
-            return
-        steps = await runtime.store.get_steps(tenant, run_id)
-        if self._drives(tenant) and not self.holds_run(tenant, run_id):
-            self._take_over(runtime, record, steps)
+        for record, steps in await runtime.store.unfinished_runs(tenant, wanted):
+            # Re-checked after the read: the tenant may have moved, the run been loaded.
+            if self._drives(tenant) and not self.holds_run(tenant, record.id):
+                self._take_over(runtime, record, steps)
 
     def _take_over(self, runtime: Runtime, record: RunRecord, steps: list[StepRecord]) -> None:
         spec = self._spec_or_none(record.workflow, record.workflow_version)
