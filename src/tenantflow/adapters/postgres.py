@@ -321,13 +321,15 @@ class PostgresStore(SqlStore):
         return self._conninfo
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
-        """A pooled connection in autocommit mode, driver errors translated; who uses it sets
-        its own scope in each transaction (see :mod:`~tenantflow.adapters.postgres_cluster`)."""
+    async def scoped(self, tenant_id: str | None) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection in one transaction, acting as ``tenant_id`` (system scope when
+        None) exactly like the store's own ops, driver errors translated (for
+        :mod:`~tenantflow.adapters.postgres_cluster`)."""
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("the PostgreSQL store is not open", url=self.url)
-        async with self._translated(), pool.connection() as conn:
+        async with self._translated(), pool.connection() as conn, conn.transaction():
+            await conn.execute(_SET_SCOPE, _scope(tenant_id))
             yield conn
 
     async def execute_sql(
@@ -357,7 +359,7 @@ class _Session:
     async def enter(self, tenant_id: str | None) -> None:
         """Act as ``tenant_id`` (the application role), or in system scope when None; the
         settings are transaction-local and sent only when they change."""
-        scope = (SYSTEM_ROLE, "") if tenant_id is None else (APP_ROLE, tenant_id)
+        scope = _scope(tenant_id)
         if scope != self._scope:
             await self._conn.execute(_SET_SCOPE, scope)
             self._scope = scope
@@ -383,6 +385,11 @@ class _Session:
             await self._pipeline.sync()
         found = await cur.fetchall() if cur.description is not None else []
         return Result(found, cur.rowcount)
+
+
+def _scope(tenant_id: str | None) -> tuple[str, str]:
+    """The role and tenant setting a transaction acting as ``tenant_id`` takes."""
+    return (SYSTEM_ROLE, "") if tenant_id is None else (APP_ROLE, tenant_id)
 
 
 def _conninfo_dict(conninfo: str) -> dict[str, Any]:

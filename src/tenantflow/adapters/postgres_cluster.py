@@ -28,22 +28,19 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
 from tenantflow.adapters.postgres import PostgresStore
-from tenantflow.adapters.postgres_schema import APP_ROLE, SYSTEM_ROLE, TENANT_SETTING
 from tenantflow.domain.cluster import Command, Notice
-from tenantflow.errors import StoreUnavailableError
+from tenantflow.errors import StoreError, StoreUnavailableError
 
 __all__ = ["PostgresCoordinator"]
 
 log = logging.getLogger("tenantflow.cluster")
 
-_SET_SCOPE = f"SELECT set_config('role', %s, true), set_config('{TENANT_SETTING}', %s, true)"
 _ACTIVE = "('queued', 'running', 'paused', 'compensating', 'cancelling')"
 
 
@@ -56,20 +53,13 @@ class PostgresCoordinator:
         self._outbox: list[str] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    @asynccontextmanager
-    async def _scope(self, tenant_id: str | None) -> AsyncIterator[AsyncConnection[Any]]:
-        async with self.store.connection() as conn, conn.transaction():
-            role = (SYSTEM_ROLE, "") if tenant_id is None else (APP_ROLE, tenant_id)
-            await conn.execute(_SET_SCOPE, role)
-            yield conn
-
     # -- liveness and ownership -------------------------------------------------------------
 
     async def beat(
         self, worker: str, now: float, alive_s: float, info: dict[str, Any]
     ) -> list[str]:
         """Record ``worker``'s heartbeat, forget workers silent for ``alive_s``; the live ids."""
-        async with self._scope(None) as conn:
+        async with self.store.scoped(None) as conn:
             await conn.execute(
                 "INSERT INTO workers (id, info, started_at, beat_at) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at",
@@ -86,7 +76,7 @@ class PostgresCoordinator:
         that are ours afterwards (in the order given)."""
         if not tenants:
             return []
-        async with self._scope(None) as conn:
+        async with self.store.scoped(None) as conn:
             cur = await conn.execute(
                 "INSERT INTO tenant_owners (tenant_id, owner, expires_at)"
                 " SELECT t, %s, %s FROM unnest(%s::text[]) AS t"
@@ -101,7 +91,7 @@ class PostgresCoordinator:
 
     async def release(self, worker: str, tenants: Sequence[str] | None = None) -> None:
         """Give up ``worker``'s leases on ``tenants`` (all of them when None)."""
-        async with self._scope(None) as conn:
+        async with self.store.scoped(None) as conn:
             if tenants is None:
                 await conn.execute("DELETE FROM tenant_owners WHERE owner = %s", (worker,))
                 await conn.execute("DELETE FROM workers WHERE id = %s", (worker,))
@@ -111,15 +101,9 @@ class PostgresCoordinator:
                     (worker, list(tenants)),
                 )
 
-    async def owners(self) -> dict[str, tuple[str, float]]:
-        """Every tenant lease: tenant -> (owner, expires_at)."""
-        async with self._scope(None) as conn:
-            cur = await conn.execute("SELECT tenant_id, owner, expires_at FROM tenant_owners")
-            return {str(t): (str(o), float(e)) for t, o, e in await cur.fetchall()}
-
     async def active_runs(self) -> list[tuple[str, str]]:
         """(tenant, run id) of every unfinished run: the sweep for missed wake-ups."""
-        async with self._scope(None) as conn:
+        async with self.store.scoped(None) as conn:
             cur = await conn.execute(f"SELECT tenant_id, id FROM runs WHERE status IN {_ACTIVE}")
             return [(str(t), str(r)) for t, r in await cur.fetchall()]
 
@@ -129,7 +113,7 @@ class PostgresCoordinator:
         self, tenant_id: str, kind: str, target: str, payload: dict[str, Any], now: float
     ) -> int:
         """Queue a command in ``tenant_id``'s scope and announce it; its id."""
-        async with self._scope(tenant_id) as conn:
+        async with self.store.scoped(tenant_id) as conn:
             cur = await conn.execute(
                 "INSERT INTO commands (tenant_id, kind, target, payload, created_at)"
                 " VALUES (%s, %s, %s, %s, %s) RETURNING id",
@@ -149,7 +133,7 @@ class PostgresCoordinator:
         """Lease up to ``limit`` unfinished commands of ``tenants`` not leased by a live taker."""
         if not tenants:
             return []
-        async with self._scope(None) as conn:
+        async with self.store.scoped(None) as conn:
             cur = await conn.execute(
                 "UPDATE commands SET taken_by = %s, taken_until = %s WHERE id IN ("
                 " SELECT id FROM commands WHERE done_at IS NULL AND tenant_id = ANY(%s::text[])"
@@ -169,7 +153,7 @@ class PostgresCoordinator:
 
     async def finish(self, command: Command, result: dict[str, Any], now: float) -> None:
         """Record ``command``'s result (once: a second finish changes nothing)."""
-        async with self._scope(None) as conn:
+        async with self.store.scoped(None) as conn:
             await conn.execute(
                 "UPDATE commands SET done_at = %s, result = %s WHERE id = %s AND done_at IS NULL",
                 (now, json.dumps(result), command.id),
@@ -177,7 +161,7 @@ class PostgresCoordinator:
 
     async def result(self, tenant_id: str, command_id: int) -> dict[str, Any] | None:
         """The command's result once finished (None before), read in its tenant's scope."""
-        async with self._scope(tenant_id) as conn:
+        async with self.store.scoped(tenant_id) as conn:
             cur = await conn.execute(
                 "SELECT done_at, result FROM commands WHERE id = %s AND tenant_id = %s",
                 (command_id, tenant_id),
@@ -192,7 +176,7 @@ class PostgresCoordinator:
 
     async def notify(self, kind: str, tenant_id: str, target: str) -> None:
         """Announce ``kind`` about ``target`` of ``tenant_id`` to every listening process."""
-        async with self._scope(tenant_id) as conn:
+        async with self.store.scoped(tenant_id) as conn:
             await conn.execute(
                 "SELECT pg_notify(%s, %s)", (self.channel, f"{kind}:{tenant_id}:{target}")
             )
@@ -209,12 +193,12 @@ class PostgresCoordinator:
         while self._outbox:
             batch, self._outbox = self._outbox, []
             try:
-                async with self._scope(None) as conn:
+                async with self.store.scoped(None) as conn:
                     await conn.execute(
                         "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
                         (self.channel, batch),
                     )
-            except StoreUnavailableError as exc:
+            except StoreError as exc:  # best effort: what was announced is in the tables
                 log.warning(
                     "could not announce %d wake-ups (sweeps will find them): %s", len(batch), exc
                 )

@@ -60,6 +60,7 @@ __all__ = [
     "connect",
     "connect_admin",
     "exit_code",
+    "observe",
     "read",
     "reporting_errors",
     "settings_for",
@@ -136,19 +137,38 @@ class CliState:
     api_key: str | None = field(default=None, repr=False)
 
 
-def settings_for(ctx: typer.Context, db: str | None) -> Settings:
+def observe(engine: Engine, traces: str, registry: Any | None) -> None:
+    """Attach what ``--traces`` asks for and, with a Prometheus ``registry``, the engine's
+    metrics (``serve`` and ``worker``; see ``tenantflow.observability``).
+
+    Raises:
+        ConfigurationError: an unknown exporter, or the ``server`` extra is missing.
+    """
+    from tenantflow.observability.tracing import configure_tracing, install_tracing
+
+    provider = configure_tracing(traces)
+    if provider is not None:
+        install_tracing(engine, provider)
+    if registry is not None:
+        from tenantflow.observability.metrics import install_metrics
+
+        install_metrics(engine, registry)
+
+
+def settings_for(ctx: typer.Context, db: str | None, app: Sequence[str] | None = None) -> Settings:
     """The settings for one command: its ``--db``, else the global ``--db``, else the environment.
 
     Args:
         ctx: the command's context (carries the global options).
         db: the command's own ``--db`` value.
+        app: its ``--app`` values (``serve``, ``worker``), which win over ``$TENANTFLOW_APP``.
 
     Raises:
         ConfigurationError: a malformed URL or environment variable.
     """
     state = ctx.find_object(CliState)
     url = db if db is not None else (state.db if state is not None else None)
-    return Settings.from_env(database_url=url)
+    return Settings.from_env(database_url=url, app=",".join(app) if app else None)
 
 
 def target_for(

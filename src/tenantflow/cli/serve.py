@@ -21,10 +21,9 @@ from typing import Annotated, Any
 
 import typer
 
-from tenantflow.cli.common import AppOption, CliState, DbOption, reporting_errors
+from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
 from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
-from tenantflow.settings import Settings
 
 __all__ = ["load_app", "serve"]
 
@@ -105,15 +104,11 @@ def serve(
 
             from tenantflow.api import create_app
             from tenantflow.api.server import run
-            from tenantflow.observability.metrics import install_metrics
-            from tenantflow.observability.tracing import configure_tracing, install_tracing
         except ImportError as exc:
             raise ConfigurationError(
                 f"tenantflow serve needs the server extra: pip install 'tenantflow[server]' ({exc})"
             ) from None
-        state = ctx.find_object(CliState)
-        url = db if db is not None else (state.db if state is not None else None)
-        settings = Settings.from_env(database_url=url, app=",".join(app) if app else None)
+        settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
         engine = Engine.open(
             settings.database_url,
@@ -121,11 +116,8 @@ def serve(
             slots=slots,
             cluster="front" if workers == "external" else None,
         )
-        provider = configure_tracing(traces)
-        if provider is not None:
-            install_tracing(engine, provider)
         registry = CollectorRegistry()
-        install_metrics(engine, registry)
+        observe(engine, traces, registry)
         api = create_app(engine, registry=registry, setup=setups, max_body_bytes=max_body_bytes)
         if not run(api, host=host, port=port, log_level=log_level.lower()):
             raise typer.Exit(1)

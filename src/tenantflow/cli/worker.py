@@ -20,11 +20,10 @@ from typing import Annotated, Any
 
 import typer
 
-from tenantflow.cli.common import AppOption, CliState, DbOption, reporting_errors
+from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
 from tenantflow.cli.serve import load_app
 from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
-from tenantflow.settings import Settings
 
 __all__ = ["worker"]
 
@@ -72,9 +71,7 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     with reporting_errors():
-        state = ctx.find_object(CliState)
-        url = db if db is not None else (state.db if state is not None else None)
-        settings = Settings.from_env(database_url=url, app=",".join(app) if app else None)
+        settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
         engine = Engine.open(
             settings.database_url,
@@ -82,30 +79,23 @@ def worker(
             slots=slots,
             lease=timedelta(seconds=lease),
         )
-        observe(engine, traces, metrics_port, metrics_host)
+        registry = serve_metrics(metrics_port, metrics_host) if metrics_port else None
+        observe(engine, traces, registry)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         asyncio.run(_run(engine, setups, stopping))
 
 
-def observe(engine: Engine, traces: str, metrics_port: int, metrics_host: str) -> None:
-    """Attach the spans and the metrics the options ask for (``tenantflow.observability``)."""
-    from tenantflow.observability.tracing import configure_tracing, install_tracing
-
-    provider = configure_tracing(traces)
-    if provider is not None:
-        install_tracing(engine, provider)
-    if metrics_port:
-        try:
-            from prometheus_client import CollectorRegistry, start_http_server
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"--metrics-port needs the server extra: pip install 'tenantflow[server]' ({exc})"
-            ) from None
-        from tenantflow.observability.metrics import install_metrics
-
-        registry = CollectorRegistry()
-        install_metrics(engine, registry)
-        start_http_server(metrics_port, addr=metrics_host, registry=registry)
+def serve_metrics(port: int, host: str) -> Any:
+    """A registry served at ``http://host:port/metrics`` from a thread of its own."""
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"--metrics-port needs the server extra: pip install 'tenantflow[server]' ({exc})"
+        ) from None
+    registry = CollectorRegistry()
+    start_http_server(port, addr=host, registry=registry)
+    return registry
 
 
 async def _run(
