@@ -61,11 +61,6 @@ def log(
     """Show the tenant's audit rows, oldest first: who did what to which subject."""
     with connect(ctx, db, url, api_key, tenant=tenant) as backend:
         rows = backend.audit_log()
-    if json:
-        render.print_json([render.audit_dict(r) for r in rows])
-        return
-    out = render.console()
-    if not rows:
-        out.print("no audit rows")
-        return
-    out.print(render.audit_table(rows))
+    render.print_rows(
+        rows, json=json, as_dict=render.audit_dict, table=render.audit_table, empty="no audit rows"
+    )

@@ -11,6 +11,7 @@ revocation made here within its key cache TTL, a few seconds).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -119,13 +120,10 @@ def list_keys(
         return await engine.keys.list(owner)
 
     keys = read(ctx, db, fetch)
-    if json:
-        render.print_json([_key_dict(k) for k in keys])
-        return
-    out = render.console()
-    if not keys:
-        out.print("no keys", markup=False)
-        return
+    render.print_rows(keys, json=json, as_dict=_key_dict, table=_keys_table, empty="no keys")
+
+
+def _keys_table(keys: Sequence[ApiKeyInfo]) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("id", "name", "prefix", "created", "revoked"):
         table.add_column(column, overflow="fold")
@@ -140,7 +138,7 @@ def list_keys(
                 style="" if k.revoked_at else "green",
             ),
         )
-    out.print(table)
+    return table
 
 
 @app.command("revoke")

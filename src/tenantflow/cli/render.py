@@ -7,9 +7,9 @@ goes to stdout unwrapped and uncoloured (``print``), tables through a rich conso
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from rich import box
 from rich.console import Console
@@ -74,6 +74,9 @@ _STYLES = {
 }
 
 
+T = TypeVar("T")
+
+
 def console() -> Console:
     """A console on stdout, wide when not a terminal so piped tables are not squeezed."""
     out = Console(highlight=False)
@@ -120,6 +123,27 @@ def _status(value: str) -> Text:
 def print_json(value: Any) -> None:
     """Print ``value`` as one JSON document on stdout."""
     print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+def print_rows(
+    rows: Sequence[T],
+    *,
+    json: bool,
+    as_dict: Callable[[T], Any],
+    table: Callable[[Sequence[T]], Table],
+    empty: str,
+) -> bool:
+    """A list command's output: JSON (a list of ``as_dict`` of each row), else a table, else
+    ``empty`` when there are no rows. True when a table was printed."""
+    if json:
+        print_json([as_dict(r) for r in rows])
+        return False
+    out = console()
+    if not rows:
+        out.print(empty, markup=False)
+        return False
+    out.print(table(rows))
+    return True
 
 
 def print_json_lines(values: Iterable[Any]) -> None:

@@ -71,14 +71,13 @@ def list_reviews(
         reviews = backend.list_reviews(
             pool=pool, statuses=tuple(ReviewStatus) if everything else None, limit=limit
         )
-    if json:
-        render.print_json([render.review_dict(r) for r in reviews])
-        return
-    out = render.console()
-    if not reviews:
-        out.print("no reviews" if everything else "no open reviews")
-        return
-    out.print(render.reviews_table(reviews))
+    render.print_rows(
+        reviews,
+        json=json,
+        as_dict=render.review_dict,
+        table=render.reviews_table,
+        empty="no reviews" if everything else "no open reviews",
+    )
 
 
 @app.command("show")

@@ -61,16 +61,11 @@ def list_runs(
             raise ConfigurationError("limit must be within 1..1000", field="limit", value=limit)
     with connect(ctx, db, url, api_key, tenant=tenant) as backend:
         runs = backend.list_runs(status=status, workflow=workflow, limit=limit, before=before)
-    if json:
-        render.print_json([render.run_dict(r) for r in runs])
-        return
-    out = render.console()
-    if not runs:
-        out.print("no runs")
-        return
-    out.print(render.runs_table(runs))
-    if len(runs) == limit:
-        out.print(f"more: --before {runs[-1].id}", style="dim", markup=False)
+    shown = render.print_rows(
+        runs, json=json, as_dict=render.run_dict, table=render.runs_table, empty="no runs"
+    )
+    if shown and len(runs) == limit:
+        render.console().print(f"more: --before {runs[-1].id}", style="dim", markup=False)
 
 
 @app.command("show")

@@ -241,14 +241,13 @@ def list_tenants(
     """List every tenant with its tier, policy version, region and caps."""
     with connect_admin(ctx, db, url, api_key) as backend:
         tenants = backend.list_tenants()
-    if json:
-        render.print_json([render.tenant_dict(t) for t in tenants])
-        return
-    out = render.console()
-    if not tenants:
-        out.print("no tenants")
-        return
-    out.print(render.tenants_table(tenants))
+    render.print_rows(
+        tenants,
+        json=json,
+        as_dict=render.tenant_dict,
+        table=render.tenants_table,
+        empty="no tenants",
+    )
 
 
 @app.command("show")
