@@ -26,6 +26,9 @@ __all__ = ["StepContext"]
 class StepContext:
     """Passed as the first argument of every step.
 
+    Its identity (``run_id``, ``tenant_id``, ``workflow``, ``step``, ``attempt``,
+    ``idempotency_key``) is read-only: a step cannot act as another tenant or run.
+
     Attributes:
         run_id: the run this attempt belongs to.
         tenant_id: the run's tenant (from the caller that submitted it, never from data).
@@ -36,12 +39,12 @@ class StepContext:
             re-executed attempt (after a crash) is deduplicated downstream.
     """
 
-    run_id: str
-    tenant_id: str
-    workflow: str
-    step: str
-    attempt: int
-    idempotency_key: str
+    _run_id: str
+    _tenant_id: str
+    _workflow: str
+    _step: str
+    _attempt: int
+    _idempotency_key: str
     _runtime: Runtime = field(repr=False)
     _run: Active | None = field(default=None, repr=False)
     optional: bool = False
@@ -49,6 +52,32 @@ class StepContext:
     notes_usage: list[UsageDelta] = field(default_factory=list, repr=False)
     _calls: int = field(default=0, repr=False)
     _recorded: dict[int, tuple[str, str, str]] | None = field(default=None, repr=False)
+
+    # -- identity: read-only, so step code cannot act as another tenant or run --------------
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def tenant_id(self) -> str:
+        return self._tenant_id
+
+    @property
+    def workflow(self) -> str:
+        return self._workflow
+
+    @property
+    def step(self) -> str:
+        return self._step
+
+    @property
+    def attempt(self) -> int:
+        return self._attempt
+
+    @property
+    def idempotency_key(self) -> str:
+        return self._idempotency_key
 
     # -- for step code ------------------------------------------------------------------------
 
