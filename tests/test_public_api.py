@@ -3,6 +3,8 @@
 import tenantflow
 
 EXPECTED = {
+    "Agent",
+    "AgentResult",
     "AuthenticationError",
     "BackpressureError",
     "BudgetExceededError",

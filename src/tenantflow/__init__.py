@@ -4,6 +4,7 @@ Define workflows as graphs of async steps, run them durably for many tenants, an
 tenant inside its boundary on state, compute, rate limits, review queues and budget.
 """
 
+from tenantflow.domain.agent import Agent, AgentResult
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
 from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
@@ -42,6 +43,8 @@ from tenantflow.workflow import Workflow
 __version__ = "0.1.0"
 
 __all__ = [
+    "Agent",
+    "AgentResult",
     "AuthenticationError",
     "BackpressureError",
     "BudgetExceededError",

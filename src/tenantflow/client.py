@@ -27,6 +27,7 @@ import httpx
 
 from tenantflow import __version__
 from tenantflow.domain.audit import AuditRecord, VerifyResult
+from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
@@ -48,9 +49,10 @@ __all__ = ["DEFAULT_TIMEOUT", "Client", "error_from_response"]
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 
-# The API's page sizes are capped (runs 500, tenants and audit rows 1000): longer lists are read
-# page by page.
+# The API's page sizes are capped (runs and memory entries 500, tenants and audit rows 1000):
+# longer lists are read page by page.
 _RUNS_PAGE = 500
+_MEMORY_PAGE = 500
 _PAGE = 1000
 
 
@@ -334,6 +336,68 @@ class Client:
             reason=body.get("reason") or "",
         )
 
+    # -- agent memory --------------------------------------------------------------------------
+
+    def _memory(self, namespace: str, *parts: str) -> str:
+        return "/".join(["/v1/memory", _segment(namespace), *(_segment(p) for p in parts)])
+
+    def memory_get(self, key: str, *, namespace: str = DEFAULT_NAMESPACE) -> MemoryEntry:
+        """The entry under ``key`` (NotFoundError if there is none)."""
+        body = self._call("GET", self._memory(namespace, "entries", key))
+        return _memory_entry(self.tenant_id, body)
+
+    def memory_put(
+        self, key: str, value: Any, *, namespace: str = DEFAULT_NAMESPACE
+    ) -> MemoryEntry:
+        """Store ``value`` (JSON) under ``key``; the entry as committed."""
+        body = self._call("PUT", self._memory(namespace, "entries", key), body={"value": value})
+        return _memory_entry(self.tenant_id, body)
+
+    def memory_delete(self, key: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Delete the entry under ``key`` (NotFoundError if there is none)."""
+        self._call("DELETE", self._memory(namespace, "entries", key))
+
+    def memory_list(
+        self,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[MemoryEntry]:
+        """Entries by key: only keys starting with ``prefix``, after the key ``after``."""
+        path = self._memory(namespace, "entries")
+        items = self._pages(path, {"prefix": prefix}, "cursor", after, limit, _MEMORY_PAGE)
+        tenant = self.tenant_id
+        return [_memory_entry(tenant, item) for item in items]
+
+    def memory_add_document(
+        self,
+        text: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        id: str | None = None,
+    ) -> str:
+        """Store a document for search; its id."""
+        body = {"text": text, "metadata": None if metadata is None else dict(metadata), "id": id}
+        found = self._call("POST", self._memory(namespace, "documents"), body=body)
+        return str(found["id"])
+
+    def memory_delete_document(self, id: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Delete a document (NotFoundError if there is none)."""
+        self._call("DELETE", self._memory(namespace, "documents", id))
+
+    def memory_search(
+        self, query: str, *, namespace: str = DEFAULT_NAMESPACE, limit: int = 5
+    ) -> list[SearchHit]:
+        """Documents matching ``query``, best first."""
+        found = self._call(
+            "GET", self._memory(namespace, "search"), params={"q": query, "limit": limit}
+        )
+        tenant = self.tenant_id
+        return [_search_hit(tenant, item) for item in found["items"]]
+
     # -- tenants (admin) -----------------------------------------------------------------------
 
     def list_tenants(self) -> list[TenantInfo]:
@@ -474,6 +538,32 @@ def _review(tenant_id: str, body: dict[str, Any]) -> ReviewRecord:
         comment=body.get("comment"),
         decided_at=_ts_or_none(body.get("decided_at")),
         escalations=body.get("escalations", 0),
+    )
+
+
+def _memory_entry(tenant_id: str, body: dict[str, Any]) -> MemoryEntry:
+    return MemoryEntry(
+        tenant_id=tenant_id,
+        namespace=body["namespace"],
+        key=body["key"],
+        value=body.get("value"),
+        version=body["version"],
+        created_at=_ts(body["created_at"]),
+        updated_at=_ts(body["updated_at"]),
+        expires_at=_ts_or_none(body.get("expires_at")),
+    )
+
+
+def _search_hit(tenant_id: str, body: dict[str, Any]) -> SearchHit:
+    return SearchHit(
+        tenant_id=tenant_id,
+        namespace=body["namespace"],
+        id=body["id"],
+        text=body["text"],
+        metadata=body.get("metadata") or {},
+        score=float(body["score"]),
+        created_at=_ts(body["created_at"]),
+        expires_at=_ts_or_none(body.get("expires_at")),
     )
 
 

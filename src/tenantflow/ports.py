@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from tenantflow.domain.audit import AuditRecord
 from tenantflow.domain.cluster import Command, Notice
 from tenantflow.domain.keys import ApiKeyRecord
+from tenantflow.domain.memory import MemoryEntry, SearchHit
 from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.domain.records import (
     EventRecord,
@@ -156,6 +157,35 @@ class Store(Protocol):
     async def list_api_keys(self, tenant_id: str | None) -> list[ApiKeyRecord]:
         """The tenant's API keys, or with None the admin keys; revoked ones included, oldest
         first. A tenant sees only its own keys, never another's or an admin key."""
+        ...
+
+    async def get_memory(
+        self, tenant_id: str, namespace: str, key: str, *, now: float
+    ) -> MemoryEntry:
+        """The tenant's live memory entry (not expired at ``now``); NotFoundError if there is
+        none, in this namespace, for this tenant."""
+        ...
+
+    async def list_memory(
+        self,
+        tenant_id: str,
+        namespace: str,
+        *,
+        now: float,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[MemoryEntry]:
+        """The tenant's live entries in ``namespace`` by key (byte order): only keys starting
+        with ``prefix``, after the key ``after`` (a cursor from a previous page)."""
+        ...
+
+    async def search_memory(
+        self, tenant_id: str, namespace: str, terms: Sequence[str], *, now: float, limit: int = 5
+    ) -> list[SearchHit]:
+        """The tenant's live documents in ``namespace`` containing any of ``terms`` (words as
+        :func:`~tenantflow.domain.memory.words` makes them), best first; ranked by the
+        statistics of that namespace's documents only."""
         ...
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
+from tenantflow.domain.agent import Agent, AgentResult
 from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.spec import Param, Predicate, Retry, StepSpec, WorkflowSpec
 from tenantflow.errors import SpecError
@@ -23,6 +24,7 @@ __all__ = ["Workflow"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 StepRef = str | Callable[..., Any]
+_OUTPUT_OF_KIND: dict[str, Any] = {"review": ReviewDecision, "agent": AgentResult}
 
 
 class Workflow:
@@ -173,6 +175,49 @@ class Workflow:
 
         return register(fn) if fn is not None else register
 
+    def agent(
+        self,
+        agent: Agent,
+        /,
+        *,
+        name: str | None = None,
+        after: Iterable[StepRef] = (),
+        when: Callable[..., Any] | None = None,
+        optional: bool = False,
+        retry: Retry | None = None,
+        timeout: timedelta | None = None,
+    ) -> Callable[[F], F]:
+        """Add an agent step: the decorated function returns the task (a ``str``: the first
+        user message) and the engine runs the :class:`~tenantflow.domain.agent.Agent` loop on
+        it. Every iteration is a durable element of the step (``name[0]``, ``name[1]``, …):
+        dispatched, leased, budget-checked, rate-limited and recorded as a state version like
+        any step. The step's output is an :class:`~tenantflow.domain.agent.AgentResult`.
+        ``retry`` and ``timeout`` apply to each iteration."""
+        if not isinstance(agent, Agent):
+            raise SpecError(
+                f"workflow {self.name!r}: agent() takes an Agent, not {type(agent).__name__}",
+                workflow=self.name,
+            )
+
+        def register(func: F) -> F:
+            self._add(
+                func,
+                name=name or func.__name__,
+                after=after,
+                when=when,
+                fan_out=None,
+                optional=optional,
+                retry=retry or Retry(),
+                timeout=timeout,
+                compensate=None,
+                circuit=None,
+                kind="agent",
+                options={"agent": agent},
+            )
+            return func
+
+        return register
+
     def _add(
         self,
         func: Callable[..., Awaitable[Any]],
@@ -221,7 +266,7 @@ class Workflow:
             fn=func,
             deps=tuple(dict.fromkeys(deps)),
             params=tuple(params),
-            output_type=ReviewDecision if kind == "review" else output_type,
+            output_type=_OUTPUT_OF_KIND.get(kind, output_type),
             when=predicate,
             fan_out=fan_out,
             optional=optional,

@@ -29,10 +29,19 @@ MISSING = {
     "review_id": "rev_0123456789abcdef0123",
     "key_id": "key_0123456789abcdef01234567",
     "tenant_id": "no-such-tenant",
+    "namespace": "user:nobody-at-all",
+    "key": "no-such-memory-key",
+    "document_id": "no-such-document",
 }
 SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
 A_POOL = "tenant-a-private-pool"
 A_IDEMPOTENCY_KEY = "order-of-tenant-a"
+# A's memory: names B may choose too (so B's own answers may repeat them), and A's content.
+A_NAMESPACE = "user:alice-at-acorp"
+A_MEMORY_KEY = "profile-at-acorp"
+A_DOCUMENT_ID = "document-at-acorp"
+A_MEMORY_SECRET = "memorycanary5b1d"
+NAMES = ("namespace", "key", "document_id")
 
 Expect = Literal["denied", "own", "public"]
 
@@ -95,6 +104,25 @@ CASES: dict[tuple[str, str], list[Case]] = {
         Case("denied"),
         Case("denied", headers={"Last-Event-ID": "0"}),
     ],
+    # Memory: A's namespace and key name B's own (empty) memory; A's document id, reused,
+    # makes B's own document.
+    ("GET", "/v1/memory/{namespace}/entries"): [
+        Case("own"),
+        Case("own", params={"prefix": "profile"}),
+        Case("own", params={"cursor": "a", "limit": 500}),
+    ],
+    ("GET", "/v1/memory/{namespace}/entries/{key}"): [Case("denied")],
+    ("DELETE", "/v1/memory/{namespace}/entries/{key}"): [Case("denied")],
+    ("PUT", "/v1/memory/{namespace}/entries/{key}"): [Case("own", body={"value": "b's own"})],
+    ("POST", "/v1/memory/{namespace}/documents"): [
+        Case("own", body={"text": "b's own note"}),
+        Case("own", body={"text": "b's own copy", "id": A_DOCUMENT_ID}),
+    ],
+    ("DELETE", "/v1/memory/{namespace}/documents/{document_id}"): [Case("denied")],
+    ("GET", "/v1/memory/{namespace}/search"): [
+        Case("own", params={"q": A_MEMORY_SECRET}),
+        Case("own", params={"q": f"own {A_MEMORY_SECRET} merger", "limit": 100}),
+    ],
     ("GET", "/v1/reviews/{review_id}"): [Case("denied")],
     ("POST", "/v1/reviews/{review_id}/claim"): [Case("denied", body={"reviewer": "mallory"})],
     ("POST", "/v1/reviews/{review_id}/decide"): [
@@ -114,8 +142,9 @@ class World:
     a_runs: list[str]
 
     def markers(self) -> set[str]:
-        """Strings that only A's data contains."""
-        return {*self.a_runs, *self.ids.values(), SECRET_APPLICANT, A_POOL, self.a_key}
+        """Strings that only A's data contains (not the memory names B may use as well)."""
+        ids = {v for k, v in self.ids.items() if k not in NAMES}
+        return {*self.a_runs, *ids, SECRET_APPLICANT, A_POOL, self.a_key, A_MEMORY_SECRET}
 
 
 @pytest.fixture
@@ -134,6 +163,19 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         done = (await api.submit(a_key, "tally", 5))["id"]
         await api.wait_run(a_key, done)
         keys = (await api.client.get("/v1/tenants/tenant-a/keys", headers=api.admin)).json()
+        memory = f"/v1/memory/{A_NAMESPACE}"
+        r = await api.client.put(
+            f"{memory}/entries/{A_MEMORY_KEY}",
+            json={"value": {"secret": A_MEMORY_SECRET}},
+            headers=bearer(a_key),
+        )
+        assert r.status_code == 200, r.text
+        r = await api.client.post(
+            f"{memory}/documents",
+            json={"text": f"merger notes {A_MEMORY_SECRET}", "id": A_DOCUMENT_ID},
+            headers=bearer(a_key),
+        )
+        assert r.status_code == 201, r.text
         r = await api.client.post("/v1/tenants/tenant-b/keys", headers=api.admin)
         revoked = r.json()["secret"]
         await api.client.delete(
@@ -144,6 +186,9 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "review_id": review["id"],
             "key_id": keys["items"][0]["id"],
             "tenant_id": "tenant-a",
+            "namespace": A_NAMESPACE,
+            "key": A_MEMORY_KEY,
+            "document_id": A_DOCUMENT_ID,
         }
         yield World(api, a_key, b_key, revoked, ids, [waiting, done])
 
@@ -223,6 +268,19 @@ async def test_tenant_b_never_reaches_tenant_a(world: World) -> None:
     keys = (await api.client.get("/v1/tenants/tenant-a/keys", headers=api.admin)).json()
     assert [k["revoked_at"] for k in keys["items"]] == [None]
     assert (await api.client.get("/v1/audit/verify", headers=h)).json()["ok"] is True
+    memory = f"/v1/memory/{A_NAMESPACE}"
+    entry = (await api.client.get(f"{memory}/entries/{A_MEMORY_KEY}", headers=h)).json()
+    assert (entry["value"], entry["version"]) == ({"secret": A_MEMORY_SECRET}, 1)
+    found = await api.client.get(f"{memory}/search", params={"q": "merger"}, headers=h)
+    assert [(d["id"], d["text"]) for d in found.json()["items"]] == [
+        (A_DOCUMENT_ID, f"merger notes {A_MEMORY_SECRET}")
+    ]
+    # B's memory under the same names is B's own.
+    b = bearer(world.b_key)
+    mine = (await api.client.get(f"{memory}/entries/{A_MEMORY_KEY}", headers=b)).json()
+    assert mine["value"] == "b's own"
+    found = await api.client.get(f"{memory}/search", params={"q": "copy"}, headers=b)
+    assert [d["id"] for d in found.json()["items"]] == [A_DOCUMENT_ID]
 
 
 def _masked(text: str, ids: dict[str, str]) -> str:

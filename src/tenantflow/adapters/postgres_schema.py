@@ -122,6 +122,10 @@ _GRANTS: dict[str, tuple[str, str]] = {
     "api_keys": (_ALL, "SELECT, INSERT, UPDATE"),
     # A front posts a tenant's command and reads its result; the driving worker takes it.
     "commands": ("SELECT, INSERT, DELETE", "SELECT, UPDATE"),
+    # Agent memory: entries are upserted; documents and their words are written once.
+    "memory_entries": (_ALL, "SELECT"),
+    "memory_documents": (_APPEND_ONLY, "SELECT"),
+    "memory_terms": (_APPEND_ONLY, "SELECT"),
 }
 
 # Restrictive policies (ANDed with the permissive ones above) narrowing what a role may write.

@@ -16,10 +16,11 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tenantflow.adapters import sql_keys
+from tenantflow.adapters import sql_keys, sql_memory
 from tenantflow.adapters import sql_tenancy as tq
 from tenantflow.adapters.sql import Gen, execute, many, one, rows
 from tenantflow.domain import keys as k_ops
+from tenantflow.domain import memory as m_ops
 from tenantflow.domain import tenancy as t_ops
 from tenantflow.domain.records import (
     STALE,
@@ -491,6 +492,11 @@ _HANDLERS: dict[type[Any], Callable[[Any], Gen[Any]]] = {
     t_ops.PurgeRuns: tq.purge_runs,
     k_ops.CreateApiKey: sql_keys.create_api_key,
     k_ops.RevokeApiKey: sql_keys.revoke_api_key,
+    m_ops.PutMemory: sql_memory.put_entry,
+    m_ops.DeleteMemory: sql_memory.delete_entry,
+    m_ops.AddDocument: sql_memory.add_document,
+    m_ops.DeleteDocument: sql_memory.delete_document,
+    m_ops.PurgeMemory: sql_memory.purge_memory,
 }
 
 

@@ -11,11 +11,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from tenantflow.adapters import sql_keys, sql_ops
+from tenantflow.adapters import sql_keys, sql_memory, sql_ops
 from tenantflow.adapters import sql_tenancy as tq
 from tenantflow.adapters.sql import Gen
 from tenantflow.domain.audit import AuditRecord
 from tenantflow.domain.keys import ApiKeyRecord
+from tenantflow.domain.memory import MemoryEntry, SearchHit
 from tenantflow.domain.records import (
     EventRecord,
     RunRecord,
@@ -125,3 +126,29 @@ class SqlStore(ABC):
 
     async def list_api_keys(self, tenant_id: str | None) -> list[ApiKeyRecord]:
         return await self._read(tenant_id, sql_keys.list_api_keys(tenant_id))
+
+    # -- agent memory -------------------------------------------------------------------------
+
+    async def get_memory(
+        self, tenant_id: str, namespace: str, key: str, *, now: float
+    ) -> MemoryEntry:
+        return await self._read(tenant_id, sql_memory.get_entry(tenant_id, namespace, key, now))
+
+    async def list_memory(
+        self,
+        tenant_id: str,
+        namespace: str,
+        *,
+        now: float,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[MemoryEntry]:
+        query = sql_memory.list_entries(tenant_id, namespace, now, prefix, after, limit)
+        return await self._read(tenant_id, query)
+
+    async def search_memory(
+        self, tenant_id: str, namespace: str, terms: Sequence[str], *, now: float, limit: int = 5
+    ) -> list[SearchHit]:
+        query = sql_memory.search(tenant_id, namespace, list(terms), now, limit)
+        return await self._read(tenant_id, query)

@@ -72,6 +72,9 @@ TENANT_TABLES: dict[str, str] = {
     "policy_versions": "tenant_id",
     "api_keys": "tenant_id",
     "commands": "tenant_id",
+    "memory_terms": "tenant_id",
+    "memory_documents": "tenant_id",
+    "memory_entries": "tenant_id",
     "tenants": "id",
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from tenantflow.adapters.sqlite_memory import MIGRATION as _MEMORY
 from tenantflow.adapters.sqlite_tenancy import MIGRATION as _TENANCY
 
 __all__ = ["MIGRATIONS", "migrate", "schema_version", "schema_version_readonly"]
@@ -130,6 +131,9 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX runs_unfinished ON runs (status)"
         " WHERE status IN ('queued', 'running', 'paused', 'compensating', 'cancelling')",
     ],
+    # Agent memory (tenantflow.engine.memory): entries, documents and their words, per tenant
+    # and namespace.
+    _MEMORY,
 ]
 
 

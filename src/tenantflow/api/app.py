@@ -19,7 +19,7 @@ from tenantflow import __version__
 from tenantflow.api.errors import install_error_handlers
 from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
 from tenantflow.api.middleware import RequestGuard
-from tenantflow.api.routes import events, health, reviews, runs, tenant, tenants
+from tenantflow.api.routes import events, health, memory, reviews, runs, tenant, tenants
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.engine.engine import Engine
 
@@ -93,7 +93,7 @@ def create_app(
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    for module in (runs, events, reviews, tenant, tenants, health):
+    for module in (runs, events, reviews, memory, tenant, tenants, health):
         app.include_router(module.router)
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.

@@ -27,6 +27,7 @@ import typer
 
 from tenantflow.client import Client
 from tenantflow.domain.audit import AuditRecord, VerifyResult
+from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
@@ -393,6 +394,57 @@ class EngineBackend:
             raise NotFoundError(
                 f"tenant {tenant!r} not found and has no audit log", kind="tenant", id=tenant
             )
+
+    # agent memory
+
+    def memory_get(self, key: str, *, namespace: str = DEFAULT_NAMESPACE) -> MemoryEntry:
+        return self._run(self._engine.memory.get(self.tenant_id, key, namespace=namespace))
+
+    def memory_put(
+        self, key: str, value: Any, *, namespace: str = DEFAULT_NAMESPACE
+    ) -> MemoryEntry:
+        return self._run(self._engine.memory.put(self.tenant_id, key, value, namespace=namespace))
+
+    def memory_delete(self, key: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self._run(self._engine.memory.delete(self.tenant_id, key, namespace=namespace))
+
+    def memory_list(
+        self,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        prefix: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> list[MemoryEntry]:
+        return self._run(
+            self._engine.memory.list(
+                self.tenant_id, namespace=namespace, prefix=prefix, after=after, limit=limit
+            )
+        )
+
+    def memory_add_document(
+        self,
+        text: str,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
+        id: str | None = None,
+    ) -> str:
+        return self._run(
+            self._engine.memory.add_document(
+                self.tenant_id, text, metadata=metadata, namespace=namespace, id=id
+            )
+        )
+
+    def memory_delete_document(self, id: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self._run(self._engine.memory.delete_document(self.tenant_id, id, namespace=namespace))
+
+    def memory_search(
+        self, query: str, *, namespace: str = DEFAULT_NAMESPACE, limit: int = 5
+    ) -> list[SearchHit]:
+        return self._run(
+            self._engine.memory.search(self.tenant_id, query, namespace=namespace, limit=limit)
+        )
 
     # tenants
 

@@ -16,6 +16,7 @@ from tenantflow.cli import (
     db,
     demo,
     keys,
+    memory,
     reviews,
     runs,
     serve,
@@ -52,9 +53,10 @@ app.add_typer(audit.app, name="audit")
 app.command("serve")(serve.serve)
 app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
+app.add_typer(memory.app, name="memory")
 
 # The commands that can call a server (--url); the others work on the store only.
-_REMOTE = ("runs", "tenants", "reviews", "usage", "audit")
+_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
 
 
 def _print_version(value: bool) -> None:

@@ -291,6 +291,8 @@ class Policy(_ConfigModel):
         run_sla: Latency target for a run, counted for SLA violations; ``None`` is best effort.
         audit_retention: How long audit rows are kept.
         data_retention: How long run state is kept after the run ends; ``None`` keeps it.
+        memory_retention: How long agent memory (entries and documents) is kept after it is
+            written; ``None`` keeps it until it is deleted.
         default_lane: The lane a run gets when the submitter names none.
         guaranteed_slots: Slots reserved for the tenant even under contention.
         burst_slots: Extra slots above the fair share the tenant may borrow while idle capacity
@@ -326,19 +328,33 @@ class Policy(_ConfigModel):
     run_sla: timedelta | None = None
     audit_retention: timedelta = timedelta(days=7 * 366)
     data_retention: timedelta | None = None
+    memory_retention: timedelta | None = None
     default_lane: Lane = "normal"
     guaranteed_slots: int = Field(default=0, ge=0)
     burst_slots: int = Field(default=0, ge=0)
     burst_window: timedelta = timedelta(minutes=5)
 
     @field_validator(
-        "review_sla", "run_sla", "audit_retention", "data_retention", "burst_window", mode="before"
+        "review_sla",
+        "run_sla",
+        "audit_retention",
+        "data_retention",
+        "memory_retention",
+        "burst_window",
+        mode="before",
     )
     @classmethod
     def _durations(cls, value: Any) -> Any:
         return parse_duration(value)
 
-    @field_validator("review_sla", "run_sla", "audit_retention", "data_retention", "burst_window")
+    @field_validator(
+        "review_sla",
+        "run_sla",
+        "audit_retention",
+        "data_retention",
+        "memory_retention",
+        "burst_window",
+    )
     @classmethod
     def _positive(cls, value: timedelta | None, info: ValidationInfo) -> timedelta | None:
         if value is not None and value <= timedelta(0):

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from tenantflow.domain import keys as _k
+from tenantflow.domain import memory as _m
 from tenantflow.domain import tenancy as _t
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, UsageDelta
 
@@ -374,6 +375,11 @@ Op = (
     | _t.EscalateReview
     | _k.CreateApiKey
     | _k.RevokeApiKey
+    | _m.PutMemory
+    | _m.DeleteMemory
+    | _m.AddDocument
+    | _m.DeleteDocument
+    | _m.PurgeMemory
 )
 
 

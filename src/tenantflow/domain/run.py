@@ -137,6 +137,10 @@ def advance(
             local[name] = StepStatus.SKIPPED
             frontier.extend(spec.dependents[name])
             continue
+        if step.kind == "agent":  # a loop: its first iteration, the rest as it goes
+            plan.mapped.append((name, 1))
+            local[name] = StepStatus.MAPPED
+            continue
         if step.fan_out is not None:
             args = bind(step.params, input_value, outputs) or {}
             items = args.get(step.fan_out)

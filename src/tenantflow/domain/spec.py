@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
+from tenantflow.domain.agent import Turn
 from tenantflow.errors import ConfigurationError, SpecError
 
 __all__ = [
@@ -117,6 +118,8 @@ class StepSpec:
         when: optional predicate; false means the step is recorded as skipped.
         fan_out: name of the parameter mapped over; the step runs once per element and its
             output is the list of results, in order.
+        kind: ``"function"``, ``"review"`` (a human gate) or ``"agent"`` (a loop whose
+            iterations are its elements; ``options["agent"]`` holds its settings).
         optional: a failure for good does not fail the run; dependents get their default.
     """
 
@@ -139,6 +142,13 @@ class StepSpec:
     def result_type(self) -> Any:
         """The type of the step's recorded output: a fan-out step gathers a list of them."""
         return list[self.output_type] if self.fan_out else self.output_type  # type: ignore[name-defined]
+
+    @property
+    def item_type(self) -> Any:
+        """The type of one element's output: a fan-out's item, or an agent loop's turn."""
+        if self.kind == "agent":
+            return Turn
+        return self.output_type
 
 
 def child_key(name: str, index: int) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -11,8 +12,17 @@ from typing import TYPE_CHECKING, Any
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.breaker import record_outcome
 from tenantflow.domain.models import ModelResponse
-from tenantflow.domain.records import NewEvent, Transition
+from tenantflow.domain.records import (
+    TERMINAL_RUN,
+    NewEvent,
+    RecordCall,
+    RunRecord,
+    RunStatus,
+    Transition,
+)
 from tenantflow.domain.tenancy import AuditEntry, ReleaseHolds, UsageDelta
+from tenantflow.engine.gateway import AwaitChild
+from tenantflow.engine.memory import MemoryView, step_memory
 from tenantflow.errors import CircuitOpenError
 
 if TYPE_CHECKING:
@@ -79,6 +89,13 @@ class StepContext:
     def idempotency_key(self) -> str:
         return self._idempotency_key
 
+    @property
+    def budget_scope(self) -> str:
+        """The run ledger this attempt's spending is charged to: the root run of a tree of
+        child runs (subagents draw on their parent's budget)."""
+        run = self._run
+        return f"run:{run.budget_run if run is not None and run.budget_run else self._run_id}"
+
     # -- for step code ------------------------------------------------------------------------
 
     def now(self) -> datetime:
@@ -98,6 +115,14 @@ class StepContext:
             raise RuntimeError("this step context has no policy (a compensation)")
         return self._run.policy
 
+    @property
+    def memory(self) -> MemoryView:
+        """The run's tenant's agent memory, namespace ``default`` (``ctx.memory.scope(
+        "user:alice")`` for another): ``get``, ``put``, ``delete``, ``list``,
+        ``add_document``, ``search``. The tenant is the run's, never an argument; writes commit
+        before they return. See :mod:`tenantflow.engine.memory`."""
+        return step_memory(self._runtime, self._tenant_id, self._run, self._idempotency_key)
+
     async def tool(self, name: str, /, **args: Any) -> Any:
         """Call a registered tool through the tenant's allow list, rate limit, budget and
         circuit breaker. Raises NotAllowedError, RateLimitedError (the step is re-queued
@@ -115,6 +140,7 @@ class StepContext:
         tools: Iterable[str] = (),
         stream: bool = False,
         tier: str | None = None,
+        extra_tools: Iterable[Mapping[str, Any]] = (),
     ) -> ModelResponse:
         """Call a model: the endpoint is chosen by the tenant's model tier, allowed models,
         residency region, endpoint health and remaining budget; tokens and cost are recorded.
@@ -125,6 +151,8 @@ class StepContext:
             system: a system message placed first.
             max_tokens: completion cap; the budget reserves the worst case for it.
             tools: names of registered tools the model may ask to call.
+            extra_tools: further OpenAI tool schemas offered to the model (answered by the
+                caller, not by a registered tool: e.g. an agent's subagents).
             tier: "large" or "small", overriding the policy's model tier preference.
         """
         msgs: list[dict[str, Any]] = []
@@ -144,7 +172,47 @@ class StepContext:
             tools=tools,
             stream=stream,
             tier=tier,
+            extra_tools=extra_tools,
         )
+
+    async def delegate(self, workflow: str, task: str) -> tuple[str, str]:
+        """Start a child run of ``workflow`` with ``task`` as its input and wait for it; returns
+        the child's id and its answer (an agent's answer, else its JSON result, else why it
+        did not complete).
+
+        The child runs for this run's tenant, in its region, and draws on this run's budget.
+        It is started at once in this run's place: this run waits for it holding no slot and
+        no active-run place, so a tenant's active runs that are not waiting stay within its cap
+        and every step of the child counts against the tenant's step cap and fair share like
+        any other. Starting it is recorded, so a re-executed attempt waits for the same child.
+        """
+        index = self.next_call_index()
+        recorded = await self.recorded_call(index)
+        if recorded is None:
+            run = self._run
+            if run is None:
+                raise RuntimeError("a compensation cannot start child runs")
+            child = await self._runtime.hooks.start_child(run, self.step, index, workflow, task)
+            await self.write(
+                RecordCall(
+                    self.tenant_id,
+                    self.run_id,
+                    self.step,
+                    index,
+                    "child",
+                    workflow,
+                    json.dumps({"run": child}),
+                    self.now_s(),
+                )
+            )
+        else:
+            child = str(json.loads(recorded)["run"])
+        record = await self._runtime.store.get_run(self.tenant_id, child)
+        if record is None or record.status not in TERMINAL_RUN:
+            if self._run is not None:
+                self._runtime.expect_child(child, self._run, self.step)
+            raise AwaitChild(child)
+        return child, child_answer(record)
 
     @asynccontextmanager
     async def circuit(self, name: str) -> AsyncIterator[None]:
@@ -228,10 +296,10 @@ class StepContext:
         ledgers = {
             row["scope"]: row
             for row in await self._runtime.store.ledgers(self.tenant_id)
-            if row["unit"] == "micros" and row["scope"] in (f"run:{self.run_id}", "period")
+            if row["unit"] == "micros" and row["scope"] in (self.budget_scope, "period")
         }
         left: list[int] = []
-        for scope, limit in ((f"run:{self.run_id}", b.run_micros), ("period", b.period_micros)):
+        for scope, limit in ((self.budget_scope, b.run_micros), ("period", b.period_micros)):
             if limit is None:
                 continue
             row = ledgers.get(scope)
@@ -244,3 +312,18 @@ class StepContext:
                 spent = 0 if stale else int(row["spent"])
             left.append(max(0, limit - spent - reserved))
         return min(left) if left else None
+
+
+def child_answer(record: RunRecord) -> str:
+    """What a finished child run answers its parent: an agent's answer, else its JSON result,
+    else why it did not complete."""
+    if record.status != RunStatus.COMPLETED:
+        return f"error: the child run {record.status.value}: {record.error or 'no result'}"
+    raw = (record.result_json or b"null").decode()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    if isinstance(value, dict) and isinstance(value.get("answer"), str):
+        return str(value["answer"])
+    return value if isinstance(value, str) else raw

@@ -53,6 +53,7 @@ from tenantflow.engine.cluster import Membership, error_from_dict
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
 from tenantflow.engine.keys import ApiKeys
+from tenantflow.engine.memory import Memory
 from tenantflow.engine.reviews import Reviews
 from tenantflow.engine.runtime import Active, Runtime
 from tenantflow.engine.runtime import result_json as make_result_json
@@ -276,6 +277,7 @@ class Engine:
         self.tenants = Tenants(self)
         self.reviews = Reviews(self)
         self.keys = ApiKeys(self)
+        self.memory = Memory(self)
         self.burst_notices: list[Any] = []
         rng = random.Random(seed)
         breakers: dict[str, CircuitBreaker] = {}
@@ -470,6 +472,42 @@ class Engine:
             BudgetExceededError: the tenant's period budget is spent.
             ConfigurationError: a bad tenant id or lane, or an engine that does not execute.
         """
+        return await self._submit(
+            workflow,
+            tenant=tenant,
+            input=input,
+            idempotency_key=idempotency_key,
+            lane=lane,
+            version=version,
+        )
+
+    async def start_child(
+        self, parent: Active, key: str, index: int, workflow: str, task: str
+    ) -> str:
+        """Start a child run (a subagent) of ``parent`` for step ``key``'s call ``index``;
+        idempotent, so a re-executed attempt gets the same child."""
+        handle = await self._submit(
+            workflow,
+            tenant=parent.tenant_id,
+            input=task,
+            idempotency_key=f"child:{parent.id}:{key}:{index}",
+            lane=parent.lane,
+            version=None,
+            parent=parent,
+        )
+        return handle.id
+
+    async def _submit(
+        self,
+        workflow: str | Workflow,
+        *,
+        tenant: str,
+        input: Any,
+        idempotency_key: str | None,
+        lane: str | None,
+        version: str | None,
+        parent: Active | None = None,
+    ) -> RunHandle:
         if not self.execute or not self._started:
             raise ConfigurationError(
                 "this engine is not executing runs (open it with execute=True)"
@@ -516,6 +554,9 @@ class Engine:
             status = RunStatus.COMPLETED
             result_json = make_result_json(spec, run_result(spec, {}))
             events.append(NewEvent("run.completed"))
+        elif parent is not None:  # runs in its waiting parent's place (see StepContext.delegate)
+            status = RunStatus.RUNNING
+            events.append(NewEvent("run.started", None, None, {"parent_run": parent.id}))
         elif not self._drives(tenant):  # queued for the worker that owns the tenant
             status = RunStatus.QUEUED
             events.append(NewEvent("run.queued"))
@@ -539,20 +580,27 @@ class Engine:
             finished_at=now if status in TERMINAL_RUN else None,
             meta={"policy_version": info.policy_version, "region": policy.region},
         )
+        budget_run: str | None = None
+        if parent is not None:
+            budget_run = parent.budget_run or parent.id
+            record.parent_run_id = parent.id
+            record.meta["budget_run"] = budget_run
         rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
         local = self._drives(tenant)
+        admitted_here = local and parent is None  # a child took no admission place
         try:
             outcome = await runtime.writer.write(CreateRun(record, rows, events))
         except BaseException:
-            if local:
+            if admitted_here:
                 self._forget_admission(tenant, run_id, status)
             raise
         if not outcome.created:
-            if local:
+            if admitted_here:
                 self._forget_admission(tenant, run_id, status)
             return RunHandle(self, tenant, outcome.run_id, created=False)
         if local and not self._drives(tenant):  # the tenant moved to another worker meanwhile
-            self._forget_admission(tenant, run_id, status)
+            if admitted_here:
+                self._forget_admission(tenant, run_id, status)
             local = False
         if not local:
             if status in (RunStatus.QUEUED, RunStatus.RUNNING) and self.coordinator is not None:
@@ -561,6 +609,8 @@ class Engine:
         if status in (RunStatus.RUNNING, RunStatus.QUEUED):
             run = Active(run_id, tenant, lane, spec, value, status, statuses)
             run.policy, run.policy_version = policy, info.policy_version
+            if parent is not None:
+                run.parent_id, run.budget_run = parent.id, budget_run
             for key, n in plan.mapped:
                 run.children[key] = n
             for key in plan.gathered:
@@ -832,6 +882,8 @@ class Engine:
     def _admit_recovered(self, runtime: Runtime, run: Active) -> None:
         if run.status not in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.PAUSED):
             return
+        if run.parent_id is not None and run.status == RunStatus.RUNNING:
+            return  # a child run holds its waiting parent's place, not one of its own
         if self.tenants.cached(run.tenant_id) is None:
             self.dispatcher.configure(run.tenant_id)
             self.admission.configure_tenant(self._adm(run.tenant_id), now_s=self.clock.now())

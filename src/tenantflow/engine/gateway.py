@@ -52,7 +52,18 @@ from tenantflow.ports import ModelProvider
 if TYPE_CHECKING:
     from tenantflow.engine.context import StepContext
 
-__all__ = ["PLATFORM", "Escalate", "Gateway", "Models", "Pause", "SkipStep", "Tool", "Tools"]
+__all__ = [
+    "PLATFORM",
+    "AwaitChild",
+    "Escalate",
+    "Gateway",
+    "Models",
+    "Pause",
+    "SkipStep",
+    "Tool",
+    "Tools",
+    "response_from_json",
+]
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
@@ -83,6 +94,14 @@ class Escalate(_Signal):
 
 class Pause(_Signal):
     """The budget ladder pauses the run until its budget allows it to go on."""
+
+
+class AwaitChild(_Signal):
+    """The step waits for child run ``run_id`` (a subagent) to end, holding no slot."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"waiting for child run {run_id}")
+        self.run_id = run_id
 
 
 @dataclass(slots=True)
@@ -309,11 +328,12 @@ class Gateway:
         tools: Iterable[str],
         stream: bool,
         tier: str | None,
+        extra_tools: Iterable[Mapping[str, Any]] = (),
     ) -> ModelResponse:
         index = ctx.next_call_index()
         recorded = await ctx.recorded_call(index)
         if recorded is not None:
-            return _response_from_json(recorded)
+            return response_from_json(recorded)
         if max_tokens < 1:
             raise ConfigurationError(
                 "max_tokens must be at least 1", field="max_tokens", value=max_tokens
@@ -380,7 +400,10 @@ class Gateway:
             messages=tuple(messages),
             max_tokens=max_tokens,
             temperature=temperature,
-            tools=tuple(self.tools.get(t).schema() for t in tools),
+            tools=(
+                *(self.tools.get(t).schema() for t in tools),
+                *(dict(t) for t in extra_tools),
+            ),
             idempotency_key=f"{ctx.idempotency_key}:{index}",
             stream=stream,
         )
@@ -482,7 +505,7 @@ class Gateway:
 
     def _lines(self, ctx: StepContext, micros: int, tokens: int) -> list[LedgerLine]:
         b = ctx.policy.budget
-        run_scope = f"run:{ctx.run_id}"
+        run_scope = ctx.budget_scope
         lines = [
             LedgerLine(run_scope, "micros", micros, b.run_micros),
             LedgerLine("period", "micros", micros, b.period_micros, b.period),
@@ -493,7 +516,7 @@ class Gateway:
         return lines
 
     def _actual(self, ctx: StepContext, micros: int, tokens: int) -> dict[tuple[str, str], int]:
-        run_scope = f"run:{ctx.run_id}"
+        run_scope = ctx.budget_scope
         return {
             (run_scope, "micros"): micros,
             ("period", "micros"): micros,
@@ -678,7 +701,7 @@ def _response_to_json(response: ModelResponse) -> str:
     return json.dumps(data)
 
 
-def _response_from_json(text: str) -> ModelResponse:
+def response_from_json(text: str) -> ModelResponse:
     data = json.loads(text)
     calls = tuple(ToolCall(**c) for c in data.pop("tool_calls", []))
     return ModelResponse(tool_calls=calls, **data)

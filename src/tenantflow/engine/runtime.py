@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tenantflow.domain.agent import Agent, Turn, next_move
 from tenantflow.domain.breaker import CircuitBreaker, record_outcome
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import (
@@ -44,9 +45,17 @@ from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.run import MISSING, Plan, advance, bind, compensation_order, run_result
 from tenantflow.domain.spec import StepSpec, WorkflowSpec, child_key, parse_key
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, ReviewStatus, UsageDelta
+from tenantflow.engine.agent import run_iteration
 from tenantflow.engine.context import StepContext
 from tenantflow.engine.dispatch import Dispatcher, Slot
-from tenantflow.engine.gateway import Escalate, Gateway, Pause, SkipStep, human_response
+from tenantflow.engine.gateway import (
+    AwaitChild,
+    Escalate,
+    Gateway,
+    Pause,
+    SkipStep,
+    human_response,
+)
 from tenantflow.engine.writer import Writer
 from tenantflow.errors import (
     CircuitOpenError,
@@ -127,6 +136,22 @@ class Active:
     deferrals: dict[str, int] = field(default_factory=dict)
     submitted_at_s: float = 0.0
     released: bool = False  # handed to another worker: stop as at shutdown
+    parent_id: str | None = None  # a child run (a subagent): the run that started it
+    budget_run: str | None = None  # the root run whose budget a child run draws on
+
+
+@dataclass(slots=True, eq=False)
+class _ChildWait:
+    """A step waiting for a child run: parked yet or not, and whether the child ended."""
+
+    run: Active
+    key: str
+    parked: bool = False
+    done: bool = False
+
+
+CHILD_FALLBACK_S = 30.0
+"""A step waiting for a child run is woken when the child ends; this is the safety net."""
 
 
 class Hooks(Protocol):
@@ -140,6 +165,10 @@ class Hooks(Protocol):
     def on_finish(self, run: Active, status: RunStatus, result: Any) -> None: ...
 
     def review_opened(self, review: ReviewRecord) -> None: ...
+
+    async def start_child(
+        self, parent: Active, key: str, index: int, workflow: str, task: str
+    ) -> str: ...
 
 
 class Runtime:
@@ -175,6 +204,7 @@ class Runtime:
         self._rng = rng
         self._background: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
+        self._child_waits: dict[str, _ChildWait] = {}
         self.closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -308,7 +338,7 @@ class Runtime:
                 if current is not None:
                     current.uncancel()
                 error = asyncio.CancelledError()
-            except (Exception, SkipStep, Escalate, Pause) as exc:
+            except (Exception, SkipStep, Escalate, Pause, AwaitChild) as exc:
                 error = exc
             finally:
                 run.executing.pop(key, None)
@@ -337,6 +367,8 @@ class Runtime:
                     await self._escalate(run, key, lease.fence, error, ctx)
                 elif isinstance(error, Pause):
                     await self._pause(run, key, lease.fence, error.reason, ctx)
+                elif isinstance(error, AwaitChild):
+                    await self._await_child(run, key, lease.fence, error, ctx)
                 else:
                     await self._failed(
                         run, step, key, index, lease.fence, lease.attempt, error, ctx
@@ -374,6 +406,8 @@ class Runtime:
                     args[p.name], _ = contract_for(annotation).check(
                         args[p.name], step=ctx.step, direction=f"input {p.name!r}"
                     )
+        if step.kind == "agent" and index is not None:
+            return await self._iteration(run, step, index, ctx, args)
         breaker = self.breaker(step.circuit) if step.circuit else None
         if breaker is not None and not breaker.allow(self.clock.now()):
             raise CircuitOpenError(
@@ -405,6 +439,32 @@ class Runtime:
             return payload, json.dumps(payload, default=str).encode()
         return contract_for(step.output_type).check(raw, step=ctx.step, direction="output")
 
+    async def _iteration(
+        self, run: Active, step: StepSpec, index: int, ctx: StepContext, args: dict[str, Any]
+    ) -> tuple[Any, bytes]:
+        """Iteration ``index`` of an agent loop; its first one asks the step function for the
+        task. A step timeout bounds each iteration."""
+        agent: Agent = step.options["agent"]
+        turns = [run.outputs[child_key(step.name, j)] for j in range(index)]
+
+        async def body() -> Turn:
+            task = await step.fn(ctx, **args) if index == 0 else None
+            return await run_iteration(ctx, agent, turns, index, task)
+
+        if step.timeout_s is None:
+            turn = await body()
+        else:
+            try:
+                async with self.clock.timeout(step.timeout_s):
+                    turn = await body()
+            except TimeoutError:
+                raise StepTimeoutError(
+                    f"iteration {ctx.step!r} timed out after {step.timeout_s:g}s",
+                    step=ctx.step,
+                    timeout_s=step.timeout_s,
+                ) from None
+        return turn, turn.model_dump_json().encode()
+
     def _fan_out_items(self, run: Active, step: StepSpec) -> list[Any]:
         args = bind(step.params, run.input, run.outputs) or {}
         return list(args[step.fan_out or ""])
@@ -422,6 +482,9 @@ class Runtime:
         output_json: bytes,
         ctx: StepContext,
     ) -> None:
+        if step.kind == "agent" and index is not None:
+            await self._iteration_succeeded(run, step, key, index, fence, value, output_json, ctx)
+            return
         now = self.clock.now()
         then = Transition(
             run.tenant_id,
@@ -470,17 +533,9 @@ class Runtime:
             plan = advance(run.spec, statuses, trial, run.input, changed=[settled])
             self._plan_to_transition(run, plan, then, trial)
         delta = delta_bytes(key, output_json) if index is None else None
-        result = await self.writer.write(
-            FinishAttempt(run.tenant_id, run.id, key, fence, now, output_json, delta, then)
-        )
+        result = await self._commit_success(run, key, fence, now, value, output_json, delta, then)
         if result is STALE:
-            log.warning("late result of %s/%s refused (lease lost)", run.id, key)
-            self._requeue(run, key)
             return
-        run.statuses[key] = StepStatus.SUCCEEDED
-        run.progressed = True
-        run.outputs[key] = value
-        run.jsons[key] = output_json
         if index is None:
             run.versions[key] = result
         elif gathered_json is not None:
@@ -490,6 +545,132 @@ class Runtime:
             ]
             run.jsons[step.name] = gathered_json
         self._apply_plan(run, plan)
+
+    async def _iteration_succeeded(
+        self,
+        run: Active,
+        step: StepSpec,
+        key: str,
+        index: int,
+        fence: int,
+        turn: Turn,
+        output_json: bytes,
+        ctx: StepContext,
+    ) -> None:
+        """An agent iteration is recorded: in the same transaction, create the next iteration,
+        or settle the agent step (its result, or its failure at a bound) and plan what follows."""
+        agent: Agent = step.options["agent"]
+        now = self.clock.now()
+        turns = [*(run.outputs[child_key(step.name, j)] for j in range(index)), turn]
+        move = next_move(agent, turns, now)
+        summary = {
+            "iteration": index,
+            "tools": [r.name for r in turn.tool_results],
+            "refused": [r.name for r in turn.tool_results if not r.ok],
+            "children": [r.child_run for r in turn.tool_results if r.child_run],
+            "tokens_in": turn.tokens_in,
+            "tokens_out": turn.tokens_out,
+            "next": move.kind,
+        }
+        then = Transition(
+            run.tenant_id,
+            run.id,
+            now,
+            events=[*self._notes(key, ctx), NewEvent("agent.iteration", key, ctx.attempt, summary)],
+            usage=[UsageDelta("steps", 1, step.name), *ctx.notes_usage],
+        )
+        statuses = dict(run.statuses)
+        statuses[key] = StepStatus.SUCCEEDED
+        plan = Plan()
+        following = child_key(step.name, index + 1)
+        settled_json: bytes | None = None
+        running = run.status == RunStatus.RUNNING
+        if running and move.kind == "continue":
+            then.steps.append(StepUpdate(following, StepStatus.READY, create=True))
+        elif running and move.kind == "finish" and move.result is not None:
+            settled_json = move.result.model_dump_json().encode()
+            statuses[step.name] = StepStatus.SUCCEEDED
+            then.steps.append(
+                StepUpdate(
+                    step.name,
+                    StepStatus.SUCCEEDED,
+                    output_json=settled_json,
+                    delta_json=delta_bytes(step.name, settled_json),
+                )
+            )
+            then.events.append(
+                NewEvent(
+                    "agent.finished",
+                    step.name,
+                    None,
+                    {"status": move.result.status, "iterations": move.result.iterations},
+                )
+            )
+            trial = {**run.outputs, key: turn, step.name: move.result}
+            plan = advance(run.spec, statuses, trial, run.input, changed=[step.name])
+            self._plan_to_transition(run, plan, then, trial)
+        elif running and move.kind == "fail":
+            error = move.error or "the agent loop failed"
+            statuses[step.name] = StepStatus.FAILED
+            then.steps.append(StepUpdate(step.name, StepStatus.FAILED, error=error))
+            then.events.append(NewEvent("step.failed", step.name, None, {"error": error}))
+            if step.optional:
+                plan = advance(run.spec, statuses, run.outputs, run.input, changed=[step.name])
+                self._plan_to_transition(run, plan, then, run.outputs)
+            else:
+                run.error = f"step {step.name!r} failed: {error}"
+                then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
+                then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
+        delta = delta_bytes(key, output_json)
+        result = await self._commit_success(run, key, fence, now, turn, output_json, delta, then)
+        if result is STALE:
+            return
+        run.versions[key] = result
+        if not running:
+            return
+        if move.kind == "continue":
+            run.statuses[following] = StepStatus.READY
+            run.children[step.name] = index + 2
+            self.enqueue(run, [following])
+        elif settled_json is not None:
+            run.statuses[step.name] = StepStatus.SUCCEEDED
+            run.outputs[step.name] = move.result
+            run.jsons[step.name] = settled_json
+            self._apply_plan(run, plan)
+        else:
+            run.statuses[step.name] = StepStatus.FAILED
+            if step.optional:
+                self._apply_plan(run, plan)
+            else:
+                run.status = RunStatus.COMPENSATING
+                self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+
+    async def _commit_success(
+        self,
+        run: Active,
+        key: str,
+        fence: int,
+        now: float,
+        value: Any,
+        output_json: bytes,
+        delta: bytes | None,
+        then: Transition,
+    ) -> Any:
+        """Commit a succeeded attempt and record it in memory. Returns what the store returned:
+        the state version written, or STALE when the lease was lost (the step is queued
+        again and nothing is recorded in memory)."""
+        result = await self.writer.write(
+            FinishAttempt(run.tenant_id, run.id, key, fence, now, output_json, delta, then)
+        )
+        if result is STALE:
+            log.warning("late result of %s/%s refused (lease lost)", run.id, key)
+            self._requeue(run, key)
+            return STALE
+        run.statuses[key] = StepStatus.SUCCEEDED
+        run.progressed = True
+        run.outputs[key] = value
+        run.jsons[key] = output_json
+        return result
 
     def _plan_to_transition(
         self, run: Active, plan: Plan, then: Transition, outputs: dict[str, Any]
@@ -641,6 +822,8 @@ class Runtime:
         """Stop the run's other steps, then compensate its completed steps in reverse order."""
         if run.released:
             return  # handed to another worker, which unwinds it
+        for child in [r for r in self.active.values() if r.parent_id == run.id]:
+            await self.cancel(child, f"its parent run {run.id} is {run.status.value}")
         for key in list(run.executing):
             task = run.tasks.get(key)
             if task is not None:
@@ -737,6 +920,8 @@ class Runtime:
 
     def _finish(self, run: Active, status: RunStatus, result: Any) -> None:
         self.active.pop(run.id, None)
+        if run.parent_id is not None:
+            self._child_ended(run.id)
         for key in list(run.statuses):
             self.dispatcher.remove((run.id, key))
         self.hooks.on_finish(run, status, result)
@@ -876,6 +1061,8 @@ class Runtime:
             {s.key: s.status for s in steps},
             error=record.error,
             submitted_at_s=record.created_at,
+            parent_id=record.parent_run_id,
+            budget_run=record.meta.get("budget_run"),
         )
         for s in steps:
             name, index = parse_key(s.key)
@@ -887,7 +1074,7 @@ class Runtime:
                 StepStatus.COMPENSATED,
             ):
                 step = spec.step(name)
-                annotation = step.result_type if index is None else step.output_type
+                annotation = step.result_type if index is None else step.item_type
                 run.outputs[s.key] = contract_for(annotation).load(s.output_json, step=s.key)
                 run.jsons[s.key] = s.output_json
         self.active[run.id] = run
@@ -967,6 +1154,49 @@ class Runtime:
                         wait_s=wait,
                     )
                 )
+
+    def expect_child(self, child_id: str, run: Active, key: str) -> None:
+        """Step ``key`` of ``run`` is about to wait for child run ``child_id``: registered
+        before the attempt ends, so a child ending meanwhile still wakes it."""
+        self._child_waits[child_id] = _ChildWait(run, key)
+
+    def _child_ended(self, child_id: str) -> None:
+        wait = self._child_waits.get(child_id)
+        if wait is None:
+            return
+        if wait.parked:
+            del self._child_waits[child_id]
+            self.enqueue(wait.run, [wait.key])
+        else:
+            wait.done = True
+
+    async def _await_child(
+        self, run: Active, key: str, fence: int, signal: AwaitChild, ctx: StepContext
+    ) -> None:
+        now = self.clock.now()
+        run.deferrals[key] = run.deferrals.get(key, 0) + 1
+        then = Transition(
+            run.tenant_id,
+            run.id,
+            now,
+            events=[
+                *self._notes(key, ctx),
+                NewEvent("step.waiting", key, ctx.attempt, {"child_run": signal.run_id}),
+            ],
+            usage=list(ctx.notes_usage),
+        )
+        # Claimable at once in the store: after a restart the step runs again, finds its child
+        # (recorded) and waits again or goes on; in this process the child's end wakes it.
+        parked = await self._park(run, key, fence, StepStatus.READY, now, signal.reason, then)
+        wait = self._child_waits.get(signal.run_id)
+        if not parked:
+            self._child_waits.pop(signal.run_id, None)
+        elif wait is None or wait.done:  # the child ended meanwhile
+            self._child_waits.pop(signal.run_id, None)
+            self._requeue(run, key)
+        else:
+            wait.parked = True
+            self.enqueue_later(run, key, CHILD_FALLBACK_S)
 
     async def _open_review(
         self,
@@ -1223,4 +1453,6 @@ def _outcome(kind: str, index: int | None, error: BaseException | None) -> StepO
         return "escalated"
     if isinstance(error, Pause):
         return "paused"
+    if isinstance(error, AwaitChild):
+        return "waiting"
     return "cancelled" if isinstance(error, asyncio.CancelledError) else "failed"

@@ -63,6 +63,7 @@ StepOutcome = Literal[
     "escalated",
     "paused",
     "lease_lost",
+    "waiting",
 ]
 """How a step attempt ended: its outcome, or the wait it parked in (``review``,
 ``rate_limited``), or the budget decision that ended it (``skipped``, ``escalated``,
