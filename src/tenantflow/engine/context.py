@@ -181,10 +181,11 @@ class StepContext:
         did not complete).
 
         The child runs for this run's tenant, in its region, and draws on this run's budget.
-        It is started at once in this run's place: this run waits for it holding no slot and
-        no active-run place, so a tenant's active runs that are not waiting stay within its cap
-        and every step of the child counts against the tenant's step cap and fair share like
-        any other. Starting it is recorded, so a re-executed attempt waits for the same child.
+        It starts at once in this run's place: this run waits for it holding no slot, and the
+        child takes no active-run place of its own (it uses its waiting parent's), so the runs
+        of a tenant that are doing work stay within its cap, and every step of the child counts
+        against the tenant's step cap and fair share like any other. Starting it is recorded,
+        so a re-executed attempt waits for the same child.
         """
         index = self.next_call_index()
         recorded = await self.recorded_call(index)
