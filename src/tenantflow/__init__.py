@@ -8,6 +8,7 @@ from tenantflow.domain.agent import Agent, AgentResult
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
 from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
+from tenantflow.domain.replan import Failure, Revision
 from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.routing import Endpoint
 from tenantflow.domain.spec import Retry
@@ -56,6 +57,7 @@ __all__ = [
     "Endpoint",
     "Engine",
     "EventRecord",
+    "Failure",
     "ModelRequest",
     "ModelResponse",
     "NotAllowedError",
@@ -70,6 +72,7 @@ __all__ = [
     "ResidencyError",
     "Retry",
     "ReviewDecision",
+    "Revision",
     "RunFailedError",
     "RunHandle",
     "RunRecord",

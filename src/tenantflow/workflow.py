@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from tenantflow.domain.agent import Agent, AgentResult
+from tenantflow.domain.replan import Failure, Revision
 from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.spec import Param, Predicate, Retry, StepSpec, WorkflowSpec
 from tenantflow.errors import SpecError
@@ -37,20 +38,50 @@ class Workflow:
             the steps without disturbing runs in flight.
     """
 
-    def __init__(self, name: str, *, input: Any = Any, version: str | int = "1") -> None:
+    def __init__(
+        self, name: str, *, input: Any = Any, version: str | int = "1", max_revisions: int = 3
+    ) -> None:
         self.name = name
         self.input_type = input
         self.version = str(version)
+        self.max_revisions = max_revisions
         self._steps: list[StepSpec] = []
         self._names: dict[Callable[..., Any], str] = {}
+        self._replan: Callable[[Failure], Revision | None] | None = None
         self._spec: WorkflowSpec | None = None
 
     @property
     def spec(self) -> WorkflowSpec:
         """The validated spec; :class:`SpecError` if the workflow has no steps."""
         if self._spec is None:
-            self._spec = WorkflowSpec(self.name, self.version, self.input_type, self._steps)
+            self._spec = self._build(self._steps)
         return self._spec
+
+    def _build(self, steps: list[StepSpec]) -> WorkflowSpec:
+        return WorkflowSpec(
+            self.name,
+            self.version,
+            self.input_type,
+            steps,
+            replan=self._replan,
+            max_revisions=self.max_revisions,
+        )
+
+    def replan(
+        self, fn: Callable[[Failure], Revision | None], /
+    ) -> Callable[[Failure], Revision | None]:
+        """Declare the replanner: called (synchronously, so keep it pure and quick) when a step
+        fails for good, it returns a :class:`~tenantflow.domain.replan.Revision` of the rest of
+        the plan, or None to let the step fail. See :mod:`tenantflow.domain.replan`."""
+        if inspect.iscoroutinefunction(fn) or not callable(fn):
+            raise SpecError(
+                f"the replanner of workflow {self.name!r} must be a plain function",
+                workflow=self.name,
+            )
+        self._replan = fn
+        if self._steps:
+            self._spec = self._build(self._steps)
+        return fn
 
     @overload
     def step(self, fn: F, /) -> F: ...
@@ -70,6 +101,7 @@ class Workflow:
         timeout: timedelta | None = None,
         compensate: Callable[..., Awaitable[Any]] | None = None,
         circuit: str | None = None,
+        standby: bool = False,
     ) -> Callable[[F], F]: ...
 
     def step(
@@ -86,6 +118,7 @@ class Workflow:
         timeout: timedelta | None = None,
         compensate: Callable[..., Awaitable[Any]] | None = None,
         circuit: str | None = None,
+        standby: bool = False,
     ) -> F | Callable[[F], F]:
         """Add a step. Use bare (``@wf.step``) or with options.
 
@@ -103,6 +136,8 @@ class Workflow:
             timeout: per attempt; a hung attempt is cancelled and counts as a failure.
             compensate: ``async def (ctx, output)`` run in reverse order if the run fails later.
             circuit: name of the dependency whose circuit breaker guards this step.
+            standby: declared but not in a run's plan: a revision (``@wf.replan``) may run it
+                in a failed step's place or insert it; otherwise it is recorded as skipped.
         """
 
         def register(func: F) -> F:
@@ -117,6 +152,7 @@ class Workflow:
                 timeout=timeout,
                 compensate=compensate,
                 circuit=circuit,
+                standby=standby,
             )
             return func
 
@@ -233,6 +269,7 @@ class Workflow:
         circuit: str | None,
         kind: str = "function",
         options: dict[str, Any] | None = None,
+        standby: bool = False,
     ) -> None:
         where = f"step {name!r} of workflow {self.name!r}"
         if not inspect.iscoroutinefunction(func):
@@ -276,9 +313,10 @@ class Workflow:
             circuit=circuit,
             kind=kind,
             options=options or {},
+            standby=standby,
         )
         steps = [*self._steps, spec]
-        self._spec = WorkflowSpec(self.name, self.version, self.input_type, steps)  # validates
+        self._spec = self._build(steps)  # validates
         self._steps = steps
         self._names[func] = name
 

@@ -398,11 +398,13 @@ def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
         terminal = t.run.status in TERMINAL_RUN
         yield from execute(
             "UPDATE runs SET status = ?, result = COALESCE(?, result), error = COALESCE(?, error),"
+            " meta = COALESCE(?, meta),"
             " updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END"
             " WHERE id = ? AND tenant_id = ?",
             t.run.status.value,
             t.run.result_json,
             t.run.error,
+            None if t.run.meta is None else json.dumps(t.run.meta, default=str),
             t.now,
             terminal,
             t.now,

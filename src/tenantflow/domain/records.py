@@ -191,11 +191,12 @@ class StepUpdate:
 
 @dataclass(slots=True)
 class RunUpdate:
-    """Set a run's status, and its result or error when it ends."""
+    """Set a run's status, and its result or error when it ends (and its meta, if given)."""
 
     status: RunStatus
     result_json: bytes | None = None
     error: str | None = None
+    meta: dict[str, Any] | None = None  # replaces the run's meta when given
 
 
 @dataclass(slots=True)

@@ -121,6 +121,11 @@ def advance(
         if any(local.get(d) not in _SETTLED for d in step.deps):
             continue
         seen.add(name)
+        if step.standby:  # joins the plan only through a revision
+            plan.skipped.append((name, "standby: not in the plan"))
+            local[name] = StepStatus.SKIPPED
+            frontier.extend(spec.dependents[name])
+            continue
         reason = _required_missing(step, local)
         if reason is None and step.when is not None:
             args = bind(step.when.params, input_value, outputs)

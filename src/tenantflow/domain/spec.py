@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from tenantflow.domain.agent import Turn
+from tenantflow.domain.replan import Failure, Revision
 from tenantflow.errors import ConfigurationError, SpecError
 
 __all__ = [
@@ -120,6 +121,8 @@ class StepSpec:
             output is the list of results, in order.
         kind: ``"function"``, ``"review"`` (a human gate) or ``"agent"`` (a loop whose
             iterations are its elements; ``options["agent"]`` holds its settings).
+        standby: not in a run's plan unless a revision puts it there (see
+            :mod:`tenantflow.domain.replan`); otherwise recorded as skipped.
         optional: a failure for good does not fail the run; dependents get their default.
     """
 
@@ -137,6 +140,7 @@ class StepSpec:
     circuit: str | None = None
     kind: str = "function"
     options: Mapping[str, Any] = field(default_factory=dict)
+    standby: bool = False
 
     @property
     def result_type(self) -> Any:
@@ -172,13 +176,24 @@ class WorkflowSpec:
         "dependents",
         "fingerprint",
         "input_type",
+        "max_revisions",
         "name",
+        "replan",
         "sinks",
         "steps",
         "version",
     )
 
-    def __init__(self, name: str, version: str, input_type: Any, steps: Sequence[StepSpec]) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        input_type: Any,
+        steps: Sequence[StepSpec],
+        *,
+        replan: Callable[[Failure], Revision | None] | None = None,
+        max_revisions: int = 3,
+    ) -> None:
         if not _NAME.match(name):
             raise SpecError(
                 f"workflow name {name!r} is invalid: use letters, digits, '_' or '-'",
@@ -212,7 +227,14 @@ class WorkflowSpec:
             for dep in step.deps:
                 dependents[dep].append(step.name)
         self.dependents: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in dependents.items()}
-        self.sinks: tuple[str, ...] = tuple(s.name for s in self.steps if not dependents[s.name])
+        self.sinks: tuple[str, ...] = tuple(
+            s.name for s in self.steps if not dependents[s.name] and not s.standby
+        )
+        if max_revisions < 0:
+            raise SpecError(f"workflow {name!r}: max_revisions must not be negative", workflow=name)
+        self.replan = replan
+        """Called when a step fails for good; may return a :class:`Revision`."""
+        self.max_revisions = max_revisions
         self.fingerprint = self._fingerprint()
 
     def step(self, name: str) -> StepSpec:
@@ -295,7 +317,7 @@ class WorkflowSpec:
         h = hashlib.sha256()
         for s in self.steps:
             h.update(
-                f"{s.name}|{','.join(s.deps)}|{s.fan_out}|{s.optional}|{s.kind}|"
+                f"{s.name}|{','.join(s.deps)}|{s.fan_out}|{s.optional}|{s.kind}|{s.standby}|"
                 f"{getattr(s.fn, '__qualname__', '')}\n".encode()
             )
         return h.hexdigest()[:16]

@@ -609,6 +609,7 @@ class Engine:
         if status in (RunStatus.RUNNING, RunStatus.QUEUED):
             run = Active(run_id, tenant, lane, spec, value, status, statuses)
             run.policy, run.policy_version = policy, info.policy_version
+            run.meta = dict(record.meta)
             if parent is not None:
                 run.parent_id, run.budget_run = parent.id, budget_run
             for key, n in plan.mapped:

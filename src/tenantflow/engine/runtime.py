@@ -41,6 +41,7 @@ from tenantflow.domain.records import (
     StepUpdate,
     Transition,
 )
+from tenantflow.domain.replan import Failure, check_revision, plan_entry
 from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.run import MISSING, Plan, advance, bind, compensation_order, run_result
 from tenantflow.domain.spec import StepSpec, WorkflowSpec, child_key, parse_key
@@ -138,6 +139,13 @@ class Active:
     released: bool = False  # handed to another worker: stop as at shutdown
     parent_id: str | None = None  # a child run (a subagent): the run that started it
     budget_run: str | None = None  # the root run whose budget a child run draws on
+    meta: dict[str, Any] = field(default_factory=dict)  # as stored; its "plan" is the latest
+    replaced: dict[str, str] = field(default_factory=dict)  # step -> standby running instead
+
+    @property
+    def revisions(self) -> int:
+        plan = self.meta.get("plan")
+        return int(plan["version"]) - 1 if isinstance(plan, dict) else 0
 
 
 @dataclass(slots=True, eq=False)
@@ -393,10 +401,13 @@ class Runtime:
         item = MISSING
         if index is not None and step.fan_out is not None:
             item = self._fan_out_items(run, step)[index]
-        args = bind(step.params, run.input, run.outputs, item, step.fan_out)
+        impl = step  # what runs: the step, or the standby a revision put in its place
+        if index is None and ctx.step in run.replaced:
+            impl = run.spec.step(run.replaced[ctx.step])
+        args = bind(impl.params, run.input, run.outputs, item, step.fan_out)
         if args is None:  # cannot happen for a step made ready by advance(); guard anyway
             raise TenantflowError(f"step {step.name!r} is missing an upstream output")
-        for p in step.params:
+        for p in impl.params:
             if p.source == "step" and p.step is not None and p.name in args:
                 upstream = run.spec.step(p.step).output_type
                 annotation = p.annotation
@@ -408,26 +419,26 @@ class Runtime:
                     )
         if step.kind == "agent" and index is not None:
             return await self._iteration(run, step, index, ctx, args)
-        breaker = self.breaker(step.circuit) if step.circuit else None
+        breaker = self.breaker(impl.circuit) if impl.circuit else None
         if breaker is not None and not breaker.allow(self.clock.now()):
             raise CircuitOpenError(
-                f"circuit {step.circuit!r} is open",
-                dependency=step.circuit,
+                f"circuit {impl.circuit!r} is open",
+                dependency=impl.circuit,
                 retry_after_s=breaker.retry_after_s(self.clock.now()),
             )
         try:
-            if step.timeout_s is not None:
+            if impl.timeout_s is not None:
                 try:
-                    async with self.clock.timeout(step.timeout_s):
-                        raw = await step.fn(ctx, **args)
+                    async with self.clock.timeout(impl.timeout_s):
+                        raw = await impl.fn(ctx, **args)
                 except TimeoutError:
                     raise StepTimeoutError(
-                        f"step {ctx.step!r} timed out after {step.timeout_s:g}s",
+                        f"step {ctx.step!r} timed out after {impl.timeout_s:g}s",
                         step=ctx.step,
-                        timeout_s=step.timeout_s,
+                        timeout_s=impl.timeout_s,
                     ) from None
             else:
-                raw = await step.fn(ctx, **args)
+                raw = await impl.fn(ctx, **args)
         except BaseException as exc:
             if breaker is not None:
                 record_outcome(breaker, exc, self.clock.now())
@@ -766,7 +777,10 @@ class Runtime:
             run.statuses[key] = StepStatus.READY
             self.enqueue_later(run, key, delay)
             return
-        # Failed for good.
+        # Failed for good, unless the workflow revises its plan.
+        revisable = index is None and run.spec.replan is not None
+        if revisable and await self._revise(run, key, fence, attempt, description, error, then):
+            return
         failing = step.name if index is not None else key
         statuses = dict(run.statuses)
         statuses[key] = StepStatus.FAILED
@@ -795,6 +809,99 @@ class Runtime:
         else:
             run.status = RunStatus.COMPENSATING
             self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+
+    async def _revise(
+        self,
+        run: Active,
+        key: str,
+        fence: int,
+        attempt: int,
+        description: str,
+        error: BaseException,
+        then: Transition,
+    ) -> bool:
+        """Ask the workflow's replanner for a revision of the plan after ``key`` failed for
+        good, and commit it with the failure as the run's next plan version. False: no
+        revision (or a refused one, recorded in ``then``); the step fails as it would have."""
+        spec = run.spec
+        assert spec.replan is not None
+        failure = Failure(
+            step=key,
+            error_type=type(error).__name__,
+            message=description,
+            attempts=attempt,
+            revision=run.revisions,
+            statuses={k: s.value for k, s in run.statuses.items()},
+        )
+        refused: str | None = None
+        try:
+            revision = spec.replan(failure)
+        except Exception as exc:  # a broken replanner must not wedge the run
+            revision, refused = None, f"the replanner raised {_describe(exc)}"
+        if revision is None and refused is None:
+            return False
+        if revision is not None:
+            refused = check_revision(
+                spec, run.statuses, key, revision, run.revisions, spec.max_revisions
+            )
+        if refused is not None or revision is None:
+            then.events.append(NewEvent("plan.refused", key, attempt, {"reason": refused}))
+            return False
+        now = then.now
+        version = run.revisions + 2  # plan 1 is the one the run was submitted with
+        replaced = {**run.replaced, **revision.replace}
+        entry = plan_entry(version, key, revision, replaced)
+        meta = {**run.meta, "plan": entry}
+        plan_json = json.dumps({"plan": entry}).encode()
+        then.run = RunUpdate(RunStatus.RUNNING, meta=meta)
+        then.events.append(NewEvent("plan.revised", key, attempt, entry))
+        then.audit.append(
+            AuditEntry(
+                f"run:{run.id}",
+                "plan.revised",
+                f"step:{key}",
+                {"version": version, "reason": revision.reason},
+            )
+        )
+        statuses = dict(run.statuses)
+        skipped = list(revision.skip)
+        for name in skipped:
+            statuses[name] = StepStatus.SKIPPED
+            then.steps.append(StepUpdate(name, StepStatus.SKIPPED))
+            then.events.append(
+                NewEvent("step.skipped", name, None, {"reason": f"plan {version}: skipped"})
+            )
+        for name in revision.insert:
+            statuses[name] = StepStatus.READY
+            then.steps.append(StepUpdate(name, StepStatus.READY))
+            then.events.append(NewEvent("step.inserted", name, None, {"plan": version}))
+        if key in revision.replace:
+            statuses[key] = StepStatus.READY
+        # The plan version is a state version of its own, produced by the failed step's key.
+        then.steps.append(StepUpdate(key, statuses[key], delta_json=plan_json))
+        plan = advance(spec, statuses, run.outputs, run.input, changed=skipped)
+        self._plan_to_transition(run, plan, then, run.outputs)
+        if then.run.meta is None:  # the plan ended the run: keep the revision in its meta
+            then.run.meta = meta
+        retry_at = now if key in revision.replace else None
+        result = await self.writer.write(
+            FailAttempt(run.tenant_id, run.id, key, fence, now, description, retry_at, then)
+        )
+        if result is STALE:
+            self._requeue(run, key)
+            return True
+        run.meta = meta
+        run.replaced = replaced
+        run.deferrals[key] = attempt  # the standby starts with a fresh retry budget
+        for name, status in statuses.items():
+            if run.statuses.get(name) != status:
+                run.statuses[name] = status
+        self._apply_plan(run, plan)
+        if run.status == RunStatus.RUNNING:
+            self.enqueue(run, revision.insert)
+            if key in revision.replace:
+                self._requeue(run, key)
+        return True
 
     def _notes(self, key: str, ctx: StepContext) -> list[NewEvent]:
         return list(ctx.notes)
@@ -1063,7 +1170,11 @@ class Runtime:
             submitted_at_s=record.created_at,
             parent_id=record.parent_run_id,
             budget_run=record.meta.get("budget_run"),
+            meta=dict(record.meta),
         )
+        plan = record.meta.get("plan")
+        if isinstance(plan, dict):
+            run.replaced = {str(k): str(v) for k, v in dict(plan.get("replaced") or {}).items()}
         for s in steps:
             name, index = parse_key(s.key)
             run.versions[s.key] = s.version
