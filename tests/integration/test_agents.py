@@ -393,3 +393,50 @@ async def test_a_loop_at_its_bound_can_escalate_to_a_reviewer(engine: tf.Engine)
     result = await handle.result(timeout=timedelta(seconds=20))
     assert result.status == "escalated" and result.answer == "The answer is 42."
     assert result.iterations == 3 and len(executed) == 2
+
+
+async def test_tool_calls_are_compensated_when_the_run_fails(engine: tf.Engine) -> None:
+    booked: list[str] = []
+    released: list[tuple[str, str]] = []
+
+    class Room(BaseModel):
+        room: str
+
+    async def release(result: str, room: str) -> None:
+        released.append((result, room))
+
+    @engine.tools.register(input=Room, compensate=release)
+    async def book(room: str) -> str:
+        booked.append(room)
+        return f"booking-{room}"
+
+    def respond(request: tf.ModelRequest) -> tf.ModelResponse:
+        seen = sum(1 for m in request.messages if m.get("role") == "tool")
+        if seen < 2:
+            call = tf.ToolCall(f"b{seen}", "book", {"room": f"r{seen}"})
+            return tf.ModelResponse(
+                text="", tokens_in=1, tokens_out=1, model="m", tool_calls=(call,)
+            )
+        return tf.ModelResponse(text="booked both", tokens_in=1, tokens_out=1, model="m")
+
+    add_model(engine, respond)
+    await engine.tenants.create("acme", tier="enterprise")
+    wf = tf.Workflow("trip", input=str)
+
+    @wf.agent(tf.Agent(tools=("book",), max_iterations=4))
+    async def plan(ctx: tf.StepContext, input: str) -> str:
+        return input
+
+    @wf.step(retry=tf.Retry(max_attempts=1))
+    async def pay(ctx: tf.StepContext, plan: tf.AgentResult) -> str:
+        raise RuntimeError("card declined")
+
+    engine.register(wf)
+    handle = await engine.submit("trip", tenant="acme", input="two rooms")
+    record = await handle.wait(timeout=timedelta(seconds=20))
+    assert record.status == tf.RunStatus.COMPENSATED
+    assert booked == ["r0", "r1"]
+    assert released == [("booking-r1", "r1"), ("booking-r0", "r0")]  # most recent first
+    timeline = await engine.timeline("acme", handle.id)
+    assert [e.data["index"] for e in timeline if e.kind == "tool.compensated"] == [2, 2]
+    assert [e.step for e in timeline if e.kind == "tool.compensated"] == ["plan[1]", "plan[0]"]

@@ -179,6 +179,10 @@ async def test_revisions_are_bounded_by_max_revisions(engine: tf.Engine) -> None
     timeline = await engine.timeline("acme", handle.id)
     revised = [e.data["version"] for e in timeline if e.kind == "plan.revised"]
     assert revised == [2, 3]
+    # Each plan version is in the state history, with its reason.
+    versions = await engine.versions("acme", handle.id)
+    plans = [(v.state["plan"]["version"], v.state["plan"]["reason"]) for v in versions[1:]]
+    assert plans == [(2, "try the spare (revision 1)"), (3, "try the spare (revision 2)")]
     [refused] = [e for e in timeline if e.kind == "plan.refused"]
     assert "max_revisions=2" in refused.data["reason"]
 

@@ -23,7 +23,7 @@ from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
 from tenantflow.domain.policy import RateLimit, usd_to_micros
-from tenantflow.domain.records import RecordCall, Transition
+from tenantflow.domain.records import NewEvent, RecordCall, Transition
 from tenantflow.domain.routing import Endpoint, select_endpoint
 from tenantflow.domain.tenancy import (
     AcquireRate,
@@ -116,6 +116,8 @@ class Tool:
     cost_micros: int = 0
     description: str = ""
     takes_key: bool = False
+    compensate: Callable[..., Awaitable[Any]] | None = None
+    """``async def (result, **arguments)``: undoes a call when its run fails or is cancelled."""
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI tool-calling schema the model sees."""
@@ -150,6 +152,7 @@ class Tools:
         resource: str | None = None,
         cost_usd: float = 0.0,
         description: str | None = None,
+        compensate: Callable[..., Awaitable[Any]] | None = None,
     ) -> Callable[[_F], _F]: ...
 
     def register(
@@ -162,9 +165,23 @@ class Tools:
         resource: str | None = None,
         cost_usd: float = 0.0,
         description: str | None = None,
+        compensate: Callable[..., Awaitable[Any]] | None = None,
     ) -> _F | Callable[[_F], _F]:
         """Register an async tool (usable as a decorator). Its parameters are its arguments;
-        one named ``idempotency_key`` receives the call's stable key."""
+        one named ``idempotency_key`` receives the call's stable key.
+
+        Args:
+            input: the arguments' pydantic model (validated before the call; also the schema
+                the model sees).
+            resource: the rate-limit resource (default ``tool:<name>``).
+            cost_usd: the price of a call, reserved before and settled after it.
+            compensate: ``async def (result, **arguments)`` undoing a completed call: when the
+                run fails or is cancelled, the calls it made are compensated, most recent first,
+                before the steps' own compensations (each recorded as ``tool.compensated`` or
+                ``tool.compensation_failed``).
+        """
+        if compensate is not None and not inspect.iscoroutinefunction(compensate):
+            raise ConfigurationError("a tool's compensation must be an async function")
 
         def add(func: _F) -> _F:
             registered = func  # keeps _F: the check below narrows ``func``
@@ -184,6 +201,7 @@ class Tools:
                 cost_micros=usd_to_micros(cost_usd),
                 description=description or (inspect.getdoc(func) or "").split("\n")[0],
                 takes_key="idempotency_key" in sig.parameters,
+                compensate=compensate,
             )
             return registered
 
@@ -291,6 +309,21 @@ class Gateway:
         value, out_json = contract_for(tool.output_type).check(
             raw, step=ctx.step, direction=f"result of tool {name!r}"
         )
+        if tool.compensate is not None:  # what to undo if the run fails: before the record
+            effect = {
+                "tool": name,
+                "index": index,
+                "arguments": {k: v for k, v in call_args.items() if k != "idempotency_key"},
+                "result": json.loads(out_json),
+            }
+            await ctx.write(
+                Transition(
+                    ctx.tenant_id,
+                    ctx.run_id,
+                    ctx.now_s(),
+                    events=[NewEvent("tool.effect", ctx.step, ctx.attempt, effect)],
+                )
+            )
         usage = [UsageDelta("tool_calls", 1, name)]
         if tool.cost_micros:
             usage.append(UsageDelta("cost_micros", tool.cost_micros, f"tool:{name}"))

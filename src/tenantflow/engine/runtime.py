@@ -958,13 +958,13 @@ class Runtime:
                 for k in leftover + mapped:
                     run.statuses[k] = StepStatus.CANCELLED
         order = compensation_order(run.spec, run.statuses, run.versions)
-        all_ok = True
+        all_ok, undone = await self._compensate_tools(run)
         for name in order:
             ok = await self._compensate(run, run.spec.step(name))
             all_ok = all_ok and ok
         if cancel:
             final = RunStatus.CANCELLED
-        elif order and all_ok:
+        elif (order or undone) and all_ok:
             final = RunStatus.COMPENSATED
         else:
             final = RunStatus.FAILED
@@ -984,6 +984,48 @@ class Runtime:
         run.status = final
         run.error = error
         self._finish(run, final, None)
+
+    async def _compensate_tools(self, run: Active) -> tuple[bool, int]:
+        """Undo the run's recorded tool effects, most recent first, once each (a call made
+        again after a crash is undone once). Returns (all undone, how many were undone)."""
+        if not any(tool.compensate is not None for tool in self.gateway.tools):
+            return True, 0
+        events = await self.store.events(run.tenant_id, run.id)
+        done = {
+            (e.step, e.data.get("index"))
+            for e in events
+            if e.kind in ("tool.compensated", "tool.compensation_failed")
+        }
+        ok, undone = True, 0
+        for event in reversed([e for e in events if e.kind == "tool.effect"]):
+            mark = (event.step, event.data.get("index"))
+            if mark in done:
+                continue
+            done.add(mark)
+            name = str(event.data["tool"])
+            try:
+                tool = self.gateway.tools.get(name)
+            except NotFoundError:
+                tool = None
+            if tool is None or tool.compensate is None:
+                continue
+            kind, data = "tool.compensated", {"tool": name, "index": mark[1]}
+            try:
+                await tool.compensate(event.data.get("result"), **dict(event.data["arguments"]))
+            except Exception as exc:
+                ok = False
+                kind, data = "tool.compensation_failed", {**data, "error": _describe(exc)}
+            else:
+                undone += 1
+            await self.writer.write(
+                Transition(
+                    run.tenant_id,
+                    run.id,
+                    self.clock.now(),
+                    events=[NewEvent(kind, event.step, event.attempt, data)],
+                )
+            )
+        return ok, undone
 
     async def _compensate(self, run: Active, step: StepSpec) -> bool:
         assert step.compensate is not None
