@@ -1,7 +1,8 @@
 """Fencing: an attempt that lost its lease can never commit, and the step runs again.
 
-* A real worker process, paused with SIGSTOP for longer than its lease while a step runs: when it
-  resumes, its late result is refused and attempt 2 completes the run.
+(A real worker process paused with SIGSTOP past its lease is the ``pause`` scenario of the
+reliability suite, :mod:`tenantflow.selftest.pause`, run by ``test_selftest.py``.)
+
 * The store ops with a fake clock: a stale fencing token, or the right token with an expired
   lease, is refused with ``STALE`` and changes nothing.
 * The engine with a fake clock: a lost lease cancels the attempt (heartbeat ``renew_leases``) or
@@ -11,12 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -46,116 +42,7 @@ from tenantflow.domain.records import (
 from tenantflow.ports import Store
 from tenantflow.testing import FakeClock, MemoryStore
 
-PAUSE_WORKER = Path(__file__).with_name("pause_worker.py")
 LEASE_S = 1.0
-STEP_S = 3.0
-
-
-# -- a real process, paused past its lease -----------------------------------------------------
-
-
-def _read_log(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    return [ln.split() for ln in path.read_text(encoding="utf-8").split("\n")[:-1]]
-
-
-def test_paused_worker_late_result_is_refused_and_step_rerun(tmp_path: Path) -> None:
-    db, log = tmp_path / "pause.db", tmp_path / "pause.log"
-    out = open(tmp_path / "worker.out", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(PAUSE_WORKER),
-            "--db",
-            str(db),
-            "--log",
-            str(log),
-            "--lease",
-            str(LEASE_S),
-            "--step-s",
-            str(STEP_S),
-            "--timeout",
-            "15",
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    stopped = False
-    try:
-        deadline = time.monotonic() + 20
-        started_at: float | None = None
-        while started_at is None:
-            assert time.monotonic() < deadline, "attempt 1 of 'slow' never started"
-            assert proc.poll() is None, f"worker exited {proc.returncode}"
-            for x in _read_log(log):
-                if x[:3] == ["S", "slow", "1"]:
-                    started_at = float(x[3])
-            time.sleep(0.01)
-        time.sleep(0.3)  # a few heartbeats renew the lease first
-        os.killpg(proc.pid, signal.SIGSTOP)
-        stopped = True
-        paused_at = time.time()
-        # Stay paused well past the lease, and until the step's own sleep is over: on resume the
-        # attempt finishes at once and tries to commit with a lease that has lapsed.
-        time.sleep(max(3 * LEASE_S, started_at + STEP_S + 0.5 - paused_at))
-        pause_s = time.time() - paused_at
-        os.killpg(proc.pid, signal.SIGCONT)
-        stopped = False
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            rc = None
-    finally:
-        if proc.poll() is None:
-            if stopped:
-                os.killpg(proc.pid, signal.SIGCONT)
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        out.close()
-
-    lines = _read_log(log)
-    worker_out = (tmp_path / "worker.out").read_text(errors="replace")[-2000:]
-    steps, timeline, state = asyncio.run(_read_run(f"sqlite:///{db}"))
-    slow = steps["slow"]
-    diagnosis = f"log={lines} steps={steps} events={timeline} out={worker_out}"
-    assert pause_s > LEASE_S
-    # Attempt 1 did finish its work after the pause: a late result existed...
-    assert ["E", "slow", "1"] in [x[:3] for x in lines], diagnosis
-    # ...and it never committed.
-    succeeded = [(s, a) for k, s, a in timeline if k == "step.succeeded"]
-    assert ("slow", 1) not in succeeded, diagnosis
-    assert rc == 0, f"the run did not complete after the pause (exit {rc}): {diagnosis}"
-    assert ["done", "completed"] in lines
-    assert slow.status == StepStatus.SUCCEEDED
-    assert slow.attempt >= 2, diagnosis
-    assert [a for s, a in succeeded if s == "slow"] == [slow.attempt]
-    assert Counter(s for s, _ in succeeded) == {"slow": 1, "after": 1}
-    started = [a for k, s, a in timeline if k == "step.started" and s == "slow"]
-    assert started == list(range(1, slow.attempt + 1))
-    # The re-execution really ran (a new attempt, logged by the worker) and produced the output.
-    assert ["S", "slow", str(slow.attempt)] in [x[:3] for x in lines]
-    assert [k for k, _, _ in timeline].count("run.completed") == 1
-    assert state == {"input": {"n": 4}, "slow": 5, "after": 50}
-    print(
-        f"\npaused worker: paused {pause_s:.2f}s with a {LEASE_S:g}s lease; final attempt"
-        f" {slow.attempt}; warnings: {[' '.join(x[1:]) for x in lines if x[0] == 'W']}"
-    )
-
-
-async def _read_run(
-    url: str,
-) -> tuple[dict[str, StepRecord], list[tuple[str, str | None, int | None]], dict[str, Any]]:
-    async with Engine.open(url, execute=False) as engine:
-        [run] = await engine.list_runs("t1")
-        steps = {s.key: s for s in await engine.steps("t1", run.id)}
-        timeline = [(e.kind, e.step, e.attempt) for e in await engine.timeline("t1", run.id)]
-        versions = await engine.versions("t1", run.id)
-        assert [(v.version, v.parent) for v in versions] == [
-            (i, None if i == 0 else i - 1) for i in range(len(versions))
-        ]
-        return steps, timeline, versions[-1].state
 
 
 # -- store ops with a fake clock ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from tenantflow.cli import (
     memory,
     reviews,
     runs,
+    selftest,
     serve,
     simulate,
     tenants,
@@ -53,6 +54,7 @@ app.add_typer(audit.app, name="audit")
 app.command("serve")(serve.serve)
 app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
+app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
 
 # The commands that can call a server (--url); the others work on the store only.

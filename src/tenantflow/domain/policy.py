@@ -378,7 +378,7 @@ class Policy(_ConfigModel):
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "any")):
             return None
         known = (info.context or {}).get("known_regions", DEFAULT_REGIONS)
-        if value not in known:
+        if not isinstance(value, str) or value not in known:
             raise ConfigurationError(
                 f"invalid region = {value!r}: unknown region; known regions are "
                 f"{', '.join(sorted(known))}",

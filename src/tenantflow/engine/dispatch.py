@@ -119,7 +119,8 @@ class Dispatcher:
             _decrement(self.queued_by, owner)
             self.running_by[owner] += 1
             self._running[key] = owner
-            asyncio.get_running_loop().create_task(starter(slot), name=f"{key[0]}:{key[1]}")
+            task = asyncio.get_running_loop().create_task(starter(slot), name=f"{key[0]}:{key[1]}")
+            task.add_done_callback(_ended)
         if self.on_notice is not None:
             for notice in self.scheduler.drain_notices():
                 self.on_notice(notice)
@@ -140,6 +141,13 @@ class Dispatcher:
         old = self._hints.get(hint_name)
         value = max(service_s, 1e-4)
         self._hints[hint_name] = value if old is None else 0.8 * old + 0.2 * value
+
+
+def _ended(task: asyncio.Task[None]) -> None:
+    """An attempt that ended by an error it could not commit (the store failed: the engine
+    reloads its run, see :mod:`~tenantflow.engine.resync`) is logged here, not lost."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("step attempt %s ended by %s: %s", task.get_name(), type(exc).__name__, exc)
 
 
 def _decrement(counter: Counter[str], key: str) -> None:

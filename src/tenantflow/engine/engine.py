@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -52,8 +53,10 @@ from tenantflow.domain.tenancy import AuditEntry, PurgeRuns, ReviewRecord
 from tenantflow.engine.cluster import Membership, error_from_dict
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
+from tenantflow.engine.inputs import refuse_credentials
 from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.resync import Resync
 from tenantflow.engine.reviews import Reviews
 from tenantflow.engine.runtime import Active, Runtime
 from tenantflow.engine.runtime import result_json as make_result_json
@@ -298,6 +301,9 @@ class Engine:
             for key, st in self.stores.items()
         }
         self.runtime = self.runtimes[DEFAULT_STORE]
+        self.resync = Resync(self)  # a write that raised may have committed: reload its runs
+        for runtime in self.runtimes.values():
+            runtime.writer.on_failed = functools.partial(self.resync.failed, runtime)
         self.cluster = cluster
         self.command_timeout_s = command_timeout.total_seconds()
         self.coordinator: Coordinator | None = None
@@ -467,7 +473,9 @@ class Engine:
 
         Raises:
             NotFoundError: the workflow (version) or the tenant is not registered.
-            ContractError: ``input`` breaks the workflow's input contract.
+            ContractError: ``input`` breaks the workflow's input contract, or holds a
+                credential-shaped string (refused and audited by field path, never the value;
+                see :mod:`tenantflow.domain.credentials`).
             BackpressureError: the platform's queue is full; retry after ``retry_after_s``.
             BudgetExceededError: the tenant's period budget is spent.
             ConfigurationError: a bad tenant id or lane, or an engine that does not execute.
@@ -526,6 +534,7 @@ class Engine:
             input, step="<input>", direction="input"
         )
         runtime = self.runtimes[info.store]
+        await refuse_credentials(runtime, tenant, spec.name, input_json)
         await self._check_period_budget(runtime, tenant, policy)
         now = self.clock.now()
         run_id = "run_" + secrets.token_hex(12)
@@ -597,6 +606,8 @@ class Engine:
         if not outcome.created:
             if admitted_here:
                 self._forget_admission(tenant, run_id, status)
+            # A retry of a submission whose commit raised: the run may be stored, not held.
+            await self.load_run(tenant, outcome.run_id)
             return RunHandle(self, tenant, outcome.run_id, created=False)
         if local and not self._drives(tenant):  # the tenant moved to another worker meanwhile
             if admitted_here:
@@ -660,8 +671,8 @@ class Engine:
                     tenant, policy=self.auto_tenant, actor="engine:auto"
                 )
             return await self.tenants.create(tenant, tier=self.auto_tenant, actor="engine:auto")
-        except ConflictError:  # created concurrently
-            return await self.tenants.get(tenant)
+        except ConflictError:  # created concurrently, or by a commit that raised: re-read it
+            return await self.tenants.refresh(tenant) or await self.tenants.get(tenant)
 
     async def _check_period_budget(self, runtime: Runtime, tenant: str, policy: Policy) -> None:
         b = policy.budget
@@ -945,8 +956,10 @@ class Engine:
 
     def holds_run(self, tenant: str, run_id: str) -> bool:
         """Whether the run is in this engine's memory (executing, or parked on its version)."""
-        return self.active_run(tenant, run_id) is not None or any(
-            r.id == run_id for r in self._parked
+        return (
+            self.active_run(tenant, run_id) is not None
+            or any(r.id == run_id for r in self._parked)
+            or self.resync.holds(run_id)
         )
 
     async def load_run(self, tenant: str, run_id: str) -> None:

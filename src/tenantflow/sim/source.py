@@ -136,9 +136,12 @@ def read_yaml(text: str, source: str) -> tuple[Any, Lines]:
         raise ScenarioError(
             f"{source}:{line}: YAML syntax error: {problem}", file=source, line=line, field=""
         ) from None
-    except yaml.YAMLError as exc:
+    except yaml.YAMLError as exc:  # e.g. a character YAML does not allow: one line, its line
+        position = getattr(exc, "position", None)
+        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else 1
+        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
         raise ScenarioError(
-            f"{source}:1: YAML error: {exc}", file=source, line=1, field=""
+            f"{source}:{line}: YAML error: {problem}", file=source, line=line, field=""
         ) from None
     if node is None:
         raise ScenarioError(f"{source}:1: the file is empty", file=source, line=1, field="")

@@ -1,6 +1,6 @@
-"""A worker process for the paused-worker fencing test (``test_fencing.py``); run it as a script.
+"""The engine the pause scenario freezes; run as a process of its own::
 
-    python pause_worker.py --db DB --log LOG [--lease 1.0] [--step-s 3.0] [--timeout 20]
+    python -m tenantflow.selftest.pause_worker --db DB --log LOG [--lease 1.0] [--step-s 3.0]
 
 It opens ``sqlite:///DB`` with a short lease and runs one run of ``pause``: ``slow`` (which sleeps
 ``--step-s`` seconds of wall time) then ``after``. The log gets ``S <step> <attempt> <time>`` when
@@ -17,31 +17,25 @@ import logging
 import sys
 import time
 from datetime import timedelta
-from typing import IO
 
 from pydantic import BaseModel
 
 import tenantflow as tf
+from tenantflow.selftest.procs import LineLog
+
+__all__ = ["RUN_KEY", "TENANT", "WORKFLOW", "main"]
+
+WORKFLOW = "pause"
+TENANT = "t1"
+RUN_KEY = "p-1"
 
 
 class Item(BaseModel):
     n: int
 
 
-class Log:
-    def __init__(self, path: str) -> None:
-        self._fh: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives with the process
-
-    def line(self, text: str) -> None:
-        self._fh.write(text + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-class ToLog(logging.Handler):
-    def __init__(self, log: Log) -> None:
+class _ToLog(logging.Handler):
+    def __init__(self, log: LineLog) -> None:
         super().__init__(logging.WARNING)
         self._log = log
 
@@ -49,8 +43,8 @@ class ToLog(logging.Handler):
         self._log.line("W " + record.getMessage().replace("\n", " "))
 
 
-def build(log: Log, step_s: float) -> tf.Workflow:
-    wf = tf.Workflow("pause", input=Item)
+def build(log: LineLog, step_s: float) -> tf.Workflow:
+    wf = tf.Workflow(WORKFLOW, input=Item)
 
     @wf.step
     async def slow(ctx: tf.StepContext, input: Item) -> int:
@@ -68,13 +62,15 @@ def build(log: Log, step_s: float) -> tf.Workflow:
     return wf
 
 
-async def main(args: argparse.Namespace, log: Log) -> int:
+async def run(args: argparse.Namespace, log: LineLog) -> int:
     engine = tf.Engine.open(
         f"sqlite:///{args.db}", lease=timedelta(seconds=args.lease), auto_tenant="enterprise"
     )
     engine.register(build(log, args.step_s))
     async with engine:
-        handle = await engine.submit("pause", tenant="t1", input={"n": 4}, idempotency_key="p-1")
+        handle = await engine.submit(
+            WORKFLOW, tenant=TENANT, input={"n": 4}, idempotency_key=RUN_KEY
+        )
         try:
             record = await handle.wait(timedelta(seconds=args.timeout))
         except TimeoutError:
@@ -84,21 +80,21 @@ async def main(args: argparse.Namespace, log: Log) -> int:
         return 0 if record.status == tf.RunStatus.COMPLETED else 2
 
 
-def cli() -> int:
-    parser = argparse.ArgumentParser()
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--lease", type=float, default=1.0)
     parser.add_argument("--step-s", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=20.0)
     args = parser.parse_args()
-    log = Log(args.log)
-    logging.getLogger("tenantflow").addHandler(ToLog(log))
+    log = LineLog(args.log)
+    logging.getLogger("tenantflow").addHandler(_ToLog(log))
     try:
-        return asyncio.run(main(args, log))
+        return asyncio.run(run(args, log))
     finally:
         log.close()
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

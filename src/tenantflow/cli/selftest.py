@@ -1,0 +1,122 @@
+"""``tenantflow selftest``: run the reliability suite and print its table.
+
+Crashes, pauses, database restarts, load and hostile input against a real tenantflow — the
+scenarios of :mod:`tenantflow.selftest`, judged against stated bounds (``docs/reliability.md``).
+Exit status: 0 when every scenario run passed (a skipped one — PostgreSQL not reachable on a
+developer's machine — does not fail it; under ``--ci`` it does), 1 when any failed, 2 for bad
+input.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tenantflow.cli.common import EXIT_FAILURE, reporting_errors
+
+__all__ = ["ProfileName", "selftest"]
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class ProfileName(enum.StrEnum):
+    """The suite's size."""
+
+    short = "short"
+    long = "long"
+
+
+def selftest(
+    profile: Annotated[
+        ProfileName,
+        typer.Option(help="short: a few minutes (CI); long: bigger, with seeded repeats."),
+    ] = ProfileName.short,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", metavar="SCENARIO", help="Run only this scenario (repeatable); see --list."
+        ),
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", metavar="PATH", help="Write the rows as JSON.")
+    ] = None,
+    markdown_path: Annotated[
+        Path | None,
+        typer.Option("--markdown", metavar="PATH", help="Write the table as Markdown."),
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seeds every random choice.")] = 1,
+    pg_dsn: Annotated[
+        str,
+        typer.Option(
+            "--pg-dsn",
+            metavar="URL",
+            envvar="TENANTFLOW_SELFTEST_PG_DSN",
+            help="The PostgreSQL server of the PostgreSQL scenarios (a schema of their own is"
+            " created and dropped).",
+        ),
+    ] = DEFAULT_PG,
+    pg_restart: Annotated[
+        str | None,
+        typer.Option(
+            "--pg-restart",
+            metavar="COMMAND",
+            envvar="TENANTFLOW_SELFTEST_PG_RESTART",
+            help="The command that restarts that server (default: pg_ctlcluster, when the"
+            " machine has one cluster).",
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR", help="Where scenarios keep their files (a failed one's are kept)."
+        ),
+    ] = None,
+    ci: Annotated[
+        bool,
+        typer.Option(
+            "--ci/--no-ci",
+            envvar="CI",
+            help="Missing servers fail their scenarios instead of skipping them.",
+        ),
+    ] = False,
+) -> None:
+    """Run the reliability suite — crashes, pauses, database restarts, load and hostile input
+    against a real tenantflow — and print a table of what was lost, duplicated, leaked or
+    overspent, judged against stated bounds."""
+    from tenantflow.selftest import PROFILES, SCENARIOS, Context, choose, run_selftest
+    from tenantflow.selftest.table import Header, print_rows, write_json, write_markdown
+
+    console = Console(stderr=True, soft_wrap=True)
+    if list_:
+        out = Console()
+        for scenario in SCENARIOS:
+            out.print(f"{scenario.name:15} {scenario.summary}", markup=False, highlight=False)
+        return
+    with reporting_errors():
+        chosen = choose(only)
+        started = datetime.now(UTC)
+        ctx = Context(
+            PROFILES[profile.value],
+            seed=seed,
+            pg_url=pg_dsn,
+            in_ci=ci,
+            workdir=workdir,
+            progress=lambda text: console.print(text, markup=False, highlight=False),
+            pg_restart=shlex.split(pg_restart) if pg_restart else None,
+        )
+        rows = run_selftest(chosen, ctx)
+        header = Header(profile.value, seed, started)
+        print_rows(rows, header, Console(width=max(Console().width, 160)))
+        if json_path is not None:
+            write_json(rows, header, json_path)
+        if markdown_path is not None:
+            write_markdown(rows, header, markdown_path)
+    if any(r.status == "fail" for r in rows):
+        raise typer.Exit(EXIT_FAILURE)
