@@ -162,11 +162,13 @@ async def test_runaway_loop_never_exceeds_the_run_budget(engine: tf.Engine) -> N
     assert record.status == tf.RunStatus.COMPLETED
     steps = {s.key: s for s in await engine.steps("acme", handle.id)}
     result = tf.AgentResult.model_validate_json(steps["research"].output_json or b"")
+    # Call i reserves 50,000 on top of 10,000 × i spent: calls 0..7 fit in 120,000, the
+    # ninth iteration's reservation (80,000 + 50,000) is refused and the loop stops there.
     assert result.status == "budget"
-    assert 1 <= result.iterations < 50
+    assert result.iterations == 9 and result.tool_calls == 8 and len(executed) == 8
     ledgers = {(row["scope"], row["unit"]): row for row in await engine.budget("acme")}
     run_ledger = ledgers[(f"run:{handle.id}", "micros")]
-    assert 0 < int(run_ledger["spent"]) <= 120_000
+    assert int(run_ledger["spent"]) == 80_000 <= 120_000
     assert int(run_ledger["reserved"]) == 0  # no leaked reservation
 
 

@@ -650,11 +650,7 @@ class Runtime:
             self._apply_plan(run, plan)
         else:
             run.statuses[step.name] = StepStatus.FAILED
-            if step.optional:
-                self._apply_plan(run, plan)
-            else:
-                run.status = RunStatus.COMPENSATING
-                self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+            self._failed_for_good(run, step, plan)
 
     async def _commit_success(
         self,
@@ -717,6 +713,19 @@ class Runtime:
             then.events.append(NewEvent("run.completed"))
             then.release_prefix = f"{run.id}:"
 
+    def _start_unwind(self, run: Active) -> None:
+        """A required step failed for good: compensate the run (see :meth:`_unwind`)."""
+        run.status = RunStatus.COMPENSATING
+        self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+
+    def _failed_for_good(self, run: Active, step: StepSpec, plan: Plan) -> None:
+        """After a step's failure for good is committed: an optional step's run goes on with
+        ``plan``, any other run compensates."""
+        if step.optional:
+            self._apply_plan(run, plan)
+        else:
+            self._start_unwind(run)
+
     def _apply_plan(self, run: Active, plan: Plan) -> None:
         for key, status in plan.statuses().items():
             run.statuses[key] = status
@@ -726,8 +735,7 @@ class Runtime:
             run.outputs[key] = []
             run.jsons[key] = b"[]"
         if any(not run.spec.step(k).optional for k, _ in plan.failed):
-            run.status = RunStatus.COMPENSATING
-            self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+            self._start_unwind(run)
             return
         if plan.completed:
             run.status = RunStatus.COMPLETED
@@ -804,11 +812,7 @@ class Runtime:
         run.statuses[key] = StepStatus.FAILED
         if index is not None:
             run.statuses[step.name] = StepStatus.FAILED
-        if step.optional:
-            self._apply_plan(run, plan)
-        else:
-            run.status = RunStatus.COMPENSATING
-            self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+        self._failed_for_good(run, step, plan)
 
     async def _revise(
         self,
@@ -1572,8 +1576,7 @@ class Runtime:
                 return result
             if fatal:
                 run.statuses[key] = StepStatus.FAILED
-                run.status = RunStatus.COMPENSATING
-                self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
+                self._start_unwind(run)
             elif kind == "escalation":
                 run.statuses[key] = StepStatus.READY
                 self.enqueue(run, [key])
