@@ -7,8 +7,19 @@ commit (and a single fsync) covers hundreds of transitions; with no load an op c
 once.
 
 Transitions of runs already in flight go first: new submissions (``CreateRun``) fill what is left
-of a batch, at most ``max_new`` of them, so a tenant submitting thousands of runs at once cannot
-put other tenants' in-flight steps behind its inserts on the commit path either.
+of a batch, so a tenant submitting thousands of runs at once cannot put other tenants' in-flight
+steps behind its inserts on the commit path either. While runs are in flight (a transition of
+theirs was committed in the last ``quiet_s`` seconds), a batch carries at most as many
+submissions as it carries transitions, and at least ``max_new``: the writer commits one batch at
+a time, so a transition that arrives during a batch waits for all of it, and a batch of 4
+transitions and 64 inserts would make every in-flight step wait for 64 inserts. A batch of 300
+transitions (a database under load) may take 64 (``max_new_idle``), so submissions keep pace
+with the steps. With nothing in flight (a front that only records submissions, or an engine at
+rest), a batch takes up to ``max_new_idle`` and a burst is recorded at full speed.
+
+New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
+at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at
+most one of them per batch, not behind all 5,000.
 
 A batch whose commit raised may have landed all the same (the connection dropped after the
 commit): every waiter gets the error, and ``on_failed`` is told which ops were in the batch, so
@@ -19,6 +30,8 @@ that the engine reloads the runs they touched from the store (see
 from __future__ import annotations
 
 import asyncio
+import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,21 +45,41 @@ __all__ = ["Writer"]
 class Writer:
     """Batches ops into transactions on one store."""
 
-    def __init__(self, store: Store, *, max_batch: int = 512, max_new: int = 64) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_batch: int = 512,
+        max_new: int = 8,
+        max_new_idle: int = 64,
+        quiet_s: float = 0.25,
+    ) -> None:
+        if not 1 <= max_new <= max_new_idle <= max_batch:
+            raise ValueError(
+                "need 1 <= max_new <= max_new_idle <= max_batch (new submissions must always"
+                f" have room): got {max_new}, {max_new_idle}, {max_batch}"
+            )
         self._store = store
         self._max_batch = max_batch
         self._max_new = max_new
+        self._max_new_idle = max_new_idle
+        self._quiet_s = quiet_s
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
-        self._new: list[tuple[Op, asyncio.Future[Any]]] = []
+        # New submissions, one FIFO per tenant; the dict's order is the round-robin order.
+        self._new: dict[str, deque[tuple[Op, asyncio.Future[Any]]]] = {}
+        self._new_count = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0
         self.ops = 0
         self.on_failed: Callable[[Sequence[Op]], None] | None = None
-        # Ops ever queued, and ops whose batch has ended, by queue (each queue is FIFO).
-        self._queued = [0, 0]
-        self._ended = [0, 0]
+        # Ops whose batch has not ended, each with its place in the order ops were queued (the
+        # dict keeps that order, so its first value is the oldest outstanding op): new
+        # submissions are taken round-robin, not in the order they came, so counting ops would
+        # not tell a flush whether those queued before it have ended.
+        self._outstanding: dict[asyncio.Future[Any], int] = {}
+        self._seq = 0
         self._progress = asyncio.Event()
 
     def start(self) -> None:
@@ -57,9 +90,13 @@ class Writer:
         if self._closed:
             raise StoreUnavailableError("the engine is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        new = isinstance(op, CreateRun)
-        (self._new if new else self._pending).append((op, fut))
-        self._queued[new] += 1
+        if isinstance(op, CreateRun):
+            self._new.setdefault(op.run.tenant_id, deque()).append((op, fut))
+            self._new_count += 1
+        else:
+            self._pending.append((op, fut))
+        self._outstanding[fut] = self._seq
+        self._seq += 1
         self._wake.set()
         result = await fut
         if isinstance(result, TenantflowError):
@@ -69,17 +106,24 @@ class Writer:
         return result
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        in_flight_at = -math.inf  # when a batch last carried transitions of runs in flight
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending or self._new:
+            while self._pending or self._new_count:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                room = min(self._max_new, self._max_batch - len(batch))
                 taken = len(batch)
-                if room > 0 and self._new:
-                    batch.extend(self._new[:room])
-                    del self._new[:room]
+                if taken:
+                    in_flight_at = loop.time()
+                if loop.time() - in_flight_at < self._quiet_s:  # runs in flight
+                    limit = min(self._max_new_idle, max(self._max_new, taken))
+                else:
+                    limit = self._max_new_idle
+                room = min(limit, self._max_batch - taken)
+                if room > 0 and self._new_count:
+                    self._take_new(batch, room)
                 try:
                     results = await self._store.apply([op for op, _ in batch])
                 except asyncio.CancelledError:
@@ -92,11 +136,11 @@ class Writer:
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
-                    self._ended_batch(taken, len(batch) - taken)
+                    self._ended_batch(batch)
                     if self.on_failed is not None:  # it may have committed all the same
                         self.on_failed([op for op, _ in batch])
                     continue
-                self._ended_batch(taken, len(batch) - taken)
+                self._ended_batch(batch)
                 self.batches += 1
                 self.ops += len(batch)
                 for (_, fut), result in zip(batch, results, strict=True):
@@ -105,18 +149,32 @@ class Writer:
             if self._closed:
                 return
 
-    def _ended_batch(self, pending: int, new: int) -> None:
-        self._ended[0] += pending
-        self._ended[1] += new
+    def _take_new(self, batch: list[tuple[Op, asyncio.Future[Any]]], room: int) -> None:
+        """Move up to ``room`` new submissions into ``batch``, one per tenant in turn; a tenant
+        served goes to the back of the round-robin order."""
+        while room > 0 and self._new:
+            tenant = next(iter(self._new))
+            queue = self._new.pop(tenant)
+            batch.append(queue.popleft())
+            self._new_count -= 1
+            room -= 1
+            if queue:
+                self._new[tenant] = queue  # re-inserted: now last in the order
+
+    def _ended_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
+        for _, fut in batch:
+            self._outstanding.pop(fut, None)
         self._progress.set()
         self._progress = asyncio.Event()
 
     async def flush(self) -> None:
         """Wait until every op queued before this call has committed or failed (its waiter
         may have gone: a cancelled waiter does not withdraw its op)."""
-        target = list(self._queued)
-        while (self._ended[0] < target[0] or self._ended[1] < target[1]) and not (
-            self._task is None or self._task.done()
+        target = self._seq
+        while (
+            self._outstanding
+            and next(iter(self._outstanding.values())) < target
+            and not (self._task is None or self._task.done())
         ):
             await self._progress.wait()
 
