@@ -91,3 +91,68 @@ async def test_a_read_only_engine_reads_while_another_executes(tmp_path: Path) -
             assert (await reader.get_run("t", run.id)).status == tf.RunStatus.COMPLETED
             with pytest.raises(tf.ConfigurationError, match="not executing"):
                 await reader.submit("resume", tenant="t", input=None)
+
+
+async def test_wal_pages_reach_the_database_file_off_the_commit_path(tmp_path: Path) -> None:
+    """The background checkpointer copies committed pages into the database file while the
+    engine keeps running: the file alone (without its ``-wal``) holds the runs. The writer's own
+    automatic checkpoint is raised far above what these runs write, so only the checkpointer
+    can have put them there."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "c.db"
+    wf = tf.Workflow("tiny")
+
+    @wf.step
+    async def only(ctx: tf.StepContext) -> int:
+        return 1
+
+    async with tf.Engine.open(f"sqlite:///{db}", auto_tenant="standard") as engine:
+        engine.register(wf)
+        store = engine.runtime.store
+        assert store._conn is not None  # type: ignore[attr-defined]
+        (pages,) = store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()  # type: ignore[attr-defined]
+        assert pages >= 10_000
+        handles = [await engine.submit("tiny", tenant="t", input=None) for _ in range(20)]
+        for handle in handles:
+            await handle.result()
+        copy = tmp_path / "copy.db"
+        for _ in range(100):  # the checkpointer runs every 0.2 s
+            await asyncio.sleep(0.05)
+            shutil.copyfile(db, copy)  # the main file only: no -wal beside the copy
+            conn = sqlite3.connect(copy)
+            try:
+                done = conn.execute(
+                    "SELECT count(*) FROM runs WHERE status = 'completed'"
+                ).fetchone()[0]
+            except sqlite3.OperationalError:  # not even the schema checkpointed yet
+                done = 0
+            finally:
+                conn.close()
+            copy.unlink()
+            if done == 20:
+                break
+        assert done == 20
+
+
+def test_a_failing_checkpoint_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+    import time
+
+    from tenantflow.adapters.sqlite_checkpoint import Checkpointer
+
+    writer = sqlite3.connect(tmp_path / "w.db", isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    checkpointer = Checkpointer(tmp_path / "w.db", writer, interval=0.01)
+    checkpointer._conn.close()  # every checkpoint now raises
+    with caplog.at_level("WARNING", logger="tenantflow.store"):
+        time.sleep(0.2)
+        checkpointer._stop.set()
+        checkpointer._thread.join()
+    warnings = [r for r in caplog.records if "WAL checkpoint" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "16384 pages" in warnings[0].getMessage()
+    writer.close()

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlparse
 from tenantflow.adapters import sqlite_ops
 from tenantflow.adapters.sql import Gen
 from tenantflow.adapters.sql_store import SqlStore
+from tenantflow.adapters.sqlite_checkpoint import Checkpointer
 from tenantflow.adapters.sqlite_schema import MIGRATIONS, migrate, schema_version_readonly
 from tenantflow.domain.records import Op
 from tenantflow.errors import ConfigurationError, StoreError, StoreUnavailableError
@@ -63,6 +64,7 @@ class SqliteStore(SqlStore):
         self._executor: ThreadPoolExecutor | None = None
         self._lock_fd: int | None = None
         self._exclusive = False
+        self._checkpointer: Checkpointer | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -133,6 +135,16 @@ class SqliteStore(SqlStore):
             raise StoreUnavailableError(
                 f"cannot open SQLite database {str(self.path)!r}: {exc}", path=str(self.path)
             ) from exc
+        if execute and not self.in_memory:
+            try:
+                self._checkpointer = Checkpointer(self.path, conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                self._release_lock()
+                raise StoreUnavailableError(
+                    f"cannot open SQLite database {str(self.path)!r} for checkpoints: {exc}",
+                    path=str(self.path),
+                ) from exc
         self._conn = conn
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-sqlite")
 
@@ -174,6 +186,9 @@ class SqliteStore(SqlStore):
         self._executor = None
         if executor is not None:
             executor.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         conn.close()
         self._release_lock()
 
