@@ -38,8 +38,13 @@ def test_both_dialects_have_the_same_migration_versions() -> None:
 @pytest.mark.parametrize("version", range(1, len(SQLITE) + 1))
 def test_each_version_creates_the_same_tables_and_columns(version: int) -> None:
     sqlite, postgres = tables(SQLITE[version - 1]), tables(POSTGRES[version - 1])
-    assert sqlite, "the parser found no table"
+    if any("CREATE TABLE" in s for s in SQLITE[version - 1]):
+        assert sqlite, "the parser found no table"
     assert sqlite == postgres
+    dropped = re.compile(r"DROP INDEX IF EXISTS (\w+)")
+    assert [m for s in SQLITE[version - 1] for m in dropped.findall(s)] == [
+        m for s in POSTGRES[version - 1] for m in dropped.findall(s)
+    ]
 
 
 def names(statements: list[str], kind: str) -> set[str]:

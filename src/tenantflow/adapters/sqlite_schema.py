@@ -134,6 +134,9 @@ MIGRATIONS: list[list[str]] = [
     # Agent memory (tenantflow.engine.memory): entries, documents and their words, per tenant
     # and namespace.
     _MEMORY,
+    # runs_unfinished (migration 4) repeats runs_active (migration 1) exactly: every run insert
+    # and status change kept two identical indexes.
+    ["DROP INDEX IF EXISTS runs_unfinished"],
 ]
 
 
