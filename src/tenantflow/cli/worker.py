@@ -79,23 +79,30 @@ def worker(
             slots=slots,
             lease=timedelta(seconds=lease),
         )
-        registry = serve_metrics(metrics_port, metrics_host) if metrics_port else None
+        registry = metrics_registry() if metrics_port else None
         observe(engine, traces, registry)
+        if registry is not None:  # served only once every collector is in it
+            serve_metrics(registry, metrics_port, metrics_host)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         asyncio.run(_run(engine, setups, stopping))
 
 
-def serve_metrics(port: int, host: str) -> Any:
-    """A registry served at ``http://host:port/metrics`` from a thread of its own."""
+def metrics_registry() -> Any:
+    """A registry of its own for the worker's collectors."""
     try:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
     except ImportError as exc:
         raise ConfigurationError(
             f"--metrics-port needs the server extra: pip install 'tenantflow[server]' ({exc})"
         ) from None
-    registry = CollectorRegistry()
+    return CollectorRegistry()
+
+
+def serve_metrics(registry: Any, port: int, host: str) -> None:
+    """Serve ``registry`` at ``http://host:port/metrics`` from a thread of its own."""
+    from prometheus_client import start_http_server
+
     start_http_server(port, addr=host, registry=registry)
-    return registry
 
 
 async def _run(
