@@ -526,6 +526,49 @@ async def test_a_bad_op_fails_alone_and_the_rest_of_its_batch_commits(store: Sto
     assert sorted(r.id for r in await store.list_runs("t1")) == ["r1", "r2", "r3"]
 
 
+async def test_one_batch_of_many_tenants_ops_writes_what_they_write_one_by_one(
+    store: Store,
+) -> None:
+    # Interleaved tenants in one batch (PostgreSQL takes them tenant by tenant and merges their
+    # events, state versions and usage into multi-row statements), a run claimed in the batch
+    # that creates it, and usage rows to sum: the rows must be exactly those of op-by-op.
+    runs = [("r1", "t1"), ("r2", "t2"), ("r3", "t1"), ("r4", "t3"), ("r5", "t2")]
+    created = await store.apply(
+        [new_run(r, t) for r, t in runs] + [start(r, tenant=t) for r, t in runs]
+    )
+    leases = created[len(runs) :]
+    assert all(c.created for c in created[: len(runs)]) and all(leases)
+    usage = [UsageDelta("steps", 1.0), UsageDelta("tokens_in", 10.0, "m")]
+    finishes = [
+        FinishAttempt(
+            t,
+            r,
+            "a",
+            lease.fence,
+            NOW + 1,
+            b"1",
+            b'{"a":1}',
+            Transition(t, r, NOW + 1, steps=[StepUpdate("b", StepStatus.READY)], usage=usage),
+        )
+        for (r, t), lease in zip(runs, leases, strict=True)
+    ]
+    assert await store.apply(finishes) == [1] * len(runs)
+    h0 = next_state_hash("", 0, None, b'{"x":1}')
+    for r, t in runs:
+        versions = await store.state_versions(t, r)
+        assert [(v.version, v.parent, v.hash) for v in versions] == [
+            (0, None, h0),
+            (1, 0, next_state_hash(h0, 1, "a", b'{"a":1}')),
+        ]
+        kinds = [e.kind for e in await store.events(t, r)]
+        assert kinds == ["run.submitted", "step.started", "step.succeeded", "state.version"]
+        steps = {s.key: s.status for s in await store.get_steps(t, r)}
+        assert steps == {"a": StepStatus.SUCCEEDED, "b": StepStatus.READY}
+    for tenant, n in (("t1", 2), ("t2", 2), ("t3", 1)):
+        totals = {(u["metric"], u["dim"]): u["value"] for u in await store.usage(tenant)}
+        assert totals == {("steps", ""): n, ("tokens_in", "m"): 10.0 * n}
+
+
 # -- API keys -------------------------------------------------------------------------------
 
 K1, K2, K3, K4, K5, K6 = (f"key_{n}" + "0" * 23 for n in "123456")

@@ -10,7 +10,11 @@ in the query (``?sslmode=require``), with two of the store's own:
 **Transactions.** ``apply(ops)`` is one transaction (the group commit) with one result per op.
 What each op does is decided once for every SQL store (:mod:`~tenantflow.adapters.sql_ops`);
 this module executes it, in pipeline mode: a statement whose result the op does not read is
-sent without waiting, so an op costs about one round trip per result it reads. A unique
+sent without waiting, so an op costs about one round trip per result it reads. Every statement
+sent still costs a message each way and a wake-up of the server, so a batch's ops are applied
+tenant by tenant and their append-only rows (events, state versions, usage) go as one multi-row
+statement per tenant and table (see :class:`_Session`). Statements are sent through raw cursors
+with the server's own ``$n`` placeholders, converted once (:func:`postgres_text`). A unique
 violation fails the batch, which is then applied op by op so that only the bad op fails (its
 result is a :class:`~tenantflow.errors.ConflictError`); a deadlock or serialization failure
 against another process retries the whole batch, which committed nothing. Driver errors never
@@ -67,6 +71,7 @@ at a time, so every tenant's caps and fair share hold across processes (see
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -76,7 +81,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import AsyncConnection, AsyncPipeline
+from psycopg import AsyncConnection, AsyncPipeline, AsyncRawCursor
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
@@ -105,6 +110,7 @@ _SCHEMES = ("postgresql", "postgres")
 _STORE_OPTIONS = ("schema", "pool_size")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PG_HINT = re.compile(r"/\*pg:(.*?)\*/", re.DOTALL)
+_PLACEHOLDER = re.compile(r"\?")
 _SET_SCOPE = f"SELECT set_config('role', %s, true), set_config('{TENANT_SETTING}', %s, true)"
 _ATTEMPTS = 5  # a batch that keeps deadlocking with other processes fails after this many
 _NOTHING = Result([], 0)  # what a statement whose result is not read returns
@@ -112,10 +118,14 @@ _PIPELINE = psycopg.Pipeline.is_supported()  # libpq >= 14; else one round trip 
 
 
 @lru_cache(maxsize=2048)
-def postgres_text(text: str) -> str:
+def postgres_text(text: str) -> bytes:
     """A shared statement (:mod:`~tenantflow.adapters.sql`) in PostgreSQL's dialect: its
-    ``/*pg: …*/`` additions kept, ``?`` placeholders as psycopg's ``%s``."""
-    return _PG_HINT.sub(r"\1", text).replace("%", "%%").replace("?", "%s")
+    ``/*pg: …*/`` additions kept, ``?`` placeholders as the server's own ``$1``, ``$2``, …
+
+    Statements go through psycopg's raw cursors, which send them as they are: converted once
+    here, not parsed again at every execution."""
+    numbers = itertools.count(1)
+    return _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", _PG_HINT.sub(r"\1", text)).encode()
 
 
 class PostgresStore(SqlStore):
@@ -274,7 +284,9 @@ class PostgresStore(SqlStore):
         async with pool.connection() as conn:
             pipelined = conn.pipeline() if _PIPELINE else nullcontext(None)
             async with pipelined as pipeline, conn.transaction():
-                yield _Session(conn, pipeline)
+                session = _Session(conn, pipeline)
+                yield session
+                await session.release()
 
     async def apply(self, ops: Sequence[Op]) -> list[Any]:
         attempt = 1
@@ -293,10 +305,10 @@ class PostgresStore(SqlStore):
     async def _commit(self, ops: Sequence[Op]) -> list[Any]:
         try:
             async with self._transaction() as session:
-                results = []
-                for op in ops:
-                    await session.enter(op_tenant(op))
-                    results.append(await session.drive(apply_op(op)))
+                results: list[Any] = [None] * len(ops)
+                for i in _by_tenant(ops):
+                    await session.enter(op_tenant(ops[i]))
+                    results[i] = await session.drive(apply_op(ops[i]))
                 return results
         except psycopg.errors.IntegrityError as exc:
             if len(ops) == 1:
@@ -349,20 +361,47 @@ class _Session:
     """One transaction on one connection, in pipeline mode: a statement whose result the
     interpreter does not read is sent without waiting for the server, so an op costs about one
     round trip per result it reads, not one per statement. (A failing statement fails the
-    transaction at the next wait, with its own error.)"""
+    transaction at the next wait, with its own error.)
+
+    Append-only rows (:attr:`Sql.merge <tenantflow.adapters.sql.Sql.merge>`: events, state
+    versions, usage) are held and sent as one multi-row statement per statement text: before a
+    statement naming one of their tables, before the tenant scope changes (row-level security
+    checks each row against the scope it is written in) and before the commit. A batch's ops
+    are taken tenant by tenant (:func:`_by_tenant`), so a tenant's rows of a whole batch go in
+    one statement and its scope is set once."""
 
     def __init__(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline | None) -> None:
         self._conn = conn
         self._pipeline = pipeline
         self._scope: tuple[str, str] | None = None
+        self._held: dict[str, list[Sequence[Any]]] = {}  # statement text -> rows, in order
+        self._added: set[str] = set()  # held texts whose rows are summed (Sql.merge == "add")
+        self._tables: set[str] = set()  # the tables held rows go to
 
     async def enter(self, tenant_id: str | None) -> None:
         """Act as ``tenant_id`` (the application role), or in system scope when None; the
         settings are transaction-local and sent only when they change."""
         scope = _scope(tenant_id)
         if scope != self._scope:
+            await self.release()
             await self._conn.execute(_SET_SCOPE, scope)
             self._scope = scope
+
+    async def release(self) -> None:
+        """Send the held rows: one multi-row statement per text (a few for very many rows)."""
+        held, self._held = self._held, {}
+        added, self._added = self._added, set()
+        self._tables.clear()
+        cur = AsyncRawCursor(self._conn)
+        for text, params in held.items():
+            if text in added:
+                params = _summed(params)
+            start = 0
+            for size in _chunks(len(params)):
+                chunk = params[start : start + size]
+                start += size
+                flat = [value for row in chunk for value in row] if size > 1 else chunk[0]
+                await cur.execute(_merged_text(text, size), flat)
 
     async def drive(self, query: Gen[T]) -> T:
         """Run an interpreter step to its end in this transaction; its result."""
@@ -373,8 +412,16 @@ class _Session:
             return step.value
 
     async def execute(self, statement: Sql) -> Result:
+        if statement.merge is not None:
+            self._held.setdefault(statement.text, []).extend(statement.args)
+            self._tables.add(_insert_table(statement.text))
+            if statement.merge == "add":
+                self._added.add(statement.text)
+            return _NOTHING
+        if self._tables and any(table in statement.text for table in self._tables):
+            await self.release()
         text = postgres_text(statement.text)
-        cur = self._conn.cursor()
+        cur = AsyncRawCursor(self._conn)
         if statement.many:
             await cur.executemany(text, statement.args)
         else:
@@ -385,6 +432,73 @@ class _Session:
             await self._pipeline.sync()
         found = await cur.fetchall() if cur.description is not None else []
         return Result(found, cur.rowcount)
+
+
+def _by_tenant(ops: Sequence[Op]) -> list[int]:
+    """The order to apply a batch's ``ops`` in: each tenant's ops together, in their order.
+
+    The ops of a batch are independent (each could have been a transaction of its own, in any
+    order), except that one tenant's ops keep their order; system-scoped ops (recovery, lease
+    renewal) stay where they were, between the tenant-scoped ops before and after them."""
+    order: list[int] = []
+    groups: dict[str, list[int]] = {}
+    for i, op in enumerate(ops):
+        tenant = op_tenant(op)
+        if tenant is None:
+            for indexes in groups.values():
+                order.extend(indexes)
+            groups.clear()
+            order.append(i)
+        else:
+            groups.setdefault(tenant, []).append(i)
+    for indexes in groups.values():
+        order.extend(indexes)
+    return order
+
+
+_MERGED_ROWS = 256  # the most rows in one merged statement (a power of two)
+_INSERT = re.compile(r"^\s*INSERT INTO (\w+)")
+_VALUES = re.compile(r"VALUES\s*(\([^()]*\))")
+
+
+@lru_cache(maxsize=64)
+def _insert_table(text: str) -> str:
+    found, values = _INSERT.match(text), _VALUES.search(text)
+    if found is None or values is None:
+        raise StoreError(f"not an INSERT … VALUES (…) statement: {text!r}")
+    if values.group(1).count("?") * _MERGED_ROWS > 65_535:  # the protocol's limit
+        raise StoreError(f"too many columns to merge rows of: {text!r}")
+    return found.group(1)
+
+
+def _chunks(n: int) -> list[int]:
+    """``n`` rows as statements of powers of two rows, largest first (13: 8, 4, 1): a few
+    statement texts per table, each prepared once on a connection and parsed once."""
+    sizes = [_MERGED_ROWS] * (n // _MERGED_ROWS)
+    n %= _MERGED_ROWS
+    while n:
+        size = 1 << (n.bit_length() - 1)
+        sizes.append(size)
+        n -= size
+    return sizes
+
+
+@lru_cache(maxsize=256)
+def _merged_text(text: str, n: int) -> bytes:
+    """``text``, an ``INSERT … VALUES (…)``, inserting ``n`` rows (PostgreSQL's dialect)."""
+    found = _VALUES.search(text)
+    assert found is not None  # checked by _insert_table when the rows were held
+    rows = ", ".join([found.group(1)] * n)
+    return postgres_text(f"{text[: found.start(1)]}{rows}{text[found.end(1) :]}")
+
+
+def _summed(params: list[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows equal but for their last column, as one row with the sum of the last columns."""
+    totals: dict[tuple[Any, ...], Any] = {}
+    for row in params:
+        key = tuple(row[:-1])
+        totals[key] = totals[key] + row[-1] if key in totals else row[-1]
+    return [(*key, total) for key, total in totals.items()]
 
 
 def _scope(tenant_id: str | None) -> tuple[str, str]:

@@ -12,20 +12,27 @@ LOCKED``, a null-safe comparison — the addition is a comment ``/*pg: …*/``: 
 has one writer, which serialises everything already), and the PostgreSQL driver keeps its
 content. Statements that only make sense with concurrent writers (an advisory lock) are marked
 ``pg_only`` and skipped on SQLite.
+
+Append-only rows (events, state versions, usage counters) are yielded with :func:`append` and
+:func:`accumulate`: a driver may hold them and send them later in the same transaction, merged
+with the rows of other ops into one multi-row statement (PostgreSQL does, where every statement
+costs a message each way; SQLite executes them at once).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
     "Done",
     "Gen",
     "Result",
     "Sql",
+    "accumulate",
     "advance",
+    "append",
     "count",
     "execute",
     "many",
@@ -48,6 +55,13 @@ class Sql:
         pg_only: only meaningful with concurrent writers; SQLite skips it.
         results: the interpreter reads the rows or row count; when False a driver may send the
             statement without waiting for it (and return an empty :class:`Result`).
+        merge: ``append`` — an ``INSERT … VALUES (…)`` of ``many`` rows that nothing later in
+            the transaction reads, writes or deletes except by a statement naming its table: a
+            driver may hold the rows and send them later, merged with the rows of the same
+            statement from other ops, as long as it sends them before any statement naming the
+            table, before the tenant scope changes and before the commit. ``add`` — the same for
+            an upsert that adds its last column to the row found: rows equal in every other
+            column may be summed into one first.
     """
 
     text: str
@@ -55,6 +69,7 @@ class Sql:
     many: bool = False
     pg_only: bool = False
     results: bool = True
+    merge: Literal["append", "add"] | None = None
 
 
 @dataclass(slots=True)
@@ -113,6 +128,20 @@ def many(text: str, params: Sequence[Sequence[Any]]) -> Gen[None]:
     """Execute one statement once per parameter row (nothing when there are none)."""
     if params:
         yield Sql(text, params, many=True, results=False)
+
+
+def append(text: str, params: Sequence[Sequence[Any]]) -> Gen[None]:
+    """Insert ``params`` rows with ``text``, an ``INSERT … VALUES (…)``; a driver may hold them
+    and merge them with other ops' rows (see :attr:`Sql.merge`)."""
+    if params:
+        yield Sql(text, params, many=True, results=False, merge="append")
+
+
+def accumulate(text: str, params: Sequence[Sequence[Any]]) -> Gen[None]:
+    """Upsert ``params`` rows with ``text``, which adds a row's last column to the row found;
+    a driver may hold them and sum them with other ops' rows (see :attr:`Sql.merge`)."""
+    if params:
+        yield Sql(text, params, many=True, results=False, merge="add")
 
 
 def serialize(key: str) -> Gen[None]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tenantflow.adapters import sql_keys, sql_memory
 from tenantflow.adapters import sql_tenancy as tq
-from tenantflow.adapters.sql import Gen, execute, many, one, rows
+from tenantflow.adapters.sql import Gen, append, execute, one, rows
 from tenantflow.domain import keys as k_ops
 from tenantflow.domain import memory as m_ops
 from tenantflow.domain import tenancy as t_ops
@@ -93,7 +93,7 @@ def op_tenant(op: Op) -> str | None:
 
 
 def _events(tenant_id: str, run_id: str, ts: float, new: Sequence[NewEvent]) -> Gen[None]:
-    yield from many(
+    yield from append(
         "INSERT INTO events (tenant_id, run_id, ts, kind, step, attempt, data)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
@@ -192,19 +192,11 @@ def _create(op: CreateRun) -> Gen[CreateResult]:
     if inserted is None and r.idempotency_key is not None:
         winner = yield from _existing_run(r.tenant_id, r.idempotency_key)
         return CreateResult(winner or r.id, created=False)
-    yield from many(
+    yield from append(
         "INSERT INTO steps (run_id, key, tenant_id, status, available_at) VALUES (?, ?, ?, ?, ?)",
         [(s.run_id, s.key, s.tenant_id, s.status.value, s.available_at) for s in op.steps],
     )
-    yield from execute(
-        "INSERT INTO state_versions (run_id, version, tenant_id, parent, step, delta, hash,"
-        " created_at) VALUES (?, 0, ?, NULL, NULL, ?, ?, ?)",
-        r.id,
-        r.tenant_id,
-        r.input_json,
-        state_hash,
-        r.created_at,
-    )
+    yield from _insert_version(r.tenant_id, r.id, None, r.input_json, r.created_at, 0, state_hash)
     yield from _events(r.tenant_id, r.id, r.created_at, op.events)
     return CreateResult(r.id, created=True)
 
@@ -248,22 +240,38 @@ def _next_version(tenant_id: str, run_id: str, step: str, delta: bytes) -> Gen[t
     return version, next_state_hash(row[1], version, step, delta)
 
 
+def _insert_version(
+    tenant_id: str,
+    run_id: str,
+    step: str | None,
+    delta: bytes,
+    now: float,
+    version: int,
+    state_hash: str,
+) -> Gen[None]:
+    yield from append(
+        "INSERT INTO state_versions (run_id, version, tenant_id, parent, step, delta, hash,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                run_id,
+                version,
+                tenant_id,
+                version - 1 if version else None,
+                step,
+                delta,
+                state_hash,
+                now,
+            )
+        ],
+    )
+
+
 def _write_version(
     tenant_id: str, run_id: str, step: str, delta: bytes, now: float, version: int, state_hash: str
 ) -> Gen[None]:
     """Record state version ``version`` and make it the run's current one."""
-    yield from execute(
-        "INSERT INTO state_versions (run_id, version, tenant_id, parent, step, delta, hash,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        run_id,
-        version,
-        tenant_id,
-        version - 1,
-        step,
-        delta,
-        state_hash,
-        now,
-    )
+    yield from _insert_version(tenant_id, run_id, step, delta, now, version, state_hash)
     yield from execute(
         "UPDATE runs SET state_version = ?, state_hash = ?, updated_at = ?"
         " WHERE id = ? AND tenant_id = ?",

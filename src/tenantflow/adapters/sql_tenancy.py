@@ -14,7 +14,7 @@ import time as _time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tenantflow.adapters.sql import Gen, count, execute, many, one, rows, serialize
+from tenantflow.adapters.sql import Gen, accumulate, count, execute, one, rows, serialize
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain import ratelimit
 from tenantflow.domain.audit import AuditRecord, append_record
@@ -175,7 +175,7 @@ def audit_rows(tenant_id: str) -> Gen[list[AuditRecord]]:
 
 def add_usage(tenant_id: str, now: float, deltas: Sequence[UsageDelta]) -> Gen[None]:
     day = _day(now)
-    yield from many(
+    yield from accumulate(
         "INSERT INTO usage (tenant_id, day, metric, dim, value) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (tenant_id, day, metric, dim)"
         " DO UPDATE SET value = usage.value + excluded.value",
