@@ -4,10 +4,18 @@ A tenant is driven by exactly one worker at a time (its *owner*, holding a lease
 all of its runs — admission against its active-run cap, fair dispatch against its running-step
 cap, its review timers — live in that one process, so the single-process guarantees hold for
 every tenant with any number of workers. Tenants are spread over the live workers by rendezvous
-(highest random weight) hashing: each (tenant, worker) pair has a pseudo-random score and the
-tenant goes to the worker with the highest. When a worker joins or leaves, only the tenants whose
-best worker changed move (about 1/n of them), and every worker computes the same assignment from
-the same list of live workers, with no coordinator.
+(highest random weight) hashing with bounded loads: each (tenant, worker) pair has a
+pseudo-random score, and each tenant goes to the worker it scores highest that still has room,
+a worker's room being an equal share of the tenants (some workers one more, when they do not
+divide evenly). Plain rendezvous hashing moves
+the fewest tenants when a worker joins or leaves, but its shares are uneven with few tenants
+per worker (30 tenants on 3 workers: 13/12/5 is common), and the worker with the most tenants
+sets the pace of all. The bound keeps the shares within one tenant of each other, at the price
+of a few more moves: tenants are placed in a fixed order (the most decided first: highest top
+score), so a change moves the tenants whose first choice changed and, when shares shrink, the
+least decided tenants of a full worker. Every worker computes the same assignment from the same
+lists of tenants and live workers, with no coordinator (while the lists differ for a moment,
+the tenant leases in the store keep each tenant with one worker).
 
 Pure: no I/O, no clock.
 """
@@ -19,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Command", "Notice", "assign", "owner_of"]
+__all__ = ["Command", "Notice", "assign", "owners"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +56,30 @@ def _score(tenant: str, worker: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def owner_of(tenant: str, workers: Sequence[str]) -> str | None:
-    """The worker that should drive ``tenant`` (None when no worker is alive)."""
-    if not workers:
-        return None
-    return max(workers, key=lambda w: (_score(tenant, w), w))
+def owners(tenants: Iterable[str], workers: Iterable[str]) -> dict[str, str]:
+    """The worker that should drive each of ``tenants`` (none when no worker is alive)."""
+    live = sorted(set(workers))
+    names = sorted(set(tenants))
+    if not live:
+        return {}
+    # An equal share each: ``base`` tenants, and one more for the first ``extra`` to fill up.
+    base, extra = divmod(len(names), len(live))
+    ranked = {t: sorted(((_score(t, w), w) for w in live), reverse=True) for t in names}
+    load = dict.fromkeys(live, 0)
+    owner: dict[str, str] = {}
+    for tenant in sorted(names, key=lambda t: (ranked[t][0], t), reverse=True):
+        worker = next(
+            w for _, w in ranked[tenant] if load[w] < base or (load[w] == base and extra > 0)
+        )
+        if load[worker] == base:
+            extra -= 1
+        load[worker] += 1
+        owner[tenant] = worker
+    return owner
 
 
 def assign(tenants: Iterable[str], workers: Sequence[str], me: str) -> list[str]:
     """The tenants ``me`` should drive, in the order given."""
-    return [t for t in tenants if owner_of(t, workers) == me]
+    given = list(tenants)
+    owner = owners(given, workers)
+    return [t for t in given if owner.get(t) == me]
