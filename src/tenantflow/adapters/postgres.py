@@ -389,6 +389,8 @@ class _Session:
 
     async def release(self) -> None:
         """Send the held rows: one multi-row statement per text (a few for very many rows)."""
+        if not self._held:
+            return
         held, self._held = self._held, {}
         added, self._added = self._added, set()
         self._tables.clear()

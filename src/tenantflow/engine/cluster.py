@@ -2,7 +2,8 @@
 
 ``Engine(..., cluster="worker")`` (what ``tenantflow worker`` runs) drives only the tenants it
 owns (:mod:`tenantflow.domain.cluster`: one owner per tenant, spread in equal shares over the
-live workers by rendezvous hashing with bounded loads, held as a lease). Each beat — a third of the lease — a worker:
+live workers by rendezvous hashing with bounded loads, held as a lease). Each beat — a third
+of the lease — a worker:
 
 1. records its heartbeat and reads the live workers;
 2. works out which tenants it should own, hands over those it should not (stops their attempts,
