@@ -249,6 +249,7 @@ def _insert_version(
     version: int,
     state_hash: str,
 ) -> Gen[None]:
+    """Record state version ``version`` (version 0, the input, has no parent)."""
     yield from append(
         "INSERT INTO state_versions (run_id, version, tenant_id, parent, step, delta, hash,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -7,15 +7,15 @@ every tenant with any number of workers. Tenants are spread over the live worker
 (highest random weight) hashing with bounded loads: each (tenant, worker) pair has a
 pseudo-random score, and each tenant goes to the worker it scores highest that still has room,
 a worker's room being an equal share of the tenants (some workers one more, when they do not
-divide evenly). Plain rendezvous hashing moves
-the fewest tenants when a worker joins or leaves, but its shares are uneven with few tenants
-per worker (30 tenants on 3 workers: 13/12/5 is common), and the worker with the most tenants
-sets the pace of all. The bound keeps the shares within one tenant of each other, at the price
-of a few more moves: tenants are placed in a fixed order (the most decided first: highest top
-score), so a change moves the tenants whose first choice changed and, when shares shrink, the
-least decided tenants of a full worker. Every worker computes the same assignment from the same
-lists of tenants and live workers, with no coordinator (while the lists differ for a moment,
-the tenant leases in the store keep each tenant with one worker).
+divide evenly). Plain rendezvous hashing moves the fewest tenants when a worker joins or leaves,
+but its shares are uneven with few tenants per worker (30 tenants on 3 workers: 13/12/5 is
+common), and the worker with the most tenants sets the pace of all. The bound keeps the shares
+within one tenant of each other, at the price of a few more moves: tenants are placed in a fixed
+order (the most decided first: highest top score), so a change moves the tenants whose first
+choice changed and, when shares shrink, the least decided tenants of a full worker. Every
+worker computes the same assignment from the same lists of tenants and live workers, with no
+coordinator (while the lists differ for a moment, the tenant leases in the store keep each
+tenant with one worker).
 
 Pure: no I/O, no clock.
 """
