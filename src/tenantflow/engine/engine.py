@@ -53,6 +53,7 @@ from tenantflow.domain.tenancy import AuditEntry, PurgeRuns, ReviewRecord
 from tenantflow.engine.cluster import Membership, error_from_dict
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
+from tenantflow.engine.ingest import IngestGate
 from tenantflow.engine.inputs import refuse_credentials
 from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.memory import Memory
@@ -213,6 +214,9 @@ class Engine:
             and review decisions are passed to the worker that drives the run.
         command_timeout: how long a front waits for a worker to run a cancel or a decision
             before it returns (the command stays queued and is run when a worker takes it).
+        ingest_per_tenant: how many submissions of one tenant are recorded at once; the rest
+            wait their turn, so that a tenant's burst cannot fill the event loop while other
+            tenants' runs are in flight (see :mod:`tenantflow.engine.ingest`).
     """
 
     def __init__(
@@ -235,11 +239,19 @@ class Engine:
         platform_limits: Mapping[str, RateLimit | str | Mapping[str, Any]] | None = None,
         cluster: Literal["worker", "front"] | None = None,
         command_timeout: timedelta = timedelta(seconds=10),
+        ingest_per_tenant: int = 4,
     ) -> None:
         if slots < 1:
             raise ConfigurationError("slots must be at least 1", field="slots", value=slots)
         if lease <= timedelta(0):
             raise ConfigurationError("lease must be positive", field="lease", value=str(lease))
+        if ingest_per_tenant < 1:
+            raise ConfigurationError(
+                "ingest_per_tenant must be at least 1",
+                field="ingest_per_tenant",
+                value=ingest_per_tenant,
+            )
+        self.ingest = IngestGate(ingest_per_tenant)
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.execute = execute
@@ -480,14 +492,16 @@ class Engine:
             BudgetExceededError: the tenant's period budget is spent.
             ConfigurationError: a bad tenant id or lane, or an engine that does not execute.
         """
-        return await self._submit(
-            workflow,
-            tenant=tenant,
-            input=input,
-            idempotency_key=idempotency_key,
-            lane=lane,
-            version=version,
-        )
+        tenant = check_tenant(tenant)
+        async with self.ingest.enter(tenant):
+            return await self._submit(
+                workflow,
+                tenant=tenant,
+                input=input,
+                idempotency_key=idempotency_key,
+                lane=lane,
+                version=version,
+            )
 
     async def start_child(
         self, parent: Active, key: str, index: int, workflow: str, task: str
