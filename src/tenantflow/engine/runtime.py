@@ -129,7 +129,7 @@ class Active:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     executing: dict[str, int] = field(default_factory=dict)  # key -> fence of the live attempt
     lost: set[str] = field(default_factory=set)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
     error: str | None = None
     policy: Policy | None = None
     policy_version: int = 0
@@ -141,6 +141,13 @@ class Active:
     budget_run: str | None = None  # the root run whose budget a child run draws on
     meta: dict[str, Any] = field(default_factory=dict)  # as stored; its "plan" is the latest
     replaced: dict[str, str] = field(default_factory=dict)  # step -> standby running instead
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Serialises the run's transitions; made on first use (a queued run has none)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
 
     @property
     def revisions(self) -> int:
