@@ -569,6 +569,50 @@ async def test_one_batch_of_many_tenants_ops_writes_what_they_write_one_by_one(
         assert totals == {("steps", ""): n, ("tokens_in", "m"): 10.0 * n}
 
 
+async def test_claims_in_one_batch_are_each_decided_as_if_alone(store: Store) -> None:
+    # One tenant's claims side by side in a batch (PostgreSQL sends them as one statement):
+    # a ready step, a step not ready yet, a live lease, a lapsed lease, a step of another
+    # tenant's run, a run that does not exist, and one step claimed twice.
+    await store.apply([new_run(r) for r in ("r1", "r2", "r3", "r4")] + [new_run("r5", "t2")])
+    [held, lapsed] = await store.apply([start("r2"), start("r3", lease=5.0)])
+    assert held is not None and lapsed is not None
+    at = NOW + 10
+    results = await store.apply(
+        [
+            start("r1", now=at),  # ready: claimed
+            start("r1", key="b", now=at),  # pending: not claimed
+            start("r2", now=at),  # its lease runs to NOW + 30: not claimed
+            start("r3", now=at),  # its lease ran out at NOW + 5: claimed again, fence 2
+            start("r5", now=at),  # t2's run, as t1: not found
+            start("nope", now=at),
+            start("r4", now=at, lease=60.0),  # ready: claimed, with its own lease
+            start("r4", now=at),  # the same step again: the first claim holds it
+        ]
+    )
+    got = [None if r is None else (r.fence, r.attempt, r.lease_expires_at) for r in results]
+    assert got == [
+        (1, 1, at + 30),
+        None,
+        None,
+        (2, 2, at + 30),
+        None,
+        None,
+        (1, 1, at + 60),
+        None,
+    ]
+    for run_id, attempts in (("r1", [1]), ("r2", [1]), ("r3", [1, 2]), ("r4", [1])):
+        started = [e.attempt for e in await store.events("t1", run_id) if e.kind == "step.started"]
+        assert started == attempts, run_id
+    assert [e.kind for e in await store.events("t2", "r5")] == ["run.submitted"]
+    steps = {
+        (s.run_id, s.key): s for r in ("r1", "r3", "r4") for s in await store.get_steps("t1", r)
+    }
+    assert steps[("r1", "a")].status == StepStatus.RUNNING
+    assert steps[("r1", "b")].status == StepStatus.PENDING
+    assert (steps[("r3", "a")].fence, steps[("r3", "a")].lease_expires_at) == (2, at + 30)
+    assert steps[("r4", "a")].lease_expires_at == at + 60
+
+
 # -- API keys -------------------------------------------------------------------------------
 
 K1, K2, K3, K4, K5, K6 = (f"key_{n}" + "0" * 23 for n in "123456")

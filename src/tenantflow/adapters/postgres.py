@@ -77,7 +77,7 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing, nullcontext
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -94,9 +94,9 @@ from tenantflow.adapters.postgres_schema import (
     schema_version,
 )
 from tenantflow.adapters.sql import Gen, Result, Sql, advance
-from tenantflow.adapters.sql_ops import apply_op, op_tenant
+from tenantflow.adapters.sql_ops import apply_op, op_tenant, start_attempts
 from tenantflow.adapters.sql_store import SqlStore
-from tenantflow.domain.records import Op
+from tenantflow.domain.records import Op, StartAttempt
 from tenantflow.errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -306,9 +306,15 @@ class PostgresStore(SqlStore):
         try:
             async with self._transaction() as session:
                 results: list[Any] = [None] * len(ops)
-                for i in _by_tenant(ops):
-                    await session.enter(op_tenant(ops[i]))
-                    results[i] = await session.drive(apply_op(ops[i]))
+                for group in _claims_together(ops, _by_tenant(ops)):
+                    await session.enter(op_tenant(ops[group[0]]))
+                    if len(group) == 1:
+                        results[group[0]] = await session.drive(apply_op(ops[group[0]]))
+                        continue
+                    claims = [cast(StartAttempt, ops[i]) for i in group]
+                    leases = await session.drive(start_attempts(claims))
+                    for i, lease in zip(group, leases, strict=True):
+                        results[i] = lease
                 return results
         except psycopg.errors.IntegrityError as exc:
             if len(ops) == 1:
@@ -368,7 +374,8 @@ class _Session:
     statement naming one of their tables, before the tenant scope changes (row-level security
     checks each row against the scope it is written in) and before the commit. A batch's ops
     are taken tenant by tenant (:func:`_by_tenant`), so a tenant's rows of a whole batch go in
-    one statement and its scope is set once."""
+    one statement and its scope is set once, and a tenant's consecutive step claims are one
+    ``UPDATE`` (:func:`_claims_together`)."""
 
     def __init__(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline | None) -> None:
         self._conn = conn
@@ -434,6 +441,29 @@ class _Session:
             await self._pipeline.sync()
         found = await cur.fetchall() if cur.description is not None else []
         return Result(found, cur.rowcount)
+
+
+def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:
+    """``order`` cut into groups applied together: one tenant's consecutive step claims
+    (:class:`StartAttempt`, each of a different step) are one statement
+    (:func:`~tenantflow.adapters.sql_ops.start_attempts`); every other op is alone."""
+    groups: list[list[int]] = []
+    claimed: set[tuple[str, str]] = set()
+    for i in order:
+        op = ops[i]
+        if isinstance(op, StartAttempt) and groups:
+            last = ops[groups[-1][-1]]
+            if (
+                isinstance(last, StartAttempt)
+                and last.tenant_id == op.tenant_id
+                and (op.run_id, op.key) not in claimed
+            ):
+                groups[-1].append(i)
+                claimed.add((op.run_id, op.key))
+                continue
+        groups.append([i])
+        claimed = {(op.run_id, op.key)} if isinstance(op, StartAttempt) else set()
+    return groups
 
 
 def _by_tenant(ops: Sequence[Op]) -> list[int]:

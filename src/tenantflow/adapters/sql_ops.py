@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import Any
 
 from tenantflow.adapters import sql_keys, sql_memory
@@ -57,6 +58,7 @@ __all__ = [
     "get_steps",
     "list_runs",
     "op_tenant",
+    "start_attempts",
     "state_versions",
     "unfinished_runs",
 ]
@@ -224,6 +226,56 @@ def _start(op: StartAttempt) -> Gen[Lease | None]:
     started = [NewEvent("step.started", op.key, row[1])]
     yield from _events(op.tenant_id, op.run_id, op.now, started)
     return Lease(fence=row[0], attempt=row[1], lease_expires_at=op.lease_until)
+
+
+def start_attempts(ops: Sequence[StartAttempt]) -> Gen[list[Lease | None]]:
+    """Several attempts of one tenant's steps started by one statement (PostgreSQL's dialect):
+    each op's result and events exactly as :func:`_start` gives them, with one statement for
+    all of them instead of one each. The ops' ``(run_id, key)`` must all differ (a second
+    claim of one step in the same transaction could not see the first)."""
+    tenant = ops[0].tenant_id
+    if any(op.tenant_id != tenant for op in ops):
+        raise ValueError("start_attempts: the ops must be of one tenant")
+    if len({(op.run_id, op.key) for op in ops}) != len(ops):
+        raise ValueError("start_attempts: a step is claimed twice")
+    args: list[Any] = []
+    for op in ops:
+        args.extend((op.run_id, op.key, op.owner, op.lease_until, op.now))
+    args.extend((tenant, tenant))
+    found = yield from rows(_start_many_text(len(ops)), *args)
+    started = {(r[0], r[1]): (int(r[2]), int(r[3])) for r in found}
+    leases: list[Lease | None] = []
+    for op in ops:
+        got = started.get((op.run_id, op.key))
+        if got is None:
+            leases.append(None)
+            continue
+        fence, attempt = got
+        leases.append(Lease(fence=fence, attempt=attempt, lease_expires_at=op.lease_until))
+        started_event = [NewEvent("step.started", op.key, attempt)]
+        yield from _events(tenant, op.run_id, op.now, started_event)
+    return leases
+
+
+@lru_cache(maxsize=64)
+def _start_many_text(n: int) -> str:
+    """:func:`_start`'s claim for ``n`` steps: the same conditions, each step with its own
+    owner, lease and time; rows locked by another transaction are skipped, as there."""
+    values = ", ".join(
+        ["(?::text, ?::text, ?::text, ?::double precision, ?::double precision)"] * n
+    )
+    return (
+        f"WITH v (run_id, key, owner, lease, now) AS (VALUES {values}),"
+        " c AS (SELECT s.run_id, s.key FROM steps s JOIN v ON s.run_id = v.run_id AND s.key = v.key"
+        " WHERE s.tenant_id = ? AND ((s.status = 'ready' AND s.available_at <= v.now)"
+        " OR (s.status = 'running' AND s.lease_expires_at < v.now))"
+        " FOR UPDATE OF s SKIP LOCKED)"
+        " UPDATE steps SET status = 'running', attempt = steps.attempt + 1,"
+        " fence = steps.fence + 1, owner = v.owner, lease_expires_at = v.lease, started_at = v.now"
+        " FROM c JOIN v ON c.run_id = v.run_id AND c.key = v.key"
+        " WHERE steps.run_id = c.run_id AND steps.key = c.key AND steps.tenant_id = ?"
+        " RETURNING steps.run_id, steps.key, steps.fence, steps.attempt"
+    )
 
 
 def _next_version(tenant_id: str, run_id: str, step: str, delta: bytes) -> Gen[tuple[int, str]]:
