@@ -3,6 +3,7 @@
     python benchmarks/fairness.py            # 200 tenants, 100 slots, burst of 5,000 (~2 min)
     python benchmarks/fairness.py --quick    # 40 tenants, 20 slots, burst of 600 (< 30 s)
     python benchmarks/fairness.py --timeline # + per-second latency, slots and commit figures
+    python benchmarks/fairness.py --skip-fifo # only the baseline and controls scenarios (~70 s)
 
 The seed: 200 institutions share 100 worker slots; one Monday, Institution X submits 5,000 loan
 applications at once. Without tenant controls everyone else's latency goes 45 s -> 15 min; with
@@ -185,6 +186,7 @@ class Config:
     no_controls: str
     timeline: bool = False
     wait_burst: bool = False
+    skip_fifo: bool = False
 
     @property
     def quiet(self) -> list[str]:
@@ -713,6 +715,8 @@ async def main_async(cfg: Config) -> list[Result]:
     finish(ctl, sla)
     results.append(ctl)
     print(f"  controls     done in {ctl.wall_s:.1f}s", flush=True)
+    if cfg.skip_fifo:
+        return results
     nc = await scenario(
         "no controls",
         cfg,
@@ -757,6 +761,9 @@ def main() -> None:
         "--wait-burst", action="store_true", help="also RunHandle.wait() every burst run"
     )
     parser.add_argument("--timeline", action="store_true", help="per-second diagnostics")
+    parser.add_argument(
+        "--skip-fifo", action="store_true", help="run only the baseline and controls scenarios"
+    )
     parser.add_argument("--quick", action="store_true", help="a small version (< 30 s)")
     args = parser.parse_args()
     if args.quick:
@@ -785,6 +792,7 @@ def main() -> None:
         no_controls=args.no_controls,
         timeline=args.timeline,
         wait_burst=args.wait_burst,
+        skip_fifo=args.skip_fifo,
     )
     t0 = time.perf_counter()
     results = asyncio.run(main_async(cfg))
