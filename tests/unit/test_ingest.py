@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,51 @@ async def test_a_burst_through_the_engine_is_recorded_whole() -> None:
         assert results == list(range(50))
         runs = await engine.list_runs("burst", limit=100)
         assert len(runs) == 50
+
+
+async def test_the_limit_holds_only_while_other_tenants_are_busy() -> None:
+    others = {"busy": True}
+    gate = IngestGate(1, alone=3, others_busy=lambda tenant: others["busy"])
+    log: list[tuple[str, int]] = []
+    releases = [asyncio.Event() for _ in range(5)]
+    tasks = [asyncio.create_task(_hold(gate, "t", n, log, releases[n])) for n in range(5)]
+    await asyncio.sleep(0)
+    assert [n for _, n in log] == [0] and gate.limit("t") == 1
+    others["busy"] = False  # the others went idle: the next release lets three through
+    releases[0].set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [n for _, n in log] == [0, 1, 2, 3] and gate.in_progress("t") == 3
+    others["busy"] = True  # busy again: those in progress finish, no new one starts
+    releases[1].set()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [n for _, n in log] == [0, 1, 2, 3] and gate.in_progress("t") == 2
+    for r in releases:
+        r.set()
+    await asyncio.gather(*tasks)
+    assert [n for _, n in log] == [0, 1, 2, 3, 4] and gate.in_progress("t") == 0
+
+
+async def test_a_tenant_alone_on_the_engine_records_a_burst_at_full_speed(
+    tmp_path: Path,
+) -> None:
+    # One place per tenant while others are busy; alone, its inserts still share commits.
+    wf = tf.Workflow("ingest-alone")
+
+    @wf.step
+    async def only(ctx: tf.StepContext, input: int) -> int:
+        return input
+
+    async with tf.Engine.open(
+        f"sqlite:///{tmp_path / 'ingest.db'}", slots=4, ingest_per_tenant=1
+    ) as engine:
+        engine.register(wf)
+        await engine.tenants.create("burst", tier="standard", max_active_runs=1000)
+        writer = engine.runtime.writer
+        batches, ops = writer.batches, writer.ops
+        await asyncio.gather(
+            *(engine.submit("ingest-alone", tenant="burst", input=n) for n in range(64))
+        )
+        assert writer.ops - ops >= 64
+        assert writer.batches - batches < 32  # one at a time would take 64 commits

@@ -214,9 +214,10 @@ class Engine:
             and review decisions are passed to the worker that drives the run.
         command_timeout: how long a front waits for a worker to run a cancel or a decision
             before it returns (the command stays queued and is run when a worker takes it).
-        ingest_per_tenant: how many submissions of one tenant are recorded at once; the rest
-            wait their turn, so that a tenant's burst cannot fill the event loop while other
-            tenants' runs are in flight (see :mod:`tenantflow.engine.ingest`).
+        ingest_per_tenant: how many submissions of one tenant are recorded at once while
+            other tenants have steps running (64 while none do); the rest wait their turn, so
+            that a tenant's burst cannot crowd out other tenants' runs in flight (see
+            :mod:`tenantflow.engine.ingest`).
     """
 
     def __init__(
@@ -251,7 +252,7 @@ class Engine:
                 field="ingest_per_tenant",
                 value=ingest_per_tenant,
             )
-        self.ingest = IngestGate(ingest_per_tenant)
+        self.ingest = IngestGate(ingest_per_tenant, alone=64, others_busy=self._others_running)
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.execute = execute
@@ -493,7 +494,9 @@ class Engine:
             ConfigurationError: a bad tenant id or lane, or an engine that does not execute.
         """
         tenant = check_tenant(tenant)
-        async with self.ingest.enter(tenant):
+        # Without tenant controls every submission goes straight to the one shared queue.
+        gate = self.ingest.enter(tenant) if self.controls else contextlib.nullcontext()
+        async with gate:
             return await self._submit(
                 workflow,
                 tenant=tenant,
@@ -663,6 +666,11 @@ class Engine:
             if not self.admission.withdraw(self._adm(tenant), run_id):
                 # Admitted while its submission was being written: give the slot back.
                 self._forget_admission(tenant, run_id, RunStatus.RUNNING)
+
+    def _others_running(self, tenant: str) -> bool:
+        """Whether tenants other than ``tenant`` have steps running in this engine."""
+        scheduler = self.dispatcher.scheduler
+        return scheduler.total_running > scheduler.running(tenant)
 
     def _adm(self, tenant: str) -> str:
         """The admission queue a tenant's runs wait in (one shared queue without controls)."""
