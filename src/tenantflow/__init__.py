@@ -4,6 +4,7 @@ Define workflows as graphs of async steps, run them durably for many tenants, an
 tenant inside its boundary on state, compute, rate limits, review queues and budget.
 """
 
+from tenantflow.adapters import open_store
 from tenantflow.domain.agent import Agent, AgentResult
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
 from tenantflow.domain.policy import Policy, RateLimit
@@ -13,8 +14,9 @@ from tenantflow.domain.reviews import ReviewDecision
 from tenantflow.domain.routing import Endpoint
 from tenantflow.domain.spec import Retry
 from tenantflow.domain.state import Change
+from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.context import StepContext
-from tenantflow.engine.engine import Engine, RunHandle, StateVersion, open_store
+from tenantflow.engine.engine import Engine, RunHandle, StateVersion
 from tenantflow.errors import (
     AuthenticationError,
     BackpressureError,
@@ -56,6 +58,7 @@ __all__ = [
     "ContractError",
     "Endpoint",
     "Engine",
+    "EngineConfig",
     "EventRecord",
     "Failure",
     "ModelRequest",

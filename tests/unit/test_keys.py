@@ -320,7 +320,7 @@ async def test_key_changes_are_in_the_tenants_audit_chain(engine: tf.Engine) -> 
 async def test_a_region_tenants_keys_live_in_the_control_plane(clock: FakeClock) -> None:
     eu = MemoryStore()
     async with tf.Engine(
-        MemoryStore(), clock=clock, region="us-east-1", regions={"eu-west-1": eu}
+        MemoryStore(), tf.EngineConfig(region="us-east-1"), clock=clock, regions={"eu-west-1": eu}
     ) as engine:
         await engine.tenants.create("gdpr-bank", region="eu-west-1")
         info, secret = await engine.keys.create("gdpr-bank")
@@ -358,7 +358,10 @@ async def test_deleting_a_tenant_deletes_its_keys(engine: tf.Engine) -> None:
 
 async def test_deleting_a_region_tenant_revokes_its_control_plane_keys(clock: FakeClock) -> None:
     async with tf.Engine(
-        MemoryStore(), clock=clock, region="us-east-1", regions={"eu-west-1": MemoryStore()}
+        MemoryStore(),
+        tf.EngineConfig(region="us-east-1"),
+        clock=clock,
+        regions={"eu-west-1": MemoryStore()},
     ) as engine:
         await engine.tenants.create("gdpr-bank", region="eu-west-1")
         info, secret = await engine.keys.create("gdpr-bank")
@@ -377,12 +380,12 @@ async def test_an_engine_that_does_not_execute_writes_keys(tmp_path: Path) -> No
     store = SqliteStore(tmp_path / "k.db")
     async with tf.Engine(store) as engine:
         await engine.tenants.create("acme")
-    async with tf.Engine(SqliteStore(tmp_path / "k.db"), execute=False) as reader:
+    async with tf.Engine(SqliteStore(tmp_path / "k.db"), tf.EngineConfig(execute=False)) as reader:
         info, secret = await reader.keys.create("acme")
         rotated, rotated_secret = await reader.keys.rotate("acme", info.id)
         assert await reader.keys.authenticate(rotated_secret) == Principal(rotated.id, "acme")
         admin, _ = await reader.keys.create(None)
-    async with tf.Engine(SqliteStore(tmp_path / "k.db"), execute=False) as later:
+    async with tf.Engine(SqliteStore(tmp_path / "k.db"), tf.EngineConfig(execute=False)) as later:
         listed = await later.keys.list("acme")
         assert {(k.id, k.active) for k in listed} == {(info.id, False), (rotated.id, True)}
         assert await later.keys.list(None) == [

@@ -27,11 +27,12 @@ import typer
 
 from tenantflow.client import Client
 from tenantflow.domain.audit import AuditRecord, VerifyResult
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.engine import Engine, StateVersion, check_tenant
+from tenantflow.engine.engine import Engine, StateVersion
 from tenantflow.engine.tenants import TenantInfo
 from tenantflow.errors import (
     AuthenticationError,

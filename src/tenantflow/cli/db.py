@@ -7,8 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import typer
 
+from tenantflow.adapters import open_store
 from tenantflow.cli.common import DbOption, reporting_errors, settings_for
-from tenantflow.engine.engine import open_store
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["app"]

@@ -21,7 +21,8 @@ from rich.text import Text
 
 from tenantflow.cli import render
 from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
-from tenantflow.engine.engine import Engine, check_tenant
+from tenantflow.domain.ids import check_tenant
+from tenantflow.engine.engine import Engine
 from tenantflow.engine.keys import ApiKeyInfo
 from tenantflow.errors import ConfigurationError
 

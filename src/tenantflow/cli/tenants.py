@@ -35,9 +35,9 @@ from tenantflow.cli.common import (
     reporting_errors,
     target_for,
 )
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.policy import DEFAULT_REGIONS, TIERS, Policy
 from tenantflow.domain.state import diff_states
-from tenantflow.engine.engine import check_tenant
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["app", "load_policy_file", "parse_sets"]

@@ -17,22 +17,21 @@ import functools
 import json
 import os
 import random
-import re
 import secrets
 import socket
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
-from tenantflow.adapters.clock import SystemClock
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.admission import AdmissionController
 from tenantflow.domain.audit import VerifyResult, verify_chain
 from tenantflow.domain.breaker import CircuitBreaker
 from tenantflow.domain.cluster import Command
 from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.ids import DEFAULT_STORE, check_lane, check_tenant
 from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import (
     TERMINAL_RUN,
@@ -51,6 +50,7 @@ from tenantflow.domain.spec import WorkflowSpec, child_key
 from tenantflow.domain.state import Change, bisect_versions, diff_states, fold
 from tenantflow.domain.tenancy import AuditEntry, PurgeRuns, ReviewRecord
 from tenantflow.engine.cluster import Membership, error_from_dict
+from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
 from tenantflow.engine.ingest import IngestGate
@@ -76,61 +76,7 @@ from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
 from tenantflow.workflow import Workflow
 
-__all__ = ["DEFAULT_STORE", "Engine", "RunHandle", "StateVersion", "check_tenant", "open_store"]
-
-DEFAULT_STORE = "default"
-
-_TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-_LANES = ("urgent", "normal", "background")
-
-
-def open_store(url: str) -> Store:
-    """The store a URL names.
-
-    * ``sqlite:///file.db``: the embedded store (one executing process);
-    * ``postgresql://user@host:port/db`` (or ``postgres://``, with ``?schema=…``): the
-      scale-out store; needs the ``postgres`` extra (``pip install 'tenantflow[postgres]'``);
-    * ``memory://``: nothing durable, for tests and throwaway demos.
-
-    Raises:
-        ConfigurationError: an unsupported or malformed URL, or psycopg is not installed.
-    """
-    if url.startswith("sqlite:"):
-        from tenantflow.adapters.sqlite import SqliteStore
-
-        return SqliteStore.from_url(url)
-    if url.startswith(("postgresql:", "postgres:")):
-        try:
-            from tenantflow.adapters.postgres import PostgresStore
-        except ImportError as exc:
-            if not (exc.name or "").startswith("psycopg"):
-                raise
-            raise ConfigurationError(
-                f"{url.split(':', 1)[0]}:// URLs need psycopg: pip install 'tenantflow[postgres]'"
-                f" ({exc})",
-                field="url",
-            ) from None
-        return PostgresStore.from_url(url)
-    if url.startswith("memory:"):
-        from tenantflow.adapters.memory import MemoryStore
-
-        return MemoryStore()
-    raise ConfigurationError(
-        f"unsupported store URL {url!r}: use sqlite:///path/to/file.db,"
-        " postgresql://user@host:port/dbname or memory://",
-        field="url",
-        value=url,
-    )
-
-
-def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not _TENANT.match(tenant):
-        raise ConfigurationError(
-            f"invalid tenant id {tenant!r}: 1-64 letters, digits, '.', '_' or '-'",
-            field="tenant",
-            value=repr(tenant),
-        )
-    return tenant
+__all__ = ["Engine", "RunHandle", "StateVersion"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,78 +130,33 @@ class Engine:
     """Runs registered workflows durably for many tenants, each inside its boundary.
 
     Args:
-        store: where runs live (see :func:`open_store`): the default store.
-        clock: time source; :class:`~tenantflow.testing.FakeClock` in tests.
-        slots: how many step attempts may execute at once, shared fairly by all tenants.
-        lease: how long an attempt's lease lasts without renewal; an attempt whose lease lapses
-            (the process stalled) can no longer commit, and the step is claimed again.
-        execute: False opens the store to read (timelines, state) without running anything.
-        seed: seeds retry jitter, for reproducible tests.
-        region: the residency region of the default store (None: a single store that serves
-            every tenant whose region has no store of its own, only when ``regions`` is empty).
+        store: where runs live (see :func:`tenantflow.adapters.open_store`): the default store.
+        config: the engine's settings (see :class:`~tenantflow.engine.config.EngineConfig`);
+            the defaults when None.
+        clock: time source; :class:`~tenantflow.testing.FakeClock` in tests, the wall clock
+            when None.
         regions: more stores, one per residency region: a tenant's runs, state, audit log and
             ledgers live only in its region's store.
-        max_queued_runs: past this many runs waiting for admission, submissions are refused
-            with :class:`BackpressureError` (and its retry-after).
-        auto_tenant: a tier name or Policy: unknown tenants are registered with it on first
-            submit (audited). None (the default) refuses unknown tenants.
-        aging: how long a waiting step takes to climb one lane.
-        controls: False switches tenant controls off — one shared FIFO queue, no caps, no
-            per-tenant rate limits (only ``platform_limits``) — the baseline the demo compares
-            against. Budgets, residency and allow-lists hold either way.
-        platform_limits: rate limits per resource (``{"tool:credit_bureau": "3000/hour"}``, or
-            ``{"rate": "3000/hour", "burst": 100}``)
-            shared by all tenants together, e.g. a vendor's quota for the whole platform; with
-            controls on they apply on top of each tenant's own limit.
-        cluster: None (the default) drives every tenant's runs in this process. ``"worker"``
-            makes this engine one of several worker processes sharing one PostgreSQL database:
-            it drives only the tenants it owns (see :mod:`tenantflow.engine.cluster`).
-            ``"front"`` executes nothing: submissions are queued for the workers, and cancel
-            and review decisions are passed to the worker that drives the run.
-        command_timeout: how long a front waits for a worker to run a cancel or a decision
-            before it returns (the command stays queued and is run when a worker takes it).
-        ingest_per_tenant: how many submissions of one tenant are recorded at once while
-            other tenants have steps running (64 while none do); the rest wait their turn, so
-            that a tenant's burst cannot crowd out other tenants' runs in flight (see
-            :mod:`tenantflow.engine.ingest`).
     """
 
     def __init__(
         self,
         store: Store,
+        config: EngineConfig | None = None,
         *,
         clock: Clock | None = None,
-        slots: int = 64,
-        lease: timedelta = timedelta(seconds=30),
-        breaker_failures: int = 5,
-        breaker_cooldown: timedelta = timedelta(seconds=30),
-        execute: bool = True,
-        seed: int | None = None,
-        region: str | None = None,
         regions: Mapping[str, Store] | None = None,
-        max_queued_runs: int = 100_000,
-        auto_tenant: str | Policy | None = None,
-        aging: timedelta = timedelta(seconds=30),
-        controls: bool = True,
-        platform_limits: Mapping[str, RateLimit | str | Mapping[str, Any]] | None = None,
-        cluster: Literal["worker", "front"] | None = None,
-        command_timeout: timedelta = timedelta(seconds=10),
-        ingest_per_tenant: int = 4,
     ) -> None:
-        if slots < 1:
-            raise ConfigurationError("slots must be at least 1", field="slots", value=slots)
-        if lease <= timedelta(0):
-            raise ConfigurationError("lease must be positive", field="lease", value=str(lease))
-        if ingest_per_tenant < 1:
-            raise ConfigurationError(
-                "ingest_per_tenant must be at least 1",
-                field="ingest_per_tenant",
-                value=ingest_per_tenant,
-            )
-        self.ingest = IngestGate(ingest_per_tenant, alone=64, others_busy=self._others_running)
+        config = config or EngineConfig()
+        self.config = config
+        slots, lease, controls = config.slots, config.lease, config.controls
+        region, cluster = config.region, config.cluster
+        self.ingest = IngestGate(
+            config.ingest_per_tenant, alone=64, others_busy=self._others_running
+        )
         self.store = store
-        self.clock: Clock = clock or SystemClock()
-        self.execute = execute
+        self.clock: Clock = clock or _system_clock()
+        self.execute = config.execute
         self.region = region
         self.regions: dict[str, Store] = dict(regions or {})
         if region is not None and region in self.regions:
@@ -263,7 +164,7 @@ class Engine:
                 f"region {region!r} is both the default store's and in regions", field="regions"
             )
         self.stores: dict[str, Store] = {DEFAULT_STORE: store, **self.regions}
-        self.auto_tenant = auto_tenant
+        self.auto_tenant = config.auto_tenant
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._specs: dict[tuple[str, str], WorkflowSpec] = {}
         self._latest: dict[str, WorkflowSpec] = {}
@@ -280,22 +181,22 @@ class Engine:
             self.models,
             platform_limits={
                 resource: RateLimit.model_validate(limit)
-                for resource, limit in (platform_limits or {}).items()
+                for resource, limit in config.platform_limits.items()
             },
             tenant_limits=controls,
         )
         self.controls = controls
         self.dispatcher = Dispatcher(
-            self.clock, slots=slots, aging_s=aging.total_seconds(), shared=not controls
+            self.clock, slots=slots, aging_s=config.aging.total_seconds(), shared=not controls
         )
         self.dispatcher.on_notice = self._burst_notice
-        self.admission = AdmissionController(max_queued=max_queued_runs)
+        self.admission = AdmissionController(max_queued=config.max_queued_runs)
         self.tenants = Tenants(self)
         self.reviews = Reviews(self)
         self.keys = ApiKeys(self)
         self.memory = Memory(self)
         self.burst_notices: list[Any] = []
-        rng = random.Random(seed)
+        rng = random.Random(config.seed)
         breakers: dict[str, CircuitBreaker] = {}
         self.runtimes: dict[str, Runtime] = {
             key: Runtime(
@@ -307,8 +208,8 @@ class Engine:
                 hooks=self,
                 breakers=breakers,
                 lease_s=lease.total_seconds(),
-                breaker_threshold=breaker_failures,
-                breaker_cooldown_s=breaker_cooldown.total_seconds(),
+                breaker_threshold=config.breaker_failures,
+                breaker_cooldown_s=config.breaker_cooldown.total_seconds(),
                 rng=rng,
             )
             for key, st in self.stores.items()
@@ -318,17 +219,13 @@ class Engine:
         for runtime in self.runtimes.values():
             runtime.writer.on_failed = functools.partial(self.resync.failed, runtime)
         self.cluster = cluster
-        self.command_timeout_s = command_timeout.total_seconds()
+        self.command_timeout_s = config.command_timeout.total_seconds()
         self.coordinator: Coordinator | None = None
         self.membership: Membership | None = None
         if cluster is not None:
             self._join(cluster, lease)
 
     def _join(self, cluster: str, lease: timedelta) -> None:
-        if cluster not in ("worker", "front"):
-            raise ConfigurationError(
-                f"unknown cluster role {cluster!r}: 'worker' or 'front'", field="cluster"
-            )
         make = getattr(self.store, "coordinator", None)
         if make is None or not self.execute:
             raise ConfigurationError(
@@ -342,11 +239,33 @@ class Engine:
             self.membership = Membership(self, self.coordinator, lease_s=lease.total_seconds())
 
     @classmethod
-    def open(cls, url: str, *, regions: Mapping[str, str] | None = None, **options: Any) -> Engine:
+    def open(
+        cls,
+        url: str,
+        config: EngineConfig | None = None,
+        *,
+        regions: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        **options: Any,
+    ) -> Engine:
         """An engine on the store named by ``url`` (plus one store URL per residency region);
-        use it as ``async with Engine.open(...)``."""
+        use it as ``async with Engine.open(...)``.
+
+        Args:
+            url: the default store's URL (see :func:`tenantflow.adapters.open_store`).
+            config: the settings; ``options`` (fields of
+                :class:`~tenantflow.engine.config.EngineConfig`, e.g. ``slots=8``) change it.
+            regions: one store URL per residency region.
+            clock: the time source (the wall clock when None).
+
+        Raises:
+            ConfigurationError: a bad URL, an unknown option or a setting out of range.
+        """
+        from tenantflow.adapters import open_store  # composition: the one arrow to adapters
+
+        settings = (config or EngineConfig()).with_options(**options)
         stores = {region: open_store(u) for region, u in (regions or {}).items()}
-        return cls(open_store(url), regions=stores, **options)
+        return cls(open_store(url), settings, clock=clock, regions=stores)
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -541,10 +460,7 @@ class Engine:
         info = await self._tenant_for_submit(tenant)
         policy = info.policy
         lane = lane or policy.default_lane
-        if lane not in _LANES:
-            raise ConfigurationError(
-                f"unknown lane {lane!r}: one of {', '.join(_LANES)}", field="lane", value=lane
-            )
+        check_lane(lane)
         name = workflow.name if isinstance(workflow, Workflow) else workflow
         spec = self.workflow(name, version)
         value, input_json = contract_for(spec.input_type).check(
@@ -1197,6 +1113,12 @@ class Engine:
         history = await self.versions(tenant, run_id)
         found = bisect_versions(0, len(history) - 1, lambda i: bool(holds(history[i].state)))
         return None if found is None else history[found]
+
+
+def _system_clock() -> Clock:
+    from tenantflow.adapters import system_clock  # composition: the one arrow to adapters
+
+    return system_clock()
 
 
 def _version_key(version: str) -> tuple[int, str]:

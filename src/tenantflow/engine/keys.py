@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.keys import (
     ApiKeyRecord,
     CreateApiKey,
@@ -332,8 +333,6 @@ class ApiKeys:
         tenant."""
         if tenant is None:
             return None
-        from tenantflow.engine.engine import check_tenant
-
         info = self._engine.tenants.cached(check_tenant(tenant))
         if info is None:
             raise NotFoundError(f"tenant {tenant!r} not found", kind="tenant", id=tenant)

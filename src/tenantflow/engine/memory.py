@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.memory import (
     DEFAULT_NAMESPACE,
     MAX_KEY_CHARS,
@@ -275,8 +276,6 @@ class Memory:
             )
 
     async def _tenant(self, tenant: str) -> TenantInfo:
-        from tenantflow.engine.engine import check_tenant
-
         self._check_started()
         return await self._engine.tenants.get(check_tenant(tenant))
 

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.ids import DEFAULT_STORE, check_tenant
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy, validate_policy
 from tenantflow.domain.records import RunStatus
 from tenantflow.domain.tenancy import DeleteTenant, PutTenant, TenantRecord
@@ -132,8 +133,6 @@ class Tenants:
             ResidencyError: no store serves the policy's region.
             ConflictError: the tenant exists.
         """
-        from tenantflow.engine.engine import check_tenant
-
         check_tenant(tenant_id)
         if tenant_id in self._cache:
             raise ConflictError(f"tenant {tenant_id!r} already exists", tenant=tenant_id)
@@ -224,8 +223,6 @@ class Tenants:
                 f"tenant {tenant_id!r} has unfinished runs; cancel them first",
                 tenant=tenant_id,
             )
-        from tenantflow.engine.engine import DEFAULT_STORE
-
         if info.store != DEFAULT_STORE:
             # Its API keys are in the default store, out of reach of the region's purge: revoke
             # them first, so that a tenant re-created with this id never inherits them.
