@@ -221,7 +221,7 @@ async def test_unknown_ids_are_not_cached(engine: tf.Engine) -> None:
 
 async def test_the_cache_is_bounded_and_can_be_turned_off(engine: tf.Engine) -> None:
     secrets = [(await engine.keys.create("acme"))[1] for _ in range(3)]
-    small = ApiKeys(engine, cache_size=2)
+    small = ApiKeys(engine.router, engine.clock, cache_size=2)
     for secret in secrets:
         await small.authenticate(secret)
     before = reads(engine)
@@ -229,14 +229,14 @@ async def test_the_cache_is_bounded_and_can_be_turned_off(engine: tf.Engine) -> 
     assert reads(engine) == before
     await small.authenticate(secrets[0])  # the oldest entry went first
     assert reads(engine) == before + 1
-    uncached = ApiKeys(engine, cache_ttl=timedelta(0))
+    uncached = ApiKeys(engine.router, engine.clock, cache_ttl=timedelta(0))
     await uncached.authenticate(secrets[0])
     await uncached.authenticate(secrets[0])
     assert reads(engine) == before + 3
     with pytest.raises(tf.ConfigurationError, match="cache_ttl"):
-        ApiKeys(engine, cache_ttl=timedelta(seconds=-1))
+        ApiKeys(engine.router, engine.clock, cache_ttl=timedelta(seconds=-1))
     with pytest.raises(tf.ConfigurationError, match="cache_size"):
-        ApiKeys(engine, cache_size=0)
+        ApiKeys(engine.router, engine.clock, cache_size=0)
 
 
 async def test_another_process_sees_a_revocation_within_the_ttl(tmp_path: Path) -> None:

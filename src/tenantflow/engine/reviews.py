@@ -10,16 +10,41 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantflow.domain.tenancy import ClaimReview, EscalateReview, ReviewRecord, ReviewStatus
 from tenantflow.errors import ConflictError, TenantflowError
-from tenantflow.observability.events import ReviewSlaBreached
+from tenantflow.observability.events import Observers, ReviewSlaBreached
+from tenantflow.ports import Clock, Store
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import Engine
+    from tenantflow.engine.runtime import Active, Runtime
+    from tenantflow.engine.tenants import Tenants
 
-__all__ = ["Reviews"]
+__all__ = ["ReviewHost", "Reviews"]
+
+
+class ReviewHost(Protocol):
+    """What the review service asks of the engine around it."""
+
+    clock: Clock
+    observers: Observers
+    tenants: Tenants
+
+    def store_for_tenant(self, tenant: str) -> Store: ...
+
+    def runtime_for_tenant(self, tenant: str) -> Runtime: ...
+
+    def active_run(self, tenant: str, run_id: str) -> Active | None: ...
+
+    def drives(self, tenant: str) -> bool: ...
+
+    def review_opened(self, review: ReviewRecord) -> None: ...
+
+    async def command(
+        self, tenant: str, kind: str, target: str, payload: dict[str, Any]
+    ) -> dict[str, Any] | None: ...
+
 
 _OPEN = (ReviewStatus.PENDING.value, ReviewStatus.CLAIMED.value)
 
@@ -27,7 +52,7 @@ _OPEN = (ReviewStatus.PENDING.value, ReviewStatus.CLAIMED.value)
 class Reviews:
     """List, claim and decide a tenant's review tasks (``engine.reviews``)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ReviewHost) -> None:
         self._engine = engine
         self._subscribers: list[Callable[[ReviewRecord], None]] = []
 
@@ -91,7 +116,7 @@ class Reviews:
             raise ConflictError(
                 f"review {review_id} is already {review.status.value}", review_id=review_id
             )
-        if not self._engine._drives(tenant):  # another worker drives the run: pass it on
+        if not self._engine.drives(tenant):  # another worker drives the run: pass it on
             payload = {
                 "reviewer": reviewer,
                 "approve": approve,
