@@ -200,7 +200,7 @@ class ClusterDriver:
                 if "error" in result:
                     raise error_from_dict(result["error"])
                 return result
-            await asyncio.sleep(delay)
+            await self.clock.sleep(delay)  # the engine's time: a FakeClock moves it in tests
             delay = min(0.1, delay * 2)
         return None
 

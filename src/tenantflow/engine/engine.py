@@ -22,7 +22,6 @@ used as an async context manager::
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import random
@@ -66,6 +65,8 @@ from tenantflow.ports import Clock, Coordinator, Store
 from tenantflow.workflow import Workflow
 
 __all__ = ["Engine", "RunHandle", "StateVersion"]
+
+_POLL_S = 0.1  # how often a run driven elsewhere is read again while waiting for it
 
 
 class Engine(HistoryReads):
@@ -426,14 +427,15 @@ class Engine(HistoryReads):
                 if self.active_run(tenant, run_id) is not None:
                     await self.gate.watch(run_id)
                 else:  # executing elsewhere (or not yet resumed): poll the store
-                    await asyncio.sleep(0.1)
+                    await self.clock.sleep(_POLL_S)
                 current = await self.get_run(tenant, run_id)
                 if current.status in TERMINAL_RUN:
                     return current
 
         if timeout is None:
             return await until_done()
-        return await asyncio.wait_for(until_done(), timeout.total_seconds())
+        async with self.clock.timeout(timeout.total_seconds()):  # the engine's time, as all
+            return await until_done()
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
