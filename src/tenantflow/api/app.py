@@ -21,7 +21,7 @@ from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
 from tenantflow.api.middleware import RequestGuard
 from tenantflow.api.routes import events, health, memory, reviews, runs, tenant, tenants
 from tenantflow.api.routes.runs import SubmissionGate
-from tenantflow.engine.engine import Engine
+from tenantflow.placement import ControlPlane
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_SUBMISSIONS", "create_app"]
 
@@ -32,11 +32,13 @@ _DURATION = (
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_MAX_SUBMISSIONS = 512
 
-Setup = Callable[[Engine], Any]
+Setup = Callable[[Any], Any]
+"""A function the app calls with its control plane before starting it (it registers workflows,
+tools and models); it may be async."""
 
 
 def create_app(
-    engine: Engine,
+    engine: ControlPlane,
     *,
     registry: CollectorRegistry | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -47,7 +49,9 @@ def create_app(
     """The REST API of ``engine``.
 
     Args:
-        engine: the engine to serve; open it with ``execute=True`` to run submitted runs.
+        engine: the control plane to serve, however it is placed (see
+            :mod:`tenantflow.placement`): an embedded engine opened with ``execute=True`` runs
+            submitted runs itself, a centralized front passes them to its workers.
         registry: where the HTTP and engine metrics are registered (a new one when None);
             ``/metrics`` serves it.
         max_body_bytes: request bodies over this size are refused with 413.

@@ -25,6 +25,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from tenantflow import Engine
 from tenantflow.client import Client
 from tenantflow.domain.audit import AuditRecord, VerifyResult
 from tenantflow.domain.ids import check_tenant
@@ -32,7 +33,6 @@ from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.engine import Engine, StateVersion
 from tenantflow.engine.tenants import TenantInfo
 from tenantflow.errors import (
     AuthenticationError,
@@ -44,6 +44,8 @@ from tenantflow.errors import (
     StoreError,
     TenantflowError,
 )
+from tenantflow.placement import ControlPlane, StateVersion
+from tenantflow.placement.embedded import open_embedded
 from tenantflow.settings import Settings
 
 __all__ = [
@@ -233,7 +235,7 @@ def reporting_errors() -> Iterator[None]:
         raise typer.Exit(exit_code(exc)) from None
 
 
-def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[T]]) -> T:
+def read(ctx: typer.Context, db: str | None, call: Callable[[ControlPlane], Awaitable[T]]) -> T:
     """Open the engine on the configured store, not executing runs, and run ``call`` on it.
 
     For commands that only work on the store (``keys``); the others use :func:`connect`.
@@ -254,8 +256,9 @@ def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[
         return asyncio.run(_read(settings.database_url, call))
 
 
-async def _read(url: str, call: Callable[[Engine], Awaitable[T]]) -> T:
-    async with Engine.open(url, execute=False) as engine:
+async def _read(url: str, call: Callable[[ControlPlane], Awaitable[T]]) -> T:
+    engine = open_embedded(url, execute=False)
+    async with engine:
         return await call(engine)
 
 
@@ -273,7 +276,7 @@ class EngineBackend:
         tenant: the tenant of the tenant methods (None for the registry commands).
     """
 
-    def __init__(self, engine: Engine, runner: asyncio.Runner, tenant: str | None) -> None:
+    def __init__(self, engine: ControlPlane, runner: asyncio.Runner, tenant: str | None) -> None:
         self._engine = engine
         self._runner = runner
         self._tenant = tenant
@@ -564,7 +567,7 @@ def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Ba
             runner.run(engine.close())
 
 
-async def _started(url: str, write: bool) -> Engine:
-    engine = Engine.open(url, execute=write)
+async def _started(url: str, write: bool) -> ControlPlane:
+    engine = open_embedded(url, execute=write)
     await engine.start()
     return engine

@@ -22,9 +22,9 @@ from rich.text import Text
 from tenantflow.cli import render
 from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
 from tenantflow.domain.ids import check_tenant
-from tenantflow.engine.engine import Engine
 from tenantflow.engine.keys import ApiKeyInfo
 from tenantflow.errors import ConfigurationError
+from tenantflow.placement import ControlPlane
 
 __all__ = ["ACTOR", "app"]
 
@@ -117,7 +117,7 @@ def list_keys(
     with reporting_errors():
         owner = _owner(tenant, admin)
 
-    async def fetch(engine: Engine) -> list[ApiKeyInfo]:
+    async def fetch(engine: ControlPlane) -> list[ApiKeyInfo]:
         return await engine.keys.list(owner)
 
     keys = read(ctx, db, fetch)

@@ -47,8 +47,8 @@ from tenantflow.domain.memory import (
     encode_value,
     query_words,
 )
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
+from tenantflow.placement import ControlPlane
 
 __all__ = ["app", "entry_dict", "hit_dict"]
 
@@ -400,7 +400,7 @@ def purge(
                 field="url",
             )
 
-    async def call(engine: Engine) -> dict[str, dict[str, int]]:
+    async def call(engine: ControlPlane) -> dict[str, dict[str, int]]:
         return await engine.memory.purge_expired(tenant)
 
     purged = read(ctx, db, call)

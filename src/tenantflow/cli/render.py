@@ -22,8 +22,8 @@ from tenantflow.domain.policy import micros_to_usd
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.engine import StateVersion
 from tenantflow.engine.tenants import TenantInfo
+from tenantflow.placement import StateVersion
 
 __all__ = [
     "audit_dict",

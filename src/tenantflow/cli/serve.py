@@ -21,9 +21,11 @@ from typing import Annotated, Any
 
 import typer
 
+from tenantflow import Engine
 from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
+from tenantflow.placement.centralized import open_front
+from tenantflow.placement.embedded import open_embedded
 
 __all__ = ["load_app", "serve"]
 
@@ -110,12 +112,9 @@ def serve(
             ) from None
         settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
-        engine = Engine.open(
-            settings.database_url,
-            execute=True,
-            slots=slots,
-            cluster="front" if workers == "external" else None,
-        )
+        # Where runs execute is the placement's business; the API is given a control plane.
+        place = open_front if workers == "external" else open_embedded
+        engine = place(settings.database_url, execute=True, slots=slots)
         registry = CollectorRegistry()
         observe(engine, traces, registry)
         api = create_app(engine, registry=registry, setup=setups, max_body_bytes=max_body_bytes)

@@ -37,7 +37,6 @@ from tenantflow.domain.breaker import CircuitBreaker
 from tenantflow.domain.ids import DEFAULT_STORE, check_tenant
 from tenantflow.domain.policy import RateLimit
 from tenantflow.domain.records import (
-    TERMINAL_RUN,
     RunRecord,
     RunStatus,
 )
@@ -47,7 +46,7 @@ from tenantflow.engine.cluster import ClusterDriver, Membership, Ownership
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.gateway import Gateway, Models, Tools
-from tenantflow.engine.handle import RunHandle
+from tenantflow.engine.handle import RunHandle, RunView
 from tenantflow.engine.history import HistoryReads, RunHistory, StateVersion
 from tenantflow.engine.ingest import IngestGate
 from tenantflow.engine.keys import ApiKeys
@@ -55,18 +54,17 @@ from tenantflow.engine.memory import Memory
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
-from tenantflow.engine.reviews import Reviews
+from tenantflow.engine.reviews import Reviews, ReviewWiring
+from tenantflow.engine.runs import RunControl
 from tenantflow.engine.runtime import Active, Runtime
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
-from tenantflow.errors import ConfigurationError, ConflictError
+from tenantflow.errors import ConfigurationError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
 from tenantflow.workflow import Workflow
 
 __all__ = ["Engine", "RunHandle", "StateVersion"]
-
-_POLL_S = 0.1  # how often a run driven elsewhere is read again while waiting for it
 
 
 class Engine(HistoryReads):
@@ -183,7 +181,6 @@ class Engine(HistoryReads):
             executing=lambda: self.execute and self._started,
         )
         self.history = RunHistory(self.router, self.tenants.get)
-        self.reviews = Reviews(self)
         self.memory = Memory(
             self.tenants,
             self.stores,
@@ -201,6 +198,19 @@ class Engine(HistoryReads):
         )
         for runtime in self.runtimes.values():
             runtime.writer.on_failed = functools.partial(self.resync.failed, runtime)
+        self.reviews = Reviews(
+            ReviewWiring(
+                self.clock,
+                self.observers,
+                self.tenants,
+                self.router.store_for_tenant,
+                self.gate.runtime_for_tenant,
+                self.gate.active_run,
+                self.ownership.drives,
+                self.review_opened,
+                self.command,
+            )
+        )
         self.clustering = ClusterDriver(
             self.ownership,
             self.gate,
@@ -214,6 +224,13 @@ class Engine(HistoryReads):
             reviews=self.reviews,
             cancel=self.cancel,
             review_opened=self.review_opened,
+        )
+        self.runs = RunControl(
+            self.history,
+            self.gate,
+            self.clock,
+            execute=config.execute,
+            command=self.clustering.command,
         )
         self.membership: Membership | None = None
         if config.cluster == "worker":
@@ -397,56 +414,19 @@ class Engine(HistoryReads):
         self, tenant: str, run_id: str, reason: str = "cancelled by request"
     ) -> RunRecord:
         """Cancel a run: stop its steps, compensate completed ones, end it ``cancelled``."""
-        record = await self.get_run(tenant, run_id)
-        if record.status in TERMINAL_RUN:
-            raise ConflictError(
-                f"run {run_id} already ended {record.status.value}",
-                run_id=run_id,
-                status=record.status.value,
-            )
-        if not self.drives(tenant):
-            await self.command(tenant, "cancel", run_id, {"reason": reason})
-            return await self.get_run(tenant, run_id)
-        active = self.active_run(tenant, run_id)
-        if active is None or not self.execute:
-            raise ConflictError(f"run {run_id} is not executing in this engine", run_id=run_id)
-        if active.status == RunStatus.QUEUED:
-            self.gate.withdraw(tenant, run_id)
-            active.status = RunStatus.RUNNING  # so that cancel() unwinds it like any run
-        await self.runtime_for_tenant(tenant).cancel(active, reason)
-        return await self.get_run(tenant, run_id)
+        return await self.runs.cancel(tenant, run_id, reason)
 
     async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
         """Wait until the run ends and return its record."""
-        record = await self.get_run(tenant, run_id)
-        if record.status in TERMINAL_RUN:
-            return record
-
-        async def until_done() -> RunRecord:
-            while True:
-                if self.active_run(tenant, run_id) is not None:
-                    await self.gate.watch(run_id)
-                else:  # executing elsewhere (or not yet resumed): poll the store
-                    await self.clock.sleep(_POLL_S)
-                current = await self.get_run(tenant, run_id)
-                if current.status in TERMINAL_RUN:
-                    return current
-
-        if timeout is None:
-            return await until_done()
-        async with self.clock.timeout(timeout.total_seconds()):  # the engine's time, as all
-            return await until_done()
+        return await self.runs.wait(tenant, run_id, timeout)
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
-        run = self.active_run(tenant, run_id)
-        if run is None or run.status != RunStatus.PAUSED:
-            record = await self.get_run(tenant, run_id)
-            raise ConflictError(f"run {run_id} is {record.status.value}, not paused", run_id=run_id)
-        await self.runtime_for_tenant(tenant).set_running(
-            run, "run.resumed", {"reason": "resumed by request"}
-        )
-        return await self.get_run(tenant, run_id)
+        return await self.runs.resume(tenant, run_id)
+
+    def run_view(self, tenant: str, run_id: str) -> RunView | None:
+        """A run this engine drives, as it is now (None: it is not executing here)."""
+        return self.runs.view(tenant, run_id)
 
     # -- hooks the runtimes call ----------------------------------------------------------
 
@@ -505,6 +485,10 @@ class Engine(HistoryReads):
     def active_run(self, tenant: str, run_id: str) -> Active | None:
         """The run if it is executing in this engine (and belongs to ``tenant``)."""
         return self.gate.active_run(tenant, run_id)
+
+    async def ready(self, timeout_s: float) -> None:
+        """Return once every store answers (StoreUnavailableError if one does not)."""
+        await self.router.probe(timeout_s)
 
     def drives(self, tenant: str) -> bool:
         """Whether this process drives ``tenant``'s runs (always, unless in a cluster)."""

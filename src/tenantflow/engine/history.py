@@ -99,6 +99,13 @@ class RunHistory:
         await self.get_run(tenant, run_id)
         return await self._router.store_for_tenant(tenant).events(tenant, run_id)
 
+    async def events_after(self, tenant: str, run_id: str, after: int) -> list[EventRecord]:
+        """The run's events with ids after ``after``, oldest first (no check that the run
+        exists: a follower reads it first)."""
+        return await self._router.store_for_tenant(check_tenant(tenant)).events(
+            tenant, run_id, after_id=after
+        )
+
     async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion:
         """The run's state at ``version`` (latest when None): time travel over its history."""
         record = await self.get_run(tenant, run_id)
@@ -200,6 +207,10 @@ class HistoryReads:
     async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]:
         """The run's execution log, oldest first."""
         return await self.history.timeline(tenant, run_id)
+
+    async def events_after(self, tenant: str, run_id: str, after: int) -> list[EventRecord]:
+        """The run's events with ids after ``after``, oldest first."""
+        return await self.history.events_after(tenant, run_id, after)
 
     async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion:
         """The run's state at ``version`` (latest when None): time travel over its history."""

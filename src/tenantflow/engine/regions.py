@@ -7,13 +7,22 @@ router which store each known tenant's data is in.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from tenantflow.domain.ids import DEFAULT_STORE
-from tenantflow.errors import ConfigurationError, ResidencyError
+from tenantflow.errors import (
+    ConfigurationError,
+    NotFoundError,
+    ResidencyError,
+    StoreUnavailableError,
+    TenantflowError,
+)
 from tenantflow.ports import Store
 
 __all__ = ["RegionRouter"]
+
+_PROBE = "readyz-probe"
 
 
 class RegionRouter:
@@ -80,3 +89,21 @@ class RegionRouter:
     def store_for_tenant(self, tenant: str) -> Store:
         """The store that holds ``tenant``'s data."""
         return self.stores[self.store_key_of(tenant)]
+
+    async def probe(self, timeout_s: float) -> None:
+        """A tenant-scoped read of a run that cannot exist, on every store: an answer of "not
+        found" within the timeout (wall time: it is the process's readiness) means the store
+        is reachable.
+
+        Raises:
+            StoreUnavailableError: a store did not answer in time, or failed.
+        """
+        for key, store in self.stores.items():
+            try:
+                await asyncio.wait_for(store.get_run(_PROBE, _PROBE), timeout_s)
+            except NotFoundError:
+                continue
+            except (TenantflowError, TimeoutError) as exc:
+                raise StoreUnavailableError(
+                    f"store {key!r} is not answering", store=key, retry_after_s=5.0
+                ) from exc

@@ -9,7 +9,8 @@ handled as the tenant's policy says: escalate to another pool, auto-reject, or f
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantflow.domain.tenancy import ClaimReview, EscalateReview, ReviewRecord, ReviewStatus
@@ -21,15 +22,20 @@ if TYPE_CHECKING:
     from tenantflow.engine.runtime import Active, Runtime
     from tenantflow.engine.tenants import Tenants
 
-__all__ = ["ReviewHost", "Reviews"]
+__all__ = ["ReviewHost", "ReviewWiring", "Reviews"]
 
 
 class ReviewHost(Protocol):
     """What the review service asks of the engine around it."""
 
-    clock: Clock
-    observers: Observers
-    tenants: Tenants
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def observers(self) -> Observers: ...
+
+    @property
+    def tenants(self) -> Tenants: ...
 
     def store_for_tenant(self, tenant: str) -> Store: ...
 
@@ -41,9 +47,24 @@ class ReviewHost(Protocol):
 
     def review_opened(self, review: ReviewRecord) -> None: ...
 
-    async def command(
+    def command(
         self, tenant: str, kind: str, target: str, payload: dict[str, Any]
-    ) -> dict[str, Any] | None: ...
+    ) -> Awaitable[dict[str, Any] | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewWiring:
+    """A :class:`ReviewHost` made of the engine's parts (so that the service holds no engine)."""
+
+    clock: Clock
+    observers: Observers
+    tenants: Tenants
+    store_for_tenant: Callable[[str], Store]
+    runtime_for_tenant: Callable[[str], Runtime]
+    active_run: Callable[[str, str], Active | None]
+    drives: Callable[[str], bool]
+    review_opened: Callable[[ReviewRecord], None]
+    command: Callable[[str, str, str, dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 _OPEN = (ReviewStatus.PENDING.value, ReviewStatus.CLAIMED.value)
