@@ -33,7 +33,6 @@ from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.tenants import TenantInfo
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -44,7 +43,7 @@ from tenantflow.errors import (
     StoreError,
     TenantflowError,
 )
-from tenantflow.placement import ControlPlane, StateVersion
+from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 from tenantflow.placement.embedded import open_embedded
 from tenantflow.settings import Settings
 

@@ -22,9 +22,8 @@ from rich.text import Text
 from tenantflow.cli import render
 from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
 from tenantflow.domain.ids import check_tenant
-from tenantflow.engine.keys import ApiKeyInfo
 from tenantflow.errors import ConfigurationError
-from tenantflow.placement import ControlPlane
+from tenantflow.placement import ApiKeyInfo, ControlPlane
 
 __all__ = ["ACTOR", "app"]
 

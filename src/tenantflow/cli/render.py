@@ -22,8 +22,7 @@ from tenantflow.domain.policy import micros_to_usd
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.tenants import TenantInfo
-from tenantflow.placement import StateVersion
+from tenantflow.placement import StateVersion, TenantInfo
 
 __all__ = [
     "audit_dict",

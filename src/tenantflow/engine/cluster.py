@@ -148,12 +148,15 @@ class ClusterDriver:
         self._review_opened = review_opened
 
     def drives(self, tenant: str) -> bool:
+        """Whether this process drives ``tenant``'s runs."""
         return self.ownership.drives(tenant)
 
     def holds_run(self, tenant: str, run_id: str) -> bool:
+        """Whether the run is in this process's memory."""
         return self.gate.holds_run(tenant, run_id)
 
     async def load_runs(self, tenant: str, run_ids: Collection[str]) -> None:
+        """Take over those of ``run_ids`` that are unfinished runs of an owned tenant."""
         await self.gate.load_runs(tenant, run_ids)
 
     async def adopt_tenant(self, tenant: str) -> None:

@@ -431,6 +431,7 @@ class Engine(HistoryReads):
     # -- hooks the runtimes call ----------------------------------------------------------
 
     def on_finish(self, run: Active, status: RunStatus, result: Any) -> None:
+        """A run ended: wake its waiters and admit the next runs."""
         self.gate.finished(run, status, result)
 
     def refresh_policy(self, run: Active) -> None:
@@ -480,6 +481,7 @@ class Engine(HistoryReads):
         return self.router.store_for_tenant(tenant)
 
     def runtime_for_tenant(self, tenant: str) -> Runtime:
+        """The runtime driving ``tenant``'s runs."""
         return self.gate.runtime_for_tenant(tenant)
 
     def active_run(self, tenant: str, run_id: str) -> Active | None:

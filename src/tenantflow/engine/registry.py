@@ -83,6 +83,7 @@ class WorkflowRegistry:
         return mine
 
     def is_parked(self, run_id: str) -> bool:
+        """Whether the run is parked here."""
         return any(r.id == run_id for r in self.parked)
 
     def drop_parked(self, tenant: str) -> None:

@@ -107,6 +107,7 @@ class AdmissionGate:
     # -- where runs are ---------------------------------------------------------------------
 
     def runtime_for_tenant(self, tenant: str) -> Runtime:
+        """The runtime driving the runs of the store that holds ``tenant``'s data."""
         return self.runtimes[self.router.store_key_of(tenant)]
 
     def active_run(self, tenant: str, run_id: str) -> Active | None:
@@ -156,6 +157,7 @@ class AdmissionGate:
                 self.forget(tenant, run_id, RunStatus.RUNNING)
 
     def admit_keys(self, tenant: str, keys: list[Any]) -> None:
+        """Start the runs admission just let in (``tenant``'s queue, or the shared one)."""
         for key in keys:
             for runtime in self.runtimes.values():
                 run = runtime.active.get(str(key))
@@ -239,11 +241,13 @@ class AdmissionGate:
     # -- recovery with tenancy --------------------------------------------------------------
 
     def attach_policy(self, run: Active) -> None:
+        """Give a loaded run its tenant's current policy."""
         info = self.policy_of(run.tenant_id)
         if info is not None:
             run.policy, run.policy_version = info.policy, info.policy_version
 
     async def readmit(self) -> None:
+        """After recovery: queue every loaded run again, running ones first."""
         for runtime in self.runtimes.values():
             runs = sorted(
                 runtime.active.values(), key=lambda r: (r.status != RunStatus.RUNNING, r.id)
@@ -253,6 +257,7 @@ class AdmissionGate:
                 self.admit_recovered(runtime, run)
 
     def admit_recovered(self, runtime: Runtime, run: Active) -> None:
+        """Give a loaded run its place in admission (and start it if it is let in)."""
         if run.status not in (RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.PAUSED):
             return
         if run.parent_id is not None and run.status == RunStatus.RUNNING:
@@ -424,6 +429,8 @@ class Submitter:
         version: str | None,
         parent: Active | None = None,
     ) -> tuple[str, bool]:
+        """Check and record one run (a child of ``parent`` when given); its id, and whether
+        this call created it (False: the idempotency key named a stored run)."""
         if not self.executing():
             raise ConfigurationError(
                 "this engine is not executing runs (open it with execute=True)"

@@ -106,7 +106,8 @@ class ControlPlane(Protocol):
             StoreUnavailableError: a store did not answer within ``timeout_s``.
         """
 
-    async def get_run(self, tenant: str, run_id: str) -> RunRecord: ...
+    async def get_run(self, tenant: str, run_id: str) -> RunRecord:
+        """The run's record (NotFoundError if the tenant has no such run)."""
 
     async def list_runs(
         self,
@@ -116,30 +117,42 @@ class ControlPlane(Protocol):
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
-    ) -> list[RunRecord]: ...
+    ) -> list[RunRecord]:
+        """The tenant's runs, newest first."""
 
-    async def steps(self, tenant: str, run_id: str) -> list[StepRecord]: ...
+    async def steps(self, tenant: str, run_id: str) -> list[StepRecord]:
+        """The run's steps."""
 
-    async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]: ...
+    async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]:
+        """The run's events, oldest first."""
 
-    async def events_after(self, tenant: str, run_id: str, after: int) -> list[EventRecord]: ...
+    async def events_after(self, tenant: str, run_id: str, after: int) -> list[EventRecord]:
+        """The run's events after the event id ``after``."""
 
-    async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion: ...
+    async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion:
+        """The run's state at ``version`` (latest when None)."""
 
-    async def versions(self, tenant: str, run_id: str) -> list[StateVersion]: ...
+    async def versions(self, tenant: str, run_id: str) -> list[StateVersion]:
+        """Every state version of the run, in order."""
 
-    async def diff(self, tenant: str, run_id: str, a: int, b: int) -> list[Change]: ...
+    async def diff(self, tenant: str, run_id: str, a: int, b: int) -> list[Change]:
+        """What changed between state versions ``a`` and ``b``."""
 
     async def bisect(
         self, tenant: str, run_id: str, holds: Callable[[dict[str, Any]], bool]
-    ) -> StateVersion | None: ...
+    ) -> StateVersion | None:
+        """The first state version where ``holds(state)`` is false."""
 
     async def usage(
         self, tenant: str, *, since: str | None = None, until: str | None = None
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """The tenant's usage counters per day."""
 
-    async def budget(self, tenant: str) -> list[dict[str, Any]]: ...
+    async def budget(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's ledgers."""
 
-    async def audit_log(self, tenant: str) -> list[Any]: ...
+    async def audit_log(self, tenant: str) -> list[Any]:
+        """The tenant's audit rows, oldest first."""
 
-    async def audit_verify(self, tenant: str) -> VerifyResult: ...
+    async def audit_verify(self, tenant: str) -> VerifyResult:
+        """Check the tenant's audit hash chain."""
