@@ -343,3 +343,28 @@ async def test_unknown_objects_and_bad_parameters_are_html_errors(world: World) 
     assert odd.status_code == 200  # an unknown status filters nothing
     nopage = await world.a.get("/ui/nowhere")
     assert nopage.status_code == 404
+
+
+async def test_the_runs_list_reads_no_input_or_result(world: World) -> None:
+    engine = world.api.engine
+    seen: list[dict[str, object]] = []
+    original = engine.list_runs
+
+    async def spy(tenant: str, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return await original(tenant, **kwargs)  # type: ignore[arg-type]
+
+    engine.list_runs = spy  # type: ignore[method-assign]
+    try:
+        page = await world.a.get("/ui/runs?status=completed")
+    finally:
+        del engine.list_runs
+    assert page.status_code == 200 and world.done_a in page.text
+    assert seen and all(call["payloads"] is False for call in seen)
+    # What that call returns: the rows without their payloads, the cursor still working.
+    light = await engine.list_runs("acme", payloads=False, limit=1)
+    assert light[0].input_json == b"" and light[0].result_json is None
+    full = await engine.list_runs("acme", limit=1)
+    assert CANARY_A.encode() in full[0].input_json
+    rest = await engine.list_runs("acme", payloads=False, before=light[0].id)
+    assert [r.id for r in rest] == [r.id for r in await engine.list_runs("acme")][1:]

@@ -50,13 +50,15 @@ async def runs(
     engine = engine_of(request)
     tenant = tenant_of(session)
     wanted = RunStatus(status) if status in set(RunStatus) else None
-    # The same engine call as GET /v1/runs: one more than a page, to know if there is a next.
+    # The same engine call as GET /v1/runs: one more than a page, to know if there is a next;
+    # the list shows no input or result, so none is read.
     found = await engine.list_runs(
         tenant,
         status=wanted,
         workflow=workflow or None,
         limit=PAGE + 1,
         before=cursor or None,
+        payloads=False,
     )
     page, more = found[:PAGE], len(found) > PAGE
     if window in WINDOWS:
