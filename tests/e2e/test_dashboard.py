@@ -368,3 +368,69 @@ async def test_the_runs_list_reads_no_input_or_result(world: World) -> None:
     assert CANARY_A.encode() in full[0].input_json
     rest = await engine.list_runs("acme", payloads=False, before=light[0].id)
     assert [r.id for r in rest] == [r.id for r in await engine.list_runs("acme")][1:]
+
+
+async def test_read_only_dashboard_shows_but_changes_nothing(tmp_path: Path) -> None:
+    async with serving(tmp_path, dashboard="read-only") as api:
+        key = await api.tenant("acme")
+        run_id = (await api.submit(key, "approval", {"applicant": "ada", "amount": 5000}))["id"]
+        review = await api.wait_review(key, run_id)
+        tenant = await sign_in(api, key)
+        admin = await sign_in(api, api.admin_key)
+        try:
+            runs = await tenant.get("/ui/runs")
+            assert run_id in runs.text and "Cancel selected" not in runs.text
+            inbox = await tenant.get("/ui/reviews")
+            assert review["id"] in inbox.text and "Approve" not in inbox.text
+            page = await admin.get("/ui/admin/tenants/acme")
+            assert "Save" not in page.text and "Revoke" not in page.text
+            for browser, url, fields in [
+                (tenant, "/ui/runs/cancel", {"run": run_id, "confirm": "yes"}),
+                (tenant, f"/ui/reviews/{review['id']}/decide", {"decision": "approve"}),
+                (admin, "/ui/admin/tenants/acme", {"max_running_steps": "1"}),
+                (admin, "/ui/admin/tenants", {"id": "newco"}),
+            ]:
+                refused = await browser.post(url, **fields)
+                assert refused.status_code == 403 and "read-only" in refused.text, url
+            assert (await api.engine.get_run("acme", run_id)).status.value == "running"
+            assert (await api.engine.tenants.get("acme")).policy.max_running_steps != 1
+            assert "newco" not in [t.id for t in api.engine.tenants.list()]
+            out = await tenant.post("/ui/logout")
+            assert out.status_code == 303
+        finally:
+            await tenant.client.aclose()
+            await admin.client.aclose()
+
+
+async def test_admin_tenant_list_pages_by_id(world: World) -> None:
+    for i in range(105):
+        await world.api.engine.tenants.create(f"t{i:03d}")
+    first = await world.admin.get("/ui/admin/tenants")
+    # By id: acme, globex, t000 … t097 on the first page of 100.
+    assert "acme" in first.text and "t097" in first.text and "t098" not in first.text
+    found = re.search(r'cursor=([^"]+)" rel="next"', first.text)
+    assert found is not None and found.group(1) == "t097"
+    second = await world.admin.get(f"/ui/admin/tenants?cursor={found.group(1)}")
+    assert "t098" in second.text and "t104" in second.text and "acme" not in second.text
+    assert 'rel="next"' not in second.text
+
+
+def test_serve_refuses_an_unknown_dashboard_mode(tmp_path: Path) -> None:
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "tenantflow.cli.main", "serve", "--dashboard", "maybe"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "error: --dashboard must be one of on, read-only, off"
+
+
+async def test_create_app_refuses_an_unknown_dashboard_mode(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dashboard must be"):
+        async with serving(tmp_path, dashboard="yes"):
+            pass

@@ -43,7 +43,7 @@ def create_app(
     max_submissions: int = DEFAULT_MAX_SUBMISSIONS,
     setup: Sequence[Setup] = (),
     manage_engine: bool = True,
-    dashboard: bool = True,
+    dashboard: bool | str = True,
 ) -> FastAPI:
     """The REST API of ``engine``.
 
@@ -58,7 +58,8 @@ def create_app(
             be async): they register workflows, tools and models.
         manage_engine: start the engine with the app and close it at shutdown (False when the
             caller starts and closes it).
-        dashboard: serve the web dashboard at ``/ui`` (``app.state.dashboard``; docs/dashboard.md).
+        dashboard: serve the web dashboard at ``/ui`` (``app.state.dashboard``; docs/dashboard.md);
+            ``"read-only"`` serves it without any action that changes something.
 
     Returns:
         The app; serve it with any ASGI server (``tenantflow serve`` uses uvicorn).
@@ -97,10 +98,12 @@ def create_app(
     # Routes are matched in order: the busiest first.
     for module in (runs, events, reviews, memory, tenant, tenants, health):
         app.include_router(module.router)
+    if dashboard not in (True, False, "read-only"):
+        raise ValueError("dashboard must be True, False or 'read-only'")
     if dashboard:
         from tenantflow.dashboard import create_dashboard
 
-        app.state.dashboard = create_dashboard(engine)
+        app.state.dashboard = create_dashboard(engine, read_only=dashboard == "read-only")
         app.mount("/ui", app.state.dashboard)
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.

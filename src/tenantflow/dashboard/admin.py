@@ -7,9 +7,9 @@ tenant's runs, inputs, outputs or reviews: those pages need the tenant's own key
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tenantflow.api.auth import actor_of
@@ -19,7 +19,7 @@ from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
 from tenantflow.observability.metrics import fairness_index
 
-__all__ = ["POLICY_FIELDS", "router"]
+__all__ = ["POLICY_FIELDS", "TENANTS_PAGE", "router"]
 
 router = APIRouter(prefix="/admin")
 
@@ -54,10 +54,28 @@ def _policy_form(form: Form) -> dict[str, Any]:
     return out
 
 
+TENANTS_PAGE = 100
+
+
 @router.get("/tenants", response_class=HTMLResponse)
-async def tenants(request: Request, session: AdminSession) -> HTMLResponse:
-    engine = engine_of(request)
-    return render(request, "admin_tenants.html", tenants=engine.tenants.list()[:1000])
+async def tenants(
+    request: Request,
+    session: AdminSession,
+    cursor: Annotated[str, Query(max_length=64)] = "",
+) -> HTMLResponse:
+    """Tenants by id, a page at a time (``cursor``: the last id of the previous page)."""
+    found = engine_of(request).tenants.list()
+    if cursor:
+        found = [t for t in found if t.id > cursor]
+    page = found[:TENANTS_PAGE]
+    more = len(found) > TENANTS_PAGE
+    return render(
+        request,
+        "admin_tenants.html",
+        tenants=page,
+        next_cursor=page[-1].id if more else None,
+        cursor=cursor,
+    )
 
 
 @router.post("/tenants", response_model=None)

@@ -55,6 +55,7 @@ def create_dashboard(
     *,
     session_ttl: timedelta = DEFAULT_TTL,
     now: Callable[[], float] | None = None,
+    read_only: bool = False,
 ) -> FastAPI:
     """The dashboard app of ``engine``; mount it at ``/ui``.
 
@@ -62,9 +63,12 @@ def create_dashboard(
         engine: the engine the REST API serves.
         session_ttl: how long a sign-in lasts.
         now: the sessions' clock (default: the engine's).
+        read_only: show everything, change nothing: no action buttons, and every form that
+            would change something is refused with 403 (signing in and out still work).
     """
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     ui.state.engine = engine
+    ui.state.read_only = read_only
     ui.state.sessions = SessionStore(ttl=session_ttl, now=now or engine.clock.now)
     ui.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     ui.include_router(_auth)
@@ -178,7 +182,7 @@ async def login(request: Request) -> Response:
 @_auth.post("/logout", response_model=None)
 async def logout(request: Request) -> Response:
     session = await current_session(request)
-    await read_form(request, session)
+    await read_form(request, session, change=False)
     sessions_of(request).close(request.cookies.get(COOKIE))
     response = redirect(f"{PREFIX}/login")
     response.delete_cookie(COOKIE, path=PREFIX)

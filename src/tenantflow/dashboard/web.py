@@ -162,8 +162,13 @@ class Form:
         return list(self._fields.get(name, ()))
 
 
-async def read_form(request: Request, session: Session | None) -> Form:
-    """The request's form, after checking its CSRF token against ``session``'s."""
+async def read_form(request: Request, session: Session | None, *, change: bool = True) -> Form:
+    """The request's form, after checking its CSRF token against ``session``'s.
+
+    Raises:
+        CsrfError: the form has no CSRF token, or not this session's.
+        PermissionDeniedError: ``change`` is true and the dashboard is read-only.
+    """
     kind = request.headers.get("content-type", "").split(";")[0].strip()
     if kind != "application/x-www-form-urlencoded":
         raise CsrfError("a form must be sent as application/x-www-form-urlencoded")
@@ -171,6 +176,10 @@ async def read_form(request: Request, session: Session | None) -> Form:
     form = Form(parse_qs(body, keep_blank_values=True, max_num_fields=2000))
     if session is None or not session.csrf_ok(form.get("csrf")):
         raise CsrfError("the form's CSRF token is missing or not this session's; reload the page")
+    if change and request.app.state.read_only:
+        raise PermissionDeniedError(
+            "this dashboard is read-only; make changes with the REST API or the command line"
+        )
     return form
 
 
@@ -181,6 +190,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         session=session,
         csrf=session.csrf if session is not None else "",
         path=request.url.path,
+        read_only=request.app.state.read_only,
         query=lambda **kw: urlencode({k: v for k, v in kw.items() if v not in (None, "")}),
         **context,
     )
