@@ -7,12 +7,16 @@ instead, so CI cannot pass without having run them.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,3 +112,56 @@ class Served:
                     return r.json()
                 assert time.monotonic() < deadline, f"timed out waiting on {path}: {r.text}"
                 time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serving(cwd: Path, *options: str) -> Iterator[Served]:
+    """``tenantflow serve`` (with ``options``) on a new SQLite file in ``cwd``, until exit."""
+    db = f"sqlite:///{cwd / 'dashboard.db'}"
+    cli(cwd, "db", "upgrade", "--db", db)
+    admin = json.loads(cli(cwd, "keys", "create", "--admin", "--name", "ops", "--db", db, "--json"))
+    port = free_port()
+    log = cwd / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tenantflow.cli.main",
+                "serve",
+                "--db",
+                db,
+                "--app",
+                "api_workflows:setup",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *options,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=_env(),
+        )
+    server = Served(f"http://127.0.0.1:{port}", admin["secret"], proc, log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"the server exited: {log.read_text(errors='replace')}"
+            try:
+                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser_harness import SCREENSHOTS, Served
+from browser_harness import SCREENSHOTS, Served, serving
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -167,3 +168,28 @@ def test_admin_changes_a_cap_and_reads_fairness(browser: Any, served: Served) ->
     page.goto(f"{served.url}/ui/runs")
     expect(page.get_by_role("alert")).to_contain_text("admin key")
     context.close()
+
+
+def test_the_session_expires(browser: Any, tmp_path: Path) -> None:
+    """A server whose sign-ins last 6 s: the session cookie is HttpOnly and SameSite=Strict,
+    and once the session is over the pages send the browser back to the sign-in form."""
+    from playwright.sync_api import expect
+
+    with serving(tmp_path, "--session-minutes", "0.1") as served:
+        key = served.tenant("acme")
+        context = browser.new_context()
+        page = context.new_page()
+        sign_in(page, served, key)
+        [cookie] = [c for c in context.cookies() if c["name"] == "tf_session"]
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert key not in cookie["value"]
+        # Wait (bounded) for the end of the session: each reload is one more request with it.
+        deadline = time.monotonic() + 60
+        while not page.url.endswith("/ui/login"):
+            assert time.monotonic() < deadline, "the session never expired"
+            page.goto(f"{served.url}/ui/runs")
+            time.sleep(0.5)
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        sign_in(page, served, key)  # a new sign-in works again
+        expect(page).to_have_url(re.compile(r"/ui/runs$"))
+        context.close()

@@ -316,9 +316,18 @@ async def test_admin_manages_tenants_and_keys(world: World) -> None:
         assert (await ops.get("/ui/runs")).status_code == 200
         page = await admin.get("/ui/admin/tenants/initech")
         assert secret.group(1) not in page.text  # shown once only
-        key_id = re.search(r"/keys/(key_[0-9a-f]+)/revoke", page.text)
+        key_id = re.search(r"/keys/(key_[0-9a-f]+)/rotate", page.text)
         assert key_id is not None
-        revoked = await admin.post(f"/ui/admin/tenants/initech/keys/{key_id.group(1)}/revoke")
+        rotated = await admin.post(f"/ui/admin/tenants/initech/keys/{key_id.group(1)}/rotate")
+        assert rotated.status_code == 200
+        successor = re.search(r'id="new-secret">([^<]+)<', rotated.text)
+        assert successor is not None and successor.group(1) != secret.group(1)
+        assert (await ops.get("/ui/runs")).status_code == 303  # the old key's session ended
+        await ops.client.aclose()
+        ops = await sign_in(world.api, successor.group(1))
+        new_id = re.search(r"/keys/(key_[0-9a-f]+)/revoke", rotated.text)
+        assert new_id is not None and new_id.group(1) != key_id.group(1)
+        revoked = await admin.post(f"/ui/admin/tenants/initech/keys/{new_id.group(1)}/revoke")
         assert revoked.status_code == 303
         assert (await ops.get("/ui/runs")).status_code == 303
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -44,6 +45,7 @@ def create_app(
     setup: Sequence[Setup] = (),
     manage_engine: bool = True,
     dashboard: bool | str = True,
+    session_ttl: timedelta = timedelta(minutes=30),
 ) -> FastAPI:
     """The REST API of ``engine``.
 
@@ -60,6 +62,7 @@ def create_app(
             caller starts and closes it).
         dashboard: serve the web dashboard at ``/ui`` (``app.state.dashboard``; docs/dashboard.md);
             ``"read-only"`` serves it without any action that changes something.
+        session_ttl: how long a dashboard sign-in lasts.
 
     Returns:
         The app; serve it with any ASGI server (``tenantflow serve`` uses uvicorn).
@@ -103,7 +106,9 @@ def create_app(
     if dashboard:
         from tenantflow.dashboard import create_dashboard
 
-        app.state.dashboard = create_dashboard(engine, read_only=dashboard == "read-only")
+        app.state.dashboard = create_dashboard(
+            engine, read_only=dashboard == "read-only", session_ttl=session_ttl
+        )
         app.mount("/ui", app.state.dashboard)
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Annotated, Any
 
 import typer
@@ -96,6 +97,15 @@ def serve(
             help="The web dashboard at /ui (docs/dashboard.md); read-only: no actions.",
         ),
     ] = "on",
+    session_minutes: Annotated[
+        float,
+        typer.Option(
+            "--session-minutes",
+            min=0.05,
+            max=1440,
+            help="How long a dashboard sign-in lasts, in minutes.",
+        ),
+    ] = 30,
     db: DbOption = None,
 ) -> None:
     """Serve the REST API (docs/api.md) with the engine executing runs in this process."""
@@ -139,6 +149,7 @@ def serve(
             setup=setups,
             max_body_bytes=max_body_bytes,
             dashboard=_DASHBOARD[dashboard],
+            session_ttl=timedelta(minutes=session_minutes),
         )
         if not run(api, host=host, port=port, log_level=log_level.lower()):
             raise typer.Exit(1)

@@ -147,6 +147,20 @@ async def create_key(request: Request, session: AdminSession, tenant_id: str) ->
     return response
 
 
+@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate", response_class=HTMLResponse)
+async def rotate_key(
+    request: Request, session: AdminSession, tenant_id: str, key_id: str
+) -> HTMLResponse:
+    """Revoke the key and create its successor; the new secret is on this answer only."""
+    await read_form(request, session)
+    engine = engine_of(request)
+    await engine.tenants.get(tenant_id)
+    _, secret = await engine.keys.rotate(tenant_id, key_id, actor=actor_of(session.principal))
+    response = await _tenant_page(request, tenant_id, secret=secret)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @router.post("/tenants/{tenant_id}/keys/{key_id}/revoke", response_model=None)
 async def revoke_key(
     request: Request, session: AdminSession, tenant_id: str, key_id: str
