@@ -101,6 +101,12 @@ def test_tenant_follows_a_run_reviews_cancels_and_signs_out(served: Served, brow
     accessible(page)
     inbox.close()
 
+    # A step's output and events, loaded on demand.
+    page.get_by_role("link", name="decide", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("decide")
+    expect(page.get_by_label("Output of decide")).to_contain_text("approved")
+    accessible(page)
+    page.go_back()
     # A state version, loaded on demand.
     page.get_by_role("link", name="v0", exact=True).first.click()
     expect(page.get_by_role("heading", level=1)).to_contain_text("state version 0")

@@ -110,6 +110,7 @@ def tenant_pages(w: World) -> list[str]:
         f"/ui/runs/{w.done_a}/live",
         f"/ui/runs/{w.done_a}/state?version=1",
         f"/ui/runs/{w.done_a}/events",
+        f"/ui/runs/{w.done_a}/steps/decide",
         "/ui/reviews",
         "/ui/usage",
         "/ui/audit",
@@ -134,6 +135,11 @@ async def test_tenant_a_sees_its_runs_reviews_and_canaries(world: World) -> None
     assert world.review_a in reviews.text and CANARY_A in reviews.text
     state = await a.get(f"/ui/runs/{world.done_a}/state?version=0")
     assert CANARY_A in state.text
+    step = await a.get(f"/ui/runs/{world.done_a}/steps/decide")
+    assert step.status_code == 200 and "&#34;approved&#34;" in step.text  # its output
+    assert "step.succeeded" in step.text
+    nostep = await a.get(f"/ui/runs/{world.done_a}/steps/nothing")
+    assert nostep.status_code == 404
     events = await a.get(f"/ui/runs/{world.done_a}/events")
     assert events.status_code == 200 and "run.completed" in events.text
 

@@ -3,6 +3,7 @@ at a version, and its live event stream."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -209,9 +210,31 @@ async def run_state(
     )
 
 
-def _pretty(value: Any) -> str:
-    import json
+@router.get("/runs/{run_id}/steps/{key}", response_class=HTMLResponse)
+async def step_detail(
+    request: Request, session: TenantSession, run_id: str, key: str
+) -> HTMLResponse:
+    """One step record: its output and error (loaded only here), and its events — every
+    attempt, retry, wait, log line and degradation — in order."""
+    engine = engine_of(request)
+    tenant = tenant_of(session)
+    steps = await engine.steps(tenant, run_id)  # 404 for another tenant's run
+    step = next((s for s in steps if s.key == key), None)
+    if step is None:
+        raise NotFoundError(f"run {run_id} has no step {key!r}", kind="step", id=key)
+    events = [e for e in await engine.timeline(tenant, run_id) if e.step == key]
+    output = None if step.output_json is None else _pretty(json.loads(step.output_json))
+    return render(
+        request,
+        "step.html",
+        run_id=run_id,
+        step=step,
+        output=output,
+        events=[(e, _pretty(e.data) if e.data else "") for e in events],
+    )
 
+
+def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
