@@ -4,6 +4,7 @@ strings, the admin never sees a tenant's inputs or outputs."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
 from api_harness import Api, serving
 
+import tenantflow as tf
 from tenantflow.dashboard.sessions import COOKIE
+from tenantflow.observability.metrics import fairness_index
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -449,3 +452,44 @@ async def test_create_app_refuses_an_unknown_dashboard_mode(tmp_path: Path) -> N
     with pytest.raises(ValueError, match="dashboard must be"):
         async with serving(tmp_path, dashboard="yes"):
             pass
+
+
+async def test_fairness_shows_who_holds_the_slots(world: World) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+    holding = [0]
+    hold = tf.Workflow("hold", input=int)
+
+    @hold.step
+    async def wait(ctx: tf.StepContext, input: int) -> int:
+        holding[0] += 1
+        if holding[0] == 4:
+            started.set()
+        await release.wait()
+        return input
+
+    engine = world.api.engine
+    engine.register(hold)
+    for _ in range(3):
+        await world.api.submit(world.key_a, "hold", 1)
+    await world.api.submit(world.key_b, "hold", 2)
+    await asyncio.wait_for(started.wait(), 10)
+    try:
+        running = dict(engine.dispatcher.running_by)
+        assert running == {"acme": 3, "globex": 1}
+        page = await world.admin.get("/ui/admin/fairness")
+        expected = fairness_index(engine, running, dict(engine.dispatcher.queued_by))
+        assert f'<dd id="jain">{expected:.3f}</dd>' in page.text
+        # Slots to spare: each tenant's fair share is its whole demand, and each runs it.
+        assert expected == 1.0
+        rows = re.findall(
+            r'tenants/(\w+)">\1</a></td><td>(\d+)</td><td>0</td><td>2</td><td>20</td>'
+            r"<td>([\d.]+)</td>",
+            page.text,
+        )
+        assert rows == [("acme", "3", "3.00"), ("globex", "1", "1.00")]
+        assert "Placement</dt><dd>embedded" in page.text
+        for marker in [CANARY_A, CANARY_B, world.run_a, world.run_b]:
+            assert marker not in page.text
+    finally:
+        release.set()

@@ -208,7 +208,22 @@ def fairness_rows(engine: Engine) -> tuple[float, list[dict[str, Any]], int, int
 @router.get("/fairness", response_class=HTMLResponse)
 async def fairness(request: Request, session: AdminSession) -> HTMLResponse:
     """Who holds the slots now, against each tenant's fair share, and Jain's index."""
-    index, rows, used, slots = fairness_rows(engine_of(request))
+    engine = engine_of(request)
+    index, rows, used, slots = fairness_rows(engine)
+    placement = {
+        "mode": {None: "embedded", "front": "front for workers", "worker": "worker"}.get(
+            engine.cluster, str(engine.cluster)
+        ),
+        "stores": sorted(engine.stores),
+        "runs_active": engine.admission.total_active,
+        "runs_queued": engine.admission.total_queued,
+    }
     return render(
-        request, "admin_fairness.html", index=index, rows=rows[:500], used=used, slots=slots
+        request,
+        "admin_fairness.html",
+        index=index,
+        rows=rows[:500],
+        used=used,
+        slots=slots,
+        placement=placement,
     )
