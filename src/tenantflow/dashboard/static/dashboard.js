@@ -7,25 +7,39 @@
   function followRun() {
     var live = document.getElementById("live");
     if (!live || !live.dataset.events || !window.EventSource) return;
-    var source = new EventSource(live.dataset.events);
+    var url = live.dataset.events;
+    var source = null;
     var pending = false;
+    function stillLive() {
+      var now = document.getElementById("live");
+      return now && now.dataset.events ? now : null;
+    }
     function refresh() {
       pending = false;
-      var current = document.getElementById("live");
-      if (!current || !current.dataset.refresh) { source.close(); return; }
-      htmx.ajax("GET", current.dataset.refresh, { target: "#live", swap: "outerHTML" }).then(function () {
-        var now = document.getElementById("live");
-        if (!now || !now.dataset.events) source.close();  // the run has ended
-      });
+      var current = stillLive();
+      if (!current) return Promise.resolve(null);
+      return htmx.ajax("GET", current.dataset.refresh, { target: "#live", swap: "outerHTML" })
+        .then(function () {
+          if (!stillLive() && source) source.close();  // the run has ended
+          return stillLive();
+        });
     }
-    source.onmessage = function () {
-      if (!pending) { pending = true; window.setTimeout(refresh, 150); }
-    };
-    source.onerror = function () {
-      // The server ends the stream after the run's last event: reload once and stop.
-      source.close();
-      refresh();
-    };
+    function connect() {
+      source = new EventSource(url);
+      source.onmessage = function () {
+        // Events can come in bursts: redraw at most twice a second.
+        if (!pending) { pending = true; window.setTimeout(refresh, 500); }
+      };
+      source.onerror = function () {
+        // The server ends the stream after the run's last event; a dropped connection looks
+        // the same. Redraw, and listen again only if the run is still going.
+        source.close();
+        refresh().then(function (running) {
+          if (running) window.setTimeout(connect, 2000);
+        });
+      };
+    }
+    connect();
   }
 
   function pollFairness() {
