@@ -21,11 +21,10 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 import typer
 
-from tenantflow.client import Client
 from tenantflow.domain.audit import AuditRecord, VerifyResult
 from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
@@ -44,6 +43,9 @@ from tenantflow.errors import (
     TenantflowError,
 )
 from tenantflow.settings import Settings
+
+if TYPE_CHECKING:
+    from tenantflow.client import Client
 
 __all__ = [
     "ACTOR",
@@ -477,7 +479,8 @@ class EngineBackend:
         )
 
 
-Backend = Client | EngineBackend
+# A string: the HTTP client (httpx) is imported only by the commands that call a server.
+Backend: TypeAlias = "Client | EngineBackend"
 """What a command talks to: the store opened in this process, or a server over HTTP."""
 
 
@@ -518,7 +521,7 @@ def connect(
                 field="tenant",
             )
         with _open(settings, tenant, write=write) as backend:
-            if isinstance(backend, Client):
+            if not isinstance(backend, EngineBackend):  # a server: the key names the tenant
                 owner = backend.tenant().id
                 if tenant is not None and tenant != owner:
                     raise ConfigurationError(
@@ -550,6 +553,8 @@ def connect_admin(
 @contextmanager
 def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Backend]:
     if settings.url is not None:
+        from tenantflow.client import Client
+
         assert settings.api_key is not None  # target_for insists
         with Client(settings.url, settings.api_key) as client:
             yield client
