@@ -1,9 +1,9 @@
 """The CLI starts without what only some commands need.
 
-``tenantflow --help`` and every command that does not simulate, plot or call a server must not
-pay for importing the simulator, the report and its plots, the HTTP client or the API server:
-``tenantflow.cli.main`` imports them only inside the commands that use them. Checked by module,
-in a fresh interpreter, not by timing.
+``tenantflow --help`` must not pay for importing the engine, the simulator, the report and its
+plots, the HTTP client or the API server: ``tenantflow.cli.main`` imports them only inside the
+commands that use them (and ``import tenantflow`` loads the engine on first use of a name that
+needs it). Checked by module, in a fresh interpreter, not by timing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 
 # Top-level packages, and tenantflow's own modules, that importing the CLI must leave alone.
 NOT_AT_STARTUP = (
+    "tenantflow.engine",
+    "tenantflow.adapters",
     "tenantflow.sim",
     "tenantflow.report",
     "tenantflow.client",
@@ -23,6 +25,7 @@ NOT_AT_STARTUP = (
     "uvicorn",
     "matplotlib",
     "httpx",
+    "yaml",
 )
 
 _PROBE = """
@@ -57,3 +60,15 @@ def test_the_probe_sees_a_module_once_it_is_imported() -> None:
     )
     modules = _modules_after(code)
     assert all(_loaded(modules, n) for n in ("tenantflow.sim", "tenantflow.report", "httpx"))
+
+
+def test_the_public_api_loads_the_engine_on_first_use() -> None:
+    before = _modules_after("import json, sys, tenantflow\nprint(json.dumps(sorted(sys.modules)))")
+    assert not _loaded(before, "tenantflow.engine")
+    after = _modules_after(
+        "import json, sys, tenantflow\n"
+        "assert tenantflow.Engine.__module__ == 'tenantflow.engine.engine'\n"
+        "from tenantflow import StepContext, Workflow\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    assert _loaded(after, "tenantflow.engine") and _loaded(after, "tenantflow.workflow")

@@ -30,8 +30,6 @@ from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.engine import Engine, StateVersion, check_tenant
-from tenantflow.engine.tenants import TenantInfo
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -46,6 +44,8 @@ from tenantflow.settings import Settings
 
 if TYPE_CHECKING:
     from tenantflow.client import Client
+    from tenantflow.engine.engine import Engine, StateVersion
+    from tenantflow.engine.tenants import TenantInfo
 
 __all__ = [
     "ACTOR",
@@ -256,6 +256,8 @@ def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[
 
 
 async def _read(url: str, call: Callable[[Engine], Awaitable[T]]) -> T:
+    from tenantflow.engine.engine import Engine
+
     async with Engine.open(url, execute=False) as engine:
         return await call(engine)
 
@@ -291,6 +293,8 @@ class EngineBackend:
 
     def _registered(self) -> str:
         """The tenant, checked: a well-formed id of a registered tenant."""
+        from tenantflow.engine.engine import check_tenant
+
         self._run(self._engine.tenants.get(check_tenant(self.tenant_id)))
         return self.tenant_id
 
@@ -454,6 +458,8 @@ class EngineBackend:
         return self._engine.tenants.list()
 
     def get_tenant(self, tenant_id: str) -> TenantInfo:
+        from tenantflow.engine.engine import check_tenant
+
         return self._run(self._engine.tenants.get(check_tenant(tenant_id)))
 
     def create_tenant(
@@ -569,6 +575,8 @@ def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Ba
 
 
 async def _started(url: str, write: bool) -> Engine:
+    from tenantflow.engine.engine import Engine
+
     engine = Engine.open(url, execute=write)
     await engine.start()
     return engine
