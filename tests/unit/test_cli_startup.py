@@ -12,6 +12,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 # Top-level packages, and tenantflow's own modules, that importing the CLI must leave alone.
 NOT_AT_STARTUP = (
     "tenantflow.engine",
@@ -28,47 +30,50 @@ NOT_AT_STARTUP = (
     "yaml",
 )
 
+# One fresh interpreter, its modules listed at three points: after ``import tenantflow``, after
+# importing the CLI, and after the public API's engine and the heavy modules are asked for.
 _PROBE = """
 import json, sys
+seen = [sorted(sys.modules)]
+import tenantflow
+seen.append(sorted(sys.modules))
 import tenantflow.cli.main
-print(json.dumps(sorted(sys.modules)))
+seen.append(sorted(sys.modules))
+assert tenantflow.Engine.__module__ == "tenantflow.engine.engine"
+from tenantflow import StepContext, Workflow
+import tenantflow.sim, tenantflow.report, tenantflow.client
+seen.append(sorted(sys.modules))
+print(json.dumps(seen[1:]))
 """
 
 
-def _modules_after(code: str) -> set[str]:
+@pytest.fixture(scope="module")
+def snapshots() -> list[set[str]]:
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True
     )
-    return set(json.loads(proc.stdout))
+    return [set(names) for names in json.loads(proc.stdout)]
 
 
 def _loaded(modules: set[str], name: str) -> bool:
     return any(m == name or m.startswith(name + ".") for m in modules)
 
 
-def test_importing_the_cli_loads_no_simulator_report_client_or_server() -> None:
-    modules = _modules_after(_PROBE)
-    assert "tenantflow.cli.main" in modules  # the probe did import the CLI
-    assert [name for name in NOT_AT_STARTUP if _loaded(modules, name)] == []
+def test_importing_the_cli_loads_no_engine_simulator_report_client_or_server(
+    snapshots: list[set[str]],
+) -> None:
+    _, cli, _ = snapshots
+    assert "tenantflow.cli.main" in cli  # the probe did import the CLI
+    assert [name for name in NOT_AT_STARTUP if _loaded(cli, name)] == []
 
 
-def test_the_probe_sees_a_module_once_it_is_imported() -> None:
+def test_the_probe_sees_a_module_once_it_is_imported(snapshots: list[set[str]]) -> None:
     # Without this the check above could pass for a probe that sees nothing.
-    code = _PROBE.replace(
-        "import tenantflow.cli.main",
-        "import tenantflow.cli.main\nimport tenantflow.sim, tenantflow.report, tenantflow.client",
-    )
-    modules = _modules_after(code)
-    assert all(_loaded(modules, n) for n in ("tenantflow.sim", "tenantflow.report", "httpx"))
+    *_, later = snapshots
+    assert all(_loaded(later, n) for n in ("tenantflow.sim", "tenantflow.report", "httpx"))
 
 
-def test_the_public_api_loads_the_engine_on_first_use() -> None:
-    before = _modules_after("import json, sys, tenantflow\nprint(json.dumps(sorted(sys.modules)))")
-    assert not _loaded(before, "tenantflow.engine")
-    after = _modules_after(
-        "import json, sys, tenantflow\n"
-        "assert tenantflow.Engine.__module__ == 'tenantflow.engine.engine'\n"
-        "from tenantflow import StepContext, Workflow\n"
-        "print(json.dumps(sorted(sys.modules)))"
-    )
-    assert _loaded(after, "tenantflow.engine") and _loaded(after, "tenantflow.workflow")
+def test_the_public_api_loads_the_engine_on_first_use(snapshots: list[set[str]]) -> None:
+    package, _, later = snapshots
+    assert not _loaded(package, "tenantflow.engine")
+    assert _loaded(later, "tenantflow.engine") and _loaded(later, "tenantflow.workflow")
