@@ -24,7 +24,8 @@ from tenantflow.domain.agent import (
 )
 from tenantflow.domain.models import ModelResponse
 from tenantflow.domain.tenancy import AuditEntry
-from tenantflow.engine.gateway import Escalate, SkipStep, response_from_json
+from tenantflow.engine.gateway import response_from_json
+from tenantflow.engine.signals import Escalate, SkipStep
 from tenantflow.errors import ContractError, NotAllowedError, NotFoundError
 
 if TYPE_CHECKING:

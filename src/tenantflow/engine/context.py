@@ -21,8 +21,8 @@ from tenantflow.domain.records import (
     Transition,
 )
 from tenantflow.domain.tenancy import AuditEntry, ReleaseHolds, UsageDelta
-from tenantflow.engine.gateway import AwaitChild
 from tenantflow.engine.memory import MemoryView, step_memory
+from tenantflow.engine.signals import AwaitChild
 from tenantflow.errors import CircuitOpenError
 
 if TYPE_CHECKING:

@@ -35,6 +35,7 @@ from tenantflow.domain.tenancy import (
     ThrottleRate,
     UsageDelta,
 )
+from tenantflow.engine.signals import Escalate, Pause, SkipStep
 from tenantflow.errors import (
     BudgetExceededError,
     CircuitOpenError,
@@ -54,12 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PLATFORM",
-    "AwaitChild",
-    "Escalate",
     "Gateway",
     "Models",
-    "Pause",
-    "SkipStep",
     "Tool",
     "Tools",
     "response_from_json",
@@ -69,39 +66,6 @@ _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
 PLATFORM = "*"
 """The rate-limit bucket of limits shared by all tenants (never a tenant id: ids refuse ``*``)."""
-
-
-class _Signal(BaseException):
-    """Ends an attempt with a decision rather than an error (user code cannot swallow it)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class SkipStep(_Signal):
-    """The budget ladder skips this optional step."""
-
-
-class Escalate(_Signal):
-    """The budget ladder hands this call to a human reviewer."""
-
-    def __init__(self, reason: str, index: int, prompt: str) -> None:
-        super().__init__(reason)
-        self.index = index
-        self.prompt = prompt
-
-
-class Pause(_Signal):
-    """The budget ladder pauses the run until its budget allows it to go on."""
-
-
-class AwaitChild(_Signal):
-    """The step waits for child run ``run_id`` (a subagent) to end, holding no slot."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"waiting for child run {run_id}")
-        self.run_id = run_id
 
 
 @dataclass(slots=True)

@@ -49,14 +49,8 @@ from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, ReviewStatus, Us
 from tenantflow.engine.agent import run_iteration
 from tenantflow.engine.context import StepContext
 from tenantflow.engine.dispatch import Dispatcher, Slot
-from tenantflow.engine.gateway import (
-    AwaitChild,
-    Escalate,
-    Gateway,
-    Pause,
-    SkipStep,
-    human_response,
-)
+from tenantflow.engine.gateway import Gateway, human_response
+from tenantflow.engine.signals import AwaitChild, Escalate, Pause, SkipStep
 from tenantflow.engine.writer import Writer
 from tenantflow.errors import (
     CircuitOpenError,
