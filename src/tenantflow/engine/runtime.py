@@ -18,18 +18,37 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tenantflow.domain.agent import Agent, Turn, next_move
+from tenantflow.domain.agent import Agent, Turn
 from tenantflow.domain.breaker import CircuitBreaker, record_outcome
 from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.progress import (
+    Attempt,
+    Decision,
+    Effect,
+    Enqueue,
+    EnqueueAfter,
+    Finish,
+    MirrorUpdate,
+    Requeue,
+    RunView,
+    StartUnwind,
+    describe,
+    on_awaiting_child,
+    on_failed,
+    on_paused,
+    on_rate_limited,
+    on_review_decided,
+    on_review_requested,
+    on_skipped,
+    on_succeeded,
+    result_json,
+)
 from tenantflow.domain.records import (
     STALE,
     TERMINAL_RUN,
     TERMINAL_STEP,
-    FailAttempt,
     FinishAttempt,
     NewEvent,
-    ParkAttempt,
-    RecordCall,
     RecoverOrphans,
     RenewLeases,
     RunRecord,
@@ -41,11 +60,9 @@ from tenantflow.domain.records import (
     StepUpdate,
     Transition,
 )
-from tenantflow.domain.replan import Failure, check_revision, plan_entry
-from tenantflow.domain.reviews import ReviewDecision
-from tenantflow.domain.run import MISSING, Plan, advance, bind, compensation_order, run_result
+from tenantflow.domain.run import MISSING, bind, compensation_order
 from tenantflow.domain.spec import StepSpec, WorkflowSpec, child_key, parse_key
-from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, ReviewStatus, UsageDelta
+from tenantflow.domain.tenancy import ReviewRecord, UsageDelta
 from tenantflow.engine.agent import run_iteration
 from tenantflow.engine.context import StepContext
 from tenantflow.engine.dispatch import Dispatcher, Slot
@@ -54,10 +71,8 @@ from tenantflow.engine.signals import AwaitChild, Escalate, Pause, SkipStep
 from tenantflow.engine.writer import Writer
 from tenantflow.errors import (
     CircuitOpenError,
-    NotAllowedError,
     NotFoundError,
     RateLimitedError,
-    SpecError,
     StepTimeoutError,
     TenantflowError,
 )
@@ -77,32 +92,9 @@ from tenantflow.ports import Clock, Store
 if TYPE_CHECKING:
     from tenantflow.domain.policy import Policy
 
-# Errors no retry can fix: fail the step at once.
-_NEVER_RETRY = (NotAllowedError, NotFoundError, SpecError)
-
-__all__ = ["Active", "Runtime"]
+__all__ = ["Active", "Runtime", "result_json"]
 
 log = logging.getLogger("tenantflow.engine")
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 2000 else text[:1999] + "…"
-
-
-def result_json(spec: WorkflowSpec, result: Any) -> bytes:
-    """A completed run's result as stored: the sink's output, or a JSON object by sink name."""
-
-    def one(name: str, value: Any) -> bytes:
-        return b"null" if value is None else contract_for(spec.step(name).result_type).dump(value)
-
-    if len(spec.sinks) == 1:
-        return one(spec.sinks[0], result)
-    return json.dumps({n: json.loads(one(n, v)) for n, v in result.items()}).encode()
-
-
-def delta_bytes(name: str, output_json: bytes) -> bytes:
-    return b"{" + json.dumps(name).encode() + b":" + output_json + b"}"
 
 
 @dataclass(slots=True, eq=False)
@@ -362,26 +354,28 @@ class Runtime:
                     self._step_finished(run, key, lease.attempt, started, "lease_lost", None)
                 return
             async with run.lock:
+                att = Attempt(key, lease.fence, lease.attempt, ctx.notes, ctx.notes_usage)
+                view = self.view(run)
                 if error is None and step.kind == "review":
-                    await self._open_review(run, key, lease.fence, value, ctx)
+                    await self._open_review(run, view, att, value)
                 elif error is None:
-                    await self._succeeded(
-                        run, step, key, index, lease.fence, value, output_json, ctx
-                    )
+                    await self.commit(run, on_succeeded(view, att, value, output_json))
                 elif isinstance(error, RateLimitedError):
-                    await self._park_rate_limited(run, key, lease.fence, error, ctx)
+                    await self._park_rate_limited(run, view, att, error)
                 elif isinstance(error, SkipStep) and index is None:
-                    await self._skip_for_budget(run, key, lease.fence, error.reason, ctx)
+                    await self.commit(run, on_skipped(view, att, error.reason))
                 elif isinstance(error, Escalate):
-                    await self._escalate(run, key, lease.fence, error, ctx)
+                    await self._escalate(run, view, att, error)
                 elif isinstance(error, Pause):
-                    await self._pause(run, key, lease.fence, error.reason, ctx)
+                    await self.commit(run, on_paused(view, att, error.reason))
                 elif isinstance(error, AwaitChild):
-                    await self._await_child(run, key, lease.fence, error, ctx)
+                    await self._await_child(run, view, att, error)
                 else:
-                    await self._failed(
-                        run, step, key, index, lease.fence, lease.attempt, error, ctx
+                    cancelled = isinstance(error, asyncio.CancelledError)
+                    failed = on_failed(
+                        view, att, None if cancelled else error, jitter=self._rng.random
                     )
+                    await self.commit(run, failed)
             if self.hooks.observers:
                 outcome = _outcome(step.kind, index, error)
                 self._step_finished(run, key, lease.attempt, started, outcome, error)
@@ -483,433 +477,85 @@ class Runtime:
 
     # -- outcomes -----------------------------------------------------------------------------
 
-    async def _succeeded(
-        self,
-        run: Active,
-        step: StepSpec,
-        key: str,
-        index: int | None,
-        fence: int,
-        value: Any,
-        output_json: bytes,
-        ctx: StepContext,
-    ) -> None:
-        if step.kind == "agent" and index is not None:
-            await self._iteration_succeeded(run, step, key, index, fence, value, output_json, ctx)
-            return
-        now = self.clock.now()
-        then = Transition(
-            run.tenant_id,
-            run.id,
-            now,
-            events=self._notes(key, ctx),
-            usage=[UsageDelta("steps", 1, step.name), *ctx.notes_usage],
+    def view(self, run: Active) -> RunView:
+        """A read-only view of ``run`` for the decider, at the clock's current time."""
+        return RunView(
+            id=run.id,
+            tenant_id=run.tenant_id,
+            lane=run.lane,
+            spec=run.spec,
+            input=run.input,
+            status=run.status,
+            statuses=run.statuses,
+            outputs=run.outputs,
+            jsons=run.jsons,
+            versions=run.versions,
+            children=run.children,
+            replaced=run.replaced,
+            meta=run.meta,
+            deferrals=run.deferrals,
+            policy=run.policy,
+            now=self.clock.now(),
         )
-        statuses = dict(run.statuses)
-        statuses[key] = StepStatus.SUCCEEDED
-        outputs = run.outputs
-        plan = Plan()
-        gathered_json: bytes | None = None
-        settled: str | None = key
-        if index is not None:
-            n = run.children[step.name]
-            done = all(
-                statuses.get(child_key(step.name, i)) == StepStatus.SUCCEEDED for i in range(n)
-            )
-            settled = None
-            if done and run.status == RunStatus.RUNNING:
-                jsons = [
-                    output_json if i == index else run.jsons[child_key(step.name, i)]
-                    for i in range(n)
-                ]
-                gathered_json = b"[" + b",".join(jsons) + b"]"
-                statuses[step.name] = StepStatus.SUCCEEDED
-                then.steps.append(
-                    StepUpdate(
-                        step.name,
-                        StepStatus.SUCCEEDED,
-                        output_json=gathered_json,
-                        delta_json=delta_bytes(step.name, gathered_json),
-                    )
-                )
-                then.events.append(NewEvent("step.gathered", step.name, None, {"elements": n}))
-                settled = step.name
-        if settled is not None and run.status == RunStatus.RUNNING:
-            trial = dict(outputs)
-            trial[key] = value
-            if settled != key:
-                trial[settled] = [
-                    value if i == index else outputs[child_key(step.name, i)]
-                    for i in range(run.children[step.name])
-                ]
-            plan = advance(run.spec, statuses, trial, run.input, changed=[settled])
-            self._plan_to_transition(run, plan, then, trial)
-        delta = delta_bytes(key, output_json) if index is None else None
-        result = await self._commit_success(run, key, fence, now, value, output_json, delta, then)
-        if result is STALE:
-            return
-        if index is None:
-            run.versions[key] = result
-        elif gathered_json is not None:
-            run.statuses[step.name] = StepStatus.SUCCEEDED
-            run.outputs[step.name] = [
-                run.outputs[child_key(step.name, i)] for i in range(run.children[step.name])
-            ]
-            run.jsons[step.name] = gathered_json
-        self._apply_plan(run, plan)
 
-    async def _iteration_succeeded(
-        self,
-        run: Active,
-        step: StepSpec,
-        key: str,
-        index: int,
-        fence: int,
-        turn: Turn,
-        output_json: bytes,
-        ctx: StepContext,
-    ) -> None:
-        """An agent iteration is recorded: in the same transaction, create the next iteration,
-        or settle the agent step (its result, or its failure at a bound) and plan what follows."""
-        agent: Agent = step.options["agent"]
-        now = self.clock.now()
-        turns = [*(run.outputs[child_key(step.name, j)] for j in range(index)), turn]
-        move = next_move(agent, turns, now)
-        summary = {
-            "iteration": index,
-            "tools": [r.name for r in turn.tool_results],
-            "refused": [r.name for r in turn.tool_results if not r.ok],
-            "children": [r.child_run for r in turn.tool_results if r.child_run],
-            "tokens_in": turn.tokens_in,
-            "tokens_out": turn.tokens_out,
-            "next": move.kind,
-        }
-        then = Transition(
-            run.tenant_id,
-            run.id,
-            now,
-            events=[*self._notes(key, ctx), NewEvent("agent.iteration", key, ctx.attempt, summary)],
-            usage=[UsageDelta("steps", 1, step.name), *ctx.notes_usage],
-        )
-        statuses = dict(run.statuses)
-        statuses[key] = StepStatus.SUCCEEDED
-        plan = Plan()
-        following = child_key(step.name, index + 1)
-        settled_json: bytes | None = None
-        running = run.status == RunStatus.RUNNING
-        if running and move.kind == "continue":
-            then.steps.append(StepUpdate(following, StepStatus.READY, create=True))
-        elif running and move.kind == "finish" and move.result is not None:
-            settled_json = move.result.model_dump_json().encode()
-            statuses[step.name] = StepStatus.SUCCEEDED
-            then.steps.append(
-                StepUpdate(
-                    step.name,
-                    StepStatus.SUCCEEDED,
-                    output_json=settled_json,
-                    delta_json=delta_bytes(step.name, settled_json),
-                )
-            )
-            then.events.append(
-                NewEvent(
-                    "agent.finished",
-                    step.name,
-                    None,
-                    {"status": move.result.status, "iterations": move.result.iterations},
-                )
-            )
-            trial = {**run.outputs, key: turn, step.name: move.result}
-            plan = advance(run.spec, statuses, trial, run.input, changed=[step.name])
-            self._plan_to_transition(run, plan, then, trial)
-        elif running and move.kind == "fail":
-            error = move.error or "the agent loop failed"
-            statuses[step.name] = StepStatus.FAILED
-            then.steps.append(StepUpdate(step.name, StepStatus.FAILED, error=error))
-            then.events.append(NewEvent("step.failed", step.name, None, {"error": error}))
-            if step.optional:
-                plan = advance(run.spec, statuses, run.outputs, run.input, changed=[step.name])
-                self._plan_to_transition(run, plan, then, run.outputs)
-            else:
-                run.error = f"step {step.name!r} failed: {error}"
-                then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
-                then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
-        delta = delta_bytes(key, output_json)
-        result = await self._commit_success(run, key, fence, now, turn, output_json, delta, then)
+    async def commit(self, run: Active, decision: Decision) -> Any:
+        """Write ``decision``'s ops in order, then apply its effects (its ``if_stale`` ones if
+        the last op was refused as STALE). Returns the last op's result; raises it if it is an
+        error (a review decided meanwhile)."""
+        result: Any = None
+        for op in decision.ops:
+            result = await self.writer.write(op)
+        if isinstance(result, BaseException):
+            raise result
+        effects = decision.effects
         if result is STALE:
-            return
-        run.versions[key] = result
-        if not running:
-            return
-        if move.kind == "continue":
-            run.statuses[following] = StepStatus.READY
-            run.children[step.name] = index + 2
-            self.enqueue(run, [following])
-        elif settled_json is not None:
-            run.statuses[step.name] = StepStatus.SUCCEEDED
-            run.outputs[step.name] = move.result
-            run.jsons[step.name] = settled_json
-            self._apply_plan(run, plan)
-        else:
-            run.statuses[step.name] = StepStatus.FAILED
-            self._failed_for_good(run, step, plan)
-
-    async def _commit_success(
-        self,
-        run: Active,
-        key: str,
-        fence: int,
-        now: float,
-        value: Any,
-        output_json: bytes,
-        delta: bytes | None,
-        then: Transition,
-    ) -> Any:
-        """Commit a succeeded attempt and record it in memory. Returns what the store returned:
-        the state version written, or STALE when the lease was lost (the step is queued
-        again and nothing is recorded in memory)."""
-        result = await self.writer.write(
-            FinishAttempt(run.tenant_id, run.id, key, fence, now, output_json, delta, then)
-        )
-        if result is STALE:
-            log.warning("late result of %s/%s refused (lease lost)", run.id, key)
-            self._requeue(run, key)
-            return STALE
-        run.statuses[key] = StepStatus.SUCCEEDED
-        run.progressed = True
-        run.outputs[key] = value
-        run.jsons[key] = output_json
+            if isinstance(decision.ops[-1], FinishAttempt):
+                log.warning(
+                    "late result of %s/%s refused (lease lost)", run.id, decision.ops[-1].key
+                )
+            effects = decision.if_stale
+        for effect in effects:
+            self._apply(run, effect, result)
         return result
 
-    def _plan_to_transition(
-        self, run: Active, plan: Plan, then: Transition, outputs: dict[str, Any]
-    ) -> None:
-        for key in plan.ready:
-            then.steps.append(StepUpdate(key, StepStatus.READY))
-        for key, reason in plan.skipped:
-            then.steps.append(StepUpdate(key, StepStatus.SKIPPED))
-            then.events.append(NewEvent("step.skipped", key, None, {"reason": reason}))
-        for key, n in plan.mapped:
-            then.steps.append(StepUpdate(key, StepStatus.MAPPED))
-            then.steps.extend(
-                StepUpdate(child_key(key, i), StepStatus.READY, create=True) for i in range(n)
-            )
-            then.events.append(NewEvent("step.mapped", key, None, {"elements": n}))
-        for key in plan.gathered:  # an empty fan-out: its output is []
-            then.steps.append(
-                StepUpdate(
-                    key, StepStatus.SUCCEEDED, output_json=b"[]", delta_json=delta_bytes(key, b"[]")
-                )
-            )
-        for key, reason in plan.failed:
-            then.steps.append(StepUpdate(key, StepStatus.FAILED, error=reason))
-            then.events.append(NewEvent("step.failed", key, None, {"error": reason}))
-        fatal = [k for k, _ in plan.failed if not run.spec.step(k).optional]
-        if fatal:
-            run.error = f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}"
-            then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
-            then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
-        elif plan.completed:
-            result = run_result(run.spec, outputs)
-            then.run = RunUpdate(RunStatus.COMPLETED, result_json=result_json(run.spec, result))
-            then.events.append(NewEvent("run.completed"))
-            then.release_prefix = f"{run.id}:"
+    def _apply(self, run: Active, effect: Effect, result: Any) -> None:
+        if isinstance(effect, MirrorUpdate):
+            run.statuses.update(effect.statuses)
+            run.outputs.update(effect.outputs)
+            run.jsons.update(effect.jsons)
+            run.children.update(effect.children)
+            run.versions.update(effect.versions)
+            if effect.version_of is not None:
+                run.versions[effect.version_of] = result
+            run.deferrals.update(effect.deferrals)
+            if effect.progressed:
+                run.progressed = True
+            if effect.error is not None:
+                run.error = effect.error
+            if effect.status is not None:
+                run.status = effect.status
+            if effect.meta is not None:
+                run.meta = dict(effect.meta)
+            if effect.replaced is not None:
+                run.replaced = dict(effect.replaced)
+        elif isinstance(effect, Enqueue):
+            self.enqueue(run, effect.keys)
+        elif isinstance(effect, EnqueueAfter):
+            self.enqueue_later(run, effect.key, effect.delay_s)
+        elif isinstance(effect, Requeue):
+            self._requeue(run, effect.key)
+        elif isinstance(effect, StartUnwind):
+            self._start_unwind(run)
+        elif isinstance(effect, Finish):
+            run.status = effect.status
+            self._finish(run, effect.status, effect.result)
+        else:
+            self.hooks.review_opened(effect.review)
 
     def _start_unwind(self, run: Active) -> None:
         """A required step failed for good: compensate the run (see :meth:`_unwind`)."""
         run.status = RunStatus.COMPENSATING
         self.spawn(self._unwind(run, cancel=False), f"unwind:{run.id}")
-
-    def _failed_for_good(self, run: Active, step: StepSpec, plan: Plan) -> None:
-        """After a step's failure for good is committed: an optional step's run goes on with
-        ``plan``, any other run compensates."""
-        if step.optional:
-            self._apply_plan(run, plan)
-        else:
-            self._start_unwind(run)
-
-    def _apply_plan(self, run: Active, plan: Plan) -> None:
-        for key, status in plan.statuses().items():
-            run.statuses[key] = status
-        for key, n in plan.mapped:
-            run.children[key] = n
-        for key in plan.gathered:
-            run.outputs[key] = []
-            run.jsons[key] = b"[]"
-        if any(not run.spec.step(k).optional for k, _ in plan.failed):
-            self._start_unwind(run)
-            return
-        if plan.completed:
-            run.status = RunStatus.COMPLETED
-            self._finish(run, RunStatus.COMPLETED, run_result(run.spec, run.outputs))
-            return
-        ready = list(plan.ready)
-        for key, n in plan.mapped:
-            ready.extend(child_key(key, i) for i in range(n))
-        self.enqueue(run, ready)
-
-    async def _failed(
-        self,
-        run: Active,
-        step: StepSpec,
-        key: str,
-        index: int | None,
-        fence: int,
-        attempt: int,
-        error: BaseException,
-        ctx: StepContext,
-    ) -> None:
-        now = self.clock.now()
-        cancelled = isinstance(error, asyncio.CancelledError)
-        description = "cancelled" if cancelled else _describe(error)
-        then = Transition(
-            run.tenant_id, run.id, now, events=self._notes(key, ctx), usage=list(ctx.notes_usage)
-        )
-        failures = attempt - run.deferrals.get(key, 0)
-        if cancelled or run.status != RunStatus.RUNNING:
-            then.steps.append(StepUpdate(key, StepStatus.CANCELLED))
-            result = await self.writer.write(
-                FailAttempt(run.tenant_id, run.id, key, fence, now, description, None, then)
-            )
-            if result is not STALE:
-                run.statuses[key] = StepStatus.CANCELLED
-            return
-        if not isinstance(error, _NEVER_RETRY) and step.retry.should_retry(failures, error):
-            delay = step.retry.delay_s(failures, self._rng.random())
-            if isinstance(error, CircuitOpenError):
-                delay = max(delay, float(error.fields.get("retry_after_s", 0.0)))
-            result = await self.writer.write(
-                FailAttempt(run.tenant_id, run.id, key, fence, now, description, now + delay, then)
-            )
-            if result is STALE:
-                self._requeue(run, key)
-                return
-            run.statuses[key] = StepStatus.READY
-            self.enqueue_later(run, key, delay)
-            return
-        # Failed for good, unless the workflow revises its plan.
-        revisable = index is None and run.spec.replan is not None
-        if revisable and await self._revise(run, key, fence, attempt, description, error, then):
-            return
-        failing = step.name if index is not None else key
-        statuses = dict(run.statuses)
-        statuses[key] = StepStatus.FAILED
-        if index is not None:
-            statuses[step.name] = StepStatus.FAILED
-            then.steps.append(StepUpdate(step.name, StepStatus.FAILED, error=description))
-        plan = Plan()
-        if step.optional:
-            plan = advance(run.spec, statuses, run.outputs, run.input, changed=[failing])
-            self._plan_to_transition(run, plan, then, run.outputs)
-        else:
-            run.error = f"step {key!r} failed: {description}"
-            then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
-            then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
-        result = await self.writer.write(
-            FailAttempt(run.tenant_id, run.id, key, fence, now, description, None, then)
-        )
-        if result is STALE:
-            self._requeue(run, key)
-            return
-        run.statuses[key] = StepStatus.FAILED
-        if index is not None:
-            run.statuses[step.name] = StepStatus.FAILED
-        self._failed_for_good(run, step, plan)
-
-    async def _revise(
-        self,
-        run: Active,
-        key: str,
-        fence: int,
-        attempt: int,
-        description: str,
-        error: BaseException,
-        then: Transition,
-    ) -> bool:
-        """Ask the workflow's replanner for a revision of the plan after ``key`` failed for
-        good, and commit it with the failure as the run's next plan version. False: no
-        revision (or a refused one, recorded in ``then``); the step fails as it would have."""
-        spec = run.spec
-        assert spec.replan is not None
-        failure = Failure(
-            step=key,
-            error_type=type(error).__name__,
-            message=description,
-            attempts=attempt,
-            revision=run.revisions,
-            statuses={k: s.value for k, s in run.statuses.items()},
-        )
-        refused: str | None = None
-        try:
-            revision = spec.replan(failure)
-        except Exception as exc:  # a broken replanner must not wedge the run
-            revision, refused = None, f"the replanner raised {_describe(exc)}"
-        if revision is None and refused is None:
-            return False
-        if revision is not None:
-            refused = check_revision(
-                spec, run.statuses, key, revision, run.revisions, spec.max_revisions
-            )
-        if refused is not None or revision is None:
-            then.events.append(NewEvent("plan.refused", key, attempt, {"reason": refused}))
-            return False
-        now = then.now
-        version = run.revisions + 2  # plan 1 is the one the run was submitted with
-        replaced = {**run.replaced, **revision.replace}
-        entry = plan_entry(version, key, revision, replaced)
-        meta = {**run.meta, "plan": entry}
-        plan_json = json.dumps({"plan": entry}).encode()
-        then.run = RunUpdate(RunStatus.RUNNING, meta=meta)
-        then.events.append(NewEvent("plan.revised", key, attempt, entry))
-        then.audit.append(
-            AuditEntry(
-                f"run:{run.id}",
-                "plan.revised",
-                f"step:{key}",
-                {"version": version, "reason": revision.reason},
-            )
-        )
-        statuses = dict(run.statuses)
-        skipped = list(revision.skip)
-        for name in skipped:
-            statuses[name] = StepStatus.SKIPPED
-            then.steps.append(StepUpdate(name, StepStatus.SKIPPED))
-            then.events.append(
-                NewEvent("step.skipped", name, None, {"reason": f"plan {version}: skipped"})
-            )
-        for name in revision.insert:
-            statuses[name] = StepStatus.READY
-            then.steps.append(StepUpdate(name, StepStatus.READY))
-            then.events.append(NewEvent("step.inserted", name, None, {"plan": version}))
-        if key in revision.replace:
-            statuses[key] = StepStatus.READY
-        # The plan version is a state version of its own, produced by the failed step's key.
-        then.steps.append(StepUpdate(key, statuses[key], delta_json=plan_json))
-        plan = advance(spec, statuses, run.outputs, run.input, changed=skipped)
-        self._plan_to_transition(run, plan, then, run.outputs)
-        if then.run.meta is None:  # the plan ended the run: keep the revision in its meta
-            then.run.meta = meta
-        retry_at = now if key in revision.replace else None
-        result = await self.writer.write(
-            FailAttempt(run.tenant_id, run.id, key, fence, now, description, retry_at, then)
-        )
-        if result is STALE:
-            self._requeue(run, key)
-            return True
-        run.meta = meta
-        run.replaced = replaced
-        run.deferrals[key] = attempt  # the standby starts with a fresh retry budget
-        for name, status in statuses.items():
-            if run.statuses.get(name) != status:
-                run.statuses[name] = status
-        self._apply_plan(run, plan)
-        if run.status == RunStatus.RUNNING:
-            self.enqueue(run, revision.insert)
-            if key in revision.replace:
-                self._requeue(run, key)
-        return True
-
-    def _notes(self, key: str, ctx: StepContext) -> list[NewEvent]:
-        return list(ctx.notes)
 
     # -- failure, cancellation and compensation (the saga) -------------------------------------
 
@@ -1019,7 +665,7 @@ class Runtime:
                 await tool.compensate(event.data.get("result"), **dict(event.data["arguments"]))
             except Exception as exc:
                 ok = False
-                kind, data = "tool.compensation_failed", {**data, "error": _describe(exc)}
+                kind, data = "tool.compensation_failed", {**data, "error": describe(exc)}
             else:
                 undone += 1
             await self.writer.write(
@@ -1048,7 +694,7 @@ class Runtime:
             try:
                 await step.compensate(ctx, run.outputs.get(step.name))
             except Exception as exc:
-                error = _describe(exc)
+                error = describe(exc)
                 if attempt < step.retry.max_attempts:
                     await self.clock.sleep(step.retry.delay_s(attempt, self._rng.random()))
                     continue
@@ -1257,61 +903,25 @@ class Runtime:
 
     # -- waiting: rate limits, reviews, budget decisions ----------------------------------------
 
-    async def _park(
-        self,
-        run: Active,
-        key: str,
-        fence: int,
-        status: StepStatus,
-        available_at: float,
-        reason: str,
-        then: Transition,
-    ) -> bool:
-        """End the attempt without an outcome; False if its lease was lost (re-queued)."""
-        result = await self.writer.write(
-            ParkAttempt(
-                run.tenant_id, run.id, key, fence, then.now, status, available_at, reason, then
-            )
-        )
-        if result is STALE:
-            self._requeue(run, key)
-            return False
-        run.statuses[key] = status
-        return True
-
     async def _park_rate_limited(
-        self, run: Active, key: str, fence: int, error: RateLimitedError, ctx: StepContext
+        self, run: Active, view: RunView, att: Attempt, error: RateLimitedError
     ) -> None:
-        now = self.clock.now()
         wait = max(0.001, error.retry_after_s)
         resource = str(error.fields.get("resource", ""))
-        run.deferrals[key] = run.deferrals.get(key, 0) + 1
-        then = Transition(
-            run.tenant_id,
-            run.id,
-            now,
-            events=self._notes(key, ctx),
-            usage=[
-                UsageDelta("rate_limit_waits", 1, resource),
-                UsageDelta("rate_limit_wait_s", wait, resource),
-                *ctx.notes_usage,
-            ],
-        )
-        reason = f"rate limit {resource}: retry in {wait:.3g}s"
-        if await self._park(run, key, fence, StepStatus.READY, now + wait, reason, then):
-            self.enqueue_later(run, key, wait)
-            if self.hooks.observers:
-                self.hooks.observers.emit(
-                    RateLimitWait(
-                        tenant_id=run.tenant_id,
-                        run_id=run.id,
-                        at_s=now,
-                        step=key,
-                        attempt=ctx.attempt,
-                        resource=resource,
-                        wait_s=wait,
-                    )
+        run.deferrals[att.key] = run.deferrals.get(att.key, 0) + 1
+        result = await self.commit(run, on_rate_limited(view, att, resource, wait))
+        if result is not STALE and self.hooks.observers:
+            self.hooks.observers.emit(
+                RateLimitWait(
+                    tenant_id=run.tenant_id,
+                    run_id=run.id,
+                    at_s=view.now,
+                    step=att.key,
+                    attempt=att.attempt,
+                    resource=resource,
+                    wait_s=wait,
                 )
+            )
 
     def expect_child(self, child_id: str, run: Active, key: str) -> None:
         """Step ``key`` of ``run`` is about to wait for child run ``child_id``: registered
@@ -1329,139 +939,40 @@ class Runtime:
             wait.done = True
 
     async def _await_child(
-        self, run: Active, key: str, fence: int, signal: AwaitChild, ctx: StepContext
+        self, run: Active, view: RunView, att: Attempt, signal: AwaitChild
     ) -> None:
-        now = self.clock.now()
-        run.deferrals[key] = run.deferrals.get(key, 0) + 1
-        then = Transition(
-            run.tenant_id,
-            run.id,
-            now,
-            events=[
-                *self._notes(key, ctx),
-                NewEvent("step.waiting", key, ctx.attempt, {"child_run": signal.run_id}),
-            ],
-            usage=list(ctx.notes_usage),
-        )
-        # Claimable at once in the store: after a restart the step runs again, finds its child
-        # (recorded) and waits again or goes on; in this process the child's end wakes it.
-        parked = await self._park(run, key, fence, StepStatus.READY, now, signal.reason, then)
+        run.deferrals[att.key] = run.deferrals.get(att.key, 0) + 1
+        # In this process the child's end wakes the step (see expect_child).
+        decision = on_awaiting_child(view, att, signal.run_id, signal.reason)
+        parked = await self.commit(run, decision) is not STALE
         wait = self._child_waits.get(signal.run_id)
         if not parked:
             self._child_waits.pop(signal.run_id, None)
         elif wait is None or wait.done:  # the child ended meanwhile
             self._child_waits.pop(signal.run_id, None)
-            self._requeue(run, key)
+            self._requeue(run, att.key)
         else:
             wait.parked = True
-            self.enqueue_later(run, key, CHILD_FALLBACK_S)
+            self.enqueue_later(run, att.key, CHILD_FALLBACK_S)
 
     async def _open_review(
         self,
         run: Active,
-        key: str,
-        fence: int,
+        view: RunView,
+        att: Attempt,
         payload: Any,
-        ctx: StepContext,
         *,
         kind: str = "step",
         extra: dict[str, Any] | None = None,
     ) -> None:
-        now = self.clock.now()
-        policy = run.policy
-        step = run.spec.step(parse_key(key)[0])
-        pool = str(
-            step.options.get("pool")
-            or (policy.review_pool_for(run.tenant_id) if policy else "shared")
-        )
-        sla = step.options.get("sla_s") or (
-            policy.review_sla.total_seconds() if policy and policy.review_sla else None
-        )
-        lane = policy.review_lane if policy else run.lane
-        review = ReviewRecord(
-            id="rev_" + secrets.token_hex(10),
-            tenant_id=run.tenant_id,
-            run_id=run.id,
-            step=key,
-            pool=pool,
-            lane=lane,
-            status=ReviewStatus.PENDING,
-            sla_due=None if sla is None else now + float(sla),
-            created_at=now,
-            payload={"kind": kind, "request": payload, **(extra or {})},
-        )
-        then = Transition(
-            run.tenant_id,
-            run.id,
-            now,
-            events=[
-                *self._notes(key, ctx),
-                NewEvent(
-                    "review.requested",
-                    key,
-                    ctx.attempt,
-                    {"review_id": review.id, "pool": pool, "kind": kind},
-                ),
-            ],
-            audit=[
-                AuditEntry(
-                    f"run:{run.id}",
-                    "review.requested",
-                    f"review:{review.id}",
-                    {"step": key, "pool": pool, "kind": kind},
-                )
-            ],
-            usage=[UsageDelta("reviews", 1, pool), *ctx.notes_usage],
-            review=review,
-        )
-        if await self._park(run, key, fence, StepStatus.WAITING, 0.0, f"review {review.id}", then):
-            self.hooks.review_opened(review)
+        review_id = "rev_" + secrets.token_hex(10)
+        decision = on_review_requested(view, att, payload, review_id, kind=kind, extra=extra)
+        await self.commit(run, decision)
 
-    async def _escalate(
-        self, run: Active, key: str, fence: int, signal: Escalate, ctx: StepContext
-    ) -> None:
-        await self._open_review(
-            run,
-            key,
-            fence,
-            {"reason": signal.reason, "prompt": signal.prompt[:4000]},
-            ctx,
-            kind="escalation",
-            extra={"call_index": signal.index},
-        )
-
-    async def _skip_for_budget(
-        self, run: Active, key: str, fence: int, reason: str, ctx: StepContext
-    ) -> None:
-        now = self.clock.now()
-        statuses = dict(run.statuses)
-        statuses[key] = StepStatus.SKIPPED
-        plan = advance(run.spec, statuses, run.outputs, run.input, changed=[key])
-        then = Transition(
-            run.tenant_id, run.id, now, events=self._notes(key, ctx), usage=list(ctx.notes_usage)
-        )
-        self._plan_to_transition(run, plan, then, run.outputs)
-        if await self._park(run, key, fence, StepStatus.SKIPPED, 0.0, reason, then):
-            self._apply_plan(run, plan)
-
-    async def _pause(
-        self, run: Active, key: str, fence: int, reason: str, ctx: StepContext
-    ) -> None:
-        now = self.clock.now()
-        then = Transition(
-            run.tenant_id,
-            run.id,
-            now,
-            run=RunUpdate(RunStatus.PAUSED, error=reason),
-            events=[
-                *self._notes(key, ctx),
-                NewEvent("run.paused", key, ctx.attempt, {"reason": reason}),
-            ],
-            audit=[AuditEntry(f"run:{run.id}", "run.paused", f"run:{run.id}", {"reason": reason})],
-            usage=list(ctx.notes_usage),
-        )
-        if await self._park(run, key, fence, StepStatus.READY, now, reason, then):
-            run.status = RunStatus.PAUSED
+    async def _escalate(self, run: Active, view: RunView, att: Attempt, signal: Escalate) -> None:
+        payload = {"reason": signal.reason, "prompt": signal.prompt[:4000]}
+        extra = {"call_index": signal.index}
+        await self._open_review(run, view, att, payload, kind="escalation", extra=extra)
 
     async def set_running(
         self, run: Active, event: str, data: dict[str, Any] | None = None
@@ -1503,94 +1014,17 @@ class Runtime:
         fail_step: bool = False,
     ) -> Any:
         """Record a human decision and move the waiting step on, in one transaction."""
-        from tenantflow.domain.tenancy import DecideReview
-
         async with run.lock:
-            now = self.clock.now()
-            key = review.step
-            kind = review.payload.get("kind", "step")
-            decide = DecideReview(run.tenant_id, review.id, reviewer, approved, comment, now)
-            then = Transition(run.tenant_id, run.id, now)
-            plan = Plan()
-            value: Any = None
-            output_json = b""
-            fatal = fail_step or (kind == "escalation" and not approved)
-            if run.statuses.get(key) != StepStatus.WAITING or run.status not in (
-                RunStatus.RUNNING,
-                RunStatus.PAUSED,
-            ):
-                fatal = False
-                then = Transition(run.tenant_id, run.id, now)  # the run moved on: record only
-            elif fatal:
-                reason = comment or "rejected by reviewer"
-                run.error = f"step {key!r} failed: review {review.id} {reason}"
-                then.steps.append(StepUpdate(key, StepStatus.FAILED, error=reason))
-                then.events.append(NewEvent("step.failed", key, None, {"error": run.error}))
-                then.run = RunUpdate(RunStatus.COMPENSATING, error=run.error)
-                then.events.append(NewEvent("run.failing", None, None, {"error": run.error}))
-            elif kind == "escalation":
-                index = int(review.payload.get("call_index", 1))
-                await self.writer.write(
-                    RecordCall(
-                        run.tenant_id,
-                        run.id,
-                        key,
-                        index,
-                        "model",
-                        "human",
-                        human_response(comment or "approved"),
-                        now,
-                    )
-                )
-                then.steps.append(StepUpdate(key, StepStatus.READY, available_at=now))
-                then.events.append(NewEvent("step.resumed", key, None, {"review_id": review.id}))
-            else:
-                decision = ReviewDecision(
-                    approved=approved, comment=comment, reviewer=reviewer, review_id=review.id
-                )
-                value, output_json = contract_for(ReviewDecision).check(
-                    decision, step=key, direction="output"
-                )
-                statuses = dict(run.statuses)
-                statuses[key] = StepStatus.SUCCEEDED
-                outputs = {**run.outputs, key: value}
-                plan = advance(run.spec, statuses, outputs, run.input, changed=[key])
-                then.steps.append(
-                    StepUpdate(
-                        key,
-                        StepStatus.SUCCEEDED,
-                        output_json=output_json,
-                        delta_json=delta_bytes(key, output_json),
-                    )
-                )
-                then.events.append(
-                    NewEvent(
-                        "step.succeeded", key, None, {"review_id": review.id, "approved": approved}
-                    )
-                )
-                self._plan_to_transition(run, plan, then, outputs)
-            decide.then = then
-            result = await self.writer.write(decide)
-            if isinstance(result, BaseException):
-                raise result
-            if run.statuses.get(key) != StepStatus.WAITING:
-                return result
-            if fatal:
-                run.statuses[key] = StepStatus.FAILED
-                self._start_unwind(run)
-            elif kind == "escalation":
-                run.statuses[key] = StepStatus.READY
-                self.enqueue(run, [key])
-            else:
-                run.statuses[key] = StepStatus.SUCCEEDED
-                run.progressed = True
-                run.outputs[key] = value
-                run.jsons[key] = output_json
-                run.versions[key] = (
-                    max((v or 0) for v in run.versions.values()) + 1 if run.versions else 1
-                )
-                self._apply_plan(run, plan)
-            return result
+            decision = on_review_decided(
+                self.view(run),
+                review,
+                approved=approved,
+                comment=comment,
+                reviewer=reviewer,
+                fail_step=fail_step,
+                human_response=human_response,
+            )
+            return await self.commit(run, decision)
 
 
 def _latest_version(run: Active) -> int:
