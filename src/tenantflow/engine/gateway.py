@@ -51,7 +51,7 @@ from tenantflow.observability.events import Degraded, ModelCallFinished, ToolCal
 from tenantflow.ports import ModelProvider
 
 if TYPE_CHECKING:
-    from tenantflow.engine.context import StepContext
+    from tenantflow.ports import CallScope
 
 __all__ = [
     "PLATFORM",
@@ -228,7 +228,7 @@ class Gateway:
 
     # -- tools --------------------------------------------------------------------------------
 
-    async def call_tool(self, ctx: StepContext, name: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, ctx: CallScope, name: str, args: dict[str, Any]) -> Any:
         index = ctx.next_call_index()
         recorded = await ctx.recorded_call(index)
         tool = self.tools.get(name)
@@ -317,7 +317,7 @@ class Gateway:
 
     async def call_model(
         self,
-        ctx: StepContext,
+        ctx: CallScope,
         messages: list[dict[str, Any]],
         *,
         max_tokens: int,
@@ -338,10 +338,9 @@ class Gateway:
         policy = ctx.policy
         prompt_tokens = _estimate_tokens(messages)
         remaining = await ctx.remaining_micros()
-        runtime = ctx.runtime
 
         def healthy(name: str) -> bool:
-            b = runtime.breaker(f"model:{name}")
+            b = ctx.breaker(f"model:{name}")
             return b.state != "open" or b.retry_after_s(ctx.now_s()) <= 0
 
         try:
@@ -404,7 +403,7 @@ class Gateway:
             idempotency_key=f"{ctx.idempotency_key}:{index}",
             stream=stream,
         )
-        breaker = runtime.breaker(resource)
+        breaker = ctx.breaker(resource)
         if not breaker.allow(ctx.now_s()):
             await ctx.release_holds(key)
             raise CircuitOpenError(
@@ -500,7 +499,7 @@ class Gateway:
             UsageDelta("cost_micros", cost, f"model:{endpoint.model}"),
         ]
 
-    def _lines(self, ctx: StepContext, micros: int, tokens: int) -> list[LedgerLine]:
+    def _lines(self, ctx: CallScope, micros: int, tokens: int) -> list[LedgerLine]:
         b = ctx.policy.budget
         run_scope = ctx.budget_scope
         lines = [
@@ -512,7 +511,7 @@ class Gateway:
             lines.append(LedgerLine("period", "tokens", tokens, b.period_tokens, b.period))
         return lines
 
-    def _actual(self, ctx: StepContext, micros: int, tokens: int) -> dict[tuple[str, str], int]:
+    def _actual(self, ctx: CallScope, micros: int, tokens: int) -> dict[tuple[str, str], int]:
         run_scope = ctx.budget_scope
         return {
             (run_scope, "micros"): micros,
@@ -521,7 +520,7 @@ class Gateway:
             ("period", "tokens"): tokens,
         }
 
-    async def _reserve(self, ctx: StepContext, key: str, micros: int, tokens: int) -> None:
+    async def _reserve(self, ctx: CallScope, key: str, micros: int, tokens: int) -> None:
         result = await ctx.write(
             Reserve(ctx.tenant_id, key, self._lines(ctx, micros, tokens), ctx.now_s())
         )
@@ -535,7 +534,7 @@ class Gateway:
                 available=result.available,
             )
 
-    async def _rate(self, ctx: StepContext, resource: str) -> RateLimit | None:
+    async def _rate(self, ctx: CallScope, resource: str) -> RateLimit | None:
         """Take a cell of the tenant's bucket, then of the platform's, or raise RateLimitedError.
 
         Returns the tenant's limit applied (None: none), which a provider's 429 then lowers.
@@ -553,7 +552,7 @@ class Gateway:
         return limit
 
     async def _acquire(
-        self, ctx: StepContext, bucket: str, resource: str, limit: RateLimit, whose: str
+        self, ctx: CallScope, bucket: str, resource: str, limit: RateLimit, whose: str
     ) -> None:
         decision = await ctx.write(
             AcquireRate(bucket, resource, ctx.now_s(), limit.rate_per_s, limit.burst)
@@ -567,7 +566,7 @@ class Gateway:
 
     async def _degrade(
         self,
-        ctx: StepContext,
+        ctx: CallScope,
         exc: BudgetExceededError,
         remaining: int | None,
         index: int,
@@ -605,8 +604,8 @@ class Gateway:
 
     # -- observers (tenantflow.observability.events) ------------------------------------------
 
-    async def _run_tool(self, ctx: StepContext, tool: Tool, args: dict[str, Any]) -> Any:
-        observers = ctx.runtime.hooks.observers
+    async def _run_tool(self, ctx: CallScope, tool: Tool, args: dict[str, Any]) -> Any:
+        observers = ctx.observers
         if not observers:
             return await tool.fn(**args)
         started_s = ctx.now_s()
@@ -632,9 +631,9 @@ class Gateway:
             )
 
     async def _complete(
-        self, ctx: StepContext, endpoint: Endpoint, provider: ModelProvider, request: ModelRequest
+        self, ctx: CallScope, endpoint: Endpoint, provider: ModelProvider, request: ModelRequest
     ) -> ModelResponse:
-        observers = ctx.runtime.hooks.observers
+        observers = ctx.observers
         if not observers:
             return await provider.complete(request)
         started_s = ctx.now_s()
@@ -678,8 +677,8 @@ class Gateway:
                 )
             )
 
-    def _degraded(self, ctx: StepContext, action: str) -> None:
-        observers = ctx.runtime.hooks.observers
+    def _degraded(self, ctx: CallScope, action: str) -> None:
+        observers = ctx.observers
         if observers:
             observers.emit(
                 Degraded(
