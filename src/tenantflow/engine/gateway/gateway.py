@@ -10,19 +10,15 @@ when it does not fit), the circuit breaker, then the call itself.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, overload
-
-from pydantic import BaseModel
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
-from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
-from tenantflow.domain.policy import RateLimit, usd_to_micros
+from tenantflow.domain.models import ModelRequest, ModelResponse
+from tenantflow.domain.policy import RateLimit
 from tenantflow.domain.records import NewEvent, RecordCall, Transition
 from tenantflow.domain.routing import Endpoint, select_endpoint
 from tenantflow.domain.tenancy import (
@@ -35,13 +31,14 @@ from tenantflow.domain.tenancy import (
     ThrottleRate,
     UsageDelta,
 )
+from tenantflow.engine.gateway.models import Models, response_from_json, response_to_json
+from tenantflow.engine.gateway.tools import Tool, Tools
 from tenantflow.engine.signals import Escalate, Pause, SkipStep
 from tenantflow.errors import (
     BudgetExceededError,
     CircuitOpenError,
     ConfigurationError,
     NotAllowedError,
-    NotFoundError,
     ProviderError,
     ProviderThrottledError,
     RateLimitedError,
@@ -53,154 +50,10 @@ from tenantflow.ports import ModelProvider
 if TYPE_CHECKING:
     from tenantflow.ports import CallScope
 
-__all__ = [
-    "PLATFORM",
-    "Gateway",
-    "Models",
-    "Tool",
-    "Tools",
-    "response_from_json",
-]
-
-_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+__all__ = ["PLATFORM", "Gateway"]
 
 PLATFORM = "*"
 """The rate-limit bucket of limits shared by all tenants (never a tenant id: ids refuse ``*``)."""
-
-
-@dataclass(slots=True)
-class Tool:
-    """A tool steps may call: typed input and output, a rate-limit resource, a price."""
-
-    name: str
-    fn: Callable[..., Awaitable[Any]]
-    input_model: type[BaseModel] | None = None
-    output_type: Any = Any
-    resource: str = ""
-    cost_micros: int = 0
-    description: str = ""
-    takes_key: bool = False
-    compensate: Callable[..., Awaitable[Any]] | None = None
-    """``async def (result, **arguments)``: undoes a call when its run fails or is cancelled."""
-
-    def schema(self) -> dict[str, Any]:
-        """The OpenAI tool-calling schema the model sees."""
-        params = (
-            self.input_model.model_json_schema()
-            if self.input_model is not None
-            else {"type": "object", "properties": {}}
-        )
-        return {
-            "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": params},
-        }
-
-
-class Tools:
-    """The tools registered on an engine."""
-
-    def __init__(self) -> None:
-        self._tools: dict[str, Tool] = {}
-
-    @overload
-    def register(self, fn: _F, /) -> _F: ...
-
-    @overload
-    def register(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        input: type[BaseModel] | None = None,
-        resource: str | None = None,
-        cost_usd: float = 0.0,
-        description: str | None = None,
-        compensate: Callable[..., Awaitable[Any]] | None = None,
-    ) -> Callable[[_F], _F]: ...
-
-    def register(
-        self,
-        fn: _F | None = None,
-        /,
-        *,
-        name: str | None = None,
-        input: type[BaseModel] | None = None,
-        resource: str | None = None,
-        cost_usd: float = 0.0,
-        description: str | None = None,
-        compensate: Callable[..., Awaitable[Any]] | None = None,
-    ) -> _F | Callable[[_F], _F]:
-        """Register an async tool (usable as a decorator). Its parameters are its arguments;
-        one named ``idempotency_key`` receives the call's stable key.
-
-        Args:
-            input: the arguments' pydantic model (validated before the call; also the schema
-                the model sees).
-            resource: the rate-limit resource (default ``tool:<name>``).
-            cost_usd: the price of a call, reserved before and settled after it.
-            compensate: ``async def (result, **arguments)`` undoing a completed call: when the
-                run fails or is cancelled, the calls it made are compensated, most recent first,
-                before the steps' own compensations (each recorded as ``tool.compensated`` or
-                ``tool.compensation_failed``).
-        """
-        if compensate is not None and not inspect.iscoroutinefunction(compensate):
-            raise ConfigurationError("a tool's compensation must be an async function")
-
-        def add(func: _F) -> _F:
-            registered = func  # keeps _F: the check below narrows ``func``
-            if not inspect.iscoroutinefunction(func):
-                raise ConfigurationError(f"tool {func.__name__!r} must be an async function")
-            tool_name = name or func.__name__
-            sig = inspect.signature(func)
-            hints = getattr(func, "__annotations__", {})
-            self._tools[tool_name] = Tool(
-                name=tool_name,
-                fn=func,
-                input_model=input,
-                output_type=hints.get("return", Any)
-                if isinstance(hints.get("return"), type)
-                else Any,
-                resource=resource or f"tool:{tool_name}",
-                cost_micros=usd_to_micros(cost_usd),
-                description=description or (inspect.getdoc(func) or "").split("\n")[0],
-                takes_key="idempotency_key" in sig.parameters,
-                compensate=compensate,
-            )
-            return registered
-
-        return add(fn) if fn is not None else add
-
-    def get(self, name: str) -> Tool:
-        tool = self._tools.get(name)
-        if tool is None:
-            raise NotFoundError(f"no tool named {name!r} is registered", kind="tool", id=name)
-        return tool
-
-    def __iter__(self) -> Any:
-        return iter(self._tools.values())
-
-
-@dataclass
-class Models:
-    """Model endpoints and the providers that serve them."""
-
-    endpoints: list[Endpoint] = field(default_factory=list)
-    providers: dict[str, ModelProvider] = field(default_factory=dict)
-
-    def add(self, endpoint: Endpoint, provider: ModelProvider) -> None:
-        """Serve ``endpoint`` through ``provider`` (one provider may serve many endpoints)."""
-        if any(e.name == endpoint.name for e in self.endpoints):
-            raise ConfigurationError(f"endpoint {endpoint.name!r} is already registered")
-        self.endpoints.append(endpoint)
-        self.providers[endpoint.name] = provider
-
-    async def close(self) -> None:
-        seen: set[int] = set()
-        for provider in self.providers.values():
-            if id(provider) not in seen:
-                seen.add(id(provider))
-                await provider.close()
 
 
 def _estimate_tokens(messages: Iterable[dict[str, Any]]) -> int:
@@ -472,7 +325,7 @@ class Gateway:
                 index,
                 "model",
                 endpoint.name,
-                _response_to_json(response),
+                response_to_json(response),
                 ctx.now_s(),
             )
         )
@@ -690,21 +543,3 @@ class Gateway:
                     action=action,
                 )
             )
-
-
-def _response_to_json(response: ModelResponse) -> str:
-    data = asdict(response)
-    return json.dumps(data)
-
-
-def response_from_json(text: str) -> ModelResponse:
-    data = json.loads(text)
-    calls = tuple(ToolCall(**c) for c in data.pop("tool_calls", []))
-    return ModelResponse(tool_calls=calls, **data)
-
-
-def human_response(text: str) -> str:
-    """The recorded 'model' answer a human reviewer gave in place of a model."""
-    return _response_to_json(
-        ModelResponse(text=text, tokens_in=0, tokens_out=0, model="human", finish_reason="human")
-    )
