@@ -71,7 +71,7 @@ from tenantflow.ports import Clock, Store
 
 if TYPE_CHECKING:
     from tenantflow.engine.engine import Engine
-    from tenantflow.engine.runtime import Active
+    from tenantflow.engine.execution.active import ActiveRun as Active
     from tenantflow.engine.tenants import TenantInfo
 
 __all__ = ["Memory", "MemoryView", "step_memory"]
