@@ -62,10 +62,9 @@ class _MigratedSchemas:
     Emptying is one transaction of a ``DELETE`` per table but ``tf_schema`` and a restart of
     every sequence, so the next test finds what a freshly migrated schema holds (``DELETE`` of
     a test's few rows is far cheaper than ``TRUNCATE``, which makes new files for every table
-    and index; the tables have no foreign keys and no delete triggers). A
-    schema that comes back changed in any other way (its version rows or its tables), or that
-    cannot be emptied at once (a connection the test left open holds a lock), is dropped and
-    never lent again."""
+    and index; the tables have no foreign keys and no delete triggers). A schema that comes
+    back changed in any other way (its version rows or its tables), or that cannot be emptied
+    at once (a connection the test left open holds a lock), is dropped and never lent again."""
 
     def __init__(self) -> None:
         self.free: list[tuple[str, str]] = []  # (schema, the statements that empty it)
@@ -100,9 +99,9 @@ class _MigratedSchemas:
                     raise LookupError(schema)
                 with admin.transaction():
                     admin.execute(empty.encode())
-            except (LookupError, psycopg.errors.LockNotAvailable):
+            except (LookupError, psycopg.Error):  # changed, gone, or locked by a leftover
                 admin.execute("SET lock_timeout = 0")
-                admin.execute(f"DROP SCHEMA {schema} CASCADE")
+                admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
                 self.made.remove(schema)
                 return
         self.free.append((schema, empty))

@@ -3,7 +3,10 @@
 A Store is a small interpreter of these ops: it applies a batch of them in one transaction
 (group commit) and returns one result per op. Every op names its tenant, and every fenced op is
 conditional on the attempt's fencing token and live lease, so a late write from a lost attempt
-changes nothing and answers :data:`STALE`.
+changes nothing and answers :data:`STALE`. A finish or a transition may also be conditional on
+the run's state version (``expected_version``): decided from a view the run has moved on from,
+it changes nothing and answers :class:`VersionConflict`. Which tenant an op may act for is the
+caller's scope to decide, not the op's (:func:`check_scope`).
 """
 
 from __future__ import annotations
