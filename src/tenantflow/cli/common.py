@@ -21,12 +21,10 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 import typer
 
-from tenantflow import Engine
-from tenantflow.client import Client
 from tenantflow.domain.audit import AuditRecord, VerifyResult
 from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
@@ -43,9 +41,12 @@ from tenantflow.errors import (
     StoreError,
     TenantflowError,
 )
-from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
-from tenantflow.placement.embedded import open_embedded
 from tenantflow.settings import Settings
+
+if TYPE_CHECKING:
+    from tenantflow.client import Client
+    from tenantflow.engine.engine import Engine
+    from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 
 __all__ = [
     "ACTOR",
@@ -256,6 +257,8 @@ def read(ctx: typer.Context, db: str | None, call: Callable[[ControlPlane], Awai
 
 
 async def _read(url: str, call: Callable[[ControlPlane], Awaitable[T]]) -> T:
+    from tenantflow.placement.embedded import open_embedded
+
     engine = open_embedded(url, execute=False)
     async with engine:
         return await call(engine)
@@ -480,7 +483,8 @@ class EngineBackend:
         )
 
 
-Backend = Client | EngineBackend
+# A string: the HTTP client (httpx) is imported only by the commands that call a server.
+Backend: TypeAlias = "Client | EngineBackend"
 """What a command talks to: the store opened in this process, or a server over HTTP."""
 
 
@@ -521,7 +525,7 @@ def connect(
                 field="tenant",
             )
         with _open(settings, tenant, write=write) as backend:
-            if isinstance(backend, Client):
+            if not isinstance(backend, EngineBackend):  # a server: the key names the tenant
                 owner = backend.tenant().id
                 if tenant is not None and tenant != owner:
                     raise ConfigurationError(
@@ -553,6 +557,8 @@ def connect_admin(
 @contextmanager
 def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Backend]:
     if settings.url is not None:
+        from tenantflow.client import Client
+
         assert settings.api_key is not None  # target_for insists
         with Client(settings.url, settings.api_key) as client:
             yield client
@@ -567,6 +573,8 @@ def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Ba
 
 
 async def _started(url: str, write: bool) -> ControlPlane:
+    from tenantflow.placement.embedded import open_embedded
+
     engine = open_embedded(url, execute=write)
     await engine.start()
     return engine

@@ -7,7 +7,6 @@ from typing import Protocol, runtime_checkable
 
 import typer
 
-from tenantflow.adapters import open_store
 from tenantflow.cli.common import DbOption, reporting_errors, settings_for
 from tenantflow.errors import ConfigurationError
 
@@ -37,6 +36,9 @@ def upgrade(ctx: typer.Context, db: DbOption = None) -> None:
 
 
 async def _upgrade(url: str) -> int:
+
+    from tenantflow.adapters import open_store
+
     store = open_store(url)
     if not isinstance(store, _Versioned):
         raise ConfigurationError(

@@ -12,7 +12,7 @@ revocation made here within its key cache TTL, a few seconds).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -23,7 +23,9 @@ from tenantflow.cli import render
 from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
 from tenantflow.domain.ids import check_tenant
 from tenantflow.errors import ConfigurationError
-from tenantflow.placement import ApiKeyInfo, ControlPlane
+
+if TYPE_CHECKING:
+    from tenantflow.placement import ApiKeyInfo, ControlPlane
 
 __all__ = ["ACTOR", "app"]
 

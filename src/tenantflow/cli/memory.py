@@ -13,7 +13,7 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -48,7 +48,9 @@ from tenantflow.domain.memory import (
     query_words,
 )
 from tenantflow.errors import ConfigurationError
-from tenantflow.placement import ControlPlane
+
+if TYPE_CHECKING:
+    from tenantflow.placement import ControlPlane
 
 __all__ = ["app", "entry_dict", "hit_dict"]
 

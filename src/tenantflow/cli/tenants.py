@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from tenantflow.cli import render
 from tenantflow.cli.common import (
@@ -115,6 +114,8 @@ def load_policy_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"cannot read policy file {str(path)!r}: {reason}", field="policy_file"
         ) from None
+    import yaml  # only for a policy file: every other command starts without it
+
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

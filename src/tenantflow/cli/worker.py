@@ -15,15 +15,16 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tenantflow import Engine
 from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
 from tenantflow.cli.serve import load_app
 from tenantflow.errors import ConfigurationError
-from tenantflow.placement.centralized import open_worker, run_worker
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import Engine
 
 __all__ = ["worker"]
 
@@ -71,6 +72,8 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     with reporting_errors():
+        from tenantflow.placement.centralized import open_worker
+
         settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
         engine = open_worker(settings.database_url, slots=slots, lease=timedelta(seconds=lease))
@@ -109,4 +112,6 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     if stopping:
         stop.set()
+    from tenantflow.placement.centralized import run_worker
+
     await run_worker(engine, setups, stop)

@@ -140,6 +140,8 @@ class Engine(HistoryReads):
             for key, st in self.stores.items()
         }
         self.runtime = self.runtimes[DEFAULT_STORE]
+        for runtime in self.runtimes.values():  # one platform-wide bucket, not one per region
+            runtime.ledgers.platform = self.runtime.writer
         writes = {key: runtime.writer.write for key, runtime in self.runtimes.items()}
         self.registry = WorkflowRegistry()
         self.ownership = Ownership(config.cluster)

@@ -239,43 +239,28 @@ class MemoryView:
         )
 
 
-class _Writes(Protocol):
-    def write(self, op: Op) -> Awaitable[Any]: ...
-
-
-class _StepRuntime(Protocol):
-    """What :func:`step_memory` needs of the runtime driving the step."""
-
-    @property
-    def store(self) -> Store: ...
-
-    @property
-    def clock(self) -> Clock: ...
-
-    @property
-    def writer(self) -> _Writes: ...
-
-
 class _StepRun(Protocol):
     @property
     def policy(self) -> Policy | None: ...
 
 
 def step_memory(
-    runtime: _StepRuntime, tenant_id: str, run: _StepRun | None, idempotency_key: str
+    store: Store,
+    clock: Clock,
+    write: Callable[[Op], Awaitable[Any]],
+    tenant_id: str,
+    run: _StepRun | None,
+    idempotency_key: str,
 ) -> MemoryView:
-    """``ctx.memory``: the run's tenant's memory in its region's store, written through the
-    runtime's writer, with the retention of the run's policy snapshot."""
-    store = runtime.store
+    """``ctx.memory``: the run's tenant's memory in its region's store, written through
+    ``write`` (the attempt's scoped sink), with the retention of the run's policy snapshot."""
 
     async def retention() -> timedelta | None:
         if run is not None and run.policy is not None:
             return run.policy.memory_retention
         return retention_of((await store.get_tenant(tenant_id)).policy_json)
 
-    binding = _Binding(
-        tenant_id, store, runtime.clock, runtime.writer.write, retention, idempotency_key
-    )
+    binding = _Binding(tenant_id, store, clock, write, retention, idempotency_key)
     return MemoryView(binding)
 
 

@@ -117,6 +117,7 @@ class ControlPlane(Protocol):
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        payloads: bool = True,
     ) -> list[RunRecord]:
         """The tenant's runs, newest first."""
 
