@@ -36,7 +36,6 @@ def upgrade(ctx: typer.Context, db: DbOption = None) -> None:
 
 
 async def _upgrade(url: str) -> int:
-
     from tenantflow.adapters import open_store
 
     store = open_store(url)
