@@ -1,0 +1,219 @@
+"""Two broker drivers (as two processes would be) deciding one run's parallel branches.
+
+The workflow is a diamond: ``start`` feeds ``left`` and ``right``, both feed ``join``. Each
+branch is handled by its own :class:`BrokerDriver` on one store and one bus, and the interleaving
+is forced with events (no sleeps): both branches' outcomes are decided from the same view of the
+run (each sees the other still running) before either is written. The test plays the broker's
+consumer loop itself (the drivers' writers run, their consumers do not), so that it decides which
+driver handles which delivery.
+
+With the run-level compare-and-set the second finish is refused (nothing written), decided again
+from the run as it now is, and readies ``join``: it runs once. The control case writes the same
+two decisions without their expected version: each readies nothing, since each saw the other
+branch running, and the join is lost (the run never moves on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+import tenantflow as tf
+from tenantflow.domain.records import FinishAttempt, VersionConflict
+from tenantflow.engine.execution.broker import BrokerDriver
+from tenantflow.testing import FakeClock, LoopbackBus, MemoryStore
+
+T = TypeVar("T")
+TENANT = "acme"
+BRANCHES = ("left", "right")
+
+ran: Counter[str] = Counter()
+
+diamond = tf.Workflow("diamond", input=int)
+
+
+@diamond.step
+async def start(ctx: tf.StepContext, input: int) -> int:
+    ran["start"] += 1
+    return input
+
+
+@diamond.step
+async def left(ctx: tf.StepContext, start: int) -> int:
+    ran["left"] += 1
+    return start + 1
+
+
+@diamond.step
+async def right(ctx: tf.StepContext, start: int) -> int:
+    ran["right"] += 1
+    return start + 2
+
+
+@diamond.step
+async def join(ctx: tf.StepContext, left: int, right: int) -> int:
+    ran["join"] += 1
+    return left + right
+
+
+class InlineStore(MemoryStore):
+    """The in-memory store, each statement run on the event loop's thread: the drivers'
+    writes then interleave only where the test's events let them."""
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise tf.StoreUnavailableError("the SQLite store is not open")
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            raise tf.StoreError(f"SQLite error: {exc}") from exc
+
+
+class Gate:
+    """Holds the first finish of each branch until both were decided, then lets ``left``
+    commit before ``right``: both were decided from the same view. Later finishes pass."""
+
+    def __init__(self, *, cas: bool) -> None:
+        self.cas = cas
+        self.decided: set[str] = set()
+        self.both_decided = asyncio.Event()
+        self.left_written = asyncio.Event()
+        self.expected: dict[str, int | None] = {}
+        self.results: list[tuple[str, Any]] = []
+
+    def wrap(self, driver: BrokerDriver) -> None:
+        for writer in driver.writers.values():
+            writer.write = self._gated(writer.write)  # type: ignore[method-assign,assignment]
+
+    def _gated(self, write: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        async def gated(op: Any) -> Any:
+            if not isinstance(op, FinishAttempt):
+                return await write(op)
+            if op.key in BRANCHES and op.key not in self.decided:
+                self.decided.add(op.key)
+                self.expected[op.key] = op.expected_version
+                if self.decided == set(BRANCHES):
+                    self.both_decided.set()
+                await self.both_decided.wait()
+                if op.key == "right":
+                    await self.left_written.wait()
+            if not self.cas:
+                op = dataclasses.replace(op, expected_version=None)
+            result = await write(op)
+            self.results.append((op.key, result))
+            if op.key == "left":
+                self.left_written.set()
+            return result
+
+        return gated
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the race left in the store and on the bus."""
+
+    run_id: str
+    record: tf.RunRecord
+    succeeded: Counter[str | None]
+    versions: list[tuple[int, str | None]]
+    steps: dict[str, tf.StepStatus]
+    bus: LoopbackBus
+    gate: Gate
+
+
+async def race(*, cas: bool) -> Outcome:
+    """Submit a diamond run and handle its branches on two drivers, decided from one view."""
+    ran.clear()
+    clock, store = FakeClock(), InlineStore()
+    async with tf.Engine(store, clock=clock) as control:
+        await control.tenants.create(TENANT)
+        bus = LoopbackBus(clock)
+        drivers = [
+            BrokerDriver(
+                {"local": store},
+                home="local",
+                bus=bus,
+                clock=clock,
+                gateway=control.gateway,
+                workflows=[diamond.spec],
+                owner=owner,
+                seed=1,
+            )
+            for owner in ("p1", "p2")
+        ]
+        gate = Gate(cas=cas)
+        for driver in drivers:
+            gate.wrap(driver)
+            for writer in driver.writers.values():
+                writer.start()
+        try:
+            run_id = await drivers[0].submit(TENANT, "diamond", 1)
+            first = await bus.next()
+            assert first is not None and first.data["key"] == "start"
+            await drivers[0]._handle(first)
+            out = [await bus.next(), await bus.next()]
+            by_key = {d.data["key"]: d for d in out if d is not None}
+            assert set(by_key) == set(BRANCHES)
+            await asyncio.gather(
+                drivers[0]._handle(by_key["left"]), drivers[1]._handle(by_key["right"])
+            )
+            if bus.pending:  # the join was readied: let the other process run it
+                nxt = await bus.next()
+                assert nxt is not None
+                await drivers[1]._handle(nxt)
+        finally:
+            for driver in drivers:
+                await driver.close()
+            await bus.close()
+        events = await store.events(TENANT, run_id)
+        return Outcome(
+            run_id,
+            await store.get_run(TENANT, run_id),
+            Counter(e.step for e in events if e.kind == "step.succeeded"),
+            [(v.version, v.step) for v in await store.state_versions(TENANT, run_id)],
+            {s.key: s.status for s in await store.get_steps(TENANT, run_id)},
+            bus,
+            gate,
+        )
+
+
+@pytest.mark.asyncio
+async def test_two_drivers_deciding_parallel_branches_run_the_join_once() -> None:
+    out = await race(cas=True)
+    gate, run_id = out.gate, out.run_id
+    assert out.record.status == tf.RunStatus.COMPLETED, out.record.error
+    assert ran == {"start": 1, "left": 1, "right": 1, "join": 1}
+    assert out.succeeded == {"start": 1, "left": 1, "right": 1, "join": 1}
+    # Both branches were decided from the run at start's version; right's finish was refused
+    # (nothing written), decided again at left's version, and committed.
+    assert gate.expected == {"left": 1, "right": 1}
+    assert gate.results == [
+        ("start", 1),
+        ("left", 2),
+        ("right", VersionConflict(run_id, 1, 2)),
+        ("right", 3),
+        ("join", 4),
+    ]
+    assert [v for v, _ in out.versions] == list(range(len(out.versions)))
+    assert [step for _, step in out.versions[1:]] == ["start", "left", "right", "join"]
+    assert out.record.state_version == out.versions[-1][0] == 4
+    assert out.bus.pending == 0 and out.bus.acked == out.bus.delivered == 4
+
+
+@pytest.mark.asyncio
+async def test_without_the_version_check_the_same_interleaving_loses_the_join() -> None:
+    out = await race(cas=False)
+    # Each branch saw the other running, so neither readied the join: it never runs.
+    assert out.gate.results == [("start", 1), ("left", 2), ("right", 3)]
+    assert ran == {"start": 1, "left": 1, "right": 1}
+    assert out.succeeded == {"start": 1, "left": 1, "right": 1}
+    assert out.record.status == tf.RunStatus.RUNNING
+    assert out.steps["join"] == tf.StepStatus.PENDING
+    assert out.bus.pending == 0
