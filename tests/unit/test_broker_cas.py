@@ -26,12 +26,14 @@ import pytest
 
 import tenantflow as tf
 from tenantflow.domain.records import FinishAttempt, VersionConflict
+from tenantflow.domain.spec import child_key
 from tenantflow.engine.execution.broker import BrokerDriver
 from tenantflow.testing import FakeClock, LoopbackBus, MemoryStore
 
 T = TypeVar("T")
 TENANT = "acme"
 BRANCHES = ("left", "right")
+ELEMENTS = (child_key("square", 0), child_key("square", 1))
 
 ran: Counter[str] = Counter()
 
@@ -62,6 +64,27 @@ async def join(ctx: tf.StepContext, left: int, right: int) -> int:
     return left + right
 
 
+fan = tf.Workflow("fan", input=list[int])
+
+
+@fan.step
+async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
+    ran["items"] += 1
+    return input
+
+
+@fan.step(fan_out="items")
+async def square(ctx: tf.StepContext, items: int) -> int:
+    ran["square"] += 1
+    return items * items
+
+
+@fan.step
+async def total(ctx: tf.StepContext, square: list[int]) -> int:
+    ran["total"] += 1
+    return sum(square)
+
+
 class InlineStore(MemoryStore):
     """The in-memory store, each statement run on the event loop's thread: the drivers'
     writes then interleave only where the test's events let them."""
@@ -77,10 +100,12 @@ class InlineStore(MemoryStore):
 
 
 class Gate:
-    """Holds the first finish of each branch until both were decided, then lets ``left``
-    commit before ``right``: both were decided from the same view. Later finishes pass."""
+    """Holds the first finish of each of two branches until both were decided, then lets the
+    first commit before the second: both were decided from the same view. Later finishes
+    pass."""
 
-    def __init__(self, *, cas: bool) -> None:
+    def __init__(self, branches: tuple[str, str], *, cas: bool) -> None:
+        self.branches = branches
         self.cas = cas
         self.decided: set[str] = set()
         self.both_decided = asyncio.Event()
@@ -96,19 +121,19 @@ class Gate:
         async def gated(op: Any) -> Any:
             if not isinstance(op, FinishAttempt):
                 return await write(op)
-            if op.key in BRANCHES and op.key not in self.decided:
+            if op.key in self.branches and op.key not in self.decided:
                 self.decided.add(op.key)
                 self.expected[op.key] = op.expected_version
-                if self.decided == set(BRANCHES):
+                if self.decided == set(self.branches):
                     self.both_decided.set()
                 await self.both_decided.wait()
-                if op.key == "right":
+                if op.key == self.branches[1]:
                     await self.left_written.wait()
             if not self.cas:
                 op = dataclasses.replace(op, expected_version=None)
             result = await write(op)
             self.results.append((op.key, result))
-            if op.key == "left":
+            if op.key == self.branches[0]:
                 self.left_written.set()
             return result
 
@@ -128,8 +153,17 @@ class Outcome:
     gate: Gate
 
 
-async def race(*, cas: bool) -> Outcome:
-    """Submit a diamond run and handle its branches on two drivers, decided from one view."""
+async def race(
+    workflow: tf.Workflow = diamond,
+    input: Any = 1,
+    branches: tuple[str, str] = BRANCHES,
+    *,
+    cas: bool = True,
+    gather_check: bool = True,
+) -> Outcome:
+    """Submit a run and handle its two parallel ``branches`` on two drivers, both decided from
+    one view; every other delivery is handled by the second driver, until none is left.
+    ``gather_check=False`` turns off the drivers' check for a gather lost that way."""
     ran.clear()
     clock, store = FakeClock(), InlineStore()
     async with tf.Engine(store, clock=clock) as control:
@@ -142,29 +176,31 @@ async def race(*, cas: bool) -> Outcome:
                 bus=bus,
                 clock=clock,
                 gateway=control.gateway,
-                workflows=[diamond.spec],
+                workflows=[workflow.spec],
                 owner=owner,
                 seed=1,
             )
             for owner in ("p1", "p2")
         ]
-        gate = Gate(cas=cas)
+        gate = Gate(branches, cas=cas)
         for driver in drivers:
             gate.wrap(driver)
+            if not gather_check:
+                driver._gather_if_lost = _nothing  # type: ignore[method-assign,assignment]
             for writer in driver.writers.values():
                 writer.start()
         try:
-            run_id = await drivers[0].submit(TENANT, "diamond", 1)
+            run_id = await drivers[0].submit(TENANT, workflow.spec.name, input)
             first = await bus.next()
-            assert first is not None and first.data["key"] == "start"
+            assert first is not None
             await drivers[0]._handle(first)
             out = [await bus.next(), await bus.next()]
             by_key = {d.data["key"]: d for d in out if d is not None}
-            assert set(by_key) == set(BRANCHES)
+            assert set(by_key) == set(branches)
             await asyncio.gather(
-                drivers[0]._handle(by_key["left"]), drivers[1]._handle(by_key["right"])
+                drivers[0]._handle(by_key[branches[0]]), drivers[1]._handle(by_key[branches[1]])
             )
-            if bus.pending:  # the join was readied: let the other process run it
+            while bus.pending:  # what the branches readied: let the other process run it
                 nxt = await bus.next()
                 assert nxt is not None
                 await drivers[1]._handle(nxt)
@@ -184,9 +220,13 @@ async def race(*, cas: bool) -> Outcome:
         )
 
 
+async def _nothing(*args: Any) -> None:
+    return None
+
+
 @pytest.mark.asyncio
 async def test_two_drivers_deciding_parallel_branches_run_the_join_once() -> None:
-    out = await race(cas=True)
+    out = await race()
     gate, run_id = out.gate, out.run_id
     assert out.record.status == tf.RunStatus.COMPLETED, out.record.error
     assert ran == {"start": 1, "left": 1, "right": 1, "join": 1}
@@ -217,3 +257,31 @@ async def test_without_the_version_check_the_same_interleaving_loses_the_join() 
     assert out.record.status == tf.RunStatus.RUNNING
     assert out.steps["join"] == tf.StepStatus.PENDING
     assert out.bus.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_fan_out_elements_finished_from_one_view_are_still_gathered_once() -> None:
+    # An element's finish moves no state version, so both elements' finishes pass the check
+    # and neither gathers; the driver's read after its finish finds every element done and
+    # gathers, checked against the version (the gather moves it).
+    out = await race(fan, [2, 3], ELEMENTS)
+    assert out.record.status == tf.RunStatus.COMPLETED, out.record.error
+    assert ran == {"items": 1, "square": 2, "total": 1}
+    assert out.gate.expected == dict.fromkeys(ELEMENTS, 1)
+    assert [key for key, _ in out.gate.results] == ["items", *ELEMENTS, "total"]
+    assert out.succeeded == {"items": 1, **dict.fromkeys(ELEMENTS, 1), "total": 1}
+    assert [v for v, _ in out.versions] == list(range(len(out.versions)))
+    assert [step for _, step in out.versions[1:]] == ["items", "square", "total"]
+    assert out.record.state_version == 3
+
+
+@pytest.mark.asyncio
+async def test_the_version_check_alone_would_lose_the_gather() -> None:
+    # The control for the test above: the same interleaving, the version check on, the check
+    # for a lost gather off. Both finishes commit, neither gathers: the run is stuck.
+    out = await race(fan, [2, 3], ELEMENTS, gather_check=False)
+    assert [key for key, _ in out.gate.results] == ["items", *ELEMENTS]
+    assert out.record.status == tf.RunStatus.RUNNING
+    assert out.steps["square"] == tf.StepStatus.MAPPED
+    assert out.steps["total"] == tf.StepStatus.PENDING
+    assert ran == {"items": 1, "square": 2}

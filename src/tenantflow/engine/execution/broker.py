@@ -345,12 +345,52 @@ class BrokerDriver:
             if fresh is None:
                 return
             if await self._decide(*fresh, att, outcome, region):
+                if isinstance(outcome, Succeeded):
+                    await self._gather_if_lost(store, tenant, run_id, policy, att.key, region)
                 return
-        raise ConflictError(
-            f"run {run_id!r} kept moving on while step {att.key!r} was decided"
+        raise self._conflict(run_id, att.key)
+
+    async def _gather_if_lost(
+        self, store: Store, tenant: str, run_id: str, policy: Policy, key: str, region: str
+    ) -> None:
+        """Gather a fan-out whose last elements finished in parallel elsewhere.
+
+        An element's finish moves no state version, so two of them decided from one view
+        (each seeing the other running) both commit and neither gathers. After an element's
+        finish, the run is read again; if every element succeeded and the step is still not
+        gathered, the gather (and what it readies) is written as a transition checked against
+        the version read. The gather moves the version, so of several processes doing this at
+        once one commits and the others, refused, find the step gathered.
+        """
+        name, index = parse_key(key)
+        for _ in range(MAX_DECISIONS):
+            fresh = await self._load(store, tenant, run_id, policy)
+            if fresh is None or index is None or fresh[0].spec.step(name).kind == "agent":
+                return  # an agent's iterations each move the version: nothing can be lost
+            run, version = fresh
+            n = run.children.get(name, 0)
+            elements = [child_key(name, i) for i in range(n)]
+            if (
+                run.status != RunStatus.RUNNING
+                or run.statuses.get(name) != StepStatus.MAPPED
+                or any(run.statuses.get(k) != StepStatus.SUCCEEDED for k in elements)
+            ):
+                return
+            view = run.view(self.clock.now())._replace(state_version=version)
+            decision = on_succeeded(view, Attempt(key, 0, 0), run.outputs[key], run.jsons[key])
+            then = decision.ops[-1].then
+            then.usage, then.expected_version = [], version  # the element's usage is counted
+            if await self._commit(run, Decision([then], decision.effects), region):
+                return
+        raise self._conflict(run_id, name)
+
+    @staticmethod
+    def _conflict(run_id: str, key: str) -> ConflictError:
+        return ConflictError(
+            f"run {run_id!r} kept moving on while step {key!r} was decided"
             f" ({MAX_DECISIONS} version conflicts in a row)",
             run_id=run_id,
-            step=att.key,
+            step=key,
         )
 
     async def _keep_alive(self, delivery: Delivery) -> None:
