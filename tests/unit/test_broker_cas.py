@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pytest
 
 import tenantflow as tf
-from tenantflow.domain.records import FinishAttempt, VersionConflict
+from tenantflow.domain.records import FinishAttempt, Transition, VersionConflict
 from tenantflow.domain.spec import child_key
 from tenantflow.engine.execution.broker import BrokerDriver
 from tenantflow.testing import FakeClock, LoopbackBus, MemoryStore
@@ -112,13 +112,46 @@ class Gate:
         self.left_written = asyncio.Event()
         self.expected: dict[str, int | None] = {}
         self.results: list[tuple[str, Any]] = []
+        self.both_written = asyncio.Event()
+        self.gathers: list[tuple[int | None, Any]] = []
+        self.gathers_decided = asyncio.Event()
+        self.first_gather_written = asyncio.Event()
+        self.hold_gathers = False
 
-    def wrap(self, driver: BrokerDriver) -> None:
+    def wrap(self, driver: BrokerDriver, *, late_gather: bool = False) -> None:
+        """Gate ``driver``'s finishes; ``late_gather``: its check for a lost gather waits
+        until both branches were written, and two such gathers are decided from one view."""
         for writer in driver.writers.values():
             writer.write = self._gated(writer.write)  # type: ignore[method-assign,assignment]
+        if late_gather:
+            self.hold_gathers = True
+            check = driver._gather_if_lost
+
+            async def late(*args: Any) -> None:
+                if args[4] in self.branches:  # the key whose finish was written
+                    await self.both_written.wait()
+                await check(*args)
+
+            driver._gather_if_lost = late  # type: ignore[method-assign,assignment]
+
+    async def _gather(self, write: Callable[[Any], Any], op: Transition) -> Any:
+        turn = len(self.gathers)
+        self.gathers.append((op.expected_version, None))
+        if self.hold_gathers and turn < 2:
+            if turn == 1:
+                self.gathers_decided.set()
+            await self.gathers_decided.wait()
+            if turn == 1:
+                await self.first_gather_written.wait()
+        result = await write(op)
+        self.gathers[turn] = (op.expected_version, result)
+        self.first_gather_written.set()
+        return result
 
     def _gated(self, write: Callable[[Any], Any]) -> Callable[[Any], Any]:
         async def gated(op: Any) -> Any:
+            if isinstance(op, Transition) and op.expected_version is not None:
+                return await self._gather(write, op)
             if not isinstance(op, FinishAttempt):
                 return await write(op)
             if op.key in self.branches and op.key not in self.decided:
@@ -135,6 +168,8 @@ class Gate:
             self.results.append((op.key, result))
             if op.key == self.branches[0]:
                 self.left_written.set()
+            if all(any(k == b for k, _ in self.results) for b in self.branches):
+                self.both_written.set()
             return result
 
         return gated
@@ -147,6 +182,7 @@ class Outcome:
     run_id: str
     record: tf.RunRecord
     succeeded: Counter[str | None]
+    kinds: Counter[str]
     versions: list[tuple[int, str | None]]
     steps: dict[str, tf.StepStatus]
     bus: LoopbackBus
@@ -160,6 +196,7 @@ async def race(
     *,
     cas: bool = True,
     gather_check: bool = True,
+    late_gather: bool = False,
 ) -> Outcome:
     """Submit a run and handle its two parallel ``branches`` on two drivers, both decided from
     one view; every other delivery is handled by the second driver, until none is left.
@@ -184,7 +221,7 @@ async def race(
         ]
         gate = Gate(branches, cas=cas)
         for driver in drivers:
-            gate.wrap(driver)
+            gate.wrap(driver, late_gather=late_gather)
             if not gather_check:
                 driver._gather_if_lost = _nothing  # type: ignore[method-assign,assignment]
             for writer in driver.writers.values():
@@ -213,6 +250,7 @@ async def race(
             run_id,
             await store.get_run(TENANT, run_id),
             Counter(e.step for e in events if e.kind == "step.succeeded"),
+            Counter(e.kind for e in events),
             [(v.version, v.step) for v in await store.state_versions(TENANT, run_id)],
             {s.key: s.status for s in await store.get_steps(TENANT, run_id)},
             bus,
@@ -285,3 +323,17 @@ async def test_the_version_check_alone_would_lose_the_gather() -> None:
     assert out.steps["square"] == tf.StepStatus.MAPPED
     assert out.steps["total"] == tf.StepStatus.PENDING
     assert ran == {"items": 1, "square": 2}
+
+
+@pytest.mark.asyncio
+async def test_two_drivers_finding_one_lost_gather_write_it_once() -> None:
+    # Both elements' finishes commit before either driver looks for a lost gather; both then
+    # find it and decide it from one view. The first gather commits (and moves the version),
+    # the second is refused; read again, the step is gathered and nothing is left to do.
+    out = await race(fan, [2, 3], ELEMENTS, late_gather=True)
+    assert out.record.status == tf.RunStatus.COMPLETED, out.record.error
+    assert out.gate.gathers == [(1, True), (1, VersionConflict(out.run_id, 1, 2))]
+    assert out.kinds["step.gathered"] == 1
+    assert ran == {"items": 1, "square": 2, "total": 1}
+    assert [step for _, step in out.versions[1:]] == ["items", "square", "total"]
+    assert out.record.state_version == 3
