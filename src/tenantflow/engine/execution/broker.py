@@ -21,7 +21,7 @@ writes nothing; the driver reads the run again and decides again, at most
 :data:`MAX_DECISIONS` times. Within one process a per-run lock also serialises the decisions
 (it spares the conflicts). The store checks the version on a finish only: a failure or a
 parked step is still decided without it, and a fan-out element's finish does not move the
-version (see :meth:`BrokerDriver._settle`).
+version (see :meth:`BrokerDriver._gather_if_lost`).
 
 Not driven here (yet): child runs (``ctx.delegate``), deciding reviews, pausing and resuming, and
 admission (every submitted run starts at once).
