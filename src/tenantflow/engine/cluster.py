@@ -36,7 +36,7 @@ from typing import Any, Literal, Protocol
 from tenantflow.domain.cluster import Command, Notice, assign
 from tenantflow.domain.records import RecoverOrphans
 from tenantflow.domain.tenancy import ReviewRecord
-from tenantflow.engine.runtime import Runtime
+from tenantflow.engine.execution.driver import RunDriver as Runtime
 from tenantflow.engine.submission import AdmissionGate
 from tenantflow.engine.tenants import Tenants
 from tenantflow.errors import (

@@ -45,6 +45,9 @@ from tenantflow.domain.tenancy import ReviewRecord
 from tenantflow.engine.cluster import ClusterDriver, Membership, Ownership
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.dispatch import Dispatcher
+from tenantflow.engine.execution.active import ActiveRun as Active
+from tenantflow.engine.execution.driver import RunDriver as Runtime
+from tenantflow.engine.execution.reviews import Reviews, ReviewWiring
 from tenantflow.engine.gateway import Gateway, Models, Tools
 from tenantflow.engine.handle import RunHandle, RunView
 from tenantflow.engine.history import HistoryReads, RunHistory, StateVersion
@@ -54,9 +57,7 @@ from tenantflow.engine.memory import Memory
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
-from tenantflow.engine.reviews import Reviews, ReviewWiring
 from tenantflow.engine.runs import RunControl
-from tenantflow.engine.runtime import Active, Runtime
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.errors import ConfigurationError

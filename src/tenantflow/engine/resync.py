@@ -33,7 +33,8 @@ from tenantflow.errors import NotFoundError, StoreError, TenantflowError
 
 if TYPE_CHECKING:
     from tenantflow.domain.records import RunRecord
-    from tenantflow.engine.runtime import Active, Runtime
+    from tenantflow.engine.execution.active import ActiveRun as Active
+    from tenantflow.engine.execution.driver import RunDriver as Runtime
     from tenantflow.engine.submission import AdmissionGate
     from tenantflow.ports import Clock
 

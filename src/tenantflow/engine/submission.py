@@ -22,6 +22,7 @@ from tenantflow.domain.admission import AdmissionController
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.ids import check_lane, check_tenant
 from tenantflow.domain.policy import Policy
+from tenantflow.domain.progress import plan_to_transition
 from tenantflow.domain.records import (
     TERMINAL_RUN,
     CreateRun,
@@ -33,15 +34,15 @@ from tenantflow.domain.records import (
     StepStatus,
     Transition,
 )
-from tenantflow.domain.run import advance, run_result
+from tenantflow.domain.run import advance
 from tenantflow.domain.spec import WorkflowSpec, child_key
 from tenantflow.domain.tenancy import AuditEntry
 from tenantflow.engine.dispatch import Dispatcher
+from tenantflow.engine.execution.active import ActiveRun as Active
+from tenantflow.engine.execution.driver import RunDriver as Runtime
 from tenantflow.engine.inputs import refuse_credentials
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
-from tenantflow.engine.runtime import Active, Runtime
-from tenantflow.engine.runtime import result_json as make_result_json
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.errors import (
     BudgetExceededError,
@@ -461,20 +462,13 @@ class Submitter:
             "region": policy.region,
         }
         events = [NewEvent("run.submitted", None, None, submitted)]
-        events.extend(NewEvent("step.skipped", k, None, {"reason": r}) for k, r in plan.skipped)
-        events.extend(NewEvent("step.mapped", k, None, {"elements": n}) for k, n in plan.mapped)
-        events.extend(NewEvent("step.failed", k, None, {"error": r}) for k, r in plan.failed)
-        fatal = [k for k, _ in plan.failed if not spec.step(k).optional]
+        planned = plan_to_transition(spec, plan, {}, run_id=run_id, submission=True)
+        events.extend(planned.events)
         result_json: bytes | None = None
-        error: str | None = None
-        if fatal:
-            status = RunStatus.FAILED
-            error = f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}"
-            events.append(NewEvent("run.failed", None, None, {"error": error}))
-        elif plan.completed:
-            status = RunStatus.COMPLETED
-            result_json = make_result_json(spec, run_result(spec, {}))
-            events.append(NewEvent("run.completed"))
+        error: str | None = planned.error
+        if planned.run is not None:  # a required step failed, or nothing was left to run
+            status = planned.run.status
+            result_json = planned.run.result_json
         elif parent is not None:  # runs in its waiting parent's place (see StepContext.delegate)
             status = RunStatus.RUNNING
             events.append(NewEvent("run.started", None, None, {"parent_run": parent.id}))

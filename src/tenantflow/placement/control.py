@@ -16,11 +16,11 @@ from tenantflow.domain.audit import VerifyResult
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.spec import WorkflowSpec
 from tenantflow.domain.state import Change
+from tenantflow.engine.execution.reviews import Reviews
 from tenantflow.engine.handle import RunHandle, RunView
 from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
-from tenantflow.engine.reviews import Reviews
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.observability.events import Observers
 
