@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import tenantflow as tf
-from tenantflow.placement import ControlPlane, RunView
+from tenantflow.placement import ControlPlane, RunSnapshot
 from tenantflow.placement.centralized import open_front, open_worker
 from tenantflow.placement.embedded import open_embedded
 from tenantflow.testing import FakeClock
@@ -34,16 +34,16 @@ async def test_an_embedded_placement_executes_and_shows_runs_as_read_only_views(
     async with engine:
         run = await plane.submit("held", tenant="t1", input=21)
         await started.wait()
-        view = plane.run_view("t1", run.id)
-        assert view == RunView(
+        view = plane.run_snapshot("t1", run.id)
+        assert view == RunSnapshot(
             run.id, "t1", tf.RunStatus.RUNNING, "held", wf.spec.version, "normal"
         )
-        assert plane.run_view("t2", run.id) is None  # another tenant's run is not seen
+        assert plane.run_snapshot("t2", run.id) is None  # another tenant's run is not seen
         with pytest.raises(AttributeError):
             view.status = tf.RunStatus.COMPLETED  # type: ignore[misc]
         release.set()
         assert await run.result() == 42
-        assert plane.run_view("t1", run.id) is None  # no longer executing here
+        assert plane.run_snapshot("t1", run.id) is None  # no longer executing here
         await plane.ready(1.0)
         events = await plane.events_after("t1", run.id, 0)
         assert [e.kind for e in events] == [e.kind for e in await plane.timeline("t1", run.id)]

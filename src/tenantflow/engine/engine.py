@@ -49,7 +49,7 @@ from tenantflow.engine.execution.active import ActiveRun as Active
 from tenantflow.engine.execution.driver import RunDriver as Runtime
 from tenantflow.engine.execution.reviews import Reviews, ReviewWiring
 from tenantflow.engine.gateway import Gateway, Models, Tools
-from tenantflow.engine.handle import RunHandle, RunView
+from tenantflow.engine.handle import RunHandle, RunSnapshot
 from tenantflow.engine.history import HistoryReads, RunHistory, StateVersion
 from tenantflow.engine.ingest import IngestGate
 from tenantflow.engine.keys import ApiKeys
@@ -427,7 +427,7 @@ class Engine(HistoryReads):
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
         return await self.runs.resume(tenant, run_id)
 
-    def run_view(self, tenant: str, run_id: str) -> RunView | None:
+    def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
 

@@ -1,6 +1,6 @@
-"""What a caller holds of a run: a handle to wait on it, and a read-only view of it.
+"""What a caller holds of a run: a handle to wait on it, and a read-only snapshot of it.
 
-:class:`RunView` is the public picture of a run an engine drives (its id, status, workflow and
+:class:`RunSnapshot` is the public picture of a run an engine drives (its id, status, workflow and
 lane), so that callers such as the REST API never touch the runtime's in-memory run.
 """
 
@@ -13,11 +13,11 @@ from typing import Any, Protocol
 from tenantflow.domain.records import RunRecord, RunStatus
 from tenantflow.errors import RunFailedError
 
-__all__ = ["RunHandle", "RunView"]
+__all__ = ["RunHandle", "RunSnapshot"]
 
 
 @dataclass(frozen=True, slots=True)
-class RunView:
+class RunSnapshot:
     """A run this process drives, as it is now (a copy: it does not change)."""
 
     id: str

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from tenantflow.domain.records import TERMINAL_RUN, RunRecord, RunStatus
-from tenantflow.engine.handle import RunView
+from tenantflow.engine.handle import RunSnapshot
 from tenantflow.engine.history import RunHistory
 from tenantflow.engine.submission import AdmissionGate
 from tenantflow.errors import ConflictError
@@ -49,13 +49,13 @@ class RunControl:
         self._execute = execute
         self._command = command
 
-    def view(self, tenant: str, run_id: str) -> RunView | None:
+    def view(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         run = self._gate.active_run(tenant, run_id)
         if run is None:
             return None
         spec = run.spec
-        return RunView(run.id, run.tenant_id, run.status, spec.name, spec.version, run.lane)
+        return RunSnapshot(run.id, run.tenant_id, run.status, spec.name, spec.version, run.lane)
 
     async def cancel(self, tenant: str, run_id: str, reason: str) -> RunRecord:
         """Cancel a run: stop its steps, compensate completed ones, end it ``cancelled``."""

@@ -12,7 +12,7 @@ from tenantflow.placement.control import (
     ControlPlane,
     Principal,
     RunHandle,
-    RunView,
+    RunSnapshot,
     StateVersion,
     TenantInfo,
 )
@@ -22,7 +22,7 @@ __all__ = [
     "ControlPlane",
     "Principal",
     "RunHandle",
-    "RunView",
+    "RunSnapshot",
     "StateVersion",
     "TenantInfo",
 ]

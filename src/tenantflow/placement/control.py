@@ -17,7 +17,7 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.spec import WorkflowSpec
 from tenantflow.domain.state import Change
 from tenantflow.engine.execution.reviews import Reviews
-from tenantflow.engine.handle import RunHandle, RunView
+from tenantflow.engine.handle import RunHandle, RunSnapshot
 from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
@@ -29,7 +29,7 @@ __all__ = [
     "ControlPlane",
     "Principal",
     "RunHandle",
-    "RunView",
+    "RunSnapshot",
     "StateVersion",
     "TenantInfo",
 ]
@@ -88,7 +88,7 @@ class ControlPlane(Protocol):
     ) -> RunHandle:
         """Record a run; returns once it is durable."""
 
-    def run_view(self, tenant: str, run_id: str) -> RunView | None:
+    def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this process drives, as it is now (None: not driven here)."""
 
     async def cancel(

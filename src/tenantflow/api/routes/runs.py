@@ -122,7 +122,7 @@ async def submit(
         _check_replay(engine, record, body)
         response.status_code = 200
         return _submitted(record, created=False)
-    view = engine.run_view(tenant, handle.id)
+    view = engine.run_snapshot(tenant, handle.id)
     if view is None:  # it ended at submission, or another process drives it (a front)
         return _submitted(await engine.get_run(tenant, handle.id), created=True)
     return RunSubmitted(
