@@ -19,13 +19,32 @@ from rich.table import Table
 
 from tenantflow.cli.common import reporting_errors
 from tenantflow.errors import ConfigurationError
-from tenantflow.report import Report, print_report, write_html, write_json, write_png
+from tenantflow.report import (
+    Report,
+    print_report,
+    require_plots,
+    write_html,
+    write_json,
+    write_png,
+)
+from tenantflow.report.fit import output_console
 
 if TYPE_CHECKING:
     from loan_platform.demo import DemoConfig
     from loan_platform.demo import Progress as DemoProgress
 
 __all__ = ["demo", "main"]
+
+_BURST_AT_MIN = 8.0
+_OPTIONS = {
+    "institutions": "--institutions",
+    "slots": "--slots",
+    "burst": "--burst",
+    "speed": "--speed",
+    "minutes": "--minutes",
+    "burst_at_min": "--burst-at",
+    "drain_min": "--drain",
+}
 
 
 def demo(
@@ -46,7 +65,12 @@ def demo(
     drain: Annotated[
         float, typer.Option(min=0, max=1440, help="Minutes the platform runs on after them.")
     ] = 8.0,
-    burst_at: Annotated[float, typer.Option(help="Minute the burst starts.")] = 8.0,
+    burst_at: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Minute the burst starts (default 8, or a quarter of --minutes if shorter)."
+        ),
+    ] = None,
     directory: Annotated[
         Path | None,
         typer.Option("--dir", help="Keep the SQLite stores here (default: a temporary dir)."),
@@ -74,18 +98,34 @@ def demo(
                 f" reinstall the package): {exc}",
                 field="loan_platform",
             ) from None
-        cfg = DemoConfig(
-            institutions=institutions,
-            slots=slots,
-            burst=burst,
-            seed=seed,
-            speed=speed,
-            minutes=minutes,
-            drain_min=drain,
-            burst_at_min=burst_at,
-        )
-        console = Console()
-        report = asyncio.run(_run(cfg, directory, console, live=not quiet))
+        if burst_at is None:
+            burst_at = min(_BURST_AT_MIN, minutes / 4)
+        elif burst_at >= minutes:
+            raise ConfigurationError(
+                f"--burst-at {burst_at:g} is not within the {minutes:g} minutes of arrivals"
+                f" (--minutes): give a --burst-at below {minutes:g}, or leave it out",
+                field="burst_at",
+            )
+        if html_path is not None or png_path is not None:
+            require_plots()  # before the run, not after it
+        try:
+            cfg = DemoConfig(
+                institutions=institutions,
+                slots=slots,
+                burst=burst,
+                seed=seed,
+                speed=speed,
+                minutes=minutes,
+                drain_min=drain,
+                burst_at_min=burst_at,
+            )
+        except ConfigurationError as exc:  # in the command's terms: its option, not the field
+            option = _OPTIONS.get(str(exc.fields.get("field")), "an option")
+            raise ConfigurationError(
+                f"{option} is out of range: {exc.message}", field=option
+            ) from None
+        console = output_console()
+        report = asyncio.run(_run(cfg, directory, console, live=not quiet and console.is_terminal))
         print_report(report, console)
         _write(report, json_path, html_path, png_path, console)
 
