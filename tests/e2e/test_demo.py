@@ -110,3 +110,13 @@ def test_cli_refuses_bad_options_with_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "burst_at_min" in proc.stderr
+
+
+def test_the_bureau_limits_are_the_platforms_policy_not_the_library_presets() -> None:
+    from loan_platform.platform import BUREAU_PER_TIER
+
+    members = {m.tenant_id: m for m in institutions(8, slots=10)}
+    assert members["fintech-startup"].policy["rate_limits"] == {
+        "tool:credit_bureau": BUREAU_PER_TIER["free"]
+    }
+    assert members["regional-bank"].policy["rate_limits"] == {"tool:credit_bureau": "500/hour"}
