@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from rich import box
@@ -17,6 +16,7 @@ from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
 
+from tenantflow.domain import timefmt
 from tenantflow.domain.audit import AuditRecord, VerifyResult
 from tenantflow.domain.policy import micros_to_usd
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
@@ -98,10 +98,7 @@ def _fitted(table: Table, *, text: tuple[str, ...] = (), optional: tuple[str, ..
 
 def iso(ts: float | None, *, timespec: str = "microseconds") -> str | None:
     """A POSIX timestamp as ISO-8601 UTC (``2026-01-02T03:04:05.678901Z``); None stays None."""
-    if ts is None:
-        return None
-    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec=timespec)
-    return text.removesuffix("+00:00") + "Z"
+    return timefmt.iso(ts, timespec=timespec)
 
 
 def _ms(ts: float | None) -> str:
@@ -206,7 +203,7 @@ def event_dict(event: EventRecord) -> dict[str, Any]:
         "kind": event.kind,
         "step": event.step,
         "attempt": event.attempt,
-        "data": event.data,
+        "data": timefmt.event_times_iso(event.data),
     }
 
 
@@ -306,7 +303,7 @@ def events_table(events: Sequence[EventRecord]) -> Fitted:
             Text(e.kind),
             Text(e.step or ""),
             "" if e.attempt is None else str(e.attempt),
-            Text(_spaced(e.data) if e.data else ""),
+            Text(_spaced(timefmt.event_times_iso(e.data)) if e.data else ""),
         )
     return _fitted(table, text=("data",), optional=("data",))
 
