@@ -332,6 +332,41 @@ async def test_saga_compensates_completed_steps_in_reverse_order(engine: tf.Engi
     assert kinds[-1] == ("run.compensated", None)
 
 
+async def test_logs_reach_the_timeline_from_steps_and_compensations_with_their_time(
+    engine: tf.Engine, clock: FakeClock
+) -> None:
+    wf = tf.Workflow("logged")
+
+    async def undo(ctx: tf.StepContext, out: str) -> None:
+        ctx.log("releasing the hold", hold=out)
+
+    @wf.step(compensate=undo)
+    async def hold(ctx: tf.StepContext) -> str:
+        ctx.log("placing a hold")
+        await clock.sleep(5.0)  # the step goes on after the log
+        return "h-1"
+
+    @wf.step(retry=tf.Retry(max_attempts=1))
+    async def charge(ctx: tf.StepContext, hold: str) -> str:
+        raise ValueError("card declined")
+
+    engine.register(wf)
+    run = await engine.submit("logged", tenant="t", input=None)
+    record = await drive(clock, run.wait())
+    assert record.status == tf.RunStatus.COMPENSATED
+    events = await engine.timeline("t", run.id)
+    logs = [e for e in events if e.kind == "step.log"]
+    assert [e.data["message"] for e in logs] == ["placing a hold", "releasing the hold"]
+    assert logs[1].data["hold"] == "h-1"
+    started = next(e for e in events if e.kind == "step.started" and e.step == "hold")
+    succeeded = next(e for e in events if e.kind == "step.succeeded" and e.step == "hold")
+    # Recorded when it was written, not when the step's outcome was committed 5 s later.
+    assert logs[0].data["logged_at"] == pytest.approx(started.ts, abs=0.2)
+    assert succeeded.ts - logs[0].data["logged_at"] >= 4.9
+    compensated = next(e for e in events if e.kind == "step.compensated")
+    assert logs[1].data["logged_at"] <= compensated.ts
+
+
 async def test_cancel_stops_running_steps_and_compensates(engine: tf.Engine) -> None:
     wf = tf.Workflow("cancel")
     undone: list[str] = []

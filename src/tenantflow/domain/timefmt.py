@@ -14,7 +14,9 @@ from typing import Any
 
 __all__ = ["TIME_FIELDS", "event_times_iso", "iso"]
 
-TIME_FIELDS = frozenset({"until", "retry_at", "expires_at", "wake_at", "due_at", "sla_due"})
+TIME_FIELDS = frozenset(
+    {"until", "retry_at", "expires_at", "wake_at", "due_at", "sla_due", "logged_at"}
+)
 """Keys of execution-log data that hold a POSIX timestamp."""
 
 

@@ -103,10 +103,10 @@ class StepContext:
         return datetime.fromtimestamp(self._runtime.clock.now(), tz=UTC)
 
     def log(self, message: str, **data: Any) -> None:
-        """Add a note to the run's execution log (committed with the attempt's outcome)."""
-        self.notes.append(
-            NewEvent("step.log", self.step, self.attempt, {"message": message, **data})
-        )
+        """Add a note to the run's execution log (committed with the attempt's outcome, or with
+        the compensation's); ``logged_at`` records when it was written."""
+        note = {"message": message, **data, "logged_at": self.now_s()}
+        self.notes.append(NewEvent("step.log", self.step, self.attempt, note))
 
     @property
     def policy(self) -> Policy:

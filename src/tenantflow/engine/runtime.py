@@ -1040,6 +1040,7 @@ class Runtime:
 
     async def _compensate(self, run: Active, step: StepSpec) -> bool:
         assert step.compensate is not None
+        notes: list[NewEvent] = []  # ctx.log of every attempt, committed with the outcome
         for attempt in range(1, step.retry.max_attempts + 1):
             ctx = StepContext(
                 run.id,
@@ -1054,6 +1055,7 @@ class Runtime:
             try:
                 await step.compensate(ctx, run.outputs.get(step.name))
             except Exception as exc:
+                notes.extend(ctx.notes)
                 error = _describe(exc)
                 if attempt < step.retry.max_attempts:
                     await self.clock.sleep(step.retry.delay_s(attempt, self._rng.random()))
@@ -1064,6 +1066,7 @@ class Runtime:
                     {"error": error},
                 )
             else:
+                notes.extend(ctx.notes)
                 status, kind, data = StepStatus.COMPENSATED, "step.compensated", {}
             await self.writer.write(
                 Transition(
@@ -1071,7 +1074,7 @@ class Runtime:
                     run.id,
                     self.clock.now(),
                     steps=[StepUpdate(step.name, status)],
-                    events=[NewEvent(kind, step.name, attempt, data)],
+                    events=[*notes, NewEvent(kind, step.name, attempt, data)],
                 )
             )
             run.statuses[step.name] = status
