@@ -28,7 +28,7 @@ from tenantflow.report import (
     write_png,
 )
 from tenantflow.report.fit import output_console
-from tenantflow.sim import SimResult, load_scenario, run_variants, variant_flags
+from tenantflow.sim import SimResult, find_scenario, load_scenario, run_variants, variant_flags
 from tenantflow.sim.scenario import Scenario
 
 __all__ = ["Variant", "simulate"]
@@ -44,8 +44,12 @@ class Variant(enum.StrEnum):
 
 def simulate(
     scenario: Annotated[
-        Path,
-        typer.Argument(metavar="SCENARIO.yaml", help="The scenario file (see docs/scenarios.md)."),
+        str,
+        typer.Argument(
+            metavar="SCENARIO",
+            help="A scenario file (see docs/scenarios.md), or the name of one that ships with"
+            " tenantflow: monday_morning, month, quick.",
+        ),
     ],
     json_path: Annotated[
         Path | None, typer.Option("--json", metavar="PATH", help="Write the report as JSON.")
@@ -77,7 +81,8 @@ def simulate(
     with reporting_errors():
         if html_path is not None or png_path is not None:
             require_plots()  # before the run, not after it
-        loaded = load_scenario(scenario).with_seed(seed)
+        path = find_scenario(scenario)
+        loaded = load_scenario(path).with_seed(seed)
         flags = variant_flags(variants.value)
         with _progress(flags) as (bars, tasks):
 
@@ -87,16 +92,16 @@ def simulate(
             results = run_variants(loaded, flags, jobs=jobs, progress=advance)
         report = build_report(
             f"{loaded.name} (simulated)",
-            _params(loaded, scenario, variants, results),
+            _params(loaded, path, variants, results),
             [r.trace for r in results],
         )
         console = output_console()
         print_report(report, console)
         writers = ((json_path, write_json), (html_path, write_html), (png_path, write_png))
-        for path, write in writers:
-            if path is not None:
-                write(report, path)
-                console.print(f"wrote {path}")
+        for out, write in writers:
+            if out is not None:
+                write(report, out)
+                console.print(f"wrote {out}")
 
 
 @contextmanager
