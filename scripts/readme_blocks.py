@@ -24,6 +24,7 @@ documented port 8000 to a free one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -135,9 +136,7 @@ def _script(runnable: list[Block], replace: list[tuple[str, str]]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def run(
-    readme: Path, wheel: Path | None, replace: list[tuple[str, str]], timeout_s: float
-) -> int:
+def run(readme: Path, wheel: Path | None, replace: list[tuple[str, str]], timeout_s: float) -> int:
     """Run the README's runnable blocks (see the module docstring); the exit status."""
     every = blocks(readme)
     runnable = [b for b in every if b.skip is None]
@@ -168,10 +167,8 @@ def run(
             out, err = proc.communicate()
             err += f"\n(timed out after {timeout_s:g}s)"
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     reached = [int(m) for m in re.findall(r"^::block (\d+)$", err, re.M)]
     done = "::done" in err
     for block in every:
