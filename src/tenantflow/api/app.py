@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from tenantflow import __version__
+from tenantflow.api.docs import install_docs
 from tenantflow.api.errors import install_error_handlers
 from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
 from tenantflow.api.middleware import RequestGuard
@@ -87,7 +88,10 @@ def create_app(
         version=__version__,
         summary="A multi-tenant control plane for durable AI-agent workflows.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from the package, not a CDN: see api/docs.py
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.engine = engine
     app.state.registry = registry
     app.state.submissions = SubmissionGate(max_submissions, metrics)
