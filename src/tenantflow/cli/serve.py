@@ -17,7 +17,9 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
@@ -25,7 +27,7 @@ from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors
 from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
 
-__all__ = ["load_app", "serve"]
+__all__ = ["Banner", "load_app", "redact", "serve"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _WORKERS = ("embedded", "external")
@@ -118,6 +120,72 @@ def serve(
         )
         registry = CollectorRegistry()
         observe(engine, traces, registry)
-        api = create_app(engine, registry=registry, setup=setups, max_body_bytes=max_body_bytes)
+        banner = Banner(
+            apps=list(settings.apps),
+            store=settings.database_url,
+            placement=workers,
+            slots=slots,
+            base=f"http://{host}:{port}",
+        )
+        api = create_app(
+            engine,
+            registry=registry,
+            setup=[*setups, banner.show],  # after the apps: it lists what they registered
+            max_body_bytes=max_body_bytes,
+        )
+        banner.routes = {getattr(r, "path", "") for r in api.routes}
         if not run(api, host=host, port=port, log_level=log_level.lower()):
             raise typer.Exit(1)
+
+
+@dataclass
+class Banner:
+    """What ``serve`` says on start-up (on stderr): the app, the store, where runs execute, the
+    workflows registered, where the docs are; and a warning when no ``--app`` registered any."""
+
+    apps: list[str]
+    store: str
+    placement: str
+    slots: int
+    base: str
+    routes: set[str] = field(default_factory=set)
+
+    def lines(self, engine: Engine) -> list[str]:
+        specs = engine.workflows()
+        where = (
+            f"embedded (this process executes runs, {self.slots} slots)"
+            if self.placement == "embedded"
+            else "external (tenantflow worker processes execute runs; this one records them)"
+        )
+        out = [
+            f"tenantflow serve: {self.base}",
+            f"  app        {', '.join(self.apps) or '(none: --app MODULE:FUNCTION)'}",
+            f"  store      {redact(self.store)}",
+            f"  placement  {where}",
+            f"  workflows  {', '.join(f'{s.name}@{s.version}' for s in specs) or '(none)'}",
+            f"  docs       {self.base}/docs (OpenAPI: {self.base}/openapi.json)",
+        ]
+        if any(path.startswith("/dashboard") for path in self.routes):
+            out.append(f"  dashboard  {self.base}/dashboard")
+        if not specs:
+            out.append(
+                "warning: no workflows are registered"
+                + ("" if self.apps else " (no --app)")
+                + ": every submission will be refused with 404. Register them with"
+                " --app MODULE:FUNCTION (or TENANTFLOW_APP), e.g."
+                " --app loan_platform.service:setup"
+            )
+        return out
+
+    def show(self, engine: Engine) -> None:
+        for line in self.lines(engine):
+            typer.echo(line, err=True)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``postgresql://user:***@host/db``)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

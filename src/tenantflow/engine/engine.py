@@ -466,6 +466,10 @@ class Engine:
             )
         return spec
 
+    def workflows(self) -> list[WorkflowSpec]:
+        """Every registered workflow version, by name then version."""
+        return sorted(self._specs.values(), key=lambda s: (s.name, s.version))
+
     # -- runs ---------------------------------------------------------------------------------
 
     async def submit(
