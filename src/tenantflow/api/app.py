@@ -20,7 +20,16 @@ from tenantflow.api.docs import install_docs
 from tenantflow.api.errors import install_error_handlers
 from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
 from tenantflow.api.middleware import RequestGuard
-from tenantflow.api.routes import events, health, memory, reviews, runs, tenant, tenants
+from tenantflow.api.routes import (
+    events,
+    health,
+    memory,
+    reviews,
+    runs,
+    tenant,
+    tenants,
+    workflows,
+)
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.engine.engine import Engine
 
@@ -97,7 +106,7 @@ def create_app(
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    for module in (runs, events, reviews, memory, tenant, tenants, health):
+    for module in (runs, events, reviews, memory, tenant, tenants, workflows, health):
         app.include_router(module.router)
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.
