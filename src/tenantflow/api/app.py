@@ -53,6 +53,7 @@ def create_app(
     max_submissions: int = DEFAULT_MAX_SUBMISSIONS,
     setup: Sequence[Setup] = (),
     manage_engine: bool = True,
+    started: Sequence[Callable[[Engine], None]] = (),
 ) -> FastAPI:
     """The REST API of ``engine``.
 
@@ -67,6 +68,7 @@ def create_app(
             be async): they register workflows, tools and models.
         manage_engine: start the engine with the app and close it at shutdown (False when the
             caller starts and closes it).
+        started: functions called with the engine once it has started (``serve``'s banner).
 
     Returns:
         The app; serve it with any ASGI server (``tenantflow serve`` uses uvicorn).
@@ -86,6 +88,8 @@ def create_app(
                 await result
         if manage_engine:
             await engine.start()
+        for announce in started:  # e.g. serve's banner: only once the engine is up
+            announce(engine)
         try:
             yield
         finally:

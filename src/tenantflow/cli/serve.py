@@ -130,8 +130,9 @@ def serve(
         api = create_app(
             engine,
             registry=registry,
-            setup=[*setups, banner.show],  # after the apps: it lists what they registered
+            setup=setups,
             max_body_bytes=max_body_bytes,
+            started=[banner.show],  # once the apps registered and the engine is up
         )
         banner.routes = {getattr(r, "path", "") for r in api.routes}
         if not run(api, host=host, port=port, log_level=log_level.lower()):
