@@ -144,11 +144,11 @@ def find_scenario(name: str) -> FilePath:
         ScenarioError: neither (the message lists the shipped scenarios).
     """
     path = FilePath(name)
-    if path.exists():
-        return path
+    if path.exists() or path.parent != FilePath("."):
+        return path  # a path: read as a file (a missing one is "cannot read", naming it)
     shipped = shipped_scenarios()
     key = path.name.removesuffix(".yaml")
-    if path.parent == FilePath(".") and key in shipped:
+    if key in shipped:
         return shipped[key]
     raise ScenarioError(
         f"{name}: no such scenario file, nor a shipped scenario ({', '.join(sorted(shipped))})",

@@ -1,17 +1,18 @@
 """``GET /v1/workflows``: the registered workflows, their versions and input schemas.
 
-The definitions are the platform's, not a tenant's: any valid key may read them (a tenant
-needs them to know what it can submit and with which input).
+The definitions are the platform's, but they are read by who submits runs: a tenant's key (an
+admin key manages tenants and keys, and submits nothing; it gets 403 like on every tenant
+operation).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field, TypeAdapter
 
-from tenantflow.api.auth import Credentials, EngineDep, authenticate
+from tenantflow.api.auth import EngineDep, TenantId
 from tenantflow.api.errors import ERROR_RESPONSES
 from tenantflow.domain.spec import WorkflowSpec
 
@@ -56,14 +57,11 @@ def input_schema(annotation: Any) -> dict[str, Any]:
     "",
     response_model=WorkflowsOut,
     summary="Registered workflows, their versions and input schemas",
-    responses={401: ERROR_RESPONSES[401]},
+    responses={401: ERROR_RESPONSES[401], 403: ERROR_RESPONSES[403]},
 )
-async def list_workflows(
-    request: Request, engine: EngineDep, credentials: Credentials
-) -> WorkflowsOut:
+async def list_workflows(engine: EngineDep, tenant: TenantId) -> WorkflowsOut:
     """Every registered version, by name then version; ``latest`` marks the one a submission
     without a version runs."""
-    await authenticate(request, credentials)
     specs = engine.workflows()
     latest = {spec.name: engine.workflow(spec.name).version for spec in specs}
     return WorkflowsOut(items=[WorkflowOut.of(s, latest[s.name] == s.version) for s in specs])
