@@ -360,9 +360,10 @@ async def test_logs_reach_the_timeline_from_steps_and_compensations_with_their_t
     assert logs[1].data["hold"] == "h-1"
     started = next(e for e in events if e.kind == "step.started" and e.step == "hold")
     succeeded = next(e for e in events if e.kind == "step.succeeded" and e.step == "hold")
-    # Recorded when it was written, not when the step's outcome was committed 5 s later.
-    assert logs[0].data["logged_at"] == pytest.approx(started.ts, abs=0.2)
-    assert succeeded.ts - logs[0].data["logged_at"] >= 4.9
+    # Recorded when it was written, not when the step's outcome was committed: the step slept
+    # 5 s (on the clock) after logging. (How long after step.started the body began depends on
+    # scheduling: not asserted.)
+    assert started.ts <= logs[0].data["logged_at"] <= succeeded.ts - 4.999
     compensated = next(e for e in events if e.kind == "step.compensated")
     assert logs[1].data["logged_at"] <= compensated.ts
 
