@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tenantflow.report import build_report, print_report
-from tenantflow.report.fit import Fitted
+from tenantflow.tables import Fitted
 
 from .test_report import _trace
 

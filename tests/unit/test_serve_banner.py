@@ -38,11 +38,11 @@ def test_with_an_app_it_lists_the_workflows_and_does_not_warn() -> None:
 
     engine.register(wf)
     banner = _banner(["loan_platform.service:setup"])
-    banner.routes = {"/dashboard/"}
+    banner.routes = {"/ui"}
     lines = banner.lines(engine)
     assert "  workflows  loan-approval@2" in lines
     assert "  app        loan_platform.service:setup" in lines
-    assert "  dashboard  http://127.0.0.1:8000/dashboard" in lines
+    assert "  dashboard  http://127.0.0.1:8000/ui" in lines
     assert not any(line.startswith("warning") for line in lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -54,6 +55,8 @@ def create_app(
     setup: Sequence[Setup] = (),
     manage_engine: bool = True,
     started: Sequence[Callable[[Engine], None]] = (),
+    dashboard: bool | str = True,
+    session_ttl: timedelta = timedelta(minutes=30),
 ) -> FastAPI:
     """The REST API of ``engine``.
 
@@ -69,6 +72,9 @@ def create_app(
         manage_engine: start the engine with the app and close it at shutdown (False when the
             caller starts and closes it).
         started: functions called with the engine once it has started (``serve``'s banner).
+        dashboard: serve the web dashboard at ``/ui`` (``app.state.dashboard``; docs/dashboard.md);
+            ``"read-only"`` serves it without any action that changes something.
+        session_ttl: how long a dashboard sign-in lasts.
 
     Returns:
         The app; serve it with any ASGI server (``tenantflow serve`` uses uvicorn).
@@ -112,6 +118,15 @@ def create_app(
     # Routes are matched in order: the busiest first.
     for module in (runs, events, reviews, memory, tenant, tenants, workflows, health):
         app.include_router(module.router)
+    if dashboard not in (True, False, "read-only"):
+        raise ValueError("dashboard must be True, False or 'read-only'")
+    if dashboard:
+        from tenantflow.dashboard import create_dashboard
+
+        app.state.dashboard = create_dashboard(
+            engine, read_only=dashboard == "read-only", session_ttl=session_ttl
+        )
+        app.mount("/ui", app.state.dashboard)
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)

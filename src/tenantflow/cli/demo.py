@@ -19,19 +19,11 @@ from rich.table import Table
 
 from tenantflow.cli.common import reporting_errors
 from tenantflow.errors import ConfigurationError
-from tenantflow.report import (
-    Report,
-    print_report,
-    require_plots,
-    write_html,
-    write_json,
-    write_png,
-)
-from tenantflow.report.fit import output_console
 
 if TYPE_CHECKING:
     from loan_platform.demo import DemoConfig
     from loan_platform.demo import Progress as DemoProgress
+    from tenantflow.report import Report
 
 __all__ = ["demo", "main"]
 
@@ -106,6 +98,11 @@ def demo(
                 f" (--minutes): give a --burst-at below {minutes:g}, or leave it out",
                 field="burst_at",
             )
+        # Imported here, not with the module: the report (and its plots) are for this command
+        # only, and every other command (and --help) starts without them.
+        from tenantflow.report import print_report, require_plots
+        from tenantflow.tables import output_console
+
         if html_path is not None or png_path is not None:
             require_plots()  # before the run, not after it
         try:
@@ -185,6 +182,8 @@ def _write(
     png_path: Path | None,
     console: Console,
 ) -> None:
+    from tenantflow.report import write_html, write_json, write_png
+
     for path, writer in ((json_path, write_json), (html_path, write_html), (png_path, write_png)):
         if path is not None:
             writer(report, path)

@@ -22,7 +22,6 @@ from typing import Annotated
 import typer
 
 from tenantflow.cli.common import reporting_errors
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["dev", "watched_files"]
@@ -79,6 +78,8 @@ def dev(
 
 async def _prepare(db: str, tenant: str) -> tuple[str, str]:
     """Schema, an admin key and the demo tenant with a key (the tenant only if missing)."""
+    from tenantflow.engine.engine import Engine  # here: the CLI starts without the engine
+
     async with Engine.open(db) as engine:
         _, admin = await engine.keys.create(None, name="dev", actor="dev")
         if engine.tenants.cached(tenant) is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json as jsonlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,9 +25,11 @@ from tenantflow.cli.common import (
     connect,
     reporting_errors,
 )
-from tenantflow.client import Client
 from tenantflow.domain.records import RunStatus
 from tenantflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tenantflow.client import Client
 
 __all__ = ["app"]
 
@@ -173,6 +175,8 @@ def diff(
 
 
 def _server(backend: object, command: str) -> Client:
+    from tenantflow.client import Client  # here: the CLI starts without the HTTP client
+
     if isinstance(backend, Client):
         return backend
     raise ConfigurationError(

@@ -18,19 +18,23 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
 from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import Engine
 
 __all__ = ["Banner", "load_app", "redact", "serve"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _WORKERS = ("embedded", "external")
+_DASHBOARD: dict[str, bool | str] = {"on": True, "read-only": "read-only", "off": False}
 
 
 def load_app(ref: str) -> Callable[[Engine], Any]:
@@ -89,6 +93,23 @@ def serve(
     log_level: Annotated[
         str, typer.Option("--log-level", help=f"One of {', '.join(_LOG_LEVELS)}.")
     ] = "info",
+    dashboard: Annotated[
+        str,
+        typer.Option(
+            "--dashboard",
+            metavar="on|read-only|off",
+            help="The web dashboard at /ui (docs/dashboard.md); read-only: no actions.",
+        ),
+    ] = "on",
+    session_minutes: Annotated[
+        float,
+        typer.Option(
+            "--session-minutes",
+            min=0.05,
+            max=1440,
+            help="How long a dashboard sign-in lasts, in minutes.",
+        ),
+    ] = 30,
     db: DbOption = None,
 ) -> None:
     """Serve the REST API (docs/api.md) with the engine executing runs in this process."""
@@ -96,6 +117,12 @@ def serve(
         if log_level.lower() not in _LOG_LEVELS:
             raise ConfigurationError(
                 f"--log-level must be one of {', '.join(_LOG_LEVELS)}", field="log_level"
+            )
+        if dashboard not in _DASHBOARD:
+            raise ConfigurationError(
+                f"--dashboard must be one of {', '.join(_DASHBOARD)}",
+                field="dashboard",
+                value=dashboard,
             )
         if workers not in _WORKERS:
             raise ConfigurationError(
@@ -110,6 +137,8 @@ def serve(
             raise ConfigurationError(
                 f"tenantflow serve needs the server extra: pip install 'tenantflow[server]' ({exc})"
             ) from None
+        from tenantflow.engine.engine import Engine
+
         settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
         engine = Engine.open(
@@ -132,6 +161,8 @@ def serve(
             registry=registry,
             setup=setups,
             max_body_bytes=max_body_bytes,
+            dashboard=_DASHBOARD[dashboard],
+            session_ttl=timedelta(minutes=session_minutes),
             started=[banner.show],  # once the apps registered and the engine is up
         )
         banner.routes = {getattr(r, "path", "") for r in api.routes}
@@ -166,8 +197,8 @@ class Banner:
             f"  workflows  {', '.join(f'{s.name}@{s.version}' for s in specs) or '(none)'}",
             f"  docs       {self.base}/docs (OpenAPI: {self.base}/openapi.json)",
         ]
-        if any(path.startswith("/dashboard") for path in self.routes):
-            out.append(f"  dashboard  {self.base}/dashboard")
+        if "/ui" in self.routes:
+            out.append(f"  dashboard  {self.base}/ui")
         if not specs:
             out.append(
                 "warning: no workflows are registered"

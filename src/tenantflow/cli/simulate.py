@@ -12,24 +12,18 @@ import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from tenantflow.cli.common import reporting_errors
-from tenantflow.report import (
-    build_report,
-    print_report,
-    require_plots,
-    write_html,
-    write_json,
-    write_png,
-)
-from tenantflow.report.fit import output_console
-from tenantflow.sim import SimResult, find_scenario, load_scenario, run_variants, variant_flags
-from tenantflow.sim.scenario import Scenario
+from tenantflow.tables import output_console
+
+if TYPE_CHECKING:
+    from tenantflow.sim import SimResult
+    from tenantflow.sim.scenario import Scenario
 
 __all__ = ["Variant", "simulate"]
 
@@ -78,6 +72,18 @@ def simulate(
 ) -> None:
     """Simulate a workload profile in virtual time against the real scheduler and policy code,
     with and without tenant controls, and print the comparison."""
+    # Imported here, not with the module: the simulator and the plots are for this command
+    # only, and every other command (and --help) starts without them.
+    from tenantflow.report import (
+        build_report,
+        print_report,
+        require_plots,
+        write_html,
+        write_json,
+        write_png,
+    )
+    from tenantflow.sim import find_scenario, load_scenario, run_variants, variant_flags
+
     with reporting_errors():
         if html_path is not None or png_path is not None:
             require_plots()  # before the run, not after it

@@ -20,8 +20,8 @@ from rich.table import Table
 
 from tenantflow.errors import ConfigurationError
 from tenantflow.report.build import ClassRow, Report, ScenarioSummary, percentile
-from tenantflow.report.fit import Fitted
 from tenantflow.report.trace import Trace
+from tenantflow.tables import Fitted
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
