@@ -129,10 +129,50 @@ async def test_output_contract_violation_names_step_field_and_value(
         for e in await engine.timeline("bank-a", run.id)
         if e.kind in ("step.retrying", "step.failed")
     ]
+    # The step built the model itself: pydantic's error in user code retries like any other.
     assert len(failures) == 3  # default Retry: 3 attempts
     assert "confidence" in failures[-1].data["error"] and "0.5" in failures[-1].data["error"]
     with pytest.raises(tf.RunFailedError):
         await run.result()
+
+
+async def test_an_output_that_breaks_the_contract_is_not_retried(
+    engine: tf.Engine, clock: FakeClock
+) -> None:
+    wf = tf.Workflow("contract", input=App)
+    attempts: list[int] = []
+
+    @wf.step  # default Retry: 3 attempts, but the same inputs break the contract again
+    async def verify(ctx: tf.StepContext, app: App) -> Identity:
+        attempts.append(ctx.attempt)
+        return {"verified": True, "confidence": 0.5}  # type: ignore[return-value]
+
+    engine.register(wf)
+    run = await engine.submit("contract", tenant="bank-a", input={"applicant": "a", "amount": 1})
+    record = await drive(clock, run.wait())
+    assert record.status == tf.RunStatus.FAILED
+    assert attempts == [1]
+    kinds = [e.kind for e in await engine.timeline("bank-a", run.id)]
+    assert "step.retrying" not in kinds and kinds.count("step.failed") == 1
+    assert "ContractError" in (record.error or "")
+
+
+async def test_a_contract_error_is_retried_only_when_the_retry_names_it() -> None:
+    error = tf.ContractError("output breaks its contract")
+    assert not tf.Retry().should_retry(1, error)
+    assert not tf.Retry(retry_on=(Exception,)).should_retry(1, error)
+    assert tf.Retry(retry_on=(tf.ContractError,)).should_retry(1, error)
+    assert tf.Retry().should_retry(1, RuntimeError("flaky"))
+
+
+def test_retry_takes_seconds_or_a_timedelta_and_refuses_anything_else() -> None:
+    assert tf.Retry(initial=0.1).initial == timedelta(milliseconds=100)
+    assert tf.Retry(initial=2, max_interval=60).max_interval == timedelta(seconds=60)
+    assert tf.Retry(initial=0.1).delay_s(1, 0.5) == pytest.approx(0.1)
+    with pytest.raises(tf.SpecError, match=r"Retry\.initial"):
+        tf.Retry(initial="1s")  # type: ignore[arg-type]
+    with pytest.raises(tf.ConfigurationError):
+        tf.Retry(initial=-1)
 
 
 async def test_retries_back_off_on_the_clock(engine: tf.Engine, clock: FakeClock) -> None:
@@ -293,6 +333,42 @@ async def test_saga_compensates_completed_steps_in_reverse_order(engine: tf.Engi
     kinds = [(e.kind, e.step) for e in await engine.timeline("t", run.id)]
     assert ("step.compensated", "reserve") in kinds and ("step.compensated", "hold") in kinds
     assert kinds[-1] == ("run.compensated", None)
+
+
+async def test_logs_reach_the_timeline_from_steps_and_compensations_with_their_time(
+    engine: tf.Engine, clock: FakeClock
+) -> None:
+    wf = tf.Workflow("logged")
+
+    async def undo(ctx: tf.StepContext, out: str) -> None:
+        ctx.log("releasing the hold", hold=out)
+
+    @wf.step(compensate=undo)
+    async def hold(ctx: tf.StepContext) -> str:
+        ctx.log("placing a hold")
+        await clock.sleep(5.0)  # the step goes on after the log
+        return "h-1"
+
+    @wf.step(retry=tf.Retry(max_attempts=1))
+    async def charge(ctx: tf.StepContext, hold: str) -> str:
+        raise ValueError("card declined")
+
+    engine.register(wf)
+    run = await engine.submit("logged", tenant="t", input=None)
+    record = await drive(clock, run.wait())
+    assert record.status == tf.RunStatus.COMPENSATED
+    events = await engine.timeline("t", run.id)
+    logs = [e for e in events if e.kind == "step.log"]
+    assert [e.data["message"] for e in logs] == ["placing a hold", "releasing the hold"]
+    assert logs[1].data["hold"] == "h-1"
+    started = next(e for e in events if e.kind == "step.started" and e.step == "hold")
+    succeeded = next(e for e in events if e.kind == "step.succeeded" and e.step == "hold")
+    # Recorded when it was written, not when the step's outcome was committed: the step slept
+    # 5 s (on the clock) after logging. (How long after step.started the body began depends on
+    # scheduling: not asserted.)
+    assert started.ts <= logs[0].data["logged_at"] <= succeeded.ts - 4.999
+    compensated = next(e for e in events if e.kind == "step.compensated")
+    assert logs[1].data["logged_at"] <= compensated.ts
 
 
 async def test_cancel_stops_running_steps_and_compensates(engine: tf.Engine) -> None:
