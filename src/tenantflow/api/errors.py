@@ -54,6 +54,7 @@ from tenantflow.errors import (
     SpecError,
     StoreUnavailableError,
     TenantflowError,
+    json_ready,
 )
 
 __all__ = [
@@ -133,10 +134,9 @@ def status_for(exc: TenantflowError) -> int:
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **fields: Any
 ) -> JSONResponse:
-    """An error answer in the one shape (``fields`` must be JSON-ready)."""
-    return JSONResponse(
-        {"error": {"code": code, "message": message, **fields}}, status, headers=headers
-    )
+    """An error answer in the one shape (``fields``: any values, made JSON-ready)."""
+    body = {"code": code, "message": message, **{k: json_ready(v) for k, v in fields.items()}}
+    return JSONResponse({"error": body}, status, headers=headers)
 
 
 def internal_error_response(request_id: str) -> JSONResponse:
