@@ -1,0 +1,102 @@
+"""The 64-bit bounds, the finite-number check and error bodies that serialise any value."""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from typing import Annotated, Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from tenantflow.domain.limits import (
+    INT64_MAX,
+    INT64_MIN,
+    check_int,
+    dumps_finite,
+    find_non_finite,
+    within,
+)
+from tenantflow.errors import ConfigurationError, ContractError, TenantflowError, brief
+
+
+class _Hostile:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+_VALUES = {
+    "inf": math.inf,
+    "-inf": -math.inf,
+    "nan": math.nan,
+    "2**80": 2**80,
+    "-2**90": -(2**90),
+    "10**5000": 10**5000,
+    "bytes": b"\x00\xff",
+    "hostile repr": _Hostile(),
+    "nested": {"deep": [math.inf, {1, 2}]},
+    "long text": "x" * 10_000,
+    "object": object(),
+}
+
+
+@pytest.mark.parametrize("value", list(_VALUES.values()), ids=list(_VALUES))
+def test_error_dicts_are_json_whatever_the_field_value(value: Any) -> None:
+    out = TenantflowError("bad", value=value, nested={"v": value}).to_dict()
+    text = json.dumps(out, allow_nan=False)  # raises on inf/nan or an object
+    assert len(text) < 1500
+
+
+def test_error_dicts_keep_plain_values_and_shorten_the_rest() -> None:
+    out = ConfigurationError(
+        "m", a=1, b=1.5, c=None, d=["x", 2], e=INT64_MAX, f=math.inf, g=2**64, h="y" * 300
+    ).to_dict()
+    assert out["a"] == 1 and out["b"] == 1.5 and out["c"] is None and out["d"] == ["x", 2]
+    assert out["e"] == INT64_MAX and out["f"] == "inf" and out["g"] == str(2**64)
+    assert out["h"] == "y" * 200 + "…(+100 chars)"
+    assert brief(10**5000) == "<an integer of about 5001 digits>"
+    assert brief(_Hostile()) == "<_Hostile>"
+
+
+def test_within_names_the_range() -> None:
+    class M(BaseModel):
+        n: Annotated[int, within(1)]
+
+    assert M(n=INT64_MAX).n == INT64_MAX
+    for bad in (0, INT64_MAX + 1):
+        with pytest.raises(ValidationError) as err:
+            M(n=bad)
+        first = err.value.errors()[0]
+        assert first["type"] == "int_range" and first["loc"] == ("n",)
+        assert first["ctx"] == {"minimum": 1, "maximum": INT64_MAX}
+        assert f"1..{INT64_MAX}" in first["msg"]
+
+
+def test_check_int_refuses_bools_floats_and_out_of_range() -> None:
+    assert check_int(INT64_MIN, "n", INT64_MIN) == INT64_MIN
+    for bad in (True, 1.0, "1", INT64_MAX + 1, -1):
+        with pytest.raises(ConfigurationError) as err:
+            check_int(bad, "n")
+        assert err.value.fields["field"] == "n" and "within 0.." in err.value.message
+    with pytest.raises(ContractError):
+        check_int(2**64, "n", error=ContractError)
+
+
+def test_find_non_finite_names_the_path() -> None:
+    assert find_non_finite({"a": [1, 2.5, {"b": "inf"}], "c": None}) is None
+    assert find_non_finite(math.inf) == ("$", math.inf)
+    where, value = find_non_finite({"a": [1, {"b": -math.inf}]}) or ("", None)
+    assert (where, value) == ("a[1].b", -math.inf)
+    assert find_non_finite({"x": {"y": (1, Decimal("NaN"))}})[0] == "x.y[1]"  # type: ignore[index]
+    found = find_non_finite([0.0, math.nan])
+    assert found is not None and found[0] == "[1]" and math.isnan(found[1])
+
+
+def test_dumps_finite_is_strict_json_naming_the_path() -> None:
+    assert dumps_finite({"a": [1, 2.5]}, "value") == '{"a":[1,2.5]}'
+    assert dumps_finite(2**80, "value") == str(2**80)  # exact, not a float
+    with pytest.raises(ConfigurationError) as err:
+        dumps_finite({"a": {"b": math.nan}}, "value", "memory value")
+    assert err.value.fields["field"] == "value.a.b"
+    assert err.value.message.startswith("the memory value is not JSON: it holds nan at a.b")
