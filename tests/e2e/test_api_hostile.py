@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).parent / "apps"))
 from api_harness import Api, bearer, serving
 
+import tenantflow as tf
 from tenantflow.domain.limits import INT64_MAX
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,7 +55,7 @@ async def post(api: Api, path: str, body: str, key: str | None = None) -> httpx.
         ({"budget": {"run_tokens": 2**64}}, "budget.run_tokens"),
         ({"budget": {"period_tokens": 2**63}}, "budget.period_tokens"),
         ({"max_active_runs": 2**63}, "max_active_runs"),
-        ({"guaranteed_slots": -(2**70)}, "guaranteed_slots"),
+        ({"burst_slots": 2**64}, "burst_slots"),
         ({"rate_limits": {"tool:x": {"rate": "5/hour", "burst": 2**70}}}, "rate_limits.tool:x"),
     ],
 )
@@ -119,3 +121,61 @@ async def test_event_cursors_past_64_bits_are_refused(api: Api) -> None:
     refused(r, "request_invalid", "query.after")
     r = await api.client.get("/v1/audit", params={"after": 2**80}, headers=bearer(key))
     refused(r, "request_invalid", "query.after")
+
+
+# -- run inputs ---------------------------------------------------------------------------------
+
+echo = tf.Workflow("echo", input=dict[str, Any])
+
+
+@echo.step
+async def back(ctx: tf.StepContext, input: dict[str, Any]) -> dict[str, Any]:
+    return input
+
+
+class Priced(BaseModel):
+    amount: float
+    lines: list[float] = []
+
+
+priced = tf.Workflow("priced", input=Priced)
+
+
+@priced.step
+async def total(ctx: tf.StepContext, input: Priced) -> float:
+    return input.amount + sum(input.lines)
+
+
+@pytest.mark.parametrize(
+    ("workflow", "body", "field"),
+    [
+        ("echo", '{"amount": 1e309}', "body.input.amount"),
+        ("echo", '{"deep": {"list": [1, -1e400]}}', "body.input.deep.list[1]"),
+        ("priced", '{"amount": 1e309}', "body.input.amount"),
+        ("priced", '{"amount": 1, "lines": [2, 1e999]}', "body.input.lines[1]"),
+        ("priced", '{"amount": "inf"}', "body.input.amount"),
+        ("priced", '{"amount": "NaN"}', "body.input.amount"),
+        ("tally", "1e309", "body.input"),
+    ],
+)
+async def test_non_finite_numbers_in_a_run_input_are_refused_naming_the_path(
+    api: Api, workflow: str, body: str, field: str
+) -> None:
+    api.engine.register(echo)
+    api.engine.register(priced)
+    key = await api.tenant("acme")
+    request = '{"workflow": "' + workflow + '", "input": ' + body + "}"
+    r = await post(api, "/v1/runs", request, key)
+    detail = refused(r, "contract_violation", field)
+    assert "finite" in detail["message"] or "finite" in str(detail), detail
+    listed = await api.client.get("/v1/runs", headers=bearer(key))
+    assert listed.json()["items"] == []  # nothing stored
+
+
+async def test_integers_past_64_bits_in_a_run_input_are_stored_exactly(api: Api) -> None:
+    api.engine.register(echo)
+    key = await api.tenant("acme")
+    value = {"big": 2**80, "small": -(2**70), "list": [2**64, 1.5], "n": None}
+    run = await api.submit(key, "echo", value)
+    done = await api.wait_run(key, run["id"])
+    assert done["input"] == value and done["result"] == value, done

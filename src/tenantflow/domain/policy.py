@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from tenantflow.domain.limits import within
+from tenantflow.domain.limits import INT64_MAX, within
 from tenantflow.errors import ConfigurationError, brief
 
 __all__ = [
@@ -79,8 +79,9 @@ MICROS_PER_USD: Final[int] = 1_000_000
 MAX_WEIGHT: Final[float] = 1_000_000.0
 """A fair-share weight above this is refused (weights are compared and summed)."""
 
-_Count = Annotated[int, within(0)]  # a count, cap or amount: 0 .. 2**63-1
-_Positive = Annotated[int, within(1)]
+# A count, cap or amount: 0 .. 2**63-1 (the Field's bound first, for its own message).
+_Count = Annotated[int, Field(ge=0), within(0)]
+_Positive = Annotated[int, Field(gt=0), within(1)]
 
 _UNIT_S: Final[dict[str, float]] = {
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
@@ -106,7 +107,8 @@ def usd_to_micros(usd: Decimal | int | float | str) -> int:
         The amount in micro-dollars.
 
     Raises:
-        ConfigurationError: ``usd`` is not a finite number.
+        ConfigurationError: ``usd`` is not a finite number, or its micro-dollars do not fit the
+            store's 64-bit integers.
     """
     if isinstance(usd, bool):
         raise ConfigurationError(f"not a dollar amount: {brief(usd)}", field="usd", value=usd)
@@ -115,10 +117,16 @@ def usd_to_micros(usd: Decimal | int | float | str) -> int:
     try:
         amount = Decimal(text)
         if amount.is_finite():
-            return int((amount * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+            micros = int((amount * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+            if abs(micros) <= INT64_MAX:
+                return micros
     except InvalidOperation:  # not a number, or too many digits to be an amount
         pass
-    raise ConfigurationError(f"not a dollar amount: {brief(usd)}", field="usd", value=usd)
+    raise ConfigurationError(
+        f"not a dollar amount: {brief(usd)} (at most ${micros_to_usd(INT64_MAX)} either way)",
+        field="usd",
+        value=usd,
+    )
 
 
 def micros_to_usd(micros: int) -> Decimal:

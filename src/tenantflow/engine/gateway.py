@@ -296,7 +296,11 @@ class Gateway:
         await self._rate(ctx, tool.resource)
         key = f"{ctx.run_id}:{ctx.step}:{ctx.attempt}:{index}"
         if tool.cost_micros:
-            await self._reserve(ctx, key, tool.cost_micros, 0)
+            try:
+                await self._reserve(ctx, key, tool.cost_micros, 0)
+            except BudgetExceededError as exc:  # the policy's ladder, as for a model call
+                await self._degrade(ctx, exc, None, index, [], tool=True)
+                raise
         if tool.takes_key:
             call_args["idempotency_key"] = f"{ctx.idempotency_key}:{index}"
         try:
@@ -608,16 +612,21 @@ class Gateway:
         remaining: int | None,
         index: int,
         messages: list[dict[str, Any]],
+        *,
+        tool: bool = False,
     ) -> None:
         policy = ctx.policy
         available = exc.fields.get("available")
         left = int(available) if available is not None else (remaining or 0)
+        ladder = policy.degradation
+        if tool:  # no cheaper tool to switch to, and a reviewer's answer is not a tool's result
+            ladder = tuple(r for r in ladder if r not in ("cheaper_model", "escalate_to_human"))
         decision = budget_math.decide_degradation(
             remaining_micros=left,
             estimate_micros=max(left + 1, int(exc.fields.get("needed") or 1)),
             optional=ctx.optional,
             cheaper_estimate_micros=None,
-            ladder=policy.degradation,
+            ladder=ladder,
         )
         action = decision.action
         await ctx.note_decision(
