@@ -15,6 +15,7 @@ NotFoundError (also another tenant's object)                 404
 ConflictError                                                409
 body over the limit                                          413
 body not JSON                                                415
+request headers over the limit (16 KiB)                      431
 ContractError, ConfigurationError, SpecError, bad request    422
 RateLimitedError, BackpressureError                          429    Retry-After
 StoreUnavailableError, CircuitOpenError                      503    Retry-After
@@ -106,6 +107,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "No such object for this tenant."),
         (413, "The request body is over the limit."),
         (415, "The request body is not JSON."),
+        (431, "The request headers are over the limit."),
         (422, "The request is invalid; `field` names the offending value."),
         (429, "Over capacity or rate limited; retry after Retry-After seconds."),
         (503, "The store is unreachable; retry after Retry-After seconds."),

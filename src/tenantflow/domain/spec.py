@@ -9,6 +9,7 @@ half-way through a run.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from tenantflow.domain.agent import Turn
+from tenantflow.domain.limits import check_int
 from tenantflow.domain.replan import Failure, Revision
-from tenantflow.errors import ConfigurationError, SpecError
+from tenantflow.errors import ConfigurationError, SpecError, brief
 
 __all__ = [
     "Param",
@@ -53,6 +55,18 @@ class Retry:
     no_retry_on: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
+        # Attempts are counted in the store's 64-bit columns; floats must be finite.
+        check_int(self.max_attempts, "max_attempts", 1)
+        for name in ("multiplier", "jitter"):
+            number = getattr(self, name)
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise ConfigurationError(
+                    f"Retry.{name} must be a number, not {brief(number)}", field=name, value=number
+                )
+            if not math.isfinite(number):
+                raise ConfigurationError(
+                    f"Retry.{name} must be finite, not {number!r}", field=name, value=number
+                )
         if self.max_attempts < 1:
             raise ConfigurationError(
                 "Retry.max_attempts must be at least 1",
@@ -80,8 +94,11 @@ class Retry:
 
     def delay_s(self, attempt: int, rand: float) -> float:
         """Backoff before the attempt after ``attempt``; ``rand`` is uniform in [0, 1)."""
-        base = self.initial.total_seconds() * self.multiplier ** max(0, attempt - 1)
-        base = min(base, self.max_interval.total_seconds())
+        cap = self.max_interval.total_seconds()
+        try:
+            base = min(self.initial.total_seconds() * self.multiplier ** max(0, attempt - 1), cap)
+        except OverflowError:  # a growth past any float is past the cap
+            base = cap
         return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
 
 
@@ -196,9 +213,10 @@ class WorkflowSpec:
     ) -> None:
         if not _NAME.match(name):
             raise SpecError(
-                f"workflow name {name!r} is invalid: use letters, digits, '_' or '-'",
+                f"workflow name {brief(name)} is invalid: use letters, digits, '_' or '-'",
                 workflow=name,
             )
+        check_int(max_revisions, "max_revisions", error=SpecError)
         self.name = name
         self.version = str(version)
         self.input_type = input_type
