@@ -117,16 +117,20 @@ def _checked_url(url: str) -> str:
     """``url`` without its trailing ``/``, if it is an http(s) URL with a host.
 
     Raises:
-        ConfigurationError: it is not (``http://[::1``, ``localhost:8000``, ``ftp://…``).
+        ConfigurationError: it is not (``http://[::1``, ``localhost:8000``, ``ftp://…``, a port
+            outside 1..65535).
     """
     text = url.rstrip("/")
     try:
         parsed = httpx.URL(text)
-        reason = (
-            f"the scheme must be http or https, not {parsed.scheme!r}"
-            if parsed.scheme not in ("http", "https")
-            else ("it has no host" if not parsed.host else "")
-        )
+        if parsed.scheme not in ("http", "https"):
+            reason = f"the scheme must be http or https, not {brief(parsed.scheme)}"
+        elif not parsed.host:
+            reason = "it has no host"
+        elif parsed.port is not None and not 0 < parsed.port < 65536:
+            reason = f"the port must be within 1..65535, not {parsed.port}"
+        else:
+            reason = ""
     except (httpx.InvalidURL, ValueError, TypeError) as exc:  # e.g. a bad port or bracket
         reason = " ".join(str(exc).split()) or type(exc).__name__
     if reason:
