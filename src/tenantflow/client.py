@@ -130,8 +130,9 @@ def _checked_url(url: str) -> str:
         elif parsed.port is not None and not 0 < parsed.port < 65536:
             reason = f"the port must be within 1..65535, not {parsed.port}"
         else:
+            parsed.host.encode("idna")  # what name resolution does: a label over 63 fails
             reason = ""
-    except (httpx.InvalidURL, ValueError, TypeError) as exc:  # e.g. a bad port or bracket
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:  # a bad port, bracket or host name
         reason = " ".join(str(exc).split()) or type(exc).__name__
     if reason:
         raise ConfigurationError(
