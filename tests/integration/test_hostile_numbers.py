@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 
 import tenantflow as tf
+from tenantflow.adapters.clock import SystemClock
+from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.domain.limits import INT64_MAX
+from tenantflow.domain.routing import Endpoint
 from tenantflow.observability.events import Observer, StepFinished
 
 pytestmark = pytest.mark.timeout(60)
@@ -168,3 +171,46 @@ async def test_the_tool_ladder_skips_optional_steps_and_pauses_when_no_rung_appl
         return
     assert await _after_first_step(engine, run, seen) == tf.RunStatus.PAUSED
     assert await engine.reviews.list("t") == []  # no escalation for a tool
+
+
+async def test_an_optional_agent_whose_priced_tool_call_does_not_fit_ends_with_budget(
+    engine: tf.Engine,
+) -> None:
+    def ask_for_the_tool(request: tf.ModelRequest) -> tf.ModelResponse:
+        call = tf.ToolCall("call-0", "bureau", {"query": "ada"})
+        return tf.ModelResponse(
+            text="look it up", tokens_in=1, tokens_out=1, model=request.model, tool_calls=(call,)
+        )
+
+    free = Endpoint(
+        name="sim-free",
+        provider="sim",
+        model="sim-free",
+        region="us-east-1",
+        tier="small",
+        price_in_per_1k_micros=0,
+        price_out_per_1k_micros=0,
+        max_context=100_000,
+    )
+    clock = SystemClock()
+    engine.models.add(
+        free, SimulatedProvider(clock=clock, latency_ms=(1, 2), respond=ask_for_the_tool)
+    )
+
+    @engine.tools.register(cost_usd=0.5)
+    async def bureau(query: str) -> str:
+        return query
+
+    wf = tf.Workflow("agent", input=str)
+
+    @wf.agent(tf.Agent(tools=("bureau",), max_iterations=3), optional=True)
+    async def research(ctx: tf.StepContext, input: str) -> str:
+        return input
+
+    engine.register(wf)
+    await engine.tenants.create(
+        "t", tier="standard", budget={"run_micros": 1}, degradation=["skip_optional", "pause"]
+    )
+    run = await engine.submit("agent", tenant="t", input="x")
+    result = await run.result(timedelta(seconds=20))
+    assert isinstance(result, tf.AgentResult) and result.status == "budget", result
