@@ -100,3 +100,50 @@ def test_dumps_finite_is_strict_json_naming_the_path() -> None:
         dumps_finite({"a": {"b": math.nan}}, "value", "memory value")
     assert err.value.fields["field"] == "value.a.b"
     assert err.value.message.startswith("the memory value is not JSON: it holds nan at a.b")
+
+
+def test_spec_numbers_are_range_checked_and_finite() -> None:
+    import tenantflow as tf
+
+    for kwargs in (
+        {"max_attempts": 2**63},
+        {"max_attempts": math.inf},
+        {"max_attempts": True},
+        {"multiplier": math.inf},
+        {"multiplier": math.nan},
+        {"jitter": math.nan},
+    ):
+        with pytest.raises(ConfigurationError) as err:
+            tf.Retry(**kwargs)  # type: ignore[arg-type]
+        assert err.value.fields["field"] == next(iter(kwargs))
+    # A long retry history backs off at the cap instead of overflowing a float.
+    assert tf.Retry(max_attempts=5000, multiplier=10.0, jitter=0.0).delay_s(4000, 0.5) == 30.0
+    for kwargs in ({"max_iterations": 2**63}, {"max_tokens": 2**31}, {"max_tokens": math.inf}):
+        with pytest.raises(ConfigurationError) as err:
+            tf.Agent(**kwargs)  # type: ignore[arg-type]
+        assert err.value.fields["field"] == next(iter(kwargs))
+
+
+def test_endpoint_prices_and_context_fit_the_ledger() -> None:
+    from tenantflow.domain.routing import Endpoint
+
+    base: dict[str, Any] = {
+        "name": "e",
+        "provider": "sim",
+        "model": "m",
+        "region": "us-east-1",
+        "tier": "small",
+        "price_in_per_1k_micros": 1,
+        "price_out_per_1k_micros": 1,
+        "max_context": 1000,
+    }
+    top = Endpoint(**{**base, "max_context": 2**31 - 1, "price_out_per_1k_micros": 2**40})
+    assert 0 < top.worst_case_micros(2**31 - 1, 2**31 - 1) <= INT64_MAX
+    for field, value in (
+        ("price_in_per_1k_micros", 2**63),
+        ("price_out_per_1k_micros", 2**50),
+        ("max_context", 2**31),
+    ):
+        with pytest.raises(ConfigurationError) as err:
+            Endpoint(**{**base, field: value})
+        assert err.value.fields["field"] == f"endpoint.{field}"

@@ -28,6 +28,7 @@ from tenantflow.errors import ConfigurationError, brief
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
+    "MAX_TOKENS",
     "check_int",
     "dumps_finite",
     "find_non_finite",
@@ -36,6 +37,9 @@ __all__ = [
 
 INT64_MIN: Final[int] = -(2**63)
 INT64_MAX: Final[int] = 2**63 - 1
+MAX_TOKENS: Final[int] = 2**31 - 1
+"""The most tokens one model call may ask for: a reservation (prompt + ``max_tokens``, times a
+price) then always fits the ledger's 64-bit columns."""
 
 
 def within(minimum: int = 0, maximum: int = INT64_MAX) -> AfterValidator:

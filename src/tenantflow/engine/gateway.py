@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.limits import MAX_TOKENS, check_int
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
 from tenantflow.domain.policy import RateLimit, usd_to_micros
 from tenantflow.domain.records import NewEvent, RecordCall, Transition
@@ -371,10 +372,7 @@ class Gateway:
         recorded = await ctx.recorded_call(index)
         if recorded is not None:
             return response_from_json(recorded)
-        if max_tokens < 1:
-            raise ConfigurationError(
-                "max_tokens must be at least 1", field="max_tokens", value=max_tokens
-            )
+        check_int(max_tokens, "max_tokens", 1, MAX_TOKENS)  # the reservation must fit 64 bits
         policy = ctx.policy
         prompt_tokens = _estimate_tokens(messages)
         remaining = await ctx.remaining_micros()

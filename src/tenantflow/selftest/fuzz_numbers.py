@@ -5,7 +5,8 @@ Every numeric field is given every hostile value (:data:`HOSTILE`: integers just
 
 * **policy numbers** — every numeric and duration field of a policy (budget, caps, weight, rate
   limits, durations);
-* **spec numbers** — ``Retry`` (attempts, multiplier, jitter) and ``max_revisions``;
+* **spec numbers** — ``Retry`` (attempts, multiplier, jitter), ``Agent`` (iterations, tokens)
+  and ``max_revisions``;
 * **scenario numbers** — every numeric leaf of the fuzz scenario file;
 * **run inputs** — the value at the top, in a field, in a list and deep inside, through
   ``engine.submit`` and through ``POST /v1/runs`` (raw JSON: ``1e309``, 25-digit integers).
@@ -131,7 +132,7 @@ def _stored_as_validated(tally: Any, what: str, policy: Any) -> None:
 
 
 def spec_numbers(tally: Any) -> None:
-    """``Retry`` fields and ``max_revisions`` × every hostile value."""
+    """``Retry`` and ``Agent`` fields and ``max_revisions`` × every hostile value."""
     for field in ("max_attempts", "multiplier", "jitter"):
         for value in HOSTILE:
             retry: list[tf.Retry] = []
@@ -146,6 +147,13 @@ def spec_numbers(tally: Any) -> None:
                         tally.unclear.append(f"Retry({field}={value!r}): delays {delays}")
                 except Exception as exc:
                     tally.crash(f"Retry({field}={value!r}).delay_s", exc)
+    for field in ("max_iterations", "max_tokens"):
+        for value in HOSTILE:
+            tally.attempt(
+                f"Agent({field}={value!r})",
+                lambda f=field, v=value: tf.Agent(**{f: v}),
+                lambda exc, f=field: _plain(exc) and exc.fields.get("field") == f,
+            )
     for value in HOSTILE:
 
         def build(v: Any = value) -> None:
