@@ -127,3 +127,19 @@ def test_the_installed_command_reports_a_bad_url_in_one_line(tmp_path: Path) -> 
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: invalid server URL") and proc.stderr.count("\n") == 1
+
+
+def test_non_finite_json_values_are_one_line_naming_the_path(tmp_path: Path) -> None:
+    for args in (["db", "upgrade"], ["tenants", "create", "acme", "--tier", "free"]):
+        result = CliRunner().invoke(app, args, env=_env(tmp_path))
+        assert result.exit_code == 0, result.output
+    for value, where in (('{"a": [1, NaN]}', "a[1]"), ('{"a": 1e309}', "a"), ("Infinity", "$")):
+        line = one_error_line(tmp_path, "memory", "put", "--tenant", "acme", "k", value)
+        assert f"at {where} (numbers must be finite)" in line, line
+    big = str(2**80)
+    result = CliRunner().invoke(
+        app, ["memory", "put", "--tenant", "acme", "k", big], env=_env(tmp_path)
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["memory", "get", "--tenant", "acme", "k"], env=_env(tmp_path))
+    assert big in result.stdout  # kept exactly
