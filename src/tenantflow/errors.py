@@ -70,6 +70,7 @@ MAX_ECHO: Final[int] = 200
 """At most this many characters of a refused value are echoed in an error (then a marker)."""
 
 _INT64: Final[int] = 2**63
+_ITEMS: Final[int] = 50  # of a list or mapping echoed in an error
 
 
 def _cut(text: str, limit: int) -> str:
@@ -103,10 +104,12 @@ def json_ready(value: Any, depth: int = 0) -> Any:
         return value if math.isfinite(value) else repr(value)  # 'inf', '-inf', 'nan'
     if isinstance(value, str):
         return _cut(value, MAX_ECHO)
-    if depth < 4 and isinstance(value, list | tuple) and len(value) <= 50:
-        return [json_ready(v, depth + 1) for v in value]
-    if depth < 4 and isinstance(value, dict) and len(value) <= 50:
-        return {_cut(str(k), MAX_ECHO): json_ready(v, depth + 1) for k, v in value.items()}
+    if depth < 4 and isinstance(value, list | tuple):
+        out = [json_ready(v, depth + 1) for v in value[:_ITEMS]]
+        return out if len(value) <= _ITEMS else [*out, f"…(+{len(value) - _ITEMS} items)"]
+    if depth < 4 and isinstance(value, dict):
+        items = list(value.items())[:_ITEMS]
+        return {_cut(str(k), MAX_ECHO): json_ready(v, depth + 1) for k, v in items}
     return brief(value)
 
 

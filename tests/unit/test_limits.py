@@ -147,3 +147,10 @@ def test_endpoint_prices_and_context_fit_the_ledger() -> None:
         with pytest.raises(ConfigurationError) as err:
             Endpoint(**{**base, field: value})
         assert err.value.fields["field"] == f"endpoint.{field}"
+
+
+def test_long_lists_in_errors_are_cut_with_a_marker() -> None:
+    out = ConfigurationError("m", items=list(range(120)), table={str(i): i for i in range(80)})
+    data = out.to_dict()
+    assert data["items"][:50] == list(range(50)) and data["items"][50] == "…(+70 items)"
+    assert len(data["table"]) == 50
