@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from tenantflow.domain.agent import Turn
 from tenantflow.domain.limits import check_int
-from tenantflow.domain.replan import Failure, Revision
+from tenantflow.domain.revision import Failure, Revision
 from tenantflow.errors import ConfigurationError, SpecError, brief
 
 __all__ = [
