@@ -213,8 +213,12 @@ async def test_a_served_app_answers_a_1_mb_header_in_json_and_past_its_buffer_pl
             assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large"
             # Past uvicorn's buffer the head cannot be parsed: its own plain 400 (docs/api.md).
             big = "a" * (2 * MAX_INCOMPLETE_EVENT_BYTES)
-            r = await client.get("/healthz", headers={"X-Big": big})
-            assert r.status_code == 400 and r.text == "Invalid HTTP request received."
+            try:
+                r = await client.get("/healthz", headers={"X-Big": big})
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+                pass  # closed while the client was still sending: the reset arrives first
+            else:
+                assert r.status_code == 400 and r.text == "Invalid HTTP request received."
             assert (await client.get("/healthz")).json() == {"status": "ok"}
     finally:
         server.should_exit = True

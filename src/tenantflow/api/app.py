@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,7 +22,7 @@ from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
 from tenantflow.api.middleware import RequestGuard
 from tenantflow.api.routes import events, health, memory, reviews, runs, tenant, tenants
 from tenantflow.api.routes.runs import SubmissionGate
-from tenantflow.engine.engine import Engine
+from tenantflow.placement import ControlPlane
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_SUBMISSIONS", "create_app"]
 
@@ -32,22 +33,28 @@ _DURATION = (
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_MAX_SUBMISSIONS = 512
 
-Setup = Callable[[Engine], Any]
+Setup = Callable[[Any], Any]
+"""A function the app calls with its control plane before starting it (it registers workflows,
+tools and models); it may be async."""
 
 
 def create_app(
-    engine: Engine,
+    engine: ControlPlane,
     *,
     registry: CollectorRegistry | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_submissions: int = DEFAULT_MAX_SUBMISSIONS,
     setup: Sequence[Setup] = (),
     manage_engine: bool = True,
+    dashboard: bool | str = True,
+    session_ttl: timedelta = timedelta(minutes=30),
 ) -> FastAPI:
     """The REST API of ``engine``.
 
     Args:
-        engine: the engine to serve; open it with ``execute=True`` to run submitted runs.
+        engine: the control plane to serve, however it is placed (see
+            :mod:`tenantflow.placement`): an embedded engine opened with ``execute=True`` runs
+            submitted runs itself, a centralized front passes them to its workers.
         registry: where the HTTP and engine metrics are registered (a new one when None);
             ``/metrics`` serves it.
         max_body_bytes: request bodies over this size are refused with 413.
@@ -57,6 +64,9 @@ def create_app(
             be async): they register workflows, tools and models.
         manage_engine: start the engine with the app and close it at shutdown (False when the
             caller starts and closes it).
+        dashboard: serve the web dashboard at ``/ui`` (``app.state.dashboard``; docs/dashboard.md);
+            ``"read-only"`` serves it without any action that changes something.
+        session_ttl: how long a dashboard sign-in lasts.
 
     Returns:
         The app; serve it with any ASGI server (``tenantflow serve`` uses uvicorn).
@@ -95,6 +105,18 @@ def create_app(
     # Routes are matched in order: the busiest first.
     for module in (runs, events, reviews, memory, tenant, tenants, health):
         app.include_router(module.router)
+    if dashboard not in (True, False, "read-only"):
+        raise ValueError("dashboard must be True, False or 'read-only'")
+    if dashboard:
+        from tenantflow.dashboard import create_dashboard
+        from tenantflow.engine.engine import Engine
+
+        if not isinstance(engine, Engine):  # its fairness page reads the scheduler's state
+            raise ValueError("the dashboard needs the engine itself, not another control plane")
+        app.state.dashboard = create_dashboard(
+            engine, read_only=dashboard == "read-only", session_ttl=session_ttl
+        )
+        app.mount("/ui", app.state.dashboard)
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
