@@ -43,6 +43,7 @@ from tenantflow.errors import (
     PermissionDeniedError,
     StoreUnavailableError,
     TenantflowError,
+    brief,
 )
 
 __all__ = ["DEFAULT_TIMEOUT", "Client", "error_from_response"]
@@ -112,6 +113,36 @@ def error_from_response(response: httpx.Response) -> TenantflowError:
     return cls(detail["message"], **fields)
 
 
+def _checked_url(url: str) -> str:
+    """``url`` without its trailing ``/``, if it is an http(s) URL with a host.
+
+    Raises:
+        ConfigurationError: it is not (``http://[::1``, ``localhost:8000``, ``ftp://…``, a port
+            outside 1..65535).
+    """
+    text = url.rstrip("/")
+    try:
+        parsed = httpx.URL(text)
+        if parsed.scheme not in ("http", "https"):
+            reason = f"the scheme must be http or https, not {brief(parsed.scheme)}"
+        elif not parsed.host:
+            reason = "it has no host"
+        elif parsed.port is not None and not 0 < parsed.port < 65536:
+            reason = f"the port must be within 1..65535, not {parsed.port}"
+        else:
+            parsed.host.encode("idna")  # what name resolution does: a label over 63 fails
+            reason = ""
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:  # a bad port, bracket or host name
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    if reason:
+        raise ConfigurationError(
+            f"invalid server URL {brief(text)}: {reason} (e.g. http://127.0.0.1:8000)",
+            field="url",
+            value=text,
+        )
+    return text
+
+
 class Client:
     """The REST API of one tenantflow server, called with one API key.
 
@@ -131,7 +162,7 @@ class Client:
         timeout: timedelta = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = _checked_url(url)
         self._tenant_id: str | None = None
         self._http = httpx.Client(
             base_url=self.url,

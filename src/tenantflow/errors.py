@@ -28,11 +28,16 @@ default message::
         └── StoreUnavailableError   the store cannot be reached or opened
 
 Driver errors are translated at the adapter boundary (``raise StoreError(...) from exc``).
+
+``to_dict()`` is safe for any field value: infinities and NaN become strings, integers past the
+64-bit range and other objects their (shortened) text, and no string is echoed past
+:data:`MAX_ECHO` characters — a refused value is named, never returned in full.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import math
+from typing import Any, ClassVar, Final
 
 __all__ = [
     "AuthenticationError",
@@ -57,7 +62,55 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TenantflowError",
+    "brief",
+    "json_ready",
 ]
+
+MAX_ECHO: Final[int] = 200
+"""At most this many characters of a refused value are echoed in an error (then a marker)."""
+
+_INT64: Final[int] = 2**63
+_ITEMS: Final[int] = 50  # of a list or mapping echoed in an error
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…(+{len(text) - limit} chars)"
+
+
+def brief(value: Any, limit: int = MAX_ECHO) -> str:
+    """``repr(value)``, shortened to ``limit`` characters with a marker; never raises.
+
+    A huge integer (too long for ``repr``) is described by its size instead.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 512:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"<an integer of about {digits} digits>"
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__, or a structure too deep to print
+        text = f"<{type(value).__name__}>"
+    return _cut(text, limit)
+
+
+def json_ready(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain JSON any encoder accepts (see the module docstring)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else brief(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)  # 'inf', '-inf', 'nan'
+    if isinstance(value, str):
+        return _cut(value, MAX_ECHO)
+    if depth < 4 and isinstance(value, list | tuple):
+        out = [json_ready(v, depth + 1) for v in value[:_ITEMS]]
+        return out if len(value) <= _ITEMS else [*out, f"…(+{len(value) - _ITEMS} items)"]
+    if depth < 4 and isinstance(value, dict):
+        items = list(value.items())[:_ITEMS]
+        return {_cut(str(k), MAX_ECHO): json_ready(v, depth + 1) for k, v in items}
+    return brief(value)
 
 
 class TenantflowError(Exception):
@@ -72,9 +125,9 @@ class TenantflowError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view: ``{"code", "message", **fields}``."""
-        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        out: dict[str, Any] = {"code": self.code, "message": _cut(self.message, 4 * MAX_ECHO)}
         for key, value in self.fields.items():
-            out[key] = value if isinstance(value, str | int | float | bool | None) else repr(value)
+            out[key] = json_ready(value)
         return out
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep fields across pickling (process pools)

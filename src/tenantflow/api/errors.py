@@ -15,6 +15,7 @@ NotFoundError (also another tenant's object)                 404
 ConflictError                                                409
 body over the limit                                          413
 body not JSON                                                415
+request headers over the limit (16 KiB)                      431
 ContractError, ConfigurationError, SpecError, bad request    422
 RateLimitedError, BackpressureError                          429    Retry-After
 StoreUnavailableError, CircuitOpenError                      503    Retry-After
@@ -54,6 +55,7 @@ from tenantflow.errors import (
     SpecError,
     StoreUnavailableError,
     TenantflowError,
+    json_ready,
 )
 
 __all__ = [
@@ -105,6 +107,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (404, "No such object for this tenant."),
         (413, "The request body is over the limit."),
         (415, "The request body is not JSON."),
+        (431, "The request headers are over the limit."),
         (422, "The request is invalid; `field` names the offending value."),
         (429, "Over capacity or rate limited; retry after Retry-After seconds."),
         (503, "The store is unreachable; retry after Retry-After seconds."),
@@ -133,10 +136,9 @@ def status_for(exc: TenantflowError) -> int:
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **fields: Any
 ) -> JSONResponse:
-    """An error answer in the one shape (``fields`` must be JSON-ready)."""
-    return JSONResponse(
-        {"error": {"code": code, "message": message, **fields}}, status, headers=headers
-    )
+    """An error answer in the one shape (``fields``: any values, made JSON-ready)."""
+    body = {"code": code, "message": message, **{k: json_ready(v) for k, v in fields.items()}}
+    return JSONResponse({"error": body}, status, headers=headers)
 
 
 def internal_error_response(request_id: str) -> JSONResponse:

@@ -2,6 +2,9 @@
 
 A pure ASGI middleware (no per-request task or buffering), in front of routing:
 
+* request headers over ``max_header_bytes`` in all (names and values) are refused with 431 —
+  up to the HTTP server's own buffer (see :mod:`tenantflow.api.server`), past which the
+  server itself answers a plain 400 before the app sees the request;
 * every request gets an id (``X-Request-ID``: the caller's, when it is a short token, else this
   process's next one), echoed in the answer and in any 500 body and log line;
 * a body over ``max_body_bytes`` is refused with 413: at once when ``Content-Length`` says so,
@@ -26,7 +29,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tenantflow.api.errors import error_response, internal_error_response
 
-__all__ = ["BodyTooLarge", "RequestGuard"]
+__all__ = ["DEFAULT_MAX_HEADER_BYTES", "BodyTooLarge", "RequestGuard"]
+
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+"""Request headers (names and values together) over this are refused with 431."""
 
 logger = logging.getLogger("tenantflow.api")
 
@@ -56,9 +62,16 @@ def _is_form(content_type: str) -> bool:
 class RequestGuard:
     """See the module docstring."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
         # Unique per process and request without a system call per request (ids are for
         # logs, not secrets).
         self._prefix = secrets.token_hex(4) + "-"
@@ -82,7 +95,8 @@ class RequestGuard:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw_id)]
             await send(message)
 
-        refusal = self._refusal(scope["method"], headers, scope["path"])
+        size = sum(len(name) + len(value) for name, value in scope["headers"])
+        refusal = self._oversized(size) or self._refusal(scope["method"], headers, scope["path"])
         if refusal is not None:
             await refusal(scope, receive, send_with_id)
             return
@@ -104,6 +118,16 @@ class RequestGuard:
             logger.exception("request %s %s %s failed", request_id, scope["method"], scope["path"])
             if not started:
                 await internal_error_response(request_id)(scope, receive, send_with_id)
+
+    def _oversized(self, size: int) -> ASGIApp | None:
+        if size <= self.max_header_bytes:
+            return None
+        return error_response(
+            431,
+            "headers_too_large",
+            f"the request headers are {size} bytes, over the limit of {self.max_header_bytes}",
+            limit=self.max_header_bytes,
+        )
 
     def _refusal(self, method: str, headers: Headers, path: str) -> ASGIApp | None:
         length = headers.get("content-length")

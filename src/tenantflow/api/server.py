@@ -1,4 +1,10 @@
-"""Running the app with uvicorn: one process, graceful shutdown on SIGTERM and SIGINT."""
+"""Running the app with uvicorn: one process, graceful shutdown on SIGTERM and SIGINT.
+
+uvicorn's h11 protocol is used (whatever else is installed), with a header buffer of
+:data:`MAX_INCOMPLETE_EVENT_BYTES`: request headers up to it reach the app, which refuses those
+over its own limit (16 KiB) with a JSON 431; past the buffer the request cannot be parsed and
+uvicorn answers ``400 Invalid HTTP request received.`` (plain text) and closes the connection.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,10 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-__all__ = ["run"]
+__all__ = ["MAX_INCOMPLETE_EVENT_BYTES", "config", "run"]
+
+MAX_INCOMPLETE_EVENT_BYTES = 1024 * 1024 + 64 * 1024
+"""How much of a request's head uvicorn buffers (a 1 MB header still gets the JSON 431)."""
 
 
 class _Server(uvicorn.Server):
@@ -32,6 +41,21 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def config(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+    """uvicorn's configuration for ``app`` (see :func:`run` and the module docstring)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+        http="h11",
+        h11_max_incomplete_event_size=MAX_INCOMPLETE_EVENT_BYTES,
+    )
+
+
 def run(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> bool:
     """Serve ``app`` until SIGTERM or SIGINT; False if the server failed to start.
 
@@ -42,16 +66,7 @@ def run(app: FastAPI, *, host: str, port: int, log_level: str = "info") -> bool:
     Access logs are off (one line per request costs more than answering it); ``/metrics``
     counts requests instead. In-flight requests get 10 seconds to finish at shutdown.
     """
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="off",
-        timeout_graceful_shutdown=10,
-    )
-    server = _Server(config)
+    server = _Server(config(app, host=host, port=port, log_level=log_level))
 
     async def serve() -> None:
         async with app.router.lifespan_context(app):

@@ -2,13 +2,20 @@
 
 Each group is a typer app in its own module, mounted here with ``add_typer``; new groups
 (tenants, reviews, usage, audit, demo, serve, worker) are added the same way.
+
+A usage error (an unknown command or option, a bad option value, a missing argument) is one line
+on stderr, ``error: <what> (see '<command> --help')``, and exit code 2, like every other error
+of the command line; ``--help`` and a group called without a command still print the help.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from tenantflow import __version__
 from tenantflow.cli import (
@@ -38,8 +45,59 @@ from tenantflow.errors import ConfigurationError
 
 __all__ = ["app", "main"]
 
+
+def _base(name: str) -> type[Exception]:
+    # Click's error classes, found from one typer re-exports: whichever Click typer uses
+    # (its own copy in recent versions, the click package before).
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_CLICK_ERROR = _base("ClickException")
+_USAGE_ERROR = _base("UsageError")
+
+
+def _one_line(exc: Exception) -> str:
+    message = " ".join(str(getattr(exc, "format_message", exc.__str__)()).split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, _USAGE_ERROR) and ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    return f"error: {message}\n"
+
+
+class _OneLineErrors(TyperGroup):
+    """The root group: Click's usage box becomes one ``error:`` line (see the module doc)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            # Not standalone: Click raises its errors here instead of printing its box.
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except _CLICK_ERROR as exc:
+            code = int(getattr(exc, "exit_code", 2))
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a group alone: the help is the answer
+                sys.stderr.write(str(getattr(exc, "format_message", exc.__str__)()) + "\n")
+            else:
+                sys.stderr.write(_one_line(exc))
+            sys.exit(code)
+        except typer.Abort:
+            sys.stderr.write("error: aborted\n")
+            sys.exit(1)
+        # An explicit exit's code; the commands themselves return None.
+        sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
+
+
 app = typer.Typer(
     name="tenantflow",
+    cls=_OneLineErrors,
     help="tenantflow: a multi-tenant control plane for AI-agent workflows.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tenantflow.domain.limits import MAX_TOKENS, check_int
 from tenantflow.errors import ConfigurationError
 
 __all__ = [
@@ -73,6 +74,8 @@ class Agent:
     on_limit: OnLimit = "fail"
 
     def __post_init__(self) -> None:
+        check_int(self.max_iterations, "max_iterations", 1)  # iterations are stored indices
+        check_int(self.max_tokens, "max_tokens", 1, MAX_TOKENS)
         if self.max_iterations < 1:
             raise ConfigurationError(
                 "Agent.max_iterations must be at least 1",

@@ -4,6 +4,10 @@ A :class:`Contract` wraps one type (a pydantic model, ``list[Model]``, ``int``â€
 validates it and returns the validated copy together with its canonical JSON, so what reaches a
 downstream step and what is stored are the same validated data. A violation raises
 :class:`~tenantflow.errors.ContractError` naming the step, the field path and the offending value.
+
+A value holding an infinity or NaN is refused too, wherever it hides (``1e309`` in a JSON body is
+one): JSON cannot carry it, so it would be stored as ``null`` and break the contract on reading.
+Integers are kept exactly, however large (the JSON text is stored, not a 64-bit column).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import pydantic
 from pydantic import BaseModel, TypeAdapter
 from pydantic_core import PydanticSerializationError
 
-from tenantflow.errors import ContractError
+from tenantflow.domain.limits import find_non_finite
+from tenantflow.errors import ContractError, brief
 
 __all__ = ["Contract", "contract_for"]
 
@@ -46,7 +51,7 @@ class Contract:
                 # validation: re-validate from their data rather than trusting them.
                 value = value.model_dump(mode="python")
             validated = self._adapter.validate_python(value)
-            return validated, self._adapter.dump_json(validated)
+            data = self._adapter.dump_json(validated)
         except pydantic.ValidationError as exc:
             raise self._error(exc, step, direction, value) from None
         except (TypeError, ValueError, PydanticSerializationError) as exc:
@@ -57,6 +62,23 @@ class Contract:
                 field="$",
                 value=_short(value),
             ) from None
+        if b"null" in data or b"Infinity" in data or b"NaN" in data:  # how inf/NaN are written
+            self._refuse_non_finite(validated, step, direction)
+        return validated, data
+
+    def _refuse_non_finite(self, validated: Any, step: str, direction: str) -> None:
+        found = find_non_finite(self._adapter.dump_python(validated))
+        if found is None:
+            return
+        field, number = found
+        subject = "the workflow input" if step == "<input>" else f"{direction} of step {step!r}"
+        raise ContractError(
+            f"{subject} breaks its contract at {field}: numbers must be finite (got {number!r})",
+            step=step,
+            direction=direction,
+            field=field,
+            value=repr(number),
+        )
 
     def load(self, data: bytes | str, *, step: str, direction: str = "stored output") -> Any:
         """Rebuild a value from its stored JSON (after a restart)."""
@@ -86,8 +108,7 @@ class Contract:
 
 
 def _short(value: Any, limit: int = 200) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "â€¦"
+    return brief(value, limit)
 
 
 @lru_cache(maxsize=4096)

@@ -29,6 +29,7 @@ from typing import Any, Final
 
 from pydantic import TypeAdapter, ValidationError
 
+from tenantflow.domain.limits import dumps_finite
 from tenantflow.domain.policy import parse_duration
 from tenantflow.errors import ConfigurationError
 
@@ -275,14 +276,7 @@ def check_limit(limit: object, most: int) -> int:
 
 
 def _json(value: Any, field: str) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        text.encode()
-    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
-        raise ConfigurationError(
-            f"the memory {field} is not JSON: {exc}", field=field, value=type(value).__name__
-        ) from None
-    return text
+    return dumps_finite(value, field, f"memory {field}")
 
 
 def _within(text: str, field: str, most: int) -> None:

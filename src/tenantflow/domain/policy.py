@@ -12,7 +12,13 @@ name the offending ``field`` and ``value`` — never with a pydantic ``Validatio
 
 Money is integer micro-dollars (``1 USD == 1_000_000``) everywhere; floats never enter a ledger.
 Durations are :class:`~datetime.timedelta`; in YAML/JSON they may also be written ``"4h"``,
-``"30d"``, ``"7 years"`` or ISO 8601 (``"PT4H"``). Money fields accept ``"$2.00"`` strings.
+``"30d"``, ``"7 years"`` or ISO 8601 (``"PT4H"``). Money fields accept ``"$2.00"`` strings. The
+units (``usd_to_micros``, ``parse_duration``, ...) live in :mod:`tenantflow.domain.units` and are
+re-exported here.
+
+Every integer is range-checked for the store's 64-bit columns (see
+:mod:`tenantflow.domain.limits`), every float must be finite, and durations must fit a
+:class:`~datetime.timedelta`: a value that would break the tenant later is refused here.
 
 Regions are checked against ``known_regions`` from the pydantic validation context (see
 :func:`validate_policy`) or, when none is given, :data:`DEFAULT_REGIONS`.
@@ -23,8 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -37,7 +42,15 @@ from pydantic import (
     model_validator,
 )
 
-from tenantflow.errors import ConfigurationError
+from tenantflow.domain.limits import within
+from tenantflow.domain.units import (
+    MICROS_PER_USD,
+    UNIT_SECONDS,
+    micros_to_usd,
+    parse_duration,
+    usd_to_micros,
+)
+from tenantflow.errors import ConfigurationError, brief
 
 __all__ = [
     "DEFAULT_REGIONS",
@@ -70,63 +83,15 @@ DEFAULT_REGIONS: Final[frozenset[str]] = frozenset(
 )
 """Regions accepted when the caller passes no ``known_regions`` (a deployment overrides it)."""
 
-MICROS_PER_USD: Final[int] = 1_000_000
+MAX_WEIGHT: Final[float] = 1_000_000.0
+"""A fair-share weight above this is refused (weights are compared and summed)."""
 
-_UNIT_S: Final[dict[str, float]] = {
-    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0),
-    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60.0),
-    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
-    **dict.fromkeys(("d", "day", "days"), 86400.0),
-    **dict.fromkeys(("w", "week", "weeks"), 7 * 86400.0),
-    # A year counts as 366 days so a retention period never ends before its calendar date.
-    **dict.fromkeys(("y", "yr", "yrs", "year", "years"), 366 * 86400.0),
-}
-_DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*$")
+# A count, cap or amount: 0 .. 2**63-1 (the Field's bound first, for its own message).
+_Count = Annotated[int, Field(ge=0), within(0)]
+_Positive = Annotated[int, Field(gt=0), within(1)]
+
 _RATE_RE: Final = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-zA-Z]+)\s*$")
 _BREACH_RE: Final = re.compile(r"^(escalate:[A-Za-z0-9_.\-]+|auto_reject|fail)$")
-
-
-def usd_to_micros(usd: Decimal | int | float | str) -> int:
-    """Convert dollars to integer micro-dollars, rounding half-even at the micro.
-
-    Args:
-        usd: An amount in dollars; strings may carry a leading ``$`` (``"$2.00"``).
-
-    Returns:
-        The amount in micro-dollars.
-
-    Raises:
-        ConfigurationError: ``usd`` is not a finite number.
-    """
-    if isinstance(usd, bool):
-        raise ConfigurationError(f"not a dollar amount: {usd!r}", field="usd", value=usd)
-    # str() first so a float like 0.1 converts as written, not as its binary expansion.
-    text = str(usd).strip().removeprefix("$")
-    try:
-        amount = Decimal(text)
-    except InvalidOperation:
-        raise ConfigurationError(f"not a dollar amount: {usd!r}", field="usd", value=usd) from None
-    if not amount.is_finite():
-        raise ConfigurationError(f"not a dollar amount: {usd!r}", field="usd", value=usd)
-    return int((amount * MICROS_PER_USD).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def micros_to_usd(micros: int) -> Decimal:
-    """Convert integer micro-dollars to an exact :class:`~decimal.Decimal` dollar amount."""
-    return Decimal(micros).scaleb(-6)
-
-
-def parse_duration(value: object) -> object:
-    """Turn ``"90s"``, ``"15m"``, ``"4h"``, ``"30d"``, ``"7 years"`` into a timedelta.
-
-    Anything else is returned unchanged for pydantic to parse (a timedelta, a number of seconds,
-    or an ISO 8601 duration such as ``"PT4H"``).
-    """
-    if isinstance(value, str) and (match := _DURATION_RE.match(value)):
-        unit = _UNIT_S.get(match.group(2).lower())
-        if unit is not None:
-            return timedelta(seconds=float(match.group(1)) * unit)
-    return value
 
 
 def _config_error(label: str, exc: ValidationError) -> ConfigurationError:
@@ -135,18 +100,20 @@ def _config_error(label: str, exc: ValidationError) -> ConfigurationError:
     field = f"{label}.{path}" if label and path else (label or path)
     value = first.get("input")
     message = first["msg"].removeprefix("Value error, ")
+    bounds = {k: v for k, v in (first.get("ctx") or {}).items() if k in ("minimum", "maximum")}
     return ConfigurationError(
-        f"invalid {field or 'value'} = {value!r}: {message}",
+        f"invalid {field or 'value'} = {brief(value)}: {message}",
         field=field,
         value=value,
         errors=exc.error_count(),
+        **bounds,
     )
 
 
 class _ConfigModel(BaseModel):
     """Frozen model whose validation failures surface as ConfigurationError."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     _label: ClassVar[str] = ""
 
     @model_validator(mode="wrap")
@@ -161,7 +128,10 @@ class _ConfigModel(BaseModel):
 def _money(value: object) -> object:
     # Only "$"-prefixed strings are dollars, so "2000000" stays unambiguously micro-dollars.
     if isinstance(value, str) and value.strip().startswith("$"):
-        return usd_to_micros(value)
+        try:
+            return usd_to_micros(value)
+        except ConfigurationError as exc:  # a ValueError is reported by pydantic, naming the field
+            raise ValueError(exc.message) from None
     return value
 
 
@@ -176,9 +146,9 @@ class RateLimit(_ConfigModel):
 
     _label: ClassVar[str] = "rate_limit"
 
-    count: int = Field(gt=0)
+    count: _Positive
     window_s: float = Field(gt=0)
-    burst: int = Field(gt=0)
+    burst: _Positive
 
     @model_validator(mode="before")
     @classmethod
@@ -214,10 +184,10 @@ class RateLimit(_ConfigModel):
 
 def _parse_rate(text: object) -> dict[str, Any]:
     match = _RATE_RE.match(text) if isinstance(text, str) else None
-    unit = _UNIT_S.get(match.group(3).lower()) if match else None
+    unit = UNIT_SECONDS.get(match.group(3).lower()) if match else None
     if match is None or unit is None:
         raise ConfigurationError(
-            f"invalid rate limit {text!r}: write '<count>/<unit>' such as '500/hour', "
+            f"invalid rate limit {brief(text)}: write '<count>/<unit>' such as '500/hour', "
             "'10/minute' or '5/second'",
             field="rate_limit",
             value=text,
@@ -234,11 +204,11 @@ class Budget(_ConfigModel):
 
     _label: ClassVar[str] = "budget"
 
-    run_micros: int | None = Field(default=None, ge=0)
-    run_tokens: int | None = Field(default=None, ge=0)
+    run_micros: _Count | None = None
+    run_tokens: _Count | None = None
     period: Period = "monthly"
-    period_micros: int | None = Field(default=None, ge=0)
-    period_tokens: int | None = Field(default=None, ge=0)
+    period_micros: _Count | None = None
+    period_tokens: _Count | None = None
 
     @field_validator("run_micros", "period_micros", mode="before")
     @classmethod
@@ -253,7 +223,7 @@ def _names(value: Any, field: str) -> Any:
         items = list(value)
         if any(not isinstance(v, str) or not v.strip() for v in items):
             raise ConfigurationError(
-                f"invalid {field} = {items!r}: names must be non-empty strings",
+                f"invalid {field} = {brief(items)}: names must be non-empty strings",
                 field=field,
                 value=items,
             )
@@ -303,15 +273,15 @@ class Policy(_ConfigModel):
     org_id: str | None = None
     tier: Tier
     budget_class: str | None = None
-    weight: float = Field(gt=0)
+    weight: float = Field(gt=0, le=MAX_WEIGHT)
     region: str | None = None
     allowed_tools: tuple[str, ...] | None = None
     denied_tools: tuple[str, ...] = ()
     allowed_models: tuple[str, ...] | None = None
     denied_models: tuple[str, ...] = ()
     model_tier: ModelTier = "small"
-    max_active_runs: int = Field(ge=0)
-    max_running_steps: int = Field(ge=0)
+    max_active_runs: _Count
+    max_running_steps: _Count
     rate_limits: dict[str, RateLimit] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
     degradation: tuple[DegradationAction, ...] = (
@@ -330,8 +300,8 @@ class Policy(_ConfigModel):
     data_retention: timedelta | None = None
     memory_retention: timedelta | None = None
     default_lane: Lane = "normal"
-    guaranteed_slots: int = Field(default=0, ge=0)
-    burst_slots: int = Field(default=0, ge=0)
+    guaranteed_slots: _Count = 0
+    burst_slots: _Count = 0
     burst_window: timedelta = timedelta(minutes=5)
 
     @field_validator(
@@ -359,7 +329,7 @@ class Policy(_ConfigModel):
     def _positive(cls, value: timedelta | None, info: ValidationInfo) -> timedelta | None:
         if value is not None and value <= timedelta(0):
             raise ConfigurationError(
-                f"invalid {info.field_name} = {value!r}: a duration must be positive",
+                f"invalid {info.field_name} = {brief(value)}: a duration must be positive",
                 field=info.field_name,
                 value=str(value),
             )
@@ -380,7 +350,7 @@ class Policy(_ConfigModel):
         known = (info.context or {}).get("known_regions", DEFAULT_REGIONS)
         if not isinstance(value, str) or value not in known:
             raise ConfigurationError(
-                f"invalid region = {value!r}: unknown region; known regions are "
+                f"invalid region = {brief(value)}: unknown region; known regions are "
                 f"{', '.join(sorted(known))}",
                 field="region",
                 value=value,
@@ -397,7 +367,7 @@ class Policy(_ConfigModel):
         for resource, spec in value.items():
             if not isinstance(resource, str) or not resource or resource != resource.strip():
                 raise ConfigurationError(
-                    f"invalid rate_limits key {resource!r}: use e.g. 'tool:credit_bureau'",
+                    f"invalid rate_limits key {brief(resource)}: use e.g. 'tool:credit_bureau'",
                     field="rate_limits",
                     value=resource,
                 )
@@ -406,7 +376,7 @@ class Policy(_ConfigModel):
             except ConfigurationError as exc:
                 # Re-raised so the error names the resource, not just "rate_limit".
                 raise ConfigurationError(
-                    f"invalid rate_limits[{resource!r}] = {spec!r}: {exc.message}",
+                    f"invalid rate_limits[{brief(resource)}] = {brief(spec)}: {exc.message}",
                     field=f"rate_limits.{resource}",
                     value=spec,
                 ) from exc
@@ -428,7 +398,7 @@ class Policy(_ConfigModel):
     def _breach(cls, value: str) -> str:
         if not _BREACH_RE.match(value):
             raise ConfigurationError(
-                f"invalid review_breach_action = {value!r}: use 'escalate:<pool>', "
+                f"invalid review_breach_action = {brief(value)}: use 'escalate:<pool>', "
                 "'auto_reject' or 'fail'",
                 field="review_breach_action",
                 value=value,
@@ -608,7 +578,7 @@ def tier_preset(name: str) -> Policy:
         return _PRESETS[name].model_copy(deep=True)
     except KeyError:
         raise ConfigurationError(
-            f"invalid tier = {name!r}: known tiers are {', '.join(TIERS)}",
+            f"invalid tier = {brief(name)}: known tiers are {', '.join(TIERS)}",
             field="tier",
             value=name,
         ) from None

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Annotated, Any, Final, Self
 
 from pydantic import (
     BaseModel,
@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from tenantflow.domain.budget import cost_micros, worst_case_micros
+from tenantflow.domain.limits import INT64_MAX, MAX_TOKENS, within
 from tenantflow.domain.policy import ModelTier, Policy
 from tenantflow.errors import (
     BudgetExceededError,
@@ -40,9 +41,13 @@ from tenantflow.errors import (
     ContractError,
     NotAllowedError,
     ResidencyError,
+    brief,
 )
 
 __all__ = ["Endpoint", "Selection", "select_endpoint"]
+
+# Prompt and completion of at most MAX_TOKENS each, at this price, still fit 64 bits.
+_MAX_PRICE: Final[int] = INT64_MAX // (2 * MAX_TOKENS) * 1000
 
 
 class Endpoint(BaseModel):
@@ -55,9 +60,16 @@ class Endpoint(BaseModel):
     model: str = Field(min_length=1)
     region: str = Field(min_length=1)
     tier: ModelTier
-    price_in_per_1k_micros: int = Field(ge=0, description="µ$ per 1000 prompt tokens")
-    price_out_per_1k_micros: int = Field(ge=0, description="µ$ per 1000 completion tokens")
-    max_context: int = Field(gt=0, description="prompt + completion tokens the model accepts")
+    # Prices and the context are bounded so that a call's cost fits the ledger's 64-bit columns.
+    price_in_per_1k_micros: Annotated[int, within(0, _MAX_PRICE)] = Field(
+        ge=0, description="µ$ per 1000 prompt tokens"
+    )
+    price_out_per_1k_micros: Annotated[int, within(0, _MAX_PRICE)] = Field(
+        ge=0, description="µ$ per 1000 completion tokens"
+    )
+    max_context: Annotated[int, within(1, MAX_TOKENS)] = Field(
+        gt=0, description="prompt + completion tokens the model accepts"
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -68,7 +80,7 @@ class Endpoint(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"])
             raise ConfigurationError(
-                f"invalid endpoint {field} = {first.get('input')!r}: {first['msg']}",
+                f"invalid endpoint {field} = {brief(first.get('input'))}: {first['msg']}",
                 field=f"endpoint.{field}",
                 value=first.get("input"),
             ) from exc

@@ -9,6 +9,7 @@ half-way through a run.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from tenantflow.domain.agent import Turn
+from tenantflow.domain.limits import check_int
 from tenantflow.domain.revision import Failure, Revision
-from tenantflow.errors import ConfigurationError, ContractError, SpecError
+from tenantflow.errors import ConfigurationError, ContractError, SpecError, brief
 
 __all__ = [
     "Param",
@@ -66,12 +68,31 @@ class Retry:
         for name in ("initial", "max_interval"):
             value = getattr(self, name)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                object.__setattr__(self, name, timedelta(seconds=value))
+                try:
+                    object.__setattr__(self, name, timedelta(seconds=value))
+                except (OverflowError, ValueError):  # inf, nan, or past timedelta's range
+                    raise SpecError(
+                        f"Retry.{name} must be a finite number of seconds within timedelta's"
+                        f" range, got {brief(value)}",
+                        field=name,
+                    ) from None
             elif not isinstance(value, timedelta):
                 raise SpecError(
                     f"Retry.{name} must be a timedelta or a number of seconds,"
-                    f" got {type(value).__name__} {value!r}",
+                    f" got {type(value).__name__} {brief(value)}",
                     field=name,
+                )
+        # Attempts are counted in the store's 64-bit columns; floats must be finite.
+        check_int(self.max_attempts, "max_attempts", 1)
+        for name in ("multiplier", "jitter"):
+            number = getattr(self, name)
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise ConfigurationError(
+                    f"Retry.{name} must be a number, not {brief(number)}", field=name, value=number
+                )
+            if not math.isfinite(number):
+                raise ConfigurationError(
+                    f"Retry.{name} must be finite, not {number!r}", field=name, value=number
                 )
         if self.max_attempts < 1:
             raise ConfigurationError(
@@ -104,8 +125,13 @@ class Retry:
 
     def delay_s(self, attempt: int, rand: float) -> float:
         """Backoff before the attempt after ``attempt``; ``rand`` is uniform in [0, 1)."""
-        base = _td(self.initial).total_seconds() * self.multiplier ** max(0, attempt - 1)
-        base = min(base, _td(self.max_interval).total_seconds())
+        cap = _td(self.max_interval).total_seconds()
+        try:
+            base = min(
+                _td(self.initial).total_seconds() * self.multiplier ** max(0, attempt - 1), cap
+            )
+        except OverflowError:  # a growth past any float is past the cap
+            base = cap
         return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
 
 
@@ -220,9 +246,10 @@ class WorkflowSpec:
     ) -> None:
         if not _NAME.match(name):
             raise SpecError(
-                f"workflow name {name!r} is invalid: use letters, digits, '_' or '-'",
+                f"workflow name {brief(name)} is invalid: use letters, digits, '_' or '-'",
                 workflow=name,
             )
+        check_int(max_revisions, "max_revisions", error=SpecError)
         self.name = name
         self.version = str(version)
         self.input_type = input_type

@@ -64,10 +64,14 @@ async def run_iteration(
         return first
     first.text = response.text
     first.tokens_in, first.tokens_out = response.tokens_in, response.tokens_out
-    for call in response.tool_calls:
-        first.tool_results.append(
-            await _call(ctx, scope, agent, call.id, call.name, call.arguments)
-        )
+    try:
+        for call in response.tool_calls:
+            first.tool_results.append(
+                await _call(ctx, scope, agent, call.id, call.name, call.arguments)
+            )
+    except SkipStep:  # a priced tool call met the same ladder: the loop ends here too
+        first.stop = "budget"
+        return first
     if not first.tool_results:
         first.stop = "answered"
     if response.model == "human":

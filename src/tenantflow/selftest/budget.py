@@ -4,7 +4,9 @@ For each repeat a fresh tenant gets a period budget of $1.00 and enough caps and
 its steps to run at once; it submits ``budget_steps`` one-step runs. Every step waits at a
 barrier until all of them are executing, then calls a priced tool ($0.03 a call) — so the
 reservations race — and a seeded share of the calls fail after reserving (their hold must be
-released). From the tenant's ledgers and usage afterwards: spent never exceeds the limit
+released). A call the budget refuses takes the tenant's degradation ladder, which for a required
+step is a pause: its run is counted refused once every step has finished, then cancelled.
+From the tenant's ledgers and usage afterwards: spent never exceeds the limit
 (overspend exactly $0), nothing stays reserved (no leaked hold), the money spent is exactly the
 price of the calls that succeeded, and the budget was really contended (some calls refused).
 """
@@ -12,11 +14,12 @@ price of the calls that succeeded, and the budget was really contended (some cal
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from pathlib import Path
 
 import tenantflow as tf
 from tenantflow.domain.policy import Budget
-from tenantflow.errors import BudgetExceededError
+from tenantflow.observability.events import Observer, StepFinished
 from tenantflow.selftest.core import Context, Row
 
 __all__ = ["run_budget_race"]
@@ -46,6 +49,20 @@ class _Barrier:
         return True
 
 
+class _StepsDone(Observer):
+    """Sets a tenant's event once ``n`` of its step attempts have ended (paid, failed, paused)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.ended: Counter[str] = Counter()
+        self.done: dict[str, asyncio.Event] = {}
+
+    def on_step_finished(self, event: StepFinished) -> None:
+        self.ended[event.tenant_id] += 1
+        if self.ended[event.tenant_id] >= self.n and event.tenant_id in self.done:
+            self.done[event.tenant_id].set()
+
+
 class ToolFailed(Exception):
     """The priced tool failed after its call was reserved (injected)."""
 
@@ -60,6 +77,8 @@ async def _race(ctx: Context, row: Row, directory: Path) -> None:
     n = profile.budget_steps
     rng = ctx.rng("budget")
     barriers: dict[str, _Barrier] = {}
+    late_runs: set[str] = set()
+    finished = _StepsDone(n)
     url = f"sqlite:///{directory / 'budget.db'}?synchronous=normal"
     async with tf.Engine.open(url, slots=max(64, n), seed=ctx.seed) as engine:
 
@@ -74,16 +93,16 @@ async def _race(ctx: Context, row: Row, directory: Path) -> None:
 
         @wf.step(retry=tf.Retry(max_attempts=1))
         async def spend(ctx: tf.StepContext, input: bool) -> str:
-            together = await barriers[ctx.tenant_id].wait()
+            if not await barriers[ctx.tenant_id].wait():
+                late_runs.add(ctx.run_id)
             try:
-                await ctx.tool("paid", fail=input)
-            except BudgetExceededError:
-                return "refused" if together else "refused-late"
+                await ctx.tool("paid", fail=input)  # refused: the run pauses (the ladder)
             except ToolFailed:
                 return "failed"
             return "paid"
 
         engine.register(wf)
+        engine.observers.append(finished)
         outcomes: dict[str, int] = {}
         late = 0
         for repeat in range(profile.budget_repeats):
@@ -98,11 +117,13 @@ async def _race(ctx: Context, row: Row, directory: Path) -> None:
                 burst_slots=0,
             )
             barriers[tenant] = _Barrier(n)
+            finished.done[tenant] = asyncio.Event()
             handles = [
                 await engine.submit("spend", tenant=tenant, input=rng.random() < FAILING)
                 for _ in range(n)
             ]
-            results = [await h.result() for h in handles]
+            await asyncio.wait_for(finished.done[tenant].wait(), 60.0)
+            results = [await _outcome(engine, tenant, h, late_runs) for h in handles]
             counts = {r: results.count(r) for r in set(results)}
             late += counts.get("refused-late", 0)
             for k, v in counts.items():
@@ -117,6 +138,18 @@ async def _race(ctx: Context, row: Row, directory: Path) -> None:
             f" {FAILING:.0%} failing after reserving: {outcomes.get('paid', 0)} paid,"
             f" {outcomes.get('failed', 0)} failed, {outcomes.get('refused', 0)} refused"
         )
+
+
+async def _outcome(
+    engine: tf.Engine, tenant: str, handle: tf.RunHandle, late_runs: set[str]
+) -> str:
+    """``paid`` or ``failed`` (the step's result), or ``refused`` for a run the budget paused
+    (``refused-late`` if its step missed the barrier), which is then cancelled."""
+    if await handle.status() == tf.RunStatus.PAUSED:
+        await engine.cancel(tenant, handle.id)
+        return "refused-late" if handle.id in late_runs else "refused"
+    result: str = await handle.result()
+    return result
 
 
 async def _check(

@@ -14,6 +14,9 @@
   built or refused with a :class:`~tenantflow.errors.ConfigurationError` naming the field.
 * **Scenario files** — a valid scenario, mutated (fields removed, retyped, given junk; the YAML
   text cut or corrupted), parsed: it loads, or the refusal is one line naming the file.
+* **Hostile numbers and command lines**, case by case (:mod:`tenantflow.selftest.fuzz_numbers`):
+  integers past 2**63 and non-finite floats in every numeric field of policies, specs, scenarios
+  and run inputs (library and REST API), and malformed URLs and flags for the command line.
 
 A *crash* is any other exception; an *unclear refusal* a typed error without a message, field
 or location.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -34,6 +38,7 @@ import yaml
 
 import tenantflow as tf
 from tenantflow.errors import TenantflowError
+from tenantflow.selftest import fuzz_numbers
 from tenantflow.selftest.core import Context, Row, Unavailable
 
 __all__ = ["Tally", "run_fuzz"]
@@ -88,6 +93,7 @@ def run_fuzz(ctx: Context, row: Row, directory: Path) -> None:
         "workflow specs": _specs(n, directory),
         "policies": _policies(n),
         "scenario files": _scenarios(n),
+        **_hostile(directory),
     }
     for name, t in tallies.items():
         row.fault("fuzz cases", t.cases)
@@ -102,6 +108,20 @@ def run_fuzz(ctx: Context, row: Row, directory: Path) -> None:
             f"{name}: {t.cases} cases, {t.accepted} accepted, {t.refused} refused,"
             f" {len(t.server_errors)} 5xx, {len(t.crashes)} crashes"
         )
+
+
+def _hostile(directory: Path) -> dict[str, Tally]:
+    """The case-by-case targets of :mod:`~tenantflow.selftest.fuzz_numbers`."""
+    tallies = {name: Tally() for name in ("policy numbers", "spec numbers", "scenario numbers")}
+    fuzz_numbers.policy_numbers(tallies["policy numbers"])
+    fuzz_numbers.spec_numbers(tallies["spec numbers"])
+    base = yaml.safe_load(_SCENARIO)
+    fuzz_numbers.scenario_numbers(tallies["scenario numbers"], base, _paths(base))
+    tallies["run inputs"] = Tally()
+    fuzz_numbers.run_inputs(tallies["run inputs"], directory)
+    tallies["command line"] = Tally()
+    fuzz_numbers.cli_cases(tallies["command line"], directory)
+    return tallies
 
 
 # -- the API -----------------------------------------------------------------------------------
@@ -267,7 +287,7 @@ def _specs(n: int, directory: Path) -> Tally:
             "params": st.lists(names, max_size=3),
             "after": st.lists(names, max_size=2),
             "optional": st.booleans(),
-            "attempts": st.sampled_from([1, 1, 2, 3, 0, -1]),
+            "attempts": st.sampled_from([1, 1, 2, 3, 0, -1, 2**63, 2**80, math.inf, math.nan]),
             "timeout_s": st.one_of(st.none(), st.none(), st.floats(-1.0, 5.0)),
             "fails": st.booleans(),
         }
@@ -337,6 +357,8 @@ def _policies(n: int) -> Tally:
             st.none(),
             st.booleans(),
             st.integers(-(2**40), 2**40),
+            st.integers(-(2**80), 2**80),  # past the store's 64-bit columns too
+            st.sampled_from(fuzz_numbers.HOSTILE),
             st.floats(allow_nan=True, allow_infinity=True),
             st.text(max_size=12),
             st.sampled_from(["PT30S", "P1D", "-PT1S", "500/hour", "0/second", "us-east-1", "$0.5"]),
@@ -418,6 +440,7 @@ def _scenarios(n: int) -> Tally:
         st.none(),
         st.booleans(),
         st.integers(-5, 10**9),
+        st.sampled_from(fuzz_numbers.HOSTILE),
         st.floats(allow_nan=True),
         st.text(max_size=10),
         st.sampled_from(["-1h", "0s", "1/0", "$-1", "eu-west-9", "[]"]),

@@ -26,8 +26,9 @@ an endpoint and takes the endpoint's cell, reserves tool price plus the model ca
 case, then holds the slot for its sampled duration (plus the endpoint's latency). A denied
 rate limit gives the slot back at once and waits in the bucket (no slot held). A model call
 whose worst case does not fit follows the policy's ladder (cheaper model → skip an optional
-step → escalate to a human → pause); a tool whose price does not fit fails the attempt, as in
-the engine's gateway. At the end of the attempt the actual cost is settled; a failed
+step → escalate to a human → pause); a tool whose price does not fit fails the attempt — a
+simplification: the engine's gateway gives a priced tool call the ladder too (skip an optional
+step, or pause). At the end of the attempt the actual cost is settled; a failed
 attempt is retried after backoff, and a run that fails for good runs its compensations in
 reverse order. A review after a step waits in the tenant's reviewer pool, holding no slot.
 
@@ -476,7 +477,7 @@ class _Simulator:
         self._attempt_failed(run, step)
 
     def _hold_tool(self, run: RunState, step: StepPlan) -> bool:
-        """Reserve the tool's price; if it does not fit, the attempt fails (as in the gateway)."""
+        """Reserve the tool's price; if it does not fit, the attempt fails (see the module doc)."""
         key = f"{run.rid}:{step.index}:{run.attempt}:tool"
         try:
             reserve_all(run_books(run), key, step.tool_cost, 0, self.now)

@@ -10,10 +10,11 @@ objects. Every model refuses unknown fields.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from tenantflow.domain.limits import INT64_MAX, within
 from tenantflow.domain.policy import Lane, ModelTier, Tier
 from tenantflow.sim.values import (
     Distribution,
@@ -256,7 +257,7 @@ class EndpointSpec(SpecModel):
     tier: ModelTier
     price_in_per_1k: Money
     price_out_per_1k: Money
-    max_context: int = Field(default=128_000, ge=1)
+    max_context: Annotated[int, within(1)] = Field(default=128_000, ge=1)
     latency: Seconds = 0.0
     outages: tuple[OutageSpec, ...] = ()
 
@@ -320,14 +321,14 @@ class ScenarioSpec(SpecModel):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = None
-    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    seed: int = Field(default=0, ge=0, le=INT64_MAX)
     slots: int = Field(ge=1, le=10_000_000)
     duration: Seconds
     drain: Seconds | None = None
     start: datetime = _DEFAULT_START
     sample_every: Seconds | None = None
     aging: Seconds = 30.0
-    max_queued_runs: int = Field(default=100_000, ge=1)
+    max_queued_runs: Annotated[int, within(1)] = Field(default=100_000, ge=1)
     regions: tuple[str, ...] | None = Field(default=None, min_length=1)
     endpoints: tuple[EndpointSpec, ...] = ()
     shared_rate_limits: dict[str, Any] = Field(default_factory=dict)

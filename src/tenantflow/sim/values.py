@@ -20,8 +20,9 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from tenantflow.domain.limits import within
 from tenantflow.domain.policy import RateLimit, parse_duration, usd_to_micros
-from tenantflow.errors import ConfigurationError
+from tenantflow.errors import ConfigurationError, brief
 
 __all__ = [
     "Distribution",
@@ -95,15 +96,16 @@ def to_micros(value: Any) -> int:
         try:
             micros = usd_to_micros(value)
         except ConfigurationError:
-            raise ValueError(f"not a dollar amount: {value!r}") from None
+            raise ValueError(f"not a dollar amount: {brief(value)}") from None
     elif isinstance(value, int) and not isinstance(value, bool):
         micros = value
     else:
         raise ValueError(
-            f"not an amount: {value!r}; write dollars as '$0.05' or micro-dollars as an integer"
+            f"not an amount: {brief(value)}; write dollars as '$0.05' or micro-dollars as an"
+            " integer"
         )
     if micros < 0:
-        raise ValueError(f"an amount must be >= 0 (got {value!r})")
+        raise ValueError(f"an amount must be >= 0 (got {brief(value)})")
     return micros
 
 
@@ -111,7 +113,7 @@ Seconds = Annotated[float, BeforeValidator(to_seconds)]
 """A duration in seconds, written ``"45s"``, ``"2h"`` or as a number of seconds."""
 RatePerSecond = Annotated[float, BeforeValidator(to_rate_per_s)]
 """A rate in events per second, written ``"50/day"``."""
-Money = Annotated[int, BeforeValidator(to_micros)]
+Money = Annotated[int, BeforeValidator(to_micros), within(0)]
 """Integer micro-dollars, written ``"$0.05"`` or as an integer of micro-dollars."""
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 

@@ -21,6 +21,7 @@ from tenantflow.api.auth import EngineDep, TenantId
 from tenantflow.api.errors import STREAM_ERROR_RESPONSES
 from tenantflow.api.routes.runs import RunPath
 from tenantflow.api.schemas import EventOut
+from tenantflow.domain.limits import INT64_MAX
 from tenantflow.domain.records import TERMINAL_RUN, RunRecord
 from tenantflow.placement import ControlPlane
 
@@ -49,10 +50,13 @@ async def events(
     run: Annotated[RunRecord, Depends(_run)],
     last_event_id: Annotated[
         int | None,
-        Header(alias="Last-Event-ID", ge=0, description="Resume after this event id."),
+        Header(
+            alias="Last-Event-ID", ge=0, le=INT64_MAX, description="Resume after this event id."
+        ),
     ] = None,
     after: Annotated[
-        int, Query(ge=0, description="Only events after this id (Last-Event-ID wins).")
+        int,
+        Query(ge=0, le=INT64_MAX, description="Only events after this id (Last-Event-ID wins)."),
     ] = 0,
 ) -> AsyncIterator[ServerSentEvent]:
     cursor = last_event_id if last_event_id is not None else after

@@ -19,6 +19,7 @@ from tenantflow.api.schemas import (
     UsageRow,
     VerifyOut,
 )
+from tenantflow.domain.limits import INT64_MAX
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["router"]
@@ -85,7 +86,7 @@ async def budget(engine: EngineDep, tenant: TenantId) -> BudgetOut:
 async def audit(
     engine: EngineDep,
     tenant: TenantId,
-    after: Annotated[int, Query(ge=0, description="Only rows with seq > after.")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only rows with seq > after.")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPage:
     rows = [r for r in await engine.audit_log(tenant) if r.seq > after]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.limits import MAX_TOKENS, check_int
 from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.domain.policy import RateLimit
 from tenantflow.domain.records import NewEvent, RecordCall, Transition
@@ -37,7 +38,6 @@ from tenantflow.engine.signals import Escalate, Pause, SkipStep
 from tenantflow.errors import (
     BudgetExceededError,
     CircuitOpenError,
-    ConfigurationError,
     NotAllowedError,
     ProviderError,
     ProviderThrottledError,
@@ -113,7 +113,11 @@ class Gateway:
         await self._rate(ctx, tool.resource)
         key = f"{ctx.run_id}:{ctx.step}:{ctx.attempt}:{index}"
         if tool.cost_micros:
-            await self._reserve(ctx, key, tool.cost_micros, 0)
+            try:
+                await self._reserve(ctx, key, tool.cost_micros, 0)
+            except BudgetExceededError as exc:  # the policy's ladder, as for a model call
+                await self._degrade(ctx, exc, None, index, [], tool=True)
+                raise
         if tool.takes_key:
             call_args["idempotency_key"] = f"{ctx.idempotency_key}:{index}"
         try:
@@ -184,10 +188,7 @@ class Gateway:
         recorded = await ctx.recorded_call(index)
         if recorded is not None:
             return response_from_json(recorded)
-        if max_tokens < 1:
-            raise ConfigurationError(
-                "max_tokens must be at least 1", field="max_tokens", value=max_tokens
-            )
+        check_int(max_tokens, "max_tokens", 1, MAX_TOKENS)  # the reservation must fit 64 bits
         policy = ctx.policy
         prompt_tokens = _estimate_tokens(messages)
         remaining = await ctx.remaining_micros()
@@ -424,16 +425,21 @@ class Gateway:
         remaining: int | None,
         index: int,
         messages: list[dict[str, Any]],
+        *,
+        tool: bool = False,
     ) -> None:
         policy = ctx.policy
         available = exc.fields.get("available")
         left = int(available) if available is not None else (remaining or 0)
+        ladder = policy.degradation
+        if tool:  # no cheaper tool to switch to, and a reviewer's answer is not a tool's result
+            ladder = tuple(r for r in ladder if r not in ("cheaper_model", "escalate_to_human"))
         decision = budget_math.decide_degradation(
             remaining_micros=left,
             estimate_micros=max(left + 1, int(exc.fields.get("needed") or 1)),
             optional=ctx.optional,
             cheaper_estimate_micros=None,
-            ladder=policy.degradation,
+            ladder=ladder,
         )
         action = decision.action
         await ctx.note_decision(
