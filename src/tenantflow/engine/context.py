@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,12 @@ if TYPE_CHECKING:
     from tenantflow.engine.runtime import Active, Runtime
 
 __all__ = ["StepContext"]
+
+_KEYED_SLOTS = 2**31 - 1
+"""Call records keyed by identity use the indexes -1 … -_KEYED_SLOTS (positional ones are > 0)."""
+
+_IDENTITY: ContextVar[list[int] | None] = ContextVar("tenantflow_call_identity", default=None)
+"""The keyed index the next call made in this task takes (consumed by its first call)."""
 
 
 @dataclass(slots=True)
@@ -62,6 +70,8 @@ class StepContext:
     notes_usage: list[UsageDelta] = field(default_factory=list, repr=False)
     _calls: int = field(default=0, repr=False)
     _recorded: dict[int, tuple[str, str, str]] | None = field(default=None, repr=False)
+    _seen: dict[str, int] = field(default_factory=dict, repr=False)
+    _claimed: dict[int, str] = field(default_factory=dict, repr=False)
 
     # -- identity: read-only, so step code cannot act as another tenant or run --------------
 
@@ -249,8 +259,49 @@ class StepContext:
         return self._runtime.clock.now()
 
     def next_call_index(self) -> int:
+        keyed = _IDENTITY.get()
+        if keyed:  # inside ``call_identity``: this call's index is its identity's
+            return keyed.pop()
         self._calls += 1
         return self._calls
+
+    @asynccontextmanager
+    async def call_identity(self, identity: str) -> AsyncIterator[int]:
+        """Key the next ``ctx.model``/``ctx.tool`` call made inside the block by ``identity``.
+
+        A call is normally recorded by its position in the attempt. Frameworks that make calls
+        in parallel, or in another order when they re-execute, key them instead by what they
+        are (a tool-call id, a hash of the request): the record is found again whatever the
+        order, so a re-executed attempt never repeats a paid call. The n-th call with the same
+        identity in an attempt is a distinct call. Yields the record's index.
+        """
+        index = await self._keyed_index(identity)
+        token = _IDENTITY.set([index])
+        try:
+            yield index
+        finally:
+            _IDENTITY.reset(token)
+
+    async def _keyed_index(self, identity: str) -> int:
+        seen = self._seen.get(identity, 0) + 1
+        self._seen[identity] = seen
+        digest = hashlib.sha256(f"{identity}\x00{seen}".encode()).digest()
+        tag = digest[:12].hex()
+        start = int.from_bytes(digest[12:16], "big") % _KEYED_SLOTS
+        await self.recorded_call(0)  # loads the step's records
+        recorded = self._recorded or {}
+        for probe in range(_KEYED_SLOTS):  # open addressing: a hash collision takes the next
+            index = -1 - (start + probe) % _KEYED_SLOTS
+            found = recorded.get(index)
+            if found is not None:
+                # A reviewer's answer recorded for this index carries no tag.
+                if found[1].endswith(f"@{tag}") or "@" not in found[1]:
+                    return index
+                continue
+            if self._claimed.get(index, tag) == tag:
+                self._claimed[index] = tag
+                return index
+        raise RuntimeError("no free call index")  # 2**31 calls in one step: unreachable
 
     async def recorded_call(self, index: int) -> str | None:
         if self._recorded is None:
@@ -261,6 +312,9 @@ class StepContext:
         return None if found is None else found[2]
 
     async def write(self, op: Any) -> Any:
+        if isinstance(op, RecordCall) and op.index in self._claimed:
+            # A keyed record carries its identity's tag, so a colliding identity probes on.
+            op = replace(op, name=f"{op.name}@{self._claimed[op.index]}")
         return await self._runtime.writer.write(op)
 
     def log_event(self, kind: str, data: dict[str, Any]) -> None:
