@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.routing import Route
 
 from tenantflow import __version__
 from tenantflow.api.errors import install_error_handlers
 from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
 from tenantflow.api.middleware import RequestGuard
 from tenantflow.api.routes import events, health, memory, reviews, runs, tenant, tenants
+from tenantflow.api.routes.mcp import mcp_endpoint
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.engine.engine import Engine
 
@@ -67,6 +69,7 @@ def create_app(
         raise ValueError("max_submissions must be at least 1")
     registry = registry if registry is not None else CollectorRegistry()
     metrics = HttpMetrics(registry)
+    mcp = mcp_endpoint(engine)  # /mcp, when the mcp extra is installed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,7 +80,10 @@ def create_app(
         if manage_engine:
             await engine.start()
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                if mcp is not None:
+                    await stack.enter_async_context(mcp.lifespan())
+                yield
         finally:
             if manage_engine:
                 await engine.close()
@@ -95,6 +101,11 @@ def create_app(
     # Routes are matched in order: the busiest first.
     for module in (runs, events, reviews, memory, tenant, tenants, health):
         app.include_router(module.router)
+    if mcp is not None:
+        # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.
+        app.router.routes.append(
+            Route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+        )
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)
