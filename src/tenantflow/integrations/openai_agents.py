@@ -41,6 +41,7 @@ from tenantflow.domain.policy import usd_to_micros
 from tenantflow.domain.records import RecordCall
 from tenantflow.engine.gateway import Escalate, Tool, Tools
 from tenantflow.errors import ConfigurationError, NotAllowedError
+from tenantflow.integrations._observe import agent_run
 
 try:
     from agents import (
@@ -373,6 +374,17 @@ async def run_agent(
         ConfigurationError: the agent has a model object or a hosted tool.
         Whatever the SDK raises when the run itself fails (e.g. ``MaxTurnsExceeded``).
     """
+    async with agent_run(ctx, agent.name, "openai-agents"):
+        return await _run(ctx, agent, input, max_turns, context)
+
+
+async def _run(
+    ctx: StepContext,
+    agent: Agent[Any],
+    input: str | list[TResponseInputItem],
+    max_turns: int,
+    context: Any,
+) -> Any:
     governed = _governed_agent(ctx, agent, {})
     config = RunConfig(model_provider=TenantflowModelProvider(ctx), tracing_disabled=True)
     state: RunState[Any] | None = None

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from tenantflow.domain.policy import usd_to_micros
 from tenantflow.engine.gateway import Tool, Tools
 from tenantflow.errors import ConfigurationError, NotAllowedError, NotFoundError
+from tenantflow.integrations._observe import agent_run
 
 try:
     from pydantic_ai import Agent, ModelRetry
@@ -358,6 +359,7 @@ async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **opt
         raise ConfigurationError(
             "give the agent capabilities=[TenantflowDurability()] and a TenantflowModel()"
         )
-    with _in_step(ctx):
-        result = await agent.run(prompt, **options)
+    async with agent_run(ctx, agent.name or "agent", "pydantic-ai"):
+        with _in_step(ctx):
+            result = await agent.run(prompt, **options)
     return result.output
