@@ -169,3 +169,54 @@ async def test_an_approval_becomes_a_review_and_the_run_resumes_from_saved_state
     assert json.loads(run.result_json or b"") == "Published."
     assert EFFECTS == {"lookup:tides": 1, "publish:Tides": 1}
     assert len(server.requests) == 3  # resumed from the saved state: no model call repeated
+
+
+async def test_a_handoff_agent_is_governed_too(engine: tf.Engine, server: OpenAITestServer) -> None:
+    await engine.tenants.create("acme", tier="enterprise")
+    specialist = agents.Agent(name="specialist", instructions="Specialise.", tools=[lookup])
+    triage = agents.Agent(name="triage", instructions="Triage.", handoffs=[specialist])
+    server.queue(tool_calls=[("transfer_to_specialist", {})])
+    server.queue(tool_calls=[("lookup", {"topic": "tides"})])
+    server.queue(text="Tides follow moons.")
+    engine.register(research_workflow(triage))
+    run = await (await engine.submit("research", tenant="acme", input="tides?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert json.loads(run.result_json or b"") == "Tides follow moons."
+    assert server.requests[1].body["messages"][0] == {"role": "system", "content": "Specialise."}
+    usage = {(r["metric"], r["dim"]): r["value"] for r in await engine.usage("acme")}
+    assert usage[("model_calls", "local")] == 3 and usage[("tool_calls", "lookup")] == 1
+
+
+async def test_an_agent_with_its_own_model_object_is_refused(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    from agents.models.openai_chatcompletions import OpenAIChatCompletionsModel
+    from openai import AsyncOpenAI
+
+    await engine.tenants.create("acme", tier="enterprise")
+    client = AsyncOpenAI(base_url=server.base_url, api_key="sk-test")
+    direct = OpenAIChatCompletionsModel("gpt-test", client)
+    engine.register(research_workflow(agents.Agent(name="direct", model=direct)))
+    run = await (await engine.submit("research", tenant="acme", input="x")).wait()
+    assert run.status == tf.RunStatus.FAILED
+    assert "give it a model name or a tier" in (run.error or "")
+    assert server.requests == []  # the vendor was never called around the gateway
+    await client.close()
+
+
+async def test_a_rejected_approval_fails_the_step_without_calling_the_tool(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    await engine.tenants.create("acme", tier="enterprise")
+    agent = agents.Agent(name="writer", instructions="Write.", tools=[publish])
+    server.queue(tool_calls=[("publish", {"title": "Tides"})])
+    engine.register(research_workflow(agent))
+    opened: asyncio.Queue[Any] = asyncio.Queue()
+    engine.reviews.subscribe(opened.put_nowait)
+    handle = await engine.submit("research", tenant="acme", input="write it")
+    review = await asyncio.wait_for(opened.get(), timeout=30)
+    await engine.reviews.decide("acme", review.id, reviewer="rita", approve=False)
+    run = await handle.wait()
+    assert run.status in (tf.RunStatus.FAILED, tf.RunStatus.COMPENSATED), run.status
+    assert EFFECTS == {}
+    assert len(server.requests) == 1
