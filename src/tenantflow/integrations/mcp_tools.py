@@ -24,7 +24,8 @@ no session, process or credential is shared between tenants' calls.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +84,9 @@ class MCPServerSpec:
                 field="command",
             )
 
-    def client(self) -> Client:
-        """A new, unopened MCP client for this server."""
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Client]:
+        """A new MCP session with this server, closed (with its HTTP client) on leaving."""
         try:
             from mcp import Client, StdioServerParameters
         except ImportError as exc:  # pragma: no cover - the extra is part of dev
@@ -97,16 +99,17 @@ class MCPServerSpec:
                 args=list(self.args),
                 env=dict(self.env) if self.env is not None else None,
             )
-            return Client(params, read_timeout_seconds=self.timeout_s, cache=None)
+            async with Client(params, read_timeout_seconds=self.timeout_s, cache=None) as client:
+                yield client
+            return
         assert self.url is not None
-        if not self.headers:
-            return Client(self.url, read_timeout_seconds=self.timeout_s, cache=None)
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
-        http = httpx2.AsyncClient(headers=dict(self.headers), timeout=self.timeout_s)
-        transport = streamable_http_client(self.url, http_client=http)
-        return Client(transport, read_timeout_seconds=self.timeout_s, cache=None)
+        async with httpx2.AsyncClient(headers=dict(self.headers), timeout=self.timeout_s) as http:
+            transport = streamable_http_client(self.url, http_client=http)
+            async with Client(transport, read_timeout_seconds=self.timeout_s, cache=None) as client:
+                yield client
 
 
 async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
@@ -119,7 +122,7 @@ async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
         ConfigurationError: a name is already registered, or the server cannot be reached.
     """
     try:
-        async with spec.client() as client:
+        async with spec.connect() as client:
             listed = await client.list_tools()
             found = list(listed.tools)
             while listed.next_cursor is not None:
@@ -151,7 +154,7 @@ async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
 
 def _caller(spec: MCPServerSpec, tool: str) -> Any:
     async def call(**arguments: Any) -> Any:
-        async with spec.client() as client:
+        async with spec.connect() as client:
             result = await client.call_tool(tool, arguments)
         return tool_result(result)
 
