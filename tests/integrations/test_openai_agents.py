@@ -220,3 +220,28 @@ async def test_a_rejected_approval_fails_the_step_without_calling_the_tool(
     assert run.status in (tf.RunStatus.FAILED, tf.RunStatus.COMPENSATED), run.status
     assert EFFECTS == {}
     assert len(server.requests) == 1
+
+
+async def test_a_rate_limited_tool_parks_the_step_and_nothing_is_repeated(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    await engine.tenants.create(
+        "acme",
+        tier="enterprise",
+        rate_limits={"tool:lookup": {"rate": "5/second", "burst": 1}},
+    )
+    agent = agents.Agent(name="researcher", instructions="Research.", tools=[lookup])
+    server.queue(tool_calls=[("lookup", {"topic": "tides"}), ("lookup", {"topic": "moons"})])
+    server.queue(text="Tides follow moons.")
+    engine.register(research_workflow(agent))
+    run = await (await engine.submit("research", tenant="acme", input="why tides?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert EFFECTS == {"lookup:tides": 1, "lookup:moons": 1}
+    assert len(server.requests) == 2
+    tool_msgs = [m for m in server.requests[1].body["messages"] if m["role"] == "tool"]
+    assert sorted(m["content"] for m in tool_msgs) == ["facts about moons", "facts about tides"]
+    # The limit parked the step (no slot held), it did not fail an attempt through the SDK.
+    events = await engine.timeline("acme", run.id)
+    deferred = [e.data["reason"] for e in events if e.kind == "step.deferred"]
+    assert deferred and deferred[0].startswith("rate limit tool:lookup")
+    assert "step.retrying" not in [e.kind for e in events]

@@ -118,3 +118,24 @@ async def test_a_denied_tool_is_refused_audited_and_the_model_told(
 async def test_outside_a_step_the_model_refuses() -> None:
     with pytest.raises(tf.ConfigurationError, match="inside a step"):
         await support_agent().run("hello")
+
+
+async def test_a_rate_limited_tool_parks_the_step_and_nothing_is_repeated(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    await engine.tenants.create(
+        "acme",
+        tier="enterprise",
+        rate_limits={"tool:order_status": {"rate": "5/second", "burst": 1}},
+    )
+    server.queue(tool_calls=[("order_status", {"order": "A1"}), ("order_status", {"order": "B2"})])
+    server.queue(text="Both orders shipped.")
+    engine.register(support_workflow(support_agent()))
+    run = await (await engine.submit("support", tenant="acme", input="my orders?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert EFFECTS == {"status:A1": 1, "status:B2": 1}
+    assert len(server.requests) == 2
+    events = await engine.timeline("acme", run.id)
+    deferred = [e.data["reason"] for e in events if e.kind == "step.deferred"]
+    assert deferred and deferred[0].startswith("rate limit tool:order_status")
+    assert "step.retrying" not in [e.kind for e in events]

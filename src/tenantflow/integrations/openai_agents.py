@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 from tenantflow.domain.policy import usd_to_micros
 from tenantflow.domain.records import RecordCall
 from tenantflow.engine.gateway import Escalate, Tool, Tools
-from tenantflow.errors import ConfigurationError, NotAllowedError
+from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
+from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
 
 try:
@@ -136,14 +137,15 @@ class TenantflowModel(Model):
             default=str,
         )
         digest = hashlib.sha256(request.encode()).hexdigest()
-        async with self._ctx.call_identity(f"sdk-model:{digest}"):
-            response = await self._ctx.model(
-                messages=messages,
-                max_tokens=max_tokens,
-                temperature=model_settings.temperature or 0.0,
-                extra_tools=offered,
-                tier=self._tier,
-            )
+        with carry():
+            async with self._ctx.call_identity(f"sdk-model:{digest}"):
+                response = await self._ctx.model(
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=model_settings.temperature or 0.0,
+                    extra_tools=offered,
+                    tier=self._tier,
+                )
         message = ChatCompletionMessage.model_validate(
             {
                 "role": "assistant",
@@ -275,15 +277,32 @@ def _governed(ctx: StepContext, function_tool: FunctionTool) -> FunctionTool:
             return f"error: the arguments of {name!r} must be a JSON object"
         token = _INVOCATION.set((tool_context, raw, original))
         try:
-            identity = f"sdk-tool:{tool_context.tool_call_id}:{name}:{raw}"
-            async with ctx.call_identity(identity):
-                return await ctx.tool(name, **arguments)
-        except NotAllowedError as exc:  # audited by the gateway; the model reads why
-            return f"error: {exc.message}"
+            return await _call(ctx, tool_context, name, raw, arguments)
         finally:
             _INVOCATION.reset(token)
 
     return dataclasses.replace(function_tool, on_invoke_tool=on_invoke_tool)
+
+
+async def _call(
+    ctx: StepContext,
+    tool_context: ToolContext[Any],
+    name: str,
+    raw: str,
+    arguments: dict[str, Any],
+) -> Any:
+    """Call tool ``name`` through the gateway, recorded under its tool-call id."""
+    try:
+        with carry():
+            async with ctx.call_identity(f"sdk-tool:{tool_context.tool_call_id}:{name}:{raw}"):
+                return await ctx.tool(name, **arguments)
+    except Carried as carried:
+        refused = carried.error
+        # Refused by the tenant's policy (audited by the gateway) or bad arguments from the
+        # model: the model reads why, as in tenantflow's own agent loop.
+        if isinstance(refused, NotAllowedError | ContractError | NotFoundError):
+            return f"error: {refused.message}"
+        raise
 
 
 def gateway_tools(ctx: StepContext, names: Sequence[str] | None = None) -> list[FunctionTool]:
@@ -308,11 +327,9 @@ def _gateway_tool(ctx: StepContext, tool: Tool) -> FunctionTool:
             arguments = json.loads(raw) if raw.strip() else {}
         except ValueError:
             return f"error: the arguments of {tool.name!r} are not JSON"
-        try:
-            async with ctx.call_identity(f"sdk-tool:{tool_context.tool_call_id}:{tool.name}:{raw}"):
-                value = await ctx.tool(tool.name, **arguments)
-        except NotAllowedError as exc:
-            return f"error: {exc.message}"
+        if not isinstance(arguments, dict):
+            return f"error: the arguments of {tool.name!r} must be a JSON object"
+        value = await _call(ctx, tool_context, tool.name, raw, arguments)
         return value if isinstance(value, str) else json.dumps(value, default=str)
 
     schema = tool.schema()["function"]
@@ -375,7 +392,8 @@ async def run_agent(
         Whatever the SDK raises when the run itself fails (e.g. ``MaxTurnsExceeded``).
     """
     async with agent_run(ctx, agent.name, "openai-agents"):
-        return await _run(ctx, agent, input, max_turns, context)
+        with unwrap():
+            return await _run(ctx, agent, input, max_turns, context)
 
 
 async def _run(

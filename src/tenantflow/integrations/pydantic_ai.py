@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.policy import usd_to_micros
 from tenantflow.engine.gateway import Tool, Tools
-from tenantflow.errors import ConfigurationError, NotAllowedError, NotFoundError
+from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
+from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
 
 try:
@@ -156,14 +157,15 @@ class TenantflowModel(Model):
             default=str,
         )
         digest = hashlib.sha256(request.encode()).hexdigest()
-        async with ctx.call_identity(f"pai-model:{digest}"):
-            response = await ctx.model(
-                messages=chat,
-                max_tokens=max_tokens,
-                temperature=float(settings.get("temperature") or 0.0),
-                extra_tools=tools,
-                tier=self._tier,
-            )
+        with carry():
+            async with ctx.call_identity(f"pai-model:{digest}"):
+                response = await ctx.model(
+                    messages=chat,
+                    max_tokens=max_tokens,
+                    temperature=float(settings.get("temperature") or 0.0),
+                    extra_tools=tools,
+                    tier=self._tier,
+                )
         out: list[Any] = [TextPart(response.text)] if response.text else []
         out += [
             ToolCallPart(c.name, dict(c.arguments), tool_call_id=f"{c.id}-{digest[:12]}")
@@ -252,10 +254,16 @@ class _Backend(JournalCallableOperationBackend[None]):
         identity = f"pai-tool:{call_id}:{tool_name}:{json.dumps(arguments, sort_keys=True)}"
         token = _BODY.set(body)
         try:
-            async with ctx.call_identity(identity):
-                return await ctx.tool(tool_name, **arguments)
-        except NotAllowedError as exc:  # audited by the gateway; the model is told
-            raise ModelRetry(exc.message) from None
+            with carry():
+                async with ctx.call_identity(identity):
+                    return await ctx.tool(tool_name, **arguments)
+        except Carried as carried:
+            refused = carried.error
+            # Refused by the tenant's policy (audited by the gateway) or bad arguments from the
+            # model: the model is told, as in tenantflow's own agent loop.
+            if isinstance(refused, NotAllowedError | ContractError | NotFoundError):
+                raise ModelRetry(refused.message) from None
+            raise
         finally:
             _BODY.reset(token)
 
@@ -360,6 +368,6 @@ async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **opt
             "give the agent capabilities=[TenantflowDurability()] and a TenantflowModel()"
         )
     async with agent_run(ctx, agent.name or "agent", "pydantic-ai"):
-        with _in_step(ctx):
+        with _in_step(ctx), unwrap():
             result = await agent.run(prompt, **options)
     return result.output
