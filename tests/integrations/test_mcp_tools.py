@@ -115,3 +115,51 @@ async def test_a_tool_error_is_an_answer_for_the_model(engine: tf.Engine, tmp_pa
     done = await (await engine.submit("broken", tenant="acme", input="x")).wait()
     assert done.status == tf.RunStatus.COMPLETED
     assert (done.result_json or b"").decode().startswith('"error: ')
+
+
+async def test_tenantflow_agents_see_an_mcp_tool_only_where_allowed(
+    engine: tf.Engine, tmp_path: Path
+) -> None:
+    from tenantflow.adapters.providers import SimulatedProvider
+    from tenantflow.domain.routing import Endpoint
+
+    log = tmp_path / "notes.log"
+    await register_mcp_server(engine.tools, notes(log))
+    offered: dict[str, list[str]] = {}
+
+    def respond(request: tf.ModelRequest) -> tf.ModelResponse:
+        task = next(str(m["content"]) for m in request.messages if m.get("role") == "user")
+        names = [t["function"]["name"] for t in request.tools]
+        offered.setdefault(task, names)
+        if "notes__note" in names and not any(m.get("role") == "tool" for m in request.messages):
+            call = tf.ToolCall("c1", "notes__note", {"text": task, "key": "k"})
+            return tf.ModelResponse("", 5, 5, request.model, tool_calls=(call,))
+        return tf.ModelResponse(f"done {task}", 5, 5, request.model)
+
+    engine.models.add(
+        Endpoint(
+            name="sim",
+            provider="sim",
+            model="sim",
+            region="us-east-1",
+            tier="large",
+            price_in_per_1k_micros=0,
+            price_out_per_1k_micros=0,
+            max_context=100_000,
+        ),
+        SimulatedProvider(clock=SystemClock(), respond=respond),
+    )
+    await engine.tenants.create("acme", tier="enterprise", allowed_tools=["notes__note"])
+    await engine.tenants.create("open", tier="enterprise")
+    wf = tf.Workflow("scribe_agent", input=str)
+
+    @wf.agent(tf.Agent(tools=("notes__note",), max_iterations=3))
+    async def scribe(ctx: tf.StepContext, input: str) -> str:
+        return input
+
+    engine.register(wf)
+    for tenant in ("acme", "open"):
+        run = await (await engine.submit("scribe_agent", tenant=tenant, input=tenant)).wait()
+        assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert offered == {"acme": ["notes__note"], "open": []}
+    assert [line.split()[2] for line in log.read_text().splitlines()] == ["acme"]

@@ -449,8 +449,12 @@ class Gateway:
             messages=tuple(messages),
             max_tokens=max_tokens,
             temperature=temperature,
-            tools=(
-                *(self.tools.get(t).schema() for t in tools),
+            tools=(  # a tool only its allow-listed tenants may call is not listed to others
+                *(
+                    tool.schema()
+                    for tool in map(self.tools.get, tools)
+                    if not tool.explicit or tool.allowed_for(policy)
+                ),
                 *(dict(t) for t in extra_tools),
             ),
             idempotency_key=f"{ctx.idempotency_key}:{index}",
