@@ -57,6 +57,16 @@ async def test_a_tenant_runs_reviews_and_reads_usage_over_mcp(api: Api) -> None:
             idempotency_key="loan-1",
         )
         assert (again["id"], again["created"]) == (started["id"], False)
+        reused = await c.call_tool(
+            "start_run",
+            {
+                "workflow": "approval",
+                "input": {"applicant": "eve", "amount": 1},
+                "idempotency_key": "loan-1",
+            },
+        )
+        assert reused.is_error
+        assert "".join(getattr(b, "text", "") for b in reused.content).startswith("conflict: ")
         review = await api.wait_review(key, started["id"])
         listed = await call(c, "list_reviews")
         assert [r["id"] for r in listed] == [review["id"]]

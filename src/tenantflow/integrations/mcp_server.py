@@ -28,9 +28,15 @@ from starlette.requests import Request
 
 from tenantflow.api.errors import error_response, status_for
 from tenantflow.api.schemas import EventOut, ReviewOut, RunOut
+from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import RunStatus
 from tenantflow.engine.keys import Principal
-from tenantflow.errors import AuthenticationError, PermissionDeniedError, TenantflowError
+from tenantflow.errors import (
+    AuthenticationError,
+    ConflictError,
+    PermissionDeniedError,
+    TenantflowError,
+)
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -120,12 +126,24 @@ class MCPEndpoint:
             input: Any = None,
             idempotency_key: str | None = None,
         ) -> str:
-            """Start a run of a registered workflow for the tenant; returns its id and status."""
+            """Start a run of a registered workflow for the tenant; returns its id and status
+            (the same key again: the same run, ``created`` false)."""
             tenant = tenant_of(ctx)
             handle = await engine.submit(
                 workflow, tenant=tenant, input=input, idempotency_key=idempotency_key
             )
             record = await engine.get_run(tenant, handle.id)
+            if not handle.created:  # a key names one request, as on the REST API
+                spec = engine.workflow(workflow, None)
+                _, input_json = contract_for(spec.input_type).check(
+                    input, step="<input>", direction="input"
+                )
+                if record.workflow != spec.name or record.input_json != input_json:
+                    raise ConflictError(
+                        f"idempotency_key {idempotency_key!r} was used for a different request"
+                        f" (run {record.id}); use a new key for a new run",
+                        run_id=record.id,
+                    )
             return _dump(
                 {"id": handle.id, "status": record.status.value, "created": handle.created}
             )
