@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -67,10 +65,12 @@ class _Server(MCPServer[Any]):
 
 
 class MCPEndpoint:
-    """The ``/mcp`` ASGI endpoint of one engine; run :meth:`lifespan` while serving."""
+    """The ``/mcp`` ASGI endpoint of one engine; :meth:`start` it before serving."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         server = _Server(
             "tenantflow",
             instructions="Runs, reviews and usage of the tenant whose API key you use.",
@@ -196,31 +196,28 @@ class MCPEndpoint:
         )
         self._manager = server.session_manager
 
-    @asynccontextmanager
-    async def lifespan(self) -> AsyncIterator[None]:
-        """Run the MCP session manager for the app's lifetime.
-
-        It runs in a task of its own, so that it is entered and left in one task even when the
-        lifespan is entered and left in two (as test fixtures do).
-        """
-        started, stop = asyncio.Event(), asyncio.Event()
+    async def start(self) -> None:
+        """Start the MCP session manager, in a task of its own (so that it is entered and left
+        in one task whichever tasks start and stop it)."""
+        started = asyncio.Event()
 
         async def run() -> None:
             async with self._manager.run():
                 started.set()
-                await stop.wait()
+                await self._stop.wait()
 
-        task = asyncio.create_task(run(), name="tenantflow-mcp")
+        self._task = asyncio.create_task(run(), name="tenantflow-mcp")
         waiting = asyncio.create_task(started.wait())
-        await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():  # it failed to start: say why
+        await asyncio.wait({self._task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task.done():  # it failed to start: say why
             waiting.cancel()
-            task.result()
-        try:
-            yield
-        finally:
-            stop.set()
-            await task
+            self._task.result()
+
+    async def stop(self) -> None:
+        """Stop the session manager (no request is served after)."""
+        if self._task is not None:
+            self._stop.set()
+            await self._task
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate the bearer key, then hand the request to the MCP transport."""
