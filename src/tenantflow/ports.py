@@ -6,11 +6,12 @@ The engine talks to the outside only through these Protocols. Adapters implement
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from tenantflow.domain.audit import AuditRecord
+from tenantflow.domain.breaker import CircuitBreaker
 from tenantflow.domain.cluster import Command, Notice
 from tenantflow.domain.keys import ApiKeyRecord
 from tenantflow.domain.memory import MemoryEntry, SearchHit
@@ -23,9 +24,26 @@ from tenantflow.domain.records import (
     StateVersionRecord,
     StepRecord,
 )
-from tenantflow.domain.tenancy import ReviewRecord, TenantRecord
+from tenantflow.domain.scheduler import Lane
+from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, TenantRecord, UsageDelta
 
-__all__ = ["Clock", "Coordinator", "ModelProvider", "Store"]
+if TYPE_CHECKING:
+    from tenantflow.domain.policy import Policy
+    from tenantflow.observability.events import Observers
+
+__all__ = [
+    "CallScope",
+    "Clock",
+    "Coordinator",
+    "Delivery",
+    "DeliveryQueue",
+    "Grant",
+    "LedgerRouter",
+    "ModelProvider",
+    "OpSink",
+    "Store",
+    "WorkQueue",
+]
 
 
 class Clock(Protocol):
@@ -253,3 +271,158 @@ class Coordinator(Protocol):
         ...
 
     def listen(self) -> AsyncIterator[Notice]: ...
+
+
+class OpSink(Protocol):
+    """Where ops are written: each resolves with its result once its transaction committed.
+
+    Implemented by :class:`~tenantflow.engine.writer.Writer` (group commit to one store). Every
+    transition is written to a sink before it is acted on.
+    """
+
+    async def write(self, op: Op) -> Any: ...
+
+
+LedgerScope = Literal["tenant", "run", "platform"]
+
+
+class LedgerRouter(Protocol):
+    """Which sink owns a ledger: a tenant's and a run's belong with the tenant's data (its
+    region's store); the platform's (limits shared by every tenant) with one designated
+    store, so that a platform-wide quota is counted once, not once per region."""
+
+    def sink_for(self, tenant_id: str, scope: LedgerScope) -> OpSink: ...
+
+
+class Grant(Protocol):
+    """A slot granted to a ready step: released exactly once, when the attempt stops holding
+    it (its code returned, or it waits: a review, a rate limit, a backoff)."""
+
+    def release(self) -> None: ...
+
+
+Starter = Callable[[Grant], Coroutine[Any, Any, None]]
+
+
+class WorkQueue(Protocol):
+    """Where the driver hands ready steps: each is started with a slot when its turn comes.
+
+    Implemented by :class:`~tenantflow.engine.dispatch.Dispatcher` (the weighted fair
+    scheduler of one process). A broker-shaped queue delivers instead (:class:`DeliveryQueue`).
+    """
+
+    def push(
+        self,
+        tenant_id: str,
+        key: tuple[str, str],
+        lane: Lane,
+        starter: Starter,
+        *,
+        in_flight: bool = True,
+        hint_name: str = "",
+    ) -> None:
+        """Queue step ``key`` = (run id, step key); a duplicate of a queued one is ignored."""
+        ...
+
+    def remove(self, key: tuple[str, str]) -> None:
+        """Withdraw a queued step (its run ended or moved to another process)."""
+        ...
+
+    def learn(self, hint_name: str, service_s: float) -> None:
+        """Record how long an attempt of ``hint_name`` held its slot (a scheduling hint)."""
+        ...
+
+
+class Delivery(Protocol):
+    """One delivery of a message from a :class:`DeliveryQueue`, settled once: acked when done
+    with, nak'ed to be delivered again (after ``delay_s``); marked in progress to hold off
+    redelivery while it is being worked on."""
+
+    @property
+    def data(self) -> dict[str, Any]: ...
+
+    @property
+    def deliveries(self) -> int:
+        """1 for the first delivery, 2 for the first redelivery, …"""
+        ...
+
+    def ack(self) -> None: ...
+
+    def nak(self, delay_s: float = 0.0) -> None: ...
+
+    def in_progress(self) -> None: ...
+
+
+class DeliveryQueue(Protocol):
+    """A message broker's work queue (JetStream-shaped): publish, then take deliveries that
+    must be settled; one not acked within the ack timeout is delivered again."""
+
+    def publish(self, data: dict[str, Any], *, delay_s: float = 0.0) -> None: ...
+
+    async def next(self) -> Delivery | None:
+        """The next delivery, waiting for one; None once the queue is closed."""
+        ...
+
+
+class CallScope(Protocol):
+    """What the tool and model gateway needs of the attempt making a call: its identity and
+    policy, the clock, the durable call record, a sink scoped to the attempt's own run (and
+    the platform's ledger), circuit breakers and observers. Implemented privately by the
+    engine for each attempt; step code never holds one."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def step(self) -> str: ...
+
+    @property
+    def attempt(self) -> int: ...
+
+    @property
+    def idempotency_key(self) -> str: ...
+
+    @property
+    def optional(self) -> bool: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def budget_scope(self) -> str: ...
+
+    @property
+    def observers(self) -> Observers: ...
+
+    def now_s(self) -> float: ...
+
+    def next_call_index(self) -> int: ...
+
+    async def recorded_call(self, index: int) -> str | None: ...
+
+    async def write(self, op: Op) -> Any:
+        """Write an op of this attempt's run (a platform rate bucket goes to the platform's
+        ledger); an op for another tenant or run is refused."""
+        ...
+
+    def breaker(self, name: str) -> CircuitBreaker: ...
+
+    def circuit(self, name: str) -> AbstractAsyncContextManager[None]: ...
+
+    def log_event(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    async def note_decision(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        audit: AuditEntry | None = None,
+        usage: list[UsageDelta] | None = None,
+    ) -> None: ...
+
+    async def release_holds(self, key: str) -> None: ...
+
+    async def remaining_micros(self) -> int | None: ...

@@ -1,4 +1,4 @@
-"""Testing support, public: a fake clock and the in-memory store.
+"""Testing support, public: a fake clock, the in-memory store and an in-memory message bus.
 
 ``FakeClock`` never sleeps: time moves only when a test calls :meth:`FakeClock.advance`, and
 every sleeper and timeout due by then fires. The store contract suite that every Store must
@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from tenantflow.adapters.memory import MemoryStore
+from tenantflow.ports import Clock
 
-__all__ = ["FakeClock", "MemoryStore"]
+__all__ = ["FakeClock", "LoopbackBus", "MemoryStore"]
 
 
 class FakeClock:
@@ -103,3 +106,154 @@ class _FakeTimeout:
             self._task.uncancel()
             raise TimeoutError
         return False
+
+
+@dataclass(slots=True, eq=False)
+class _Message:
+    data: dict[str, Any]
+    deliveries: int = 0
+    settled: bool = True  # not out for delivery
+    generation: int = 0  # bumped by every delivery, settlement and in_progress
+
+
+class LoopbackDelivery:
+    """One delivery of a :class:`LoopbackBus` message (a :class:`~tenantflow.ports.Delivery`)."""
+
+    __slots__ = ("_bus", "_message", "deliveries")
+
+    def __init__(self, bus: LoopbackBus, message: _Message) -> None:
+        self._bus = bus
+        self._message = message
+        self.deliveries = message.deliveries
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._message.data
+
+    @property
+    def current(self) -> bool:
+        """Not settled, and not superseded by a redelivery after its ack timeout."""
+        return not self._message.settled and self._message.deliveries == self.deliveries
+
+    def ack(self) -> None:
+        """Done with: never delivered again."""
+        if self.current:
+            self._settle()
+            self._bus.acked += 1
+
+    def nak(self, delay_s: float = 0.0) -> None:
+        """Deliver again, after ``delay_s``."""
+        if self.current:
+            self._settle()
+            self._bus.naked += 1
+            self._bus._later(delay_s, self._message)
+
+    def in_progress(self) -> None:
+        """Still being worked on: the ack timeout starts again."""
+        if self.current:
+            self._message.generation += 1
+            self._bus._arm(self._message)
+
+    def _settle(self) -> None:
+        self._message.settled = True
+        self._message.generation += 1
+
+
+class LoopbackBus:
+    """An in-memory work queue shaped like a JetStream consumer (a
+    :class:`~tenantflow.ports.DeliveryQueue`): messages are published (now, or after a delay),
+    delivered one at a time to whoever awaits :meth:`next`, and must be settled: acked, nak'ed
+    (delivered again after a delay), or marked in progress. A delivery neither acked nor nak'ed
+    within ``ack_wait_s`` of the clock (from its delivery or its last ``in_progress``) is
+    delivered again, as a broker redelivers after a consumer died. Delays and timeouts run on
+    the given clock, so a :class:`FakeClock` drives them.
+    """
+
+    def __init__(self, clock: Clock, *, ack_wait_s: float = 30.0) -> None:
+        self.clock = clock
+        self.ack_wait_s = ack_wait_s
+        self._ready: deque[_Message] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._timers: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.published = self.delivered = self.redelivered = self.acked = self.naked = 0
+
+    def publish(self, data: dict[str, Any], *, delay_s: float = 0.0) -> None:
+        """Queue a message (a copy of ``data``), deliverable after ``delay_s``."""
+        if self.closed:
+            return
+        self.published += 1
+        self._later(delay_s, _Message(dict(data)))
+
+    async def next(self) -> LoopbackDelivery | None:
+        """The next delivery, waiting for one; None once the bus is closed."""
+        while not self._ready:
+            if self.closed:
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        message = self._ready.popleft()
+        message.deliveries += 1
+        message.settled = False
+        message.generation += 1
+        self.delivered += 1
+        if message.deliveries > 1:
+            self.redelivered += 1
+        self._arm(message)
+        return LoopbackDelivery(self, message)
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting to be delivered now."""
+        return len(self._ready)
+
+    async def close(self) -> None:
+        """Stop delivering: every waiter gets None, pending timers are dropped."""
+        self.closed = True
+        self._wake()
+        for task in list(self._timers):
+            task.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
+
+    def _later(self, delay_s: float, message: _Message) -> None:
+        if delay_s <= 0:
+            self._push(message)
+        else:
+            self._at(self.clock.now() + delay_s, lambda: self._push(message))
+
+    def _arm(self, message: _Message) -> None:
+        """Redeliver ``message`` if it is still out, unchanged, after the ack timeout."""
+        generation = message.generation
+
+        def deadline() -> None:
+            if not message.settled and message.generation == generation:
+                message.settled = True
+                self._push(message)
+
+        self._at(self.clock.now() + self.ack_wait_s, deadline)
+
+    def _at(self, due: float, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the clock reaches ``due`` (fixed now, not when the timer's
+        task first runs)."""
+
+        async def wait() -> None:
+            await self.clock.sleep(max(0.0, due - self.clock.now()))
+            callback()
+
+        task = asyncio.get_running_loop().create_task(wait())
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    def _push(self, message: _Message) -> None:
+        if not self.closed:
+            self._ready.append(message)
+            self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                if not self.closed:
+                    break

@@ -1,6 +1,6 @@
 """The store contract: every Store implementation must pass these, op by op.
 
-Each contract test runs on the in-memory store, SQLite and PostgreSQL (a fresh schema per test,
+Each contract test runs on the in-memory store, SQLite and PostgreSQL (an empty schema per test,
 see ``postgres_url`` in ``tests/conftest.py``); the tests at the end are specific to one store.
 """
 
@@ -843,10 +843,10 @@ async def test_postgres_without_pipeline_mode(
 
 
 @pytest.mark.postgres
-async def test_postgres_schema_versions_and_immutable_state(postgres_url: str) -> None:
+async def test_postgres_schema_versions_and_immutable_state(postgres_empty_url: str) -> None:
     from tenantflow.adapters.postgres_schema import MIGRATIONS
 
-    s = postgres_store(postgres_url)
+    s = postgres_store(postgres_empty_url)
     with pytest.raises(StoreUnavailableError, match="db upgrade"):
         await s.open(execute=False)  # an empty schema: nothing to read yet
     assert await s.schema_version() == 0
@@ -861,7 +861,7 @@ async def test_postgres_schema_versions_and_immutable_state(postgres_url: str) -
     await s.execute_sql("INSERT INTO tf_schema (version) VALUES (99)")
     await s.close()
     with pytest.raises(StoreUnavailableError, match="newer than this release"):
-        await postgres_store(postgres_url).open()
+        await postgres_store(postgres_empty_url).open()
 
 
 async def test_postgres_unreachable_server_and_bad_urls_are_clear_errors() -> None:

@@ -277,9 +277,10 @@ async def test_a_step_without_a_policy_snapshot_reads_the_retention_from_the_sto
     clock = FakeClock()
     async with tf.Engine(MemoryStore(), clock=clock) as engine:
         await engine.tenants.create("bank-a", tier="standard", memory_retention="2h")
-        view = step_memory(engine.runtime, "bank-a", None, "run_x:step")
+        rt = engine.runtime
+        view = step_memory(rt.store, rt.clock, rt.writer.write, "bank-a", None, "run_x:step")
         assert (await view.put("k", 1)).expires_at == clock.now() + 7200
         first = await view.add_document("same text")
         assert await view.add_document("same text") == first  # derived from the step's key
-        other = step_memory(engine.runtime, "bank-a", None, "run_y:step")
+        other = step_memory(rt.store, rt.clock, rt.writer.write, "bank-a", None, "run_y:step")
         assert await other.add_document("same text") != first

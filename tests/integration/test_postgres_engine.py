@@ -1,6 +1,7 @@
 """The engine on PostgreSQL: DAGs with retries, restarts, tenancy, readers beside executors.
 
-Every test gets a fresh schema on the test server (``postgres_url`` in ``tests/conftest.py``).
+Every test gets an empty migrated schema on the test server (``postgres_url`` in
+``tests/conftest.py``).
 Unlike SQLite, the PostgreSQL store is not exclusive: after a restart an attempt left RUNNING is
 taken over when its lease expires (never assumed orphaned), so these engines use short leases.
 """
@@ -223,9 +224,17 @@ async def test_readers_and_a_second_executor_open_beside_a_running_engine(
 
 
 @pytest.mark.postgres
-def test_db_upgrade_creates_the_schema_from_the_command_line(postgres_url: str) -> None:
+def test_db_upgrade_creates_the_schema_from_the_command_line(postgres_empty_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    command = [sys.executable, "-m", "tenantflow.cli.main", "db", "upgrade", "--db", postgres_url]
+    command = [
+        sys.executable,
+        "-m",
+        "tenantflow.cli.main",
+        "db",
+        "upgrade",
+        "--db",
+        postgres_empty_url,
+    ]
     for _ in range(2):  # the second run finds nothing to do
         proc = subprocess.run(
             command, capture_output=True, text=True, env=env, timeout=30, check=False

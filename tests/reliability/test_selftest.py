@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+import typer
 
+from tenantflow.cli.main import app
+from tenantflow.cli.selftest import in_process
 from tenantflow.selftest import SCENARIOS, SHORT, Context, Scenario, run_scenario
 from tenantflow.selftest.table import COLUMNS, cells
 
@@ -30,7 +33,15 @@ SERVER = os.environ.get("TENANTFLOW_TEST_POSTGRES_URL", "postgresql://postgres@1
     ],
 )
 def test_scenario_holds_its_bounds(scenario: Scenario, tmp_path: Path) -> None:
-    ctx = Context(SHORT, seed=1, pg_url=SERVER, in_ci=IN_CI, workdir=tmp_path, progress=print)
+    ctx = Context(
+        SHORT,
+        seed=1,
+        pg_url=SERVER,
+        in_ci=IN_CI,
+        workdir=tmp_path,
+        progress=print,
+        command_line=in_process(typer.main.get_command(app)),  # as `tenantflow selftest` runs
+    )
     row = run_scenario(scenario, ctx)
     print("\n".join(f"  {c}: {v}" for c, v in zip(COLUMNS, cells(row), strict=True)))
     print("\n".join(f"  {note}" for note in row.notes))

@@ -9,7 +9,7 @@ from tenantflow.domain.policy import Policy
 from tenantflow.errors import ConfigurationError
 from tenantflow.selftest import SCENARIOS, Row, choose
 from tenantflow.selftest.cluster import executing_at_once
-from tenantflow.selftest.core import percentile
+from tenantflow.selftest.core import SHORT, Context, percentile
 from tenantflow.selftest.isolation import Operation, expected, operations
 from tenantflow.selftest.table import COLUMNS, cells
 from tenantflow.selftest.verify import recovery_after_kills
@@ -190,3 +190,12 @@ def test_a_character_yaml_refuses_is_one_line_with_its_line() -> None:
     message = str(caught.value)
     assert message.startswith("bad.yaml:4: YAML error: unacceptable character #x0005")
     assert "\n" not in message
+
+
+def test_without_a_command_line_the_selftest_runs_the_installed_one() -> None:
+    # The selftest never imports the CLI (the CLI imports it): on its own it runs the command
+    # line in a subprocess, its output returned and a failure raised with the output's end.
+    ctx = Context(SHORT)
+    assert ctx.run_cli(["--version"]).strip().startswith("tenantflow ")
+    with pytest.raises(RuntimeError, match="unknown-command"):
+        ctx.run_cli(["unknown-command"])

@@ -29,9 +29,11 @@ the migrations, :mod:`~tenantflow.adapters.postgres_schema`):
   superuser bypasses row-level security, so no tenant's work ever runs as it;
 * every tenant-scoped transaction (and, inside a batch, every op) first sets, transaction-locally
   (``set_config(…, true)``, i.e. ``SET LOCAL``), ``role`` to ``tenantflow_app`` — not the owner,
-  no ``BYPASSRLS`` — and ``tenantflow.tenant`` to the op's tenant. Its policies (``USING`` and
-  ``WITH CHECK``, forced on every tenant table) show it that tenant's rows only, and refuse
-  to write any other's. Both settings end with the transaction, so nothing carries over to the
+  no ``BYPASSRLS`` — and ``tenantflow.tenant`` to the op's tenant (through a tenant-scoped
+  handle, :meth:`~tenantflow.adapters.sql_store.SqlStore.for_tenant`, the handle's tenant for
+  every op: the caller's scope, not the op's word). Its policies (``USING`` and ``WITH CHECK``,
+  forced on every tenant table) show it that tenant's rows only, and refuse to write any
+  other's. Both settings end with the transaction, so nothing carries over to the
   next user of a pooled connection;
 * system scope — the reads and ops that recovery needs across tenants (``active_runs``,
   ``pending_reviews``, ``list_tenants``, ``RenewLeases``, ``RecoverOrphans``) — runs as
@@ -289,11 +291,20 @@ class PostgresStore(SqlStore):
                 await session.release()
 
     async def apply(self, ops: Sequence[Op]) -> list[Any]:
+        return await self._apply(ops, None)
+
+    async def _apply_as(self, tenant_id: str, ops: Sequence[Op]) -> list[Any]:
+        # Every op runs in the caller's tenant scope, whatever tenant it names: row-level
+        # security refuses the rows of an op that names another.
+        return await self._apply(ops, tenant_id)
+
+    async def _apply(self, ops: Sequence[Op], scope: str | None) -> list[Any]:
+        """Apply ``ops``, each as ``scope`` or (None) as the tenant it names."""
         attempt = 1
         async with self._translated():
             while True:
                 try:
-                    return await self._commit(ops)
+                    return await self._commit(ops, scope)
                 except psycopg.errors.TransactionRollback:
                     # A deadlock or serialization failure with another process: nothing was
                     # committed, so the whole batch is tried again, after a short random pause.
@@ -302,12 +313,13 @@ class PostgresStore(SqlStore):
                     await asyncio.sleep(random.uniform(0.0, 0.01 * 2**attempt))
                     attempt += 1
 
-    async def _commit(self, ops: Sequence[Op]) -> list[Any]:
+    async def _commit(self, ops: Sequence[Op], scope: str | None) -> list[Any]:
         try:
             async with self._transaction() as session:
                 results: list[Any] = [None] * len(ops)
                 for group in _claims_together(ops, _by_tenant(ops)):
-                    await session.enter(op_tenant(ops[group[0]]))
+                    first = ops[group[0]]
+                    await session.enter(op_tenant(first) if scope is None else scope)
                     if len(group) == 1:
                         results[group[0]] = await session.drive(apply_op(ops[group[0]]))
                         continue
@@ -319,7 +331,7 @@ class PostgresStore(SqlStore):
         except psycopg.errors.IntegrityError as exc:
             if len(ops) == 1:
                 return [ConflictError(f"write refused: {exc}", sqlstate=exc.sqlstate)]
-            return [result for op in ops for result in await self._commit([op])]
+            return [result for op in ops for result in await self._commit([op], scope)]
 
     async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
         async with self._translated(), self._transaction() as session:

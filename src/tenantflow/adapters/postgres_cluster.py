@@ -28,26 +28,47 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
-from tenantflow.adapters.postgres import PostgresStore
 from tenantflow.domain.cluster import Command, Notice
 from tenantflow.errors import StoreError, StoreUnavailableError
 
-__all__ = ["PostgresCoordinator"]
+__all__ = ["PostgresCoordinator", "ScopedConnections"]
 
 log = logging.getLogger("tenantflow.cluster")
 
 _ACTIVE = "('queued', 'running', 'paused', 'compensating', 'cancelling')"
 
 
+class ScopedConnections(Protocol):
+    """What the coordinator needs of its store (a
+    :class:`~tenantflow.adapters.postgres.PostgresStore` has it): typed here, so that this
+    module does not import the store's, which makes coordinators with
+    :meth:`~tenantflow.adapters.postgres.PostgresStore.coordinator`."""
+
+    @property
+    def schema(self) -> str | None:
+        """The schema holding the tables (None: the search path's)."""
+        ...
+
+    @property
+    def conninfo(self) -> str:
+        """A connection string for a connection of one's own (listening)."""
+        ...
+
+    def scoped(self, tenant_id: str | None) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+        """A pooled connection in one transaction acting as ``tenant_id`` (None: system)."""
+        ...
+
+
 class PostgresCoordinator:
     """Worker liveness, tenant ownership, the command inbox and wake-ups, on a PostgresStore."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: ScopedConnections) -> None:
         self.store = store
         self.channel = f"tenantflow_{store.schema or 'public'}"
         self._outbox: list[str] = []

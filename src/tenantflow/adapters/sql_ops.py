@@ -46,7 +46,9 @@ from tenantflow.domain.records import (
     StepRecord,
     StepStatus,
     Transition,
+    VersionConflict,
     next_state_hash,
+    op_tenant,
 )
 from tenantflow.errors import NotFoundError
 
@@ -79,19 +81,12 @@ def apply_op(op: Op) -> Gen[Any]:
     handler = _HANDLERS.get(type(op))
     if handler is None:
         raise TypeError(f"unknown op {type(op).__name__}")
+    then = getattr(op, "then", None)
+    if isinstance(then, Transition) and then.expected_version is not None:
+        # The outer op's own condition covers the whole op; one on its follow-ons would be
+        # checked after the op had already written.
+        raise TypeError(f"{type(op).__name__}.then carries an expected_version")
     return handler(op)
-
-
-def op_tenant(op: Op) -> str | None:
-    """The tenant ``op`` acts for, or None for a system-scoped op (leases across tenants, admin
-    API keys)."""
-    if isinstance(op, RenewLeases | RecoverOrphans):
-        return None
-    if isinstance(op, CreateRun):
-        return op.run.tenant_id
-    if isinstance(op, t_ops.CreateReview):
-        return op.review.tenant_id
-    return op.tenant_id
 
 
 def _events(tenant_id: str, run_id: str, ts: float, new: Sequence[NewEvent]) -> Gen[None]:
@@ -278,8 +273,9 @@ def _start_many_text(n: int) -> str:
     )
 
 
-def _next_version(tenant_id: str, run_id: str, step: str, delta: bytes) -> Gen[tuple[int, str]]:
-    """The run's next state version and its hash (the run row locked until the commit)."""
+def _locked_version(tenant_id: str, run_id: str) -> Gen[tuple[int, str]]:
+    """The run's current state version and its hash (the run row locked until the commit, so
+    that a writer in another process waits and then reads the version this one wrote)."""
     row = yield from one(
         "SELECT state_version, state_hash FROM runs WHERE id = ? AND tenant_id = ?"
         " /*pg: FOR UPDATE*/",
@@ -288,8 +284,14 @@ def _next_version(tenant_id: str, run_id: str, step: str, delta: bytes) -> Gen[t
     )
     if row is None:
         raise NotFoundError(f"run {run_id!r} not found", run_id=run_id)
-    version = int(row[0]) + 1
-    return version, next_state_hash(row[1], version, step, delta)
+    return int(row[0]), str(row[1])
+
+
+def _next_version(tenant_id: str, run_id: str, step: str, delta: bytes) -> Gen[tuple[int, str]]:
+    """The run's next state version and its hash (the run row locked until the commit)."""
+    current, parent_hash = yield from _locked_version(tenant_id, run_id)
+    version = current + 1
+    return version, next_state_hash(parent_hash, version, step, delta)
 
 
 def _insert_version(
@@ -353,13 +355,17 @@ def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: f
 
 
 def _finish(op: FinishAttempt) -> Gen[Any]:
-    # The state version is read first (and the run row locked), so that the fenced UPDATE of
-    # the step also records its version, and every event of the op goes in one INSERT.
+    # The state version is read first (and the run row locked), so that the expected version
+    # is compared before anything is written, the fenced UPDATE of the step also records its
+    # version, and every event of the op goes in one INSERT.
     version, state_hash = 0, None
-    if op.delta_json is not None:
-        version, state_hash = yield from _next_version(
-            op.tenant_id, op.run_id, op.key, op.delta_json
-        )
+    if op.expected_version is not None or op.delta_json is not None:
+        current, parent_hash = yield from _locked_version(op.tenant_id, op.run_id)
+        if op.expected_version is not None and current != op.expected_version:
+            return VersionConflict(op.run_id, op.expected_version, current)
+        if op.delta_json is not None:
+            version = current + 1
+            state_hash = next_state_hash(parent_hash, version, op.key, op.delta_json)
     row = yield from one(
         "UPDATE steps SET status = 'succeeded', output = ?, error = NULL, owner = NULL,"
         " lease_expires_at = NULL, finished_at = ?, version = COALESCE(?, version)"
@@ -481,7 +487,11 @@ def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
         yield from tq.release_holds(t_ops.ReleaseHolds(t.tenant_id, t.release_prefix, t.now))
 
 
-def _transition_op(t: Transition) -> Gen[bool]:
+def _transition_op(t: Transition) -> Gen[bool | VersionConflict]:
+    if t.expected_version is not None:
+        current, _ = yield from _locked_version(t.tenant_id, t.run_id)
+        if current != t.expected_version:
+            return VersionConflict(t.run_id, t.expected_version, current)
     yield from _transition(t)
     return True
 

@@ -1,8 +1,17 @@
-"""What the SQL stores share: every read of :class:`~tenantflow.ports.Store`.
+"""What the SQL stores share: every read of :class:`~tenantflow.ports.Store`, and the
+tenant-scoped handle (:meth:`SqlStore.for_tenant`).
 
 A subclass says how an interpreter generator runs (:meth:`SqlStore._read`): on SQLite's writer
 thread, or in a PostgreSQL transaction scoped to the tenant. The queries themselves are in
 :mod:`~tenantflow.adapters.sql_ops` and :mod:`~tenantflow.adapters.sql_tenancy`.
+
+**Whose scope a write runs in.** :meth:`~tenantflow.ports.Store.apply` is the engine's own
+group commit: a batch mixes tenants, and each op runs as the tenant it names. Code that acts
+for one tenant only writes through :meth:`SqlStore.for_tenant` instead: the tenant comes from
+the handle (the caller's scope), never from the op, and an op naming another tenant, or a
+system-scoped op, is refused before anything is written. On PostgreSQL the handle's batch also
+runs in the handle's tenant scope, so row-level security would refuse a forged op's rows even
+if the check were skipped.
 """
 
 from __future__ import annotations
@@ -19,14 +28,16 @@ from tenantflow.domain.keys import ApiKeyRecord
 from tenantflow.domain.memory import MemoryEntry, SearchHit
 from tenantflow.domain.records import (
     EventRecord,
+    Op,
     RunRecord,
     RunStatus,
     StateVersionRecord,
     StepRecord,
+    check_scope,
 )
 from tenantflow.domain.tenancy import ReviewRecord, TenantRecord
 
-__all__ = ["SqlStore"]
+__all__ = ["SqlStore", "TenantScopedStore"]
 
 T = TypeVar("T")
 
@@ -41,6 +52,22 @@ class SqlStore(ABC):
     @abstractmethod
     async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
         """Run ``query`` as ``tenant_id``; None runs it in system scope (across tenants)."""
+
+    @abstractmethod
+    async def apply(self, ops: Sequence[Op]) -> list[Any]:
+        """Apply ``ops`` in one transaction, each as the tenant it names (the engine's own
+        group commit); one result per op."""
+
+    async def _apply_as(self, tenant_id: str, ops: Sequence[Op]) -> list[Any]:
+        """Apply ``ops``, already checked to be ``tenant_id``'s, acting as ``tenant_id``.
+
+        Without row-level security (SQLite) every statement names the op's tenant, which the
+        check has made the scope's; PostgreSQL overrides this to enter the scope's tenant."""
+        return await self.apply(ops)
+
+    def for_tenant(self, tenant_id: str) -> TenantScopedStore:
+        """A handle that writes as ``tenant_id`` only (see the module docstring)."""
+        return TenantScopedStore(self, tenant_id)
 
     async def get_run(self, tenant_id: str, run_id: str) -> RunRecord:
         return await self._read(tenant_id, sql_ops.get_run(tenant_id, run_id))
@@ -152,3 +179,26 @@ class SqlStore(ABC):
     ) -> list[SearchHit]:
         query = sql_memory.search(tenant_id, namespace, list(terms), now, limit)
         return await self._read(tenant_id, query)
+
+
+class TenantScopedStore:
+    """A store handle acting for one tenant: the tenant comes from here, not from the ops.
+
+    Args:
+        store: the store written to.
+        tenant_id: the tenant every op must act for.
+    """
+
+    def __init__(self, store: SqlStore, tenant_id: str) -> None:
+        self.store = store
+        self.tenant_id = tenant_id
+
+    async def apply(self, ops: Sequence[Op]) -> list[Any]:
+        """Apply ``ops`` in one transaction as this handle's tenant; one result per op.
+
+        Raises:
+            PermissionDeniedError: an op acts for another tenant, or for the system; nothing of
+                the batch is written.
+        """
+        check_scope(self.tenant_id, ops)
+        return await self.store._apply_as(self.tenant_id, ops)

@@ -21,18 +21,15 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 import typer
 
-from tenantflow.client import Client
 from tenantflow.domain.audit import AuditRecord, VerifyResult
 from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.engine import Engine, StateVersion, check_tenant
-from tenantflow.engine.tenants import TenantInfo
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -44,6 +41,11 @@ from tenantflow.errors import (
     TenantflowError,
 )
 from tenantflow.settings import Settings
+
+if TYPE_CHECKING:
+    from tenantflow.client import Client
+    from tenantflow.engine.engine import Engine, StateVersion
+    from tenantflow.engine.tenants import TenantInfo
 
 __all__ = [
     "ACTOR",
@@ -254,6 +256,8 @@ def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[
 
 
 async def _read(url: str, call: Callable[[Engine], Awaitable[T]]) -> T:
+    from tenantflow.engine.engine import Engine
+
     async with Engine.open(url, execute=False) as engine:
         return await call(engine)
 
@@ -289,6 +293,8 @@ class EngineBackend:
 
     def _registered(self) -> str:
         """The tenant, checked: a well-formed id of a registered tenant."""
+        from tenantflow.engine.engine import check_tenant
+
         self._run(self._engine.tenants.get(check_tenant(self.tenant_id)))
         return self.tenant_id
 
@@ -452,6 +458,8 @@ class EngineBackend:
         return self._engine.tenants.list()
 
     def get_tenant(self, tenant_id: str) -> TenantInfo:
+        from tenantflow.engine.engine import check_tenant
+
         return self._run(self._engine.tenants.get(check_tenant(tenant_id)))
 
     def create_tenant(
@@ -477,7 +485,8 @@ class EngineBackend:
         )
 
 
-Backend = Client | EngineBackend
+# A string: the HTTP client (httpx) is imported only by the commands that call a server.
+Backend: TypeAlias = "Client | EngineBackend"
 """What a command talks to: the store opened in this process, or a server over HTTP."""
 
 
@@ -518,7 +527,7 @@ def connect(
                 field="tenant",
             )
         with _open(settings, tenant, write=write) as backend:
-            if isinstance(backend, Client):
+            if not isinstance(backend, EngineBackend):  # a server: the key names the tenant
                 owner = backend.tenant().id
                 if tenant is not None and tenant != owner:
                     raise ConfigurationError(
@@ -550,6 +559,8 @@ def connect_admin(
 @contextmanager
 def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Backend]:
     if settings.url is not None:
+        from tenantflow.client import Client
+
         assert settings.api_key is not None  # target_for insists
         with Client(settings.url, settings.api_key) as client:
             yield client
@@ -564,6 +575,8 @@ def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Ba
 
 
 async def _started(url: str, write: bool) -> Engine:
+    from tenantflow.engine.engine import Engine
+
     engine = Engine.open(url, execute=write)
     await engine.start()
     return engine

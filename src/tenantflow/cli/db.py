@@ -8,7 +8,6 @@ from typing import Protocol, runtime_checkable
 import typer
 
 from tenantflow.cli.common import DbOption, reporting_errors, settings_for
-from tenantflow.engine.engine import open_store
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["app"]
@@ -37,6 +36,8 @@ def upgrade(ctx: typer.Context, db: DbOption = None) -> None:
 
 
 async def _upgrade(url: str) -> int:
+    from tenantflow.engine.engine import open_store
+
     store = open_store(url)
     if not isinstance(store, _Versioned):
         raise ConfigurationError(

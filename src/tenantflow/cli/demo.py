@@ -19,11 +19,11 @@ from rich.table import Table
 
 from tenantflow.cli.common import reporting_errors
 from tenantflow.errors import ConfigurationError
-from tenantflow.report import Report, print_report, write_html, write_json, write_png
 
 if TYPE_CHECKING:
     from loan_platform.demo import DemoConfig
     from loan_platform.demo import Progress as DemoProgress
+    from tenantflow.report import Report
 
 __all__ = ["demo", "main"]
 
@@ -84,6 +84,10 @@ def demo(
             drain_min=drain,
             burst_at_min=burst_at,
         )
+        # Imported here, not with the module: the report (and its plots) are for this command
+        # only, and every other command (and --help) starts without them.
+        from tenantflow.report import print_report
+
         console = Console()
         report = asyncio.run(_run(cfg, directory, console, live=not quiet))
         print_report(report, console)
@@ -145,6 +149,8 @@ def _write(
     png_path: Path | None,
     console: Console,
 ) -> None:
+    from tenantflow.report import write_html, write_json, write_png
+
     for path, writer in ((json_path, write_json), (html_path, write_html), (png_path, write_png)):
         if path is not None:
             writer(report, path)

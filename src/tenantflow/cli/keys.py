@@ -12,7 +12,7 @@ revocation made here within its key cache TTL, a few seconds).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -21,9 +21,11 @@ from rich.text import Text
 
 from tenantflow.cli import render
 from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
-from tenantflow.engine.engine import Engine, check_tenant
-from tenantflow.engine.keys import ApiKeyInfo
 from tenantflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import Engine
+    from tenantflow.engine.keys import ApiKeyInfo
 
 __all__ = ["ACTOR", "app"]
 
@@ -58,6 +60,8 @@ def _owner(tenant: str | None, admin: bool) -> str | None:
     """The tenant id, or None for ``--admin``; exactly one of them must be given."""
     if admin == (tenant is not None):
         raise ConfigurationError("give exactly one of --tenant TENANT or --admin", field="tenant")
+    from tenantflow.engine.engine import check_tenant
+
     return None if tenant is None else check_tenant(tenant)
 
 

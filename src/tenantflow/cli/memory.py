@@ -13,7 +13,7 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -47,8 +47,10 @@ from tenantflow.domain.memory import (
     encode_value,
     query_words,
 )
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import Engine
 
 __all__ = ["app", "entry_dict", "hit_dict"]
 

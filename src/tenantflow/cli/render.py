@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich import box
 from rich.console import Console
@@ -22,8 +22,10 @@ from tenantflow.domain.policy import micros_to_usd
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.engine import StateVersion
-from tenantflow.engine.tenants import TenantInfo
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import StateVersion
+    from tenantflow.engine.tenants import TenantInfo
 
 __all__ = [
     "audit_dict",

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import enum
 import shlex
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.core
 from rich.console import Console
+from typer.testing import CliRunner
 
 from tenantflow.cli.common import EXIT_FAILURE, reporting_errors
 
@@ -33,6 +36,7 @@ class ProfileName(enum.StrEnum):
 
 
 def selftest(
+    ctx: typer.Context,
     profile: Annotated[
         ProfileName,
         typer.Option(help="short: a few minutes (CI); long: bigger, with seeded repeats."),
@@ -102,7 +106,7 @@ def selftest(
     with reporting_errors():
         chosen = choose(only)
         started = datetime.now(UTC)
-        ctx = Context(
+        context = Context(
             PROFILES[profile.value],
             seed=seed,
             pg_url=pg_dsn,
@@ -110,8 +114,9 @@ def selftest(
             workdir=workdir,
             progress=lambda text: console.print(text, markup=False, highlight=False),
             pg_restart=shlex.split(pg_restart) if pg_restart else None,
+            command_line=in_process(ctx.find_root().command),
         )
-        rows = run_selftest(chosen, ctx)
+        rows = run_selftest(chosen, context)
         header = Header(profile.value, seed, started)
         print_rows(rows, header, Console(width=max(Console().width, 160)))
         if json_path is not None:
@@ -120,3 +125,27 @@ def selftest(
             write_markdown(rows, header, markdown_path)
     if any(r.status == "fail" for r in rows):
         raise typer.Exit(EXIT_FAILURE)
+
+
+def in_process(command: object) -> Callable[[Sequence[str]], str]:
+    """The command line ``command`` (the ``tenantflow`` root, as the running command's
+    context has it) run in this process with its output captured, for the selftest's
+    :attr:`~tenantflow.selftest.core.Context.command_line`: the output, or RuntimeError on a
+    non-zero exit. (The selftest cannot import the CLI, which imports it.)"""
+    if not isinstance(command, typer.core.TyperGroup):
+        raise TypeError(f"not the tenantflow command line: {command!r}")
+    root = command
+
+    def run(args: Sequence[str]) -> str:
+        with CliRunner().isolation() as (_, _, mixed):  # stdout and stderr, as a terminal shows
+            try:
+                root.main(args=list(args), prog_name="tenantflow")
+                code: object = 0
+            except SystemExit as exit_:
+                code = exit_.code
+            output = mixed.getvalue().decode()
+        if code not in (0, None):
+            raise RuntimeError(f"tenantflow {' '.join(args)}: {output[-300:]}")
+        return output
+
+    return run

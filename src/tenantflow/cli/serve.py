@@ -17,13 +17,15 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import Engine
 
 __all__ = ["load_app", "serve"]
 
@@ -108,6 +110,8 @@ def serve(
             raise ConfigurationError(
                 f"tenantflow serve needs the server extra: pip install 'tenantflow[server]' ({exc})"
             ) from None
+        from tenantflow.engine.engine import Engine
+
         settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
         engine = Engine.open(

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from tenantflow.cli.common import reporting_errors
-from tenantflow.report import build_report, print_report, write_html, write_json, write_png
-from tenantflow.sim import SimResult, load_scenario, run_variants, variant_flags
-from tenantflow.sim.scenario import Scenario
+
+if TYPE_CHECKING:
+    from tenantflow.sim import SimResult
+    from tenantflow.sim.scenario import Scenario
 
 __all__ = ["Variant", "simulate"]
 
@@ -63,6 +64,11 @@ def simulate(
 ) -> None:
     """Simulate a workload profile in virtual time against the real scheduler and policy code,
     with and without tenant controls, and print the comparison."""
+    # Imported here, not with the module: the simulator and the plots are for this command
+    # only, and every other command (and --help) starts without them.
+    from tenantflow.report import build_report, print_report, write_html, write_json, write_png
+    from tenantflow.sim import load_scenario, run_variants, variant_flags
+
     with reporting_errors():
         loaded = load_scenario(scenario).with_seed(seed)
         results = run_variants(loaded, variant_flags(variants.value), jobs=jobs)

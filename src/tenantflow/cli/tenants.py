@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from tenantflow.cli import render
 from tenantflow.cli.common import (
@@ -37,7 +36,6 @@ from tenantflow.cli.common import (
 )
 from tenantflow.domain.policy import DEFAULT_REGIONS, TIERS, Policy
 from tenantflow.domain.state import diff_states
-from tenantflow.engine.engine import check_tenant
 from tenantflow.errors import ConfigurationError
 
 __all__ = ["app", "load_policy_file", "parse_sets"]
@@ -115,6 +113,8 @@ def load_policy_file(path: Path) -> dict[str, Any]:
         raise ConfigurationError(
             f"cannot read policy file {str(path)!r}: {reason}", field="policy_file"
         ) from None
+    import yaml  # only for a policy file: every other command starts without it
+
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
@@ -195,6 +195,8 @@ def create(
 ) -> None:
     """Register a tenant with a tier preset and any policy field overridden."""
     with reporting_errors():
+        from tenantflow.engine.engine import check_tenant
+
         check_tenant(tenant)
         fields = _policy_fields(policy_file, sets)
         chosen = _tier_of(tier, fields)
@@ -261,6 +263,8 @@ def show(
 ) -> None:
     """Show a tenant: its policy, policy version, region and the store holding its data."""
     with reporting_errors():
+        from tenantflow.engine.engine import check_tenant
+
         check_tenant(tenant)
     with connect_admin(ctx, db, url, api_key) as backend:
         info = backend.get_tenant(tenant)
@@ -287,6 +291,8 @@ def update(
     """Change policy fields: a new policy version, used by new admissions at once and by
     running runs at their next step."""
     with reporting_errors():
+        from tenantflow.engine.engine import check_tenant
+
         check_tenant(tenant)
         fields = _policy_fields(policy_file, sets)
         if not fields:
@@ -335,6 +341,8 @@ def delete(
     """Delete a tenant and every row of its data, and print the proof: rows deleted and rows
     left (all zero) per table. Refused while it has unfinished runs."""
     with reporting_errors():
+        from tenantflow.engine.engine import check_tenant
+
         check_tenant(tenant)
         if not yes:
             raise ConfigurationError(

@@ -16,14 +16,16 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
 from tenantflow.cli.serve import load_app
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from tenantflow.engine.engine import Engine
 
 __all__ = ["worker"]
 
@@ -71,6 +73,8 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     with reporting_errors():
+        from tenantflow.engine.engine import Engine
+
         settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
         engine = Engine.open(

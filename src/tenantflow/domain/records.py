@@ -3,12 +3,16 @@
 A Store is a small interpreter of these ops: it applies a batch of them in one transaction
 (group commit) and returns one result per op. Every op names its tenant, and every fenced op is
 conditional on the attempt's fencing token and live lease, so a late write from a lost attempt
-changes nothing and answers :data:`STALE`.
+changes nothing and answers :data:`STALE`. A finish or a transition may also be conditional on
+the run's state version (``expected_version``): decided from a view the run has moved on from,
+it changes nothing and answers :class:`VersionConflict`. Which tenant an op may act for is the
+caller's scope to decide, not the op's (:func:`check_scope`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -17,6 +21,7 @@ from tenantflow.domain import keys as _k
 from tenantflow.domain import memory as _m
 from tenantflow.domain import tenancy as _t
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, UsageDelta
+from tenantflow.errors import PermissionDeniedError
 
 __all__ = [
     "STALE",
@@ -43,7 +48,10 @@ __all__ = [
     "StepStatus",
     "StepUpdate",
     "Transition",
+    "VersionConflict",
+    "check_scope",
     "next_state_hash",
+    "op_tenant",
 ]
 
 
@@ -218,6 +226,22 @@ class _Stale:
 STALE: Any = _Stale()
 
 
+@dataclass(frozen=True, slots=True)
+class VersionConflict:
+    """The op carried the run's expected state version (``expected_version``) and the run had
+    moved on to ``current``: nothing of the op was written, and the attempt (if any) still holds
+    its lease. The caller re-reads the run, decides again and retries.
+
+    Two processes finishing parallel branches of one run both read version ``v``; the first to
+    commit moves the run to ``v + 1`` and the second gets this result instead of committing a
+    join decided from the stale view.
+    """
+
+    run_id: str
+    expected: int
+    current: int
+
+
 @dataclass(slots=True)
 class CreateRun:
     """Insert a run, its step rows, state version 0 (the input) and its first events.
@@ -251,11 +275,14 @@ class StartAttempt:
 
 @dataclass(slots=True)
 class FinishAttempt:
-    """Record a successful attempt (fenced). Result: the new state version, or STALE.
+    """Record a successful attempt (fenced). Result: the new state version, STALE, or a
+    :class:`VersionConflict`.
 
     ``delta_json`` (when given) appends the next state version; ``then`` carries the follow-on
     transitions decided from the output (ready, skipped, run completed) so that they commit in
-    the same transaction as the completion.
+    the same transaction as the completion. ``expected_version`` (when given) is the run's state
+    version the follow-ons were decided from: if the run is at another version, nothing is
+    written and the result is a :class:`VersionConflict` (``then`` itself carries none).
     """
 
     tenant_id: str
@@ -266,6 +293,7 @@ class FinishAttempt:
     output_json: bytes
     delta_json: bytes | None
     then: Transition
+    expected_version: int | None = None
 
 
 @dataclass(slots=True)
@@ -319,7 +347,14 @@ class RecordCall:
 
 @dataclass(slots=True)
 class Transition:
-    """Unfenced changes to one run: step updates, a run update and events."""
+    """Unfenced changes to one run: step updates, a run update and events. Result: True, or a
+    :class:`VersionConflict`.
+
+    ``expected_version`` (when given) makes the transition conditional on the run's state
+    version: if the run is at another version, nothing is written. It is checked only on a
+    transition applied as an op of its own; a transition carried as another op's ``then`` must
+    leave it None (the outer op's condition covers the whole op).
+    """
 
     tenant_id: str
     run_id: str
@@ -331,6 +366,7 @@ class Transition:
     usage: list[UsageDelta] = field(default_factory=list)
     review: ReviewRecord | None = None  # a review to open with this change
     release_prefix: str | None = None  # release the open budget holds whose key starts so
+    expected_version: int | None = None  # compare-and-set on the run's state version
 
 
 @dataclass(slots=True)
@@ -382,6 +418,39 @@ Op = (
     | _m.DeleteDocument
     | _m.PurgeMemory
 )
+
+
+def op_tenant(op: Op) -> str | None:
+    """The tenant ``op`` acts for, or None for a system-scoped op (leases across tenants, admin
+    API keys)."""
+    if isinstance(op, RenewLeases | RecoverOrphans):
+        return None
+    if isinstance(op, CreateRun):
+        return op.run.tenant_id
+    if isinstance(op, _t.CreateReview):
+        return op.review.tenant_id
+    return op.tenant_id
+
+
+def check_scope(tenant_id: str, ops: Sequence[Op]) -> None:
+    """Refuse a batch a caller acting as ``tenant_id`` may not apply: every op must be that
+    tenant's own (a system-scoped op, or another tenant's, is refused).
+
+    Raises:
+        PermissionDeniedError: naming the first op out of scope; nothing of the batch may then
+            be written.
+    """
+    for index, op in enumerate(ops):
+        owner = op_tenant(op)
+        if owner != tenant_id:
+            raise PermissionDeniedError(
+                f"{type(op).__name__} acts for "
+                f"{'the system' if owner is None else f'tenant {owner!r}'},"
+                f" not for tenant {tenant_id!r} whose scope applies it",
+                tenant_id=tenant_id,
+                op=type(op).__name__,
+                index=index,
+            )
 
 
 def next_state_hash(parent_hash: str, version: int, step: str | None, delta_json: bytes) -> str:

@@ -24,42 +24,15 @@ state history (so ``engine.versions``/``state`` show every plan with its reason)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.records import StepStatus
+from tenantflow.domain.revision import Failure, Revision
 
 if TYPE_CHECKING:
     from tenantflow.domain.spec import WorkflowSpec
 
 __all__ = ["Failure", "Revision", "check_revision", "plan_entry"]
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """What the replanner is told about the step that failed for good."""
-
-    step: str
-    error_type: str
-    message: str
-    attempts: int
-    revision: int  # revisions of this run so far
-    statuses: Mapping[str, str] = field(default_factory=dict)  # every step's status
-
-
-@dataclass(frozen=True, slots=True)
-class Revision:
-    """A change to the rest of the plan, with its reason (recorded with it)."""
-
-    reason: str
-    replace: Mapping[str, str] = field(default_factory=dict)  # failed step -> standby step
-    skip: tuple[str, ...] = ()
-    insert: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "replace", dict(self.replace))
-        object.__setattr__(self, "skip", tuple(self.skip))
-        object.__setattr__(self, "insert", tuple(self.insert))
 
 
 def check_revision(

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from tenantflow.domain.agent import Turn
-from tenantflow.domain.replan import Failure, Revision
+from tenantflow.domain.revision import Failure, Revision
 from tenantflow.errors import ConfigurationError, SpecError
 
 __all__ = [

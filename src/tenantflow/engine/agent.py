@@ -24,21 +24,24 @@ from tenantflow.domain.agent import (
 )
 from tenantflow.domain.models import ModelResponse
 from tenantflow.domain.tenancy import AuditEntry
-from tenantflow.engine.gateway import Escalate, SkipStep, response_from_json
+from tenantflow.engine.gateway import response_from_json
+from tenantflow.engine.signals import Escalate, SkipStep
 from tenantflow.errors import ContractError, NotAllowedError, NotFoundError
 
 if TYPE_CHECKING:
     from tenantflow.engine.context import StepContext
+    from tenantflow.ports import CallScope
 
 __all__ = ["run_iteration"]
 
 
 async def run_iteration(
-    ctx: StepContext, agent: Agent, turns: list[Turn], index: int, task: Any
+    ctx: StepContext, scope: CallScope, agent: Agent, turns: list[Turn], index: int, task: Any
 ) -> Turn:
     """Run iteration ``index`` given the turns recorded before it (``task``: the first
-    iteration's task, from the step function; ignored afterwards)."""
-    now = ctx.now_s()
+    iteration's task, from the step function; ignored afterwards). ``ctx`` makes the calls a
+    step makes; ``scope`` is the attempt's engine-side record (call indexes, decisions)."""
+    now = scope.now_s()
     if index == 0:
         first = Turn(iteration=0, task=str(task), started_at_s=now)
         history = [first]
@@ -46,7 +49,7 @@ async def run_iteration(
         first = Turn(iteration=index)
         history = turns
     if index > 0 and limit_reached(agent, turns, now) is not None:
-        return await _ask_human(ctx, agent, turns, first)
+        return await _ask_human(scope, agent, turns, first)
     messages = transcript(agent, history)
     try:
         response = await ctx.model(
@@ -62,7 +65,9 @@ async def run_iteration(
     first.text = response.text
     first.tokens_in, first.tokens_out = response.tokens_in, response.tokens_out
     for call in response.tool_calls:
-        first.tool_results.append(await _call(ctx, agent, call.id, call.name, call.arguments))
+        first.tool_results.append(
+            await _call(ctx, scope, agent, call.id, call.name, call.arguments)
+        )
     if not first.tool_results:
         first.stop = "answered"
     if response.model == "human":
@@ -70,7 +75,7 @@ async def run_iteration(
     return first
 
 
-async def _ask_human(ctx: StepContext, agent: Agent, turns: list[Turn], turn: Turn) -> Turn:
+async def _ask_human(ctx: CallScope, agent: Agent, turns: list[Turn], turn: Turn) -> Turn:
     """The loop reached a bound with ``on_limit="escalate"``: a reviewer answers instead of the
     model. The review is opened by the runtime; once decided, the answer is replayed here."""
     index = ctx.next_call_index()
@@ -88,10 +93,15 @@ async def _ask_human(ctx: StepContext, agent: Agent, turns: list[Turn], turn: Tu
 
 
 async def _call(
-    ctx: StepContext, agent: Agent, call_id: str, name: str, arguments: dict[str, Any]
+    ctx: StepContext,
+    scope: CallScope,
+    agent: Agent,
+    call_id: str,
+    name: str,
+    arguments: dict[str, Any],
 ) -> ToolResult:
     if not agent.offers(name):
-        await ctx.note_decision(
+        await scope.note_decision(
             "tool.denied",
             {"tool": name, "reason": "not offered to this agent"},
             audit=AuditEntry(

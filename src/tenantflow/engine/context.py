@@ -1,51 +1,38 @@
-"""What a step sees of the engine: ``StepContext``."""
+"""What a step sees of the engine: ``StepContext``.
+
+It exposes the attempt's identity, the clock, the execution log, the tenant's policy, agent
+memory, tools, models, child runs and circuit breakers, and nothing that writes to the store
+directly: the engine-internal side of an attempt (its sink, store, breakers, observers) is an
+:class:`~tenantflow.engine.execution.scope.AttemptScope` held privately, whose writes accept only
+the attempt's own run.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tenantflow.domain import budget as budget_math
-from tenantflow.domain.breaker import record_outcome
 from tenantflow.domain.models import ModelResponse
-from tenantflow.domain.records import (
-    TERMINAL_RUN,
-    NewEvent,
-    RecordCall,
-    RunRecord,
-    RunStatus,
-    Transition,
-)
-from tenantflow.domain.tenancy import AuditEntry, ReleaseHolds, UsageDelta
-from tenantflow.engine.gateway import AwaitChild
+from tenantflow.domain.records import TERMINAL_RUN, RecordCall, RunRecord, RunStatus
 from tenantflow.engine.memory import MemoryView, step_memory
-from tenantflow.errors import CircuitOpenError
+from tenantflow.engine.signals import AwaitChild
 
 if TYPE_CHECKING:
     from tenantflow.domain.policy import Policy
-    from tenantflow.engine.runtime import Active, Runtime
+    from tenantflow.engine.execution.scope import AttemptScope
 
-__all__ = ["StepContext"]
-
-_KEYED_SLOTS = 2**31 - 1
-"""Call records keyed by identity use the indexes -1 … -_KEYED_SLOTS (positional ones are > 0)."""
-
-_IDENTITY: ContextVar[list[int] | None] = ContextVar("tenantflow_call_identity", default=None)
-"""The keyed index the next call made in this task takes (consumed by its first call)."""
+__all__ = ["StepContext", "attempt_scope", "child_answer"]
 
 
-@dataclass(slots=True)
 class StepContext:
     """Passed as the first argument of every step.
 
     Its identity (``run_id``, ``tenant_id``, ``workflow``, ``step``, ``attempt``,
-    ``idempotency_key``) is read-only: a step cannot act as another tenant or run.
+    ``idempotency_key``) is read-only: a step cannot act as another tenant or run, and nothing
+    it can reach from here writes another tenant's or run's records.
 
     Attributes:
         run_id: the run this attempt belongs to.
@@ -57,73 +44,60 @@ class StepContext:
             re-executed attempt (after a crash) is deduplicated downstream.
     """
 
-    _run_id: str
-    _tenant_id: str
-    _workflow: str
-    _step: str
-    _attempt: int
-    _idempotency_key: str
-    _runtime: Runtime = field(repr=False)
-    _run: Active | None = field(default=None, repr=False)
-    optional: bool = False
-    notes: list[NewEvent] = field(default_factory=list, repr=False)
-    notes_usage: list[UsageDelta] = field(default_factory=list, repr=False)
-    _calls: int = field(default=0, repr=False)
-    _recorded: dict[int, tuple[str, str, str]] | None = field(default=None, repr=False)
-    _seen: dict[str, int] = field(default_factory=dict, repr=False)
-    _claimed: dict[int, str] = field(default_factory=dict, repr=False)
+    __slots__ = ("__scope",)
+
+    def __init__(self, scope: AttemptScope) -> None:
+        self.__scope = scope
+
+    def __repr__(self) -> str:
+        return f"StepContext(run_id={self.run_id!r}, step={self.step!r}, attempt={self.attempt})"
 
     # -- identity: read-only, so step code cannot act as another tenant or run --------------
 
     @property
     def run_id(self) -> str:
-        return self._run_id
+        return self.__scope.run_id
 
     @property
     def tenant_id(self) -> str:
-        return self._tenant_id
+        return self.__scope.tenant_id
 
     @property
     def workflow(self) -> str:
-        return self._workflow
+        return self.__scope.workflow
 
     @property
     def step(self) -> str:
-        return self._step
+        return self.__scope.step
 
     @property
     def attempt(self) -> int:
-        return self._attempt
+        return self.__scope.attempt
 
     @property
     def idempotency_key(self) -> str:
-        return self._idempotency_key
+        return self.__scope.idempotency_key
 
     @property
     def budget_scope(self) -> str:
         """The run ledger this attempt's spending is charged to: the root run of a tree of
         child runs (subagents draw on their parent's budget)."""
-        run = self._run
-        return f"run:{run.budget_run if run is not None and run.budget_run else self._run_id}"
+        return self.__scope.budget_scope
 
     # -- for step code ------------------------------------------------------------------------
 
     def now(self) -> datetime:
         """The engine clock's current time (a fake clock in tests)."""
-        return datetime.fromtimestamp(self._runtime.clock.now(), tz=UTC)
+        return datetime.fromtimestamp(self.__scope.now_s(), tz=UTC)
 
     def log(self, message: str, **data: Any) -> None:
         """Add a note to the run's execution log (committed with the attempt's outcome)."""
-        self.notes.append(
-            NewEvent("step.log", self.step, self.attempt, {"message": message, **data})
-        )
+        self.__scope.log_event("step.log", {"message": message, **data})
 
     @property
     def policy(self) -> Policy:
         """The tenant policy snapshot this run was admitted with (refreshed between steps)."""
-        if self._run is None or self._run.policy is None:
-            raise RuntimeError("this step context has no policy (a compensation)")
-        return self._run.policy
+        return self.__scope.policy
 
     @property
     def memory(self) -> MemoryView:
@@ -131,13 +105,23 @@ class StepContext:
         "user:alice")`` for another): ``get``, ``put``, ``delete``, ``list``,
         ``add_document``, ``search``. The tenant is the run's, never an argument; writes commit
         before they return. See :mod:`tenantflow.engine.memory`."""
-        return step_memory(self._runtime, self._tenant_id, self._run, self._idempotency_key)
+        scope = self.__scope
+        services = scope.services
+        return step_memory(
+            services.store,
+            services.clock,
+            scope.write,
+            scope.tenant_id,
+            scope.run,
+            scope.idempotency_key,
+        )
 
     async def tool(self, name: str, /, **args: Any) -> Any:
         """Call a registered tool through the tenant's allow list, rate limit, budget and
         circuit breaker. Raises NotAllowedError, RateLimitedError (the step is re-queued
         without holding a slot), BudgetExceededError or CircuitOpenError."""
-        return await self._runtime.gateway.call_tool(self, name, args)
+        scope = self.__scope
+        return await scope.services.gateway.call_tool(scope, name, args)
 
     async def model(
         self,
@@ -174,8 +158,9 @@ class StepContext:
             msgs.append({"role": "user", "content": prompt})
         if not msgs:
             raise ValueError("ctx.model needs a prompt or messages")
-        return await self._runtime.gateway.call_model(
-            self,
+        scope = self.__scope
+        return await scope.services.gateway.call_model(
+            scope,
             msgs,
             max_tokens=max_tokens,
             temperature=temperature,
@@ -197,73 +182,35 @@ class StepContext:
         against the tenant's step cap and fair share like any other. Starting it is recorded,
         so a re-executed attempt waits for the same child.
         """
-        index = self.next_call_index()
-        recorded = await self.recorded_call(index)
+        scope = self.__scope
+        services = scope.services
+        index = scope.next_call_index()
+        recorded = await scope.recorded_call(index)
         if recorded is None:
-            run = self._run
+            run = scope.run
             if run is None:
                 raise RuntimeError("a compensation cannot start child runs")
-            child = await self._runtime.hooks.start_child(run, self.step, index, workflow, task)
-            await self.write(
+            child = await services.start_child(run, scope.step, index, workflow, task)
+            await scope.write(
                 RecordCall(
-                    self.tenant_id,
-                    self.run_id,
-                    self.step,
+                    scope.tenant_id,
+                    scope.run_id,
+                    scope.step,
                     index,
                     "child",
                     workflow,
                     json.dumps({"run": child}),
-                    self.now_s(),
+                    scope.now_s(),
                 )
             )
         else:
             child = str(json.loads(recorded)["run"])
-        record = await self._runtime.store.get_run(self.tenant_id, child)
+        record = await services.store.get_run(scope.tenant_id, child)
         if record is None or record.status not in TERMINAL_RUN:
-            if self._run is not None:
-                self._runtime.expect_child(child, self._run, self.step)
+            if scope.run is not None:
+                services.expect_child(child, scope.run, scope.step)
             raise AwaitChild(child)
         return child, child_answer(record)
-
-    @asynccontextmanager
-    async def circuit(self, name: str) -> AsyncIterator[None]:
-        """Guard a call to dependency ``name`` with its circuit breaker.
-
-        Raises :class:`CircuitOpenError` at once, without running the block, while the breaker
-        is open; an exception from the block counts as a failure of the dependency, unless it
-        is the tenant's policy refusing the call (a rate limit, the budget, an allow-list) or a
-        cancellation (see :func:`~tenantflow.domain.breaker.record_outcome`).
-        """
-        breaker = self._runtime.breaker(name)
-        now = self._runtime.clock.now()
-        if not breaker.allow(now):
-            raise CircuitOpenError(
-                f"circuit {name!r} is open",
-                dependency=name,
-                retry_after_s=breaker.retry_after_s(now),
-            )
-        try:
-            yield
-        except BaseException as exc:
-            record_outcome(breaker, exc, self._runtime.clock.now())
-            raise
-        breaker.record_success(self._runtime.clock.now())
-
-    # -- for the gateway ----------------------------------------------------------------------
-
-    @property
-    def runtime(self) -> Runtime:
-        return self._runtime
-
-    def now_s(self) -> float:
-        return self._runtime.clock.now()
-
-    def next_call_index(self) -> int:
-        keyed = _IDENTITY.get()
-        if keyed:  # inside ``call_identity``: this call's index is its identity's
-            return keyed.pop()
-        self._calls += 1
-        return self._calls
 
     @asynccontextmanager
     async def call_identity(self, identity: str) -> AsyncIterator[int]:
@@ -275,98 +222,26 @@ class StepContext:
         order, so a re-executed attempt never repeats a paid call. The n-th call with the same
         identity in an attempt is a distinct call. Yields the record's index.
         """
-        index = await self._keyed_index(identity)
-        token = _IDENTITY.set([index])
-        try:
+        async with self.__scope.call_identity(identity) as index:
             yield index
-        finally:
-            _IDENTITY.reset(token)
 
-    async def _keyed_index(self, identity: str) -> int:
-        seen = self._seen.get(identity, 0) + 1
-        self._seen[identity] = seen
-        digest = hashlib.sha256(f"{identity}\x00{seen}".encode()).digest()
-        tag = digest[:12].hex()
-        start = int.from_bytes(digest[12:16], "big") % _KEYED_SLOTS
-        await self.recorded_call(0)  # loads the step's records
-        recorded = self._recorded or {}
-        for probe in range(_KEYED_SLOTS):  # open addressing: a hash collision takes the next
-            index = -1 - (start + probe) % _KEYED_SLOTS
-            found = recorded.get(index)
-            if found is not None:
-                # A reviewer's answer recorded for this index carries no tag.
-                if found[1].endswith(f"@{tag}") or "@" not in found[1]:
-                    return index
-                continue
-            if self._claimed.get(index, tag) == tag:
-                self._claimed[index] = tag
-                return index
-        raise RuntimeError("no free call index")  # 2**31 calls in one step: unreachable
+    @asynccontextmanager
+    async def circuit(self, name: str) -> AsyncIterator[None]:
+        """Guard a call to dependency ``name`` with its circuit breaker.
 
-    async def recorded_call(self, index: int) -> str | None:
-        if self._recorded is None:
-            self._recorded = await self._runtime.store.recorded_calls(
-                self.tenant_id, self.run_id, self.step
-            )
-        found = self._recorded.get(index)
-        return None if found is None else found[2]
+        Raises :class:`CircuitOpenError` at once, without running the block, while the breaker
+        is open; an exception from the block counts as a failure of the dependency, unless it
+        is the tenant's policy refusing the call (a rate limit, the budget, an allow-list) or a
+        cancellation (see :func:`~tenantflow.domain.breaker.record_outcome`).
+        """
+        async with self.__scope.circuit(name):
+            yield
 
-    async def write(self, op: Any) -> Any:
-        if isinstance(op, RecordCall) and op.index in self._claimed:
-            # A keyed record carries its identity's tag, so a colliding identity probes on.
-            op = replace(op, name=f"{op.name}@{self._claimed[op.index]}")
-        return await self._runtime.writer.write(op)
 
-    def log_event(self, kind: str, data: dict[str, Any]) -> None:
-        self.notes.append(NewEvent(kind, self.step, self.attempt, data))
-
-    async def note_decision(
-        self,
-        kind: str,
-        data: dict[str, Any],
-        *,
-        audit: AuditEntry | None = None,
-        usage: list[UsageDelta] | None = None,
-    ) -> None:
-        """Record a policy decision now, in the execution log and the audit log."""
-        await self.write(
-            Transition(
-                self.tenant_id,
-                self.run_id,
-                self.now_s(),
-                events=[NewEvent(kind, self.step, self.attempt, data)],
-                audit=[audit] if audit is not None else [],
-                usage=usage or [],
-            )
-        )
-
-    async def release_holds(self, key: str) -> None:
-        await self.write(ReleaseHolds(self.tenant_id, key, self.now_s()))
-
-    async def remaining_micros(self) -> int | None:
-        """What is left of the run's and the tenant's period money budget (None: unlimited)."""
-        policy = self.policy
-        b = policy.budget
-        now = self.now_s()
-        ledgers = {
-            row["scope"]: row
-            for row in await self._runtime.store.ledgers(self.tenant_id)
-            if row["unit"] == "micros" and row["scope"] in (self.budget_scope, "period")
-        }
-        left: list[int] = []
-        for scope, limit in ((self.budget_scope, b.run_micros), ("period", b.period_micros)):
-            if limit is None:
-                continue
-            row = ledgers.get(scope)
-            spent = reserved = 0
-            if row is not None:
-                reserved = int(row["reserved"])
-                stale = scope == "period" and budget_math.needs_reset(
-                    row["period_start"], now, b.period
-                )
-                spent = 0 if stale else int(row["spent"])
-            left.append(max(0, limit - spent - reserved))
-        return min(left) if left else None
+def attempt_scope(ctx: StepContext) -> AttemptScope:
+    """The engine's side of ``ctx``, for tenantflow's own SDK integrations
+    (:mod:`tenantflow.integrations`): its records, writes and registries. Not for step code."""
+    return ctx._StepContext__scope  # type: ignore[attr-defined,no-any-return]
 
 
 def child_answer(record: RunRecord) -> str:

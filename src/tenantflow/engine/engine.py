@@ -314,6 +314,8 @@ class Engine:
             for key, st in self.stores.items()
         }
         self.runtime = self.runtimes[DEFAULT_STORE]
+        for runtime in self.runtimes.values():  # one platform-wide bucket, not one per region
+            runtime.ledgers.platform = self.runtime.writer
         self.resync = Resync(self)  # a write that raised may have committed: reload its runs
         for runtime in self.runtimes.values():
             runtime.writer.on_failed = functools.partial(self.resync.failed, runtime)

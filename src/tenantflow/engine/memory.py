@@ -71,7 +71,7 @@ from tenantflow.ports import Clock, Store
 
 if TYPE_CHECKING:
     from tenantflow.engine.engine import Engine
-    from tenantflow.engine.runtime import Active, Runtime
+    from tenantflow.engine.execution.active import ActiveRun as Active
     from tenantflow.engine.tenants import TenantInfo
 
 __all__ = ["Memory", "MemoryView", "step_memory"]
@@ -240,20 +240,22 @@ class MemoryView:
 
 
 def step_memory(
-    runtime: Runtime, tenant_id: str, run: Active | None, idempotency_key: str
+    store: Store,
+    clock: Clock,
+    write: Callable[[Op], Awaitable[Any]],
+    tenant_id: str,
+    run: Active | None,
+    idempotency_key: str,
 ) -> MemoryView:
-    """``ctx.memory``: the run's tenant's memory in its region's store, written through the
-    runtime's writer, with the retention of the run's policy snapshot."""
-    store = runtime.store
+    """``ctx.memory``: the run's tenant's memory in its region's store, written through
+    ``write`` (the attempt's scoped sink), with the retention of the run's policy snapshot."""
 
     async def retention() -> timedelta | None:
         if run is not None and run.policy is not None:
             return run.policy.memory_retention
         return retention_of((await store.get_tenant(tenant_id)).policy_json)
 
-    binding = _Binding(
-        tenant_id, store, runtime.clock, runtime.writer.write, retention, idempotency_key
-    )
+    binding = _Binding(tenant_id, store, clock, write, retention, idempotency_key)
     return MemoryView(binding)
 
 

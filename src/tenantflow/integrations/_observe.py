@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+from tenantflow.engine.context import attempt_scope
 from tenantflow.observability.events import AgentRunFinished
 
 if TYPE_CHECKING:
@@ -18,8 +19,9 @@ __all__ = ["agent_run"]
 @asynccontextmanager
 async def agent_run(ctx: StepContext, agent: str, framework: str) -> AsyncIterator[None]:
     """Emit :class:`AgentRunFinished` when the block ends (an ``invoke_agent`` span)."""
-    observers = ctx.runtime.hooks.observers
-    started_s = ctx.now_s()
+    scope = attempt_scope(ctx)
+    observers = scope.observers
+    started_s = scope.now_s()
     error: BaseException | None = None
     try:
         yield
@@ -32,7 +34,7 @@ async def agent_run(ctx: StepContext, agent: str, framework: str) -> AsyncIterat
                 AgentRunFinished(
                     tenant_id=ctx.tenant_id,
                     run_id=ctx.run_id,
-                    at_s=ctx.now_s(),
+                    at_s=scope.now_s(),
                     step=ctx.step,
                     attempt=ctx.attempt,
                     agent=agent,

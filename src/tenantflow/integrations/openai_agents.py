@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.policy import usd_to_micros
 from tenantflow.domain.records import RecordCall
-from tenantflow.engine.gateway import Escalate, Tool, Tools
+from tenantflow.engine.context import attempt_scope
+from tenantflow.engine.gateway import Tool, Tools
+from tenantflow.engine.signals import Escalate
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
@@ -309,7 +311,7 @@ def gateway_tools(ctx: StepContext, names: Sequence[str] | None = None) -> list[
     """The engine's registered tools (of ``names``, or all) that the step's tenant may call, as
     SDK function tools that call them through the gateway (recorded by tool-call id). A tool the
     tenant may not call is not listed at all."""
-    registry = ctx.runtime.gateway.tools
+    registry = attempt_scope(ctx).services.gateway.tools
     policy = ctx.policy
     wanted = [t.name for t in registry] if names is None else list(names)
     found = []
@@ -353,7 +355,7 @@ def _governed_agent(ctx: StepContext, agent: Agent[Any], seen: dict[int, Agent[A
             " ('small', 'large'); the tenant's gateway picks the endpoint",
             agent=agent.name,
         )
-    registry = ctx.runtime.gateway.tools
+    registry = attempt_scope(ctx).services.gateway.tools
     tools: list[Any] = []
     for tool in agent.tools:
         if isinstance(tool, FunctionTool):
@@ -410,7 +412,7 @@ async def _run(
     while True:
         round_ += 1
         async with ctx.call_identity(f"sdk-state:{round_}") as index:
-            saved = await ctx.recorded_call(index)
+            saved = await attempt_scope(ctx).recorded_call(index)
         if saved is None:
             result = await Runner.run(
                 governed,
@@ -422,9 +424,17 @@ async def _run(
             if not result.interruptions:
                 return result.final_output
             saved = result.to_state().to_string()
-            await ctx.write(
+            scope = attempt_scope(ctx)
+            await scope.write(
                 RecordCall(
-                    ctx.tenant_id, ctx.run_id, ctx.step, index, "agent", "state", saved, ctx.now_s()
+                    ctx.tenant_id,
+                    ctx.run_id,
+                    ctx.step,
+                    index,
+                    "agent",
+                    "state",
+                    saved,
+                    scope.now_s(),
                 )
             )
         state = await RunState.from_string(governed, saved)
@@ -436,7 +446,7 @@ async def _run(
 async def _approved(ctx: StepContext, call_id: str, name: str, arguments: str) -> None:
     """Return if a reviewer approved the call; otherwise open a review and wait for it."""
     async with ctx.call_identity(f"sdk-approval:{call_id}:{name}:{arguments}") as index:
-        if await ctx.recorded_call(index) is not None:
+        if await attempt_scope(ctx).recorded_call(index) is not None:
             return  # approved: a rejection fails the step before it runs again
         raise Escalate(
             f"tool {name!r} needs approval",

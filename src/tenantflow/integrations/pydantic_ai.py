@@ -34,6 +34,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.policy import usd_to_micros
+from tenantflow.engine.context import attempt_scope
 from tenantflow.engine.gateway import Tool, Tools
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
@@ -249,7 +250,7 @@ class _Backend(JournalCallableOperationBackend[None]):
         tool_name, arguments, run_context = cache_key[0], cache_key[1], cache_key[2]
         assert isinstance(tool_name, str) and isinstance(arguments, dict)
         call_id = getattr(run_context, "tool_call_id", None) or ""
-        registry = ctx.runtime.gateway.tools
+        registry = attempt_scope(ctx).services.gateway.tools
         _register(registry, tool_name, "", None, 0.0)
         identity = f"pai-tool:{call_id}:{tool_name}:{json.dumps(arguments, sort_keys=True)}"
         token = _BODY.set(body)

@@ -14,6 +14,8 @@ import logging
 import math
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -206,6 +208,26 @@ class Context:
     workdir: Path | None = None
     progress: Callable[[str], None] = lambda text: None
     pg_restart: Sequence[str] | None = None
+    # Runs the tenantflow command line with these arguments and returns its output, raising
+    # RuntimeError on a non-zero exit. Given by the ``tenantflow selftest`` command (the
+    # command line in its own process); None runs the installed one in a subprocess. The
+    # selftest never imports the CLI itself: the CLI imports the selftest.
+    command_line: Callable[[Sequence[str]], str] | None = None
+
+    def run_cli(self, args: Sequence[str]) -> str:
+        """The output of ``tenantflow ARGS`` (see :attr:`command_line`).
+
+        Raises:
+            RuntimeError: the command exited non-zero (with the end of its output).
+        """
+        if self.command_line is not None:
+            return self.command_line(args)
+        command = [sys.executable, "-m", "tenantflow.cli.main", *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            output = done.stdout + done.stderr
+            raise RuntimeError(f"tenantflow {' '.join(args)}: {output[-300:]}")
+        return done.stdout
 
     def rng(self, name: str, repeat: int = 0) -> random.Random:
         """A random generator for ``name``, the same for the same seed (and repeat)."""

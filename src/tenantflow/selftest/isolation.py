@@ -477,7 +477,7 @@ def _canaries(ctx: Context, world: World, row: Row, portal: Portal) -> None:
         ),
     )
     for reader in tenants:
-        look(reader, _cli_views(world, reader), "the command line")
+        look(reader, _cli_views(ctx, world, reader), "the command line")
     metrics = portal.call(world.request("GET", "/metrics", world.admin)).text
     labels = [c for t in tenants for c in t.canaries if c in metrics]
     row.check(not labels, f"tenant data in metrics labels: {labels[:3]}")
@@ -497,13 +497,8 @@ async def _decide(world: World, who: Tenant, canary: str, approve: bool) -> None
         who.objects["review_id"] = items[0]["id"]
 
 
-def _cli_views(world: World, reader: Tenant) -> list[str]:
+def _cli_views(ctx: Context, world: World, reader: Tenant) -> list[str]:
     """What the command line shows the reader from the store."""
-    from typer.testing import CliRunner
-
-    from tenantflow.cli.main import app
-
-    runner = CliRunner()
     db = world.url
     commands = [
         ["runs", "list", "--tenant", reader.name, "--json"],
@@ -511,10 +506,4 @@ def _cli_views(world: World, reader: Tenant) -> list[str]:
         ["usage", "--tenant", reader.name, "--json"],
         ["audit", "log", "--tenant", reader.name],
     ]
-    out = []
-    for command in commands:
-        done = runner.invoke(app, ["--db", db, *command])
-        if done.exit_code != 0:
-            raise RuntimeError(f"tenantflow {' '.join(command)}: {done.output[-300:]}")
-        out.append(done.output)
-    return out
+    return [ctx.run_cli(["--db", db, *command]) for command in commands]

@@ -10,19 +10,15 @@ when it does not fit), the circuit breaker, then the call itself.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, overload
-
-from pydantic import BaseModel
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
-from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
-from tenantflow.domain.policy import Policy, RateLimit, usd_to_micros
+from tenantflow.domain.models import ModelRequest, ModelResponse
+from tenantflow.domain.policy import RateLimit
 from tenantflow.domain.records import NewEvent, RecordCall, Transition
 from tenantflow.domain.routing import Endpoint, select_endpoint
 from tenantflow.domain.tenancy import (
@@ -35,12 +31,14 @@ from tenantflow.domain.tenancy import (
     ThrottleRate,
     UsageDelta,
 )
+from tenantflow.engine.gateway.models import Models, response_from_json, response_to_json
+from tenantflow.engine.gateway.tools import Tool, Tools
+from tenantflow.engine.signals import Escalate, Pause, SkipStep
 from tenantflow.errors import (
     BudgetExceededError,
     CircuitOpenError,
     ConfigurationError,
     NotAllowedError,
-    NotFoundError,
     ProviderError,
     ProviderThrottledError,
     RateLimitedError,
@@ -50,209 +48,12 @@ from tenantflow.observability.events import Degraded, ModelCallFinished, ToolCal
 from tenantflow.ports import ModelProvider
 
 if TYPE_CHECKING:
-    from tenantflow.engine.context import StepContext
+    from tenantflow.ports import CallScope
 
-__all__ = [
-    "PLATFORM",
-    "AwaitChild",
-    "Escalate",
-    "Gateway",
-    "Models",
-    "Pause",
-    "SkipStep",
-    "Tool",
-    "Tools",
-    "response_from_json",
-]
-
-_F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
+__all__ = ["PLATFORM", "Gateway"]
 
 PLATFORM = "*"
 """The rate-limit bucket of limits shared by all tenants (never a tenant id: ids refuse ``*``)."""
-
-
-class _Signal(BaseException):
-    """Ends an attempt with a decision rather than an error (user code cannot swallow it)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class SkipStep(_Signal):
-    """The budget ladder skips this optional step."""
-
-
-class Escalate(_Signal):
-    """The budget ladder hands this call to a human reviewer."""
-
-    def __init__(self, reason: str, index: int, prompt: str) -> None:
-        super().__init__(reason)
-        self.index = index
-        self.prompt = prompt
-
-
-class Pause(_Signal):
-    """The budget ladder pauses the run until its budget allows it to go on."""
-
-
-class AwaitChild(_Signal):
-    """The step waits for child run ``run_id`` (a subagent) to end, holding no slot."""
-
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"waiting for child run {run_id}")
-        self.run_id = run_id
-
-
-@dataclass(slots=True)
-class Tool:
-    """A tool steps may call: typed input and output, a rate-limit resource, a price."""
-
-    name: str
-    fn: Callable[..., Awaitable[Any]]
-    input_model: type[BaseModel] | None = None
-    output_type: Any = Any
-    resource: str = ""
-    cost_micros: int = 0
-    description: str = ""
-    takes_key: bool = False
-    compensate: Callable[..., Awaitable[Any]] | None = None
-    """``async def (result, **arguments)``: undoes a call when its run fails or is cancelled."""
-    parameters: dict[str, Any] | None = None
-    """A JSON schema of the arguments, when there is no ``input_model`` (e.g. an MCP tool's)."""
-    explicit: bool = False
-    """Only tenants whose allow list names it may call it (``allowed_tools=None`` is not enough)."""
-
-    def allowed_for(self, policy: Policy) -> bool:
-        """Whether ``policy`` lets its tenant see and call this tool (fails closed if explicit)."""
-        if not policy.allows_tool(self.name):
-            return False
-        return not self.explicit or self.name in (policy.allowed_tools or ())
-
-    def schema(self) -> dict[str, Any]:
-        """The OpenAI tool-calling schema the model sees."""
-        params = (
-            self.input_model.model_json_schema()
-            if self.input_model is not None
-            else self.parameters or {"type": "object", "properties": {}}
-        )
-        return {
-            "type": "function",
-            "function": {"name": self.name, "description": self.description, "parameters": params},
-        }
-
-
-class Tools:
-    """The tools registered on an engine."""
-
-    def __init__(self) -> None:
-        self._tools: dict[str, Tool] = {}
-
-    @overload
-    def register(self, fn: _F, /) -> _F: ...
-
-    @overload
-    def register(
-        self,
-        fn: None = None,
-        /,
-        *,
-        name: str | None = None,
-        input: type[BaseModel] | None = None,
-        resource: str | None = None,
-        cost_usd: float = 0.0,
-        description: str | None = None,
-        compensate: Callable[..., Awaitable[Any]] | None = None,
-    ) -> Callable[[_F], _F]: ...
-
-    def register(
-        self,
-        fn: _F | None = None,
-        /,
-        *,
-        name: str | None = None,
-        input: type[BaseModel] | None = None,
-        resource: str | None = None,
-        cost_usd: float = 0.0,
-        description: str | None = None,
-        compensate: Callable[..., Awaitable[Any]] | None = None,
-    ) -> _F | Callable[[_F], _F]:
-        """Register an async tool (usable as a decorator). Its parameters are its arguments;
-        one named ``idempotency_key`` receives the call's stable key.
-
-        Args:
-            input: the arguments' pydantic model (validated before the call; also the schema
-                the model sees).
-            resource: the rate-limit resource (default ``tool:<name>``).
-            cost_usd: the price of a call, reserved before and settled after it.
-            compensate: ``async def (result, **arguments)`` undoing a completed call: when the
-                run fails or is cancelled, the calls it made are compensated, most recent first,
-                before the steps' own compensations (each recorded as ``tool.compensated`` or
-                ``tool.compensation_failed``).
-        """
-        if compensate is not None and not inspect.iscoroutinefunction(compensate):
-            raise ConfigurationError("a tool's compensation must be an async function")
-
-        def add(func: _F) -> _F:
-            registered = func  # keeps _F: the check below narrows ``func``
-            if not inspect.iscoroutinefunction(func):
-                raise ConfigurationError(f"tool {func.__name__!r} must be an async function")
-            tool_name = name or func.__name__
-            sig = inspect.signature(func)
-            hints = getattr(func, "__annotations__", {})
-            self._tools[tool_name] = Tool(
-                name=tool_name,
-                fn=func,
-                input_model=input,
-                output_type=hints.get("return", Any)
-                if isinstance(hints.get("return"), type)
-                else Any,
-                resource=resource or f"tool:{tool_name}",
-                cost_micros=usd_to_micros(cost_usd),
-                description=description or (inspect.getdoc(func) or "").split("\n")[0],
-                takes_key="idempotency_key" in sig.parameters,
-                compensate=compensate,
-            )
-            return registered
-
-        return add(fn) if fn is not None else add
-
-    def add(self, tool: Tool) -> None:
-        """Register a tool built elsewhere (e.g. one an MCP server provides)."""
-        if tool.name in self._tools:
-            raise ConfigurationError(f"tool {tool.name!r} is already registered")
-        self._tools[tool.name] = tool
-
-    def get(self, name: str) -> Tool:
-        tool = self._tools.get(name)
-        if tool is None:
-            raise NotFoundError(f"no tool named {name!r} is registered", kind="tool", id=name)
-        return tool
-
-    def __iter__(self) -> Any:
-        return iter(self._tools.values())
-
-
-@dataclass
-class Models:
-    """Model endpoints and the providers that serve them."""
-
-    endpoints: list[Endpoint] = field(default_factory=list)
-    providers: dict[str, ModelProvider] = field(default_factory=dict)
-
-    def add(self, endpoint: Endpoint, provider: ModelProvider) -> None:
-        """Serve ``endpoint`` through ``provider`` (one provider may serve many endpoints)."""
-        if any(e.name == endpoint.name for e in self.endpoints):
-            raise ConfigurationError(f"endpoint {endpoint.name!r} is already registered")
-        self.endpoints.append(endpoint)
-        self.providers[endpoint.name] = provider
-
-    async def close(self) -> None:
-        seen: set[int] = set()
-        for provider in self.providers.values():
-            if id(provider) not in seen:
-                seen.add(id(provider))
-                await provider.close()
 
 
 def _estimate_tokens(messages: Iterable[dict[str, Any]]) -> int:
@@ -280,7 +81,7 @@ class Gateway:
 
     # -- tools --------------------------------------------------------------------------------
 
-    async def call_tool(self, ctx: StepContext, name: str, args: dict[str, Any]) -> Any:
+    async def call_tool(self, ctx: CallScope, name: str, args: dict[str, Any]) -> Any:
         index = ctx.next_call_index()
         recorded = await ctx.recorded_call(index)
         tool = self.tools.get(name)
@@ -369,7 +170,7 @@ class Gateway:
 
     async def call_model(
         self,
-        ctx: StepContext,
+        ctx: CallScope,
         messages: list[dict[str, Any]],
         *,
         max_tokens: int,
@@ -390,10 +191,9 @@ class Gateway:
         policy = ctx.policy
         prompt_tokens = _estimate_tokens(messages)
         remaining = await ctx.remaining_micros()
-        runtime = ctx.runtime
 
         def healthy(name: str) -> bool:
-            b = runtime.breaker(f"model:{name}")
+            b = ctx.breaker(f"model:{name}")
             return b.state != "open" or b.retry_after_s(ctx.now_s()) <= 0
 
         try:
@@ -449,8 +249,8 @@ class Gateway:
             messages=tuple(messages),
             max_tokens=max_tokens,
             temperature=temperature,
-            tools=(  # a tool only its allow-listed tenants may call is not listed to others
-                *(
+            tools=(
+                *(  # a tool only its allow-listed tenants may call is not listed to others
                     tool.schema()
                     for tool in map(self.tools.get, tools)
                     if not tool.explicit or tool.allowed_for(policy)
@@ -460,7 +260,7 @@ class Gateway:
             idempotency_key=f"{ctx.idempotency_key}:{index}",
             stream=stream,
         )
-        breaker = runtime.breaker(resource)
+        breaker = ctx.breaker(resource)
         if not breaker.allow(ctx.now_s()):
             await ctx.release_holds(key)
             raise CircuitOpenError(
@@ -529,7 +329,7 @@ class Gateway:
                 index,
                 "model",
                 endpoint.name,
-                _response_to_json(response),
+                response_to_json(response),
                 ctx.now_s(),
             )
         )
@@ -556,7 +356,7 @@ class Gateway:
             UsageDelta("cost_micros", cost, f"model:{endpoint.model}"),
         ]
 
-    def _lines(self, ctx: StepContext, micros: int, tokens: int) -> list[LedgerLine]:
+    def _lines(self, ctx: CallScope, micros: int, tokens: int) -> list[LedgerLine]:
         b = ctx.policy.budget
         run_scope = ctx.budget_scope
         lines = [
@@ -568,7 +368,7 @@ class Gateway:
             lines.append(LedgerLine("period", "tokens", tokens, b.period_tokens, b.period))
         return lines
 
-    def _actual(self, ctx: StepContext, micros: int, tokens: int) -> dict[tuple[str, str], int]:
+    def _actual(self, ctx: CallScope, micros: int, tokens: int) -> dict[tuple[str, str], int]:
         run_scope = ctx.budget_scope
         return {
             (run_scope, "micros"): micros,
@@ -577,7 +377,7 @@ class Gateway:
             ("period", "tokens"): tokens,
         }
 
-    async def _reserve(self, ctx: StepContext, key: str, micros: int, tokens: int) -> None:
+    async def _reserve(self, ctx: CallScope, key: str, micros: int, tokens: int) -> None:
         result = await ctx.write(
             Reserve(ctx.tenant_id, key, self._lines(ctx, micros, tokens), ctx.now_s())
         )
@@ -591,7 +391,7 @@ class Gateway:
                 available=result.available,
             )
 
-    async def _rate(self, ctx: StepContext, resource: str) -> RateLimit | None:
+    async def _rate(self, ctx: CallScope, resource: str) -> RateLimit | None:
         """Take a cell of the tenant's bucket, then of the platform's, or raise RateLimitedError.
 
         Returns the tenant's limit applied (None: none), which a provider's 429 then lowers.
@@ -609,7 +409,7 @@ class Gateway:
         return limit
 
     async def _acquire(
-        self, ctx: StepContext, bucket: str, resource: str, limit: RateLimit, whose: str
+        self, ctx: CallScope, bucket: str, resource: str, limit: RateLimit, whose: str
     ) -> None:
         decision = await ctx.write(
             AcquireRate(bucket, resource, ctx.now_s(), limit.rate_per_s, limit.burst)
@@ -623,7 +423,7 @@ class Gateway:
 
     async def _degrade(
         self,
-        ctx: StepContext,
+        ctx: CallScope,
         exc: BudgetExceededError,
         remaining: int | None,
         index: int,
@@ -661,8 +461,8 @@ class Gateway:
 
     # -- observers (tenantflow.observability.events) ------------------------------------------
 
-    async def _run_tool(self, ctx: StepContext, tool: Tool, args: dict[str, Any]) -> Any:
-        observers = ctx.runtime.hooks.observers
+    async def _run_tool(self, ctx: CallScope, tool: Tool, args: dict[str, Any]) -> Any:
+        observers = ctx.observers
         if not observers:
             return await tool.fn(**args)
         started_s = ctx.now_s()
@@ -688,9 +488,9 @@ class Gateway:
             )
 
     async def _complete(
-        self, ctx: StepContext, endpoint: Endpoint, provider: ModelProvider, request: ModelRequest
+        self, ctx: CallScope, endpoint: Endpoint, provider: ModelProvider, request: ModelRequest
     ) -> ModelResponse:
-        observers = ctx.runtime.hooks.observers
+        observers = ctx.observers
         if not observers:
             return await provider.complete(request)
         started_s = ctx.now_s()
@@ -734,8 +534,8 @@ class Gateway:
                 )
             )
 
-    def _degraded(self, ctx: StepContext, action: str) -> None:
-        observers = ctx.runtime.hooks.observers
+    def _degraded(self, ctx: CallScope, action: str) -> None:
+        observers = ctx.observers
         if observers:
             observers.emit(
                 Degraded(
@@ -747,21 +547,3 @@ class Gateway:
                     action=action,
                 )
             )
-
-
-def _response_to_json(response: ModelResponse) -> str:
-    data = asdict(response)
-    return json.dumps(data)
-
-
-def response_from_json(text: str) -> ModelResponse:
-    data = json.loads(text)
-    calls = tuple(ToolCall(**c) for c in data.pop("tool_calls", []))
-    return ModelResponse(tool_calls=calls, **data)
-
-
-def human_response(text: str) -> str:
-    """The recorded 'model' answer a human reviewer gave in place of a model."""
-    return _response_to_json(
-        ModelResponse(text=text, tokens_in=0, tokens_out=0, model="human", finish_reason="human")
-    )

@@ -1,0 +1,487 @@
+"""A broker-shaped run driver: ready steps come from a message queue, not a dispatcher.
+
+:class:`BrokerDriver` runs workflows through the same parts as the embedded
+:class:`~tenantflow.engine.execution.driver.RunDriver` (the
+:class:`~tenantflow.engine.execution.executor.StepExecutor`, the decider in
+:mod:`tenantflow.domain.progress`, the :class:`~tenantflow.engine.gateway.Gateway`, the
+:class:`~tenantflow.engine.execution.saga.Saga`, the stores' fenced ops), but keeps no run in
+memory between deliveries and no scheduler: each ready step is a message on a
+:class:`~tenantflow.ports.DeliveryQueue` (e.g. :class:`tenantflow.testing.LoopbackBus`, later
+NATS JetStream). A delivery is handled as a mesh agent would: load the run from its tenant's
+store, claim the step (lease and fence stay in the store), execute, decide from the run as
+stored, write, publish the effects (a ready step is a publish, a backoff a delayed one), ack.
+
+A delivery is marked in progress while its attempt runs, so the broker redelivers only one whose
+consumer went away; a redelivered step that is still leased, or already done, is acked without
+running. Within one process the decision of a run is serialised by a per-run lock; several
+processes deciding one run's parallel branches need the store's run-level compare-and-set.
+
+Not driven here (yet): child runs (``ctx.delegate``), deciding reviews, pausing and resuming, and
+admission (every submitted run starts at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tenantflow.domain.breaker import CircuitBreaker
+from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.policy import Policy
+from tenantflow.domain.progress import (
+    Attempt,
+    Decision,
+    Enqueue,
+    EnqueueAfter,
+    Finish,
+    Requeue,
+    ReviewOpened,
+    StartUnwind,
+    on_awaiting_child,
+    on_failed,
+    on_paused,
+    on_rate_limited,
+    on_review_requested,
+    on_skipped,
+    on_succeeded,
+    plan_to_transition,
+)
+from tenantflow.domain.records import (
+    STALE,
+    TERMINAL_RUN,
+    CreateRun,
+    NewEvent,
+    RunRecord,
+    RunStatus,
+    StartAttempt,
+    StepRecord,
+    StepStatus,
+)
+from tenantflow.domain.run import advance
+from tenantflow.domain.spec import WorkflowSpec, child_key, parse_key
+from tenantflow.domain.tenancy import ReviewRecord, UsageDelta
+from tenantflow.engine.context import StepContext
+from tenantflow.engine.execution.active import ActiveRun
+from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
+from tenantflow.engine.execution.leases import LeaseKeeper
+from tenantflow.engine.execution.outcomes import (
+    AttemptOutcome,
+    AwaitingChild,
+    Cancelled,
+    Escalated,
+    Failed,
+    Paused,
+    RateLimited,
+    ReviewRequested,
+    Skipped,
+    Succeeded,
+)
+from tenantflow.engine.execution.saga import Saga
+from tenantflow.engine.execution.scope import AttemptScope, Ledgers, Services
+from tenantflow.engine.gateway import Gateway
+from tenantflow.engine.writer import Writer
+from tenantflow.errors import ConfigurationError, NotFoundError
+from tenantflow.observability.events import Observers
+from tenantflow.ports import Clock, Delivery, DeliveryQueue, Store
+
+__all__ = ["BrokerDriver"]
+
+log = logging.getLogger("tenantflow.engine")
+
+
+class BrokerDriver:
+    """Drives runs from a :class:`~tenantflow.ports.DeliveryQueue` (see the module doc).
+
+    Args:
+        stores: the region stores by region name; a tenant's data lives in the one holding its
+            tenant record.
+        home: the region whose store owns the platform's ledgers (its rate buckets).
+        bus: where ready steps are published and delivered from.
+        workflows: the workflows it runs, by name.
+        concurrency: deliveries handled at once.
+    """
+
+    def __init__(
+        self,
+        stores: Mapping[str, Store],
+        *,
+        home: str,
+        bus: DeliveryQueue,
+        clock: Clock,
+        gateway: Gateway,
+        workflows: Iterable[WorkflowSpec],
+        owner: str = "broker",
+        lease_s: float = 600.0,
+        concurrency: int = 8,
+        seed: int | None = None,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 30.0,
+    ) -> None:
+        self.stores = dict(stores)
+        self.bus = bus
+        self.clock = clock
+        self.gateway = gateway
+        self.specs = {spec.name: spec for spec in workflows}
+        self.owner = owner
+        self.lease_s = lease_s
+        self.writers = {region: Writer(store) for region, store in self.stores.items()}
+        self._home = self.writers[home]
+        self._rng = random.Random(seed)
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breaker_args = (breaker_failures, breaker_cooldown_s)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tenants: dict[str, tuple[str, Policy]] = {}
+        self._done: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._leases = [
+            LeaseKeeper(
+                sink=self.writers[region],
+                clock=clock,
+                store=store,
+                owner=owner,
+                lease_s=lease_s,
+                active={},
+            )
+            for region, store in self.stores.items()
+        ]
+        self.observers = Observers()
+        self.executor = StepExecutor(clock, self.breaker)
+        self.reviews_opened: list[ReviewRecord] = []
+        """Reviews opened by review steps (deciding them is not driven here)."""
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start consuming (the stores are opened and closed by their owner)."""
+        for writer in self.writers.values():
+            writer.start()
+        for keeper in self._leases:
+            self._spawn(keeper.heartbeat())
+        self._spawn(self._consume())
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in self.writers.values():
+            await writer.close()
+
+    async def __aenter__(self) -> BrokerDriver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- submission ---------------------------------------------------------------------------
+
+    async def submit(self, tenant: str, workflow: str, input: Any) -> str:
+        """Record a new run of ``workflow`` for ``tenant`` and publish its first steps."""
+        region, policy = await self._tenant(tenant)
+        spec = self.specs.get(workflow)
+        if spec is None:
+            raise NotFoundError(f"no workflow named {workflow!r}", kind="workflow", id=workflow)
+        value, input_json = contract_for(spec.input_type).check(
+            input, step="<input>", direction="input"
+        )
+        now = self.clock.now()
+        run_id = "run_" + secrets.token_hex(12)
+        pending = {s.name: StepStatus.PENDING for s in spec.steps}
+        plan = advance(spec, pending, {}, value, changed=None)
+        statuses = {**pending, **plan.statuses()}
+        record = await self.stores[region].get_tenant(tenant)
+        submitted = {
+            "workflow": spec.name,
+            "version": spec.version,
+            "lane": policy.default_lane,
+            "policy_version": record.policy_version,
+            "region": policy.region,
+        }
+        planned = plan_to_transition(spec, plan, {}, run_id=run_id, submission=True)
+        events = [NewEvent("run.submitted", None, None, submitted), *planned.events]
+        status = RunStatus.RUNNING if planned.run is None else planned.run.status
+        if planned.run is None:
+            events.append(NewEvent("run.started"))
+        run = RunRecord(
+            id=run_id,
+            tenant_id=tenant,
+            workflow=spec.name,
+            workflow_version=spec.version,
+            status=status,
+            input_json=input_json,
+            created_at=now,
+            updated_at=now,
+            lane=policy.default_lane,
+            result_json=None if planned.run is None else planned.run.result_json,
+            error=planned.error,
+            finished_at=now if status in TERMINAL_RUN else None,
+            meta={"policy_version": record.policy_version, "region": policy.region},
+        )
+        rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
+        await self.writers[region].write(CreateRun(run, rows, events))
+        self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
+        ready = list(plan.ready)
+        for key, n in plan.mapped:
+            ready.extend(child_key(key, i) for i in range(n))
+        self._publish(tenant, run_id, ready)
+        return run_id
+
+    async def wait(self, tenant: str, run_id: str) -> RunRecord:
+        """Wait until the run ends; its record as stored."""
+        region, _ = await self._tenant(tenant)
+        record = await self.stores[region].get_run(tenant, run_id)
+        if record.status not in TERMINAL_RUN:
+            done = self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
+            await asyncio.shield(done)
+            record = await self.stores[region].get_run(tenant, run_id)
+        return record
+
+    # -- deliveries ---------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while True:
+            await self._slots.acquire()
+            delivery = await self.bus.next()
+            if delivery is None:
+                self._slots.release()
+                return
+            self._spawn(self._deliver(delivery))
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        try:
+            await self._handle(delivery)
+        except Exception:  # the store failed: let the broker deliver it again
+            log.exception("delivery of %s failed", delivery.data)
+            delivery.nak(1.0)
+        finally:
+            self._slots.release()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        tenant, run_id, key = (str(delivery.data[k]) for k in ("tenant", "run", "key"))
+        region, policy = await self._tenant(tenant)
+        store, writer = self.stores[region], self.writers[region]
+        run = await self._load(store, tenant, run_id, policy)
+        if run is None or run.status != RunStatus.RUNNING:
+            delivery.ack()
+            return
+        now = self.clock.now()
+        lease = await writer.write(
+            StartAttempt(tenant, run_id, key, self.owner, now, now + self.lease_s)
+        )
+        if lease is None:  # not due, leased by another attempt, or settled: nothing to run
+            delivery.ack()
+            return
+        name, index = parse_key(key)
+        step = run.spec.step(name)
+        scope = AttemptScope(
+            run_id,
+            tenant,
+            run.spec.name,
+            key,
+            lease.attempt,
+            f"{run_id}:{key}",
+            self._services(region),
+            run,
+            optional=step.optional,
+        )
+        started = self.clock.now()
+        inp = AttemptInput(
+            run=run.view(started),
+            step=step,
+            key=key,
+            index=index,
+            ctx=StepContext(scope),
+            scope=scope,
+        )
+        keepalive = self._spawn(self._keep_alive(delivery))
+        try:
+            outcome: AttemptOutcome = await self.executor.execute(inp)
+        except asyncio.CancelledError as exc:
+            outcome = Cancelled(exc)
+        finally:
+            keepalive.cancel()
+        service_s = max(0.0, self.clock.now() - started)
+        scope.notes_usage = [UsageDelta("slot_seconds", service_s, name)]
+        att = Attempt(key, lease.fence, lease.attempt, scope.notes, scope.notes_usage)
+        async with self._locks.setdefault(run_id, asyncio.Lock()):
+            # Decide from the run as stored now: another branch may have settled meanwhile.
+            fresh = await self._load(store, tenant, run_id, policy)
+            if fresh is not None:
+                await self._decide(fresh, att, outcome, region)
+        delivery.ack()
+
+    async def _keep_alive(self, delivery: Delivery) -> None:
+        """Hold off redelivery while the attempt runs (its lease guards it in the store)."""
+        ack_wait_s = float(getattr(self.bus, "ack_wait_s", 30.0))
+        while True:
+            await self.clock.sleep(ack_wait_s / 3.0)
+            delivery.in_progress()
+
+    async def _decide(
+        self, run: ActiveRun, att: Attempt, outcome: AttemptOutcome, region: str
+    ) -> None:
+        view = run.view(self.clock.now())
+        decision: Decision
+        match outcome:
+            case Succeeded(value, output_json):
+                decision = on_succeeded(view, att, value, output_json)
+            case ReviewRequested(payload):
+                review_id = "rev_" + secrets.token_hex(10)
+                decision = on_review_requested(view, att, payload, review_id)
+            case RateLimited(_, resource, wait_s):
+                decision = on_rate_limited(view, att, resource, wait_s)
+            case Skipped(signal):
+                decision = on_skipped(view, att, signal.reason)
+            case Escalated(signal):
+                payload = {"reason": signal.reason, "prompt": signal.prompt[:4000]}
+                review_id = "rev_" + secrets.token_hex(10)
+                decision = on_review_requested(
+                    view,
+                    att,
+                    payload,
+                    review_id,
+                    kind="escalation",
+                    extra={"call_index": signal.index},
+                )
+            case Paused(signal):
+                decision = on_paused(view, att, signal.reason)
+            case AwaitingChild(signal):
+                decision = on_awaiting_child(view, att, signal.run_id, signal.reason)
+            case Failed(error):
+                decision = on_failed(view, att, error, jitter=self._rng.random)
+            case _:  # Cancelled: the run is being cancelled or compensated
+                decision = on_failed(view, att, None, jitter=self._rng.random)
+        await self._commit(run, decision, region)
+
+    async def _commit(self, run: ActiveRun, decision: Decision, region: str) -> None:
+        """Write the decision's ops, then publish its effects: the mirror updates are not
+        needed (the next delivery reads the run from the store)."""
+        result: Any = None
+        for op in decision.ops:
+            result = await self.writers[region].write(op)
+        effects = decision.if_stale if result is STALE else decision.effects
+        for effect in effects:
+            if isinstance(effect, Enqueue):
+                self._publish(run.tenant_id, run.id, effect.keys)
+            elif isinstance(effect, EnqueueAfter):
+                self._publish(run.tenant_id, run.id, [effect.key], delay_s=effect.delay_s)
+            elif isinstance(effect, Requeue):
+                self._publish(run.tenant_id, run.id, [effect.key])
+            elif isinstance(effect, StartUnwind):
+                run.status = RunStatus.COMPENSATING
+                await self._saga(region).unwind(run, cancel=False)
+            elif isinstance(effect, Finish):
+                self._finished(run.id)
+            elif isinstance(effect, ReviewOpened):
+                self.reviews_opened.append(effect.review)
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        b = self._breakers.get(name)
+        if b is None:
+            b = CircuitBreaker(name, *self._breaker_args)
+            self._breakers[name] = b
+        return b
+
+    def _services(self, region: str) -> Services:
+        return Services(
+            clock=self.clock,
+            store=self.stores[region],
+            ledgers=Ledgers(self.writers[region], self._home),
+            gateway=self.gateway,
+            breaker=self.breaker,
+            observers=self.observers,
+            start_child=self._no_children,
+            expect_child=lambda child, run, key: None,
+        )
+
+    def _saga(self, region: str) -> Saga:
+        def context_for(run: ActiveRun, step: str, attempt: int, key: str) -> StepContext:
+            scope = AttemptScope(
+                run.id,
+                run.tenant_id,
+                run.spec.name,
+                step,
+                attempt,
+                key,
+                self._services(region),
+                run,
+            )
+            return StepContext(scope)
+
+        return Saga(
+            sink=self.writers[region],
+            clock=self.clock,
+            store=self.stores[region],
+            tools=self.gateway.tools,
+            rng=self._rng,
+            active={},
+            spawn=self._spawn_named,
+            finish=lambda run, status, result: self._finished(run.id),
+            context_for=context_for,
+        )
+
+    async def _no_children(
+        self, parent: ActiveRun, key: str, index: int, workflow: str, task: str
+    ) -> str:
+        raise ConfigurationError(
+            "child runs (ctx.delegate) are not driven by the broker driver",
+            workflow=workflow,
+        )
+
+    async def _tenant(self, tenant: str) -> tuple[str, Policy]:
+        found = self._tenants.get(tenant)
+        if found is not None:
+            return found
+        for region, store in self.stores.items():
+            try:
+                record = await store.get_tenant(tenant)
+            except NotFoundError:
+                continue
+            policy = Policy.model_validate(
+                json.loads(record.policy_json), context={"known_regions": set(self.stores)}
+            )
+            self._tenants[tenant] = (region, policy)
+            return region, policy
+        raise NotFoundError(f"no tenant {tenant!r}", kind="tenant", id=tenant)
+
+    async def _load(
+        self, store: Store, tenant: str, run_id: str, policy: Policy
+    ) -> ActiveRun | None:
+        record = await store.get_run(tenant, run_id)
+        spec = self.specs.get(record.workflow)
+        if spec is None:
+            return None
+        run = ActiveRun.from_records(record, await store.get_steps(tenant, run_id), spec)
+        run.policy = policy
+        run.budget_run = record.meta.get("budget_run")
+        return run
+
+    def _publish(
+        self, tenant: str, run_id: str, keys: Iterable[str], *, delay_s: float = 0.0
+    ) -> None:
+        for key in keys:
+            self.bus.publish({"tenant": tenant, "run": run_id, "key": key}, delay_s=delay_s)
+
+    def _finished(self, run_id: str) -> None:
+        done = self._done.get(run_id)
+        if done is not None and not done.done():
+            done.set_result(None)
+        self._locks.pop(run_id, None)
+
+    def _spawn_named(self, coro: Any, name: str) -> None:
+        self._spawn(coro)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
