@@ -99,8 +99,11 @@ class Store(Protocol):
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        payloads: bool = True,
     ) -> list[RunRecord]:
-        """The tenant's runs, newest first; ``before`` is a run id cursor from a previous page."""
+        """The tenant's runs, newest first; ``before`` is a run id cursor from a previous page.
+        With ``payloads=False`` inputs and results are not read (``input_json`` is empty and
+        ``result_json`` None): lists that show neither stay cheap however big they are."""
         ...
 
     async def get_steps(self, tenant_id: str, run_id: str) -> list[StepRecord]: ...

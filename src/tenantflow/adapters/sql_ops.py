@@ -69,6 +69,11 @@ _RUN_COLS = (
     "id, tenant_id, workflow, workflow_version, status, input, created_at, updated_at, lane,"
     " state_version, state_hash, result, error, idempotency_key, parent_run_id, finished_at, meta"
 )
+# The same columns with the input and result left unread (a list that shows neither).
+_RUN_SUMMARY_COLS = (
+    "id, tenant_id, workflow, workflow_version, status, NULL, created_at, updated_at, lane,"
+    " state_version, state_hash, NULL, error, idempotency_key, parent_run_id, finished_at, meta"
+)
 _STEP_COLS = (
     "run_id, tenant_id, key, status, attempt, fence, owner, lease_expires_at, available_at,"
     " output, error, version, started_at, finished_at"
@@ -583,7 +588,7 @@ def _run_from_row(r: Sequence[Any]) -> RunRecord:
         workflow=r[2],
         workflow_version=r[3],
         status=RunStatus(r[4]),
-        input_json=r[5],
+        input_json=r[5] if r[5] is not None else b"",
         created_at=r[6],
         updated_at=r[7],
         lane=r[8],
@@ -632,8 +637,9 @@ def list_runs(
     workflow: str | None,
     limit: int,
     before: str | None,
+    payloads: bool = True,
 ) -> Gen[list[RunRecord]]:
-    sql = f"SELECT {_RUN_COLS} FROM runs WHERE tenant_id = ?"
+    sql = f"SELECT {_RUN_COLS if payloads else _RUN_SUMMARY_COLS} FROM runs WHERE tenant_id = ?"
     args: list[Any] = [tenant_id]
     if status is not None:
         sql += " AND status = ?"
@@ -642,9 +648,13 @@ def list_runs(
         sql += " AND workflow = ?"
         args.append(workflow)
     if before is not None:
-        cursor = yield from get_run(tenant_id, before)
+        cursor = yield from one(
+            "SELECT created_at FROM runs WHERE id = ? AND tenant_id = ?", before, tenant_id
+        )
+        if cursor is None:
+            raise NotFoundError(f"run {before!r} not found", kind="run", id=before)
         sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
-        args.extend([cursor.created_at, cursor.created_at, cursor.id])
+        args.extend([cursor[0], cursor[0], before])
     sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
     args.append(limit)
     found = yield from rows(sql, *args)

@@ -80,8 +80,9 @@ class SqlStore(ABC):
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        payloads: bool = True,
     ) -> list[RunRecord]:
-        query = sql_ops.list_runs(tenant_id, status, workflow, limit, before)
+        query = sql_ops.list_runs(tenant_id, status, workflow, limit, before, payloads)
         return await self._read(tenant_id, query)
 
     async def get_steps(self, tenant_id: str, run_id: str) -> list[StepRecord]:

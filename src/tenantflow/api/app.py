@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -45,6 +46,8 @@ def create_app(
     max_submissions: int = DEFAULT_MAX_SUBMISSIONS,
     setup: Sequence[Setup] = (),
     manage_engine: bool = True,
+    dashboard: bool | str = True,
+    session_ttl: timedelta = timedelta(minutes=30),
 ) -> FastAPI:
     """The REST API of ``engine``.
 
@@ -59,6 +62,9 @@ def create_app(
             be async): they register workflows, tools and models.
         manage_engine: start the engine with the app and close it at shutdown (False when the
             caller starts and closes it).
+        dashboard: serve the web dashboard at ``/ui`` (``app.state.dashboard``; docs/dashboard.md);
+            ``"read-only"`` serves it without any action that changes something.
+        session_ttl: how long a dashboard sign-in lasts.
 
     Returns:
         The app; serve it with any ASGI server (``tenantflow serve`` uses uvicorn).
@@ -106,6 +112,15 @@ def create_app(
         app.router.routes.append(
             Route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
         )
+    if dashboard not in (True, False, "read-only"):
+        raise ValueError("dashboard must be True, False or 'read-only'")
+    if dashboard:
+        from tenantflow.dashboard import create_dashboard
+
+        app.state.dashboard = create_dashboard(
+            engine, read_only=dashboard == "read-only", session_ttl=session_ttl
+        )
+        app.mount("/ui", app.state.dashboard)
     _describe_durations(app)
     # Added last = outermost: metrics see every answer, the guard's included.
     app.add_middleware(RequestGuard, max_body_bytes=max_body_bytes)

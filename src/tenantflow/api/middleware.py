@@ -7,7 +7,8 @@ A pure ASGI middleware (no per-request task or buffering), in front of routing:
 * a body over ``max_body_bytes`` is refused with 413: at once when ``Content-Length`` says so,
   else as soon as the streamed bytes pass the limit (a chunked body cannot slip through);
 * a body that is not JSON (``Content-Type`` other than ``application/json`` or ``+json``) is
-  refused with 415;
+  refused with 415 — except an HTML form (``application/x-www-form-urlencoded``) posted to the
+  dashboard under ``/ui/``;
 * an exception nothing else handled becomes a 500 with only the request id; the traceback
   goes to the log.
 """
@@ -31,6 +32,7 @@ logger = logging.getLogger("tenantflow.api")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+_FORMS = "/ui/"  # the dashboard's pages post HTML forms
 
 
 class BodyTooLarge(HTTPException):
@@ -45,6 +47,10 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
+
+
+def _is_form(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
 
 
 class RequestGuard:
@@ -76,7 +82,7 @@ class RequestGuard:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw_id)]
             await send(message)
 
-        refusal = self._refusal(scope["method"], headers)
+        refusal = self._refusal(scope["method"], headers, scope["path"])
         if refusal is not None:
             await refusal(scope, receive, send_with_id)
             return
@@ -99,7 +105,7 @@ class RequestGuard:
             if not started:
                 await internal_error_response(request_id)(scope, receive, send_with_id)
 
-    def _refusal(self, method: str, headers: Headers) -> ASGIApp | None:
+    def _refusal(self, method: str, headers: Headers, path: str) -> ASGIApp | None:
         length = headers.get("content-length")
         if length is not None:
             try:
@@ -119,7 +125,13 @@ class RequestGuard:
                     limit=self.max_body_bytes,
                 )
         has_body = (length is not None and length != "0") or "transfer-encoding" in headers
-        if method in _WITH_BODY and has_body and not _is_json(headers.get("content-type", "")):
+        content_type = headers.get("content-type", "")
+        if (
+            method in _WITH_BODY
+            and has_body
+            and not _is_json(content_type)
+            and not (path.startswith(_FORMS) and _is_form(content_type))
+        ):
             return error_response(
                 415,
                 "unsupported_media_type",

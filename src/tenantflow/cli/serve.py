@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -31,6 +32,7 @@ __all__ = ["load_app", "serve"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _WORKERS = ("embedded", "external")
+_DASHBOARD: dict[str, bool | str] = {"on": True, "read-only": "read-only", "off": False}
 
 
 def load_app(ref: str) -> Callable[[Engine], Any]:
@@ -89,6 +91,23 @@ def serve(
     log_level: Annotated[
         str, typer.Option("--log-level", help=f"One of {', '.join(_LOG_LEVELS)}.")
     ] = "info",
+    dashboard: Annotated[
+        str,
+        typer.Option(
+            "--dashboard",
+            metavar="on|read-only|off",
+            help="The web dashboard at /ui (docs/dashboard.md); read-only: no actions.",
+        ),
+    ] = "on",
+    session_minutes: Annotated[
+        float,
+        typer.Option(
+            "--session-minutes",
+            min=0.05,
+            max=1440,
+            help="How long a dashboard sign-in lasts, in minutes.",
+        ),
+    ] = 30,
     db: DbOption = None,
 ) -> None:
     """Serve the REST API (docs/api.md) with the engine executing runs in this process."""
@@ -96,6 +115,12 @@ def serve(
         if log_level.lower() not in _LOG_LEVELS:
             raise ConfigurationError(
                 f"--log-level must be one of {', '.join(_LOG_LEVELS)}", field="log_level"
+            )
+        if dashboard not in _DASHBOARD:
+            raise ConfigurationError(
+                f"--dashboard must be one of {', '.join(_DASHBOARD)}",
+                field="dashboard",
+                value=dashboard,
             )
         if workers not in _WORKERS:
             raise ConfigurationError(
@@ -122,6 +147,13 @@ def serve(
         )
         registry = CollectorRegistry()
         observe(engine, traces, registry)
-        api = create_app(engine, registry=registry, setup=setups, max_body_bytes=max_body_bytes)
+        api = create_app(
+            engine,
+            registry=registry,
+            setup=setups,
+            max_body_bytes=max_body_bytes,
+            dashboard=_DASHBOARD[dashboard],
+            session_ttl=timedelta(minutes=session_minutes),
+        )
         if not run(api, host=host, port=port, log_level=log_level.lower()):
             raise typer.Exit(1)

@@ -730,11 +730,13 @@ class Engine:
         workflow: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        payloads: bool = True,
     ) -> list[RunRecord]:
+        """The tenant's runs, newest first (``payloads=False``: inputs and results not read)."""
         if not 1 <= limit <= 1000:
             raise ConfigurationError("limit must be within 1..1000", field="limit", value=limit)
         return await self.store_for_tenant(check_tenant(tenant)).list_runs(
-            tenant, status=status, workflow=workflow, limit=limit, before=before
+            tenant, status=status, workflow=workflow, limit=limit, before=before, payloads=payloads
         )
 
     async def steps(self, tenant: str, run_id: str) -> list[StepRecord]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import (
@@ -58,8 +59,7 @@ NEVER_RETRY = (NotAllowedError, NotFoundError, SpecError)
 # -- inputs ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunView:
+class RunView(NamedTuple):
     """What the decider reads of a run.
 
     The mappings are read-only views of the caller's mirror: they must not change while a
@@ -90,8 +90,7 @@ class RunView:
         return int(plan["version"]) - 1 if isinstance(plan, dict) else 0
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """The attempt whose outcome is decided: its step key, fencing token and number, and the
     notes (log events) and usage it produced, committed with its outcome."""
 
@@ -102,21 +101,23 @@ class Attempt:
     usage: Sequence[UsageDelta] = ()
 
 
+_NOTHING: Mapping[str, Any] = MappingProxyType({})  # a shared empty default (no allocation)
+
+
 # -- outputs -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MirrorUpdate:
+class MirrorUpdate(NamedTuple):
     """What the run's mirror learns once the decision's ops committed."""
 
-    statuses: Mapping[str, StepStatus] = field(default_factory=dict)
-    outputs: Mapping[str, Any] = field(default_factory=dict)
-    jsons: Mapping[str, bytes] = field(default_factory=dict)
-    children: Mapping[str, int] = field(default_factory=dict)
-    versions: Mapping[str, int | None] = field(default_factory=dict)
+    statuses: Mapping[str, StepStatus] = _NOTHING
+    outputs: Mapping[str, Any] = _NOTHING
+    jsons: Mapping[str, bytes] = _NOTHING
+    children: Mapping[str, int] = _NOTHING
+    versions: Mapping[str, int | None] = _NOTHING
     version_of: str | None = None
     """Record the last op's result (the state version it wrote) as this key's version."""
-    deferrals: Mapping[str, int] = field(default_factory=dict)
+    deferrals: Mapping[str, int] = _NOTHING
     progressed: bool = False
     error: str | None = None
     status: RunStatus | None = None
@@ -169,8 +170,7 @@ class ReviewOpened:
 Effect = MirrorUpdate | Enqueue | EnqueueAfter | Requeue | StartUnwind | Finish | ReviewOpened
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """Ops to write in order, and the effects to apply once the last one committed.
 
     ``if_stale`` replaces ``effects`` when the last op was refused as STALE (the attempt's
@@ -179,7 +179,7 @@ class Decision:
 
     ops: list[Any]
     effects: list[Effect]
-    if_stale: list[Effect] = field(default_factory=list)
+    if_stale: Sequence[Effect] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +309,9 @@ def plan_effects(run: RunView, plan: Plan, outputs: Mapping[str, Any]) -> list[E
     effects: list[Effect] = [
         MirrorUpdate(
             statuses=plan.statuses(),
-            children=dict(plan.mapped),
-            outputs=gathered,
-            jsons={key: b"[]" for key in plan.gathered},
+            children=dict(plan.mapped) if plan.mapped else _NOTHING,
+            outputs=gathered or _NOTHING,
+            jsons={key: b"[]" for key in plan.gathered} if gathered else _NOTHING,
         )
     ]
     if any(not run.spec.step(k).optional for k, _ in plan.failed):

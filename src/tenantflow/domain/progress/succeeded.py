@@ -49,13 +49,9 @@ def on_succeeded(run: RunView, att: Attempt, value: Any, output_json: bytes) -> 
     statuses[key] = StepStatus.SUCCEEDED
     plan = Plan()
     planned: Planned | None = None
-    mirror: dict[str, Any] = {
-        "statuses": {key: StepStatus.SUCCEEDED},
-        "outputs": {key: value},
-        "jsons": {key: output_json},
-        "progressed": True,
-        "version_of": key if index is None else None,
-    }
+    done_statuses = {key: StepStatus.SUCCEEDED}
+    done_outputs: dict[str, Any] = {key: value}
+    done_jsons = {key: output_json}
     settled: str | None = key
     if index is not None:
         n = run.children[step.name]
@@ -80,18 +76,25 @@ def on_succeeded(run: RunView, att: Attempt, value: Any, output_json: bytes) -> 
             gathered = [
                 value if i == index else run.outputs[child_key(step.name, i)] for i in range(n)
             ]
-            mirror["statuses"][step.name] = StepStatus.SUCCEEDED
-            mirror["outputs"][step.name] = gathered
-            mirror["jsons"][step.name] = gathered_json
+            done_statuses[step.name] = StepStatus.SUCCEEDED
+            done_outputs[step.name] = gathered
+            done_jsons[step.name] = gathered_json
     if settled is not None and run.status == RunStatus.RUNNING:
-        trial = {**run.outputs, **mirror["outputs"]}
+        trial = {**run.outputs, **done_outputs}
         plan = advance(run.spec, statuses, trial, run.input, changed=[settled])
         planned = plan_to_transition(run.spec, plan, trial, run_id=run.id)
         merge(then, planned)
     delta = delta_bytes(key, output_json) if index is None else None
     op = FinishAttempt(run.tenant_id, run.id, key, att.fence, run.now, output_json, delta, then)
-    update = MirrorUpdate(error=planned.error if planned else None, **mirror)
-    effects: list[Effect] = [update, *plan_effects(run, plan, mirror["outputs"])]
+    update = MirrorUpdate(
+        statuses=done_statuses,
+        outputs=done_outputs,
+        jsons=done_jsons,
+        version_of=key if index is None else None,
+        progressed=True,
+        error=planned.error if planned else None,
+    )
+    effects: list[Effect] = [update, *plan_effects(run, plan, done_outputs)]
     return Decision([op], effects, [Requeue(key)])
 
 

@@ -19,7 +19,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from tenantflow.domain.breaker import CircuitBreaker
@@ -366,7 +366,7 @@ class RunDriver:
             result = await self.writer.write(op)
         if isinstance(result, BaseException):
             raise result
-        effects = decision.effects
+        effects: Sequence[Effect] = decision.effects
         if result is STALE:
             last = decision.ops[-1]
             if isinstance(last, FinishAttempt):
@@ -378,14 +378,20 @@ class RunDriver:
 
     def _apply(self, run: ActiveRun, effect: Effect, result: Any) -> None:
         if isinstance(effect, MirrorUpdate):
-            run.statuses.update(effect.statuses)
-            run.outputs.update(effect.outputs)
-            run.jsons.update(effect.jsons)
-            run.children.update(effect.children)
-            run.versions.update(effect.versions)
+            if effect.statuses:
+                run.statuses.update(effect.statuses)
+            if effect.outputs:
+                run.outputs.update(effect.outputs)
+            if effect.jsons:
+                run.jsons.update(effect.jsons)
+            if effect.children:
+                run.children.update(effect.children)
+            if effect.versions:
+                run.versions.update(effect.versions)
             if effect.version_of is not None:
                 run.versions[effect.version_of] = result
-            run.deferrals.update(effect.deferrals)
+            if effect.deferrals:
+                run.deferrals.update(effect.deferrals)
             if effect.progressed:
                 run.progressed = True
             if effect.error is not None:

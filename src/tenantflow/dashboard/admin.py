@@ -1,0 +1,229 @@
+"""The control plane, for admin keys: tenants and their policies, their keys, and fairness now.
+
+An admin sees policies, keys (never their secrets, except a new one once) and counts; never a
+tenant's runs, inputs, outputs or reviews: those pages need the tenant's own key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from tenantflow.api.auth import actor_of
+from tenantflow.dashboard.web import AdminSession, Form, engine_of, read_form, redirect, render
+from tenantflow.domain.fairness import max_min_shares
+from tenantflow.engine.engine import Engine
+from tenantflow.errors import ConfigurationError
+from tenantflow.observability.metrics import fairness_index
+
+__all__ = ["POLICY_FIELDS", "TENANTS_PAGE", "router"]
+
+router = APIRouter(prefix="/admin")
+
+POLICY_FIELDS: dict[str, type] = {
+    "weight": float,
+    "max_active_runs": int,
+    "max_running_steps": int,
+    "guaranteed_slots": int,
+}
+"""The policy fields the tenant form edits (the REST API and CLI change any)."""
+
+
+def _policy_form(form: Form) -> dict[str, Any]:
+    """The policy fields filled in on ``form``, converted (blank ones are left unchanged)."""
+    out: dict[str, Any] = {}
+    for name, kind in POLICY_FIELDS.items():
+        raw = (form.get(name) or "").strip()
+        if not raw:
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"{name} must be a number", field=name, value=raw[:50]
+            ) from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigurationError(f"{name} must be finite", field=name, value=raw[:50])
+        out[name] = value
+    region = (form.get("region") or "").strip()
+    if region:
+        out["region"] = region
+    return out
+
+
+TENANTS_PAGE = 100
+
+
+@router.get("/tenants", response_class=HTMLResponse)
+async def tenants(
+    request: Request,
+    session: AdminSession,
+    cursor: Annotated[str, Query(max_length=64)] = "",
+) -> HTMLResponse:
+    """Tenants by id, a page at a time (``cursor``: the last id of the previous page)."""
+    found = engine_of(request).tenants.list()
+    if cursor:
+        found = [t for t in found if t.id > cursor]
+    page = found[:TENANTS_PAGE]
+    more = len(found) > TENANTS_PAGE
+    return render(
+        request,
+        "admin_tenants.html",
+        tenants=page,
+        next_cursor=page[-1].id if more else None,
+        cursor=cursor,
+    )
+
+
+@router.post("/tenants", response_model=None)
+async def create_tenant(request: Request, session: AdminSession) -> RedirectResponse:
+    form = await read_form(request, session)
+    tenant_id = (form.get("id") or "").strip()
+    tier = (form.get("tier") or "standard").strip()
+    await engine_of(request).tenants.create(
+        tenant_id, tier=tier, actor=actor_of(session.principal), **_policy_form(form)
+    )
+    return redirect(f"/ui/admin/tenants/{tenant_id}")
+
+
+async def _tenant_page(
+    request: Request, tenant_id: str, status_code: int = 200, **extra: Any
+) -> HTMLResponse:
+    engine = engine_of(request)
+    info = await engine.tenants.get(tenant_id)
+    keys = await engine.keys.list(tenant_id)
+    return render(
+        request,
+        "admin_tenant.html",
+        status_code,
+        tenant=info,
+        keys=keys,
+        fields=list(POLICY_FIELDS),
+        **{"secret": None, "confirm_delete": False, **extra},
+    )
+
+
+@router.get("/tenants/{tenant_id}", response_class=HTMLResponse)
+async def tenant(request: Request, session: AdminSession, tenant_id: str) -> HTMLResponse:
+    return await _tenant_page(request, tenant_id)
+
+
+@router.post("/tenants/{tenant_id}", response_model=None)
+async def update_tenant(
+    request: Request, session: AdminSession, tenant_id: str
+) -> RedirectResponse:
+    form = await read_form(request, session)
+    await engine_of(request).tenants.update(
+        tenant_id, actor=actor_of(session.principal), **_policy_form(form)
+    )
+    return redirect(f"/ui/admin/tenants/{tenant_id}")
+
+
+@router.post("/tenants/{tenant_id}/delete", response_model=None)
+async def delete_tenant(
+    request: Request, session: AdminSession, tenant_id: str
+) -> HTMLResponse | RedirectResponse:
+    """First post: asks for confirmation; the confirmed post deletes (409 while runs are open)."""
+    form = await read_form(request, session)
+    if form.get("confirm") != "yes":
+        return await _tenant_page(request, tenant_id, confirm_delete=True)
+    await engine_of(request).tenants.delete(tenant_id, actor=actor_of(session.principal))
+    return redirect("/ui/admin/tenants")
+
+
+@router.post("/tenants/{tenant_id}/keys", response_class=HTMLResponse)
+async def create_key(request: Request, session: AdminSession, tenant_id: str) -> HTMLResponse:
+    """A new key; its secret is on this answer only (never stored, never shown again)."""
+    form = await read_form(request, session)
+    engine = engine_of(request)
+    await engine.tenants.get(tenant_id)
+    name = (form.get("name") or "default").strip()
+    _, secret = await engine.keys.create(tenant_id, name=name, actor=actor_of(session.principal))
+    response = await _tenant_page(request, tenant_id, 201, secret=secret)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/tenants/{tenant_id}/keys/{key_id}/rotate", response_class=HTMLResponse)
+async def rotate_key(
+    request: Request, session: AdminSession, tenant_id: str, key_id: str
+) -> HTMLResponse:
+    """Revoke the key and create its successor; the new secret is on this answer only."""
+    await read_form(request, session)
+    engine = engine_of(request)
+    await engine.tenants.get(tenant_id)
+    _, secret = await engine.keys.rotate(tenant_id, key_id, actor=actor_of(session.principal))
+    response = await _tenant_page(request, tenant_id, secret=secret)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@router.post("/tenants/{tenant_id}/keys/{key_id}/revoke", response_model=None)
+async def revoke_key(
+    request: Request, session: AdminSession, tenant_id: str, key_id: str
+) -> RedirectResponse:
+    await read_form(request, session)
+    engine = engine_of(request)
+    await engine.tenants.get(tenant_id)
+    await engine.keys.revoke(tenant_id, key_id, actor=actor_of(session.principal))
+    return redirect(f"/ui/admin/tenants/{tenant_id}")
+
+
+def fairness_rows(engine: Engine) -> tuple[float, list[dict[str, Any]], int, int]:
+    """Jain's index now, and per busy tenant: running and queued steps, weight, cap, fair
+    share of the slots (weighted max-min, as the index uses); plus slots used and total."""
+    dispatcher = engine.dispatcher
+    running = dict(dispatcher.running_by)
+    queued = dict(dispatcher.queued_by)
+    demand: dict[str, float] = {}
+    weight: dict[str, float] = {}
+    cap: dict[str, float] = {}
+    for tenant_id in running.keys() | queued.keys():
+        if running.get(tenant_id, 0) + queued.get(tenant_id, 0) == 0:
+            continue
+        demand[tenant_id] = float(running.get(tenant_id, 0) + queued.get(tenant_id, 0))
+        info = engine.tenants.cached(tenant_id)
+        weight[tenant_id] = info.policy.weight if info else 1.0
+        cap[tenant_id] = float(info.policy.max_running_steps) if info else math.inf
+    slots = dispatcher.scheduler.slots
+    shares = max_min_shares(demand, weight, cap, float(slots)) if demand else {}
+    rows = [
+        {
+            "tenant": t,
+            "running": running.get(t, 0),
+            "queued": queued.get(t, 0),
+            "weight": weight[t],
+            "cap": cap[t],
+            "share": shares.get(t, 0.0),
+        }
+        for t in sorted(demand, key=lambda t: (-running.get(t, 0), t))
+    ]
+    index = fairness_index(engine, running, queued)
+    return index, rows, dispatcher.scheduler.total_running, slots
+
+
+@router.get("/fairness", response_class=HTMLResponse)
+async def fairness(request: Request, session: AdminSession) -> HTMLResponse:
+    """Who holds the slots now, against each tenant's fair share, and Jain's index."""
+    engine = engine_of(request)
+    index, rows, used, slots = fairness_rows(engine)
+    placement = {
+        "mode": {None: "embedded", "front": "front for workers", "worker": "worker"}.get(
+            engine.cluster, str(engine.cluster)
+        ),
+        "stores": sorted(engine.stores),
+        "runs_active": engine.admission.total_active,
+        "runs_queued": engine.admission.total_queued,
+    }
+    return render(
+        request,
+        "admin_fairness.html",
+        index=index,
+        rows=rows[:500],
+        used=used,
+        slots=slots,
+        placement=placement,
+    )
