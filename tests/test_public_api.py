@@ -15,6 +15,7 @@ EXPECTED = {
     "ContractError",
     "Endpoint",
     "Engine",
+    "EngineConfig",
     "EventRecord",
     "Failure",
     "ModelRequest",

@@ -11,7 +11,7 @@ applications, latencies and reviewer decisions in both variants:
 * **with controls** — every institution's policy: fair scheduling by weight with running-step
   caps, per-tenant active-run caps and queues, per-tenant bureau quotas, reviewer queues isolated
   per tenant;
-* **without** — ``Engine(controls=False)``: one shared FIFO, no caps, only the bureau's
+* **without** — ``EngineConfig(controls=False)``: one shared FIFO, no caps, only the bureau's
   platform-wide quota, reviewers working one queue in arrival order. Budgets, residency and
   allow-lists are hard rules and hold in both.
 

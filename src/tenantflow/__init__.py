@@ -32,6 +32,7 @@ from tenantflow.errors import (
 )
 
 if TYPE_CHECKING:
+    from tenantflow.adapters import open_store
     from tenantflow.domain.agent import Agent, AgentResult
     from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
     from tenantflow.domain.policy import Policy, RateLimit
@@ -41,8 +42,9 @@ if TYPE_CHECKING:
     from tenantflow.domain.routing import Endpoint
     from tenantflow.domain.spec import Retry
     from tenantflow.domain.state import Change
+    from tenantflow.engine.config import EngineConfig
     from tenantflow.engine.context import StepContext
-    from tenantflow.engine.engine import Engine, RunHandle, StateVersion, open_store
+    from tenantflow.engine.engine import Engine, RunHandle, StateVersion
     from tenantflow.workflow import Workflow
 
 # The rest of the public API is imported on first use (PEP 562): ``import tenantflow`` (and so
@@ -54,6 +56,7 @@ _LAZY = {
     "Change": "tenantflow.domain.state",
     "Endpoint": "tenantflow.domain.routing",
     "Engine": "tenantflow.engine.engine",
+    "EngineConfig": "tenantflow.engine.config",
     "EventRecord": "tenantflow.domain.records",
     "Failure": "tenantflow.domain.revision",
     "ModelRequest": "tenantflow.domain.models",
@@ -72,7 +75,7 @@ _LAZY = {
     "StepStatus": "tenantflow.domain.records",
     "ToolCall": "tenantflow.domain.models",
     "Workflow": "tenantflow.workflow",
-    "open_store": "tenantflow.engine.engine",
+    "open_store": "tenantflow.adapters",
 }
 
 
@@ -106,6 +109,7 @@ __all__ = [
     "ContractError",
     "Endpoint",
     "Engine",
+    "EngineConfig",
     "EventRecord",
     "Failure",
     "ModelRequest",

@@ -34,7 +34,7 @@ class Settings:
 
     Args:
         database_url: the store URL, ``sqlite:///path/to/file.db`` or ``memory://``; which
-            schemes are supported is decided by :func:`tenantflow.engine.engine.open_store`.
+            schemes are supported is decided by :func:`tenantflow.adapters.open_store`.
         app: what ``tenantflow serve`` loads: ``module:function`` references, comma-separated;
             each function is called with the engine and registers workflows, tools and models.
         url: a tenantflow server (``http://host:port``) for the command line to talk to

@@ -145,7 +145,7 @@ async def test_keys_are_managed_while_an_engine_runs_on_the_database(tmp_path: P
         await asyncio.to_thread(ok, url, tmp_path, "keys", "revoke", made["id"], "-t", "acme")
         # This engine still trusts its cached verification for up to its TTL; a check that
         # reads the store sees the revocation at once.
-        fresh = ApiKeys(engine, cache_ttl=timedelta(0))
+        fresh = ApiKeys(engine.router, engine.clock, cache_ttl=timedelta(0))
         with pytest.raises(tf.AuthenticationError, match="invalid API key"):
             await fresh.authenticate(made["secret"])
         actions = [r.action for r in await engine.audit_log("acme")]

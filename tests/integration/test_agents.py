@@ -67,7 +67,9 @@ def researcher(
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tf.Engine]:
-    async with tf.Engine(SqliteStore(tmp_path / "agents.db"), slots=8, seed=5) as eng:
+    async with tf.Engine(
+        SqliteStore(tmp_path / "agents.db"), tf.EngineConfig(slots=8, seed=5)
+    ) as eng:
         yield eng
 
 

@@ -21,6 +21,7 @@ import pytest
 
 import tenantflow as tf
 from tenantflow.domain.cluster import assign, owners
+from tenantflow.placement.centralized import open_front, open_worker
 
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
@@ -69,7 +70,8 @@ def review_workflow() -> tf.Workflow:
 
 
 def engine(url: str, role: str, executed: Counter[str], gate: asyncio.Event) -> tf.Engine:
-    e = tf.Engine.open(url, cluster=role, lease=LEASE, slots=8)  # type: ignore[arg-type]
+    place = {"front": open_front, "worker": open_worker}[role]
+    e = place(url, lease=LEASE, slots=8)
     e.register(steps_workflow(executed, gate))
     e.register(review_workflow())
     return e

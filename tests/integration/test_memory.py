@@ -23,7 +23,7 @@ CANARY = "zebrafish"
 
 @pytest.fixture
 async def engine() -> AsyncIterator[tf.Engine]:
-    async with tf.Engine(MemoryStore(), slots=8, seed=1) as eng:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=8, seed=1)) as eng:
         await eng.tenants.create("bank-a", tier="standard")
         await eng.tenants.create("bank-b", tier="standard")
         yield eng
@@ -189,7 +189,9 @@ async def test_a_document_added_by_a_retried_step_is_stored_once(engine: tf.Engi
 
 async def test_a_region_tenants_memory_lives_in_its_region_store() -> None:
     eu_store = MemoryStore()
-    async with tf.Engine(MemoryStore(), region="us-east-1", regions={"eu-west-1": eu_store}) as e:
+    async with tf.Engine(
+        MemoryStore(), tf.EngineConfig(region="us-east-1"), regions={"eu-west-1": eu_store}
+    ) as e:
         await e.tenants.create("gdpr-bank", tier="standard", region="eu-west-1")
         await e.tenants.create("us-bank", tier="standard", region="us-east-1")
         seen: dict[str, Any] = {}
@@ -230,7 +232,9 @@ async def test_memory_is_written_without_executing_next_to_a_running_engine(
     url = f"sqlite:///{tmp_path / 'm.db'}"
     async with tf.Engine.open(url) as running:
         await running.tenants.create("bank-a", tier="standard")
-        async with tf.Engine(SqliteStore(tmp_path / "m.db"), execute=False) as side:
+        async with tf.Engine(
+            SqliteStore(tmp_path / "m.db"), tf.EngineConfig(execute=False)
+        ) as side:
             entry = await side.memory.put("bank-a", "from-the-side", [1, 2])
             await side.memory.add_document("bank-a", "written beside a server")
         assert entry.version == 1

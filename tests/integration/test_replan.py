@@ -25,7 +25,8 @@ class Quote(BaseModel):
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[tf.Engine]:
     async with tf.Engine(
-        SqliteStore(tmp_path / "replan.db"), slots=4, seed=2, auto_tenant="enterprise"
+        SqliteStore(tmp_path / "replan.db"),
+        tf.EngineConfig(slots=4, seed=2, auto_tenant="enterprise"),
     ) as eng:
         yield eng
 
@@ -211,7 +212,9 @@ async def test_a_replacement_survives_a_restart(tmp_path: Path) -> None:
         return Revision(reason="use the spare", replace={"primary": "spare"})
 
     def open_engine() -> tf.Engine:
-        engine = tf.Engine(SqliteStore(db), auto_tenant="enterprise", lease=timedelta(seconds=1))
+        engine = tf.Engine(
+            SqliteStore(db), tf.EngineConfig(auto_tenant="enterprise", lease=timedelta(seconds=1))
+        )
         engine.register(wf)
         return engine
 

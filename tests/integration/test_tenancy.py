@@ -60,7 +60,7 @@ def provider(seed: int = 0, out: int = 100) -> SimulatedProvider:
 
 @pytest.fixture
 async def engine() -> AsyncIterator[tf.Engine]:
-    async with tf.Engine(MemoryStore(), slots=16, seed=3) as eng:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=16, seed=3)) as eng:
         yield eng
 
 
@@ -104,7 +104,7 @@ async def test_unknown_tenants_are_refused_without_auto_registration(engine: tf.
 
 
 async def test_active_run_cap_queues_per_tenant_and_backpressure_refuses() -> None:
-    async with tf.Engine(MemoryStore(), slots=16, max_queued_runs=3) as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=16, max_queued_runs=3)) as engine:
         gate, started = asyncio.Event(), []
         engine.register(blocking_workflow(gate, started))
         await engine.tenants.create("busy", tier="standard", max_active_runs=2)
@@ -208,10 +208,8 @@ async def test_eu_tenant_never_leaves_the_eu() -> None:
     eu_store = MemoryStore()
     async with tf.Engine(
         MemoryStore(),
-        region="us-east-1",
+        tf.EngineConfig(region="us-east-1", breaker_failures=1, seed=1),
         regions={"eu-west-1": eu_store},
-        breaker_failures=1,
-        seed=1,
     ) as engine:
         us, eu = provider(1), provider(2)
         engine.models.add(endpoint("us-large", "us-east-1", "large", 1000), us)
@@ -311,7 +309,7 @@ async def test_a_bursting_tenant_does_not_touch_anothers_admissions_limits_or_bu
 
 async def test_rate_limited_step_waits_without_holding_a_slot() -> None:
     clock = FakeClock()
-    async with tf.Engine(MemoryStore(), clock=clock, slots=1) as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=1), clock=clock) as engine:
 
         @engine.tools.register(name="slow_api")
         async def slow_api() -> int:
@@ -367,7 +365,7 @@ async def test_denied_tools_fail_at_once_and_are_audited(engine: tf.Engine) -> N
 
 
 async def test_reviews_are_per_tenant_and_waiting_holds_no_slot() -> None:
-    async with tf.Engine(MemoryStore(), slots=1) as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=1)) as engine:
         wf = tf.Workflow("loan", input=int)
 
         @wf.review
@@ -572,7 +570,7 @@ async def test_audit_verification_names_the_tampered_row(tmp_path: Path) -> None
     conn.execute("UPDATE audit_log SET detail = '{}' WHERE tenant_id = 't' AND seq = 3")
     conn.commit()
     conn.close()
-    async with tf.Engine(SqliteStore(path), execute=False) as engine:
+    async with tf.Engine(SqliteStore(path), tf.EngineConfig(execute=False)) as engine:
         result = await engine.audit_verify("t")
         assert not result.ok and result.first_bad_seq == 3
 
@@ -609,7 +607,7 @@ async def test_retention_purges_finished_runs_past_the_policy() -> None:
 
 
 async def test_burst_credit_use_is_audited() -> None:
-    async with tf.Engine(MemoryStore(), slots=8) as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=8)) as engine:
         gate = asyncio.Event()
         wf = tf.Workflow("fan", input=list[int])
 
@@ -646,7 +644,7 @@ async def test_burst_credit_use_is_audited() -> None:
 
 async def test_a_provider_429_parks_the_step_and_lowers_that_tenants_rate() -> None:
     clock = FakeClock()
-    async with tf.Engine(MemoryStore(), clock=clock, slots=16, seed=3) as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=16, seed=3), clock=clock) as engine:
         await _a_provider_429_parks_the_step(engine, clock)
 
 
@@ -679,7 +677,7 @@ async def _a_provider_429_parks_the_step(engine: tf.Engine, clock: FakeClock) ->
 
 
 async def test_without_controls_tenants_share_one_fifo_and_no_caps() -> None:
-    async with tf.Engine(MemoryStore(), slots=8, controls=False) as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=8, controls=False)) as engine:
         gate, started = asyncio.Event(), []
         engine.register(blocking_workflow(gate, started))
         await engine.tenants.create("capped", tier="free")  # max 3 active runs, 3 running steps
@@ -700,10 +698,12 @@ async def test_platform_limits_are_shared_and_controls_off_drops_tenant_limits()
         clock = FakeClock()
         engine = tf.Engine(
             MemoryStore(),
+            tf.EngineConfig(
+                slots=4,
+                controls=controls,
+                platform_limits={"tool:bureau": {"rate": "2/hour", "burst": 2}},
+            ),
             clock=clock,
-            slots=4,
-            controls=controls,
-            platform_limits={"tool:bureau": {"rate": "2/hour", "burst": 2}},
         )
         async with engine:
 

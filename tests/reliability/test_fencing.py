@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from tenantflow import Engine, RunStatus, StepContext, StepStatus, Workflow
+from tenantflow import Engine, EngineConfig, RunStatus, StepContext, StepStatus, Workflow
 from tenantflow.adapters.sqlite import SqliteStore
 from tenantflow.domain.records import (
     STALE,
@@ -188,7 +188,9 @@ async def _until(predicate: Callable[[], bool], what: str, timeout_s: float = 5.
 async def _engine(kind: str, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Engine]:
     store: Store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "engine.db")
     async with Engine(
-        store, clock=clock, lease=timedelta(seconds=LEASE_S), seed=7, auto_tenant="enterprise"
+        store,
+        EngineConfig(lease=timedelta(seconds=LEASE_S), seed=7, auto_tenant="enterprise"),
+        clock=clock,
     ) as engine:
         yield engine
 

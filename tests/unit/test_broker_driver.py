@@ -113,13 +113,15 @@ class ContentProvider:
 def platform(clock: FakeClock, us: Store, eu: Store) -> tf.Engine:
     engine = tf.Engine(
         us,
+        tf.EngineConfig(
+            region=US,
+            slots=4,
+            seed=SEED,
+            platform_limits={"tool:credit_bureau": BUREAU_PLATFORM_LIMIT},
+            lease=timedelta(minutes=10),
+        ),
         regions={EU: eu},
-        region=US,
         clock=clock,
-        slots=4,
-        seed=SEED,
-        platform_limits={"tool:credit_bureau": BUREAU_PLATFORM_LIMIT},
-        lease=timedelta(minutes=10),
     )
     engine.register(loan)
     register_tools(engine, clock, SEED)

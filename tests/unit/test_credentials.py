@@ -62,7 +62,7 @@ async def test_a_submission_holding_a_credential_is_refused_and_audited_without_
         return len(input)
 
     secret = SAMPLES["secret_key"]
-    async with tf.Engine(MemoryStore(), auto_tenant="standard") as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(auto_tenant="standard")) as engine:
         engine.register(wf)
         with pytest.raises(tf.ContractError) as caught:
             await engine.submit("echo", tenant="t", input={"auth": {"token": secret}})

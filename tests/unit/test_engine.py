@@ -39,7 +39,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def engine(clock: FakeClock) -> AsyncIterator[tf.Engine]:
     async with tf.Engine(
-        MemoryStore(), clock=clock, slots=8, seed=7, auto_tenant="enterprise"
+        MemoryStore(), tf.EngineConfig(slots=8, seed=7, auto_tenant="enterprise"), clock=clock
     ) as eng:
         yield eng
 
@@ -338,10 +338,10 @@ async def test_circuit_breaker_opens_and_fails_fast(clock: FakeClock) -> None:
 
     async with tf.Engine(
         MemoryStore(),
+        tf.EngineConfig(
+            breaker_failures=3, breaker_cooldown=timedelta(seconds=30), auto_tenant="standard"
+        ),
         clock=clock,
-        breaker_failures=3,
-        breaker_cooldown=timedelta(seconds=30),
-        auto_tenant="standard",
     ) as engine:
         engine.register(wf)
         for _ in range(5):
@@ -502,7 +502,7 @@ async def test_a_run_admitted_while_its_submission_is_written_still_starts() -> 
             await gate.wait()
         return input
 
-    async with tf.Engine(MemoryStore(), slots=4) as engine:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=4)) as engine:
         engine.register(wf)
         await engine.tenants.create("solo", tier="standard", max_active_runs=1)
         first = await engine.submit("gated", tenant="solo", input=1)

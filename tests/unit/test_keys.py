@@ -221,7 +221,7 @@ async def test_unknown_ids_are_not_cached(engine: tf.Engine) -> None:
 
 async def test_the_cache_is_bounded_and_can_be_turned_off(engine: tf.Engine) -> None:
     secrets = [(await engine.keys.create("acme"))[1] for _ in range(3)]
-    small = ApiKeys(engine, cache_size=2)
+    small = ApiKeys(engine.router, engine.clock, cache_size=2)
     for secret in secrets:
         await small.authenticate(secret)
     before = reads(engine)
@@ -229,14 +229,14 @@ async def test_the_cache_is_bounded_and_can_be_turned_off(engine: tf.Engine) -> 
     assert reads(engine) == before
     await small.authenticate(secrets[0])  # the oldest entry went first
     assert reads(engine) == before + 1
-    uncached = ApiKeys(engine, cache_ttl=timedelta(0))
+    uncached = ApiKeys(engine.router, engine.clock, cache_ttl=timedelta(0))
     await uncached.authenticate(secrets[0])
     await uncached.authenticate(secrets[0])
     assert reads(engine) == before + 3
     with pytest.raises(tf.ConfigurationError, match="cache_ttl"):
-        ApiKeys(engine, cache_ttl=timedelta(seconds=-1))
+        ApiKeys(engine.router, engine.clock, cache_ttl=timedelta(seconds=-1))
     with pytest.raises(tf.ConfigurationError, match="cache_size"):
-        ApiKeys(engine, cache_size=0)
+        ApiKeys(engine.router, engine.clock, cache_size=0)
 
 
 async def test_another_process_sees_a_revocation_within_the_ttl(tmp_path: Path) -> None:
@@ -320,7 +320,7 @@ async def test_key_changes_are_in_the_tenants_audit_chain(engine: tf.Engine) -> 
 async def test_a_region_tenants_keys_live_in_the_control_plane(clock: FakeClock) -> None:
     eu = MemoryStore()
     async with tf.Engine(
-        MemoryStore(), clock=clock, region="us-east-1", regions={"eu-west-1": eu}
+        MemoryStore(), tf.EngineConfig(region="us-east-1"), clock=clock, regions={"eu-west-1": eu}
     ) as engine:
         await engine.tenants.create("gdpr-bank", region="eu-west-1")
         info, secret = await engine.keys.create("gdpr-bank")
@@ -358,7 +358,10 @@ async def test_deleting_a_tenant_deletes_its_keys(engine: tf.Engine) -> None:
 
 async def test_deleting_a_region_tenant_revokes_its_control_plane_keys(clock: FakeClock) -> None:
     async with tf.Engine(
-        MemoryStore(), clock=clock, region="us-east-1", regions={"eu-west-1": MemoryStore()}
+        MemoryStore(),
+        tf.EngineConfig(region="us-east-1"),
+        clock=clock,
+        regions={"eu-west-1": MemoryStore()},
     ) as engine:
         await engine.tenants.create("gdpr-bank", region="eu-west-1")
         info, secret = await engine.keys.create("gdpr-bank")
@@ -377,12 +380,12 @@ async def test_an_engine_that_does_not_execute_writes_keys(tmp_path: Path) -> No
     store = SqliteStore(tmp_path / "k.db")
     async with tf.Engine(store) as engine:
         await engine.tenants.create("acme")
-    async with tf.Engine(SqliteStore(tmp_path / "k.db"), execute=False) as reader:
+    async with tf.Engine(SqliteStore(tmp_path / "k.db"), tf.EngineConfig(execute=False)) as reader:
         info, secret = await reader.keys.create("acme")
         rotated, rotated_secret = await reader.keys.rotate("acme", info.id)
         assert await reader.keys.authenticate(rotated_secret) == Principal(rotated.id, "acme")
         admin, _ = await reader.keys.create(None)
-    async with tf.Engine(SqliteStore(tmp_path / "k.db"), execute=False) as later:
+    async with tf.Engine(SqliteStore(tmp_path / "k.db"), tf.EngineConfig(execute=False)) as later:
         listed = await later.keys.list("acme")
         assert {(k.id, k.active) for k in listed} == {(info.id, False), (rotated.id, True)}
         assert await later.keys.list(None) == [

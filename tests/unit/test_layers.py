@@ -31,58 +31,19 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-# engine -> adapters: the store and clock factories of the Engine's composition, which move
-# to adapters/__init__.py (open_store) and placement/. Delete an entry once its edge is gone.
+# engine -> adapters: Engine.open and the Engine's default clock compose through the
+# composition package (tenantflow.adapters: open_store, system_clock), lazily; no adapter
+# module is imported by the engine. Delete the entry once the composition leaves the engine.
 KNOWN_ENGINE_TO_ADAPTERS = frozenset(
     {
-        ("tenantflow.engine.engine", "tenantflow.adapters.clock"),
-        ("tenantflow.engine.engine", "tenantflow.adapters.memory"),
-        ("tenantflow.engine.engine", "tenantflow.adapters.postgres"),
-        ("tenantflow.engine.engine", "tenantflow.adapters.sqlite"),
+        ("tenantflow.engine.engine", "tenantflow.adapters"),
     }
 )
 
-# Every edge that lies on an import circle today: all in engine/, where the services are built
-# with the whole Engine (TYPE_CHECKING back-references and function-local imports), and the
-# execution side ties context, runtime, gateway and agent together. The split of runtime.py
-# and engine.py removes them; delete each edge here as it goes. When the list is empty,
-# engine/ has no import circle, and none may come back.
-KNOWN_CIRCLE_EDGES = frozenset(
-    {
-        # the execution side, cut into engine/execution/ but still on the circle through the
-        # façade (execution.reviews holds the Engine, which builds the driver)
-        ("tenantflow.engine.agent", "tenantflow.engine.context"),
-        ("tenantflow.engine.context", "tenantflow.engine.memory"),
-        ("tenantflow.engine.execution.driver", "tenantflow.engine.context"),
-        ("tenantflow.engine.execution.driver", "tenantflow.engine.execution.executor"),
-        ("tenantflow.engine.execution.driver", "tenantflow.engine.execution.reviews"),
-        ("tenantflow.engine.execution.driver", "tenantflow.engine.execution.saga"),
-        ("tenantflow.engine.execution.executor", "tenantflow.engine.agent"),
-        ("tenantflow.engine.execution.executor", "tenantflow.engine.context"),
-        ("tenantflow.engine.execution.reviews", "tenantflow.engine.engine"),
-        ("tenantflow.engine.execution.saga", "tenantflow.engine.context"),
-        ("tenantflow.engine.inputs", "tenantflow.engine.runtime"),
-        ("tenantflow.engine.reviews", "tenantflow.engine.execution.reviews"),
-        ("tenantflow.engine.runtime", "tenantflow.engine.execution.driver"),
-        # the façade and the services that hold it (Tenants(self), Reviews(self), ...)
-        ("tenantflow.engine.cluster", "tenantflow.engine.engine"),
-        ("tenantflow.engine.engine", "tenantflow.engine.cluster"),
-        ("tenantflow.engine.engine", "tenantflow.engine.inputs"),
-        ("tenantflow.engine.engine", "tenantflow.engine.keys"),
-        ("tenantflow.engine.engine", "tenantflow.engine.memory"),
-        ("tenantflow.engine.engine", "tenantflow.engine.resync"),
-        ("tenantflow.engine.engine", "tenantflow.engine.reviews"),
-        ("tenantflow.engine.engine", "tenantflow.engine.runtime"),
-        ("tenantflow.engine.engine", "tenantflow.engine.tenants"),
-        ("tenantflow.engine.keys", "tenantflow.engine.engine"),
-        ("tenantflow.engine.keys", "tenantflow.engine.tenants"),
-        ("tenantflow.engine.memory", "tenantflow.engine.engine"),
-        ("tenantflow.engine.memory", "tenantflow.engine.tenants"),
-        ("tenantflow.engine.resync", "tenantflow.engine.engine"),
-        ("tenantflow.engine.resync", "tenantflow.engine.runtime"),
-        ("tenantflow.engine.tenants", "tenantflow.engine.engine"),
-    }
-)
+# Every edge that lies on an import circle: none. The engine's circle (services built with
+# the whole Engine, the execution side tied through the façade) is gone with the split of
+# runtime.py and engine.py; no circle may come back.
+KNOWN_CIRCLE_EDGES: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

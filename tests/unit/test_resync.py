@@ -71,7 +71,7 @@ async def test_failed_commits_strand_nothing_and_complete_each_step_once(fault: 
     executed: Counter[tuple[int, str]] = Counter()
     store: Store = faults
     async with tf.Engine(
-        store, auto_tenant="enterprise", lease=timedelta(seconds=5), seed=1
+        store, tf.EngineConfig(auto_tenant="enterprise", lease=timedelta(seconds=5), seed=1)
     ) as engine:
         engine.register(_workflow(executed))
         faults.share = 0.15  # after start: tenants are created, and runs, under faults
@@ -105,7 +105,8 @@ async def test_a_tenant_created_by_a_commit_that_raised_is_usable() -> None:
     async def only(ctx: tf.StepContext, input: int) -> int:
         return input + 1
 
-    async with tf.Engine(faults, auto_tenant="standard") as engine:  # type: ignore[arg-type]
+    engine = tf.Engine(faults, tf.EngineConfig(auto_tenant="standard"))  # type: ignore[arg-type]
+    async with engine:
         engine.register(wf)
         faults.share = 0.999
         with pytest.raises(StoreUnavailableError):

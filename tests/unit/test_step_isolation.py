@@ -125,10 +125,11 @@ async def test_a_platform_limit_holds_across_region_stores(regions: bool) -> Non
     finished = Finished(4)
     engine = tf.Engine(
         MemoryStore(),
+        tf.EngineConfig(
+            region="us-east-1", platform_limits={"tool:bureau": {"rate": "2/hour", "burst": 2}}
+        ),
         clock=clock,
-        region="us-east-1",
         regions={"eu-west-1": eu} if regions else None,
-        platform_limits={"tool:bureau": {"rate": "2/hour", "burst": 2}},
     )
     engine.observers.append(finished)
     async with engine:

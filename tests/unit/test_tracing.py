@@ -55,7 +55,7 @@ def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 @pytest.fixture
 async def engine(clock: FakeClock, provider: TracerProvider) -> AsyncIterator[tf.Engine]:
     async with tf.Engine(
-        MemoryStore(), clock=clock, slots=8, seed=7, auto_tenant="enterprise"
+        MemoryStore(), tf.EngineConfig(slots=8, seed=7, auto_tenant="enterprise"), clock=clock
     ) as eng:
         install_tracing(eng, provider)
         yield eng

@@ -24,7 +24,7 @@ from tenantflow.api.middleware import RequestGuard
 from tenantflow.api.routes import events, health, memory, reviews, runs, tenant, tenants
 from tenantflow.api.routes.mcp import mcp_endpoint
 from tenantflow.api.routes.runs import SubmissionGate
-from tenantflow.engine.engine import Engine
+from tenantflow.placement import ControlPlane
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_SUBMISSIONS", "create_app"]
 
@@ -35,11 +35,13 @@ _DURATION = (
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_MAX_SUBMISSIONS = 512
 
-Setup = Callable[[Engine], Any]
+Setup = Callable[[Any], Any]
+"""A function the app calls with its control plane before starting it (it registers workflows,
+tools and models); it may be async."""
 
 
 def create_app(
-    engine: Engine,
+    engine: ControlPlane,
     *,
     registry: CollectorRegistry | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -52,7 +54,9 @@ def create_app(
     """The REST API of ``engine``.
 
     Args:
-        engine: the engine to serve; open it with ``execute=True`` to run submitted runs.
+        engine: the control plane to serve, however it is placed (see
+            :mod:`tenantflow.placement`): an embedded engine opened with ``execute=True`` runs
+            submitted runs itself, a centralized front passes them to its workers.
         registry: where the HTTP and engine metrics are registered (a new one when None);
             ``/metrics`` serves it.
         max_body_bytes: request bodies over this size are refused with 413.
@@ -116,7 +120,10 @@ def create_app(
         raise ValueError("dashboard must be True, False or 'read-only'")
     if dashboard:
         from tenantflow.dashboard import create_dashboard
+        from tenantflow.engine.engine import Engine
 
+        if not isinstance(engine, Engine):  # its fairness page reads the scheduler's state
+            raise ValueError("the dashboard needs the engine itself, not another control plane")
         app.state.dashboard = create_dashboard(
             engine, read_only=dashboard == "read-only", session_ttl=session_ttl
         )

@@ -14,9 +14,8 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tenantflow.engine.engine import Engine
-from tenantflow.engine.keys import Principal
 from tenantflow.errors import AuthenticationError, PermissionDeniedError
+from tenantflow.placement import ControlPlane, Principal
 
 __all__ = ["Admin", "EngineDep", "TenantId", "actor_of", "authenticate", "engine_of"]
 
@@ -28,13 +27,13 @@ _bearer = HTTPBearer(
 )
 
 
-async def engine_of(request: Request) -> Engine:
+async def engine_of(request: Request) -> ControlPlane:
     """The engine the app serves (async: FastAPI runs a plain function in a thread pool)."""
-    engine: Engine = request.app.state.engine
+    engine: ControlPlane = request.app.state.engine
     return engine
 
 
-EngineDep = Annotated[Engine, Depends(engine_of)]
+EngineDep = Annotated[ControlPlane, Depends(engine_of)]
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
@@ -48,7 +47,7 @@ async def authenticate(
         raise AuthenticationError(
             "this operation needs an API key: send Authorization: Bearer <key>"
         )
-    engine: Engine = request.app.state.engine
+    engine: ControlPlane = request.app.state.engine
     principal = await engine.keys.authenticate(credentials.credentials)
     request.state.principal = principal
     return principal

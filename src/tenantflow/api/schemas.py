@@ -18,8 +18,7 @@ from tenantflow.domain.policy import Policy
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
-from tenantflow.engine.engine import StateVersion
-from tenantflow.engine.tenants import TenantInfo
+from tenantflow.placement import StateVersion, TenantInfo
 
 __all__ = [
     "AuditOut",

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 import typer
 
 from tenantflow.domain.audit import AuditRecord, VerifyResult
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
@@ -44,8 +45,8 @@ from tenantflow.settings import Settings
 
 if TYPE_CHECKING:
     from tenantflow.client import Client
-    from tenantflow.engine.engine import Engine, StateVersion
-    from tenantflow.engine.tenants import TenantInfo
+    from tenantflow.engine.engine import Engine
+    from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 
 __all__ = [
     "ACTOR",
@@ -234,7 +235,7 @@ def reporting_errors() -> Iterator[None]:
         raise typer.Exit(exit_code(exc)) from None
 
 
-def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[T]]) -> T:
+def read(ctx: typer.Context, db: str | None, call: Callable[[ControlPlane], Awaitable[T]]) -> T:
     """Open the engine on the configured store, not executing runs, and run ``call`` on it.
 
     For commands that only work on the store (``keys``); the others use :func:`connect`.
@@ -255,10 +256,11 @@ def read(ctx: typer.Context, db: str | None, call: Callable[[Engine], Awaitable[
         return asyncio.run(_read(settings.database_url, call))
 
 
-async def _read(url: str, call: Callable[[Engine], Awaitable[T]]) -> T:
-    from tenantflow.engine.engine import Engine
+async def _read(url: str, call: Callable[[ControlPlane], Awaitable[T]]) -> T:
+    from tenantflow.placement.embedded import open_embedded
 
-    async with Engine.open(url, execute=False) as engine:
+    engine = open_embedded(url, execute=False)
+    async with engine:
         return await call(engine)
 
 
@@ -276,7 +278,7 @@ class EngineBackend:
         tenant: the tenant of the tenant methods (None for the registry commands).
     """
 
-    def __init__(self, engine: Engine, runner: asyncio.Runner, tenant: str | None) -> None:
+    def __init__(self, engine: ControlPlane, runner: asyncio.Runner, tenant: str | None) -> None:
         self._engine = engine
         self._runner = runner
         self._tenant = tenant
@@ -293,8 +295,6 @@ class EngineBackend:
 
     def _registered(self) -> str:
         """The tenant, checked: a well-formed id of a registered tenant."""
-        from tenantflow.engine.engine import check_tenant
-
         self._run(self._engine.tenants.get(check_tenant(self.tenant_id)))
         return self.tenant_id
 
@@ -458,8 +458,6 @@ class EngineBackend:
         return self._engine.tenants.list()
 
     def get_tenant(self, tenant_id: str) -> TenantInfo:
-        from tenantflow.engine.engine import check_tenant
-
         return self._run(self._engine.tenants.get(check_tenant(tenant_id)))
 
     def create_tenant(
@@ -574,9 +572,9 @@ def _open(settings: Settings, tenant: str | None, *, write: bool) -> Iterator[Ba
             runner.run(engine.close())
 
 
-async def _started(url: str, write: bool) -> Engine:
-    from tenantflow.engine.engine import Engine
+async def _started(url: str, write: bool) -> ControlPlane:
+    from tenantflow.placement.embedded import open_embedded
 
-    engine = Engine.open(url, execute=write)
+    engine = open_embedded(url, execute=write)
     await engine.start()
     return engine

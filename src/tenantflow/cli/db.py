@@ -36,7 +36,7 @@ def upgrade(ctx: typer.Context, db: DbOption = None) -> None:
 
 
 async def _upgrade(url: str) -> int:
-    from tenantflow.engine.engine import open_store
+    from tenantflow.adapters import open_store
 
     store = open_store(url)
     if not isinstance(store, _Versioned):

@@ -21,11 +21,11 @@ from rich.text import Text
 
 from tenantflow.cli import render
 from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
+from tenantflow.domain.ids import check_tenant
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import Engine
-    from tenantflow.engine.keys import ApiKeyInfo
+    from tenantflow.placement import ApiKeyInfo, ControlPlane
 
 __all__ = ["ACTOR", "app"]
 
@@ -60,8 +60,6 @@ def _owner(tenant: str | None, admin: bool) -> str | None:
     """The tenant id, or None for ``--admin``; exactly one of them must be given."""
     if admin == (tenant is not None):
         raise ConfigurationError("give exactly one of --tenant TENANT or --admin", field="tenant")
-    from tenantflow.engine.engine import check_tenant
-
     return None if tenant is None else check_tenant(tenant)
 
 
@@ -120,7 +118,7 @@ def list_keys(
     with reporting_errors():
         owner = _owner(tenant, admin)
 
-    async def fetch(engine: Engine) -> list[ApiKeyInfo]:
+    async def fetch(engine: ControlPlane) -> list[ApiKeyInfo]:
         return await engine.keys.list(owner)
 
     keys = read(ctx, db, fetch)

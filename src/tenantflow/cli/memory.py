@@ -50,7 +50,7 @@ from tenantflow.domain.memory import (
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import Engine
+    from tenantflow.placement import ControlPlane
 
 __all__ = ["app", "entry_dict", "hit_dict"]
 
@@ -402,7 +402,7 @@ def purge(
                 field="url",
             )
 
-    async def call(engine: Engine) -> dict[str, dict[str, int]]:
+    async def call(engine: ControlPlane) -> dict[str, dict[str, int]]:
         return await engine.memory.purge_expired(tenant)
 
     purged = read(ctx, db, call)

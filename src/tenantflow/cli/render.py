@@ -24,8 +24,7 @@ from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import StateVersion
-    from tenantflow.engine.tenants import TenantInfo
+    from tenantflow.placement import StateVersion, TenantInfo
 
 __all__ = [
     "audit_dict",

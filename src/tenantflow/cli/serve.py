@@ -135,16 +135,14 @@ def serve(
             raise ConfigurationError(
                 f"tenantflow serve needs the server extra: pip install 'tenantflow[server]' ({exc})"
             ) from None
-        from tenantflow.engine.engine import Engine
+        from tenantflow.placement.centralized import open_front
+        from tenantflow.placement.embedded import open_embedded
 
         settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
-        engine = Engine.open(
-            settings.database_url,
-            execute=True,
-            slots=slots,
-            cluster="front" if workers == "external" else None,
-        )
+        # Where runs execute is the placement's business; the API is given a control plane.
+        place = open_front if workers == "external" else open_embedded
+        engine = place(settings.database_url, execute=True, slots=slots)
         registry = CollectorRegistry()
         observe(engine, traces, registry)
         api = create_app(

@@ -34,6 +34,7 @@ from tenantflow.cli.common import (
     reporting_errors,
     target_for,
 )
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.policy import DEFAULT_REGIONS, TIERS, Policy
 from tenantflow.domain.state import diff_states
 from tenantflow.errors import ConfigurationError
@@ -195,8 +196,6 @@ def create(
 ) -> None:
     """Register a tenant with a tier preset and any policy field overridden."""
     with reporting_errors():
-        from tenantflow.engine.engine import check_tenant
-
         check_tenant(tenant)
         fields = _policy_fields(policy_file, sets)
         chosen = _tier_of(tier, fields)
@@ -263,8 +262,6 @@ def show(
 ) -> None:
     """Show a tenant: its policy, policy version, region and the store holding its data."""
     with reporting_errors():
-        from tenantflow.engine.engine import check_tenant
-
         check_tenant(tenant)
     with connect_admin(ctx, db, url, api_key) as backend:
         info = backend.get_tenant(tenant)
@@ -291,8 +288,6 @@ def update(
     """Change policy fields: a new policy version, used by new admissions at once and by
     running runs at their next step."""
     with reporting_errors():
-        from tenantflow.engine.engine import check_tenant
-
         check_tenant(tenant)
         fields = _policy_fields(policy_file, sets)
         if not fields:
@@ -341,8 +336,6 @@ def delete(
     """Delete a tenant and every row of its data, and print the proof: rows deleted and rows
     left (all zero) per table. Refused while it has unfinished runs."""
     with reporting_errors():
-        from tenantflow.engine.engine import check_tenant
-
         check_tenant(tenant)
         if not yes:
             raise ConfigurationError(

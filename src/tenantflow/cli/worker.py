@@ -11,7 +11,6 @@ that dies without that (SIGKILL, a lost machine) is taken over when its leases l
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -73,16 +72,11 @@ def worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     with reporting_errors():
-        from tenantflow.engine.engine import Engine
+        from tenantflow.placement.centralized import open_worker
 
         settings = settings_for(ctx, db, app)
         setups = [load_app(ref) for ref in settings.apps]
-        engine = Engine.open(
-            settings.database_url,
-            cluster="worker",
-            slots=slots,
-            lease=timedelta(seconds=lease),
-        )
+        engine = open_worker(settings.database_url, slots=slots, lease=timedelta(seconds=lease))
         registry = metrics_registry() if metrics_port else None
         observe(engine, traces, registry)
         if registry is not None:  # served only once every collector is in it
@@ -112,24 +106,12 @@ def serve_metrics(registry: Any, port: int, host: str) -> None:
 async def _run(
     engine: Engine, setups: Sequence[Callable[[Engine], Any]], stopping: list[int]
 ) -> None:
-    for setup in setups:
-        result = setup(engine)
-        if inspect.isawaitable(result):
-            await result
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if stopping:
         stop.set()
-    async with engine:
-        membership = engine.membership
-        assert membership is not None
-        log.info(
-            "worker %s started: %d live workers, owns %d tenants",
-            engine.owner,
-            len(membership.workers),
-            len(membership.owned),
-        )
-        await stop.wait()
-        log.info("worker %s stopping: handing back %d tenants", engine.owner, len(membership.owned))
+    from tenantflow.placement.centralized import run_worker
+
+    await run_worker(engine, setups, stop)

@@ -10,7 +10,7 @@ from tenantflow.domain.tenancy import AuditEntry
 from tenantflow.errors import ContractError
 
 if TYPE_CHECKING:
-    from tenantflow.engine.runtime import Runtime
+    from tenantflow.engine.execution.driver import RunDriver as Runtime
 
 __all__ = ["refuse_credentials"]
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.keys import (
     ApiKeyRecord,
     CreateApiKey,
@@ -53,9 +54,8 @@ from tenantflow.errors import (
 
 if TYPE_CHECKING:
     from tenantflow.domain.records import Op
-    from tenantflow.engine.engine import Engine
-    from tenantflow.engine.tenants import TenantInfo
-    from tenantflow.ports import Store
+    from tenantflow.engine.regions import RegionRouter
+    from tenantflow.ports import Clock, Store
 
 __all__ = ["ApiKeyInfo", "ApiKeys", "Principal"]
 
@@ -127,6 +127,14 @@ def _info(record: ApiKeyRecord) -> ApiKeyInfo:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Owner:
+    """A key's tenant, and the key of the store holding its audit log."""
+
+    id: str
+    store: str
+
+
 class ApiKeys:
     """Create, list, revoke, rotate and check API keys (``engine.keys``).
 
@@ -143,7 +151,9 @@ class ApiKeys:
     limiting such floods belongs in front of the API.
 
     Args:
-        engine: the engine whose default store holds the keys.
+        router: the stores: the default one holds the keys, and it knows the tenants (and
+            which store holds each one's audit log).
+        clock: the engine's clock.
         cache_ttl: how long a verified key is trusted without reading the store again; zero
             turns the cache off.
         cache_size: the most keys cached at once (the oldest entries go first).
@@ -151,7 +161,8 @@ class ApiKeys:
 
     def __init__(
         self,
-        engine: Engine,
+        router: RegionRouter,
+        clock: Clock,
         *,
         cache_ttl: timedelta = timedelta(seconds=5),
         cache_size: int = 100_000,
@@ -164,7 +175,8 @@ class ApiKeys:
             raise ConfigurationError(
                 "cache_size must be at least 1", field="cache_size", value=cache_size
             )
-        self._engine = engine
+        self._router = router
+        self._clock = clock
         self._ttl_s = cache_ttl.total_seconds()
         self._cache_size = cache_size
         self._cache: dict[str, _Verified] = {}
@@ -186,7 +198,7 @@ class ApiKeys:
         """
         owner = self._tenant(tenant)
         check_key_name(name)
-        now = self._engine.clock.now()
+        now = self._clock.now()
         record, secret = self._new_key(tenant, name, actor, now)
         entry = AuditEntry(
             actor,
@@ -195,7 +207,7 @@ class ApiKeys:
             {"name": name, "prefix": record.prefix},
         )
         here, elsewhere = self._audit_split(owner, entry)
-        await self._apply(self._engine.store, CreateApiKey(record, here))
+        await self._apply(self._router.store, CreateApiKey(record, here))
         await self._audit_elsewhere(owner, elsewhere, now)
         return _info(record), secret
 
@@ -206,7 +218,7 @@ class ApiKeys:
             NotFoundError: the tenant does not exist.
         """
         self._tenant(tenant)
-        return [_info(r) for r in await self._engine.store.list_api_keys(tenant)]
+        return [_info(r) for r in await self._router.store.list_api_keys(tenant)]
 
     async def get(self, tenant: str | None, key_id: str) -> ApiKeyInfo:
         """The key ``key_id`` of ``tenant`` (None: an admin key).
@@ -230,16 +242,23 @@ class ApiKeys:
         owner = self._tenant(tenant)
         if not is_key_id(key_id):
             raise NotFoundError(f"API key {key_id!r} not found", kind="api_key", id=key_id)
-        now = self._engine.clock.now()
+        now = self._clock.now()
         entry = AuditEntry(actor, "api_key.revoked", f"api_key:{key_id}", {})
         here, elsewhere = self._audit_split(owner, entry)
         done: Revocation = await self._apply(
-            self._engine.store, RevokeApiKey(tenant, key_id, now, actor, audit=here)
+            self._router.store, RevokeApiKey(tenant, key_id, now, actor, audit=here)
         )
         self._forget(key_id)
         if done.changed:
             await self._audit_elsewhere(owner, elsewhere, now)
         return _info(done.key)
+
+    async def revoke_all(self, tenant: str, actor: str) -> None:
+        """Revoke every live key of ``tenant`` (before it is deleted, so that a tenant
+        re-created with this id never inherits them)."""
+        for key in await self.list(tenant):
+            if key.revoked_at is None:
+                await self.revoke(tenant, key.id, actor=actor)
 
     async def rotate(
         self, tenant: str | None, key_id: str, *, actor: str = "library"
@@ -254,7 +273,7 @@ class ApiKeys:
         """
         owner = self._tenant(tenant)
         old = await self._own(tenant, key_id)
-        now = self._engine.clock.now()
+        now = self._clock.now()
         record, secret = self._new_key(tenant, old.name, actor, now)
         entry = AuditEntry(
             actor,
@@ -265,7 +284,7 @@ class ApiKeys:
         here, elsewhere = self._audit_split(owner, entry)
         op = RevokeApiKey(tenant, key_id, now, actor, replacement=record, audit=here)
         try:
-            await self._apply(self._engine.store, op)
+            await self._apply(self._router.store, op)
         finally:
             self._forget(key_id)
         await self._audit_elsewhere(owner, elsewhere, now)
@@ -285,7 +304,7 @@ class ApiKeys:
         key_id = parse_key(secret) if isinstance(secret, str) else None
         if key_id is None:
             raise AuthenticationError("malformed API key: expected tfk_<key id>_<secret>")
-        now = self._engine.clock.now()
+        now = self._clock.now()
         verified = self._cache.get(key_id)
         if verified is None or verified.expires_at <= now:
             verified = await self._lookup(key_id, now)
@@ -302,7 +321,7 @@ class ApiKeys:
     async def _lookup(self, key_id: str, now: float) -> _Verified | None:
         epoch = self._epoch
         try:
-            record = await self._engine.store.get_api_key(key_id)
+            record = await self._router.store.get_api_key(key_id)
         except NotFoundError:
             return None
         verified = _Verified(
@@ -325,25 +344,23 @@ class ApiKeys:
     # -- helpers ----------------------------------------------------------------------------
 
     def _tenant_known(self, tenant: str | None) -> bool:
-        return tenant is None or self._engine.tenants.cached(tenant) is not None
+        return tenant is None or self._router.home_of(tenant) is not None
 
-    def _tenant(self, tenant: str | None) -> TenantInfo | None:
-        """The tenant's info (None for admin keys); NotFoundError if the engine has no such
-        tenant."""
+    def _tenant(self, tenant: str | None) -> _Owner | None:
+        """The tenant and the key of its store (None for admin keys); NotFoundError if the
+        engine has no such tenant."""
         if tenant is None:
             return None
-        from tenantflow.engine.engine import check_tenant
-
-        info = self._engine.tenants.cached(check_tenant(tenant))
-        if info is None:
+        home = self._router.home_of(check_tenant(tenant))
+        if home is None:
             raise NotFoundError(f"tenant {tenant!r} not found", kind="tenant", id=tenant)
-        return info
+        return _Owner(tenant, home)
 
     async def _own(self, tenant: str | None, key_id: str) -> ApiKeyRecord:
         """The stored key if it is ``tenant``'s (an admin key for None), else NotFoundError."""
         if is_key_id(key_id):
             try:
-                record = await self._engine.store.get_api_key(key_id)
+                record = await self._router.store.get_api_key(key_id)
             except NotFoundError:
                 pass
             else:
@@ -368,23 +385,21 @@ class ApiKeys:
         return record, secret
 
     def _audit_split(
-        self, owner: TenantInfo | None, entry: AuditEntry
+        self, owner: _Owner | None, entry: AuditEntry
     ) -> tuple[_AuditRows, _AuditRows]:
         """(rows for the key op's own transaction, rows for a separate write to the tenant's
         region store). Admin keys have no tenant and no audit row."""
         if owner is None:
             return [], []
-        if self._engine.stores[owner.store] is self._engine.store:
+        if self._router.stores[owner.store] is self._router.store:
             return [entry], []
         return [], [entry]
 
-    async def _audit_elsewhere(
-        self, owner: TenantInfo | None, entries: _AuditRows, now: float
-    ) -> None:
+    async def _audit_elsewhere(self, owner: _Owner | None, entries: _AuditRows, now: float) -> None:
         if owner is None or not entries:
             return
         write = Transition(owner.id, "", now, audit=entries)
-        await self._apply(self._engine.stores[owner.store], write)
+        await self._apply(self._router.stores[owner.store], write)
 
     @staticmethod
     async def _apply(store: Store, op: Op) -> Any:

@@ -37,8 +37,9 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.memory import (
     DEFAULT_NAMESPACE,
     MAX_KEY_CHARS,
@@ -65,14 +66,13 @@ from tenantflow.domain.memory import (
     retention_of,
     term_counts,
 )
+from tenantflow.domain.policy import Policy
 from tenantflow.domain.records import Op
 from tenantflow.errors import ConfigurationError, StoreError, TenantflowError
 from tenantflow.ports import Clock, Store
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import Engine
-    from tenantflow.engine.execution.active import ActiveRun as Active
-    from tenantflow.engine.tenants import TenantInfo
+    from tenantflow.engine.tenants import TenantInfo, Tenants
 
 __all__ = ["Memory", "MemoryView", "step_memory"]
 
@@ -239,12 +239,17 @@ class MemoryView:
         )
 
 
+class _StepRun(Protocol):
+    @property
+    def policy(self) -> Policy | None: ...
+
+
 def step_memory(
     store: Store,
     clock: Clock,
     write: Callable[[Op], Awaitable[Any]],
     tenant_id: str,
-    run: Active | None,
+    run: _StepRun | None,
     idempotency_key: str,
 ) -> MemoryView:
     """``ctx.memory``: the run's tenant's memory in its region's store, written through
@@ -265,33 +270,49 @@ class Memory:
     The methods are those of :class:`MemoryView` with the tenant first and the namespace as a
     keyword (``default`` when not given). The tenant must be registered
     (:class:`~tenantflow.errors.NotFoundError` otherwise).
+
+    Args:
+        tenants: the tenant registry.
+        stores: the stores by key (a tenant's memory lives in the store holding its data).
+        clock: the engine's clock.
+        writers: per store key, the writer's ``write`` of an executing engine; None without
+            one (each write is then a transaction of its own).
+        started: whether the engine is started.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        tenants: Tenants,
+        stores: Mapping[str, Store],
+        clock: Clock,
+        writers: Mapping[str, Callable[[Op], Awaitable[Any]]] | None,
+        started: Callable[[], bool],
+    ) -> None:
+        self._tenants = tenants
+        self._stores = stores
+        self._clock = clock
+        self._writers = writers
+        self._started = started
 
     def _check_started(self) -> None:
-        if not self._engine._started:
+        if not self._started():
             raise ConfigurationError(
                 "the engine is not started: use `async with Engine.open(...)` or await start()"
             )
 
     async def _tenant(self, tenant: str) -> TenantInfo:
-        from tenantflow.engine.engine import check_tenant
-
         self._check_started()
-        return await self._engine.tenants.get(check_tenant(tenant))
+        return await self._tenants.get(check_tenant(tenant))
 
     async def view(self, tenant: str, namespace: str = DEFAULT_NAMESPACE) -> MemoryView:
         """The tenant's memory in ``namespace``, in the store that holds its data."""
         info = await self._tenant(tenant)
-        engine = self._engine
-        store = engine.stores[info.store]
+        store = self._stores[info.store]
         # Without a writer running (execute=False, e.g. the CLI next to a server on the same
         # database) each write is a transaction of its own.
         write: Callable[[Op], Awaitable[Any]] = (
-            engine.runtimes[info.store].writer.write
-            if engine.execute
+            self._writers[info.store]
+            if self._writers is not None
             else functools.partial(_apply, store)
         )
         retention = info.policy.memory_retention
@@ -299,7 +320,7 @@ class Memory:
         async def policy_retention() -> timedelta | None:
             return retention
 
-        binding = _Binding(info.id, store, engine.clock, write, policy_retention)
+        binding = _Binding(info.id, store, self._clock, write, policy_retention)
         return MemoryView(binding, namespace)
 
     async def get(
@@ -346,19 +367,18 @@ class Memory:
     async def purge_expired(self, tenant: str | None = None) -> dict[str, dict[str, int]]:
         """The retention job for memory: delete every tenant's (or one tenant's) expired
         entries and documents. Returns rows deleted by table, for the tenants that had any."""
-        engine = self._engine
         if tenant is not None:
             infos = [await self._tenant(tenant)]
         else:
             self._check_started()
-            infos = engine.tenants.list()
-        now = engine.clock.now()
+            infos = self._tenants.list()
+        now = self._clock.now()
         by_store: dict[str, builtins.list[PurgeMemory]] = {}
         for info in infos:
             by_store.setdefault(info.store, []).append(PurgeMemory(info.id, now))
         out: dict[str, dict[str, int]] = {}
         for key, ops in by_store.items():
-            store = engine.stores[key]
+            store = self._stores[key]
             for start in range(0, len(ops), _PURGE_BATCH):
                 batch = ops[start : start + _PURGE_BATCH]
                 for op, result in zip(batch, await store.apply(batch), strict=True):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.records import (
     CreateRun,
@@ -33,8 +33,10 @@ from tenantflow.errors import NotFoundError, StoreError, TenantflowError
 
 if TYPE_CHECKING:
     from tenantflow.domain.records import RunRecord
-    from tenantflow.engine.engine import Engine
-    from tenantflow.engine.runtime import Active, Runtime
+    from tenantflow.engine.execution.active import ActiveRun as Active
+    from tenantflow.engine.execution.driver import RunDriver as Runtime
+    from tenantflow.engine.submission import AdmissionGate
+    from tenantflow.ports import Clock
 
 __all__ = ["Resync", "runs_of"]
 
@@ -63,11 +65,31 @@ def runs_of(ops: Sequence[Op]) -> Iterator[tuple[str, str]]:
 
 
 class Resync:
-    """Reloads runs whose writes failed (see the module docstring); one at a time per run."""
+    """Reloads runs whose writes failed (see the module docstring); one at a time per run.
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._busy: set[str] = set()
+    Args:
+        gate: admission and the runs held here (the runs being reloaded are held there too).
+        clock: the engine's clock.
+        owner: this process's owner id (on the attempts it claimed).
+        drives_runs: False for a cluster's front, which drives no run.
+        on_finish: what the engine does when a run ends (a lost commit may have ended it).
+    """
+
+    def __init__(
+        self,
+        gate: AdmissionGate,
+        clock: Clock,
+        owner: str,
+        *,
+        drives_runs: bool,
+        on_finish: Callable[[Active, RunStatus, Any], None],
+    ) -> None:
+        self._gate = gate
+        self._clock = clock
+        self._owner = owner
+        self._drives_runs = drives_runs
+        self._on_finish = on_finish
+        self._busy = gate.reloading
 
     def holds(self, run_id: str) -> bool:
         """Whether this run is being reloaded here (no one else may load it meanwhile)."""
@@ -75,7 +97,7 @@ class Resync:
 
     def failed(self, runtime: Runtime, ops: Sequence[Op]) -> None:
         """The writer's hook: a batch with ``ops`` failed, and may have committed."""
-        if self.engine.cluster == "front":
+        if not self._drives_runs:
             return  # it drives no run: the submitter sees the error and retries
         for tenant, run_id in runs_of(ops):
             if run_id not in self._busy:
@@ -96,7 +118,7 @@ class Resync:
                     break
                 except StoreError as exc:
                     log.warning("run %s: waiting for the store to reload it (%s)", run_id, exc)
-                    await self.engine.clock.sleep(delay_s)
+                    await self._clock.sleep(delay_s)
                     delay_s = min(_MAX_DELAY_S, delay_s * 2)
             self._busy.discard(run_id)  # from here on, loading it is ours or the next owner's
             self._reload(runtime, run, found, record)
@@ -109,7 +131,7 @@ class Resync:
         """Once nothing of the run is in flight: the run as stored, with the attempts this
         process held handed back; or (None, its record) when it has ended (None, None: it was
         never created)."""
-        store, owner = runtime.store, self.engine.owner
+        store, owner = runtime.store, self._owner
         await runtime.writer.flush()
         rows = await store.unfinished_runs(tenant, [run_id])
         if not rows:
@@ -119,7 +141,7 @@ class Resync:
                 return None, None
         ours = [s for s in rows[0][1] if s.status == StepStatus.RUNNING and s.owner == owner]
         if ours:
-            now = self.engine.clock.now()
+            now = self._clock.now()
             for step in ours:  # STALE when its lease had lapsed: claimable then anyway
                 release = Transition(tenant, run_id, now, release_prefix=f"{run_id}:{step.key}:")
                 park = ParkAttempt(
@@ -146,34 +168,34 @@ class Resync:
         found: tuple[RunRecord, list[StepRecord]] | None,
         record: RunRecord | None,
     ) -> None:
-        engine = self.engine
+        gate = self._gate
         if found is None:
             if run is not None and record is not None:  # a lost commit had ended it
-                engine.on_finish(run, record.status, None)
+                self._on_finish(run, record.status, None)
             return
         tenant, run_id = found[0].tenant_id, found[0].id
-        if not engine._drives(tenant) or engine.holds_run(tenant, run_id):
+        if not gate.drives(tenant) or gate.holds_run(tenant, run_id):
             if run is not None:  # handed to another worker, or loaded again meanwhile
                 self._forget(run)
             return
         if run is None:  # never held here (a submission whose commit raised)
-            engine._take_over(runtime, *found)
+            gate.take_over(runtime, *found)
             return
         fresh = runtime.resume(found[0], found[1], run.spec)
-        engine._attach_policy(fresh)
-        if fresh.status == RunStatus.QUEUED and not engine.admission.withdraw(
-            engine._adm(tenant), run_id
+        gate.attach_policy(fresh)
+        if fresh.status == RunStatus.QUEUED and not gate.withdraw(
+            tenant, run_id
         ):  # it had been admitted: the write that started it is what failed
             runtime.spawn(runtime.set_running(fresh, "run.admitted"), f"admit:{run_id}")
         elif fresh.status == RunStatus.QUEUED:  # still waiting: back in its tenant's queue
-            engine._admit_recovered(runtime, fresh)
+            gate.admit_recovered(runtime, fresh)
 
     def _forget(self, run: Active) -> None:
         """Give back the admission place of a run this process no longer drives."""
-        engine = self.engine
-        adm = engine._adm(run.tenant_id)
-        if engine.admission.withdraw(adm, run.id):
+        gate = self._gate
+        adm = gate.adm(run.tenant_id)
+        if gate.admission.withdraw(adm, run.id):
             return
         with contextlib.suppress(TenantflowError):  # it held no place
-            admitted = engine.admission.finished(adm, run.id, engine.clock.now())
-            engine._admit_keys(run.tenant_id, admitted)
+            admitted = gate.admission.finished(adm, run.id, self._clock.now())
+            gate.admit_keys(run.tenant_id, admitted)

@@ -8,16 +8,19 @@ memory so that admission and dispatch never look one up in the store (O(1) per d
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.ids import DEFAULT_STORE, check_tenant
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy, validate_policy
 from tenantflow.domain.records import RunStatus
-from tenantflow.domain.tenancy import DeleteTenant, PutTenant, TenantRecord
+from tenantflow.domain.tenancy import DeleteTenant, PurgeRuns, PutTenant, TenantRecord
 from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError, TenantflowError
+from tenantflow.ports import Clock, Coordinator
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import Engine
+    from tenantflow.engine.regions import RegionRouter
 
 __all__ = ["TenantInfo", "Tenants"]
 
@@ -48,23 +51,57 @@ class TenantInfo:
 
 
 class Tenants:
-    """Create, read, update and delete tenants (``engine.tenants``)."""
+    """Create, read, update and delete tenants (``engine.tenants``).
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    Args:
+        router: the stores; told which store holds each known tenant's data.
+        clock: the engine's clock.
+        write: writes an op to the store with the given key (through its writer).
+        on_policy: applies a tenant's (changed) policy to scheduling and admission.
+        in_flight: whether this process holds runs of a tenant.
+        revoke_keys: revokes a tenant's API keys (``tenant, actor``) before it is deleted.
+        coordinator: a cluster's coordination (tells other processes of changes), or None.
+    """
+
+    def __init__(
+        self,
+        router: RegionRouter,
+        clock: Clock,
+        write: Mapping[str, Callable[[Any], Awaitable[Any]]],
+        *,
+        on_policy: Callable[[TenantInfo], None],
+        in_flight: Callable[[str], bool],
+        revoke_keys: Callable[[str, str], Awaitable[None]],
+        coordinator: Coordinator | None,
+    ) -> None:
+        self._router = router
+        self._clock = clock
+        self._write = write
+        self._on_policy = on_policy
+        self._in_flight = in_flight
+        self._revoke_keys = revoke_keys
+        self._coordinator = coordinator
         self._cache: dict[str, TenantInfo] = {}
+
+    def _remember(self, info: TenantInfo) -> None:
+        self._cache[info.id] = info
+        self._router.place(info.id, info.store)
+
+    def _forget(self, tenant_id: str) -> None:
+        self._cache.pop(tenant_id, None)
+        self._router.forget(tenant_id)
 
     @property
     def known_regions(self) -> frozenset[str]:
-        return frozenset(DEFAULT_REGIONS) | frozenset(self._engine.regions)
+        return frozenset(DEFAULT_REGIONS) | frozenset(self._router.regions)
 
     async def load(self) -> None:
         """Read every tenant from every region store and configure the scheduler for it."""
-        for key, store in self._engine.stores.items():
+        for key, store in self._router.stores.items():
             for record in await store.list_tenants():
                 info = self._info(record, key)
-                self._cache[info.id] = info
-                self._engine.configure_tenant(info)
+                self._remember(info)
+                self._on_policy(info)
 
     def _info(self, record: TenantRecord, store_key: str) -> TenantInfo:
         policy = Policy.model_validate(
@@ -82,21 +119,21 @@ class Tenants:
 
     async def refresh(self, tenant_id: str) -> TenantInfo | None:
         """Re-read one tenant from the stores (another process changed it); None if it is gone."""
-        for key, store in self._engine.stores.items():
+        for key, store in self._router.stores.items():
             try:
                 record = await store.get_tenant(tenant_id)
             except NotFoundError:
                 continue
             info = self._info(record, key)
-            self._cache[info.id] = info
-            self._engine.configure_tenant(info)
+            self._remember(info)
+            self._on_policy(info)
             return info
-        self._cache.pop(tenant_id, None)
+        self._forget(tenant_id)
         return None
 
     async def _announce(self, tenant_id: str) -> None:
         """Tell the other processes of a cluster that the tenant changed."""
-        coordinator = self._engine.coordinator
+        coordinator = self._coordinator
         if coordinator is not None:
             await coordinator.notify("tenant", tenant_id, "")
 
@@ -132,8 +169,6 @@ class Tenants:
             ResidencyError: no store serves the policy's region.
             ConflictError: the tenant exists.
         """
-        from tenantflow.engine.engine import check_tenant
-
         check_tenant(tenant_id)
         if tenant_id in self._cache:
             raise ConflictError(f"tenant {tenant_id!r} already exists", tenant=tenant_id)
@@ -148,7 +183,7 @@ class Tenants:
             policy = validate_policy(
                 policy.with_overrides(**overrides) if overrides else policy, self.known_regions
             )
-        key = self._engine.store_key_for(policy.region)
+        key = self._router.store_key_for(policy.region)
         return await self._put(tenant_id, org_id or policy.org_id, policy, key, actor, create=True)
 
     async def update(
@@ -160,7 +195,7 @@ class Tenants:
         policy = info.policy.with_overrides(known_regions=self.known_regions, **overrides)
         if (
             policy.region != info.policy.region
-            and self._engine.store_key_for(policy.region) != info.store
+            and self._router.store_key_for(policy.region) != info.store
         ):
             raise ConflictError(
                 f"tenant {tenant_id!r} keeps its data in"
@@ -183,9 +218,8 @@ class Tenants:
         *,
         create: bool,
     ) -> TenantInfo:
-        engine = self._engine
-        now = engine.clock.now()
-        version = await engine.runtimes[key].writer.write(
+        now = self._clock.now()
+        version = await self._write[key](
             PutTenant(tenant_id, org_id, policy.model_dump_json(), now, actor, create)
         )
         if isinstance(version, TenantflowError):
@@ -200,10 +234,24 @@ class Tenants:
             now,
             key,
         )
-        self._cache[tenant_id] = info
-        engine.configure_tenant(info)
+        self._remember(info)
+        self._on_policy(info)
         await self._announce(tenant_id)
         return info
+
+    async def purge_runs(self) -> dict[str, dict[str, int]]:
+        """The retention job: delete every tenant's finished runs older than its policy's
+        ``data_retention`` (with their state, events and reviews). Returns rows by tenant."""
+        out: dict[str, dict[str, int]] = {}
+        now = self._clock.now()
+        for info in self.list():
+            retention = info.policy.data_retention
+            if retention is None:
+                continue
+            out[info.id] = await self._write[info.store](
+                PurgeRuns(info.id, now - retention.total_seconds(), now)
+            )
+        return out
 
     async def delete(
         self, tenant_id: str, *, actor: str = "library", purge_audit: bool = False
@@ -212,11 +260,8 @@ class Tenants:
         zeros). Its audit log is kept (with a final ``tenant.deleted`` row) unless
         ``purge_audit``. Refused while the tenant has runs in flight: cancel them first."""
         info = await self.get(tenant_id)
-        engine = self._engine
-        busy = any(
-            r.tenant_id == tenant_id for rt in engine.runtimes.values() for r in rt.active.values()
-        )
-        store = engine.stores[info.store]
+        busy = self._in_flight(tenant_id)
+        store = self._router.stores[info.store]
         for status in ("queued", "running", "paused", "compensating", "cancelling"):
             busy = busy or bool(await store.list_runs(tenant_id, status=RunStatus(status), limit=1))
         if busy:
@@ -224,20 +269,16 @@ class Tenants:
                 f"tenant {tenant_id!r} has unfinished runs; cancel them first",
                 tenant=tenant_id,
             )
-        from tenantflow.engine.engine import DEFAULT_STORE
-
         if info.store != DEFAULT_STORE:
             # Its API keys are in the default store, out of reach of the region's purge: revoke
             # them first, so that a tenant re-created with this id never inherits them.
-            for key in await engine.keys.list(tenant_id):
-                if key.revoked_at is None:
-                    await engine.keys.revoke(tenant_id, key.id, actor=actor)
-        result = await engine.runtimes[info.store].writer.write(
-            DeleteTenant(tenant_id, engine.clock.now(), actor, purge_audit)
+            await self._revoke_keys(tenant_id, actor)
+        result = await self._write[info.store](
+            DeleteTenant(tenant_id, self._clock.now(), actor, purge_audit)
         )
         if isinstance(result, TenantflowError):
             raise result
-        self._cache.pop(tenant_id, None)
+        self._forget(tenant_id)
         await self._announce(tenant_id)
         if any(result["left"].values()):
             raise ConfigurationError(f"tenant {tenant_id!r} was not fully purged: {result['left']}")

@@ -42,8 +42,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.fairness import jain_index, max_min_shares
+from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.records import RunStatus
-from tenantflow.engine.engine import check_tenant
 from tenantflow.errors import ConfigurationError
 from tenantflow.observability.events import (
     DEGRADATIONS,

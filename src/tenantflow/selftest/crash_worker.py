@@ -58,10 +58,12 @@ async def run(args: argparse.Namespace, progress: LineLog) -> int:
     )
     engine = tf.Engine(
         faults,  # type: ignore[arg-type]  # a Store by delegation
-        slots=args.slots,
-        seed=args.seed,
-        lease=timedelta(seconds=args.lease),
-        auto_tenant="enterprise",
+        tf.EngineConfig(
+            slots=args.slots,
+            seed=args.seed,
+            lease=timedelta(seconds=args.lease),
+            auto_tenant="enterprise",
+        ),
     )
     log = ExecLog(args.exec_log)
     engine.register(build(log, min_s=args.min_step_s, max_s=args.max_step_s, seed=args.seed))

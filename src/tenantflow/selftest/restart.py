@@ -20,8 +20,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import tenantflow as tf
+from tenantflow.adapters import open_store
 from tenantflow.domain.records import TERMINAL_RUN
-from tenantflow.engine.engine import open_store
 from tenantflow.errors import StoreError
 from tenantflow.selftest.core import Context, Row, Unavailable
 from tenantflow.selftest.faults import LOST_ACKS, LostAcks
@@ -57,10 +57,12 @@ async def _drive(
     faults = LostAcks(open_store(url), 0.0, seed=ctx.seed, on_fault=lambda _: row.fault(LOST_ACKS))
     engine = tf.Engine(
         faults,  # type: ignore[arg-type]  # a Store by delegation
-        slots=SLOTS,
-        seed=ctx.seed,
-        lease=timedelta(seconds=profile.lease_s),
-        auto_tenant="enterprise",
+        tf.EngineConfig(
+            slots=SLOTS,
+            seed=ctx.seed,
+            lease=timedelta(seconds=profile.lease_s),
+            auto_tenant="enterprise",
+        ),
     )
     engine.register(build(log, min_s=0.02, max_s=0.1, seed=ctx.seed))
     runs = profile.restart_runs

@@ -22,7 +22,7 @@ from tenantflow.api.errors import STREAM_ERROR_RESPONSES
 from tenantflow.api.routes.runs import RunPath
 from tenantflow.api.schemas import EventOut
 from tenantflow.domain.records import TERMINAL_RUN, RunRecord
-from tenantflow.engine.engine import Engine
+from tenantflow.placement import ControlPlane
 
 __all__ = ["POLL_S", "router"]
 
@@ -60,12 +60,13 @@ async def events(
         yield ServerSentEvent(data=event, event=event.kind, id=str(event.id))
 
 
-async def _follow(engine: Engine, tenant: str, run_id: str, cursor: int) -> AsyncIterator[EventOut]:
-    store = engine.store_for_tenant(tenant)
+async def _follow(
+    engine: ControlPlane, tenant: str, run_id: str, cursor: int
+) -> AsyncIterator[EventOut]:
     while True:
         # The status first: once it is terminal, every event of the run is already committed.
         ended = (await engine.get_run(tenant, run_id)).status in TERMINAL_RUN
-        for event in await store.events(tenant, run_id, after_id=cursor):
+        for event in await engine.events_after(tenant, run_id, cursor):
             cursor = event.id
             yield EventOut.of(event)
         if ended:

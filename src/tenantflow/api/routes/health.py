@@ -3,22 +3,18 @@ metrics (an admin key: they are labelled by tenant)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tenantflow.api.auth import Admin, EngineDep
 from tenantflow.api.errors import ERROR_RESPONSES, STREAM_ERROR_RESPONSES
 from tenantflow.api.schemas import HealthOut
-from tenantflow.errors import NotFoundError, StoreUnavailableError, TenantflowError
 
 __all__ = ["READY_TIMEOUT_S", "router"]
 
 router = APIRouter(tags=["health"])
 
 READY_TIMEOUT_S = 2.0
-_PROBE = "readyz-probe"
 
 
 @router.get("/healthz", response_model=HealthOut, summary="The process is up")
@@ -35,15 +31,7 @@ async def healthz() -> HealthOut:
 async def readyz(engine: EngineDep) -> HealthOut:
     """A tenant-scoped read of a run that cannot exist, on every store: an answer of "not
     found" within the timeout means the store is reachable."""
-    for key, store in engine.stores.items():
-        try:
-            await asyncio.wait_for(store.get_run(_PROBE, _PROBE), READY_TIMEOUT_S)
-        except NotFoundError:
-            continue
-        except (TenantflowError, TimeoutError) as exc:
-            raise StoreUnavailableError(
-                f"store {key!r} is not answering", store=key, retry_after_s=5.0
-            ) from exc
+    await engine.ready(READY_TIMEOUT_S)
     return HealthOut(status="ok")
 
 

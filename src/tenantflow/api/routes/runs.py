@@ -26,8 +26,8 @@ from tenantflow.api.schemas import (
 )
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import RunRecord, RunStatus
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import BackpressureError, ConflictError, ContractError
+from tenantflow.placement import ControlPlane
 
 __all__ = ["RunPath", "SubmissionGate", "router"]
 
@@ -122,15 +122,15 @@ async def submit(
         _check_replay(engine, record, body)
         response.status_code = 200
         return _submitted(record, created=False)
-    active = engine.active_run(tenant, handle.id)
-    if active is None:  # it ended at submission, or another process drives it (a front)
+    view = engine.run_snapshot(tenant, handle.id)
+    if view is None:  # it ended at submission, or another process drives it (a front)
         return _submitted(await engine.get_run(tenant, handle.id), created=True)
     return RunSubmitted(
-        id=handle.id,
-        status=active.status,
-        workflow=active.spec.name,
-        workflow_version=active.spec.version,
-        lane=active.lane,
+        id=view.id,
+        status=view.status,
+        workflow=view.workflow,
+        workflow_version=view.workflow_version,
+        lane=view.lane,
         created=True,
     )
 
@@ -146,7 +146,7 @@ def _submitted(record: RunRecord, *, created: bool) -> RunSubmitted:
     )
 
 
-def _check_replay(engine: Engine, record: RunRecord, body: SubmitIn) -> None:
+def _check_replay(engine: ControlPlane, record: RunRecord, body: SubmitIn) -> None:
     """An idempotency key names one request: reusing it for another is a conflict."""
     spec = engine.workflow(body.workflow, body.version)
     _, input_json = contract_for(spec.input_type).check(

@@ -63,7 +63,8 @@ class RunView(NamedTuple):
     """What the decider reads of a run.
 
     The mappings are read-only views of the caller's mirror: they must not change while a
-    decision is made (the embedded driver holds the run's lock), and are not copied.
+    decision is made (the embedded driver holds the run's lock), and are not copied. A caller
+    that cannot hold such a lock (several processes deciding one run) sets ``state_version``.
     """
 
     id: str
@@ -82,6 +83,11 @@ class RunView(NamedTuple):
     deferrals: Mapping[str, int]
     policy: Policy | None
     now: float
+    state_version: int | None = None
+    """The run's state version as read, when the caller writes with a compare-and-set on it:
+    a finish decided from this view then carries it as ``expected_version``, and the store
+    refuses it (:class:`~tenantflow.domain.records.VersionConflict`) if the run moved on. None
+    (the embedded driver, whose run lock already serialises its decisions): unconditional."""
 
     @property
     def revisions(self) -> int:

@@ -85,7 +85,17 @@ def on_succeeded(run: RunView, att: Attempt, value: Any, output_json: bytes) -> 
         planned = plan_to_transition(run.spec, plan, trial, run_id=run.id)
         merge(then, planned)
     delta = delta_bytes(key, output_json) if index is None else None
-    op = FinishAttempt(run.tenant_id, run.id, key, att.fence, run.now, output_json, delta, then)
+    op = FinishAttempt(
+        run.tenant_id,
+        run.id,
+        key,
+        att.fence,
+        run.now,
+        output_json,
+        delta,
+        then,
+        expected_version=run.state_version,
+    )
     update = MirrorUpdate(
         statuses=done_statuses,
         outputs=done_outputs,
@@ -189,5 +199,15 @@ def on_iteration(run: RunView, att: Attempt, turn: Turn, output_json: bytes) -> 
         effects.append(MirrorUpdate(statuses={step.name: StepStatus.FAILED}, error=run_error))
         effects.extend(failed_for_good(run, step, plan))
     delta = delta_bytes(key, output_json)
-    op = FinishAttempt(run.tenant_id, run.id, key, att.fence, run.now, output_json, delta, then)
+    op = FinishAttempt(
+        run.tenant_id,
+        run.id,
+        key,
+        att.fence,
+        run.now,
+        output_json,
+        delta,
+        then,
+        expected_version=run.state_version,
+    )
     return Decision([op], effects, [Requeue(key)])

@@ -13,8 +13,15 @@ stored, write, publish the effects (a ready step is a publish, a backoff a delay
 
 A delivery is marked in progress while its attempt runs, so the broker redelivers only one whose
 consumer went away; a redelivered step that is still leased, or already done, is acked without
-running. Within one process the decision of a run is serialised by a per-run lock; several
-processes deciding one run's parallel branches need the store's run-level compare-and-set.
+running. Several drivers (processes) may decide one run's parallel branches at once: each
+decides from the run as stored, with the state version it read, and writes the finish with that
+version as its ``expected_version`` (the store's run-level compare-and-set). If another branch
+committed meanwhile, the store answers :class:`~tenantflow.domain.records.VersionConflict` and
+writes nothing; the driver reads the run again and decides again, at most
+:data:`MAX_DECISIONS` times. Within one process a per-run lock also serialises the decisions
+(it spares the conflicts). The store checks the version on a finish only: a failure or a
+parked step is still decided without it, and a fan-out element's finish does not move the
+version (see :meth:`BrokerDriver._gather_if_lost`).
 
 Not driven here (yet): child runs (``ctx.delegate``), deciding reviews, pausing and resuming, and
 admission (every submitted run starts at once).
@@ -61,6 +68,7 @@ from tenantflow.domain.records import (
     StartAttempt,
     StepRecord,
     StepStatus,
+    VersionConflict,
 )
 from tenantflow.domain.run import advance
 from tenantflow.domain.spec import WorkflowSpec, child_key, parse_key
@@ -85,13 +93,17 @@ from tenantflow.engine.execution.saga import Saga
 from tenantflow.engine.execution.scope import AttemptScope, Ledgers, Services
 from tenantflow.engine.gateway import Gateway
 from tenantflow.engine.writer import Writer
-from tenantflow.errors import ConfigurationError, NotFoundError
+from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Delivery, DeliveryQueue, Store
 
-__all__ = ["BrokerDriver"]
+__all__ = ["MAX_DECISIONS", "BrokerDriver"]
 
 log = logging.getLogger("tenantflow.engine")
+
+MAX_DECISIONS = 16
+"""How often one outcome is decided again after a version conflict before the driver gives up
+(each conflict means another decision of the run committed, so the run itself moved on)."""
 
 
 class BrokerDriver:
@@ -267,7 +279,8 @@ class BrokerDriver:
         tenant, run_id, key = (str(delivery.data[k]) for k in ("tenant", "run", "key"))
         region, policy = await self._tenant(tenant)
         store, writer = self.stores[region], self.writers[region]
-        run = await self._load(store, tenant, run_id, policy)
+        loaded = await self._load(store, tenant, run_id, policy)
+        run = None if loaded is None else loaded[0]
         if run is None or run.status != RunStatus.RUNNING:
             delivery.ack()
             return
@@ -311,11 +324,74 @@ class BrokerDriver:
         scope.notes_usage = [UsageDelta("slot_seconds", service_s, name)]
         att = Attempt(key, lease.fence, lease.attempt, scope.notes, scope.notes_usage)
         async with self._locks.setdefault(run_id, asyncio.Lock()):
-            # Decide from the run as stored now: another branch may have settled meanwhile.
-            fresh = await self._load(store, tenant, run_id, policy)
-            if fresh is not None:
-                await self._decide(fresh, att, outcome, region)
+            await self._settle(store, tenant, run_id, policy, att, outcome, region)
         delivery.ack()
+
+    async def _settle(
+        self,
+        store: Store,
+        tenant: str,
+        run_id: str,
+        policy: Policy,
+        att: Attempt,
+        outcome: AttemptOutcome,
+        region: str,
+    ) -> None:
+        """Decide the outcome from the run as stored now (another branch, maybe decided by
+        another process, may have settled meanwhile) and commit it, checked against the state
+        version read; on a version conflict nothing was written: read and decide again."""
+        for _ in range(MAX_DECISIONS):
+            fresh = await self._load(store, tenant, run_id, policy)
+            if fresh is None:
+                return
+            if await self._decide(*fresh, att, outcome, region):
+                if isinstance(outcome, Succeeded):
+                    await self._gather_if_lost(store, tenant, run_id, policy, att.key, region)
+                return
+        raise self._conflict(run_id, att.key)
+
+    async def _gather_if_lost(
+        self, store: Store, tenant: str, run_id: str, policy: Policy, key: str, region: str
+    ) -> None:
+        """Gather a fan-out whose last elements finished in parallel elsewhere.
+
+        An element's finish moves no state version, so two of them decided from one view
+        (each seeing the other running) both commit and neither gathers. After an element's
+        finish, the run is read again; if every element succeeded and the step is still not
+        gathered, the gather (and what it readies) is written as a transition checked against
+        the version read. The gather moves the version, so of several processes doing this at
+        once one commits and the others, refused, find the step gathered.
+        """
+        name, index = parse_key(key)
+        for _ in range(MAX_DECISIONS):
+            fresh = await self._load(store, tenant, run_id, policy)
+            if fresh is None or index is None or fresh[0].spec.step(name).kind == "agent":
+                return  # an agent's iterations each move the version: nothing can be lost
+            run, version = fresh
+            n = run.children.get(name, 0)
+            elements = [child_key(name, i) for i in range(n)]
+            if (
+                run.status != RunStatus.RUNNING
+                or run.statuses.get(name) != StepStatus.MAPPED
+                or any(run.statuses.get(k) != StepStatus.SUCCEEDED for k in elements)
+            ):
+                return
+            view = run.view(self.clock.now())._replace(state_version=version)
+            decision = on_succeeded(view, Attempt(key, 0, 0), run.outputs[key], run.jsons[key])
+            then = decision.ops[-1].then
+            then.usage, then.expected_version = [], version  # the element's usage is counted
+            if await self._commit(run, Decision([then], decision.effects), region):
+                return
+        raise self._conflict(run_id, name)
+
+    @staticmethod
+    def _conflict(run_id: str, key: str) -> ConflictError:
+        return ConflictError(
+            f"run {run_id!r} kept moving on while step {key!r} was decided"
+            f" ({MAX_DECISIONS} version conflicts in a row)",
+            run_id=run_id,
+            step=key,
+        )
 
     async def _keep_alive(self, delivery: Delivery) -> None:
         """Hold off redelivery while the attempt runs (its lease guards it in the store)."""
@@ -325,9 +401,10 @@ class BrokerDriver:
             delivery.in_progress()
 
     async def _decide(
-        self, run: ActiveRun, att: Attempt, outcome: AttemptOutcome, region: str
-    ) -> None:
-        view = run.view(self.clock.now())
+        self, run: ActiveRun, version: int, att: Attempt, outcome: AttemptOutcome, region: str
+    ) -> bool:
+        """Decide and commit; False when the store refused it as decided from a stale view."""
+        view = run.view(self.clock.now())._replace(state_version=version)
         decision: Decision
         match outcome:
             case Succeeded(value, output_json):
@@ -358,14 +435,17 @@ class BrokerDriver:
                 decision = on_failed(view, att, error, jitter=self._rng.random)
             case _:  # Cancelled: the run is being cancelled or compensated
                 decision = on_failed(view, att, None, jitter=self._rng.random)
-        await self._commit(run, decision, region)
+        return await self._commit(run, decision, region)
 
-    async def _commit(self, run: ActiveRun, decision: Decision, region: str) -> None:
+    async def _commit(self, run: ActiveRun, decision: Decision, region: str) -> bool:
         """Write the decision's ops, then publish its effects: the mirror updates are not
-        needed (the next delivery reads the run from the store)."""
+        needed (the next delivery reads the run from the store). False, with nothing written,
+        when the store answered a version conflict (the decider writes one op per outcome)."""
         result: Any = None
         for op in decision.ops:
             result = await self.writers[region].write(op)
+            if isinstance(result, VersionConflict):
+                return False
         effects = decision.if_stale if result is STALE else decision.effects
         for effect in effects:
             if isinstance(effect, Enqueue):
@@ -381,6 +461,7 @@ class BrokerDriver:
                 self._finished(run.id)
             elif isinstance(effect, ReviewOpened):
                 self.reviews_opened.append(effect.review)
+        return True
 
     # -- parts --------------------------------------------------------------------------------
 
@@ -455,7 +536,8 @@ class BrokerDriver:
 
     async def _load(
         self, store: Store, tenant: str, run_id: str, policy: Policy
-    ) -> ActiveRun | None:
+    ) -> tuple[ActiveRun, int] | None:
+        """The run as stored, and the state version it was read at."""
         record = await store.get_run(tenant, run_id)
         spec = self.specs.get(record.workflow)
         if spec is None:
@@ -463,7 +545,7 @@ class BrokerDriver:
         run = ActiveRun.from_records(record, await store.get_steps(tenant, run_id), spec)
         run.policy = policy
         run.budget_run = record.meta.get("budget_run")
-        return run
+        return run, record.state_version
 
     def _publish(
         self, tenant: str, run_id: str, keys: Iterable[str], *, delay_s: float = 0.0

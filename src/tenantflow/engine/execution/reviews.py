@@ -15,7 +15,8 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantflow.domain.progress import (
     Attempt,
@@ -29,13 +30,79 @@ from tenantflow.engine.execution.active import ActiveRun
 from tenantflow.engine.execution.outcomes import Escalated
 from tenantflow.engine.gateway import human_response
 from tenantflow.errors import ConflictError, TenantflowError
-from tenantflow.observability.events import ReviewSlaBreached
-from tenantflow.ports import Clock
+from tenantflow.observability.events import Observers, ReviewSlaBreached
+from tenantflow.ports import Clock, Store
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import Engine
+    from tenantflow.domain.records import Op
+    from tenantflow.engine.tenants import Tenants
 
-__all__ = ["ReviewSteps", "Reviews"]
+__all__ = ["ReviewHost", "ReviewSteps", "ReviewWiring", "Reviews"]
+
+
+class _Writes(Protocol):
+    async def write(self, op: Op) -> Any: ...
+
+
+class _Driver(Protocol):
+    """What the review service asks of the driver of a tenant's runs."""
+
+    @property
+    def writer(self) -> _Writes: ...
+
+    async def review_decided(
+        self,
+        run: ActiveRun,
+        review: ReviewRecord,
+        *,
+        approved: bool,
+        comment: str | None,
+        reviewer: str,
+        fail_step: bool = False,
+    ) -> Any: ...
+
+
+class ReviewHost(Protocol):
+    """What the review service asks of the engine around it."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def observers(self) -> Observers: ...
+
+    @property
+    def tenants(self) -> Tenants: ...
+
+    def store_for_tenant(self, tenant: str) -> Store: ...
+
+    def runtime_for_tenant(self, tenant: str) -> _Driver: ...
+
+    def active_run(self, tenant: str, run_id: str) -> ActiveRun | None: ...
+
+    def drives(self, tenant: str) -> bool: ...
+
+    def review_opened(self, review: ReviewRecord) -> None: ...
+
+    def command(
+        self, tenant: str, kind: str, target: str, payload: dict[str, Any]
+    ) -> Awaitable[dict[str, Any] | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewWiring:
+    """A :class:`ReviewHost` made of the engine's parts (so that the service holds no engine)."""
+
+    clock: Clock
+    observers: Observers
+    tenants: Tenants
+    store_for_tenant: Callable[[str], Store]
+    runtime_for_tenant: Callable[[str], _Driver]
+    active_run: Callable[[str, str], ActiveRun | None]
+    drives: Callable[[str], bool]
+    review_opened: Callable[[ReviewRecord], None]
+    command: Callable[[str, str, str, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
 
 _OPEN = (ReviewStatus.PENDING.value, ReviewStatus.CLAIMED.value)
 
@@ -100,7 +167,7 @@ class ReviewSteps:
 class Reviews:
     """List, claim and decide a tenant's review tasks (``engine.reviews``)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ReviewHost) -> None:
         self._engine = engine
         self._subscribers: list[Callable[[ReviewRecord], None]] = []
 
@@ -164,7 +231,7 @@ class Reviews:
             raise ConflictError(
                 f"review {review_id} is already {review.status.value}", review_id=review_id
             )
-        if not self._engine._drives(tenant):  # another worker drives the run: pass it on
+        if not self._engine.drives(tenant):  # another worker drives the run: pass it on
             payload = {
                 "reviewer": reviewer,
                 "approve": approve,

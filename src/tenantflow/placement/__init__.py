@@ -1,0 +1,28 @@
+"""Placements: how the engine is placed over processes, and the one protocol above them.
+
+* :mod:`.control`: :class:`ControlPlane`, what the REST API and the CLI depend on;
+* :mod:`.embedded`: one process records, executes and serves (``Engine.open(url)``);
+* :mod:`.centralized`: a front serves, workers sharing one PostgreSQL database execute.
+
+The API and the CLI never ask how the engine is placed: they are given a control plane.
+"""
+
+from tenantflow.placement.control import (
+    ApiKeyInfo,
+    ControlPlane,
+    Principal,
+    RunHandle,
+    RunSnapshot,
+    StateVersion,
+    TenantInfo,
+)
+
+__all__ = [
+    "ApiKeyInfo",
+    "ControlPlane",
+    "Principal",
+    "RunHandle",
+    "RunSnapshot",
+    "StateVersion",
+    "TenantInfo",
+]

@@ -1,0 +1,159 @@
+"""The control plane: what the API and the command line ask of tenantflow.
+
+:class:`ControlPlane` is the one protocol the REST API (:mod:`tenantflow.api`) and the CLI depend
+on: submit, cancel, decide a review, wait, and read runs, reviews and history. It says nothing of
+where runs execute: an embedded engine executes them in this process, a centralized front queues
+them for its workers (see :mod:`tenantflow.placement`). The values it speaks in are public types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Protocol
+
+from tenantflow.domain.audit import VerifyResult
+from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
+from tenantflow.domain.spec import WorkflowSpec
+from tenantflow.domain.state import Change
+from tenantflow.engine.execution.reviews import Reviews
+from tenantflow.engine.handle import RunHandle, RunSnapshot
+from tenantflow.engine.history import StateVersion
+from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
+from tenantflow.engine.memory import Memory
+from tenantflow.engine.tenants import TenantInfo, Tenants
+from tenantflow.observability.events import Observers
+
+__all__ = [
+    "ApiKeyInfo",
+    "ControlPlane",
+    "Principal",
+    "RunHandle",
+    "RunSnapshot",
+    "StateVersion",
+    "TenantInfo",
+]
+
+
+class ControlPlane(Protocol):
+    """Runs, reviews, tenants, keys and memory of every tenant, however the engine is placed.
+
+    :class:`~tenantflow.engine.engine.Engine` implements it, embedded or as a cluster's front.
+    Every call takes the caller's tenant: it comes from authentication (the API) or the
+    caller (the CLI, the library), never from a request body.
+    """
+
+    @property
+    def owner(self) -> str:
+        """This process's id (on its claims and in its logs)."""
+
+    @property
+    def tenants(self) -> Tenants:
+        """Create, read, update and delete tenants."""
+
+    @property
+    def keys(self) -> ApiKeys:
+        """API keys: create, list, revoke, rotate, authenticate."""
+
+    @property
+    def memory(self) -> Memory:
+        """Every tenant's agent memory."""
+
+    @property
+    def reviews(self) -> Reviews:
+        """Review queues: list, claim and decide a tenant's review tasks."""
+
+    @property
+    def observers(self) -> Observers:
+        """Where engine events go (metrics, traces)."""
+
+    async def start(self) -> None:
+        """Open the stores (and, where runs execute here, resume them)."""
+
+    async def close(self) -> None:
+        """Stop and close the stores."""
+
+    def workflow(self, name: str, version: str | None = None) -> WorkflowSpec:
+        """A registered workflow (latest version unless ``version`` is given)."""
+
+    async def submit(
+        self,
+        workflow: str,
+        *,
+        tenant: str,
+        input: Any,
+        idempotency_key: str | None = None,
+        lane: str | None = None,
+        version: str | None = None,
+    ) -> RunHandle:
+        """Record a run; returns once it is durable."""
+
+    def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
+        """A run this process drives, as it is now (None: not driven here)."""
+
+    async def cancel(
+        self, tenant: str, run_id: str, reason: str = "cancelled by request"
+    ) -> RunRecord:
+        """Cancel a run (passed to the process that drives it)."""
+
+    async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
+        """Wait until the run ends and return its record."""
+
+    async def ready(self, timeout_s: float) -> None:
+        """Return once every store answers.
+
+        Raises:
+            StoreUnavailableError: a store did not answer within ``timeout_s``.
+        """
+
+    async def get_run(self, tenant: str, run_id: str) -> RunRecord:
+        """The run's record (NotFoundError if the tenant has no such run)."""
+
+    async def list_runs(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        payloads: bool = True,
+    ) -> list[RunRecord]:
+        """The tenant's runs, newest first."""
+
+    async def steps(self, tenant: str, run_id: str) -> list[StepRecord]:
+        """The run's steps."""
+
+    async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]:
+        """The run's events, oldest first."""
+
+    async def events_after(self, tenant: str, run_id: str, after: int) -> list[EventRecord]:
+        """The run's events after the event id ``after``."""
+
+    async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion:
+        """The run's state at ``version`` (latest when None)."""
+
+    async def versions(self, tenant: str, run_id: str) -> list[StateVersion]:
+        """Every state version of the run, in order."""
+
+    async def diff(self, tenant: str, run_id: str, a: int, b: int) -> list[Change]:
+        """What changed between state versions ``a`` and ``b``."""
+
+    async def bisect(
+        self, tenant: str, run_id: str, holds: Callable[[dict[str, Any]], bool]
+    ) -> StateVersion | None:
+        """The first state version where ``holds(state)`` is false."""
+
+    async def usage(
+        self, tenant: str, *, since: str | None = None, until: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's usage counters per day."""
+
+    async def budget(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's ledgers."""
+
+    async def audit_log(self, tenant: str) -> list[Any]:
+        """The tenant's audit rows, oldest first."""
+
+    async def audit_verify(self, tenant: str) -> VerifyResult:
+        """Check the tenant's audit hash chain."""
