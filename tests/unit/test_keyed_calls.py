@@ -29,7 +29,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def engine(clock: FakeClock) -> AsyncIterator[tf.Engine]:
     async with tf.Engine(
-        MemoryStore(), clock=clock, slots=4, seed=3, auto_tenant="enterprise"
+        MemoryStore(), tf.EngineConfig(slots=4, seed=3, auto_tenant="enterprise"), clock=clock
     ) as eng:
         yield eng
 

@@ -39,7 +39,7 @@ from tenantflow.errors import (
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from tenantflow.engine.engine import Engine
+    from tenantflow.placement import ControlPlane
 
 __all__ = ["MCPEndpoint"]
 
@@ -67,7 +67,7 @@ class _Server(MCPServer[Any]):
 class MCPEndpoint:
     """The ``/mcp`` ASGI endpoint of one engine; :meth:`start` it before serving."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ControlPlane) -> None:
         self._engine = engine
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()

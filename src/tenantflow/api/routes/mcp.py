@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from tenantflow.engine.engine import Engine
     from tenantflow.integrations.mcp_server import MCPEndpoint
+    from tenantflow.placement import ControlPlane
 
 __all__ = ["LazyMCPEndpoint", "mcp_endpoint"]
 
@@ -27,7 +27,7 @@ class LazyMCPEndpoint:
     """The ``/mcp`` ASGI endpoint, built on its first request; run :meth:`lifespan` while
     serving (it stops the endpoint if one was built)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ControlPlane) -> None:
         self._engine = engine
         self._endpoint: MCPEndpoint | None = None
         self._building: asyncio.Lock | None = None
@@ -61,7 +61,7 @@ class LazyMCPEndpoint:
                 await self._endpoint.stop()
 
 
-def mcp_endpoint(engine: Engine) -> LazyMCPEndpoint | None:
+def mcp_endpoint(engine: ControlPlane) -> LazyMCPEndpoint | None:
     """The ``/mcp`` endpoint for ``engine``, or None when the mcp extra is not installed."""
     if importlib.util.find_spec("mcp") is None:
         return None
