@@ -38,6 +38,7 @@ from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.ports import Clock
 
 __all__ = [
+    "BUREAU_PER_TIER",
     "BUREAU_PLATFORM_LIMIT",
     "ENDPOINTS",
     "REVIEWER_POOLS",
@@ -97,6 +98,18 @@ class Institution:
 
 _SLA = {"enterprise": timedelta(minutes=5), "standard": timedelta(minutes=10)}
 
+BUREAU_PER_TIER: dict[str, str] = {
+    "enterprise": "500/hour",
+    "standard": "50/hour",
+    "free": "10/hour",
+}
+"""Each tier's share of the credit bureau's quota: the platform's policy, not the library's
+tier presets (which know nothing of this platform's tools)."""
+
+
+def _bureau(tier: str) -> dict[str, Any]:
+    return {"rate_limits": {"tool:credit_bureau": BUREAU_PER_TIER[tier]}}
+
 
 def institutions(n: int, *, slots: int) -> list[Institution]:
     """The seed's named institutions, Institution X, and ``n - 5`` ordinary ones.
@@ -107,17 +120,17 @@ def institutions(n: int, *, slots: int) -> list[Institution]:
     """
     if n < 6:
         raise ValueError("the platform needs at least 6 institutions")
-    standard = {"run_sla": _SLA["standard"]}
+    standard = {"run_sla": _SLA["standard"], **_bureau("standard")}
     named = [
         Institution(
             "regional-bank",
             "regional bank",
             "enterprise",
             per_hour=90.0,
-            policy={"run_sla": _SLA["enterprise"], "region": _US},
+            policy={"run_sla": _SLA["enterprise"], "region": _US, **_bureau("enterprise")},
         ),
         Institution("credit-union", "credit union", "standard", per_hour=30.0, policy=standard),
-        Institution("fintech-startup", "fintech startup", "free", per_hour=20.0),
+        Institution("fintech-startup", "fintech startup", "free", 20.0, _bureau("free")),
         Institution(
             "eu-institution",
             "EU (GDPR)",

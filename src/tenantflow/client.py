@@ -168,10 +168,11 @@ class Client:
         *,
         params: Mapping[str, Any] | None = None,
         body: Any = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self._http.request(method, path, params=query, json=body)
+            response = self._http.request(method, path, params=query, json=body, headers=headers)
         except httpx.InvalidURL as exc:
             raise ConfigurationError(
                 f"invalid server URL {self.url!r}: {exc}", field="url", value=self.url
@@ -242,6 +243,32 @@ class Client:
 
     def get_run(self, run_id: str) -> RunRecord:
         return _run(self._call("GET", f"/v1/runs/{_segment(run_id)}"))
+
+    def submit(
+        self,
+        workflow: str,
+        input: Any,
+        *,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunRecord:
+        """Submit a run of a registered workflow (the key's tenant); the same
+        ``idempotency_key`` returns the same run."""
+        body: dict[str, Any] = {"workflow": workflow, "input": input}
+        if version is not None:
+            body["version"] = version
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        submitted = self._call("POST", "/v1/runs", body=body, headers=headers)
+        return self.get_run(str(submitted["id"]))
+
+    def cancel(self, run_id: str, *, reason: str | None = None) -> RunRecord:
+        """Cancel a run: its steps stop and completed ones are compensated."""
+        body = {"reason": reason} if reason else None
+        return _run(self._call("POST", f"/v1/runs/{_segment(run_id)}/cancel", body=body))
+
+    def resume(self, run_id: str) -> RunRecord:
+        """Resume a run the budget ladder paused."""
+        return _run(self._call("POST", f"/v1/runs/{_segment(run_id)}/resume"))
 
     def steps(self, run_id: str) -> list[StepRecord]:
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/steps")

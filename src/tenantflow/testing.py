@@ -11,15 +11,19 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from tenantflow.adapters.memory import MemoryStore
+from tenantflow.adapters.sqlite import SqliteStore
 from tenantflow.ports import Clock
 
 __all__ = ["FakeClock", "LoopbackBus", "MemoryStore"]
+
+T = TypeVar("T")
+S = TypeVar("S", bound=SqliteStore)
 
 
 class FakeClock:
@@ -29,6 +33,7 @@ class FakeClock:
         self._now = start
         self._seq = itertools.count()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._holds: list[Callable[[], bool]] = []
 
     def now(self) -> float:
         return self._now
@@ -58,14 +63,50 @@ class FakeClock:
             callback()
         self._now = target
 
+    def hold_while(self, busy: Callable[[], bool]) -> None:
+        """Let :meth:`settle` wait while ``busy()`` is true: work in flight outside the event
+        loop (a store's thread, e.g. ``clock.hold_while(lambda: store.busy)``) then finishes
+        before fake time moves on, however slow the machine is."""
+        self._holds.append(busy)
+
+    def watch(self, store: S) -> S:
+        """Hold fake time while ``store`` has a call in flight (see :meth:`hold_while`);
+        returns ``store``, e.g. ``Engine(clock.watch(MemoryStore()), clock=clock)``."""
+        self.hold_while(lambda: store.busy)
+        return store
+
+    async def settle(self) -> None:
+        """Wait (in real time) until no :meth:`hold_while` probe says busy."""
+        while any(busy() for busy in self._holds):  # noqa: ASYNC110 (a probe, not an event)
+            await asyncio.sleep(0.0005)
+
     async def run_for(self, seconds: float, step: float = 0.05) -> None:
         """Advance in small steps, letting the event loop run between them."""
         elapsed = 0.0
         while elapsed < seconds:
+            await self.settle()
             self.advance(step)
             elapsed += step
             for _ in range(5):
                 await asyncio.sleep(0)
+
+    async def drive(self, aw: Awaitable[T], *, step_s: float = 0.05, limit_s: float = 600.0) -> T:
+        """Await ``aw`` while moving this clock forward ``step_s`` at a time.
+
+        Before each step the clock settles (see :meth:`hold_while`), so fake time never runs
+        ahead of a write in flight on a busy machine (a lease would lapse that never could);
+        between steps the event loop runs. Fails with ``AssertionError`` past ``limit_s`` of
+        fake time."""
+        task = asyncio.ensure_future(aw)
+        start = self.now()
+        while not task.done():
+            if self.now() - start > limit_s:
+                task.cancel()
+                raise AssertionError(f"not done within {limit_s} s of fake time")
+            await self.settle()
+            self.advance(step_s)
+            await asyncio.sleep(0.001)
+        return task.result()
 
     @property
     def pending_timers(self) -> int:

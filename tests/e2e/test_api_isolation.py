@@ -75,6 +75,7 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ("DELETE", "/v1/tenants/{tenant_id}/keys/{key_id}"): [Case("denied")],
     # B's own tenant: collections, never A's rows
     ("GET", "/v1/tenant"): [Case("own")],
+    ("GET", "/v1/workflows"): [Case("own")],  # the platform's definitions, no tenant's data
     ("GET", "/v1/usage"): [Case("own")],
     ("GET", "/v1/budget"): [Case("own")],
     ("GET", "/v1/audit"): [Case("own"), Case("own", params={"after": 0, "limit": 1000})],
@@ -97,6 +98,7 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ("GET", "/v1/runs/{run_id}"): [Case("denied")],
     ("GET", "/v1/runs/{run_id}/steps"): [Case("denied")],
     ("POST", "/v1/runs/{run_id}/cancel"): [Case("denied", body={"reason": "sabotage"})],
+    ("POST", "/v1/runs/{run_id}/resume"): [Case("denied")],
     ("GET", "/v1/runs/{run_id}/timeline"): [Case("denied")],
     ("GET", "/v1/runs/{run_id}/state"): [Case("denied"), Case("denied", params={"version": 0})],
     ("GET", "/v1/runs/{run_id}/state/versions"): [Case("denied")],

@@ -87,3 +87,80 @@ def test_a_missing_file_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("error: nope.yaml: cannot read the scenario")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _figures(report: dict[str, object]) -> list[str]:
+    """The runs and completions the report's tables print, per class and scenario."""
+    out = []
+    for scenario in report["scenarios"]:  # type: ignore[attr-defined]
+        for row in scenario["classes"]:
+            out.append(f"{row['completed']}/{row['submitted'] - row['refused']}")
+    return out
+
+
+@pytest.mark.parametrize("columns", ["80", None])
+def test_no_figure_is_cut_at_80_columns_or_through_a_pipe(
+    tmp_path: Path, columns: str | None
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
+    result = subprocess.run(
+        [sys.executable, "-m", "tenantflow.cli.main", "simulate", str(QUICK), "--json", "r.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONIOENCODING": "utf-8"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert "…" not in text
+    if columns == "80":
+        assert all(len(line) <= 80 for line in text.splitlines())
+    words = text.split()
+    for figure in _figures(json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))):
+        assert figure in words, figure
+
+
+def test_fairness_is_compared_on_one_reference_and_controls_score_higher(tmp_path: Path) -> None:
+    result = _cli(str(QUICK), "--json", "r.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    off, on = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["scenarios"]
+    # Without controls the burster holds the slots while others wait: the contended figure,
+    # the one the table says to compare on, must show it.
+    assert off["contended_samples"] > 0 and on["contended_samples"] > 0
+    assert off["jain_contended"] < 0.5 < 0.9 < on["jain_contended"]
+    assert "fairness when contended" in result.stdout
+    assert "compare the scenarios on this" in " ".join(result.stdout.split())
+
+
+def test_plots_without_matplotlib_fail_before_the_run(tmp_path: Path) -> None:
+    # matplotlib hidden: the error must come before the simulation, so nothing is written.
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; sys.modules['matplotlib.figure'] = None\n"
+        "from tenantflow.cli.main import main; sys.argv = ['tenantflow'] + sys.argv[1:]; main()"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "simulate",
+            str(QUICK),
+            "--json",
+            "r.json",
+            "--html",
+            "r.html",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ") and "tenantflow[report]" in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "r.html").exists()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import tenantflow as tf
 from loan_platform.demo import BURSTER, DemoConfig, arrivals, run_demo
 from loan_platform.platform import institutions
 from tenantflow.report import Report
@@ -38,8 +39,34 @@ def test_the_same_seed_gives_the_same_workload() -> None:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Report:
-    return asyncio.run(run_demo(SMALL, directory=tmp_path_factory.mktemp("demo")))
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="module")
+def report(demo_dir: Path) -> Report:
+    return asyncio.run(run_demo(SMALL, directory=demo_dir))
+
+
+async def _fraud_screens(directory: Path, tenant: str) -> list[tuple[str, str, list[str]]]:
+    """(run status, fraud screen status, budget degradations of that step) for each run."""
+    reader = tf.Engine.open(
+        f"sqlite:///{directory / 'us-east-1.db'}",
+        regions={"eu-west-1": f"sqlite:///{directory / 'eu-west-1.db'}"},
+        region="us-east-1",
+        execute=False,
+    )
+    out = []
+    async with reader:
+        for run in await reader.list_runs(tenant, limit=1000):
+            steps = {s.key: s.status.value for s in await reader.steps(tenant, run.id)}
+            degraded = [
+                str(e.data.get("action"))
+                for e in await reader.timeline(tenant, run.id)
+                if e.kind == "budget.degraded" and e.step == "fraud_screen"
+            ]
+            out.append((run.status.value, steps.get("fraud_screen", "-"), degraded))
+    return out
 
 
 def _rows(report: Report, controls: bool) -> dict[str, object]:
@@ -71,14 +98,29 @@ def test_hard_rules_hold_in_both_variants(report: Report) -> None:
         eu = rows["EU (GDPR)"]
         assert set(eu.model_calls_by_region) <= {"eu-west-1"}  # type: ignore[attr-defined]
         assert all(r.residency_violations == 0 for r in rows.values())  # type: ignore[attr-defined]
-    fintech = _rows(report, True)["fintech startup"]
-    # $0.10 a run: after identity and the bureau ($0.07) the optional fraud screen is skipped
-    if fintech.completed:  # type: ignore[attr-defined]
-        assert fintech.degradations.get("skip_optional", 0) >= 1  # type: ignore[attr-defined]
     for trace in report.traces:
         for run in trace.runs:
             if run.tenant == "fintech-startup" and run.status == "completed":
                 assert run.cost_micros <= 100_000  # never over its per-run budget
+
+
+def test_the_fintechs_budget_never_covers_the_fraud_screen(report: Report, demo_dir: Path) -> None:
+    # $0.10 a run: after identity and the bureau ($0.07) and the compliance check (at least
+    # $0.0056), the fraud screen's worst case (300 tokens out on the small model, $0.024, plus
+    # its prompt) never fits, so whenever the budget is checked the ladder skips it. What a
+    # run's timing decides is only whether the step gets that far: under load its 2-minute
+    # timeout (half a second at 240x) can end an attempt first, and the optional step then
+    # fails without a degradation. (This test used to demand a skip in every run that
+    # completed, and failed when that happened.)
+    screens = asyncio.run(_fraud_screens(demo_dir / "controls", "fintech-startup"))
+    assert screens, "the fintech submitted no application"
+    for run_status, screen, degraded in screens:
+        assert screen != "succeeded", screens
+        if screen == "skipped":
+            assert degraded == ["skip_optional"], screens
+        assert degraded in ([], ["skip_optional"]), screens
+        if run_status == "completed":
+            assert screen in ("skipped", "failed"), screens
 
 
 def test_cli_writes_the_report(tmp_path: Path) -> None:
@@ -109,4 +151,33 @@ def test_cli_refuses_bad_options_with_one_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 2
-    assert "burst_at_min" in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --burst-at 99 ")
+    assert "--minutes" in lines[0] and "burst_at_min" not in lines[0]  # the user's terms
+
+
+def test_cli_shorter_than_the_default_burst_minute_runs(tmp_path: Path) -> None:
+    # `demo --minutes 2` used to fail on the default burst minute (8): now the burst moves in.
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "tenantflow.cli.main", "demo", "--quiet", "--minutes", "2"),
+            *("--institutions", "6", "--slots", "6", "--burst", "10", "--drain", "0.5"),
+            *("--speed", "600", "--json", str(tmp_path / "d.json")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    params = json.loads((tmp_path / "d.json").read_text())["params"]
+    assert "minute 0.5" in str(params)
+
+
+def test_the_bureau_limits_are_the_platforms_policy_not_the_library_presets() -> None:
+    from loan_platform.platform import BUREAU_PER_TIER
+
+    members = {m.tenant_id: m for m in institutions(8, slots=10)}
+    assert members["fintech-startup"].policy["rate_limits"] == {
+        "tool:credit_bureau": BUREAU_PER_TIER["free"]
+    }
+    assert members["regional-bank"].policy["rate_limits"] == {"tool:credit_bureau": "500/hour"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,22 +21,6 @@ from tenantflow.testing import FakeClock
 
 CLOCK = SystemClock()
 T = TypeVar("T")
-
-
-async def drive(clock: FakeClock, aw: Awaitable[T], limit_s: float) -> T:
-    """Await ``aw`` while fake time moves on in small steps, failing past ``limit_s`` of it.
-
-    Between steps the loop runs and the store's writer thread gets a moment of real time, so
-    fake time cannot race ahead of a write in flight (a lease would lapse that never could)."""
-    task = asyncio.ensure_future(aw)
-    start = clock.now()
-    while not task.done():
-        if clock.now() - start > limit_s:
-            task.cancel()
-            raise AssertionError(f"not done within {limit_s} s of fake time")
-        clock.advance(0.05)
-        await asyncio.sleep(0.001)
-    return task.result()
 
 
 def endpoint(
@@ -309,7 +293,9 @@ async def test_a_bursting_tenant_does_not_touch_anothers_admissions_limits_or_bu
 
 async def test_rate_limited_step_waits_without_holding_a_slot() -> None:
     clock = FakeClock()
-    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=1), clock=clock) as engine:
+    async with tf.Engine(
+        clock.watch(MemoryStore()), tf.EngineConfig(slots=1), clock=clock
+    ) as engine:
 
         @engine.tools.register(name="slow_api")
         async def slow_api() -> int:
@@ -334,11 +320,11 @@ async def test_rate_limited_step_waits_without_holding_a_slot() -> None:
         )
         first = await engine.submit("limited", tenant="t", input=None)
         second = await engine.submit("limited", tenant="t", input=None)
-        await drive(clock, first.result(), limit_s=5)
+        await clock.drive(first.result(), limit_s=5)
         # The second waits ~1 s for its token; with one slot, another run still gets through.
         q = await engine.submit("other", tenant="t", input=None)
-        assert await drive(clock, q.result(), limit_s=0.5) == "ran"
-        assert await drive(clock, second.result(), limit_s=5) == 1
+        assert await clock.drive(q.result(), limit_s=0.5) == "ran"
+        assert await clock.drive(second.result(), limit_s=5) == 1
         deferred = [e for e in await engine.timeline("t", second.id) if e.kind == "step.deferred"]
         assert deferred and "rate limit" in deferred[0].data["reason"]
 
@@ -579,7 +565,7 @@ async def test_retention_purges_finished_runs_past_the_policy() -> None:
     from tenantflow.testing import FakeClock
 
     clock = FakeClock()
-    async with tf.Engine(MemoryStore(), clock=clock) as engine:
+    async with tf.Engine(clock.watch(MemoryStore()), clock=clock) as engine:
         wf = tf.Workflow("ok")
 
         @wf.step
@@ -644,7 +630,9 @@ async def test_burst_credit_use_is_audited() -> None:
 
 async def test_a_provider_429_parks_the_step_and_lowers_that_tenants_rate() -> None:
     clock = FakeClock()
-    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=16, seed=3), clock=clock) as engine:
+    async with tf.Engine(
+        clock.watch(MemoryStore()), tf.EngineConfig(slots=16, seed=3), clock=clock
+    ) as engine:
         await _a_provider_429_parks_the_step(engine, clock)
 
 
@@ -663,7 +651,7 @@ async def _a_provider_429_parks_the_step(engine: tf.Engine, clock: FakeClock) ->
     await engine.tenants.create("other", tier="standard", **limits)
     sim.fail_next(1, throttle=True)
     run = await engine.submit("ask", tenant="throttled", input=None)
-    assert isinstance(await drive(clock, run.result(), limit_s=10), str)
+    assert isinstance(await clock.drive(run.result(), limit_s=10), str)
     kinds = [e.kind for e in await engine.timeline("throttled", run.id)]
     assert "step.deferred" in kinds and "step.retrying" not in kinds  # a wait, not a failure
     rows = await engine.store.execute_sql(  # type: ignore[attr-defined]
@@ -671,7 +659,7 @@ async def _a_provider_429_parks_the_step(engine: tf.Engine, clock: FakeClock) ->
     )
     factors = dict(rows)
     assert factors["throttled"] < 1.0  # adaptive: this tenant's rate for the endpoint went down
-    await drive(clock, (await engine.submit("ask", tenant="other", input=None)).result(), 10)
+    await clock.drive((await engine.submit("ask", tenant="other", input=None)).result(), limit_s=10)
     factors = dict(await engine.store.execute_sql("SELECT tenant_id, factor FROM rate_buckets"))  # type: ignore[attr-defined]
     assert factors["other"] == 1.0  # and no one else's
 
@@ -697,7 +685,7 @@ async def test_platform_limits_are_shared_and_controls_off_drops_tenant_limits()
     for controls in (True, False):
         clock = FakeClock()
         engine = tf.Engine(
-            MemoryStore(),
+            clock.watch(MemoryStore()),
             tf.EngineConfig(
                 slots=4,
                 controls=controls,
@@ -726,7 +714,7 @@ async def test_platform_limits_are_shared_and_controls_off_drops_tenant_limits()
             # Two runs complete at once; the other two wait for a token that comes back only
             # after half an hour, so ten minutes later they are still waiting.
             winners = (0, 2) if controls else (0, 1)
-            await drive(clock, asyncio.gather(*(runs[i].wait() for i in winners)), limit_s=5)
+            await clock.drive(asyncio.gather(*(runs[i].wait() for i in winners)), limit_s=5)
             await clock.run_for(600, step=5)
             done = [(await r.status()) == tf.RunStatus.COMPLETED for r in runs]
             # with controls each tenant gets its own 1 call; without, the first two take the

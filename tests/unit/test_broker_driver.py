@@ -71,21 +71,6 @@ def application(n: int, applicant: str, amount: float) -> Application:
     )
 
 
-async def drive(clock: FakeClock, aw: Awaitable[T], limit_s: float = 900.0) -> T:
-    """Await ``aw`` while moving fake time forward."""
-    task = asyncio.ensure_future(aw)
-    elapsed = 0.0
-    while not task.done():
-        if elapsed > limit_s:
-            task.cancel()
-            raise AssertionError("did not finish within the fake-time limit")
-        clock.advance(0.25)
-        elapsed += 0.25
-        for _ in range(5):
-            await asyncio.sleep(0)
-    return task.result()
-
-
 class ContentProvider:
     """A model whose reply depends on the request's content only, not on its idempotency key
     (which names the run): runs on two drivers get the same answers, tokens and costs."""
@@ -144,7 +129,7 @@ async def apply_all(clock: FakeClock, submit: Submit, wait: Wait) -> list[tuple[
     runs = []
     for n, (tenant, applicant, amount) in enumerate(APPLICATIONS):
         run_id = await submit(tenant, application(n, applicant, amount))
-        record = await drive(clock, wait(tenant, run_id))
+        record = await clock.drive(wait(tenant, run_id), step_s=0.25, limit_s=900.0)
         assert record.status == tf.RunStatus.COMPLETED, (tenant, record.error)
         runs.append((tenant, run_id))
     return runs

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -39,27 +40,11 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def engine(clock: FakeClock) -> AsyncIterator[tf.Engine]:
     async with tf.Engine(
-        MemoryStore(), tf.EngineConfig(slots=8, seed=7, auto_tenant="enterprise"), clock=clock
+        clock.watch(MemoryStore()),
+        tf.EngineConfig(slots=8, seed=7, auto_tenant="enterprise"),
+        clock=clock,
     ) as eng:
         yield eng
-
-
-async def drive(clock: FakeClock, aw: Awaitable[T], limit_s: float = 600.0) -> T:
-    """Await ``aw`` while moving fake time forward in small steps.
-
-    Between steps the store's writer thread gets a moment of real time: stepping on without
-    it, fake time raced ahead of a write in flight on a busy machine, until a lease lapsed
-    that never could have (a finished attempt refused as late, and run again)."""
-    task = asyncio.ensure_future(aw)
-    elapsed = 0.0
-    while not task.done():
-        if elapsed > limit_s:
-            task.cancel()
-            raise AssertionError("did not finish within the fake-time limit")
-        clock.advance(0.05)
-        elapsed += 0.05
-        await asyncio.sleep(0.001)
-    return task.result()
 
 
 def loan_workflow(calls: list[str], *, confidence: float = 0.9) -> tf.Workflow:
@@ -121,7 +106,7 @@ async def test_output_contract_violation_names_step_field_and_value(
     calls: list[str] = []
     engine.register(loan_workflow(calls, confidence=0.5))
     run = await engine.submit("loan", tenant="bank-a", input={"applicant": "a", "amount": 1})
-    record = await drive(clock, run.wait())
+    record = await clock.drive(run.wait())
     assert record.status == tf.RunStatus.FAILED  # verify never succeeded: nothing to compensate
     assert "decide" not in calls  # the bad output never reached downstream
     failures = [
@@ -129,10 +114,50 @@ async def test_output_contract_violation_names_step_field_and_value(
         for e in await engine.timeline("bank-a", run.id)
         if e.kind in ("step.retrying", "step.failed")
     ]
+    # The step built the model itself: pydantic's error in user code retries like any other.
     assert len(failures) == 3  # default Retry: 3 attempts
     assert "confidence" in failures[-1].data["error"] and "0.5" in failures[-1].data["error"]
     with pytest.raises(tf.RunFailedError):
         await run.result()
+
+
+async def test_an_output_that_breaks_the_contract_is_not_retried(
+    engine: tf.Engine, clock: FakeClock
+) -> None:
+    wf = tf.Workflow("contract", input=App)
+    attempts: list[int] = []
+
+    @wf.step  # default Retry: 3 attempts, but the same inputs break the contract again
+    async def verify(ctx: tf.StepContext, app: App) -> Identity:
+        attempts.append(ctx.attempt)
+        return {"verified": True, "confidence": 0.5}  # type: ignore[return-value]
+
+    engine.register(wf)
+    run = await engine.submit("contract", tenant="bank-a", input={"applicant": "a", "amount": 1})
+    record = await clock.drive(run.wait())
+    assert record.status == tf.RunStatus.FAILED
+    assert attempts == [1]
+    kinds = [e.kind for e in await engine.timeline("bank-a", run.id)]
+    assert "step.retrying" not in kinds and kinds.count("step.failed") == 1
+    assert "ContractError" in (record.error or "")
+
+
+async def test_a_contract_error_is_retried_only_when_the_retry_names_it() -> None:
+    error = tf.ContractError("output breaks its contract")
+    assert not tf.Retry().should_retry(1, error)
+    assert not tf.Retry(retry_on=(Exception,)).should_retry(1, error)
+    assert tf.Retry(retry_on=(tf.ContractError,)).should_retry(1, error)
+    assert tf.Retry().should_retry(1, RuntimeError("flaky"))
+
+
+def test_retry_takes_seconds_or_a_timedelta_and_refuses_anything_else() -> None:
+    assert tf.Retry(initial=0.1).initial == timedelta(milliseconds=100)
+    assert tf.Retry(initial=2, max_interval=60).max_interval == timedelta(seconds=60)
+    assert tf.Retry(initial=0.1).delay_s(1, 0.5) == pytest.approx(0.1)
+    with pytest.raises(tf.SpecError, match=r"Retry\.initial"):
+        tf.Retry(initial="1s")  # type: ignore[arg-type]
+    with pytest.raises(tf.ConfigurationError):
+        tf.Retry(initial=-1)
 
 
 async def test_retries_back_off_on_the_clock(engine: tf.Engine, clock: FakeClock) -> None:
@@ -148,7 +173,7 @@ async def test_retries_back_off_on_the_clock(engine: tf.Engine, clock: FakeClock
 
     engine.register(wf)
     run = await engine.submit("flaky", tenant="t1", input=None)
-    assert await drive(clock, run.result()) == 3
+    assert await clock.drive(run.result()) == 3
     retries = [e for e in await engine.timeline("t1", run.id) if e.kind == "step.retrying"]
     assert [round(e.data["retry_at"] - e.ts, 6) for e in retries] == [10.0, 20.0]
     assert tries[1] >= retries[0].data["retry_at"] and tries[2] >= retries[1].data["retry_at"]
@@ -167,7 +192,7 @@ async def test_hung_step_times_out_and_is_retried(engine: tf.Engine, clock: Fake
 
     engine.register(wf)
     run = await engine.submit("slow", tenant="t1", input=None)
-    assert await drive(clock, run.result()) == 2
+    assert await clock.drive(run.result()) == 2
     retry = [e for e in await engine.timeline("t1", run.id) if e.kind == "step.retrying"]
     assert "StepTimeoutError" in retry[0].data["error"]
 
@@ -295,6 +320,42 @@ async def test_saga_compensates_completed_steps_in_reverse_order(engine: tf.Engi
     assert kinds[-1] == ("run.compensated", None)
 
 
+async def test_logs_reach_the_timeline_from_steps_and_compensations_with_their_time(
+    engine: tf.Engine, clock: FakeClock
+) -> None:
+    wf = tf.Workflow("logged")
+
+    async def undo(ctx: tf.StepContext, out: str) -> None:
+        ctx.log("releasing the hold", hold=out)
+
+    @wf.step(compensate=undo)
+    async def hold(ctx: tf.StepContext) -> str:
+        ctx.log("placing a hold")
+        await clock.sleep(5.0)  # the step goes on after the log
+        return "h-1"
+
+    @wf.step(retry=tf.Retry(max_attempts=1))
+    async def charge(ctx: tf.StepContext, hold: str) -> str:
+        raise ValueError("card declined")
+
+    engine.register(wf)
+    run = await engine.submit("logged", tenant="t", input=None)
+    record = await clock.drive(run.wait())
+    assert record.status == tf.RunStatus.COMPENSATED
+    events = await engine.timeline("t", run.id)
+    logs = [e for e in events if e.kind == "step.log"]
+    assert [e.data["message"] for e in logs] == ["placing a hold", "releasing the hold"]
+    assert logs[1].data["hold"] == "h-1"
+    started = next(e for e in events if e.kind == "step.started" and e.step == "hold")
+    succeeded = next(e for e in events if e.kind == "step.succeeded" and e.step == "hold")
+    # Recorded when it was written, not when the step's outcome was committed: the step slept
+    # 5 s (on the clock) after logging. (How long after step.started the body began depends on
+    # scheduling: not asserted.)
+    assert started.ts <= logs[0].data["logged_at"] <= succeeded.ts - 4.999
+    compensated = next(e for e in events if e.kind == "step.compensated")
+    assert logs[1].data["logged_at"] <= compensated.ts
+
+
 async def test_cancel_stops_running_steps_and_compensates(engine: tf.Engine) -> None:
     wf = tf.Workflow("cancel")
     undone: list[str] = []
@@ -337,7 +398,7 @@ async def test_circuit_breaker_opens_and_fails_fast(clock: FakeClock) -> None:
         raise ConnectionError("bureau down")
 
     async with tf.Engine(
-        MemoryStore(),
+        clock.watch(MemoryStore()),
         tf.EngineConfig(
             breaker_failures=3, breaker_cooldown=timedelta(seconds=30), auto_tenant="standard"
         ),
@@ -518,3 +579,39 @@ async def test_a_run_admitted_while_its_submission_is_written_still_starts() -> 
         second = await engine.submit("gated", tenant="solo", input=2)
         assert await asyncio.wait_for(second.result(), timeout=10) == 2
         assert engine.admission.total_active == 0 and engine.admission.total_queued == 0
+
+
+class SlowStore(MemoryStore):
+    """A store whose every call takes real time on its thread, like a loaded machine's."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def _run(self, fn: Any) -> Any:
+        def slow(conn: Any) -> Any:
+            time.sleep(self.delay_s)
+            return fn(conn)
+
+        return await super()._run(slow)
+
+
+async def test_fake_time_waits_for_a_slow_store_so_no_lease_lapses() -> None:
+    """Each store call takes 50 ms of real time, in which an unwatched drive would move fake
+    time 2.5 s on (0.05 s a millisecond): past the 1 s lease of an attempt whose finish is in
+    flight. Watched, time holds until the call is done: one attempt, done once."""
+    clock = FakeClock()
+    wf = tf.Workflow("once")
+    attempts: list[int] = []
+
+    @wf.step
+    async def work(ctx: tf.StepContext) -> int:
+        attempts.append(ctx.attempt)
+        return ctx.attempt
+
+    config = tf.EngineConfig(slots=2, lease=timedelta(seconds=1), auto_tenant="standard")
+    async with tf.Engine(clock.watch(SlowStore(0.05)), config, clock=clock) as engine:
+        engine.register(wf)
+        run = await engine.submit("once", tenant="t", input=None)
+        assert await clock.drive(run.result(), limit_s=60) == 1
+    assert attempts == [1]

@@ -84,6 +84,25 @@ def test_shipped_scenarios_load(name: str) -> None:
         assert group.policy.tier in ("enterprise", "standard", "free")
 
 
+def test_shipped_scenarios_are_package_data_found_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenantflow.sim import find_scenario, shipped_scenarios
+
+    monkeypatch.chdir(tmp_path)  # outside a checkout
+    shipped = shipped_scenarios()
+    assert set(shipped) == {"monday_morning", "month", "quick"}
+    assert all("tenantflow" in str(p) and p.is_file() for p in shipped.values())
+    assert find_scenario("monday_morning") == shipped["monday_morning"]
+    assert find_scenario("quick.yaml") == shipped["quick"]
+    (tmp_path / "quick.yaml").write_text("name: mine\n", encoding="utf-8")
+    assert find_scenario("quick.yaml") == Path("quick.yaml")  # a file that exists wins
+    with pytest.raises(ScenarioError, match="monday_morning, month, quick"):
+        find_scenario("tuesday")
+    # The checkout's scenarios/ are the same files.
+    assert (SCENARIOS / "month.yaml").read_bytes() == shipped["month"].read_bytes()
+
+
 def test_monday_morning_is_seed_001_at_full_scale() -> None:
     scenario = load_scenario(SCENARIOS / "monday_morning.yaml")
     assert scenario.tenant_count == 200

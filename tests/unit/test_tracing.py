@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,24 +55,12 @@ def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
 @pytest.fixture
 async def engine(clock: FakeClock, provider: TracerProvider) -> AsyncIterator[tf.Engine]:
     async with tf.Engine(
-        MemoryStore(), tf.EngineConfig(slots=8, seed=7, auto_tenant="enterprise"), clock=clock
+        clock.watch(MemoryStore()),
+        tf.EngineConfig(slots=8, seed=7, auto_tenant="enterprise"),
+        clock=clock,
     ) as eng:
         install_tracing(eng, provider)
         yield eng
-
-
-async def drive(clock: FakeClock, aw: Awaitable[T], limit_s: float = 600.0) -> T:
-    task = asyncio.ensure_future(aw)
-    elapsed = 0.0
-    while not task.done():
-        if elapsed > limit_s:
-            task.cancel()
-            raise AssertionError("did not finish within the fake-time limit")
-        clock.advance(0.05)
-        elapsed += 0.05
-        for _ in range(20):
-            await asyncio.sleep(0)
-    return task.result()
 
 
 def by_name(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
@@ -143,7 +131,7 @@ async def test_run_step_and_call_spans_form_one_tree_with_genai_attributes(
 
     engine.register(wf)
     run = await engine.submit("loan", tenant="bank-a", input={"applicant": SECRET})
-    assert await drive(clock, run.result()) is True
+    assert await clock.drive(run.result()) is True
     tokens_in = sim.prompt_tokens(
         _request(f"assess {SECRET} with score 700")  # what the step sent
     )
@@ -222,7 +210,7 @@ async def test_a_failing_step_sets_error_status_with_the_exception_type_only(
 
     engine.register(wf)
     run = await engine.submit("doomed", tenant="bank-b", input={"applicant": SECRET})
-    assert (await drive(clock, run.wait())).status == tf.RunStatus.FAILED
+    assert (await clock.drive(run.wait())).status == tf.RunStatus.FAILED
     spans = exporter.get_finished_spans()
     attempts = sorted(by_name(spans, "step boom"), key=lambda s: s.start_time or 0)
     assert [(s.attributes or {}).get("tenantflow.attempt") for s in attempts] == [1, 2]

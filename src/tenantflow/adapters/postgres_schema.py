@@ -52,19 +52,37 @@ _APPEND_ONLY = "SELECT, INSERT, DELETE"  # rows are written once (and purged), n
 
 def _role(name: str) -> list[str]:
     """Create the NOLOGIN role ``name`` if missing, and let the connecting role ``SET ROLE`` to
-    it (a superuser can without a grant)."""
+    it (a superuser can without a grant).
+
+    Roles are cluster-wide: creating one needs ``CREATEROLE`` (often refused on managed
+    PostgreSQL) and it outlives ``DROP DATABASE``. An administrator may create both roles and
+    grant them to the owner beforehand; then neither is created nor granted again, and the
+    owner needs no ``CREATEROLE``. Without either, the error says what to run."""
+    create = f"CREATE ROLE {name} NOLOGIN NOSUPERUSER NOBYPASSRLS"
     return [
         f"""DO $$ BEGIN
             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{name}') THEN
-                CREATE ROLE {name} NOLOGIN NOSUPERUSER NOBYPASSRLS;
+                BEGIN
+                    {create};
+                EXCEPTION WHEN insufficient_privilege THEN
+                    RAISE EXCEPTION 'the role {name} does not exist and % may not create it'
+                        ' (CREATEROLE): have an administrator run {create};'
+                        ' GRANT {name} TO %;', current_user, current_user;
+                END;
             END IF;
         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
         END $$""",
         f"""DO $$ BEGIN
-            IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+               AND NOT pg_has_role(current_user, '{name}', 'MEMBER') THEN
                 EXECUTE format('GRANT {name} TO %I', current_user);
             END IF;
-        EXCEPTION WHEN unique_violation THEN NULL;
+        EXCEPTION
+            WHEN unique_violation THEN NULL;
+            WHEN insufficient_privilege THEN
+                RAISE EXCEPTION '% is not a member of the role {name} and may not grant it'
+                    ' to itself: have an administrator run GRANT {name} TO %;',
+                    current_user, current_user;
         END $$""",
     ]
 

@@ -65,6 +65,7 @@ class SqliteStore(SqlStore):
         self._lock_fd: int | None = None
         self._exclusive = False
         self._checkpointer: Checkpointer | None = None
+        self._calls_in_flight = 0
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -197,11 +198,19 @@ class SqliteStore(SqlStore):
         if conn is None or executor is None:
             raise StoreUnavailableError("the SQLite store is not open")
         loop = asyncio.get_running_loop()
-
+        self._calls_in_flight += 1
         try:
             return await loop.run_in_executor(executor, fn, conn)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite error: {exc}") from exc
+        finally:
+            self._calls_in_flight -= 1
+
+    @property
+    def busy(self) -> bool:
+        """Whether a call is on the store's thread, or its result not yet taken up by its
+        caller (a test on a fake clock waits for this before moving time on)."""
+        return self._calls_in_flight > 0
 
     # -- writes and reads (every read scoped by tenant: see SqlStore) ---------------------------
 

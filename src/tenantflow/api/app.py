@@ -18,10 +18,20 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 
 from tenantflow import __version__
+from tenantflow.api.docs import install_docs
 from tenantflow.api.errors import install_error_handlers
 from tenantflow.api.metrics import HttpMetrics, MetricsMiddleware
 from tenantflow.api.middleware import RequestGuard
-from tenantflow.api.routes import events, health, memory, reviews, runs, tenant, tenants
+from tenantflow.api.routes import (
+    events,
+    health,
+    memory,
+    reviews,
+    runs,
+    tenant,
+    tenants,
+    workflows,
+)
 from tenantflow.api.routes.mcp import mcp_endpoint
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.placement import ControlPlane
@@ -48,6 +58,7 @@ def create_app(
     max_submissions: int = DEFAULT_MAX_SUBMISSIONS,
     setup: Sequence[Setup] = (),
     manage_engine: bool = True,
+    started: Sequence[Callable[[ControlPlane], None]] = (),
     dashboard: bool | str = True,
     session_ttl: timedelta = timedelta(minutes=30),
 ) -> FastAPI:
@@ -66,6 +77,7 @@ def create_app(
             be async): they register workflows, tools and models.
         manage_engine: start the engine with the app and close it at shutdown (False when the
             caller starts and closes it).
+        started: functions called with the engine once it has started (``serve``'s banner).
         dashboard: serve the web dashboard at ``/ui`` (``app.state.dashboard``; docs/dashboard.md);
             ``"read-only"`` serves it without any action that changes something.
         session_ttl: how long a dashboard sign-in lasts.
@@ -89,6 +101,8 @@ def create_app(
                 await result
         if manage_engine:
             await engine.start()
+        for announce in started:  # e.g. serve's banner: only once the engine is up
+            announce(engine)
         try:
             async with AsyncExitStack() as stack:
                 if mcp is not None:
@@ -103,13 +117,16 @@ def create_app(
         version=__version__,
         summary="A multi-tenant control plane for durable AI-agent workflows.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from the package, not a CDN: see api/docs.py
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.engine = engine
     app.state.registry = registry
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    for module in (runs, events, reviews, memory, tenant, tenants, health):
+    for module in (runs, events, reviews, memory, tenant, tenants, workflows, health):
         app.include_router(module.router)
     if mcp is not None:
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.

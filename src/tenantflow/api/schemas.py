@@ -18,6 +18,7 @@ from tenantflow.domain.policy import Policy
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
+from tenantflow.domain.timefmt import event_times_iso
 from tenantflow.placement import StateVersion, TenantInfo
 
 __all__ = [
@@ -316,7 +317,7 @@ class EventOut(BaseModel):
             kind=event.kind,
             step=event.step,
             attempt=event.attempt,
-            data=event.data,
+            data=event_times_iso(event.data) or {},  # until, retry_at, ... as ISO-8601
         )
 
 

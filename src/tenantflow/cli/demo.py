@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 
 __all__ = ["demo", "main"]
 
+_BURST_AT_MIN = 8.0
+_OPTIONS = {
+    "institutions": "--institutions",
+    "slots": "--slots",
+    "burst": "--burst",
+    "speed": "--speed",
+    "minutes": "--minutes",
+    "burst_at_min": "--burst-at",
+    "drain_min": "--drain",
+}
+
 
 def demo(
     institutions: Annotated[
@@ -46,7 +57,12 @@ def demo(
     drain: Annotated[
         float, typer.Option(min=0, max=1440, help="Minutes the platform runs on after them.")
     ] = 8.0,
-    burst_at: Annotated[float, typer.Option(help="Minute the burst starts.")] = 8.0,
+    burst_at: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="Minute the burst starts (default 8, or a quarter of --minutes if shorter)."
+        ),
+    ] = None,
     directory: Annotated[
         Path | None,
         typer.Option("--dir", help="Keep the SQLite stores here (default: a temporary dir)."),
@@ -74,22 +90,39 @@ def demo(
                 f" reinstall the package): {exc}",
                 field="loan_platform",
             ) from None
-        cfg = DemoConfig(
-            institutions=institutions,
-            slots=slots,
-            burst=burst,
-            seed=seed,
-            speed=speed,
-            minutes=minutes,
-            drain_min=drain,
-            burst_at_min=burst_at,
-        )
+        if burst_at is None:
+            burst_at = min(_BURST_AT_MIN, minutes / 4)
+        elif burst_at >= minutes:
+            raise ConfigurationError(
+                f"--burst-at {burst_at:g} is not within the {minutes:g} minutes of arrivals"
+                f" (--minutes): give a --burst-at below {minutes:g}, or leave it out",
+                field="burst_at",
+            )
         # Imported here, not with the module: the report (and its plots) are for this command
         # only, and every other command (and --help) starts without them.
-        from tenantflow.report import print_report
+        from tenantflow.report import print_report, require_plots
+        from tenantflow.tables import output_console
 
-        console = Console()
-        report = asyncio.run(_run(cfg, directory, console, live=not quiet))
+        if html_path is not None or png_path is not None:
+            require_plots()  # before the run, not after it
+        try:
+            cfg = DemoConfig(
+                institutions=institutions,
+                slots=slots,
+                burst=burst,
+                seed=seed,
+                speed=speed,
+                minutes=minutes,
+                drain_min=drain,
+                burst_at_min=burst_at,
+            )
+        except ConfigurationError as exc:  # in the command's terms: its option, not the field
+            option = _OPTIONS.get(str(exc.fields.get("field")), "an option")
+            raise ConfigurationError(
+                f"{option} is out of range: {exc.message}", field=option
+            ) from None
+        console = output_console()
+        report = asyncio.run(_run(cfg, directory, console, live=not quiet and console.is_terminal))
         print_report(report, console)
         _write(report, json_path, html_path, png_path, console)
 

@@ -15,6 +15,7 @@ from tenantflow.cli import (
     audit,
     db,
     demo,
+    dev,
     keys,
     memory,
     reviews,
@@ -52,6 +53,7 @@ app.add_typer(reviews.app, name="reviews")
 app.command("usage")(usage.usage)
 app.add_typer(audit.app, name="audit")
 app.command("serve")(serve.serve)
+app.command("dev")(dev.dev)
 app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)

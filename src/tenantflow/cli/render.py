@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.json import JSON
 from rich.table import Table
 from rich.text import Text
 
+from tenantflow.domain import timefmt
 from tenantflow.domain.audit import AuditRecord, VerifyResult
 from tenantflow.domain.policy import micros_to_usd
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
+from tenantflow.tables import Fitted, output_console
 
 if TYPE_CHECKING:
     from tenantflow.placement import StateVersion, TenantInfo
@@ -58,7 +59,6 @@ __all__ = [
     "verify_line",
 ]
 
-_PIPE_WIDTH = 200
 _STYLES = {
     RunStatus.COMPLETED.value: "green",
     RunStatus.FAILED.value: "red",
@@ -79,27 +79,27 @@ T = TypeVar("T")
 
 
 def console() -> Console:
-    """A console on stdout, wide when not a terminal so piped tables are not squeezed."""
-    out = Console(highlight=False)
-    if not out.is_terminal:
-        out.width = max(out.width, _PIPE_WIDTH)
-    return out
+    """A console on stdout: the terminal's width, or (a pipe, a file) wide enough that no
+    table is squeezed."""
+    return output_console()
 
 
-def _table(*columns: str, fold: tuple[str, ...] = ()) -> Table:
-    # Columns in ``fold`` (ids, times) wrap mid-word rather than lose characters to an ellipsis.
+def _table(*columns: str) -> Table:
     table = Table(box=box.SIMPLE_HEAD)
     for name in columns:
-        table.add_column(name, overflow="fold" if name in fold else "ellipsis")
+        table.add_column(name)
     return table
+
+
+def _fitted(table: Table, *, text: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> Fitted:
+    # Numbers, ids and times are never cut or broken; ``text`` columns wrap at spaces; the
+    # ``optional`` ones are left out (last named first), with a note, when the rest cannot fit.
+    return Fitted(table, text=frozenset(text), optional=optional)
 
 
 def iso(ts: float | None, *, timespec: str = "microseconds") -> str | None:
     """A POSIX timestamp as ISO-8601 UTC (``2026-01-02T03:04:05.678901Z``); None stays None."""
-    if ts is None:
-        return None
-    text = datetime.fromtimestamp(ts, UTC).isoformat(timespec=timespec)
-    return text.removesuffix("+00:00") + "Z"
+    return timefmt.iso(ts, timespec=timespec)
 
 
 def _ms(ts: float | None) -> str:
@@ -112,6 +112,11 @@ def _load(raw: bytes | None) -> Any:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _spaced(value: Any) -> str:
+    # JSON in a table cell: spaces after separators, so a narrow column wraps between values.
+    return json.dumps(value, separators=(", ", ": "), ensure_ascii=False, default=str)
 
 
 def _status(value: str) -> Text:
@@ -131,7 +136,7 @@ def print_rows(
     *,
     json: bool,
     as_dict: Callable[[T], Any],
-    table: Callable[[Sequence[T]], Table],
+    table: Callable[[Sequence[T]], RenderableType],
     empty: str,
 ) -> bool:
     """A list command's output: JSON (a list of ``as_dict`` of each row), else a table, else
@@ -143,7 +148,8 @@ def print_rows(
     if not rows:
         out.print(empty, markup=False)
         return False
-    out.print(table(rows))
+    shown = table(rows)
+    out.print(Fitted(shown) if isinstance(shown, Table) else shown)
     return True
 
 
@@ -198,7 +204,7 @@ def event_dict(event: EventRecord) -> dict[str, Any]:
         "kind": event.kind,
         "step": event.step,
         "attempt": event.attempt,
-        "data": event.data,
+        "data": timefmt.event_times_iso(event.data),
     }
 
 
@@ -228,17 +234,9 @@ def change_dict(change: Change) -> dict[str, Any]:
 # -- tables ----------------------------------------------------------------------------------
 
 
-def runs_table(runs: Sequence[RunRecord]) -> Table:
+def runs_table(runs: Sequence[RunRecord]) -> Fitted:
     """Runs, newest first."""
-    table = _table(
-        "run",
-        "workflow",
-        "status",
-        "created",
-        "finished",
-        "error",
-        fold=("run", "created", "finished"),
-    )
+    table = _table("run", "workflow", "status", "created", "finished", "error")
     for r in runs:
         table.add_row(
             Text(r.id),
@@ -248,7 +246,7 @@ def runs_table(runs: Sequence[RunRecord]) -> Table:
             _ms(r.finished_at),
             Text(r.error or ""),
         )
-    return table
+    return _fitted(table, text=("workflow", "error"), optional=("error", "created", "finished"))
 
 
 def run_detail(run: RunRecord) -> Table:
@@ -281,18 +279,9 @@ def run_detail(run: RunRecord) -> Table:
     return grid
 
 
-def steps_table(steps: Sequence[StepRecord]) -> Table:
+def steps_table(steps: Sequence[StepRecord]) -> Fitted:
     """A run's steps with status and attempt."""
-    table = _table(
-        "step",
-        "status",
-        "attempt",
-        "version",
-        "started",
-        "finished",
-        "error",
-        fold=("step", "started", "finished"),
-    )
+    table = _table("step", "status", "attempt", "version", "started", "finished", "error")
     for s in steps:
         table.add_row(
             Text(s.key),
@@ -303,21 +292,21 @@ def steps_table(steps: Sequence[StepRecord]) -> Table:
             _ms(s.finished_at),
             Text(s.error or ""),
         )
-    return table
+    return _fitted(table, text=("error",), optional=("error", "started", "finished"))
 
 
-def events_table(events: Sequence[EventRecord]) -> Table:
+def events_table(events: Sequence[EventRecord]) -> Fitted:
     """A run's execution log, oldest first."""
-    table = _table("time", "event", "step", "attempt", "data", fold=("time", "step", "data"))
+    table = _table("time", "event", "step", "attempt", "data")
     for e in events:
         table.add_row(
             _ms(e.ts),
             Text(e.kind),
             Text(e.step or ""),
             "" if e.attempt is None else str(e.attempt),
-            Text(_compact(e.data) if e.data else ""),
+            Text(_spaced(timefmt.event_times_iso(e.data)) if e.data else ""),
         )
-    return table
+    return _fitted(table, text=("data",), optional=("data",))
 
 
 def state_view(version: StateVersion) -> tuple[Text, JSON]:
@@ -330,17 +319,17 @@ def state_view(version: StateVersion) -> tuple[Text, JSON]:
     return header, JSON(_compact(version.state))
 
 
-def changes_table(changes: Sequence[Change]) -> Table:
+def changes_table(changes: Sequence[Change]) -> Fitted:
     """Differences between two state versions."""
-    table = _table("path", "change", "before", "after", fold=("path", "before", "after"))
+    table = _table("path", "change", "before", "after")
     for c in changes:
         table.add_row(
             Text(c.path),
             Text(c.kind),
-            Text("" if c.kind == "added" else _compact(c.before)),
-            Text("" if c.kind == "removed" else _compact(c.after)),
+            Text("" if c.kind == "added" else _spaced(c.before)),
+            Text("" if c.kind == "removed" else _spaced(c.after)),
         )
-    return table
+    return _fitted(table, text=("before", "after"))
 
 
 # -- tenancy: tenants, reviews, usage and budgets, audit --------------------------------------
@@ -381,7 +370,7 @@ def tenant_dict(info: TenantInfo) -> dict[str, Any]:
     }
 
 
-def tenants_table(tenants: Sequence[TenantInfo]) -> Table:
+def tenants_table(tenants: Sequence[TenantInfo]) -> Fitted:
     """Tenants by id, with the policy fields that matter most at a glance."""
     table = _table(
         "tenant",
@@ -394,7 +383,6 @@ def tenants_table(tenants: Sequence[TenantInfo]) -> Table:
         "max runs",
         "max steps",
         "updated",
-        fold=("tenant", "updated"),
     )
     for t in tenants:
         p = t.policy
@@ -410,7 +398,7 @@ def tenants_table(tenants: Sequence[TenantInfo]) -> Table:
             str(p.max_running_steps),
             _ms(t.updated_at),
         )
-    return table
+    return _fitted(table, optional=("org", "store", "weight", "max steps", "max runs", "updated"))
 
 
 def tenant_detail(info: TenantInfo) -> tuple[Table, JSON]:
@@ -430,7 +418,7 @@ def tenant_detail(info: TenantInfo) -> tuple[Table, JSON]:
     return grid, JSON(_compact(info.policy.model_dump(mode="json")))
 
 
-def deletion_table(result: dict[str, Any]) -> Table:
+def deletion_table(result: dict[str, Any]) -> Fitted:
     """What a tenant deletion removed, and the rows left afterwards, per table."""
     deleted: dict[str, int] = result.get("deleted", {})
     left: dict[str, int] = result.get("left", {})
@@ -442,7 +430,7 @@ def deletion_table(result: dict[str, Any]) -> Table:
             str(deleted.get(name, 0)),
             Text("" if count is None else str(count), style="green" if count == 0 else "red"),
         )
-    return table
+    return _fitted(table)
 
 
 def review_dict(review: ReviewRecord) -> dict[str, Any]:
@@ -466,19 +454,9 @@ def review_dict(review: ReviewRecord) -> dict[str, Any]:
     }
 
 
-def reviews_table(reviews: Sequence[ReviewRecord]) -> Table:
+def reviews_table(reviews: Sequence[ReviewRecord]) -> Fitted:
     """Review tasks in queue order (lane, then SLA)."""
-    table = _table(
-        "review",
-        "pool",
-        "lane",
-        "status",
-        "step",
-        "run",
-        "sla due",
-        "claimed by",
-        fold=("review", "run", "sla due"),
-    )
+    table = _table("review", "pool", "lane", "status", "step", "run", "sla due", "claimed by")
     for r in reviews:
         table.add_row(
             Text(r.id),
@@ -490,7 +468,7 @@ def reviews_table(reviews: Sequence[ReviewRecord]) -> Table:
             _ms(r.sla_due),
             Text(r.claimed_by or ""),
         )
-    return table
+    return _fitted(table, optional=("run", "sla due", "pool", "step", "claimed by", "lane"))
 
 
 def review_detail(review: ReviewRecord) -> tuple[Table, JSON]:
@@ -528,28 +506,20 @@ def usage_dict(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def usage_table(rows: Sequence[dict[str, Any]]) -> Table:
+def usage_table(rows: Sequence[dict[str, Any]]) -> Fitted:
     """Usage counters per day, metric and dimension (tool, model, step or pool)."""
-    table = _table("day", "metric", "dim", "value", fold=("dim",))
+    table = _table("day", "metric", "dim", "value")
     for row in rows:
         value = _number(row["value"])
         shown = f"{value:.6g}" if isinstance(value, float) else str(value)
         table.add_row(row["day"], Text(row["metric"]), Text(row["dim"]), shown)
-    return table
+    return _fitted(table)
 
 
-def budget_table(ledgers: Sequence[dict[str, Any]]) -> Table:
+def budget_table(ledgers: Sequence[dict[str, Any]]) -> Fitted:
     """Budget ledgers: limit, spent, reserved and overrun per scope and unit."""
     table = _table(
-        "scope",
-        "unit",
-        "period",
-        "limit",
-        "spent",
-        "reserved",
-        "overrun",
-        "period start",
-        fold=("scope", "period start"),
+        "scope", "unit", "period", "limit", "spent", "reserved", "overrun", "period start"
     )
     for led in ledgers:
         unit = str(led["unit"])
@@ -564,7 +534,7 @@ def budget_table(ledgers: Sequence[dict[str, Any]]) -> Table:
             _amount(unit, led.get("overrun")),
             _ms(led.get("period_start")),
         )
-    return table
+    return _fitted(table, optional=("period", "overrun", "period start"))
 
 
 def audit_dict(record: AuditRecord) -> dict[str, Any]:
@@ -572,21 +542,9 @@ def audit_dict(record: AuditRecord) -> dict[str, Any]:
     return {**record.model_dump(mode="json"), "ts": iso(record.ts)}
 
 
-def audit_table(records: Sequence[AuditRecord]) -> Table:
+def audit_table(records: Sequence[AuditRecord]) -> Fitted:
     """A tenant's audit rows, oldest first."""
-    table = _table(
-        "seq",
-        "time",
-        "actor",
-        "action",
-        "subject",
-        "detail",
-        "hash",
-        fold=("time", "subject"),
-    )
-    # A policy change's detail is the whole policy: one cut line here, in full with --json.
-    detail = table.columns[5]
-    detail.no_wrap, detail.max_width = True, 80
+    table = _table("seq", "time", "actor", "action", "subject", "detail", "hash")
     for r in records:
         table.add_row(
             str(r.seq),
@@ -594,10 +552,24 @@ def audit_table(records: Sequence[AuditRecord]) -> Table:
             Text(r.actor),
             Text(r.action),
             Text(r.subject),
-            Text(_compact(r.detail) if r.detail else ""),
+            Text(_audit_detail(r.detail)),
             Text(r.hash[:12]),
         )
-    return table
+    return _fitted(table, text=("detail",), optional=("hash", "detail"))
+
+
+_DETAIL_CHARS = 160
+
+
+def _audit_detail(detail: dict[str, Any] | None) -> str:
+    # A policy change's detail is the whole policy: past a few lines, the table names its
+    # fields rather than cutting a value in half; --json has it in full.
+    if not detail:
+        return ""
+    text = _spaced(detail)
+    if len(text) <= _DETAIL_CHARS:
+        return text
+    return f"fields {', '.join(map(str, detail))} (values: --json)"
 
 
 def verify_dict(tenant: str, result: VerifyResult) -> dict[str, Any]:

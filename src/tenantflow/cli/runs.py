@@ -1,12 +1,17 @@
-"""``tenantflow runs …``: list runs and read one run's steps, execution log and state history.
+"""``tenantflow runs …``: list runs and read one run's steps, execution log and state history;
+submit, cancel and resume runs.
 
-Every command here only reads: from the store (opened with ``execute=False``), or from a server
-with ``--url`` (see :func:`tenantflow.cli.common.connect`).
+The reading commands work on the store (opened with ``execute=False``) or a server with
+``--url`` (see :func:`tenantflow.cli.common.connect`). ``submit``, ``cancel`` and ``resume`` act
+on runs that execute where the workflows are registered — a server — so they need ``--url``
+(or ``TENANTFLOW_URL``) and the tenant's API key.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import json as jsonlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,11 +28,14 @@ from tenantflow.cli.common import (
 from tenantflow.domain.records import RunStatus
 from tenantflow.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from tenantflow.client import Client
+
 __all__ = ["app"]
 
 app = typer.Typer(
     name="runs",
-    help="Read runs: list them, show one, its timeline, its state and state diffs.",
+    help="Runs: list them, show one, its timeline, state and diffs; submit, cancel, resume.",
     no_args_is_help=True,
 )
 
@@ -164,3 +172,106 @@ def diff(
         out.print(f"no changes between versions {a} and {b}")
         return
     out.print(render.changes_table(changes))
+
+
+def _server(backend: object, command: str) -> Client:
+    from tenantflow.client import Client  # here: the CLI starts without the HTTP client
+
+    if isinstance(backend, Client):
+        return backend
+    raise ConfigurationError(
+        f"runs {command} acts on runs where they execute, on a server: give --url (or"
+        " TENANTFLOW_URL) and the tenant's --api-key (or TENANTFLOW_API_KEY)",
+        field="url",
+    )
+
+
+def _input(text: str | None, path: Path | None) -> Any:
+    if text is not None and path is not None:
+        raise ConfigurationError("give --input or --input-file, not both", field="input")
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read --input-file {path}: {exc.strerror}", field="input_file"
+            ) from None
+    if text is None:
+        return None
+    try:
+        return jsonlib.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--input is not JSON: {exc}", field="input") from None
+
+
+def _print_run(run: Any, json: bool, verb: str) -> None:
+    if json:
+        render.print_json(render.run_dict(run))
+    else:
+        render.console().print(f"{verb} run {run.id} ({run.status.value})", markup=False)
+
+
+@app.command("submit")
+def submit(
+    ctx: typer.Context,
+    workflow: Annotated[str, typer.Argument(metavar="WORKFLOW", help="A registered workflow.")],
+    input_text: Annotated[
+        str | None, typer.Option("--input", "-i", metavar="JSON", help="The run's input.")
+    ] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input-file", metavar="PATH", help="The run's input, from a JSON file."),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="The workflow version (default: latest).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Submitting again with it returns the same run."),
+    ] = None,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Submit a run to a server (--url); prints its id and status."""
+    with reporting_errors():
+        value = _input(input_text, input_file)
+    with connect(ctx, None, url, api_key, tenant=tenant) as backend:
+        run = _server(backend, "submit").submit(
+            workflow, value, version=version, idempotency_key=idempotency_key
+        )
+    _print_run(run, json, "submitted")
+
+
+@app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    run_id: RunIdArgument,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Recorded in the run's log.")
+    ] = None,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Cancel a run on a server (--url): its steps stop, completed ones are compensated."""
+    with connect(ctx, None, url, api_key, tenant=tenant) as backend:
+        run = _server(backend, "cancel").cancel(run_id, reason=reason)
+    _print_run(run, json, "cancelled")
+
+
+@app.command("resume")
+def resume(
+    ctx: typer.Context,
+    run_id: RunIdArgument,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Resume a run the budget ladder paused, on a server (--url)."""
+    with connect(ctx, None, url, api_key, tenant=tenant) as backend:
+        run = _server(backend, "resume").resume(run_id)
+    _print_run(run, json, "resumed")

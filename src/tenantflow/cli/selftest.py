@@ -23,6 +23,9 @@ from typer.testing import CliRunner
 
 from tenantflow.cli.common import EXIT_FAILURE, reporting_errors
 
+EXIT_SKIPPED = 3
+"""Nothing failed, but a scenario could not run (a missing server or extra): not a pass."""
+
 __all__ = ["ProfileName", "selftest"]
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -125,6 +128,14 @@ def selftest(
             write_markdown(rows, header, markdown_path)
     if any(r.status == "fail" for r in rows):
         raise typer.Exit(EXIT_FAILURE)
+    skipped = [r.scenario for r in rows if r.status == "skip"]
+    if skipped:  # not run is not passed: say so, and exit non-zero
+        console.print(
+            f"skipped, not passed: {', '.join(skipped)} (exit {EXIT_SKIPPED})",
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_SKIPPED)
 
 
 def in_process(command: object) -> Callable[[Sequence[str]], str]:

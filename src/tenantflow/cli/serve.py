@@ -17,8 +17,10 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
@@ -26,16 +28,16 @@ from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from tenantflow.engine.engine import Engine
+    from tenantflow.placement import ControlPlane
 
-__all__ = ["load_app", "serve"]
+__all__ = ["Banner", "load_app", "redact", "serve"]
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _WORKERS = ("embedded", "external")
 _DASHBOARD: dict[str, bool | str] = {"on": True, "read-only": "read-only", "off": False}
 
 
-def load_app(ref: str) -> Callable[[Engine], Any]:
+def load_app(ref: str) -> Callable[[ControlPlane], Any]:
     """The function ``module:function`` names (modules in the current directory included).
 
     Raises:
@@ -145,6 +147,13 @@ def serve(
         engine = place(settings.database_url, execute=True, slots=slots)
         registry = CollectorRegistry()
         observe(engine, traces, registry)
+        banner = Banner(
+            apps=list(settings.apps),
+            store=settings.database_url,
+            placement=workers,
+            slots=slots,
+            base=f"http://{host}:{port}",
+        )
         api = create_app(
             engine,
             registry=registry,
@@ -152,6 +161,61 @@ def serve(
             max_body_bytes=max_body_bytes,
             dashboard=_DASHBOARD[dashboard],
             session_ttl=timedelta(minutes=session_minutes),
+            started=[banner.show],  # once the apps registered and the engine is up
         )
+        banner.routes = {getattr(r, "path", "") for r in api.routes}
         if not run(api, host=host, port=port, log_level=log_level.lower()):
             raise typer.Exit(1)
+
+
+@dataclass
+class Banner:
+    """What ``serve`` says on start-up (on stderr): the app, the store, where runs execute, the
+    workflows registered, where the docs are; and a warning when no ``--app`` registered any."""
+
+    apps: list[str]
+    store: str
+    placement: str
+    slots: int
+    base: str
+    routes: set[str] = field(default_factory=set)
+
+    def lines(self, engine: ControlPlane) -> list[str]:
+        specs = engine.workflows()
+        where = (
+            f"embedded (this process executes runs, {self.slots} slots)"
+            if self.placement == "embedded"
+            else "external (tenantflow worker processes execute runs; this one records them)"
+        )
+        out = [
+            f"tenantflow serve: {self.base}",
+            f"  app        {', '.join(self.apps) or '(none: --app MODULE:FUNCTION)'}",
+            f"  store      {redact(self.store)}",
+            f"  placement  {where}",
+            f"  workflows  {', '.join(f'{s.name}@{s.version}' for s in specs) or '(none)'}",
+            f"  docs       {self.base}/docs (OpenAPI: {self.base}/openapi.json)",
+        ]
+        if "/ui" in self.routes:
+            out.append(f"  dashboard  {self.base}/ui")
+        if not specs:
+            out.append(
+                "warning: no workflows are registered"
+                + ("" if self.apps else " (no --app)")
+                + ": every submission will be refused with 404. Register them with"
+                " --app MODULE:FUNCTION (or TENANTFLOW_APP), e.g."
+                " --app loan_platform.service:setup"
+            )
+        return out
+
+    def show(self, engine: ControlPlane) -> None:
+        for line in self.lines(engine):
+            typer.echo(line, err=True)
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``postgresql://user:***@host/db``)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

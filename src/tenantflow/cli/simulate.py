@@ -9,13 +9,17 @@ malformed scenario prints one line naming the file, the line and the field, and 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from tenantflow.cli.common import reporting_errors
+from tenantflow.tables import output_console
 
 if TYPE_CHECKING:
     from tenantflow.sim import SimResult
@@ -34,8 +38,12 @@ class Variant(enum.StrEnum):
 
 def simulate(
     scenario: Annotated[
-        Path,
-        typer.Argument(metavar="SCENARIO.yaml", help="The scenario file (see docs/scenarios.md)."),
+        str,
+        typer.Argument(
+            metavar="SCENARIO",
+            help="A scenario file (see docs/scenarios.md), or the name of one that ships with"
+            " tenantflow: monday_morning, month, quick.",
+        ),
     ],
     json_path: Annotated[
         Path | None, typer.Option("--json", metavar="PATH", help="Write the report as JSON.")
@@ -66,24 +74,59 @@ def simulate(
     with and without tenant controls, and print the comparison."""
     # Imported here, not with the module: the simulator and the plots are for this command
     # only, and every other command (and --help) starts without them.
-    from tenantflow.report import build_report, print_report, write_html, write_json, write_png
-    from tenantflow.sim import load_scenario, run_variants, variant_flags
+    from tenantflow.report import (
+        build_report,
+        print_report,
+        require_plots,
+        write_html,
+        write_json,
+        write_png,
+    )
+    from tenantflow.sim import find_scenario, load_scenario, run_variants, variant_flags
 
     with reporting_errors():
-        loaded = load_scenario(scenario).with_seed(seed)
-        results = run_variants(loaded, variant_flags(variants.value), jobs=jobs)
+        if html_path is not None or png_path is not None:
+            require_plots()  # before the run, not after it
+        path = find_scenario(scenario)
+        loaded = load_scenario(path).with_seed(seed)
+        flags = variant_flags(variants.value)
+        with _progress(flags) as (bars, tasks):
+
+            def advance(controls: bool, now_s: float, end_s: float) -> None:
+                bars.update(tasks[controls], completed=now_s, total=end_s)
+
+            results = run_variants(loaded, flags, jobs=jobs, progress=advance)
         report = build_report(
             f"{loaded.name} (simulated)",
-            _params(loaded, scenario, variants, results),
+            _params(loaded, path, variants, results),
             [r.trace for r in results],
         )
-        console = Console()
+        console = output_console()
         print_report(report, console)
         writers = ((json_path, write_json), (html_path, write_html), (png_path, write_png))
-        for path, write in writers:
-            if path is not None:
-                write(report, path)
-                console.print(f"wrote {path}")
+        for out, write in writers:
+            if out is not None:
+                write(report, out)
+                console.print(f"wrote {out}")
+
+
+@contextmanager
+def _progress(flags: list[bool]) -> Iterator[tuple[Progress, dict[bool, TaskID]]]:
+    """A progress bar per variant on stderr, in simulated time, shown on a terminal only (a
+    pipe or a file gets the report alone) and cleared when the run ends."""
+    err = Console(stderr=True)
+    bars = Progress(
+        TextColumn("{task.description:<17}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}% of the simulated time"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+    names = {False: "without controls", True: "with controls"}
+    with bars:
+        yield bars, {flag: bars.add_task(names[flag], total=None) for flag in flags}
 
 
 def _params(

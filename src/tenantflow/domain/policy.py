@@ -555,7 +555,6 @@ _PRESETS: Final[dict[str, Policy]] = {
         model_tier="large",
         max_active_runs=50,
         max_running_steps=100,
-        rate_limits={"tool:credit_bureau": RateLimit.parse("500/hour")},
         budget=Budget(run_micros=2_000_000),
         dedicated_reviewers=True,
         # Half the run SLA, so an escalated review can still land inside the 4 h decision SLA.
@@ -573,7 +572,6 @@ _PRESETS: Final[dict[str, Policy]] = {
         model_tier="small",
         max_active_runs=10,
         max_running_steps=20,
-        rate_limits={"tool:credit_bureau": RateLimit.parse("50/hour")},
         budget=Budget(run_micros=500_000),
         review_sla=timedelta(hours=12),
         review_breach_action="fail",
@@ -589,7 +587,6 @@ _PRESETS: Final[dict[str, Policy]] = {
         model_tier="small",
         max_active_runs=3,
         max_running_steps=3,
-        rate_limits={"tool:credit_bureau": RateLimit.parse("10/hour")},
         budget=Budget(run_micros=100_000),
         # Human review is a shared, scarce pool; the best-effort tier pauses instead.
         degradation=("cheaper_model", "skip_optional", "pause"),

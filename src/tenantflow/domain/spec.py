@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from tenantflow.domain.agent import Turn
 from tenantflow.domain.revision import Failure, Revision
-from tenantflow.errors import ConfigurationError, SpecError
+from tenantflow.errors import ConfigurationError, ContractError, SpecError
 
 __all__ = [
     "Param",
@@ -35,6 +35,10 @@ StepFn = Callable[..., Awaitable[Any]]
 ParamSource = Literal["input", "step", "item"]
 
 
+def _td(value: timedelta | float) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """When and how a failed step attempt is tried again.
@@ -42,17 +46,33 @@ class Retry:
     Delays grow exponentially from ``initial`` by ``multiplier`` up to ``max_interval``; each is
     spread by ``jitter`` (a fraction: 0.2 means ±20 %) so retries of many runs do not arrive in
     lock-step. An error retries if it is an instance of ``retry_on`` and not of ``no_retry_on``.
+    ``initial`` and ``max_interval`` take a ``timedelta`` or seconds (``initial=0.1``).
+
+    A :class:`~tenantflow.errors.ContractError` (a value that breaks a data contract) is not
+    retried unless ``retry_on`` names it (or a subclass) explicitly: the same inputs break the
+    same contract again. Name it for a step whose output varies between attempts (a model's).
     """
 
     max_attempts: int = 3
-    initial: timedelta = timedelta(milliseconds=200)
+    initial: timedelta | float = timedelta(milliseconds=200)
+    """The first delay; seconds are turned into a ``timedelta`` on construction."""
     multiplier: float = 2.0
-    max_interval: timedelta = timedelta(seconds=30)
+    max_interval: timedelta | float = timedelta(seconds=30)
     jitter: float = 0.2
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     no_retry_on: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("initial", "max_interval"):
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                object.__setattr__(self, name, timedelta(seconds=value))
+            elif not isinstance(value, timedelta):
+                raise SpecError(
+                    f"Retry.{name} must be a timedelta or a number of seconds,"
+                    f" got {type(value).__name__} {value!r}",
+                    field=name,
+                )
         if self.max_attempts < 1:
             raise ConfigurationError(
                 "Retry.max_attempts must be at least 1",
@@ -67,7 +87,7 @@ class Retry:
             raise ConfigurationError(
                 "Retry.jitter must be within [0, 1]", field="jitter", value=self.jitter
             )
-        if self.initial < timedelta(0) or self.max_interval < timedelta(0):
+        if _td(self.initial) < timedelta(0) or _td(self.max_interval) < timedelta(0):
             raise ConfigurationError("Retry intervals must not be negative", field="initial")
 
     def should_retry(self, attempt: int, error: BaseException) -> bool:
@@ -76,12 +96,16 @@ class Retry:
             return False
         if self.no_retry_on and isinstance(error, self.no_retry_on):
             return False
+        if isinstance(error, ContractError) and not any(
+            issubclass(kind, ContractError) for kind in self.retry_on
+        ):
+            return False
         return isinstance(error, self.retry_on)
 
     def delay_s(self, attempt: int, rand: float) -> float:
         """Backoff before the attempt after ``attempt``; ``rand`` is uniform in [0, 1)."""
-        base = self.initial.total_seconds() * self.multiplier ** max(0, attempt - 1)
-        base = min(base, self.max_interval.total_seconds())
+        base = _td(self.initial).total_seconds() * self.multiplier ** max(0, attempt - 1)
+        base = min(base, _td(self.max_interval).total_seconds())
         return max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0)))
 
 

@@ -90,9 +90,16 @@ class StepContext:
         """The engine clock's current time (a fake clock in tests)."""
         return datetime.fromtimestamp(self.__scope.now_s(), tz=UTC)
 
+    def _pending_notes(self) -> list[Any]:
+        """The execution-log entries this context holds until its outcome is committed (the
+        engine commits them with it; a compensation's too)."""
+        return list(getattr(self.__scope, "notes", ()))
+
     def log(self, message: str, **data: Any) -> None:
-        """Add a note to the run's execution log (committed with the attempt's outcome)."""
-        self.__scope.log_event("step.log", {"message": message, **data})
+        """Add a note to the run's execution log (committed with the attempt's outcome, or with
+        the compensation's); ``logged_at`` records when it was written."""
+        note = {"message": message, **data, "logged_at": self.__scope.now_s()}
+        self.__scope.log_event("step.log", note)
 
     @property
     def policy(self) -> Policy:

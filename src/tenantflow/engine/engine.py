@@ -365,6 +365,10 @@ class Engine(HistoryReads):
         """A completed run's result as the sink step's output type."""
         return self.registry.decode_result(record)
 
+    def workflows(self) -> list[WorkflowSpec]:
+        """Every registered workflow version, by name then version."""
+        return self.registry.all()
+
     # -- runs ---------------------------------------------------------------------------------
 
     async def submit(

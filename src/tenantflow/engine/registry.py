@@ -70,6 +70,10 @@ class WorkflowRegistry:
             )
         return spec
 
+    def all(self) -> list[WorkflowSpec]:
+        """Every registered workflow version, by name then version."""
+        return sorted(self._specs.values(), key=lambda s: (s.name, s.version))
+
     def park(self, record: RunRecord) -> None:
         """Hold a run whose workflow version is not registered yet."""
         self.parked.append(record)

@@ -76,6 +76,9 @@ class ControlPlane(Protocol):
     def workflow(self, name: str, version: str | None = None) -> WorkflowSpec:
         """A registered workflow (latest version unless ``version`` is given)."""
 
+    def workflows(self) -> list[WorkflowSpec]:
+        """Every registered workflow version, by name then version."""
+
     async def submit(
         self,
         workflow: str,
@@ -95,6 +98,9 @@ class ControlPlane(Protocol):
         self, tenant: str, run_id: str, reason: str = "cancelled by request"
     ) -> RunRecord:
         """Cancel a run (passed to the process that drives it)."""
+
+    async def resume(self, tenant: str, run_id: str) -> RunRecord:
+        """Resume a run the budget ladder paused (after its budget was raised or reset)."""
 
     async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
         """Wait until the run ends and return its record."""

@@ -21,11 +21,20 @@ from rich.table import Table
 from tenantflow.errors import ConfigurationError
 from tenantflow.report.build import ClassRow, Report, ScenarioSummary, percentile
 from tenantflow.report.trace import Trace
+from tenantflow.tables import Fitted
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["fmt_duration", "print_report", "report_json", "write_html", "write_json", "write_png"]
+__all__ = [
+    "fmt_duration",
+    "print_report",
+    "report_json",
+    "require_plots",
+    "write_html",
+    "write_json",
+    "write_png",
+]
 
 _DEGRADATION_SHORT = {
     "cheaper_model": "cheaper",
@@ -53,10 +62,15 @@ def _label(summary: ScenarioSummary) -> str:
     return summary.scenario
 
 
+def _controls(summary: ScenarioSummary) -> str:
+    # The terminal tables say "on"/"off" under a "controls" header: the width goes to numbers.
+    return "on" if summary.controls else "off"
+
+
 def _class_table(title: str, columns: list[tuple[str, str]]) -> Table:
     table = Table(title=title, title_justify="left")
-    table.add_column("tenant class", no_wrap=True)
-    table.add_column("scenario", no_wrap=True)
+    table.add_column("tenant class")
+    table.add_column("controls")
     for name, justify in columns:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     return table
@@ -77,12 +91,28 @@ def _regions(row: ClassRow) -> str:
     return text
 
 
-def _sla(row: ClassRow) -> str:
+def _sla_text(row: ClassRow) -> str:
+    """``12/49 (24%)``, or ``best effort`` for tenants without a run SLA."""
     if not row.sla_measured:
         return "best effort"
     share = row.sla_violations / row.sla_measured
-    text = f"{row.sla_violations}/{row.sla_measured} ({share:.0%})"
-    return f"[bold red]{text}[/]" if share > 0.05 else text
+    return f"{row.sla_violations}/{row.sla_measured} ({share:.0%})"
+
+
+def _sla(row: ClassRow) -> str:
+    text = _sla_text(row)
+    if row.sla_measured and row.sla_violations / row.sla_measured > 0.05:
+        return f"[bold red]{text}[/]"
+    return text
+
+
+def _percentiles(row: ClassRow) -> tuple[str, str, str]:
+    """p50, p95, p99; ``≥`` on each that unfinished runs reach (a lower bound)."""
+    return (
+        fmt_duration(row.p50_s, row.censored and row.p50_s == row.p99_s),
+        fmt_duration(row.p95_s, row.censored and row.p95_s == row.p99_s),
+        fmt_duration(row.p99_s, row.censored),
+    )
 
 
 def print_report(report: Report, console: Console) -> None:
@@ -94,18 +124,18 @@ def print_report(report: Report, console: Console) -> None:
             ("p50", "right"),
             ("p95", "right"),
             ("p99", "right"),
-            ("SLA violations", "right"),
+            ("SLA missed", "right"),
             ("slot share", "right"),
         ],
     )
     isolation = _class_table(
         "Limits, budget, residency and reviews",
         [
-            ("rate-limit waits", "right"),
-            ("budget degradations", "left"),
+            ("limit waits", "right"),
+            ("degraded", "left"),
             ("model calls by region", "left"),
-            ("max open reviews", "right"),
-            ("cost/run", "right"),
+            ("open reviews (max)", "right"),
+            ("$/run", "right"),
         ],
     )
     classes = report.class_order()
@@ -115,13 +145,11 @@ def print_report(report: Report, console: Console) -> None:
             if row is None:
                 continue
             last = summary is report.scenarios[-1] and position < len(classes) - 1
-            head = (klass if summary is report.scenarios[0] else "", _label(summary))
+            head = (klass if summary is report.scenarios[0] else "", _controls(summary))
             latency.add_row(
                 *head,
                 f"{row.completed}/{row.submitted - row.refused}",
-                fmt_duration(row.p50_s, row.censored and row.p50_s == row.p99_s),
-                fmt_duration(row.p95_s, row.censored and row.p95_s == row.p99_s),
-                fmt_duration(row.p99_s, row.censored),
+                *_percentiles(row),
                 _sla(row),
                 f"{row.slot_share:.0%}",
                 end_section=last,
@@ -135,30 +163,68 @@ def print_report(report: Report, console: Console) -> None:
                 "-" if row.cost_per_run_usd is None else f"${row.cost_per_run_usd:.3f}",
                 end_section=last,
             )
-    console.print(latency)
-    console.print(isolation)
-    totals = Table(title="Per scenario", title_justify="left")
-    for name in ["scenario", "runs completed", "Jain's index", "slots", "simulated", "wall"]:
-        totals.add_column(name, justify="left" if name == "scenario" else "right")
-    for summary in report.scenarios:
-        totals.add_row(
-            _label(summary),
-            f"{summary.completed}/{summary.runs}",
-            "-" if summary.jain is None else f"{summary.jain:.3f}",
-            str(summary.slots),
-            fmt_duration(summary.duration_s),
-            f"{summary.wall_s:.1f}s",
+    hint = "a wider terminal, --json or --html shows every column"
+    text = frozenset({"tenant class", "SLA missed", "degraded", "model calls by region"})
+    console.print(Fitted(latency, text=text, optional=("slot share",), hint=hint))
+    console.print(
+        Fitted(
+            isolation,
+            text=text,
+            optional=("model calls by region", "open reviews (max)"),
+            hint=hint,
         )
-    console.print(totals)
+    )
+    totals = Table(title="Per scenario", title_justify="left")
+    for name in _TOTALS:
+        totals.add_column(name, justify="left" if name == "scenario" else "right")
+    for cells in _totals_rows(report.scenarios):
+        totals.add_row(*cells)
+    console.print(Fitted(totals, text=frozenset({"scenario"})))
     for summary in report.scenarios:
         for note in summary.notes:
             console.print(f"[dim]{_label(summary)}: {html.escape(note, quote=False)}[/]")
-    console.print(
-        "[dim]Latency is submission to the end of the last step, in scenario time. ≥: runs still"
-        " going when the scenario stopped reach this percentile, so it is a lower bound. Jain's"
-        " index: slot-seconds received / weighted max-min fair share under each tenant's"
-        " policy (1.0 = everyone got what its policy entitles it to).[/]"
-    )
+    console.print(f"[dim]{html.escape(_NOTE, quote=False)}[/]")
+
+
+_TOTALS = (
+    "scenario",
+    "runs completed",
+    "fairness when contended",
+    "Jain's index (whole window)",
+    "slots",
+    "simulated",
+    "wall",
+)
+
+_NOTE = (
+    "Latency is submission to the end of the last step, in scenario time. ≥: runs still going"
+    " when the scenario stopped reach this percentile, so it is a lower bound. SLA missed:"
+    " runs over the tenant's run SLA (or unfinished) of those with one. Fairness when"
+    " contended (compare the scenarios on this): at each sample where the tenant classes"
+    " asked for more steps than there were slots, Jain's index of the slots each class held /"
+    " its weighted max-min fair share under the tenants' policies, averaged; the same rule for"
+    " every scenario, 1.0 = every class held what the policies entitle it to (n = contended"
+    " samples). Jain's index (whole window): slot-seconds received over the whole window /"
+    " fair share of the work admitted with controls, the same reference for every scenario;"
+    " close to 1.0 whenever the platform catches up by the end, so it does not see delay."
+)
+
+
+def _totals_rows(scenarios: list[ScenarioSummary]) -> list[list[str]]:
+    return [
+        [
+            _label(s),
+            f"{s.completed}/{s.runs}",
+            "-"
+            if s.jain_contended is None
+            else f"{s.jain_contended:.3f} (n={s.contended_samples})",
+            "-" if s.jain is None else f"{s.jain:.3f}",
+            str(s.slots),
+            fmt_duration(s.duration_s),
+            f"{s.wall_s:.1f}s",
+        ]
+        for s in scenarios
+    ]
 
 
 def report_json(report: Report) -> dict[str, Any]:
@@ -213,13 +279,26 @@ def _bucket_s(duration_s: float) -> float:
     return float(math.ceil(raw / 86400) * 86400)
 
 
-def _figure(report: Report) -> Figure:
+def require_plots() -> None:
+    """Check that the plots can be drawn, before a long run rather than after it.
+
+    Raises:
+        ConfigurationError: matplotlib is not installed (``pip install 'tenantflow[report]'``).
+    """
     try:
-        from matplotlib.figure import Figure
+        import matplotlib.figure  # noqa: F401
     except ImportError:
         raise ConfigurationError(
-            "plots need matplotlib: pip install 'tenantflow[report]'", field="matplotlib"
+            "--html and --png draw plots with matplotlib, which is not installed:"
+            " pip install 'tenantflow[report]'",
+            field="matplotlib",
         ) from None
+
+
+def _figure(report: Report) -> Figure:
+    require_plots()
+    from matplotlib.figure import Figure
+
     classes = report.class_order()
     cmap = _colors(len(classes))
     columns = len(report.traces)
@@ -294,10 +373,7 @@ def write_html(report: Report, path: Path) -> None:
         _classes_html(report),
         _totals_html(report.scenarios),
         f'<div class="plots">{svg}</div>',
-        "<p class=note>Latency is submission to the end of the last step, in scenario time."
-        " ≥: runs still going when the scenario stopped reach this percentile (a lower bound)."
-        " Jain's index: slot-seconds received / weighted max-min fair share under each"
-        " tenant's policy.</p>",
+        f"<p class=note>{html.escape(_NOTE)}</p>",
     ]
     page = _PAGE.format(title=html.escape(report.title), body="\n".join(body))
     _write_atomic(path, page.encode())
@@ -328,15 +404,13 @@ def _classes_html(report: Report) -> str:
             regions = " ".join(f"{k} {v}" for k, v in row.model_calls_by_region.items()) or "-"
             if row.residency_violations:
                 regions += f" ({row.residency_violations} outside residency)"
-            sla = f"{row.sla_violations}/{row.sla_measured}" if row.sla_measured else "best effort"
+            sla = _sla_text(row)
             rows.append(
                 [
                     klass,
                     summary.scenario,
                     f"{row.completed}/{row.submitted - row.refused}",
-                    fmt_duration(row.p50_s),
-                    fmt_duration(row.p95_s),
-                    fmt_duration(row.p99_s, row.censored),
+                    *_percentiles(row),
                     sla,
                     str(row.rate_limit_waits),
                     _degraded(row),
@@ -365,20 +439,7 @@ def _classes_html(report: Report) -> str:
 
 
 def _totals_html(scenarios: list[ScenarioSummary]) -> str:
-    return _table(
-        ["scenario", "runs completed", "Jain's index", "slots", "simulated", "wall"],
-        [
-            [
-                s.scenario,
-                f"{s.completed}/{s.runs}",
-                "-" if s.jain is None else f"{s.jain:.3f}",
-                str(s.slots),
-                fmt_duration(s.duration_s),
-                f"{s.wall_s:.1f}s",
-            ]
-            for s in scenarios
-        ],
-    )
+    return _table(_TOTALS, _totals_rows(scenarios))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -144,7 +144,8 @@ def write_json(rows: Sequence[Row], header: Header, path: Path) -> None:
         "machine": header.machine,
         "python": header.python,
         "argv": sys.argv,
-        "passed": all(r.status != "fail" for r in rows),
+        "passed": all(r.status == "pass" for r in rows),
+        "skipped": [r.scenario for r in rows if r.status == "skip"],
         "rows": [r.to_dict() for r in rows],
     }
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

@@ -10,7 +10,13 @@ endpoint routing, with tenant controls or without, and records a
 
 from tenantflow.sim.engine import SimResult, SimStats, simulate
 from tenantflow.sim.runner import Variants, expected_runs, run_variants, variant_flags
-from tenantflow.sim.scenario import Scenario, load_scenario, parse_scenario
+from tenantflow.sim.scenario import (
+    Scenario,
+    find_scenario,
+    load_scenario,
+    parse_scenario,
+    shipped_scenarios,
+)
 from tenantflow.sim.source import ScenarioError
 
 __all__ = [
@@ -20,9 +26,11 @@ __all__ = [
     "SimStats",
     "Variants",
     "expected_runs",
+    "find_scenario",
     "load_scenario",
     "parse_scenario",
     "run_variants",
+    "shipped_scenarios",
     "simulate",
     "variant_flags",
 ]

@@ -82,17 +82,21 @@ __all__ = ["SimResult", "SimStats", "simulate"]
 # Event kinds: the index of the handler in _Simulator.run.
 _ARRIVAL, _STEP_END, _READY, _BUCKET, _REVIEW_END, _SAMPLE, _PUMP = range(7)
 _SAMPLES: Final = 400  # default number of platform samples over the simulated time
+_PROGRESS_EVERY: Final = 0x3FFF  # report progress every 16,384 events (a mask)
 
 
-def simulate(scenario: Scenario, *, controls: bool) -> SimResult:
+def simulate(
+    scenario: Scenario, *, controls: bool, progress: Callable[[float, float], None] | None = None
+) -> SimResult:
     """Simulate one variant of a scenario (tenant controls on or off).
 
     The same scenario and seed always give the same result, and both variants see the same
     arrivals and the same per-run draws. The trace is labelled ``with controls`` or
     ``without controls`` (the report's row label); the scenario's own name is the caller's to
-    put in the report's title.
+    put in the report's title. ``progress(now_s, end_s)``, if given, is called every few
+    thousand events with the simulated time reached and the time the simulation stops at.
     """
-    return _Simulator(scenario, controls=controls).run()
+    return _Simulator(scenario, controls=controls).run(progress)
 
 
 class _Simulator:
@@ -169,7 +173,7 @@ class _Simulator:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def run(self) -> SimResult:
+    def run(self, progress: Callable[[float, float], None] | None = None) -> SimResult:
         """Process events in time order until none is left or the drain window ends."""
         wall = time.perf_counter()
         spec = self.scenario.spec
@@ -193,6 +197,10 @@ class _Simulator:
             self.now = t
             events += 1
             handlers[kind](obj)
+            if progress is not None and not events & _PROGRESS_EVERY:
+                progress(t, end_s)
+        if progress is not None:
+            progress(end_s, end_s)
         self.stats.events = events
         return SimResult(self._trace(time.perf_counter() - wall), self.stats)
 

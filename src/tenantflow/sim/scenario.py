@@ -47,8 +47,10 @@ __all__ = [
     "ScenarioError",
     "SimEndpoint",
     "TenantGroup",
+    "find_scenario",
     "load_scenario",
     "parse_scenario",
+    "shipped_scenarios",
 ]
 
 
@@ -120,6 +122,40 @@ class Scenario:
     def tenant_count(self) -> int:
         """How many tenants the scenario has."""
         return sum(len(g.tenant_ids) for g in self.groups)
+
+
+def shipped_scenarios() -> dict[str, FilePath]:
+    """The scenarios that ship with the package, by name (``monday_morning``, ...)."""
+    from importlib.resources import files
+
+    folder = files("tenantflow") / "scenarios"
+    return {
+        item.name.removesuffix(".yaml"): FilePath(str(item))
+        for item in folder.iterdir()
+        if item.name.endswith(".yaml")
+    }
+
+
+def find_scenario(name: str) -> FilePath:
+    """``name`` as a scenario file: a path that exists, else a shipped scenario by name (with or
+    without ``.yaml``).
+
+    Raises:
+        ScenarioError: neither (the message lists the shipped scenarios).
+    """
+    path = FilePath(name)
+    if path.exists() or path.parent != FilePath("."):
+        return path  # a path: read as a file (a missing one is "cannot read", naming it)
+    shipped = shipped_scenarios()
+    key = path.name.removesuffix(".yaml")
+    if key in shipped:
+        return shipped[key]
+    raise ScenarioError(
+        f"{name}: no such scenario file, nor a shipped scenario ({', '.join(sorted(shipped))})",
+        file=path.name,
+        line=None,
+        field="",
+    )
 
 
 def load_scenario(path: FilePath | str) -> Scenario:

@@ -217,6 +217,17 @@ async def cancel(
     return RunOut.of(record)
 
 
+@router.post(
+    "/{run_id}/resume",
+    response_model=RunOut,
+    summary="Resume a paused run",
+    responses={409: ERROR_RESPONSES[404] | {"description": "The run is not paused."}},
+)
+async def resume(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> RunOut:
+    """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+    return RunOut.of(await engine.resume(tenant, run_id))
+
+
 @router.get("/{run_id}/timeline", response_model=EventsOut, summary="A run's execution log")
 async def timeline(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> EventsOut:
     return EventsOut(items=[EventOut.of(e) for e in await engine.timeline(tenant, run_id)])

@@ -186,11 +186,13 @@ class Saga:
 
     async def _compensate(self, run: ActiveRun, step: StepSpec) -> bool:
         assert step.compensate is not None
+        notes: list[NewEvent] = []  # ctx.log of every attempt, committed with the outcome
         for attempt in range(1, step.retry.max_attempts + 1):
             ctx = self.context_for(run, step.name, attempt, f"{run.id}:{step.name}:compensate")
             try:
                 await step.compensate(ctx, run.outputs.get(step.name))
             except Exception as exc:
+                notes.extend(ctx._pending_notes())
                 error = describe(exc)
                 if attempt < step.retry.max_attempts:
                     await self.clock.sleep(step.retry.delay_s(attempt, self.rng.random()))
@@ -201,6 +203,7 @@ class Saga:
                     {"error": error},
                 )
             else:
+                notes.extend(ctx._pending_notes())
                 status, kind, data = StepStatus.COMPENSATED, "step.compensated", {}
             await self.sink.write(
                 Transition(
@@ -208,7 +211,7 @@ class Saga:
                     run.id,
                     self.clock.now(),
                     steps=[StepUpdate(step.name, status)],
-                    events=[NewEvent(kind, step.name, attempt, data)],
+                    events=[*notes, NewEvent(kind, step.name, attempt, data)],
                 )
             )
             run.statuses[step.name] = status
