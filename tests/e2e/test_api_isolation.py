@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -308,3 +309,87 @@ async def test_without_a_valid_key_every_operation_is_401(world: World) -> None:
             assert r.headers["www-authenticate"] == "Bearer", where
             assert r.json()["error"]["code"] == "unauthenticated", where
             assert json.dumps(r.json()).count("tenant-a") == 0, where
+
+
+# -- /mcp: the same scoping over MCP (tools/list gives the walk its operations) ---------------
+
+MCP_CASES: dict[str, list[Case]] = {
+    "list_runs": [Case("own"), Case("own", params={"workflow": "approval"})],
+    "get_run": [Case("denied", params={"run_id": "{run_id}"})],
+    "get_run_timeline": [Case("denied", params={"run_id": "{run_id}"})],
+    "cancel_run": [Case("denied", params={"run_id": "{run_id}", "reason": "sabotage"})],
+    "start_run": [
+        Case("own", params={"workflow": "tally", "input": 1, "idempotency_key": A_IDEMPOTENCY_KEY})
+    ],
+    "list_reviews": [Case("own"), Case("own", params={"pool": A_POOL})],
+    "decide_review": [
+        Case("denied", params={"review_id": "{review_id}", "approve": True, "reviewer": "m"})
+    ],
+    "get_usage": [Case("own")],
+}
+
+
+@asynccontextmanager
+async def mcp_session(api: Api, key: str) -> AsyncIterator[Any]:
+    """An MCP client session on the app's /mcp, authenticated by ``key``."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    http = httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(api.app), base_url="http://api", headers=bearer(key)
+    )
+    async with http, Client(streamable_http_client("http://api/mcp", http_client=http)) as c:
+        yield c
+
+
+def _mcp_args(case: Case, ids: dict[str, str]) -> dict[str, Any]:
+    return {k: (_fill(v, ids) if isinstance(v, str) else v) for k, v in case.params.items()}
+
+
+def _mcp_text(result: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def test_mcp_tenant_b_never_reaches_tenant_a(world: World) -> None:
+    pytest.importorskip("mcp")
+    markers = world.markers()
+    async with mcp_session(world.api, world.b_key) as client:
+        listed = {t.name for t in (await client.list_tools()).tools}
+        assert listed == set(MCP_CASES), f"MCP tools without a case: {listed ^ set(MCP_CASES)}"
+        for name, cases in sorted(MCP_CASES.items()):
+            for case in cases:
+                result = await client.call_tool(name, _mcp_args(case, world.ids))
+                text = _mcp_text(result)
+                where = f"mcp {name} {case}: {text[:300]}"
+                if case.expect == "denied":
+                    assert result.is_error and text.startswith("not_found: "), where
+                    twin = await client.call_tool(name, _mcp_args(case, MISSING))
+                    assert _masked(text, world.ids) == _masked(_mcp_text(twin), MISSING), where
+                else:
+                    assert not result.is_error, where
+                    assert not {m for m in markers if m in text}, where
+    h = bearer(world.a_key)
+    run = (await world.api.client.get(f"/v1/runs/{world.ids['run_id']}", headers=h)).json()
+    assert run["status"] == "running"
+    review = await world.api.client.get(f"/v1/reviews/{world.ids['review_id']}", headers=h)
+    assert review.json()["status"] == "pending"
+
+
+async def test_mcp_refuses_admin_keys_and_requests_without_a_valid_key(world: World) -> None:
+    pytest.importorskip("mcp")
+    async with mcp_session(world.api, world.api.admin_key) as client:
+        for name, cases in sorted(MCP_CASES.items()):
+            result = await client.call_tool(name, _mcp_args(cases[0], world.ids))
+            assert result.is_error, name
+            assert _mcp_text(result).startswith("permission_denied: "), name
+            assert not {m for m in world.markers() if m in _mcp_text(result)}, name
+    for key in (None, world.revoked_key, "tfk_garbage"):
+        r = await world.api.client.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+            headers=bearer(key) if key is not None else {},
+        )
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["code"] == "unauthenticated"

@@ -39,6 +39,7 @@ class Finished(Observer):
 PUBLIC = {
     "attempt",
     "budget_scope",
+    "call_identity",
     "circuit",
     "delegate",
     "idempotency_key",

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.routing import Route
 
 from tenantflow import __version__
 from tenantflow.api.docs import install_docs
@@ -31,6 +32,7 @@ from tenantflow.api.routes import (
     tenants,
     workflows,
 )
+from tenantflow.api.routes.mcp import mcp_endpoint
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.placement import ControlPlane
 
@@ -89,6 +91,7 @@ def create_app(
         raise ValueError("max_submissions must be at least 1")
     registry = registry if registry is not None else CollectorRegistry()
     metrics = HttpMetrics(registry)
+    mcp = mcp_endpoint(engine)  # /mcp, when the mcp extra is installed
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -101,7 +104,10 @@ def create_app(
         for announce in started:  # e.g. serve's banner: only once the engine is up
             announce(engine)
         try:
-            yield
+            async with AsyncExitStack() as stack:
+                if mcp is not None:
+                    await stack.enter_async_context(mcp.lifespan())
+                yield
         finally:
             if manage_engine:
                 await engine.close()
@@ -122,6 +128,11 @@ def create_app(
     # Routes are matched in order: the busiest first.
     for module in (runs, events, reviews, memory, tenant, tenants, workflows, health):
         app.include_router(module.router)
+    if mcp is not None:
+        # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.
+        app.router.routes.append(
+            Route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+        )
     if dashboard not in (True, False, "read-only"):
         raise ValueError("dashboard must be True, False or 'read-only'")
     if dashboard:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tenantflow.domain.policy import Policy
     from tenantflow.engine.execution.scope import AttemptScope
 
-__all__ = ["StepContext", "child_answer"]
+__all__ = ["StepContext", "attempt_scope", "child_answer"]
 
 
 class StepContext:
@@ -220,6 +220,19 @@ class StepContext:
         return child, child_answer(record)
 
     @asynccontextmanager
+    async def call_identity(self, identity: str) -> AsyncIterator[int]:
+        """Key the next ``ctx.model``/``ctx.tool`` call made inside the block by ``identity``.
+
+        A call is normally recorded by its position in the attempt. Frameworks that make calls
+        in parallel, or in another order when they re-execute, key them instead by what they
+        are (a tool-call id, a hash of the request): the record is found again whatever the
+        order, so a re-executed attempt never repeats a paid call. The n-th call with the same
+        identity in an attempt is a distinct call. Yields the record's index.
+        """
+        async with self.__scope.call_identity(identity) as index:
+            yield index
+
+    @asynccontextmanager
     async def circuit(self, name: str) -> AsyncIterator[None]:
         """Guard a call to dependency ``name`` with its circuit breaker.
 
@@ -230,6 +243,12 @@ class StepContext:
         """
         async with self.__scope.circuit(name):
             yield
+
+
+def attempt_scope(ctx: StepContext) -> AttemptScope:
+    """The engine's side of ``ctx``, for tenantflow's own SDK integrations
+    (:mod:`tenantflow.integrations`): its records, writes and registries. Not for step code."""
+    return ctx._StepContext__scope  # type: ignore[attr-defined,no-any-return]
 
 
 def child_answer(record: RunRecord) -> str:

@@ -8,6 +8,7 @@ with the ``server`` extra). See ``docs/observability.md``.
 """
 
 from tenantflow.observability.events import (
+    AgentRunFinished,
     Degraded,
     ModelCallFinished,
     Observer,
@@ -24,6 +25,7 @@ from tenantflow.observability.events import (
 )
 
 __all__ = [
+    "AgentRunFinished",
     "Degraded",
     "ModelCallFinished",
     "Observer",

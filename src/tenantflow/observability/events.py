@@ -34,6 +34,7 @@ from typing import ClassVar, Literal
 __all__ = [
     "DEGRADATIONS",
     "STEP_OUTCOMES",
+    "AgentRunFinished",
     "Degraded",
     "Event",
     "ModelCallFinished",
@@ -199,6 +200,20 @@ class ModelCallFinished(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRunFinished(Event):
+    """An SDK agent (``tenantflow.integrations``) ran in a step attempt, to its answer, to a
+    review it waits for, or to a failure; its model and tool calls have events of their own."""
+
+    hook: ClassVar[str] = "on_agent_run_finished"
+    step: str
+    attempt: int
+    agent: str
+    framework: str
+    started_at_s: float
+    error_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToolCallFinished(Event):
     """A tool call returned or failed (replayed calls are not calls)."""
 
@@ -271,6 +286,9 @@ class Observer:
 
     def on_tool_call_finished(self, event: ToolCallFinished) -> None:
         """A tool call returned or failed."""
+
+    def on_agent_run_finished(self, event: AgentRunFinished) -> None:
+        """An SDK agent's run in a step attempt ended."""
 
     def on_rate_limit_wait(self, event: RateLimitWait) -> None:
         """A step waits for a rate limit."""

@@ -53,6 +53,7 @@ from opentelemetry.trace import (
 from tenantflow.domain.spec import parse_key
 from tenantflow.errors import ConfigurationError
 from tenantflow.observability.events import (
+    AgentRunFinished,
     Degraded,
     ModelCallFinished,
     Observer,
@@ -420,6 +421,31 @@ class TracingObserver(Observer):
             attributes[STATE_VERSION] = version
         span = self._tracer.start_span(
             f"execute_tool {event.tool}",
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=_ns(event.started_at_s),
+        )
+        if event.error_type is not None:
+            _error(span, event.error_type, event.at_s)
+        span.end(end_time=_ns(event.at_s))
+
+    def on_agent_run_finished(self, event: AgentRunFinished) -> None:
+        context, version = self._call_parent(event.run_id, event.step)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": event.agent,
+            "gen_ai.conversation.id": event.run_id,
+            "tenantflow.agent.framework": event.framework,
+            TENANT_ID: event.tenant_id,
+            RUN_ID: event.run_id,
+            STEP: event.step,
+            ATTEMPT: event.attempt,
+        }
+        if version is not None:
+            attributes[STATE_VERSION] = version
+        span = self._tracer.start_span(
+            f"invoke_agent {event.agent}",
             context=context,
             kind=SpanKind.INTERNAL,
             attributes=attributes,

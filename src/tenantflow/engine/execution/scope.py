@@ -12,14 +12,16 @@ run's ledgers go to the tenant's region store, the platform's to one designated 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.breaker import CircuitBreaker, record_outcome
-from tenantflow.domain.records import NewEvent, Transition
+from tenantflow.domain.records import NewEvent, RecordCall, Transition
 from tenantflow.domain.tenancy import AcquireRate, AuditEntry, ReleaseHolds, UsageDelta
 from tenantflow.engine.execution.active import ActiveRun
 from tenantflow.engine.gateway import PLATFORM, Gateway
@@ -31,6 +33,12 @@ if TYPE_CHECKING:
     from tenantflow.observability.events import Observers
 
 __all__ = ["AttemptScope", "Ledgers", "Services"]
+
+_KEYED_SLOTS = 2**31 - 1
+"""Call records keyed by identity use the indexes -1 … -_KEYED_SLOTS (positional ones are > 0)."""
+
+_IDENTITY: ContextVar[list[int] | None] = ContextVar("tenantflow_call_identity", default=None)
+"""The keyed index the next call made in this task takes (consumed by its first call)."""
 
 
 class Ledgers:
@@ -77,6 +85,8 @@ class AttemptScope:
     notes_usage: list[UsageDelta] = field(default_factory=list, repr=False)
     _calls: int = field(default=0, repr=False)
     _recorded: dict[int, tuple[str, str, str]] | None = field(default=None, repr=False)
+    _seen: dict[str, int] = field(default_factory=dict, repr=False)
+    _claimed: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
     def budget_scope(self) -> str:
@@ -100,8 +110,43 @@ class AttemptScope:
         return self.services.clock.now()
 
     def next_call_index(self) -> int:
+        keyed = _IDENTITY.get()
+        if keyed:  # inside ``call_identity``: this call's index is its identity's
+            return keyed.pop()
         self._calls += 1
         return self._calls
+
+    @asynccontextmanager
+    async def call_identity(self, identity: str) -> AsyncIterator[int]:
+        """Key the next call made inside the block by ``identity`` (see
+        :meth:`~tenantflow.engine.context.StepContext.call_identity`); yields its index."""
+        index = await self._keyed_index(identity)
+        token = _IDENTITY.set([index])
+        try:
+            yield index
+        finally:
+            _IDENTITY.reset(token)
+
+    async def _keyed_index(self, identity: str) -> int:
+        seen = self._seen.get(identity, 0) + 1
+        self._seen[identity] = seen
+        digest = hashlib.sha256(f"{identity}\x00{seen}".encode()).digest()
+        tag = digest[:12].hex()
+        start = int.from_bytes(digest[12:16], "big") % _KEYED_SLOTS
+        await self.recorded_call(0)  # loads the step's records
+        recorded = self._recorded or {}
+        for probe in range(_KEYED_SLOTS):  # open addressing: a hash collision takes the next
+            index = -1 - (start + probe) % _KEYED_SLOTS
+            found = recorded.get(index)
+            if found is not None:
+                # A reviewer's answer recorded for this index carries no tag.
+                if found[1].endswith(f"@{tag}") or "@" not in found[1]:
+                    return index
+                continue
+            if self._claimed.get(index, tag) == tag:
+                self._claimed[index] = tag
+                return index
+        raise RuntimeError("no free call index")  # 2**31 calls in one step: unreachable
 
     async def recorded_call(self, index: int) -> str | None:
         if self._recorded is None:
@@ -114,6 +159,9 @@ class AttemptScope:
     async def write(self, op: Any) -> Any:
         """Write an op of this attempt's run; a platform rate bucket goes to the platform's
         ledger. Fails closed: an op naming another tenant or run raises NotAllowedError."""
+        if isinstance(op, RecordCall) and op.index in self._claimed:
+            # A keyed record carries its identity's tag, so a colliding identity probes on.
+            op = replace(op, name=f"{op.name}@{self._claimed[op.index]}")
         tenant = getattr(op, "tenant_id", None)
         ledgers = self.services.ledgers
         if tenant == PLATFORM and isinstance(op, AcquireRate):

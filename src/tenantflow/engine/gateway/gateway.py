@@ -90,7 +90,7 @@ class Gateway:
                 recorded, step=ctx.step, direction=f"tool {name}"
             )
         policy = ctx.policy
-        if not policy.allows_tool(name):
+        if not tool.allowed_for(policy):
             await ctx.note_decision(
                 "tool.denied",
                 {"tool": name},
@@ -251,7 +251,11 @@ class Gateway:
             max_tokens=max_tokens,
             temperature=temperature,
             tools=(
-                *(self.tools.get(t).schema() for t in tools),
+                *(  # a tool only its allow-listed tenants may call is not listed to others
+                    tool.schema()
+                    for tool in map(self.tools.get, tools)
+                    if not tool.explicit or tool.allowed_for(policy)
+                ),
                 *(dict(t) for t in extra_tools),
             ),
             idempotency_key=f"{ctx.idempotency_key}:{index}",

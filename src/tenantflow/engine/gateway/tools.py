@@ -10,7 +10,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
-from tenantflow.domain.policy import usd_to_micros
+from tenantflow.domain.policy import Policy, usd_to_micros
 from tenantflow.errors import ConfigurationError, NotFoundError
 
 __all__ = ["Tool", "Tools"]
@@ -32,13 +32,23 @@ class Tool:
     takes_key: bool = False
     compensate: Callable[..., Awaitable[Any]] | None = None
     """``async def (result, **arguments)``: undoes a call when its run fails or is cancelled."""
+    parameters: dict[str, Any] | None = None
+    """A JSON schema of the arguments, when there is no ``input_model`` (e.g. an MCP tool's)."""
+    explicit: bool = False
+    """Only tenants whose allow list names it may call it (``allowed_tools=None`` is not enough)."""
+
+    def allowed_for(self, policy: Policy) -> bool:
+        """Whether ``policy`` lets its tenant see and call this tool (fails closed if explicit)."""
+        if not policy.allows_tool(self.name):
+            return False
+        return not self.explicit or self.name in (policy.allowed_tools or ())
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI tool-calling schema the model sees."""
         params = (
             self.input_model.model_json_schema()
             if self.input_model is not None
-            else {"type": "object", "properties": {}}
+            else self.parameters or {"type": "object", "properties": {}}
         )
         return {
             "type": "function",
@@ -120,6 +130,12 @@ class Tools:
             return registered
 
         return add(fn) if fn is not None else add
+
+    def add(self, tool: Tool) -> None:
+        """Register a tool built elsewhere (e.g. one an MCP server provides)."""
+        if tool.name in self._tools:
+            raise ConfigurationError(f"tool {tool.name!r} is already registered")
+        self._tools[tool.name] = tool
 
     def get(self, name: str) -> Tool:
         tool = self._tools.get(name)

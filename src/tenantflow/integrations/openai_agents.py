@@ -1,0 +1,455 @@
+"""An OpenAI Agents SDK agent as a durable, tenant-governed step (``tenantflow[openai-agents]``).
+
+Inside a step, ``await run_agent(ctx, agent, task)`` runs the SDK's own loop (``Runner.run``)
+with two seams replaced:
+
+- **Model calls** go to :class:`TenantflowModel`, which sends the SDK's request through the
+  tenant's gateway (``ctx.model``): endpoint chosen by the tenant's tier, allowed models and
+  residency region; rate limits; the budget reserved before and settled after. Each call is
+  recorded under a hash of its request, so a re-executed attempt replays the response instead
+  of paying again, whatever order the calls come in. The agent's ``model`` may name a tier
+  (``"small"``, ``"large"``); any other name leaves the choice to the tenant's policy.
+- **Function tools** go through the gateway's tool path (``ctx.tool``): the tenant's allow and
+  deny lists (a refusal is audited and returned to the model as the tool's answer), rate limit
+  ``tool:<name>``, price, circuit breaker. Each call is recorded under its tool-call id, so
+  tools the model calls in parallel replay correctly in any order. An agent's function tool
+  is registered as a gateway tool of its name the first time it runs (price 0); register it
+  beforehand with :func:`register_function_tools` to give it a price.
+- **Approvals**: a tool with ``needs_approval`` pauses the SDK run; its saved state
+  (``RunState``) is recorded and the call becomes a review task in the tenant's reviewer pool
+  (the step waits holding no slot). Once a reviewer approves, the step resumes from the saved
+  state. A rejection fails the step, like any rejected escalation.
+
+Gateway tools (registered Python tools, MCP tools) are offered to an SDK agent with
+:func:`gateway_tools`, which lists only those the tenant's policy lets it call.
+
+Not supported: streaming (``Runner.run_streamed``), server-side conversation state
+(``previous_response_id``, ``conversation_id``), hosted tools, and ``response_format``: an
+agent's ``output_type`` is validated by the SDK from the model's text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from tenantflow.domain.policy import usd_to_micros
+from tenantflow.domain.records import RecordCall
+from tenantflow.engine.context import attempt_scope
+from tenantflow.engine.gateway import Tool, Tools
+from tenantflow.engine.signals import Escalate
+from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
+from tenantflow.integrations._carry import Carried, carry, unwrap
+from tenantflow.integrations._observe import agent_run
+
+try:
+    from agents import (
+        Agent,
+        FunctionTool,
+        Model,
+        ModelProvider,
+        ModelResponse,
+        ModelSettings,
+        ModelTracing,
+        RunConfig,
+        Runner,
+        RunState,
+        Usage,
+    )
+    from agents.models.chatcmpl_converter import Converter
+    from agents.tool_context import ToolContext
+    from openai.types.chat import ChatCompletionMessage
+except ImportError as exc:  # pragma: no cover - the extra is part of dev
+    raise ImportError(
+        f"tenantflow.integrations.openai_agents needs the openai-agents extra:"
+        f" pip install 'tenantflow[openai-agents]' ({exc})"
+    ) from exc
+
+if TYPE_CHECKING:
+    from agents.agent_output import AgentOutputSchemaBase
+    from agents.handoffs import Handoff
+    from agents.items import TResponseInputItem, TResponseStreamEvent
+    from agents.tool import Tool as SDKTool
+
+    from tenantflow.engine.context import StepContext
+
+__all__ = [
+    "TenantflowModel",
+    "TenantflowModelProvider",
+    "gateway_tools",
+    "register_function_tools",
+    "run_agent",
+]
+
+TIERS = ("small", "large")
+DEFAULT_MAX_TOKENS = 1024
+
+_INVOCATION: ContextVar[tuple[ToolContext[Any], str, Any] | None] = ContextVar(
+    "tenantflow_sdk_tool_invocation", default=None
+)
+"""The SDK tool call the gateway is running: (its ToolContext, raw arguments, the original
+``on_invoke_tool``), read by the gateway tool that stands for an SDK function tool."""
+
+
+class TenantflowModel(Model):
+    """An Agents SDK model that answers through the step's tenant gateway (``ctx.model``).
+
+    Args:
+        ctx: the step's context.
+        tier: ``"small"`` or ``"large"`` to prefer that tier; None: the tenant's policy decides.
+    """
+
+    def __init__(self, ctx: StepContext, tier: str | None = None) -> None:
+        self._ctx = ctx
+        self._tier = tier
+
+    async def get_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[SDKTool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff[Any, Any]],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None = None,
+        conversation_id: str | None = None,
+        prompt: Any = None,
+    ) -> ModelResponse:
+        """Send the SDK's request through the gateway, recorded under a hash of the request."""
+        if previous_response_id or conversation_id or prompt:
+            raise ConfigurationError(
+                "server-side conversation state and prompt templates are not supported: the"
+                " run's transcript lives in the step, where it is recorded and replayed"
+            )
+        messages: list[dict[str, Any]] = [dict(m) for m in Converter.items_to_messages(input)]
+        if system_instructions:
+            messages.insert(0, {"role": "system", "content": system_instructions})
+        offered = [dict(Converter.tool_to_openai(t)) for t in tools]
+        offered += [dict(Converter.convert_handoff_tool(h)) for h in handoffs]
+        max_tokens = model_settings.max_tokens or DEFAULT_MAX_TOKENS
+        request = json.dumps(
+            {"messages": messages, "tools": offered, "max_tokens": max_tokens, "tier": self._tier},
+            sort_keys=True,
+            default=str,
+        )
+        digest = hashlib.sha256(request.encode()).hexdigest()
+        with carry():
+            async with self._ctx.call_identity(f"sdk-model:{digest}"):
+                response = await self._ctx.model(
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=model_settings.temperature or 0.0,
+                    extra_tools=offered,
+                    tier=self._tier,
+                )
+        message = ChatCompletionMessage.model_validate(
+            {
+                "role": "assistant",
+                "content": response.text or None,
+                "tool_calls": [
+                    {
+                        "id": f"{c.id}-{digest[:12]}",  # unique in the run, stable on replay
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                    }
+                    for c in response.tool_calls
+                ]
+                or None,
+            }
+        )
+        return ModelResponse(
+            output=Converter.message_to_output_items(message, provider_data={"model": "tf"}),
+            usage=Usage(
+                requests=1,
+                input_tokens=response.tokens_in,
+                output_tokens=response.tokens_out,
+                total_tokens=response.tokens_in + response.tokens_out,
+            ),
+            response_id=None,
+        )
+
+    def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[SDKTool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff[Any, Any]],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None = None,
+        conversation_id: str | None = None,
+        prompt: Any = None,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        """Not supported: a durable step records whole responses (use ``Runner.run``)."""
+        raise ConfigurationError(
+            "streaming is not supported in a durable step: use run_agent (Runner.run)"
+        )
+
+
+class TenantflowModelProvider(ModelProvider):
+    """Resolves every model name of a run to a :class:`TenantflowModel` of the step (a tier
+    name selects that tier; anything else is left to the tenant's policy)."""
+
+    def __init__(self, ctx: StepContext) -> None:
+        self._ctx = ctx
+
+    def get_model(self, model_name: str | None) -> Model:
+        """The gateway model for ``model_name``."""
+        return TenantflowModel(self._ctx, model_name if model_name in TIERS else None)
+
+
+def register_function_tools(
+    tools: Tools,
+    function_tools: Sequence[FunctionTool],
+    *,
+    cost_usd: float = 0.0,
+    costs_usd: Mapping[str, float] | None = None,
+) -> list[str]:
+    """Register Agents SDK function tools as gateway tools (their price, their rate-limit
+    resource ``tool:<name>``), so an agent's calls of them are governed and recorded.
+
+    Returns:
+        The names registered.
+
+    Raises:
+        ConfigurationError: a name is taken by a tool that is not an SDK function tool.
+    """
+    names = []
+    for function_tool in function_tools:
+        _register(tools, function_tool, (costs_usd or {}).get(function_tool.name, cost_usd))
+        names.append(function_tool.name)
+    return names
+
+
+def _register(tools: Tools, function_tool: FunctionTool, cost_usd: float) -> None:
+    try:
+        existing = tools.get(function_tool.name)
+    except Exception:  # not registered yet
+        existing = None
+    if existing is not None:
+        if not getattr(existing.fn, "_tenantflow_sdk_tool", False):
+            raise ConfigurationError(
+                f"the agent's tool {function_tool.name!r} has the name of a registered tool:"
+                " rename one of them",
+                tool=function_tool.name,
+            )
+        return
+    tools.add(
+        Tool(
+            name=function_tool.name,
+            fn=_sdk_invoker(),
+            resource=f"tool:{function_tool.name}",
+            cost_micros=usd_to_micros(cost_usd),
+            description=function_tool.description,
+            parameters=dict(function_tool.params_json_schema),
+        )
+    )
+
+
+def _sdk_invoker() -> Any:
+    async def invoke(**_arguments: Any) -> Any:
+        current = _INVOCATION.get()
+        if current is None:
+            raise ConfigurationError("an SDK function tool can only be called by its agent")
+        tool_context, raw, original = current
+        return await original(tool_context, raw)
+
+    invoke._tenantflow_sdk_tool = True  # type: ignore[attr-defined]
+    return invoke
+
+
+def _governed(ctx: StepContext, function_tool: FunctionTool) -> FunctionTool:
+    original = function_tool.on_invoke_tool
+    name = function_tool.name
+
+    async def on_invoke_tool(tool_context: ToolContext[Any], raw: str) -> Any:
+        try:
+            arguments = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return f"error: the arguments of {name!r} are not JSON"
+        if not isinstance(arguments, dict):
+            return f"error: the arguments of {name!r} must be a JSON object"
+        token = _INVOCATION.set((tool_context, raw, original))
+        try:
+            return await _call(ctx, tool_context, name, raw, arguments)
+        finally:
+            _INVOCATION.reset(token)
+
+    return dataclasses.replace(function_tool, on_invoke_tool=on_invoke_tool)
+
+
+async def _call(
+    ctx: StepContext,
+    tool_context: ToolContext[Any],
+    name: str,
+    raw: str,
+    arguments: dict[str, Any],
+) -> Any:
+    """Call tool ``name`` through the gateway, recorded under its tool-call id."""
+    try:
+        with carry():
+            async with ctx.call_identity(f"sdk-tool:{tool_context.tool_call_id}:{name}:{raw}"):
+                return await ctx.tool(name, **arguments)
+    except Carried as carried:
+        refused = carried.error
+        # Refused by the tenant's policy (audited by the gateway) or bad arguments from the
+        # model: the model reads why, as in tenantflow's own agent loop.
+        if isinstance(refused, NotAllowedError | ContractError | NotFoundError):
+            return f"error: {refused.message}"
+        raise
+
+
+def gateway_tools(ctx: StepContext, names: Sequence[str] | None = None) -> list[FunctionTool]:
+    """The engine's registered tools (of ``names``, or all) that the step's tenant may call, as
+    SDK function tools that call them through the gateway (recorded by tool-call id). A tool the
+    tenant may not call is not listed at all."""
+    registry = attempt_scope(ctx).services.gateway.tools
+    policy = ctx.policy
+    wanted = [t.name for t in registry] if names is None else list(names)
+    found = []
+    for name in wanted:
+        tool = registry.get(name)
+        if getattr(tool.fn, "_tenantflow_sdk_tool", False) or not tool.allowed_for(policy):
+            continue
+        found.append(_gateway_tool(ctx, tool))
+    return found
+
+
+def _gateway_tool(ctx: StepContext, tool: Tool) -> FunctionTool:
+    async def on_invoke_tool(tool_context: ToolContext[Any], raw: str) -> Any:
+        try:
+            arguments = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return f"error: the arguments of {tool.name!r} are not JSON"
+        if not isinstance(arguments, dict):
+            return f"error: the arguments of {tool.name!r} must be a JSON object"
+        value = await _call(ctx, tool_context, tool.name, raw, arguments)
+        return value if isinstance(value, str) else json.dumps(value, default=str)
+
+    schema = tool.schema()["function"]
+    function_tool = FunctionTool(
+        name=tool.name,
+        description=tool.description,
+        params_json_schema=dict(schema["parameters"]),
+        on_invoke_tool=on_invoke_tool,
+        strict_json_schema=False,
+    )
+    function_tool._tenantflow_gateway = True  # type: ignore[attr-defined]
+    return function_tool
+
+
+def _governed_agent(ctx: StepContext, agent: Agent[Any], seen: dict[int, Agent[Any]]) -> Agent[Any]:
+    if id(agent) in seen:
+        return seen[id(agent)]
+    if isinstance(agent.model, Model) and not isinstance(agent.model, TenantflowModel):
+        raise ConfigurationError(
+            f"agent {agent.name!r} has a model object: give it a model name or a tier"
+            " ('small', 'large'); the tenant's gateway picks the endpoint",
+            agent=agent.name,
+        )
+    registry = attempt_scope(ctx).services.gateway.tools
+    tools: list[Any] = []
+    for tool in agent.tools:
+        if isinstance(tool, FunctionTool):
+            if getattr(tool, "_tenantflow_gateway", False):
+                tools.append(tool)  # already a gateway tool
+                continue
+            _register(registry, tool, 0.0)
+            tools.append(_governed(ctx, tool))
+        else:
+            raise ConfigurationError(
+                f"agent {agent.name!r}: tool {getattr(tool, 'name', tool)!r} is not a function"
+                " tool; hosted tools cannot be governed by the gateway",
+                agent=agent.name,
+            )
+    clone = agent.clone(tools=tools)
+    seen[id(agent)] = clone
+    clone.handoffs = [
+        _governed_agent(ctx, h, seen) if isinstance(h, Agent) else h for h in agent.handoffs
+    ]
+    return clone
+
+
+async def run_agent(
+    ctx: StepContext,
+    agent: Agent[Any],
+    input: str | list[TResponseInputItem],
+    *,
+    max_turns: int = 10,
+    context: Any = None,
+) -> Any:
+    """Run ``agent`` on ``input`` as (part of) this step, durably and under the tenant's policy
+    (see the module's documentation). Returns the run's final output.
+
+    Raises:
+        ConfigurationError: the agent has a model object or a hosted tool.
+        Whatever the SDK raises when the run itself fails (e.g. ``MaxTurnsExceeded``).
+    """
+    async with agent_run(ctx, agent.name, "openai-agents"):
+        with unwrap():
+            return await _run(ctx, agent, input, max_turns, context)
+
+
+async def _run(
+    ctx: StepContext,
+    agent: Agent[Any],
+    input: str | list[TResponseInputItem],
+    max_turns: int,
+    context: Any,
+) -> Any:
+    governed = _governed_agent(ctx, agent, {})
+    config = RunConfig(model_provider=TenantflowModelProvider(ctx), tracing_disabled=True)
+    state: RunState[Any] | None = None
+    round_ = 0
+    while True:
+        round_ += 1
+        async with ctx.call_identity(f"sdk-state:{round_}") as index:
+            saved = await attempt_scope(ctx).recorded_call(index)
+        if saved is None:
+            result = await Runner.run(
+                governed,
+                input if state is None else state,
+                context=context,
+                max_turns=max_turns,
+                run_config=config,
+            )
+            if not result.interruptions:
+                return result.final_output
+            saved = result.to_state().to_string()
+            scope = attempt_scope(ctx)
+            await scope.write(
+                RecordCall(
+                    ctx.tenant_id,
+                    ctx.run_id,
+                    ctx.step,
+                    index,
+                    "agent",
+                    "state",
+                    saved,
+                    scope.now_s(),
+                )
+            )
+        state = await RunState.from_string(governed, saved)
+        for item in state.get_interruptions():
+            await _approved(ctx, item.call_id or "", item.name or "", item.arguments or "")
+            state.approve(item)
+
+
+async def _approved(ctx: StepContext, call_id: str, name: str, arguments: str) -> None:
+    """Return if a reviewer approved the call; otherwise open a review and wait for it."""
+    async with ctx.call_identity(f"sdk-approval:{call_id}:{name}:{arguments}") as index:
+        if await attempt_scope(ctx).recorded_call(index) is not None:
+            return  # approved: a rejection fails the step before it runs again
+        raise Escalate(
+            f"tool {name!r} needs approval",
+            index,
+            f"The agent asks to call {name} with {arguments}. Approve to let it run.",
+        )

@@ -1,0 +1,374 @@
+"""A PydanticAI agent as a durable, tenant-governed step (``tenantflow[pydantic-ai]``).
+
+Build the agent once, with tenantflow's model and durability capability::
+
+    agent = Agent(TenantflowModel(), name="support", capabilities=[TenantflowDurability()])
+
+and run it inside a step with ``await run_agent(ctx, agent, prompt)``:
+
+- :class:`TenantflowModel` sends every model request through the tenant's gateway
+  (``ctx.model``: endpoint by tier, allowed models and residency; rate limits; budget reserved
+  and settled), recorded under a hash of the request's content, so a re-executed attempt
+  replays it instead of paying again. ``TenantflowModel("small")`` prefers that tier.
+- :class:`TenantflowDurability` is PydanticAI's public durability extension point
+  (``BaseDurabilityCapability`` with a ``CallableOperationBackend``, as the Temporal, DBOS,
+  Prefect and Hatchet integrations use). Each tool call unit runs through the gateway's tool
+  path: the tenant's allow and deny lists (a refused call is audited, and the model is told),
+  rate limit ``tool:<name>``, price, circuit breaker; it is recorded under its tool-call id, so
+  parallel calls replay correctly in any order. A tool is registered as a gateway tool of its
+  name the first time it runs (price 0); :func:`register_tools` registers it beforehand with a
+  price. Other units (tool listing, instructions, event handlers) are not paid calls and run
+  again on re-execution.
+
+Not supported: streaming, and deferred tools (``ApprovalRequiredToolset`` / human approval):
+use a tenantflow review step around the agent instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from tenantflow.domain.policy import usd_to_micros
+from tenantflow.engine.context import attempt_scope
+from tenantflow.engine.gateway import Tool, Tools
+from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
+from tenantflow.integrations._carry import Carried, carry, unwrap
+from tenantflow.integrations._observe import agent_run
+
+try:
+    from pydantic_ai import Agent, ModelRetry
+    from pydantic_ai.durable_exec import (
+        JSON_CODEC,
+        BaseDurabilityCapability,
+        DurabilityEngineSpec,
+        DurableOperationBackend,
+        DurableOperationId,
+        JournalCallableOperationBackend,
+        RoleBasedOperationConfig,
+        ToolsetCallToolId,
+    )
+    from pydantic_ai.messages import (
+        InstructionPart,
+        ModelMessage,
+        ModelRequest,
+        ModelResponse,
+        RetryPromptPart,
+        SystemPromptPart,
+        TextPart,
+        ToolCallPart,
+        ToolReturnPart,
+        UserPromptPart,
+    )
+    from pydantic_ai.models import Model, ModelRequestParameters
+    from pydantic_ai.settings import ModelSettings
+    from pydantic_ai.usage import RequestUsage
+except ImportError as exc:  # pragma: no cover - the extra is part of dev
+    raise ImportError(
+        f"tenantflow.integrations.pydantic_ai needs the pydantic-ai extra:"
+        f" pip install 'tenantflow[pydantic-ai]' ({exc})"
+    ) from exc
+
+if TYPE_CHECKING:
+    from tenantflow.engine.context import StepContext
+
+__all__ = ["TenantflowDurability", "TenantflowModel", "register_tools", "run_agent"]
+
+DEFAULT_MAX_TOKENS = 1024
+
+_STEP: ContextVar[StepContext | None] = ContextVar("tenantflow_pydantic_ai_step", default=None)
+_BODY: ContextVar[Callable[[], Awaitable[object]] | None] = ContextVar(
+    "tenantflow_pydantic_ai_body", default=None
+)
+
+
+def _current() -> StepContext:
+    ctx = _STEP.get()
+    if ctx is None:
+        raise ConfigurationError(
+            "a tenantflow PydanticAI agent runs inside a step: await run_agent(ctx, agent, prompt)"
+        )
+    return ctx
+
+
+@contextmanager
+def _in_step(ctx: StepContext) -> Iterator[None]:
+    token = _STEP.set(ctx)
+    try:
+        yield
+    finally:
+        _STEP.reset(token)
+
+
+class TenantflowModel(Model):
+    """A PydanticAI model that answers through the running step's tenant gateway.
+
+    Args:
+        tier: ``"small"`` or ``"large"`` to prefer that tier; None: the tenant's policy decides.
+    """
+
+    def __init__(self, tier: str | None = None) -> None:
+        super().__init__()
+        self._tier = tier
+
+    @property
+    def model_name(self) -> str:
+        """The tier asked for, or ``policy`` (the tenant's policy picks the endpoint)."""
+        return self._tier or "policy"
+
+    @property
+    def system(self) -> str:
+        """The provider name PydanticAI reports: the tenant's gateway."""
+        return "tenantflow"
+
+    async def request(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> ModelResponse:
+        """Send the request through the gateway, recorded under a hash of its content."""
+        ctx = _current()
+        model_settings, params = self.prepare_request(model_settings, model_request_parameters)
+        chat: list[dict[str, Any]] = []
+        parts = params.instruction_parts or []
+        if parts:
+            chat.append({"role": "system", "content": InstructionPart.join(parts)})
+        chat.extend(_to_chat(messages))
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description or "",
+                    "parameters": t.parameters_json_schema,
+                },
+            }
+            for t in (*params.function_tools, *params.output_tools)
+        ]
+        settings: Mapping[str, Any] = model_settings or {}
+        max_tokens = int(settings.get("max_tokens") or DEFAULT_MAX_TOKENS)
+        request = json.dumps(
+            {"messages": chat, "tools": tools, "max_tokens": max_tokens, "tier": self._tier},
+            sort_keys=True,
+            default=str,
+        )
+        digest = hashlib.sha256(request.encode()).hexdigest()
+        with carry():
+            async with ctx.call_identity(f"pai-model:{digest}"):
+                response = await ctx.model(
+                    messages=chat,
+                    max_tokens=max_tokens,
+                    temperature=float(settings.get("temperature") or 0.0),
+                    extra_tools=tools,
+                    tier=self._tier,
+                )
+        out: list[Any] = [TextPart(response.text)] if response.text else []
+        out += [
+            ToolCallPart(c.name, dict(c.arguments), tool_call_id=f"{c.id}-{digest[:12]}")
+            for c in response.tool_calls
+        ]
+        return ModelResponse(
+            parts=out,
+            usage=RequestUsage(input_tokens=response.tokens_in, output_tokens=response.tokens_out),
+            model_name=response.model,
+            provider_name="tenantflow",
+        )
+
+
+def _to_chat(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
+    """PydanticAI's message history as OpenAI chat messages (content only: no timestamps or
+    run ids, so a re-executed attempt sends, and hashes, the same request)."""
+    chat: list[dict[str, Any]] = []
+    for message in messages:
+        if isinstance(message, ModelResponse):
+            text = "".join(p.content for p in message.parts if isinstance(p, TextPart))
+            calls = [
+                {
+                    "id": p.tool_call_id,
+                    "type": "function",
+                    "function": {"name": p.tool_name, "arguments": p.args_as_json_str()},
+                }
+                for p in message.parts
+                if isinstance(p, ToolCallPart)
+            ]
+            entry: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                entry["tool_calls"] = calls
+            chat.append(entry)
+            continue
+        if not isinstance(message, ModelRequest):
+            continue
+        for part in message.parts:
+            if isinstance(part, SystemPromptPart):
+                chat.append({"role": "system", "content": part.content})
+            elif isinstance(part, UserPromptPart):
+                content = part.content
+                text = content if isinstance(content, str) else " ".join(map(str, content))
+                chat.append({"role": "user", "content": text})
+            elif isinstance(part, ToolReturnPart):
+                chat.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": part.tool_call_id,
+                        "content": part.model_response_str(),
+                    }
+                )
+            elif isinstance(part, RetryPromptPart):
+                if part.tool_name is not None:
+                    chat.append(
+                        {
+                            "role": "tool",
+                            "tool_call_id": part.tool_call_id,
+                            "content": part.model_response(),
+                        }
+                    )
+                else:
+                    chat.append({"role": "user", "content": part.model_response()})
+    return chat
+
+
+class _Backend(JournalCallableOperationBackend[None]):
+    """Runs PydanticAI's durable units inside the step: tool calls through the gateway."""
+
+    async def execute(
+        self,
+        *,
+        operation_id: DurableOperationId,
+        name: str,
+        body: Callable[[], Awaitable[object]],
+        cache_key: tuple[object, ...],
+        config: None,
+    ) -> object:
+        ctx = _STEP.get()
+        if ctx is None or not isinstance(operation_id, ToolsetCallToolId):
+            return await body()  # model requests record themselves (TenantflowModel)
+        tool_name, arguments, run_context = cache_key[0], cache_key[1], cache_key[2]
+        assert isinstance(tool_name, str) and isinstance(arguments, dict)
+        call_id = getattr(run_context, "tool_call_id", None) or ""
+        registry = attempt_scope(ctx).services.gateway.tools
+        _register(registry, tool_name, "", None, 0.0)
+        identity = f"pai-tool:{call_id}:{tool_name}:{json.dumps(arguments, sort_keys=True)}"
+        token = _BODY.set(body)
+        try:
+            with carry():
+                async with ctx.call_identity(identity):
+                    return await ctx.tool(tool_name, **arguments)
+        except Carried as carried:
+            refused = carried.error
+            # Refused by the tenant's policy (audited by the gateway) or bad arguments from the
+            # model: the model is told, as in tenantflow's own agent loop.
+            if isinstance(refused, NotAllowedError | ContractError | NotFoundError):
+                raise ModelRetry(refused.message) from None
+            raise
+        finally:
+            _BODY.reset(token)
+
+
+class TenantflowDurability(BaseDurabilityCapability[Any]):
+    """PydanticAI's durability capability for tenantflow steps (see the module documentation).
+
+    Args:
+        name: the agent's name in recorded unit names (default: the agent's ``name``).
+    """
+
+    engine_spec = DurabilityEngineSpec(
+        engine_name="tenantflow",
+        durable_unit_noun="recorded call",
+        durable_unit_plural="recorded calls",
+        durable_container_noun="step",
+        codec=JSON_CODEC,  # tool results are recorded as JSON in the tenant's store
+        sequential_tools_in_durable_context=False,  # calls are recorded by tool-call id
+        tool_config_key="tenantflow",
+    )
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+
+    @property
+    def in_durable_context(self) -> bool:
+        """Inside a tenantflow step (``run_agent``)."""
+        return _STEP.get() is not None
+
+    def get_durable_operation_backend(self) -> DurableOperationBackend[Any]:
+        """The backend that records units in the running step."""
+        return _Backend(
+            agent_name=self.name or "agent",
+            config=RoleBasedOperationConfig(model=None, event=None, capability=None, tool=None),
+        )
+
+
+def register_tools(
+    tools: Tools,
+    names: Sequence[str],
+    *,
+    cost_usd: float = 0.0,
+    costs_usd: Mapping[str, float] | None = None,
+) -> list[str]:
+    """Register a PydanticAI agent's tools (by name) as gateway tools with a price, so the
+    agent's calls of them are governed, priced and recorded.
+
+    Raises:
+        ConfigurationError: a name is taken by a tool that is not an agent's tool.
+    """
+    for name in names:
+        _register(tools, name, "", None, (costs_usd or {}).get(name, cost_usd))
+    return list(names)
+
+
+def _register(
+    tools: Tools, name: str, description: str, schema: dict[str, Any] | None, cost_usd: float
+) -> None:
+    try:
+        existing = tools.get(name)
+    except NotFoundError:
+        existing = None
+    if existing is not None:
+        if not getattr(existing.fn, "_tenantflow_pydantic_ai_tool", False):
+            raise ConfigurationError(
+                f"the agent's tool {name!r} has the name of a registered tool: rename one",
+                tool=name,
+            )
+        return
+    tools.add(
+        Tool(
+            name=name,
+            fn=_unit_runner(),
+            resource=f"tool:{name}",
+            cost_micros=usd_to_micros(cost_usd),
+            description=description,
+            parameters=schema,
+        )
+    )
+
+
+def _unit_runner() -> Any:
+    async def run_unit(**_arguments: Any) -> Any:
+        body = _BODY.get()
+        if body is None:
+            raise ConfigurationError("a PydanticAI agent's tool can only be called by its agent")
+        return await body()
+
+    run_unit._tenantflow_pydantic_ai_tool = True  # type: ignore[attr-defined]
+    return run_unit
+
+
+async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **options: Any) -> Any:
+    """Run ``agent`` on ``prompt`` in this step, durably and under the tenant's policy; returns
+    the run's output. ``options`` go to ``Agent.run``.
+
+    Raises:
+        ConfigurationError: the agent has no :class:`TenantflowDurability` capability.
+    """
+    if TenantflowDurability.from_agent(agent) is None:
+        raise ConfigurationError(
+            "give the agent capabilities=[TenantflowDurability()] and a TenantflowModel()"
+        )
+    async with agent_run(ctx, agent.name or "agent", "pydantic-ai"):
+        with _in_step(ctx), unwrap():
+            result = await agent.run(prompt, **options)
+    return result.output

@@ -1,0 +1,164 @@
+"""A worker process for the integration kill tests (``test_integration_kill.py``); a script:
+
+    python integration_worker.py --kind KIND --db DB --base-url URL --dir DIR
+
+It opens ``sqlite:///DB`` with one model endpoint, the local OpenAI-compatible test server at
+URL, and runs one ``research`` run (idempotency key ``r1``: resubmitting after a kill is safe)
+whose step is an agent of KIND: ``openai-agents`` (an Agents SDK agent with a Python tool),
+``pydantic-ai`` (a PydanticAI agent with a Python tool) or ``mcp`` (an Agents SDK agent whose
+tool is an MCP server's, over stdio). The tool is ``lookup(topic)``: it waits until the file
+``DIR/gate-<topic>`` exists (the test opens gates to hold a call where it wants a kill), then
+appends ``<pid> <tool-call id> <topic>`` to ``DIR/effects`` (its side effect), flushed at once.
+When the run ends its status and result go to ``DIR/result.json``.
+"""
+
+# No ``from __future__ import annotations``: the SDKs read the tools' annotations at decoration
+# time, and each SDK is imported only by the kind that uses it.
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import tenantflow as tf
+from tenantflow.adapters.clock import SystemClock
+from tenantflow.adapters.providers import OpenAIProvider
+from tenantflow.domain.routing import Endpoint
+
+TOOL_PRICE_USD = 0.01
+MCP_TOOL = "facts__lookup"
+ENDPOINT = Endpoint(
+    name="local",
+    provider="openai",
+    model="test-model",
+    region="us-east-1",
+    tier="large",
+    price_in_per_1k_micros=1_000,
+    price_out_per_1k_micros=2_000,
+    max_context=100_000,
+)
+
+
+async def gate(directory: Path, topic: str) -> None:
+    """Wait for the test to open this call's gate (a file)."""
+    while not (directory / f"gate-{topic}").exists():  # noqa: ASYNC110 - another process's file
+        await asyncio.sleep(0.005)
+
+
+def effect(directory: Path, call_id: str, topic: str) -> None:
+    with (directory / "effects").open("a", encoding="utf-8") as f:
+        f.write(f"{os.getpid()} {call_id} {topic}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def openai_agents_step(engine: tf.Engine, directory: Path, *, mcp: bool) -> Any:
+    from agents import Agent, function_tool
+    from agents.tool_context import ToolContext
+
+    from tenantflow.integrations.openai_agents import (
+        gateway_tools,
+        register_function_tools,
+        run_agent,
+    )
+
+    @function_tool
+    async def lookup(ctx: ToolContext[Any], topic: str) -> str:
+        """Look a topic up."""
+        await gate(directory, topic)
+        effect(directory, ctx.tool_call_id, topic)
+        return f"facts about {topic}"
+
+    if not mcp:
+        register_function_tools(engine.tools, [lookup], cost_usd=TOOL_PRICE_USD)
+
+    async def research(ctx: tf.StepContext, input: str) -> str:
+        tools: list[Any] = gateway_tools(ctx, [MCP_TOOL]) if mcp else [lookup]
+        agent = Agent(name="researcher", instructions="Research the topic.", tools=tools)
+        return str(await run_agent(ctx, agent, input))
+
+    return research
+
+
+def pydantic_ai_step(directory: Path) -> Any:
+    from pydantic_ai import Agent, RunContext
+
+    from tenantflow.integrations.pydantic_ai import TenantflowDurability, TenantflowModel, run_agent
+
+    agent = Agent(
+        TenantflowModel(),
+        name="researcher",
+        instructions="Research the topic.",
+        capabilities=[TenantflowDurability()],
+    )
+
+    @agent.tool
+    async def lookup(ctx: RunContext[None], topic: str) -> str:
+        """Look a topic up."""
+        await gate(directory, topic)
+        effect(directory, ctx.tool_call_id or "", topic)
+        return f"facts about {topic}"
+
+    async def research(ctx: tf.StepContext, input: str) -> str:
+        return str(await run_agent(ctx, agent, input))
+
+    return research
+
+
+async def main(kind: str, db: str, base_url: str, directory: Path) -> int:
+    policy = tf.Policy.for_tier("enterprise", allowed_tools=["lookup", MCP_TOOL])
+    engine = tf.Engine.open(
+        f"sqlite:///{db}",
+        clock=SystemClock(),
+        slots=2,
+        seed=1,
+        auto_tenant=policy,
+        lease=timedelta(seconds=1),
+    )
+    engine.models.add(ENDPOINT, OpenAIProvider("local", base_url=base_url, timeout_s=600))
+    if kind == "mcp":
+        from tenantflow.integrations.mcp_tools import MCPServerSpec, register_mcp_server
+
+        server = Path(__file__).with_name("mcp_facts_server.py")
+        spec = MCPServerSpec(
+            "facts",
+            command=sys.executable,
+            args=[str(server), str(directory)],
+            cost_usd=TOOL_PRICE_USD,
+        )
+        await register_mcp_server(engine.tools, spec)
+        step = openai_agents_step(engine, directory, mcp=True)
+    elif kind == "openai-agents":
+        step = openai_agents_step(engine, directory, mcp=False)
+    else:
+        from tenantflow.integrations.pydantic_ai import register_tools
+
+        register_tools(engine.tools, ["lookup"], cost_usd=TOOL_PRICE_USD)
+        step = pydantic_ai_step(directory)
+    wf = tf.Workflow("research", input=str)
+    wf.step(retry=tf.Retry(max_attempts=5, initial=timedelta(milliseconds=50)))(step)
+    engine.register(wf)
+    async with engine:
+        handle = await engine.submit("research", tenant="acme", input="tides", idempotency_key="r1")
+        record = await handle.wait()
+    result = {
+        "status": record.status.value,
+        "result": json.loads(record.result_json) if record.result_json else None,
+        "error": record.error,
+        "run_id": record.id,
+    }
+    (directory / "result.json").write_text(json.dumps(result))
+    return 0 if record.status == tf.RunStatus.COMPLETED else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kind", required=True, choices=("openai-agents", "pydantic-ai", "mcp"))
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--dir", required=True)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.kind, args.db, args.base_url, Path(args.dir))))
