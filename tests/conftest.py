@@ -170,3 +170,32 @@ def postgres_empty_url() -> Iterator[str]:
     finally:
         with _postgres_admin() as admin:
             admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+# -- NATS JetStream (the mesh and hybrid placements) ---------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def nats_server_binary() -> Any:
+    """The nats-server (>= 2.10) the project's launcher would run: skips locally, fails in CI,
+    when the ``mesh`` extra is not installed."""
+    pytest.importorskip("nats", reason="the mesh extra (nats-py) is not installed")
+    from tenantflow.adapters.nats.server import find_nats_server
+    from tenantflow.errors import ConfigurationError
+
+    try:
+        return find_nats_server()
+    except ConfigurationError as exc:
+        require_server("nats-server >= 2.10", False, str(exc))
+
+
+@pytest.fixture
+def nats_server(nats_server_binary: Any, tmp_path: Any) -> Any:
+    """A private JetStream server on a free port with its own store, stopped after the test."""
+    from tenantflow.adapters.nats.server import NatsServer
+
+    server = NatsServer(store_dir=tmp_path / "nats", binary=nats_server_binary).start()
+    try:
+        yield server
+    finally:
+        server.close()

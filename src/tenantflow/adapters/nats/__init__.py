@@ -1,0 +1,1 @@
+"""NATS JetStream adapters for the mesh and hybrid placements (the ``mesh`` extra)."""
