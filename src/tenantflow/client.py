@@ -33,6 +33,7 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
+from tenantflow.engine.runs import RetryResult
 from tenantflow.engine.tenants import TenantInfo
 from tenantflow.errors import (
     AuthenticationError,
@@ -301,6 +302,43 @@ class Client:
         """Resume a run the budget ladder paused."""
         return _run(self._call("POST", f"/v1/runs/{_segment(run_id)}/resume"))
 
+    def retry(
+        self, run_id: str, *, from_start: bool = False, reason: str | None = None
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step (completed steps'
+        outputs kept), or ``from_start`` as a new run with the same input."""
+        body: dict[str, Any] = {"from_start": from_start}
+        if reason:
+            body["reason"] = reason
+        return _retry(self._call("POST", f"/v1/runs/{_segment(run_id)}/retry", body=body))
+
+    def retry_many(
+        self,
+        *,
+        status: RunStatus = RunStatus.FAILED,
+        workflow: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs that ended in ``status`` within the window (the earliest to
+        end first, up to ``limit``); one result per run."""
+        body: dict[str, Any] = {
+            "status": status.value,
+            "limit": limit,
+            "from_start": from_start,
+            "workflow": workflow,
+            "since": None if since is None else since.isoformat(),
+            "until": None if until is None else until.isoformat(),
+            "reason": reason,
+        }
+        found = self._call(
+            "POST", "/v1/runs/retry", body={k: v for k, v in body.items() if v is not None}
+        )
+        return [_retry(item) for item in found["items"]]
+
     def steps(self, run_id: str) -> list[StepRecord]:
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/steps")
         return [_step(self.tenant_id, run_id, item) for item in found["items"]]
@@ -535,6 +573,17 @@ def _run(body: dict[str, Any]) -> RunRecord:
         parent_run_id=body.get("parent_run_id"),
         finished_at=_ts_or_none(body.get("finished_at")),
         meta=dict(body.get("meta") or {}),
+    )
+
+
+def _retry(body: dict[str, Any]) -> RetryResult:
+    run = body.get("run")
+    return RetryResult(
+        run_id=body["run_id"],
+        ok=bool(body["ok"]),
+        mode=body["mode"],
+        run=None if run is None else _run(run),
+        error=body.get("error"),
     )
 
 

@@ -57,7 +57,7 @@ from tenantflow.engine.memory import Memory
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
-from tenantflow.engine.runs import RunControl
+from tenantflow.engine.runs import RetryResult, RunControl
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.errors import ConfigurationError
@@ -234,6 +234,9 @@ class Engine(HistoryReads):
             self.clock,
             execute=config.execute,
             command=self.clustering.command,
+            registry=self.registry,
+            submitter=self.submitter,
+            coordinator=self.coordinator,
         )
         self.membership: Membership | None = None
         if config.cluster == "worker":
@@ -434,6 +437,48 @@ class Engine(HistoryReads):
     def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
+
+    async def retry(
+        self,
+        tenant: str,
+        run_id: str,
+        *,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step (completed steps'
+        outputs kept), or ``from_start`` as a new run (see :meth:`RunControl.retry`)."""
+        return await self.runs.retry(
+            tenant, run_id, from_start=from_start, actor=actor, reason=reason
+        )
+
+    async def retry_many(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs matching a filter; one result per run (see
+        :meth:`RunControl.retry_many`)."""
+        return await self.runs.retry_many(
+            tenant,
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            limit=limit,
+            from_start=from_start,
+            actor=actor,
+            reason=reason,
+        )
 
     # -- hooks the runtimes call ----------------------------------------------------------
 

@@ -21,6 +21,7 @@ from tenantflow.engine.handle import RunHandle, RunSnapshot
 from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.runs import RetryResult
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.observability.events import Observers
 
@@ -28,6 +29,7 @@ __all__ = [
     "ApiKeyInfo",
     "ControlPlane",
     "Principal",
+    "RetryResult",
     "RunHandle",
     "RunSnapshot",
     "StateVersion",
@@ -101,6 +103,33 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def retry(
+        self,
+        tenant: str,
+        run_id: str,
+        *,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step, or from the
+        start as a new run (see :meth:`tenantflow.engine.runs.RunControl.retry`)."""
+
+    async def retry_many(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs that match a filter, one result per run."""
 
     async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
         """Wait until the run ends and return its record."""
