@@ -124,11 +124,17 @@ class Served:
 def served(tmp_path: Path) -> Iterator[Served]:
     """``tenantflow serve`` on a fresh SQLite file, the test workflows loaded, and an admin key
     made with ``tenantflow keys create --admin``."""
+    yield from serve(tmp_path, "api_workflows:setup")
+
+
+def serve(tmp_path: Path, *apps: str) -> Iterator[Served]:
+    """``tenantflow serve --app APP…`` on a fresh SQLite file in ``tmp_path``, until closed."""
     db = f"sqlite:///{tmp_path / 'served.db'}"
     ok(tmp_path, "db", "upgrade", "--db", db)
     admin = ok_json(tmp_path, "keys", "create", "--admin", "--name", "ops", "--db", db)["secret"]
     port = free_port()
     log = tmp_path / "server.log"
+    app_args = [arg for app in apps for arg in ("--app", app)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -138,8 +144,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
                 "serve",
                 "--db",
                 db,
-                "--app",
-                "api_workflows:setup",
+                *app_args,
                 "--port",
                 str(port),
             ],
