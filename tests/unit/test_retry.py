@@ -3,6 +3,7 @@ audited, through admission again) or from the start (a new run); refusals are ty
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -227,3 +228,83 @@ async def test_an_engine_that_does_not_execute_refuses_to_retry() -> None:
     async with engine:
         with pytest.raises(ConfigurationError, match="not executing"):
             await engine.retry("t1", "run_x")
+
+
+async def test_a_failed_fan_out_reruns_only_its_elements_that_did_not_succeed() -> None:
+    bad = {2}
+    calls: Counter[int] = Counter()
+    wf = tf.Workflow("fan", input=list[int])
+
+    @wf.step(retry=ONCE)
+    async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
+        return input
+
+    @wf.step(fan_out="items", retry=ONCE)
+    async def square(ctx: tf.StepContext, items: int) -> int:
+        calls[items] += 1
+        if items in bad:
+            raise RuntimeError(f"cannot square {items}")
+        return items * items
+
+    @wf.step(retry=ONCE)
+    async def total(ctx: tf.StepContext, square: list[int]) -> int:
+        return sum(square)
+
+    clock = FakeClock()
+    config = tf.EngineConfig(auto_tenant="standard")
+    async with tf.Engine(clock.watch(MemoryStore()), config, clock=clock) as engine:
+        engine.register(wf)
+        handle = await engine.submit("fan", tenant="t1", input=[3, 1, 2])
+        assert (await engine.wait("t1", handle.id)).status == tf.RunStatus.FAILED
+        succeeded = {
+            s.key for s in await engine.steps("t1", handle.id) if s.status == StepStatus.SUCCEEDED
+        }
+        assert succeeded & {"square[0]", "square[1]"}, succeeded  # something to keep
+        bad.clear()
+        result = await engine.retry("t1", handle.id)
+        assert result.ok
+        record = await engine.wait("t1", handle.id)
+        assert record.status == tf.RunStatus.COMPLETED and engine.decode_result(record) == 14
+        # Elements that had succeeded were not run again.
+        for key, value in (("square[0]", 3), ("square[1]", 1)):
+            if key in succeeded:
+                assert calls[value] == 1
+
+
+async def test_a_cancelled_run_waiting_for_review_is_retried_to_the_review_again() -> None:
+    wf = tf.Workflow("gate", input=int)
+
+    @wf.step(retry=ONCE)
+    async def assess(ctx: tf.StepContext, input: int) -> int:
+        return input
+
+    @wf.review()
+    async def review(ctx: tf.StepContext, assess: int) -> dict[str, int]:
+        return {"amount": assess}
+
+    clock = FakeClock()
+    config = tf.EngineConfig(auto_tenant="standard")
+    async with tf.Engine(clock.watch(MemoryStore()), config, clock=clock) as engine:
+        engine.register(wf)
+        handle = await engine.submit("gate", tenant="t1", input=5)
+        for _ in range(1000):
+            steps = {s.key: s.status for s in await engine.steps("t1", handle.id)}
+            if steps.get("review") == StepStatus.WAITING:
+                break
+            await clock.drive(asyncio.sleep(0))
+        assert steps["review"] == StepStatus.WAITING
+        await engine.cancel("t1", handle.id, "wrong amount")
+        assert (await engine.wait("t1", handle.id)).status == tf.RunStatus.CANCELLED
+        result = await engine.retry("t1", handle.id)
+        assert result.run is not None and result.run.status in (
+            tf.RunStatus.QUEUED,
+            tf.RunStatus.RUNNING,
+        )
+        for _ in range(1000):
+            steps = {s.key: s.status for s in await engine.steps("t1", handle.id)}
+            if steps.get("review") == StepStatus.WAITING:
+                break
+            await clock.drive(asyncio.sleep(0))
+        assert steps == {"assess": StepStatus.SUCCEEDED, "review": StepStatus.WAITING}
+        assert (await engine.get_run("t1", handle.id)).status == tf.RunStatus.RUNNING
+        await engine.cancel("t1", handle.id)
