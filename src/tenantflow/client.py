@@ -33,7 +33,7 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
-from tenantflow.engine.runs import RetryResult
+from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo
 from tenantflow.errors import (
     AuthenticationError,
@@ -338,6 +338,14 @@ class Client:
             "POST", "/v1/runs/retry", body={k: v for k, v in body.items() if v is not None}
         )
         return [_retry(item) for item in found["items"]]
+
+    def why(self, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now."""
+        found = self._call("GET", f"/v1/runs/{_segment(run_id)}/why")
+        return [
+            Reason(r.get("step"), r["kind"], r["message"], dict(r.get("detail") or {}))
+            for r in found["reasons"]
+        ]
 
     def steps(self, run_id: str) -> list[StepRecord]:
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/steps")

@@ -74,6 +74,14 @@ def test_cancel_stops_a_waiting_run_and_resume_refuses_one_that_is_not_paused(
     # The run waits for a reviewer (high amount): running, its review step waiting.
     wait_for(lambda: _steps(served, env, run["id"]), lambda s: "waiting" in s.values())
     assert_one_line_error(cli(served.cwd, "runs", "resume", run["id"], env=env), 1, "not paused")
+    # Why is it waiting? The review, its pool, unclaimed: over the API, in runs why and show.
+    why = json.loads(ok(served.cwd, "runs", "why", run["id"], "--json", env=env))
+    (review,) = [r for r in why["reasons"] if r["kind"] == "review"]
+    assert review["step"] == "review" and review["detail"]["claimed_by"] is None
+    assert review["detail"]["pool"] and review["detail"]["review_id"].startswith("rev")
+    text = ok(served.cwd, "runs", "why", run["id"], env=env)
+    assert f"run {run['id']} is running" in text and "step review: waits for review" in text
+    assert "step review: waits for review" in ok(served.cwd, "runs", "show", run["id"], env=env)
     out = ok(served.cwd, "runs", "cancel", run["id"], "--reason", "withdrawn", env=env)
     assert out.startswith(f"cancelled run {run['id']}")
     wait_for(lambda: _status(served, env, run["id"]), lambda s: s == "cancelled")

@@ -31,6 +31,7 @@ from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
+from tenantflow.domain.why import Reason
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -316,6 +317,9 @@ class EngineBackend:
 
     def get_run(self, run_id: str) -> RunRecord:
         return self._run(self._engine.get_run(self.tenant_id, run_id))
+
+    def why(self, run_id: str) -> list[Reason]:
+        return self._run(self._engine.why(self.tenant_id, run_id))
 
     def steps(self, run_id: str) -> list[StepRecord]:
         return self._run(self._engine.steps(self.tenant_id, run_id))

@@ -27,7 +27,7 @@ from tenantflow.cli.common import (
     connect,
     reporting_errors,
 )
-from tenantflow.domain.records import RunStatus
+from tenantflow.domain.records import TERMINAL_RUN, RunStatus
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ def show(
     """Show a run and its steps (status, attempt, state version)."""
     with connect(ctx, db, url, api_key, tenant=tenant) as backend:
         run, steps = backend.get_run(run_id), backend.steps(run_id)
+        # What holds an unfinished run (runs why has the figures).
+        reasons = None if json or run.status in TERMINAL_RUN else backend.why(run_id)
     # The store returns steps by key; people read a DAG in the order it ran.
     steps.sort(key=lambda s: (s.started_at is None, s.started_at or 0.0, s.key))
     if json:
@@ -99,6 +101,56 @@ def show(
     out = render.console()
     out.print(render.run_detail(run))
     out.print(render.steps_table(steps))
+    if reasons is not None:
+        _print_reasons(reasons)
+
+
+def _reason_dict(reason: Any) -> dict[str, Any]:
+    return {
+        "step": reason.step,
+        "kind": reason.kind,
+        "message": reason.message,
+        "detail": reason.detail,
+    }
+
+
+def _print_reasons(reasons: list[Any]) -> None:
+    out = render.console()
+    if not reasons:
+        out.print("nothing holds it: it is progressing", markup=False)
+        return
+    out.print("waiting:", markup=False)
+    for r in reasons:
+        where = "run" if r.step is None else f"step {r.step}"
+        out.print(f"  {where}: {r.message}", markup=False, soft_wrap=True)
+
+
+@app.command("why")
+def why(
+    ctx: typer.Context,
+    run_id: RunIdArgument,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Why a run is waiting: its place in the admission queue and the cap that binds, a budget
+    pause, a rate-limit bucket and when it refills, a backoff, a review, a child run, a lease."""
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        run = backend.get_run(run_id)
+        reasons = backend.why(run_id)
+    if json:
+        render.print_json(
+            {
+                "run_id": run.id,
+                "status": run.status.value,
+                "reasons": [_reason_dict(r) for r in reasons],
+            }
+        )
+        return
+    render.console().print(f"run {run.id} is {run.status.value}", markup=False)
+    _print_reasons(reasons)
 
 
 @app.command("timeline")

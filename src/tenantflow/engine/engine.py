@@ -57,7 +57,7 @@ from tenantflow.engine.memory import Memory
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
-from tenantflow.engine.runs import RetryResult, RunControl
+from tenantflow.engine.runs import Reason, RetryResult, RunControl
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.errors import ConfigurationError
@@ -437,6 +437,11 @@ class Engine(HistoryReads):
     def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
+
+    async def why(self, tenant: str, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now (see
+        :meth:`RunControl.why`)."""
+        return await self.runs.why(tenant, run_id)
 
     async def retry(
         self,

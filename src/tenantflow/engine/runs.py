@@ -13,6 +13,7 @@ written by whichever process was asked and the worker that drives the tenant is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,11 +25,13 @@ from tenantflow.domain.records import (
     NewEvent,
     RunRecord,
     RunStatus,
+    StepStatus,
     Transition,
     VersionConflict,
 )
 from tenantflow.domain.retry import RETRYABLE, check_retryable, plan_retry
-from tenantflow.domain.tenancy import AuditEntry
+from tenantflow.domain.tenancy import AuditEntry, ReviewRecord
+from tenantflow.domain.why import Reason, WaitFacts, explain
 from tenantflow.engine.handle import RunSnapshot
 from tenantflow.engine.history import RunHistory
 from tenantflow.engine.registry import WorkflowRegistry
@@ -36,7 +39,7 @@ from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.errors import ConfigurationError, ConflictError, TenantflowError
 from tenantflow.ports import Clock, Coordinator
 
-__all__ = ["RETRY_LIMIT", "RetryResult", "RunControl"]
+__all__ = ["RETRY_LIMIT", "Reason", "RetryResult", "RunControl"]
 
 RETRY_LIMIT = 500
 """The most runs one bulk retry acts on."""
@@ -163,6 +166,90 @@ class RunControl:
             run, "run.resumed", {"reason": "resumed by request"}
         )
         return await self._history.get_run(tenant, run_id)
+
+    # -- why is it waiting? -------------------------------------------------------------------
+
+    async def why(self, tenant: str, run_id: str) -> list[Reason]:
+        """Every reason the run, and each of its unfinished steps, is not progressing now: its
+        place in the admission queue and the cap that binds, a budget pause, a rate-limit bucket
+        and its wake time, a retry's backoff, a review (pool, claim, SLA), a child run, a
+        worker's lease, the upstream steps it waits for, a slot (see
+        :func:`tenantflow.domain.why.explain`).
+
+        Raises:
+            NotFoundError: the tenant has no such run.
+        """
+        record = await self._history.get_run(tenant, run_id)
+        now = self._clock.now()
+        if record.status in TERMINAL_RUN:
+            return explain(WaitFacts(record, [], []), now)
+        store = self._gate.runtime_for_tenant(tenant).store
+        steps = await store.get_steps(tenant, run_id)
+        events = await store.events(tenant, run_id)
+        spec = (
+            self._registry.spec_or_none(record.workflow, record.workflow_version)
+            if self._registry is not None
+            else None
+        )
+        children: dict[str, RunStatus] = {}
+        requested: dict[str, str] = {}  # step -> its latest review
+        for event in events:
+            if event.kind == "review.requested" and "review_id" in event.data and event.step:
+                requested[event.step] = str(event.data["review_id"])
+            elif event.kind == "step.waiting" and "child_run" in event.data:
+                children[str(event.data["child_run"])] = RunStatus.RUNNING
+        found_reviews: dict[str, ReviewRecord] = {}
+        for step in steps:
+            review_id = requested.get(step.key)
+            if step.status == StepStatus.WAITING and review_id is not None:
+                with contextlib.suppress(TenantflowError):
+                    found_reviews[review_id] = await store.get_review(tenant, review_id)
+        for child in list(children):
+            try:
+                children[child] = (await self._history.get_run(tenant, child)).status
+            except TenantflowError:
+                del children[child]
+        info = self._gate.policy_of(tenant)
+        policy = info.policy if info is not None else None
+        active = queued = ahead = 0
+        if record.status == RunStatus.QUEUED:
+            for status in (RunStatus.RUNNING, RunStatus.PAUSED):
+                active += len(await self._all(tenant, status))
+            waiting_runs = await self._all(tenant, RunStatus.QUEUED)
+            queued = len(waiting_runs)
+            ahead = sum(
+                1 for r in waiting_runs if (r.created_at, r.id) < (record.created_at, record.id)
+            )
+        live = self._execute and self._gate.drives(tenant)
+        facts = WaitFacts(
+            record,
+            steps,
+            events,
+            spec,
+            found_reviews,
+            children,
+            active_cap=policy.max_active_runs if policy is not None else None,
+            active_runs=active,
+            queued_ahead=ahead,
+            queued=queued,
+            running_cap=policy.max_running_steps if policy is not None else None,
+            running_steps=self._gate.dispatcher.scheduler.running(tenant) if live else None,
+        )
+        return explain(facts, now)
+
+    async def _all(self, tenant: str, status: RunStatus) -> list[RunRecord]:
+        """The tenant's runs in ``status`` (ids and times; up to 10,000)."""
+        found: list[RunRecord] = []
+        before: str | None = None
+        while len(found) < 10_000:
+            page = await self._history.list_runs(
+                tenant, status=status, limit=1000, before=before, payloads=False
+            )
+            found.extend(page)
+            if len(page) < 1000:
+                break
+            before = page[-1].id
+        return found
 
     # -- retry --------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from tenantflow.engine.handle import RunHandle, RunSnapshot
 from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
-from tenantflow.engine.runs import RetryResult
+from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.observability.events import Observers
 
@@ -29,6 +29,7 @@ __all__ = [
     "ApiKeyInfo",
     "ControlPlane",
     "Principal",
+    "Reason",
     "RetryResult",
     "RunHandle",
     "RunSnapshot",
@@ -103,6 +104,10 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def why(self, tenant: str, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now: admission queue and
+        cap, budget pause, rate-limit bucket and wake time, backoff, review, child run, lease."""
 
     async def retry(
         self,

@@ -31,7 +31,7 @@ from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import RunRecord, RunStatus
 from tenantflow.engine.runs import RETRY_LIMIT
 from tenantflow.errors import BackpressureError, ConfigurationError, ConflictError, ContractError
-from tenantflow.placement import ControlPlane, RetryResult
+from tenantflow.placement import ControlPlane, Reason, RetryResult
 
 __all__ = ["RunPath", "SubmissionGate", "router"]
 
@@ -392,3 +392,38 @@ async def retry(
         tenant, run_id, from_start=body.from_start, actor=_actor(request), reason=body.reason
     )
     return RetryOut.of(result)
+
+
+# -- why is it waiting? ---------------------------------------------------------------------------
+
+
+class ReasonOut(BaseModel):
+    step: str | None = Field(description="The step key it holds; null: the run as a whole.")
+    kind: str = Field(
+        description="ended, admission, paused, unwinding, upstream, slot, rate_limit, backoff,"
+        " deferred, review, child_run, leased, lease_lapsed, fan_out."
+    )
+    message: str
+    detail: dict[str, Any] = Field(description="The figures the message names (ISO-8601 times).")
+
+    @classmethod
+    def of(cls, reason: Reason) -> ReasonOut:
+        return cls(step=reason.step, kind=reason.kind, message=reason.message, detail=reason.detail)
+
+
+class WhyOut(BaseModel):
+    run_id: str
+    status: RunStatus
+    reasons: list[ReasonOut] = Field(description="What holds the run, then each unfinished step.")
+
+
+@router.get("/{run_id}/why", response_model=WhyOut, summary="Why a run is waiting")
+async def why(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> WhyOut:
+    """What holds the run and each of its unfinished steps now, computed from its stored state:
+    its place in the tenant's admission queue and the cap that binds, a budget pause, a
+    rate-limit bucket and when it refills, a retry's backoff, a review (pool, claim, SLA due), a
+    child run, the worker holding a step's lease and until when, the upstream steps it waits
+    for."""
+    record = await engine.get_run(tenant, run_id)
+    reasons = await engine.why(tenant, run_id)
+    return WhyOut(run_id=run_id, status=record.status, reasons=[ReasonOut.of(r) for r in reasons])
