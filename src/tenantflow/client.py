@@ -35,6 +35,7 @@ from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo
+from tenantflow.engine.workers import TenantLease, WorkerInfo
 from tenantflow.errors import (
     AuthenticationError,
     BackpressureError,
@@ -503,6 +504,23 @@ class Client:
         return [_search_hit(tenant, item) for item in found["items"]]
 
     # -- tenants (admin) -----------------------------------------------------------------------
+
+    def workers(self) -> list[WorkerInfo]:
+        """The cluster's workers, their heartbeats and the tenants they drive (admin)."""
+        found = self._call("GET", "/v1/workers")
+        return [
+            WorkerInfo(
+                id=w["id"],
+                live=bool(w["live"]),
+                started_at=_ts_or_none(w.get("started_at")),
+                beat_at=_ts_or_none(w.get("beat_at")),
+                slots=w.get("slots"),
+                tenants=tuple(
+                    TenantLease(t["tenant_id"], _ts(t["expires_at"])) for t in w["tenants"]
+                ),
+            )
+            for w in found["items"]
+        ]
 
     def list_tenants(self) -> list[TenantInfo]:
         """Every tenant, by id."""

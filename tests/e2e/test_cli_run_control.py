@@ -88,6 +88,22 @@ def test_cancel_stops_a_waiting_run_and_resume_refuses_one_that_is_not_paused(
 
 
 def test_on_the_store_they_say_a_server_is_needed(served: Served) -> None:
+    # (And the operator's view of workers: an admin key's; an embedded store has none.)
+    r = httpx.get(
+        f"{served.url}/v1/workers",
+        headers={"Authorization": f"Bearer {served.admin_key}"},
+        timeout=10,
+    )
+    assert r.status_code == 422 and "no workers" in r.json()["error"]["message"]
+    tenant_env = _tenant(served)
+    r = httpx.get(
+        f"{served.url}/v1/workers",
+        headers={"Authorization": f"Bearer {tenant_env['TENANTFLOW_API_KEY']}"},
+        timeout=10,
+    )
+    assert r.status_code == 403
+    proc = cli(served.cwd, "workers", "list", "--url", served.url, "--api-key", served.admin_key)
+    assert_one_line_error(proc, 2, "no workers")
     proc = cli(served.cwd, "--db", served.db, "runs", "submit", "tally", "--tenant", "bank-a")
     assert_one_line_error(proc, 2, "--url")
     proc = cli(served.cwd, "runs", "submit", "tally", "--input", "{oops", "--url", served.url)

@@ -30,6 +30,7 @@ from tenantflow.api.routes import (
     runs,
     tenant,
     tenants,
+    workers,
     workflows,
 )
 from tenantflow.api.routes.mcp import mcp_endpoint
@@ -126,7 +127,7 @@ def create_app(
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    for module in (runs, events, reviews, memory, tenant, tenants, workflows, health):
+    for module in (runs, events, reviews, memory, tenant, tenants, workflows, workers, health):
         app.include_router(module.router)
     if mcp is not None:
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.

@@ -32,6 +32,7 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.domain.why import Reason
+from tenantflow.engine.workers import WorkerInfo
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -460,6 +461,9 @@ class EngineBackend:
 
     def list_tenants(self) -> list[TenantInfo]:
         return self._engine.tenants.list()
+
+    def workers(self) -> list[WorkerInfo]:
+        return self._run(self._engine.workers())
 
     def get_tenant(self, tenant_id: str) -> TenantInfo:
         return self._run(self._engine.tenants.get(check_tenant(tenant_id)))

@@ -113,12 +113,13 @@ app.add_typer(audit.app, name="audit")
 app.command("serve")(serve.serve)
 app.command("dev")(dev.dev)
 app.command("worker")(worker.worker)
+app.add_typer(worker.workers_app, name="workers")
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
 
 # The commands that can call a server (--url); the others work on the store only.
-_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
+_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory", "workers")
 
 
 def _print_version(value: bool) -> None:

@@ -60,6 +60,7 @@ from tenantflow.engine.resync import Resync
 from tenantflow.engine.runs import Reason, RetryResult, RunControl
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
+from tenantflow.engine.workers import WorkerInfo, list_workers
 from tenantflow.errors import ConfigurationError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
@@ -437,6 +438,11 @@ class Engine(HistoryReads):
     def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers sharing this engine's database, their heartbeats and the tenants they
+        hold (ConfigurationError on an embedded store; see :mod:`tenantflow.engine.workers`)."""
+        return await list_workers(self.store, self.clock.now(), self.config.lease.total_seconds())
 
     async def why(self, tenant: str, run_id: str) -> list[Reason]:
         """Why the run (and each unfinished step) is not progressing now (see

@@ -17,6 +17,7 @@ from tenantflow.placement.control import (
     RunSnapshot,
     StateVersion,
     TenantInfo,
+    WorkerInfo,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "RunSnapshot",
     "StateVersion",
     "TenantInfo",
+    "WorkerInfo",
 ]

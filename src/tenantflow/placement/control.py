@@ -23,6 +23,7 @@ from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo, Tenants
+from tenantflow.engine.workers import WorkerInfo
 from tenantflow.observability.events import Observers
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "RunSnapshot",
     "StateVersion",
     "TenantInfo",
+    "WorkerInfo",
 ]
 
 
@@ -104,6 +106,10 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers sharing the database, their heartbeats and the tenants they hold (an
+        operator's view; ConfigurationError on an embedded store)."""
 
     async def why(self, tenant: str, run_id: str) -> list[Reason]:
         """Why the run (and each unfinished step) is not progressing now: admission queue and
