@@ -32,7 +32,6 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.domain.why import Reason
-from tenantflow.engine.workers import WorkerInfo
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -48,6 +47,7 @@ from tenantflow.settings import Settings
 if TYPE_CHECKING:
     from tenantflow.client import Client
     from tenantflow.engine.engine import Engine
+    from tenantflow.engine.workers import WorkerInfo
     from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 
 __all__ = [
