@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -91,3 +92,20 @@ async def test_an_embedded_store_has_no_workers(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("error: ") and "no workers" in proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+async def test_worker_logs_say_when_tenants_move(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tenantflow.cluster")
+    lease = timedelta(seconds=1)
+    async with open_worker(postgres_url, lease=lease, slots=2) as w1:
+        for tenant in TENANTS:
+            await w1.tenants.create(tenant, tier="standard")
+        await _settled(w1, live=1)
+        async with open_worker(postgres_url, lease=lease, slots=2) as w2:
+            await _settled(w1, live=2)
+            assert w2.owner  # it took some over
+    lines = [r.getMessage() for r in caplog.records if r.name == "tenantflow.cluster"]
+    assert any(m.startswith("handed ") and "to other workers" in m for m in lines), lines
+    assert any(m.startswith("now driving ") for m in lines), lines
