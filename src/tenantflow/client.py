@@ -33,6 +33,7 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
+from tenantflow.engine.operator import Overview, StuckRun, TenantLoad
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo
 from tenantflow.engine.workers import TenantLease, WorkerInfo
@@ -343,10 +344,7 @@ class Client:
     def why(self, run_id: str) -> list[Reason]:
         """Why the run (and each unfinished step) is not progressing now."""
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/why")
-        return [
-            Reason(r.get("step"), r["kind"], r["message"], dict(r.get("detail") or {}))
-            for r in found["reasons"]
-        ]
+        return [_reason(r) for r in found["reasons"]]
 
     def steps(self, run_id: str) -> list[StepRecord]:
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/steps")
@@ -505,6 +503,41 @@ class Client:
 
     # -- tenants (admin) -----------------------------------------------------------------------
 
+    def overview(self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10) -> Overview:
+        """Runs by status across tenants, the top tenants, stuck runs (admin)."""
+        body = self._call(
+            "GET",
+            "/v1/operator/overview",
+            params={"stuck_after_s": stuck_after.total_seconds(), "top": top},
+        )
+        return Overview(
+            at=_ts(body["at"]),
+            by_status=dict(body["by_status"]),
+            tenants=[
+                TenantLoad(
+                    t["tenant_id"], dict(t["runs"]), t["spend_micros"], t["rate_limit_waits"]
+                )
+                for t in body["tenants"]
+            ],
+            top_queued=list(body["top_queued"]),
+            top_spend=list(body["top_spend"]),
+            top_rate_limited=list(body["top_rate_limited"]),
+            stuck=[
+                StuckRun(
+                    s["tenant_id"],
+                    s["run_id"],
+                    s["workflow"],
+                    s["status"],
+                    _ts(s["updated_at"]),
+                    float(s["idle_s"]),
+                    tuple(_reason(r) for r in s["reasons"]),
+                )
+                for s in body["stuck"]
+            ],
+            stuck_after_s=float(body["stuck_after_s"]),
+            capped=bool(body["capped"]),
+        )
+
     def workers(self) -> list[WorkerInfo]:
         """The cluster's workers, their heartbeats and the tenants they drive (admin)."""
         found = self._call("GET", "/v1/workers")
@@ -600,6 +633,10 @@ def _run(body: dict[str, Any]) -> RunRecord:
         finished_at=_ts_or_none(body.get("finished_at")),
         meta=dict(body.get("meta") or {}),
     )
+
+
+def _reason(r: dict[str, Any]) -> Reason:
+    return Reason(r.get("step"), r["kind"], r["message"], dict(r.get("detail") or {}))
 
 
 def _retry(body: dict[str, Any]) -> RetryResult:

@@ -104,6 +104,16 @@ def test_on_the_store_they_say_a_server_is_needed(served: Served) -> None:
     assert r.status_code == 403
     proc = cli(served.cwd, "workers", "list", "--url", served.url, "--api-key", served.admin_key)
     assert_one_line_error(proc, 2, "no workers")
+    # The cross-tenant overview: an admin key's, over HTTP and from the command line.
+    r = httpx.get(
+        f"{served.url}/v1/operator/overview",
+        headers={"Authorization": f"Bearer {tenant_env['TENANTFLOW_API_KEY']}"},
+        timeout=10,
+    )
+    assert r.status_code == 403
+    as_admin = ("--url", served.url, "--api-key", served.admin_key)
+    shown = json.loads(ok(served.cwd, "operator", "overview", "--json", *as_admin))
+    assert shown["by_status"]["queued"] == 0 and shown["stuck"] == []
     proc = cli(served.cwd, "--db", served.db, "runs", "submit", "tally", "--tenant", "bank-a")
     assert_one_line_error(proc, 2, "--url")
     proc = cli(served.cwd, "runs", "submit", "tally", "--input", "{oops", "--url", served.url)

@@ -26,6 +26,7 @@ from tenantflow.api.routes import (
     events,
     health,
     memory,
+    operator,
     reviews,
     runs,
     tenant,
@@ -127,7 +128,8 @@ def create_app(
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    for module in (runs, events, reviews, memory, tenant, tenants, workflows, workers, health):
+    routers = (runs, events, reviews, memory, tenant, tenants, workflows, workers, operator, health)
+    for module in routers:
         app.include_router(module.router)
     if mcp is not None:
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.

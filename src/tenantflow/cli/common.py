@@ -21,6 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 import typer
@@ -47,6 +48,7 @@ from tenantflow.settings import Settings
 if TYPE_CHECKING:
     from tenantflow.client import Client
     from tenantflow.engine.engine import Engine
+    from tenantflow.engine.operator import Overview
     from tenantflow.engine.workers import WorkerInfo
     from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 
@@ -464,6 +466,9 @@ class EngineBackend:
 
     def workers(self) -> list[WorkerInfo]:
         return self._run(self._engine.workers())
+
+    def overview(self, *, stuck_after: timedelta, top: int) -> Overview:
+        return self._run(self._engine.overview(stuck_after=stuck_after, top=top))
 
     def get_tenant(self, tenant_id: str) -> TenantInfo:
         return self._run(self._engine.tenants.get(check_tenant(tenant_id)))

@@ -25,6 +25,7 @@ from tenantflow.cli import (
     dev,
     keys,
     memory,
+    operator,
     reviews,
     runs,
     selftest,
@@ -114,12 +115,13 @@ app.command("serve")(serve.serve)
 app.command("dev")(dev.dev)
 app.command("worker")(worker.worker)
 app.add_typer(worker.workers_app, name="workers")
+app.add_typer(operator.app, name="operator")
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
 
 # The commands that can call a server (--url); the others work on the store only.
-_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory", "workers")
+_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory", "workers", "operator")
 
 
 def _print_version(value: bool) -> None:

@@ -54,6 +54,8 @@ from tenantflow.engine.history import HistoryReads, RunHistory, StateVersion
 from tenantflow.engine.ingest import IngestGate
 from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.operator import COUNT_CAP, Overview
+from tenantflow.engine.operator import overview as operator_overview
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
@@ -438,6 +440,35 @@ class Engine(HistoryReads):
     def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
+
+    async def overview(
+        self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
+    ) -> Overview:
+        """An operator's view across tenants: runs by status, the top tenants by queue depth,
+        today's spend and rate-limit waits, and runs idle for ``stuck_after`` with what holds
+        them (see :mod:`tenantflow.engine.operator`)."""
+        if stuck_after.total_seconds() <= 0 or not 1 <= top <= 100:
+            raise ConfigurationError(
+                "stuck_after must be positive and top within 1..100", field="stuck_after"
+            )
+
+        async def runs_in(tenant: str, status: RunStatus) -> list[RunRecord]:
+            return await self.history.list_runs(
+                tenant, status=status, limit=COUNT_CAP, payloads=False
+            )
+
+        async def usage_of(tenant: str, day: str) -> list[dict[str, Any]]:
+            return await self.history.usage(tenant, since=day, until=day)
+
+        return await operator_overview(
+            [info.id for info in self.tenants.list()],
+            list_runs=runs_in,
+            usage=usage_of,
+            why=self.runs.why,
+            now=self.clock.now(),
+            stuck_after_s=stuck_after.total_seconds(),
+            top=top,
+        )
 
     async def workers(self) -> list[WorkerInfo]:
         """The workers sharing this engine's database, their heartbeats and the tenants they

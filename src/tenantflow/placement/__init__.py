@@ -10,6 +10,7 @@ The API and the CLI never ask how the engine is placed: they are given a control
 from tenantflow.placement.control import (
     ApiKeyInfo,
     ControlPlane,
+    Overview,
     Principal,
     Reason,
     RetryResult,
@@ -23,6 +24,7 @@ from tenantflow.placement.control import (
 __all__ = [
     "ApiKeyInfo",
     "ControlPlane",
+    "Overview",
     "Principal",
     "Reason",
     "RetryResult",

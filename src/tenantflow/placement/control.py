@@ -21,6 +21,7 @@ from tenantflow.engine.handle import RunHandle, RunSnapshot
 from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.operator import Overview
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.engine.workers import WorkerInfo
@@ -29,6 +30,7 @@ from tenantflow.observability.events import Observers
 __all__ = [
     "ApiKeyInfo",
     "ControlPlane",
+    "Overview",
     "Principal",
     "Reason",
     "RetryResult",
@@ -106,6 +108,12 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def overview(
+        self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
+    ) -> Overview:
+        """An operator's view across tenants: runs by status, top tenants by queue depth,
+        spend and rate-limit waits today, stuck runs and what holds them."""
 
     async def workers(self) -> list[WorkerInfo]:
         """The workers sharing the database, their heartbeats and the tenants they hold (an
