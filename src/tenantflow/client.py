@@ -33,6 +33,7 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
+from tenantflow.engine.keys import ApiKeyInfo
 from tenantflow.engine.operator import Overview, StuckRun, TenantLoad
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo
@@ -538,6 +539,28 @@ class Client:
             capped=bool(body["capped"]),
         )
 
+    # -- a tenant's API keys (admin) ------------------------------------------------------------
+
+    def _keys(self, tenant_id: str, *parts: str) -> str:
+        return "/".join(["/v1/tenants", _segment(tenant_id), "keys", *map(_segment, parts)])
+
+    def create_key(self, tenant_id: str, *, name: str = "default") -> tuple[ApiKeyInfo, str]:
+        """A new key of the tenant and its secret (shown this once)."""
+        body = self._call("POST", self._keys(tenant_id), body={"name": name})
+        return _key(body["key"]), str(body["secret"])
+
+    def list_keys(self, tenant_id: str) -> list[ApiKeyInfo]:
+        """The tenant's keys, revoked ones included, never their secrets."""
+        return [_key(k) for k in self._call("GET", self._keys(tenant_id))["items"]]
+
+    def revoke_key(self, tenant_id: str, key_id: str) -> ApiKeyInfo:
+        return _key(self._call("DELETE", self._keys(tenant_id, key_id)))
+
+    def rotate_key(self, tenant_id: str, key_id: str) -> tuple[ApiKeyInfo, str]:
+        """Revoke the key and create its successor; the new secret is shown this once."""
+        body = self._call("POST", self._keys(tenant_id, key_id, "rotate"))
+        return _key(body["key"]), str(body["secret"])
+
     def workers(self) -> list[WorkerInfo]:
         """The cluster's workers, their heartbeats and the tenants they drive (admin)."""
         found = self._call("GET", "/v1/workers")
@@ -632,6 +655,17 @@ def _run(body: dict[str, Any]) -> RunRecord:
         parent_run_id=body.get("parent_run_id"),
         finished_at=_ts_or_none(body.get("finished_at")),
         meta=dict(body.get("meta") or {}),
+    )
+
+
+def _key(body: dict[str, Any]) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=body["id"],
+        tenant_id=body.get("tenant_id"),
+        name=body["name"],
+        prefix=body["prefix"],
+        created_at=_ts(body["created_at"]),
+        revoked_at=_ts_or_none(body.get("revoked_at")),
     )
 
 

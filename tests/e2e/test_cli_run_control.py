@@ -104,6 +104,26 @@ def test_on_the_store_they_say_a_server_is_needed(served: Served) -> None:
     assert r.status_code == 403
     proc = cli(served.cwd, "workers", "list", "--url", served.url, "--api-key", served.admin_key)
     assert_one_line_error(proc, 2, "no workers")
+    # A tenant's keys over --url with an admin key: create, list, rotate, revoke.
+    as_admin = ("--url", served.url, "--api-key", served.admin_key)
+    made = json.loads(
+        ok(served.cwd, "keys", "create", "-t", "bank-a", "-n", "ci", "--json", *as_admin)
+    )
+    assert made["tenant_id"] == "bank-a" and made["secret"].startswith("tfk_")
+    rotated = json.loads(
+        ok(served.cwd, "keys", "rotate", made["id"], "-t", "bank-a", "--json", *as_admin)
+    )
+    assert rotated["replaces"] == made["id"] and rotated["name"] == "ci"
+    ok(served.cwd, "keys", "revoke", rotated["id"], "-t", "bank-a", *as_admin)
+    listed = json.loads(ok(served.cwd, "keys", "list", "-t", "bank-a", "--json", *as_admin))
+    assert {k["id"]: k["active"] for k in listed if k["name"] == "ci"} == {
+        made["id"]: False,
+        rotated["id"]: False,
+    }
+    r = httpx.get(f"{served.url}/v1/runs", headers={"Authorization": f"Bearer {rotated['secret']}"})
+    assert r.status_code == 401  # revoked
+    proc = cli(served.cwd, "keys", "create", "--admin", *as_admin)
+    assert_one_line_error(proc, 2, "admin keys are made on the store")
     # The cross-tenant overview: an admin key's, over HTTP and from the command line.
     r = httpx.get(
         f"{served.url}/v1/operator/overview",
@@ -111,7 +131,6 @@ def test_on_the_store_they_say_a_server_is_needed(served: Served) -> None:
         timeout=10,
     )
     assert r.status_code == 403
-    as_admin = ("--url", served.url, "--api-key", served.admin_key)
     shown = json.loads(ok(served.cwd, "operator", "overview", "--json", *as_admin))
     assert shown["by_status"]["queued"] == 0 and shown["stuck"] == []
     proc = cli(served.cwd, "--db", served.db, "runs", "submit", "tally", "--tenant", "bank-a")

@@ -121,7 +121,17 @@ app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
 
 # The commands that can call a server (--url); the others work on the store only.
-_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory", "workers", "operator")
+_REMOTE = (
+    "runs",
+    "tenants",
+    "reviews",
+    "usage",
+    "audit",
+    "memory",
+    "workers",
+    "operator",
+    "keys",
+)
 
 
 def _print_version(value: bool) -> None:
