@@ -60,6 +60,7 @@ from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
 from tenantflow.engine.runs import Reason, RetryResult, RunControl
+from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.engine.workers import WorkerInfo, list_workers
@@ -242,6 +243,13 @@ class Engine(HistoryReads):
             submitter=self.submitter,
             coordinator=self.coordinator,
         )
+        self.schedules = Schedules(
+            self.clock,
+            submit=self.submit,
+            list_runs=self.list_runs,
+            cancel=self.cancel,
+            drives=self.ownership.drives,
+        )
         self.membership: Membership | None = None
         if config.cluster == "worker":
             assert self.coordinator is not None
@@ -324,6 +332,8 @@ class Engine(HistoryReads):
                 runtime.start()
             if self.membership is not None:
                 await self.membership.start()
+            if self.cluster != "front":
+                self.schedules.start()  # fires the schedules of the tenants driven here
             if self.cluster is not None:
                 return  # a worker takes its tenants' runs over one tenant at a time
             for runtime in self.runtimes.values():
@@ -337,6 +347,7 @@ class Engine(HistoryReads):
         """Stop executing (attempts in flight are resumed by the next start) and close the store."""
         if not self._started:
             return
+        await self.schedules.close()
         if self.membership is not None:
             await self.membership.close()
         if self.execute:
