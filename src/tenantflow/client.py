@@ -347,6 +347,11 @@ class Client:
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/why")
         return [_reason(r) for r in found["reasons"]]
 
+    def schedules(self) -> list[dict[str, Any]]:
+        """The tenant's schedules: name, workflow, every_s or cron, overlap, catchup, next_at,
+        last_at, last_run_id (times ISO-8601)."""
+        return list(self._call("GET", "/v1/schedules")["items"])
+
     def steps(self, run_id: str) -> list[StepRecord]:
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/steps")
         return [_step(self.tenant_id, run_id, item) for item in found["items"]]

@@ -78,6 +78,7 @@ CASES: dict[tuple[str, str], list[Case]] = {
     # B's own tenant: collections, never A's rows
     ("GET", "/v1/tenant"): [Case("own")],
     ("GET", "/v1/workflows"): [Case("own")],  # the platform's definitions, no tenant's data
+    ("GET", "/v1/schedules"): [Case("own")],
     ("GET", "/v1/usage"): [Case("own")],
     ("GET", "/v1/budget"): [Case("own")],
     ("GET", "/v1/audit"): [Case("own"), Case("own", params={"after": 0, "limit": 1000})],

@@ -234,6 +234,11 @@ def test_bulk_retry_by_filter_per_run_and_never_across_tenants(
     assert r.status_code == 404, r.text
     assert "bank-a" not in r.text
     assert _api_status(flaky_served, env, failed[0]) == "failed"
+    # The schedules of the app, as each tenant sees them.
+    (leap,) = json.loads(ok(flaky_served.cwd, "runs", "schedules", "--json", env=env))
+    assert (leap["name"], leap["cron"], leap["last_run_id"]) == ("leap-day", "0 0 29 2 *", None)
+    assert leap["next_at"].startswith("2028-02-29T00:00:00")
+    assert json.loads(ok(flaky_served.cwd, "runs", "schedules", "--json", env=other)) == []
     flag.unlink()
     none = json.loads(
         ok(flaky_served.cwd, "runs", "retry", "--failed", "--workflow", "tally", "--json", env=env)

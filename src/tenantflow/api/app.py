@@ -29,6 +29,7 @@ from tenantflow.api.routes import (
     operator,
     reviews,
     runs,
+    schedules,
     tenant,
     tenants,
     workers,
@@ -128,8 +129,19 @@ def create_app(
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    routers = (runs, events, reviews, memory, tenant, tenants, workflows, workers, operator, health)
-    for module in routers:
+    for module in (
+        runs,
+        events,
+        reviews,
+        memory,
+        tenant,
+        tenants,
+        workflows,
+        schedules,
+        workers,
+        operator,
+        health,
+    ):
         app.include_router(module.router)
     if mcp is not None:
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.

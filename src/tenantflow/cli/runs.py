@@ -488,3 +488,32 @@ def retry(
     out.print(f"retried {done} of {len(results)} runs", markup=False)
     if done < len(results):
         raise typer.Exit(1)
+
+
+@app.command("schedules")
+def schedules(
+    ctx: typer.Context,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """The tenant's schedules on a server (--url): when each fires next, what it submitted last."""
+    with connect(ctx, None, url, api_key, tenant=tenant) as backend:
+        found = _server(backend, "schedules").schedules()
+    if json:
+        render.print_json(found)
+        return
+    out = render.console()
+    if not found:
+        out.print("no schedules", markup=False)
+        return
+    for s in found:
+        when = s["cron"] if s["cron"] else f"every {s['every_s']:g}s"
+        last = f"; last {s['last_at']} ({s['last_run_id']})" if s["last_run_id"] else ""
+        out.print(
+            f"{s['name']}: {s['workflow']} {when}, overlap {s['overlap']}, next {s['next_at']}"
+            + last,
+            markup=False,
+            soft_wrap=True,
+        )

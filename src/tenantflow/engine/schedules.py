@@ -38,6 +38,9 @@ GRACE_S = 60.0
 """The latest due time, fired within this long after it came, is on time; every earlier due
 time is missed, and only the latest ``catchup`` of those fire."""
 
+_HORIZON_DAYS = 5 * 366
+"""How far a cron expression's next or previous time is searched (February 29 included)."""
+
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
@@ -99,10 +102,10 @@ class Cron:
         return in_days or in_weekdays
 
     def previous(self, now: float) -> float | None:
-        """The latest time at or before ``now`` that matches (None within 400 days)."""
+        """The latest time at or before ``now`` that matches (None within five years)."""
         t = datetime.fromtimestamp(now, UTC).replace(second=0, microsecond=0)
         day = t.replace(hour=0, minute=0)
-        for _ in range(400):
+        for _ in range(_HORIZON_DAYS):
             if day.month in self.months and self._day_matches(day):
                 for hour in sorted(self.hours, reverse=True):
                     for minute in sorted(self.minutes, reverse=True):
@@ -113,10 +116,10 @@ class Cron:
         return None
 
     def next(self, after: float) -> float | None:
-        """The earliest time strictly after ``after`` that matches (None within 400 days)."""
+        """The earliest time strictly after ``after`` that matches (None within five years)."""
         t = datetime.fromtimestamp(after, UTC).replace(second=0, microsecond=0)
         day = t.replace(hour=0, minute=0)
-        for _ in range(400):
+        for _ in range(_HORIZON_DAYS):
             if day.month in self.months and self._day_matches(day):
                 for hour in sorted(self.hours):
                     for minute in sorted(self.minutes):
@@ -277,7 +280,13 @@ class Schedules:
         )
 
     def next_time(self, schedule: Schedule) -> float | None:
+        """When the schedule fires next (None: never within five years)."""
         return schedule.next_after(self._clock.now())
+
+    def last(self, schedule: Schedule) -> tuple[float, str | None] | None:
+        """When it last fired here and the run it submitted (None: not since this start)."""
+        found = self._last.get((schedule.tenant, schedule.name))
+        return None if found is None or found[1] is None else found
 
     # -- the loop -----------------------------------------------------------------------------
 

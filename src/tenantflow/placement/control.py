@@ -23,6 +23,7 @@ from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
 from tenantflow.engine.operator import Overview
 from tenantflow.engine.runs import Reason, RetryResult
+from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.engine.workers import WorkerInfo
 from tenantflow.observability.events import Observers
@@ -69,6 +70,10 @@ class ControlPlane(Protocol):
     @property
     def reviews(self) -> Reviews:
         """Review queues: list, claim and decide a tenant's review tasks."""
+
+    @property
+    def schedules(self) -> Schedules:
+        """Interval and cron schedules, registered in code (:mod:`.engine.schedules`)."""
 
     @property
     def observers(self) -> Observers:

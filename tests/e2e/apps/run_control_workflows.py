@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import tenantflow as tf
+from tenantflow.engine.schedules import Schedule
 
 __all__ = ["FlakyInput", "flaky", "setup"]
 
@@ -44,5 +45,14 @@ async def report(ctx: tf.StepContext, score: int) -> str:
 
 
 def setup(engine: tf.Engine) -> None:
-    """Register ``flaky``."""
+    """Register ``flaky``, and a schedule of it for bank-a that fires only on February 29."""
     engine.register(flaky)
+    engine.schedules.add(
+        Schedule(
+            "leap-day",
+            tenant="bank-a",
+            workflow="flaky",
+            input={"flag": "", "n": 0},
+            cron="0 0 29 2 *",
+        )
+    )
