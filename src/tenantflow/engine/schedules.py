@@ -303,6 +303,9 @@ class Schedules:
 
     async def _loop(self) -> None:
         while True:
+            if not self._schedules:  # nothing to fire: no timer on the clock until one is added
+                self._changed.clear()
+                await self._changed.wait()
             try:
                 await self.tick()
             except TenantflowError as exc:  # the store is down: try again at the next tick
