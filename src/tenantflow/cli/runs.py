@@ -37,7 +37,8 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="runs",
-    help="Runs: list them, show one, its timeline, state and diffs; submit, cancel, resume, retry.",
+    help="Runs: list them, show one, why it waits, its timeline, state and diffs; submit, cancel,"
+    " resume, retry; schedules.",
     no_args_is_help=True,
 )
 
