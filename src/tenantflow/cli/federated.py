@@ -338,3 +338,43 @@ def _shutdown(url: str, admin_key: str, proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     typer.echo(f"stopped the plane and {len(pids)} cells", err=True)
+
+
+@app.command("selftest")
+def selftest(
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", help="Where the scenario keeps its files.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", metavar="PATH", help="Write the row as JSON.")
+    ] = None,
+) -> None:
+    """The selftest against a federated deployment (plane and cells as processes): a cell
+    SIGKILLed under load, the plane SIGKILLed under load, a global quota across cells, a policy
+    change to every cell, isolation and audit. Exit 1 when a check fails."""
+    with reporting_errors():
+        from rich.console import Console
+
+        from tenantflow.selftest.core import SHORT, Context, Scenario, run_scenario
+        from tenantflow.selftest.federated import run_federated
+        from tenantflow.selftest.table import Header, print_rows, write_json
+
+        console = Console(stderr=True, soft_wrap=True)
+        context = Context(
+            SHORT,
+            workdir=workdir,
+            progress=lambda text: console.print(text, markup=False, highlight=False),
+        )
+        from datetime import UTC, datetime
+
+        started = datetime.now(UTC)
+        row = run_scenario(
+            Scenario("federated", "the federated placement under faults", run_federated),
+            context,
+        )
+        header = Header("short", 1, started)
+        print_rows([row], header, Console(width=160))
+        if json_path is not None:
+            write_json([row], header, json_path)
+    if row.status != "pass":
+        raise typer.Exit(1)
