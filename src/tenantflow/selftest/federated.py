@@ -74,6 +74,16 @@ class Federation:
     proc: subprocess.Popen[bytes] | None = None
     admin: str = ""
     keys: dict[str, str] = field(default_factory=dict)
+    clients: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, tenant: str) -> Any:
+        """The tenant's Client, kept: once it followed the plane's redirect it talks to the
+        cell directly (a route cached, as a user's client keeps it)."""
+        from tenantflow.client import Client
+
+        if tenant not in self.clients:
+            self.clients[tenant] = Client(self.url, self.keys[tenant])
+        return self.clients[tenant]
 
     @property
     def url(self) -> str:
@@ -157,6 +167,9 @@ class Federation:
 
     def stop(self) -> None:
         """Stop the plane, then every cell it started."""
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
         pids = self.cell_pids()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -187,34 +200,31 @@ def _alive(pid: int) -> bool:
 
 
 def submit_all(fed: Federation, tenant: str, workflow: str, inputs: Sequence[int]) -> list[str]:
-    from tenantflow.client import Client
-
-    with Client(fed.url, fed.keys[tenant]) as client:
-        return [client.submit(workflow, {"i": i}).id for i in inputs]
+    client = fed.client(tenant)
+    return [client.submit(workflow, {"i": i}).id for i in inputs]
 
 
 def wait_all(fed: Federation, tenant: str, run_ids: Sequence[str], timeout_s: float) -> list[Any]:
     """The runs' records once all ended (the Client follows the plane's redirect; with the plane
     down it needs a route learned before)."""
-    from tenantflow.client import Client
     from tenantflow.errors import StoreUnavailableError
 
     done: dict[str, Any] = {}
-    with Client(fed.url, fed.keys[tenant]) as client:
+    client = fed.client(tenant)
 
-        def finished() -> bool:
-            for run_id in run_ids:
-                if run_id in done:
-                    continue
-                try:
-                    record = client.get_run(run_id)
-                except StoreUnavailableError:
-                    return False
-                if record.status.value in ("completed", "failed", "cancelled"):
-                    done[run_id] = record
-            return len(done) == len(run_ids)
+    def finished() -> bool:
+        for run_id in run_ids:
+            if run_id in done:
+                continue
+            try:
+                record = client.get_run(run_id)
+            except StoreUnavailableError:
+                return False
+            if record.status.value in ("completed", "failed", "cancelled"):
+                done[run_id] = record
+        return len(done) == len(run_ids)
 
-        wait_for(finished, timeout_s, f"{len(run_ids)} runs of {tenant}")
+    wait_for(finished, timeout_s, f"{len(run_ids)} runs of {tenant}")
     return [done[r] for r in run_ids]
 
 
@@ -238,7 +248,6 @@ def overspend(calls: Sequence[float], rate_per_s: float, burst: int) -> int:
 
 
 def run_federated(ctx: Context, row: Row, workdir: Path) -> None:
-    from tenantflow.client import Client
     from tenantflow.errors import NotFoundError
     from tenantflow.selftest.federated_app import QUOTA_WORKFLOW, read_tool_calls
     from tenantflow.selftest.workload import WORKFLOW, expected_outputs
@@ -296,13 +305,13 @@ def run_federated(ctx: Context, row: Row, workdir: Path) -> None:
         row.recovery_s.append(round(time.monotonic() - killed_at, 2))
         row.runs = len(ids) + burst_runs * 2 + quiet_runs * 4
         row.lost = sum(1 for r in records if r.status.value != "completed")
-        with Client(fed.url, fed.keys["other"]) as client:
-            duplicates = wrong = 0
-            for record, i in zip(records, range(1000, 1060), strict=True):
-                events = client.timeline(record.id)
-                duplicates += max(0, sum(e.kind == "run.completed" for e in events) - 1)
-                state = client.state(record.id).state
-                wrong += any(state.get(k) != v for k, v in expected_outputs(i).items())
+        client = fed.client("other")
+        duplicates = wrong = 0
+        for record, i in zip(records, range(1000, 1060), strict=True):
+            events = client.timeline(record.id)
+            duplicates += max(0, sum(e.kind == "run.completed" for e in events) - 1)
+            state = client.state(record.id).state
+            wrong += any(state.get(k) != v for k, v in expected_outputs(i).items())
         row.duplicate_completions = duplicates
         row.check(row.lost == 0, f"{row.lost} runs lost after the cell SIGKILL")
         row.check(duplicates == 0, f"{duplicates} runs completed twice")
@@ -344,12 +353,11 @@ def run_federated(ctx: Context, row: Row, workdir: Path) -> None:
         victim_run = records[0].id
         victim_cell = next(c for c in fed.cells() if "other" in c["tenants"])["url"]
         for t in ("burst", "quiet1", "quiet2"):
-            with Client(fed.url, fed.keys[t]) as client:
-                try:
-                    client.get_run(victim_run)
-                    cross += 1
-                except NotFoundError:
-                    pass
+            try:
+                fed.client(t).get_run(victim_run)
+                cross += 1
+            except NotFoundError:
+                pass
             direct = httpx.get(
                 f"{victim_cell}/v1/runs/{victim_run}", headers=fed.headers(fed.keys[t]), timeout=10
             )
@@ -360,8 +368,7 @@ def run_federated(ctx: Context, row: Row, workdir: Path) -> None:
         # audit: every tenant's chain verifies
         broken = 0
         for t in tenants:
-            with Client(fed.url, fed.keys[t]) as client:
-                broken += not client.audit_verify().ok
+            broken += not fed.client(t).audit_verify().ok
         row.check(broken == 0, f"{broken} audit chains do not verify")
     finally:
         fed.stop()
