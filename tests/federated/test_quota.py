@@ -60,3 +60,18 @@ def test_limits_are_checked() -> None:
         GlobalLimit(rate_per_s=0.0, burst=1)
     with pytest.raises(ValueError):
         GlobalLimit(rate_per_s=1.0, burst=0)
+
+
+def test_a_cell_refuses_a_resource_it_holds_no_lease_of() -> None:
+    from tenantflow.errors import RateLimitedError
+    from tenantflow.placement.federated.cell import LeasedLimits, _limit
+
+    limits = LeasedLimits({}, retry_after_s=0.5)
+    limits["tool:bureau"] = _limit(0.0, 0)
+    limits["tool:other"] = _limit(4.0, 3)
+    with pytest.raises(RateLimitedError) as refused:
+        limits.get("tool:bureau")
+    assert refused.value.fields["retry_after_s"] == 0.5
+    granted = limits.get("tool:other")
+    assert granted.rate_per_s == pytest.approx(4.0) and granted.burst == 3
+    assert limits.get("tool:unlimited") is None

@@ -58,7 +58,13 @@ from tenantflow.domain.keys import (
 )
 from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import RunStatus
-from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError, TenantflowError
+from tenantflow.errors import (
+    ConfigurationError,
+    ConflictError,
+    NotFoundError,
+    RateLimitedError,
+    TenantflowError,
+)
 from tenantflow.placement.federated.quota import Lease, decayed
 
 if TYPE_CHECKING:
@@ -213,6 +219,9 @@ class Cell:
         under a global limit without a lease is denied (burst 0)."""
         now = time.time() if now is None else now
         limits = self.engine.gateway.platform_limits
+        if not isinstance(limits, LeasedLimits):
+            limits = LeasedLimits(limits, self.options.heartbeat_s)
+            self.engine.gateway.platform_limits = limits
         for resource in self.options.quota_resources:
             if resource not in self.leases:
                 limits[resource] = _limit(0.0, 0)
@@ -290,12 +299,35 @@ class Cell:
                 await asyncio.sleep(self.options.heartbeat_s)
 
 
+_DENIED = RateLimit.model_construct(count=1, window_s=1e9, burst=0)
+"""A lease of nothing: :class:`LeasedLimits` refuses the resource before any bucket is asked."""
+
+
 def _limit(rate_per_s: float, burst: int) -> RateLimit:
-    """A platform limit of ``rate_per_s`` and ``burst``; burst 0 denies every call (GCRA admits
-    a call only within the burst), which RateLimit's validation would refuse, hence construct."""
-    if rate_per_s <= 0:
-        return RateLimit.model_construct(count=1, window_s=1e9, burst=0)
+    """The platform limit a lease of ``rate_per_s`` and ``burst`` stands for (validation is
+    skipped: a lease's rate need not be a whole count per window)."""
+    if rate_per_s <= 0 or burst < 1:
+        return _DENIED
     return RateLimit.model_construct(count=1, window_s=1.0 / rate_per_s, burst=burst)
+
+
+class LeasedLimits(dict[str, RateLimit]):
+    """The gateway's platform limits in a cell: a resource whose lease is nothing (none yet,
+    or a zero share) is refused as rate-limited, to be retried once a lease arrives."""
+
+    def __init__(self, base: Mapping[str, RateLimit], retry_after_s: float) -> None:
+        super().__init__(base)
+        self.retry_after_s = retry_after_s
+
+    def get(self, resource: str, default: Any = None) -> Any:
+        limit = super().get(resource, default)
+        if limit is _DENIED:
+            raise RateLimitedError(
+                f"this cell holds no lease of the global limit on {resource!r} yet",
+                resource=resource,
+                retry_after_s=self.retry_after_s,
+            )
+        return limit
 
 
 # -- the internal API -------------------------------------------------------------------------
