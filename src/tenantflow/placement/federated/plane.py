@@ -24,8 +24,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,8 @@ import tenantflow as tf
 from tenantflow.domain.keys import format_key, key_id_for, parse_key
 from tenantflow.errors import (
     AuthenticationError,
-    ConfigurationError,
     ConflictError,
     NotFoundError,
-    PermissionDeniedError,
     StoreUnavailableError,
     TenantflowError,
 )
@@ -583,22 +580,3 @@ class Plane:
                 }
             )
         return out
-
-
-@asynccontextmanager
-async def running(plane: Plane) -> AsyncIterator[Plane]:
-    await plane.start()
-    try:
-        yield plane
-    finally:
-        await plane.close()
-
-
-def check_tier_fields(fields: Mapping[str, Any]) -> None:
-    if not isinstance(fields, Mapping):
-        raise ConfigurationError("policy must be an object", field="body.policy")
-
-
-def require_admin_tenantless(principal_tenant: str | None) -> None:
-    if principal_tenant is not None:
-        raise PermissionDeniedError("this operation needs an admin key of the plane")

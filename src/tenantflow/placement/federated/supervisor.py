@@ -248,9 +248,3 @@ class Supervisor:
     async def close(self) -> None:
         """Leave the cells running (they are their own failure domains); forget the handles."""
         self.procs.clear()
-
-    async def stop_all(self) -> None:
-        """Stop every cell (``federated up`` on exit)."""
-        await asyncio.gather(
-            *(self.stop(c) for c in self.registry.cells.values() if c.status == "running")
-        )
