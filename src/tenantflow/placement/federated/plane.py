@@ -213,7 +213,7 @@ class Plane:
         if self.options.cell_size > 1:
             for candidate in sorted(self.registry.cells.values(), key=lambda c: c.created_at):
                 if (
-                    candidate.status == "running"
+                    candidate.status in ("starting", "running")
                     and len(self.registry.tenants_of(candidate.id)) < candidate.max_tenants
                 ):
                     cell = candidate
