@@ -29,6 +29,7 @@ from tenantflow.errors import (
     AuthenticationError,
     NotFoundError,
     PermissionDeniedError,
+    StoreUnavailableError,
     TenantflowError,
 )
 from tenantflow.placement.federated.plane import Plane
@@ -187,9 +188,15 @@ def _router() -> APIRouter:
     ) -> Any:
         answer = await plane.change_policy(tenant_id, body.policy)
         if answer.get("pending"):
-            from fastapi.responses import JSONResponse
-
-            return JSONResponse(answer, status_code=202)
+            # Published, not applied: the cell will get it when it answers again (503, so
+            # that a client expecting the tenant's new policy is not told it is in force).
+            raise StoreUnavailableError(
+                f"policy version {answer['version']} of {tenant_id!r} is published; its cell"
+                " is not answering and will apply it when it is back",
+                tenant=tenant_id,
+                version=answer["version"],
+                pending=True,
+            )
         return answer["tenant_info"]
 
     @router.delete("/v1/tenants/{tenant_id}")
