@@ -160,6 +160,15 @@ def plane(
     cell_slots: Annotated[int, typer.Option("--cell-slots", min=1)] = 16,
     heartbeat_s: Annotated[float, typer.Option("--heartbeat-s", min=0.05, max=60)] = 1.0,
     drain_timeout_s: Annotated[float, typer.Option("--drain-timeout-s", min=0, max=86400)] = 60,
+    cell_store: Annotated[
+        str | None,
+        typer.Option(
+            "--cell-store",
+            metavar="URL",
+            help="Each cell's store, {cell} standing for its id, e.g."
+            " postgresql://host/db?schema=tf_{cell} (default: a SQLite file per cell).",
+        ),
+    ] = None,
     log_level: LogOption = "info",
 ) -> None:
     """Run the global plane: tenant registry and map, provisioning, policies, quotas, health,
@@ -173,6 +182,12 @@ def plane(
 
         refs = list(app_ or [r for r in os.environ.get("TENANTFLOW_APP", "").split(",") if r])
         state_dir = state_dir.resolve()
+        if cell_store is not None and "{cell}" not in cell_store:
+            raise ConfigurationError(
+                "--cell-store must contain {cell} (each cell needs a store of its own)",
+                field="cell_store",
+                value=cell_store,
+            )
         options = PlaneOptions(
             state_dir=state_dir,
             url=f"http://{host}:{port}",
@@ -182,6 +197,7 @@ def plane(
             cell_host=host,
             heartbeat_s=heartbeat_s,
             drain_timeout_s=drain_timeout_s,
+            cell_store=cell_store,
         )
         the_plane = Plane(options)
 

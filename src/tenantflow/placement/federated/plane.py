@@ -81,6 +81,7 @@ class PlaneOptions:
     heartbeat_s: float = 1.0
     lease_ttl_s: float = 10.0
     drain_timeout_s: float = 60.0
+    cell_store: str | None = None  # a store URL template with {cell}; None: a SQLite file each
 
 
 class ProvisionIn(BaseModel):
@@ -226,7 +227,11 @@ class Plane:
                 id=cell_id,
                 url=f"http://{self.options.cell_host}:{port}",
                 port=port,
-                store=f"sqlite:///{state / 'cell.db'}",
+                store=(
+                    self.options.cell_store.format(cell=cell_id.replace("-", "_"))
+                    if self.options.cell_store
+                    else f"sqlite:///{state / 'cell.db'}"
+                ),
                 state_dir=str(state),
                 admin_key=new_key(),
                 max_tenants=self.options.cell_size,
