@@ -86,6 +86,8 @@ class Federation:
                     "16",
                     "--heartbeat-s",
                     "0.3",
+                    "--hung-after-s",
+                    "4",
                     "--log-level",
                     "warning",
                 ],
@@ -287,6 +289,26 @@ def test_a_cell_killed_under_load_loses_nothing(fed: Federation) -> None:
             completions = [e for e in client.timeline(run_id) if e.kind == "run.completed"]
             assert len(completions) == 1, (run_id, completions)
     assert fed.cells()[0]["restarts"] >= 1
+
+
+def test_a_hung_cell_is_killed_and_restarted(fed: Federation) -> None:
+    cell = fed.cells()[0]
+    with Client(fed.url, fed.keys["fb"]) as fb:
+        run_ids = [fb.submit(WORKFLOW, {"i": 300 + i}).id for i in range(5)]
+        os.kill(cell["pid"], signal.SIGSTOP)  # alive, silent: no heartbeat, no progress
+        try:
+            wait_for(
+                lambda: (c := fed.cells()[0])["pid"] != cell["pid"] and c["alive"],
+                60,
+                "the supervisor to replace the hung cell",
+            )
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(cell["pid"], signal.SIGCONT)
+        done = _wait_runs(fb, run_ids)
+        assert {r.status.value for r in done.values()} == {"completed"}
+    assert not _alive(cell["pid"])
+    assert httpx.get(f"{fed.url}/plane/v1/cells", headers=fed.headers()).json()["hung_kills"] >= 1
 
 
 def test_the_plane_killed_stops_no_tenant(fed: Federation) -> None:

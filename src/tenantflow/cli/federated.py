@@ -169,6 +169,16 @@ def plane(
             " postgresql://host/db?schema=tf_{cell} (default: a SQLite file per cell).",
         ),
     ] = None,
+    hung_after_s: Annotated[
+        float,
+        typer.Option(
+            "--hung-after-s",
+            min=0.5,
+            max=86400,
+            help="A cell whose heartbeats stop for this long (its process alive) is killed and"
+            " restarted.",
+        ),
+    ] = 30.0,
     log_level: LogOption = "info",
 ) -> None:
     """Run the global plane: tenant registry and map, provisioning, policies, quotas, health,
@@ -198,6 +208,7 @@ def plane(
             heartbeat_s=heartbeat_s,
             drain_timeout_s=drain_timeout_s,
             cell_store=cell_store,
+            hung_after_s=hung_after_s,
         )
         the_plane = Plane(options)
 

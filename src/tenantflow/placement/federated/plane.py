@@ -82,6 +82,7 @@ class PlaneOptions:
     lease_ttl_s: float = 10.0
     drain_timeout_s: float = 60.0
     cell_store: str | None = None  # a store URL template with {cell}; None: a SQLite file each
+    hung_after_s: float | None = 30.0  # no heartbeat for this long: the cell is killed, restarted
 
 
 class ProvisionIn(BaseModel):
@@ -108,6 +109,7 @@ class Plane:
             plane_url=options.url,
             slots=options.cell_slots,
             heartbeat_s=options.heartbeat_s,
+            hung_after_s=options.hung_after_s,
         )
         self.allocator = Allocator(options.lease_ttl_s)
         for resource, (rate, burst) in self.registry.quotas.items():
@@ -535,6 +537,7 @@ class Plane:
         now = time.time()
         self.heartbeats[cell.id] = dict(status)
         self.heartbeat_at[cell.id] = now
+        self.supervisor.beat(cell.id, time.monotonic())
         leases = self.allocator.grant(cell.id, int(status.get("backlog", 0)), now)
         for resource, lease in leases.items():
             self.registry.put_lease(cell.id, resource, (lease.rate_per_s, lease.burst))

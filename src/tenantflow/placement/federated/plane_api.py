@@ -250,7 +250,11 @@ def _router() -> APIRouter:
 
     @router.get("/plane/v1/cells")
     async def cells(plane: PlaneDep, actor: Admin) -> Any:
-        return {"items": plane.cells_status(), "restarts": plane.supervisor.restarts}
+        return {
+            "items": plane.cells_status(),
+            "restarts": plane.supervisor.restarts,
+            "hung_kills": plane.supervisor.hung_kills,
+        }
 
     @router.get("/plane/v1/policies")
     async def policies(plane: PlaneDep, actor: Admin) -> Any:

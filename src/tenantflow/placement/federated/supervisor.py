@@ -74,6 +74,7 @@ class Supervisor:
         python: str = sys.executable,
         ready_timeout_s: float = 60.0,
         env: dict[str, str] | None = None,
+        hung_after_s: float | None = None,
     ) -> None:
         self.registry = registry
         self.apps = list(apps)
@@ -87,6 +88,11 @@ class Supervisor:
         self.restarts = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self.paused = False  # tests: stop restarting for a while
+        # A live process whose heartbeats stopped for this long is hung: killed and restarted
+        # (None: never). Only heartbeats seen by this plane count (see ``beat``).
+        self.hung_after_s = hung_after_s
+        self.last_beat: dict[str, float] = {}
+        self.hung_kills = 0
 
     def _lock(self, cell_id: str) -> asyncio.Lock:
         return self._locks.setdefault(cell_id, asyncio.Lock())
@@ -176,12 +182,36 @@ class Supervisor:
                 self.spawn(cell)
             await self.wait_ready(cell)
 
+    def beat(self, cell_id: str, at: float) -> None:
+        """A heartbeat of the cell arrived (monotonic time ``at``)."""
+        self.last_beat[cell_id] = at
+
+    def _kill_if_hung(self, cell: CellRow) -> None:
+        seen = self.last_beat.get(cell.id)
+        if self.hung_after_s is None or seen is None:
+            return
+        if time.monotonic() - seen > self.hung_after_s:
+            log.warning(
+                "cell %s (pid %s) sent no heartbeat for %.0f s: killing it",
+                cell.id,
+                cell.pid,
+                time.monotonic() - seen,
+            )
+            self.last_beat.pop(cell.id, None)
+            self.hung_kills += 1
+            if cell.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(cell.pid, signal.SIGKILL)
+
     async def check(self) -> list[str]:
-        """Restart every cell that should run and does not; the ids restarted."""
+        """Restart every cell that should run and does not (killing a hung one first); the
+        ids restarted."""
         if self.paused:
             return []
         restarted = []
         for cell in list(self.registry.cells.values()):
+            if cell.status == "running" and not self._lock(cell.id).locked():
+                self._kill_if_hung(cell)
             if cell.status != "running" or self.alive(cell):
                 continue
             lock = self._lock(cell.id)
@@ -193,7 +223,12 @@ class Supervisor:
                 log.warning("cell %s (pid %s) is gone: restarting it", cell.id, cell.pid)
                 cell.restarts += 1
                 self.restarts += 1
+                proc = self.procs.pop(cell.id, None)
+                if proc is not None:
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=5)
                 self.spawn(cell)
+                self.last_beat.pop(cell.id, None)
                 restarted.append(cell.id)
         return restarted
 
