@@ -12,6 +12,10 @@ Errors come back as the error tree: the API's ``{"error": {"code", "message", ..
 as the :class:`~tenantflow.errors.TenantflowError` subclass that has that ``code``, with the
 other fields kept (a code no class has is mapped by HTTP status); a server that cannot be reached
 is a :class:`~tenantflow.errors.StoreUnavailableError` naming its URL.
+
+Against a federated deployment (docs/federated.md) ``url`` is the plane's: it answers a tenant's
+requests with a redirect to the tenant's cell, which the client follows (same method, body and
+key) and remembers, so that its later requests go to the cell without the plane.
 """
 
 from __future__ import annotations
