@@ -56,6 +56,7 @@ __all__ = [
     "RateLimitedError",
     "ResidencyError",
     "RunFailedError",
+    "SignalTimeoutError",
     "SpecError",
     "StaleAttemptError",
     "StepTimeoutError",
@@ -268,6 +269,12 @@ class StepTimeoutError(TenantflowError):
     """The step attempt timed out."""
 
     code = "step_timeout"
+
+
+class SignalTimeoutError(TenantflowError):
+    """A step waited for a signal (``ctx.wait_for_signal``) past its timeout."""
+
+    code = "signal_timeout"
 
 
 class RunFailedError(TenantflowError):

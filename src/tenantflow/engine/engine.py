@@ -59,6 +59,7 @@ from tenantflow.engine.operator import overview as operator_overview
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
+from tenantflow.engine.run_signals import SignalReceipt, send_signal
 from tenantflow.engine.runs import Reason, RetryResult, RunControl
 from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.submission import AdmissionGate, Submitter
@@ -456,6 +457,35 @@ class Engine(HistoryReads):
     def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
+
+    async def signal(
+        self,
+        tenant: str,
+        run_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalReceipt:
+        """Send signal ``name`` with ``payload`` (plain JSON, at most 64 KiB) into ``tenant``'s
+        run: the step waiting for it (``ctx.wait_for_signal``) resumes with the payload; sent
+        before any step waits, it is kept until one does. The same ``idempotency_key`` twice
+        records it once. NotFoundError for another tenant's run, ConflictError for a run that
+        ended, SpecError for a bad name or payload."""
+        tenant = check_tenant(tenant)
+        active = self.active_run(tenant, run_id) if self.drives(tenant) else None
+        runtime = self.runtime_for_tenant(tenant) if active is not None else None
+        return await send_signal(
+            self.store_for_tenant(tenant),
+            self.clock,
+            tenant,
+            run_id,
+            name,
+            payload,
+            idempotency_key=idempotency_key,
+            active=active,
+            runtime=runtime,
+        )
 
     async def overview(
         self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10

@@ -22,6 +22,7 @@ from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
 from tenantflow.engine.operator import Overview
+from tenantflow.engine.run_signals import SignalReceipt
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.tenants import TenantInfo, Tenants
@@ -113,6 +114,17 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def signal(
+        self,
+        tenant: str,
+        run_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalReceipt:
+        """Send signal ``name`` into a run (see :meth:`tenantflow.engine.engine.Engine.signal`)."""
 
     async def overview(
         self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
