@@ -33,6 +33,7 @@ MISSING = {
     "namespace": "user:nobody-at-all",
     "key": "no-such-memory-key",
     "document_id": "no-such-document",
+    "name": "approved",
 }
 SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
 A_POOL = "tenant-a-private-pool"
@@ -42,7 +43,7 @@ A_NAMESPACE = "user:alice-at-acorp"
 A_MEMORY_KEY = "profile-at-acorp"
 A_DOCUMENT_ID = "document-at-acorp"
 A_MEMORY_SECRET = "memorycanary5b1d"
-NAMES = ("namespace", "key", "document_id")
+NAMES = ("namespace", "key", "document_id", "name")
 
 Expect = Literal["denied", "own", "public"]
 
@@ -107,6 +108,11 @@ CASES: dict[tuple[str, str], list[Case]] = {
         Case("denied", body={"from_start": True, "reason": "sabotage"}),
     ],
     ("GET", "/v1/runs/{run_id}/why"): [Case("denied")],
+    # A signal into A's run (a name A's step may wait for), with and without a key.
+    ("POST", "/v1/runs/{run_id}/signals/{name}"): [
+        Case("denied"),
+        Case("denied", body={"payload": {"approved": True}, "idempotency_key": "b-1"}),
+    ],
     # A bulk retry acts on B's own runs only (it finds none of A's).
     ("POST", "/v1/runs/retry"): [
         Case("own"),
@@ -205,6 +211,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "namespace": A_NAMESPACE,
             "key": A_MEMORY_KEY,
             "document_id": A_DOCUMENT_ID,
+            "name": "approved",
         }
         yield World(api, a_key, b_key, revoked, ids, [waiting, done])
 
@@ -277,6 +284,8 @@ async def test_tenant_b_never_reaches_tenant_a(world: World) -> None:
     h = bearer(world.a_key)
     run = (await api.client.get(f"/v1/runs/{world.ids['run_id']}", headers=h)).json()
     assert run["status"] == "running"
+    timeline = await api.client.get(f"/v1/runs/{world.ids['run_id']}/timeline", headers=h)
+    assert timeline.status_code == 200 and "signal.received" not in timeline.text
     review = (await api.client.get(f"/v1/reviews/{world.ids['review_id']}", headers=h)).json()
     assert review["status"] == "pending" and review["claimed_by"] is None
     tenant = (await api.client.get("/v1/tenant", headers=h)).json()

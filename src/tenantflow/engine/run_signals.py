@@ -58,16 +58,16 @@ async def send_signal(
     lock = active.lock if active is not None else contextlib.nullcontext()
     async with lock:
         record = await store.get_run(tenant, run_id)  # NotFoundError: not this tenant's
+        log = await store.events(tenant, run_id)
+        earlier = signals.duplicate(log, key)
+        if earlier is not None:  # a repeated send answers the first, even once the run ended
+            return SignalReceipt(run_id, name, str(earlier.data.get("id")), duplicate=True)
         if record.status in TERMINAL_RUN:
             raise ConflictError(
                 f"run {run_id} already ended {record.status.value}: it takes no signals",
                 run_id=run_id,
                 status=record.status.value,
             )
-        log = await store.events(tenant, run_id)
-        earlier = signals.duplicate(log, key)
-        if earlier is not None:
-            return SignalReceipt(run_id, name, str(earlier.data.get("id")), duplicate=True)
         signal_id = "sig_" + secrets.token_hex(8)
         data: dict[str, Any] = {"id": signal_id, "name": name, "payload": payload}
         if key is not None:
