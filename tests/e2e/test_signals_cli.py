@@ -1,7 +1,7 @@
 """``tenantflow runs signal`` and ``POST /v1/runs/{id}/signals/{name}`` against a real server:
 a waiting step resumes with the payload; a signal sent early is kept until the step waits for
-it; on the store (--db) a parked run takes it after a restart; bad input is a one-line error or a 4xx JSON body; another tenant's run is
-a 404."""
+it; on the store (--db) a parked run takes it after a restart; bad input is a one-line error
+or a 4xx JSON body; another tenant's run is a 404."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -37,9 +38,15 @@ def _tenant(server: Served, tenant: str) -> dict[str, str]:
     return {"TENANTFLOW_URL": server.url, "TENANTFLOW_API_KEY": server.tenant_key(tenant)}
 
 
+def _get(server: Served, env: dict[str, str], path: str) -> Any:
+    headers = {"Authorization": f"Bearer {env['TENANTFLOW_API_KEY']}"}
+    r = httpx.get(f"{server.url}{path}", headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 def _timeline(server: Served, env: dict[str, str], run_id: str) -> list[str]:
-    out = json.loads(ok(server.cwd, "runs", "timeline", run_id, "--json", env=env))
-    return [e["kind"] for e in out]
+    return [e["kind"] for e in _get(server, env, f"/v1/runs/{run_id}/timeline")["items"]]
 
 
 def test_a_signal_resumes_the_waiting_step_over_the_api_and_on_the_store(
@@ -73,11 +80,10 @@ def test_a_signal_resumes_the_waiting_step_over_the_api_and_on_the_store(
     assert sent["signal_id"].startswith("sig_") and sent["duplicate"] is False
     again = json.loads(ok(signalled.cwd, *args, "--idempotency-key", "g1", env=env))
     assert again["duplicate"] is True and again["signal_id"] == sent["signal_id"]
-    wait_for(
-        lambda: json.loads(ok(signalled.cwd, "runs", "show", run["id"], "--json", env=env)),
+    shown = wait_for(
+        lambda: _get(signalled, env, f"/v1/runs/{run['id']}"),
         lambda shown: shown["status"] == "completed",
     )
-    shown = json.loads(ok(signalled.cwd, "runs", "show", run["id"], "--json", env=env))
     assert shown["result"] == {"go": {"ok": True}, "local": {"from": "early"}}
     kinds = _timeline(signalled, env, run["id"])
     assert kinds.count("signal.received") == 2 and kinds.count("signal.consumed") == 2
