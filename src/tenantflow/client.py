@@ -39,7 +39,7 @@ from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo
 from tenantflow.engine.operator import Overview, StuckRun, TenantLoad
-from tenantflow.engine.run_signals import SignalReceipt
+from tenantflow.engine.run_signals import EventReceipt, SignalReceipt, StartedRun
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo
 from tenantflow.engine.workers import TenantLease, WorkerInfo
@@ -366,6 +366,14 @@ class Client:
             duplicate=bool(data["duplicate"]),
             woke=tuple(data["woke"]),
         )
+
+    def publish(self, name: str, event_id: str, data: Any = None) -> EventReceipt:
+        """Send event ``name``: a run of every workflow registered to it starts with ``data``
+        as its input; the same ``event_id`` again starts nothing (see ``Engine.publish``)."""
+        body = {"id": event_id, "data": data}
+        out = self._call("POST", f"/v1/events/{_segment(name)}", body=body)
+        runs = tuple(StartedRun(r["workflow"], r["run_id"], r["created"]) for r in out["runs"])
+        return EventReceipt(str(out["name"]), str(out["id"]), runs)
 
     def retry(
         self, run_id: str, *, from_start: bool = False, reason: str | None = None

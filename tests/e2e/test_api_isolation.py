@@ -34,6 +34,7 @@ MISSING = {
     "key": "no-such-memory-key",
     "document_id": "no-such-document",
     "name": "approved",
+    "event": "tally.requested",
 }
 SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
 A_POOL = "tenant-a-private-pool"
@@ -43,7 +44,8 @@ A_NAMESPACE = "user:alice-at-acorp"
 A_MEMORY_KEY = "profile-at-acorp"
 A_DOCUMENT_ID = "document-at-acorp"
 A_MEMORY_SECRET = "memorycanary5b1d"
-NAMES = ("namespace", "key", "document_id", "name")
+NAMES = ("namespace", "key", "document_id", "name", "event")
+A_EVENT_ID = "invoice-0042"  # an id B may send too
 
 Expect = Literal["denied", "own", "public"]
 
@@ -98,6 +100,8 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ("POST", "/v1/runs"): [
         Case("own", body=SUBMIT, headers={"Idempotency-Key": A_IDEMPOTENCY_KEY})
     ],
+    # An event with A's event id starts B's own run; it never answers A's.
+    ("POST", "/v1/events/{event}"): [Case("own", body={"id": A_EVENT_ID, "data": 2})],
     # A's objects by id
     ("GET", "/v1/runs/{run_id}"): [Case("denied")],
     ("GET", "/v1/runs/{run_id}/steps"): [Case("denied")],
@@ -184,6 +188,13 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         review = await api.wait_review(a_key, waiting)
         done = (await api.submit(a_key, "tally", 5))["id"]
         await api.wait_run(a_key, done)
+        r = await api.client.post(
+            "/v1/events/tally.requested",
+            json={"id": A_EVENT_ID, "data": 7},
+            headers=bearer(a_key),
+        )
+        assert r.status_code == 202 and r.json()["runs"][0]["created"], r.text
+        evented = r.json()["runs"][0]["run_id"]
         keys = (await api.client.get("/v1/tenants/tenant-a/keys", headers=api.admin)).json()
         memory = f"/v1/memory/{A_NAMESPACE}"
         r = await api.client.put(
@@ -212,8 +223,9 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "key": A_MEMORY_KEY,
             "document_id": A_DOCUMENT_ID,
             "name": "approved",
+            "event": "tally.requested",
         }
-        yield World(api, a_key, b_key, revoked, ids, [waiting, done])
+        yield World(api, a_key, b_key, revoked, ids, [waiting, done, evented])
 
 
 async def operations(client: httpx.AsyncClient) -> set[tuple[str, str]]:

@@ -172,7 +172,45 @@ async def test_signals_are_tenant_scoped_and_checked(tmp_path: Path) -> None:
             await engine.signal("t", run.id, "approved", math.nan)
         with pytest.raises(tf.SpecError, match="at most"):
             await engine.signal("t", run.id, "approved", "x" * (64 * 1024))
-        with pytest.raises(tf.SpecError, match="signal name"):
+        with pytest.raises(tf.SpecError, match="name is 1-128"):
             await engine.signal("t", run.id, "no spaces", 1)
         assert "signal.received" not in await kinds(engine, run.id)
         await engine.cancel("t", run.id)
+
+
+async def test_an_event_starts_its_workflows_once_per_event_id(tmp_path: Path) -> None:
+    billing = tf.Workflow("billing", input=dict, on_event=["invoice.created"])
+    audit = tf.Workflow("audit", input=dict, on_event="invoice.created")
+
+    @billing.step
+    async def charge(ctx: tf.StepContext, input: dict[str, Any]) -> int:
+        return int(input["amount"])
+
+    @audit.step
+    async def note(ctx: tf.StepContext, input: dict[str, Any]) -> str:
+        return f"{ctx.tenant_id}:{input['amount']}"
+
+    async with tf.Engine.open(f"sqlite:///{tmp_path / 'e.db'}", auto_tenant="enterprise") as engine:
+        engine.register(billing)
+        engine.register(audit)
+        first = await engine.publish("t", "invoice.created", "inv-1", {"amount": 5})
+        assert [(r.workflow, r.created) for r in first.runs] == [
+            ("audit", True),
+            ("billing", True),
+        ]
+        again = await engine.publish("t", "invoice.created", "inv-1", {"amount": 999})
+        assert [r.run_id for r in again.runs] == [r.run_id for r in first.runs]
+        assert not any(r.created for r in again.runs)
+        results = [await engine.run("t", r.run_id).result() for r in first.runs]
+        assert results == ["t:5", 5]
+        # Another tenant's event with the same id: its own runs.
+        theirs = await engine.publish("u", "invoice.created", "inv-1", {"amount": 7})
+        assert {r.run_id for r in theirs.runs}.isdisjoint(r.run_id for r in first.runs)
+        assert all(r.created for r in theirs.runs)
+        assert (await engine.publish("t", "nobody.listens", "x", None)).runs == ()
+        with pytest.raises(tf.SpecError, match="id"):
+            await engine.publish("t", "invoice.created", "", {"amount": 1})
+        with pytest.raises(tf.SpecError, match="plain JSON"):
+            await engine.publish("t", "invoice.created", "inv-2", {"amount": math.inf})
+    with pytest.raises(tf.SpecError, match="name is 1-128"):
+        tf.Workflow("bad", on_event="has space")

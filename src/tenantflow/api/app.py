@@ -33,6 +33,7 @@ from tenantflow.api.routes import (
     signals,
     tenant,
     tenants,
+    triggers,
     workers,
     workflows,
 )
@@ -140,6 +141,7 @@ def create_app(
         workflows,
         schedules,
         signals,
+        triggers,
         workers,
         operator,
         health,

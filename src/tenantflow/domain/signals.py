@@ -43,7 +43,7 @@ def check_name(name: object) -> str:
     """A signal's (or an event's) name: 1–128 of letters, digits and ``_ . : -``."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SpecError(
-            "a signal name is 1-128 letters, digits, '_', '.', ':' or '-'"
+            "a signal or event name is 1-128 letters, digits, '_', '.', ':' or '-'"
             " and starts with a letter or digit",
             field="name",
             value=name,

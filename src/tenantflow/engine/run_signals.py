@@ -18,7 +18,7 @@ from tenantflow.engine.execution.driver import RunDriver
 from tenantflow.errors import ConflictError
 from tenantflow.ports import Clock, Store
 
-__all__ = ["SignalReceipt", "send_signal"]
+__all__ = ["EventReceipt", "SignalReceipt", "StartedRun", "send_signal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,24 @@ class SignalReceipt:
     signal_id: str
     duplicate: bool = False
     woke: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    """A run an event started (``created`` False: the event was seen before; its run)."""
+
+    workflow: str
+    run_id: str
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EventReceipt:
+    """An event as received: the runs of the workflows registered to its name."""
+
+    name: str
+    event_id: str
+    runs: tuple[StartedRun, ...]
 
 
 async def send_signal(

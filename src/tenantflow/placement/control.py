@@ -22,7 +22,7 @@ from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
 from tenantflow.engine.operator import Overview
-from tenantflow.engine.run_signals import SignalReceipt
+from tenantflow.engine.run_signals import EventReceipt, SignalReceipt
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.tenants import TenantInfo, Tenants
@@ -114,6 +114,11 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def publish(
+        self, tenant: str, name: str, event_id: str, data: Any = None
+    ) -> EventReceipt:
+        """Start the workflows registered to event ``name`` (see ``Engine.publish``)."""
 
     async def signal(
         self,
