@@ -229,3 +229,40 @@ async def test_bad_moves_are_refused_and_write_nothing(tmp_path: Path) -> None:
         assert moved_to(a, "acme") is None and moved_to(a, "both") is None
         run = await a.submit("three", tenant="acme", input=1)  # still served at the source
         assert await run.result(WAIT) == 5
+
+
+async def test_a_move_whose_source_changed_during_the_copy_is_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tenantflow.placement.move as move_module
+
+    steps = Steps()
+    a = tf.Engine.open(f"sqlite:///{tmp_path / 'a.db'}")
+    b = tf.Engine.open(f"sqlite:///{tmp_path / 'b.db'}")
+    for engine in (a, b):
+        engine.register(steps.workflow())
+        _add_tool(engine)
+    real_purge = move_module.purge_tenant
+
+    async def purge_after_a_write(store: object, tenant: str, *, expect: str) -> object:
+        # Something writes the tenant's rows at the source after the copy was taken.
+        await a.memory.put(tenant, "late", {"written": "after the copy"})
+        return await real_purge(store, tenant, expect=expect)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(move_module, "purge_tenant", purge_after_a_write)
+    async with a, b:
+        await a.tenants.create("busy", tier="standard")
+        ids = [(await a.submit("three", tenant="busy", input=i)).id for i in range(10)]
+        await until(lambda: steps.waiting() > 0)
+        with pytest.raises(ConflictError, match="changed in the source store"):
+            await move_tenant(a, b, "busy", drain_timeout=timedelta(0))
+        # Undone: nothing at the target, the source serves the tenant and its runs again.
+        assert set((await tenant_rows(b.store, "busy")).values()) == {0}
+        assert b.tenants.cached("busy") is None and moved_to(a, "busy") is None
+        steps.gate.set()
+        for run_id in ids:
+            assert (await a.wait("busy", run_id, WAIT)).status == tf.RunStatus.COMPLETED
+        assert all(steps.done[f"{r}:third"] == 1 for r in ids)
+        actions = [r.action for r in await a.audit_log("busy")]
+        assert actions[-2:] == ["tenant.moving", "tenant.move_aborted"]
+        assert (await a.audit_verify("busy")).ok

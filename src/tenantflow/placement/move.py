@@ -67,6 +67,7 @@ from tenantflow.errors import (
     ConfigurationError,
     ConflictError,
     NotFoundError,
+    StoreUnavailableError,
     TenantflowError,
     TenantMovedError,
 )
@@ -270,18 +271,18 @@ async def move_stored_tenant(
     await source.close()
     await source.open(execute=True)  # SQLite: the file's lock, refused while served
     try:
+        clock = system_clock()
+        await source.get_tenant(tenant)
+        if (live := await live_attempts(source, tenant, clock.now())) > 0:
+            raise ConflictError(
+                f"{live} attempt(s) of tenant {tenant!r} are running at the source: move it"
+                " through the engine that drives it, or stop that engine first",
+                tenant=tenant,
+                running=live,
+            )
+        await _refuse_present_at(target_url, tenant)  # before a new target is created
         await target.open(execute=True)
         try:
-            clock = system_clock()
-            await source.get_tenant(tenant)
-            await _refuse_present(target, tenant, False)
-            if (live := await live_attempts(source, tenant, clock.now())) > 0:
-                raise ConflictError(
-                    f"{live} attempt(s) of tenant {tenant!r} are running at the source: move it"
-                    " through the engine that drives it, or stop that engine first",
-                    tenant=tenant,
-                    running=live,
-                )
             where = location or target.url
             export, copied, purged = await _transfer(
                 source,
@@ -346,6 +347,22 @@ async def _refuse_present(store: Store, tenant: str, known: bool) -> None:
     raise ConflictError(
         f"tenant {tenant!r} is already at the target ({store.url})", tenant=tenant, target=store.url
     )
+
+
+async def _refuse_present_at(url: str, tenant: str) -> None:
+    """ConflictError if the existing store at ``url`` holds the tenant (a store that does not
+    exist yet, or is not migrated, holds nothing: it is not created here)."""
+    from tenantflow.adapters import open_store  # composition
+
+    store = open_store(url)
+    try:
+        await store.open(execute=False)
+    except StoreUnavailableError:
+        return
+    try:
+        await _refuse_present(store, tenant, False)
+    finally:
+        await store.close()
 
 
 def _attempts(engine: Engine, tenant: str) -> int:
