@@ -266,3 +266,51 @@ async def test_a_move_whose_source_changed_during_the_copy_is_undone(
         actions = [r.action for r in await a.audit_log("busy")]
         assert actions[-2:] == ["tenant.moving", "tenant.move_aborted"]
         assert (await a.audit_verify("busy")).ok
+
+
+def review_workflow() -> tf.Workflow:
+    wf = tf.Workflow("approve", input=str)
+
+    @wf.review(pool="credit", sla=timedelta(hours=1))
+    async def check(ctx: tf.StepContext, input: str) -> dict[str, str]:
+        await ctx.memory.put(f"asked:{input}", {"applicant": input})
+        return {"applicant": input}
+
+    @wf.step
+    async def decide(ctx: tf.StepContext, check: tf.ReviewDecision) -> str:
+        return "approved" if check.approved else "rejected"
+
+    return wf
+
+
+async def test_runs_waiting_for_a_review_move_and_are_decided_at_the_target(
+    tmp_path: Path,
+) -> None:
+    a = tf.Engine.open(f"sqlite:///{tmp_path / 'a.db'}")
+    b = tf.Engine.open(f"sqlite:///{tmp_path / 'b.db'}")
+    for engine in (a, b):
+        engine.register(review_workflow())
+    async with a, b:
+        await a.tenants.create("bank", tier="standard")
+        runs = [await a.submit("approve", tenant="bank", input=f"app-{i}") for i in range(3)]
+
+        async def pending() -> int:
+            return len(await a.reviews.list("bank"))
+
+        for _ in range(500):
+            if await pending() == len(runs):
+                break
+            await asyncio.sleep(0.01)
+        assert await pending() == len(runs)
+        report = await move_tenant(a, b, "bank")
+        # A step waiting for a person holds no attempt: nothing to wait for, nothing stopped.
+        assert report.drained and report.stopped == 0 and report.in_flight == len(runs)
+        assert report.rows["reviews"] == len(runs) and report.rows["memory_entries"] == len(runs)
+        reviews = await b.reviews.list("bank")
+        assert len(reviews) == len(runs)
+        for n, review in enumerate(sorted(reviews, key=lambda r: r.run_id)):
+            await b.reviews.decide("bank", review.id, reviewer="ann", approve=n % 2 == 0)
+        results = sorted([await b.run("bank", r.id).result(WAIT) for r in runs])
+        assert results == ["approved", "approved", "rejected"]
+        entry = await b.memory.get("bank", "asked:app-0")
+        assert entry.value == {"applicant": "app-0"}
