@@ -314,3 +314,55 @@ async def test_runs_waiting_for_a_review_move_and_are_decided_at_the_target(
         assert results == ["approved", "approved", "rejected"]
         entry = await b.memory.get("bank", "asked:app-0")
         assert entry.value == {"applicant": "app-0"}
+
+
+async def test_the_move_in_four_calls_with_the_copy_on_its_own_store_handles(
+    tmp_path: Path,
+) -> None:
+    # As a plane would wire it when the engines are processes of their own: the source
+    # releases, a third party copies between the two stores (opened beside the engines that
+    # execute from them), the source finishes and the target adopts.
+    from tenantflow.adapters import open_store
+    from tenantflow.placement.move import adopt_tenant, copy_tenant, finish_release, release_tenant
+
+    steps = Steps()
+    urls = f"sqlite:///{tmp_path / 'pool.db'}", f"sqlite:///{tmp_path / 'cell.db'}"
+    a, b = tf.Engine.open(urls[0]), tf.Engine.open(urls[1])
+    for engine in (a, b):
+        engine.register(steps.workflow())
+        _add_tool(engine)
+    async with a, b:
+        await a.tenants.create("busy", tier="standard")
+        ids = [(await a.submit("three", tenant="busy", input=i)).id for i in range(20)]
+        await until(lambda: steps.waiting() > 0)
+        steps.gate.set()
+        released = await release_tenant(a, "busy", location="cell:busy")
+        assert released.drained
+        source, target = open_store(urls[0]), open_store(urls[1])
+        await source.open(execute=False)
+        await target.open(execute=False)
+        try:
+            copied = await copy_tenant(
+                source,
+                target,
+                "busy",
+                actor="plane",
+                location="cell:busy",
+                source_now=1.0,
+                target_now=2.0,
+            )
+        finally:
+            await source.close()
+            await target.close()
+        await finish_release(a, "busy")
+        await adopt_tenant(b, "busy")
+        report = copied.report(released)
+        assert report.runs == 20 and set(report.left.values()) == {0}
+        for run_id in ids:
+            assert (await b.wait("busy", run_id, WAIT)).status == tf.RunStatus.COMPLETED
+            assert steps.done[f"{run_id}:third"] == 1 and steps.done[f"{run_id}:second"] == 1
+        assert (await b.audit_verify("busy")).ok
+        assert moved_to(a, "busy") is not None and moved_to(b, "busy") is None
+        with pytest.raises(NotFoundError):
+            await adopt_tenant(a, "busy")  # nothing of it left there to adopt
+        assert moved_to(a, "busy") is not None  # and the marker stays

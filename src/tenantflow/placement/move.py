@@ -38,6 +38,13 @@ No run completes twice: a step completes where its attempt committed, the copy c
 commit, and an attempt that did not commit before the source let the run go is run again at
 the target (step code stays at-least-once, as after a crash; completions are exactly once).
 
+**Engines in other processes** (cells and a pool under a plane): the same move in four calls,
+each where its part lives — :func:`release_tenant` in the source's process (fence, quiesce,
+stop driving), :func:`copy_tenant` in any process that opens both stores (a SQLite file an
+engine executes from opens beside it with ``execute=False``), then :func:`finish_release` at
+the source and :func:`adopt_tenant` at the target; or :func:`cancel_release` at the source if
+the copy raised (it undid its import itself).
+
 :func:`move_stored_tenant` is the same copy between two store URLs with no engine in this
 process (``tenantflow tenants move TENANT --from URL --to URL``): for a tenant at rest. It
 refuses while any of the tenant's attempts holds a live lease, and its purge refuses if an
@@ -76,7 +83,19 @@ from tenantflow.ports import Store
 if TYPE_CHECKING:
     from tenantflow.engine.engine import Engine
 
-__all__ = ["MoveReport", "move_stored_tenant", "move_tenant", "moved_to"]
+__all__ = [
+    "Copied",
+    "MoveReport",
+    "Released",
+    "adopt_tenant",
+    "cancel_release",
+    "copy_tenant",
+    "finish_release",
+    "move_stored_tenant",
+    "move_tenant",
+    "moved_to",
+    "release_tenant",
+]
 
 _POLL_S = 0.005
 
@@ -138,7 +157,9 @@ async def move_tenant(
     drain_timeout: timedelta = timedelta(seconds=30),
 ) -> MoveReport:
     """Move ``tenant``, live, from the engine ``source`` drives it in to ``target`` (see the
-    module docstring for the steps).
+    module docstring for the steps; it composes :func:`release_tenant`, :func:`copy_tenant`,
+    :func:`finish_release` and :func:`adopt_tenant`, which a placement whose engines are in
+    other processes calls one by one).
 
     Args:
         source: the started, executing engine that holds and drives the tenant.
@@ -163,74 +184,173 @@ async def move_tenant(
     """
     tenant = check_tenant(tenant)
     _check_engines(source, target)
-    fence = moved_to(source, tenant)
-    if fence is not None and fence.fields.get("state") == "moving":
-        raise ConflictError(f"tenant {tenant!r} is being moved already", tenant=tenant)
+    _check_engine(source, "source")
+    _check_engine(target, "target")
     info = await source.tenants.get(tenant)
-    if info.store != DEFAULT_STORE:
-        raise ConfigurationError(
-            f"tenant {tenant!r} keeps its data in the region store {info.store!r}; only"
-            " tenants of the default store move",
-            tenant=tenant,
-        )
-    source_store = source.router.stores[info.store]
     if target.router.store_key_for(info.policy.region) != DEFAULT_STORE:
         raise ConfigurationError(
             f"the target keeps region {info.policy.region!r} in a region store; only tenants"
             " of the default store move",
             tenant=tenant,
         )
-    target_store = target.store
-    await _refuse_present(target_store, tenant, target.tenants.cached(tenant) is not None)
-    where = location or target_store.url
-    started = source.clock.now()
-    source.submitter.fences[tenant] = TenantMovedError(
-        f"tenant {tenant!r} is moving to {where}; retry in a moment",
+    await _refuse_present(target.store, tenant, target.tenants.cached(tenant) is not None)
+    where = location or target.store.url
+    released = await release_tenant(source, tenant, location=where, drain_timeout=drain_timeout)
+    try:
+        copied = await copy_tenant(
+            released.store,
+            target.store,
+            tenant,
+            actor=actor,
+            location=where,
+            source_now=source.clock.now(),
+            target_now=target.clock.now(),
+        )
+    except BaseException as exc:
+        await cancel_release(source, tenant, actor=actor, reason=exc)
+        raise
+    await finish_release(source, tenant)
+    await adopt_tenant(target, tenant)
+    return copied.report(released, fenced_s=max(0.0, source.clock.now() - released.fenced_at))
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """A tenant an engine has stopped driving for a move (:func:`release_tenant`): fenced,
+    quiet, its rows at rest in ``store``."""
+
+    tenant: str
+    location: str
+    store: Store
+    drained: bool
+    stopped: int
+    fenced_at: float
+
+
+async def release_tenant(
+    engine: Engine,
+    tenant: str,
+    *,
+    location: str,
+    drain_timeout: timedelta = timedelta(seconds=30),
+) -> Released:
+    """The source's half, before the copy: fence ``tenant``'s submissions at ``engine``
+    (``TenantMovedError(state="moving")``), let its running attempts finish (none starts; those
+    still running after ``drain_timeout`` are stopped) and stop driving its runs. Its rows are
+    then at rest in :attr:`Released.store`, for :func:`copy_tenant`. Follow with
+    :func:`finish_release` once the copy committed, or :func:`cancel_release` if it did not.
+
+    Raises:
+        ConfigurationError: a bad tenant id, an engine not started, not executing or of a
+            cluster, or a tenant whose data is in a region store.
+        NotFoundError: the engine does not hold the tenant.
+        ConflictError: a move of the tenant is under way already.
+    """
+    tenant = check_tenant(tenant)
+    _check_engine(engine, "source")
+    fence = moved_to(engine, tenant)
+    if fence is not None and fence.fields.get("state") == "moving":
+        raise ConflictError(f"tenant {tenant!r} is being moved already", tenant=tenant)
+    info = await engine.tenants.get(tenant)
+    if info.store != DEFAULT_STORE:
+        raise ConfigurationError(
+            f"tenant {tenant!r} keeps its data in the region store {info.store!r}; only"
+            " tenants of the default store move",
+            tenant=tenant,
+        )
+    fenced_at = engine.clock.now()
+    engine.submitter.fences[tenant] = TenantMovedError(
+        f"tenant {tenant!r} is moving to {location}; retry in a moment",
         tenant=tenant,
-        location=where,
+        location=location,
         state="moving",
         retry_after_s=1.0,
     )
     try:
-        drained, stopped = await _quiesce(source, tenant, drain_timeout)
-        export, copied, purged = await _transfer(
-            source_store,
-            target_store,
-            tenant,
-            source_now=source.clock.now(),
-            target_now=target.clock.now(),
-            actor=actor,
-            location=where,
-        )
+        drained, stopped = await _quiesce(engine, tenant, drain_timeout)
     except BaseException as exc:
-        await _take_back(source, tenant, actor, where, exc)
+        await cancel_release(engine, tenant, actor="engine", reason=exc)
         raise
-    source.submitter.fences[tenant] = TenantMovedError(
-        f"tenant {tenant!r} has moved to {where}",
-        tenant=tenant,
-        location=where,
-        state="moved",
+    store = engine.router.stores[info.store]
+    return Released(tenant, location, store, drained, stopped, fenced_at)
+
+
+async def finish_release(engine: Engine, tenant: str) -> None:
+    """The source's half, after the copy committed: ``engine`` forgets ``tenant`` and keeps
+    the redirect marker (``TenantMovedError(state="moved", location=…)``)."""
+    fence = moved_to(engine, tenant)
+    where = fence.location if fence is not None else None
+    engine.submitter.fences[tenant] = TenantMovedError(
+        f"tenant {tenant!r} has moved to {where}", tenant=tenant, location=where, state="moved"
     )
-    await source.tenants.refresh(tenant)  # gone from the source's stores: forgotten
-    target.submitter.fences.pop(tenant, None)  # it may have left the target once before
-    await target.tenants.refresh(tenant)
-    await target.clustering.adopt_tenant(tenant)
-    head = export.audit_head()
-    return MoveReport(
-        tenant=tenant,
-        source=source_store.url,
-        target=target_store.url,
-        location=where,
-        runs=len(export.rows.get("runs", [])),
-        in_flight=len(export.unfinished_runs()),
-        drained=drained,
-        stopped=stopped,
-        rows=copied,
-        left=purged["left"],
-        fingerprint=export.fingerprint,
-        audit_seq=(head[0] if head else 0) + 1,
-        fenced_s=max(0.0, source.clock.now() - started),
-    )
+    await engine.tenants.refresh(tenant)  # gone from the engine's stores: forgotten
+
+
+async def cancel_release(
+    engine: Engine, tenant: str, *, actor: str = "library", reason: BaseException | str = ""
+) -> None:
+    """The source's half of a move that did not finish (the copy failed and was undone):
+    ``engine`` lifts the fence and its caps, takes the tenant's runs back and appends
+    ``tenant.move_aborted`` (with the reason) to its audit chain."""
+    fence = engine.submitter.fences.pop(tenant, None)
+    where = fence.fields.get("location") if fence is not None else None
+    info = engine.tenants.cached(tenant)
+    if info is not None:
+        engine.configure_tenant(info)  # the tenant's own caps again
+    with contextlib.suppress(TenantflowError):
+        await engine.clustering.adopt_tenant(tenant)
+        why = reason.message if isinstance(reason, TenantflowError) else reason
+        if isinstance(why, BaseException):
+            why = type(why).__name__
+        entry = AuditEntry(
+            actor, "tenant.move_aborted", f"tenant:{tenant}", {"to": where, "reason": why}
+        )
+        runtime = engine.runtime_for_tenant(tenant)
+        await runtime.writer.write(Transition(tenant, "", engine.clock.now(), audit=[entry]))
+
+
+async def adopt_tenant(engine: Engine, tenant: str) -> None:
+    """The target's half, after the copy committed into ``engine``'s store: ``engine`` loads
+    ``tenant`` (policy, caps), its unfinished runs and its open reviews, and takes its
+    submissions (a redirect marker left by an earlier move away is lifted)."""
+    tenant = check_tenant(tenant)
+    _check_engine(engine, "target")
+    if await engine.tenants.refresh(tenant) is None:
+        raise NotFoundError(
+            f"tenant {tenant!r} is not in this engine's stores", kind="tenant", id=tenant
+        )
+    engine.submitter.fences.pop(tenant, None)
+    await engine.clustering.adopt_tenant(tenant)
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    """What :func:`copy_tenant` did."""
+
+    export: TenantExport
+    source: str
+    target: str
+    location: str
+    rows: dict[str, int]
+    left: dict[str, int]
+
+    def report(self, released: Released | None = None, *, fenced_s: float = 0.0) -> MoveReport:
+        head = self.export.audit_head()
+        return MoveReport(
+            tenant=self.export.tenant_id,
+            source=self.source,
+            target=self.target,
+            location=self.location,
+            runs=len(self.export.rows.get("runs", [])),
+            in_flight=len(self.export.unfinished_runs()),
+            drained=released.drained if released is not None else True,
+            stopped=released.stopped if released is not None else 0,
+            rows=self.rows,
+            left=self.left,
+            fingerprint=self.export.fingerprint,
+            audit_seq=(head[0] if head else 0) + 1,
+            fenced_s=fenced_s,
+        )
 
 
 async def move_stored_tenant(
@@ -283,35 +403,20 @@ async def move_stored_tenant(
         await _refuse_present_at(target_url, tenant)  # before a new target is created
         await target.open(execute=True)
         try:
-            where = location or target.url
-            export, copied, purged = await _transfer(
+            copied = await copy_tenant(
                 source,
                 target,
                 tenant,
+                actor=actor,
+                location=location or target.url,
                 source_now=clock.now(),
                 target_now=clock.now(),
-                actor=actor,
-                location=where,
             )
         finally:
             await target.close()
     finally:
         await source.close()
-    head = export.audit_head()
-    return MoveReport(
-        tenant=tenant,
-        source=source.url,
-        target=target.url,
-        location=where,
-        runs=len(export.rows.get("runs", [])),
-        in_flight=len(export.unfinished_runs()),
-        drained=True,
-        stopped=0,
-        rows=copied,
-        left=purged["left"],
-        fingerprint=export.fingerprint,
-        audit_seq=(head[0] if head else 0) + 1,
-    )
+    return copied.report()
 
 
 # -- the steps --------------------------------------------------------------------------------
@@ -323,18 +428,20 @@ def _check_engines(source: Engine, target: Engine) -> None:
         raise ConfigurationError(
             "the source and the target are the same store: nothing to move", field="target"
         )
-    for role, engine in (("source", source), ("target", target)):
-        if not (engine.execute and engine.gate.started):
-            raise ConfigurationError(
-                f"the {role} engine must be started and executing runs to move a tenant live",
-                field=role,
-            )
-        if engine.cluster is not None:
-            raise ConfigurationError(
-                f"the {role} engine is a {engine.cluster} of a cluster: move a tenant between"
-                " engines that drive it alone (or at rest: tenantflow tenants move --from --to)",
-                field=role,
-            )
+
+
+def _check_engine(engine: Engine, role: str) -> None:
+    if not (engine.execute and engine.gate.started):
+        raise ConfigurationError(
+            f"the {role} engine must be started and executing runs to move a tenant live",
+            field=role,
+        )
+    if engine.cluster is not None:
+        raise ConfigurationError(
+            f"the {role} engine is a {engine.cluster} of a cluster: move a tenant between"
+            " engines that drive it alone (or at rest: tenantflow tenants move --from --to)",
+            field=role,
+        )
 
 
 async def _refuse_present(store: Store, tenant: str, known: bool) -> None:
@@ -395,17 +502,26 @@ async def _quiesce(engine: Engine, tenant: str, drain_timeout: timedelta) -> tup
     return live == 0, live
 
 
-async def _transfer(
+async def copy_tenant(
     source: Store,
     target: Store,
     tenant: str,
     *,
-    source_now: float,
-    target_now: float,
     actor: str,
     location: str,
-) -> tuple[TenantExport, dict[str, int], dict[str, dict[str, int]]]:
-    """Export, import, purge; the import is undone if the purge does not commit."""
+    source_now: float,
+    target_now: float,
+) -> Copied:
+    """Export ``tenant`` from ``source``, import it into ``target``, purge it from ``source``
+    (three transactions, see :mod:`~tenantflow.adapters.tenant_transfer`); the import is undone
+    if the purge does not commit. Any process with both stores open may run it (a SQLite store
+    an engine executes from can be opened with ``execute=False`` beside it).
+
+    Raises:
+        NotFoundError: ``source`` has no such tenant.
+        ConflictError: ``target`` holds rows of the tenant, or the tenant changed at ``source``
+            after the export (the import is undone; nothing is deleted at the source).
+    """
     route = {"from": source.url, "to": location}
     subject = f"tenant:{tenant}"
     departure = AuditEntry(actor, "tenant.moving", subject, dict(route))
@@ -429,22 +545,4 @@ async def _transfer(
         with contextlib.suppress(TenantflowError):
             await remove_tenant(target, tenant)
         raise
-    return export, copied, purged
-
-
-async def _take_back(
-    engine: Engine, tenant: str, actor: str, location: str, exc: BaseException
-) -> None:
-    """A move that did not finish: the source serves the tenant again, as before the fence."""
-    engine.submitter.fences.pop(tenant, None)
-    info = engine.tenants.cached(tenant)
-    if info is not None:
-        engine.configure_tenant(info)  # the tenant's own caps again
-    with contextlib.suppress(TenantflowError):
-        await engine.clustering.adopt_tenant(tenant)
-        reason = exc.message if isinstance(exc, TenantflowError) else type(exc).__name__
-        entry = AuditEntry(
-            actor, "tenant.move_aborted", f"tenant:{tenant}", {"to": location, "reason": reason}
-        )
-        runtime = engine.runtime_for_tenant(tenant)
-        await runtime.writer.write(Transition(tenant, "", engine.clock.now(), audit=[entry]))
+    return Copied(export, source.url, target.url, location, copied, purged["left"])
