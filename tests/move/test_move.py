@@ -122,7 +122,7 @@ async def test_a_busy_tenant_moves_to_a_cell_and_back_without_losing_or_repeatin
     await shared.tenants.create("busy", tier="enterprise", max_active_runs=BUSY + 50)
     await shared.tenants.update("busy", max_running_steps=CAP, guaranteed_slots=0, burst_slots=0)
     await shared.tenants.create("quiet", tier="standard")
-    quiet = [(await shared.submit("three", tenant="quiet", input=i)).id for i in range(20)]
+    quiet = [(await shared.submit("three", tenant="quiet", input=i)).id for i in range(5)]
     first_leg = await _submit_busy(shared, steps)
 
     # -- to the cell: the attempts inside the gate finish at the source ----------------------
