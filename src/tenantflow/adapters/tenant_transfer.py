@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tenantflow.adapters.sql import Gen, many, one, rows
+from tenantflow.adapters.sql import Gen, append, many, one, rows
 from tenantflow.adapters.sql_tenancy import TENANT_TABLES, append_audit
 from tenantflow.adapters.sqlite_schema import MIGRATIONS
 from tenantflow.domain.records import TERMINAL_RUN
@@ -316,7 +316,9 @@ def _import(
                 table=t.name,
             )
         marks = ", ".join("?" for _ in t.copied)
-        yield from many(
+        # Held and sent as multi-row statements on PostgreSQL (read back below, which sends
+        # them first); executed at once on SQLite.
+        yield from append(
             f"INSERT INTO {t.name} ({', '.join(t.copied)}) VALUES ({marks})",
             export.rows.get(t.name, []),
         )
