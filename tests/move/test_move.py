@@ -292,6 +292,7 @@ async def test_runs_waiting_for_a_review_move_and_are_decided_at_the_target(
         engine.register(review_workflow())
     async with a, b:
         await a.tenants.create("bank", tier="standard")
+        key, secret = await a.keys.create("bank", name="ops")
         runs = [await a.submit("approve", tenant="bank", input=f"app-{i}") for i in range(3)]
 
         async def pending() -> int:
@@ -306,6 +307,9 @@ async def test_runs_waiting_for_a_review_move_and_are_decided_at_the_target(
         # A step waiting for a person holds no attempt: nothing to wait for, nothing stopped.
         assert report.drained and report.stopped == 0 and report.in_flight == len(runs)
         assert report.rows["reviews"] == len(runs) and report.rows["memory_entries"] == len(runs)
+        assert report.api_keys == [key.id]  # the key moved with the tenant
+        assert [k.id for k in await b.keys.list("bank")] == [key.id]
+        assert (await b.keys.authenticate(secret)).tenant_id == "bank"  # it works there
         reviews = await b.reviews.list("bank")
         assert len(reviews) == len(runs)
         for n, review in enumerate(sorted(reviews, key=lambda r: r.run_id)):

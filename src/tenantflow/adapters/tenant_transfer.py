@@ -245,6 +245,11 @@ class TenantExport:
             if r[index] not in terminal
         )
 
+    def api_key_ids(self) -> list[str]:
+        """The ids of the tenant's API keys (never their digests)."""
+        ident = _index("api_keys", "id")
+        return sorted(str(r[ident]) for r in self.rows.get("api_keys", []))
+
     def audit_head(self) -> tuple[int, str] | None:
         """The last audit row's (seq, hash), or None without any."""
         found = self.rows.get("audit_log", [])

@@ -120,6 +120,8 @@ class MoveReport:
         audit_seq: the sequence number of the ``tenant.moved`` row in the target's audit chain.
         fenced_s: how long submissions were refused at the source before the tenant resumed
             at the target (the source engine's clock).
+        api_keys: the ids of the tenant's API keys, which moved with it (never a secret): the
+            source no longer authenticates them, so a router that redirects by key needs them.
     """
 
     tenant: str
@@ -135,6 +137,7 @@ class MoveReport:
     fingerprint: str = ""
     audit_seq: int = 0
     fenced_s: float = 0.0
+    api_keys: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -350,6 +353,7 @@ class Copied:
             fingerprint=self.export.fingerprint,
             audit_seq=(head[0] if head else 0) + 1,
             fenced_s=fenced_s,
+            api_keys=self.export.api_key_ids(),
         )
 
 
