@@ -395,7 +395,7 @@ class Submitter:
         whether this call created it."""
         tenant = check_tenant(tenant)
         if (fence := self.fences.get(tenant)) is not None:
-            raise fence
+            raise type(fence)(fence.message, **fence.fields)  # a fresh one: no traceback grows
         # Without tenant controls every submission goes straight to the one shared queue.
         gate = self.ingest(tenant) if self.controls else contextlib.nullcontext()
         async with gate:
