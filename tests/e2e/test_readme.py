@@ -59,7 +59,7 @@ def test_the_readmes_shell_blocks_run_in_a_fresh_virtual_environment() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert re.search(r"^ok: 4 blocks ran, 6 skipped$", done.stdout, re.M), done.stdout
+    assert re.search(r"^ok: 5 blocks ran, 6 skipped$", done.stdout, re.M), done.stdout
 
 
 def _python_example() -> tuple[str, str]:
