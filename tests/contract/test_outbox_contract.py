@@ -4,6 +4,7 @@ event in the same transaction, tenant-scoped marks and outcomes, and refusals ac
 from __future__ import annotations
 
 import pytest
+from tests.contract.test_store_contract import NOW, new_run, store  # noqa: F401
 
 from tenantflow.domain.outbox import (
     FX_DEAD_LETTERED,
@@ -16,9 +17,6 @@ from tenantflow.domain.outbox import (
 from tenantflow.domain.records import NewEvent, StepStatus, StepUpdate, Transition
 from tenantflow.errors import PermissionDeniedError
 from tenantflow.ports import Store
-from tests.contract.test_store_contract import NOW, new_run, store  # noqa: F401
-
-pytestmark = pytest.mark.asyncio
 
 
 def enqueue(run_id: str, tenant: str, step: str = "notify") -> Transition:
