@@ -3,8 +3,11 @@ event in the same transaction, tenant-scoped marks and outcomes, and refusals ac
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import pytest
-from tests.contract.test_store_contract import NOW, new_run, store  # noqa: F401
+from tests.contract.test_store_contract import NOW, STORES, make_store, new_run
 
 from tenantflow.domain.outbox import (
     FX_DEAD_LETTERED,
@@ -17,6 +20,16 @@ from tenantflow.domain.outbox import (
 from tenantflow.domain.records import NewEvent, StepStatus, StepUpdate, Transition
 from tenantflow.errors import PermissionDeniedError
 from tenantflow.ports import Store
+
+
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = make_store(request.param, request, tmp_path)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 def enqueue(run_id: str, tenant: str, step: str = "notify") -> Transition:
