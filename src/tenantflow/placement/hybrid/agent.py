@@ -99,6 +99,7 @@ class FxAgent:
         max_deliveries: failed deliveries before a side effect is dead-lettered.
         backoff_base_s, backoff_cap_s: the redelivery delay grows from base to cap.
         per_turn: messages of one tenant taken per turn.
+        concurrency: side effects this agent runs at once (over all tenants).
         max_in_flight: side effects of one tenant in flight across all agents.
         step_timeout_s: a step without its own timeout is cancelled after this long.
         ack_wait_s: a message an agent took and never answered (it died) is delivered again
@@ -116,6 +117,7 @@ class FxAgent:
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 5.0,
         per_turn: int = 8,
+        concurrency: int = 64,
         max_in_flight: int = 32,
         step_timeout_s: float = 60.0,
         ack_wait_s: float = 30.0,
@@ -129,6 +131,7 @@ class FxAgent:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.per_turn = per_turn
+        self.concurrency = concurrency
         self.max_in_flight = max_in_flight
         self.step_timeout_s = step_timeout_s
         self.ack_wait_s = ack_wait_s
@@ -185,27 +188,53 @@ class FxAgent:
         """Consume until ``stop`` is set; a broker failure is logged and retried."""
         from nats.errors import TimeoutError as NatsTimeout
 
-        while not stop.is_set():
+        slots = asyncio.Semaphore(self.concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        async def handle(js: JetStreamContext, msg: Any) -> None:
             try:
-                js = await self._js()
-                tenants = await self._tenants_with_work(js)
-                took = 0
-                for tenant in tenants:  # one turn each: a backlog cannot starve a quiet tenant
-                    if stop.is_set():
-                        break
-                    sub = await self._sub(js, tenant)
-                    try:
-                        msgs = await sub.fetch(self.per_turn, timeout=0.05)
-                    except (TimeoutError, NatsTimeout):
-                        continue
-                    took += len(msgs)
-                    await asyncio.gather(*(self._handle(js, m) for m in msgs))
-                if not took:
-                    await _wait(stop, 0.02)
-            except Exception as exc:
-                log.warning("fx agent %s: %s: %s (retrying)", self.name, type(exc).__name__, exc)
-                self._subs.clear()
-                await _wait(stop, 0.25)
+                await self._handle(js, msg)
+            except Exception as exc:  # unacknowledged: delivered again after ack_wait
+                log.warning("fx agent %s: %s: %s", self.name, type(exc).__name__, exc)
+            finally:
+                slots.release()
+
+        try:
+            while not stop.is_set():
+                try:
+                    js = await self._js()
+                    tenants = await self._tenants_with_work(js)
+                    took = 0
+                    for tenant in tenants:  # a turn each: a backlog cannot starve a quiet tenant
+                        if stop.is_set():
+                            break
+                        await slots.acquire()  # at least one free slot before taking any
+                        free = 1
+                        while free < self.per_turn and not slots.locked():
+                            await slots.acquire()
+                            free += 1
+                        sub = await self._sub(js, tenant)
+                        try:
+                            msgs = await sub.fetch(free, timeout=0.02)
+                        except (TimeoutError, NatsTimeout):
+                            msgs = []
+                        for _ in range(free - len(msgs)):
+                            slots.release()
+                        took += len(msgs)
+                        for msg in msgs:  # runs while the next tenants take their turns
+                            task = asyncio.create_task(handle(js, msg))
+                            running.add(task)
+                            task.add_done_callback(running.discard)
+                    if not took:
+                        await _wait(stop, 0.02)
+                except Exception as exc:
+                    log.warning(
+                        "fx agent %s: %s: %s (retrying)", self.name, type(exc).__name__, exc
+                    )
+                    self._subs.clear()
+                    await _wait(stop, 0.25)
+        finally:
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _handle(self, js: JetStreamContext, msg: Any) -> None:
         tenant, kind = tenant_of(msg.subject)
