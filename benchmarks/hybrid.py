@@ -155,8 +155,10 @@ async def choreographed(
         latencies, failed, wall = await drive(hybrid.engine, runs, in_flight)
         store: Any = hybrid.engine.store
         deadline = time.monotonic() + 300
-        while (await store.outbox(None, limit=1)) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # every outcome recorded: every effect landed
+        while time.monotonic() < deadline:  # until every outcome is recorded
+            if not await store.outbox(None, limit=1):
+                break
+            await asyncio.sleep(0.05)
         stop.set()
         await agent_task
         await agent.close()
