@@ -269,3 +269,44 @@ async def test_relay_and_agent_processes_sigkilled_midway_lose_and_repeat_nothin
 
 async def _fewer(store: Any, n: int) -> bool:
     return len(await store.outbox(None, unpublished=True, limit=100)) < n
+
+
+def test_the_agent_command_refuses_an_unknown_app_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tenantflow.cli.main", "hybrid", "agent"]
+        + ["--nats", "nats://127.0.0.1:9", "--app", "no_such_module_here:setup"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no_such_module_here" in lines[0], done.stderr
+
+
+@pytest.mark.postgres
+async def test_a_centralized_front_with_a_hybrid_worker_process_choreographs_side_effects(
+    nats_server: Any, receiver: Receiver, postgres_url: str
+) -> None:
+    env = {**os.environ, "TF_FX_RECEIVER": receiver.url, "PYTHONPATH": str(ROOT)}
+    args = ("worker", "--db", postgres_url, "--nats", nats_server.url)
+    worker = _spawn(*args, "--app", "tests.hybrid.fx_app:setup", env=env)
+    try:
+        async with Engine.open(postgres_url, cluster="front", auto_tenant="standard") as front:
+            front.register(orders)
+            ids = await submit(front, "t1", 5)
+            assert await completed(front, "t1", ids) == [f"shipped {i}" for i in range(5)]
+            agent = AgentTask(nats_server.url)
+            await until(lambda: _true(len(receiver.applied) == 5), "five side effects", 90)
+            store: Any = front.store
+            await until(lambda: _empty(store.outbox(None)), "every outcome recorded", 90)
+            await agent.close()
+            for run_id in ids:
+                seen = await kinds(front, "t1", run_id)
+                assert seen.count(FX_ENQUEUED) == 1 and seen.count(FX_DELIVERED) == 1
+                assert "step.started" not in [
+                    e.kind for e in await front.store.events("t1", run_id) if e.step == "notify"
+                ]
+    finally:
+        _kill(worker)
