@@ -273,8 +273,10 @@ async def _fewer(store: Any, n: int) -> bool:
 
 def test_the_agent_command_refuses_an_unknown_app_in_one_line() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tenantflow.cli.main", "hybrid", "agent"]
-        + ["--nats", "nats://127.0.0.1:9", "--app", "no_such_module_here:setup"],
+        [
+            *(sys.executable, "-m", "tenantflow.cli.main", "hybrid", "agent"),
+            *("--nats", "nats://127.0.0.1:9", "--app", "no_such_module_here:setup"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
