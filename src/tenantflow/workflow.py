@@ -145,7 +145,8 @@ class Workflow:
                 (:class:`~tenantflow.errors.SideEffectSpecError` otherwise), and it is not
                 part of the run's result. Embedded and centralized engines run it like any
                 step; the hybrid placement hands it to side-effect agents through an outbox,
-                and the run does not wait for it (see docs/hybrid.md).
+                and the run does not wait for it (see docs/hybrid.md). It is optional: its
+                failure fails no run, under any placement.
         """
 
         def register(func: F) -> F:
@@ -155,7 +156,7 @@ class Workflow:
                 after=after,
                 when=when,
                 fan_out=fan_out,
-                optional=optional,
+                optional=optional or side_effect,  # never fails the run
                 retry=retry or Retry(),
                 timeout=timeout,
                 compensate=compensate,

@@ -119,6 +119,18 @@ async def test_without_the_hybrid_placement_a_side_effect_runs_in_the_engine(
         assert await engine.store.outbox(None) == []  # type: ignore[attr-defined]
 
 
+async def test_a_failing_side_effect_fails_no_run_without_the_hybrid_placement_either(
+    receiver: Receiver,
+) -> None:
+    async with Engine.open("memory://", auto_tenant="standard") as engine:
+        engine.register(orders)
+        [run_id] = await submit(engine, "t1", 1, fail=True)
+        assert await completed(engine, "t1", [run_id]) == ["shipped 0"]
+        steps = {s.key: s.status for s in await engine.store.get_steps("t1", run_id)}
+        assert steps["notify"] == "failed" and steps["ship"] == "succeeded"
+    assert receiver.posts == {}
+
+
 async def _true(value: bool) -> bool:
     return value
 

@@ -182,8 +182,8 @@ class StepSpec:
             :mod:`tenantflow.domain.replan`); otherwise recorded as skipped.
         optional: a failure for good does not fail the run; dependents get their default.
         side_effect: off the critical path (a notification, webhook, CRM write, analytics,
-            memory indexing): no later step reads its output or waits for it, and it is not
-            part of the run's result. Embedded and centralized engines run it like any step;
+            memory indexing): no later step reads its output or waits for it, it is not
+            part of the run's result, and it is optional (its failure fails no run). Embedded and centralized engines run it like any step;
             under the hybrid placement the engine writes it to an outbox instead (see
             :attr:`WorkflowSpec.choreograph`) and side-effect agents run it off the run.
     """
