@@ -183,8 +183,9 @@ class StepSpec:
         optional: a failure for good does not fail the run; dependents get their default.
         side_effect: off the critical path (a notification, webhook, CRM write, analytics,
             memory indexing): no later step reads its output or waits for it, it is not
-            part of the run's result, and it is optional (its failure fails no run). Embedded and centralized engines run it like any step;
-            under the hybrid placement the engine writes it to an outbox instead (see
+            part of the run's result, and it is optional (its failure fails no run).
+            Embedded and centralized engines run it like any step; under the hybrid
+            placement the engine writes it to an outbox instead (see
             :attr:`WorkflowSpec.choreograph`) and side-effect agents run it off the run.
     """
 
