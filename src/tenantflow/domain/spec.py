@@ -13,7 +13,7 @@ import hashlib
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -270,6 +270,8 @@ class WorkflowSpec:
         self.input_type = input_type
         by_name: dict[str, StepSpec] = {}
         for step in steps:
+            if step.side_effect and not step.optional:  # a side effect never fails the run
+                step = replace(step, optional=True)
             if not _NAME.match(step.name):
                 raise SpecError(
                     f"step name {step.name!r} is invalid: use letters, digits, '_' or '-'",
