@@ -106,6 +106,8 @@ class OutboxRelay:
         self.clock = clock
         self.stats = RelayStats()
         self._nc: Client | None = None
+        self._marking: set[str] = set()
+        self._marks: set[asyncio.Task[None]] = set()
 
     async def _client(self) -> Client:
         if self._nc is None or self._nc.is_closed:
@@ -114,8 +116,16 @@ class OutboxRelay:
         return self._nc
 
     async def relay_once(self) -> int:
-        """Publish one batch of unpublished rows and mark them; how many were published."""
-        rows = await self.store.outbox(None, limit=self.batch, unpublished=True)
+        """Publish one batch of unpublished rows; how many were published.
+
+        Their marks are written in the background (the next batch need not wait for them):
+        until a row's mark commits, its id is remembered as in flight and skipped. A mark that
+        fails forgets the ids, so the rows are published again (the server drops the copies).
+        """
+        found = await self.store.outbox(
+            None, limit=self.batch + len(self._marking), unpublished=True
+        )
+        rows = [r for r in found if r.id not in self._marking][: self.batch]
         if not rows:
             return 0
         js = (await self._client()).jetstream()
@@ -138,12 +148,23 @@ class OutboxRelay:
             by_tenant[row.tenant_id].append(row.id)
             self.stats.lags_s.append(max(0.0, now - row.created_at))
         for tenant, ids in by_tenant.items():
-            await self.store.for_tenant(tenant).apply([MarkPublished(tenant, ids, now)])
+            self._marking.update(ids)
+            task = asyncio.create_task(self._mark(tenant, ids, now))
+            self._marks.add(task)
+            task.add_done_callback(self._marks.discard)
         self.stats.published += len(acked)
         if failures:
             self.stats.errors += len(failures)
             raise failures[0]
         return len(acked)
+
+    async def _mark(self, tenant: str, ids: list[str], now: float) -> None:
+        try:
+            await self.store.for_tenant(tenant).apply([MarkPublished(tenant, ids, now)])
+        except Exception as exc:  # published again later; the server drops the copies
+            log.warning("outbox relay: marking %d rows failed: %s", len(ids), exc)
+        finally:
+            self._marking.difference_update(ids)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; a broker or store failure is logged and retried."""
@@ -162,6 +183,7 @@ class OutboxRelay:
                 await _wait(stop, self.idle_s)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._marks, return_exceptions=True)
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
 
