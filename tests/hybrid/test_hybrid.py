@@ -203,6 +203,29 @@ async def test_a_side_effect_that_always_fails_is_dead_lettered_and_the_run_comp
     assert receiver.posts == {}
 
 
+async def test_a_malformed_message_is_dead_lettered_and_blocks_nothing(
+    nats_server: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    hybrid = open_hybrid(f"sqlite:///{tmp_path / 'h.db'}", nats_server.url, auto_tenant="standard")
+    hybrid.engine.register(orders)
+    async with hybrid:
+        nc = await connect(nats_server.url)
+        js = nc.jetstream()
+        await Fabric().ensure(js)
+        await js.publish(Fabric().work("t1", "notify"), b"not json")
+        agent = AgentTask(nats_server.url)
+        ids = await submit(hybrid.engine, "t1", 3)
+        await until(lambda: _true(len(receiver.applied) == 3), "three side effects")
+        store: Any = hybrid.engine.store
+        await until(lambda: _empty(store.outbox(None)), "every outcome recorded")
+        await agent.close()
+        assert set(receiver.applied) == {f"{r}:notify" for r in ids}
+        dead = await js.stream_info(Fabric().dead_stream)
+        work = await js.stream_info(Fabric().work_stream)
+        await nc.close()
+        assert (dead.state.messages, work.state.messages) == (1, 0)
+
+
 async def test_the_nats_server_killed_and_restarted_loses_no_side_effect(
     nats_server: Any, receiver: Receiver, tmp_path: Path
 ) -> None:

@@ -238,8 +238,18 @@ class FxAgent:
 
     async def _handle(self, js: JetStreamContext, msg: Any) -> None:
         tenant, kind = tenant_of(msg.subject)
-        body = json.loads(msg.data)
-        key = str(body["outbox_id"])
+        try:
+            body = json.loads(msg.data)
+            key = str(body["outbox_id"])
+        except (ValueError, KeyError, TypeError) as exc:  # not a relay's: never runnable
+            log.warning(
+                "fx agent %s: dropping a malformed message on %s: %s", self.name, msg.subject, exc
+            )
+            await js.publish(
+                self.fabric.dead(tenant, kind), msg.data, headers={"Tf-Error": "malformed"}
+            )
+            await msg.term()
+            return
         delivery = int(msg.metadata.num_delivered)
         base = {"outbox_id": key, "run_id": body["run_id"], "step": body["step"]}
         done_key = hashlib.sha256(key.encode()).hexdigest()[:40]
