@@ -60,6 +60,7 @@ __all__ = [
 # Every table holding a tenant's rows, and its tenant column: what deletion purges and proves.
 TENANT_TABLES: dict[str, str] = {
     "events": "tenant_id",
+    "outbox": "tenant_id",
     "calls": "tenant_id",
     "state_versions": "tenant_id",
     "steps": "tenant_id",

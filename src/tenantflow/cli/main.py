@@ -24,6 +24,7 @@ from tenantflow.cli import (
     demo,
     dev,
     federated,
+    hybrid,
     keys,
     memory,
     operator,
@@ -123,6 +124,7 @@ app.add_typer(memory.app, name="memory")
 app.command("plane")(federated.plane)
 app.command("cell")(federated.cell)
 app.add_typer(federated.app, name="federated")
+app.add_typer(hybrid.hybrid_app, name="hybrid")
 
 # The commands that can call a server (--url); the others work on the store only.
 _REMOTE = (
