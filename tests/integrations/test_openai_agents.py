@@ -215,11 +215,20 @@ async def test_a_rejected_approval_fails_the_step_without_calling_the_tool(
     engine.reviews.subscribe(opened.put_nowait)
     handle = await engine.submit("research", tenant="acme", input="write it")
     review = await asyncio.wait_for(opened.get(), timeout=30)
-    await engine.reviews.decide("acme", review.id, reviewer="rita", approve=False)
-    run = await handle.wait()
-    assert run.status in (tf.RunStatus.FAILED, tf.RunStatus.COMPENSATED), run.status
+    await engine.reviews.decide(
+        "acme", review.id, reviewer="rita", approve=False, comment="not this title"
+    )
+    with pytest.raises(tf.RunFailedError, match="not this title") as failed:
+        await handle.result()
+    assert failed.value.fields["status"] in ("failed", "compensated")
+    assert f"review {review.id}" in failed.value.fields["error"]
     assert EFFECTS == {}
     assert len(server.requests) == 1
+    events = await engine.timeline("acme", handle.id)
+    assert [e.data["error"] for e in events if e.kind == "step.failed"] == [
+        f"step 'research' failed: review {review.id} not this title"
+    ]
+    assert "step.retrying" not in [e.kind for e in events]  # a rejection is not retried
 
 
 async def test_a_rate_limited_tool_parks_the_step_and_nothing_is_repeated(

@@ -41,10 +41,10 @@ from tenantflow.domain.policy import usd_to_micros
 from tenantflow.domain.records import RecordCall
 from tenantflow.engine.context import attempt_scope
 from tenantflow.engine.gateway import Tool, Tools
-from tenantflow.engine.signals import Escalate
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
+from tenantflow.integrations._reviews import approved
 
 try:
     from agents import (
@@ -439,17 +439,5 @@ async def _run(
             )
         state = await RunState.from_string(governed, saved)
         for item in state.get_interruptions():
-            await _approved(ctx, item.call_id or "", item.name or "", item.arguments or "")
+            await approved(ctx, "sdk", item.call_id or "", item.name or "", item.arguments or "")
             state.approve(item)
-
-
-async def _approved(ctx: StepContext, call_id: str, name: str, arguments: str) -> None:
-    """Return if a reviewer approved the call; otherwise open a review and wait for it."""
-    async with ctx.call_identity(f"sdk-approval:{call_id}:{name}:{arguments}") as index:
-        if await attempt_scope(ctx).recorded_call(index) is not None:
-            return  # approved: a rejection fails the step before it runs again
-        raise Escalate(
-            f"tool {name!r} needs approval",
-            index,
-            f"The agent asks to call {name} with {arguments}. Approve to let it run.",
-        )

@@ -20,8 +20,12 @@ and run it inside a step with ``await run_agent(ctx, agent, prompt)``:
   price. Other units (tool listing, instructions, event handlers) are not paid calls and run
   again on re-execution.
 
-Not supported: streaming, and deferred tools (``ApprovalRequiredToolset`` / human approval):
-use a tenantflow review step around the agent instead.
+Approvals and deferred tools (``requires_approval=True``, ``ApprovalRequired``,
+``CallDeferred``, ``ApprovalRequiredToolset``) become review tasks in the tenant's reviewer
+pool; the agent resumes from its recorded messages once they are decided (see
+:func:`run_agent`).
+
+Not supported: streaming (``Agent.run_stream``).
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.policy import usd_to_micros
+from tenantflow.domain.records import RecordCall
 from tenantflow.engine.context import attempt_scope
 from tenantflow.engine.gateway import Tool, Tools
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
+from tenantflow.integrations._reviews import answered, approved
 
 try:
-    from pydantic_ai import Agent, ModelRetry
+    from pydantic import TypeAdapter
+    from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, ModelRetry
     from pydantic_ai.durable_exec import (
         JSON_CODEC,
         BaseDurabilityCapability,
@@ -55,6 +62,7 @@ try:
     from pydantic_ai.messages import (
         InstructionPart,
         ModelMessage,
+        ModelMessagesTypeAdapter,
         ModelRequest,
         ModelResponse,
         RetryPromptPart,
@@ -258,6 +266,8 @@ class _Backend(JournalCallableOperationBackend[None]):
             with carry():
                 async with ctx.call_identity(identity):
                     return await ctx.tool(tool_name, **arguments)
+        except _AskApproval as asked:
+            return asked.value
         except Carried as carried:
             refused = carried.error
             # Refused by the tenant's policy (audited by the gateway) or bad arguments from the
@@ -346,12 +356,26 @@ def _register(
     )
 
 
+class _AskApproval(BaseException):
+    """A tool that raised ``ApprovalRequired``: its (encoded) answer is carried through the
+    gateway's tool path as a non-result — not recorded, not charged (the hold is released), not a
+    breaker failure — because the same call runs again, approved, under the same tool-call id.
+    :class:`_Backend` returns it to PydanticAI, which makes the call a review."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__("the tool asks for approval")
+        self.value = value
+
+
 def _unit_runner() -> Any:
     async def run_unit(**_arguments: Any) -> Any:
         body = _BODY.get()
         if body is None:
             raise ConfigurationError("a PydanticAI agent's tool can only be called by its agent")
-        return await body()
+        value = await body()
+        if isinstance(value, dict) and value.get("kind") == "approval_required":
+            raise _AskApproval(value)
+        return value
 
     run_unit._tenantflow_pydantic_ai_tool = True  # type: ignore[attr-defined]
     return run_unit
@@ -360,6 +384,14 @@ def _unit_runner() -> Any:
 async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **options: Any) -> Any:
     """Run ``agent`` on ``prompt`` in this step, durably and under the tenant's policy; returns
     the run's output. ``options`` go to ``Agent.run``.
+
+    A tool that needs approval (``requires_approval=True``, or ``ApprovalRequired`` raised) or
+    defers its call (``CallDeferred``) pauses the agent: its messages so far and the pending
+    calls are recorded, and each call becomes a review task in the tenant's reviewer pool (the
+    step waits holding no slot). Once every call is decided, the agent goes on from the recorded
+    messages with the reviewers' results (``DeferredToolResults``): an approved call runs, a
+    deferred call's result is the reviewer's comment. A rejection fails the step. No model call
+    made before the pause is made again.
 
     Raises:
         ConfigurationError: the agent has no :class:`TenantflowDurability` capability.
@@ -370,5 +402,68 @@ async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **opt
         )
     async with agent_run(ctx, agent.name or "agent", "pydantic-ai"):
         with _in_step(ctx), unwrap():
-            result = await agent.run(prompt, **options)
-    return result.output
+            return await _run(ctx, agent, prompt, options)
+
+
+_PAUSE = TypeAdapter(DeferredToolRequests)
+
+
+async def _run(
+    ctx: StepContext, agent: Agent[Any, Any], prompt: str, options: dict[str, Any]
+) -> Any:
+    output_type = options.pop("output_type", None) or agent.output_type
+    wanted = list(output_type) if isinstance(output_type, list | tuple) else [output_type]
+    pauses = DeferredToolRequests in wanted  # the caller handles the pending calls itself
+    if not pauses:
+        wanted.append(DeferredToolRequests)
+    history = options.pop("message_history", None)
+    results: DeferredToolResults | None = options.pop("deferred_tool_results", None)
+    scope = attempt_scope(ctx)
+    round_ = 0
+    while True:
+        round_ += 1
+        async with ctx.call_identity(f"pai-state:{round_}") as index:
+            saved = await scope.recorded_call(index)
+        if saved is None:
+            result: Any = await agent.run(
+                prompt if round_ == 1 else None,
+                message_history=history,
+                deferred_tool_results=results,
+                output_type=wanted,
+                **options,
+            )
+            if pauses or not isinstance(result.output, DeferredToolRequests):
+                return result.output
+            saved = json.dumps(
+                {
+                    "messages": json.loads(
+                        ModelMessagesTypeAdapter.dump_json(result.all_messages())
+                    ),
+                    "pending": json.loads(_PAUSE.dump_json(result.output)),
+                }
+            )
+            await scope.write(
+                RecordCall(
+                    ctx.tenant_id,
+                    ctx.run_id,
+                    ctx.step,
+                    index,
+                    "agent",
+                    "state",
+                    saved,
+                    scope.now_s(),
+                )
+            )
+        state = json.loads(saved)
+        history = ModelMessagesTypeAdapter.validate_python(state["messages"])
+        pending = _PAUSE.validate_python(state["pending"])
+        approvals: dict[str, Any] = {}
+        for call in pending.approvals:
+            await approved(ctx, "pai", call.tool_call_id, call.tool_name, call.args_as_json_str())
+            approvals[call.tool_call_id] = True
+        answers: dict[str, Any] = {}
+        for call in pending.calls:
+            answers[call.tool_call_id] = await answered(
+                ctx, "pai", call.tool_call_id, call.tool_name, call.args_as_json_str()
+            )
+        results = DeferredToolResults(approvals=approvals, calls=answers)
