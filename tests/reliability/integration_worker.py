@@ -10,12 +10,17 @@ tool is an MCP server's, over stdio). The tool is ``lookup(topic)``: it waits un
 ``DIR/gate-<topic>`` exists (the test opens gates to hold a call where it wants a kill), then
 appends ``<pid> <tool-call id> <topic>`` to ``DIR/effects`` (its side effect), flushed at once.
 When the run ends its status and result go to ``DIR/result.json``.
+
+With ``--approval`` the agent also has ``publish(title)``, which needs a reviewer's approval (the
+call becomes a review task); the worker approves every open review of the tenant once the file
+``DIR/approve`` exists, and ``publish`` appends ``<pid> <tool-call id> publish`` to the effects.
 """
 
 # No ``from __future__ import annotations``: the SDKs read the tools' annotations at decoration
 # time, and each SDK is imported only by the kind that uses it.
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -55,7 +60,20 @@ def effect(directory: Path, call_id: str, topic: str) -> None:
         os.fsync(f.fileno())
 
 
-def openai_agents_step(engine: tf.Engine, directory: Path, *, mcp: bool) -> Any:
+async def approver(engine: tf.Engine, directory: Path) -> None:
+    """Approve every open review of the tenant once the test creates ``DIR/approve``."""
+    while True:
+        if (directory / "approve").exists():
+            for review in await engine.reviews.list("acme"):
+                # Decided meanwhile, or its run not driven yet: try again on the next round.
+                with contextlib.suppress(tf.TenantflowError):
+                    await engine.reviews.decide("acme", review.id, reviewer="ops", approve=True)
+        await asyncio.sleep(0.01)
+
+
+def openai_agents_step(
+    engine: tf.Engine, directory: Path, *, mcp: bool, approval: bool = False
+) -> Any:
     from agents import Agent, function_tool
     from agents.tool_context import ToolContext
 
@@ -72,18 +90,26 @@ def openai_agents_step(engine: tf.Engine, directory: Path, *, mcp: bool) -> Any:
         effect(directory, ctx.tool_call_id, topic)
         return f"facts about {topic}"
 
+    @function_tool(needs_approval=True)
+    async def publish(ctx: ToolContext[Any], title: str) -> str:
+        """Publish a report."""
+        effect(directory, ctx.tool_call_id, "publish")
+        return f"published {title}"
+
     if not mcp:
-        register_function_tools(engine.tools, [lookup], cost_usd=TOOL_PRICE_USD)
+        register_function_tools(engine.tools, [lookup, publish], cost_usd=TOOL_PRICE_USD)
 
     async def research(ctx: tf.StepContext, input: str) -> str:
         tools: list[Any] = gateway_tools(ctx, [MCP_TOOL]) if mcp else [lookup]
+        if approval:
+            tools.append(publish)
         agent = Agent(name="researcher", instructions="Research the topic.", tools=tools)
         return str(await run_agent(ctx, agent, input))
 
     return research
 
 
-def pydantic_ai_step(directory: Path) -> Any:
+def pydantic_ai_step(directory: Path, *, approval: bool = False) -> Any:
     from pydantic_ai import Agent, RunContext
 
     from tenantflow.integrations.pydantic_ai import TenantflowDurability, TenantflowModel, run_agent
@@ -102,14 +128,22 @@ def pydantic_ai_step(directory: Path) -> Any:
         effect(directory, ctx.tool_call_id or "", topic)
         return f"facts about {topic}"
 
+    if approval:
+
+        @agent.tool(requires_approval=True)
+        async def publish(ctx: RunContext[None], title: str) -> str:
+            """Publish a report."""
+            effect(directory, ctx.tool_call_id or "", "publish")
+            return f"published {title}"
+
     async def research(ctx: tf.StepContext, input: str) -> str:
         return str(await run_agent(ctx, agent, input))
 
     return research
 
 
-async def main(kind: str, db: str, base_url: str, directory: Path) -> int:
-    policy = tf.Policy.for_tier("enterprise", allowed_tools=["lookup", MCP_TOOL])
+async def main(kind: str, db: str, base_url: str, directory: Path, approval: bool) -> int:
+    policy = tf.Policy.for_tier("enterprise", allowed_tools=["lookup", "publish", MCP_TOOL])
     engine = tf.Engine.open(
         f"sqlite:///{db}",
         clock=SystemClock(),
@@ -130,20 +164,22 @@ async def main(kind: str, db: str, base_url: str, directory: Path) -> int:
             cost_usd=TOOL_PRICE_USD,
         )
         await register_mcp_server(engine.tools, spec)
-        step = openai_agents_step(engine, directory, mcp=True)
+        step = openai_agents_step(engine, directory, mcp=True, approval=approval)
     elif kind == "openai-agents":
-        step = openai_agents_step(engine, directory, mcp=False)
+        step = openai_agents_step(engine, directory, mcp=False, approval=approval)
     else:
         from tenantflow.integrations.pydantic_ai import register_tools
 
-        register_tools(engine.tools, ["lookup"], cost_usd=TOOL_PRICE_USD)
-        step = pydantic_ai_step(directory)
+        register_tools(engine.tools, ["lookup", "publish"], cost_usd=TOOL_PRICE_USD)
+        step = pydantic_ai_step(directory, approval=approval)
     wf = tf.Workflow("research", input=str)
     wf.step(retry=tf.Retry(max_attempts=5, initial=timedelta(milliseconds=50)))(step)
     engine.register(wf)
     async with engine:
+        approving = asyncio.create_task(approver(engine, directory))
         handle = await engine.submit("research", tenant="acme", input="tides", idempotency_key="r1")
         record = await handle.wait()
+        approving.cancel()
     result = {
         "status": record.status.value,
         "result": json.loads(record.result_json) if record.result_json else None,
@@ -160,5 +196,6 @@ if __name__ == "__main__":
     parser.add_argument("--db", required=True)
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--dir", required=True)
+    parser.add_argument("--approval", action="store_true")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.kind, args.db, args.base_url, Path(args.dir))))
+    sys.exit(asyncio.run(main(args.kind, args.db, args.base_url, Path(args.dir), args.approval)))

@@ -1,4 +1,5 @@
-"""Kill -9 in the middle of an SDK agent: the OpenAI Agents SDK, PydanticAI and an MCP tool.
+"""Kill -9 in the middle of an SDK agent: the OpenAI Agents SDK, PydanticAI and an MCP tool
+(and, for both SDKs, while a tool's approval waits for its reviewer).
 
 ``integration_worker.py`` runs one agent in a subprocess against the local OpenAI-compatible test
 server (in this process). The model asks for two lookups in parallel (``a``, ``b``), then one more
@@ -68,8 +69,11 @@ class Model:
 class Worker:
     """The agent's process, on one database and one directory of gates and effects."""
 
-    def __init__(self, kind: str, root: Path, server: OpenAITestServer) -> None:
+    def __init__(
+        self, kind: str, root: Path, server: OpenAITestServer, *, approval: bool = False
+    ) -> None:
         self.kind = kind
+        self.approval = approval
         self.dir = root
         self.db = root / "agent.db"
         self.server = server
@@ -92,6 +96,8 @@ class Worker:
             "--dir",
             str(self.dir),
         ]
+        if self.approval:
+            cmd.append("--approval")
         self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def wait_for(self, what: str, ready: Callable[[], bool]) -> None:
@@ -117,11 +123,18 @@ class Worker:
 
     def calls(self, kind: str) -> int:
         """How many calls of ``kind`` (model, tool) the store has recorded."""
+        return self._count("SELECT COUNT(*) FROM calls WHERE kind = ?", kind)
+
+    def reviews(self, status: str) -> int:
+        """How many review tasks the store holds in ``status``."""
+        return self._count("SELECT COUNT(*) FROM reviews WHERE status = ?", status)
+
+    def _count(self, sql: str, value: str) -> int:
         if not self.db.exists():
             return 0
         try:
             with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
-                row = conn.execute("SELECT COUNT(*) FROM calls WHERE kind = ?", (kind,)).fetchone()
+                row = conn.execute(sql, (value,)).fetchone()
         except sqlite3.OperationalError:  # the schema is not there yet
             return 0
         return int(row[0])
@@ -178,7 +191,9 @@ async def _ledger_and_audit(worker: Worker, run_id: str) -> None:
         recorded: dict[int, tuple[str, str, str]] = {}
         for step in steps:
             recorded.update(await engine.store.recorded_calls("acme", run_id, step.key))
-        models = [response_from_json(r) for k, _, r in recorded.values() if k == "model"]
+        models = [  # a reviewer's approval is recorded as a free "human" answer
+            response_from_json(r) for k, n, r in recorded.values() if k == "model" and n != "human"
+        ]
         tools = [r for k, _, r in recorded.values() if k == "tool"]
         assert (len(models), len(tools)) == (3, 3)
         from integration_worker import ENDPOINT
@@ -202,6 +217,7 @@ def check(
     baseline: tuple[dict[str, Any], Any],
     *,
     repeated: int,
+    topics: tuple[str, ...] = ("a", "b", "c"),
 ) -> None:
     """The run ended as the crash-free one; each call was made (and paid) once."""
     assert result["status"] == "completed"
@@ -213,7 +229,7 @@ def check(
     assert sum(bodies.values()) == 3 + repeated
     assert all(n == 1 for n in bodies.values()) if repeated == 0 else max(bodies.values()) == 2
     effects = worker.effects()
-    assert Counter(topic for _, topic in effects) == {"a": 1, "b": 1, "c": 1}
+    assert Counter(topic for _, topic in effects) == dict.fromkeys(topics, 1)
     if worker.kind != "mcp":  # the MCP server does not see the tool-call id
         assert len({call_id for call_id, _ in effects}) == 3
     sys.path.insert(0, str(Path(__file__).parent))
@@ -285,3 +301,43 @@ def test_kill_between_two_parallel_tool_calls(
     worker.open_gate("b")
     worker.start()
     check(worker, worker.finish(), baseline, repeated=0)
+
+
+APPROVAL_KINDS = ("openai-agents", "pydantic-ai")
+
+
+def _approval_script(kind: str, server: OpenAITestServer) -> None:
+    """Two lookups in parallel, then a publication that needs a reviewer, then the answer."""
+    Model(kind).first(server)
+    server.queue(tool_calls=[("publish", {"title": "Tides"})])
+    server.queue(text=ANSWER)
+
+
+@pytest.mark.parametrize("kind", APPROVAL_KINDS)
+def test_kill_while_an_approval_waits_for_its_reviewer(kind: str, tmp_path: Path) -> None:
+    with OpenAITestServer() as server:  # the run with no crash, approved as soon as asked
+        (tmp_path / "baseline").mkdir()
+        calm = Worker(kind, tmp_path / "baseline", server, approval=True)
+        calm.open_gate("a", "b")
+        (calm.dir / "approve").touch()
+        _approval_script(kind, server)
+        calm.start()
+        baseline = calm.finish(), server.requests[-1].body["messages"]
+        assert len(server.requests) == 3
+    with OpenAITestServer() as server:
+        (tmp_path / "run").mkdir()
+        worker = Worker(kind, tmp_path / "run", server, approval=True)
+        worker.open_gate("a", "b")
+        _approval_script(kind, server)
+        worker.start()
+        worker.wait_for("for the approval's review", lambda: worker.reviews("pending") == 1)
+        worker.kill()
+        assert len(server.requests) == 2
+        assert sorted(t for _, t in worker.effects()) == ["a", "b"]  # publish waits
+        worker.start()  # the run waits for its reviewer, holding no slot
+        (worker.dir / "approve").touch()
+        result = worker.finish()
+        assert worker.reviews("approved") == 1
+        # Resumed from the saved state: neither model call made before the approval is made
+        # again, nor either lookup; the publication runs once.
+        check(worker, result, baseline, repeated=0, topics=("a", "b", "publish"))
