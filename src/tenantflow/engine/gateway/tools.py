@@ -61,6 +61,17 @@ class Tools:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when the engine closes (e.g. an MCP server's pool of sessions)."""
+        self._closers.append(closer)
+
+    async def close(self) -> None:
+        """Run the closers registered with :meth:`on_close`, most recent first (they stay
+        registered: an engine started again closes them again)."""
+        for closer in reversed(self._closers):
+            await closer()
 
     @overload
     def register(self, fn: _F, /) -> _F: ...
