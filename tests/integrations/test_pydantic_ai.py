@@ -285,3 +285,46 @@ async def test_a_tool_that_asks_for_approval_itself_runs_again_once_approved(
     # Asking for approval is no result: only the approved call is recorded and charged.
     assert usage[("tool_calls", "cancel_order")] == 1
     assert usage[("cost_micros", "tool:cancel_order")] == 100_000
+
+
+async def test_a_streamed_run_streams_through_the_gateway_and_replays_when_finished(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
+
+    await engine.tenants.create("acme", tier="enterprise")
+    server.queue(tool_calls=[("order_status", {"order": "A1"})])
+    server.queue(text="Your order A1 shipped.")
+    seen: list[tuple[int, str]] = []
+    wf = tf.Workflow("support", input=str)
+    crashed: list[bool] = []
+    agent = support_agent()
+
+    @wf.step(retry=tf.Retry(max_attempts=2, jitter=0.0))
+    async def answer(ctx: tf.StepContext, input: str) -> str:
+        async def handler(_run: Any, events: Any) -> None:
+            async for event in events:
+                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                    seen.append((ctx.attempt, event.part.content))
+                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                    seen.append((ctx.attempt, event.delta.content_delta))
+
+        output = str(await run_agent(ctx, agent, input, event_stream_handler=handler))
+        if not crashed:
+            crashed.append(True)
+            raise RuntimeError("the attempt dies after the agent finished")
+        return output
+
+    engine.register(wf)
+    run = await (await engine.submit("support", tenant="acme", input="my order?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert json.loads(run.result_json or b"") == "Your order A1 shipped."
+    assert [r.body["stream"] for r in server.requests] == [True, True]  # streamed, then replayed
+    first = "".join(d for a, d in seen if a == 1)
+    assert first == "Your order A1 shipped."
+    assert len([d for a, d in seen if a == 1 and d]) == 4  # word by word, as the server sent it
+    assert [d for a, d in seen if a == 2 and d] == ["Your order A1 shipped."]  # one replayed delta
+    assert EFFECTS == {"status:A1": 1}
+    ledger = {(b["scope"], b["unit"]): b for b in await engine.budget("acme")}
+    assert int(ledger[(f"run:{run.id}", "micros")]["spent"]) > 0
+    assert int(ledger[(f"run:{run.id}", "micros")]["reserved"]) == 0

@@ -4,11 +4,13 @@
 
 It opens ``sqlite:///DB`` with one model endpoint, the local OpenAI-compatible test server at
 URL, and runs one ``research`` run (idempotency key ``r1``: resubmitting after a kill is safe)
-whose step is an agent of KIND: ``openai-agents`` (an Agents SDK agent with a Python tool),
-``pydantic-ai`` (a PydanticAI agent with a Python tool) or ``mcp`` (an Agents SDK agent whose
-tool is an MCP server's, over stdio). The tool is ``lookup(topic)``: it waits until the file
-``DIR/gate-<topic>`` exists (the test opens gates to hold a call where it wants a kill), then
-appends ``<pid> <tool-call id> <topic>`` to ``DIR/effects`` (its side effect), flushed at once.
+whose step is an agent of KIND: ``openai-agents`` (an Agents SDK agent with a Python tool;
+``openai-agents-stream``: the same, streamed, its text deltas appended to ``DIR/stream`` as
+``<attempt> <delta>`` lines), ``pydantic-ai`` (a PydanticAI agent with a Python tool;
+``pydantic-ai-stream``: streamed) or ``mcp`` (an Agents SDK agent whose tool is an MCP server's,
+over stdio). The tool is ``lookup(topic)``: it waits until the file ``DIR/gate-<topic>`` exists
+(the test opens gates to hold a call where it wants a kill), then appends
+``<pid> <tool-call id> <topic>`` to ``DIR/effects`` (its side effect), flushed at once.
 When the run ends its status and result go to ``DIR/result.json``.
 
 With ``--approval`` the agent also has ``publish(title)``, which needs a reviewer's approval (the
@@ -72,7 +74,7 @@ async def approver(engine: tf.Engine, directory: Path) -> None:
 
 
 def openai_agents_step(
-    engine: tf.Engine, directory: Path, *, mcp: bool, approval: bool = False
+    engine: tf.Engine, directory: Path, *, mcp: bool, approval: bool = False, stream: bool = False
 ) -> Any:
     from agents import Agent, function_tool
     from agents.tool_context import ToolContext
@@ -104,13 +106,22 @@ def openai_agents_step(
         if approval:
             tools.append(publish)
         agent = Agent(name="researcher", instructions="Research the topic.", tools=tools)
-        return str(await run_agent(ctx, agent, input))
+        if not stream:
+            return str(await run_agent(ctx, agent, input))
+
+        def on_event(event: Any) -> None:  # the text as it streams, one delta a line
+            if event.type == "raw_response_event" and event.data.type.endswith("text.delta"):
+                with (directory / "stream").open("a", encoding="utf-8") as f:
+                    f.write(f"{ctx.attempt} {event.data.delta!r}\n")
+
+        return str(await run_agent(ctx, agent, input, on_event=on_event))
 
     return research
 
 
-def pydantic_ai_step(directory: Path, *, approval: bool = False) -> Any:
+def pydantic_ai_step(directory: Path, *, approval: bool = False, stream: bool = False) -> Any:
     from pydantic_ai import Agent, RunContext
+    from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
 
     from tenantflow.integrations.pydantic_ai import TenantflowDurability, TenantflowModel, run_agent
 
@@ -137,7 +148,21 @@ def pydantic_ai_step(directory: Path, *, approval: bool = False) -> Any:
             return f"published {title}"
 
     async def research(ctx: tf.StepContext, input: str) -> str:
-        return str(await run_agent(ctx, agent, input))
+        if not stream:
+            return str(await run_agent(ctx, agent, input))
+
+        async def handler(_run: Any, events: Any) -> None:  # the text as it streams
+            async for event in events:
+                delta = None
+                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                    delta = event.part.content
+                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                    delta = event.delta.content_delta
+                if delta:
+                    with (directory / "stream").open("a", encoding="utf-8") as f:
+                        f.write(f"{ctx.attempt} {delta!r}\n")
+
+        return str(await run_agent(ctx, agent, input, event_stream_handler=handler))
 
     return research
 
@@ -165,13 +190,14 @@ async def main(kind: str, db: str, base_url: str, directory: Path, approval: boo
         )
         await register_mcp_server(engine.tools, spec)
         step = openai_agents_step(engine, directory, mcp=True, approval=approval)
-    elif kind == "openai-agents":
-        step = openai_agents_step(engine, directory, mcp=False, approval=approval)
+    elif kind in ("openai-agents", "openai-agents-stream"):
+        stream = kind == "openai-agents-stream"
+        step = openai_agents_step(engine, directory, mcp=False, approval=approval, stream=stream)
     else:
         from tenantflow.integrations.pydantic_ai import register_tools
 
         register_tools(engine.tools, ["lookup", "publish"], cost_usd=TOOL_PRICE_USD)
-        step = pydantic_ai_step(directory, approval=approval)
+        step = pydantic_ai_step(directory, approval=approval, stream=kind == "pydantic-ai-stream")
     wf = tf.Workflow("research", input=str)
     wf.step(retry=tf.Retry(max_attempts=5, initial=timedelta(milliseconds=50)))(step)
     engine.register(wf)
@@ -192,7 +218,17 @@ async def main(kind: str, db: str, base_url: str, directory: Path, approval: boo
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kind", required=True, choices=("openai-agents", "pydantic-ai", "mcp"))
+    parser.add_argument(
+        "--kind",
+        required=True,
+        choices=(
+            "openai-agents",
+            "openai-agents-stream",
+            "pydantic-ai",
+            "pydantic-ai-stream",
+            "mcp",
+        ),
+    )
     parser.add_argument("--db", required=True)
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--dir", required=True)

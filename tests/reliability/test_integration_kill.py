@@ -16,6 +16,7 @@ hold left, and the tenant's audit chain intact.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -37,7 +38,8 @@ from tenantflow.adapters.providers.testserver import OpenAITestServer
 from tenantflow.engine.gateway import response_from_json
 
 WORKER = Path(__file__).with_name("integration_worker.py")
-KINDS = ("openai-agents", "pydantic-ai", "mcp")
+KINDS = ("openai-agents", "openai-agents-stream", "pydantic-ai", "mcp")
+IN_FLIGHT_KINDS = (*KINDS, "pydantic-ai-stream")  # a stream held before its first byte
 TOOL_PRICE_MICROS = 10_000
 ANSWER = "Tides follow the moon."
 WAIT_S = 90.0
@@ -232,6 +234,11 @@ def check(
     assert Counter(topic for _, topic in effects) == dict.fromkeys(topics, 1)
     if worker.kind != "mcp":  # the MCP server does not see the tool-call id
         assert len({call_id for call_id, _ in effects}) == 3
+    if worker.kind.endswith("-stream"):  # the answer streamed live in the attempt that made it
+        lines = [line.split(" ", 1) for line in (worker.dir / "stream").read_text().splitlines()]
+        last = max(int(attempt) for attempt, _ in lines)
+        deltas = [ast.literal_eval(d) for attempt, d in lines if int(attempt) == last]
+        assert "".join(deltas) == ANSWER and len(deltas) == len(ANSWER.split())
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         asyncio.run(_ledger_and_audit(worker, result["run_id"]))
@@ -259,7 +266,7 @@ def test_kill_right_after_a_model_response_is_recorded(
     check(worker, worker.finish(), baseline, repeated=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", IN_FLIGHT_KINDS)
 def test_kill_while_a_model_call_is_in_flight(
     kind: str, tmp_path: Path, server: OpenAITestServer, baselines: Callable[[str], Any]
 ) -> None:

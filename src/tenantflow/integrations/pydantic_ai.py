@@ -25,18 +25,25 @@ Approvals and deferred tools (``requires_approval=True``, ``ApprovalRequired``,
 pool; the agent resumes from its recorded messages once they are decided (see
 :func:`run_agent`).
 
-Not supported: streaming (``Agent.run_stream``).
+Streaming: ``run_agent(ctx, agent, prompt, event_stream_handler=...)`` streams every model
+request through the gateway (``TenantflowModel.request_stream``): the handler gets the text
+deltas as the provider receives them; a recorded request is replayed as one delta.
+``Agent.run_stream`` (which ends at the first output) is not supported.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.models import ModelResponse as GatewayResponse
 from tenantflow.domain.policy import usd_to_micros
 from tenantflow.domain.records import RecordCall
 from tenantflow.engine.context import attempt_scope
@@ -45,6 +52,7 @@ from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError
 from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
 from tenantflow.integrations._reviews import answered, approved
+from tenantflow.ports import STREAM_DELTAS
 
 try:
     from pydantic import TypeAdapter
@@ -65,6 +73,7 @@ try:
         ModelMessagesTypeAdapter,
         ModelRequest,
         ModelResponse,
+        ModelResponseStreamEvent,
         RetryPromptPart,
         SystemPromptPart,
         TextPart,
@@ -72,8 +81,9 @@ try:
         ToolReturnPart,
         UserPromptPart,
     )
-    from pydantic_ai.models import Model, ModelRequestParameters
+    from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
     from pydantic_ai.settings import ModelSettings
+    from pydantic_ai.tools import RunContext
     from pydantic_ai.usage import RequestUsage
 except ImportError as exc:  # pragma: no cover - the extra is part of dev
     raise ImportError(
@@ -89,6 +99,7 @@ __all__ = ["TenantflowDurability", "TenantflowModel", "register_tools", "run_age
 DEFAULT_MAX_TOKENS = 1024
 
 _STEP: ContextVar[StepContext | None] = ContextVar("tenantflow_pydantic_ai_step", default=None)
+_HANDLER: ContextVar[Any] = ContextVar("tenantflow_pydantic_ai_handler", default=None)
 _BODY: ContextVar[Callable[[], Awaitable[object]] | None] = ContextVar(
     "tenantflow_pydantic_ai_body", default=None
 )
@@ -141,6 +152,42 @@ class TenantflowModel(Model):
     ) -> ModelResponse:
         """Send the request through the gateway, recorded under a hash of its content."""
         ctx = _current()
+        call = self._prepare(messages, model_settings, model_request_parameters)
+        response = await call.send(ctx, stream=False)
+        out: list[Any] = [TextPart(response.text)] if response.text else []
+        out += [
+            ToolCallPart(c.name, dict(c.arguments), tool_call_id=call.call_id(c.id))
+            for c in response.tool_calls
+        ]
+        return ModelResponse(
+            parts=out,
+            usage=RequestUsage(input_tokens=response.tokens_in, output_tokens=response.tokens_out),
+            model_name=response.model,
+            provider_name="tenantflow",
+        )
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: RunContext[Any] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        """Stream the request through the gateway (``ctx.model(stream=True)``: the same routing,
+        rate limit and budget as any call): text deltas come as the provider receives them, the
+        call is recorded when it completes, under the same key as :meth:`request`; a recorded
+        call is replayed as one delta."""
+        ctx = _current()
+        call = self._prepare(messages, model_settings, model_request_parameters)
+        yield _GatewayStream(model_request_parameters=call.params, _ctx=ctx, _call=call)
+
+    def _prepare(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> _Call:
         model_settings, params = self.prepare_request(model_settings, model_request_parameters)
         chat: list[dict[str, Any]] = []
         parts = params.instruction_parts or []
@@ -165,27 +212,113 @@ class TenantflowModel(Model):
             sort_keys=True,
             default=str,
         )
-        digest = hashlib.sha256(request.encode()).hexdigest()
-        with carry():
-            async with ctx.call_identity(f"pai-model:{digest}"):
-                response = await ctx.model(
-                    messages=chat,
-                    max_tokens=max_tokens,
-                    temperature=float(settings.get("temperature") or 0.0),
-                    extra_tools=tools,
-                    tier=self._tier,
-                )
-        out: list[Any] = [TextPart(response.text)] if response.text else []
-        out += [
-            ToolCallPart(c.name, dict(c.arguments), tool_call_id=f"{c.id}-{digest[:12]}")
-            for c in response.tool_calls
-        ]
-        return ModelResponse(
-            parts=out,
-            usage=RequestUsage(input_tokens=response.tokens_in, output_tokens=response.tokens_out),
-            model_name=response.model,
-            provider_name="tenantflow",
+        return _Call(
+            chat=chat,
+            tools=tools,
+            max_tokens=max_tokens,
+            temperature=float(settings.get("temperature") or 0.0),
+            tier=self._tier,
+            digest=hashlib.sha256(request.encode()).hexdigest(),
+            params=params,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One model request of the agent, as the gateway gets it."""
+
+    chat: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float
+    tier: str | None
+    digest: str
+    """A hash of the request's content: its record's key (the same on every re-execution)."""
+    params: ModelRequestParameters
+
+    def call_id(self, provider_id: str) -> str:
+        """A tool call's id: unique in the run (providers reuse ``call_0``), stable on replay."""
+        return f"{provider_id}-{self.digest[:12]}"
+
+    async def send(self, ctx: StepContext, *, stream: bool) -> GatewayResponse:
+        with carry():
+            async with ctx.call_identity(f"pai-model:{self.digest}"):
+                return await ctx.model(
+                    messages=self.chat,
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    extra_tools=self.tools,
+                    tier=self.tier,
+                    stream=stream,
+                )
+
+
+@dataclass
+class _GatewayStream(StreamedResponse):
+    """A model response streamed through the gateway (see ``TenantflowModel.request_stream``)."""
+
+    _ctx: StepContext = field(kw_only=True)
+    _call: _Call = field(kw_only=True)
+    _model: str = field(default="policy", init=False)
+    _at: datetime = field(default_factory=lambda: datetime.now(UTC), init=False)
+
+    async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        token = STREAM_DELTAS.set(deltas.put_nowait)
+        try:  # the task copies the context: its provider streams into this queue
+            task = asyncio.ensure_future(self._call.send(self._ctx, stream=True))
+        finally:
+            STREAM_DELTAS.reset(token)
+        task.add_done_callback(lambda _: deltas.put_nowait(None))
+        streamed = False
+        try:
+            while (delta := await deltas.get()) is not None:
+                streamed = True
+                for event in self._parts_manager.handle_text_delta(
+                    vendor_part_id="text", content=delta
+                ):
+                    yield event
+            response = task.result()
+        finally:
+            if not task.done():  # the consumer stopped: the call is cancelled, its hold freed
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._model = response.model
+        if response.text and not streamed:  # replayed, or a provider that does not stream
+            for event in self._parts_manager.handle_text_delta(
+                vendor_part_id="text", content=response.text
+            ):
+                yield event
+        for i, c in enumerate(response.tool_calls):
+            yield self._parts_manager.handle_tool_call_part(
+                vendor_part_id=f"call-{i}",
+                tool_name=c.name,
+                args=dict(c.arguments),
+                tool_call_id=self._call.call_id(c.id),
+            )
+        self._usage = RequestUsage(
+            input_tokens=response.tokens_in, output_tokens=response.tokens_out
+        )
+
+    @property
+    def model_name(self) -> str:
+        """The model the gateway chose (known once the call completed)."""
+        return self._model
+
+    @property
+    def provider_name(self) -> str:
+        """The tenant's gateway."""
+        return "tenantflow"
+
+    @property
+    def provider_url(self) -> None:
+        """None: the endpoint is the gateway's choice."""
+        return None
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the stream started."""
+        return self._at
 
 
 def _to_chat(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
@@ -304,6 +437,12 @@ class TenantflowDurability(BaseDurabilityCapability[Any]):
         """Inside a tenantflow step (``run_agent``)."""
         return _STEP.get() is not None
 
+    def _effective_event_stream_handler(self) -> Any:
+        """The run's ``event_stream_handler`` (given to :func:`run_agent`), else the
+        capability's: PydanticAI delivers the model's stream to it live, inside the model
+        request unit, and the run's other events after."""
+        return _HANDLER.get() or super()._effective_event_stream_handler()
+
     def get_durable_operation_backend(self) -> DurableOperationBackend[Any]:
         """The backend that records units in the running step."""
         return _Backend(
@@ -400,9 +539,14 @@ async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **opt
         raise ConfigurationError(
             "give the agent capabilities=[TenantflowDurability()] and a TenantflowModel()"
         )
+    handler = options.pop("event_stream_handler", None)
     async with agent_run(ctx, agent.name or "agent", "pydantic-ai"):
-        with _in_step(ctx), unwrap():
-            return await _run(ctx, agent, prompt, options)
+        token = _HANDLER.set(handler)
+        try:
+            with _in_step(ctx), unwrap():
+                return await _run(ctx, agent, prompt, options)
+        finally:
+            _HANDLER.reset(token)
 
 
 _PAUSE = TypeAdapter(DeferredToolRequests)
