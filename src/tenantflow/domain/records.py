@@ -398,6 +398,7 @@ Op = (
     | ParkAttempt
     | RecordCall
     | _t.PutTenant
+    | _t.AppendAudit
     | _t.DeleteTenant
     | _t.PurgeRuns
     | _t.Reserve

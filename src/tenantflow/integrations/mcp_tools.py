@@ -41,6 +41,7 @@ from tenantflow.errors import ConfigurationError
 if TYPE_CHECKING:
     from mcp import Client
     from mcp.types import CallToolResult
+    from mcp.types import Tool as MCPTool
 
     from tenantflow.domain.policy import Policy
 
@@ -48,6 +49,7 @@ __all__ = [
     "SEPARATOR",
     "MCPPool",
     "MCPServerSpec",
+    "list_tools",
     "mcp_tool_names",
     "pool_of",
     "register_mcp_server",
@@ -220,6 +222,16 @@ class MCPPool:
         finally:
             session.in_flight -= 1
 
+    def caller(self, tool: str) -> Any:
+        """The function a gateway :class:`Tool` calls for the server's tool ``tool``."""
+
+        async def call(**arguments: Any) -> Any:
+            return tool_result(await self.call(tool, arguments))
+
+        call.__name__ = f"{self.spec.name}{SEPARATOR}{tool}"
+        call.pool = self  # type: ignore[attr-defined]
+        return call
+
     async def close(self) -> None:
         """Close every session (stdio servers are stopped)."""
         sessions, self._sessions = self._sessions, []
@@ -237,15 +249,11 @@ def _answered(exc: Exception) -> bool:
     return isinstance(exc, MCPError) and exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT)
 
 
-async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
-    """List ``spec``'s tools and register each on ``tools`` as ``<server>__<tool>``; their
-    calls share one :class:`MCPPool`, closed when the engine closes.
-
-    Returns:
-        The gateway names registered, sorted.
+async def list_tools(spec: MCPServerSpec) -> list[MCPTool]:
+    """Every tool ``spec``'s server lists (following its pages).
 
     Raises:
-        ConfigurationError: a name is already registered, or the server cannot be reached.
+        ConfigurationError: the server cannot be reached or listed.
     """
     try:
         async with spec.connect() as client:
@@ -260,6 +268,20 @@ async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
         raise ConfigurationError(
             f"MCP server {spec.name!r} could not be listed: {exc}", field="mcp_server"
         ) from exc
+    return found
+
+
+async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
+    """List ``spec``'s tools and register each on ``tools`` as ``<server>__<tool>``; their
+    calls share one :class:`MCPPool`, closed when the engine closes.
+
+    Returns:
+        The gateway names registered, sorted.
+
+    Raises:
+        ConfigurationError: a name is already registered, or the server cannot be reached.
+    """
+    found = await list_tools(spec)
     taken = sorted(
         t.name for t in tools if t.name.startswith(f"{spec.name}{SEPARATOR}") or t.name == spec.name
     )
@@ -276,7 +298,7 @@ async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
         tools.add(
             Tool(
                 name=name,
-                fn=_caller(pool, listed_tool.name),
+                fn=pool.caller(listed_tool.name),
                 resource=f"tool:{name}",
                 cost_micros=usd_to_micros(spec.costs_usd.get(listed_tool.name, spec.cost_usd)),
                 description=listed_tool.description or "",
@@ -295,15 +317,6 @@ def pool_of(tools: Tools, name: str) -> MCPPool:
     if not isinstance(pool, MCPPool):
         raise ConfigurationError(f"tool {name!r} is not an MCP server's tool", tool=name)
     return pool
-
-
-def _caller(pool: MCPPool, tool: str) -> Any:
-    async def call(**arguments: Any) -> Any:
-        return tool_result(await pool.call(tool, arguments))
-
-    call.__name__ = f"{pool.spec.name}{SEPARATOR}{tool}"
-    call.pool = pool  # type: ignore[attr-defined]
-    return call
 
 
 def tool_result(result: CallToolResult) -> Any:

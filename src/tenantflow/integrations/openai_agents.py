@@ -95,6 +95,7 @@ __all__ = [
     "gateway_tools",
     "register_function_tools",
     "run_agent",
+    "tenant_tools",
 ]
 
 TIERS = ("small", "large")
@@ -436,6 +437,22 @@ def gateway_tools(ctx: StepContext, names: Sequence[str] | None = None) -> list[
             continue
         found.append(_gateway_tool(ctx, tool))
     return found
+
+
+async def tenant_tools(ctx: StepContext) -> list[FunctionTool]:
+    """The tools of the MCP servers registered for the step's tenant alone
+    (:class:`~tenantflow.integrations.mcp_tenants.TenantMCPServers`) that its policy lets it
+    call, as SDK function tools through the gateway (none if no such server is registered)."""
+    tools = attempt_scope(ctx).services.gateway.tools
+    if tools.tenant_resolver is None:
+        return []
+    from tenantflow.integrations.mcp_tenants import TenantMCPServers
+
+    registry = TenantMCPServers.for_tools(tools)
+    if registry is None:
+        return []
+    own = await registry.tools(ctx.tenant_id)
+    return [_gateway_tool(ctx, t) for t in own if t.allowed_for(ctx.policy)]
 
 
 def _gateway_tool(ctx: StepContext, tool: Tool) -> FunctionTool:
