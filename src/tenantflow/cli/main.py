@@ -24,6 +24,7 @@ from tenantflow.cli import (
     demo,
     dev,
     keys,
+    mcp,
     memory,
     reviews,
     runs,
@@ -116,6 +117,7 @@ app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
+app.add_typer(mcp.app, name="mcp-servers")
 
 # The commands that can call a server (--url); the others work on the store only.
 _REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
