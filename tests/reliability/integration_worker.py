@@ -7,9 +7,10 @@ URL, and runs one ``research`` run (idempotency key ``r1``: resubmitting after a
 whose step is an agent of KIND: ``openai-agents`` (an Agents SDK agent with a Python tool;
 ``openai-agents-stream``: the same, streamed, its text deltas appended to ``DIR/stream`` as
 ``<attempt> <delta>`` lines), ``pydantic-ai`` (a PydanticAI agent with a Python tool;
-``pydantic-ai-stream``: streamed) or ``mcp`` (an Agents SDK agent whose tool is an MCP server's,
-over stdio). The tool is ``lookup(topic)``: it waits until the file ``DIR/gate-<topic>`` exists
-(the test opens gates to hold a call where it wants a kill), then appends
+``pydantic-ai-stream``: streamed), ``mcp`` (an Agents SDK agent whose tool is an MCP server's,
+over stdio) or ``mcp-tenant`` (the same server, registered at run time for the tenant alone).
+The tool is ``lookup(topic)``: it waits until the file ``DIR/gate-<topic>`` exists (the test
+opens gates to hold a call where it wants a kill), then appends
 ``<pid> <tool-call id> <topic>`` to ``DIR/effects`` (its side effect), flushed at once.
 When the run ends its status and result go to ``DIR/result.json``.
 
@@ -74,7 +75,13 @@ async def approver(engine: tf.Engine, directory: Path) -> None:
 
 
 def openai_agents_step(
-    engine: tf.Engine, directory: Path, *, mcp: bool, approval: bool = False, stream: bool = False
+    engine: tf.Engine,
+    directory: Path,
+    *,
+    mcp: bool,
+    approval: bool = False,
+    stream: bool = False,
+    tenant_mcp: bool = False,
 ) -> Any:
     from agents import Agent, function_tool
     from agents.tool_context import ToolContext
@@ -102,7 +109,12 @@ def openai_agents_step(
         register_function_tools(engine.tools, [lookup, publish], cost_usd=TOOL_PRICE_USD)
 
     async def research(ctx: tf.StepContext, input: str) -> str:
-        tools: list[Any] = gateway_tools(ctx, [MCP_TOOL]) if mcp else [lookup]
+        if tenant_mcp:  # the tenant's own server, registered at run time
+            from tenantflow.integrations.openai_agents import tenant_tools
+
+            tools: list[Any] = await tenant_tools(ctx)
+        else:
+            tools = gateway_tools(ctx, [MCP_TOOL]) if mcp else [lookup]
         if approval:
             tools.append(publish)
         agent = Agent(name="researcher", instructions="Research the topic.", tools=tools)
@@ -167,6 +179,25 @@ def pydantic_ai_step(directory: Path, *, approval: bool = False, stream: bool = 
     return research
 
 
+def facts_server(directory: Path) -> Any:
+    from tenantflow.integrations.mcp_tools import MCPServerSpec
+
+    server = Path(__file__).with_name("mcp_facts_server.py")
+    return MCPServerSpec(
+        "facts", command=sys.executable, args=[str(server), str(directory)], cost_usd=TOOL_PRICE_USD
+    )
+
+
+async def tenant_servers_of(engine: tf.Engine, servers: Any) -> list[Any]:
+    """The tenant's registered servers (the tenant is created first if it is new)."""
+    try:
+        await engine.tenants.get("acme")
+    except tf.NotFoundError:
+        await engine.tenants.create("acme", tier="enterprise", allowed_tools=[MCP_TOOL])
+    found: list[Any] = await servers.list_servers("acme")
+    return found
+
+
 async def main(kind: str, db: str, base_url: str, directory: Path, approval: bool) -> int:
     policy = tf.Policy.for_tier("enterprise", allowed_tools=["lookup", "publish", MCP_TOOL])
     engine = tf.Engine.open(
@@ -178,18 +209,18 @@ async def main(kind: str, db: str, base_url: str, directory: Path, approval: boo
         lease=timedelta(seconds=1),
     )
     engine.models.add(ENDPOINT, OpenAIProvider("local", base_url=base_url, timeout_s=600))
+    spec = facts_server(directory)
+    tenant_servers = None
     if kind == "mcp":
-        from tenantflow.integrations.mcp_tools import MCPServerSpec, register_mcp_server
+        from tenantflow.integrations.mcp_tools import register_mcp_server
 
-        server = Path(__file__).with_name("mcp_facts_server.py")
-        spec = MCPServerSpec(
-            "facts",
-            command=sys.executable,
-            args=[str(server), str(directory)],
-            cost_usd=TOOL_PRICE_USD,
-        )
         await register_mcp_server(engine.tools, spec)
         step = openai_agents_step(engine, directory, mcp=True, approval=approval)
+    elif kind == "mcp-tenant":
+        from tenantflow.integrations.mcp_tenants import TenantMCPServers
+
+        tenant_servers = TenantMCPServers.of(engine)  # before start: recovery finds its tools
+        step = openai_agents_step(engine, directory, mcp=True, tenant_mcp=True)
     elif kind in ("openai-agents", "openai-agents-stream"):
         stream = kind == "openai-agents-stream"
         step = openai_agents_step(engine, directory, mcp=False, approval=approval, stream=stream)
@@ -202,6 +233,8 @@ async def main(kind: str, db: str, base_url: str, directory: Path, approval: boo
     wf.step(retry=tf.Retry(max_attempts=5, initial=timedelta(milliseconds=50)))(step)
     engine.register(wf)
     async with engine:
+        if tenant_servers is not None and not await tenant_servers_of(engine, tenant_servers):
+            await tenant_servers.register("acme", spec, actor="admin:test")  # once, durably
         approving = asyncio.create_task(approver(engine, directory))
         handle = await engine.submit("research", tenant="acme", input="tides", idempotency_key="r1")
         record = await handle.wait()
@@ -227,6 +260,7 @@ if __name__ == "__main__":
             "pydantic-ai",
             "pydantic-ai-stream",
             "mcp",
+            "mcp-tenant",
         ),
     )
     parser.add_argument("--db", required=True)

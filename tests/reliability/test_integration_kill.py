@@ -40,6 +40,7 @@ from tenantflow.engine.gateway import response_from_json
 WORKER = Path(__file__).with_name("integration_worker.py")
 KINDS = ("openai-agents", "openai-agents-stream", "pydantic-ai", "mcp")
 IN_FLIGHT_KINDS = (*KINDS, "pydantic-ai-stream")  # a stream held before its first byte
+TOOL_KINDS = (*KINDS, "mcp-tenant")  # an MCP server registered at run time for the tenant
 TOOL_PRICE_MICROS = 10_000
 ANSWER = "Tides follow the moon."
 WAIT_S = 90.0
@@ -48,7 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _tool(kind: str) -> str:
-    return "facts__lookup" if kind == "mcp" else "lookup"
+    return "facts__lookup" if kind.startswith("mcp") else "lookup"
 
 
 @dataclass
@@ -211,6 +212,9 @@ async def _ledger_and_audit(worker: Worker, run_id: str) -> None:
         assert usage[("model_calls", "local")] == 3
         verdict = await engine.audit_verify("acme")
         assert verdict.ok, verdict
+        if worker.kind == "mcp-tenant":  # registered once, read back by the restarted worker
+            actions = [a.action for a in await engine.audit_log("acme")]
+            assert actions.count("mcp_server.registered") == 1
 
 
 def check(
@@ -232,7 +236,7 @@ def check(
     assert all(n == 1 for n in bodies.values()) if repeated == 0 else max(bodies.values()) == 2
     effects = worker.effects()
     assert Counter(topic for _, topic in effects) == dict.fromkeys(topics, 1)
-    if worker.kind != "mcp":  # the MCP server does not see the tool-call id
+    if not worker.kind.startswith("mcp"):  # the MCP server does not see the tool-call id
         assert len({call_id for call_id, _ in effects}) == 3
     if worker.kind.endswith("-stream"):  # the answer streamed live in the attempt that made it
         lines = [line.split(" ", 1) for line in (worker.dir / "stream").read_text().splitlines()]
@@ -288,7 +292,7 @@ def test_kill_while_a_model_call_is_in_flight(
     assert requests[1] == requests[2]  # the repeat is the call that was in flight
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", TOOL_KINDS)
 def test_kill_between_two_parallel_tool_calls(
     kind: str, tmp_path: Path, server: OpenAITestServer, baselines: Callable[[str], Any]
 ) -> None:
