@@ -97,7 +97,7 @@ def registry(engine: ControlPlane) -> Any:
 
 
 servers_router = APIRouter(
-    prefix="/v1/admin/tenants/{tenant}/mcp-servers", tags=["admin"], responses=ERROR_RESPONSES
+    prefix="/v1/admin/tenants/{tenant_id}/mcp-servers", tags=["admin"], responses=ERROR_RESPONSES
 )
 TenantPath = Annotated[str, Path(min_length=1, max_length=64, description="The tenant's id.")]
 ServerPath = Annotated[str, Path(min_length=1, max_length=64, description="The server's name.")]
@@ -112,7 +112,7 @@ _SERVER_EXAMPLE = {
 
 @servers_router.post("", status_code=201, summary="Register an MCP server for one tenant")
 async def register_server(
-    tenant: TenantPath,
+    tenant_id: TenantPath,
     engine: EngineDep,
     admin: Admin,
     body: Annotated[dict[str, Any], Body(examples=[_SERVER_EXAMPLE])],
@@ -137,25 +137,27 @@ async def register_server(
         exc.fields["field"] = f"body.{exc.fields.get('field', '')}"
         raise
     try:
-        tools = await registry(engine).register(tenant, spec, expose=expose, actor=actor_of(admin))
+        tools = await registry(engine).register(
+            tenant_id, spec, expose=expose, actor=actor_of(admin)
+        )
     except ConfigurationError as exc:
         if exc.fields.get("field") in ("expose", "name"):
             exc.fields["field"] = f"body.{exc.fields['field']}"
         raise
-    return {"tenant": tenant, "name": spec.name, "tools": tools}
+    return {"tenant": tenant_id, "name": spec.name, "tools": tools}
 
 
 @servers_router.get("", summary="List one tenant's MCP servers")
-async def list_servers(tenant: TenantPath, engine: EngineDep, admin: Admin) -> dict[str, Any]:
+async def list_servers(tenant_id: TenantPath, engine: EngineDep, admin: Admin) -> dict[str, Any]:
     """The tenant's servers and their tools; the values of ``env`` and ``headers`` are never
     shown."""
-    return {"servers": await registry(engine).list_servers(tenant)}
+    return {"servers": await registry(engine).list_servers(tenant_id)}
 
 
-@servers_router.delete("/{name}", summary="Remove one tenant's MCP server")
+@servers_router.delete("/{server}", summary="Remove one tenant's MCP server")
 async def remove_server(
-    tenant: TenantPath, name: ServerPath, engine: EngineDep, admin: Admin
+    tenant_id: TenantPath, server: ServerPath, engine: EngineDep, admin: Admin
 ) -> dict[str, Any]:
     """Remove the server (its sessions are closed); audited as ``mcp_server.removed``."""
-    await registry(engine).remove(tenant, name, actor=actor_of(admin))
-    return {"tenant": tenant, "removed": name}
+    await registry(engine).remove(tenant_id, server, actor=actor_of(admin))
+    return {"tenant": tenant_id, "removed": server}
