@@ -46,6 +46,9 @@ def test_pydantic_ai_support_refuses_what_the_tenant_may_not_call() -> None:
     assert "the model was told: refunded B200" in globex
     assert "tools called: ['order_status', 'refund']" in globex
     assert "refused and audited: nothing" in globex
+    assert "globex review opened: tool 'cancel_order' needs approval" in globex
+    assert 'approved by rita; run completed: "Order A100 is cancelled."' in globex
+    assert "streamed: ['Order', ' A100', ' is', ' cancelled.']" in globex  # word by word
 
 
 def test_mcp_tools_both_ways() -> None:
