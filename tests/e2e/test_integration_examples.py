@@ -61,3 +61,7 @@ def test_mcp_tools_both_ways() -> None:
     assert 'run completed: "Tides are driven by the Moon\'s gravity."' in out
     assert "acme's runs over MCP: [('ask_kb', 'completed')]" in out
     assert "its timeline: run.submitted … run.completed" in out
+    assert "admin added for globex: 201 ['wiki__search']" in out
+    assert 'globex run completed: "Wind makes waves."' in out
+    assert "acme calling wiki__search: refused: no tool named 'wiki__search'" in out
+    assert "globex audit: ['mcp_server.registered mcp_server:wiki']" in out
