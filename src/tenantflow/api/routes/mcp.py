@@ -101,13 +101,6 @@ servers_router = APIRouter(
 )
 TenantPath = Annotated[str, Path(min_length=1, max_length=64, description="The tenant's id.")]
 ServerPath = Annotated[str, Path(min_length=1, max_length=64, description="The server's name.")]
-_SERVER_EXAMPLE = {
-    "name": "crm",
-    "url": "https://crm.internal/mcp",
-    "headers": {"Authorization": "Bearer …"},
-    "cost_usd": 0.001,
-    "expose": ["lookup"],
-}
 
 
 @servers_router.post("", status_code=201, summary="Register an MCP server for one tenant")
@@ -115,11 +108,13 @@ async def register_server(
     tenant_id: TenantPath,
     engine: EngineDep,
     admin: Admin,
-    body: Annotated[dict[str, Any], Body(examples=[_SERVER_EXAMPLE])],
+    body: Annotated[dict[str, Any], Body()],
 ) -> dict[str, Any]:
     """Register (or replace) the tenant's server: ``command`` + ``args`` (+ ``env``) for
     stdio, or ``url`` (+ ``headers``) for streamable HTTP; ``cost_usd``/``costs_usd``,
     ``timeout_s``, ``pool_size``; ``expose``: which of its tools the tenant gets (default all).
+    For example ``{"name": "crm", "url": "https://crm.internal/mcp", "headers":
+    {"Authorization": "Bearer …"}, "cost_usd": 0.001, "expose": ["lookup"]}``.
     The server is listed now: one that cannot be reached is refused (422) and nothing is
     written. Its tools exist for this tenant only, and only those its policy's
     ``allowed_tools`` names can be called. Audited as ``mcp_server.registered``."""
