@@ -338,3 +338,32 @@ async def test_a_streamed_run_carries_a_rate_limit_out_of_the_sdk(
     events = await engine.timeline("acme", run.id)
     assert "step.deferred" in [e.kind for e in events]
     assert "step.retrying" not in [e.kind for e in events]
+
+
+async def test_a_stream_that_breaks_is_charged_for_what_it_produced_and_streams_again(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    await engine.tenants.create("acme", tier="enterprise")
+    agent = agents.Agent(name="writer", instructions="Write.")
+    server.queue(text="Tides follow the moon.", stream_break_after=2)  # two words, then cut
+    server.queue(text="Tides follow the moon.")
+    seen: list[tuple[int, str]] = []
+    engine.register(streaming_workflow(agent, seen, crash_once=False))
+    run = await (await engine.submit("stream", tenant="acme", input="tides?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert [d for a, d in seen if a == 1] == ["Tides", " follow"]  # then the stream broke
+    assert [d for a, d in seen if a == 2] == ["Tides", " follow", " the", " moon.", "<completed>"]
+    usage = {(r["metric"], r["dim"]): r["value"] for r in await engine.usage("acme")}
+    ledger = {(b["scope"], b["unit"]): b for b in await engine.budget("acme")}
+    spent = int(ledger[("period", "micros")]["spent"])
+    assert spent == usage[("cost_micros", "model:test-model")] > 0
+    assert int(ledger[("period", "micros")]["reserved"]) == 0
+    from tenantflow.engine.gateway import response_from_json
+
+    from .common import cost_micros
+
+    recorded = await engine.store.recorded_calls("acme", run.id, "research")
+    [whole] = [response_from_json(r) for k, _, r in recorded.values() if k == "model"]
+    # The broken stream was priced for the words it produced, the retry in full: more than
+    # the recorded call alone, and the broken one is not recorded.
+    assert spent > cost_micros(whole.tokens_in, whole.tokens_out)
