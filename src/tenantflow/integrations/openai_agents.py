@@ -21,9 +21,14 @@ with two seams replaced:
   state. A rejection fails the step, like any rejected escalation.
 
 Gateway tools (registered Python tools, MCP tools) are offered to an SDK agent with
-:func:`gateway_tools`, which lists only those the tenant's policy lets it call.
+:func:`gateway_tools`, which lists only those the tenant's policy lets it call; the tools of
+MCP servers registered for the tenant alone with :func:`tenant_tools`.
 
-Not supported: streaming (``Runner.run_streamed``), server-side conversation state
+Streaming: ``run_agent(..., on_event=handler)`` runs ``Runner.run_streamed``; model calls
+stream through the gateway (:meth:`TenantflowModel.stream_response`), text deltas reaching
+``handler`` as the provider receives them; a recorded call is replayed as one delta.
+
+Not supported: server-side conversation state
 (``previous_response_id``, ``conversation_id``), hosted tools, and ``response_format``: an
 agent's ``output_type`` is validated by the SDK from the model's text.
 """
