@@ -23,6 +23,7 @@ from tenantflow.cli import (
     db,
     demo,
     dev,
+    federated,
     keys,
     mcp,
     memory,
@@ -118,6 +119,9 @@ app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
 app.add_typer(mcp.app, name="mcp-servers")
+app.command("plane")(federated.plane)
+app.command("cell")(federated.cell)
+app.add_typer(federated.app, name="federated")
 
 # The commands that can call a server (--url); the others work on the store only.
 _REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
