@@ -625,6 +625,7 @@ _HANDLERS: dict[type[Any], Callable[[Any], Gen[Any]]] = {
     t_ops.DecideReview: lambda op: tq.decide_review(op, _transition),
     t_ops.EscalateReview: lambda op: tq.escalate_review(op, _transition),
     t_ops.PutTenant: tq.put_tenant,
+    t_ops.AppendAudit: tq.append_audit_op,
     t_ops.DeleteTenant: tq.delete_tenant,
     t_ops.PurgeRuns: tq.purge_runs,
     k_ops.CreateApiKey: sql_keys.create_api_key,

@@ -26,6 +26,7 @@ from tenantflow.cli import (
     federated,
     hybrid,
     keys,
+    mcp,
     memory,
     operator,
     reviews,
@@ -121,6 +122,7 @@ app.add_typer(operator.app, name="operator")
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
+app.add_typer(mcp.app, name="mcp-servers")
 app.command("plane")(federated.plane)
 app.command("cell")(federated.cell)
 app.add_typer(federated.app, name="federated")

@@ -401,6 +401,7 @@ Op = (
     | ParkAttempt
     | RecordCall
     | _t.PutTenant
+    | _t.AppendAudit
     | _t.DeleteTenant
     | _t.PurgeRuns
     | _t.Reserve
