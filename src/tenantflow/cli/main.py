@@ -31,6 +31,7 @@ from tenantflow.cli import (
     serve,
     simulate,
     tenants,
+    topology,
     usage,
     worker,
 )
@@ -116,6 +117,7 @@ app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
+app.add_typer(topology.app, name="topology")
 
 # The commands that can call a server (--url); the others work on the store only.
 _REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
