@@ -191,6 +191,15 @@ def project(
     vcpu_month: Annotated[
         float, typer.Option("--vcpu-month", min=0.0, max=1e6, help="US$ per vCPU-month.")
     ] = 25.0,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            "--rate",
+            min=0.0001,
+            max=1e6,
+            help="Steps/s per tenant (default: the compared workload's steady rate).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the projection as JSON.")] = False,
 ) -> None:
     """Project each measured placement from 10 to 1,000 tenants (a model calibrated from the
@@ -204,6 +213,7 @@ def project(
             dict(report),
             tenants=_tenant_counts(tenants),
             prices=Prices(gb_month=gb_month, vcpu_month=vcpu_month),
+            rate=rate,
         )
         if json_out:
             typer.echo(json.dumps(projection, indent=1))
@@ -214,17 +224,18 @@ def project(
 
 _LOAN_PLATFORM = {
     "tenants": 20,
-    "growth": 60,
+    "growth": 50,
     "regulated": 2,
     "mix": "mixed",
     "sla_tiers": 3,
     "team": 3,
-    "noisy": True,
+    "noisy": False,
     "side_effects": False,
 }
-"""Seed 001's loan platform: 20 institutions (scenarios/quick.yaml), tiers enterprise,
-standard and free, a US-regulated bank and a GDPR-bound EU institution, Institution X's
-bursts (the noisy neighbour the seed is about); growth and team size are assumptions."""
+"""Seed 001's loan platform: 20 institutions (scenarios/quick.yaml), three tiers (enterprise,
+standard, free), a US-regulated bank and a GDPR-bound EU institution, high- and low-volume
+tenants (Institution X bursts); a platform being built, so no incident log yet. Growth (to
+50) and the team (3 engineers) are assumptions the seed does not state."""
 
 
 @app.command("advise")
@@ -374,7 +385,7 @@ def _print_advice(advice: Advice, profile: Profile) -> None:
     out.print(f"recommended placement: {best}", highlight=False)
     out.print("why (seed 000/001):", highlight=False)
     for reason in advice.reasons[best]:
-        out.print(f"  + {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  + {reason}", highlight=False, markup=False, soft_wrap=True)
     ranked = sorted(advice.scores.items(), key=lambda kv: -kv[1])
     out.print(
         "scores: " + ", ".join(f"{name} {score:+d}" for name, score in ranked), highlight=False
@@ -382,11 +393,11 @@ def _print_advice(advice: Advice, profile: Profile) -> None:
     runner_up = ranked[1][0] if ranked[0][0] == best else ranked[0][0]
     out.print(f"against {runner_up}:", highlight=False)
     for reason in advice.reasons[runner_up]:
-        out.print(f"  - {reason}", highlight=False, soft_wrap=True)
+        out.print(f"  - {reason}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"measured figures behind it (from {advice.source}):", highlight=False)
     for name in (best, runner_up):
         for line in advice.figures[name]:
-            out.print(f"  {name}: {line}", highlight=False, soft_wrap=True)
+            out.print(f"  {name}: {line}", highlight=False, markup=False, soft_wrap=True)
     out.print("how to graduate later:", highlight=False)
     for line in advice.graduate:
-        out.print(f"  {line}", highlight=False, soft_wrap=True)
+        out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)

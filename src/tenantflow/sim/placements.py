@@ -33,13 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DEFAULT_TENANTS",
     "Calibration",
     "Prices",
     "Projection",
     "calibrate",
     "crossings",
     "fit_line",
+    "print_projection",
     "project",
+    "projection_from_report",
+    "projection_lines",
+    "projection_table",
 ]
 
 DEFAULT_TENANTS = (10, 20, 50, 100, 150, 200, 500, 1000)
@@ -177,7 +182,7 @@ def calibrate(report: Mapping[str, Any]) -> tuple[dict[str, Calibration], dict[s
             placement="federated",
             source="modelled from embedded (one embedded engine per cell of 5 tenants)",
             base_processes=0.0,
-            processes_per_tenant=0.0,
+            processes_per_tenant=1 / 5,
             base_rss_mb=e.base_rss_mb,
             rss_mb_per_tenant=e.rss_mb_per_tenant,
             capacity_steps_per_s=e.capacity_steps_per_s,
@@ -297,4 +302,131 @@ def projection_table(
     }
 
 
-__all__ += ["DEFAULT_TENANTS", "projection_table"]
+def projection_from_report(
+    report: Mapping[str, Any],
+    *,
+    tenants: Sequence[int] = DEFAULT_TENANTS,
+    prices: Prices | None = None,
+    rate: float | None = None,
+) -> dict[str, Any]:
+    """Calibrate the placement models from a compare report and project them (each
+    tenant executing ``rate`` steps/s; default: the workload's steady rate)."""
+    tenants = tenants or DEFAULT_TENANTS
+    prices = prices or Prices()
+    cals, missing = calibrate(report)
+    w = report["workload"]
+    if rate is None:
+        rate = float(w["settings"]["quiet_rate"]) * int(w["steps_per_run"])
+    table = projection_table(cals, steps_per_s_per_tenant=rate, tenants=tenants, prices=prices)
+    projection = {
+        "steps_per_s_per_tenant": rate,
+        "prices": {"gb_month": prices.gb_month, "vcpu_month": prices.vcpu_month},
+        "calibration": {
+            name: {
+                "source": c.source,
+                "base_processes": round(c.base_processes, 2),
+                "processes_per_tenant": round(c.processes_per_tenant, 4),
+                "base_rss_mb": round(c.base_rss_mb, 1),
+                "rss_mb_per_tenant": round(c.rss_mb_per_tenant, 3),
+                "capacity_steps_per_s": round(c.capacity_steps_per_s, 1),
+                "cpu_s_per_1000_steps": round(c.cpu_s_per_1000_steps, 2),
+                "shared_blast_share": c.shared_blast_share,
+                "policy_lag_s": c.policy_lag_s,
+                "cell_size": c.cell_size,
+                "error_at_measured_points": c.errors(),
+            }
+            for name, c in cals.items()
+        },
+        "not_modelled": missing,
+        "table": {name: [_proj(p) for p in rows] for name, rows in table.items()},
+        "crossings": crossings(table),
+    }
+    return projection
+
+
+def _proj(p: Any) -> dict[str, Any]:
+    return {
+        "tenants": p.tenants,
+        "instances": p.instances,
+        "processes": p.processes,
+        "rss_gb": p.rss_gb,
+        "vcpus": p.vcpus,
+        "cost_month": p.cost_month,
+        "cost_per_tenant_month": p.cost_per_tenant_month,
+        "blast_share": p.blast_share,
+    }
+
+
+def projection_lines(projection: Mapping[str, Any]) -> list[str]:
+    """The projection in words: inputs, the fit's error, cost per tenant, crossings."""
+    out = [
+        f"Projection (model, not measurement): {projection['steps_per_s_per_tenant']:g} steps/s"
+        f" per tenant, ${projection['prices']['gb_month']:g}/GB-month,"
+        f" ${projection['prices']['vcpu_month']:g}/vCPU-month"
+    ]
+    for name, c in projection["calibration"].items():
+        out.append(
+            f"  {name} [{c['source']}]: processes {c['base_processes']:g} +"
+            f" {c['processes_per_tenant']:g}/tenant, RSS {c['base_rss_mb']:g} MB +"
+            f" {c['rss_mb_per_tenant']:g} MB/tenant, capacity {c['capacity_steps_per_s']:g}"
+            f" steps/s, {c['cpu_s_per_1000_steps']:g} CPU-s/1000 steps"
+        )
+        errs = c["error_at_measured_points"]
+        if errs:
+            worst_rss = max(e["rss_error"] for e in errs)
+            worst_p = max(e["processes_error"] for e in errs)
+            points = ", ".join(str(e["tenants"]) for e in errs)
+            out.append(
+                f"    fit error at the measured points (tenants {points}): memory ≤"
+                f" {worst_rss:.1%}, processes ≤ {worst_p:.1%}"
+            )
+    for name, why in projection["not_modelled"].items():
+        out.append(f"  {name}: not modelled: {why}")
+    names = list(projection["table"])
+    if names:
+        counts = [row["tenants"] for row in projection["table"][names[0]]]
+        out.append(
+            "  cost per tenant per month (US$) at " + ", ".join(map(str, counts)) + " tenants:"
+        )
+        for name in names:
+            cells = ", ".join(
+                f"{row['cost_per_tenant_month']:.3f}" for row in projection["table"][name]
+            )
+            out.append(f"    {name}: {cells}")
+    if projection["crossings"]:
+        for c in projection["crossings"]:
+            out.append(
+                f"  {c['a']} and {c['b']} cross near {c['tenants']} tenants;"
+                f" {c['cheaper_after']} is cheaper past it"
+            )
+    elif names:
+        out.append("  no crossing of cost per tenant between 10 and 1,000 tenants")
+    return out
+
+
+def print_projection(path: Any, scenario: Any, console: Any) -> None:
+    """``tenantflow simulate --placements COMPARE.json``: the placement models calibrated from
+    that report, projected at ``scenario``'s mean step rate per tenant."""
+    import json
+    from pathlib import Path
+
+    from tenantflow.errors import ConfigurationError
+
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}", field="placements") from None
+    if not isinstance(report, dict) or "placements" not in report:
+        raise ConfigurationError(
+            f"{path} is not a `tenantflow topology compare --json` report", field="placements"
+        )
+    tenants = max(1, scenario.tenant_count)
+    runs_per_s = sum(g.rate_per_s * len(g.tenant_ids) for g in scenario.groups) / tenants
+    rate = runs_per_s * len(scenario.spec.workflow.steps)
+    projection = projection_from_report(report, rate=max(rate, 1e-9))
+    console.print(
+        f"Placements for {scenario.name}: {runs_per_s * 86400:.0f} runs/day per tenant on average",
+        highlight=False,
+    )
+    for line in projection_lines(projection):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)

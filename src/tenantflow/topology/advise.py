@@ -119,31 +119,35 @@ def advise(profile: Profile, report: Mapping[str, Any], source: str) -> Advice:
         reasons[placement].append(why)
 
     growth = profile.tenants_in_18_months
-    if profile.tenants < t["embedded_max_tenants"] and growth < t["embedded_max_tenants"]:
+    tiny = profile.tenants < t["embedded_max_tenants"] and growth < t["embedded_max_tenants"]
+    # Under 10 tenants the reasons for one shared control plane hold for one process.
+    shared = "embedded" if tiny else "centralized"
+    if tiny:
         rule(
             "embedded",
             3,
             "seed 001: under 10 tenants 'all this isolation is overhead without value'",
         )
-    if profile.tenants < t["centralized_max_tenants"] and growth < t["centralized_max_tenants"] * 2:
+    elif (
+        profile.tenants < t["centralized_max_tenants"] and growth < t["centralized_max_tenants"] * 2
+    ):
         rule("centralized", 2, "seed 000: 'fewer than 50 tenants and near-term growth is modest'")
     if profile.mix == "similar" and profile.sla_tiers <= 2:
         rule(
-            "centralized",
+            shared,
             1,
             "seed 000: 'tenants have similar workload profiles and comparable SLA tiers'",
         )
     if profile.team < t["small_team"]:
         rule(
-            "centralized",
+            shared,
             2,
             "seed 000: 'your engineering team is small and cannot afford the operational "
             "overhead of a mesh'",
         )
-        rule("embedded", 1, "a small team runs one process most easily")
     if profile.regulated == 0:
         rule(
-            "centralized",
+            shared,
             1,
             "seed 000: 'compliance requirements are manageable through logical separation'",
         )
@@ -153,7 +157,7 @@ def advise(profile: Profile, report: Mapping[str, Any], source: str) -> Advice:
         )
         rule(
             "federated",
-            2,
+            1,
             "seed 000: a per-tenant orchestrator keeps a regulated tenant's execution in "
             "its own failure and residency domain",
         )
@@ -166,7 +170,7 @@ def advise(profile: Profile, report: Mapping[str, Any], source: str) -> Advice:
         )
         rule("federated", 1, "seed 000: 'starting to see noisy-neighbor effects'")
     if growth >= t["mesh_target_tenants"]:
-        rule("mesh", 2, "seed 000: 'targeting 200+ tenants within 12 to 18 months'")
+        rule("mesh", 3, "seed 000: 'targeting 200+ tenants within 12 to 18 months'")
     if (
         profile.tenants >= t["centralized_max_tenants"]
         or growth >= t["centralized_max_tenants"] * 2
@@ -218,11 +222,66 @@ def advise(profile: Profile, report: Mapping[str, Any], source: str) -> Advice:
             "many side-effect steps: choreograph them off the critical path, keep the rest "
             "orchestrated (research §6(c))",
         )
+    _evidence(report, profile, rule)
     order = ["embedded", "centralized", "federated", "hybrid", "mesh"]  # simpler first on ties
     best = max(order, key=lambda p: (scores[p], -order.index(p)))
     graduate = _graduation(best, profile)
+    entry = report.get("placements", {}).get(best, {})
+    if not entry.get("available"):
+        why = entry.get("reason", "it is not in the report")
+        graduate.insert(
+            0,
+            f"Note: {best} was not measured here ({why}); no figure of its own stands behind"
+            " this advice yet. Until it is, the measured fallback is the best-scoring measured"
+            " placement: " + _best_measured(report, scores) + ".",
+        )
     figures = {p: _measured(report, p) for p in scores}
     return Advice(best, scores, reasons, figures, graduate, source)
+
+
+def _best_measured(report: Mapping[str, Any], scores: Mapping[str, int]) -> str:
+    measured: list[str] = [
+        str(p) for p, e in report.get("placements", {}).items() if e.get("available")
+    ]
+    if not measured:
+        return "none"
+    return max(measured, key=lambda p: scores.get(p, 0))
+
+
+def _evidence(report: Mapping[str, Any], profile: Profile, rule: Any) -> None:
+    """Rules from the measured figures of the shared (centralized) placement."""
+    ratio = _fig(report, "centralized", "quiet_p99_ratio")
+    if ratio is not None:
+        if ratio <= 1.10:
+            rule(
+                "centralized",
+                1,
+                f"measured: a burst left quiet tenants' p99 within {ratio:.2f}x (target 1.10)",
+            )
+        elif profile.mix == "mixed" or profile.noisy_incidents:
+            rule(
+                "federated",
+                1,
+                f"measured: a burst moved quiet tenants' p99 by {ratio:.2f}x in the shared"
+                " deployment (target 1.10)",
+            )
+    cross = _fig(report, "centralized", "cross_region_calls")
+    checked = _fig(report, "centralized", "region_bound_calls_checked")
+    if profile.regulated and cross == 0 and checked:
+        rule(
+            "centralized",
+            1,
+            f"measured: 0 of {checked:.0f} region-bound model calls left their region in the"
+            " shared deployment (residency routing holds; data at rest needs region stores)",
+        )
+    front = _fig(report, "centralized", "affected_share[api_kill]")
+    if front is not None and front >= 0.99 and profile.sla_tiers >= 3:
+        rule(
+            "federated",
+            1,
+            f"measured: killing the shared front touched {front:.0%} of tenants; a top SLA tier"
+            " needs a failure domain of its own",
+        )
 
 
 def _graduation(best: str, profile: Profile) -> list[str]:

@@ -21,15 +21,22 @@ from tenantflow.errors import ConfigurationError
 from tenantflow.sim.placements import (
     DEFAULT_TENANTS,
     Prices,
-    calibrate,
-    crossings,
-    projection_table,
+    projection_from_report,
+    projection_lines,
 )
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["ROWS", "add_projection", "print_report", "write_html", "write_json", "write_png"]
+__all__ = [
+    "ROWS",
+    "add_projection",
+    "print_report",
+    "projection_lines",
+    "write_html",
+    "write_json",
+    "write_png",
+]
 
 # (label, figure key, format); a key with "[*]" expands to every fault trial measured.
 ROWS: list[tuple[str, str, str]] = [
@@ -149,14 +156,14 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         table.add_row(*row)
     console.print(table)
     for line in what_ran(report):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     projection = report.get("projection")
     if projection:
         for line in projection_lines(projection):
-            console.print(line, highlight=False, soft_wrap=True)
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print("What one machine cannot show:", highlight=False)
     for line in report["cannot_show"]:
-        console.print(f"  - {line}", highlight=False, soft_wrap=True)
+        console.print(f"  - {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def add_projection(
@@ -164,98 +171,13 @@ def add_projection(
     *,
     tenants: Sequence[int] = DEFAULT_TENANTS,
     prices: Prices | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """Calibrate the placement models from ``report`` and add their projection to it."""
-    prices = prices or Prices()
-    cals, missing = calibrate(report)
-    w = report["workload"]
-    rate = float(w["settings"]["quiet_rate"]) * int(w["steps_per_run"])
-    table = projection_table(cals, steps_per_s_per_tenant=rate, tenants=tenants, prices=prices)
-    projection = {
-        "steps_per_s_per_tenant": rate,
-        "prices": {"gb_month": prices.gb_month, "vcpu_month": prices.vcpu_month},
-        "calibration": {
-            name: {
-                "source": c.source,
-                "base_processes": round(c.base_processes, 2),
-                "processes_per_tenant": round(c.processes_per_tenant, 4),
-                "base_rss_mb": round(c.base_rss_mb, 1),
-                "rss_mb_per_tenant": round(c.rss_mb_per_tenant, 3),
-                "capacity_steps_per_s": round(c.capacity_steps_per_s, 1),
-                "cpu_s_per_1000_steps": round(c.cpu_s_per_1000_steps, 2),
-                "shared_blast_share": c.shared_blast_share,
-                "policy_lag_s": c.policy_lag_s,
-                "cell_size": c.cell_size,
-                "error_at_measured_points": c.errors(),
-            }
-            for name, c in cals.items()
-        },
-        "not_modelled": missing,
-        "table": {name: [_proj(p) for p in rows] for name, rows in table.items()},
-        "crossings": crossings(table),
-    }
+    """Calibrate the placement models from ``report`` and add their projection to it (each
+    tenant executing ``rate`` steps/s; default: the workload's steady rate)."""
+    projection = projection_from_report(report, tenants=tenants, prices=prices, rate=rate)
     report["projection"] = projection
     return projection
-
-
-def _proj(p: Any) -> dict[str, Any]:
-    return {
-        "tenants": p.tenants,
-        "instances": p.instances,
-        "processes": p.processes,
-        "rss_gb": p.rss_gb,
-        "vcpus": p.vcpus,
-        "cost_month": p.cost_month,
-        "cost_per_tenant_month": p.cost_per_tenant_month,
-        "blast_share": p.blast_share,
-    }
-
-
-def projection_lines(projection: Mapping[str, Any]) -> list[str]:
-    """The projection in words: inputs, the fit's error, cost per tenant, crossings."""
-    out = [
-        f"Projection (model, not measurement): {projection['steps_per_s_per_tenant']:g} steps/s"
-        f" per tenant, ${projection['prices']['gb_month']:g}/GB-month,"
-        f" ${projection['prices']['vcpu_month']:g}/vCPU-month"
-    ]
-    for name, c in projection["calibration"].items():
-        out.append(
-            f"  {name} [{c['source']}]: processes {c['base_processes']:g} +"
-            f" {c['processes_per_tenant']:g}/tenant, RSS {c['base_rss_mb']:g} MB +"
-            f" {c['rss_mb_per_tenant']:g} MB/tenant, capacity {c['capacity_steps_per_s']:g}"
-            f" steps/s, {c['cpu_s_per_1000_steps']:g} CPU-s/1000 steps"
-        )
-        errs = c["error_at_measured_points"]
-        if errs:
-            worst_rss = max(e["rss_error"] for e in errs)
-            worst_p = max(e["processes_error"] for e in errs)
-            points = ", ".join(str(e["tenants"]) for e in errs)
-            out.append(
-                f"    fit error at the measured points (tenants {points}): memory ≤"
-                f" {worst_rss:.1%}, processes ≤ {worst_p:.1%}"
-            )
-    for name, why in projection["not_modelled"].items():
-        out.append(f"  {name}: not modelled: {why}")
-    names = list(projection["table"])
-    if names:
-        counts = [row["tenants"] for row in projection["table"][names[0]]]
-        out.append(
-            "  cost per tenant per month (US$) at " + ", ".join(map(str, counts)) + " tenants:"
-        )
-        for name in names:
-            cells = ", ".join(
-                f"{row['cost_per_tenant_month']:.3f}" for row in projection["table"][name]
-            )
-            out.append(f"    {name}: {cells}")
-    if projection["crossings"]:
-        for c in projection["crossings"]:
-            out.append(
-                f"  {c['a']} and {c['b']} cross near {c['tenants']} tenants;"
-                f" {c['cheaper_after']} is cheaper past it"
-            )
-    elif names:
-        out.append("  no crossing of cost per tenant between 10 and 1,000 tenants")
-    return out
 
 
 def write_json(report: Mapping[str, Any], path: Path) -> None:
