@@ -184,6 +184,8 @@ class _Run:
         self.lost = 0
         self.refused = 0
         self.sla = workload.settings.sla
+        self._lines: list[ExecLine] = []
+        self._offset = 0
         self.steady_p99: float | None = None
 
     def say(self, text: str) -> None:
@@ -194,7 +196,10 @@ class _Run:
         return self.w.settings
 
     def lines(self) -> list[ExecLine]:
-        return read_exec_log(self.log)[0]
+        """The executions log so far (read incrementally: it only grows)."""
+        more, self._offset = read_exec_log(self.log, self._offset)
+        self._lines.extend(more)
+        return self._lines
 
     def usage(self) -> Usage:
         return total(self.d.processes())
@@ -338,14 +343,19 @@ class _Run:
         flood = asyncio.create_task(
             self.driver.batch(burster.id, max(20, self.w.burst // 2), "policy")
         )
+        seen = len(self.lines())
         for _ in range(200):  # until the burster is executing steps
             await asyncio.sleep(0.05)
-            if any(x.tenant == burster.id and x.at >= t0 for x in self.lines()):
+            new = self.lines()[seen:]
+            seen += len(new)
+            if any(x.tenant == burster.id and x.at >= t0 for x in new):
                 break
         cap = self.s.policy_cap
+        # The cap is the whole bound: no guaranteed or borrowed slots above it.
         stricter = {
             "max_running_steps": cap,
             "guaranteed_slots": min(cap, burster.guaranteed_slots),
+            "burst_slots": 0,
         }
         written = await self.driver.set_policy(burster.id, stricter, deadline)
         await asyncio.sleep(min(3.0, self.s.phase))
@@ -355,6 +365,7 @@ class _Run:
         restored = {
             "max_running_steps": burster.max_running_steps,
             "guaranteed_slots": burster.guaranteed_slots,
+            "burst_slots": burster.burst_slots,
         }
         await self.driver.set_policy(burster.id, restored, deadline)
         await self.settle(subs, "policy", t0)

@@ -399,3 +399,14 @@ def defaults_module(report: Mapping[str, Any], measured_on: str, command: str) -
         "from typing import Any\n\n"
         f"MEASURED: dict[str, Any] = {data}\n"
     )
+
+
+def markdown_table(report: Mapping[str, Any], keys: Sequence[str] | None = None) -> str:
+    """The table as Markdown (every row, or only the rows of ``keys``)."""
+    header, rows = table_rows(report)
+    if keys is not None:
+        wanted = {label for label, key, _ in _rows(report) if key in keys}
+        rows = [r for r in rows if r[0] in wanted]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(out)

@@ -105,6 +105,7 @@ class TenantPlan:
     region: str | None
     max_running_steps: int
     guaranteed_slots: int
+    burst_slots: int
     burster: bool
 
 
@@ -231,6 +232,7 @@ def load_workload(name: str | Path, *, quick: bool = False) -> Workload:
                     region=group.policy.region,
                     max_running_steps=group.policy.max_running_steps,
                     guaranteed_slots=group.policy.guaranteed_slots,
+                    burst_slots=group.policy.burst_slots,
                     burster=group.name == burst_group,
                 )
             )
