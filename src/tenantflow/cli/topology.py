@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -139,6 +140,7 @@ def compare(
     )
     from tenantflow.topology.workload import load_workload
 
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the placement's processes on the way out
     with reporting_errors():
         names = _placements(placements)
         if html_path is not None or png_path is not None:
@@ -154,6 +156,10 @@ def compare(
             if out is not None:
                 write(report, out)
                 console.print(f"wrote {out}", highlight=False)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _load_report(path: Path | None) -> tuple[dict[str, Any], str]:
