@@ -461,7 +461,9 @@ class _Run:
         if fault == "stop":
             await asyncio.sleep(self.s.sigstop_for)
         await asyncio.to_thread(self.d.recover, comp.name, fault)
-        subs = [*await load, *await probes]
+        outage = time.time() - when  # until restarted (kill) or continued (stop)
+        probed = await probes
+        subs = [*await load, *probed]
         runs = await self.settle(subs, label, t0)
         lat = m.run_latencies(subs, runs)
         lines = [x for x in self.lines() if x.at >= t0]
@@ -477,6 +479,13 @@ class _Run:
                 x.seconds is None or x.seconds > sla or x.status != "completed"
             ):
                 affected.add(x.tenant)
+        # A probe that waited out an outage of a second or more was held up by the fault
+        # itself, whatever the SLA (the fault's reach, independent of the machine's speed).
+        probe_ids = {sub.run_id for sub in probed}
+        if outage >= 1.0:
+            for x in lat:
+                if x.run_id in probe_ids and (x.seconds is None or x.seconds >= 0.95 * outage):
+                    affected.add(x.tenant)
         first_progress: list[float] = []
         for tenant in tenants:
             after = [x.at for x in lines if x.tenant == tenant and x.kind == "E" and x.at >= when]
@@ -519,6 +528,7 @@ class _Run:
             "affected": sorted(affected),
             "affected_share": len(affected) / len(tenants),
             "served_by_component": None if served is None else sorted(served),
+            "outage_s": round(outage, 3),
             "first_progress_s": max(first_progress) if first_progress else None,
             "p99_back_s": back,
             "runs": len(runs),
