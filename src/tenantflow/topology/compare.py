@@ -183,6 +183,7 @@ class _Run:
         self.detail: dict[str, Any] = {}
         self.lost = 0
         self.refused = 0
+        self.stuck = 0
         self.sla = workload.settings.sla
         self._lines: list[ExecLine] = []
         self._offset = 0
@@ -211,8 +212,11 @@ class _Run:
         drained = await self.driver.drain(tenants, phase, self.s.drain_timeout)
         runs = await self.driver.all_runs(tenants, since - 1.0)
         acked = [s for s in subs if s.run_id is not None]
-        lost = [s for s in acked if s.run_id not in runs or runs[s.run_id].status not in TERMINAL]
-        self.lost += len(lost)
+        # lost: acknowledged, and the API does not know the run; stuck: known, not ended
+        self.lost += sum(1 for s in acked if s.run_id not in runs)
+        self.stuck += sum(
+            1 for s in acked if s.run_id in runs and runs[s.run_id].status not in TERMINAL
+        )
         self.refused += sum(1 for s in subs if s.run_id is None)
         if not drained:
             self.say(f"{phase}: not drained after {self.s.drain_timeout:g}s")
@@ -464,6 +468,7 @@ class _Run:
         outage = time.time() - when  # until restarted (kill) or continued (stop)
         probed = await probes
         subs = [*await load, *probed]
+        lost_before, stuck_before = self.lost, self.stuck
         runs = await self.settle(subs, label, t0)
         lat = m.run_latencies(subs, runs)
         lines = [x for x in self.lines() if x.at >= t0]
@@ -474,14 +479,19 @@ class _Run:
                 continue
             if sub.run_id is None:
                 affected.add(sub.tenant)
+        # The steady load's runs break the SLA or fail; the probes (one per tenant, all at
+        # once: a small burst of their own) only count when they failed or waited out the
+        # outage itself.
+        probe_ids = {sub.run_id for sub in probed}
         for x in lat:
+            if x.run_id in probe_ids:
+                if x.seconds is None or x.status != "completed":
+                    affected.add(x.tenant)
+                continue
             if when - sla <= x.submitted <= when + window and (
                 x.seconds is None or x.seconds > sla or x.status != "completed"
             ):
                 affected.add(x.tenant)
-        # A probe that waited out an outage of a second or more was held up by the fault
-        # itself, whatever the SLA (the fault's reach, independent of the machine's speed).
-        probe_ids = {sub.run_id for sub in probed}
         if outage >= 1.0:
             for x in lat:
                 if x.run_id in probe_ids and (x.seconds is None or x.seconds >= 0.95 * outage):
@@ -532,6 +542,8 @@ class _Run:
             "first_progress_s": max(first_progress) if first_progress else None,
             "p99_back_s": back,
             "runs": len(runs),
+            "runs_lost": self.lost - lost_before,
+            "runs_stuck": self.stuck - stuck_before,
             "duplicate_completions": duplicates,
             "reexecuted_steps": sum(n - 1 for n in ends.values() if n > 1),
         }
@@ -573,6 +585,7 @@ async def _one(
     finally:
         await asyncio.to_thread(deployment.stop)
     run.fig["runs_lost"] = run.lost
+    run.fig["runs_stuck"] = run.stuck
     run.fig["submissions_refused"] = run.refused
     run.fig["start_s"] = started_s
     progress(name, "done")

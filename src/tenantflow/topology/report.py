@@ -76,6 +76,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("first progress after: [*] (s)", "first_progress_s[*]", "{:.2f}"),
     ("p99 back within 1.1x after: [*] (s)", "p99_back_s[*]", "{:.1f}"),
     ("runs lost (must be 0)", "runs_lost", "{:.0f}"),
+    ("runs not ended by the drain timeout", "runs_stuck", "{:.0f}"),
     ("duplicate completions (must be 0)", "duplicate_completions", "{:.0f}"),
     ("re-executed steps (at-least-once)", "reexecuted_steps", "{:.0f}"),
     ("submissions refused", "submissions_refused", "{:.0f}"),
@@ -270,7 +271,7 @@ def _figure(report: Mapping[str, Any]) -> Figure:
             linestyle="",
             label=name,
         )
-    ax.set_title("Measured: resident memory of all processes vs tenants provisioned")
+    ax.set_title("Measured: RSS of all processes vs tenants")
     ax.set_xlabel("tenants")
     ax.set_ylabel("MB")
     ax.legend(fontsize=8)
