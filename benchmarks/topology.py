@@ -2,7 +2,7 @@
 
     python benchmarks/topology.py                      # scenarios/topology.yaml, every placement
     python benchmarks/topology.py --quick              # the CI profile
-    python benchmarks/topology.py --write-defaults     # also rewrite tenantflow/topology/defaults.py
+    python benchmarks/topology.py --write-defaults     # and rewrite topology/defaults.py
 
 It is ``tenantflow topology compare`` with ``--json/--html/--png`` into ``docs/topology/`` and,
 with ``--write-defaults``, the figures ``tenantflow topology advise`` and ``project`` use without
