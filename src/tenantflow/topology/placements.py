@@ -337,9 +337,11 @@ def runners(pg_url: str = DEFAULT_PG) -> dict[str, PlacementRunner]:
         "centralized": CentralizedRunner(pg_url),
         "federated": NotYetRunner(
             "federated",
-            "a per-tenant (or per-cell) orchestrator process under a thin global plane",
-            "the federated placement (cells + global plane, issue 16) is not on this branch yet;"
-            " its runner goes in tenantflow/topology/placements.py (protocol: topology/runner.py)",
+            "a cell (embedded engine) per tenant or per pool of tenants under a thin plane",
+            "its runner is not written yet: the federated placement (tenantflow plane / cell,"
+            " issue 16) landed as this comparison was finished; the runner must start the plane,"
+            " follow its 307 to each tenant's cell and read the cells from /plane/v1/cells"
+            " (protocol: topology/runner.py)",
         ),
         "mesh": NotYetRunner(
             "mesh",
