@@ -26,6 +26,7 @@ from tenantflow.cli import (
     federated,
     keys,
     memory,
+    operator,
     reviews,
     runs,
     selftest,
@@ -115,6 +116,8 @@ app.add_typer(audit.app, name="audit")
 app.command("serve")(serve.serve)
 app.command("dev")(dev.dev)
 app.command("worker")(worker.worker)
+app.add_typer(worker.workers_app, name="workers")
+app.add_typer(operator.app, name="operator")
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
@@ -124,7 +127,17 @@ app.add_typer(federated.app, name="federated")
 app.add_typer(topology.app, name="topology")
 
 # The commands that can call a server (--url); the others work on the store only.
-_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
+_REMOTE = (
+    "runs",
+    "tenants",
+    "reviews",
+    "usage",
+    "audit",
+    "memory",
+    "workers",
+    "operator",
+    "keys",
+)
 
 
 def _print_version(value: bool) -> None:
