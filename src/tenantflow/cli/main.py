@@ -35,6 +35,7 @@ from tenantflow.cli import (
     serve,
     simulate,
     tenants,
+    topology,
     usage,
     worker,
 )
@@ -127,6 +128,7 @@ app.command("plane")(federated.plane)
 app.command("cell")(federated.cell)
 app.add_typer(federated.app, name="federated")
 app.add_typer(hybrid.hybrid_app, name="hybrid")
+app.add_typer(topology.app, name="topology")
 
 # The commands that can call a server (--url); the others work on the store only.
 _REMOTE = (
