@@ -25,6 +25,7 @@ from tenantflow.cli import (
     dev,
     keys,
     memory,
+    mesh,
     reviews,
     runs,
     selftest,
@@ -116,6 +117,8 @@ app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
+app.command("agent")(mesh.agent)
+app.add_typer(mesh.app, name="mesh")
 
 # The commands that can call a server (--url); the others work on the store only.
 _REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")

@@ -1,0 +1,312 @@
+"""The mesh's run driver: the core's broker-shaped driver on JetStream, plus the log.
+
+:class:`MeshDriver` is :class:`~tenantflow.engine.execution.broker.BrokerDriver` (the same
+executor, decider, gateway, saga and fenced store ops as every other placement) whose queue is a
+:class:`~tenantflow.adapters.nats.queue.JetStreamQueue`. What the mesh adds:
+
+* **Subjects.** A ready step is published on ``tf.<region>.<tenant>.run.<run>.cmd.<kind>``,
+  ``region`` being the tenant's residency region (or the deployment's default), ``kind`` the
+  step's kind; only agents of that region (whose NATS user may touch only that region's
+  subjects) can take it.
+* **Exactly one completion per step.** Before a successful attempt is decided, its completion
+  record is created in KV ``DONE_<r>`` only if absent; an attempt that loses (a second attempt
+  after a lapsed lease) is decided with the winner's output, and an attempt that finds a record
+  already there does not run the step again. The store's fenced finish and the run's
+  compare-and-set (``expected_version``) then admit one decision.
+* **The execution log.** After each committed decision, the run's new store events are published
+  as facts on ``tf.<r>.<t>.run.<run>.evt.<kind>`` (``Nats-Msg-Id`` = run and event id) and a state
+  version is appended to the run's chain with an expected-last-subject-sequence check (the entry
+  names the events it covers, so a second shipper publishes only newer ones).
+* **Recovery.** A redelivered work item (its agent died) first republishes the run's ready steps
+  and the steps whose lease lapsed, so a crash between the commit and the publish of the
+  successors cannot stall a run; :meth:`MeshDriver.sweep` does the same for every unfinished run
+  (at an agent's start: a submitter that died after recording a run).
+
+Correlation ids (tenant, run, step, attempt) travel in the messages' headers and on the
+``tenantflow.mesh.step`` span when OpenTelemetry is installed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tenantflow.adapters.nats.log import ExecutionLog
+from tenantflow.adapters.nats.queue import JetStreamQueue
+from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
+from tenantflow.domain.records import TERMINAL_RUN, RunStatus, StepStatus
+from tenantflow.domain.spec import WorkflowSpec, parse_key
+from tenantflow.engine.execution.active import ActiveRun
+from tenantflow.engine.execution.broker import BrokerDriver
+from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
+from tenantflow.engine.execution.outcomes import AttemptOutcome, Succeeded
+from tenantflow.errors import NotFoundError
+from tenantflow.ports import Delivery, Store
+
+__all__ = ["CompletionGuard", "MeshDriver"]
+
+log = logging.getLogger("tenantflow.mesh")
+
+_SUBMITTING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "tenantflow_mesh_submitting", default=None
+)
+
+
+class CompletionGuard:
+    """Wraps the step executor with the completion record (see the module doc)."""
+
+    def __init__(self, inner: StepExecutor, driver: MeshDriver) -> None:
+        self.inner = inner
+        self.driver = driver
+        self.reused = 0
+        self.lost = 0
+
+    async def execute(self, inp: AttemptInput) -> AttemptOutcome:
+        if inp.step.kind == "agent":  # each iteration moves the run's version: the store decides
+            return await self.inner.execute(inp)
+        tenant, run = inp.scope.tenant_id, inp.scope.run_id
+        region = self.driver.region_of(tenant)
+        record = await self.driver.log.completion(region, tenant, run, inp.key)
+        if record is not None:  # completed already (its decision was lost): finish, do not rerun
+            self.reused += 1
+            return self._succeeded(inp, record.output_json)
+        outcome = await self.inner.execute(inp)
+        if isinstance(outcome, Succeeded):
+            first, record = await self.driver.log.complete(
+                region,
+                tenant,
+                run,
+                inp.key,
+                inp.scope.attempt,
+                self.driver.owner,
+                outcome.output_json,
+            )
+            if not first:
+                self.lost += 1
+                return self._succeeded(inp, record.output_json)
+        return outcome
+
+    @staticmethod
+    def _succeeded(inp: AttemptInput, output_json: bytes) -> Succeeded:
+        annotation = inp.step.result_type if inp.index is None else inp.step.item_type
+        value = contract_for(annotation).load(output_json, step=inp.key)
+        return Succeeded(value, output_json)
+
+
+class MeshDriver(BrokerDriver):
+    """A :class:`BrokerDriver` on a :class:`JetStreamQueue` (see the module doc).
+
+    Args:
+        default_region: the mesh region of tenants whose policy names none.
+        (the rest as :class:`BrokerDriver`)
+    """
+
+    def __init__(
+        self,
+        stores: Mapping[str, Store],
+        *,
+        bus: JetStreamQueue,
+        default_region: str,
+        workflows: Iterable[WorkflowSpec],
+        **options: Any,
+    ) -> None:
+        super().__init__(stores, bus=bus, workflows=workflows, **options)
+        self.queue = bus
+        self.log = ExecutionLog(bus.fabric)
+        self.default_region = default_region
+        self.guard = CompletionGuard(self.executor, self)
+        self.executor = self.guard  # type: ignore[assignment]
+        self._spec_of_run: dict[str, WorkflowSpec] = {}
+        self.shipped = 0
+        self.republished = 0
+
+    # -- regions and subjects -----------------------------------------------------------------
+
+    def region_of(self, tenant: str) -> str:
+        """The mesh region of a tenant already looked up (see :meth:`_tenant`)."""
+        found = self._tenants.get(tenant)
+        if found is None or found[1].region is None:
+            return self.default_region
+        return found[1].region
+
+    async def _tenant(self, tenant: str) -> tuple[str, Policy]:
+        found = self._tenants.get(tenant)
+        if found is not None:
+            return found
+        known = set(DEFAULT_REGIONS) | set(self.stores)
+        for key, store in self.stores.items():
+            try:
+                record = await store.get_tenant(tenant)
+            except NotFoundError:
+                continue
+            policy = Policy.model_validate(
+                json.loads(record.policy_json), context={"known_regions": known}
+            )
+            self._tenants[tenant] = (key, policy)
+            return key, policy
+        raise NotFoundError(f"no tenant {tenant!r}", kind="tenant", id=tenant)
+
+    async def submit(self, tenant: str, workflow: str, input: Any) -> str:
+        """Record a run and publish its first steps (on the stream when this returns)."""
+        token = _SUBMITTING.set(workflow)
+        try:
+            run_id = await super().submit(tenant, workflow, input)
+        finally:
+            _SUBMITTING.reset(token)
+        await self.queue.flush()
+        await self._ship(tenant, run_id)
+        return run_id
+
+    def _publish(
+        self, tenant: str, run_id: str, keys: Iterable[str], *, delay_s: float = 0.0
+    ) -> None:
+        spec = self._spec_of_run.get(run_id)
+        if spec is None:
+            spec = self.specs.get(_SUBMITTING.get() or "")
+        region = self.region_of(tenant)
+        for key in keys:
+            kind = "function"
+            if spec is not None:
+                try:
+                    kind = spec.step(parse_key(key)[0]).kind
+                except Exception:
+                    kind = "function"
+            self.bus.publish(
+                {"tenant": tenant, "run": run_id, "key": key, "region": region, "kind": kind},
+                delay_s=delay_s,
+            )
+
+    async def _load(
+        self, store: Store, tenant: str, run_id: str, policy: Policy
+    ) -> tuple[ActiveRun, int] | None:
+        loaded = await super()._load(store, tenant, run_id, policy)
+        if loaded is not None:
+            self._spec_of_run[run_id] = loaded[0].spec
+        return loaded
+
+    # -- deliveries ---------------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        tenant, run_id = str(delivery.data["tenant"]), str(delivery.data["run"])
+        key = str(delivery.data["key"])
+        if delivery.deliveries > 1:  # its agent died: the successors may not have been sent
+            await self.republish(tenant, run_id, skip=key)
+        span = _span(tenant, run_id, key, delivery.deliveries)
+        try:
+            await super()._handle(delivery)
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _decide(
+        self, run: ActiveRun, version: int, att: Any, outcome: AttemptOutcome, region: str
+    ) -> bool:
+        committed = await super()._decide(run, version, att, outcome, region)
+        if committed:
+            try:
+                await self._ship(run.tenant_id, run.id)
+            except Exception as exc:  # the next decision ships it
+                log.warning("shipping the log of %s failed: %s", run.id, exc)
+        return committed
+
+    def _finished(self, run_id: str) -> None:
+        super()._finished(run_id)
+        spec = self._spec_of_run.pop(run_id, None)
+        del spec
+
+    # -- the log ------------------------------------------------------------------------------
+
+    async def _ship(self, tenant: str, run_id: str) -> None:
+        """Publish the run's store events not yet on the log, then append a state version
+        covering them (see the module doc)."""
+        store_key, _ = await self._tenant(tenant)
+        store = self.stores[store_key]
+        region = self.region_of(tenant)
+        for _ in range(16):
+            seq, last = await self.log.last_state(region, tenant, run_id)
+            upto = int(last.get("events_upto", 0))
+            events = await store.events(tenant, run_id, after_id=upto)
+            record = await store.get_run(tenant, run_id)
+            if not events and int(last.get("version", -1)) >= record.state_version:
+                return
+            for ev in events:
+                await self.log.fact(
+                    region,
+                    tenant,
+                    run_id,
+                    ev.kind,
+                    {"ts": ev.ts, "data": ev.data, "event_id": ev.id},
+                    msg_id=f"{run_id}.ev.{ev.id}",
+                    step=ev.step,
+                    attempt=ev.attempt,
+                )
+            body = {
+                "version": record.state_version,
+                "status": record.status.value,
+                "events_upto": events[-1].id if events else upto,
+            }
+            if await self.log.append_state(region, tenant, run_id, seq, body):
+                self.shipped += 1
+                return
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def republish(self, tenant: str, run_id: str, *, skip: str | None = None) -> int:
+        """Publish again the run's ready steps and those whose lease lapsed; how many."""
+        store_key, _ = await self._tenant(tenant)
+        store = self.stores[store_key]
+        record = await store.get_run(tenant, run_id)
+        if record.status in TERMINAL_RUN or record.status != RunStatus.RUNNING:
+            return 0
+        if record.workflow in self.specs:
+            self._spec_of_run[run_id] = self.specs[record.workflow]
+        now = self.clock.now()
+        keys: list[tuple[str, float]] = []
+        for step in await store.get_steps(tenant, run_id):
+            if step.key == skip:
+                continue
+            if step.status == StepStatus.READY:
+                keys.append((step.key, max(0.0, step.available_at - now)))
+            elif step.status == StepStatus.RUNNING and (step.lease_expires_at or 0.0) < now:
+                keys.append((step.key, 0.0))
+        for key, delay in keys:
+            self._publish(tenant, run_id, [key], delay_s=delay)
+        self.republished += len(keys)
+        return len(keys)
+
+    async def sweep(self, *, quiet_s: float = 10.0) -> int:
+        """Republish the ready steps of every unfinished run of the stores that has not moved
+        for ``quiet_s`` (see the module doc); how many steps."""
+        count = 0
+        now = self.clock.now()
+        for store in self.stores.values():
+            for record, _steps in await store.active_runs():
+                if record.workflow not in self.specs or record.updated_at > now - quiet_s:
+                    continue
+                try:
+                    count += await self.republish(record.tenant_id, record.id)
+                except NotFoundError:
+                    continue
+        await self.queue.flush()
+        return count
+
+
+def _span(tenant: str, run: str, step: str, delivery: int) -> Any:
+    """A span carrying the correlation ids, when OpenTelemetry is installed."""
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    return trace.get_tracer("tenantflow.mesh").start_span(
+        "tenantflow.mesh.step",
+        attributes={
+            "tenantflow.tenant": tenant,
+            "tenantflow.run": run,
+            "tenantflow.step": step,
+            "tenantflow.delivery": delivery,
+        },
+    )
