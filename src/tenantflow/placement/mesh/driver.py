@@ -28,6 +28,7 @@ Correlation ids (tenant, run, step, attempt) travel in the messages' headers and
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -44,12 +45,15 @@ from tenantflow.engine.execution.active import ActiveRun
 from tenantflow.engine.execution.broker import BrokerDriver
 from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
 from tenantflow.engine.execution.outcomes import AttemptOutcome, Succeeded
-from tenantflow.errors import NotFoundError
+from tenantflow.errors import NotFoundError, StoreUnavailableError
 from tenantflow.ports import Delivery, Store
 
 __all__ = ["CompletionGuard", "MeshDriver"]
 
 log = logging.getLogger("tenantflow.mesh")
+
+STORE_RETRIES = 6
+"""How often a decision is tried when the store reports a transient failure."""
 
 _SUBMITTING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tenantflow_mesh_submitting", default=None
@@ -195,12 +199,49 @@ class MeshDriver(BrokerDriver):
         key = str(delivery.data["key"])
         if delivery.deliveries > 1:  # its agent died: the successors may not have been sent
             await self.republish(tenant, run_id, skip=key)
+            held = await self._leased_for(tenant, run_id, key)
+            if held > 0:  # a dead holder's lease: claim the step once it lapses, not drop it
+                delivery.nak(held + 0.05)
+                return
         span = _span(tenant, run_id, key, delivery.deliveries)
         try:
             await super()._handle(delivery)
         finally:
             if span is not None:
                 span.end()
+
+    async def _leased_for(self, tenant: str, run_id: str, key: str) -> float:
+        """Seconds the step's current lease still runs (0 when it is not running)."""
+        store_key, _ = await self._tenant(tenant)
+        now = self.clock.now()
+        for step in await self.stores[store_key].get_steps(tenant, run_id):
+            if step.key == key and step.status == StepStatus.RUNNING:
+                return max(0.0, (step.lease_expires_at or 0.0) - now)
+        return 0.0
+
+    async def _settle(
+        self,
+        store: Store,
+        tenant: str,
+        run_id: str,
+        policy: Policy,
+        att: Any,
+        outcome: AttemptOutcome,
+        region: str,
+    ) -> None:
+        """Decide and commit, again after a transient store error (a deadlock between two
+        agents writing one tenant's rows aborts a transaction: nothing of it was written)."""
+        delay = 0.05
+        for attempt in range(STORE_RETRIES):
+            try:
+                await super()._settle(store, tenant, run_id, policy, att, outcome, region)
+                return
+            except StoreUnavailableError as exc:
+                if attempt == STORE_RETRIES - 1:
+                    raise
+                log.info("store busy deciding %s/%s (%s); again", run_id, att.key, exc.message[:80])
+                await asyncio.sleep(delay * (1.0 + self._rng.random()))
+                delay = min(1.0, delay * 2)
 
     async def _decide(
         self, run: ActiveRun, version: int, att: Any, outcome: AttemptOutcome, region: str
@@ -209,9 +250,20 @@ class MeshDriver(BrokerDriver):
         if committed:
             try:
                 await self._ship(run.tenant_id, run.id)
-            except Exception as exc:  # the next decision ships it
-                log.warning("shipping the log of %s failed: %s", run.id, exc)
+            except Exception as exc:  # the server is away: ship it once it is back
+                log.warning("shipping the log of %s failed: %s; again later", run.id, exc)
+                self._spawn(self._ship_later(run.tenant_id, run.id))
         return committed
+
+    async def _ship_later(self, tenant: str, run_id: str) -> None:
+        for _ in range(120):
+            await asyncio.sleep(0.5)
+            try:
+                await self._ship(tenant, run_id)
+                return
+            except Exception:
+                continue
+        log.error("the log of %s could not be shipped", run_id)
 
     def _finished(self, run_id: str) -> None:
         super()._finished(run_id)
