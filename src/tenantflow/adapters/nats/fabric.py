@@ -166,7 +166,7 @@ def auth_config(users: Iterable[Credentials]) -> str:
         entries.append(
             f"    {{user: {json.dumps(c.user)}, password: {json.dumps(c.password)},"
             f" permissions: {{publish: {{allow: {_quoted(pub)}}},"
-            f" subscribe: {{allow: {_quoted(sub)}}}}}}}"
+            f" subscribe: {{allow: {_quoted(sub)}}}, allow_responses: true}}}}"
         )
     return "authorization {\n  users = [\n" + "\n".join(entries) + "\n  ]\n}\n"
 
