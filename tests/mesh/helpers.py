@@ -96,3 +96,17 @@ async def wait_all(
             ]
             raise AssertionError(f"{len(stuck)} runs did not end: {stuck[:5]}")
         await asyncio.sleep(0.1)
+
+
+async def wait_log(log: Any, region: str, tenant: str, run: str, timeout_s: float = 20.0) -> Any:
+    """The run's timeline once its last fact says the run ended (shipping trails the store)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        timeline = await log.timeline(region, tenant, run)
+        facts = [e["fact"] for e in timeline if "fact" in e]
+        states = [e for e in timeline if e["subject"].endswith(".state")]
+        ended = facts and facts[-1] in ("run.completed", "run.failed", "run.compensated")
+        if ended and states and states[-1]["status"] != "running":
+            return timeline
+        assert time.monotonic() < deadline, f"the log of {run} did not end: {facts[-3:]}"
+        await asyncio.sleep(0.1)

@@ -20,7 +20,7 @@ from tenantflow.selftest.workload import (
     tenant_of,
 )
 
-from .helpers import agents, create_tenants, submitter, wait_all
+from .helpers import agents, create_tenants, submitter, wait_all, wait_log
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -52,7 +52,7 @@ async def test_two_agents_run_every_run_once(
         # The log: facts, and a state chain that only moves forward, ending completed.
         log = ExecutionLog(admin)
         tenant, run_id = runs[0]
-        timeline = await log.timeline("eu", tenant, run_id)
+        timeline = await wait_log(log, "eu", tenant, run_id)
         facts = [e["fact"] for e in timeline if "fact" in e]
         assert facts[0] == "run.submitted" and facts[-1] == "run.completed"
         assert facts.count("step.succeeded") == len(STEPS)
@@ -70,3 +70,18 @@ async def test_two_agents_run_every_run_once(
         await store.close()
     for p in procs:
         assert p.proc is not None and p.proc.returncode == 0, (tmp_path / "agent-0.log").read_text()
+
+
+async def test_a_region_without_agents_is_refused_before_recording(
+    mesh_server: Any, admin: Any, postgres_url: str
+) -> None:
+    await create_tenants(postgres_url, ["far"], region="ap-southeast-1")
+    driver, store = await submitter(postgres_url, admin, "eu")
+    try:
+        with pytest.raises(tf.ResidencyError, match="ap-southeast-1"):
+            await driver.submit("far", WORKFLOW, {"i": 1})
+        assert await store.list_runs("far") == []
+    finally:
+        await driver.queue.close()
+        await driver.close()
+        await store.close()

@@ -29,7 +29,7 @@ from tenantflow.selftest.workload import (
     tenant_of,
 )
 
-from .helpers import agents, create_tenants, submitter, wait_all
+from .helpers import agents, create_tenants, submitter, wait_all, wait_log
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,7 +75,7 @@ async def test_kill_agents_and_server_under_load(
         assert len(keys) == RUNS * len(STEPS) == len(set(keys))
         log = ExecutionLog(admin)
         for tenant, run_id in runs:
-            timeline = await log.timeline("eu", tenant, run_id)
+            timeline = await wait_log(log, "eu", tenant, run_id)
             succeeded = Counter(e["step"] for e in timeline if e.get("fact") == "step.succeeded")
             assert succeeded == dict.fromkeys(STEPS, 1), (run_id, succeeded)
             assert [e["fact"] for e in timeline if "fact" in e][-1] == "run.completed"

@@ -191,6 +191,11 @@ class JetStreamQueue:
         while self._publishing:
             await asyncio.gather(*list(self._publishing), return_exceptions=True)
 
+    def hold_acks(self, task: asyncio.Task[Any]) -> None:
+        """Make every ack settled from now on wait for ``task`` too (as for a publish)."""
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
     # -- publishing ---------------------------------------------------------------------------
 
     def publish(self, data: dict[str, Any], *, delay_s: float = 0.0) -> None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tenantflow.adapters.nats.fabric import Credentials, Fabric, connect, load_credentials
@@ -99,7 +100,28 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
     return driver, engine, fabric
 
 
+def agent_stats(driver: MeshDriver) -> dict[str, Any]:
+    """What an agent did: deliveries, consumers, hop latency (publish -> delivered)."""
+    queue = driver.queue
+    hops = sorted(queue.hop_s)
+
+    def pct(p: float) -> float | None:
+        return None if not hops else round(hops[min(len(hops) - 1, int(p * len(hops)))], 6)
+
+    return {
+        "pid": os.getpid(),
+        **asdict(queue.stats),
+        "hop_p50_s": pct(0.50),
+        "hop_p99_s": pct(0.99),
+        "completions_reused": driver.guard.reused,
+        "completions_lost_race": driver.guard.lost,
+        "republished": driver.republished,
+        "log_versions_shipped": driver.shipped,
+    }
+
+
 async def close_agent(driver: MeshDriver, engine: Engine, fabric: Fabric) -> None:
+    log.info("stats %s", json.dumps(agent_stats(driver)))
     await driver.queue.close()
     await driver.close()
     await fabric.close()

@@ -10,10 +10,12 @@ executor, decider, gateway, saga and fenced store ops as every other placement) 
   subjects) can take it.
 * **Exactly one completion per step.** Before a successful attempt is decided, its completion
   record is created in KV ``DONE_<r>`` only if absent; an attempt that loses (a second attempt
-  after a lapsed lease) is decided with the winner's output, and an attempt that finds a record
-  already there does not run the step again. The store's fenced finish and the run's
-  compare-and-set (``expected_version``) then admit one decision.
-* **The execution log.** After each committed decision, the run's new store events are published
+  after a lapsed lease) is decided with the winner's output, and a redelivered attempt that
+  finds a record already there (its holder died after completing) does not run the step again.
+  The store's fenced finish and the run's compare-and-set (``expected_version``) then admit one
+  decision.
+* **The execution log.** After each committed decision (off the successors' path, before the
+  work item's ack), the run's new store events are published
   as facts on ``tf.<r>.<t>.run.<run>.evt.<kind>`` (``Nats-Msg-Id`` = run and event id) and a state
   version is appended to the run's chain with an expected-last-subject-sequence check (the entry
   names the events it covers, so a second shipper publishes only newer ones).
@@ -37,6 +39,7 @@ from typing import Any
 
 from tenantflow.adapters.nats.log import ExecutionLog
 from tenantflow.adapters.nats.queue import JetStreamQueue
+from tenantflow.adapters.nats.subjects import Region
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
 from tenantflow.domain.records import TERMINAL_RUN, RunStatus, StepStatus
@@ -45,7 +48,7 @@ from tenantflow.engine.execution.active import ActiveRun
 from tenantflow.engine.execution.broker import BrokerDriver
 from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
 from tenantflow.engine.execution.outcomes import AttemptOutcome, Succeeded
-from tenantflow.errors import NotFoundError, StoreUnavailableError
+from tenantflow.errors import NotFoundError, ResidencyError, StoreUnavailableError
 from tenantflow.ports import Delivery, Store
 
 __all__ = ["CompletionGuard", "MeshDriver"]
@@ -55,6 +58,9 @@ log = logging.getLogger("tenantflow.mesh")
 STORE_RETRIES = 6
 """How often a decision is tried when the store reports a transient failure."""
 
+_REDELIVERED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tenantflow_mesh_redelivered", default=False
+)
 _SUBMITTING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "tenantflow_mesh_submitting", default=None
 )
@@ -74,10 +80,11 @@ class CompletionGuard:
             return await self.inner.execute(inp)
         tenant, run = inp.scope.tenant_id, inp.scope.run_id
         region = self.driver.region_of(tenant)
-        record = await self.driver.log.completion(region, tenant, run, inp.key)
-        if record is not None:  # completed already (its decision was lost): finish, do not rerun
-            self.reused += 1
-            return self._succeeded(inp, record.output_json)
+        if _REDELIVERED.get():  # its first holder may have completed it: finish, do not rerun
+            record = await self.driver.log.completion(region, tenant, run, inp.key)
+            if record is not None:
+                self.reused += 1
+                return self._succeeded(inp, record.output_json)
         outcome = await self.inner.execute(inp)
         if isinstance(outcome, Succeeded):
             first, record = await self.driver.log.complete(
@@ -125,6 +132,8 @@ class MeshDriver(BrokerDriver):
         self.guard = CompletionGuard(self.executor, self)
         self.executor = self.guard  # type: ignore[assignment]
         self._spec_of_run: dict[str, WorkflowSpec] = {}
+        self._served_regions: set[str] = set()
+        self._shipping: dict[str, bool] = {}
         self.shipped = 0
         self.republished = 0
 
@@ -155,7 +164,15 @@ class MeshDriver(BrokerDriver):
         raise NotFoundError(f"no tenant {tenant!r}", kind="tenant", id=tenant)
 
     async def submit(self, tenant: str, workflow: str, input: Any) -> str:
-        """Record a run and publish its first steps (on the stream when this returns)."""
+        """Record a run and publish its first steps (on the stream when this returns).
+
+        Raises:
+            ResidencyError: no stream serves the tenant's region on this fabric (nothing is
+                recorded).
+            (and what :meth:`BrokerDriver.submit` raises)
+        """
+        await self._tenant(tenant)
+        await self._served(self.region_of(tenant))
         token = _SUBMITTING.set(workflow)
         try:
             run_id = await super().submit(tenant, workflow, input)
@@ -164,6 +181,20 @@ class MeshDriver(BrokerDriver):
         await self.queue.flush()
         await self._ship(tenant, run_id)
         return run_id
+
+    async def _served(self, region: str) -> None:
+        if region in self._served_regions:
+            return
+        from nats.js.errors import NotFoundError as StreamNotFound
+
+        try:
+            await self.queue.fabric.js.stream_info(Region(region).work_stream)
+        except (TimeoutError, StreamNotFound):
+            raise ResidencyError(
+                f"no mesh region {region!r} on this fabric: no agents take its work",
+                region=region,
+            ) from None
+        self._served_regions.add(region)
 
     def _publish(
         self, tenant: str, run_id: str, keys: Iterable[str], *, delay_s: float = 0.0
@@ -197,16 +228,23 @@ class MeshDriver(BrokerDriver):
     async def _handle(self, delivery: Delivery) -> None:
         tenant, run_id = str(delivery.data["tenant"]), str(delivery.data["run"])
         key = str(delivery.data["key"])
-        if delivery.deliveries > 1:  # its agent died: the successors may not have been sent
+        first = delivery.deliveries == 1
+        if not first:  # its agent died: the successors and the log may not have been sent
             await self.republish(tenant, run_id, skip=key)
+            try:
+                await self._ship(tenant, run_id)
+            except Exception as exc:
+                log.warning("shipping the log of %s failed: %s", run_id, exc)
             held = await self._leased_for(tenant, run_id, key)
             if held > 0:  # a dead holder's lease: claim the step once it lapses, not drop it
                 delivery.nak(held + 0.05)
                 return
         span = _span(tenant, run_id, key, delivery.deliveries)
+        redelivered = _REDELIVERED.set(not first)
         try:
             await super()._handle(delivery)
         finally:
+            _REDELIVERED.reset(redelivered)
             if span is not None:
                 span.end()
 
@@ -247,23 +285,33 @@ class MeshDriver(BrokerDriver):
         self, run: ActiveRun, version: int, att: Any, outcome: AttemptOutcome, region: str
     ) -> bool:
         committed = await super()._decide(run, version, att, outcome, region)
-        if committed:
-            try:
-                await self._ship(run.tenant_id, run.id)
-            except Exception as exc:  # the server is away: ship it once it is back
-                log.warning("shipping the log of %s failed: %s; again later", run.id, exc)
-                self._spawn(self._ship_later(run.tenant_id, run.id))
+        if committed:  # off the successors' path, but before this delivery's ack
+            self.queue.hold_acks(self._spawn(self._ship_soon(run.tenant_id, run.id)))
         return committed
 
-    async def _ship_later(self, tenant: str, run_id: str) -> None:
-        for _ in range(120):
-            await asyncio.sleep(0.5)
-            try:
-                await self._ship(tenant, run_id)
-                return
-            except Exception:
-                continue
-        log.error("the log of %s could not be shipped", run_id)
+    async def _ship_soon(self, tenant: str, run_id: str) -> None:
+        """Ship the run's log; one shipper per run at a time in this process (a request while
+        one runs makes it go round again), retried while the server is away."""
+        if run_id in self._shipping:
+            self._shipping[run_id] = True
+            return
+        self._shipping[run_id] = False
+        delay = 0.1
+        try:
+            for _ in range(200):
+                try:
+                    await self._ship(tenant, run_id)
+                except Exception as exc:  # the server is away: again once it is back
+                    log.warning("shipping the log of %s failed: %s; again", run_id, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(1.0, delay * 2)
+                    continue
+                if not self._shipping[run_id]:
+                    return
+                self._shipping[run_id] = False
+            log.error("the log of %s could not be shipped", run_id)
+        finally:
+            self._shipping.pop(run_id, None)
 
     def _finished(self, run_id: str) -> None:
         super()._finished(run_id)
