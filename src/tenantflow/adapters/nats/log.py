@@ -64,9 +64,12 @@ class ExecutionLog:
         msg_id: str,
         step: str | None = None,
         attempt: int | None = None,
-    ) -> int:
+        wait: bool = True,
+    ) -> Any:
         """Publish a fact (``fact`` may hold dots: ``step.succeeded``); its stream sequence (a
-        duplicate ``msg_id`` within the server's window gets the first one's)."""
+        duplicate ``msg_id`` within the server's window gets the first one's). With
+        ``wait=False`` the fact is sent and a future of its acknowledgement returned, so that
+        several facts go out in order and are acknowledged together."""
         r = Region(region)
         headers = {"Nats-Msg-Id": msg_id, "Tf-Tenant": tenant, "Tf-Run": run}
         if step is not None:
@@ -75,9 +78,12 @@ class ExecutionLog:
             headers["Tf-Attempt"] = str(attempt)
         body = {"fact": fact, "step": step, "attempt": attempt, **data}
         name = ".".join(token(part) for part in fact.split("."))
-        ack = await self.fabric.js.publish(
-            r.evt(tenant, run, name), json.dumps(body, default=str).encode(), headers=headers
-        )
+        payload = json.dumps(body, default=str).encode()
+        if not wait:
+            return await self.fabric.js.publish_async(
+                r.evt(tenant, run, name), payload, headers=headers
+            )
+        ack = await self.fabric.js.publish(r.evt(tenant, run, name), payload, headers=headers)
         return int(ack.seq)
 
     # -- state versions -----------------------------------------------------------------------

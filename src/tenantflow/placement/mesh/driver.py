@@ -333,7 +333,7 @@ class MeshDriver(BrokerDriver):
             record = await store.get_run(tenant, run_id)
             if not events and int(last.get("version", -1)) >= record.state_version:
                 return
-            for ev in events:
+            acks = [  # sent in order, acknowledged together; a resend is deduplicated by id
                 await self.log.fact(
                     region,
                     tenant,
@@ -343,7 +343,11 @@ class MeshDriver(BrokerDriver):
                     msg_id=f"{run_id}.ev.{ev.id}",
                     step=ev.step,
                     attempt=ev.attempt,
+                    wait=False,
                 )
+                for ev in events
+            ]
+            await asyncio.wait_for(asyncio.gather(*acks), 10.0)
             body = {
                 "version": record.state_version,
                 "status": record.status.value,
