@@ -10,10 +10,8 @@ from typing import Any
 
 import tenantflow as tf
 from tenantflow.adapters.nats.fabric import Fabric, save_credentials
-from tenantflow.adapters.nats.queue import JetStreamQueue
-from tenantflow.domain.ids import DEFAULT_STORE
 from tenantflow.domain.records import TERMINAL_RUN
-from tenantflow.engine.gateway import Gateway
+from tenantflow.placement.mesh.control import open_submitter
 from tenantflow.placement.mesh.driver import MeshDriver
 from tenantflow.placement.mesh.procs import AgentProcess
 from tenantflow.selftest.workload import TENANTS, build
@@ -27,23 +25,7 @@ async def create_tenants(url: str, tenants: Sequence[str] = TENANTS, **policy: A
 
 async def submitter(url: str, fabric: Fabric, region: str) -> tuple[MeshDriver, Any]:
     """A publish-only driver (it consumes nothing) that records runs and publishes them."""
-    store = tf.Engine.open(url, tf.EngineConfig(execute=False)).store
-    await store.open(execute=True)
-    queue = JetStreamQueue(fabric)
-    gateway = tf.Engine(store).gateway
-    assert isinstance(gateway, Gateway)
-    driver = MeshDriver(
-        {DEFAULT_STORE: store},
-        home=DEFAULT_STORE,
-        bus=queue,
-        clock=tf.Engine(store).clock,
-        gateway=gateway,
-        workflows=[build(None).spec],
-        default_region=region,
-        owner="submitter",
-    )
-    await driver.start()
-    return driver, store
+    return await open_submitter(url, fabric, region, [build(None).spec])
 
 
 def agents(

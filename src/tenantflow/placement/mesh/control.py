@@ -24,12 +24,37 @@ from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ids import DEFAULT_STORE
 from tenantflow.domain.records import RunRecord
+from tenantflow.domain.spec import WorkflowSpec
+from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
 from tenantflow.engine.handle import RunHandle
 from tenantflow.errors import BackpressureError, ConfigurationError
 from tenantflow.placement.mesh.driver import MeshDriver
+from tenantflow.ports import Store
 
-__all__ = ["MeshControl"]
+__all__ = ["MeshControl", "open_submitter"]
+
+
+async def open_submitter(
+    url: str, fabric: Fabric, default_region: str, workflows: Sequence[WorkflowSpec]
+) -> tuple[MeshDriver, Store]:
+    """A started publish-only driver (it consumes nothing) on the store ``url``: it records
+    runs and publishes their steps; and the store it opened (close both after use)."""
+    engine = Engine.open(url, EngineConfig(execute=False))
+    store = engine.store
+    await store.open(execute=True)
+    driver = MeshDriver(
+        {DEFAULT_STORE: store},
+        home=DEFAULT_STORE,
+        bus=JetStreamQueue(fabric),
+        clock=engine.clock,
+        gateway=engine.gateway,
+        workflows=workflows,
+        default_region=default_region,
+        owner="mesh-submitter",
+    )
+    await driver.start()
+    return driver, store
 
 
 class MeshControl:
