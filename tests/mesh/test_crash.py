@@ -33,7 +33,7 @@ from .helpers import agents, create_tenants, submitter, wait_all, wait_log
 
 pytestmark = pytest.mark.timeout(120)
 
-RUNS = 60
+RUNS = 45
 
 
 async def _until(predicate: Any, timeout_s: float = 30.0) -> None:

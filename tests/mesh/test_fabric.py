@@ -30,7 +30,7 @@ async def _refused(fabric: Any, subject: str) -> bool:
 
     before = len(fabric.errors)
     try:
-        await fabric.js.publish(subject, b"x", timeout=1.0)
+        await fabric.js.publish(subject, b"x", timeout=0.5)
     except nats.errors.TimeoutError:
         await asyncio.sleep(0.1)
         return any("permissions violation" in e.lower() for e in fabric.errors[before:])
@@ -99,7 +99,7 @@ async def test_a_tenant_user_cannot_touch_another_tenant(mesh_server: Any, admin
             region.consumer("globex", "function"), stream=region.work_stream
         )
         with pytest.raises(asyncio.TimeoutError):  # the fetch is refused: nothing comes
-            await theirs.fetch(1, timeout=1.0)
+            await theirs.fetch(1, timeout=0.5)
         await asyncio.sleep(0.1)
         assert any("permissions violation" in e.lower() for e in acme.errors)
         # Subscribing to another tenant's subjects is refused too.
