@@ -50,7 +50,7 @@ async def test_fifty_concurrent_steps_never_overspend(mesh_server: Any, admin: A
 
 async def test_another_region_ledger_is_refused(mesh_server: Any, admin: Any) -> None:
     await Ledger(admin, "us").open("acme", "monthly", LIMIT)
-    eu = await connect(mesh_server.url, mesh_server.creds["agent-eu"])
+    eu = await connect(mesh_server.url, mesh_server.creds["agent-eu"], api_timeout_s=0.5)
     try:
         with pytest.raises(asyncio.TimeoutError):
             await Ledger(eu, "us").state("acme", "monthly")

@@ -51,7 +51,7 @@ async def test_streams_and_buckets_are_provisioned(admin: Any) -> None:
 async def test_a_region_user_cannot_touch_another_region(mesh_server: Any, admin: Any) -> None:
     from tenantflow.adapters.nats.fabric import connect
 
-    eu = await connect(mesh_server.url, mesh_server.creds["agent-eu"])
+    eu = await connect(mesh_server.url, mesh_server.creds["agent-eu"], api_timeout_s=0.5)
     try:
         ok = await eu.js.publish(Region("eu").cmd("acme", "r1", "function"), b"{}")
         assert ok.stream == "WORK_eu"

@@ -114,11 +114,22 @@ async def _tenant_key(url: str, tenant: str) -> str:
         return key
 
 
-def test_mesh_up_refuses_sqlite(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "tenantflow.cli.main", "mesh", "up", "--db", f"sqlite:///{tmp_path}/x.db"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    assert out.returncode != 0
-    assert out.stderr.startswith("error: the mesh needs a PostgreSQL store")
-    assert len(out.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["mesh", "up", "--db", "sqlite:///x.db"], "error: the mesh needs a PostgreSQL store"),
+        (["mesh", "up", "--db", "postgresql://h/db", "--regions", "EU!"], "invalid mesh region"),
+        (["agent", "--db", "sqlite:///x.db", "--kinds", "tool"], "--kinds: unknown kind tool"),
+    ],
+)
+def test_bad_mesh_commands_fail_in_one_line(args: list[str], says: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tenantflow.cli.main import app
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+    assert not (tmp_path / "x.db").exists()

@@ -175,9 +175,9 @@ class Fabric:
     """One connection to the fabric (nats-py client, JetStream context) and the permission
     errors the server reported on it."""
 
-    def __init__(self, nc: Any, creds: Credentials | None) -> None:
+    def __init__(self, nc: Any, creds: Credentials | None, api_timeout_s: float = 5.0) -> None:
         self.nc = nc
-        self.js = nc.jetstream(timeout=5.0)
+        self.js = nc.jetstream(timeout=api_timeout_s)
         self.creds = creds
         self.errors: list[str] = []
         self.reconnects = 0
@@ -198,10 +198,15 @@ class Fabric:
 
 
 async def connect(
-    url: str, creds: Credentials | None = None, *, name: str = "tenantflow"
+    url: str,
+    creds: Credentials | None = None,
+    *,
+    name: str = "tenantflow",
+    api_timeout_s: float = 5.0,
 ) -> Fabric:
     """Connect to ``url`` as ``creds`` (None: no authentication), reconnecting for ever with a
-    short wait.
+    short wait; a JetStream API call not answered in ``api_timeout_s`` fails (a call the
+    server's permissions refuse is never answered).
 
     Raises:
         ConfigurationError: the mesh extra (nats-py) is not installed.
@@ -237,7 +242,7 @@ async def connect(
     if creds is not None:
         options.update(user=creds.user, password=creds.password, inbox_prefix=creds.inbox)
     nc = await nats.connect(url, **options)
-    fabric = Fabric(nc, creds)
+    fabric = Fabric(nc, creds, api_timeout_s)
     holder.append(fabric)
     return fabric
 
