@@ -92,9 +92,11 @@ def test_mesh_up_serves_the_api(nats_server_binary: Any, postgres_url: str, tmp_
             # What the mesh does not do yet is refused with a JSON 4xx, not half-done.
             with pytest.raises(tf.TenantflowError):
                 client.cancel(runs[0])
-        # Agent logs show both agents took work.
+        # Both agents watched the policy bucket and applied acme's policy (version 1).
         agent_logs = sorted((tmp_path / "mesh").glob("agent-*.log"))
         assert len(agent_logs) == 2
+        for agent_log in agent_logs:
+            assert "policy of acme: version 1 applied" in agent_log.read_text()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

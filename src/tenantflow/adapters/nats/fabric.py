@@ -128,6 +128,7 @@ def _js_api(region: Region) -> list[str]:
             f"$JS.ACK.{stream}.>",
         ]
     subjects += [f"$KV.{bucket}.>" for bucket in region.buckets]
+    subjects.append("$JS.FC.>")  # flow-control replies of the policy watch's ordered consumer
     return subjects
 
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tenantflow.adapters.nats.fabric import Credentials, Fabric, connect, load_credentials
+from tenantflow.adapters.nats.policy import PolicyBoard
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import KINDS, Region
 from tenantflow.domain.ids import DEFAULT_STORE
@@ -92,6 +93,10 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
         concurrency=options.slots,
     )
     await driver.start()
+    for region in options.regions:
+        board = PolicyBoard(fabric, region)
+        await board.watch(driver.apply_policy)
+        driver.boards.append(board)
     await queue.start()
     if options.sweep:
         swept = await driver.sweep()
@@ -117,11 +122,14 @@ def agent_stats(driver: MeshDriver) -> dict[str, Any]:
         "completions_lost_race": driver.guard.lost,
         "republished": driver.republished,
         "log_versions_shipped": driver.shipped,
+        "policy_versions": driver.policy_versions,
     }
 
 
 async def close_agent(driver: MeshDriver, engine: Engine, fabric: Fabric) -> None:
     log.info("stats %s", json.dumps(agent_stats(driver)))
+    for board in driver.boards:
+        await board.close()
     await driver.queue.close()
     await driver.close()
     await fabric.close()

@@ -15,11 +15,13 @@ Not on the mesh yet (refused with a :class:`~tenantflow.errors.ConfigurationErro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from tenantflow.adapters.nats.fabric import Credentials, Fabric, connect, provision
 from tenantflow.adapters.nats.log import ExecutionLog
+from tenantflow.adapters.nats.policy import PolicyBoard
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ids import DEFAULT_STORE
@@ -33,6 +35,8 @@ from tenantflow.placement.mesh.driver import MeshDriver
 from tenantflow.ports import Store
 
 __all__ = ["MeshControl", "open_submitter"]
+
+log = logging.getLogger("tenantflow.mesh")
 
 
 async def open_submitter(
@@ -55,6 +59,27 @@ async def open_submitter(
     )
     await driver.start()
     return driver, store
+
+
+class _PublishingTenants:
+    """Tenants whose create and update also put the new policy on the fabric."""
+
+    def __init__(self, inner: Any, publish: Any) -> None:
+        self._inner = inner
+        self._publish = publish
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def create(self, tenant_id: str, **options: Any) -> Any:
+        info = await self._inner.create(tenant_id, **options)
+        await self._publish(info)
+        return info
+
+    async def update(self, *args: Any, **options: Any) -> Any:
+        info = await self._inner.update(*args, **options)
+        await self._publish(info)
+        return info
 
 
 class MeshControl:
@@ -89,6 +114,23 @@ class MeshControl:
 
     def __getattr__(self, name: str) -> Any:  # everything else: the front engine
         return getattr(self._engine, name)
+
+    @property
+    def tenants(self) -> Any:
+        """The front engine's tenants; a created or changed policy is also put on the region's
+        policy bucket, which the agents watch."""
+        return _PublishingTenants(self._engine.tenants, self._publish_policy)
+
+    async def _publish_policy(self, info: Any) -> None:
+        if self.fabric is None:
+            return
+        region = info.policy.region or self.default_region
+        try:
+            await PolicyBoard(self.fabric, region).put(
+                info.id, info.policy_version, info.policy.model_dump(mode="json")
+            )
+        except Exception as exc:  # a region with no bucket: no agents to tell
+            log.warning("policy of %s not put on %s: %s", info.id, region, exc)
 
     @property
     def engine(self) -> Engine:

@@ -134,10 +134,22 @@ class MeshDriver(BrokerDriver):
         self._spec_of_run: dict[str, WorkflowSpec] = {}
         self._served_regions: set[str] = set()
         self._shipping: dict[str, bool] = {}
+        self.boards: list[Any] = []
+        self.policy_versions: dict[str, int] = {}
+        """The policy version applied per tenant (from the policy bucket)."""
         self.shipped = 0
         self.republished = 0
 
     # -- regions and subjects -----------------------------------------------------------------
+
+    def apply_policy(self, tenant: str, version: int, policy: dict[str, Any]) -> None:
+        """A newer policy from the policy bucket: the next delivery of the tenant uses it."""
+        known = set(DEFAULT_REGIONS) | set(self.stores)
+        found = self._tenants.get(tenant)
+        parsed = Policy.model_validate(policy, context={"known_regions": known})
+        if found is not None:
+            self._tenants[tenant] = (found[0], parsed)
+        self.policy_versions[tenant] = version
 
     def region_of(self, tenant: str) -> str:
         """The mesh region of a tenant already looked up (see :meth:`_tenant`)."""
