@@ -110,7 +110,7 @@ def selftest(
         out = Console()
         from tenantflow.selftest import MESH_SCENARIOS
 
-        for scenario in (*SCENARIOS, *MESH_SCENARIOS):
+        for scenario in MESH_SCENARIOS if placement == "mesh" else SCENARIOS:
             out.print(f"{scenario.name:15} {scenario.summary}", markup=False, highlight=False)
         return
     with reporting_errors():

@@ -130,7 +130,7 @@ def choose(names: Iterable[str] | None, placement: str | None = None) -> list[Sc
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise ConfigurationError(
-            f"unknown scenario {unknown[0]!r}: one of {', '.join(known)}",
+            f"unknown scenario {unknown[0]!r}: one of {', '.join(s.name for s in pool)}",
             field="only",
             value=unknown[0],
         )
