@@ -37,6 +37,7 @@ from tenantflow.selftest.mesh import (
     run_mesh_crash,
     run_mesh_deadlock,
     run_mesh_isolation,
+    run_mesh_loan,
 )
 from tenantflow.selftest.pause import run_pause
 from tenantflow.selftest.restart import run_db_restart
@@ -91,6 +92,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("fuzz", "schemathesis on the API; hypothesis on specs, policies, scenarios", run_fuzz),
     Scenario(
         "audit", "tamper with, delete and reorder audit rows; verify names the row", run_audit
+    ),
+    Scenario(
+        "mesh-loan",
+        "the loan platform through mesh up, agents in two regions, the REST API",
+        run_mesh_loan,
+        needs=("postgres",),
     ),
 )
 

@@ -14,6 +14,9 @@ Each starts a private nats-server (2.10+, the ``mesh`` extra's 2.15) with the me
   fits 12; overspend must be 0 and exactly 12 granted.
 * ``mesh-deadlock``: three agents waiting on each other (a -> b -> c -> a) must end in a
   timeout naming the cycle before the caller's deadline.
+* ``mesh-loan``: the loan platform (``--app loan_platform.service:setup``) under
+  ``tenantflow mesh up`` with agents in two regions; three institutions' applications go in
+  through the REST API and must all complete.
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ from tenantflow.selftest.workload import (
     tenant_of,
 )
 
-__all__ = ["run_mesh_budget", "run_mesh_crash", "run_mesh_deadlock", "run_mesh_isolation"]
+__all__ = [
+    "run_mesh_budget",
+    "run_mesh_crash",
+    "run_mesh_deadlock",
+    "run_mesh_isolation",
+    "run_mesh_loan",
+]
 
 REGIONS = ("eu", "us")
 
@@ -351,3 +360,102 @@ async def _deadlock(row: Row, server: Any) -> None:
             await agent.close()
         for fabric in [*fabrics, admin]:
             await fabric.close()
+
+
+# -- the loan platform ----------------------------------------------------------------------------
+
+
+LOAN_APPLICATIONS = (
+    ("regional-bank", "enterprise", "us-east-1", "ada", 20_000.0),
+    ("eu-institution", "standard", "eu-west-1", "grace", 15_000.0),
+    ("fintech-startup", "free", None, "alan", 5_000.0),
+)
+
+
+def run_mesh_loan(ctx: Context, row: Row, directory: Path) -> None:
+    """The loan platform's applications, from two regions, through ``tenantflow mesh up`` with
+    ``--app loan_platform.service:setup``, the REST API and ``Client``: every one completes."""
+    import importlib.util
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    import tenantflow as tf
+    from tenantflow.client import Client
+    from tenantflow.selftest.pg import scratch_schema
+
+    if importlib.util.find_spec("loan_platform") is None:
+        raise Unavailable("the loan platform example (loan_platform) is not importable")
+    _server(directory).close()  # the same check for nats-server as the other scenarios
+    with scratch_schema(ctx.postgres(), "meshloan") as url:
+
+        async def keys(tenants: list[str]) -> dict[str | None, str]:
+            out: dict[str | None, str] = {}
+            async with tf.Engine.open(url) as engine:
+                for tenant in [None, *tenants]:
+                    _, out[tenant] = await engine.keys.create(tenant)
+            return out
+
+        admin_key = asyncio.run(keys([]))[None]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = open(directory / "mesh-up.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "tenantflow.cli.main", "mesh", "up",
+                "--agents", "1", "--app", "loan_platform.service:setup", "--db", url,
+                "--port", str(port), "--dir", str(directory / "mesh"),
+                "--regions", "us-east-1,eu-west-1", "--default-region", "us-east-1",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ),
+        )  # fmt: skip
+        api = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.get(f"{api}/healthz", timeout=1.0)
+                    break
+                except httpx.HTTPError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("tenantflow mesh up did not start") from None
+                    time.sleep(0.2)
+            with Client(api, admin_key) as admin:
+                for tenant, tier, region, _, _ in LOAN_APPLICATIONS:
+                    admin.create_tenant(tenant, tier=tier, policy={"region": region})
+            tenant_keys = asyncio.run(keys([t for t, *_ in LOAN_APPLICATIONS]))
+            runs = []
+            for n, (tenant, _, _, applicant, amount) in enumerate(LOAN_APPLICATIONS):
+                with Client(api, tenant_keys[tenant]) as client:
+                    application = {
+                        "application_id": f"app-{n}",
+                        "applicant": applicant,
+                        "amount": amount,
+                        "income": 60_000.0,
+                    }
+                    runs.append((tenant, client.submit("loan-approval", application).id))
+            row.runs = len(runs)
+            deadline = time.monotonic() + 180  # the bureau's latencies are real seconds
+            statuses: list[str] = []
+            while time.monotonic() < deadline:
+                statuses = []
+                for tenant, run_id in runs:
+                    with Client(api, tenant_keys[tenant]) as client:
+                        statuses.append(client.get_run(run_id).status.value)
+                if all(s != "running" for s in statuses):
+                    break
+                time.sleep(1.0)
+            row.lost = sum(1 for s in statuses if s != "completed")
+            row.note(f"statuses: {', '.join(statuses)}")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
