@@ -93,12 +93,6 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "audit", "tamper with, delete and reorder audit rows; verify names the row", run_audit
     ),
-    Scenario(
-        "mesh-loan",
-        "the loan platform through mesh up, agents in two regions, the REST API",
-        run_mesh_loan,
-        needs=("postgres",),
-    ),
 )
 
 MESH_SCENARIOS: tuple[Scenario, ...] = (  # tenantflow selftest --placement mesh
@@ -120,6 +114,12 @@ MESH_SCENARIOS: tuple[Scenario, ...] = (  # tenantflow selftest --placement mesh
         "mesh-deadlock",
         "three agents wait on each other: a timeout names the cycle",
         run_mesh_deadlock,
+    ),
+    Scenario(
+        "mesh-loan",
+        "the loan platform through mesh up, agents in two regions, the REST API",
+        run_mesh_loan,
+        needs=("postgres",),
     ),
 )
 
