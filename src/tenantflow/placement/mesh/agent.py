@@ -5,8 +5,10 @@
 and models on an engine that is never started (it lends its registry, tools, models and gateway),
 the stores are opened to execute, and a :class:`~.driver.MeshDriver` consumes the region's work
 queue through per-tenant consumers picked fairly (:class:`~tenantflow.adapters.nats.queue.
-JetStreamQueue`). At start it sweeps: every unfinished run's ready steps are published again
-(duplicates are harmless: a step runs when its lease is free and completes once).
+JetStreamQueue`). At start, and every ``sweep_every_s`` after, it sweeps: the ready steps of
+every unfinished run that has not moved for a while (and steps whose lease lapsed) are
+published again (duplicates are harmless: a step runs when its lease is free and completes
+once).
 
 Several agents share the work; a killed agent's unacked items are redelivered to the others
 after ``ack_wait``, and the step leases in the store lapse after ``lease``.
@@ -59,6 +61,7 @@ class AgentOptions:
     ack_wait_s: float = 30.0
     default_region: str = "global"
     sweep: bool = True
+    sweep_every_s: float = 15.0
     setups: Sequence[Callable[[Engine], Any]] = field(default_factory=tuple)
 
 
@@ -102,7 +105,22 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
         swept = await driver.sweep()
         if swept:
             log.info("swept: %d ready steps published again", swept)
+        driver._spawn(_sweep_forever(driver, options.sweep_every_s))
     return driver, engine, fabric
+
+
+async def _sweep_forever(driver: MeshDriver, every_s: float) -> None:
+    """Sweep again now and then: a run that has not moved for a while gets its ready steps
+    (and steps whose lease lapsed) published again, whatever dropped them."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            swept = await driver.sweep(quiet_s=every_s)
+        except Exception as exc:  # the store or the server is away: next time
+            log.warning("sweep failed: %s", exc)
+            continue
+        if swept:
+            log.info("swept: %d ready steps published again", swept)
 
 
 def agent_stats(driver: MeshDriver) -> dict[str, Any]:
