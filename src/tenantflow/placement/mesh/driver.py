@@ -255,6 +255,14 @@ class MeshDriver(BrokerDriver):
         redelivered = _REDELIVERED.set(not first)
         try:
             await super()._handle(delivery)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this delivery is being cancelled (the agent stops)
+            # nats-py cancels the requests in flight when its connection drops: that is a
+            # failure of this delivery (nak'ed by the caller), not a cancellation of it; left
+            # unsettled, the item would hold its slot and swallow its own redeliveries.
+            raise ConnectionError("the NATS connection dropped during the delivery") from None
         finally:
             _REDELIVERED.reset(redelivered)
             if span is not None:
