@@ -28,6 +28,7 @@ from tenantflow.cli import (
     keys,
     mcp,
     memory,
+    mesh,
     operator,
     reviews,
     runs,
@@ -124,6 +125,8 @@ app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
 app.add_typer(mcp.app, name="mcp-servers")
+app.command("agent")(mesh.agent)
+app.add_typer(mesh.app, name="mesh")
 app.command("plane")(federated.plane)
 app.command("cell")(federated.cell)
 app.add_typer(federated.app, name="federated")
