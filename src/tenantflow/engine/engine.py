@@ -245,6 +245,7 @@ class Engine(HistoryReads):
             self.clock,
             execute=config.execute,
             command=self.clustering.command,
+            decode=self.registry.decode_result,
         )
         self.membership: Membership | None = None
         if config.cluster == "worker":
@@ -451,6 +452,10 @@ class Engine(HistoryReads):
     async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
         """Wait until the run ends and return its record."""
         return await self.runs.wait(tenant, run_id, timeout)
+
+    async def result(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> Any:
+        """Wait until the run ends and return its result (:class:`RunFailedError` otherwise)."""
+        return await self.runs.result(tenant, run_id, timeout)
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""

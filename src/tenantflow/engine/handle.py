@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from tenantflow.domain.records import RunRecord, RunStatus
-from tenantflow.errors import RunFailedError
 
 __all__ = ["RunHandle", "RunSnapshot"]
 
@@ -35,7 +34,7 @@ class _Runs(Protocol):
         self, tenant: str, run_id: str, timeout: timedelta | None = None
     ) -> RunRecord: ...
 
-    def decode_result(self, record: RunRecord) -> Any: ...
+    async def result(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> Any: ...
 
 
 class RunHandle:
@@ -61,12 +60,4 @@ class RunHandle:
 
     async def result(self, timeout: timedelta | None = None) -> Any:
         """The run's result; :class:`RunFailedError` if it failed, compensated or was cancelled."""
-        record = await self.wait(timeout)
-        if record.status != RunStatus.COMPLETED:
-            raise RunFailedError(
-                f"run {self.id} ended {record.status.value}: {record.error}",
-                run_id=self.id,
-                status=record.status.value,
-                error=record.error,
-            )
-        return self._engine.decode_result(record)
+        return await self._engine.result(self.tenant_id, self.id, timeout)

@@ -16,7 +16,7 @@ from tenantflow.domain.spec import WorkflowSpec
 from tenantflow.errors import NotFoundError, SpecError
 from tenantflow.workflow import Workflow
 
-__all__ = ["WorkflowRegistry"]
+__all__ = ["WorkflowRegistry", "decode_sink"]
 
 
 class WorkflowRegistry:
@@ -102,11 +102,14 @@ class WorkflowRegistry:
         if spec is None:
             return json.loads(record.result_json)
         if len(spec.sinks) == 1:
-            sink = spec.step(spec.sinks[0])
-            return contract_for(sink.result_type).load(
-                record.result_json, step=sink.name, direction="result"
-            )
+            return decode_sink(spec, record.result_json)
         return json.loads(record.result_json)
+
+
+def decode_sink(spec: WorkflowSpec, data: bytes) -> Any:
+    """The output of ``spec``'s single sink step, as its result type, from its JSON."""
+    sink = spec.step(spec.sinks[0])
+    return contract_for(sink.result_type).load(data, step=sink.name, direction="result")
 
 
 def _version_key(version: str) -> tuple[int, str]:

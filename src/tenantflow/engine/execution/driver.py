@@ -32,6 +32,7 @@ from tenantflow.domain.progress import (
     Finish,
     MirrorUpdate,
     Requeue,
+    ReviewOpened,
     StartUnwind,
     on_failed,
     on_paused,
@@ -377,44 +378,54 @@ class RunDriver:
         return result
 
     def _apply(self, run: ActiveRun, effect: Effect, result: Any) -> None:
-        if isinstance(effect, MirrorUpdate):
-            if effect.statuses:
-                run.statuses.update(effect.statuses)
-            if effect.outputs:
-                run.outputs.update(effect.outputs)
-            if effect.jsons:
-                run.jsons.update(effect.jsons)
-            if effect.children:
-                run.children.update(effect.children)
-            if effect.versions:
-                run.versions.update(effect.versions)
-            if effect.version_of is not None:
-                run.versions[effect.version_of] = result
-            if effect.deferrals:
-                run.deferrals.update(effect.deferrals)
-            if effect.progressed:
-                run.progressed = True
-            if effect.error is not None:
-                run.error = effect.error
-            if effect.status is not None:
-                run.status = effect.status
-            if effect.meta is not None:
-                run.meta = dict(effect.meta)
-            if effect.replaced is not None:
-                run.replaced = dict(effect.replaced)
-        elif isinstance(effect, Enqueue):
-            self.enqueue(run, effect.keys)
-        elif isinstance(effect, EnqueueAfter):
-            self.enqueue_later(run, effect.key, effect.delay_s)
-        elif isinstance(effect, Requeue):
-            self._requeue(run, effect.key)
-        elif isinstance(effect, StartUnwind):
-            self.saga.start_unwind(run)
-        elif isinstance(effect, Finish):
+        # One dictionary lookup per effect instead of an isinstance ladder: this runs for every
+        # effect of every attempt.
+        _APPLY[type(effect)](self, run, effect, result)
+
+    def _apply_mirror(self, run: ActiveRun, effect: MirrorUpdate, result: Any) -> None:
+        if effect.statuses:
+            run.statuses.update(effect.statuses)
+        if effect.outputs:
+            run.outputs.update(effect.outputs)
+        if effect.jsons:
+            run.jsons.update(effect.jsons)
+        if effect.children:
+            run.children.update(effect.children)
+        if effect.versions:
+            run.versions.update(effect.versions)
+        if effect.version_of is not None:
+            run.versions[effect.version_of] = result
+        if effect.deferrals:
+            run.deferrals.update(effect.deferrals)
+        if effect.progressed:
+            run.progressed = True
+        if effect.error is not None:
+            run.error = effect.error
+        if effect.status is not None:
             run.status = effect.status
-            self._finish(run, effect.status, effect.result)
-        else:
-            self.hooks.review_opened(effect.review)
+        if effect.meta is not None:
+            run.meta = dict(effect.meta)
+        if effect.replaced is not None:
+            run.replaced = dict(effect.replaced)
+
+    def _apply_enqueue(self, run: ActiveRun, effect: Enqueue, result: Any) -> None:
+        self.enqueue(run, effect.keys)
+
+    def _apply_enqueue_after(self, run: ActiveRun, effect: EnqueueAfter, result: Any) -> None:
+        self.enqueue_later(run, effect.key, effect.delay_s)
+
+    def _apply_requeue(self, run: ActiveRun, effect: Requeue, result: Any) -> None:
+        self._requeue(run, effect.key)
+
+    def _apply_unwind(self, run: ActiveRun, effect: StartUnwind, result: Any) -> None:
+        self.saga.start_unwind(run)
+
+    def _apply_finish(self, run: ActiveRun, effect: Finish, result: Any) -> None:
+        run.status = effect.status
+        self._finish(run, effect.status, effect.result)
+
+    def _apply_review(self, run: ActiveRun, effect: ReviewOpened, result: Any) -> None:
+        self.hooks.review_opened(effect.review)
 
     def _finish(self, run: ActiveRun, status: RunStatus, result: Any) -> None:
         self.active.pop(run.id, None)
@@ -490,3 +501,15 @@ class RunDriver:
         elif run.status in TERMINAL_RUN:
             self.active.pop(run.id, None)
         return run
+
+
+_APPLY: dict[type, Callable[[RunDriver, ActiveRun, Any, Any], None]] = {
+    MirrorUpdate: RunDriver._apply_mirror,
+    Enqueue: RunDriver._apply_enqueue,
+    EnqueueAfter: RunDriver._apply_enqueue_after,
+    Requeue: RunDriver._apply_requeue,
+    StartUnwind: RunDriver._apply_unwind,
+    Finish: RunDriver._apply_finish,
+    ReviewOpened: RunDriver._apply_review,
+}
+"""How each kind of effect (:data:`~tenantflow.domain.progress.Effect`) is applied."""
