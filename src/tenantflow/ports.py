@@ -239,6 +239,11 @@ class Coordinator(Protocol):
         """Record the worker's heartbeat; the ids of the live workers."""
         ...
 
+    async def members(self, now: float) -> list[dict[str, Any]]:
+        """The workers with a heartbeat: ``id``, ``info``, ``started_at``, ``beat_at`` and
+        ``tenants`` (how many tenants each holds an unexpired lease on)."""
+        ...
+
     async def hold(
         self, worker: str, tenants: Sequence[str], now: float, until: float
     ) -> list[str]:

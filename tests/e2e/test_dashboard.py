@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -831,3 +832,65 @@ async def test_every_page_works_through_the_control_plane_protocol_alone(tmp_pat
                     await admin.client.aclose()
     finally:
         await engine.close()
+
+
+@pytest.mark.postgres
+async def test_the_dashboard_on_a_clusters_front(postgres_url: str) -> None:
+    """The centralized placement: the front serves the dashboard, a worker executes. Pages
+    render from the front (which drives nothing), the health page lists the worker with the
+    tenants it holds, and a tenant's pages stay its own."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    import api_workflows
+
+    from tenantflow.api import create_app
+    from tenantflow.placement.centralized import open_front, open_worker
+
+    lease = timedelta(seconds=1)
+    worker = open_worker(postgres_url, lease=lease, slots=8)
+    front = open_front(postgres_url, lease=lease, slots=8)
+    for e in (worker, front):
+        api_workflows.setup(e)
+    async with worker, front:
+        app = create_app(front, manage_engine=False)
+        _, admin_key = await front.keys.create(None, name="admin")
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                api = Api(front, app, client, admin_key)
+                key_a = await api.tenant("acme")
+                key_b = await api.tenant("globex")
+                deadline = asyncio.get_running_loop().time() + 20
+                assert worker.membership is not None
+                while {"acme", "globex"} - worker.membership.owned:
+                    assert asyncio.get_running_loop().time() < deadline, "tenants not held"
+                    await asyncio.sleep(0.05)
+                run = (await api.submit(key_a, "approval", {"applicant": CANARY_A, "amount": 10}))[
+                    "id"
+                ]
+                await api.wait_run(key_a, run, timeout=30)
+                a = await sign_in(api, key_a)
+                b = await sign_in(api, key_b)
+                admin = await sign_in(api, admin_key)
+                try:
+                    for url in ["/ui/runs", f"/ui/runs/{run}", "/ui/usage", "/ui/memory"]:
+                        mine = await a.get(url)
+                        assert mine.status_code == 200, (url, mine.text[:300])
+                        theirs = await b.get(url)
+                        assert run not in theirs.text and CANARY_A not in theirs.text, url
+                    assert (await b.get(f"/ui/runs/{run}")).status_code == 404
+                    health = await admin.get("/ui/admin/health")
+                    assert health.status_code == 200
+                    assert 'id="placement">front<' in health.text
+                    assert worker.owner in health.text and "tenants 2" in health.text
+                    members = await front.health()
+                    [w] = [m for m in members if m.kind == "worker"]
+                    assert w.id == worker.owner and w.state == "up" and w.detail["tenants"] == 2
+                    fairness = await admin.get("/ui/admin/fairness")
+                    assert (
+                        fairness.status_code == 200 and "Placement</dt><dd>front" in fairness.text
+                    )
+                    for page in (health, fairness):
+                        assert run not in page.text and CANARY_A not in page.text
+                finally:
+                    for browser in (a, b, admin):
+                        await browser.client.aclose()

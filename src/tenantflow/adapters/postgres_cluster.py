@@ -90,6 +90,20 @@ class PostgresCoordinator:
             cur = await conn.execute("SELECT id FROM workers ORDER BY id")
             return [str(r[0]) for r in await cur.fetchall()]
 
+    async def members(self, now: float) -> list[dict[str, Any]]:
+        """The workers with a recorded heartbeat: id, info, started_at, beat_at, and how
+        many tenants each holds an unexpired lease on (read-only; for health pages)."""
+        async with self.store.scoped(None) as conn:
+            cur = await conn.execute(
+                "SELECT w.id, w.info, w.started_at, w.beat_at,"
+                " count(o.tenant_id) FILTER (WHERE o.expires_at >= %s)"
+                " FROM workers w LEFT JOIN tenant_owners o ON o.owner = w.id"
+                " GROUP BY w.id, w.info, w.started_at, w.beat_at ORDER BY w.id",
+                (now,),
+            )
+            keys = ("id", "info", "started_at", "beat_at", "tenants")
+            return [dict(zip(keys, row, strict=True)) for row in await cur.fetchall()]
+
     async def hold(
         self, worker: str, tenants: Sequence[str], now: float, until: float
     ) -> list[str]:

@@ -265,6 +265,8 @@ class Engine(HistoryReads):
             process=self.owner,
             executes=config.execute,
             membership=lambda: self.membership,
+            coordinator=self.coordinator,
+            lease_s=config.lease.total_seconds(),
         )
         self.observers.append(self.plane.latencies)
 
@@ -553,7 +555,7 @@ class Engine(HistoryReads):
 
     async def health(self) -> list[MemberHealth]:
         """This process and, in a cluster, the live workers."""
-        return self.plane.health()
+        return await self.plane.health()
 
     def breakers(self) -> list[BreakerView]:
         """Every dependency's circuit breaker."""

@@ -16,6 +16,7 @@ last :data:`RECENT_S` seconds. Both are nearest-rank p99 over bounded rings.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from tenantflow.engine.dispatch import Dispatcher
     from tenantflow.engine.regions import RegionRouter
     from tenantflow.engine.tenants import TenantInfo
-    from tenantflow.ports import Clock
+    from tenantflow.ports import Clock, Coordinator
 
 __all__ = [
     "RECENT_S",
@@ -226,6 +227,8 @@ class PlaneReads:
         process: str,
         executes: bool,
         membership: Callable[[], Membership | None],
+        coordinator: Coordinator | None = None,
+        lease_s: float = 30.0,
     ) -> None:
         self._clock = clock
         self._dispatcher = dispatcher
@@ -238,6 +241,8 @@ class PlaneReads:
         self._process = process
         self._executes = executes
         self._membership = membership
+        self._coordinator = coordinator
+        self._lease_s = lease_s
         self.latencies = LatencyTracker(clock, self._others_queued)
 
     def _others_queued(self, tenant: str) -> int:
@@ -309,8 +314,9 @@ class PlaneReads:
     def placement(self) -> PlacementInfo:
         return PlacementInfo(self._mode, self._process, sorted(self._router.stores), self._executes)
 
-    def health(self) -> list[MemberHealth]:
-        """This process, and in a cluster the workers its last heartbeat saw alive."""
+    async def health(self) -> list[MemberHealth]:
+        """This process and, in a cluster, every worker with a heartbeat in the database
+        (``late`` once its last beat is older than a lease)."""
         now = self._clock.now()
         d = self._dispatcher
         me: dict[str, Any] = {
@@ -328,10 +334,22 @@ class PlaneReads:
             me["beats"] = membership.beats
             state = "up" if held_until >= now else "late"
         members.append(MemberHealth("process", self._process, state, now, me))
-        if membership is not None:
-            for worker in membership.workers:
-                if worker != self._process:
-                    members.append(MemberHealth("worker", worker, "up", None, {}))
+        if self._coordinator is not None:
+            for row in await self._coordinator.members(now):
+                if row["id"] == self._process:
+                    continue
+                info = row.get("info")
+                if isinstance(info, str):
+                    info = json.loads(info)
+                detail = {
+                    "tenants": int(row["tenants"]),
+                    **(info if isinstance(info, dict) else {}),
+                }
+                beat = float(row["beat_at"])
+                late = beat < now - self._lease_s
+                members.append(
+                    MemberHealth("worker", str(row["id"]), "late" if late else "up", beat, detail)
+                )
         return members
 
     def breakers(self) -> list[BreakerView]:
