@@ -1,5 +1,5 @@
-"""The tenant's runs: the filtered list, bulk cancel with confirmation, a run's page, its state
-at a version, and its live event stream."""
+"""The tenant's runs: the filtered list (status, workflow, time, cost), bulk cancel and retry
+with confirmation, a run's page, its state at a version, and its live event stream."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from tenantflow.engine.plane import RunCost
 from tenantflow.errors import ConfigurationError, NotFoundError, TenantflowError
 from tenantflow.placement.control import ControlPlane
 
-__all__ = ["PAGE", "STEPS_PAGE", "WINDOWS", "router"]
+__all__ = ["PAGE", "SCAN", "STEPS_PAGE", "WINDOWS", "router"]
 
 router = APIRouter()
 

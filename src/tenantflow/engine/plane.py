@@ -53,7 +53,7 @@ __all__ = [
 RECENT_S = 300.0
 """The window of "now" for a tenant's latency: runs that finished this recently."""
 
-_RING = 2000  # samples kept per tenant and kind
+_RING = 500  # samples kept per tenant and kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +188,7 @@ class LatencyTracker(Observer):
         self.baseline: dict[str, deque[float]] = {}
 
     def on_run_submitted(self, event: RunSubmitted) -> None:
-        if len(self._contended) > 100_000:  # runs finished elsewhere: forget the oldest
+        if len(self._contended) > 20_000:  # runs finished elsewhere: forget the oldest
             del self._contended[next(iter(self._contended))]
         self._contended[(event.tenant_id, event.run_id)] = self._others(event.tenant_id) > 0
 
