@@ -12,6 +12,10 @@ Errors come back as the error tree: the API's ``{"error": {"code", "message", ..
 as the :class:`~tenantflow.errors.TenantflowError` subclass that has that ``code``, with the
 other fields kept (a code no class has is mapped by HTTP status); a server that cannot be reached
 is a :class:`~tenantflow.errors.StoreUnavailableError` naming its URL.
+
+Against a federated deployment (docs/federated.md) ``url`` is the plane's: it answers a tenant's
+requests with a redirect to the tenant's cell, which the client follows (same method, body and
+key) and remembers, so that its later requests go to the cell without the plane.
 """
 
 from __future__ import annotations
@@ -164,6 +168,7 @@ class Client:
     ) -> None:
         self.url = _checked_url(url)
         self._tenant_id: str | None = None
+        self._routed: str | None = None  # a federated tenant's cell, once redirected there
         self._http = httpx.Client(
             base_url=self.url,
             headers={
@@ -202,17 +207,7 @@ class Client:
         headers: Mapping[str, str] | None = None,
     ) -> Any:
         query = {k: v for k, v in (params or {}).items() if v is not None}
-        try:
-            response = self._http.request(method, path, params=query, json=body, headers=headers)
-        except httpx.InvalidURL as exc:
-            raise ConfigurationError(
-                f"invalid server URL {self.url!r}: {exc}", field="url", value=self.url
-            ) from None
-        except httpx.TransportError as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise StoreUnavailableError(
-                f"cannot reach the tenantflow server at {self.url}: {reason}", url=self.url
-            ) from exc
+        response = self._send(method, path, query, body, headers)
         if not response.is_success:
             raise error_from_response(response)
         try:
@@ -223,6 +218,54 @@ class Client:
                 " JSON: is it a tenantflow server?",
                 url=self.url,
             ) from None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any],
+        body: Any,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        """Send one request, following the redirects of a federated deployment.
+
+        A plane answers a tenant's request ``307``/``308`` to the tenant's cell (and a cell
+        that no longer holds a moved tenant answers with its new place): the request is sent
+        again there, with the same method, body and key, and the cell's address is kept for
+        the next requests — the plane is then out of the path. If the remembered cell cannot
+        be reached (connection refused: nothing was sent), the route is forgotten and the
+        request goes to ``url`` again, which knows where the tenant lives now.
+        """
+        refused: Exception | None = None
+        for _ in range(_MAX_REDIRECTS):
+            base = self._routed or self.url
+            target = path if base == self.url else f"{base}{path}"
+            try:
+                response = self._http.request(
+                    method, target, params=query, json=body, headers=headers
+                )
+            except httpx.InvalidURL as exc:
+                raise ConfigurationError(
+                    f"invalid server URL {self.url!r}: {exc}", field="url", value=self.url
+                ) from None
+            except httpx.ConnectError as exc:
+                if self._routed is not None:
+                    self._routed = None  # the cell moved or is restarting: ask again
+                    refused = exc
+                    continue
+                raise _unreachable(self.url, exc) from exc
+            except httpx.TransportError as exc:
+                raise _unreachable(base, exc) from exc
+            location = response.headers.get("location")
+            if response.status_code in (307, 308) and location:
+                self._routed = _base_of(location, path)
+                continue
+            return response
+        if refused is not None:
+            raise _unreachable(base, refused) from refused
+        raise TenantflowError(
+            f"too many redirects from {self.url} for {method} {path}", url=self.url
+        )
 
     def _pages(
         self, path: str, params: Mapping[str, Any], cursor: str, start: Any, limit: int, page: int
@@ -640,3 +683,29 @@ def _tenant(body: dict[str, Any]) -> TenantInfo:
         updated_at=_ts(body["updated_at"]),
         store=body["store"],
     )
+
+
+_MAX_REDIRECTS = 5
+
+
+def _base_of(location: str, path: str) -> str:
+    """The base URL a redirect names: ``location`` up to where the request's ``path`` starts
+    (a redirect keeps the path), else its origin.
+
+    Raises:
+        ConfigurationError: the location is not an http(s) URL.
+    """
+    parsed = httpx.URL(location)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigurationError(
+            f"the server redirected to {brief(location)}, not an http(s) URL", field="location"
+        )
+    head = location.split("?", 1)[0]
+    if path and head.endswith(path):
+        return _checked_url(head[: -len(path)])
+    return _checked_url(f"{parsed.scheme}://{parsed.netloc.decode('ascii')}")
+
+
+def _unreachable(url: str, exc: Exception) -> StoreUnavailableError:
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return StoreUnavailableError(f"cannot reach the tenantflow server at {url}: {reason}", url=url)

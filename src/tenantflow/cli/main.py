@@ -23,6 +23,7 @@ from tenantflow.cli import (
     db,
     demo,
     dev,
+    federated,
     keys,
     memory,
     reviews,
@@ -116,6 +117,9 @@ app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
+app.command("plane")(federated.plane)
+app.command("cell")(federated.cell)
+app.add_typer(federated.app, name="federated")
 
 # The commands that can call a server (--url); the others work on the store only.
 _REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")

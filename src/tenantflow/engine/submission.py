@@ -375,6 +375,7 @@ class Submitter:
         self.controls = controls
         self.ingest = ingest
         self.auto_tenant = auto_tenant
+        self._creating: dict[str, asyncio.Future[TenantInfo]] = {}
         self.coordinator = coordinator
         self.executing = executing
 
@@ -555,12 +556,27 @@ class Submitter:
                 kind="tenant",
                 id=tenant,
             )
+        # One creation per tenant at a time: a burst of first submissions waits for it instead
+        # of each building the tier's policy and losing the insert race.
+        pending = self._creating.get(tenant)
+        if pending is None:
+            pending = asyncio.ensure_future(self._create_tenant(tenant))
+            self._creating[tenant] = pending
+            pending.add_done_callback(lambda f: self._created(tenant, f))
+        return await asyncio.shield(pending)
+
+    def _created(self, tenant: str, fut: asyncio.Future[TenantInfo]) -> None:
+        self._creating.pop(tenant, None)
+        if not fut.cancelled():
+            fut.exception()  # its waiters got it; retrieved, so that no one warns it was not
+
+    async def _create_tenant(self, tenant: str) -> TenantInfo:
+        auto = self.auto_tenant
+        assert auto is not None  # checked by the caller
         try:
-            if isinstance(self.auto_tenant, Policy):
-                return await self.tenants.create(
-                    tenant, policy=self.auto_tenant, actor="engine:auto"
-                )
-            return await self.tenants.create(tenant, tier=self.auto_tenant, actor="engine:auto")
+            if isinstance(auto, Policy):
+                return await self.tenants.create(tenant, policy=auto, actor="engine:auto")
+            return await self.tenants.create(tenant, tier=auto, actor="engine:auto")
         except ConflictError:  # created concurrently, or by a commit that raised: re-read it
             return await self.tenants.refresh(tenant) or await self.tenants.get(tenant)
 
