@@ -145,6 +145,22 @@ def test_tenant_follows_a_run_reviews_cancels_and_signs_out(served: Served, brow
         served.wait(key, f"/v1/runs/{run_id}", lambda b: b["status"] == "cancelled")
     accessible(page)
 
+    # Bulk retry with confirmation: each cancelled run is submitted again, and waits for its
+    # review like the first one did.
+    page.goto(f"{served.url}/ui/runs?status=cancelled")
+    for run_id in extra:
+        page.get_by_label(f"Select run {run_id}").check()
+    page.get_by_role("button", name="Retry selected…").click()
+    expect(page.get_by_role("button", name="Yes, retry 2 runs")).to_be_visible()
+    accessible(page)
+    page.get_by_role("button", name="Yes, retry 2 runs").click()
+    for run_id in extra:
+        expect(page.get_by_role("row", name=re.compile(run_id))).to_contain_text("retried as")
+    retried = re.findall(r"retried as (run_\w+)", page.locator("#outcomes").inner_text())
+    assert len(set(retried)) == 2 and not set(retried) & set(extra)
+    served.wait(key, "/v1/reviews", lambda b: {r["run_id"] for r in b["items"]} >= set(retried))
+    accessible(page)
+
     # Memory: the tenant's own entries, by namespace.
     page.get_by_role("link", name="Memory").click()
     page.get_by_label("Namespace").fill("user:grace")
