@@ -53,9 +53,6 @@ def test_tenant_follows_a_run_reviews_cancels_and_signs_out(served: Served, brow
     served.wait(key, "/v1/reviews", lambda b: len(b["items"]) == 3)
     for run_id in done:
         served.wait(key, f"/v1/runs/{run_id}", lambda b: b["status"] == "completed")
-    with served.api(key) as c:
-        r = c.put("/v1/memory/user:grace/entries/profile", json={"value": {"tier": CANARY}})
-        assert r.status_code == 200, r.text
 
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -145,46 +142,6 @@ def test_tenant_follows_a_run_reviews_cancels_and_signs_out(served: Served, brow
         served.wait(key, f"/v1/runs/{run_id}", lambda b: b["status"] == "cancelled")
     accessible(page)
 
-    # Bulk retry with confirmation: each cancelled run is submitted again, and waits for its
-    # review like the first one did.
-    page.goto(f"{served.url}/ui/runs?status=cancelled")
-    for run_id in extra:
-        page.get_by_label(f"Select run {run_id}").check()
-    page.get_by_role("button", name="Retry selected…").click()
-    expect(page.get_by_role("button", name="Yes, retry 2 runs")).to_be_visible()
-    accessible(page)
-    page.get_by_role("button", name="Yes, retry 2 runs").click()
-    for run_id in extra:
-        expect(page.get_by_role("row", name=re.compile(run_id))).to_contain_text("retried as")
-    retried = re.findall(r"retried as (run_\w+)", page.locator("#outcomes").inner_text())
-    assert len(set(retried)) == 2 and not set(retried) & set(extra)
-    served.wait(key, "/v1/reviews", lambda b: {r["run_id"] for r in b["items"]} >= set(retried))
-    accessible(page)
-
-    # Memory: the tenant's own entries, by namespace.
-    page.get_by_role("link", name="Memory").click()
-    page.get_by_label("Namespace").fill("user:grace")
-    page.get_by_role("button", name="Show").click()
-    expect(page.locator("#entries")).to_contain_text(CANARY)
-    accessible(page)
-    page.screenshot(path=str(SCREENSHOTS / "dashboard-memory.png"), full_page=True)
-
-    # Another tenant's browser: A's run is "not found", A's memory is not there.
-    theirs = browser.new_context()
-    b_page = theirs.new_page()
-    sign_in(b_page, served, other)
-    expect(b_page).to_have_url(re.compile(r"/ui/runs$"))
-    expect(b_page.get_by_role("link", name=foreign)).to_be_visible()
-    response = b_page.goto(f"{served.url}/ui/runs/{waiting}")
-    assert response is not None and response.status == 404
-    expect(b_page.get_by_role("alert")).to_contain_text("No such run here.")
-    assert waiting not in b_page.content()
-    accessible(b_page)
-    b_page.goto(f"{served.url}/ui/memory?namespace=user:grace")
-    expect(b_page.locator("#entries")).to_contain_text("No entries.")
-    assert CANARY not in b_page.content()
-    theirs.close()
-
     # Usage, and the audit log's verify button.
     page.get_by_role("link", name="Usage").click()
     expect(page.get_by_role("heading", name="Usage and budget")).to_be_visible()
@@ -264,3 +221,69 @@ def test_the_session_expires(browser: Any, tmp_path: Path) -> None:
         sign_in(page, served, key)  # a new sign-in works again
         expect(page).to_have_url(re.compile(r"/ui/runs$"))
         context.close()
+
+
+def test_tenant_retries_reads_memory_and_another_tenant_is_refused(
+    served: Served, browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    key = served.tenant("umbrella")
+    other = served.tenant("hooli")
+    foreign = served.submit(other, "approval", BIG)
+    waiting = served.submit(key, "approval", BIG)
+    extra = [served.submit(key, "approval", BIG) for _ in range(2)]
+    with served.api(key) as c:
+        r = c.put("/v1/memory/user:grace/entries/profile", json={"value": {"tier": CANARY}})
+        assert r.status_code == 200, r.text
+        for run_id in extra:
+            assert c.post(f"/v1/runs/{run_id}/cancel").status_code == 200, run_id
+    for run_id in extra:
+        served.wait(key, f"/v1/runs/{run_id}", lambda b: b["status"] == "cancelled")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    sign_in(page, served, key)
+    expect(page).to_have_url(re.compile(r"/ui/runs$"))
+
+    # Bulk retry with confirmation: each cancelled run is submitted again, and waits for its
+    # review like the first one did.
+    page.goto(f"{served.url}/ui/runs?status=cancelled")
+    for run_id in extra:
+        page.get_by_label(f"Select run {run_id}").check()
+    page.get_by_role("button", name="Retry selected…").click()
+    expect(page.get_by_role("button", name="Yes, retry 2 runs")).to_be_visible()
+    accessible(page)
+    page.get_by_role("button", name="Yes, retry 2 runs").click()
+    for run_id in extra:
+        expect(page.get_by_role("row", name=re.compile(run_id))).to_contain_text("retried as")
+    retried = re.findall(r"retried as (run_\w+)", page.locator("#outcomes").inner_text())
+    assert len(set(retried)) == 2 and not set(retried) & set(extra)
+    served.wait(key, "/v1/reviews", lambda b: {r["run_id"] for r in b["items"]} >= set(retried))
+    accessible(page)
+
+    # Memory: the tenant's own entries, by namespace.
+    page.get_by_role("link", name="Memory").click()
+    page.get_by_label("Namespace").fill("user:grace")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#entries")).to_contain_text(CANARY)
+    accessible(page)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-memory.png"), full_page=True)
+
+    # Another tenant's browser: A's run is "not found", A's memory is not there.
+    theirs = browser.new_context()
+    b_page = theirs.new_page()
+    sign_in(b_page, served, other)
+    expect(b_page).to_have_url(re.compile(r"/ui/runs$"))
+    expect(b_page.get_by_role("link", name=foreign)).to_be_visible()
+    response = b_page.goto(f"{served.url}/ui/runs/{waiting}")
+    assert response is not None and response.status == 404
+    expect(b_page.get_by_role("alert")).to_contain_text("No such run here.")
+    assert waiting not in b_page.content()
+    accessible(b_page)
+    b_page.goto(f"{served.url}/ui/memory?namespace=user:grace")
+    expect(b_page.locator("#entries")).to_contain_text("No entries.")
+    assert CANARY not in b_page.content()
+    theirs.close()
+
+    context.close()
