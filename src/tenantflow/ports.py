@@ -239,9 +239,10 @@ class Coordinator(Protocol):
         """Record the worker's heartbeat; the ids of the live workers."""
         ...
 
-    async def members(self, now: float) -> list[dict[str, Any]]:
-        """The workers with a heartbeat: ``id``, ``info``, ``started_at``, ``beat_at`` and
-        ``tenants`` (how many tenants each holds an unexpired lease on)."""
+    async def members(self) -> list[dict[str, Any]]:
+        """Every worker with a row: ``id``, ``info``, ``started_at``, ``beat_at`` (None for a
+        worker that left and whose leases remain) and ``tenants`` (its leases: ``tenant_id``,
+        ``expires_at``)."""
         ...
 
     async def hold(

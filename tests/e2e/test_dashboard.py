@@ -834,42 +834,43 @@ async def test_every_page_works_through_the_control_plane_protocol_alone(tmp_pat
         await engine.close()
 
 
-async def test_bulk_retry_asks_then_submits_each_run_again(world: World) -> None:
+async def test_bulk_retry_asks_then_retries_from_the_failed_step(world: World) -> None:
     engine = world.api.engine
     calls = {"n": 0}
     once = tf.Workflow("once", input=int)
 
+    @once.step
+    async def prepare(ctx: tf.StepContext, input: int) -> int:
+        return input + 1
+
     @once.step(retry=tf.Retry(max_attempts=1))
-    async def flaky(ctx: tf.StepContext, input: int) -> int:
+    async def flaky(ctx: tf.StepContext, prepare: int) -> int:
         calls["n"] += 1
         if calls["n"] == 1:
             raise ValueError("the first call fails")
-        return input * 2
+        return prepare * 2
 
     engine.register(once)
-    failed = (await world.api.submit(world.key_a, "once", 21))["id"]
+    failed = (await world.api.submit(world.key_a, "once", 1))["id"]
     await world.api.wait_run(world.key_a, failed, ("failed",))
     ask = await world.a.post("/ui/runs/retry", run=[failed, world.done_a])
     assert ask.status_code == 200 and "Yes, retry 2 runs" in ask.text
-    assert calls["n"] == 1  # nothing yet
-    # B cannot retry A's run: not found, and nothing is submitted.
+    assert (await engine.get_run("acme", failed)).status.value == "failed"  # not yet
+    # B cannot retry A's run: not found, and nothing changes.
     sneaky = await world.b.post("/ui/runs/retry", run=[failed], confirm="yes")
     assert sneaky.status_code == 200 and "not found" in sneaky.text
-    assert [r.id for r in await engine.list_runs("globex", workflow="once")] == []
+    assert (await engine.get_run("acme", failed)).status.value == "failed"
     done = await world.a.post("/ui/runs/retry", run=[failed, world.done_a], confirm="yes")
     assert done.status_code == 200
-    rows = dict(
+    outcomes = dict(
         re.findall(r'<td><a href="/ui/runs/(run_\w+)">\1</a></td><td>(.*?)</td>', done.text)
     )
-    found = re.fullmatch(r'<a href="/ui/runs/(run_\w+)">retried as \1</a>', rows[failed])
-    assert found is not None, rows[failed]
-    again = found.group(1)
-    assert "it completed" in rows[world.done_a] and "retried as" not in rows[world.done_a]
-    record = await world.api.wait_run(world.key_a, again)
-    assert record["status"] == "completed" and record["result"] == 42 and calls["n"] == 2
-    assert (await engine.get_run("acme", failed)).status.value == "failed"  # the old run stays
-    twice = await world.a.post("/ui/runs/retry", run=[failed], confirm="yes")
-    assert f"retried as {again}" in twice.text  # the same retry, not a third run
+    assert outcomes[failed].startswith(f'<a href="/ui/runs/{failed}">retried, now')
+    refused = outcomes[world.done_a]  # a completed run is refused, and the page says why
+    assert not refused.startswith("retried") and "it completed" in refused
+    record = await world.api.wait_run(world.key_a, failed)
+    assert record["status"] == "completed"
+    assert calls["n"] == 2  # the failed step ran again; prepare's output was kept
     assert (await world.a.post("/ui/runs/retry")).status_code == 400
 
 

@@ -90,19 +90,40 @@ class PostgresCoordinator:
             cur = await conn.execute("SELECT id FROM workers ORDER BY id")
             return [str(r[0]) for r in await cur.fetchall()]
 
-    async def members(self, now: float) -> list[dict[str, Any]]:
-        """The workers with a recorded heartbeat: id, info, started_at, beat_at, and how
-        many tenants each holds an unexpired lease on (read-only; for health pages)."""
+    async def members(self) -> list[dict[str, Any]]:
+        """Every worker with a row (live, or silent and not yet forgotten): its id, info,
+        start and last beat, and the tenants it holds leases on (``tenant_id``,
+        ``expires_at``); read in system scope, ids and times only."""
         async with self.store.scoped(None) as conn:
             cur = await conn.execute(
-                "SELECT w.id, w.info, w.started_at, w.beat_at,"
-                " count(o.tenant_id) FILTER (WHERE o.expires_at >= %s)"
-                " FROM workers w LEFT JOIN tenant_owners o ON o.owner = w.id"
-                " GROUP BY w.id, w.info, w.started_at, w.beat_at ORDER BY w.id",
-                (now,),
+                "SELECT id, info, started_at, beat_at FROM workers ORDER BY id"
             )
-            keys = ("id", "info", "started_at", "beat_at", "tenants")
-            return [dict(zip(keys, row, strict=True)) for row in await cur.fetchall()]
+            workers = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT tenant_id, owner, expires_at FROM tenant_owners ORDER BY tenant_id"
+            )
+            leases = await cur.fetchall()
+        held: dict[str, list[dict[str, Any]]] = {}
+        for tenant_id, owner, expires_at in leases:
+            held.setdefault(str(owner), []).append(
+                {"tenant_id": str(tenant_id), "expires_at": float(expires_at)}
+            )
+        out = [
+            {
+                "id": str(row[0]),
+                "info": row[1] if isinstance(row[1], dict) else json.loads(row[1] or "{}"),
+                "started_at": float(row[2]),
+                "beat_at": float(row[3]),
+                "tenants": held.pop(str(row[0]), []),
+            }
+            for row in workers
+        ]
+        # Leases of workers that are gone: shown so that an operator sees who held what.
+        out.extend(
+            {"id": owner, "info": {}, "started_at": None, "beat_at": None, "tenants": tenants}
+            for owner, tenants in sorted(held.items())
+        )
+        return out
 
     async def hold(
         self, worker: str, tenants: Sequence[str], now: float, until: float

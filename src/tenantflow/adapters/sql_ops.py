@@ -455,6 +455,14 @@ def _step_updates(t: Transition) -> Gen[None]:
                 u.key,
                 t.tenant_id,
             )
+        if u.reopen:
+            yield from execute(
+                "UPDATE steps SET error = NULL, finished_at = NULL"
+                " WHERE run_id = ? AND key = ? AND tenant_id = ?",
+                t.run_id,
+                u.key,
+                t.tenant_id,
+            )
         if u.delta_json is not None:
             yield from _append_version(t.tenant_id, t.run_id, u.key, u.delta_json, t.now)
 
@@ -467,6 +475,13 @@ def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
         first = ()
     yield from _step_updates(t)
     if t.run is not None:
+        if t.run.reopen:
+            yield from execute(
+                "UPDATE runs SET result = NULL, error = NULL, finished_at = NULL"
+                " WHERE id = ? AND tenant_id = ?",
+                t.run_id,
+                t.tenant_id,
+            )
         terminal = t.run.status in TERMINAL_RUN
         yield from execute(
             "UPDATE runs SET status = ?, result = COALESCE(?, result), error = COALESCE(?, error),"

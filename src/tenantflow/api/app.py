@@ -26,10 +26,13 @@ from tenantflow.api.routes import (
     events,
     health,
     memory,
+    operator,
     reviews,
     runs,
+    schedules,
     tenant,
     tenants,
+    workers,
     workflows,
 )
 from tenantflow.api.routes.mcp import mcp_endpoint
@@ -126,7 +129,19 @@ def create_app(
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    for module in (runs, events, reviews, memory, tenant, tenants, workflows, health):
+    for module in (
+        runs,
+        events,
+        reviews,
+        memory,
+        tenant,
+        tenants,
+        workflows,
+        schedules,
+        workers,
+        operator,
+        health,
+    ):
         app.include_router(module.router)
     if mcp is not None:
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.

@@ -26,6 +26,7 @@ from tenantflow.cli import (
     federated,
     keys,
     memory,
+    operator,
     reviews,
     runs,
     selftest,
@@ -114,6 +115,8 @@ app.add_typer(audit.app, name="audit")
 app.command("serve")(serve.serve)
 app.command("dev")(dev.dev)
 app.command("worker")(worker.worker)
+app.add_typer(worker.workers_app, name="workers")
+app.add_typer(operator.app, name="operator")
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
@@ -122,7 +125,17 @@ app.command("cell")(federated.cell)
 app.add_typer(federated.app, name="federated")
 
 # The commands that can call a server (--url); the others work on the store only.
-_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
+_REMOTE = (
+    "runs",
+    "tenants",
+    "reviews",
+    "usage",
+    "audit",
+    "memory",
+    "workers",
+    "operator",
+    "keys",
+)
 
 
 def _print_version(value: bool) -> None:

@@ -232,9 +232,9 @@ async def runs(
 
 _EXPLAIN = {
     "cancel": "Their running steps stop and completed steps are compensated.",
-    "retry": "Each failed, cancelled or compensated run is submitted again from the start, as"
-    " a new run with the same workflow version, input and lane; other runs are left as they"
-    " are.",
+    "retry": "Each failed, cancelled or compensated run goes on from the step that failed"
+    " (its completed steps keep their outputs; a cancelled run goes back to where it stopped);"
+    " other runs are refused, and the outcome says why.",
 }
 
 
@@ -273,36 +273,23 @@ async def bulk_cancel(request: Request, session: TenantSession) -> HTMLResponse:
     return await _bulk(request, session, "cancel", cancel)
 
 
-_RETRYABLE = {RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.COMPENSATED}
-
-
 @router.post("/runs/retry", response_class=HTMLResponse)
 async def bulk_retry(request: Request, session: TenantSession) -> HTMLResponse:
-    """Retry the selected runs, after a confirmation: each failed, cancelled or compensated run
-    is submitted again from the start as a new run (same workflow version, input and lane),
-    through the control plane's public ``get_run`` and ``submit``; the idempotency key
-    ``retry:<run id>`` makes a second retry of the same run answer the first one's run."""
+    """Retry the selected runs from their failed step, after a confirmation (the engine's
+    ``retry``: a failed, cancelled or compensated run goes on; another is refused, and said so)."""
     engine = engine_of(request)
     tenant = tenant_of(session)
 
     async def retry(run_id: str) -> Outcome:
-        record = await engine.get_run(tenant, run_id)  # NotFoundError for another tenant's run
-        if record.status not in _RETRYABLE:
-            return (
-                run_id,
-                "only a failed, cancelled or compensated run can be retried"
-                f" (it {record.status.value})",
-                None,
-            )
-        handle = await engine.submit(
-            record.workflow,
-            tenant=tenant,
-            input=json.loads(record.input_json),
-            idempotency_key=f"retry:{run_id}",
-            lane=record.lane,
-            version=record.workflow_version,
+        result = await engine.retry(
+            tenant,
+            run_id,
+            actor=f"dashboard:{session.key_name}",
+            reason="retried from the dashboard",
         )
-        return run_id, f"retried as {handle.id}", handle.id
+        if not result.ok or result.run is None:
+            return run_id, str((result.error or {}).get("message") or "not retried"), None
+        return run_id, f"retried, now {result.run.status.value}", result.run.id
 
     return await _bulk(request, session, "retry", retry)
 

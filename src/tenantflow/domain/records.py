@@ -195,6 +195,7 @@ class StepUpdate:
     create: bool = False
     # A state-version delta this update appends (a gathered fan-out output).
     delta_json: bytes | None = None
+    reopen: bool = False  # a step run again (a retry): its error and finish time are cleared
 
 
 @dataclass(slots=True)
@@ -205,6 +206,7 @@ class RunUpdate:
     result_json: bytes | None = None
     error: str | None = None
     meta: dict[str, Any] | None = None  # replaces the run's meta when given
+    reopen: bool = False  # an ended run retried: its result, error and finish time are cleared
 
 
 @dataclass(slots=True)

@@ -54,6 +54,8 @@ from tenantflow.engine.history import HistoryReads, RunHistory, StateVersion
 from tenantflow.engine.ingest import IngestGate
 from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.operator import COUNT_CAP, Overview
+from tenantflow.engine.operator import overview as operator_overview
 from tenantflow.engine.plane import (
     BreakerView,
     MemberHealth,
@@ -68,9 +70,11 @@ from tenantflow.engine.plane import (
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
-from tenantflow.engine.runs import RunControl
+from tenantflow.engine.runs import Reason, RetryResult, RunControl
+from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
+from tenantflow.engine.workers import WorkerInfo, list_workers
 from tenantflow.errors import ConfigurationError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
@@ -246,6 +250,16 @@ class Engine(HistoryReads):
             execute=config.execute,
             command=self.clustering.command,
             decode=self.registry.decode_result,
+            registry=self.registry,
+            submitter=self.submitter,
+            coordinator=self.coordinator,
+        )
+        self.schedules = Schedules(
+            self.clock,
+            submit=self.submit,
+            list_runs=self.list_runs,
+            cancel=self.cancel,
+            drives=self.ownership.drives,
         )
         self.membership: Membership | None = None
         if config.cluster == "worker":
@@ -345,6 +359,8 @@ class Engine(HistoryReads):
                 runtime.start()
             if self.membership is not None:
                 await self.membership.start()
+            if self.cluster != "front":
+                self.schedules.start()  # fires the schedules of the tenants driven here
             if self.cluster is not None:
                 return  # a worker takes its tenants' runs over one tenant at a time
             for runtime in self.runtimes.values():
@@ -358,6 +374,7 @@ class Engine(HistoryReads):
         """Stop executing (attempts in flight are resumed by the next start) and close the store."""
         if not self._started:
             return
+        await self.schedules.close()
         if self.membership is not None:
             await self.membership.close()
         if self.execute:
@@ -466,6 +483,87 @@ class Engine(HistoryReads):
     def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
+
+    async def overview(
+        self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
+    ) -> Overview:
+        """An operator's view across tenants: runs by status, the top tenants by queue depth,
+        today's spend and rate-limit waits, and runs idle for ``stuck_after`` with what holds
+        them (see :mod:`tenantflow.engine.operator`)."""
+        if stuck_after.total_seconds() <= 0 or not 1 <= top <= 100:
+            raise ConfigurationError(
+                "stuck_after must be positive and top within 1..100", field="stuck_after"
+            )
+
+        async def runs_in(tenant: str, status: RunStatus) -> list[RunRecord]:
+            return await self.history.list_runs(
+                tenant, status=status, limit=COUNT_CAP, payloads=False
+            )
+
+        async def usage_of(tenant: str, day: str) -> list[dict[str, Any]]:
+            return await self.history.usage(tenant, since=day, until=day)
+
+        return await operator_overview(
+            [info.id for info in self.tenants.list()],
+            list_runs=runs_in,
+            usage=usage_of,
+            why=self.runs.why,
+            now=self.clock.now(),
+            stuck_after_s=stuck_after.total_seconds(),
+            top=top,
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers sharing this engine's database, their heartbeats and the tenants they
+        hold (ConfigurationError on an embedded store; see :mod:`tenantflow.engine.workers`)."""
+        return await list_workers(self.store, self.clock.now(), self.config.lease.total_seconds())
+
+    async def why(self, tenant: str, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now (see
+        :meth:`RunControl.why`)."""
+        return await self.runs.why(tenant, run_id)
+
+    async def retry(
+        self,
+        tenant: str,
+        run_id: str,
+        *,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step (completed steps'
+        outputs kept), or ``from_start`` as a new run (see :meth:`RunControl.retry`)."""
+        return await self.runs.retry(
+            tenant, run_id, from_start=from_start, actor=actor, reason=reason
+        )
+
+    async def retry_many(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs matching a filter; one result per run (see
+        :meth:`RunControl.retry_many`)."""
+        return await self.runs.retry_many(
+            tenant,
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            limit=limit,
+            from_start=from_start,
+            actor=actor,
+            reason=reason,
+        )
 
     # -- hooks the runtimes call ----------------------------------------------------------
 

@@ -335,21 +335,21 @@ class PlaneReads:
             state = "up" if held_until >= now else "late"
         members.append(MemberHealth("process", self._process, state, now, me))
         if self._coordinator is not None:
-            for row in await self._coordinator.members(now):
+            for row in await self._coordinator.members():
                 if row["id"] == self._process:
                     continue
                 info = row.get("info")
                 if isinstance(info, str):
                     info = json.loads(info)
-                detail = {
-                    "tenants": int(row["tenants"]),
-                    **(info if isinstance(info, dict) else {}),
-                }
-                beat = float(row["beat_at"])
-                late = beat < now - self._lease_s
-                members.append(
-                    MemberHealth("worker", str(row["id"]), "late" if late else "up", beat, detail)
-                )
+                held = [t for t in row.get("tenants") or () if float(t["expires_at"]) >= now]
+                detail = {"tenants": len(held), **(info if isinstance(info, dict) else {})}
+                beat = row.get("beat_at")
+                if beat is None:  # it left; its leases remain until they expire
+                    state = "down"
+                else:
+                    state = "late" if float(beat) < now - self._lease_s else "up"
+                last = None if beat is None else float(beat)
+                members.append(MemberHealth("worker", str(row["id"]), state, last, detail))
         return members
 
     def breakers(self) -> list[BreakerView]:

@@ -10,19 +10,27 @@ The API and the CLI never ask how the engine is placed: they are given a control
 from tenantflow.placement.control import (
     ApiKeyInfo,
     ControlPlane,
+    Overview,
     Principal,
+    Reason,
+    RetryResult,
     RunHandle,
     RunSnapshot,
     StateVersion,
     TenantInfo,
+    WorkerInfo,
 )
 
 __all__ = [
     "ApiKeyInfo",
     "ControlPlane",
+    "Overview",
     "Principal",
+    "Reason",
+    "RetryResult",
     "RunHandle",
     "RunSnapshot",
     "StateVersion",
     "TenantInfo",
+    "WorkerInfo",
 ]

@@ -21,6 +21,7 @@ from tenantflow.engine.handle import RunHandle, RunSnapshot
 from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.operator import Overview
 from tenantflow.engine.plane import (
     BreakerView,
     MemberHealth,
@@ -31,7 +32,10 @@ from tenantflow.engine.plane import (
     TenantLoad,
     VersionInfo,
 )
+from tenantflow.engine.runs import Reason, RetryResult
+from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.tenants import TenantInfo, Tenants
+from tenantflow.engine.workers import WorkerInfo
 from tenantflow.observability.events import Observers
 
 __all__ = [
@@ -39,9 +43,12 @@ __all__ = [
     "BreakerView",
     "ControlPlane",
     "MemberHealth",
+    "Overview",
     "PlacementInfo",
     "PlaneLoad",
     "Principal",
+    "Reason",
+    "RetryResult",
     "RunCost",
     "RunHandle",
     "RunSnapshot",
@@ -50,6 +57,7 @@ __all__ = [
     "TenantLatency",
     "TenantLoad",
     "VersionInfo",
+    "WorkerInfo",
 ]
 
 
@@ -80,6 +88,10 @@ class ControlPlane(Protocol):
     @property
     def reviews(self) -> Reviews:
         """Review queues: list, claim and decide a tenant's review tasks."""
+
+    @property
+    def schedules(self) -> Schedules:
+        """Interval and cron schedules, registered in code (:mod:`.engine.schedules`)."""
 
     @property
     def observers(self) -> Observers:
@@ -119,6 +131,47 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def overview(
+        self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
+    ) -> Overview:
+        """An operator's view across tenants: runs by status, top tenants by queue depth,
+        spend and rate-limit waits today, stuck runs and what holds them."""
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers sharing the database, their heartbeats and the tenants they hold (an
+        operator's view; ConfigurationError on an embedded store)."""
+
+    async def why(self, tenant: str, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now: admission queue and
+        cap, budget pause, rate-limit bucket and wake time, backoff, review, child run, lease."""
+
+    async def retry(
+        self,
+        tenant: str,
+        run_id: str,
+        *,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step, or from the
+        start as a new run (see :meth:`tenantflow.engine.runs.RunControl.retry`)."""
+
+    async def retry_many(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs that match a filter, one result per run."""
 
     async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
         """Wait until the run ends and return its record."""

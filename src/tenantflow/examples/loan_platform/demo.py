@@ -34,12 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import tenantflow as tf
-from loan_platform.platform import REVIEWER_POOLS, Institution, build_engine, institutions
-from loan_platform.reviewers import ReviewDesk
-from loan_platform.workflow import Application
 from tenantflow.adapters.clock import ScaledClock
 from tenantflow.domain.policy import tier_preset
 from tenantflow.domain.records import EventRecord, RunStatus
+from tenantflow.examples.loan_platform.platform import (
+    REVIEWER_POOLS,
+    Institution,
+    build_engine,
+    institutions,
+)
+from tenantflow.examples.loan_platform.reviewers import ReviewDesk
+from tenantflow.examples.loan_platform.workflow import Application
 from tenantflow.report import (
     Report,
     RunOutcome,

@@ -1,6 +1,6 @@
 """Simulated human reviewers working the engine's review queues.
 
-Each pool (:data:`~loan_platform.platform.REVIEWER_POOLS`) has a few people. A reviewer takes the
+Each pool (:data:`.platform.REVIEWER_POOLS`) has a few people. A reviewer takes the
 next open task of their pool, claims it, thinks for a while (exponential, ``mean_s`` of scenario
 time on the engine's clock), and approves or declines through ``engine.reviews`` — the same calls
 a reviewer UI makes. Tasks arrive through ``engine.reviews.subscribe``.

@@ -33,8 +33,8 @@ from typing import Any
 from pydantic import BaseModel
 
 import tenantflow as tf
-from loan_platform.workflow import loan
 from tenantflow.adapters.providers import SimulatedProvider
+from tenantflow.examples.loan_platform.workflow import loan
 from tenantflow.ports import Clock
 
 __all__ = [

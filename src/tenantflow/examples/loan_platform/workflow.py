@@ -7,7 +7,7 @@ risk levels. Pulling credit places a hold at the bureau; if a later step fails f
 compensation releases it.
 
 The steps do no work of their own: the identity service and the credit bureau are tools
-(registered by :mod:`loan_platform.platform`, with per-tenant rate limits and prices), and the
+(registered by :mod:`.platform`, with per-tenant rate limits and prices), and the
 compliance check and fraud screen are model calls routed by the tenant's policy.
 """
 
