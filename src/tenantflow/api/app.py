@@ -35,7 +35,7 @@ from tenantflow.api.routes import (
     workers,
     workflows,
 )
-from tenantflow.api.routes.mcp import mcp_endpoint
+from tenantflow.api.routes.mcp import mcp_endpoint, servers_router
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.placement import ControlPlane
 
@@ -144,6 +144,7 @@ def create_app(
     ):
         app.include_router(module.router)
     if mcp is not None:
+        app.include_router(servers_router)  # the admin's per-tenant MCP servers
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.
         app.router.routes.append(
             Route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)

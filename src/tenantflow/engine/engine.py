@@ -391,6 +391,7 @@ class Engine(HistoryReads):
         for st in self.stores.values():
             await st.close()
         await self.models.close()
+        await self.tools.close()
         self._started = self.gate.started = False
 
     # -- workflows ----------------------------------------------------------------------------
