@@ -497,8 +497,9 @@ class Engine(HistoryReads):
         """Start a run of every workflow registered to event ``name`` (``Workflow(...,
         on_event=name)``) for ``tenant``, with ``data`` as its input. Idempotent by
         ``event_id``: the same event again returns the runs it started (``created`` False).
-        SpecError for a bad name, id or data; an input its workflow refuses fails that run's
-        submission (ContractError) before any run is started."""
+        SpecError for a bad name, id or data (nothing started). An input a workflow refuses
+        raises its ContractError: the runs of the workflows before it (by name) are started,
+        and sending the event again with the same id starts the rest."""
         tenant = check_tenant(tenant)
         name = check_name(name)
         key = check_key(event_id)
