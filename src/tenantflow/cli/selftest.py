@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
@@ -23,12 +23,33 @@ from typer.testing import CliRunner
 
 from tenantflow.cli.common import EXIT_FAILURE, reporting_errors
 
+if TYPE_CHECKING:
+    from tenantflow.selftest.core import Scenario
+
 EXIT_SKIPPED = 3
 """Nothing failed, but a scenario could not run (a missing server or extra): not a pass."""
 
-__all__ = ["ProfileName", "selftest"]
+__all__ = ["PlacementName", "ProfileName", "selftest"]
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class PlacementName(enum.StrEnum):
+    """Which placement's scenarios run (``--placement``)."""
+
+    centralized = "centralized"
+    federated = "federated"
+
+
+def placement_scenarios(placement: PlacementName) -> tuple[Scenario, ...]:
+    """The scenarios of ``placement``: the default suite, or a placement's own."""
+    if placement is PlacementName.federated:
+        from tenantflow.selftest.federated import FEDERATED_SCENARIOS
+
+        return FEDERATED_SCENARIOS
+    from tenantflow.selftest import SCENARIOS
+
+    return SCENARIOS
 
 
 class ProfileName(enum.StrEnum):
@@ -51,6 +72,15 @@ def selftest(
         ),
     ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+    placement: Annotated[
+        PlacementName,
+        typer.Option(
+            "--placement",
+            help="Whose scenarios: centralized (the default suite) or federated (a plane and"
+            " cells as processes: cell and plane SIGKILLed under load, a global quota, a policy"
+            " change, isolation, audit; docs/federated.md).",
+        ),
+    ] = PlacementName.centralized,
     json_path: Annotated[
         Path | None, typer.Option("--json", metavar="PATH", help="Write the rows as JSON.")
     ] = None,
@@ -97,17 +127,20 @@ def selftest(
     """Run the reliability suite — crashes, pauses, database restarts, load and hostile input
     against a real tenantflow — and print a table of what was lost, duplicated, leaked or
     overspent, judged against stated bounds."""
-    from tenantflow.selftest import PROFILES, SCENARIOS, Context, choose, run_selftest
+    from tenantflow.selftest import PROFILES, Context, choose, run_selftest
     from tenantflow.selftest.table import Header, print_rows, write_json, write_markdown
 
     console = Console(stderr=True, soft_wrap=True)
     if list_:
         out = Console()
-        for scenario in SCENARIOS:
+        for scenario in placement_scenarios(placement):
             out.print(f"{scenario.name:15} {scenario.summary}", markup=False, highlight=False)
         return
     with reporting_errors():
-        chosen = choose(only)
+        if placement is PlacementName.centralized:
+            chosen = choose(only)
+        else:
+            chosen = choose_from(placement_scenarios(placement), only, placement)
         started = datetime.now(UTC)
         context = Context(
             PROFILES[profile.value],
@@ -136,6 +169,29 @@ def selftest(
             highlight=False,
         )
         raise typer.Exit(EXIT_SKIPPED)
+
+
+def choose_from(
+    pool: Sequence[Scenario], names: Sequence[str] | None, placement: PlacementName
+) -> list[Scenario]:
+    """The scenarios of ``pool`` named (all of them when none is).
+
+    Raises:
+        ConfigurationError: a name that is not one of the placement's scenarios.
+    """
+    from tenantflow.errors import ConfigurationError
+
+    wanted = list(names or ())
+    known = [s.name for s in pool]
+    for name in wanted:
+        if name not in known:
+            raise ConfigurationError(
+                f"unknown scenario {name!r} for --placement {placement.value}: one of"
+                f" {', '.join(known)}",
+                field="only",
+                value=name,
+            )
+    return [s for s in pool if not wanted or s.name in wanted]
 
 
 def in_process(command: object) -> Callable[[Sequence[str]], str]:
