@@ -9,6 +9,7 @@ default message::
     ├── AuthenticationError         no API key, or an unknown, malformed or revoked one
     ├── PermissionDeniedError       the key is valid but may not do this (tenant key on admin API)
     ├── SpecError                   an invalid WorkflowSpec (cycle, unknown step, bad parameter)
+    │   └── SideEffectSpecError     a side-effect step whose output would feed a later step
     ├── ContractError               a value broke a step's or a workflow's data contract
     ├── NotFoundError               no such run / workflow / tenant / version (for *this* tenant)
     ├── ConflictError               the write lost a race or contradicts what is stored
@@ -57,6 +58,7 @@ __all__ = [
     "RateLimitedError",
     "ResidencyError",
     "RunFailedError",
+    "SideEffectSpecError",
     "SpecError",
     "StaleAttemptError",
     "StepTimeoutError",
@@ -162,6 +164,13 @@ class SpecError(TenantflowError):
     """The workflow specification is invalid."""
 
     code = "spec_invalid"
+
+
+class SideEffectSpecError(SpecError):
+    """A step marked ``side_effect=True`` is used as if the critical path waited for it: a later
+    step reads its output or comes after it, or it is a kind that cannot be choreographed."""
+
+    code = "side_effect_invalid"
 
 
 class ContractError(TenantflowError):

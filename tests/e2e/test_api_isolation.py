@@ -33,6 +33,7 @@ MISSING = {
     "namespace": "user:nobody-at-all",
     "key": "no-such-memory-key",
     "document_id": "no-such-document",
+    "server": "no-such-server",
 }
 SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
 A_POOL = "tenant-a-private-pool"
@@ -75,6 +76,11 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ("DELETE", "/v1/tenants/{tenant_id}/keys/{key_id}"): [Case("denied")],
     ("GET", "/v1/workers"): [Case("denied")],  # the cluster: admin only
     ("GET", "/v1/operator/overview"): [Case("denied"), Case("denied", params={"top": 100})],
+    ("POST", "/v1/admin/tenants/{tenant_id}/mcp-servers"): [
+        Case("denied", body={"name": "evil", "command": "sh", "args": ["-c", "id"]})
+    ],
+    ("GET", "/v1/admin/tenants/{tenant_id}/mcp-servers"): [Case("denied")],
+    ("DELETE", "/v1/admin/tenants/{tenant_id}/mcp-servers/{server}"): [Case("denied")],
     # B's own tenant: collections, never A's rows
     ("GET", "/v1/tenant"): [Case("own")],
     ("GET", "/v1/workflows"): [Case("own")],  # the platform's definitions, no tenant's data
@@ -205,6 +211,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "namespace": A_NAMESPACE,
             "key": A_MEMORY_KEY,
             "document_id": A_DOCUMENT_ID,
+            "server": "a-servers-name",
         }
         yield World(api, a_key, b_key, revoked, ids, [waiting, done])
 

@@ -35,7 +35,7 @@ from tenantflow.api.routes import (
     workers,
     workflows,
 )
-from tenantflow.api.routes.mcp import mcp_endpoint
+from tenantflow.api.routes.mcp import mcp_endpoint, servers_router
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.placement import ControlPlane
 
@@ -144,6 +144,7 @@ def create_app(
     ):
         app.include_router(module.router)
     if mcp is not None:
+        app.include_router(servers_router)  # the admin's per-tenant MCP servers
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.
         app.router.routes.append(
             Route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
@@ -152,10 +153,7 @@ def create_app(
         raise ValueError("dashboard must be True, False or 'read-only'")
     if dashboard:
         from tenantflow.dashboard import create_dashboard
-        from tenantflow.engine.engine import Engine
 
-        if not isinstance(engine, Engine):  # its fairness page reads the scheduler's state
-            raise ValueError("the dashboard needs the engine itself, not another control plane")
         app.state.dashboard = create_dashboard(
             engine, read_only=dashboard == "read-only", session_ttl=session_ttl
         )

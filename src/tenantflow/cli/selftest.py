@@ -22,6 +22,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tenantflow.cli.common import EXIT_FAILURE, reporting_errors
+from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from tenantflow.selftest.core import Scenario
@@ -38,6 +39,7 @@ class PlacementName(enum.StrEnum):
     """Which placement's scenarios run (``--placement``)."""
 
     centralized = "centralized"
+    mesh = "mesh"
     federated = "federated"
 
 
@@ -47,6 +49,10 @@ def placement_scenarios(placement: PlacementName) -> tuple[Scenario, ...]:
         from tenantflow.selftest.federated import FEDERATED_SCENARIOS
 
         return FEDERATED_SCENARIOS
+    if placement is PlacementName.mesh:
+        from tenantflow.selftest import MESH_SCENARIOS
+
+        return MESH_SCENARIOS
     from tenantflow.selftest import SCENARIOS
 
     return SCENARIOS
@@ -76,9 +82,9 @@ def selftest(
         PlacementName,
         typer.Option(
             "--placement",
-            help="Whose scenarios: centralized (the default suite) or federated (a plane and"
-            " cells as processes: cell and plane SIGKILLed under load, a global quota, a policy"
-            " change, isolation, audit; docs/federated.md).",
+            help="Whose scenarios: centralized (the default suite), mesh (docs/mesh.md) or"
+            " federated (a plane and cells as processes: cell and plane SIGKILLed under load,"
+            " a global quota, a policy change, isolation, audit; docs/federated.md).",
         ),
     ] = PlacementName.centralized,
     json_path: Annotated[
@@ -137,10 +143,12 @@ def selftest(
             out.print(f"{scenario.name:15} {scenario.summary}", markup=False, highlight=False)
         return
     with reporting_errors():
-        if placement is PlacementName.centralized:
-            chosen = choose(only)
-        else:
+        if placement is PlacementName.federated:
             chosen = choose_from(placement_scenarios(placement), only, placement)
+        elif placement is PlacementName.mesh:
+            chosen = choose(only, "mesh")
+        else:
+            chosen = choose(only)
         started = datetime.now(UTC)
         context = Context(
             PROFILES[profile.value],
@@ -179,8 +187,6 @@ def choose_from(
     Raises:
         ConfigurationError: a name that is not one of the placement's scenarios.
     """
-    from tenantflow.errors import ConfigurationError
-
     wanted = list(names or ())
     known = [s.name for s in pool]
     for name in wanted:

@@ -19,6 +19,7 @@ from typing import Any
 
 from tenantflow.domain import keys as _k
 from tenantflow.domain import memory as _m
+from tenantflow.domain import outbox as _o
 from tenantflow.domain import tenancy as _t
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, UsageDelta
 from tenantflow.errors import PermissionDeniedError
@@ -400,6 +401,7 @@ Op = (
     | ParkAttempt
     | RecordCall
     | _t.PutTenant
+    | _t.AppendAudit
     | _t.DeleteTenant
     | _t.PurgeRuns
     | _t.Reserve
@@ -419,6 +421,8 @@ Op = (
     | _m.AddDocument
     | _m.DeleteDocument
     | _m.PurgeMemory
+    | _o.MarkPublished
+    | _o.RecordFxOutcome
 )
 
 

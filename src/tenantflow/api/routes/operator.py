@@ -88,7 +88,9 @@ class OverviewOut(BaseModel):
         )
 
 
-@router.get("/overview", response_model=OverviewOut, summary="Runs and load across tenants")
+@router.get(
+    "/overview", response_model=OverviewOut, summary="Runs and load across tenants (admin key)"
+)
 async def overview(
     engine: EngineDep,
     admin: Admin,

@@ -52,7 +52,9 @@ class WorkersOut(BaseModel):
     items: list[WorkerOut]
 
 
-@router.get("", response_model=WorkersOut, summary="The cluster's workers and their tenants")
+@router.get(
+    "", response_model=WorkersOut, summary="The cluster's workers and their tenants (admin key)"
+)
 async def workers(engine: EngineDep, admin: Admin) -> WorkersOut:
     """Every worker sharing the database (live, or silent and not yet forgotten), its last
     heartbeat, slots, and the tenants it holds leases on; 422 on an embedded store, which has
