@@ -444,6 +444,12 @@ class Plane:
         ) -> dict[str, Any]:
             source = self.registry.cells[target["source"]]
             destination = self.registry.cells[target["target"]]
+            if await self._copied_already(source, destination, input.tenant):
+                raise ConflictError(  # an earlier attempt copied it and the plane lost its answer
+                    f"tenant {input.tenant!r} is at {destination.id} already; finish the move"
+                    " there (/cell/v1/tenants/{id}/finish at the source, /adopt at the target)",
+                    tenant=input.tenant,
+                )
             try:
                 report = await self._copy(source, destination, input.tenant, start)
             except BaseException as exc:
@@ -507,13 +513,27 @@ class Plane:
 
         return wf
 
+    async def _copied_already(self, source: CellRow, target: CellRow, tenant: str) -> bool:
+        """Whether the tenant's rows are all at the target already (a copy committed)."""
+        from tenantflow.adapters import open_store  # composition
+        from tenantflow.adapters.tenant_transfer import tenant_rows
+
+        counts = []
+        for row in (source, target):
+            store = open_store(row.store)
+            await store.open(execute=False)
+            try:
+                counts.append(sum((await tenant_rows(store, tenant)).values()))
+            finally:
+                await store.close()
+        return counts[0] == 0 and counts[1] > 0
+
     async def _copy(
         self, source: CellRow, target: CellRow, tenant: str, location: str
     ) -> dict[str, Any]:
         """copy_tenant between the two cells' stores, opened here beside the cells' engines
         (``execute=False``: a SQLite file's executing lock stays with its cell)."""
         from tenantflow.adapters import open_store  # composition
-        from tenantflow.adapters.tenant_transfer import tenant_rows
         from tenantflow.placement.move import copy_tenant
 
         src, dst = open_store(source.store), open_store(target.store)
@@ -521,13 +541,6 @@ class Plane:
         try:
             await dst.open(execute=False)
             try:
-                at_source = sum((await tenant_rows(src, tenant)).values())
-                at_target = sum((await tenant_rows(dst, tenant)).values())
-                if at_source == 0 and at_target > 0:
-                    raise ConflictError(  # an earlier attempt copied it: the plane lost its answer
-                        f"tenant {tenant!r} is at {target.id} already; its move's report is lost",
-                        tenant=tenant,
-                    )
                 now = time.time()
                 copied = await copy_tenant(
                     src,
