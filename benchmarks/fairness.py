@@ -4,6 +4,24 @@
     python benchmarks/fairness.py --quick    # 40 tenants, 20 slots, burst of 600 (< 30 s)
     python benchmarks/fairness.py --timeline # + per-second latency, slots and commit figures
     python benchmarks/fairness.py --skip-fifo # only the baseline and controls scenarios (~70 s)
+    python benchmarks/fairness.py --variant short --repeat 5   # issue 22's burst shapes, 5 runs
+
+Variants (``--variant``; each also has a ``--quick`` size, and explicit options win):
+
+* ``default``      the seed's Monday morning below.
+* ``short``        issue 22's shape: 20 quiet tenants paced at 10 runs/s in all, institution-x
+                   bursts 2,000 runs of 4 x 5 ms steps over 1 s on 16 slots, hard-capped at 4
+                   running steps (``--x-burst-slots`` lets it borrow idle slots).
+* ``all-at-once``  the same burst submitted at one instant (every submit in one loop turn).
+* ``spread-names`` 30 quiet tenants of mixed tiers (enterprise / standard / free); the burst,
+                   3,000 runs, spread over 20 workflow names, every 4th run in the urgent lane.
+
+The variants skip the no-controls scenario and measure X's drain: the run waits (at most
+``--x-drain-max`` s) for X's whole burst and times it from the burst's start to its last run's
+end, then runs the burst once more with nobody else and every slot open to X ("X alone"); the
+target is X's drain under the burst <= 1.15 x alone. ``--repeat N`` runs the variant N times
+(seed, seed + 1, ...; each run its own baseline, controls and X alone) and prints every run's
+quiet p99 ratio (burst / no burst), not only a median, and every drain ratio.
 
 The seed: 200 institutions share 100 worker slots; one Monday, Institution X submits 5,000 loan
 applications at once. Without tenant controls everyone else's latency goes 45 s -> 15 min; with
@@ -918,6 +936,9 @@ def main() -> None:
         help="wait for X's whole burst and compare with X alone (default: on for the variants)",
     )
     parser.add_argument("--verbose", action="store_true", help="the full report of every run")
+    parser.add_argument(
+        "--x-drain-max", type=float, default=120.0, help="max s to wait for X's burst to drain"
+    )
     parser.add_argument("--names", type=int, default=1, help="workflow names of the burst (<=20)")
     parser.add_argument(
         "--urgent-every", type=int, default=0, help="every k-th burst run in the urgent lane"
@@ -963,6 +984,7 @@ def main() -> None:
         mixed_tiers=args.mixed_tiers,
         x_burst_slots=args.x_burst_slots or 0,
         x_drain=x_drain,
+        x_drain_max=args.x_drain_max,
         variant=args.variant,
     )
     t0 = time.perf_counter()
