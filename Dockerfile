@@ -1,7 +1,7 @@
 # tenantflow: the API (`serve`) and the workers (`worker`) in one image; compose.yaml runs them
 # on PostgreSQL. The workflows come from an app module (TENANTFLOW_APP, e.g.
-# loan_platform.service:setup, which ships with the package): build your own image FROM this
-# one with your module installed, or mount it and set PYTHONPATH.
+# tenantflow.examples.loan_platform.service:setup, which ships with the package): build your own
+# image FROM this one with your module installed, or mount it and set PYTHONPATH.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY . .

@@ -7,8 +7,12 @@ and its durability capability (``TenantflowDurability``, PydanticAI's public ext
 durable engines). Model requests then go through the tenant's gateway, tool calls through the
 gateway's tool path, each recorded: a step re-executed after a crash replays them instead of
 calling (and paying) again. The tenant ``acme`` may not issue refunds (``denied_tools``): the
-model's refund call is refused, audited, and the model is told, while ``globex`` may. It runs
-offline against tenantflow's local OpenAI-compatible test server.
+model's refund call is refused, audited, and the model is told, while ``globex`` may.
+Cancelling an order needs a person (``requires_approval=True``): the call becomes a review task
+in the tenant's reviewer pool, the step waits holding no slot, and once a reviewer approves the
+agent goes on from its recorded messages, its answer streamed through the gateway to an
+``event_stream_handler``. It runs offline against tenantflow's local OpenAI-compatible test
+server.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from pydantic_ai import Agent
+from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
 
 import tenantflow as tf
 from tenantflow.adapters.providers import OpenAIProvider
@@ -50,12 +56,30 @@ async def refund(order: str) -> str:
     return f"refunded {order}"
 
 
+@support.tool_plain(requires_approval=True)
+async def cancel_order(order: str) -> str:
+    """Cancel an order (a person approves it first)."""
+    return f"cancelled {order}"
+
+
+STREAMED: list[str] = []
+
+
+async def show_stream(_run: Any, events: Any) -> None:
+    """The answer's text as the model streams it."""
+    async for event in events:
+        if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+            STREAMED.append(event.part.content)
+        elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+            STREAMED.append(event.delta.content_delta)
+
+
 def workflow() -> tf.Workflow:
     wf = tf.Workflow("support", input=str)
 
     @wf.step
     async def answer(ctx: tf.StepContext, input: str) -> str:
-        return str(await run_agent(ctx, support, input))
+        return str(await run_agent(ctx, support, input, event_stream_handler=show_stream))
 
     return wf
 
@@ -104,6 +128,20 @@ async def main(server: OpenAITestServer, db: Path) -> None:
             cost = sum(int(r["value"]) for r in usage if r["metric"] == "cost_micros")
             tools = sorted(r["dim"] for r in usage if r["metric"] == "tool_calls")
             print(f"  tools called: {tools}; cost ${cost / 1e6:.6f}")
+
+        # A cancellation waits for a reviewer; the agent resumes from its recorded messages.
+        opened: asyncio.Queue[Any] = asyncio.Queue()
+        engine.reviews.subscribe(opened.put_nowait)
+        server.queue(tool_calls=[("cancel_order", {"order": "A100"})])
+        server.queue(text="Order A100 is cancelled.")
+        STREAMED.clear()
+        handle = await engine.submit("support", tenant="globex", input="Cancel A100.")
+        review = await asyncio.wait_for(opened.get(), timeout=60)
+        print(f"globex review opened: {review.payload['request']['reason']}")
+        await engine.reviews.decide("globex", review.id, reviewer="rita", approve=True)
+        run = await handle.wait()
+        print(f"  approved by rita; run {run.status.value}: {(run.result_json or b'').decode()}")
+        print(f"  streamed: {[d for d in STREAMED if d]}")
 
 
 if __name__ == "__main__":

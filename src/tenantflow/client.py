@@ -37,7 +37,11 @@ from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRec
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
+from tenantflow.engine.keys import ApiKeyInfo
+from tenantflow.engine.operator import Overview, StuckRun, TenantLoad
+from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo
+from tenantflow.engine.workers import TenantLease, WorkerInfo
 from tenantflow.errors import (
     AuthenticationError,
     BackpressureError,
@@ -344,6 +348,53 @@ class Client:
         """Resume a run the budget ladder paused."""
         return _run(self._call("POST", f"/v1/runs/{_segment(run_id)}/resume"))
 
+    def retry(
+        self, run_id: str, *, from_start: bool = False, reason: str | None = None
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step (completed steps'
+        outputs kept), or ``from_start`` as a new run with the same input."""
+        body: dict[str, Any] = {"from_start": from_start}
+        if reason:
+            body["reason"] = reason
+        return _retry(self._call("POST", f"/v1/runs/{_segment(run_id)}/retry", body=body))
+
+    def retry_many(
+        self,
+        *,
+        status: RunStatus = RunStatus.FAILED,
+        workflow: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs that ended in ``status`` within the window (the earliest to
+        end first, up to ``limit``); one result per run."""
+        body: dict[str, Any] = {
+            "status": status.value,
+            "limit": limit,
+            "from_start": from_start,
+            "workflow": workflow,
+            "since": None if since is None else since.isoformat(),
+            "until": None if until is None else until.isoformat(),
+            "reason": reason,
+        }
+        found = self._call(
+            "POST", "/v1/runs/retry", body={k: v for k, v in body.items() if v is not None}
+        )
+        return [_retry(item) for item in found["items"]]
+
+    def why(self, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now."""
+        found = self._call("GET", f"/v1/runs/{_segment(run_id)}/why")
+        return [_reason(r) for r in found["reasons"]]
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """The tenant's schedules: name, workflow, every_s or cron, overlap, catchup, next_at,
+        last_at, last_run_id (times ISO-8601)."""
+        return list(self._call("GET", "/v1/schedules")["items"])
+
     def steps(self, run_id: str) -> list[StepRecord]:
         found = self._call("GET", f"/v1/runs/{_segment(run_id)}/steps")
         return [_step(self.tenant_id, run_id, item) for item in found["items"]]
@@ -501,6 +552,80 @@ class Client:
 
     # -- tenants (admin) -----------------------------------------------------------------------
 
+    def overview(self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10) -> Overview:
+        """Runs by status across tenants, the top tenants, stuck runs (admin)."""
+        body = self._call(
+            "GET",
+            "/v1/operator/overview",
+            params={"stuck_after_s": stuck_after.total_seconds(), "top": top},
+        )
+        return Overview(
+            at=_ts(body["at"]),
+            by_status=dict(body["by_status"]),
+            tenants=[
+                TenantLoad(
+                    t["tenant_id"], dict(t["runs"]), t["spend_micros"], t["rate_limit_waits"]
+                )
+                for t in body["tenants"]
+            ],
+            top_queued=list(body["top_queued"]),
+            top_spend=list(body["top_spend"]),
+            top_rate_limited=list(body["top_rate_limited"]),
+            stuck=[
+                StuckRun(
+                    s["tenant_id"],
+                    s["run_id"],
+                    s["workflow"],
+                    s["status"],
+                    _ts(s["updated_at"]),
+                    float(s["idle_s"]),
+                    tuple(_reason(r) for r in s["reasons"]),
+                )
+                for s in body["stuck"]
+            ],
+            stuck_after_s=float(body["stuck_after_s"]),
+            capped=bool(body["capped"]),
+        )
+
+    # -- a tenant's API keys (admin) ------------------------------------------------------------
+
+    def _keys(self, tenant_id: str, *parts: str) -> str:
+        return "/".join(["/v1/tenants", _segment(tenant_id), "keys", *map(_segment, parts)])
+
+    def create_key(self, tenant_id: str, *, name: str = "default") -> tuple[ApiKeyInfo, str]:
+        """A new key of the tenant and its secret (shown this once)."""
+        body = self._call("POST", self._keys(tenant_id), body={"name": name})
+        return _key(body["key"]), str(body["secret"])
+
+    def list_keys(self, tenant_id: str) -> list[ApiKeyInfo]:
+        """The tenant's keys, revoked ones included, never their secrets."""
+        return [_key(k) for k in self._call("GET", self._keys(tenant_id))["items"]]
+
+    def revoke_key(self, tenant_id: str, key_id: str) -> ApiKeyInfo:
+        return _key(self._call("DELETE", self._keys(tenant_id, key_id)))
+
+    def rotate_key(self, tenant_id: str, key_id: str) -> tuple[ApiKeyInfo, str]:
+        """Revoke the key and create its successor; the new secret is shown this once."""
+        body = self._call("POST", self._keys(tenant_id, key_id, "rotate"))
+        return _key(body["key"]), str(body["secret"])
+
+    def workers(self) -> list[WorkerInfo]:
+        """The cluster's workers, their heartbeats and the tenants they drive (admin)."""
+        found = self._call("GET", "/v1/workers")
+        return [
+            WorkerInfo(
+                id=w["id"],
+                live=bool(w["live"]),
+                started_at=_ts_or_none(w.get("started_at")),
+                beat_at=_ts_or_none(w.get("beat_at")),
+                slots=w.get("slots"),
+                tenants=tuple(
+                    TenantLease(t["tenant_id"], _ts(t["expires_at"])) for t in w["tenants"]
+                ),
+            )
+            for w in found["items"]
+        ]
+
     def list_tenants(self) -> list[TenantInfo]:
         """Every tenant, by id."""
         items = self._pages("/v1/tenants", {}, "cursor", None, 2**62, _PAGE)
@@ -578,6 +703,32 @@ def _run(body: dict[str, Any]) -> RunRecord:
         parent_run_id=body.get("parent_run_id"),
         finished_at=_ts_or_none(body.get("finished_at")),
         meta=dict(body.get("meta") or {}),
+    )
+
+
+def _key(body: dict[str, Any]) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=body["id"],
+        tenant_id=body.get("tenant_id"),
+        name=body["name"],
+        prefix=body["prefix"],
+        created_at=_ts(body["created_at"]),
+        revoked_at=_ts_or_none(body.get("revoked_at")),
+    )
+
+
+def _reason(r: dict[str, Any]) -> Reason:
+    return Reason(r.get("step"), r["kind"], r["message"], dict(r.get("detail") or {}))
+
+
+def _retry(body: dict[str, Any]) -> RetryResult:
+    run = body.get("run")
+    return RetryResult(
+        run_id=body["run_id"],
+        ok=bool(body["ok"]),
+        mode=body["mode"],
+        run=None if run is None else _run(run),
+        error=body.get("error"),
     )
 
 

@@ -9,10 +9,12 @@ default message::
     ├── AuthenticationError         no API key, or an unknown, malformed or revoked one
     ├── PermissionDeniedError       the key is valid but may not do this (tenant key on admin API)
     ├── SpecError                   an invalid WorkflowSpec (cycle, unknown step, bad parameter)
+    │   └── SideEffectSpecError     a side-effect step whose output would feed a later step
     ├── ContractError               a value broke a step's or a workflow's data contract
     ├── NotFoundError               no such run / workflow / tenant / version (for *this* tenant)
     ├── ConflictError               the write lost a race or contradicts what is stored
-    │   └── StaleAttemptError       a step attempt whose lease was lost tried to commit (fencing)
+    │   ├── StaleAttemptError       a step attempt whose lease was lost tried to commit (fencing)
+    │   └── TenantMovedError        the tenant is moving, or has moved, to another placement
     ├── PolicyError                 refused by the tenant's policy
     │   ├── BudgetExceededError     the money or token budget cannot cover the work
     │   ├── RateLimitedError        a per-tenant rate limit is exhausted (carries retry_after_s)
@@ -56,11 +58,13 @@ __all__ = [
     "RateLimitedError",
     "ResidencyError",
     "RunFailedError",
+    "SideEffectSpecError",
     "SpecError",
     "StaleAttemptError",
     "StepTimeoutError",
     "StoreError",
     "StoreUnavailableError",
+    "TenantMovedError",
     "TenantflowError",
     "brief",
     "json_ready",
@@ -162,6 +166,13 @@ class SpecError(TenantflowError):
     code = "spec_invalid"
 
 
+class SideEffectSpecError(SpecError):
+    """A step marked ``side_effect=True`` is used as if the critical path waited for it: a later
+    step reads its output or comes after it, or it is a kind that cannot be choreographed."""
+
+    code = "side_effect_invalid"
+
+
 class ContractError(TenantflowError):
     """A value broke a data contract."""
 
@@ -192,6 +203,22 @@ class StaleAttemptError(ConflictError):
     """The step attempt lost its lease; its result was refused."""
 
     code = "stale_attempt"
+
+
+class TenantMovedError(ConflictError):
+    """The tenant is not served here: it is moving, or has moved, to another placement.
+
+    Fields: ``tenant``; ``location`` (where it went: a store URL, a cell's name or an API URL,
+    as the move was told); ``state`` (``"moving"``: retry after ``retry_after_s``, here or at
+    ``location``; ``"moved"``: ask ``location``). An API answers it as a redirect or a 409.
+    """
+
+    code = "tenant_moved"
+
+    @property
+    def location(self) -> str | None:
+        value = self.fields.get("location")
+        return None if value is None else str(value)
 
 
 class PolicyError(TenantflowError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from tenantflow.domain.audit import AuditRecord
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from tenantflow.observability.events import Observers
 
 __all__ = [
+    "STREAM_DELTAS",
     "CallScope",
     "Clock",
     "Coordinator",
@@ -210,6 +212,16 @@ class Store(Protocol):
         ...
 
 
+STREAM_DELTAS: ContextVar[Callable[[str], None] | None] = ContextVar(
+    "tenantflow_stream_deltas", default=None
+)
+"""Who listens to a streamed completion's text as it arrives: set by the caller around a
+``ctx.model(..., stream=True)`` call (the gateway's routing, rate limit and budget apply as to
+any call). A provider that streams calls it with each text delta, in order, before
+``complete`` returns the whole response; a provider that does not stream never calls it (the
+caller then has only the final text). It must not block or raise."""
+
+
 class ModelProvider(Protocol):
     """A model vendor's API (or a simulation of one), for one or more endpoints.
 
@@ -237,6 +249,12 @@ class Coordinator(Protocol):
         self, worker: str, now: float, alive_s: float, info: dict[str, Any]
     ) -> list[str]:
         """Record the worker's heartbeat; the ids of the live workers."""
+        ...
+
+    async def members(self) -> list[dict[str, Any]]:
+        """Every worker with a row: ``id``, ``info``, ``started_at``, ``beat_at`` (None for a
+        worker that left and whose leases remain) and ``tenants`` (its leases: ``tenant_id``,
+        ``expires_at``)."""
         ...
 
     async def hold(

@@ -71,7 +71,8 @@ class Settings:
         for ref in self.apps:
             if not _APP.match(ref):
                 raise ConfigurationError(
-                    f"app {ref!r} is not module:function, e.g. loan_platform.service:setup",
+                    f"app {ref!r} is not module:function, e.g."
+                    " tenantflow.examples.loan_platform.service:setup",
                     field="app",
                     value=ref,
                 )

@@ -102,6 +102,7 @@ class Workflow:
         compensate: Callable[..., Awaitable[Any]] | None = None,
         circuit: str | None = None,
         standby: bool = False,
+        side_effect: bool = False,
     ) -> Callable[[F], F]: ...
 
     def step(
@@ -119,6 +120,7 @@ class Workflow:
         compensate: Callable[..., Awaitable[Any]] | None = None,
         circuit: str | None = None,
         standby: bool = False,
+        side_effect: bool = False,
     ) -> F | Callable[[F], F]:
         """Add a step. Use bare (``@wf.step``) or with options.
 
@@ -138,6 +140,13 @@ class Workflow:
             circuit: name of the dependency whose circuit breaker guards this step.
             standby: declared but not in a run's plan: a revision (``@wf.replan``) may run it
                 in a failed step's place or insert it; otherwise it is recorded as skipped.
+            side_effect: a notification, webhook, CRM write, analytics or memory indexing:
+                no later step may read its output or come after it
+                (:class:`~tenantflow.errors.SideEffectSpecError` otherwise), and it is not
+                part of the run's result. Embedded and centralized engines run it like any
+                step; the hybrid placement hands it to side-effect agents through an outbox,
+                and the run does not wait for it (see docs/hybrid.md). It is optional: its
+                failure fails no run, under any placement.
         """
 
         def register(func: F) -> F:
@@ -147,12 +156,13 @@ class Workflow:
                 after=after,
                 when=when,
                 fan_out=fan_out,
-                optional=optional,
+                optional=optional or side_effect,  # never fails the run
                 retry=retry or Retry(),
                 timeout=timeout,
                 compensate=compensate,
                 circuit=circuit,
                 standby=standby,
+                side_effect=side_effect,
             )
             return func
 
@@ -270,6 +280,7 @@ class Workflow:
         kind: str = "function",
         options: dict[str, Any] | None = None,
         standby: bool = False,
+        side_effect: bool = False,
     ) -> None:
         where = f"step {name!r} of workflow {self.name!r}"
         if not inspect.iscoroutinefunction(func):
@@ -314,6 +325,7 @@ class Workflow:
             kind=kind,
             options=options or {},
             standby=standby,
+            side_effect=side_effect,
         )
         steps = [*self._steps, spec]
         self._spec = self._build(steps)  # validates

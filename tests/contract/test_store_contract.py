@@ -41,6 +41,7 @@ from tenantflow.domain.records import (
 )
 from tenantflow.domain.tenancy import (
     AcquireRate,
+    AppendAudit,
     AuditEntry,
     Charge,
     ClaimReview,
@@ -371,6 +372,20 @@ async def test_tenants_are_versioned_audited_and_deleted_without_a_trace(store: 
         (3, "tenant.deleted"),
     ]
     assert all(r.prev_hash == p.hash for p, r in itertools.pairwise(log))
+
+
+async def test_append_audit_extends_the_tenants_chain_in_the_batch(store: Store) -> None:
+    entry = AuditEntry("admin:ops", "mcp_server.registered", "mcp_server:crm", {"tools": ["a"]})
+    [created, appended] = await store.apply([put_tenant("t1"), AppendAudit("t1", NOW, [entry])])
+    assert (created, appended) == (1, True)
+    await store.apply([AppendAudit("t1", NOW + 1, [])])  # nothing to append: nothing written
+    log = await store.audit_log("t1")
+    assert [(r.seq, r.actor, r.action, r.subject) for r in log] == [
+        (1, "admin", "tenant.created", "tenant:t1"),
+        (2, "admin:ops", "mcp_server.registered", "mcp_server:crm"),
+    ]
+    assert log[1].detail == {"tools": ["a"]} and log[1].prev_hash == log[0].hash
+    assert await store.audit_log("t2") == []
 
 
 def line(amount: int, limit: int | None, scope: str = "period") -> LedgerLine:

@@ -33,6 +33,7 @@ MISSING = {
     "namespace": "user:nobody-at-all",
     "key": "no-such-memory-key",
     "document_id": "no-such-document",
+    "server": "no-such-server",
 }
 SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
 A_POOL = "tenant-a-private-pool"
@@ -73,9 +74,17 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ("GET", "/v1/tenants/{tenant_id}/keys"): [Case("denied")],
     ("POST", "/v1/tenants/{tenant_id}/keys/{key_id}/rotate"): [Case("denied")],
     ("DELETE", "/v1/tenants/{tenant_id}/keys/{key_id}"): [Case("denied")],
+    ("GET", "/v1/workers"): [Case("denied")],  # the cluster: admin only
+    ("GET", "/v1/operator/overview"): [Case("denied"), Case("denied", params={"top": 100})],
+    ("POST", "/v1/admin/tenants/{tenant_id}/mcp-servers"): [
+        Case("denied", body={"name": "evil", "command": "sh", "args": ["-c", "id"]})
+    ],
+    ("GET", "/v1/admin/tenants/{tenant_id}/mcp-servers"): [Case("denied")],
+    ("DELETE", "/v1/admin/tenants/{tenant_id}/mcp-servers/{server}"): [Case("denied")],
     # B's own tenant: collections, never A's rows
     ("GET", "/v1/tenant"): [Case("own")],
     ("GET", "/v1/workflows"): [Case("own")],  # the platform's definitions, no tenant's data
+    ("GET", "/v1/schedules"): [Case("own")],
     ("GET", "/v1/usage"): [Case("own")],
     ("GET", "/v1/budget"): [Case("own")],
     ("GET", "/v1/audit"): [Case("own"), Case("own", params={"after": 0, "limit": 1000})],
@@ -99,6 +108,16 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ("GET", "/v1/runs/{run_id}/steps"): [Case("denied")],
     ("POST", "/v1/runs/{run_id}/cancel"): [Case("denied", body={"reason": "sabotage"})],
     ("POST", "/v1/runs/{run_id}/resume"): [Case("denied")],
+    ("POST", "/v1/runs/{run_id}/retry"): [
+        Case("denied"),
+        Case("denied", body={"from_start": True, "reason": "sabotage"}),
+    ],
+    ("GET", "/v1/runs/{run_id}/why"): [Case("denied")],
+    # A bulk retry acts on B's own runs only (it finds none of A's).
+    ("POST", "/v1/runs/retry"): [
+        Case("own"),
+        Case("own", body={"status": "cancelled", "since": "2000-01-01T00:00:00Z", "limit": 500}),
+    ],
     ("GET", "/v1/runs/{run_id}/timeline"): [Case("denied")],
     ("GET", "/v1/runs/{run_id}/state"): [Case("denied"), Case("denied", params={"version": 0})],
     ("GET", "/v1/runs/{run_id}/state/versions"): [Case("denied")],
@@ -192,6 +211,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "namespace": A_NAMESPACE,
             "key": A_MEMORY_KEY,
             "document_id": A_DOCUMENT_ID,
+            "server": "a-servers-name",
         }
         yield World(api, a_key, b_key, revoked, ids, [waiting, done])
 

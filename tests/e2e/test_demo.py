@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import tenantflow as tf
-from loan_platform.demo import BURSTER, DemoConfig, arrivals, run_demo
-from loan_platform.platform import institutions
+from tenantflow.examples.loan_platform.demo import BURSTER, DemoConfig, arrivals, run_demo
+from tenantflow.examples.loan_platform.platform import institutions
 from tenantflow.report import Report
 
 SMALL = DemoConfig(
@@ -174,7 +174,7 @@ def test_cli_shorter_than_the_default_burst_minute_runs(tmp_path: Path) -> None:
 
 
 def test_the_bureau_limits_are_the_platforms_policy_not_the_library_presets() -> None:
-    from loan_platform.platform import BUREAU_PER_TIER
+    from tenantflow.examples.loan_platform.platform import BUREAU_PER_TIER
 
     members = {m.tenant_id: m for m in institutions(8, slots=10)}
     assert members["fintech-startup"].policy["rate_limits"] == {

@@ -46,6 +46,9 @@ def test_pydantic_ai_support_refuses_what_the_tenant_may_not_call() -> None:
     assert "the model was told: refunded B200" in globex
     assert "tools called: ['order_status', 'refund']" in globex
     assert "refused and audited: nothing" in globex
+    assert "globex review opened: tool 'cancel_order' needs approval" in globex
+    assert 'approved by rita; run completed: "Order A100 is cancelled."' in globex
+    assert "streamed: ['Order', ' A100', ' is', ' cancelled.']" in globex  # word by word
 
 
 def test_mcp_tools_both_ways() -> None:
@@ -58,3 +61,7 @@ def test_mcp_tools_both_ways() -> None:
     assert 'run completed: "Tides are driven by the Moon\'s gravity."' in out
     assert "acme's runs over MCP: [('ask_kb', 'completed')]" in out
     assert "its timeline: run.submitted … run.completed" in out
+    assert "admin added for globex: 201 ['wiki__search']" in out
+    assert 'globex run completed: "Wind makes waves."' in out
+    assert "acme calling wiki__search: refused: no tool named 'wiki__search'" in out
+    assert "globex audit: ['mcp_server.registered mcp_server:wiki']" in out

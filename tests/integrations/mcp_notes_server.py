@@ -1,7 +1,8 @@
 """A small MCP server over stdio for the tests: ``python mcp_notes_server.py LOG``.
 
-Tools: ``add(a, b)``, and ``note(text, key)``, which appends ``<pid> <key> <text>`` to LOG (the
-side effect the tests count) and answers ``noted <text>``.
+Tools: ``add(a, b)``, ``note(text, key)``, which appends ``<pid> <key> <text>`` to LOG (the
+side effect the tests count) and answers ``noted <text>``, ``broken()`` (an error result) and
+``crash()`` (the process exits).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ def note(text: str, key: str) -> str:
     with open(LOG, "a", encoding="utf-8") as f:
         f.write(f"{os.getpid()} {key} {text}\n")
     return f"noted {text}"
+
+
+@server.tool()
+def crash() -> str:
+    """Ends the server's process (a server that dies mid-call)."""
+    os._exit(3)
 
 
 @server.tool()

@@ -3,7 +3,9 @@ listed, never called, refusals audited), priced, and recorded like any tool."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +15,10 @@ import pytest
 import tenantflow as tf
 from tenantflow.adapters.clock import SystemClock
 from tenantflow.integrations.mcp_tools import (
+    MCPPool,
     MCPServerSpec,
     mcp_tool_names,
+    pool_of,
     register_mcp_server,
     visible_tools,
 )
@@ -54,7 +58,7 @@ async def test_tools_are_namespaced_filtered_priced_recorded_and_audited(
 ) -> None:
     log = tmp_path / "notes.log"
     names = await register_mcp_server(engine.tools, notes(log, cost_usd=0.25))
-    assert names == ["notes__add", "notes__broken", "notes__note"]
+    assert names == ["notes__add", "notes__broken", "notes__crash", "notes__note"]
     assert mcp_tool_names(engine.tools) == names
     with pytest.raises(tf.ConfigurationError):  # registered once
         await register_mcp_server(engine.tools, notes(log))
@@ -163,3 +167,77 @@ async def test_tenantflow_agents_see_an_mcp_tool_only_where_allowed(
         assert run.status == tf.RunStatus.COMPLETED, run.error
     assert offered == {"acme": ["notes__note"], "open": []}
     assert [line.split()[2] for line in log.read_text().splitlines()] == ["acme"]
+
+
+def _pids(log: Path) -> list[int]:
+    return [int(line.split()[0]) for line in log.read_text().splitlines()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_calls_share_a_pooled_session_and_a_dead_server_is_replaced(tmp_path: Path) -> None:
+    log = tmp_path / "notes.log"
+    async with tf.Engine.open(f"sqlite:///{tmp_path / 'p.db'}", clock=SystemClock()) as engine:
+        await register_mcp_server(engine.tools, notes(log))
+        await engine.tenants.create(
+            "acme", tier="enterprise", allowed_tools=["notes__note", "notes__crash"]
+        )
+        wf = tf.Workflow("scribe", input=int)
+
+        @wf.step(retry=tf.Retry(max_attempts=1))
+        async def write(ctx: tf.StepContext, input: int) -> str:
+            for i in range(input):
+                await ctx.tool("notes__note", text=f"n{i}", key=ctx.idempotency_key)
+            return "ok"
+
+        crash = tf.Workflow("crash", input=str)
+
+        @crash.step(retry=tf.Retry(max_attempts=1))
+        async def die(ctx: tf.StepContext, input: str) -> str:
+            return str(await ctx.tool("notes__crash"))
+
+        engine.register(wf)
+        engine.register(crash)
+        pool = pool_of(engine.tools, "notes__note")
+        first = await (await engine.submit("scribe", tenant="acme", input=5)).wait()
+        assert first.status == tf.RunStatus.COMPLETED, first.error
+        assert pool.opened == 1 and len(set(_pids(log))) == 1  # five calls, one server process
+        dead = await (await engine.submit("crash", tenant="acme", input="x")).wait()
+        assert dead.status == tf.RunStatus.FAILED  # the call failed like any failing tool
+        again = await (await engine.submit("scribe", tenant="acme", input=2)).wait()
+        assert again.status == tf.RunStatus.COMPLETED, again.error
+        assert pool.opened == 2  # the dead session was dropped, a new one opened
+        pids = _pids(log)
+        assert len(set(pids)) == 2 and pids[-1] != pids[0]
+        assert _alive(pids[-1])
+    assert not _alive(pids[-1])  # closing the engine stopped the server
+
+
+async def test_concurrent_calls_stay_within_the_pool(tmp_path: Path) -> None:
+    log = tmp_path / "notes.log"
+    pool = MCPPool(notes(log, pool_size=2))
+    try:
+        results = await asyncio.gather(
+            *(pool.call("note", {"text": f"t{i}", "key": "k"}) for i in range(6))
+        )
+        assert [r.is_error for r in results] == [False] * 6
+        assert pool.opened == 2 and len(set(_pids(log))) == 2
+    finally:
+        await pool.close()
+    assert not any(_alive(pid) for pid in set(_pids(log)))
+
+
+async def test_pool_size_zero_opens_a_connection_per_call(tmp_path: Path) -> None:
+    log = tmp_path / "notes.log"
+    pool = MCPPool(notes(log, pool_size=0))
+    for i in range(2):
+        await pool.call("note", {"text": f"t{i}", "key": "k"})
+    assert pool.opened == 2 and len(set(_pids(log))) == 2
+    with pytest.raises(tf.ConfigurationError, match="pool_size"):
+        notes(log, pool_size=-1)

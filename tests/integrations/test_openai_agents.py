@@ -215,11 +215,20 @@ async def test_a_rejected_approval_fails_the_step_without_calling_the_tool(
     engine.reviews.subscribe(opened.put_nowait)
     handle = await engine.submit("research", tenant="acme", input="write it")
     review = await asyncio.wait_for(opened.get(), timeout=30)
-    await engine.reviews.decide("acme", review.id, reviewer="rita", approve=False)
-    run = await handle.wait()
-    assert run.status in (tf.RunStatus.FAILED, tf.RunStatus.COMPENSATED), run.status
+    await engine.reviews.decide(
+        "acme", review.id, reviewer="rita", approve=False, comment="not this title"
+    )
+    with pytest.raises(tf.RunFailedError, match="not this title") as failed:
+        await handle.result()
+    assert failed.value.fields["status"] in ("failed", "compensated")
+    assert f"review {review.id}" in failed.value.fields["error"]
     assert EFFECTS == {}
     assert len(server.requests) == 1
+    events = await engine.timeline("acme", handle.id)
+    assert [e.data["error"] for e in events if e.kind == "step.failed"] == [
+        f"step 'research' failed: review {review.id} not this title"
+    ]
+    assert "step.retrying" not in [e.kind for e in events]  # a rejection is not retried
 
 
 async def test_a_rate_limited_tool_parks_the_step_and_nothing_is_repeated(
@@ -245,3 +254,116 @@ async def test_a_rate_limited_tool_parks_the_step_and_nothing_is_repeated(
     deferred = [e.data["reason"] for e in events if e.kind == "step.deferred"]
     assert deferred and deferred[0].startswith("rate limit tool:lookup")
     assert "step.retrying" not in [e.kind for e in events]
+
+
+def streaming_workflow(agent: Any, seen: list[tuple[int, str]], *, crash_once: bool) -> tf.Workflow:
+    """A step that streams the agent's run; ``seen`` gets (attempt, text delta) in order."""
+    from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
+
+    wf = tf.Workflow("stream", input=str)
+    crashed: list[bool] = []
+
+    @wf.step(retry=tf.Retry(max_attempts=2, jitter=0.0))
+    async def research(ctx: tf.StepContext, input: str) -> str:
+        async def on_event(event: Any) -> None:
+            if event.type != "raw_response_event":
+                return
+            if isinstance(event.data, ResponseTextDeltaEvent):
+                seen.append((ctx.attempt, event.data.delta))
+            elif isinstance(event.data, ResponseCompletedEvent):
+                seen.append((ctx.attempt, "<completed>"))
+
+        answer = str(await run_agent(ctx, agent, input, on_event=on_event))
+        if crash_once and not crashed:
+            crashed.append(True)
+            raise RuntimeError("the attempt dies after the agent finished")
+        return answer
+
+    return wf
+
+
+async def test_a_streamed_run_streams_through_the_gateway_and_replays_when_finished(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    await engine.tenants.create("acme", tier="enterprise")
+    agent = agents.Agent(name="researcher", instructions="Research.", tools=[lookup])
+    server.queue(tool_calls=[("lookup", {"topic": "tides"}), ("lookup", {"topic": "moons"})])
+    server.queue(text="Tides follow the moon.")
+    seen: list[tuple[int, str]] = []
+    engine.register(streaming_workflow(agent, seen, crash_once=True))
+    run = await (await engine.submit("stream", tenant="acme", input="why tides?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert json.loads(run.result_json or b"") == "Tides follow the moon."
+    assert all(r.body["stream"] is True for r in server.requests)  # streamed from the vendor
+    assert len(server.requests) == 2  # the second attempt replayed both calls
+    first = [d for a, d in seen if a == 1]
+    second = [d for a, d in seen if a == 2]
+    # The first attempt got the answer word by word as the server sent it, then the end.
+    assert first == ["<completed>", "Tides", " follow", " the", " moon.", "<completed>"]
+    # The re-executed attempt replayed the finished stream: the whole text in one delta.
+    assert second == ["<completed>", "Tides follow the moon.", "<completed>"]
+    assert EFFECTS == {"lookup:tides": 1, "lookup:moons": 1}
+    usage = {(r["metric"], r["dim"]): r["value"] for r in await engine.usage("acme")}
+    assert usage[("model_calls", "local")] == 2
+    from tenantflow.engine.gateway import response_from_json
+
+    from .common import cost_micros
+
+    recorded = await engine.store.recorded_calls("acme", run.id, "research")
+    models = [response_from_json(r) for k, _, r in recorded.values() if k == "model"]
+    assert len(models) == 2 and all(m.tokens_out > 0 for m in models)
+    spent = sum(cost_micros(m.tokens_in, m.tokens_out) for m in models)
+    ledger = {(b["scope"], b["unit"]): b for b in await engine.budget("acme")}
+    assert int(ledger[("period", "micros")]["spent"]) == spent
+    assert int(ledger[("period", "micros")]["reserved"]) == 0
+
+
+async def test_a_streamed_run_carries_a_rate_limit_out_of_the_sdk(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    await engine.tenants.create(
+        "acme",
+        tier="enterprise",
+        rate_limits={"tool:lookup": {"rate": "5/second", "burst": 1}},
+    )
+    agent = agents.Agent(name="researcher", instructions="Research.", tools=[lookup])
+    server.queue(tool_calls=[("lookup", {"topic": "tides"}), ("lookup", {"topic": "moons"})])
+    server.queue(text="Tides follow moons.")
+    seen: list[tuple[int, str]] = []
+    engine.register(streaming_workflow(agent, seen, crash_once=False))
+    run = await (await engine.submit("stream", tenant="acme", input="why tides?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert EFFECTS == {"lookup:tides": 1, "lookup:moons": 1}
+    assert len(server.requests) == 2
+    events = await engine.timeline("acme", run.id)
+    assert "step.deferred" in [e.kind for e in events]
+    assert "step.retrying" not in [e.kind for e in events]
+
+
+async def test_a_stream_that_breaks_is_charged_for_what_it_produced_and_streams_again(
+    engine: tf.Engine, server: OpenAITestServer
+) -> None:
+    await engine.tenants.create("acme", tier="enterprise")
+    agent = agents.Agent(name="writer", instructions="Write.")
+    server.queue(text="Tides follow the moon.", stream_break_after=2)  # two words, then cut
+    server.queue(text="Tides follow the moon.")
+    seen: list[tuple[int, str]] = []
+    engine.register(streaming_workflow(agent, seen, crash_once=False))
+    run = await (await engine.submit("stream", tenant="acme", input="tides?")).wait()
+    assert run.status == tf.RunStatus.COMPLETED, run.error
+    assert [d for a, d in seen if a == 1] == ["Tides", " follow"]  # then the stream broke
+    assert [d for a, d in seen if a == 2] == ["Tides", " follow", " the", " moon.", "<completed>"]
+    usage = {(r["metric"], r["dim"]): r["value"] for r in await engine.usage("acme")}
+    ledger = {(b["scope"], b["unit"]): b for b in await engine.budget("acme")}
+    spent = int(ledger[("period", "micros")]["spent"])
+    assert spent == usage[("cost_micros", "model:test-model")] > 0
+    assert int(ledger[("period", "micros")]["reserved"]) == 0
+    from tenantflow.engine.gateway import response_from_json
+
+    from .common import cost_micros
+
+    recorded = await engine.store.recorded_calls("acme", run.id, "research")
+    [whole] = [response_from_json(r) for k, _, r in recorded.values() if k == "model"]
+    # The broken stream was priced for the words it produced, the retry in full: more than
+    # the recorded call alone, and the broken one is not recorded.
+    assert spent > cost_micros(whole.tokens_in, whole.tokens_out)

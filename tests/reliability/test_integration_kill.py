@@ -1,4 +1,5 @@
-"""Kill -9 in the middle of an SDK agent: the OpenAI Agents SDK, PydanticAI and an MCP tool.
+"""Kill -9 in the middle of an SDK agent: the OpenAI Agents SDK, PydanticAI and an MCP tool
+(and, for both SDKs, while a tool's approval waits for its reviewer).
 
 ``integration_worker.py`` runs one agent in a subprocess against the local OpenAI-compatible test
 server (in this process). The model asks for two lookups in parallel (``a``, ``b``), then one more
@@ -15,6 +16,7 @@ hold left, and the tenant's audit chain intact.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -36,7 +38,9 @@ from tenantflow.adapters.providers.testserver import OpenAITestServer
 from tenantflow.engine.gateway import response_from_json
 
 WORKER = Path(__file__).with_name("integration_worker.py")
-KINDS = ("openai-agents", "pydantic-ai", "mcp")
+KINDS = ("openai-agents", "openai-agents-stream", "pydantic-ai", "mcp")
+IN_FLIGHT_KINDS = (*KINDS, "pydantic-ai-stream")  # a stream held before its first byte
+TOOL_KINDS = (*KINDS, "mcp-tenant")  # an MCP server registered at run time for the tenant
 TOOL_PRICE_MICROS = 10_000
 ANSWER = "Tides follow the moon."
 WAIT_S = 90.0
@@ -45,7 +49,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _tool(kind: str) -> str:
-    return "facts__lookup" if kind == "mcp" else "lookup"
+    return "facts__lookup" if kind.startswith("mcp") else "lookup"
 
 
 @dataclass
@@ -68,8 +72,11 @@ class Model:
 class Worker:
     """The agent's process, on one database and one directory of gates and effects."""
 
-    def __init__(self, kind: str, root: Path, server: OpenAITestServer) -> None:
+    def __init__(
+        self, kind: str, root: Path, server: OpenAITestServer, *, approval: bool = False
+    ) -> None:
         self.kind = kind
+        self.approval = approval
         self.dir = root
         self.db = root / "agent.db"
         self.server = server
@@ -92,6 +99,8 @@ class Worker:
             "--dir",
             str(self.dir),
         ]
+        if self.approval:
+            cmd.append("--approval")
         self.proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def wait_for(self, what: str, ready: Callable[[], bool]) -> None:
@@ -117,11 +126,18 @@ class Worker:
 
     def calls(self, kind: str) -> int:
         """How many calls of ``kind`` (model, tool) the store has recorded."""
+        return self._count("SELECT COUNT(*) FROM calls WHERE kind = ?", kind)
+
+    def reviews(self, status: str) -> int:
+        """How many review tasks the store holds in ``status``."""
+        return self._count("SELECT COUNT(*) FROM reviews WHERE status = ?", status)
+
+    def _count(self, sql: str, value: str) -> int:
         if not self.db.exists():
             return 0
         try:
             with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as conn:
-                row = conn.execute("SELECT COUNT(*) FROM calls WHERE kind = ?", (kind,)).fetchone()
+                row = conn.execute(sql, (value,)).fetchone()
         except sqlite3.OperationalError:  # the schema is not there yet
             return 0
         return int(row[0])
@@ -178,7 +194,9 @@ async def _ledger_and_audit(worker: Worker, run_id: str) -> None:
         recorded: dict[int, tuple[str, str, str]] = {}
         for step in steps:
             recorded.update(await engine.store.recorded_calls("acme", run_id, step.key))
-        models = [response_from_json(r) for k, _, r in recorded.values() if k == "model"]
+        models = [  # a reviewer's approval is recorded as a free "human" answer
+            response_from_json(r) for k, n, r in recorded.values() if k == "model" and n != "human"
+        ]
         tools = [r for k, _, r in recorded.values() if k == "tool"]
         assert (len(models), len(tools)) == (3, 3)
         from integration_worker import ENDPOINT
@@ -194,6 +212,9 @@ async def _ledger_and_audit(worker: Worker, run_id: str) -> None:
         assert usage[("model_calls", "local")] == 3
         verdict = await engine.audit_verify("acme")
         assert verdict.ok, verdict
+        if worker.kind == "mcp-tenant":  # registered once, read back by the restarted worker
+            actions = [a.action for a in await engine.audit_log("acme")]
+            assert actions.count("mcp_server.registered") == 1
 
 
 def check(
@@ -202,6 +223,7 @@ def check(
     baseline: tuple[dict[str, Any], Any],
     *,
     repeated: int,
+    topics: tuple[str, ...] = ("a", "b", "c"),
 ) -> None:
     """The run ended as the crash-free one; each call was made (and paid) once."""
     assert result["status"] == "completed"
@@ -213,9 +235,14 @@ def check(
     assert sum(bodies.values()) == 3 + repeated
     assert all(n == 1 for n in bodies.values()) if repeated == 0 else max(bodies.values()) == 2
     effects = worker.effects()
-    assert Counter(topic for _, topic in effects) == {"a": 1, "b": 1, "c": 1}
-    if worker.kind != "mcp":  # the MCP server does not see the tool-call id
+    assert Counter(topic for _, topic in effects) == dict.fromkeys(topics, 1)
+    if not worker.kind.startswith("mcp"):  # the MCP server does not see the tool-call id
         assert len({call_id for call_id, _ in effects}) == 3
+    if worker.kind.endswith("-stream"):  # the answer streamed live in the attempt that made it
+        lines = [line.split(" ", 1) for line in (worker.dir / "stream").read_text().splitlines()]
+        last = max(int(attempt) for attempt, _ in lines)
+        deltas = [ast.literal_eval(d) for attempt, d in lines if int(attempt) == last]
+        assert "".join(deltas) == ANSWER and len(deltas) == len(ANSWER.split())
     sys.path.insert(0, str(Path(__file__).parent))
     try:
         asyncio.run(_ledger_and_audit(worker, result["run_id"]))
@@ -243,7 +270,7 @@ def test_kill_right_after_a_model_response_is_recorded(
     check(worker, worker.finish(), baseline, repeated=0)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", IN_FLIGHT_KINDS)
 def test_kill_while_a_model_call_is_in_flight(
     kind: str, tmp_path: Path, server: OpenAITestServer, baselines: Callable[[str], Any]
 ) -> None:
@@ -265,7 +292,7 @@ def test_kill_while_a_model_call_is_in_flight(
     assert requests[1] == requests[2]  # the repeat is the call that was in flight
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", TOOL_KINDS)
 def test_kill_between_two_parallel_tool_calls(
     kind: str, tmp_path: Path, server: OpenAITestServer, baselines: Callable[[str], Any]
 ) -> None:
@@ -285,3 +312,43 @@ def test_kill_between_two_parallel_tool_calls(
     worker.open_gate("b")
     worker.start()
     check(worker, worker.finish(), baseline, repeated=0)
+
+
+APPROVAL_KINDS = ("openai-agents", "pydantic-ai")
+
+
+def _approval_script(kind: str, server: OpenAITestServer) -> None:
+    """Two lookups in parallel, then a publication that needs a reviewer, then the answer."""
+    Model(kind).first(server)
+    server.queue(tool_calls=[("publish", {"title": "Tides"})])
+    server.queue(text=ANSWER)
+
+
+@pytest.mark.parametrize("kind", APPROVAL_KINDS)
+def test_kill_while_an_approval_waits_for_its_reviewer(kind: str, tmp_path: Path) -> None:
+    with OpenAITestServer() as server:  # the run with no crash, approved as soon as asked
+        (tmp_path / "baseline").mkdir()
+        calm = Worker(kind, tmp_path / "baseline", server, approval=True)
+        calm.open_gate("a", "b")
+        (calm.dir / "approve").touch()
+        _approval_script(kind, server)
+        calm.start()
+        baseline = calm.finish(), server.requests[-1].body["messages"]
+        assert len(server.requests) == 3
+    with OpenAITestServer() as server:
+        (tmp_path / "run").mkdir()
+        worker = Worker(kind, tmp_path / "run", server, approval=True)
+        worker.open_gate("a", "b")
+        _approval_script(kind, server)
+        worker.start()
+        worker.wait_for("for the approval's review", lambda: worker.reviews("pending") == 1)
+        worker.kill()
+        assert len(server.requests) == 2
+        assert sorted(t for _, t in worker.effects()) == ["a", "b"]  # publish waits
+        worker.start()  # the run waits for its reviewer, holding no slot
+        (worker.dir / "approve").touch()
+        result = worker.finish()
+        assert worker.reviews("approved") == 1
+        # Resumed from the saved state: neither model call made before the approval is made
+        # again, nor either lookup; the publication runs once.
+        check(worker, result, baseline, repeated=0, topics=("a", "b", "publish"))

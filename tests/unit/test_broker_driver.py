@@ -20,10 +20,14 @@ from typing import Any, TypeVar
 import pytest
 
 import tenantflow as tf
-from loan_platform.platform import BUREAU_PLATFORM_LIMIT, ENDPOINTS, register_tools
-from loan_platform.workflow import Application, loan
 from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.engine.execution.broker import BrokerDriver
+from tenantflow.examples.loan_platform.platform import (
+    BUREAU_PLATFORM_LIMIT,
+    ENDPOINTS,
+    register_tools,
+)
+from tenantflow.examples.loan_platform.workflow import Application, loan
 from tenantflow.ports import Store
 from tenantflow.testing import FakeClock, LoopbackBus, MemoryStore
 

@@ -49,7 +49,7 @@ def test_compose_runs_postgres_a_migration_the_api_and_workers() -> None:
     assert "--workers" in services["api"]["command"]
     env = services["worker"]["environment"]
     assert env["TENANTFLOW_DATABASE_URL"].startswith("postgresql://")
-    assert env["TENANTFLOW_APP"] == "loan_platform.service:setup"
+    assert env["TENANTFLOW_APP"] == "tenantflow.examples.loan_platform.service:setup"
 
 
 @pytest.mark.parametrize("service", ["migrate", "api", "worker"])

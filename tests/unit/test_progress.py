@@ -1106,3 +1106,60 @@ def test_describe_bounds_long_errors() -> None:
 def test_the_view_counts_revisions() -> None:
     assert view(lin.spec, LIN).revisions == 0
     assert view(lin.spec, LIN, meta={"plan": {"version": 3}}).revisions == 2
+
+
+# -- side effects under the hybrid placement (domain.outbox) ----------------------------------
+
+fxwf = tf.Workflow("fxwf", input=int)
+
+
+@fxwf.step
+async def pay(ctx: tf.StepContext, input: int) -> int:
+    return input * 10
+
+
+@fxwf.step(side_effect=True)
+async def mail(ctx: tf.StepContext, pay: int, input: int) -> None:
+    return None
+
+
+@fxwf.step
+async def ship(ctx: tf.StepContext, pay: int) -> int:
+    return pay + 1
+
+
+def test_a_choreographed_side_effect_goes_to_the_outbox_in_the_same_transaction() -> None:
+    spec = fxwf.spec.choreographed()
+    d = on_succeeded(
+        view(spec, {"pay": S.RUNNING, "mail": S.PENDING, "ship": S.PENDING}), att("pay"), 10, b"10"
+    )
+    then = then_of(d)
+    assert [(u.key, u.status.value, u.output_json) for u in then.steps] == [
+        ("ship", "ready", None),
+        ("mail", "succeeded", b"null"),
+    ]
+    [event] = [e for e in then.events if e.kind == "fx.enqueued"]
+    assert (event.step, event.data) == (
+        "mail",
+        {
+            "outbox_id": "run_1:mail",
+            "workflow": "fxwf",
+            "version": "1",
+            "args": {"pay": 10, "input": 1},
+        },
+    )
+    assert fx(d.effects)[1:] == [
+        ("mirror", {"ship": "ready", "mail": "succeeded"}),
+        ("enqueue", "ship"),
+    ]
+    # Without the hybrid placement the same step is simply ready, executed by the engine.
+    plain = then_of(
+        on_succeeded(
+            view(fxwf.spec, {"pay": S.RUNNING, "mail": S.PENDING, "ship": S.PENDING}),
+            att("pay"),
+            10,
+            b"10",
+        )
+    )
+    assert [(u.key, u.status.value) for u in plain.steps] == [("mail", "ready"), ("ship", "ready")]
+    assert not [e for e in plain.events if e.kind == "fx.enqueued"]

@@ -90,6 +90,41 @@ class PostgresCoordinator:
             cur = await conn.execute("SELECT id FROM workers ORDER BY id")
             return [str(r[0]) for r in await cur.fetchall()]
 
+    async def members(self) -> list[dict[str, Any]]:
+        """Every worker with a row (live, or silent and not yet forgotten): its id, info,
+        start and last beat, and the tenants it holds leases on (``tenant_id``,
+        ``expires_at``); read in system scope, ids and times only."""
+        async with self.store.scoped(None) as conn:
+            cur = await conn.execute(
+                "SELECT id, info, started_at, beat_at FROM workers ORDER BY id"
+            )
+            workers = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT tenant_id, owner, expires_at FROM tenant_owners ORDER BY tenant_id"
+            )
+            leases = await cur.fetchall()
+        held: dict[str, list[dict[str, Any]]] = {}
+        for tenant_id, owner, expires_at in leases:
+            held.setdefault(str(owner), []).append(
+                {"tenant_id": str(tenant_id), "expires_at": float(expires_at)}
+            )
+        out = [
+            {
+                "id": str(row[0]),
+                "info": row[1] if isinstance(row[1], dict) else json.loads(row[1] or "{}"),
+                "started_at": float(row[2]),
+                "beat_at": float(row[3]),
+                "tenants": held.pop(str(row[0]), []),
+            }
+            for row in workers
+        ]
+        # Leases of workers that are gone: shown so that an operator sees who held what.
+        out.extend(
+            {"id": owner, "info": {}, "started_at": None, "beat_at": None, "tenants": tenants}
+            for owner, tenants in sorted(held.items())
+        )
+        return out
+
     async def hold(
         self, worker: str, tenants: Sequence[str], now: float, until: float
     ) -> list[str]:

@@ -144,6 +144,9 @@ _GRANTS: dict[str, tuple[str, str]] = {
     "memory_entries": (_ALL, "SELECT"),
     "memory_documents": (_APPEND_ONLY, "SELECT"),
     "memory_terms": (_APPEND_ONLY, "SELECT"),
+    # The side-effect outbox: written with a tenant's transition, read across tenants by the
+    # relay, marked published and settled (as the tenant).
+    "outbox": (_ALL, "SELECT"),
 }
 
 # Restrictive policies (ANDed with the permissive ones above) narrowing what a role may write.

@@ -19,9 +19,10 @@ from typing import Any
 
 from tenantflow.adapters import sql_keys, sql_memory
 from tenantflow.adapters import sql_tenancy as tq
-from tenantflow.adapters.sql import Gen, append, execute, one, rows
+from tenantflow.adapters.sql import Gen, append, count, execute, one, rows
 from tenantflow.domain import keys as k_ops
 from tenantflow.domain import memory as m_ops
+from tenantflow.domain import outbox as o_ops
 from tenantflow.domain import tenancy as t_ops
 from tenantflow.domain.records import (
     STALE,
@@ -60,6 +61,7 @@ __all__ = [
     "get_steps",
     "list_runs",
     "op_tenant",
+    "outbox",
     "start_attempts",
     "state_versions",
     "unfinished_runs",
@@ -111,6 +113,46 @@ def _events(tenant_id: str, run_id: str, ts: float, new: Sequence[NewEvent]) -> 
             for e in new
         ],
     )
+    # An fx.enqueued event is also an outbox row, in this same transaction (domain.outbox).
+    yield from append(
+        "INSERT INTO outbox (id, tenant_id, run_id, step, payload, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (e.data["outbox_id"], tenant_id, run_id, e.step, json.dumps(e.data), ts)
+            for e in new
+            if e.kind == o_ops.FX_ENQUEUED and e.data is not None and e.step is not None
+        ],
+    )
+
+
+def _mark_published(op: o_ops.MarkPublished) -> Gen[int]:
+    marked = 0
+    for start in range(0, len(op.ids), _ID_BATCH):
+        ids = _padded(list(op.ids[start : start + _ID_BATCH]))
+        marked += yield from count(
+            "UPDATE outbox SET published_at = ? WHERE tenant_id = ? AND published_at IS NULL"
+            f" AND id IN ({_marks(ids)})",
+            op.now,
+            op.tenant_id,
+            *ids,
+        )
+    return marked
+
+
+def _record_fx_outcome(op: o_ops.RecordFxOutcome) -> Gen[bool]:
+    if op.kind not in o_ops.FX_OUTCOMES:
+        raise ValueError(f"{op.kind!r} is not a side-effect outcome")
+    where = " FROM outbox WHERE tenant_id = ? AND id = ? AND run_id = ?"
+    if op.final:
+        found = yield from count("DELETE" + where, op.tenant_id, op.outbox_id, op.run_id)
+    else:
+        found = len((yield from rows("SELECT id" + where, op.tenant_id, op.outbox_id, op.run_id)))
+    if found:
+        data = {"outbox_id": op.outbox_id, **op.data}
+        yield from _events(
+            op.tenant_id, op.run_id, op.now, [NewEvent(op.kind, op.step, None, data)]
+        )
+    return bool(found)
 
 
 def _record_call(op: RecordCall) -> Gen[bool]:
@@ -455,6 +497,14 @@ def _step_updates(t: Transition) -> Gen[None]:
                 u.key,
                 t.tenant_id,
             )
+        if u.reopen:
+            yield from execute(
+                "UPDATE steps SET error = NULL, finished_at = NULL"
+                " WHERE run_id = ? AND key = ? AND tenant_id = ?",
+                t.run_id,
+                u.key,
+                t.tenant_id,
+            )
         if u.delta_json is not None:
             yield from _append_version(t.tenant_id, t.run_id, u.key, u.delta_json, t.now)
 
@@ -467,6 +517,13 @@ def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
         first = ()
     yield from _step_updates(t)
     if t.run is not None:
+        if t.run.reopen:
+            yield from execute(
+                "UPDATE runs SET result = NULL, error = NULL, finished_at = NULL"
+                " WHERE id = ? AND tenant_id = ?",
+                t.run_id,
+                t.tenant_id,
+            )
         terminal = t.run.status in TERMINAL_RUN
         yield from execute(
             "UPDATE runs SET status = ?, result = COALESCE(?, result), error = COALESCE(?, error),"
@@ -546,6 +603,8 @@ def _recover(op: RecoverOrphans) -> Gen[int]:
 
 
 _HANDLERS: dict[type[Any], Callable[[Any], Gen[Any]]] = {
+    o_ops.MarkPublished: _mark_published,
+    o_ops.RecordFxOutcome: _record_fx_outcome,
     StartAttempt: _start,
     FinishAttempt: _finish,
     FailAttempt: _fail,
@@ -566,6 +625,7 @@ _HANDLERS: dict[type[Any], Callable[[Any], Gen[Any]]] = {
     t_ops.DecideReview: lambda op: tq.decide_review(op, _transition),
     t_ops.EscalateReview: lambda op: tq.escalate_review(op, _transition),
     t_ops.PutTenant: tq.put_tenant,
+    t_ops.AppendAudit: tq.append_audit_op,
     t_ops.DeleteTenant: tq.delete_tenant,
     t_ops.PurgeRuns: tq.purge_runs,
     k_ops.CreateApiKey: sql_keys.create_api_key,
@@ -682,6 +742,24 @@ def events(tenant_id: str, run_id: str, after_id: int) -> Gen[list[EventRecord]]
         EventRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
         for r in found
     ]
+
+
+def outbox(tenant_id: str | None, limit: int, unpublished: bool) -> Gen[list[o_ops.OutboxRecord]]:
+    """The oldest ``limit`` outbox rows (``unpublished``: only those not yet published): one
+    tenant's, or every tenant's (None: the relay, in system scope)."""
+    where = ["published_at IS NULL"] if unpublished else []
+    args: tuple[str, ...] = ()
+    if tenant_id is not None:
+        where.append("tenant_id = ?")
+        args = (tenant_id,)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    found = yield from rows(
+        "SELECT id, tenant_id, run_id, step, payload, created_at, published_at FROM outbox"
+        f"{clause} ORDER BY created_at, id LIMIT ?",
+        *args,
+        limit,
+    )
+    return [o_ops.OutboxRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in found]
 
 
 def state_versions(tenant_id: str, run_id: str, upto: int | None) -> Gen[list[StateVersionRecord]]:

@@ -26,6 +26,7 @@ from tenantflow.adapters.sql import Gen
 from tenantflow.domain.audit import AuditRecord
 from tenantflow.domain.keys import ApiKeyRecord
 from tenantflow.domain.memory import MemoryEntry, SearchHit
+from tenantflow.domain.outbox import OutboxRecord
 from tenantflow.domain.records import (
     EventRecord,
     Op,
@@ -146,6 +147,13 @@ class SqlStore(ABC):
 
     async def pending_reviews(self) -> list[ReviewRecord]:
         return await self._read(None, tq.pending_reviews())
+
+    async def outbox(
+        self, tenant_id: str | None = None, *, limit: int = 100, unpublished: bool = False
+    ) -> list[OutboxRecord]:
+        """The oldest side effects of the outbox (``unpublished``: only those the relay has not
+        published yet): the tenant's, or with None every tenant's (system scope: the relay)."""
+        return await self._read(tenant_id, sql_ops.outbox(tenant_id, limit, unpublished))
 
     # -- API keys (the control plane's store) -------------------------------------------------
 

@@ -20,6 +20,7 @@ from tenantflow.domain import ratelimit
 from tenantflow.domain.audit import AuditRecord, append_record
 from tenantflow.domain.tenancy import (
     AcquireRate,
+    AppendAudit,
     AuditEntry,
     Charge,
     ClaimReview,
@@ -46,6 +47,7 @@ from tenantflow.errors import ConflictError, NotFoundError
 __all__ = [
     "TENANT_TABLES",
     "append_audit",
+    "append_audit_op",
     "audit_rows",
     "get_review",
     "get_tenant",
@@ -60,6 +62,7 @@ __all__ = [
 # Every table holding a tenant's rows, and its tenant column: what deletion purges and proves.
 TENANT_TABLES: dict[str, str] = {
     "events": "tenant_id",
+    "outbox": "tenant_id",
     "calls": "tenant_id",
     "state_versions": "tenant_id",
     "steps": "tenant_id",
@@ -158,6 +161,12 @@ def append_audit(tenant_id: str, now: float, entries: Sequence[AuditEntry]) -> G
             rec.hash,
         )
         prev = rec
+
+
+def append_audit_op(op: AppendAudit) -> Gen[bool]:
+    """:class:`~tenantflow.domain.tenancy.AppendAudit`."""
+    yield from append_audit(op.tenant_id, op.now, op.entries)
+    return True
 
 
 def _audit_one(tenant_id: str, now: float, entry: AuditEntry) -> Gen[None]:

@@ -137,6 +137,21 @@ MIGRATIONS: list[list[str]] = [
     # runs_unfinished (migration 4) repeats runs_active (migration 1) exactly: every run insert
     # and status change kept two identical indexes.
     ["DROP INDEX IF EXISTS runs_unfinished"],
+    # The side-effect outbox (tenantflow.domain.outbox): a row per fx.enqueued event, written
+    # in the transaction that made the side effect ready, marked published once the broker has
+    # it, removed when an agent's final outcome (delivered, dead-lettered) is recorded.
+    [
+        """CREATE TABLE outbox (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            step TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            published_at REAL
+        )""",
+        "CREATE INDEX outbox_unpublished ON outbox (created_at, id) WHERE published_at IS NULL",
+    ],
 ]
 
 

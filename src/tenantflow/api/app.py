@@ -26,13 +26,16 @@ from tenantflow.api.routes import (
     events,
     health,
     memory,
+    operator,
     reviews,
     runs,
+    schedules,
     tenant,
     tenants,
+    workers,
     workflows,
 )
-from tenantflow.api.routes.mcp import mcp_endpoint
+from tenantflow.api.routes.mcp import mcp_endpoint, servers_router
 from tenantflow.api.routes.runs import SubmissionGate
 from tenantflow.placement import ControlPlane
 
@@ -126,9 +129,22 @@ def create_app(
     app.state.submissions = SubmissionGate(max_submissions, metrics)
     install_error_handlers(app)
     # Routes are matched in order: the busiest first.
-    for module in (runs, events, reviews, memory, tenant, tenants, workflows, health):
+    for module in (
+        runs,
+        events,
+        reviews,
+        memory,
+        tenant,
+        tenants,
+        workflows,
+        schedules,
+        workers,
+        operator,
+        health,
+    ):
         app.include_router(module.router)
     if mcp is not None:
+        app.include_router(servers_router)  # the admin's per-tenant MCP servers
         # An ASGI endpoint (not a Mount): /mcp itself answers, with no redirect to /mcp/.
         app.router.routes.append(
             Route("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
@@ -137,10 +153,7 @@ def create_app(
         raise ValueError("dashboard must be True, False or 'read-only'")
     if dashboard:
         from tenantflow.dashboard import create_dashboard
-        from tenantflow.engine.engine import Engine
 
-        if not isinstance(engine, Engine):  # its fairness page reads the scheduler's state
-            raise ValueError("the dashboard needs the engine itself, not another control plane")
         app.state.dashboard = create_dashboard(
             engine, read_only=dashboard == "read-only", session_ttl=session_ttl
         )

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 import typer
@@ -31,6 +32,7 @@ from tenantflow.domain.memory import DEFAULT_NAMESPACE, MemoryEntry, SearchHit
 from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.state import Change
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
+from tenantflow.domain.why import Reason
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -46,6 +48,8 @@ from tenantflow.settings import Settings
 if TYPE_CHECKING:
     from tenantflow.client import Client
     from tenantflow.engine.engine import Engine
+    from tenantflow.engine.operator import Overview
+    from tenantflow.engine.workers import WorkerInfo
     from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 
 __all__ = [
@@ -317,6 +321,9 @@ class EngineBackend:
     def get_run(self, run_id: str) -> RunRecord:
         return self._run(self._engine.get_run(self.tenant_id, run_id))
 
+    def why(self, run_id: str) -> list[Reason]:
+        return self._run(self._engine.why(self.tenant_id, run_id))
+
     def steps(self, run_id: str) -> list[StepRecord]:
         return self._run(self._engine.steps(self.tenant_id, run_id))
 
@@ -456,6 +463,12 @@ class EngineBackend:
 
     def list_tenants(self) -> list[TenantInfo]:
         return self._engine.tenants.list()
+
+    def workers(self) -> list[WorkerInfo]:
+        return self._run(self._engine.workers())
+
+    def overview(self, *, stuck_after: timedelta, top: int) -> Overview:
+        return self._run(self._engine.overview(stuck_after=stuck_after, top=top))
 
     def get_tenant(self, tenant_id: str) -> TenantInfo:
         return self._run(self._engine.tenants.get(check_tenant(tenant_id)))

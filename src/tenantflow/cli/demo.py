@@ -1,6 +1,6 @@
 """``tenantflow demo``: seed 001's loan platform on a Monday morning, with and without controls.
 
-Runs the example platform (``examples/loan_platform``, installed as the ``loan_platform``
+Runs the example platform (:mod:`tenantflow.examples.loan_platform`, which ships with the
 package) embedded, time-compressed, twice, with live progress, then prints the comparison and
 optionally writes it as JSON, HTML or PNG.
 """
@@ -21,8 +21,8 @@ from tenantflow.cli.common import reporting_errors
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from loan_platform.demo import DemoConfig
-    from loan_platform.demo import Progress as DemoProgress
+    from tenantflow.examples.loan_platform.demo import DemoConfig
+    from tenantflow.examples.loan_platform.demo import Progress as DemoProgress
     from tenantflow.report import Report
 
 __all__ = ["demo", "main"]
@@ -83,7 +83,7 @@ def demo(
     tenant controls, on the real engine (embedded, no server)."""
     with reporting_errors():
         try:
-            from loan_platform.demo import DemoConfig
+            from tenantflow.examples.loan_platform.demo import DemoConfig
         except ImportError as exc:
             raise ConfigurationError(
                 "the loan platform example is not installed (it ships with tenantflow:"
@@ -128,7 +128,7 @@ def demo(
 
 
 async def _run(cfg: DemoConfig, directory: Path | None, console: Console, *, live: bool) -> Report:
-    from loan_platform.demo import run_demo
+    from tenantflow.examples.loan_platform.demo import run_demo
 
     if not live:
         return await run_demo(cfg, directory=directory)
@@ -191,5 +191,5 @@ def _write(
 
 
 def main() -> None:
-    """``python -m loan_platform``: the demo command on its own."""
+    """``python -m tenantflow.examples.loan_platform``: the demo command on its own."""
     typer.run(demo)

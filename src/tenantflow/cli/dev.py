@@ -34,7 +34,7 @@ def dev(
     app: Annotated[
         str,
         typer.Option("--app", metavar="MODULE:FUNCTION", help="Registers your workflows."),
-    ] = "loan_platform.service:setup",
+    ] = "tenantflow.examples.loan_platform.service:setup",
     db: Annotated[
         str, typer.Option("--db", metavar="URL", help="The development database.")
     ] = "sqlite:///tenantflow-dev.db",

@@ -6,13 +6,15 @@ is not stored (only its SHA-256 digest is) and cannot be shown again.
 
 The commands open the engine with ``execute=False``: key writes go straight to the store, so they
 work while a server or worker is running on the same database (a running server sees a
-revocation made here within its key cache TTL, a few seconds).
+revocation made here within its key cache TTL, a few seconds). With ``--url`` (or
+``TENANTFLOW_URL``) and an admin key they manage a tenant's keys through the server's API
+instead; admin keys themselves are made on the store only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich import box
@@ -20,12 +22,23 @@ from rich.table import Table
 from rich.text import Text
 
 from tenantflow.cli import render
-from tenantflow.cli.common import DbOption, JsonOption, read, reporting_errors
+from tenantflow.cli.common import (
+    ApiKeyOption,
+    DbOption,
+    JsonOption,
+    UrlOption,
+    read,
+    reporting_errors,
+    target_for,
+)
 from tenantflow.domain.ids import check_tenant
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from tenantflow.client import Client
     from tenantflow.placement import ApiKeyInfo, ControlPlane
+
+T = TypeVar("T")
 
 __all__ = ["ACTOR", "app"]
 
@@ -63,6 +76,35 @@ def _owner(tenant: str | None, admin: bool) -> str | None:
     return None if tenant is None else check_tenant(tenant)
 
 
+def _act(
+    ctx: typer.Context,
+    db: str | None,
+    url: str | None,
+    api_key: str | None,
+    owner: str | None,
+    local: Callable[[ControlPlane], Any],
+    remote: Callable[[Client, str], T],
+) -> T:
+    """On a server (``--url``): ``remote(client, tenant)`` with an admin key; else ``local``
+    on the store."""
+    with reporting_errors():
+        settings = target_for(ctx, db, url, api_key)
+        if settings.url is not None:
+            if owner is None:
+                raise ConfigurationError(
+                    "admin keys are made on the store (--db), not over --url: the API"
+                    " manages tenants' keys",
+                    field="admin",
+                )
+            from tenantflow.client import Client
+
+            assert settings.api_key is not None  # target_for insists
+            with Client(settings.url, settings.api_key) as client:
+                return remote(client, owner)
+    result: T = read(ctx, db, local)
+    return result
+
+
 def _described(info: ApiKeyInfo) -> str:
     """``admin API key key_…`` or ``API key key_… of tenant acme``."""
     if info.tenant_id is None:
@@ -98,11 +140,21 @@ def create(
     ] = "default",
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Create an API key and print it once (it is not stored and cannot be shown again)."""
     with reporting_errors():
         owner = _owner(tenant, admin)
-    info, secret = read(ctx, db, lambda engine: engine.keys.create(owner, name=name, actor=ACTOR))
+    info, secret = _act(
+        ctx,
+        db,
+        url,
+        api_key,
+        owner,
+        lambda engine: engine.keys.create(owner, name=name, actor=ACTOR),
+        lambda client, t: client.create_key(t, name=name),
+    )
     _print_secret(info, secret, "created", json)
 
 
@@ -113,6 +165,8 @@ def list_keys(
     admin: AdminOption = False,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """List a tenant's keys, or the admin keys, revoked ones included (never their secrets)."""
     with reporting_errors():
@@ -121,7 +175,7 @@ def list_keys(
     async def fetch(engine: ControlPlane) -> list[ApiKeyInfo]:
         return await engine.keys.list(owner)
 
-    keys = read(ctx, db, fetch)
+    keys = _act(ctx, db, url, api_key, owner, fetch, lambda client, t: client.list_keys(t))
     render.print_rows(keys, json=json, as_dict=_key_dict, table=_keys_table, empty="no keys")
 
 
@@ -151,6 +205,8 @@ def revoke(
     admin: AdminOption = False,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Revoke a key: it never authenticates again.
 
@@ -159,7 +215,15 @@ def revoke(
     """
     with reporting_errors():
         owner = _owner(tenant, admin)
-    info = read(ctx, db, lambda engine: engine.keys.revoke(owner, key_id, actor=ACTOR))
+    info = _act(
+        ctx,
+        db,
+        url,
+        api_key,
+        owner,
+        lambda engine: engine.keys.revoke(owner, key_id, actor=ACTOR),
+        lambda client, t: client.revoke_key(t, key_id),
+    )
     if json:
         render.print_json(_key_dict(info))
         return
@@ -174,6 +238,8 @@ def rotate(
     admin: AdminOption = False,
     json: JsonOption = False,
     db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Replace a key: revoke it and create a new one, same name, in one transaction.
 
@@ -181,7 +247,15 @@ def rotate(
     """
     with reporting_errors():
         owner = _owner(tenant, admin)
-    info, secret = read(ctx, db, lambda engine: engine.keys.rotate(owner, key_id, actor=ACTOR))
+    info, secret = _act(
+        ctx,
+        db,
+        url,
+        api_key,
+        owner,
+        lambda engine: engine.keys.rotate(owner, key_id, actor=ACTOR),
+        lambda client, t: client.rotate_key(t, key_id),
+    )
     if json:
         render.print_json(
             {**_key_dict(info), "replaces": key_id, "secret": secret, "notice": NOT_SHOWN_AGAIN}

@@ -24,14 +24,19 @@ from tenantflow.cli import (
     demo,
     dev,
     federated,
+    hybrid,
     keys,
+    mcp,
     memory,
+    mesh,
+    operator,
     reviews,
     runs,
     selftest,
     serve,
     simulate,
     tenants,
+    topology,
     usage,
     worker,
 )
@@ -114,15 +119,32 @@ app.add_typer(audit.app, name="audit")
 app.command("serve")(serve.serve)
 app.command("dev")(dev.dev)
 app.command("worker")(worker.worker)
+app.add_typer(worker.workers_app, name="workers")
+app.add_typer(operator.app, name="operator")
 app.add_typer(keys.app, name="keys")
 app.command("selftest")(selftest.selftest)
 app.add_typer(memory.app, name="memory")
+app.add_typer(mcp.app, name="mcp-servers")
+app.command("agent")(mesh.agent)
+app.add_typer(mesh.app, name="mesh")
 app.command("plane")(federated.plane)
 app.command("cell")(federated.cell)
 app.add_typer(federated.app, name="federated")
+app.add_typer(hybrid.hybrid_app, name="hybrid")
+app.add_typer(topology.app, name="topology")
 
 # The commands that can call a server (--url); the others work on the store only.
-_REMOTE = ("runs", "tenants", "reviews", "usage", "audit", "memory")
+_REMOTE = (
+    "runs",
+    "tenants",
+    "reviews",
+    "usage",
+    "audit",
+    "memory",
+    "workers",
+    "operator",
+    "keys",
+)
 
 
 def _print_version(value: bool) -> None:

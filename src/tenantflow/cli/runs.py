@@ -1,15 +1,17 @@
 """``tenantflow runs …``: list runs and read one run's steps, execution log and state history;
-submit, cancel and resume runs.
+submit, cancel, resume and retry runs.
 
 The reading commands work on the store (opened with ``execute=False``) or a server with
-``--url`` (see :func:`tenantflow.cli.common.connect`). ``submit``, ``cancel`` and ``resume`` act
-on runs that execute where the workflows are registered — a server — so they need ``--url``
-(or ``TENANTFLOW_URL``) and the tenant's API key.
+``--url`` (see :func:`tenantflow.cli.common.connect`). ``submit``, ``cancel``, ``resume`` and
+``retry`` act on runs that execute where the workflows are registered — a server — so they need
+``--url`` (or ``TENANTFLOW_URL``) and the tenant's API key.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,7 +27,7 @@ from tenantflow.cli.common import (
     connect,
     reporting_errors,
 )
-from tenantflow.domain.records import RunStatus
+from tenantflow.domain.records import TERMINAL_RUN, RunStatus
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -35,7 +37,8 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="runs",
-    help="Runs: list them, show one, its timeline, state and diffs; submit, cancel, resume.",
+    help="Runs: list them, show one, why it waits, its timeline, state and diffs; submit, cancel,"
+    " resume, retry; schedules.",
     no_args_is_help=True,
 )
 
@@ -89,6 +92,8 @@ def show(
     """Show a run and its steps (status, attempt, state version)."""
     with connect(ctx, db, url, api_key, tenant=tenant) as backend:
         run, steps = backend.get_run(run_id), backend.steps(run_id)
+        # What holds an unfinished run (runs why has the figures).
+        reasons = None if json or run.status in TERMINAL_RUN else backend.why(run_id)
     # The store returns steps by key; people read a DAG in the order it ran.
     steps.sort(key=lambda s: (s.started_at is None, s.started_at or 0.0, s.key))
     if json:
@@ -97,6 +102,56 @@ def show(
     out = render.console()
     out.print(render.run_detail(run))
     out.print(render.steps_table(steps))
+    if reasons is not None:
+        _print_reasons(reasons)
+
+
+def _reason_dict(reason: Any) -> dict[str, Any]:
+    return {
+        "step": reason.step,
+        "kind": reason.kind,
+        "message": reason.message,
+        "detail": reason.detail,
+    }
+
+
+def _print_reasons(reasons: list[Any]) -> None:
+    out = render.console()
+    if not reasons:
+        out.print("nothing holds it: it is progressing", markup=False)
+        return
+    out.print("waiting:", markup=False)
+    for r in reasons:
+        where = "run" if r.step is None else f"step {r.step}"
+        out.print(f"  {where}: {r.message}", markup=False, soft_wrap=True)
+
+
+@app.command("why")
+def why(
+    ctx: typer.Context,
+    run_id: RunIdArgument,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Why a run is waiting: its place in the admission queue and the cap that binds, a budget
+    pause, a rate-limit bucket and when it refills, a backoff, a review, a child run, a lease."""
+    with connect(ctx, db, url, api_key, tenant=tenant) as backend:
+        run = backend.get_run(run_id)
+        reasons = backend.why(run_id)
+    if json:
+        render.print_json(
+            {
+                "run_id": run.id,
+                "status": run.status.value,
+                "reasons": [_reason_dict(r) for r in reasons],
+            }
+        )
+        return
+    render.console().print(f"run {run.id} is {run.status.value}", markup=False)
+    _print_reasons(reasons)
 
 
 @app.command("timeline")
@@ -275,3 +330,191 @@ def resume(
     with connect(ctx, None, url, api_key, tenant=tenant) as backend:
         run = _server(backend, "resume").resume(run_id)
     _print_run(run, json, "resumed")
+
+
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _when(option: str, value: str | None, now: datetime) -> datetime | None:
+    """``--since``/``--until``: an ISO-8601 time (UTC unless it says) or an age (``30m``,
+    ``2h``, ``7d``: that long before now)."""
+    if value is None:
+        return None
+    ago = _AGO.match(value.strip())
+    if ago:
+        return now - timedelta(**{_UNITS[ago.group(2)]: int(ago.group(1))})
+    try:
+        found = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigurationError(
+            f"{option} {value!r} is neither an ISO-8601 time (2026-12-06T09:00Z) nor an age"
+            " (30m, 2h, 7d)",
+            field=option.lstrip("-"),
+        ) from None
+    return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
+
+
+def _retry_dict(result: Any) -> dict[str, Any]:
+    return {
+        "run_id": result.run_id,
+        "ok": result.ok,
+        "mode": result.mode,
+        "run": None if result.run is None else render.run_dict(result.run),
+        "error": result.error,
+    }
+
+
+def _retry_line(result: Any) -> str:
+    run = result.run
+    if result.mode == "from_start":
+        return f"retried run {result.run_id} from the start as run {run.id} ({run.status.value})"
+    return f"retried run {result.run_id} from its failed step ({run.status.value})"
+
+
+def _retries_table(results: list[Any]) -> Any:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from tenantflow.tables import Fitted
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("run", "retried", "now", "status", "why not"):
+        table.add_column(name)
+    for r in results:
+        if r.ok:
+            now = r.run.id if r.mode == "from_start" else "same run"
+            table.add_row(Text(r.run_id), Text(r.mode), Text(now), Text(r.run.status.value), "")
+        else:
+            error = r.error or {}
+            table.add_row(Text(r.run_id), Text("no"), "", "", Text(str(error.get("message", ""))))
+    return Fitted(table, text=frozenset({"why not"}), optional=("why not",))
+
+
+@app.command("retry")
+def retry(
+    ctx: typer.Context,
+    run_id: Annotated[
+        str | None,
+        typer.Argument(metavar="[RUN_ID]", help="The run (or a filter: --failed, --status)."),
+    ] = None,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            "--from-start",
+            help="Submit a new run with the same input instead of reopening the run at its"
+            " failed step.",
+        ),
+    ] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Every failed run that matches the filter.")
+    ] = False,
+    status: Annotated[
+        RunStatus | None,
+        typer.Option(
+            "--status",
+            "-s",
+            case_sensitive=False,
+            help="Every run that ended so (failed, cancelled, compensated) and matches.",
+        ),
+    ] = None,
+    workflow: Annotated[
+        str | None, typer.Option("--workflow", "-w", help="Only runs of this workflow.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="TIME", help="Only runs that ended since (ISO or 2h)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", metavar="TIME", help="Only runs that ended before (ISO or 2h)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many (1..500).")] = 100,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Recorded in the run's log and audit log.")
+    ] = None,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Retry a failed, cancelled or compensated run on a server (--url): from its failed step
+    (completed steps' outputs kept), or --from-start as a new run; or every run matching
+    --failed/--status, --workflow, --since, --until."""
+    bulk = failed or status is not None
+    with reporting_errors():
+        if run_id is not None and (bulk or workflow or since or until):
+            raise ConfigurationError(
+                "give a RUN_ID, or a filter (--failed or --status, with --workflow, --since,"
+                " --until), not both",
+                field="run_id",
+            )
+        if run_id is None and not bulk:
+            raise ConfigurationError(
+                "give a RUN_ID, or --failed (or --status) to retry every run that matches",
+                field="run_id",
+            )
+        if failed and status not in (None, RunStatus.FAILED):
+            raise ConfigurationError("give --failed or --status, not both", field="status")
+        now = datetime.now(UTC)
+        first, last = _when("--since", since, now), _when("--until", until, now)
+    with connect(ctx, None, url, api_key, tenant=tenant) as backend:
+        client = _server(backend, "retry")
+        if run_id is not None:
+            one = client.retry(run_id, from_start=from_start, reason=reason)
+            if json:
+                render.print_json(_retry_dict(one))
+            else:
+                render.console().print(_retry_line(one), markup=False)
+            return
+        results = client.retry_many(
+            status=status or RunStatus.FAILED,
+            workflow=workflow,
+            since=first,
+            until=last,
+            limit=limit,
+            from_start=from_start,
+            reason=reason,
+        )
+    if json:
+        render.print_json([_retry_dict(r) for r in results])
+        return
+    out = render.console()
+    if not results:
+        out.print("no runs match", markup=False)
+        return
+    out.print(_retries_table(results))
+    done = sum(1 for r in results if r.ok)
+    out.print(f"retried {done} of {len(results)} runs", markup=False)
+    if done < len(results):
+        raise typer.Exit(1)
+
+
+@app.command("schedules")
+def schedules(
+    ctx: typer.Context,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """The tenant's schedules on a server (--url): when each fires next, what it submitted last."""
+    with connect(ctx, None, url, api_key, tenant=tenant) as backend:
+        found = _server(backend, "schedules").schedules()
+    if json:
+        render.print_json(found)
+        return
+    out = render.console()
+    if not found:
+        out.print("no schedules", markup=False)
+        return
+    for s in found:
+        when = s["cron"] if s["cron"] else f"every {s['every_s']:g}s"
+        last = f"; last {s['last_at']} ({s['last_run_id']})" if s["last_run_id"] else ""
+        out.print(
+            f"{s['name']}: {s['workflow']} {when}, overlap {s['overlap']}, next {s['next_at']}"
+            + last,
+            markup=False,
+            soft_wrap=True,
+        )

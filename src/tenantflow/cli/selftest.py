@@ -22,6 +22,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tenantflow.cli.common import EXIT_FAILURE, reporting_errors
+from tenantflow.errors import ConfigurationError
 
 EXIT_SKIPPED = 3
 """Nothing failed, but a scenario could not run (a missing server or extra): not a pass."""
@@ -51,6 +52,10 @@ def selftest(
         ),
     ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+    placement: Annotated[
+        str | None,
+        typer.Option("--placement", help="mesh: the mesh placement's scenarios (docs/mesh.md)."),
+    ] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", metavar="PATH", help="Write the rows as JSON.")
     ] = None,
@@ -103,11 +108,15 @@ def selftest(
     console = Console(stderr=True, soft_wrap=True)
     if list_:
         out = Console()
-        for scenario in SCENARIOS:
+        from tenantflow.selftest import MESH_SCENARIOS
+
+        for scenario in MESH_SCENARIOS if placement == "mesh" else SCENARIOS:
             out.print(f"{scenario.name:15} {scenario.summary}", markup=False, highlight=False)
         return
     with reporting_errors():
-        chosen = choose(only)
+        if placement not in (None, "mesh"):
+            raise ConfigurationError(f"--placement {placement}: only mesh", field="placement")
+        chosen = choose(only, placement)
         started = datetime.now(UTC)
         context = Context(
             PROFILES[profile.value],

@@ -44,6 +44,9 @@ def load_app(ref: str) -> Callable[[ControlPlane], Any]:
         ConfigurationError: the module cannot be imported or has no such function.
     """
     module_name, _, attr = ref.partition(":")
+    if module_name == "loan_platform" or module_name.startswith("loan_platform."):
+        # The example was a top-level package before 0.x: the old references keep working.
+        module_name = "tenantflow.examples." + module_name
     if "" not in sys.path:
         sys.path.insert(0, "")
     try:
@@ -203,7 +206,7 @@ class Banner:
                 + ("" if self.apps else " (no --app)")
                 + ": every submission will be refused with 404. Register them with"
                 " --app MODULE:FUNCTION (or TENANTFLOW_APP), e.g."
-                " --app loan_platform.service:setup"
+                " --app tenantflow.examples.loan_platform.service:setup"
             )
         return out
 

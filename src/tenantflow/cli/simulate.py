@@ -69,6 +69,15 @@ def simulate(
             min=0, help="Worker processes for the variants (0: parallel for large scenarios)."
         ),
     ] = 0,
+    placements: Annotated[
+        Path | None,
+        typer.Option(
+            "--placements",
+            metavar="COMPARE.json",
+            help="Also project the placements measured by `tenantflow topology compare --json`"
+            " from 10 to 1,000 tenants at this scenario's mean step rate (sim/placements.py).",
+        ),
+    ] = None,
 ) -> None:
     """Simulate a workload profile in virtual time against the real scheduler and policy code,
     with and without tenant controls, and print the comparison."""
@@ -108,6 +117,10 @@ def simulate(
             if out is not None:
                 write(report, out)
                 console.print(f"wrote {out}")
+        if placements is not None:
+            from tenantflow.sim.placements import print_projection
+
+            print_projection(placements, loaded, console)
 
 
 @contextmanager

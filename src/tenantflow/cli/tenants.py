@@ -13,6 +13,10 @@ a mapping of policy fields, or the output of ``tenants show --json``) and then b
 ``--set field=value``; a value is read as JSON when it parses (``5``, ``null``,
 ``{"tool:x": "50/hour"}``), else as a string (``eu-west-1``, ``4h``). Mappings replace the field
 whole, except ``budget``, which is merged into the current budget.
+
+``move TENANT --from URL --to URL`` moves a tenant at rest between two stores, with every row of
+its data and the proof that none is left at the source (see docs/tenant-move.md); a live move
+of a served tenant goes through its engine (:func:`tenantflow.placement.move.move_tenant`).
 """
 
 from __future__ import annotations
@@ -360,6 +364,64 @@ def delete(
     audit = "purged" if purge_audit else "kept, ending with a tenant.deleted row"
     out.print(
         f"deleted tenant {tenant}: {left} rows left; audit log {audit}",
+        style="green" if left == 0 else "red",
+        markup=False,
+    )
+
+
+@app.command("move")
+def move(
+    tenant: TenantArgument,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            metavar="URL",
+            help="The store the tenant is in now (sqlite:///… or postgresql://…).",
+            show_default=False,
+        ),
+    ],
+    target: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="URL",
+            help="The store to move it to (a SQLite file is created when new).",
+            show_default=False,
+        ),
+    ],
+    location: Annotated[
+        str | None,
+        typer.Option(
+            "--location",
+            metavar="TEXT",
+            help="Where the tenant is served from now, for the audit log (default: --to).",
+            show_default=False,
+        ),
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Move a tenant at rest, with every row of its data, from one store to another, and print
+    the proof: rows moved and rows left at the source (all zero) per table. Refused while an
+    attempt of the tenant is running at the source: move a served tenant through its engine
+    (tenantflow.placement.move.move_tenant)."""
+    import asyncio
+
+    from tenantflow.placement.move import move_stored_tenant
+
+    with reporting_errors():
+        check_tenant(tenant)
+        report = asyncio.run(move_stored_tenant(source, target, tenant, location=location))
+    if json:
+        render.print_json(report.to_dict())
+        return
+    out = render.console()
+    out.print(render.deletion_table({"deleted": report.rows, "left": report.left}))
+    left = sum(report.left.values())
+    out.print(
+        f"moved tenant {tenant} to {report.target}: {report.runs} runs ({report.in_flight}"
+        f" unfinished), {sum(report.rows.values())} rows; {left} rows left at the source;"
+        f" audit chain continues at seq {report.audit_seq}",
         style="green" if left == 0 else "red",
         markup=False,
     )

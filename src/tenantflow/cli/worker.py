@@ -19,14 +19,29 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tenantflow.cli.common import AppOption, DbOption, observe, reporting_errors, settings_for
+from tenantflow.cli.common import (
+    ApiKeyOption,
+    AppOption,
+    DbOption,
+    JsonOption,
+    UrlOption,
+    observe,
+    reporting_errors,
+    settings_for,
+)
 from tenantflow.cli.serve import load_app
 from tenantflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from tenantflow.engine.engine import Engine
 
-__all__ = ["worker"]
+__all__ = ["worker", "workers_app"]
+
+workers_app = typer.Typer(
+    name="workers",
+    help="The cluster's workers: who is live, and which tenants each drives.",
+    no_args_is_help=True,
+)
 
 log = logging.getLogger("tenantflow.worker")
 
@@ -115,3 +130,69 @@ async def _run(
     from tenantflow.placement.centralized import run_worker
 
     await run_worker(engine, setups, stop)
+
+
+@workers_app.command("list")
+def list_workers(
+    ctx: typer.Context,
+    json: JsonOption = False,
+    db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """List the workers sharing the PostgreSQL database: live or not, last heartbeat, slots,
+    and the tenants each holds a lease on (until when)."""
+    from tenantflow.cli import render
+    from tenantflow.cli.common import connect_admin
+
+    with connect_admin(ctx, db, url, api_key) as backend:
+        found = backend.workers()
+    if json:
+        render.print_json([_worker_dict(w) for w in found])
+        return
+    out = render.console()
+    if not found:
+        out.print("no workers: none has beaten on this database yet", markup=False)
+        return
+    out.print(_workers_table(found))
+    live = sum(1 for w in found if w.live)
+    tenants = sum(len(w.tenants) for w in found)
+    out.print(f"{live} of {len(found)} workers live; {tenants} tenants leased", markup=False)
+
+
+def _worker_dict(w: Any) -> dict[str, Any]:
+    from tenantflow.domain.timefmt import iso
+
+    return {
+        "id": w.id,
+        "live": w.live,
+        "started_at": iso(w.started_at),
+        "beat_at": iso(w.beat_at),
+        "slots": w.slots,
+        "tenants": [{"tenant_id": t.tenant_id, "expires_at": iso(t.expires_at)} for t in w.tenants],
+    }
+
+
+def _workers_table(found: Sequence[Any]) -> Any:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from tenantflow.domain.timefmt import iso
+    from tenantflow.tables import Fitted
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("worker", "live", "slots", "last beat", "tenants (lease until)"):
+        table.add_column(name)
+    for w in found:
+        leases = ", ".join(
+            f"{t.tenant_id} ({iso(t.expires_at, timespec='seconds')})" for t in w.tenants
+        )
+        table.add_row(
+            Text(w.id),
+            "yes" if w.live else "no",
+            "" if w.slots is None else str(w.slots),
+            Text(iso(w.beat_at, timespec="milliseconds") or "gone"),
+            Text(leases or "none"),
+        )
+    return Fitted(table, text=frozenset({"tenants (lease until)"}))

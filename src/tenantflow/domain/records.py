@@ -19,6 +19,7 @@ from typing import Any
 
 from tenantflow.domain import keys as _k
 from tenantflow.domain import memory as _m
+from tenantflow.domain import outbox as _o
 from tenantflow.domain import tenancy as _t
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord, UsageDelta
 from tenantflow.errors import PermissionDeniedError
@@ -195,6 +196,7 @@ class StepUpdate:
     create: bool = False
     # A state-version delta this update appends (a gathered fan-out output).
     delta_json: bytes | None = None
+    reopen: bool = False  # a step run again (a retry): its error and finish time are cleared
 
 
 @dataclass(slots=True)
@@ -205,6 +207,7 @@ class RunUpdate:
     result_json: bytes | None = None
     error: str | None = None
     meta: dict[str, Any] | None = None  # replaces the run's meta when given
+    reopen: bool = False  # an ended run retried: its result, error and finish time are cleared
 
 
 @dataclass(slots=True)
@@ -398,6 +401,7 @@ Op = (
     | ParkAttempt
     | RecordCall
     | _t.PutTenant
+    | _t.AppendAudit
     | _t.DeleteTenant
     | _t.PurgeRuns
     | _t.Reserve
@@ -417,6 +421,8 @@ Op = (
     | _m.AddDocument
     | _m.DeleteDocument
     | _m.PurgeMemory
+    | _o.MarkPublished
+    | _o.RecordFxOutcome
 )
 
 

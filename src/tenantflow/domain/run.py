@@ -39,6 +39,9 @@ class Plan:
     gathered: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     completed: bool = False
+    choreographed: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    """Side-effect steps handed to the outbox (a choreographing spec), with their arguments:
+    they settle as succeeded with no output, and side-effect agents run them."""
 
     def statuses(self) -> dict[str, StepStatus]:
         """The status every key named by this plan takes."""
@@ -55,6 +58,8 @@ class Plan:
             out[key] = StepStatus.SUCCEEDED
         for key, _ in self.failed:
             out[key] = StepStatus.FAILED
+        for key, _ in self.choreographed:
+            out[key] = StepStatus.SUCCEEDED
         return out
 
 
@@ -165,6 +170,10 @@ def advance(
                 continue
             plan.mapped.append((name, len(items)))
             local[name] = StepStatus.MAPPED
+            continue
+        if step.side_effect and spec.choreograph:  # the outbox's, not the engine's to run
+            plan.choreographed.append((name, bind(step.params, input_value, outputs) or {}))
+            local[name] = StepStatus.SUCCEEDED
             continue
         plan.ready.append(name)
         local[name] = StepStatus.READY

@@ -8,18 +8,25 @@ half-way through a run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Literal
 
 from tenantflow.domain.agent import Turn
 from tenantflow.domain.limits import check_int
 from tenantflow.domain.revision import Failure, Revision
-from tenantflow.errors import ConfigurationError, ContractError, SpecError, brief
+from tenantflow.errors import (
+    ConfigurationError,
+    ContractError,
+    SideEffectSpecError,
+    SpecError,
+    brief,
+)
 
 __all__ = [
     "Param",
@@ -174,6 +181,12 @@ class StepSpec:
         standby: not in a run's plan unless a revision puts it there (see
             :mod:`tenantflow.domain.replan`); otherwise recorded as skipped.
         optional: a failure for good does not fail the run; dependents get their default.
+        side_effect: off the critical path (a notification, webhook, CRM write, analytics,
+            memory indexing): no later step reads its output or waits for it, it is not
+            part of the run's result, and it is optional (its failure fails no run).
+            Embedded and centralized engines run it like any step; under the hybrid
+            placement the engine writes it to an outbox instead (see
+            :attr:`WorkflowSpec.choreograph`) and side-effect agents run it off the run.
     """
 
     name: str
@@ -191,6 +204,7 @@ class StepSpec:
     kind: str = "function"
     options: Mapping[str, Any] = field(default_factory=dict)
     standby: bool = False
+    side_effect: bool = False
 
     @property
     def result_type(self) -> Any:
@@ -223,6 +237,7 @@ class WorkflowSpec:
 
     __slots__ = (
         "_by_name",
+        "choreograph",
         "dependents",
         "fingerprint",
         "input_type",
@@ -255,6 +270,8 @@ class WorkflowSpec:
         self.input_type = input_type
         by_name: dict[str, StepSpec] = {}
         for step in steps:
+            if step.side_effect and not step.optional:  # a side effect never fails the run
+                step = replace(step, optional=True)
             if not _NAME.match(step.name):
                 raise SpecError(
                     f"step name {step.name!r} is invalid: use letters, digits, '_' or '-'",
@@ -272,21 +289,38 @@ class WorkflowSpec:
             raise SpecError(f"workflow {name!r} has no steps", workflow=name)
         self._by_name = by_name
         self._check_references()
+        self._check_side_effects()
         self.steps: tuple[StepSpec, ...] = tuple(self._topological_order())
         dependents: dict[str, list[str]] = {s.name: [] for s in self.steps}
         for step in self.steps:
             for dep in step.deps:
                 dependents[dep].append(step.name)
         self.dependents: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in dependents.items()}
+        # A side effect is never part of the result: the run ends without waiting for it
+        # under the hybrid placement, so it may not shape the result anywhere else either.
         self.sinks: tuple[str, ...] = tuple(
-            s.name for s in self.steps if not dependents[s.name] and not s.standby
+            s.name
+            for s in self.steps
+            if not s.standby
+            and not s.side_effect
+            and all(by_name[d].side_effect for d in dependents[s.name])
         )
+        self.choreograph = False
+        """True under the hybrid placement: a side-effect step that becomes ready is written to
+        the outbox (recorded as succeeded with no output) instead of being executed."""
         if max_revisions < 0:
             raise SpecError(f"workflow {name!r}: max_revisions must not be negative", workflow=name)
         self.replan = replan
         """Called when a step fails for good; may return a :class:`Revision`."""
         self.max_revisions = max_revisions
         self.fingerprint = self._fingerprint()
+
+    def choreographed(self) -> WorkflowSpec:
+        """This spec with :attr:`choreograph` set: the same steps, versions and fingerprint,
+        its side effects handed to the outbox (what the hybrid placement registers)."""
+        clone = copy.copy(self)
+        clone.choreograph = True
+        return clone
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``; :class:`SpecError` if there is none."""
@@ -339,6 +373,35 @@ class WorkflowSpec:
                         parameter=step.fan_out,
                     )
 
+    def _check_side_effects(self) -> None:
+        for step in self._by_name.values():
+            if step.side_effect:
+                where = f"side-effect step {step.name!r} of workflow {self.name!r}"
+                if step.kind != "function":
+                    why = f"is a {step.kind} step; only plain function steps can be side effects"
+                elif step.fan_out is not None:
+                    why = "fans out; a side effect is one message, not a gathered list"
+                elif step.compensate is not None:
+                    why = "has a compensation; compensation stays on the critical path"
+                else:
+                    continue
+                raise SideEffectSpecError(f"{where} {why}", workflow=self.name, step=step.name)
+            for dep in step.deps:
+                upstream = self._by_name.get(dep)
+                if upstream is not None and upstream.side_effect:
+                    reads = any(p.step == dep for p in step.params) or any(
+                        p.step == dep for p in (step.when.params if step.when else ())
+                    )
+                    raise SideEffectSpecError(
+                        f"step {step.name!r} of workflow {self.name!r}"
+                        f" {'reads the output of' if reads else 'comes after'} side-effect step"
+                        f" {dep!r}: a side effect's output feeds no later step and nothing"
+                        " waits for it (drop side_effect=True, or the dependency)",
+                        workflow=self.name,
+                        step=step.name,
+                        dependency=dep,
+                    )
+
     def _topological_order(self) -> list[StepSpec]:
         # Kahn's algorithm, stable in declaration order so the order is reproducible.
         indegree = {name: len(s.deps) for name, s in self._by_name.items()}
@@ -369,6 +432,6 @@ class WorkflowSpec:
         for s in self.steps:
             h.update(
                 f"{s.name}|{','.join(s.deps)}|{s.fan_out}|{s.optional}|{s.kind}|{s.standby}|"
-                f"{getattr(s.fn, '__qualname__', '')}\n".encode()
+                f"{getattr(s.fn, '__qualname__', '')}{'|fx' if s.side_effect else ''}\n".encode()
             )
         return h.hexdigest()[:16]

@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "AcquireRate",
+    "AppendAudit",
     "AuditEntry",
     "Charge",
     "ClaimReview",
@@ -58,6 +59,17 @@ class AuditEntry:
     action: str
     subject: str
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class AppendAudit:
+    """Append ``entries`` to the tenant's audit chain (an admin's act that changes no other row
+    of this batch's kind, e.g. registering the tenant's MCP server beside a memory op, in the
+    same transaction). Result: True."""
+
+    tenant_id: str
+    now: float
+    entries: list[AuditEntry]
 
 
 @dataclass(slots=True)

@@ -343,6 +343,7 @@ class Membership:
             await driver.release_tenant(tenant)
         if handed:
             await c.release(self.id, handed)
+            log.info("handed %d tenants to other workers: %s", len(handed), ", ".join(handed))
         now = driver.clock.now()
         held = await c.hold(self.id, desired, now, now + self.lease_s)
         self._held_until = now + self.lease_s
@@ -355,6 +356,7 @@ class Membership:
         for tenant in new:
             await driver.adopt_tenant(tenant)
         if new:
+            log.info("now driving %d more tenants: %s", len(new), ", ".join(new))
             self._commands.set()
         if driver.clock.now() - self._last_sweep >= self.sweep_s:
             await self.sweep()

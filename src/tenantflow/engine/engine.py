@@ -54,12 +54,27 @@ from tenantflow.engine.history import HistoryReads, RunHistory, StateVersion
 from tenantflow.engine.ingest import IngestGate
 from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.operator import COUNT_CAP, Overview
+from tenantflow.engine.operator import overview as operator_overview
+from tenantflow.engine.plane import (
+    BreakerView,
+    MemberHealth,
+    PlacementInfo,
+    PlaneLoad,
+    PlaneReads,
+    RunCost,
+    TenantLatency,
+    TenantLoad,
+    VersionInfo,
+)
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
-from tenantflow.engine.runs import RunControl
+from tenantflow.engine.runs import Reason, RetryResult, RunControl
+from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
+from tenantflow.engine.workers import WorkerInfo, list_workers
 from tenantflow.errors import ConfigurationError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
@@ -235,6 +250,16 @@ class Engine(HistoryReads):
             execute=config.execute,
             command=self.clustering.command,
             decode=self.registry.decode_result,
+            registry=self.registry,
+            submitter=self.submitter,
+            coordinator=self.coordinator,
+        )
+        self.schedules = Schedules(
+            self.clock,
+            submit=self.submit,
+            list_runs=self.list_runs,
+            cancel=self.cancel,
+            drives=self.ownership.drives,
         )
         self.membership: Membership | None = None
         if config.cluster == "worker":
@@ -242,6 +267,22 @@ class Engine(HistoryReads):
             self.membership = Membership(
                 self.clustering, self.coordinator, lease_s=config.lease.total_seconds()
             )
+        self.plane = PlaneReads(
+            clock=self.clock,
+            dispatcher=self.dispatcher,
+            admission=self.admission,
+            breakers=breakers,
+            router=self.router,
+            policy_of=self.tenants.cached,
+            controls=config.controls,
+            mode=config.cluster or "embedded",
+            process=self.owner,
+            executes=config.execute,
+            membership=lambda: self.membership,
+            coordinator=self.coordinator,
+            lease_s=config.lease.total_seconds(),
+        )
+        self.observers.append(self.plane.latencies)
 
     def _coordinator(self, config: EngineConfig) -> Coordinator | None:
         """A cluster's coordination, from the store (a shared PostgreSQL database)."""
@@ -318,6 +359,8 @@ class Engine(HistoryReads):
                 runtime.start()
             if self.membership is not None:
                 await self.membership.start()
+            if self.cluster != "front":
+                self.schedules.start()  # fires the schedules of the tenants driven here
             if self.cluster is not None:
                 return  # a worker takes its tenants' runs over one tenant at a time
             for runtime in self.runtimes.values():
@@ -331,6 +374,7 @@ class Engine(HistoryReads):
         """Stop executing (attempts in flight are resumed by the next start) and close the store."""
         if not self._started:
             return
+        await self.schedules.close()
         if self.membership is not None:
             await self.membership.close()
         if self.execute:
@@ -347,6 +391,7 @@ class Engine(HistoryReads):
         for st in self.stores.values():
             await st.close()
         await self.models.close()
+        await self.tools.close()
         self._started = self.gate.started = False
 
     # -- workflows ----------------------------------------------------------------------------
@@ -440,6 +485,87 @@ class Engine(HistoryReads):
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
 
+    async def overview(
+        self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
+    ) -> Overview:
+        """An operator's view across tenants: runs by status, the top tenants by queue depth,
+        today's spend and rate-limit waits, and runs idle for ``stuck_after`` with what holds
+        them (see :mod:`tenantflow.engine.operator`)."""
+        if stuck_after.total_seconds() <= 0 or not 1 <= top <= 100:
+            raise ConfigurationError(
+                "stuck_after must be positive and top within 1..100", field="stuck_after"
+            )
+
+        async def runs_in(tenant: str, status: RunStatus) -> list[RunRecord]:
+            return await self.history.list_runs(
+                tenant, status=status, limit=COUNT_CAP, payloads=False
+            )
+
+        async def usage_of(tenant: str, day: str) -> list[dict[str, Any]]:
+            return await self.history.usage(tenant, since=day, until=day)
+
+        return await operator_overview(
+            [info.id for info in self.tenants.list()],
+            list_runs=runs_in,
+            usage=usage_of,
+            why=self.runs.why,
+            now=self.clock.now(),
+            stuck_after_s=stuck_after.total_seconds(),
+            top=top,
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers sharing this engine's database, their heartbeats and the tenants they
+        hold (ConfigurationError on an embedded store; see :mod:`tenantflow.engine.workers`)."""
+        return await list_workers(self.store, self.clock.now(), self.config.lease.total_seconds())
+
+    async def why(self, tenant: str, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now (see
+        :meth:`RunControl.why`)."""
+        return await self.runs.why(tenant, run_id)
+
+    async def retry(
+        self,
+        tenant: str,
+        run_id: str,
+        *,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step (completed steps'
+        outputs kept), or ``from_start`` as a new run (see :meth:`RunControl.retry`)."""
+        return await self.runs.retry(
+            tenant, run_id, from_start=from_start, actor=actor, reason=reason
+        )
+
+    async def retry_many(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs matching a filter; one result per run (see
+        :meth:`RunControl.retry_many`)."""
+        return await self.runs.retry_many(
+            tenant,
+            status=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            limit=limit,
+            from_start=from_start,
+            actor=actor,
+            reason=reason,
+        )
+
     # -- hooks the runtimes call ----------------------------------------------------------
 
     def on_finish(self, run: Active, status: RunStatus, result: Any) -> None:
@@ -507,6 +633,45 @@ class Engine(HistoryReads):
     def drives(self, tenant: str) -> bool:
         """Whether this process drives ``tenant``'s runs (always, unless in a cluster)."""
         return self.ownership.drives(tenant)
+
+    # -- what a dashboard reads (see tenantflow.engine.plane) ---------------------------------
+
+    def now(self) -> float:
+        """The engine's clock now (seconds since the epoch)."""
+        return self.clock.now()
+
+    def load(self) -> PlaneLoad:
+        """Who holds the slots now: Jain's index and each busy tenant's load."""
+        return self.plane.load()
+
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        """One tenant's running and queued steps and runs in this process."""
+        return self.plane.tenant_load(check_tenant(tenant))
+
+    def placement(self) -> PlacementInfo:
+        """How this engine is placed (embedded, front, worker) and the stores it reads."""
+        return self.plane.placement()
+
+    async def health(self) -> list[MemberHealth]:
+        """This process and, in a cluster, the live workers."""
+        return await self.plane.health()
+
+    def breakers(self) -> list[BreakerView]:
+        """Every dependency's circuit breaker."""
+        return self.plane.breakers()
+
+    def latency(self, tenants: list[str] | None = None) -> list[TenantLatency]:
+        """Per tenant, run latency p99 now against its no-burst baseline."""
+        return self.plane.latency(tenants)
+
+    async def run_costs(self, tenant: str, run_ids: list[str]) -> dict[str, RunCost]:
+        """What each of the tenant's runs spent (its run ledgers)."""
+        return await self.plane.run_costs(check_tenant(tenant), run_ids)
+
+    async def version_list(self, tenant: str, run_id: str) -> list[VersionInfo]:
+        """The run's state versions without their states (NotFoundError: no such run)."""
+        record = await self.get_run(tenant, run_id)
+        return await self.plane.version_list(tenant, run_id, record.state_version)
 
     # -- workers sharing a database (see tenantflow.engine.cluster) -------------------------
 

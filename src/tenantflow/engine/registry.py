@@ -22,7 +22,10 @@ __all__ = ["WorkflowRegistry", "decode_sink"]
 class WorkflowRegistry:
     """Registered workflow versions, the latest of each name, and parked runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, choreograph: bool = False) -> None:
+        self.choreograph = choreograph
+        """Register every spec choreographed (the hybrid placement): side-effect steps go to
+        the outbox instead of being executed (see :mod:`tenantflow.domain.outbox`)."""
         self._specs: dict[tuple[str, str], WorkflowSpec] = {}
         self._latest: dict[str, WorkflowSpec] = {}
         self.parked: list[RunRecord] = []
@@ -34,6 +37,8 @@ class WorkflowRegistry:
             SpecError: the same name and version is registered with different steps.
         """
         spec = workflow.spec if isinstance(workflow, Workflow) else workflow
+        if self.choreograph and not spec.choreograph:
+            spec = spec.choreographed()
         key = (spec.name, spec.version)
         existing = self._specs.get(key)
         if existing is not None and existing.fingerprint != spec.fingerprint:

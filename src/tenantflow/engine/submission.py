@@ -378,6 +378,8 @@ class Submitter:
         self._creating: dict[str, asyncio.Future[TenantInfo]] = {}
         self.coordinator = coordinator
         self.executing = executing
+        # Tenants not taking submissions here: moving or moved away (see placement/move.py).
+        self.fences: dict[str, TenantflowError] = {}
 
     async def submit(
         self,
@@ -392,6 +394,8 @@ class Submitter:
         """Record a run (see :meth:`tenantflow.engine.engine.Engine.submit`); its id, and
         whether this call created it."""
         tenant = check_tenant(tenant)
+        if (fence := self.fences.get(tenant)) is not None:
+            raise type(fence)(fence.message, **fence.fields)  # a fresh one: no traceback grows
         # Without tenant controls every submission goes straight to the one shared queue.
         gate = self.ingest(tenant) if self.controls else contextlib.nullcontext()
         async with gate:

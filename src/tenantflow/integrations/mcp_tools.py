@@ -17,12 +17,17 @@ re-executed attempt replays it. MCP tools fail closed: a tenant sees and calls o
 policy's ``allowed_tools`` names it (``allowed_tools: null``, which allows every Python tool, is
 not enough); a refused call is audited (``tool.denied``).
 
-Each call opens its own connection (a stdio server is started for it and stopped after it), so
-no session, process or credential is shared between tenants' calls.
+Calls reuse connections: each registered server has a pool of open sessions in the process
+(``pool_size``, default 4; a stdio server is started once per session, not once per call), and
+concurrent calls share them (MCP multiplexes requests on a session). The pool is closed with the
+engine. A server registered by the platform's admin serves every tenant allowed its tools with
+the platform's credentials, so its tools must not keep per-caller state between calls; for a
+server that does, ``pool_size=0`` opens a new connection for every call, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -36,10 +41,20 @@ from tenantflow.errors import ConfigurationError
 if TYPE_CHECKING:
     from mcp import Client
     from mcp.types import CallToolResult
+    from mcp.types import Tool as MCPTool
 
     from tenantflow.domain.policy import Policy
 
-__all__ = ["SEPARATOR", "MCPServerSpec", "mcp_tool_names", "register_mcp_server", "visible_tools"]
+__all__ = [
+    "SEPARATOR",
+    "MCPPool",
+    "MCPServerSpec",
+    "list_tools",
+    "mcp_tool_names",
+    "pool_of",
+    "register_mcp_server",
+    "visible_tools",
+]
 
 SEPARATOR = "__"
 """Between a server's name and its tool's in a gateway tool name: ``files__read``."""
@@ -59,6 +74,8 @@ class MCPServerSpec:
         cost_usd: the price of one call of any of its tools, reserved and settled per call.
         costs_usd: per-tool prices (the tool's name on the server), over ``cost_usd``.
         timeout_s: how long one call may wait for the server's answer.
+        pool_size: at most this many open sessions with the server in this process, shared by
+            every call of its tools; 0: a new connection for every call.
     """
 
     name: str
@@ -70,8 +87,15 @@ class MCPServerSpec:
     cost_usd: float = 0.0
     costs_usd: Mapping[str, float] = field(default_factory=dict)
     timeout_s: float = 60.0
+    pool_size: int = 4
 
     def __post_init__(self) -> None:
+        if isinstance(self.pool_size, bool) or not 0 <= self.pool_size <= 64:
+            raise ConfigurationError(
+                f"MCP server {self.name!r}: pool_size must be 0 to 64",
+                field="pool_size",
+                value=self.pool_size,
+            )
         if not self.name or SEPARATOR in self.name or not self.name.replace("-", "").isalnum():
             raise ConfigurationError(
                 f"MCP server name {self.name!r}: use letters, digits and '-' only",
@@ -112,14 +136,124 @@ class MCPServerSpec:
                 yield client
 
 
-async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
-    """List ``spec``'s tools and register each on ``tools`` as ``<server>__<tool>``.
+class _Session:
+    """One open session with a server, held open by a task of its own (the MCP client's
+    transport must be entered and left by the same task)."""
 
-    Returns:
-        The gateway names registered, sorted.
+    def __init__(self, spec: MCPServerSpec) -> None:
+        self.spec = spec
+        self.client: Client | None = None
+        self.error: BaseException | None = None
+        self.in_flight = 0
+        self.broken = False
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._hold(), name=f"mcp-session:{spec.name}")
+
+    async def _hold(self) -> None:
+        try:
+            async with self.spec.connect() as client:
+                self.client = client
+                self._ready.set()
+                await self._stop.wait()
+        except Exception as exc:  # could not connect, or the server went away
+            self.error = exc
+        finally:
+            self.broken = True
+            self._ready.set()
+
+    async def ready(self) -> Client:
+        await self._ready.wait()
+        if self.client is None or self.broken:
+            raise ConfigurationError(
+                f"MCP server {self.spec.name!r} could not be reached: {self.error}",
+                field="mcp_server",
+            )
+        return self.client
+
+    async def close(self) -> None:
+        self.broken = True
+        self._stop.set()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class MCPPool:
+    """Open sessions with one MCP server, shared by every call of its tools in this process.
+
+    A call takes an idle session, or opens a new one while there are fewer than ``pool_size``,
+    or else shares the least busy one (MCP multiplexes requests on a session). A session that
+    fails (the server exited, the connection broke) is dropped and the call fails like any
+    failing tool; the next call opens a new one.
+    """
+
+    def __init__(self, spec: MCPServerSpec) -> None:
+        self.spec = spec
+        self._sessions: list[_Session] = []
+        self.opened = 0
+        """Sessions opened so far (for tests and benchmarks)."""
+
+    def _take(self) -> _Session:
+        self._sessions = [s for s in self._sessions if not s.broken]
+        idle = [s for s in self._sessions if s.in_flight == 0]
+        if idle:
+            return idle[0]
+        if len(self._sessions) < self.spec.pool_size:
+            session = _Session(self.spec)
+            self._sessions.append(session)
+            self.opened += 1
+            return session
+        return min(self._sessions, key=lambda s: s.in_flight)
+
+    async def call(self, tool: str, arguments: dict[str, Any]) -> CallToolResult:
+        """Call ``tool`` on a pooled session (a new connection if ``pool_size`` is 0)."""
+        if self.spec.pool_size == 0:
+            self.opened += 1
+            async with self.spec.connect() as client:
+                return await client.call_tool(tool, arguments)
+        session = self._take()
+        session.in_flight += 1
+        try:
+            client = await session.ready()
+            return await client.call_tool(tool, arguments)
+        except Exception as exc:
+            if not _answered(exc):  # the session may be unusable: drop it
+                await session.close()
+            raise
+        finally:
+            session.in_flight -= 1
+
+    def caller(self, tool: str) -> Any:
+        """The function a gateway :class:`Tool` calls for the server's tool ``tool``."""
+
+        async def call(**arguments: Any) -> Any:
+            return tool_result(await self.call(tool, arguments))
+
+        call.__name__ = f"{self.spec.name}{SEPARATOR}{tool}"
+        call.pool = self  # type: ignore[attr-defined]
+        return call
+
+    async def close(self) -> None:
+        """Close every session (stdio servers are stopped)."""
+        sessions, self._sessions = self._sessions, []
+        await asyncio.gather(*(s.close() for s in sessions))
+
+
+def _answered(exc: Exception) -> bool:
+    """Whether the server answered the request with an error (the session is still good), as
+    opposed to a closed connection, a timeout or a transport failure (drop the session)."""
+    try:
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+    except ImportError:  # pragma: no cover - the extra is part of dev
+        return False
+    return isinstance(exc, MCPError) and exc.code not in (CONNECTION_CLOSED, REQUEST_TIMEOUT)
+
+
+async def list_tools(spec: MCPServerSpec) -> list[MCPTool]:
+    """Every tool ``spec``'s server lists (following its pages).
 
     Raises:
-        ConfigurationError: a name is already registered, or the server cannot be reached.
+        ConfigurationError: the server cannot be reached or listed.
     """
     try:
         async with spec.connect() as client:
@@ -134,13 +268,37 @@ async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
         raise ConfigurationError(
             f"MCP server {spec.name!r} could not be listed: {exc}", field="mcp_server"
         ) from exc
+    return found
+
+
+async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
+    """List ``spec``'s tools and register each on ``tools`` as ``<server>__<tool>``; their
+    calls share one :class:`MCPPool`, closed when the engine closes.
+
+    Returns:
+        The gateway names registered, sorted.
+
+    Raises:
+        ConfigurationError: a name is already registered, or the server cannot be reached.
+    """
+    found = await list_tools(spec)
+    taken = sorted(
+        t.name for t in tools if t.name.startswith(f"{spec.name}{SEPARATOR}") or t.name == spec.name
+    )
+    if taken:  # all or nothing: no server's tools are half registered
+        raise ConfigurationError(
+            f"MCP server {spec.name!r} is already registered (tools {taken[:3]})",
+            field="name",
+            value=spec.name,
+        )
+    pool = MCPPool(spec)
     names = []
     for listed_tool in found:
         name = f"{spec.name}{SEPARATOR}{listed_tool.name}"
         tools.add(
             Tool(
                 name=name,
-                fn=_caller(spec, listed_tool.name),
+                fn=pool.caller(listed_tool.name),
                 resource=f"tool:{name}",
                 cost_micros=usd_to_micros(spec.costs_usd.get(listed_tool.name, spec.cost_usd)),
                 description=listed_tool.description or "",
@@ -149,17 +307,16 @@ async def register_mcp_server(tools: Tools, spec: MCPServerSpec) -> list[str]:
             )
         )
         names.append(name)
+    tools.on_close(pool.close)
     return sorted(names)
 
 
-def _caller(spec: MCPServerSpec, tool: str) -> Any:
-    async def call(**arguments: Any) -> Any:
-        async with spec.connect() as client:
-            result = await client.call_tool(tool, arguments)
-        return tool_result(result)
-
-    call.__name__ = f"{spec.name}{SEPARATOR}{tool}"
-    return call
+def pool_of(tools: Tools, name: str) -> MCPPool:
+    """The pool behind the registered MCP tool ``name`` (for tests and benchmarks)."""
+    pool = getattr(tools.get(name).fn, "pool", None)
+    if not isinstance(pool, MCPPool):
+        raise ConfigurationError(f"tool {name!r} is not an MCP server's tool", tool=name)
+    return pool
 
 
 def tool_result(result: CallToolResult) -> Any:

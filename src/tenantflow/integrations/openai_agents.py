@@ -21,30 +21,39 @@ with two seams replaced:
   state. A rejection fails the step, like any rejected escalation.
 
 Gateway tools (registered Python tools, MCP tools) are offered to an SDK agent with
-:func:`gateway_tools`, which lists only those the tenant's policy lets it call.
+:func:`gateway_tools`, which lists only those the tenant's policy lets it call; the tools of
+MCP servers registered for the tenant alone with :func:`tenant_tools`.
 
-Not supported: streaming (``Runner.run_streamed``), server-side conversation state
+Streaming: ``run_agent(..., on_event=handler)`` runs ``Runner.run_streamed``; model calls
+stream through the gateway (:meth:`TenantflowModel.stream_response`), text deltas reaching
+``handler`` as the provider receives them; a recorded call is replayed as one delta.
+
+Not supported: server-side conversation state
 (``previous_response_id``, ``conversation_id``), hosted tools, and ``response_format``: an
 agent's ``output_type`` is validated by the SDK from the model's text.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import inspect
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.models import ModelResponse as TenantflowResponse
 from tenantflow.domain.policy import usd_to_micros
 from tenantflow.domain.records import RecordCall
 from tenantflow.engine.context import attempt_scope
 from tenantflow.engine.gateway import Tool, Tools
-from tenantflow.engine.signals import Escalate
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
+from tenantflow.integrations._reviews import approved
+from tenantflow.ports import STREAM_DELTAS
 
 try:
     from agents import (
@@ -61,8 +70,16 @@ try:
         Usage,
     )
     from agents.models.chatcmpl_converter import Converter
+    from agents.stream_events import StreamEvent
     from agents.tool_context import ToolContext
     from openai.types.chat import ChatCompletionMessage
+    from openai.types.responses import (
+        Response,
+        ResponseCompletedEvent,
+        ResponseTextDeltaEvent,
+        ResponseUsage,
+    )
+    from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 except ImportError as exc:  # pragma: no cover - the extra is part of dev
     raise ImportError(
         f"tenantflow.integrations.openai_agents needs the openai-agents extra:"
@@ -83,6 +100,7 @@ __all__ = [
     "gateway_tools",
     "register_function_tools",
     "run_agent",
+    "tenant_tools",
 ]
 
 TIERS = ("small", "large")
@@ -122,7 +140,92 @@ class TenantflowModel(Model):
         prompt: Any = None,
     ) -> ModelResponse:
         """Send the SDK's request through the gateway, recorded under a hash of the request."""
-        if previous_response_id or conversation_id or prompt:
+        call = self._prepare(
+            system_instructions, input, model_settings, tools, handoffs,
+            previous_response_id or conversation_id or prompt,
+        )  # fmt: skip
+        return call.model_response(await call.send(self._ctx, stream=False))
+
+    async def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[SDKTool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff[Any, Any]],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None = None,
+        conversation_id: str | None = None,
+        prompt: Any = None,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        """Stream the model's answer through the gateway (``ctx.model(stream=True)``: the same
+        routing, rate limit and budget as any call, priced for what it produced if it breaks).
+
+        Text deltas are yielded as the provider receives them; the call is recorded when it
+        completes, under the same key as :meth:`get_response`. A call already recorded (a
+        re-executed attempt) is replayed: its text comes as one delta, nothing is paid again.
+        """
+        call = self._prepare(
+            system_instructions, input, model_settings, tools, handoffs,
+            previous_response_id or conversation_id or prompt,
+        )  # fmt: skip
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        token = STREAM_DELTAS.set(deltas.put_nowait)
+        try:  # the task copies the context: its provider streams into this queue
+            task = asyncio.ensure_future(call.send(self._ctx, stream=True))
+        finally:
+            STREAM_DELTAS.reset(token)
+        task.add_done_callback(lambda _: deltas.put_nowait(None))
+        sequence = 0
+        streamed = False
+        try:
+            while (delta := await deltas.get()) is not None:
+                streamed = True
+                yield _text_delta(delta, sequence)
+                sequence += 1
+            response = task.result()
+        finally:
+            if not task.done():  # the consumer stopped: the call is cancelled, its hold freed
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if response.text and not streamed:  # replayed, or a provider that does not stream
+            yield _text_delta(response.text, sequence)
+            sequence += 1
+        result = call.model_response(response)
+        yield ResponseCompletedEvent(
+            type="response.completed",
+            sequence_number=sequence,
+            response=Response(
+                id=f"tf-{call.digest[:24]}",
+                created_at=0,
+                model=response.model,
+                object="response",
+                output=result.output,
+                tool_choice="auto",
+                tools=[],
+                parallel_tool_calls=True,
+                usage=ResponseUsage(
+                    input_tokens=response.tokens_in,
+                    output_tokens=response.tokens_out,
+                    total_tokens=response.tokens_in + response.tokens_out,
+                    input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+                    output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+                ),
+            ),
+        )
+
+    def _prepare(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[SDKTool],
+        handoffs: list[Handoff[Any, Any]],
+        server_state: Any,
+    ) -> _Call:
+        if server_state:
             raise ConfigurationError(
                 "server-side conversation state and prompt templates are not supported: the"
                 " run's transcript lives in the step, where it is recorded and replayed"
@@ -138,23 +241,48 @@ class TenantflowModel(Model):
             sort_keys=True,
             default=str,
         )
-        digest = hashlib.sha256(request.encode()).hexdigest()
+        return _Call(
+            messages=messages,
+            offered=offered,
+            max_tokens=max_tokens,
+            temperature=model_settings.temperature or 0.0,
+            tier=self._tier,
+            digest=hashlib.sha256(request.encode()).hexdigest(),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Call:
+    """One model request of the SDK, as the gateway gets it."""
+
+    messages: list[dict[str, Any]]
+    offered: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float
+    tier: str | None
+    digest: str
+    """A hash of the request's content: its record's key (the same on every re-execution)."""
+
+    async def send(self, ctx: StepContext, *, stream: bool) -> TenantflowResponse:
         with carry():
-            async with self._ctx.call_identity(f"sdk-model:{digest}"):
-                response = await self._ctx.model(
-                    messages=messages,
-                    max_tokens=max_tokens,
-                    temperature=model_settings.temperature or 0.0,
-                    extra_tools=offered,
-                    tier=self._tier,
+            async with ctx.call_identity(f"sdk-model:{self.digest}"):
+                return await ctx.model(
+                    messages=self.messages,
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    extra_tools=self.offered,
+                    tier=self.tier,
+                    stream=stream,
                 )
+
+    def model_response(self, response: TenantflowResponse) -> ModelResponse:
         message = ChatCompletionMessage.model_validate(
             {
                 "role": "assistant",
                 "content": response.text or None,
                 "tool_calls": [
                     {
-                        "id": f"{c.id}-{digest[:12]}",  # unique in the run, stable on replay
+                        "id": f"{c.id}-{self.digest[:12]}",  # unique in the run, stable on replay
                         "type": "function",
                         "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
                     }
@@ -174,24 +302,17 @@ class TenantflowModel(Model):
             response_id=None,
         )
 
-    def stream_response(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        model_settings: ModelSettings,
-        tools: list[SDKTool],
-        output_schema: AgentOutputSchemaBase | None,
-        handoffs: list[Handoff[Any, Any]],
-        tracing: ModelTracing,
-        *,
-        previous_response_id: str | None = None,
-        conversation_id: str | None = None,
-        prompt: Any = None,
-    ) -> AsyncIterator[TResponseStreamEvent]:
-        """Not supported: a durable step records whole responses (use ``Runner.run``)."""
-        raise ConfigurationError(
-            "streaming is not supported in a durable step: use run_agent (Runner.run)"
-        )
+
+def _text_delta(delta: str, sequence: int) -> ResponseTextDeltaEvent:
+    return ResponseTextDeltaEvent(
+        type="response.output_text.delta",
+        item_id="tf-message",
+        output_index=0,
+        content_index=0,
+        delta=delta,
+        logprobs=[],
+        sequence_number=sequence,
+    )
 
 
 class TenantflowModelProvider(ModelProvider):
@@ -323,6 +444,22 @@ def gateway_tools(ctx: StepContext, names: Sequence[str] | None = None) -> list[
     return found
 
 
+async def tenant_tools(ctx: StepContext) -> list[FunctionTool]:
+    """The tools of the MCP servers registered for the step's tenant alone
+    (:class:`~tenantflow.integrations.mcp_tenants.TenantMCPServers`) that its policy lets it
+    call, as SDK function tools through the gateway (none if no such server is registered)."""
+    tools = attempt_scope(ctx).services.gateway.tools
+    if tools.tenant_resolver is None:
+        return []
+    from tenantflow.integrations.mcp_tenants import TenantMCPServers
+
+    registry = TenantMCPServers.for_tools(tools)
+    if registry is None:
+        return []
+    own = await registry.tools(ctx.tenant_id)
+    return [_gateway_tool(ctx, t) for t in own if t.allowed_for(ctx.policy)]
+
+
 def _gateway_tool(ctx: StepContext, tool: Tool) -> FunctionTool:
     async def on_invoke_tool(tool_context: ToolContext[Any], raw: str) -> Any:
         try:
@@ -385,9 +522,17 @@ async def run_agent(
     *,
     max_turns: int = 10,
     context: Any = None,
+    on_event: Callable[[StreamEvent], Awaitable[None] | None] | None = None,
 ) -> Any:
     """Run ``agent`` on ``input`` as (part of) this step, durably and under the tenant's policy
     (see the module's documentation). Returns the run's final output.
+
+    Args:
+        on_event: stream the run (``Runner.run_streamed``): every event of the SDK's stream
+            (``RawResponsesStreamEvent`` with the model's text deltas as they arrive,
+            ``RunItemStreamEvent``, ``AgentUpdatedStreamEvent``) is passed to it, in order, and
+            awaited if it returns an awaitable. Model calls stream through the gateway; a call
+            recorded by an earlier attempt is replayed as one delta.
 
     Raises:
         ConfigurationError: the agent has a model object or a hosted tool.
@@ -395,7 +540,29 @@ async def run_agent(
     """
     async with agent_run(ctx, agent.name, "openai-agents"):
         with unwrap():
-            return await _run(ctx, agent, input, max_turns, context)
+            return await _run(ctx, agent, input, max_turns, context, on_event)
+
+
+async def _sdk_run(
+    agent: Agent[Any],
+    input: str | list[TResponseInputItem] | RunState[Any],
+    context: Any,
+    max_turns: int,
+    config: RunConfig,
+    on_event: Callable[[StreamEvent], Awaitable[None] | None] | None,
+) -> Any:
+    if on_event is None:
+        return await Runner.run(
+            agent, input, context=context, max_turns=max_turns, run_config=config
+        )
+    streamed = Runner.run_streamed(
+        agent, input, context=context, max_turns=max_turns, run_config=config
+    )
+    async for event in streamed.stream_events():
+        outcome = on_event(event)
+        if inspect.isawaitable(outcome):
+            await outcome
+    return streamed
 
 
 async def _run(
@@ -404,6 +571,7 @@ async def _run(
     input: str | list[TResponseInputItem],
     max_turns: int,
     context: Any,
+    on_event: Callable[[StreamEvent], Awaitable[None] | None] | None = None,
 ) -> Any:
     governed = _governed_agent(ctx, agent, {})
     config = RunConfig(model_provider=TenantflowModelProvider(ctx), tracing_disabled=True)
@@ -414,12 +582,13 @@ async def _run(
         async with ctx.call_identity(f"sdk-state:{round_}") as index:
             saved = await attempt_scope(ctx).recorded_call(index)
         if saved is None:
-            result = await Runner.run(
+            result = await _sdk_run(
                 governed,
                 input if state is None else state,
-                context=context,
-                max_turns=max_turns,
-                run_config=config,
+                context,
+                max_turns,
+                config,
+                on_event,
             )
             if not result.interruptions:
                 return result.final_output
@@ -439,17 +608,5 @@ async def _run(
             )
         state = await RunState.from_string(governed, saved)
         for item in state.get_interruptions():
-            await _approved(ctx, item.call_id or "", item.name or "", item.arguments or "")
+            await approved(ctx, "sdk", item.call_id or "", item.name or "", item.arguments or "")
             state.approve(item)
-
-
-async def _approved(ctx: StepContext, call_id: str, name: str, arguments: str) -> None:
-    """Return if a reviewer approved the call; otherwise open a review and wait for it."""
-    async with ctx.call_identity(f"sdk-approval:{call_id}:{name}:{arguments}") as index:
-        if await attempt_scope(ctx).recorded_call(index) is not None:
-            return  # approved: a rejection fails the step before it runs again
-        raise Escalate(
-            f"tool {name!r} needs approval",
-            index,
-            f"The agent asks to call {name} with {arguments}. Approve to let it run.",
-        )

@@ -20,28 +20,43 @@ and run it inside a step with ``await run_agent(ctx, agent, prompt)``:
   price. Other units (tool listing, instructions, event handlers) are not paid calls and run
   again on re-execution.
 
-Not supported: streaming, and deferred tools (``ApprovalRequiredToolset`` / human approval):
-use a tenantflow review step around the agent instead.
+Approvals and deferred tools (``requires_approval=True``, ``ApprovalRequired``,
+``CallDeferred``, ``ApprovalRequiredToolset``) become review tasks in the tenant's reviewer
+pool; the agent resumes from its recorded messages once they are decided (see
+:func:`run_agent`).
+
+Streaming: ``run_agent(ctx, agent, prompt, event_stream_handler=...)`` streams every model
+request through the gateway (``TenantflowModel.request_stream``): the handler gets the text
+deltas as the provider receives them; a recorded request is replayed as one delta.
+``Agent.run_stream`` (which ends at the first output) is not supported.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tenantflow.domain.models import ModelResponse as GatewayResponse
 from tenantflow.domain.policy import usd_to_micros
+from tenantflow.domain.records import RecordCall
 from tenantflow.engine.context import attempt_scope
 from tenantflow.engine.gateway import Tool, Tools
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
 from tenantflow.integrations._observe import agent_run
+from tenantflow.integrations._reviews import answered, approved
+from tenantflow.ports import STREAM_DELTAS
 
 try:
-    from pydantic_ai import Agent, ModelRetry
+    from pydantic import TypeAdapter
+    from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, ModelRetry
     from pydantic_ai.durable_exec import (
         JSON_CODEC,
         BaseDurabilityCapability,
@@ -55,8 +70,10 @@ try:
     from pydantic_ai.messages import (
         InstructionPart,
         ModelMessage,
+        ModelMessagesTypeAdapter,
         ModelRequest,
         ModelResponse,
+        ModelResponseStreamEvent,
         RetryPromptPart,
         SystemPromptPart,
         TextPart,
@@ -64,8 +81,9 @@ try:
         ToolReturnPart,
         UserPromptPart,
     )
-    from pydantic_ai.models import Model, ModelRequestParameters
+    from pydantic_ai.models import Model, ModelRequestParameters, StreamedResponse
     from pydantic_ai.settings import ModelSettings
+    from pydantic_ai.tools import RunContext
     from pydantic_ai.usage import RequestUsage
 except ImportError as exc:  # pragma: no cover - the extra is part of dev
     raise ImportError(
@@ -81,6 +99,7 @@ __all__ = ["TenantflowDurability", "TenantflowModel", "register_tools", "run_age
 DEFAULT_MAX_TOKENS = 1024
 
 _STEP: ContextVar[StepContext | None] = ContextVar("tenantflow_pydantic_ai_step", default=None)
+_HANDLER: ContextVar[Any] = ContextVar("tenantflow_pydantic_ai_handler", default=None)
 _BODY: ContextVar[Callable[[], Awaitable[object]] | None] = ContextVar(
     "tenantflow_pydantic_ai_body", default=None
 )
@@ -133,6 +152,42 @@ class TenantflowModel(Model):
     ) -> ModelResponse:
         """Send the request through the gateway, recorded under a hash of its content."""
         ctx = _current()
+        call = self._prepare(messages, model_settings, model_request_parameters)
+        response = await call.send(ctx, stream=False)
+        out: list[Any] = [TextPart(response.text)] if response.text else []
+        out += [
+            ToolCallPart(c.name, dict(c.arguments), tool_call_id=call.call_id(c.id))
+            for c in response.tool_calls
+        ]
+        return ModelResponse(
+            parts=out,
+            usage=RequestUsage(input_tokens=response.tokens_in, output_tokens=response.tokens_out),
+            model_name=response.model,
+            provider_name="tenantflow",
+        )
+
+    @asynccontextmanager
+    async def request_stream(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+        run_context: RunContext[Any] | None = None,
+    ) -> AsyncIterator[StreamedResponse]:
+        """Stream the request through the gateway (``ctx.model(stream=True)``: the same routing,
+        rate limit and budget as any call): text deltas come as the provider receives them, the
+        call is recorded when it completes, under the same key as :meth:`request`; a recorded
+        call is replayed as one delta."""
+        ctx = _current()
+        call = self._prepare(messages, model_settings, model_request_parameters)
+        yield _GatewayStream(model_request_parameters=call.params, _ctx=ctx, _call=call)
+
+    def _prepare(
+        self,
+        messages: list[ModelMessage],
+        model_settings: ModelSettings | None,
+        model_request_parameters: ModelRequestParameters,
+    ) -> _Call:
         model_settings, params = self.prepare_request(model_settings, model_request_parameters)
         chat: list[dict[str, Any]] = []
         parts = params.instruction_parts or []
@@ -157,27 +212,113 @@ class TenantflowModel(Model):
             sort_keys=True,
             default=str,
         )
-        digest = hashlib.sha256(request.encode()).hexdigest()
-        with carry():
-            async with ctx.call_identity(f"pai-model:{digest}"):
-                response = await ctx.model(
-                    messages=chat,
-                    max_tokens=max_tokens,
-                    temperature=float(settings.get("temperature") or 0.0),
-                    extra_tools=tools,
-                    tier=self._tier,
-                )
-        out: list[Any] = [TextPart(response.text)] if response.text else []
-        out += [
-            ToolCallPart(c.name, dict(c.arguments), tool_call_id=f"{c.id}-{digest[:12]}")
-            for c in response.tool_calls
-        ]
-        return ModelResponse(
-            parts=out,
-            usage=RequestUsage(input_tokens=response.tokens_in, output_tokens=response.tokens_out),
-            model_name=response.model,
-            provider_name="tenantflow",
+        return _Call(
+            chat=chat,
+            tools=tools,
+            max_tokens=max_tokens,
+            temperature=float(settings.get("temperature") or 0.0),
+            tier=self._tier,
+            digest=hashlib.sha256(request.encode()).hexdigest(),
+            params=params,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One model request of the agent, as the gateway gets it."""
+
+    chat: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    max_tokens: int
+    temperature: float
+    tier: str | None
+    digest: str
+    """A hash of the request's content: its record's key (the same on every re-execution)."""
+    params: ModelRequestParameters
+
+    def call_id(self, provider_id: str) -> str:
+        """A tool call's id: unique in the run (providers reuse ``call_0``), stable on replay."""
+        return f"{provider_id}-{self.digest[:12]}"
+
+    async def send(self, ctx: StepContext, *, stream: bool) -> GatewayResponse:
+        with carry():
+            async with ctx.call_identity(f"pai-model:{self.digest}"):
+                return await ctx.model(
+                    messages=self.chat,
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature,
+                    extra_tools=self.tools,
+                    tier=self.tier,
+                    stream=stream,
+                )
+
+
+@dataclass
+class _GatewayStream(StreamedResponse):
+    """A model response streamed through the gateway (see ``TenantflowModel.request_stream``)."""
+
+    _ctx: StepContext = field(kw_only=True)
+    _call: _Call = field(kw_only=True)
+    _model: str = field(default="policy", init=False)
+    _at: datetime = field(default_factory=lambda: datetime.now(UTC), init=False)
+
+    async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        token = STREAM_DELTAS.set(deltas.put_nowait)
+        try:  # the task copies the context: its provider streams into this queue
+            task = asyncio.ensure_future(self._call.send(self._ctx, stream=True))
+        finally:
+            STREAM_DELTAS.reset(token)
+        task.add_done_callback(lambda _: deltas.put_nowait(None))
+        streamed = False
+        try:
+            while (delta := await deltas.get()) is not None:
+                streamed = True
+                for event in self._parts_manager.handle_text_delta(
+                    vendor_part_id="text", content=delta
+                ):
+                    yield event
+            response = task.result()
+        finally:
+            if not task.done():  # the consumer stopped: the call is cancelled, its hold freed
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._model = response.model
+        if response.text and not streamed:  # replayed, or a provider that does not stream
+            for event in self._parts_manager.handle_text_delta(
+                vendor_part_id="text", content=response.text
+            ):
+                yield event
+        for i, c in enumerate(response.tool_calls):
+            yield self._parts_manager.handle_tool_call_part(
+                vendor_part_id=f"call-{i}",
+                tool_name=c.name,
+                args=dict(c.arguments),
+                tool_call_id=self._call.call_id(c.id),
+            )
+        self._usage = RequestUsage(
+            input_tokens=response.tokens_in, output_tokens=response.tokens_out
+        )
+
+    @property
+    def model_name(self) -> str:
+        """The model the gateway chose (known once the call completed)."""
+        return self._model
+
+    @property
+    def provider_name(self) -> str:
+        """The tenant's gateway."""
+        return "tenantflow"
+
+    @property
+    def provider_url(self) -> None:
+        """None: the endpoint is the gateway's choice."""
+        return None
+
+    @property
+    def timestamp(self) -> datetime:
+        """When the stream started."""
+        return self._at
 
 
 def _to_chat(messages: Sequence[ModelMessage]) -> list[dict[str, Any]]:
@@ -258,6 +399,8 @@ class _Backend(JournalCallableOperationBackend[None]):
             with carry():
                 async with ctx.call_identity(identity):
                     return await ctx.tool(tool_name, **arguments)
+        except _AskApproval as asked:
+            return asked.value
         except Carried as carried:
             refused = carried.error
             # Refused by the tenant's policy (audited by the gateway) or bad arguments from the
@@ -293,6 +436,12 @@ class TenantflowDurability(BaseDurabilityCapability[Any]):
     def in_durable_context(self) -> bool:
         """Inside a tenantflow step (``run_agent``)."""
         return _STEP.get() is not None
+
+    def _effective_event_stream_handler(self) -> Any:
+        """The run's ``event_stream_handler`` (given to :func:`run_agent`), else the
+        capability's: PydanticAI delivers the model's stream to it live, inside the model
+        request unit, and the run's other events after."""
+        return _HANDLER.get() or super()._effective_event_stream_handler()
 
     def get_durable_operation_backend(self) -> DurableOperationBackend[Any]:
         """The backend that records units in the running step."""
@@ -346,12 +495,26 @@ def _register(
     )
 
 
+class _AskApproval(BaseException):
+    """A tool that raised ``ApprovalRequired``: its (encoded) answer is carried through the
+    gateway's tool path as a non-result — not recorded, not charged (the hold is released), not a
+    breaker failure — because the same call runs again, approved, under the same tool-call id.
+    :class:`_Backend` returns it to PydanticAI, which makes the call a review."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__("the tool asks for approval")
+        self.value = value
+
+
 def _unit_runner() -> Any:
     async def run_unit(**_arguments: Any) -> Any:
         body = _BODY.get()
         if body is None:
             raise ConfigurationError("a PydanticAI agent's tool can only be called by its agent")
-        return await body()
+        value = await body()
+        if isinstance(value, dict) and value.get("kind") == "approval_required":
+            raise _AskApproval(value)
+        return value
 
     run_unit._tenantflow_pydantic_ai_tool = True  # type: ignore[attr-defined]
     return run_unit
@@ -361,6 +524,14 @@ async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **opt
     """Run ``agent`` on ``prompt`` in this step, durably and under the tenant's policy; returns
     the run's output. ``options`` go to ``Agent.run``.
 
+    A tool that needs approval (``requires_approval=True``, or ``ApprovalRequired`` raised) or
+    defers its call (``CallDeferred``) pauses the agent: its messages so far and the pending
+    calls are recorded, and each call becomes a review task in the tenant's reviewer pool (the
+    step waits holding no slot). Once every call is decided, the agent goes on from the recorded
+    messages with the reviewers' results (``DeferredToolResults``): an approved call runs, a
+    deferred call's result is the reviewer's comment. A rejection fails the step. No model call
+    made before the pause is made again.
+
     Raises:
         ConfigurationError: the agent has no :class:`TenantflowDurability` capability.
     """
@@ -368,7 +539,75 @@ async def run_agent(ctx: StepContext, agent: Agent[Any, Any], prompt: str, **opt
         raise ConfigurationError(
             "give the agent capabilities=[TenantflowDurability()] and a TenantflowModel()"
         )
+    handler = options.pop("event_stream_handler", None)
     async with agent_run(ctx, agent.name or "agent", "pydantic-ai"):
-        with _in_step(ctx), unwrap():
-            result = await agent.run(prompt, **options)
-    return result.output
+        token = _HANDLER.set(handler)
+        try:
+            with _in_step(ctx), unwrap():
+                return await _run(ctx, agent, prompt, options)
+        finally:
+            _HANDLER.reset(token)
+
+
+_PAUSE = TypeAdapter(DeferredToolRequests)
+
+
+async def _run(
+    ctx: StepContext, agent: Agent[Any, Any], prompt: str, options: dict[str, Any]
+) -> Any:
+    output_type = options.pop("output_type", None) or agent.output_type
+    wanted = list(output_type) if isinstance(output_type, list | tuple) else [output_type]
+    pauses = DeferredToolRequests in wanted  # the caller handles the pending calls itself
+    if not pauses:
+        wanted.append(DeferredToolRequests)
+    history = options.pop("message_history", None)
+    results: DeferredToolResults | None = options.pop("deferred_tool_results", None)
+    scope = attempt_scope(ctx)
+    round_ = 0
+    while True:
+        round_ += 1
+        async with ctx.call_identity(f"pai-state:{round_}") as index:
+            saved = await scope.recorded_call(index)
+        if saved is None:
+            result: Any = await agent.run(
+                prompt if round_ == 1 else None,
+                message_history=history,
+                deferred_tool_results=results,
+                output_type=wanted,
+                **options,
+            )
+            if pauses or not isinstance(result.output, DeferredToolRequests):
+                return result.output
+            saved = json.dumps(
+                {
+                    "messages": json.loads(
+                        ModelMessagesTypeAdapter.dump_json(result.all_messages())
+                    ),
+                    "pending": json.loads(_PAUSE.dump_json(result.output)),
+                }
+            )
+            await scope.write(
+                RecordCall(
+                    ctx.tenant_id,
+                    ctx.run_id,
+                    ctx.step,
+                    index,
+                    "agent",
+                    "state",
+                    saved,
+                    scope.now_s(),
+                )
+            )
+        state = json.loads(saved)
+        history = ModelMessagesTypeAdapter.validate_python(state["messages"])
+        pending = _PAUSE.validate_python(state["pending"])
+        approvals: dict[str, Any] = {}
+        for call in pending.approvals:
+            await approved(ctx, "pai", call.tool_call_id, call.tool_name, call.args_as_json_str())
+            approvals[call.tool_call_id] = True
+        answers: dict[str, Any] = {}
+        for call in pending.calls:
+            answers[call.tool_call_id] = await answered(
+                ctx, "pai", call.tool_call_id, call.tool_name, call.args_as_json_str()
+            )
+        results = DeferredToolResults(approvals=approvals, calls=answers)

@@ -21,17 +21,43 @@ from tenantflow.engine.handle import RunHandle, RunSnapshot
 from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
+from tenantflow.engine.operator import Overview
+from tenantflow.engine.plane import (
+    BreakerView,
+    MemberHealth,
+    PlacementInfo,
+    PlaneLoad,
+    RunCost,
+    TenantLatency,
+    TenantLoad,
+    VersionInfo,
+)
+from tenantflow.engine.runs import Reason, RetryResult
+from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.tenants import TenantInfo, Tenants
+from tenantflow.engine.workers import WorkerInfo
 from tenantflow.observability.events import Observers
 
 __all__ = [
     "ApiKeyInfo",
+    "BreakerView",
     "ControlPlane",
+    "MemberHealth",
+    "Overview",
+    "PlacementInfo",
+    "PlaneLoad",
     "Principal",
+    "Reason",
+    "RetryResult",
+    "RunCost",
     "RunHandle",
     "RunSnapshot",
     "StateVersion",
     "TenantInfo",
+    "TenantLatency",
+    "TenantLoad",
+    "VersionInfo",
+    "WorkerInfo",
 ]
 
 
@@ -62,6 +88,10 @@ class ControlPlane(Protocol):
     @property
     def reviews(self) -> Reviews:
         """Review queues: list, claim and decide a tenant's review tasks."""
+
+    @property
+    def schedules(self) -> Schedules:
+        """Interval and cron schedules, registered in code (:mod:`.engine.schedules`)."""
 
     @property
     def observers(self) -> Observers:
@@ -101,6 +131,47 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def overview(
+        self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
+    ) -> Overview:
+        """An operator's view across tenants: runs by status, top tenants by queue depth,
+        spend and rate-limit waits today, stuck runs and what holds them."""
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The workers sharing the database, their heartbeats and the tenants they hold (an
+        operator's view; ConfigurationError on an embedded store)."""
+
+    async def why(self, tenant: str, run_id: str) -> list[Reason]:
+        """Why the run (and each unfinished step) is not progressing now: admission queue and
+        cap, budget pause, rate-limit bucket and wake time, backoff, review, child run, lease."""
+
+    async def retry(
+        self,
+        tenant: str,
+        run_id: str,
+        *,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> RetryResult:
+        """Retry a failed, cancelled or compensated run from its failed step, or from the
+        start as a new run (see :meth:`tenantflow.engine.runs.RunControl.retry`)."""
+
+    async def retry_many(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 100,
+        from_start: bool = False,
+        actor: str = "engine",
+        reason: str | None = None,
+    ) -> list[RetryResult]:
+        """Retry the tenant's runs that match a filter, one result per run."""
 
     async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
         """Wait until the run ends and return its record."""
@@ -163,3 +234,34 @@ class ControlPlane(Protocol):
 
     async def audit_verify(self, tenant: str) -> VerifyResult:
         """Check the tenant's audit hash chain."""
+
+    # -- what a dashboard reads (values in tenantflow.engine.plane) ---------------------------
+
+    def now(self) -> float:
+        """The control plane's clock now (seconds since the epoch)."""
+
+    def load(self) -> PlaneLoad:
+        """Who holds the slots now: Jain's index, slots in use, each busy tenant's running and
+        queued steps against its weighted max-min fair share (operators only)."""
+
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        """One tenant's running and queued steps and active and queued runs."""
+
+    def placement(self) -> PlacementInfo:
+        """How the control plane is placed and which stores it reads."""
+
+    async def health(self) -> list[MemberHealth]:
+        """The placement's members (this process, workers, cells, agents) and their state."""
+
+    def breakers(self) -> list[BreakerView]:
+        """Every dependency's circuit breaker now."""
+
+    def latency(self, tenants: list[str] | None = None) -> list[TenantLatency]:
+        """Per tenant (every one seen when None): run latency p99 of the last minutes against
+        its no-burst baseline."""
+
+    async def run_costs(self, tenant: str, run_ids: list[str]) -> dict[str, RunCost]:
+        """What each of the tenant's runs spent (a run of another tenant reads as nothing)."""
+
+    async def version_list(self, tenant: str, run_id: str) -> list[VersionInfo]:
+        """The run's state versions without their states (NotFoundError: no such run)."""

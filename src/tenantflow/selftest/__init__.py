@@ -32,11 +32,19 @@ from tenantflow.selftest.fuzz import run_fuzz
 from tenantflow.selftest.hostile import run_hostile
 from tenantflow.selftest.isolation import run_isolation
 from tenantflow.selftest.load import run_load
+from tenantflow.selftest.mesh import (
+    run_mesh_budget,
+    run_mesh_crash,
+    run_mesh_deadlock,
+    run_mesh_isolation,
+    run_mesh_loan,
+)
 from tenantflow.selftest.pause import run_pause
 from tenantflow.selftest.restart import run_db_restart
 
 __all__ = [
     "LONG",
+    "MESH_SCENARIOS",
     "PROFILES",
     "SCENARIOS",
     "SHORT",
@@ -87,23 +95,55 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
 )
 
+MESH_SCENARIOS: tuple[Scenario, ...] = (  # tenantflow selftest --placement mesh
+    Scenario(
+        "mesh-crash",
+        "SIGKILL mesh agents and the NATS server under load; completions counted on the log",
+        run_mesh_crash,
+        needs=("postgres",),
+    ),
+    Scenario(
+        "mesh-isolation",
+        "a tenant's and a region's NATS users try other tenants' and regions' subjects",
+        run_mesh_isolation,
+    ),
+    Scenario(
+        "mesh-budget", "50 concurrent steps reserve a KV ledger that fits 12", run_mesh_budget
+    ),
+    Scenario(
+        "mesh-deadlock",
+        "three agents wait on each other: a timeout names the cycle",
+        run_mesh_deadlock,
+    ),
+    Scenario(
+        "mesh-loan",
+        "the loan platform through mesh up, agents in two regions, the REST API",
+        run_mesh_loan,
+        needs=("postgres",),
+    ),
+)
 
-def choose(names: Iterable[str] | None) -> list[Scenario]:
-    """The scenarios named (all, in table order, when None or empty).
+
+def choose(names: Iterable[str] | None, placement: str | None = None) -> list[Scenario]:
+    """The scenarios named (all of the placement's, in table order, when None or empty;
+    ``placement="mesh"``: the mesh's).
 
     Raises:
         ConfigurationError: a name that is no scenario.
     """
     wanted = list(names or ())
-    known = {s.name: s for s in SCENARIOS}
+    pool = MESH_SCENARIOS if placement == "mesh" else SCENARIOS
+    known = {s.name: s for s in (*SCENARIOS, *MESH_SCENARIOS)}
     unknown = [n for n in wanted if n not in known]
     if unknown:
         raise ConfigurationError(
-            f"unknown scenario {unknown[0]!r}: one of {', '.join(known)}",
+            f"unknown scenario {unknown[0]!r}: one of {', '.join(s.name for s in pool)}",
             field="only",
             value=unknown[0],
         )
-    return [s for s in SCENARIOS if not wanted or s.name in wanted]
+    if not wanted:
+        return list(pool)
+    return [s for s in (*SCENARIOS, *MESH_SCENARIOS) if s.name in wanted]
 
 
 def run_selftest(scenarios: Sequence[Scenario], ctx: Context) -> list[Row]:

@@ -57,7 +57,16 @@ __all__ = [
 
 T = TypeVar("T")
 KEYS = ("none", "revoked", "other", "admin", "own")
-OBJECTS = ("run_id", "review_id", "key_id", "tenant_id", "namespace", "key", "document_id")
+OBJECTS = (
+    "run_id",
+    "review_id",
+    "key_id",
+    "tenant_id",
+    "namespace",
+    "key",
+    "document_id",
+    "server",
+)
 """The path parameters the scenario has objects for."""
 OWNED = ("run_id", "review_id", "key_id", "key", "document_id")
 """Those that name one object of a tenant (a namespace is a name within the caller's own)."""
@@ -80,6 +89,7 @@ _MISSING = {
     "namespace": "session:nobody",
     "key": "no-such-key",
     "document_id": "no-such-document",
+    "server": "no-such-server",
 }
 _MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -244,6 +254,7 @@ class World:
         t.objects["key_id"] = r.json()["key"]["id"]
         t.objects["tenant_id"] = name
         t.objects["namespace"] = "default"
+        t.objects["server"] = f"server-of-{name}"  # an MCP server name (admin routes only)
         return t
 
     async def plant(self, t: Tenant, canary: str) -> None:

@@ -317,6 +317,9 @@ class ScenarioSpec(SpecModel):
         workflow: The workflow every run executes.
         tenants: Tenant groups.
         bursts: One-off floods.
+        topology: What ``tenantflow topology compare`` needs to drive the same workload through
+            real processes (time scale, phases, faults; :mod:`tenantflow.topology.workload`
+            checks it). The simulator ignores it.
     """
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -338,6 +341,7 @@ class ScenarioSpec(SpecModel):
     workflow: WorkflowSpec
     tenants: tuple[TenantGroupSpec, ...] = Field(min_length=1)
     bursts: tuple[BurstSpec, ...] = ()
+    topology: dict[str, Any] | None = None
 
     @field_validator("start", mode="before")
     @classmethod

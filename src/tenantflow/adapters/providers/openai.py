@@ -4,13 +4,15 @@ Errors are translated at this boundary: a 429 becomes :class:`ProviderThrottledE
 ``retry_after_s`` from ``Retry-After``/``retry-after-ms``), other statuses, timeouts and
 connection failures become :class:`ProviderError` with ``retryable``, ``status`` and the token
 fields. A stream that breaks midway reports the prompt's tokens and the tokens already produced,
-so the interrupted call is still priced.
+so the interrupted call is still priced. A streamed completion's text deltas go, as they arrive,
+to the listener in :data:`tenantflow.ports.STREAM_DELTAS` if one is set.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,6 +22,7 @@ import httpx
 
 from tenantflow.domain.models import ModelRequest, ModelResponse, ToolCall
 from tenantflow.errors import ProviderError, ProviderThrottledError
+from tenantflow.ports import STREAM_DELTAS
 
 __all__ = ["OpenAIProvider"]
 
@@ -126,7 +129,7 @@ class OpenAIProvider:
             await self._client.aclose()
 
     async def _complete_streaming(self, request: ModelRequest) -> ModelResponse:
-        acc = _Stream()
+        acc = _Stream(sink=STREAM_DELTAS.get())
         prompt_estimate = _estimate_tokens(_prompt_chars(request))
         try:
             async with self._client.stream(
@@ -264,6 +267,8 @@ class _Stream:
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
     error: str | None = None
+    sink: Callable[[str], None] | None = None
+    """Told each text delta as it arrives (:data:`tenantflow.ports.STREAM_DELTAS`)."""
 
     def feed(self, line: str) -> bool:
         """Take one SSE line; True when the stream is done."""
@@ -284,6 +289,8 @@ class _Stream:
             if delta.get("content"):
                 self.text.append(delta["content"])
                 self.chunks += 1
+                if self.sink is not None:
+                    self.sink(delta["content"])
             for part in delta.get("tool_calls") or ():
                 call = self.calls.setdefault(
                     int(part.get("index", 0)), {"id": "", "name": "", "arguments": ""}

@@ -1,12 +1,15 @@
-"""The caller's runs: submit, list, read, cancel, and their steps, timeline and state history."""
+"""The caller's runs: submit, list, read, cancel, resume, retry, and their steps, timeline and
+state history."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from tenantflow.api.auth import EngineDep, TenantId
+from tenantflow.api.auth import EngineDep, TenantId, actor_of
 from tenantflow.api.errors import ERROR_RESPONSES
 from tenantflow.api.metrics import HttpMetrics
 from tenantflow.api.schemas import (
@@ -26,8 +29,9 @@ from tenantflow.api.schemas import (
 )
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.records import RunRecord, RunStatus
-from tenantflow.errors import BackpressureError, ConflictError, ContractError
-from tenantflow.placement import ControlPlane
+from tenantflow.engine.runs import RETRY_LIMIT
+from tenantflow.errors import BackpressureError, ConfigurationError, ConflictError, ContractError
+from tenantflow.placement import ControlPlane, Reason, RetryResult
 
 __all__ = ["RunPath", "SubmissionGate", "router"]
 
@@ -264,3 +268,162 @@ async def state_diff(
 ) -> ChangesOut:
     changes = await engine.diff(tenant, run_id, a, b)
     return ChangesOut(a=a, b=b, items=[ChangeOut.of(c) for c in changes])
+
+
+# -- retry ---------------------------------------------------------------------------------------
+
+
+class RetryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    from_start: bool = Field(
+        default=False,
+        description="Submit a new run with the same input instead of reopening this one at its"
+        " failed step.",
+    )
+    reason: str | None = Field(default=None, min_length=1, max_length=500)
+
+
+class RetryManyIn(RetryIn):
+    status: Literal["failed", "cancelled", "compensated"] = Field(
+        default="failed", description="Only runs that ended so."
+    )
+    workflow: str | None = Field(default=None, min_length=1, max_length=200)
+    since: datetime | None = Field(default=None, description="Only runs that ended at or after.")
+    until: datetime | None = Field(default=None, description="Only runs that ended before.")
+    limit: int = Field(default=100, ge=1, le=RETRY_LIMIT, description="At most this many runs.")
+
+
+class RetryOut(BaseModel):
+    run_id: str = Field(description="The run asked for.")
+    ok: bool
+    mode: Literal["failed_step", "from_start"] = Field(
+        description="failed_step: the run reopened at its failed step; from_start: a new run."
+    )
+    run: RunOut | None = Field(description="The run that now runs (null if not retried).")
+    error: dict[str, Any] | None = Field(description="Why it was not retried (code, message).")
+
+    @classmethod
+    def of(cls, result: RetryResult) -> RetryOut:
+        return cls(
+            run_id=result.run_id,
+            ok=result.ok,
+            mode="from_start" if result.mode == "from_start" else "failed_step",
+            run=None if result.run is None else RunOut.of(result.run),
+            error=result.error,
+        )
+
+
+class RetriesOut(BaseModel):
+    items: list[RetryOut] = Field(description="One per matching run, the earliest to end first.")
+    retried: int
+    refused: int
+
+
+def _actor(request: Request) -> str:
+    principal = getattr(request.state, "principal", None)
+    return "api" if principal is None else actor_of(principal)
+
+
+def _posix(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ConfigurationError(
+            f"{value.isoformat()} has no time zone: give one (e.g. Z for UTC)", value=str(value)
+        )
+    return value.timestamp()
+
+
+@router.post(
+    "/retry",
+    response_model=RetriesOut,
+    summary="Retry the runs that match a filter",
+    responses={400: ERROR_RESPONSES[404] | {"description": "A bad filter."}},
+)
+async def retry_many(
+    request: Request, engine: EngineDep, tenant: TenantId, body: RetryManyIn | None = None
+) -> RetriesOut:
+    """Retry every run of the caller's that ended in ``status`` (default ``failed``) within the
+    window, the earliest to end first, up to ``limit``; each run's result is answered apart (a
+    run that cannot be retried does not stop the others)."""
+    body = body or RetryManyIn()
+    results = await engine.retry_many(
+        tenant,
+        status=RunStatus(body.status),
+        workflow=body.workflow,
+        since=_posix(body.since),
+        until=_posix(body.until),
+        limit=body.limit,
+        from_start=body.from_start,
+        actor=_actor(request),
+        reason=body.reason,
+    )
+    items = [RetryOut.of(r) for r in results]
+    retried = sum(1 for r in results if r.ok)
+    return RetriesOut(items=items, retried=retried, refused=len(results) - retried)
+
+
+@router.post(
+    "/{run_id}/retry",
+    response_model=RetryOut,
+    summary="Retry a failed, cancelled or compensated run",
+    responses={
+        409: ERROR_RESPONSES[404]
+        | {
+            "description": "The run has not ended failed, cancelled or compensated, or must be"
+            " retried from the start (field from_start)."
+        }
+    },
+)
+async def retry(
+    run_id: RunPath,
+    request: Request,
+    engine: EngineDep,
+    tenant: TenantId,
+    body: RetryIn | None = None,
+) -> RetryOut:
+    """Reopen the run at its failed step: steps that did not succeed, and those downstream of
+    them, run again; succeeded steps keep their recorded outputs; the retry is a state version,
+    an event and an audit row, and the run goes through admission again. With
+    ``from_start``, a new run with the same input (once: asking again returns it)."""
+    body = body or RetryIn()
+    result = await engine.retry(
+        tenant, run_id, from_start=body.from_start, actor=_actor(request), reason=body.reason
+    )
+    return RetryOut.of(result)
+
+
+# -- why is it waiting? ---------------------------------------------------------------------------
+
+
+class ReasonOut(BaseModel):
+    step: str | None = Field(description="The step key it holds; null: the run as a whole.")
+    kind: str = Field(
+        description="ended, admission, paused, unwinding, upstream, slot, rate_limit, backoff,"
+        " deferred, review, child_run, leased, lease_lapsed, fan_out."
+    )
+    message: str
+    detail: dict[str, Any] = Field(description="The figures the message names (ISO-8601 times).")
+
+    @classmethod
+    def of(cls, reason: Reason) -> ReasonOut:
+        return cls(step=reason.step, kind=reason.kind, message=reason.message, detail=reason.detail)
+
+
+class WhyOut(BaseModel):
+    run_id: str
+    status: RunStatus
+    reasons: list[ReasonOut] = Field(description="What holds the run, then each unfinished step.")
+
+
+@router.get("/{run_id}/why", response_model=WhyOut, summary="Why a run is waiting")
+async def why(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> WhyOut:
+    """What holds the run and each of its unfinished steps now, computed from its stored state:
+    its place in the tenant's admission queue and the cap that binds, a budget pause, a
+    rate-limit bucket and when it refills, a retry's backoff, a review (pool, claim, SLA due), a
+    child run, the worker holding a step's lease and until when, the upstream steps it waits
+    for."""
+    record = await engine.get_run(tenant, run_id)
+    reasons = await engine.why(tenant, run_id)
+    return WhyOut(run_id=run_id, status=record.status, reasons=[ReasonOut.of(r) for r in reasons])

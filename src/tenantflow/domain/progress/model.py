@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.outbox import FX_ENQUEUED, fx_enqueued_data
 from tenantflow.domain.records import (
     NewEvent,
     ParkAttempt,
@@ -291,6 +292,9 @@ def plan_to_transition(
     for key, reason in plan.failed:
         steps.append(StepUpdate(key, StepStatus.FAILED, error=reason))
         events.append(NewEvent("step.failed", key, None, {"error": reason}))
+    for key, args in plan.choreographed:  # to the outbox, in this transaction (domain.outbox)
+        steps.append(StepUpdate(key, StepStatus.SUCCEEDED, output_json=b"null"))
+        events.append(NewEvent(FX_ENQUEUED, key, None, fx_enqueued_data(spec, run_id, key, args)))
     fatal = [k for k, _ in plan.failed if not spec.step(k).optional]
     if fatal:
         error = f"step {fatal[0]!r} failed: {dict(plan.failed)[fatal[0]]}"

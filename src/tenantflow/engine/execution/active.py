@@ -112,6 +112,9 @@ class ActiveRun:
             budget_run=record.meta.get("budget_run"),
             meta=dict(record.meta),
         )
+        deferred = record.meta.get("deferrals")  # a retried run's steps: fresh retry budgets
+        if isinstance(deferred, dict):
+            run.deferrals = {str(k): int(v) for k, v in deferred.items()}
         plan = record.meta.get("plan")
         if isinstance(plan, dict):
             run.replaced = {str(k): str(v) for k, v in dict(plan.get("replaced") or {}).items()}

@@ -84,7 +84,7 @@ class Gateway:
     async def call_tool(self, ctx: CallScope, name: str, args: dict[str, Any]) -> Any:
         index = ctx.next_call_index()
         recorded = await ctx.recorded_call(index)
-        tool = self.tools.get(name)
+        tool = await self.tools.resolve(ctx.tenant_id, name)
         if recorded is not None:
             return contract_for(tool.output_type).load(
                 recorded, step=ctx.step, direction=f"tool {name}"
@@ -245,6 +245,7 @@ class Gateway:
             await self._degrade(ctx, exc, remaining, index, messages)
             raise
         provider = self.models.providers[endpoint.name]
+        offered = [await self.tools.resolve(ctx.tenant_id, name) for name in tools]
         request = ModelRequest(
             model=endpoint.model,
             messages=tuple(messages),
@@ -253,7 +254,7 @@ class Gateway:
             tools=(
                 *(  # a tool only its allow-listed tenants may call is not listed to others
                     tool.schema()
-                    for tool in map(self.tools.get, tools)
+                    for tool in offered
                     if not tool.explicit or tool.allowed_for(policy)
                 ),
                 *(dict(t) for t in extra_tools),

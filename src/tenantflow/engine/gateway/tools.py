@@ -61,6 +61,20 @@ class Tools:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.tenant_resolver: Callable[[str, str], Awaitable[Tool | None]] | None = None
+        """Finds a tool of one tenant's own (``(tenant, name) -> Tool | None``), e.g. of an MCP
+        server registered for that tenant alone; consulted before the engine's tools."""
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when the engine closes (e.g. an MCP server's pool of sessions)."""
+        self._closers.append(closer)
+
+    async def close(self) -> None:
+        """Run the closers registered with :meth:`on_close`, most recent first (they stay
+        registered: an engine started again closes them again)."""
+        for closer in reversed(self._closers):
+            await closer()
 
     @overload
     def register(self, fn: _F, /) -> _F: ...
@@ -136,6 +150,15 @@ class Tools:
         if tool.name in self._tools:
             raise ConfigurationError(f"tool {tool.name!r} is already registered")
         self._tools[tool.name] = tool
+
+    async def resolve(self, tenant: str, name: str) -> Tool:
+        """The tool ``name`` as ``tenant`` calls it: the tenant's own (:attr:`tenant_resolver`),
+        else the engine's. NotFoundError if neither has it."""
+        if self.tenant_resolver is not None:
+            own = await self.tenant_resolver(tenant, name)
+            if own is not None:
+                return own
+        return self.get(name)
 
     def get(self, name: str) -> Tool:
         tool = self._tools.get(name)

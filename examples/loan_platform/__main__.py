@@ -1,5 +1,0 @@
-"""``python -m loan_platform [options]``: the same as ``tenantflow demo [options]``."""
-
-from tenantflow.cli.demo import main
-
-main()

@@ -1,0 +1,151 @@
+"""Budgets on the fabric: a tenant's ledger in KV ``LEDGER_<r>``, moved by compare-and-set.
+
+A ledger entry (key ``<tenant>.<budget>``) holds the limit, what was spent and the open holds,
+in micro-dollars (integers: no float drift). A step **reserves** its maximum cost before it
+spends (a hold named by the attempt, so a retried reserve is the same hold), and **settles**
+the actual cost afterwards (at most what it reserved; the rest goes back). Every change is a
+KV ``update`` with the revision read: of two agents changing one ledger at once, one commits
+and the other reads again, so ``spent + held <= limit`` holds whatever the concurrency, and
+nothing is ever overspent. Contention is per ledger, i.e. per tenant.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenantflow.adapters.nats.fabric import Fabric
+from tenantflow.adapters.nats.subjects import Region
+from tenantflow.errors import ConflictError, NotFoundError
+
+__all__ = ["Ledger", "LedgerState"]
+
+MAX_TRIES = 256
+_SETTLED_KEPT = 512
+
+
+@dataclass(slots=True)
+class LedgerState:
+    limit: int
+    spent: int = 0
+    holds: dict[str, int] = field(default_factory=dict)
+    settled: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def held(self) -> int:
+        return sum(self.holds.values())
+
+    @property
+    def available(self) -> int:
+        return self.limit - self.spent - self.held
+
+    def dump(self) -> bytes:
+        return json.dumps(
+            {"limit": self.limit, "spent": self.spent, "holds": self.holds, "settled": self.settled}
+        ).encode()
+
+    @classmethod
+    def load(cls, raw: bytes) -> LedgerState:
+        body = json.loads(raw)
+        return cls(
+            int(body["limit"]),
+            int(body["spent"]),
+            {str(k): int(v) for k, v in body["holds"].items()},
+            {str(k): int(v) for k, v in body.get("settled", {}).items()},
+        )
+
+
+class Ledger:
+    """The budget ledgers of one region (see the module doc)."""
+
+    def __init__(self, fabric: Fabric, region: str) -> None:
+        self.fabric = fabric
+        self.region = Region(region)
+        self._kv: Any = None
+        self.conflicts = 0
+
+    async def _bucket(self) -> Any:
+        if self._kv is None:
+            self._kv = await self.fabric.js.key_value(self.region.ledger_bucket)
+        return self._kv
+
+    async def open(self, tenant: str, budget: str, limit_micros: int) -> None:
+        """Create the ledger with ``limit_micros`` (a no-op if it exists)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv = await self._bucket()
+        try:
+            await kv.create(Region.ledger_key(tenant, budget), LedgerState(limit_micros).dump())
+        except KeyWrongLastSequenceError:
+            return
+
+    async def state(self, tenant: str, budget: str) -> LedgerState:
+        from nats.js.errors import KeyNotFoundError
+
+        kv = await self._bucket()
+        try:
+            entry = await kv.get(Region.ledger_key(tenant, budget))
+        except KeyNotFoundError:
+            raise NotFoundError(
+                f"no budget ledger {budget!r} for tenant {tenant!r}", kind="budget", id=budget
+            ) from None
+        return LedgerState.load(entry.value)
+
+    async def _change(self, tenant: str, budget: str, change: Any) -> Any:
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv = await self._bucket()
+        key = Region.ledger_key(tenant, budget)
+        for _ in range(MAX_TRIES):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                raise NotFoundError(
+                    f"no budget ledger {budget!r} for tenant {tenant!r}", kind="budget", id=budget
+                ) from None
+            state = LedgerState.load(entry.value)
+            result, changed = change(state)
+            if not changed:
+                return result
+            try:
+                await kv.update(key, state.dump(), last=entry.revision)
+                return result
+            except KeyWrongLastSequenceError:
+                self.conflicts += 1
+        raise ConflictError(f"budget ledger {budget!r} of {tenant!r} kept changing", id=budget)
+
+    async def reserve(self, tenant: str, budget: str, hold: str, micros: int) -> bool:
+        """Hold ``micros`` for ``hold`` if the budget has them; False (nothing held) if not.
+        Idempotent: a hold already open (or settled) answers True again."""
+
+        def change(state: LedgerState) -> tuple[bool, bool]:
+            if hold in state.holds or hold in state.settled:
+                return True, False
+            if micros > state.available:
+                return False, False
+            state.holds[hold] = micros
+            return True, True
+
+        granted: bool = await self._change(tenant, budget, change)
+        return granted
+
+    async def settle(self, tenant: str, budget: str, hold: str, actual_micros: int) -> int:
+        """Close ``hold``, spending ``actual_micros`` of it (at most what it held; the rest is
+        released); what was spent. Idempotent."""
+
+        def change(state: LedgerState) -> tuple[int, bool]:
+            if hold in state.settled:
+                return state.settled[hold], False
+            held = state.holds.pop(hold, None)
+            if held is None:
+                return 0, False
+            spent = max(0, min(actual_micros, held))
+            state.spent += spent
+            state.settled[hold] = spent
+            while len(state.settled) > _SETTLED_KEPT:
+                state.settled.pop(next(iter(state.settled)))
+            return spent, True
+
+        spent: int = await self._change(tenant, budget, change)
+        return spent

@@ -1,0 +1,2 @@
+"""Examples that ship with tenantflow: :mod:`tenantflow.examples.loan_platform` (``tenantflow
+demo``, ``tenantflow serve --app tenantflow.examples.loan_platform.service:setup``)."""

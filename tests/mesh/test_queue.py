@@ -1,0 +1,83 @@
+"""The work queue's fairness: a tenant with a backlog of 150 items does not hold back a quiet
+tenant's 5 (one FIFO consumer would hand them out last; the bound leaves room for the quiet
+tenant's consumer to be created on a loaded machine); the per-tenant cap holds at the server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tenantflow.adapters.nats.queue import JetStreamQueue
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _item(tenant: str, i: int) -> dict[str, Any]:
+    return {"tenant": tenant, "run": f"r{i}", "key": "a", "region": "eu", "kind": "function"}
+
+
+async def test_a_backlog_does_not_hold_back_a_quiet_tenant(admin: Any) -> None:
+    publisher = JetStreamQueue(admin)
+    for i in range(150):
+        publisher.publish(_item("burster", i))
+    await publisher.flush()
+    for i in range(5):
+        publisher.publish(_item("quiet", i))
+    await publisher.flush()
+    queue = JetStreamQueue(admin, regions=["eu"], kinds=["function"], slots=1)
+    await queue.start()
+    order: list[str] = []
+    try:
+        while "quiet" not in order or order.count("quiet") < 5:
+            delivery = await asyncio.wait_for(queue.next(), 10.0)
+            assert delivery is not None
+            order.append(delivery.data["tenant"])
+            await asyncio.sleep(0.01)  # the step's work
+            delivery.ack()
+            assert len(order) <= 100, order
+        # FIFO would give the quiet tenant positions 151-155.
+        last_quiet = max(i for i, t in enumerate(order) if t == "quiet")
+        assert last_quiet < 60, order
+        assert queue.stats.consumers_created == 2
+    finally:
+        await queue.close()
+        await publisher.close()
+
+
+async def test_the_per_tenant_cap_is_held_by_the_server(admin: Any) -> None:
+    publisher = JetStreamQueue(admin)
+    for i in range(10):
+        publisher.publish(_item("capped", i))
+    await publisher.flush()
+    # Two processes' queues (two agents), each with 8 slots; the tenant's cap is 3.
+    queues = [
+        JetStreamQueue(admin, regions=["eu"], kinds=["function"], slots=8, cap=lambda t: 3,
+                       prefetch=8, poll_s=0.5)
+        for _ in range(2)
+    ]  # fmt: skip
+    held: list[Any] = []
+    try:
+        for q in queues:
+            await q.start()
+
+        async def take(q: JetStreamQueue) -> None:
+            while True:
+                delivery = await q.next()
+                if delivery is None:
+                    return
+                held.append(delivery)
+
+        tasks = [asyncio.create_task(take(q)) for q in queues]
+        await asyncio.sleep(3.0)  # long enough for many pulls: none may pass the cap
+        assert len(held) == 3
+        info = await admin.js.consumer_info("WORK_eu", "w_capped_function")
+        assert info.num_ack_pending == 3 and info.config.max_ack_pending == 3
+        for t in tasks:
+            t.cancel()
+    finally:
+        for d in held:
+            d.ack()
+        for q in queues:
+            await q.close()
