@@ -2,8 +2,9 @@
 
 Three agent processes run 45 runs of the workload's DAG (submitted before the agents start).
 Once work is flowing, one agent is killed (SIGKILL), then the NATS server is killed and
-restarted on the same store, then a fresh agent joins. Every run must complete with the right outputs; every step must have exactly one
-completion record (KV, create-if-absent) and exactly one ``step.succeeded`` fact on the log.
+restarted on the same store, then a fresh agent joins. Every run must complete with the right
+outputs; every step must have exactly one completion record (KV, create-if-absent) and exactly
+one ``step.succeeded`` fact on the log.
 Execution itself is at-least-once (a killed attempt runs again), which the test reports but
 does not forbid."""
 
