@@ -56,6 +56,17 @@ from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.memory import Memory
 from tenantflow.engine.operator import COUNT_CAP, Overview
 from tenantflow.engine.operator import overview as operator_overview
+from tenantflow.engine.plane import (
+    BreakerView,
+    MemberHealth,
+    PlacementInfo,
+    PlaneLoad,
+    PlaneReads,
+    RunCost,
+    TenantLatency,
+    TenantLoad,
+    VersionInfo,
+)
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
@@ -256,6 +267,22 @@ class Engine(HistoryReads):
             self.membership = Membership(
                 self.clustering, self.coordinator, lease_s=config.lease.total_seconds()
             )
+        self.plane = PlaneReads(
+            clock=self.clock,
+            dispatcher=self.dispatcher,
+            admission=self.admission,
+            breakers=breakers,
+            router=self.router,
+            policy_of=self.tenants.cached,
+            controls=config.controls,
+            mode=config.cluster or "embedded",
+            process=self.owner,
+            executes=config.execute,
+            membership=lambda: self.membership,
+            coordinator=self.coordinator,
+            lease_s=config.lease.total_seconds(),
+        )
+        self.observers.append(self.plane.latencies)
 
     def _coordinator(self, config: EngineConfig) -> Coordinator | None:
         """A cluster's coordination, from the store (a shared PostgreSQL database)."""
@@ -606,6 +633,45 @@ class Engine(HistoryReads):
     def drives(self, tenant: str) -> bool:
         """Whether this process drives ``tenant``'s runs (always, unless in a cluster)."""
         return self.ownership.drives(tenant)
+
+    # -- what a dashboard reads (see tenantflow.engine.plane) ---------------------------------
+
+    def now(self) -> float:
+        """The engine's clock now (seconds since the epoch)."""
+        return self.clock.now()
+
+    def load(self) -> PlaneLoad:
+        """Who holds the slots now: Jain's index and each busy tenant's load."""
+        return self.plane.load()
+
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        """One tenant's running and queued steps and runs in this process."""
+        return self.plane.tenant_load(check_tenant(tenant))
+
+    def placement(self) -> PlacementInfo:
+        """How this engine is placed (embedded, front, worker) and the stores it reads."""
+        return self.plane.placement()
+
+    async def health(self) -> list[MemberHealth]:
+        """This process and, in a cluster, the live workers."""
+        return await self.plane.health()
+
+    def breakers(self) -> list[BreakerView]:
+        """Every dependency's circuit breaker."""
+        return self.plane.breakers()
+
+    def latency(self, tenants: list[str] | None = None) -> list[TenantLatency]:
+        """Per tenant, run latency p99 now against its no-burst baseline."""
+        return self.plane.latency(tenants)
+
+    async def run_costs(self, tenant: str, run_ids: list[str]) -> dict[str, RunCost]:
+        """What each of the tenant's runs spent (its run ledgers)."""
+        return await self.plane.run_costs(check_tenant(tenant), run_ids)
+
+    async def version_list(self, tenant: str, run_id: str) -> list[VersionInfo]:
+        """The run's state versions without their states (NotFoundError: no such run)."""
+        record = await self.get_run(tenant, run_id)
+        return await self.plane.version_list(tenant, run_id, record.state_version)
 
     # -- workers sharing a database (see tenantflow.engine.cluster) -------------------------
 
