@@ -212,7 +212,11 @@ class MeshDriver(BrokerDriver):
         finally:
             _SUBMITTING.reset(token)
         await self.queue.flush()
-        await self._ship(tenant, run_id)
+        try:
+            await self._ship(tenant, run_id)
+        except Exception as exc:  # recorded and published: the log follows, not the caller
+            log.warning("shipping the log of %s failed: %s; again", run_id, exc)
+            self._spawn(self._ship_soon(tenant, run_id))
         return run_id
 
     async def _served(self, region: str) -> None:
