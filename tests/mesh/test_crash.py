@@ -1,9 +1,10 @@
 """SIGKILL agents and the NATS server under load: no run is lost, no step completes twice.
 
-Three agent processes run 60 runs of the workload's DAG. Once work is flowing, one agent is
-killed (SIGKILL), then the NATS server is killed and restarted on the same store, then a fresh
-agent joins. Every run must complete with the right outputs; every step must have exactly one
-completion record (KV, create-if-absent) and exactly one ``step.succeeded`` fact on the log.
+Three agent processes run 45 runs of the workload's DAG (submitted before the agents start).
+Once work is flowing, one agent is killed (SIGKILL), then the NATS server is killed and
+restarted on the same store, then a fresh agent joins. Every run must complete with the right
+outputs; every step must have exactly one completion record (KV, create-if-absent) and exactly
+one ``step.succeeded`` fact on the log.
 Execution itself is at-least-once (a killed attempt runs again), which the test reports but
 does not forbid."""
 
@@ -49,11 +50,16 @@ async def test_kill_agents_and_server_under_load(
     await create_tenants(postgres_url)
     exec_log = tmp_path / "exec.log"
     driver, store = await submitter(postgres_url, admin, "eu")
-    procs = agents(3, mesh_server, postgres_url, tmp_path, exec_log=exec_log, step_ms="20,60")
+    procs: list[Any] = []
     try:
         runs = []
         for i in range(RUNS):
             runs.append((tenant_of(i), await driver.submit(tenant_of(i), WORKFLOW, {"i": i})))
+        # The agents start once every run is on the stream: the kills below happen with most of
+        # the work still to do, however slowly the submissions went (agents running during a
+        # slow submission could finish nearly everything before the first kill, and the wait
+        # for 40 more executions after it could then never be met).
+        procs += agents(3, mesh_server, postgres_url, tmp_path, exec_log=exec_log, step_ms="20,60")
         await _until(lambda: len(read_executions(exec_log)) > 40)
         procs[0].kill()
         n = len(read_executions(exec_log))

@@ -127,13 +127,16 @@ async def _crash(ctx: Context, row: Row, directory: Path, server: Any, url: str)
         ).start()
 
     driver, store = await open_submitter(url, fabric, "eu", [build(None).spec])
-    procs = [agent(i) for i in range(3)]
+    procs: list[AgentProcess] = []
     try:
         runs = [
             (tenant_of(i), await driver.submit(tenant_of(i), WORKFLOW, {"i": i}))
             for i in range(runs_n)
         ]
         row.runs = runs_n
+        # The agents start once every run is on the stream, so that the kills below land with
+        # most of the work still to do however slowly the submissions went.
+        procs += [agent(i) for i in range(3)]
 
         async def until(n: int) -> None:
             deadline = time.monotonic() + 60

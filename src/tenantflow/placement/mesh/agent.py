@@ -137,6 +137,7 @@ def agent_stats(driver: MeshDriver) -> dict[str, Any]:
         "hop_p50_s": pct(0.50),
         "hop_p99_s": pct(0.99),
         "completions_reused": driver.guard.reused,
+        "claims_released": driver.released,
         "completions_lost_race": driver.guard.lost,
         "republished": driver.republished,
         "log_versions_shipped": driver.shipped,
