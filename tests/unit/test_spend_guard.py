@@ -12,6 +12,7 @@ import pytest
 import tenantflow as tf
 from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.domain.routing import Endpoint
+from tenantflow.errors import BudgetExceededError
 from tenantflow.testing import FakeClock, MemoryStore
 
 
@@ -131,3 +132,38 @@ async def test_a_model_call_gives_back_what_it_did_not_cost(
     [(reserved, actual)] = guard.settled
     assert actual == 10  # 10 tokens at 1000 micros per 1k
     assert reserved > actual and guard.spent == actual
+
+
+class _Scope:
+    """The few parts of a call scope ``Gateway._reserve`` uses (the store accepts the hold)."""
+
+    tenant_id = "acme"
+    budget_scope = "run:r1"
+
+    def __init__(self) -> None:
+        self.policy = tf.Policy.for_tier("enterprise")
+        self.written: list[object] = []
+        self.released: list[str] = []
+
+    def now_s(self) -> float:
+        return 0.0
+
+    async def write(self, record: object) -> None:
+        self.written.append(record)
+
+    async def release_holds(self, key: str) -> None:
+        self.released.append(key)
+
+
+async def test_a_refusal_is_a_platform_budget_error_and_releases_the_hold(
+    engine: tf.Engine,
+) -> None:
+    scope = _Scope()
+    engine.gateway.spend_guard = Guard(allowance=5)
+    with pytest.raises(BudgetExceededError) as caught:
+        await engine.gateway._reserve(scope, "k1", 10, 0)  # type: ignore[arg-type]
+    assert caught.value.fields["scope"] == "platform"
+    assert caught.value.fields["needed"] == 10
+    assert len(scope.written) == 1 and scope.released == ["k1"]  # the tenant's hold undone
+    assert await engine.gateway._reserve(scope, "k2", 5, 0) is None  # type: ignore[arg-type,func-returns-value]
+    assert scope.released == ["k1"]
