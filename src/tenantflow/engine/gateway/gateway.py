@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
@@ -50,7 +50,7 @@ from tenantflow.ports import ModelProvider
 if TYPE_CHECKING:
     from tenantflow.ports import CallScope
 
-__all__ = ["PLATFORM", "Gateway"]
+__all__ = ["PLATFORM", "Gateway", "SpendGuard"]
 
 PLATFORM = "*"
 """The rate-limit bucket of limits shared by all tenants (never a tenant id: ids refuse ``*``)."""
@@ -58,6 +58,19 @@ PLATFORM = "*"
 
 def _estimate_tokens(messages: Iterable[dict[str, Any]]) -> int:
     return max(1, math.ceil(sum(len(str(m.get("content") or "")) for m in messages) / 4))
+
+
+class SpendGuard(Protocol):
+    """A cap on money above the tenants' budgets (a federated cell's wallet of a cross-tenant
+    money cap): asked before every priced call, after the call's own budget reservation."""
+
+    def reserve(self, micros: int) -> bool:
+        """Take ``micros`` (the call's worst case) if there is room; False: nothing taken."""
+        ...
+
+    def settle(self, reserved: int, actual: int) -> None:
+        """The call cost ``actual`` of the ``reserved`` (0: it failed before costing)."""
+        ...
 
 
 class Gateway:
@@ -78,6 +91,9 @@ class Gateway:
         platform), in a bucket of their own (:data:`PLATFORM`)."""
         self.tenant_limits = tenant_limits
         """False: the tenants' own limits are not applied (tenant controls off)."""
+        self.spend_guard: SpendGuard | None = None
+        """Asked after a priced call's budget reservation; a refusal is a ``platform``
+        BudgetExceededError (the policy's degradation ladder). Set by a federated cell."""
 
     # -- tools --------------------------------------------------------------------------------
 
@@ -126,6 +142,7 @@ class Gateway:
         except BaseException:
             if tool.cost_micros:
                 await ctx.release_holds(key)
+                self._settle_guard(tool.cost_micros, 0)
             raise
         value, out_json = contract_for(tool.output_type).check(
             raw, step=ctx.step, direction=f"result of tool {name!r}"
@@ -147,6 +164,7 @@ class Gateway:
             )
         usage = [UsageDelta("tool_calls", 1, name)]
         if tool.cost_micros:
+            self._settle_guard(tool.cost_micros, tool.cost_micros)
             usage.append(UsageDelta("cost_micros", tool.cost_micros, f"tool:{name}"))
             await ctx.write(
                 Settle(
@@ -314,6 +332,7 @@ class Gateway:
             raise
         breaker.record_success(ctx.now_s())
         cost = endpoint.cost_micros(response.tokens_in, response.tokens_out)
+        self._settle_guard(selection.estimate_micros, cost)
         await ctx.write(
             Settle(
                 ctx.tenant_id,
@@ -383,6 +402,16 @@ class Gateway:
         result = await ctx.write(
             Reserve(ctx.tenant_id, key, self._lines(ctx, micros, tokens), ctx.now_s())
         )
+        guard = self.spend_guard
+        if not isinstance(result, Refusal) and guard is not None and not guard.reserve(micros):
+            await ctx.release_holds(key)
+            raise BudgetExceededError(
+                f"the platform's money cap cannot cover this call: needs {micros} micros",
+                scope="platform",
+                unit="micros",
+                needed=micros,
+                available=0,
+            )
         if isinstance(result, Refusal):
             raise BudgetExceededError(
                 f"the {result.scope} budget cannot cover this call: needs {result.needed}"
@@ -392,6 +421,12 @@ class Gateway:
                 needed=result.needed,
                 available=result.available,
             )
+
+    def _settle_guard(self, reserved: int, actual: int) -> None:
+        """Tell the spend guard what a call it let through cost (a model call that failed
+        after its reservation stays counted at its worst case: never under)."""
+        if self.spend_guard is not None and reserved:
+            self.spend_guard.settle(reserved, actual)
 
     async def _rate(self, ctx: CallScope, resource: str) -> RateLimit | None:
         """Take a cell of the tenant's bucket, then of the platform's, or raise RateLimitedError.

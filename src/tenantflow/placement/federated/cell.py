@@ -22,8 +22,11 @@ cell's admin key:
 
 Every ``heartbeat_s`` the cell posts that status to the plane (queue depth, running steps,
 unfinished runs, the policy version of each tenant, its leases) and applies the leases the
-plane answers with (see :mod:`.quota`). The plane is not in the data path: when it does not
-answer, the cell goes on — its policies are in its store and its local files, its leases decay.
+plane answers with (see :mod:`.quota`), and the wallets of the money caps: it reports each
+(spent, allowance in force, lease seq) and takes the allowances answered (see
+:mod:`.wallets`). The plane is not in the data path: when it does not answer, the cell goes on
+— its policies are in its store and its local files, its leases decay, its wallets keep the
+allowance they hold (never more).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from tenantflow.errors import (
     TenantflowError,
 )
 from tenantflow.placement.federated.quota import Lease, decayed
+from tenantflow.placement.federated.wallets import Wallets
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -183,6 +187,7 @@ class Cell:
     moved: dict[str, str] = field(default_factory=dict)  # key id -> new base URL
     released: dict[str, dict[str, Any]] = field(default_factory=dict)  # tenants being moved away
     leases: dict[str, Lease] = field(default_factory=dict)
+    wallets: Wallets | None = None  # the money caps' wallets (loaded by :meth:`load`)
     plane_ok: bool = False
     last_beat: float = 0.0
     started_at: float = field(default_factory=time.time)
@@ -205,6 +210,8 @@ class Cell:
         self.leases = {
             r: Lease.from_dict(d) for r, d in _read_json(self._dir / "leases.json", {}).items()
         }
+        self.wallets = Wallets(self._dir / "wallets.json")
+        self.engine.gateway.spend_guard = self.wallets
 
     def _save_policies(self, documents: dict[str, Any]) -> None:
         _write_json(self._dir / "policies.json", documents)
@@ -268,6 +275,8 @@ class Cell:
                 for r, x in self.leases.items()
             },
             "plane_reachable": self.plane_ok,
+            "wallets": self.wallets.reports() if self.wallets is not None else {},
+            "money_refused": self.wallets.refused if self.wallets is not None else 0,
         }
 
     # -- heartbeat ----------------------------------------------------------------------------
@@ -287,7 +296,10 @@ class Cell:
             self.plane_ok = answer.is_success
             if answer.is_success:
                 self.last_beat = time.time()
-                self.take_leases(answer.json().get("leases", []))
+                body = answer.json()
+                self.take_leases(body.get("leases", []))
+                if self.wallets is not None:
+                    self.wallets.take(body.get("money_leases", []))
         self.apply_leases()  # expired leases decay even while the plane is away
 
     async def beat_forever(self) -> None:

@@ -123,6 +123,7 @@ class _Holder:
     in_force_seq: int = 0
     spent: int = 0
     pending: dict[int, int] = field(default_factory=dict)  # seq -> allowance, not yet reported
+    retired_in: str | None = None  # the period in which the cell was stopped for good
 
     @property
     def held(self) -> int:
@@ -156,6 +157,9 @@ class MoneyAllocator:
         of it. Until a cell reports the new period, the allowance it reports in force still
         counts against the cap (it may go on spending it): conservative, never over."""
         self.period = period
+        for holders in self.holders.values():
+            for cell in [c for c, h in holders.items() if h.retired_in not in (None, period)]:
+                del holders[cell]
 
     def held_total(self, cap: str) -> int:
         return sum(h.held for h in self.holders.get(cap, {}).values())
@@ -165,6 +169,23 @@ class MoneyAllocator:
         self.demand.pop(cell, None)
         for holders in self.holders.values():
             holders.pop(cell, None)
+
+    def retire(self, cell: str) -> None:
+        """The cell is stopped for good: what it spent stays counted until the period ends
+        (spent money is gone), the rest of its allowance is free."""
+        self.demand.pop(cell, None)
+        for holders in self.holders.values():
+            holder = holders.get(cell)
+            if holder is not None:
+                holder.in_force, holder.pending = holder.spent, {}
+                holder.retired_in = self.period
+
+    def restore(self, cap: str, cell: str, held: int, seq: int) -> None:
+        """After a restart of the plane: ``cell`` may hold up to ``held`` of ``cap`` by a lease
+        of ``seq`` (granted before the restart, its answer perhaps still to be taken)."""
+        holder = self.holders.setdefault(cap, {}).setdefault(cell, _Holder())
+        holder.pending[seq] = max(holder.pending.get(seq, 0), held)
+        self.seq = max(self.seq, seq)
 
     def grant(
         self, cell: str, backlog: int, reports: Mapping[str, Mapping[str, object]]

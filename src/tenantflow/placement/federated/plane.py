@@ -43,11 +43,12 @@ from tenantflow.errors import (
     TenantflowError,
 )
 from tenantflow.placement.federated.cell import policy_for
+from tenantflow.placement.federated.money import MoneyAllocator, MoneyCap
 from tenantflow.placement.federated.quota import Allocator, GlobalLimit
 from tenantflow.placement.federated.registry import CellRow, Registry, TenantRow
 from tenantflow.placement.federated.supervisor import Supervisor
 
-__all__ = ["PLANE_TENANT", "Plane", "PlaneOptions", "free_port"]
+__all__ = ["PLANE_TENANT", "Plane", "PlaneOptions", "free_port", "money_period"]
 
 log = logging.getLogger("tenantflow.plane")
 
@@ -55,6 +56,11 @@ PLANE_TENANT = "plane"
 """The tenant the plane's own provisioning runs belong to (in the plane's engine)."""
 
 _STEP_RETRY = tf.Retry(max_attempts=5, initial=0.2, max_interval=2.0)
+
+
+def money_period(now: float) -> str:
+    """The period of the money caps at ``now``: the UTC day."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -130,6 +136,11 @@ class Plane:
             self.allocator.set_limit(resource, GlobalLimit(rate, burst))
         for (cell, resource), lease in self.registry.leases.items():
             self.allocator.held.setdefault(resource, {})[cell] = lease
+        self.money = MoneyAllocator(period=money_period(time.time()))
+        for name, cap_micros in self.registry.money_caps.items():
+            self.money.set_cap(MoneyCap(name, cap_micros))
+        for (cap, cell), (held, seq) in self.registry.money_held.items():
+            self.money.restore(cap, cell, held, seq)
         self.heartbeats: dict[str, dict[str, Any]] = {}  # cell -> last status (memory only)
         self.heartbeat_at: dict[str, float] = {}
         self.engine = tf.Engine.open(f"sqlite:///{options.state_dir / 'plane-runs.db'}")
@@ -391,6 +402,7 @@ class Plane:
                 proof["files_left"] = self.supervisor.purge(cell)
                 proof["cell_stopped"] = True
                 self.allocator.forget(cell.id)
+                self.money.retire(cell.id)
                 self.registry.drop_cell(cell.id)
                 self.heartbeats.pop(cell.id, None)
             else:
@@ -765,7 +777,62 @@ class Plane:
         leases = self.allocator.grant(cell.id, int(status.get("backlog", 0)), now)
         for resource, lease in leases.items():
             self.registry.put_lease(cell.id, resource, (lease.rate_per_s, lease.burst))
-        return {"leases": [lease.to_dict() for lease in leases.values()]}
+        period = money_period(now)
+        if period != self.money.period:
+            self.money.new_period(period)
+        wallets = status.get("wallets")
+        money = self.money.grant(
+            cell.id,
+            int(status.get("backlog", 0)),
+            wallets if isinstance(wallets, Mapping) else {},
+        )
+        for name, grant in money.items():  # durable before it is answered
+            held = self.money.holders[name][cell.id].held
+            self.registry.put_money_held(name, cell.id, held, grant.seq)
+        return {
+            "leases": [lease.to_dict() for lease in leases.values()],
+            "money_leases": [grant.to_dict() for grant in money.values()],
+        }
+
+    def set_money_cap(self, name: str, cap_micros: int | None) -> dict[str, Any]:
+        """Set (or with None remove) the money cap ``name``: micros a period (a UTC day)
+        across every tenant of every cell."""
+        if cap_micros is None:
+            if name not in self.registry.money_caps:
+                raise NotFoundError(f"no money cap {name!r}", cap=name)
+            self.registry.put_money_cap(name, None)
+            self.money.set_cap(None, name)
+            return {"name": name, "removed": True}
+        cap = MoneyCap(name, cap_micros)
+        self.registry.put_money_cap(name, cap_micros)
+        self.money.set_cap(cap)
+        return self.money_cap_status(name)
+
+    def money_cap_status(self, name: str) -> dict[str, Any]:
+        if name not in self.registry.money_caps:
+            raise NotFoundError(f"no money cap {name!r}", cap=name)
+        cells: dict[str, Any] = {}
+        for cell, holder in sorted(self.money.holders.get(name, {}).items()):
+            report = self.heartbeats.get(cell, {}).get("wallets", {}).get(name, {})
+            cells[cell] = {
+                "held_micros": holder.held,
+                "allowance_in_force_micros": holder.in_force,
+                "spent_micros": holder.spent,
+                "lease_seq": holder.in_force_seq,
+                "period_reported": report.get("period"),
+                "retired": holder.retired_in is not None,
+            }
+        return {
+            "name": name,
+            "cap_micros": self.registry.money_caps[name],
+            "period": self.money.period,
+            "held_micros": self.money.held_total(name),
+            "spent_micros": sum(c["spent_micros"] for c in cells.values()),
+            "cells": cells,
+        }
+
+    def money_caps_status(self) -> list[dict[str, Any]]:
+        return [self.money_cap_status(n) for n in sorted(self.registry.money_caps)]
 
     def set_quota(self, resource: str, rate: str | None, burst: int | None) -> dict[str, Any]:
         if rate is None:

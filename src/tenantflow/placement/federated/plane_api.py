@@ -6,7 +6,8 @@
   the plane keeps only their ids, to route);
 * every other ``/v1/...`` path and ``/mcp``: ``307`` to the cell of the key's tenant;
 * ``/plane/v1/...`` (admin key): cells and their health, policy versions and lag, global
-  quotas and leases, ``route`` (where a key's tenant lives); ``/plane/v1/heartbeat`` is for
+  quotas and leases, money caps (``/plane/v1/money-caps/{name}``: PUT, GET, DELETE),
+  ``route`` (where a key's tenant lives); ``/plane/v1/heartbeat`` is for
   cells (their own key).
 """
 
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
@@ -25,8 +26,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tenantflow import __version__
 from tenantflow.api.errors import error_response, install_error_handlers
 from tenantflow.api.schemas import KeyIn, TenantCreate, TenantPatch
+from tenantflow.domain.units import usd_to_micros
 from tenantflow.errors import (
     AuthenticationError,
+    ConfigurationError,
     NotFoundError,
     PermissionDeniedError,
     StoreUnavailableError,
@@ -131,6 +134,24 @@ class RouteByKey:
 class QuotaIn(BaseModel):
     rate: str = Field(description="A global rate: '600/minute', '10/second'.")
     burst: int | None = Field(default=None, ge=1)
+
+
+class MoneyCapIn(BaseModel):
+    cap_usd: float | None = Field(default=None, ge=0, le=1e12)
+    cap_micros: int | None = Field(default=None, ge=0, le=10**18)
+
+    def micros(self) -> int:
+        if (self.cap_usd is None) == (self.cap_micros is None):
+            raise ConfigurationError(
+                "a money cap is {'cap_usd': <dollars>} or {'cap_micros': <millionths>}",
+                field="cap_usd",
+            )
+        if self.cap_micros is not None:
+            return self.cap_micros
+        return usd_to_micros(self.cap_usd or 0.0)
+
+
+_CAP_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
 class MoveBody(BaseModel):
@@ -303,6 +324,34 @@ def _router() -> APIRouter:
     @router.delete("/plane/v1/quotas/{resource}")
     async def delete_quota(resource: str, plane: PlaneDep, actor: Admin) -> Any:
         return plane.set_quota(resource, None, None)
+
+    @router.get("/plane/v1/money-caps")
+    async def money_caps(plane: PlaneDep, actor: Admin) -> Any:
+        """Every money cap: the cap, the allowances held and the money spent, per cell."""
+        return {"items": plane.money_caps_status()}
+
+    @router.get("/plane/v1/money-caps/{name}")
+    async def get_money_cap(
+        name: Annotated[str, Path(pattern=_CAP_NAME)], plane: PlaneDep, actor: Admin
+    ) -> Any:
+        return plane.money_cap_status(name)
+
+    @router.put("/plane/v1/money-caps/{name}")
+    async def put_money_cap(
+        name: Annotated[str, Path(pattern=_CAP_NAME)],
+        body: MoneyCapIn,
+        plane: PlaneDep,
+        actor: Admin,
+    ) -> Any:
+        """Set a cross-tenant money cap (a UTC day's spending across every cell): leased to
+        the cells as allowances on their heartbeats."""
+        return plane.set_money_cap(name, body.micros())
+
+    @router.delete("/plane/v1/money-caps/{name}")
+    async def delete_money_cap(
+        name: Annotated[str, Path(pattern=_CAP_NAME)], plane: PlaneDep, actor: Admin
+    ) -> Any:
+        return plane.set_money_cap(name, None)
 
     @router.get("/plane/v1/route")
     async def route(plane: PlaneDep, credentials: Credentials) -> Any:

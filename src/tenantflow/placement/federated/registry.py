@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS policies (
 );
 CREATE TABLE IF NOT EXISTS quotas (resource TEXT PRIMARY KEY, rate_per_s REAL NOT NULL,
   burst INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS money_caps (name TEXT PRIMARY KEY, cap_micros INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS money_held (cap TEXT NOT NULL, cell TEXT NOT NULL,
+  held INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (cap, cell));
 CREATE TABLE IF NOT EXISTS leases (cell TEXT NOT NULL, resource TEXT NOT NULL,
   rate_per_s REAL NOT NULL, burst INTEGER NOT NULL, PRIMARY KEY (cell, resource));
 """
@@ -98,6 +101,9 @@ class Registry:
     policies: dict[str, list[PolicyRow]] = field(default_factory=dict)
     quotas: dict[str, tuple[float, int]] = field(default_factory=dict)
     leases: dict[tuple[str, str], tuple[float, int]] = field(default_factory=dict)
+    money_caps: dict[str, int] = field(default_factory=dict)  # name -> cap (micros a period)
+    money_held: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    """(cap, cell) -> (the most the cell may hold, the seq of the lease granting it)."""
 
     def __post_init__(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +142,11 @@ class Registry:
         self.quotas = {r: (rate, burst) for r, rate, burst in db.execute("SELECT * FROM quotas")}
         self.leases = {
             (c, r): (rate, burst) for c, r, rate, burst in db.execute("SELECT * FROM leases")
+        }
+        self.money_caps = dict(db.execute("SELECT name, cap_micros FROM money_caps").fetchall())
+        self.money_held = {
+            (cap, cell): (held, seq)
+            for cap, cell, held, seq in db.execute("SELECT * FROM money_held")
         }
 
     def _exec(self, sql: str, *args: Any) -> None:
@@ -248,3 +259,22 @@ class Registry:
             return
         self._exec("INSERT OR REPLACE INTO leases VALUES (?,?,?,?)", cell, resource, *lease)
         self.leases[(cell, resource)] = lease
+
+    # -- money caps ---------------------------------------------------------------------------
+
+    def put_money_cap(self, name: str, cap_micros: int | None) -> None:
+        if cap_micros is None:
+            self._exec("DELETE FROM money_caps WHERE name = ?", name)
+            self._exec("DELETE FROM money_held WHERE cap = ?", name)
+            self.money_caps.pop(name, None)
+            self.money_held = {k: v for k, v in self.money_held.items() if k[0] != name}
+        else:
+            self._exec("INSERT OR REPLACE INTO money_caps VALUES (?,?)", name, cap_micros)
+            self.money_caps[name] = cap_micros
+
+    def put_money_held(self, cap: str, cell: str, held: int, seq: int) -> None:
+        """Written before the grant is answered: a restarted plane counts it."""
+        if self.money_held.get((cap, cell)) == (held, seq):
+            return
+        self._exec("INSERT OR REPLACE INTO money_held VALUES (?,?,?,?)", cap, cell, held, seq)
+        self.money_held[(cap, cell)] = (held, seq)
