@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ import httpx
 from tenantflow import __version__
 from tenantflow.selftest.procs import admin_key, cli_env
 from tenantflow.topology.app import ENV_SIDE_EFFECT
+from tenantflow.topology.execlog import read_exec_log
 from tenantflow.topology.runner import (
     APP,
     Component,
@@ -527,10 +529,10 @@ SIDE_EFFECT = "notify"
 
 class HybridDeployment(CentralizedDeployment):
     """The centralized placement with its side effects choreographed: a front, ``workers``
-    ``tenantflow hybrid worker`` processes (a centralized worker + the outbox relay and outcome
-    recorder), one ``tenantflow hybrid agent`` and a NATS JetStream server (2.10+, started here
-    on its own port and store). The workflow gains a last ``side_effect=True`` step,
-    ``notify``, which the runs no longer wait for."""
+    hybrid workers (``tenantflow hybrid worker`` — a centralized worker, the outbox relay and
+    the outcome recorder — with the workload's lease: :mod:`.hybrid_worker`), one ``tenantflow
+    hybrid agent`` and a NATS JetStream server (2.10+, started here on its own port and store).
+    The workflow gains a last ``side_effect=True`` step, ``notify``, which runs do not wait for."""
 
     placement = "hybrid"
 
@@ -549,8 +551,9 @@ class HybridDeployment(CentralizedDeployment):
             raise
 
     def worker_command(self, workload: Workload) -> list[str]:
-        command = tenantflow_command("hybrid", "worker", "--db", self.db, "--app", APP)
-        return [*command, "--nats", self.nats.url, "--slots", str(workload.slots)]
+        command = [sys.executable, "-m", "tenantflow.topology.hybrid_worker", "--db", self.db]
+        command += ["--app", APP, "--nats", self.nats.url, "--slots", str(workload.slots)]
+        return [*command, "--lease", str(workload.settings.lease)]
 
     def started(self, workload: Workload) -> None:
         self.procs.spawn(
@@ -658,6 +661,229 @@ def _nats_unavailable() -> str | None:
     return None
 
 
+# -- mesh --------------------------------------------------------------------------------------
+
+
+class MeshDeployment:
+    """A NATS JetStream server, ``agents`` ``tenantflow agent`` processes per region and the REST
+    API (``python -m tenantflow.topology.mesh_api``) on a private schema of one PostgreSQL
+    server: no process schedules the work; agents pull their region's work items."""
+
+    placement = "mesh"
+
+    def __init__(
+        self, workload: Workload, workdir: Path, env: Mapping[str, str], server_url: str
+    ) -> None:
+        import asyncio
+
+        from tenantflow.placement.mesh.up import MeshUp
+
+        self.workdir = workdir
+        self.server_url = server_url
+        self.schema = f"tf_topology_{uuid.uuid4().hex[:10]}"
+        with _connect(self.server_url) as conn:
+            conn.execute(f"CREATE SCHEMA {self.schema}")
+            self.pg_version = str(conn.execute("SHOW server_version").fetchone()[0])
+            self.fsync = str(conn.execute("SHOW fsync").fetchone()[0])
+            self.sync_commit = str(conn.execute("SHOW synchronous_commit").fetchone()[0])
+        sep = "&" if "?" in self.server_url else "?"
+        self.db = f"{self.server_url}{sep}schema={self.schema}"
+        regions = list(dict.fromkeys(e.region for e in workload.endpoints if e.region))
+        self.regions = regions or ["global"]
+        self.default_region = self.regions[0]
+        self.procs = ProcessSet(workdir, cli_env(**env), Path(env["TF_TOPOLOGY_EXEC_LOG"]))
+        lease = workload.settings.lease
+        self.mesh = MeshUp(
+            self.db,
+            [APP],
+            workdir / "mesh",
+            regions=self.regions,
+            default_region=self.default_region,
+            agents=workload.settings.agents,
+            slots=workload.slots,
+            lease_s=lease,
+            ack_wait_s=max(2.0 * lease, 3.0),
+            nats_port=free_port(),
+            env=self.procs.env,
+        )
+        try:
+            self.admin_key = admin_key(self.procs.env, self.db)
+            asyncio.run(self.mesh.start())
+            assert self.mesh.server is not None
+            port = free_port()
+            self.base_url = f"http://127.0.0.1:{port}"
+            command = [sys.executable, "-m", "tenantflow.topology.mesh_api", "--db", self.db]
+            command += ["--nats", self.mesh.server.url, "--creds"]
+            command += [str(workdir / "mesh" / "creds" / "admin.json")]
+            command += ["--regions", ",".join(self.regions)]
+            command += ["--default-region", self.default_region, "--port", str(port)]
+            self.procs.start_server("api", [*command, "--app", APP], self.base_url)
+            self.mesh.start_agents()
+            self.agents = {f"agent-{i + 1}": a for i, a in enumerate(self.mesh.procs)}
+            self._region = {name: ",".join(a.regions) for name, a in self.agents.items()}
+        except BaseException:
+            self.stop()
+            raise
+
+    def components(self) -> list[Component]:
+        out = [
+            Component(
+                "api",
+                "api",
+                shared=True,
+                faults=("kill", "stop"),
+                how="the REST API (submissions, reads): SIGKILL then restart (same port);"
+                " SIGSTOP then SIGCONT",
+            )
+        ]
+        out += [
+            Component(
+                name,
+                "agent",
+                shared=False,
+                faults=("kill", "stop"),
+                how=f"an agent of region {self._region[name]}: SIGKILL then a new one (its"
+                " unacknowledged items are redelivered after the ack wait); SIGSTOP then SIGCONT",
+            )
+            for name in self.agents
+        ]
+        out.append(
+            Component(
+                "nats",
+                "broker",
+                shared=True,
+                faults=("kill", "stop"),
+                how="nats-server (JetStream, every region's streams): SIGKILL then restart on"
+                " the same port and store; SIGSTOP then SIGCONT",
+            )
+        )
+        return out
+
+    def serves(self, component: str, since: float) -> set[str] | None:
+        agent = self.agents.get(component)
+        if agent is None or agent.pid is None:
+            return None
+        lines, _ = read_exec_log(self.procs.exec_log)
+        return {x.tenant for x in lines if x.pid == agent.pid and x.kind == "S" and x.at >= since}
+
+    def inject(self, component: str, fault: str) -> float:
+        when = time.time()
+        if component == "nats":
+            assert self.mesh.server is not None
+            if fault == "kill":
+                self.mesh.server.kill()
+            else:
+                self.mesh.server.pause()
+            return when
+        agent = self.agents.get(component)
+        if agent is not None:
+            if fault == "kill":
+                agent.kill()
+            else:
+                _signal_pid(agent.pid, signal.SIGSTOP)
+            return when
+        return self.procs.kill(component) if fault == "kill" else self.procs.sigstop(component)
+
+    def recover(self, component: str, fault: str) -> None:
+        if component == "nats":
+            assert self.mesh.server is not None
+            if fault == "kill":
+                self.mesh.server.start()
+            else:
+                self.mesh.server.resume()
+            return
+        agent = self.agents.get(component)
+        if agent is not None:
+            if fault == "kill":
+                agent.start()
+            else:
+                _signal_pid(agent.pid, signal.SIGCONT)
+            return
+        if fault == "kill":
+            self.procs.start_server(component, self.procs.commands[component], self.base_url)
+        else:
+            self.procs.sigcont(component)
+
+    def processes(self) -> dict[int, str]:
+        from tenantflow.topology.procfs import children
+
+        out = self.procs.pids()
+        for agent in self.agents.values():
+            if agent.alive and agent.pid is not None:
+                out[agent.pid] = "agent"
+                for kid in children(agent.pid):
+                    out[kid] = "agent"
+        if self.mesh.server is not None and self.mesh.server.pid is not None:
+            out[self.mesh.server.pid] = "nats-server"
+        with contextlib.suppress(Exception):
+            for pid in self._schema_backends(out):
+                out[pid] = "postgres-backend"
+        return out
+
+    def _schema_backends(self, pids: Mapping[int, str]) -> list[int]:
+        ports = _local_ports(pids)
+        with _connect(self.server_url) as conn:
+            rows = conn.execute(
+                "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database()"
+            ).fetchall()
+        return [int(pid) for pid, port in rows if port is not None and int(port) in ports]
+
+    def connections(self) -> dict[str, int]:
+        try:
+            pids = {pid: r for pid, r in self.processes().items() if r != "postgres-backend"}
+            return {"database": len(self._schema_backends(pids))}
+        except Exception:
+            return {}
+
+    def enforcement_points(self) -> int:
+        return len(self.agents)
+
+    def describe(self) -> dict[str, Any]:
+        version = "?"
+        if self.mesh.server is not None:
+            with contextlib.suppress(Exception):
+                version = ".".join(str(n) for n in self.mesh.server.version)
+        return {
+            "store": f"PostgreSQL {self.pg_version} (private schema {self.schema}) + NATS"
+            f" JetStream (nats-server {version}: work, facts, completion records, policies)",
+            "durability": f"fsync={self.fsync}, synchronous_commit={self.sync_commit}; JetStream"
+            " file store, default sync_interval (not fsync per write)",
+            "processes": f"1 x nats-server + {len(self.agents)} x tenantflow agent"
+            f" ({', '.join(self.regions)}) + 1 x the mesh REST API, + their PostgreSQL backends",
+        }
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            for agent in self.mesh.procs:
+                _signal_pid(agent.pid, signal.SIGCONT)
+        with contextlib.suppress(Exception):
+            if self.mesh.server is not None:
+                self.mesh.server.resume()
+        if hasattr(self, "procs"):
+            self.procs.stop_all()
+        with contextlib.suppress(Exception):
+            self.mesh.stop()
+        with contextlib.suppress(Exception):
+            if self.mesh.server is not None:
+                self.mesh.server.close()
+        with contextlib.suppress(Exception), _connect(self.server_url) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")
+
+
+class MeshRunner(CentralizedRunner):
+    name = "mesh"
+    summary = "agents on NATS JetStream, no central scheduler"
+
+    def unavailable(self) -> str | None:
+        why = super().unavailable()
+        if why is not None:
+            return why
+        return _nats_unavailable()
+
+    def start(self, workload: Workload, workdir: Path, env: Mapping[str, str]) -> Deployment:
+        return MeshDeployment(workload, workdir, env, self.server_url)
+
+
 # -- placements still to come ------------------------------------------------------------------
 
 
@@ -682,12 +908,7 @@ def runners(pg_url: str = DEFAULT_PG) -> dict[str, PlacementRunner]:
         "embedded": EmbeddedRunner(),
         "centralized": CentralizedRunner(pg_url),
         "federated": FederatedRunner(),
-        "mesh": NotYetRunner(
-            "mesh",
-            "agents on NATS JetStream, no central scheduler",
-            "the mesh placement (NATS JetStream agents, issue 17) is not on this branch yet;"
-            " its runner goes in tenantflow/topology/placements.py (protocol: topology/runner.py)",
-        ),
+        "mesh": MeshRunner(pg_url),
         "hybrid": HybridRunner(pg_url),
     }
 
