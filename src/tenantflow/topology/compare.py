@@ -179,6 +179,7 @@ class _Run:
         self.log = log
         self.progress = progress
         self.driver = Driver(deployment.base_url, deployment.admin_key, workload, self.say)
+        self.driver.idempotency_keys = getattr(deployment, "idempotency_keys", True)
         self.fig: dict[str, Any] = {}
         self.detail: dict[str, Any] = {}
         self.lost = 0
