@@ -9,7 +9,9 @@ really executes a fan-out of ``--steps`` elements. Then, through the app in-proc
 (``httpx.ASGITransport``, signed in with the tenant's key like a browser), each page is fetched
 ``--repeat`` times and every fetch's time is printed: the runs list (first page, a filtered
 page, a deep cursor page) and the big run's page (first and last page of its steps, and the
-live part the page reloads on each event).
+live part the page reloads on each event), the filters the store cannot apply (a cost bound,
+an "until" time: each page reads at most 2,000 runs without payloads, then links on), and the
+memory page.
 
 The finished runs are written with SQL straight into the store's file (submitting 100,000 runs
 through the engine would take minutes and measure the engine, not the page).
@@ -25,6 +27,7 @@ import sqlite3
 import statistics
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -128,12 +131,16 @@ async def main(runs: int, steps: int, repeat: int) -> None:
                 r = await client.post("/ui/login", data={"csrf": token.group(1), "key": key})
                 assert r.status_code == 303, r.text
                 deep = f"run_{runs // 2:024x}"
+                day_back = datetime.fromtimestamp(now - 86_400, UTC).strftime("%Y-%m-%dT%H:%M")
                 pages = -(-(steps + 2) // 200)
                 cases = [
                     ("runs list, first page", "/ui/runs"),
                     ("runs list, status=failed", "/ui/runs?status=failed"),
                     ("runs list, workflow + 7d", "/ui/runs?workflow=seeded&window=7d"),
                     ("runs list, cursor mid-way", f"/ui/runs?cursor={deep}"),
+                    ("runs list, cost >= $0.01 (2,000 read)", "/ui/runs?min_cost=0.01"),
+                    ("runs list, until a day back (2,000 read)", f"/ui/runs?until={day_back}"),
+                    ("memory page", "/ui/memory"),
                     (f"run page ({steps + 2} steps), page 1", f"/ui/runs/{big}"),
                     (f"run page, steps page {pages}", f"/ui/runs/{big}?page={pages}"),
                     ("run page, live part", f"/ui/runs/{big}/live"),

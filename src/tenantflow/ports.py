@@ -251,6 +251,12 @@ class Coordinator(Protocol):
         """Record the worker's heartbeat; the ids of the live workers."""
         ...
 
+    async def members(self) -> list[dict[str, Any]]:
+        """Every worker with a row: ``id``, ``info``, ``started_at``, ``beat_at`` (None for a
+        worker that left and whose leases remain) and ``tenants`` (its leases: ``tenant_id``,
+        ``expires_at``)."""
+        ...
+
     async def hold(
         self, worker: str, tenants: Sequence[str], now: float, until: float
     ) -> list[str]:

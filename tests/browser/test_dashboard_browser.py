@@ -1,8 +1,10 @@
-"""The dashboard in Chromium against a real server: a tenant signs in, filters runs, follows a
-run live while its review is claimed and approved in another tab, bulk-cancels, checks the
-audit chain and signs out; an admin changes a tenant's cap and reads the fairness figures.
-Every page visited is scanned with axe-core: 0 violations. The runs list, a run's page and the
-review inbox are saved to docs/img/ for the README."""
+"""The dashboard in Chromium against a real server: a tenant signs in, filters runs (status,
+time, cost), follows a run live while its review is claimed and approved in another tab,
+bulk-cancels, bulk-retries, reads its memory, checks the audit chain and signs out; another
+tenant's browser is refused the first tenant's run and memory; an admin changes a tenant's cap,
+reads the fairness figures and the health page. Every page visited is scanned with axe-core:
+0 violations. The runs list, a run's page, the review inbox, the memory and health pages are
+saved to docs/img/ for the README and docs/dashboard.md."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from browser_harness import SCREENSHOTS, Served, serving
 
 pytestmark = pytest.mark.timeout(120)
 
+CANARY = "canary-browser-7d1e"
 BIG = {"applicant": "grace", "amount": 5000}  # waits for a human review
 SMALL = {"applicant": "alan", "amount": 10}
 
@@ -72,6 +75,18 @@ def test_tenant_follows_a_run_reviews_cancels_and_signs_out(served: Served, brow
     for run_id in done:
         expect(page.get_by_role("link", name=run_id)).to_be_visible()
     expect(page.get_by_role("link", name=waiting)).to_have_count(0)
+    accessible(page)
+    # Time and cost bounds go into the URL too: until long ago, nothing; any cost up to $1, all.
+    page.get_by_label("Until (UTC)").fill("2001-01-01T00:00")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"until=2001-01-01T00%3A00"))
+    expect(page.get_by_text("No runs match.")).to_be_visible()
+    page.get_by_label("Until (UTC)").fill("")
+    page.get_by_label("to $").fill("1")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"max_cost=1"))
+    for run_id in done:
+        expect(page.get_by_role("link", name=run_id)).to_be_visible()
     accessible(page)
 
     # Open the waiting run: its DAG shows the review step waiting, and the page is live.
@@ -164,7 +179,14 @@ def test_admin_changes_a_cap_and_reads_fairness(browser: Any, served: Served) ->
     page.get_by_role("link", name="Fairness").click()
     expect(page.locator("#jain")).to_have_text(re.compile(r"^[01]\.\d{3}$"))
     expect(page.get_by_text("Slots in use")).to_be_visible()
+    expect(page.locator("#latency")).to_be_visible()
     accessible(page)
+    page.get_by_role("link", name="Health").click()
+    expect(page.locator("#placement")).to_have_text("embedded")
+    expect(page.locator("#members")).to_contain_text("up")
+    expect(page.locator("#breakers")).to_be_visible()
+    accessible(page)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-health.png"), full_page=True)
     # The scan is not vacuous: an input without a label is a violation.
     from axe_playwright_python.sync_playwright import Axe
 
@@ -199,3 +221,68 @@ def test_the_session_expires(browser: Any, tmp_path: Path) -> None:
         sign_in(page, served, key)  # a new sign-in works again
         expect(page).to_have_url(re.compile(r"/ui/runs$"))
         context.close()
+
+
+def test_tenant_retries_reads_memory_and_another_tenant_is_refused(
+    served: Served, browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    key = served.tenant("umbrella")
+    other = served.tenant("hooli")
+    foreign = served.submit(other, "approval", BIG)
+    waiting = served.submit(key, "approval", BIG)
+    extra = [served.submit(key, "approval", BIG) for _ in range(2)]
+    with served.api(key) as c:
+        r = c.put("/v1/memory/user:grace/entries/profile", json={"value": {"tier": CANARY}})
+        assert r.status_code == 200, r.text
+        for run_id in extra:
+            assert c.post(f"/v1/runs/{run_id}/cancel").status_code == 200, run_id
+    for run_id in extra:
+        served.wait(key, f"/v1/runs/{run_id}", lambda b: b["status"] == "cancelled")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    sign_in(page, served, key)
+    expect(page).to_have_url(re.compile(r"/ui/runs$"))
+
+    # Bulk retry with confirmation: each cancelled run goes back to its review.
+    page.goto(f"{served.url}/ui/runs?status=cancelled")
+    for run_id in extra:
+        page.get_by_label(f"Select run {run_id}").check()
+    page.get_by_role("button", name="Retry selected…").click()
+    expect(page.get_by_role("button", name="Yes, retry 2 runs")).to_be_visible()
+    accessible(page)
+    page.get_by_role("button", name="Yes, retry 2 runs").click()
+    for run_id in extra:
+        expect(page.get_by_role("row", name=re.compile(run_id))).to_contain_text("retried, now")
+    for run_id in extra:
+        served.wait(key, f"/v1/runs/{run_id}", lambda b: b["status"] != "cancelled")
+    served.wait(key, "/v1/reviews", lambda b: {r["run_id"] for r in b["items"]} >= set(extra))
+    accessible(page)
+
+    # Memory: the tenant's own entries, by namespace.
+    page.get_by_role("link", name="Memory").click()
+    page.get_by_label("Namespace").fill("user:grace")
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("#entries")).to_contain_text(CANARY)
+    accessible(page)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-memory.png"), full_page=True)
+
+    # Another tenant's browser: A's run is "not found", A's memory is not there.
+    theirs = browser.new_context()
+    b_page = theirs.new_page()
+    sign_in(b_page, served, other)
+    expect(b_page).to_have_url(re.compile(r"/ui/runs$"))
+    expect(b_page.get_by_role("link", name=foreign)).to_be_visible()
+    response = b_page.goto(f"{served.url}/ui/runs/{waiting}")
+    assert response is not None and response.status == 404
+    expect(b_page.get_by_role("alert")).to_contain_text("No such run here.")
+    assert waiting not in b_page.content()
+    accessible(b_page)
+    b_page.goto(f"{served.url}/ui/memory?namespace=user:grace")
+    expect(b_page.locator("#entries")).to_contain_text("No entries.")
+    assert CANARY not in b_page.content()
+    theirs.close()
+
+    context.close()

@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -91,6 +92,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         await api.wait_run(key_a, done_a)
         review_a = (await api.wait_review(key_a, run_a))["id"]
         await api.wait_review(key_b, run_b)
+        await api.engine.memory.put(
+            "acme", "profile", {"applicant": CANARY_A}, namespace="user:ada"
+        )
+        await api.engine.memory.add_document("acme", f"dispute letter from {CANARY_A}", id="doc1")
         browsers = [await sign_in(api, k) for k in (key_a, key_b, api.admin_key)]
         anon = Browser(
             httpx.AsyncClient(transport=httpx.ASGITransport(api.app), base_url="http://api")
@@ -118,10 +123,18 @@ def tenant_pages(w: World) -> list[str]:
         "/ui/usage",
         "/ui/audit",
         "/ui/audit?verify=true",
+        "/ui/memory?namespace=user:ada",
+        "/ui/memory?q=dispute",
+        "/ui/runs?min_cost=0&until=2100-01-01T00:00&since=2000-01-01",
     ]
 
 
-ADMIN_PAGES = ["/ui/admin/tenants", "/ui/admin/tenants/acme", "/ui/admin/fairness"]
+ADMIN_PAGES = [
+    "/ui/admin/tenants",
+    "/ui/admin/tenants/acme",
+    "/ui/admin/fairness",
+    "/ui/admin/health",
+]
 
 
 async def test_tenant_a_sees_its_runs_reviews_and_canaries(world: World) -> None:
@@ -493,3 +506,431 @@ async def test_fairness_shows_who_holds_the_slots(world: World) -> None:
             assert marker not in page.text
     finally:
         release.set()
+
+
+# -- runs filters, memory, health, latency, sign-in throttling, any control plane ------------
+
+
+def _paid(engine: tf.Engine) -> None:
+    """A workflow whose run calls a $0.10 tool ``input`` times (its cost: input × $0.10)."""
+
+    @engine.tools.register(cost_usd=0.1)
+    async def bureau(query: str) -> str:
+        return f"report on {query}"
+
+    paid = tf.Workflow("paid", input=int)
+
+    @paid.step
+    async def check(ctx: tf.StepContext, input: int) -> int:
+        for i in range(input):
+            await ctx.tool("bureau", query=f"q{i}")
+        return input
+
+    engine.register(paid)
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+async def test_runs_filter_by_cost_and_time_bounds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenantflow.dashboard import runs as runs_module
+
+    engine = world.api.engine
+    _paid(engine)
+    one = (await world.api.submit(world.key_a, "paid", 1))["id"]
+    done = await world.api.wait_run(world.key_a, one, ("completed", "failed", "paused"))
+    assert done["status"] == "completed", done
+    three = (await world.api.submit(world.key_a, "paid", 3))["id"]
+    await world.api.wait_run(world.key_a, three)
+    costs = await engine.run_costs("acme", [one, three, world.done_a])
+    assert (costs[one].micros, costs[three].micros, costs[world.done_a].micros) == (
+        100_000,
+        300_000,
+        0,
+    )
+    listed = await world.a.get("/ui/runs")
+    assert "$0.1000" in listed.text and "$0.3000" in listed.text  # the cost column
+    dear = await world.a.get("/ui/runs?min_cost=0.2")
+    assert three in dear.text and one not in dear.text and world.done_a not in dear.text
+    cheap = await world.a.get("/ui/runs?min_cost=0.05&max_cost=$0.15")
+    assert one in cheap.text and three not in cheap.text and world.done_a not in cheap.text
+    # Time bounds: between the runs' creation times (microseconds apart at least).
+    t_done, t_one, t_three = [
+        (await engine.get_run("acme", r)).created_at for r in (world.done_a, one, three)
+    ]
+    assert t_done < t_one < t_three
+    until = await world.a.get(f"/ui/runs?until={_iso((t_one + t_three) / 2)}")
+    assert one in until.text and world.done_a in until.text and three not in until.text
+    after = _iso((t_done + t_one) / 2)
+    since = await world.a.get(f"/ui/runs?since={after}")
+    assert one in since.text and three in since.text and world.done_a not in since.text
+    both = await world.a.get(f"/ui/runs?since={after}&max_cost=0.15")
+    assert one in both.text and three not in both.text
+    # B's filtered list is B's alone.
+    theirs = await world.b.get("/ui/runs?min_cost=0.05")
+    assert one not in theirs.text and three not in theirs.text
+    for bad in (
+        "min_cost=abc",
+        "max_cost=-1",
+        "until=yesterday",
+        "since=2026-13-01",
+        "min_cost=inf",
+    ):
+        refused = await world.a.get(f"/ui/runs?{bad}")
+        assert refused.status_code == 422, bad
+    # A scan that stops at its bound says so and links on from where it stopped.
+    monkeypatch.setattr(runs_module, "SCAN", 2)
+    monkeypatch.setattr(runs_module, "_BATCH", 2)
+    bounded = await world.a.get("/ui/runs?min_cost=0.2")
+    assert 'id="scanned"' in bounded.text and "Look further" in bounded.text
+    assert three in bounded.text  # the newest two runs were read: three, then one
+    onward = re.search(r'href="/ui/runs\?([^"]+)" rel="next"', bounded.text)
+    assert onward is not None and "min_cost=0.2" in onward.group(1)
+    rest = await world.a.get("/ui/runs?" + onward.group(1).replace("&amp;", "&"))
+    assert rest.status_code == 200 and three not in rest.text
+
+
+async def test_memory_page_is_the_tenants_own(world: World) -> None:
+    page = await world.a.get("/ui/memory?namespace=user:ada")
+    assert page.status_code == 200 and "profile" in page.text and CANARY_A in page.text
+    found = await world.a.get(f"/ui/memory?q={CANARY_A}")
+    assert "doc1" in found.text and "dispute letter" in found.text
+    empty = await world.a.get("/ui/memory")
+    assert "No entries." in empty.text  # the default namespace has none
+    theirs = await world.b.get("/ui/memory?namespace=user:ada")
+    assert (
+        theirs.status_code == 200 and CANARY_A not in theirs.text and "No entries." in theirs.text
+    )
+    searched = await world.b.get(f"/ui/memory?q={CANARY_A}")
+    assert "doc1" not in searched.text and "No document matches." in searched.text
+    bad = await world.a.get("/ui/memory?namespace=nobody:x")
+    assert bad.status_code == 422
+    for i in range(105):
+        await world.api.engine.memory.put("acme", f"k{i:03d}", i)
+    first = await world.a.get("/ui/memory")
+    assert "k099" in first.text and "k100" not in first.text
+    more = re.search(r'href="/ui/memory\?([^"]+)" rel="next"', first.text)
+    assert more is not None
+    second = await world.a.get("/ui/memory?" + more.group(1).replace("&amp;", "&"))
+    assert "k104" in second.text and "k050" not in second.text
+
+
+async def test_health_shows_members_and_breakers(world: World) -> None:
+    engine = world.api.engine
+
+    @engine.tools.register
+    async def flaky(query: str) -> str:
+        raise ConnectionError("down")
+
+    broken = tf.Workflow("broken", input=int)
+
+    @broken.step(retry=tf.Retry(max_attempts=1))
+    async def call(ctx: tf.StepContext, input: int) -> int:
+        await ctx.tool("flaky", query="x")
+        return input
+
+    engine.register(broken)
+    run = (await world.api.submit(world.key_a, "broken", 1))["id"]
+    await world.api.wait_run(world.key_a, run, ("failed",))
+    [view] = [b for b in engine.breakers() if "flaky" in b.name]
+    assert view.state == "closed" and view.failures == 1
+    page = await world.admin.get("/ui/admin/health")
+    assert page.status_code == 200
+    assert 'id="placement">embedded<' in page.text
+    assert engine.owner in page.text and 'class="badge h-up"' in page.text
+    assert view.name in page.text and 'class="badge b-closed"' in page.text
+    for marker in [CANARY_A, CANARY_B, world.run_a, world.run_b, run]:
+        assert marker not in page.text
+
+
+async def test_fairness_shows_latency_against_the_no_burst_baseline(world: World) -> None:
+    [acme] = world.api.engine.latency(["acme"])
+    assert acme.recent >= 1 and acme.baseline_samples >= 1  # done_a ran with nobody queued
+    page = await world.admin.get("/ui/admin/fairness")
+    table = page.text[page.text.index('id="latency"') :]
+    assert "<td>acme</td>" in table
+    assert f"{acme.p99_s:.3f}" in table
+
+
+def test_latency_tracker_separates_burst_samples() -> None:
+    from tenantflow.engine.plane import LatencyTracker, p99
+    from tenantflow.observability.events import RunFinished, RunSubmitted
+    from tenantflow.testing import FakeClock
+
+    clock = FakeClock(1000.0)
+    others = {"quiet": 0}
+    tracker = LatencyTracker(clock, lambda t: others.get(t, 0))
+
+    def run(run_id: str, took: float, burst: bool) -> None:
+        others["quiet"] = 5 if burst else 0
+        start = clock.now()
+        tracker.on_run_submitted(
+            RunSubmitted(
+                tenant_id="quiet",
+                run_id=run_id,
+                at_s=start,
+                workflow="w",
+                lane="normal",
+                queued=False,
+            )
+        )
+        clock.advance(took)
+        tracker.on_run_finished(
+            RunFinished(
+                tenant_id="quiet",
+                run_id=run_id,
+                at_s=clock.now(),
+                workflow="w",
+                status="completed",
+                submitted_at_s=start,
+                state_version=1,
+                run_sla_s=None,
+            )
+        )
+
+    for i in range(100):
+        run(f"calm{i}", 1.0 + i / 100, burst=False)
+    for i in range(100):
+        run(f"busy{i}", 3.0, burst=True)
+    view = tracker.of("quiet")
+    assert view.baseline_samples == 100 and view.baseline_p99_s == pytest.approx(1.98)
+    # The last 300 s hold the 100 burst runs (3 s each) and the last calm one: p99 3 s.
+    assert view.recent == 101 and view.p99_s == 3.0
+    assert view.ratio == pytest.approx(3.0 / 1.98)
+    clock.advance(400)
+    assert tracker.of("quiet").recent == 0 and tracker.of("quiet").ratio is None
+    assert p99([]) is None and p99([5.0]) == 5.0 and p99(range(1, 101)) == 99
+
+
+async def test_failed_sign_ins_are_throttled_per_key_and_per_address(world: World) -> None:
+    api = world.api
+    sessions = api.app.state.dashboard.state.sessions
+    now = [sessions.now()]
+    sessions.now = lambda: now[0]
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(api.app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://api")
+
+    async def attempt(c: httpx.AsyncClient, key: str) -> httpx.Response:
+        form = await c.get("/ui/login")
+        return await c.post("/ui/login", data={"csrf": csrf_of(form.text), "key": key})
+
+    wrong_a = world.key_a[:-3] + "xyz"  # A's key id, a wrong secret
+    async with client("10.0.0.1") as one, client("10.0.0.2") as two:
+        for _ in range(5):
+            assert (await attempt(one, wrong_a)).status_code == 401
+        locked = await attempt(
+            two, world.key_a
+        )  # the right key, another address: A's key id is locked
+        assert locked.status_code == 429 and "too many failed sign-ins" in locked.text
+        assert int(locked.headers["retry-after"]) == 300
+        assert COOKIE not in locked.headers.get("set-cookie", "")
+        assert (await attempt(two, world.key_b)).status_code == 303  # B's key is not
+        now[0] += 120
+        assert int((await attempt(two, world.key_a)).headers["retry-after"]) == 180
+        now[0] += 181
+        assert (await attempt(two, world.key_a)).status_code == 303  # the window passed
+    # Per address: 20 failures from one address, each naming a different (made-up) key.
+    async with client("10.0.0.3") as three, client("10.0.0.4") as four:
+        for i in range(20):
+            made_up = f"tfk_{i:024x}_" + "s" * 32
+            assert (await attempt(three, made_up)).status_code == 401
+        refused = await attempt(three, world.key_b)
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "300"
+        assert (await attempt(four, world.key_b)).status_code == 303
+
+
+def test_sign_in_throttle_unit() -> None:
+    from tenantflow.dashboard.throttle import SignInThrottle
+    from tenantflow.errors import RateLimitedError
+
+    t = [0.0]
+    throttle = SignInThrottle(now=lambda: t[0], per_key=2, per_address=3, window_s=10)
+    throttle.failed("garbage", "a")
+    throttle.failed("garbage", "b")
+    with pytest.raises(RateLimitedError) as err:
+        throttle.check("garbage", "c")  # a malformed string counts against its digest
+    assert err.value.retry_after_s == 10
+    throttle.succeeded("garbage")
+    throttle.check("garbage", "c")
+    for key in ("x1", "x2", "x3"):
+        throttle.failed(key, "a")
+    with pytest.raises(RateLimitedError):
+        throttle.check("x4", "a")
+    t[0] = 10.0
+    throttle.check("x4", "a")  # the failures left the window
+    with pytest.raises(tf.ConfigurationError):
+        SignInThrottle(now=lambda: 0.0, per_key=0)
+    small = SignInThrottle(now=lambda: t[0], max_buckets=4)
+    for i in range(10):
+        small.failed(f"k{i}", f"addr{i}")
+    assert len(small._failures) == 4
+
+
+class _ProtocolOnly:
+    """The engine seen only through the ControlPlane protocol: any other attribute (the
+    dispatcher, admission, stores, clock…) raises, so a page that reached for one fails."""
+
+    def __init__(self, engine: tf.Engine) -> None:
+        from tenantflow.placement.control import ControlPlane
+
+        self._engine = engine
+        self._allowed = {n for n in dir(ControlPlane) if not n.startswith("_")}
+
+    def __getattr__(self, name: str) -> object:
+        if name not in self._allowed:
+            raise AttributeError(f"{name} is not on the ControlPlane protocol")
+        return getattr(self._engine, name)
+
+
+async def test_every_page_works_through_the_control_plane_protocol_alone(tmp_path: Path) -> None:
+    import api_workflows
+
+    from tenantflow.api import create_app
+
+    engine = tf.Engine.open(f"sqlite:///{tmp_path / 'p.db'}", seed=1)
+    api_workflows.setup(engine)
+    await engine.start()
+    try:
+        app = create_app(_ProtocolOnly(engine), manage_engine=False)  # type: ignore[arg-type]
+        _, admin_key = await engine.keys.create(None, name="admin")
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                api = Api(engine, app, client, admin_key)
+                key = await api.tenant("acme")
+                run = (await api.submit(key, "approval", {"applicant": "ada", "amount": 10}))["id"]
+                await api.wait_run(key, run)
+                tenant = await sign_in(api, key)
+                admin = await sign_in(api, admin_key)
+                try:
+                    for url in [
+                        "/ui/runs",
+                        "/ui/runs?min_cost=0&since=2000-01-01",
+                        f"/ui/runs/{run}",
+                        f"/ui/runs/{run}/live",
+                        f"/ui/runs/{run}/state?version=1",
+                        f"/ui/runs/{run}/steps/decide",
+                        "/ui/reviews",
+                        "/ui/usage",
+                        "/ui/audit?verify=true",
+                        "/ui/memory",
+                    ]:
+                        page = await tenant.get(url)
+                        assert page.status_code == 200, (url, page.text[:500])
+                    for url in [*ADMIN_PAGES]:
+                        page = await admin.get(url)
+                        assert page.status_code == 200, (url, page.text[:500])
+                finally:
+                    await tenant.client.aclose()
+                    await admin.client.aclose()
+    finally:
+        await engine.close()
+
+
+async def test_bulk_retry_asks_then_retries_from_the_failed_step(world: World) -> None:
+    engine = world.api.engine
+    calls = {"n": 0}
+    once = tf.Workflow("once", input=int)
+
+    @once.step
+    async def prepare(ctx: tf.StepContext, input: int) -> int:
+        return input + 1
+
+    @once.step(retry=tf.Retry(max_attempts=1))
+    async def flaky(ctx: tf.StepContext, prepare: int) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("the first call fails")
+        return prepare * 2
+
+    engine.register(once)
+    failed = (await world.api.submit(world.key_a, "once", 1))["id"]
+    await world.api.wait_run(world.key_a, failed, ("failed",))
+    ask = await world.a.post("/ui/runs/retry", run=[failed, world.done_a])
+    assert ask.status_code == 200 and "Yes, retry 2 runs" in ask.text
+    assert (await engine.get_run("acme", failed)).status.value == "failed"  # not yet
+    # B cannot retry A's run: not found, and nothing changes.
+    sneaky = await world.b.post("/ui/runs/retry", run=[failed], confirm="yes")
+    assert sneaky.status_code == 200 and "not found" in sneaky.text
+    assert (await engine.get_run("acme", failed)).status.value == "failed"
+    done = await world.a.post("/ui/runs/retry", run=[failed, world.done_a], confirm="yes")
+    assert done.status_code == 200
+    outcomes = dict(
+        re.findall(r'<td><a href="/ui/runs/(run_\w+)">\1</a></td><td>(.*?)</td>', done.text)
+    )
+    assert outcomes[failed].startswith(f'<a href="/ui/runs/{failed}">retried, now')
+    refused = outcomes[world.done_a]  # a completed run is refused, and the page says why
+    assert not refused.startswith("retried") and "it completed" in refused
+    record = await world.api.wait_run(world.key_a, failed)
+    assert record["status"] == "completed"
+    assert calls["n"] == 2  # the failed step ran again; prepare's output was kept
+    assert (await world.a.post("/ui/runs/retry")).status_code == 400
+
+
+@pytest.mark.postgres
+async def test_the_dashboard_on_a_clusters_front(postgres_url: str) -> None:
+    """The centralized placement: the front serves the dashboard, a worker executes. Pages
+    render from the front (which drives nothing), the health page lists the worker with the
+    tenants it holds, and a tenant's pages stay its own."""
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    import api_workflows
+
+    from tenantflow.api import create_app
+    from tenantflow.placement.centralized import open_front, open_worker
+
+    lease = timedelta(seconds=1)
+    worker = open_worker(postgres_url, lease=lease, slots=8)
+    front = open_front(postgres_url, lease=lease, slots=8)
+    for e in (worker, front):
+        api_workflows.setup(e)
+    async with worker, front:
+        app = create_app(front, manage_engine=False)
+        _, admin_key = await front.keys.create(None, name="admin")
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                api = Api(front, app, client, admin_key)
+                key_a = await api.tenant("acme")
+                key_b = await api.tenant("globex")
+                deadline = asyncio.get_running_loop().time() + 20
+                assert worker.membership is not None
+                while {"acme", "globex"} - worker.membership.owned:
+                    assert asyncio.get_running_loop().time() < deadline, "tenants not held"
+                    await asyncio.sleep(0.05)
+                run = (await api.submit(key_a, "approval", {"applicant": CANARY_A, "amount": 10}))[
+                    "id"
+                ]
+                await api.wait_run(key_a, run, timeout=30)
+                a = await sign_in(api, key_a)
+                b = await sign_in(api, key_b)
+                admin = await sign_in(api, admin_key)
+                try:
+                    for url in ["/ui/runs", f"/ui/runs/{run}", "/ui/usage", "/ui/memory"]:
+                        mine = await a.get(url)
+                        assert mine.status_code == 200, (url, mine.text[:300])
+                        theirs = await b.get(url)
+                        assert run not in theirs.text and CANARY_A not in theirs.text, url
+                    assert (await b.get(f"/ui/runs/{run}")).status_code == 404
+                    health = await admin.get("/ui/admin/health")
+                    assert health.status_code == 200
+                    assert 'id="placement">front<' in health.text
+                    assert worker.owner in health.text and "tenants 2" in health.text
+                    members = await front.health()
+                    [w] = [m for m in members if m.kind == "worker"]
+                    assert w.id == worker.owner and w.state == "up" and w.detail["tenants"] == 2
+                    fairness = await admin.get("/ui/admin/fairness")
+                    assert (
+                        fairness.status_code == 200 and "Placement</dt><dd>front" in fairness.text
+                    )
+                    for page in (health, fairness):
+                        assert run not in page.text and CANARY_A not in page.text
+                finally:
+                    for browser in (a, b, admin):
+                        await browser.client.aclose()

@@ -30,8 +30,10 @@ from tenantflow.api.routes import (
     reviews,
     runs,
     schedules,
+    signals,
     tenant,
     tenants,
+    triggers,
     workers,
     workflows,
 )
@@ -138,6 +140,8 @@ def create_app(
         tenants,
         workflows,
         schedules,
+        signals,
+        triggers,
         workers,
         operator,
         health,
@@ -153,10 +157,7 @@ def create_app(
         raise ValueError("dashboard must be True, False or 'read-only'")
     if dashboard:
         from tenantflow.dashboard import create_dashboard
-        from tenantflow.engine.engine import Engine
 
-        if not isinstance(engine, Engine):  # its fairness page reads the scheduler's state
-            raise ValueError("the dashboard needs the engine itself, not another control plane")
         app.state.dashboard = create_dashboard(
             engine, read_only=dashboard == "read-only", session_ttl=session_ttl
         )

@@ -14,10 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tenantflow.api.auth import actor_of
 from tenantflow.dashboard.web import AdminSession, Form, engine_of, read_form, redirect, render
-from tenantflow.domain.fairness import max_min_shares
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import ConfigurationError
-from tenantflow.observability.metrics import fairness_index
 
 __all__ = ["POLICY_FIELDS", "TENANTS_PAGE", "router"]
 
@@ -172,58 +169,34 @@ async def revoke_key(
     return redirect(f"/ui/admin/tenants/{tenant_id}")
 
 
-def fairness_rows(engine: Engine) -> tuple[float, list[dict[str, Any]], int, int]:
-    """Jain's index now, and per busy tenant: running and queued steps, weight, cap, fair
-    share of the slots (weighted max-min, as the index uses); plus slots used and total."""
-    dispatcher = engine.dispatcher
-    running = dict(dispatcher.running_by)
-    queued = dict(dispatcher.queued_by)
-    demand: dict[str, float] = {}
-    weight: dict[str, float] = {}
-    cap: dict[str, float] = {}
-    for tenant_id in running.keys() | queued.keys():
-        if running.get(tenant_id, 0) + queued.get(tenant_id, 0) == 0:
-            continue
-        demand[tenant_id] = float(running.get(tenant_id, 0) + queued.get(tenant_id, 0))
-        info = engine.tenants.cached(tenant_id)
-        weight[tenant_id] = info.policy.weight if info else 1.0
-        cap[tenant_id] = float(info.policy.max_running_steps) if info else math.inf
-    slots = dispatcher.scheduler.slots
-    shares = max_min_shares(demand, weight, cap, float(slots)) if demand else {}
-    rows = [
-        {
-            "tenant": t,
-            "running": running.get(t, 0),
-            "queued": queued.get(t, 0),
-            "weight": weight[t],
-            "cap": cap[t],
-            "share": shares.get(t, 0.0),
-        }
-        for t in sorted(demand, key=lambda t: (-running.get(t, 0), t))
-    ]
-    index = fairness_index(engine, running, queued)
-    return index, rows, dispatcher.scheduler.total_running, slots
-
-
 @router.get("/fairness", response_class=HTMLResponse)
 async def fairness(request: Request, session: AdminSession) -> HTMLResponse:
-    """Who holds the slots now, against each tenant's fair share, and Jain's index."""
+    """Who holds the slots now, against each tenant's fair share, Jain's index, and each
+    tenant's run latency p99 against its no-burst baseline."""
     engine = engine_of(request)
-    index, rows, used, slots = fairness_rows(engine)
-    placement = {
-        "mode": {None: "embedded", "front": "front for workers", "worker": "worker"}.get(
-            engine.cluster, str(engine.cluster)
-        ),
-        "stores": sorted(engine.stores),
-        "runs_active": engine.admission.total_active,
-        "runs_queued": engine.admission.total_queued,
-    }
+    load = engine.load()
+    latency = {t.tenant: t for t in engine.latency()}
     return render(
         request,
         "admin_fairness.html",
-        index=index,
-        rows=rows[:500],
-        used=used,
-        slots=slots,
-        placement=placement,
+        load=load,
+        rows=load.tenants[:500],
+        latency=sorted(latency.values(), key=lambda t: (-(t.ratio or 0.0), t.tenant))[:500],
+        placement=engine.placement(),
+    )
+
+
+@router.get("/health", response_class=HTMLResponse)
+async def health(request: Request, session: AdminSession) -> HTMLResponse:
+    """The placement's members (processes, workers, cells, agents), circuit breakers and
+    queues: counts and states only, nothing of any tenant's runs."""
+    engine = engine_of(request)
+    return render(
+        request,
+        "admin_health.html",
+        placement=engine.placement(),
+        members=await engine.health(),
+        breakers=engine.breakers(),
+        load=engine.load(),
+        now=engine.now(),
     )

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from tenantflow.dashboard import admin, runs, tenant
 from tenantflow.dashboard.sessions import COOKIE, DEFAULT_TTL, SessionStore
+from tenantflow.dashboard.throttle import SignInThrottle
 from tenantflow.dashboard.web import (
     HERE,
     CsrfError,
@@ -34,8 +35,8 @@ from tenantflow.dashboard.web import (
     sessions_of,
     tenantflow_error_page,
 )
-from tenantflow.engine.engine import Engine
-from tenantflow.errors import AuthenticationError, TenantflowError
+from tenantflow.errors import AuthenticationError, RateLimitedError, TenantflowError
+from tenantflow.placement.control import ControlPlane
 
 __all__ = ["CSP", "PREFIX", "create_dashboard"]
 
@@ -51,25 +52,30 @@ _LOGIN_COOKIE = "tf_login"  # the sign-in form's CSRF token (before there is a s
 
 
 def create_dashboard(
-    engine: Engine,
+    engine: ControlPlane,
     *,
     session_ttl: timedelta = DEFAULT_TTL,
     now: Callable[[], float] | None = None,
     read_only: bool = False,
+    throttle: SignInThrottle | None = None,
 ) -> FastAPI:
     """The dashboard app of ``engine``; mount it at ``/ui``.
 
     Args:
-        engine: the engine the REST API serves.
+        engine: the control plane the REST API serves, however it is placed.
         session_ttl: how long a sign-in lasts.
         now: the sessions' clock (default: the engine's).
         read_only: show everything, change nothing: no action buttons, and every form that
             would change something is refused with 403 (signing in and out still work).
+        throttle: failed sign-ins counted per key and per client address (default: 5 per key
+            and 20 per address in 5 minutes, on the sessions' clock; see
+            :class:`~tenantflow.dashboard.throttle.SignInThrottle`).
     """
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     ui.state.engine = engine
     ui.state.read_only = read_only
-    ui.state.sessions = SessionStore(ttl=session_ttl, now=now or engine.clock.now)
+    ui.state.sessions = SessionStore(ttl=session_ttl, now=now or engine.now)
+    ui.state.throttle = throttle or SignInThrottle(now=ui.state.sessions.now_s)
     ui.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     ui.include_router(_auth)
     for module in (runs, tenant, admin):
@@ -166,10 +172,20 @@ async def login(request: Request) -> Response:
         return _login_page(request, 403, "the sign-in form expired; please try again")
     key = (fields.get("key") or [""])[0].strip()
     engine = engine_of(request)
+    throttle: SignInThrottle = request.app.state.throttle
+    address = request.client.host if request.client else "unknown"
+    try:
+        throttle.check(key, address)
+    except RateLimitedError as exc:
+        page = _login_page(request, 429, str(exc))
+        page.headers["Retry-After"] = str(int(exc.retry_after_s))
+        return page
     try:
         principal = await engine.keys.authenticate(key)
     except AuthenticationError as exc:
+        throttle.failed(key, address)
         return _login_page(request, 401, str(exc))
+    throttle.succeeded(key)
     info = await engine.keys.get(principal.tenant_id, principal.key_id)
     sessions = sessions_of(request)
     session_token, _ = sessions.open(principal, info.name)

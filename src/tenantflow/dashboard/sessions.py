@@ -107,6 +107,10 @@ class SessionStore:
         if token:
             self._sessions.pop(_digest(token), None)
 
+    def now_s(self) -> float:
+        """The sessions' clock now (``now`` may be replaced, e.g. by a test moving time)."""
+        return self.now()
+
     def __len__(self) -> int:
         return len(self._sessions)
 

@@ -1,7 +1,8 @@
-"""The tenant's review inbox, usage and budget, and audit log."""
+"""The tenant's review inbox, usage and budget, audit log and agent memory."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -15,9 +16,10 @@ from tenantflow.dashboard.web import (
     render,
     tenant_of,
 )
+from tenantflow.domain.memory import DEFAULT_NAMESPACE, MAX_KEY_CHARS, MAX_QUERY_CHARS
 from tenantflow.errors import ConfigurationError
 
-__all__ = ["AUDIT_PAGE", "router"]
+__all__ = ["AUDIT_PAGE", "MEMORY_PAGE", "router"]
 
 router = APIRouter()
 
@@ -30,7 +32,7 @@ async def reviews(request: Request, session: TenantSession) -> HTMLResponse:
     engine = engine_of(request)
     found = await engine.reviews.list(tenant_of(session), limit=200)
     return render(
-        request, "reviews.html", reviews=found, now=engine.clock.now(), reviewer=session.key_name
+        request, "reviews.html", reviews=found, now=engine.now(), reviewer=session.key_name
     )
 
 
@@ -79,7 +81,7 @@ async def usage(request: Request, session: TenantSession) -> HTMLResponse:
             saturation[key] = saturation.get(key, 0) + float(row["value"])
     ledgers = [r for r in await engine.budget(tenant) if not str(r["scope"]).startswith("run:")]
     info = await engine.tenants.get(tenant)
-    dispatcher = engine.dispatcher
+    load = engine.tenant_load(tenant)
     return render(
         request,
         "usage.html",
@@ -87,10 +89,10 @@ async def usage(request: Request, session: TenantSession) -> HTMLResponse:
         saturation=sorted(saturation.items()),
         ledgers=ledgers,
         policy=info.policy,
-        running=dispatcher.running_by.get(tenant, 0),
-        queued=dispatcher.queued_by.get(tenant, 0),
-        active_runs=engine.admission.active(tenant) if engine.controls else None,
-        queued_runs=engine.admission.queued(tenant) if engine.controls else None,
+        running=load.running,
+        queued=load.queued,
+        active_runs=load.active_runs,
+        queued_runs=load.queued_runs,
     )
 
 
@@ -114,3 +116,48 @@ async def audit(
         next_after=page[-1].seq if len(rows) > AUDIT_PAGE else None,
         result=result,
     )
+
+
+MEMORY_PAGE = 100
+"""Memory entries per page."""
+
+
+@router.get("/memory", response_class=HTMLResponse)
+async def memory(
+    request: Request,
+    session: TenantSession,
+    namespace: Annotated[str, Query(max_length=200)] = DEFAULT_NAMESPACE,
+    prefix: Annotated[str, Query(max_length=200)] = "",
+    cursor: Annotated[str, Query(max_length=MAX_KEY_CHARS)] = "",
+    q: Annotated[str, Query(max_length=MAX_QUERY_CHARS)] = "",
+) -> HTMLResponse:
+    """The tenant's agent memory in one namespace: entries by key, a page at a time, and a
+    search of its documents (the same calls as GET /v1/memory/...)."""
+    engine = engine_of(request)
+    tenant = tenant_of(session)
+    namespace = namespace.strip() or DEFAULT_NAMESPACE
+    found = await engine.memory.list(
+        tenant,
+        namespace=namespace,
+        prefix=prefix or None,
+        after=cursor or None,
+        limit=MEMORY_PAGE + 1,
+    )
+    page = found[:MEMORY_PAGE]
+    hits = await engine.memory.search(tenant, q, namespace=namespace, limit=20) if q else None
+    return render(
+        request,
+        "memory.html",
+        namespace=namespace,
+        prefix=prefix,
+        q=q,
+        cursor=cursor,
+        entries=[(e, _short(e.value)) for e in page],
+        next_cursor=page[-1].key if len(found) > MEMORY_PAGE else None,
+        hits=hits,
+    )
+
+
+def _short(value: object, limit: int = 2000) -> str:
+    text = json.dumps(value, indent=1, sort_keys=True, default=str)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"

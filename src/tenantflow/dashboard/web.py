@@ -18,8 +18,8 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from tenantflow.dashboard.sessions import COOKIE, Session, SessionStore
-from tenantflow.engine.engine import Engine
 from tenantflow.errors import NotFoundError, PermissionDeniedError, TenantflowError
+from tenantflow.placement.control import ControlPlane
 
 __all__ = [
     "AdminSession",
@@ -80,8 +80,8 @@ class CsrfError(Exception):
     """A form without this session's CSRF token: refused with 403."""
 
 
-def engine_of(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
+def engine_of(request: Request) -> ControlPlane:
+    engine: ControlPlane = request.app.state.engine
     return engine
 
 
@@ -213,4 +213,8 @@ def tenantflow_error_page(request: Request, exc: TenantflowError) -> HTMLRespons
         # Not the id back: another tenant's object and a made-up id read exactly alike.
         kind = str(exc.fields.get("kind") or "page").replace("_", " ")
         return error_page(request, 404, f"No such {kind} here.")
-    return error_page(request, status_for(exc), str(exc))
+    page = error_page(request, status_for(exc), str(exc))
+    retry_after = getattr(exc, "retry_after_s", None)
+    if isinstance(retry_after, float) and math.isfinite(retry_after):
+        page.headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return page

@@ -22,6 +22,17 @@ from tenantflow.engine.history import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo, ApiKeys, Principal
 from tenantflow.engine.memory import Memory
 from tenantflow.engine.operator import Overview
+from tenantflow.engine.plane import (
+    BreakerView,
+    MemberHealth,
+    PlacementInfo,
+    PlaneLoad,
+    RunCost,
+    TenantLatency,
+    TenantLoad,
+    VersionInfo,
+)
+from tenantflow.engine.run_signals import EventReceipt, SignalReceipt
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.tenants import TenantInfo, Tenants
@@ -30,15 +41,23 @@ from tenantflow.observability.events import Observers
 
 __all__ = [
     "ApiKeyInfo",
+    "BreakerView",
     "ControlPlane",
+    "MemberHealth",
     "Overview",
+    "PlacementInfo",
+    "PlaneLoad",
     "Principal",
     "Reason",
     "RetryResult",
+    "RunCost",
     "RunHandle",
     "RunSnapshot",
     "StateVersion",
     "TenantInfo",
+    "TenantLatency",
+    "TenantLoad",
+    "VersionInfo",
     "WorkerInfo",
 ]
 
@@ -113,6 +132,22 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def publish(
+        self, tenant: str, name: str, event_id: str, data: Any = None
+    ) -> EventReceipt:
+        """Start the workflows registered to event ``name`` (see ``Engine.publish``)."""
+
+    async def signal(
+        self,
+        tenant: str,
+        run_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalReceipt:
+        """Send signal ``name`` into a run (see :meth:`tenantflow.engine.engine.Engine.signal`)."""
 
     async def overview(
         self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
@@ -216,3 +251,34 @@ class ControlPlane(Protocol):
 
     async def audit_verify(self, tenant: str) -> VerifyResult:
         """Check the tenant's audit hash chain."""
+
+    # -- what a dashboard reads (values in tenantflow.engine.plane) ---------------------------
+
+    def now(self) -> float:
+        """The control plane's clock now (seconds since the epoch)."""
+
+    def load(self) -> PlaneLoad:
+        """Who holds the slots now: Jain's index, slots in use, each busy tenant's running and
+        queued steps against its weighted max-min fair share (operators only)."""
+
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        """One tenant's running and queued steps and active and queued runs."""
+
+    def placement(self) -> PlacementInfo:
+        """How the control plane is placed and which stores it reads."""
+
+    async def health(self) -> list[MemberHealth]:
+        """The placement's members (this process, workers, cells, agents) and their state."""
+
+    def breakers(self) -> list[BreakerView]:
+        """Every dependency's circuit breaker now."""
+
+    def latency(self, tenants: list[str] | None = None) -> list[TenantLatency]:
+        """Per tenant (every one seen when None): run latency p99 of the last minutes against
+        its no-burst baseline."""
+
+    async def run_costs(self, tenant: str, run_ids: list[str]) -> dict[str, RunCost]:
+        """What each of the tenant's runs spent (a run of another tenant reads as nothing)."""
+
+    async def version_list(self, tenant: str, run_id: str) -> list[VersionInfo]:
+        """The run's state versions without their states (NotFoundError: no such run)."""
