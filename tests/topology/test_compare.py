@@ -1,12 +1,15 @@
 """``tenantflow topology compare --quick``: real processes, and the directions that must hold.
 
-The CI profile of scenarios/topology.yaml through the embedded placement (one ``tenantflow
-serve`` on SQLite) and the centralized one (a front and two ``tenantflow worker`` processes on
-a private PostgreSQL schema), with the mesh asked for too: it has no runner yet and must say so
-instead of printing figures. Only what the comparison measured is asserted, and only what must
-hold whatever the machine's load: no run lost, no completion recorded twice, no model call of
-a region-bound tenant outside its region, the single process and the shared front are failure
-domains of every tenant, and a killed worker's tenants make progress again.
+The CI profile of scenarios/topology.yaml through every placement: embedded (one ``tenantflow
+serve`` on SQLite), centralized (a front and two ``tenantflow worker`` processes on a private
+PostgreSQL schema), federated (``tenantflow plane`` and the pooled cells its supervisor starts),
+mesh (agents on NATS JetStream, the mesh API, a private PostgreSQL schema) and hybrid (the
+centralized placement with a side-effect step handed to an agent over JetStream). Only what the
+comparison measured is asserted, and only what must hold whatever the machine's load: no run
+lost, no completion recorded twice, no model call of a region-bound tenant outside its region,
+the single process and the shared front are failure domains of every tenant, a killed worker's
+tenants make progress again, a cell's crash touches only its own tenants, and the mesh's
+broker is a failure domain of every tenant.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +41,7 @@ def report(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> di
             str(ROOT / "scenarios" / "topology.yaml"),
             "--quick",
             "--placements",
-            "embedded,centralized,mesh",
+            "embedded,centralized,federated,mesh,hybrid",
             "--pg",
             postgres_server,
             "--json",
@@ -53,7 +57,7 @@ def report(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> di
     assert done.returncode == 0, done.stderr[-2000:]
     assert "runs lost (must be 0)" in done.stdout  # the terminal table
     html = (out / "report.html").read_text()
-    assert "<svg" in html and "not available" in html
+    assert "<svg" in html
     data: dict[str, object] = json.loads((out / "report.json").read_text())
     return data
 
@@ -82,7 +86,10 @@ def _figures(report: dict[str, object], placement: str) -> dict[str, float | Non
     return {k: v["median"] for k, v in entry["summary_figures"].items()}
 
 
-@pytest.mark.parametrize("placement", ["embedded", "centralized"])
+PLACEMENTS = ["embedded", "centralized", "federated", "mesh", "hybrid"]
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
 def test_nothing_lost_nothing_twice_nothing_out_of_region(
     report: dict[str, object], placement: str
 ) -> None:
@@ -113,8 +120,43 @@ def test_centralized_front_touches_all_and_a_worker_kill_is_recovered(
     assert worker["served_by_component"], "the killed worker was executing some tenant's steps"
 
 
-def test_a_placement_without_a_runner_says_why(report: dict[str, object]) -> None:
-    mesh = report["placements"]["mesh"]  # type: ignore[index]
-    assert mesh["available"] is False
-    assert "not on this branch yet" in mesh["reason"]
-    assert "summary_figures" not in mesh
+def _trial(report: dict[str, object], placement: str, kind: str, fault: str) -> dict[str, Any]:
+    entry = report["placements"][placement]  # type: ignore[index]
+    trials = entry["runs"][0]["detail"]["faults"]
+    return next(t for t in trials if t["kind"] == kind and t["fault"] == fault)
+
+
+@pytest.mark.parametrize("fault", ["kill", "stop"])
+def test_a_cells_failure_touches_only_its_own_tenants(
+    report: dict[str, object], fault: str
+) -> None:
+    trial = _trial(report, "federated", "cell", fault)
+    served = set(trial["served_by_component"])
+    assert served and len(served) < trial["tenants"], "a cell serves some tenants, not all"
+    assert set(trial["affected"]) <= served, trial
+    assert trial["runs_lost"] == 0 and trial["duplicate_completions"] == 0
+    if fault == "kill":  # the plane's supervisor restarted it, and its tenants progress again
+        assert _figures(report, "federated")["first_progress_s[cell_kill]"] is not None
+
+
+def test_the_plane_is_not_in_the_data_path(report: dict[str, object]) -> None:
+    trial = _trial(report, "federated", "plane", "kill")
+    # With the plane killed every tenant's steps keep running (clients kept their cell's
+    # address): every tenant made progress after the kill.
+    assert trial["first_progress_s"] is not None
+    assert trial["runs_lost"] == 0
+
+
+def test_the_mesh_broker_is_every_tenants_failure_domain(report: dict[str, object]) -> None:
+    stopped = _trial(report, "mesh", "broker", "stop")
+    assert stopped["affected_share"] == 1.0, stopped
+    killed = _trial(report, "mesh", "broker", "kill")
+    assert killed["runs_lost"] == 0 and killed["duplicate_completions"] == 0
+    assert _figures(report, "mesh")["first_progress_s[broker_kill]"] is not None
+
+
+def test_hybrid_side_effects_leave_nothing_lost(report: dict[str, object]) -> None:
+    for kind in ("broker", "agent"):
+        trial = _trial(report, "hybrid", kind, "kill")
+        assert trial["runs_lost"] == 0 and trial["duplicate_completions"] == 0
+        assert trial["first_progress_s"] is not None, trial

@@ -105,7 +105,10 @@ def compare(
         int, typer.Option("--repeat", min=1, max=20, help="Runs per placement (median, min-max).")
     ] = 1,
     quick: Annotated[
-        bool, typer.Option("--quick", help="The workload's quick: profile (CI, < 3 minutes).")
+        bool,
+        typer.Option(
+            "--quick", help="The workload's quick: profile (CI: 1-2 minutes a placement)."
+        ),
     ] = False,
     json_path: Annotated[
         Path | None, typer.Option("--json", metavar="PATH", help="Write the report as JSON.")

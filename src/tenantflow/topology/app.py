@@ -32,6 +32,10 @@ __all__ = ["Job", "build", "setup"]
 ENV_WORKLOAD = "TF_TOPOLOGY_WORKLOAD"
 ENV_PROFILE = "TF_TOPOLOGY_PROFILE"
 ENV_EXEC_LOG = "TF_TOPOLOGY_EXEC_LOG"
+ENV_SIDE_EFFECT = "TF_TOPOLOGY_SIDE_EFFECT"
+"""Set (to a step name) by the hybrid placement's runner: the workflow gains a last step of that
+name, ``side_effect=True`` (a notification of the decision), which the hybrid placement hands
+to its side-effect agents; the other placements never set it."""
 
 
 class Job(BaseModel):
@@ -97,8 +101,11 @@ def _cost(price_per_1k_micros: int, tokens: int) -> int:
     return -(-price_per_1k_micros * tokens // 1000)
 
 
-def build(workload: Workload, log: ExecLog | None, seed: int) -> tf.Workflow:
-    """The workload's workflow: its steps one after another."""
+def build(
+    workload: Workload, log: ExecLog | None, seed: int, side_effect: str | None = None
+) -> tf.Workflow:
+    """The workload's workflow: its steps one after another (and, when ``side_effect`` names
+    one, a last ``side_effect=True`` step after them)."""
     rng = random.Random(seed)
     wf = tf.Workflow(workload.workflow, input=Job)
     previous: str | None = None
@@ -106,6 +113,14 @@ def build(workload: Workload, log: ExecLog | None, seed: int) -> tf.Workflow:
         body = _step_body(plan, workload, log, rng)
         wf.step(name=plan.name, after=[previous] if previous else [])(body)
         previous = plan.name
+    if side_effect:
+        scale = workload.settings.time_scale
+
+        async def notify(ctx: Any) -> None:
+            # Telling the applicant the decision: a 1 s call, scaled like every step.
+            await asyncio.sleep(1.0 * scale)
+
+        wf.step(name=side_effect, after=[previous] if previous else [], side_effect=True)(notify)
     return wf
 
 
@@ -126,7 +141,9 @@ def setup(engine: tf.Engine) -> None:
         )
     workload = load_workload(path, quick=os.environ.get(ENV_PROFILE) == "quick")
     log_path = os.environ.get(ENV_EXEC_LOG)
-    engine.register(build(workload, ExecLog(log_path) if log_path else None, seed=os.getpid()))
+    log = ExecLog(log_path) if log_path else None
+    side_effect = os.environ.get(ENV_SIDE_EFFECT) or None
+    engine.register(build(workload, log, seed=os.getpid(), side_effect=side_effect))
     costs = {s.tool: s.tool_cost_micros for s in workload.steps if s.tool is not None}
     for name, micros in costs.items():
         engine.tools.register(name=name, input=ToolArgs, cost_usd=micros / 1_000_000)(_tool(name))

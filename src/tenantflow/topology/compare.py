@@ -62,8 +62,9 @@ CANNOT_SHOW = [
     " restart the shared PostgreSQL server.",
     "CPU attributed per tenant: tenants share processes in these placements, so only"
     " slot-seconds (wall time a step held a slot) are attributed per tenant and checked.",
-    "Residency of data at rest: `tenantflow serve` has one store, so every tenant's rows are"
-    " in it; only model calls' regions are checked here.",
+    "Residency of data at rest: embedded, centralized, mesh and hybrid have one store (and the"
+    " mesh and hybrid one broker) for every tenant; federated cells have a store each, but all"
+    " on this machine's disk; only model calls' regions are checked here.",
     "Figures are from a machine shared with other work: latency and CPU are noisy; repeat"
     " (--repeat) and read the min-max.",
 ]
@@ -179,6 +180,7 @@ class _Run:
         self.log = log
         self.progress = progress
         self.driver = Driver(deployment.base_url, deployment.admin_key, workload, self.say)
+        self.driver.idempotency_keys = getattr(deployment, "idempotency_keys", True)
         self.fig: dict[str, Any] = {}
         self.detail: dict[str, Any] = {}
         self.lost = 0

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -66,6 +67,11 @@ class Driver:
     workload: Workload
     on_progress: Callable[[str], None] = lambda _text: None
     keys: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)
+    idempotency_keys: bool = True
+    """The placement takes ``Idempotency-Key``; without it (the mesh), a submission is retried
+    only when its connection was refused (the request never arrived), so that a retry never
+    creates a second run: a submission whose answer was lost counts as refused."""
     submissions: list[Submission] = field(default_factory=list)
     _http: httpx.AsyncClient | None = None
 
@@ -97,25 +103,46 @@ class Driver:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         retry_until: float | None = None,
+        unsafe: bool = False,
     ) -> Any:
         """One API call; retried on transport errors and 5xx until ``retry_until`` (a
-        ``time.monotonic()`` deadline; None: one try). RuntimeError with the answer otherwise."""
+        ``time.monotonic()`` deadline; None: one try). RuntimeError with the answer otherwise.
+
+        A federated plane answers a tenant's request ``307`` to the tenant's cell: the driver
+        follows it by hand with the same method, body and key (httpx drops the key when the
+        port changes), and sends the tenant's later requests to that cell directly.
+
+        ``unsafe``: the request must not be sent twice; only a refused connection is retried."""
+        hops = 0
         while True:
+            route = self.routes.get(tenant) if tenant is not None else None
+            url = f"{route}{path}" if route else path
             try:
                 response = await self.http.request(
                     method,
-                    path,
+                    url,
                     json=body,
                     params=params,
                     headers={**self._auth(tenant), **(headers or {})},
                 )
+                location = response.headers.get("location")
+                if response.status_code in (307, 308) and location and tenant is not None:
+                    hops += 1
+                    if hops > 5:
+                        raise RuntimeError(f"{method} {path}: too many redirects")
+                    self.routes[tenant] = _origin(location)
+                    continue
                 if response.status_code < 500:
                     if response.is_success:
                         return response.json()
                     raise RuntimeError(f"{method} {path}: {response.status_code} {response.text}")
                 problem = f"{response.status_code}"
+                if unsafe:
+                    raise RuntimeError(f"{method} {path}: {problem} {response.text[:200]}")
             except httpx.TransportError as exc:
                 problem = type(exc).__name__
+                if unsafe and not isinstance(exc, httpx.ConnectError):
+                    raise RuntimeError(f"{method} {path}: {problem} (not retried)") from None
             if retry_until is None or time.monotonic() > retry_until:
                 raise RuntimeError(f"{method} {path}: {problem}")
             await asyncio.sleep(0.05)
@@ -168,8 +195,9 @@ class Driver:
                     "/v1/runs",
                     tenant=tenant,
                     body=body,
-                    headers={"Idempotency-Key": sub.key},
+                    headers={"Idempotency-Key": sub.key} if self.idempotency_keys else {},
                     retry_until=deadline,
+                    unsafe=not self.idempotency_keys,
                 )
             except RuntimeError as exc:
                 sub.refused = str(exc)[:200]
@@ -306,6 +334,12 @@ class Driver:
         for row in body["items"]:
             out[row["metric"]] = out.get(row["metric"], 0.0) + float(row["value"])
         return out
+
+
+def _origin(location: str) -> str:
+    """``scheme://host:port`` of a redirect's target (cells serve the API at their root)."""
+    parts = urlsplit(location)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
 
 
 def shuffled(items: Sequence[str], seed: int) -> list[str]:

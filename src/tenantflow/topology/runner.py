@@ -21,7 +21,10 @@ only through this protocol and the REST API at ``base_url``:
    connection counts the processes' own sockets do not show, e.g. database backends),
    ``deployment.enforcement_points()`` (processes that apply a tenant's policy),
    ``deployment.describe()`` (versions, durability settings, stores);
-6. ``deployment.stop()`` — stop everything and drop what it created (a private database
+6. optionally ``deployment.idempotency_keys = False``: its API refuses ``Idempotency-Key``, so
+   the driver submits without one and retries a submission only when its connection was
+   refused (see :class:`~tenantflow.topology.driver.Driver`);
+7. ``deployment.stop()`` — stop everything and drop what it created (a private database
    schema, files).
 
 Everything else — tenants, load, latency, faults' effects, policy lag, cost, timelines — the

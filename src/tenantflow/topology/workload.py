@@ -56,6 +56,8 @@ class TopologySpec(SpecModel):
         sla: A run whose submission-to-finish time exceeds this is SLA-breaking.
         policy_cap: The burster's stricter ``max_running_steps`` written in the policy phase.
         workers: Worker processes of the centralized placement.
+        agents: Agent processes per region of the mesh placement.
+        cells: Cells of the federated placement (the tenants pooled evenly over them).
         slots: Worker slots per process (default: the scenario's ``slots``).
         lease: The workers' lease (how soon a dead worker's tenants are taken over).
         drain_timeout: The longest wait for a phase's runs to end.
@@ -75,6 +77,8 @@ class TopologySpec(SpecModel):
     sla: Seconds = Field(default=2.0, gt=0.0, le=3600.0)
     policy_cap: int = Field(default=1, ge=1, le=10_000)
     workers: int = Field(default=2, ge=1, le=64)
+    cells: int = Field(default=3, ge=1, le=1000)
+    agents: int = Field(default=1, ge=1, le=64)
     slots: int | None = Field(default=None, ge=1, le=10_000)
     lease: Seconds = Field(default=2.0, ge=0.5, le=600.0)
     drain_timeout: Seconds = Field(default=90.0, gt=0.0, le=3600.0)
