@@ -17,7 +17,8 @@ name, so deleting or moving the tenant takes them along), loaded at start and re
 ``RELOAD_S`` by the process driving the tenant — and can be paused, resumed and deleted. A
 *delayed start* (``engine.submit(..., start_at=...)``) is a durable one-shot schedule (``at``):
 it fires once, at its time or after downtime, through admission like any run, and is deleted
-once its run is submitted.
+once its run is submitted (a refused submission — a spent budget, an unknown workflow — is
+logged in ``fired`` and the one-shot kept: it is tried again at the next start).
 
 The loop runs in the process that drives the schedule's tenant (every tenant in an embedded
 engine; the tenant's owner in a cluster) and sleeps on the engine's clock.
@@ -717,24 +718,25 @@ class Schedules:
                 self._last[key] = last
             due = schedule.times(last[0], now)
             if not due:
-                if schedule.one_shot and key in self._stored and last[0] >= (schedule.at or 0):
-                    await self._finish_one_shot(schedule)  # fired before a restart
+                fired_before = last[1] is not None and last[0] >= (schedule.at or 0)
+                if schedule.one_shot and key in self._stored and fired_before:
+                    await self._finish_one_shot(schedule)  # its run was submitted before
                 continue
             # The latest time is on time if it came within the grace; every other is missed.
             on_time = due[-1:] if now - due[-1] <= GRACE_S else []
             missed = due[: len(due) - len(on_time)]
             chosen = (missed[-schedule.catchup :] if schedule.catchup else []) + on_time
-            for at in chosen:
-                out.append(await self._fire(schedule, at))
+            fired = [await self._fire(schedule, at) for at in chosen]
+            out.extend(fired)
             self._last[key] = (due[-1], self._last.get(key, last)[1])
-            if schedule.one_shot and key in self._stored:
-                await self._finish_one_shot(schedule)
+            if schedule.one_shot and key in self._stored and any(f.run_id for f in fired):
+                await self._finish_one_shot(schedule)  # refused: kept, tried again at start
         self.fired.extend(out)
         del self.fired[:-1000]
         return out
 
     async def _finish_one_shot(self, schedule: Schedule) -> None:
-        """A delayed start has fired (or was refused: logged in ``fired``): delete it."""
+        """A delayed start has submitted its run: delete it."""
         if self._store is not None:
             await self._store.delete(schedule.tenant, schedule.name, self._clock.now())
         self.remove(schedule.tenant, schedule.name)
