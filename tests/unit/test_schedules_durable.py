@@ -188,3 +188,27 @@ async def test_a_refused_delayed_start_is_kept_and_tried_again_at_start(tmp_path
         assert fired.action == "submitted" and fired.run_id is not None
         assert await engine.schedules.read("t1") == []
         assert (await engine.wait("t1", fired.run_id)).status == tf.RunStatus.COMPLETED
+
+
+def test_the_cli_reads_durations_and_prints_every_kind_of_schedule() -> None:
+    from tenantflow.cli.schedules import parse_duration, parse_time, schedule_line
+
+    assert [parse_duration(t, field="in") for t in ("90s", "10m", "1.5h", "2d", "30")] == [
+        90.0,
+        600.0,
+        5400.0,
+        172800.0,
+        30.0,
+    ]
+    for bad in ("0s", "-5m", "soon", "5 weeks", "nan"):
+        with pytest.raises(ConfigurationError):
+            parse_duration(bad, field="in")
+    with pytest.raises(ConfigurationError):
+        parse_time("2099-01-01T00:00:00", field="at")  # no zone
+    base = {"workflow": "wf", "overlap": "skip", "next_at": "N", "durable": True}
+    assert schedule_line({**base, "name": "a", "cron": "0 3 * * *"}).startswith(
+        "a: wf cron '0 3 * * *', overlap skip, next N"
+    )
+    assert "every 60s" in schedule_line({**base, "name": "b", "every_s": 60.0})
+    once = schedule_line({**base, "name": "c", "at": "T", "paused": True, "durable": False})
+    assert once == "c: wf once at T, overlap skip, paused (in code)"
