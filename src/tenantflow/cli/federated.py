@@ -179,6 +179,24 @@ def plane(
             " restarted.",
         ),
     ] = 30.0,
+    shared_size: Annotated[
+        int,
+        typer.Option(
+            "--shared-size",
+            min=1,
+            max=100_000,
+            help="Tenants the shared pool (the cell 'shared', started on first use) holds.",
+        ),
+    ] = 100,
+    place_new: Annotated[
+        str,
+        typer.Option(
+            "--place-new",
+            metavar="cell|shared",
+            help="Where new tenants go: cell (per --cell-size) or shared (the shared pool);"
+            " `tenantflow tenants move T --to cell|shared` moves one later.",
+        ),
+    ] = "cell",
     log_level: LogOption = "info",
 ) -> None:
     """Run the global plane: tenant registry and map, provisioning, policies, quotas, health,
@@ -198,8 +216,14 @@ def plane(
                 field="cell_store",
                 value=cell_store,
             )
+        if place_new not in ("cell", "shared"):
+            raise ConfigurationError(
+                f"--place-new {place_new!r}: cell or shared", field="place_new", value=place_new
+            )
         options = PlaneOptions(
             state_dir=state_dir,
+            shared_size=shared_size,
+            place_new=place_new,
             url=f"http://{host}:{port}",
             apps=tuple(refs),
             cell_size=cell_size,

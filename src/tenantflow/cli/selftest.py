@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import typer.core
@@ -24,12 +24,38 @@ from typer.testing import CliRunner
 from tenantflow.cli.common import EXIT_FAILURE, reporting_errors
 from tenantflow.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from tenantflow.selftest.core import Scenario
+
 EXIT_SKIPPED = 3
 """Nothing failed, but a scenario could not run (a missing server or extra): not a pass."""
 
-__all__ = ["ProfileName", "selftest"]
+__all__ = ["PlacementName", "ProfileName", "selftest"]
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class PlacementName(enum.StrEnum):
+    """Which placement's scenarios run (``--placement``)."""
+
+    centralized = "centralized"
+    mesh = "mesh"
+    federated = "federated"
+
+
+def placement_scenarios(placement: PlacementName) -> tuple[Scenario, ...]:
+    """The scenarios of ``placement``: the default suite, or a placement's own."""
+    if placement is PlacementName.federated:
+        from tenantflow.selftest.federated import FEDERATED_SCENARIOS
+
+        return FEDERATED_SCENARIOS
+    if placement is PlacementName.mesh:
+        from tenantflow.selftest import MESH_SCENARIOS
+
+        return MESH_SCENARIOS
+    from tenantflow.selftest import SCENARIOS
+
+    return SCENARIOS
 
 
 class ProfileName(enum.StrEnum):
@@ -53,9 +79,14 @@ def selftest(
     ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
     placement: Annotated[
-        str | None,
-        typer.Option("--placement", help="mesh: the mesh placement's scenarios (docs/mesh.md)."),
-    ] = None,
+        PlacementName,
+        typer.Option(
+            "--placement",
+            help="Whose scenarios: centralized (the default suite), mesh (docs/mesh.md) or"
+            " federated (a plane and cells as processes: cell and plane SIGKILLed under load,"
+            " a global quota, a policy change, isolation, audit; docs/federated.md).",
+        ),
+    ] = PlacementName.centralized,
     json_path: Annotated[
         Path | None, typer.Option("--json", metavar="PATH", help="Write the rows as JSON.")
     ] = None,
@@ -102,21 +133,22 @@ def selftest(
     """Run the reliability suite — crashes, pauses, database restarts, load and hostile input
     against a real tenantflow — and print a table of what was lost, duplicated, leaked or
     overspent, judged against stated bounds."""
-    from tenantflow.selftest import PROFILES, SCENARIOS, Context, choose, run_selftest
+    from tenantflow.selftest import PROFILES, Context, choose, run_selftest
     from tenantflow.selftest.table import Header, print_rows, write_json, write_markdown
 
     console = Console(stderr=True, soft_wrap=True)
     if list_:
         out = Console()
-        from tenantflow.selftest import MESH_SCENARIOS
-
-        for scenario in MESH_SCENARIOS if placement == "mesh" else SCENARIOS:
+        for scenario in placement_scenarios(placement):
             out.print(f"{scenario.name:15} {scenario.summary}", markup=False, highlight=False)
         return
     with reporting_errors():
-        if placement not in (None, "mesh"):
-            raise ConfigurationError(f"--placement {placement}: only mesh", field="placement")
-        chosen = choose(only, placement)
+        if placement is PlacementName.federated:
+            chosen = choose_from(placement_scenarios(placement), only, placement)
+        elif placement is PlacementName.mesh:
+            chosen = choose(only, "mesh")
+        else:
+            chosen = choose(only)
         started = datetime.now(UTC)
         context = Context(
             PROFILES[profile.value],
@@ -145,6 +177,27 @@ def selftest(
             highlight=False,
         )
         raise typer.Exit(EXIT_SKIPPED)
+
+
+def choose_from(
+    pool: Sequence[Scenario], names: Sequence[str] | None, placement: PlacementName
+) -> list[Scenario]:
+    """The scenarios of ``pool`` named (all of them when none is).
+
+    Raises:
+        ConfigurationError: a name that is not one of the placement's scenarios.
+    """
+    wanted = list(names or ())
+    known = [s.name for s in pool]
+    for name in wanted:
+        if name not in known:
+            raise ConfigurationError(
+                f"unknown scenario {name!r} for --placement {placement.value}: one of"
+                f" {', '.join(known)}",
+                field="only",
+                value=name,
+            )
+    return [s for s in pool if not wanted or s.name in wanted]
 
 
 def in_process(command: object) -> Callable[[Sequence[str]], str]:

@@ -41,7 +41,7 @@ from tenantflow.cli.common import (
 from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.policy import DEFAULT_REGIONS, TIERS, Policy
 from tenantflow.domain.state import diff_states
-from tenantflow.errors import ConfigurationError
+from tenantflow.errors import ConfigurationError, StoreUnavailableError
 
 __all__ = ["app", "load_policy_file", "parse_sets"]
 
@@ -371,57 +371,132 @@ def delete(
 
 @app.command("move")
 def move(
+    ctx: typer.Context,
     tenant: TenantArgument,
-    source: Annotated[
-        str,
-        typer.Option(
-            "--from",
-            metavar="URL",
-            help="The store the tenant is in now (sqlite:///… or postgresql://…).",
-            show_default=False,
-        ),
-    ],
     target: Annotated[
         str,
         typer.Option(
             "--to",
-            metavar="URL",
-            help="The store to move it to (a SQLite file is created when new).",
+            metavar="cell|shared|URL",
+            help="With --url (a federated plane): cell (a dedicated cell of its own) or shared"
+            " (the shared pool). With --from: the store to move it to (a SQLite file is created"
+            " when new).",
             show_default=False,
         ),
     ],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="URL",
+            help="Move at rest: the store the tenant is in now (sqlite:///… or postgresql://…).",
+            show_default=False,
+        ),
+    ] = None,
     location: Annotated[
         str | None,
         typer.Option(
             "--location",
             metavar="TEXT",
-            help="Where the tenant is served from now, for the audit log (default: --to).",
+            help="With --from: where the tenant is served from now, for the audit log"
+            " (default: --to).",
             show_default=False,
         ),
     ] = None,
+    drain_timeout_s: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout-s",
+            min=0.1,
+            help="With --url: how long attempts running at the source may take to finish.",
+        ),
+    ] = 30.0,
     json: JsonOption = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
-    """Move a tenant at rest, with every row of its data, from one store to another, and print
-    the proof: rows moved and rows left at the source (all zero) per table. Refused while an
-    attempt of the tenant is running at the source: move a served tenant through its engine
-    (tenantflow.placement.move.move_tenant)."""
+    """Move a tenant with every row of its data and print the proof: rows moved and rows left
+    at the source (all zero) per table. Live, through a federated plane (``--url PLANE`` with
+    its admin key, ``--to cell|shared``): its runs in flight move with it. At rest, between two
+    stores (``--from URL --to URL``): refused while an attempt of the tenant is running at the
+    source (move a served tenant through its engine)."""
     import asyncio
 
     from tenantflow.placement.move import move_stored_tenant
 
     with reporting_errors():
         check_tenant(tenant)
-        report = asyncio.run(move_stored_tenant(source, target, tenant, location=location))
+        if source is None:
+            result = _move_through_plane(ctx, tenant, target, url, api_key, drain_timeout_s)
+        else:
+            if url is not None:
+                raise ConfigurationError(
+                    "give --from URL (move at rest between stores) or --url PLANE (move live"
+                    " through a federated plane), not both",
+                    field="from",
+                )
+            report = asyncio.run(move_stored_tenant(source, target, tenant, location=location))
+            result = report.to_dict()
     if json:
-        render.print_json(report.to_dict())
+        render.print_json(result)
         return
     out = render.console()
-    out.print(render.deletion_table({"deleted": report.rows, "left": report.left}))
-    left = sum(report.left.values())
+    out.print(render.deletion_table({"deleted": result["rows"], "left": result["left"]}))
+    left = sum(int(n) for n in result["left"].values())
+    where = f"{result['to']} ({result['location']})" if "to" in result else result["target"]
     out.print(
-        f"moved tenant {tenant} to {report.target}: {report.runs} runs ({report.in_flight}"
-        f" unfinished), {sum(report.rows.values())} rows; {left} rows left at the source;"
-        f" audit chain continues at seq {report.audit_seq}",
+        f"moved tenant {tenant} to {where}: {result['runs']} runs ({result['in_flight']}"
+        f" unfinished), {sum(int(n) for n in result['rows'].values())} rows; {left} rows left"
+        f" at the source; audit chain continues at seq {result['audit_seq']}",
         style="green" if left == 0 else "red",
         markup=False,
     )
+
+
+def _move_through_plane(
+    ctx: typer.Context,
+    tenant: str,
+    to: str,
+    url: str | None,
+    api_key: str | None,
+    drain_timeout_s: float,
+) -> dict[str, Any]:
+    """POST the move to the plane (``/plane/v1/tenants/{tenant}/move``); its report."""
+    import httpx
+
+    from tenantflow.client import error_from_response
+
+    if to not in ("cell", "shared"):
+        raise ConfigurationError(
+            f"--to {to!r}: cell or shared through a plane (--url), or give --from URL to move"
+            " between stores",
+            field="to",
+            value=to,
+        )
+    settings = target_for(ctx, None, url, api_key)
+    if settings.url is None:
+        raise ConfigurationError(
+            "--to cell|shared moves a tenant through a federated plane: give --url PLANE (and"
+            " its admin key), or --from URL --to URL to move between stores",
+            field="url",
+        )
+    try:
+        response = httpx.post(
+            f"{settings.url.rstrip('/')}/plane/v1/tenants/{tenant}/move",
+            json={"to": to, "drain_timeout_s": drain_timeout_s},
+            headers={"Authorization": f"Bearer {settings.api_key}"},
+            timeout=max(120.0, 4 * drain_timeout_s),
+        )
+    except httpx.HTTPError as exc:
+        raise StoreUnavailableError(f"the plane at {settings.url} did not answer: {exc}") from exc
+    if response.status_code == 404 and "application/json" not in response.headers.get(
+        "content-type", ""
+    ):
+        raise ConfigurationError(
+            f"{settings.url} is not a federated plane (no /plane/v1): --to cell|shared needs one",
+            field="url",
+        )
+    if not response.is_success:
+        raise error_from_response(response)
+    result: dict[str, Any] = response.json()
+    return result

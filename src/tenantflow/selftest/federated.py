@@ -34,9 +34,9 @@ from typing import Any
 
 import httpx
 
-from tenantflow.selftest.core import Context, Row, percentile
+from tenantflow.selftest.core import Context, Row, Scenario, percentile
 
-__all__ = ["Federation", "free_port", "run_federated"]
+__all__ = ["FEDERATED_SCENARIOS", "Federation", "free_port", "run_federated"]
 
 APP = "tenantflow.selftest.federated_app:setup"
 QUOTA = ("tool:bureau", "20/second", 5)
@@ -373,3 +373,13 @@ def run_federated(ctx: Context, row: Row, workdir: Path) -> None:
         row.check(broken == 0, f"{broken} audit chains do not verify")
     finally:
         fed.stop()
+
+
+FEDERATED_SCENARIOS: tuple[Scenario, ...] = (  # tenantflow selftest --placement federated
+    Scenario(
+        "federated",
+        "plane and cells as processes: a cell and the plane SIGKILLed under load, a global"
+        " quota across cells, a policy change, isolation, audit",
+        run_federated,
+    ),
+)

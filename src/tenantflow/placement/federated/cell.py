@@ -181,6 +181,7 @@ class Cell:
     versions: dict[str, int] = field(default_factory=dict)
     draining: set[str] = field(default_factory=set)
     moved: dict[str, str] = field(default_factory=dict)  # key id -> new base URL
+    released: dict[str, dict[str, Any]] = field(default_factory=dict)  # tenants being moved away
     leases: dict[str, Lease] = field(default_factory=dict)
     plane_ok: bool = False
     last_beat: float = 0.0
@@ -351,6 +352,25 @@ class MovedIn(BaseModel):
     key_ids: list[str]
 
 
+class ReleaseIn(BaseModel):
+    location: str  # where the tenant will be served (the target cell's URL)
+    drain_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class FinishIn(BaseModel):
+    key_ids: list[str]  # the tenant's keys, answered 307 to ``location`` from now on
+
+
+class CancelIn(BaseModel):
+    reason: str = ""
+
+
+class AdoptIn(BaseModel):
+    key_ids: list[str] = Field(default_factory=list)  # redirect markers to lift
+    version: int = Field(default=0, ge=0)  # the policy version that moved with the tenant
+    document: dict[str, Any] = Field(default_factory=dict)
+
+
 async def _cell_of(request: Request) -> Cell:
     cell: Cell = request.app.state.cell
     return cell
@@ -429,6 +449,90 @@ def cell_router() -> APIRouter:
     async def tenant_state(tenant_id: str, cell: CellDep, admin: Admin) -> dict[str, Any]:
         await cell.engine.tenants.get(tenant_id)
         return await _tenant_state(cell, tenant_id)
+
+    # -- a live move (tenantflow.placement.move's four calls, each where its part lives) -----
+
+    @router.post("/tenants/{tenant_id}/release")
+    async def release(
+        tenant_id: str, body: ReleaseIn, cell: CellDep, admin: Admin
+    ) -> dict[str, Any]:
+        """Fence the tenant, let its running attempts finish, stop driving it: its rows are at
+        rest in this cell's store for the copy. Asked again (the plane retried), the same
+        answer."""
+        from datetime import timedelta
+
+        from tenantflow.placement.move import release_tenant
+
+        done = cell.released.get(tenant_id)
+        if done is None:
+            released = await release_tenant(
+                cell.engine,
+                tenant_id,
+                location=body.location,
+                drain_timeout=timedelta(seconds=body.drain_timeout_s),
+            )
+            done = {
+                "tenant": tenant_id,
+                "store": released.store.url,
+                "drained": released.drained,
+                "stopped": released.stopped,
+                "fenced_at": released.fenced_at,
+            }
+            cell.released[tenant_id] = done
+        return done
+
+    @router.post("/tenants/{tenant_id}/finish")
+    async def finish(tenant_id: str, body: FinishIn, cell: CellDep, admin: Admin) -> dict[str, Any]:
+        """The copy committed: forget the tenant, and answer its keys with 307 to where it
+        lives now."""
+        from tenantflow.placement.move import finish_release, moved_to
+
+        fence = moved_to(cell.engine, tenant_id)
+        if fence is None or fence.location is None:
+            raise ConflictError(f"tenant {tenant_id!r} is not being moved", tenant=tenant_id)
+        await finish_release(cell.engine, tenant_id)
+        cell.released.pop(tenant_id, None)
+        for key_id in body.key_ids:
+            cell.moved[key_id] = fence.location.rstrip("/")
+        _write_json(cell._dir / "moved.json", cell.moved)
+        documents = cell.policies()
+        if documents.pop(tenant_id, None) is not None:
+            cell._save_policies(documents)
+        cell.versions.pop(tenant_id, None)
+        return {"tenant": tenant_id, "location": fence.location, "keys": len(body.key_ids)}
+
+    @router.post("/tenants/{tenant_id}/cancel")
+    async def cancel(tenant_id: str, body: CancelIn, cell: CellDep, admin: Admin) -> dict[str, Any]:
+        """The copy did not commit (it was undone): serve the tenant again."""
+        from tenantflow.placement.move import cancel_release
+
+        await cancel_release(
+            cell.engine, tenant_id, actor="plane:move", reason=body.reason or "cancelled"
+        )
+        cell.released.pop(tenant_id, None)
+        return {"tenant": tenant_id, "serving": True}
+
+    @router.post("/tenants/{tenant_id}/adopt")
+    async def adopt(tenant_id: str, body: AdoptIn, cell: CellDep, admin: Admin) -> dict[str, Any]:
+        """The copy committed into this cell's store: load the tenant, its unfinished runs and
+        open reviews, and lift the redirect markers of an earlier move away."""
+        from tenantflow.placement.move import adopt_tenant
+
+        engine = cell.engine
+        others = [t for t in engine.tenants.list() if t.id != tenant_id]
+        if len(others) >= cell.options.max_tenants:
+            raise ConflictError(
+                f"cell {cell.options.cell_id!r} is full ({cell.options.max_tenants} tenants)",
+                cell=cell.options.cell_id,
+            )
+        await adopt_tenant(engine, tenant_id)
+        for key_id in body.key_ids:
+            cell.moved.pop(key_id, None)
+        _write_json(cell._dir / "moved.json", cell.moved)
+        if body.version:
+            await _record_version(cell, tenant_id, body.version, body.document)
+        info = await engine.tenants.get(tenant_id)
+        return {"tenant": tenant_id, "tenant_info": _tenant_json(info)}
 
     @router.put("/moved")
     async def moved(body: MovedIn, cell: CellDep, admin: Admin) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import tenantflow as tf
 from tenantflow.domain.keys import format_key, key_id_for, parse_key
 from tenantflow.errors import (
     AuthenticationError,
+    ConfigurationError,
     ConflictError,
     NotFoundError,
     StoreUnavailableError,
@@ -83,6 +84,8 @@ class PlaneOptions:
     drain_timeout_s: float = 60.0
     cell_store: str | None = None  # a store URL template with {cell}; None: a SQLite file each
     hung_after_s: float | None = 30.0  # no heartbeat for this long: the cell is killed, restarted
+    shared_size: int = 100  # tenants the shared pool (cell ``shared``) holds at most
+    place_new: str = "cell"  # where new tenants go: "cell" (per --cell-size) or "shared"
 
 
 class ProvisionIn(BaseModel):
@@ -94,6 +97,17 @@ class ProvisionIn(BaseModel):
 class DeprovisionIn(BaseModel):
     tenant: str
     purge_audit: bool = True
+
+
+class MoveIn(BaseModel):
+    tenant: str
+    to: str  # "cell" | "shared"
+    drain_timeout_s: float = 30.0
+
+
+SHARED_CELL = "shared"
+"""The shared pool's cell id: one engine process holding many tenants (``--shared-size``), the
+place tenants graduate from (``tenants move T --to cell``) and return to (``--to shared``)."""
 
 
 class Plane:
@@ -121,6 +135,7 @@ class Plane:
         self.engine = tf.Engine.open(f"sqlite:///{options.state_dir / 'plane-runs.db'}")
         self.engine.register(self._provision_workflow())
         self.engine.register(self._deprovision_workflow())
+        self.engine.register(self._move_workflow())
         self._http: httpx.AsyncClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pushing: set[tuple[str, int]] = set()
@@ -213,36 +228,19 @@ class Plane:
         if row is not None and row.cell is not None and row.cell in self.registry.cells:
             return self.registry.cells[row.cell]
         cell = None
-        if self.options.cell_size > 1:
+        if self.options.place_new == "shared":
+            cell = self.shared_cell()
+        elif self.options.cell_size > 1:
             for candidate in sorted(self.registry.cells.values(), key=lambda c: c.created_at):
                 if (
-                    candidate.status in ("starting", "running")
+                    candidate.id != SHARED_CELL
+                    and candidate.status in ("starting", "running")
                     and len(self.registry.tenants_of(candidate.id)) < candidate.max_tenants
                 ):
                     cell = candidate
                     break
         if cell is None:
-            cell_id = f"cell-{secrets.token_hex(4)}"
-            port = free_port(self.options.cell_host)
-            state = self.options.state_dir / "cells" / cell_id
-            cell = CellRow(
-                id=cell_id,
-                url=f"http://{self.options.cell_host}:{port}",
-                port=port,
-                store=(
-                    self.options.cell_store.format(cell=cell_id.replace("-", "_"))
-                    if self.options.cell_store
-                    else f"sqlite:///{state / 'cell.db'}"
-                ),
-                state_dir=str(state),
-                admin_key=new_key(),
-                max_tenants=self.options.cell_size,
-                status="starting",
-                pid=None,
-                restarts=0,
-                created_at=time.time(),
-            )
-            self.registry.put_cell(cell)
+            cell = self._new_cell(self.options.cell_size)
         now = time.time()
         previous = self.registry.tenants.get(tenant)
         self.registry.put_tenant(
@@ -256,6 +254,38 @@ class Plane:
                 now,
             )
         )
+        return cell
+
+    def _new_cell(self, max_tenants: int, cell_id: str | None = None) -> CellRow:
+        """A new cell in the registry (status ``starting``; the supervisor starts it)."""
+        cell_id = cell_id or f"cell-{secrets.token_hex(4)}"
+        port = free_port(self.options.cell_host)
+        state = self.options.state_dir / "cells" / cell_id
+        cell = CellRow(
+            id=cell_id,
+            url=f"http://{self.options.cell_host}:{port}",
+            port=port,
+            store=(
+                self.options.cell_store.format(cell=cell_id.replace("-", "_"))
+                if self.options.cell_store
+                else f"sqlite:///{state / 'cell.db'}"
+            ),
+            state_dir=str(state),
+            admin_key=new_key(),
+            max_tenants=max_tenants,
+            status="starting",
+            pid=None,
+            restarts=0,
+            created_at=time.time(),
+        )
+        self.registry.put_cell(cell)
+        return cell
+
+    def shared_cell(self) -> CellRow:
+        """The shared pool: the cell ``shared`` (made on first use, ``shared_size`` tenants)."""
+        cell = self.registry.cells.get(SHARED_CELL)
+        if cell is None:
+            cell = self._new_cell(self.options.shared_size, SHARED_CELL)
         return cell
 
     def _provision_workflow(self) -> tf.Workflow:
@@ -373,6 +403,200 @@ class Plane:
             return proof
 
         return wf
+
+    def _move_workflow(self) -> tf.Workflow:
+        """``move-tenant``: target (the shared pool, or a new dedicated cell) → start it →
+        release at the source cell → copy store to store (here, with both stores opened beside
+        the cells' engines) → finish at the source (its keys answered 307 to the target) →
+        adopt at the target → the tenant → cell map."""
+        wf = tf.Workflow("move-tenant", input=MoveIn)
+
+        @wf.step(retry=_STEP_RETRY)
+        async def target(ctx: tf.StepContext, input: MoveIn) -> dict[str, str]:
+            row = self.registry.tenants[input.tenant]
+            assert row.cell is not None
+            cell = self.shared_cell() if input.to == "shared" else self._new_cell(1)
+            return {"source": row.cell, "target": cell.id}
+
+        @wf.step(retry=_STEP_RETRY, timeout=None)
+        async def start(ctx: tf.StepContext, target: dict[str, str]) -> str:
+            cell = self.registry.cells[target["target"]]
+            await self.supervisor.ensure(cell)
+            return cell.url
+
+        @wf.step(retry=_STEP_RETRY, timeout=None)
+        async def release(
+            ctx: tf.StepContext, input: MoveIn, target: dict[str, str], start: str
+        ) -> dict[str, Any]:
+            source = self.registry.cells[target["source"]]
+            await self.supervisor.ensure(source)
+            answer: dict[str, Any] = await self.call_cell(
+                source,
+                "POST",
+                f"/cell/v1/tenants/{input.tenant}/release",
+                json={"location": start, "drain_timeout_s": input.drain_timeout_s},
+            )
+            return answer
+
+        @wf.step(retry=tf.Retry(max_attempts=1), timeout=None)
+        async def copy(
+            ctx: tf.StepContext, input: MoveIn, target: dict[str, str], start: str, release: Any
+        ) -> dict[str, Any]:
+            source = self.registry.cells[target["source"]]
+            destination = self.registry.cells[target["target"]]
+            if await self._copied_already(source, destination, input.tenant):
+                raise ConflictError(  # an earlier attempt copied it and the plane lost its answer
+                    f"tenant {input.tenant!r} is at {destination.id} already; finish the move"
+                    " there (/cell/v1/tenants/{id}/finish at the source, /adopt at the target)",
+                    tenant=input.tenant,
+                )
+            try:
+                report = await self._copy(source, destination, input.tenant, start)
+            except BaseException as exc:
+                with contextlib.suppress(TenantflowError):  # the source serves it again
+                    await self.call_cell(
+                        source,
+                        "POST",
+                        f"/cell/v1/tenants/{input.tenant}/cancel",
+                        json={"reason": str(exc)[:300]},
+                    )
+                row = self.registry.tenants[input.tenant]
+                row.status = "active"
+                self.registry.put_tenant(row)
+                raise
+            report["drained"] = bool(release.get("drained", True))
+            report["stopped"] = int(release.get("stopped", 0))
+            report["fenced_s"] = round(time.time() - float(release.get("fenced_at", 0.0)), 3)
+            return report
+
+        @wf.step(retry=_STEP_RETRY, timeout=None)
+        async def finish(
+            ctx: tf.StepContext, input: MoveIn, target: dict[str, str], copy: dict[str, Any]
+        ) -> int:
+            source = self.registry.cells[target["source"]]
+            with contextlib.suppress(ConflictError):  # an earlier attempt finished it
+                await self.call_cell(
+                    source,
+                    "POST",
+                    f"/cell/v1/tenants/{input.tenant}/finish",
+                    json={"key_ids": copy["api_keys"]},
+                )
+            return len(copy["api_keys"])
+
+        @wf.step(retry=_STEP_RETRY, timeout=None)
+        async def adopt(
+            ctx: tf.StepContext,
+            input: MoveIn,
+            target: dict[str, str],
+            copy: dict[str, Any],
+            finish: int,
+        ) -> dict[str, Any]:
+            destination = self.registry.cells[target["target"]]
+            policy = self.registry.latest_policy(input.tenant)
+            answer = await self.call_cell(
+                destination,
+                "POST",
+                f"/cell/v1/tenants/{input.tenant}/adopt",
+                json={
+                    "key_ids": copy["api_keys"],
+                    "version": policy.version if policy else 0,
+                    "document": policy.document if policy else {},
+                },
+            )
+            row = self.registry.tenants[input.tenant]
+            row.cell, row.status, row.info = destination.id, "active", answer["tenant_info"]
+            row.updated_at = time.time()
+            self.registry.put_tenant(row)
+            for key_id in copy["api_keys"]:
+                self.registry.put_key(key_id, input.tenant)
+            return {**copy, "from": target["source"], "to": destination.id}
+
+        return wf
+
+    async def _copied_already(self, source: CellRow, target: CellRow, tenant: str) -> bool:
+        """Whether the tenant's rows are all at the target already (a copy committed)."""
+        from tenantflow.adapters import open_store  # composition
+        from tenantflow.adapters.tenant_transfer import tenant_rows
+
+        counts = []
+        for row in (source, target):
+            store = open_store(row.store)
+            await store.open(execute=False)
+            try:
+                counts.append(sum((await tenant_rows(store, tenant)).values()))
+            finally:
+                await store.close()
+        return counts[0] == 0 and counts[1] > 0
+
+    async def _copy(
+        self, source: CellRow, target: CellRow, tenant: str, location: str
+    ) -> dict[str, Any]:
+        """copy_tenant between the two cells' stores, opened here beside the cells' engines
+        (``execute=False``: a SQLite file's executing lock stays with its cell)."""
+        from tenantflow.adapters import open_store  # composition
+        from tenantflow.placement.move import copy_tenant
+
+        src, dst = open_store(source.store), open_store(target.store)
+        await src.open(execute=False)
+        try:
+            await dst.open(execute=False)
+            try:
+                now = time.time()
+                copied = await copy_tenant(
+                    src,
+                    dst,
+                    tenant,
+                    actor="plane:move",
+                    location=location,
+                    source_now=now,
+                    target_now=now,
+                )
+            finally:
+                await dst.close()
+        finally:
+            await src.close()
+        report = copied.report().to_dict()
+        return report
+
+    async def move(self, tenant: str, to: str, *, drain_timeout_s: float = 30.0) -> dict[str, Any]:
+        """Move a tenant, live, to the shared pool (``to="shared"``) or a dedicated cell of its
+        own (``to="cell"``), as a durable run of the plane's engine; the move's report."""
+        if to not in ("cell", "shared"):
+            raise ConfigurationError(f"--to {to!r}: cell or shared", field="to", value=to)
+        row = self.registry.tenants.get(tenant)
+        if row is None or row.status == "deleted" or row.cell is None:
+            raise NotFoundError(f"tenant {tenant!r} not found", kind="tenant", id=tenant)
+        if row.status != "active":
+            raise ConflictError(f"tenant {tenant!r} is {row.status}", tenant=tenant)
+        if to == "shared" and row.cell == SHARED_CELL:
+            raise ConflictError(f"tenant {tenant!r} is in the shared pool already", tenant=tenant)
+        alone = len(self.registry.tenants_of(row.cell)) == 1
+        if to == "cell" and row.cell != SHARED_CELL and alone:
+            raise ConflictError(f"tenant {tenant!r} has a cell of its own already", tenant=tenant)
+        row.status = "moving"
+        self.registry.put_tenant(row)
+        try:
+            handle = await self.engine.submit(
+                "move-tenant",
+                tenant=PLANE_TENANT,
+                input={"tenant": tenant, "to": to, "drain_timeout_s": drain_timeout_s},
+                idempotency_key=f"move:{tenant}:{time.time_ns()}",
+            )
+            record = await self.engine.wait(PLANE_TENANT, handle.id)
+        finally:
+            row = self.registry.tenants[tenant]
+            if row.status == "moving":  # the run failed before the map changed
+                row.status = "active"
+                self.registry.put_tenant(row)
+        if record.status.value != "completed":
+            raise ConflictError(
+                f"moving {tenant!r} did not complete ({record.status.value}):"
+                f" {record.error or 'see the plane run ' + handle.id}",
+                run_id=handle.id,
+            )
+        output: dict[str, Any] = dict(await self.engine.result(PLANE_TENANT, handle.id))
+        output["run_id"] = handle.id
+        return output
 
     async def provision(
         self, tenant: str, *, tier: str, org_id: str | None, fields: Mapping[str, Any]

@@ -133,6 +133,11 @@ class QuotaIn(BaseModel):
     burst: int | None = Field(default=None, ge=1)
 
 
+class MoveBody(BaseModel):
+    to: str = Field(pattern="^(cell|shared)$")
+    drain_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class BroadcastIn(BaseModel):
     policy: dict[str, Any]
     tenants: list[str] | None = None
@@ -208,6 +213,14 @@ def _router() -> APIRouter:
     ) -> dict[str, Any]:
         proof = await plane.deprovision(tenant_id, purge_audit=purge_audit)
         return {"tenant_id": tenant_id, **proof}
+
+    @router.post("/plane/v1/tenants/{tenant_id}/move")
+    async def move_tenant(
+        tenant_id: str, body: MoveBody, plane: PlaneDep, actor: Admin
+    ) -> dict[str, Any]:
+        """Move the tenant, live, to a dedicated cell or the shared pool (a durable run of
+        the plane's engine); the move's report."""
+        return await plane.move(tenant_id, body.to, drain_timeout_s=body.drain_timeout_s)
 
     @router.post("/v1/tenants/{tenant_id}/keys", status_code=201)
     async def create_key(
