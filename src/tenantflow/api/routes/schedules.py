@@ -33,7 +33,11 @@ class ScheduleIn(_In):
     workflow: str = Field(min_length=1, max_length=200)
     input: Any = Field(default=None, description="Every run's input.")
     every_s: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False, description="An interval, in seconds (>= 1)."
+        default=None,
+        gt=0,
+        le=10 * 366 * 86400,
+        allow_inf_nan=False,
+        description="An interval, in seconds (1 s to ten years).",
     )
     cron: str | None = Field(default=None, max_length=200, description="Five fields, UTC.")
     at: datetime | None = Field(default=None, description="Once, at this time (ISO-8601).")
