@@ -4,6 +4,24 @@
     python benchmarks/fairness.py --quick    # 40 tenants, 20 slots, burst of 600 (< 30 s)
     python benchmarks/fairness.py --timeline # + per-second latency, slots and commit figures
     python benchmarks/fairness.py --skip-fifo # only the baseline and controls scenarios (~70 s)
+    python benchmarks/fairness.py --variant short --repeat 5   # issue 22's burst shapes, 5 runs
+
+Variants (``--variant``; each also has a ``--quick`` size, and explicit options win):
+
+* ``default``      the seed's Monday morning below.
+* ``short``        issue 22's shape: 20 quiet tenants paced at 10 runs/s in all, institution-x
+                   bursts 2,000 runs of 4 x 5 ms steps over 1 s on 16 slots, hard-capped at 4
+                   running steps (``--x-burst-slots`` lets it borrow idle slots).
+* ``all-at-once``  the same burst submitted at one instant (every submit in one loop turn).
+* ``spread-names`` 30 quiet tenants of mixed tiers (enterprise / standard / free); the burst,
+                   3,000 runs, spread over 20 workflow names, every 4th run in the urgent lane.
+
+The variants skip the no-controls scenario and measure X's drain: the run waits (at most
+``--x-drain-max`` s) for X's whole burst and times it from the burst's start to its last run's
+end, then runs the burst once more with nobody else and every slot open to X ("X alone"); the
+target is X's drain under the burst <= 1.15 x alone. ``--repeat N`` runs the variant N times
+(seed, seed + 1, ...; each run its own baseline, controls and X alone) and prints every run's
+quiet p99 ratio (burst / no burst), not only a median, and every drain ratio.
 
 The seed: 200 institutions share 100 worker slots; one Monday, Institution X submits 5,000 loan
 applications at once. Without tenant controls everyone else's latency goes 45 s -> 15 min; with
@@ -57,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import math
 import random
@@ -65,7 +84,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -123,6 +142,14 @@ class Probe:
         self.max_in_step: dict[str, int] = defaultdict(int)
         self.step_seconds: dict[str, float] = defaultdict(float)
         self.finished: dict[str, list[float]] = defaultdict(list)  # last step's end (loop time)
+        self.burst_size = 0  # institution-x's runs; x_done is set when that many finished
+        self.x_done = asyncio.Event()
+
+    def run_finished(self, tenant: str) -> None:
+        done = self.finished[tenant]
+        done.append(asyncio.get_running_loop().time())
+        if tenant == BURSTER and len(done) >= self.burst_size:
+            self.x_done.set()
 
     async def work(self, tenant: str) -> None:
         self.in_step[tenant] += 1
@@ -138,32 +165,38 @@ class Probe:
 
 PROBE = Probe(0.1)
 
-loan = tf.Workflow("loan-approval", input=Loan)
+
+def make_loan(name: str) -> tf.Workflow:
+    """The four-step loan workflow under ``name`` (the spread-names variant registers 20)."""
+    wf = tf.Workflow(name, input=Loan)
+
+    @wf.step
+    async def verify(ctx: tf.StepContext, input: Loan) -> Loan:
+        await PROBE.work(input.tenant)
+        return input
+
+    @wf.step
+    async def credit(ctx: tf.StepContext, verify: Loan) -> Loan:
+        await PROBE.work(verify.tenant)
+        return verify
+
+    @wf.step
+    async def compliance(ctx: tf.StepContext, credit: Loan) -> Loan:
+        await PROBE.work(credit.tenant)
+        return credit
+
+    @wf.step
+    async def decide(ctx: tf.StepContext, compliance: Loan) -> Loan:
+        await PROBE.work(compliance.tenant)
+        PROBE.run_finished(compliance.tenant)
+        return compliance
+
+    return wf
 
 
-@loan.step
-async def verify(ctx: tf.StepContext, input: Loan) -> Loan:
-    await PROBE.work(input.tenant)
-    return input
-
-
-@loan.step
-async def credit(ctx: tf.StepContext, verify: Loan) -> Loan:
-    await PROBE.work(verify.tenant)
-    return verify
-
-
-@loan.step
-async def compliance(ctx: tf.StepContext, credit: Loan) -> Loan:
-    await PROBE.work(credit.tenant)
-    return credit
-
-
-@loan.step
-async def decide(ctx: tf.StepContext, compliance: Loan) -> Loan:
-    await PROBE.work(compliance.tenant)
-    PROBE.finished[compliance.tenant].append(asyncio.get_running_loop().time())
-    return compliance
+loan = make_loan("loan-approval")
+BURST_WORKFLOWS = [loan] + [make_loan(f"loan-approval-{k:02d}") for k in range(2, 21)]
+TIER_CYCLE = ("enterprise", "standard", "free")
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,18 @@ class Config:
     timeline: bool = False
     wait_burst: bool = False
     skip_fifo: bool = False
+    names: int = 1  # workflow names the burst is spread over (the quiet runs use the first)
+    urgent_every: int = 0  # every k-th burst run in the urgent lane (0: none)
+    mixed_tiers: bool = False  # quiet tenants cycle enterprise / standard / free
+    x_burst_slots: int = 0  # X's burst_slots (borrowing above its cap when slots are idle)
+    x_drain: bool = False  # wait for X's whole burst and time it (+ the "X alone" scenario)
+    x_drain_max: float = 120.0  # at most this long after the window
+    variant: str = "default"
+
+    def tier(self, tenant: str) -> str:
+        if not self.mixed_tiers or tenant == BURSTER:
+            return "standard"
+        return TIER_CYCLE[int(tenant.rsplit("-", 1)[1]) % len(TIER_CYCLE)]
 
     @property
     def quiet(self) -> list[str]:
@@ -256,6 +301,7 @@ class Result:
     timeline: list[str] = field(default_factory=list)
     settled: list[float] = field(default_factory=list)  # measured runs submitted >= burst + 2 s
     gc_pauses: list[tuple[int, float]] = field(default_factory=list)  # (generation, seconds)
+    x_drain_s: float = math.nan  # burst start -> X's last run done (inf: not done in time)
 
     def pct(self, q: float) -> float:
         """Percentile of the measured quiet latencies; unfinished runs count as +inf."""
@@ -288,8 +334,13 @@ async def scenario(
     burst: bool,
     controls: bool,
     emulate_shared: bool = False,
+    x_alone: bool = False,
 ) -> Result:
     """Run one scenario on a fresh engine and store and return its figures.
+
+    ``x_alone``: institution-x's burst with no quiet tenant at all, X allowed every slot
+    (``max_running_steps`` and ``max_active_runs`` = ``slots``): the time X's burst needs when
+    nobody else needs the slots, against which its drain time under the burst is compared.
 
     ``emulate_shared``: tenant controls off, emulated through the public API because
     ``controls=False`` does not run (see the report): every run is submitted under one engine
@@ -302,6 +353,7 @@ async def scenario(
     # figures come from the step bodies, whichever way scenario 3 is run.
     by_body = emulate_shared or not controls
     PROBE.reset(cfg.step_s)  # fresh counters
+    PROBE.burst_size = cfg.burst
     gc.collect()
     GC.take()
     wall0 = time.perf_counter()
@@ -315,7 +367,8 @@ async def scenario(
             url, slots=cfg.slots, controls=controls or emulate_shared, seed=cfg.seed
         )
         async with engine:
-            engine.register(loan)
+            for wf in BURST_WORKFLOWS[: max(1, cfg.names)]:
+                engine.register(wf)
             sched = engine.dispatcher.scheduler
             weights: dict[str, float] = {}
             caps: dict[str, int] = {}
@@ -323,19 +376,22 @@ async def scenario(
             # burst credit, so that its cap is a hard 20.
             std = tf.Policy.for_tier("standard")
             quiet_policy: dict[str, Any] = {}
+            x_steps = cfg.slots if x_alone else cfg.x_steps
             x_policy: dict[str, Any] = {
-                "max_running_steps": cfg.x_steps,
-                "max_active_runs": cfg.x_runs,
-                "guaranteed_slots": min(std.guaranteed_slots, cfg.x_steps),
-                "burst_slots": 0,
+                "max_running_steps": x_steps,
+                "max_active_runs": cfg.slots if x_alone else cfg.x_runs,
+                "guaranteed_slots": min(std.guaranteed_slots, x_steps),
+                "burst_slots": 0 if x_alone else cfg.x_burst_slots,
             }
-            tenants = cfg.quiet + ([BURSTER] if burst else [])
-            for t in cfg.quiet:
-                weights[t] = std.weight
-                caps[t] = std.max_running_steps
+            quiet = [] if x_alone else cfg.quiet
+            tenants = quiet + ([BURSTER] if burst else [])
+            for t in quiet:
+                tier = tf.Policy.for_tier(cfg.tier(t))
+                weights[t] = tier.weight
+                caps[t] = tier.max_running_steps
             if burst:
                 weights[BURSTER] = std.weight
-                caps[BURSTER] = cfg.x_steps
+                caps[BURSTER] = x_steps
             if emulate_shared:
                 shared = "platform"
                 await engine.tenants.create(
@@ -351,7 +407,7 @@ async def scenario(
                 await asyncio.gather(
                     *(
                         engine.tenants.create(
-                            t, tier="standard", **(x_policy if t == BURSTER else quiet_policy)
+                            t, tier=cfg.tier(t), **(x_policy if t == BURSTER else quiet_policy)
                         )
                         for t in tenants
                     )
@@ -387,9 +443,10 @@ async def scenario(
                 --wait-burst it is also waited for, as a client would (5,000 more waiters, each
                 reading the store twice through the engine's single SQLite thread)."""
                 handle = await engine.submit(
-                    "loan-approval",
+                    BURST_WORKFLOWS[j % max(1, cfg.names)],
                     tenant=engine_tenant(BURSTER),
                     input={"tenant": BURSTER, "n": j},
+                    lane="urgent" if cfg.urgent_every and j % cfg.urgent_every == 0 else None,
                 )
                 if cfg.wait_burst:
                     await handle.wait()
@@ -460,6 +517,12 @@ async def scenario(
             # Let the measured quiet runs finish, for at most --drain seconds.
             if quiet_tasks:
                 await asyncio.wait(set(quiet_tasks), timeout=cfg.drain)
+            if burst and cfg.x_drain:
+                # X's whole burst: wait (bounded) until its last run has finished.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(PROBE.x_done.wait(), cfg.x_drain_max)
+                done_x = PROBE.finished.get(BURSTER, [])
+                res.x_drain_s = max(done_x) - b0 if len(done_x) >= cfg.burst else math.inf
             stop.set()
             await sampler_task
             res.unfinished = sum(1 for i in measured if i not in done_at)
@@ -659,15 +722,31 @@ def report(cfg: Config, results: list[Result]) -> None:
             print(f"timeline {r.name}:")
             for row in r.timeline:
                 print("  " + row)
-    ctl = results[1]
-    ratio = ctl.pct(0.99) / bp99
-    settled_ratio = _q(sorted(ctl.settled), 0.99) / _q(sorted(base.settled), 0.99)
+    ratio, settled_ratio, drain_ratio = ratios(results)
     print()
     print(
         f"target: quiet p99 during the burst with controls <= 1.10 x baseline p99:"
         f" {'MET' if ratio <= 1.10 else 'NOT MET'} ({ratio:.2f}x; {settled_ratio:.2f}x for runs"
         f" submitted >= {SETTLE_S:g} s after the burst began)"
     )
+    if cfg.x_drain:
+        ctl, alone = results[1], results[-1]
+        print(
+            f"target: X drains within 1.15 x its time alone:"
+            f" {'MET' if drain_ratio <= 1.15 else 'NOT MET'} ({drain_ratio:.2f}x: X's"
+            f" {cfg.burst} runs done {fmt_s(ctl.x_drain_s).strip()} after the burst began with"
+            f" the quiet tenants, {fmt_s(alone.x_drain_s).strip()} alone with every slot)"
+        )
+
+
+def ratios(results: list[Result]) -> tuple[float, float, float]:
+    """Quiet p99 with the burst / without (all measured runs; settled ones); X drain / alone."""
+    base, ctl = results[0], results[1]
+    ratio = ctl.pct(0.99) / base.pct(0.99)
+    settled_ratio = _q(sorted(ctl.settled), 0.99) / _q(sorted(base.settled), 0.99)
+    alone = results[-1] if results[-1].name == "X alone" else None
+    drain_ratio = ctl.x_drain_s / alone.x_drain_s if alone is not None else math.nan
+    return ratio, settled_ratio, drain_ratio
 
 
 def _q(values: list[float], q: float) -> float:
@@ -690,11 +769,19 @@ async def main_async(cfg: Config) -> list[Result]:
     mode = cfg.no_controls
     if mode == "auto":
         mode = "engine" if await no_controls_works(cfg.step_s) else "emulate"
+    shape = ""
+    if cfg.names > 1 or cfg.urgent_every:
+        shape = f" over {cfg.names} workflow names"
+        if cfg.urgent_every:
+            shape += f", every {cfg.urgent_every}th run in the urgent lane"
+    tiers = "mixed tiers (enterprise/standard/free)" if cfg.mixed_tiers else "standard tier"
     print(
-        f"fairness: {cfg.tenants} tenants ({cfg.tenants - 1} quiet + {BURSTER}), {cfg.slots} slots,"
+        f"fairness [{cfg.variant}]: {cfg.tenants} tenants ({cfg.tenants - 1} quiet, {tiers},"
+        f" + {BURSTER} capped at {cfg.x_steps} steps / {cfg.x_runs} runs,"
+        f" burst_slots {cfg.x_burst_slots}), {cfg.slots} slots,"
         f" 4 x {cfg.step_s * 1000:.0f} ms steps, quiet {cfg.quiet_rate:.1f} runs/s"
         f" (~{cfg.load * 100:.0f}% of capacity, {len(schedule)} runs), burst {cfg.burst} runs"
-        f" over {cfg.burst_spread:g} s at t={cfg.burst_start:g} s,"
+        f"{shape} over {cfg.burst_spread:g} s at t={cfg.burst_start:g} s,"
         f" window [{cfg.window[0]:g}, {cfg.window[1]:g}) s, seed {cfg.seed},"
         f" store {'MemoryStore' if cfg.store == 'memory' else 'SQLite synchronous=normal'}"
     )
@@ -716,7 +803,7 @@ async def main_async(cfg: Config) -> list[Result]:
     results.append(ctl)
     print(f"  controls     done in {ctl.wall_s:.1f}s", flush=True)
     if cfg.skip_fifo:
-        return results
+        return await x_alone(cfg, results)
     nc = await scenario(
         "no controls",
         cfg,
@@ -731,7 +818,74 @@ async def main_async(cfg: Config) -> list[Result]:
     finish(nc, sla)
     results.append(nc)
     print(f"  no controls  done in {nc.wall_s:.1f}s", flush=True)
+    return await x_alone(cfg, results)
+
+
+async def x_alone(cfg: Config, results: list[Result]) -> list[Result]:
+    """With ``x_drain``: the burst again with nobody else and every slot open to X."""
+    if cfg.x_drain:
+        alone = await scenario("X alone", cfg, [], burst=True, controls=True, x_alone=True)
+        finish(alone, results[0].sla_s)
+        results.append(alone)
+        print(f"  X alone      done in {alone.wall_s:.1f}s", flush=True)
     return results
+
+
+_SHORT = {
+    "tenants": 21,
+    "slots": 16,
+    "burst": 2000,
+    "step_ms": 5.0,
+    "load": 0.0125,  # quiet tenants paced at 10 runs/s in all: 10 x 4 x 5 ms on 16 slots
+    "seconds": 10.0,
+    "warmup": 2.0,
+    "burst_at": 1.0,
+    "burst_spread": 1.0,
+    "drain": 10.0,
+    "x_steps": 4,
+    "x_runs": 8,
+}
+_SHORT_QUICK = {
+    **_SHORT,
+    "tenants": 11,
+    "slots": 8,
+    "burst": 150,
+    "load": 0.025,  # 10 runs/s in all on 8 slots
+    "seconds": 4.0,
+    "warmup": 1.0,
+    "burst_at": 0.5,
+    "burst_spread": 0.5,
+    "drain": 5.0,
+    "x_steps": 2,
+    "x_runs": 4,
+}
+_NAMES = {"names": 20, "urgent_every": 4, "mixed_tiers": True}
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {
+        "full": {},
+        "quick": {
+            "tenants": 40,
+            "slots": 20,
+            "burst": 600,
+            "step_ms": 50.0,
+            "seconds": 5.0,
+            "warmup": 1.5,
+            "drain": 8.0,
+            "burst_at": 1.0,
+            "burst_spread": 0.5,
+        },
+    },
+    "short": {"full": _SHORT, "quick": _SHORT_QUICK},
+    "all-at-once": {
+        "full": {**_SHORT, "burst_spread": 0.0},
+        "quick": {**_SHORT_QUICK, "burst_spread": 0.0},
+    },
+    "spread-names": {
+        "full": {**_SHORT, **_NAMES, "tenants": 31, "burst": 3000},
+        "quick": {**_SHORT_QUICK, **_NAMES, "tenants": 16, "burst": 200},
+    },
+}
+"""Burst shapes: option values per variant, full and ``--quick`` (explicit options win)."""
 
 
 def main() -> None:
@@ -765,14 +919,46 @@ def main() -> None:
         "--skip-fifo", action="store_true", help="run only the baseline and controls scenarios"
     )
     parser.add_argument("--quick", action="store_true", help="a small version (< 30 s)")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default="default",
+        help="burst shape: the seed's (default), 5 ms steps (short), all at one instant"
+        " (all-at-once), over 20 workflow names and the urgent lane (spread-names)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run the variant N times; every run's ratios"
+    )
+    parser.add_argument("--x-burst-slots", type=int, help="X's burst_slots (default 0: a hard cap)")
+    parser.add_argument(
+        "--x-drain",
+        action=argparse.BooleanOptionalAction,
+        help="wait for X's whole burst and compare with X alone (default: on for the variants)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="the full report of every run")
+    parser.add_argument(
+        "--x-drain-max", type=float, default=120.0, help="max s to wait for X's burst to drain"
+    )
+    parser.add_argument("--names", type=int, default=1, help="workflow names of the burst (<=20)")
+    parser.add_argument(
+        "--urgent-every", type=int, default=0, help="every k-th burst run in the urgent lane"
+    )
+    parser.add_argument(
+        "--mixed-tiers", action="store_true", help="quiet tenants on enterprise/standard/free"
+    )
     args = parser.parse_args()
-    if args.quick:
-        args.tenants, args.slots, args.burst = 40, 20, 600
-        args.step_ms, args.seconds, args.warmup, args.drain = 50.0, 5.0, 1.5, 8.0
-        args.burst_at = 1.0
-        args.burst_spread = 0.5
+    explicit = {
+        a.dest
+        for a in parser._actions
+        if a.dest != "help" and getattr(args, a.dest) != parser.get_default(a.dest)
+    }
+    preset = VARIANTS[args.variant]["quick" if args.quick else "full"]
+    for key, value in preset.items():
+        if key not in explicit:
+            setattr(args, key, value)
     x_steps = args.x_steps if args.x_steps is not None else max(1, round(0.2 * args.slots))
     x_runs = args.x_runs if args.x_runs is not None else max(1, round(0.5 * args.slots))
+    x_drain = args.x_drain if args.x_drain is not None else args.variant != "default"
     cfg = Config(
         tenants=args.tenants,
         slots=args.slots,
@@ -792,12 +978,66 @@ def main() -> None:
         no_controls=args.no_controls,
         timeline=args.timeline,
         wait_burst=args.wait_burst,
-        skip_fifo=args.skip_fifo,
+        skip_fifo=args.skip_fifo or args.variant != "default",
+        names=args.names,
+        urgent_every=args.urgent_every,
+        mixed_tiers=args.mixed_tiers,
+        x_burst_slots=args.x_burst_slots or 0,
+        x_drain=x_drain,
+        x_drain_max=args.x_drain_max,
+        variant=args.variant,
     )
     t0 = time.perf_counter()
-    results = asyncio.run(main_async(cfg))
-    report(cfg, results)
+    if args.repeat <= 1:
+        results = asyncio.run(main_async(cfg))
+        report(cfg, results)
+        print(f"total wall time {time.perf_counter() - t0:.1f}s")
+        return
+    rows: list[tuple[int, float, float, float, Result, Result | None]] = []
+    for k in range(args.repeat):
+        run_cfg = replace(cfg, seed=cfg.seed + k)
+        print(f"run {k + 1}/{args.repeat} (seed {run_cfg.seed})", flush=True)
+        results = asyncio.run(main_async(run_cfg))
+        if args.verbose:
+            report(run_cfg, results)
+        ratio, settled, drain = ratios(results)
+        alone = results[-1] if results[-1].name == "X alone" else None
+        rows.append((run_cfg.seed, ratio, settled, drain, results[1], alone))
+        print(f"  {_row(k + 1, *rows[-1])}", flush=True)
+    print()
+    print(f"every run of [{cfg.variant}] (quiet p99 with the burst / without; X drain / alone):")
+    for k, row in enumerate(rows, 1):
+        print(f"  {_row(k, *row)}")
+    met = sum(1 for r in rows if r[1] <= 1.10)
+    summary = f"quiet p99 <= 1.10x in {met} of {len(rows)} runs"
+    summary += f" (ratios {', '.join(f'{r[1]:.2f}' for r in rows)})"
+    if cfg.x_drain:
+        drained = sum(1 for r in rows if r[3] <= 1.15)
+        summary += f"; X drain <= 1.15x alone in {drained} of {len(rows)}"
+        summary += f" ({', '.join(f'{r[3]:.2f}' for r in rows)})"
+    print(summary)
     print(f"total wall time {time.perf_counter() - t0:.1f}s")
+
+
+def _row(
+    k: int,
+    seed: int,
+    ratio: float,
+    settled: float,
+    drain: float,
+    ctl: Result,
+    alone: Result | None,
+) -> str:
+    text = (
+        f"run {k} seed {seed}: quiet p99 {fmt_s(ctl.pct(0.99)).strip()} = {ratio:.2f}x"
+        f" ({settled:.2f}x settled), loop lag max {ctl.lag_max_ms:.0f} ms"
+    )
+    if alone is not None:
+        text += (
+            f"; X drain {fmt_s(ctl.x_drain_s).strip()} vs alone"
+            f" {fmt_s(alone.x_drain_s).strip()} = {drain:.2f}x"
+        )
+    return text
 
 
 if __name__ == "__main__":

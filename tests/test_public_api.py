@@ -34,6 +34,7 @@ EXPECTED = {
     "Retry",
     "ReviewDecision",
     "RunFailedError",
+    "SignalTimeoutError",
     "RunHandle",
     "RunRecord",
     "RunStatus",

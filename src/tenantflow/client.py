@@ -39,6 +39,7 @@ from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.engine import StateVersion
 from tenantflow.engine.keys import ApiKeyInfo
 from tenantflow.engine.operator import Overview, StuckRun, TenantLoad
+from tenantflow.engine.run_signals import EventReceipt, SignalReceipt, StartedRun
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.tenants import TenantInfo
 from tenantflow.engine.workers import TenantLease, WorkerInfo
@@ -347,6 +348,32 @@ class Client:
     def resume(self, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused."""
         return _run(self._call("POST", f"/v1/runs/{_segment(run_id)}/resume"))
+
+    def signal(
+        self, run_id: str, name: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> SignalReceipt:
+        """Send signal ``name`` with ``payload`` (plain JSON, at most 64 KiB) into a run: its
+        step waiting for it resumes with the payload (see ``Engine.signal``)."""
+        body: dict[str, Any] = {"payload": payload}
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        path = f"/v1/runs/{_segment(run_id)}/signals/{_segment(name)}"
+        data = self._call("POST", path, body=body)
+        return SignalReceipt(
+            run_id=str(data["run_id"]),
+            name=str(data["name"]),
+            signal_id=str(data["signal_id"]),
+            duplicate=bool(data["duplicate"]),
+            woke=tuple(data["woke"]),
+        )
+
+    def publish(self, name: str, event_id: str, data: Any = None) -> EventReceipt:
+        """Send event ``name``: a run of every workflow registered to it starts with ``data``
+        as its input; the same ``event_id`` again starts nothing (see ``Engine.publish``)."""
+        body = {"id": event_id, "data": data}
+        out = self._call("POST", f"/v1/events/{_segment(name)}", body=body)
+        runs = tuple(StartedRun(r["workflow"], r["run_id"], r["created"]) for r in out["runs"])
+        return EventReceipt(str(out["name"]), str(out["id"]), runs)
 
     def retry(
         self, run_id: str, *, from_start: bool = False, reason: str | None = None

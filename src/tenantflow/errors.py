@@ -59,6 +59,7 @@ __all__ = [
     "ResidencyError",
     "RunFailedError",
     "SideEffectSpecError",
+    "SignalTimeoutError",
     "SpecError",
     "StaleAttemptError",
     "StepTimeoutError",
@@ -295,6 +296,12 @@ class StepTimeoutError(TenantflowError):
     """The step attempt timed out."""
 
     code = "step_timeout"
+
+
+class SignalTimeoutError(TenantflowError):
+    """A step waited for a signal (``ctx.wait_for_signal``) past its timeout."""
+
+    code = "signal_timeout"
 
 
 class RunFailedError(TenantflowError):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar, overload
 
 from tenantflow.domain.agent import Agent, AgentResult
 from tenantflow.domain.replan import Failure, Revision
 from tenantflow.domain.reviews import ReviewDecision
+from tenantflow.domain.signals import check_name
 from tenantflow.domain.spec import Param, Predicate, Retry, StepSpec, WorkflowSpec
 from tenantflow.errors import SpecError
 
@@ -36,11 +37,21 @@ class Workflow:
         input: the input contract (a pydantic model or any type pydantic validates).
         version: runs stay on the version they started with; register a new version to change
             the steps without disturbing runs in flight.
+        on_event: event names (``POST /v1/events/{name}``, ``Engine.publish``) that start a
+            run of this workflow, with the event's data as its input, for the sender's tenant.
     """
 
     def __init__(
-        self, name: str, *, input: Any = Any, version: str | int = "1", max_revisions: int = 3
+        self,
+        name: str,
+        *,
+        input: Any = Any,
+        version: str | int = "1",
+        max_revisions: int = 3,
+        on_event: str | Sequence[str] = (),
     ) -> None:
+        events = (on_event,) if isinstance(on_event, str) else tuple(on_event)
+        self.on_event: tuple[str, ...] = tuple(check_name(e) for e in events)
         self.name = name
         self.input_type = input
         self.version = str(version)

@@ -33,8 +33,10 @@ MISSING = {
     "namespace": "user:nobody-at-all",
     "key": "no-such-memory-key",
     "document_id": "no-such-document",
+    "name": "approved",
+    "event": "tally.requested",
     "server": "no-such-server",
-    "name": "no-such-schedule",
+    "schedule": "no-such-schedule",
 }
 SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
 A_POOL = "tenant-a-private-pool"
@@ -45,7 +47,8 @@ A_MEMORY_KEY = "profile-at-acorp"
 A_DOCUMENT_ID = "document-at-acorp"
 A_MEMORY_SECRET = "memorycanary5b1d"
 A_SCHEDULE = "a-schedule-canary"
-NAMES = ("namespace", "key", "document_id")
+NAMES = ("namespace", "key", "document_id", "name", "event")
+A_EVENT_ID = "invoice-0042"  # an id B may send too
 
 Expect = Literal["denied", "own", "public"]
 
@@ -91,9 +94,9 @@ CASES: dict[tuple[str, str], list[Case]] = {
         Case("own", body={"name": "b-own", "workflow": "tally", "input": 1, "cron": "0 0 1 1 *"})
     ],
     # A's schedule by name: B has none of that name
-    ("POST", "/v1/schedules/{name}/pause"): [Case("denied")],
-    ("POST", "/v1/schedules/{name}/resume"): [Case("denied")],
-    ("DELETE", "/v1/schedules/{name}"): [Case("denied")],
+    ("POST", "/v1/schedules/{schedule}/pause"): [Case("denied")],
+    ("POST", "/v1/schedules/{schedule}/resume"): [Case("denied")],
+    ("DELETE", "/v1/schedules/{schedule}"): [Case("denied")],
     ("GET", "/v1/usage"): [Case("own")],
     ("GET", "/v1/budget"): [Case("own")],
     ("GET", "/v1/audit"): [Case("own"), Case("own", params={"after": 0, "limit": 1000})],
@@ -116,6 +119,8 @@ CASES: dict[tuple[str, str], list[Case]] = {
             "own", body={**SUBMIT, "delay_s": 3600}, headers={"Idempotency-Key": A_IDEMPOTENCY_KEY}
         ),
     ],
+    # An event with A's event id starts B's own run; it never answers A's.
+    ("POST", "/v1/events/{event}"): [Case("own", body={"id": A_EVENT_ID, "data": 2})],
     # A's objects by id
     ("GET", "/v1/runs/{run_id}"): [Case("denied")],
     ("GET", "/v1/runs/{run_id}/steps"): [Case("denied")],
@@ -126,6 +131,11 @@ CASES: dict[tuple[str, str], list[Case]] = {
         Case("denied", body={"from_start": True, "reason": "sabotage"}),
     ],
     ("GET", "/v1/runs/{run_id}/why"): [Case("denied")],
+    # A signal into A's run (a name A's step may wait for), with and without a key.
+    ("POST", "/v1/runs/{run_id}/signals/{name}"): [
+        Case("denied"),
+        Case("denied", body={"payload": {"approved": True}, "idempotency_key": "b-1"}),
+    ],
     # A bulk retry acts on B's own runs only (it finds none of A's).
     ("POST", "/v1/runs/retry"): [
         Case("own"),
@@ -197,6 +207,13 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         review = await api.wait_review(a_key, waiting)
         done = (await api.submit(a_key, "tally", 5))["id"]
         await api.wait_run(a_key, done)
+        r = await api.client.post(
+            "/v1/events/tally.requested",
+            json={"id": A_EVENT_ID, "data": 7},
+            headers=bearer(a_key),
+        )
+        assert r.status_code == 202 and r.json()["runs"][0]["created"], r.text
+        evented = r.json()["runs"][0]["run_id"]
         keys = (await api.client.get("/v1/tenants/tenant-a/keys", headers=api.admin)).json()
         memory = f"/v1/memory/{A_NAMESPACE}"
         r = await api.client.put(
@@ -230,10 +247,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "namespace": A_NAMESPACE,
             "key": A_MEMORY_KEY,
             "document_id": A_DOCUMENT_ID,
+            "name": "approved",
+            "event": "tally.requested",
             "server": "a-servers-name",
-            "name": A_SCHEDULE,
+            "schedule": A_SCHEDULE,
         }
-        yield World(api, a_key, b_key, revoked, ids, [waiting, done])
+        yield World(api, a_key, b_key, revoked, ids, [waiting, done, evented])
 
 
 async def operations(client: httpx.AsyncClient) -> set[tuple[str, str]]:
@@ -309,6 +328,8 @@ async def test_tenant_b_never_reaches_tenant_a(world: World) -> None:
     assert [(s["name"], s["paused"], s["durable"]) for s in schedules] == [
         (A_SCHEDULE, False, True)
     ]
+    timeline = await api.client.get(f"/v1/runs/{world.ids['run_id']}/timeline", headers=h)
+    assert timeline.status_code == 200 and "signal.received" not in timeline.text
     review = (await api.client.get(f"/v1/reviews/{world.ids['review_id']}", headers=h)).json()
     assert review["status"] == "pending" and review["claimed_by"] is None
     tenant = (await api.client.get("/v1/tenant", headers=h)).json()

@@ -28,6 +28,7 @@ from tenantflow.domain.progress import (
     StartUnwind,
     describe,
     on_awaiting_child,
+    on_awaiting_signal,
     on_failed,
     on_iteration,
     on_paused,
@@ -806,6 +807,25 @@ CASES: list[tuple[str, Callable[[], Decision], dict[str, Any]]] = [
             "events": ["step.waiting"],
             "effects": [("mirror", {"a": "ready"})],
         },
+    ),
+    (
+        "waiting for a signal without a timeout: re-checked after the safety net",
+        lambda: on_awaiting_signal(view(lin.spec, LIN), att("a"), "approved", None, 30.0),
+        {
+            "ops": ["ParkAttempt"],
+            "events": ["step.waiting"],
+            "effects": [("mirror", {"a": "ready"}), ("after", "a", 30.0)],
+        },
+    ),
+    (
+        "waiting for a signal: woken at its deadline when that comes first",
+        lambda: on_awaiting_signal(view(lin.spec, LIN), att("a"), "approved", NOW + 4.0, 30.0),
+        {"effects": [("mirror", {"a": "ready"}), ("after", "a", 4.0)]},
+    ),
+    (
+        "waiting for a signal past its deadline: woken at once to time out",
+        lambda: on_awaiting_signal(view(lin.spec, LIN), att("a"), "approved", NOW - 1.0, 30.0),
+        {"effects": [("mirror", {"a": "ready"}), ("after", "a", 0.0)]},
     ),
     (
         "review requested with the step's pool and SLA",

@@ -75,7 +75,9 @@ def _error(text: str) -> ScenarioError:
 # -- valid files ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["monday_morning.yaml", "month.yaml", "quick.yaml"])
+@pytest.mark.parametrize(
+    "name", ["monday_morning.yaml", "month.yaml", "quick.yaml", "topology.yaml"]
+)
 def test_shipped_scenarios_load(name: str) -> None:
     scenario = load_scenario(SCENARIOS / name)
     assert scenario.source == name
@@ -91,13 +93,13 @@ def test_shipped_scenarios_are_package_data_found_by_name(
 
     monkeypatch.chdir(tmp_path)  # outside a checkout
     shipped = shipped_scenarios()
-    assert set(shipped) == {"monday_morning", "month", "quick"}
+    assert set(shipped) == {"monday_morning", "month", "quick", "topology"}
     assert all("tenantflow" in str(p) and p.is_file() for p in shipped.values())
     assert find_scenario("monday_morning") == shipped["monday_morning"]
     assert find_scenario("quick.yaml") == shipped["quick"]
     (tmp_path / "quick.yaml").write_text("name: mine\n", encoding="utf-8")
     assert find_scenario("quick.yaml") == Path("quick.yaml")  # a file that exists wins
-    with pytest.raises(ScenarioError, match="monday_morning, month, quick"):
+    with pytest.raises(ScenarioError, match="monday_morning, month, quick, topology"):
         find_scenario("tuesday")
     # The checkout's scenarios/ are the same files.
     assert (SCENARIOS / "month.yaml").read_bytes() == shipped["month"].read_bytes()

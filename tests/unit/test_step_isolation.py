@@ -52,6 +52,7 @@ PUBLIC = {
     "step",
     "tenant_id",
     "tool",
+    "wait_for_signal",  # writes only its own run's records, through the attempt's scope
     "workflow",
 }
 

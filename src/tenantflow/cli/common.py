@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from tenantflow.client import Client
     from tenantflow.engine.engine import Engine
     from tenantflow.engine.operator import Overview
+    from tenantflow.engine.run_signals import SignalReceipt
     from tenantflow.engine.workers import WorkerInfo
     from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 
@@ -296,6 +297,16 @@ class EngineBackend:
         if self._tenant is None:
             raise ConfigurationError("give the tenant: --tenant TENANT", field="tenant")
         return self._tenant
+
+    def signal(
+        self, run_id: str, name: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> SignalReceipt:
+        """Send signal ``name`` into one of the tenant's runs (see ``Engine.signal``)."""
+        return self._run(
+            self._engine.signal(
+                self._registered(), run_id, name, payload, idempotency_key=idempotency_key
+            )
+        )
 
     def _registered(self) -> str:
         """The tenant, checked: a well-formed id of a registered tenant."""

@@ -38,7 +38,7 @@ __all__ = ["app"]
 app = typer.Typer(
     name="runs",
     help="Runs: list them, show one, why it waits, its timeline, state and diffs; submit, cancel,"
-    " resume, retry; schedules.",
+    " resume, retry, signal; schedules.",
     no_args_is_help=True,
 )
 
@@ -372,6 +372,72 @@ def resume(
     with connect(ctx, None, url, api_key, tenant=tenant) as backend:
         run = _server(backend, "resume").resume(run_id)
     _print_run(run, json, "resumed")
+
+
+@app.command("signal")
+def signal(
+    ctx: typer.Context,
+    run_id: RunIdArgument,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The signal's name.")],
+    data: Annotated[
+        str | None,
+        typer.Option("--data", "-d", metavar="JSON", help="The payload (JSON; default null)."),
+    ] = None,
+    data_file: Annotated[
+        Path | None,
+        typer.Option("--data-file", metavar="PATH", help="The payload, from a JSON file."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Sending again with it records nothing new."),
+    ] = None,
+    tenant: TenantOption = None,
+    json: JsonOption = False,
+    db: DbOption = None,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Send signal NAME into a run: its step waiting for it (ctx.wait_for_signal) resumes with
+    the payload; sent before a step waits, it is kept until one does. On the store (--db) or a
+    server (--url)."""
+    with reporting_errors():
+        payload = _payload(data, data_file)
+    with connect(ctx, db, url, api_key, tenant=tenant, write=url is None) as backend:
+        receipt = backend.signal(run_id, name, payload, idempotency_key=idempotency_key)
+    if json:
+        render.print_json(
+            {
+                "run_id": receipt.run_id,
+                "name": receipt.name,
+                "signal_id": receipt.signal_id,
+                "duplicate": receipt.duplicate,
+                "woke": list(receipt.woke),
+            }
+        )
+        return
+    verb = "already sent" if receipt.duplicate else "sent"
+    render.console().print(
+        f"{verb} signal {receipt.name} ({receipt.signal_id}) to run {receipt.run_id}",
+        markup=False,
+    )
+
+
+def _payload(text: str | None, path: Path | None) -> Any:
+    if text is not None and path is not None:
+        raise ConfigurationError("give --data or --data-file, not both", field="data")
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read --data-file {path}: {exc.strerror}", field="data_file"
+            ) from None
+    if text is None:
+        return None
+    try:
+        return jsonlib.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--data is not JSON: {exc}", field="data") from None
 
 
 _AGO = re.compile(r"^(\d+)([smhd])$")

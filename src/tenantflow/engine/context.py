@@ -12,19 +12,31 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
 
+from tenantflow.domain import signals
 from tenantflow.domain.models import ModelResponse
-from tenantflow.domain.records import TERMINAL_RUN, RecordCall, RunRecord, RunStatus
+from tenantflow.domain.records import (
+    TERMINAL_RUN,
+    NewEvent,
+    RecordCall,
+    RunRecord,
+    RunStatus,
+    Transition,
+)
 from tenantflow.engine.memory import MemoryView, step_memory
-from tenantflow.engine.signals import AwaitChild
+from tenantflow.engine.signals import AwaitChild, AwaitSignal
+from tenantflow.errors import SignalTimeoutError, SpecError
 
 if TYPE_CHECKING:
     from tenantflow.domain.policy import Policy
     from tenantflow.engine.execution.scope import AttemptScope
 
 __all__ = ["StepContext", "attempt_scope", "child_answer"]
+
+_RAISE: Final[Any] = object()
+"""``wait_for_signal``'s default ``default``: a timeout raises :class:`SignalTimeoutError`."""
 
 
 class StepContext:
@@ -219,6 +231,104 @@ class StepContext:
             raise AwaitChild(child)
         return child, child_answer(record)
 
+    async def wait_for_signal(
+        self,
+        name: str,
+        *,
+        timeout: timedelta | float | None = None,
+        default: Any = _RAISE,
+    ) -> Any:
+        """Wait for signal ``name`` to be sent to this run and return its payload.
+
+        Signals are sent with ``Engine.signal``, ``POST /v1/runs/{id}/signals/{name}``,
+        ``tenantflow runs signal`` or ``Client.signal``. Each signal is taken by exactly one
+        wait, oldest first; one sent before the step waits is kept until a wait takes it. While
+        none is there the step waits holding no slot (durably: a restart resumes the wait), and
+        it runs again from the start when one arrives: its earlier calls, and this wait's
+        payload once taken, are replayed from the record, not repeated.
+
+        ``timeout`` (a timedelta or seconds) is fixed at the wait's first attempt; a retry
+        does not extend it. Past it, with no signal taken, the wait raises
+        :class:`~tenantflow.errors.SignalTimeoutError` (a step failure: the step's retry
+        policy applies, and a retry takes a signal that arrived meanwhile), or returns
+        ``default`` when one is given (recorded, so a re-execution returns it again).
+        """
+        scope = self.__scope
+        name = signals.check_name(name)
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
+            raise SpecError("a signal wait's timeout must be positive", field="timeout")
+        run = scope.run
+        if run is None:
+            raise RuntimeError("a compensation cannot wait for signals")
+        wait_index = scope.next_call_index()  # records the deadline
+        got_index = scope.next_call_index()  # records what the wait returned
+        got = await scope.recorded_call(got_index)
+        if got is not None:
+            return _replayed(json.loads(got), name, default)
+        now = scope.now_s()
+        recorded = await scope.recorded_call(wait_index)
+        if recorded is None:
+            deadline = None if seconds is None else now + float(seconds)
+            await self._record(wait_index, "signal.wait", name, {"deadline": deadline})
+        else:
+            deadline = json.loads(recorded)["deadline"]
+        async with run.lock:  # one wait of this run takes a signal at a time
+            log = await scope.services.store.events(scope.tenant_id, scope.run_id)
+            found = signals.take(log, name, scope.step, got_index)
+            if found is not None:
+                consumed = {
+                    "name": name,
+                    "signal_id": found.data.get("id"),
+                    "step": scope.step,
+                    "index": got_index,
+                }
+                if not any(
+                    e.kind == signals.CONSUMED and e.data.get("signal_id") == found.data.get("id")
+                    for e in log
+                ):
+                    await scope.write(
+                        Transition(
+                            scope.tenant_id,
+                            scope.run_id,
+                            now,
+                            events=[
+                                NewEvent(signals.CONSUMED, scope.step, scope.attempt, consumed)
+                            ],
+                        )
+                    )
+                payload = found.data.get("payload")
+                await self._record(
+                    got_index,
+                    "signal",
+                    name,
+                    {"signal_id": found.data.get("id"), "payload": payload},
+                )
+                return payload
+        if deadline is not None and now >= deadline:
+            if default is _RAISE:
+                raise SignalTimeoutError(
+                    f"no signal {name!r} within the wait's timeout", signal=name
+                )
+            await self._record(got_index, "signal", name, {"timeout": True})
+            return default
+        raise AwaitSignal(name, deadline)
+
+    async def _record(self, index: int, kind: str, name: str, value: dict[str, Any]) -> None:
+        scope = self.__scope
+        await scope.write(
+            RecordCall(
+                scope.tenant_id,
+                scope.run_id,
+                scope.step,
+                index,
+                kind,
+                name,
+                json.dumps(value),
+                scope.now_s(),
+            )
+        )
+
     @asynccontextmanager
     async def call_identity(self, identity: str) -> AsyncIterator[int]:
         """Key the next ``ctx.model``/``ctx.tool`` call made inside the block by ``identity``.
@@ -243,6 +353,15 @@ class StepContext:
         """
         async with self.__scope.circuit(name):
             yield
+
+
+def _replayed(record: dict[str, Any], name: str, default: Any) -> Any:
+    """What a wait that already ended returns again: its signal's payload, or its default."""
+    if record.get("timeout"):
+        if default is _RAISE:
+            raise SignalTimeoutError(f"no signal {name!r} within the wait's timeout", signal=name)
+        return default
+    return record.get("payload")
 
 
 def attempt_scope(ctx: StepContext) -> AttemptScope:

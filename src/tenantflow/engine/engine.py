@@ -40,6 +40,7 @@ from tenantflow.domain.records import (
     RunRecord,
     RunStatus,
 )
+from tenantflow.domain.signals import check_key, check_name, check_payload
 from tenantflow.domain.spec import WorkflowSpec
 from tenantflow.domain.tenancy import ReviewRecord
 from tenantflow.engine.cluster import ClusterDriver, Membership, Ownership
@@ -70,12 +71,13 @@ from tenantflow.engine.plane import (
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
+from tenantflow.engine.run_signals import EventReceipt, SignalReceipt, StartedRun, send_signal
 from tenantflow.engine.runs import Reason, RetryResult, RunControl
 from tenantflow.engine.schedules import Schedule, Schedules, ScheduleStore, Write
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.engine.workers import WorkerInfo, list_workers
-from tenantflow.errors import ConfigurationError
+from tenantflow.errors import ConfigurationError, SpecError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
 from tenantflow.workflow import Workflow
@@ -160,6 +162,8 @@ class Engine(HistoryReads):
             runtime.ledgers.platform = self.runtime.writer
         writes = {key: runtime.writer.write for key, runtime in self.runtimes.items()}
         self.registry = WorkflowRegistry()
+        self._triggers: dict[str, set[str]] = {}
+        """Event name → the workflows a ``publish`` of it starts."""
         self.ownership = Ownership(config.cluster)
         self.keys = ApiKeys(self.router, self.clock)
         self.tenants = Tenants(
@@ -409,6 +413,8 @@ class Engine(HistoryReads):
     def register(self, workflow: Workflow | WorkflowSpec) -> WorkflowSpec:
         """Make a workflow version available; runs parked on this version resume."""
         spec = self.registry.register(workflow)
+        for event in getattr(workflow, "on_event", ()):
+            self._triggers.setdefault(event, set()).add(spec.name)
         if self._started and self.execute and self.registry.parked:
             self.runtime.spawn(self.gate.resume_parked(spec), f"resume:{spec.name}")
         return spec
@@ -544,6 +550,61 @@ class Engine(HistoryReads):
     def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
         """A run this engine drives, as it is now (None: it is not executing here)."""
         return self.runs.view(tenant, run_id)
+
+    async def publish(
+        self, tenant: str, name: str, event_id: str, data: Any = None
+    ) -> EventReceipt:
+        """Start a run of every workflow registered to event ``name`` (``Workflow(...,
+        on_event=name)``) for ``tenant``, with ``data`` as its input. Idempotent by
+        ``event_id``: the same event again returns the runs it started (``created`` False).
+        SpecError for a bad name, id or data (nothing started). An input a workflow refuses
+        raises its ContractError: the runs of the workflows before it (by name) are started,
+        and sending the event again with the same id starts the rest."""
+        tenant = check_tenant(tenant)
+        name = check_name(name)
+        key = check_key(event_id)
+        if key is None:
+            raise SpecError("an event needs an id (its idempotency key)", field="id")
+        data = check_payload(data)
+        runs: list[StartedRun] = []
+        for workflow in sorted(self._triggers.get(name, ())):
+            handle = await self.submit(
+                workflow,
+                tenant=tenant,
+                input=data,
+                idempotency_key=f"event:{name}:{key}:{workflow}",
+            )
+            runs.append(StartedRun(workflow, handle.id, handle.created))
+        return EventReceipt(name, key, tuple(runs))
+
+    async def signal(
+        self,
+        tenant: str,
+        run_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalReceipt:
+        """Send signal ``name`` with ``payload`` (plain JSON, at most 64 KiB) into ``tenant``'s
+        run: the step waiting for it (``ctx.wait_for_signal``) resumes with the payload; sent
+        before any step waits, it is kept until one does. The same ``idempotency_key`` twice
+        records it once. NotFoundError for another tenant's run, ConflictError for a run that
+        ended, SpecError for a bad name or payload."""
+        tenant = check_tenant(tenant)
+        active = self.active_run(tenant, run_id) if self.drives(tenant) else None
+        runtime = self.runtime_for_tenant(tenant) if active is not None else None
+        return await send_signal(
+            self.store_for_tenant(tenant),
+            self.clock,
+            tenant,
+            run_id,
+            name,
+            payload,
+            idempotency_key=idempotency_key,
+            active=active,
+            runtime=runtime,
+        )
 
     async def overview(
         self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10

@@ -8,7 +8,7 @@ into an outcome of the attempt.
 
 from __future__ import annotations
 
-__all__ = ["AwaitChild", "Escalate", "Pause", "Signal", "SkipStep"]
+__all__ = ["AwaitChild", "AwaitSignal", "Escalate", "Pause", "Signal", "SkipStep"]
 
 
 class Signal(BaseException):
@@ -42,3 +42,13 @@ class AwaitChild(Signal):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"waiting for child run {run_id}")
         self.run_id = run_id
+
+
+class AwaitSignal(Signal):
+    """The step waits for signal ``name`` to be sent to its run, holding no slot, until
+    ``deadline`` (epoch seconds; None: no timeout)."""
+
+    def __init__(self, name: str, deadline: float | None) -> None:
+        super().__init__(f"waiting for signal {name!r}")
+        self.name = name
+        self.deadline = deadline

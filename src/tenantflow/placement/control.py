@@ -32,6 +32,7 @@ from tenantflow.engine.plane import (
     TenantLoad,
     VersionInfo,
 )
+from tenantflow.engine.run_signals import EventReceipt, SignalReceipt
 from tenantflow.engine.runs import Reason, RetryResult
 from tenantflow.engine.schedules import Schedules
 from tenantflow.engine.tenants import TenantInfo, Tenants
@@ -132,6 +133,22 @@ class ControlPlane(Protocol):
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
+
+    async def publish(
+        self, tenant: str, name: str, event_id: str, data: Any = None
+    ) -> EventReceipt:
+        """Start the workflows registered to event ``name`` (see ``Engine.publish``)."""
+
+    async def signal(
+        self,
+        tenant: str,
+        run_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> SignalReceipt:
+        """Send signal ``name`` into a run (see :meth:`tenantflow.engine.engine.Engine.signal`)."""
 
     async def overview(
         self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10

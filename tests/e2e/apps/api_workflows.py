@@ -13,7 +13,7 @@ import tenantflow as tf
 
 __all__ = ["Application", "approval", "setup", "tally"]
 
-tally = tf.Workflow("tally", input=int)
+tally = tf.Workflow("tally", input=int, on_event="tally.requested")
 
 
 @tally.step

@@ -108,15 +108,15 @@ async def create(body: ScheduleIn, engine: EngineDep, tenant: TenantId) -> Sched
     return _out(engine.schedules, made)
 
 
-@router.post("/{name}/pause", response_model=ScheduleOut, summary="Pause a schedule")
-async def pause(name: NamePath, engine: EngineDep, tenant: TenantId) -> ScheduleOut:
+@router.post("/{schedule}/pause", response_model=ScheduleOut, summary="Pause a schedule")
+async def pause(schedule: NamePath, engine: EngineDep, tenant: TenantId) -> ScheduleOut:
     """It fires nothing until resumed (then it makes up what it missed, bounded by catchup)."""
-    return _out(engine.schedules, await engine.schedules.pause(tenant, name))
+    return _out(engine.schedules, await engine.schedules.pause(tenant, schedule))
 
 
-@router.post("/{name}/resume", response_model=ScheduleOut, summary="Resume a schedule")
-async def resume(name: NamePath, engine: EngineDep, tenant: TenantId) -> ScheduleOut:
-    return _out(engine.schedules, await engine.schedules.resume(tenant, name))
+@router.post("/{schedule}/resume", response_model=ScheduleOut, summary="Resume a schedule")
+async def resume(schedule: NamePath, engine: EngineDep, tenant: TenantId) -> ScheduleOut:
+    return _out(engine.schedules, await engine.schedules.resume(tenant, schedule))
 
 
 class ScheduleDeletedOut(BaseModel):
@@ -124,8 +124,8 @@ class ScheduleDeletedOut(BaseModel):
     deleted: bool = True
 
 
-@router.delete("/{name}", response_model=ScheduleDeletedOut, summary="Delete a schedule")
-async def delete(name: NamePath, engine: EngineDep, tenant: TenantId) -> ScheduleDeletedOut:
+@router.delete("/{schedule}", response_model=ScheduleDeletedOut, summary="Delete a schedule")
+async def delete(schedule: NamePath, engine: EngineDep, tenant: TenantId) -> ScheduleDeletedOut:
     """Its runs are left as they are."""
-    await engine.schedules.delete(tenant, name)
-    return ScheduleDeletedOut(name=name)
+    await engine.schedules.delete(tenant, schedule)
+    return ScheduleDeletedOut(name=schedule)

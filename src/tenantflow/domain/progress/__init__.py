@@ -33,6 +33,7 @@ from tenantflow.domain.progress.model import (
 from tenantflow.domain.progress.succeeded import on_iteration, on_succeeded
 from tenantflow.domain.progress.waiting import (
     on_awaiting_child,
+    on_awaiting_signal,
     on_paused,
     on_rate_limited,
     on_review_decided,
@@ -56,6 +57,7 @@ __all__ = [
     "delta_bytes",
     "describe",
     "on_awaiting_child",
+    "on_awaiting_signal",
     "on_failed",
     "on_iteration",
     "on_paused",

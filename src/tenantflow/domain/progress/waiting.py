@@ -1,5 +1,6 @@
 """Deciding the outcomes that end an attempt without a result: the budget ladder's skip and
-pause, a rate limit, a child-run wait, a review requested and a review decided."""
+pause, a rate limit, a child-run wait, a signal wait, a review requested and a review
+decided."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from tenantflow.domain.tenancy import (
 
 __all__ = [
     "on_awaiting_child",
+    "on_awaiting_signal",
     "on_paused",
     "on_rate_limited",
     "on_review_decided",
@@ -105,6 +107,29 @@ def on_awaiting_child(run: RunView, att: Attempt, child_run: str, reason: str) -
     then.events.append(NewEvent("step.waiting", att.key, att.attempt, {"child_run": child_run}))
     op = park_op(run, att, StepStatus.READY, run.now, reason, then)
     return Decision([op], [MirrorUpdate(statuses={att.key: StepStatus.READY})], [Requeue(att.key)])
+
+
+def on_awaiting_signal(
+    run: RunView, att: Attempt, name: str, deadline: float | None, recheck_s: float
+) -> Decision:
+    """The step waits for signal ``name``, holding no slot, until ``deadline`` (None: no
+    timeout). Like a child wait it is claimable at once in the store (after a restart it runs
+    again, finds its signal, times out or waits again); in this process it is woken when the
+    signal arrives, at its deadline, or after ``recheck_s`` at the latest (the safety net for
+    a signal sent through another process)."""
+    then = then_for(run, att)
+    data: dict[str, Any] = {"signal": name}
+    wait = recheck_s
+    if deadline is not None:
+        data["deadline"] = deadline
+        wait = max(0.0, min(recheck_s, deadline - run.now))
+    then.events.append(NewEvent("step.waiting", att.key, att.attempt, data))
+    op = park_op(run, att, StepStatus.READY, run.now, f"waiting for signal {name!r}", then)
+    effects: list[Effect] = [
+        MirrorUpdate(statuses={att.key: StepStatus.READY}),
+        EnqueueAfter(att.key, wait),
+    ]
+    return Decision([op], effects, [Requeue(att.key)])
 
 
 def on_review_requested(

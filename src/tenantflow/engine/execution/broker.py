@@ -50,6 +50,7 @@ from tenantflow.domain.progress import (
     ReviewOpened,
     StartUnwind,
     on_awaiting_child,
+    on_awaiting_signal,
     on_failed,
     on_paused,
     on_rate_limited,
@@ -80,6 +81,7 @@ from tenantflow.engine.execution.leases import LeaseKeeper
 from tenantflow.engine.execution.outcomes import (
     AttemptOutcome,
     AwaitingChild,
+    AwaitingSignal,
     Cancelled,
     Escalated,
     Failed,
@@ -91,6 +93,7 @@ from tenantflow.engine.execution.outcomes import (
 )
 from tenantflow.engine.execution.saga import Saga
 from tenantflow.engine.execution.scope import AttemptScope, Ledgers, Services
+from tenantflow.engine.execution.waits import SIGNAL_RECHECK_S
 from tenantflow.engine.gateway import Gateway
 from tenantflow.engine.writer import Writer
 from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError
@@ -431,6 +434,8 @@ class BrokerDriver:
                 decision = on_paused(view, att, signal.reason)
             case AwaitingChild(signal):
                 decision = on_awaiting_child(view, att, signal.run_id, signal.reason)
+            case AwaitingSignal(wait):
+                decision = on_awaiting_signal(view, att, wait.name, wait.deadline, SIGNAL_RECHECK_S)
             case Failed(error):
                 decision = on_failed(view, att, error, jitter=self._rng.random)
             case _:  # Cancelled: the run is being cancelled or compensated

@@ -59,6 +59,7 @@ from tenantflow.engine.execution.leases import LeaseKeeper
 from tenantflow.engine.execution.outcomes import (
     AttemptOutcome,
     AwaitingChild,
+    AwaitingSignal,
     Cancelled,
     Escalated,
     Failed,
@@ -156,6 +157,7 @@ class RunDriver:
             enqueue=self.enqueue,
             enqueue_later=self.enqueue_later,
             requeue=self._requeue,
+            store=store,
         )
         self.reviews = ReviewSteps(clock=clock, commit=self.commit)
 
@@ -190,6 +192,7 @@ class RunDriver:
             run.released = True
             tasks.extend(run.tasks.values())
             self.active.pop(run.id, None)
+            self.parking.forget(run.id)
             for key in list(run.statuses):
                 self.dispatcher.remove((run.id, key))
         ids = {run.id for run in runs}
@@ -331,6 +334,8 @@ class RunDriver:
                 await self.commit(run, on_paused(view, att, signal.reason))
             case AwaitingChild():
                 await self.parking.await_child(run, view, att, outcome)
+            case AwaitingSignal():
+                await self.parking.await_signal(run, view, att, outcome)
             case Failed(error):
                 await self.commit(run, on_failed(view, att, error, jitter=self._rng.random))
             case Cancelled():
@@ -429,6 +434,7 @@ class RunDriver:
 
     def _finish(self, run: ActiveRun, status: RunStatus, result: Any) -> None:
         self.active.pop(run.id, None)
+        self.parking.forget(run.id)
         if run.parent_id is not None:
             self.parking.child_ended(run.id)
         for key in list(run.statuses):
@@ -456,6 +462,10 @@ class RunDriver:
 
     def expect_child(self, child_id: str, run: ActiveRun, key: str) -> None:
         self.parking.expect_child(child_id, run, key)
+
+    def signal_sent(self, run: ActiveRun, name: str) -> list[str]:
+        """A signal ``name`` was recorded for ``run`` (its lock held): wake its waiting steps."""
+        return self.parking.signal_sent(run, name)
 
     async def review_decided(
         self,

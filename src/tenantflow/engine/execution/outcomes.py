@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tenantflow.engine.signals import AwaitChild, Escalate, Pause, SkipStep
+from tenantflow.engine.signals import AwaitChild, AwaitSignal, Escalate, Pause, SkipStep
 from tenantflow.errors import RateLimitedError
 from tenantflow.observability.events import StepOutcome
 
 __all__ = [
     "AttemptOutcome",
     "AwaitingChild",
+    "AwaitingSignal",
     "Cancelled",
     "Escalated",
     "Failed",
@@ -101,6 +102,14 @@ class AwaitingChild:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitingSignal:
+    """The step waits for a named signal sent to its run, holding no slot."""
+
+    error: AwaitSignal
+    name: ClassVar[StepOutcome] = "waiting"
+
+
+@dataclass(frozen=True, slots=True)
 class Cancelled:
     """The attempt was cancelled (the run is cancelled or compensating)."""
 
@@ -125,6 +134,7 @@ AttemptOutcome = (
     | Escalated
     | Paused
     | AwaitingChild
+    | AwaitingSignal
     | Cancelled
     | LeaseLost
 )
@@ -144,4 +154,6 @@ def classify(error: BaseException, *, element: bool) -> AttemptOutcome:
         return Paused(error)
     if isinstance(error, AwaitChild):
         return AwaitingChild(error)
+    if isinstance(error, AwaitSignal):
+        return AwaitingSignal(error)
     return Failed(error)

@@ -1,7 +1,8 @@
 """Waits: an attempt that ends without an outcome, holding no slot.
 
 A rate-limited step is parked until its bucket has a cell; a step waiting for a child run is
-parked and woken when the child ends (with a slow timer as the safety net); a queued run is
+parked and woken when the child ends (with a slow timer as the safety net); a step waiting for
+a signal likewise, when a signal of its name is sent to its run; a queued run is
 admitted, and a paused one resumed, by :meth:`Parking.set_running`. The budget ladder's skip and
 pause are plain decisions (:func:`~tenantflow.domain.progress.on_skipped`, ``on_paused``).
 """
@@ -17,15 +18,17 @@ from tenantflow.domain.progress import (
     Decision,
     RunView,
     on_awaiting_child,
+    on_awaiting_signal,
     on_rate_limited,
 )
 from tenantflow.domain.records import STALE, NewEvent, RunStatus, RunUpdate, StepStatus, Transition
+from tenantflow.domain.signals import pending
 from tenantflow.engine.execution.active import ActiveRun, RunEvents
-from tenantflow.engine.execution.outcomes import AwaitingChild, RateLimited
+from tenantflow.engine.execution.outcomes import AwaitingChild, AwaitingSignal, RateLimited
 from tenantflow.observability.events import RateLimitWait, RunAdmitted
-from tenantflow.ports import Clock, OpSink
+from tenantflow.ports import Clock, OpSink, Store
 
-__all__ = ["CHILD_FALLBACK_S", "Parking"]
+__all__ = ["CHILD_FALLBACK_S", "SIGNAL_RECHECK_S", "Parking"]
 
 
 @dataclass(slots=True, eq=False)
@@ -41,6 +44,10 @@ class _ChildWait:
 CHILD_FALLBACK_S = 30.0
 """A step waiting for a child run is woken when the child ends; this is the safety net."""
 
+SIGNAL_RECHECK_S = 30.0
+"""A step waiting for a signal is woken when it arrives here; it looks again after at most this
+long (a signal sent through another process of a cluster)."""
+
 
 class Parking:
     """Parks and wakes the steps and runs of one driver (see the module doc)."""
@@ -55,6 +62,7 @@ class Parking:
         enqueue: Callable[[ActiveRun, Iterable[str]], None],
         enqueue_later: Callable[[ActiveRun, str, float], None],
         requeue: Callable[[ActiveRun, str], None],
+        store: Store | None = None,
     ) -> None:
         self.sink = sink
         self.clock = clock
@@ -64,6 +72,9 @@ class Parking:
         self.enqueue_later = enqueue_later
         self.requeue = requeue
         self._child_waits: dict[str, _ChildWait] = {}
+        self.store = store
+        self._signal_waits: dict[str, dict[str, str]] = {}
+        """Run id → the steps parked waiting for a signal → the signal's name."""
 
     async def rate_limited(
         self, run: ActiveRun, view: RunView, att: Attempt, outcome: RateLimited
@@ -118,6 +129,43 @@ class Parking:
         else:
             wait.parked = True
             self.enqueue_later(run, att.key, CHILD_FALLBACK_S)
+
+    async def await_signal(
+        self, run: ActiveRun, view: RunView, att: Attempt, outcome: AwaitingSignal
+    ) -> None:
+        """Park the step until a signal of its name is sent to its run (see
+        :meth:`signal_sent`), its deadline, or :data:`SIGNAL_RECHECK_S` (run lock held)."""
+        signal = outcome.error
+        run.deferrals[att.key] = run.deferrals.get(att.key, 0) + 1
+        decision = on_awaiting_signal(view, att, signal.name, signal.deadline, SIGNAL_RECHECK_S)
+        if await self.commit(run, decision) is STALE:
+            return
+        # A signal sent between the step's look and this park found no parked step: look again
+        # (sending holds the run lock too, so it came before this park or sees it).
+        if self.store is not None and pending(
+            await self.store.events(run.tenant_id, run.id), signal.name
+        ):
+            self.requeue(run, att.key)
+            return
+        self._signal_waits.setdefault(run.id, {})[att.key] = signal.name
+
+    def signal_sent(self, run: ActiveRun, name: str) -> list[str]:
+        """A signal ``name`` was recorded for ``run`` (run lock held): wake the steps parked
+        waiting for it; returns their keys."""
+        waits = self._signal_waits.get(run.id)
+        if not waits:
+            return []
+        keys = [key for key, wanted in waits.items() if wanted == name]
+        for key in keys:
+            del waits[key]
+        if not waits:
+            del self._signal_waits[run.id]
+        self.enqueue(run, keys)
+        return keys
+
+    def forget(self, run_id: str) -> None:
+        """``run_id`` ended or left this process: drop its signal waits."""
+        self._signal_waits.pop(run_id, None)
 
     async def set_running(
         self, run: ActiveRun, event: str, data: dict[str, Any] | None = None
