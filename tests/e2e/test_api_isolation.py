@@ -36,6 +36,7 @@ MISSING = {
     "name": "approved",
     "event": "tally.requested",
     "server": "no-such-server",
+    "schedule": "no-such-schedule",
 }
 SECRET_APPLICANT = "applicant-of-tenant-a-7f3c"
 A_POOL = "tenant-a-private-pool"
@@ -45,6 +46,7 @@ A_NAMESPACE = "user:alice-at-acorp"
 A_MEMORY_KEY = "profile-at-acorp"
 A_DOCUMENT_ID = "document-at-acorp"
 A_MEMORY_SECRET = "memorycanary5b1d"
+A_SCHEDULE = "a-schedule-canary"
 NAMES = ("namespace", "key", "document_id", "name", "event")
 A_EVENT_ID = "invoice-0042"  # an id B may send too
 
@@ -88,6 +90,13 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ("GET", "/v1/tenant"): [Case("own")],
     ("GET", "/v1/workflows"): [Case("own")],  # the platform's definitions, no tenant's data
     ("GET", "/v1/schedules"): [Case("own")],
+    ("POST", "/v1/schedules"): [
+        Case("own", body={"name": "b-own", "workflow": "tally", "input": 1, "cron": "0 0 1 1 *"})
+    ],
+    # A's schedule by name: B has none of that name
+    ("POST", "/v1/schedules/{schedule}/pause"): [Case("denied")],
+    ("POST", "/v1/schedules/{schedule}/resume"): [Case("denied")],
+    ("DELETE", "/v1/schedules/{schedule}"): [Case("denied")],
     ("GET", "/v1/usage"): [Case("own")],
     ("GET", "/v1/budget"): [Case("own")],
     ("GET", "/v1/audit"): [Case("own"), Case("own", params={"after": 0, "limit": 1000})],
@@ -104,7 +113,11 @@ CASES: dict[tuple[str, str], list[Case]] = {
     ],
     # Reusing A's idempotency key creates B's own run; it never returns A's.
     ("POST", "/v1/runs"): [
-        Case("own", body=SUBMIT, headers={"Idempotency-Key": A_IDEMPOTENCY_KEY})
+        Case("own", body=SUBMIT, headers={"Idempotency-Key": A_IDEMPOTENCY_KEY}),
+        # A delayed start under A's key is B's own one-shot schedule.
+        Case(
+            "own", body={**SUBMIT, "delay_s": 3600}, headers={"Idempotency-Key": A_IDEMPOTENCY_KEY}
+        ),
     ],
     # An event with A's event id starts B's own run; it never answers A's.
     ("POST", "/v1/events/{event}"): [Case("own", body={"id": A_EVENT_ID, "data": 2})],
@@ -215,6 +228,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             headers=bearer(a_key),
         )
         assert r.status_code == 201, r.text
+        r = await api.client.post(
+            "/v1/schedules",
+            json={"name": A_SCHEDULE, "workflow": "tally", "input": 2, "cron": "0 0 1 1 *"},
+            headers=bearer(a_key),
+        )
+        assert r.status_code == 201, r.text
         r = await api.client.post("/v1/tenants/tenant-b/keys", headers=api.admin)
         revoked = r.json()["secret"]
         await api.client.delete(
@@ -231,6 +250,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             "name": "approved",
             "event": "tally.requested",
             "server": "a-servers-name",
+            "schedule": A_SCHEDULE,
         }
         yield World(api, a_key, b_key, revoked, ids, [waiting, done, evented])
 
@@ -303,6 +323,11 @@ async def test_tenant_b_never_reaches_tenant_a(world: World) -> None:
     h = bearer(world.a_key)
     run = (await api.client.get(f"/v1/runs/{world.ids['run_id']}", headers=h)).json()
     assert run["status"] == "running"
+    assert "review" in {w["kind"] for w in run["waiting"]}  # why it waits, embedded
+    schedules = (await api.client.get("/v1/schedules", headers=h)).json()["items"]
+    assert [(s["name"], s["paused"], s["durable"]) for s in schedules] == [
+        (A_SCHEDULE, False, True)
+    ]
     timeline = await api.client.get(f"/v1/runs/{world.ids['run_id']}/timeline", headers=h)
     assert timeline.status_code == 200 and "signal.received" not in timeline.text
     review = (await api.client.get(f"/v1/reviews/{world.ids['review_id']}", headers=h)).json()

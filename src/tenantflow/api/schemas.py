@@ -206,6 +206,28 @@ class SubmitIn(_In):
     input: Any = Field(description="The workflow's input; checked against its input contract.")
     version: str | None = Field(default=None, min_length=1, max_length=100)
     lane: Lane | None = Field(default=None, description="Default: the tenant policy's lane.")
+    start_at: datetime | None = Field(
+        default=None,
+        description="Start later, at this time (ISO-8601 with a zone): a delayed start (202).",
+    )
+    delay_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=366 * 86400,
+        allow_inf_nan=False,
+        description="Start later, in this many seconds: a delayed start (202).",
+    )
+
+
+class DelayedStart(BaseModel):
+    """A delayed start (202): a durable one-shot schedule that submits the run at ``start_at``,
+    through admission like any run, once (its run's idempotency key is
+    ``schedule:<schedule>:<time>``); ``GET /v1/schedules`` lists it until it fires."""
+
+    schedule: str = Field(description="The one-shot schedule's name.")
+    workflow: str
+    start_at: datetime
+    created: bool = Field(description="False when an earlier submission with the key made it.")
 
 
 class RunSubmitted(BaseModel):

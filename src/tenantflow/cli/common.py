@@ -313,6 +313,43 @@ class EngineBackend:
         self._run(self._engine.tenants.get(check_tenant(self.tenant_id)))
         return self.tenant_id
 
+    # schedules (durable ones are written to the store; the server's process fires them)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        found = self._engine.schedules
+        return [found.describe(s) for s in self._run(found.read(self._registered()))]
+
+    def create_schedule(
+        self, name: str, workflow: str, input: Any = None, **options: Any
+    ) -> dict[str, Any]:
+        from tenantflow.engine.schedules import Schedule
+
+        every_s, at = options.pop("every_s", None), options.pop("at", None)
+        schedule = Schedule(
+            name=name,
+            tenant=self._registered(),
+            workflow=workflow,
+            input=input,
+            every=None if every_s is None else timedelta(seconds=every_s),
+            at=None if at is None else at.timestamp(),
+            **{k: v for k, v in options.items() if v is not None},
+        )
+        found = self._engine.schedules
+        # Without --app no workflow is registered here: the serving process checks it.
+        check = bool(self._engine.workflows())
+        return found.describe(self._run(found.create(schedule, check=check)))
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        found = self._engine.schedules
+        return found.describe(self._run(found.pause(self._registered(), name)))
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        found = self._engine.schedules
+        return found.describe(self._run(found.resume(self._registered(), name)))
+
+    def delete_schedule(self, name: str) -> None:
+        self._run(self._engine.schedules.delete(self._registered(), name))
+
     # runs
 
     def list_runs(

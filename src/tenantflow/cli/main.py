@@ -32,6 +32,7 @@ from tenantflow.cli import (
     operator,
     reviews,
     runs,
+    schedules,
     selftest,
     serve,
     simulate,
@@ -111,6 +112,7 @@ app = typer.Typer(
 app.command("demo")(demo.demo)
 app.command("simulate")(simulate.simulate)
 app.add_typer(runs.app, name="runs")
+app.add_typer(schedules.app, name="schedules")
 app.add_typer(db.app, name="db")
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(reviews.app, name="reviews")

@@ -284,19 +284,61 @@ def submit(
         str | None,
         typer.Option("--idempotency-key", help="Submitting again with it returns the same run."),
     ] = None,
+    start_at: Annotated[
+        str | None,
+        typer.Option("--at", metavar="ISO", help="Start later, at this time (with a zone)."),
+    ] = None,
+    start_in: Annotated[
+        str | None,
+        typer.Option("--in", metavar="DURATION", help="Start later, in 90s, 10m, 2h or 1d."),
+    ] = None,
     tenant: TenantOption = None,
     json: JsonOption = False,
     url: UrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """Submit a run to a server (--url); prints its id and status."""
+    """Submit a run to a server (--url); prints its id and status. With --at or --in, a delayed
+    start: a durable one-shot schedule submits it then (prints the schedule's name)."""
     with reporting_errors():
         value = _input(input_text, input_file)
+        later = _later(start_at, start_in)
     with connect(ctx, None, url, api_key, tenant=tenant) as backend:
-        run = _server(backend, "submit").submit(
-            workflow, value, version=version, idempotency_key=idempotency_key
-        )
+        client = _server(backend, "submit")
+        if later is not None:
+            found = client.submit_later(
+                workflow, value, version=version, idempotency_key=idempotency_key, **later
+            )
+            if "schedule" in found:
+                _print_delayed(found, json)
+                return
+            run = client.get_run(str(found["id"]))  # the time had come: submitted now
+        else:
+            run = client.submit(workflow, value, version=version, idempotency_key=idempotency_key)
     _print_run(run, json, "submitted")
+
+
+def _later(start_at: str | None, start_in: str | None) -> dict[str, Any] | None:
+    from tenantflow.cli.schedules import parse_duration, parse_time
+
+    if start_at is not None and start_in is not None:
+        raise ConfigurationError("give --at or --in, not both", field="at")
+    if start_at is not None:
+        return {"start_at": parse_time(start_at, field="at")}
+    if start_in is not None:
+        return {"delay_s": parse_duration(start_in, field="in")}
+    return None
+
+
+def _print_delayed(found: dict[str, Any], json: bool) -> None:
+    if json:
+        render.print_json(found)
+        return
+    render.console().print(
+        f"delayed start {found['schedule']}: {found['workflow']} at {found['start_at']}"
+        " (tenantflow schedules list shows it until it fires)",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("cancel")
@@ -575,12 +617,7 @@ def schedules(
     if not found:
         out.print("no schedules", markup=False)
         return
+    from tenantflow.cli.schedules import schedule_line
+
     for s in found:
-        when = s["cron"] if s["cron"] else f"every {s['every_s']:g}s"
-        last = f"; last {s['last_at']} ({s['last_run_id']})" if s["last_run_id"] else ""
-        out.print(
-            f"{s['name']}: {s['workflow']} {when}, overlap {s['overlap']}, next {s['next_at']}"
-            + last,
-            markup=False,
-            soft_wrap=True,
-        )
+        out.print(schedule_line(s), markup=False, soft_wrap=True)

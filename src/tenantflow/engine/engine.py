@@ -28,9 +28,9 @@ import random
 import secrets
 import socket
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 from tenantflow.domain.admission import AdmissionController
 from tenantflow.domain.breaker import CircuitBreaker
@@ -73,7 +73,7 @@ from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
 from tenantflow.engine.run_signals import EventReceipt, SignalReceipt, StartedRun, send_signal
 from tenantflow.engine.runs import Reason, RetryResult, RunControl
-from tenantflow.engine.schedules import Schedules
+from tenantflow.engine.schedules import Schedule, Schedules, ScheduleStore, Write
 from tenantflow.engine.submission import AdmissionGate, Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
 from tenantflow.engine.workers import WorkerInfo, list_workers
@@ -258,12 +258,22 @@ class Engine(HistoryReads):
             submitter=self.submitter,
             coordinator=self.coordinator,
         )
+        execute_writes = writes if config.execute else None
+
+        async def locate_schedules(tenant: str) -> tuple[Store, Write | None]:
+            info = await self.tenants.get(tenant)
+            write = None if execute_writes is None else execute_writes[info.store]
+            return self.stores[info.store], write
+
         self.schedules = Schedules(
             self.clock,
             submit=self.submit,
             list_runs=self.list_runs,
             cancel=self.cancel,
             drives=self.ownership.drives,
+            store=ScheduleStore(locate_schedules, lambda: [t.id for t in self.tenants.list()]),
+            check_workflow=self.registry.workflow,
+            poll=config.cluster is not None,
         )
         self.membership: Membership | None = None
         if config.cluster == "worker":
@@ -423,6 +433,7 @@ class Engine(HistoryReads):
 
     # -- runs ---------------------------------------------------------------------------------
 
+    @overload
     async def submit(
         self,
         workflow: str | Workflow,
@@ -432,8 +443,38 @@ class Engine(HistoryReads):
         idempotency_key: str | None = None,
         lane: str | None = None,
         version: str | None = None,
-    ) -> RunHandle:
+        start_at: None = None,
+    ) -> RunHandle: ...
+
+    @overload
+    async def submit(
+        self,
+        workflow: str | Workflow,
+        *,
+        tenant: str,
+        input: Any,
+        idempotency_key: str | None = None,
+        lane: str | None = None,
+        version: str | None = None,
+        start_at: datetime,
+    ) -> RunHandle | Schedule: ...
+
+    async def submit(
+        self,
+        workflow: str | Workflow,
+        *,
+        tenant: str,
+        input: Any,
+        idempotency_key: str | None = None,
+        lane: str | None = None,
+        version: str | None = None,
+        start_at: datetime | None = None,
+    ) -> RunHandle | Schedule:
         """Start a run of ``workflow`` for ``tenant``; returns once the run is durably recorded.
+
+        With ``start_at`` (an aware datetime) in the future, nothing is submitted now: a
+        durable one-shot schedule is made (:meth:`Schedules.start_at`) and returned; it
+        submits the run at that time — through admission, once, across restarts.
 
         The run is admitted at once while the tenant is under its active-run cap, else it waits
         in the tenant's own queue (status ``queued``). Its policy snapshot and region are fixed
@@ -448,6 +489,25 @@ class Engine(HistoryReads):
             BudgetExceededError: the tenant's period budget is spent.
             ConfigurationError: a bad tenant id or lane, or an engine that does not execute.
         """
+        if start_at is not None:
+            if start_at.tzinfo is None:
+                raise ConfigurationError(
+                    "start_at needs a time zone (e.g. 2026-12-06T12:00:00+00:00)",
+                    field="start_at",
+                )
+            at = start_at.timestamp()
+            if at > self.clock.now():
+                name = workflow if isinstance(workflow, str) else workflow.name
+                schedule, _ = await self.schedules.start_at(
+                    name,
+                    tenant=check_tenant(tenant),
+                    input=input,
+                    at=at,
+                    idempotency_key=idempotency_key,
+                    lane=lane,
+                    version=version,
+                )
+                return schedule
         run_id, created = await self.submitter.submit(
             workflow,
             tenant=tenant,

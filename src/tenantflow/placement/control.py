@@ -92,7 +92,8 @@ class ControlPlane(Protocol):
 
     @property
     def schedules(self) -> Schedules:
-        """Interval and cron schedules, registered in code (:mod:`.engine.schedules`)."""
+        """Interval, cron and one-shot schedules: in code, and durable per tenant
+        (:mod:`.engine.schedules`)."""
 
     @property
     def observers(self) -> Observers:

@@ -3,10 +3,11 @@ state history."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tenantflow.api.auth import EngineDep, TenantId, actor_of
@@ -16,6 +17,7 @@ from tenantflow.api.schemas import (
     CancelIn,
     ChangeOut,
     ChangesOut,
+    DelayedStart,
     EventOut,
     EventsOut,
     RunOut,
@@ -28,7 +30,7 @@ from tenantflow.api.schemas import (
     SubmitIn,
 )
 from tenantflow.domain.contracts import contract_for
-from tenantflow.domain.records import RunRecord, RunStatus
+from tenantflow.domain.records import TERMINAL_RUN, RunRecord, RunStatus
 from tenantflow.engine.runs import RETRY_LIMIT
 from tenantflow.errors import BackpressureError, ConfigurationError, ConflictError, ContractError
 from tenantflow.placement import ControlPlane, Reason, RetryResult
@@ -81,6 +83,7 @@ class SubmissionGate:
         200: {"model": RunSubmitted, "description": "An earlier submission with this key."},
         409: ERROR_RESPONSES[404] | {"description": "The key was used for another request."},
         402: ERROR_RESPONSES[404] | {"description": "The tenant's budget is spent."},
+        202: {"model": DelayedStart, "description": "A delayed start (start_at, delay_s)."},
     },
 )
 async def submit(
@@ -100,7 +103,11 @@ async def submit(
     ] = None,
 ) -> RunSubmitted:
     """Record a run of a registered workflow; it starts at once while the tenant is under its
-    active-run cap, else it waits in the tenant's queue (status ``queued``)."""
+    active-run cap, else it waits in the tenant's queue (status ``queued``). With ``start_at``
+    or ``delay_s`` in the future, a delayed start is recorded instead (202, ``DelayedStart``)."""
+    delayed = await _delayed_start(body, engine, tenant, idempotency_key)
+    if delayed is not None:
+        return delayed  # type: ignore[return-value]  # 202: documented in responses
     gate: SubmissionGate = request.app.state.submissions
     gate.enter()
     try:
@@ -137,6 +144,45 @@ async def submit(
         lane=view.lane,
         created=True,
     )
+
+
+async def _delayed_start(
+    body: SubmitIn, engine: ControlPlane, tenant: str, idempotency_key: str | None
+) -> JSONResponse | None:
+    """A submission with ``start_at`` or ``delay_s`` in the future: a durable one-shot schedule
+    (None: submit now)."""
+    if body.start_at is None and body.delay_s is None:
+        return None
+    if body.start_at is not None and body.delay_s is not None:
+        raise ConfigurationError("give start_at or delay_s, not both", field="body.start_at")
+    now = engine.now()
+    if body.start_at is not None:
+        if body.start_at.tzinfo is None:
+            raise ConfigurationError(
+                "start_at needs a time zone (e.g. 2026-12-06T12:00:00Z)", field="body.start_at"
+            )
+        at = body.start_at.timestamp()
+    else:
+        assert body.delay_s is not None
+        at = now + body.delay_s
+    if at <= now:
+        return None  # due already: an ordinary submission
+    schedule, created = await engine.schedules.start_at(
+        body.workflow,
+        tenant=tenant,
+        input=body.input,
+        at=at,
+        idempotency_key=idempotency_key,
+        lane=body.lane,
+        version=body.version,
+    )
+    out = DelayedStart(
+        schedule=schedule.name,
+        workflow=schedule.workflow,
+        start_at=datetime.fromtimestamp(schedule.at or at, UTC),
+        created=created,
+    )
+    return JSONResponse(out.model_dump(mode="json"), status_code=202 if created else 200)
 
 
 def _submitted(record: RunRecord, *, created: bool) -> RunSubmitted:
@@ -194,9 +240,32 @@ async def list_runs(
     return RunsPage(items=[RunOut.of(r) for r in page], next=page[-1].id if more else None)
 
 
-@router.get("/{run_id}", response_model=RunOut, summary="Show a run")
-async def get_run(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> RunOut:
-    return RunOut.of(await engine.get_run(tenant, run_id))
+class WaitingOut(BaseModel):
+    step: str | None = Field(description="The step key it holds; null: the run as a whole.")
+    kind: str = Field(description="As in `GET /v1/runs/{id}/why`.")
+    message: str
+    detail: dict[str, Any] = Field(description="The figures the message names (ISO-8601 times).")
+
+
+class RunDetailOut(RunOut):
+    waiting: list[WaitingOut] | None = Field(
+        default=None,
+        description="An unfinished run: what holds it and each unfinished step (as"
+        " `GET /v1/runs/{id}/why`); null once it has ended.",
+    )
+
+
+@router.get("/{run_id}", response_model=RunDetailOut, summary="Show a run")
+async def get_run(run_id: RunPath, engine: EngineDep, tenant: TenantId) -> RunDetailOut:
+    record = await engine.get_run(tenant, run_id)
+    out = RunDetailOut(**RunOut.of(record).model_dump())
+    if record.status not in TERMINAL_RUN:
+        reasons = await engine.why(tenant, run_id)
+        out.waiting = [
+            WaitingOut(step=r.step, kind=r.kind, message=r.message, detail=r.detail)
+            for r in reasons
+        ]
+    return out
 
 
 @router.get("/{run_id}/steps", response_model=StepsOut, summary="A run's steps")
