@@ -66,9 +66,12 @@ OBJECTS = (
     "key",
     "document_id",
     "server",
+    "schedule",
+    "name",
+    "event",
 )
 """The path parameters the scenario has objects for."""
-OWNED = ("run_id", "review_id", "key_id", "key", "document_id")
+OWNED = ("run_id", "review_id", "key_id", "key", "document_id", "schedule")
 """Those that name one object of a tenant (a namespace is a name within the caller's own)."""
 _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/runs"): {"workflow": "approval", "input": {"applicant": "b", "amount": 5}},
@@ -80,6 +83,9 @@ _BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/v1/tenants"): {"id": "tenant-new"},
     ("PATCH", "/v1/tenants/{tenant_id}"): {"policy": {"max_active_runs": 4}},
     ("POST", "/v1/tenants/{tenant_id}/keys"): {"name": "matrix"},
+    ("POST", "/v1/schedules"): {"name": "matrix", "workflow": "approval", "every_s": 3600},
+    ("POST", "/v1/runs/{run_id}/signals/{name}"): {"payload": {"from": "matrix"}},
+    ("POST", "/v1/events/{event}"): {"id": "matrix-event", "data": {"from": "matrix"}},
 }
 _MISSING = {
     "run_id": "run_0123456789abcdef01234567",
@@ -90,6 +96,9 @@ _MISSING = {
     "key": "no-such-key",
     "document_id": "no-such-document",
     "server": "no-such-server",
+    "schedule": "no-such-schedule",
+    "name": "no-such-signal",
+    "event": "no-such-event",
 }
 _MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -255,6 +264,14 @@ class World:
         t.objects["tenant_id"] = name
         t.objects["namespace"] = "default"
         t.objects["server"] = f"server-of-{name}"  # an MCP server name (admin routes only)
+        t.objects["name"] = "approved"  # a signal's name (a name, not an object)
+        t.objects["event"] = "invoice.created"  # an event's name (likewise)
+        if self.has("POST", "/v1/schedules"):
+            body = {"name": f"nightly-{name}", "workflow": "approval", "every_s": 86400}
+            body["input"] = {"applicant": name, "amount": 1}
+            r = await self.request("POST", "/v1/schedules", t.key, body=body)
+            _ok(r, 201)
+            t.objects["schedule"] = f"nightly-{name}"
         return t
 
     async def plant(self, t: Tenant, canary: str) -> None:
