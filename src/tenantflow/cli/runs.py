@@ -241,22 +241,23 @@ def _server(backend: object, command: str) -> Client:
     )
 
 
-def _input(text: str | None, path: Path | None) -> Any:
+def _json_option(text: str | None, path: Path | None, name: str) -> Any:
+    """The JSON given as ``--NAME`` text or in the file ``--NAME-file`` (None: neither)."""
     if text is not None and path is not None:
-        raise ConfigurationError("give --input or --input-file, not both", field="input")
+        raise ConfigurationError(f"give --{name} or --{name}-file, not both", field=name)
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigurationError(
-                f"cannot read --input-file {path}: {exc.strerror}", field="input_file"
+                f"cannot read --{name}-file {path}: {exc.strerror}", field=f"{name}_file"
             ) from None
     if text is None:
         return None
     try:
         return jsonlib.loads(text)
     except ValueError as exc:
-        raise ConfigurationError(f"--input is not JSON: {exc}", field="input") from None
+        raise ConfigurationError(f"--{name} is not JSON: {exc}", field=name) from None
 
 
 def _print_run(run: Any, json: bool, verb: str) -> None:
@@ -300,7 +301,7 @@ def submit(
     """Submit a run to a server (--url); prints its id and status. With --at or --in, a delayed
     start: a durable one-shot schedule submits it then (prints the schedule's name)."""
     with reporting_errors():
-        value = _input(input_text, input_file)
+        value = _json_option(input_text, input_file, "input")
         later = _later(start_at, start_in)
     with connect(ctx, None, url, api_key, tenant=tenant) as backend:
         client = _server(backend, "submit")
@@ -401,7 +402,7 @@ def signal(
     the payload; sent before a step waits, it is kept until one does. On the store (--db) or a
     server (--url)."""
     with reporting_errors():
-        payload = _payload(data, data_file)
+        payload = _json_option(data, data_file, "data")
     with connect(ctx, db, url, api_key, tenant=tenant, write=url is None) as backend:
         receipt = backend.signal(run_id, name, payload, idempotency_key=idempotency_key)
     if json:
@@ -420,24 +421,6 @@ def signal(
         f"{verb} signal {receipt.name} ({receipt.signal_id}) to run {receipt.run_id}",
         markup=False,
     )
-
-
-def _payload(text: str | None, path: Path | None) -> Any:
-    if text is not None and path is not None:
-        raise ConfigurationError("give --data or --data-file, not both", field="data")
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read --data-file {path}: {exc.strerror}", field="data_file"
-            ) from None
-    if text is None:
-        return None
-    try:
-        return jsonlib.loads(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"--data is not JSON: {exc}", field="data") from None
 
 
 _AGO = re.compile(r"^(\d+)([smhd])$")
