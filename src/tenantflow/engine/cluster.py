@@ -36,8 +36,8 @@ from typing import Any, Literal, Protocol
 from tenantflow.domain.cluster import Command, Notice, assign
 from tenantflow.domain.records import RecoverOrphans
 from tenantflow.domain.tenancy import ReviewRecord
+from tenantflow.engine.admission import AdmissionGate
 from tenantflow.engine.execution.driver import RunDriver as Runtime
-from tenantflow.engine.submission import AdmissionGate
 from tenantflow.engine.tenants import Tenants
 from tenantflow.errors import (
     ConfigurationError,

@@ -8,16 +8,20 @@ used as an async context manager::
         run = await engine.submit("loan-approval", tenant="bank-a", input={...})
         decision = await run.result()
 
-:class:`Engine` is a façade: it wires the parts and delegates to them.
+:class:`Engine` is a façade: it wires the parts and delegates to them. Its thin delegations
+live beside it: :mod:`.run_ops` (one run's operations, where runs are), :mod:`.plane_views`
+(dashboard and operator reads), :mod:`.hooks` (what the runtimes call back) and
+:class:`~.history.HistoryReads`.
 
 * :mod:`.registry`: the registered workflow versions, and runs parked on unknown ones;
-* :mod:`.submission`: recording runs (:class:`Submitter`) and admitting them
+* :mod:`.submission`: recording runs (:class:`Submitter`); :mod:`.admission`: admitting them
   (:class:`AdmissionGate`);
 * :mod:`.history`: read-only views of runs (state versions, diff, bisect, audit, usage);
 * :mod:`.regions`: which store holds a tenant's data;
 * :mod:`.cluster`: what a process of a cluster does (:class:`ClusterDriver`, ``Membership``);
-* :mod:`.tenants`, :mod:`.keys`, :mod:`.memory`, :mod:`.reviews`: the tenant-facing services;
-* :mod:`.runtime`: driving runs on one store.
+* :mod:`.tenants`, :mod:`.keys`, :mod:`.memory`, :mod:`.execution.reviews`: the tenant-facing
+  services; :mod:`.schedules` (the loop) and :mod:`.schedule_store` (the records);
+* :mod:`.execution`: driving runs on one store.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import random
 import secrets
 import socket
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 from typing import Any, overload
 
@@ -38,45 +42,33 @@ from tenantflow.domain.ids import DEFAULT_STORE, check_tenant
 from tenantflow.domain.policy import RateLimit
 from tenantflow.domain.records import (
     RunRecord,
-    RunStatus,
 )
 from tenantflow.domain.signals import check_key, check_name, check_payload
 from tenantflow.domain.spec import WorkflowSpec
-from tenantflow.domain.tenancy import ReviewRecord
+from tenantflow.engine.admission import AdmissionGate
 from tenantflow.engine.cluster import ClusterDriver, Membership, Ownership
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.dispatch import Dispatcher
-from tenantflow.engine.execution.active import ActiveRun as Active
 from tenantflow.engine.execution.driver import RunDriver as Runtime
 from tenantflow.engine.execution.reviews import Reviews, ReviewWiring
 from tenantflow.engine.gateway import Gateway, Models, Tools
-from tenantflow.engine.handle import RunHandle, RunSnapshot
-from tenantflow.engine.history import HistoryReads, RunHistory, StateVersion
+from tenantflow.engine.handle import RunHandle
+from tenantflow.engine.history import RunHistory, StateVersion
+from tenantflow.engine.hooks import RuntimeHooks
 from tenantflow.engine.ingest import IngestGate
 from tenantflow.engine.keys import ApiKeys
 from tenantflow.engine.memory import Memory
-from tenantflow.engine.operator import COUNT_CAP, Overview
-from tenantflow.engine.operator import overview as operator_overview
-from tenantflow.engine.plane import (
-    BreakerView,
-    MemberHealth,
-    PlacementInfo,
-    PlaneLoad,
-    PlaneReads,
-    RunCost,
-    TenantLatency,
-    TenantLoad,
-    VersionInfo,
-)
+from tenantflow.engine.plane import PlaneReads
+from tenantflow.engine.plane_views import PlaneViews
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.resync import Resync
-from tenantflow.engine.run_signals import EventReceipt, SignalReceipt, StartedRun, send_signal
-from tenantflow.engine.runs import Reason, RetryResult, RunControl
+from tenantflow.engine.run_ops import RunOps
+from tenantflow.engine.run_signals import EventReceipt, StartedRun
+from tenantflow.engine.runs import RunControl
 from tenantflow.engine.schedules import Schedule, Schedules, ScheduleStore, Write
-from tenantflow.engine.submission import AdmissionGate, Submitter
-from tenantflow.engine.tenants import TenantInfo, Tenants
-from tenantflow.engine.workers import WorkerInfo, list_workers
+from tenantflow.engine.submission import Submitter
+from tenantflow.engine.tenants import Tenants
 from tenantflow.errors import ConfigurationError, SpecError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
@@ -85,7 +77,7 @@ from tenantflow.workflow import Workflow
 __all__ = ["Engine", "RunHandle", "StateVersion"]
 
 
-class Engine(HistoryReads):
+class Engine(RunOps, PlaneViews, RuntimeHooks):
     """Runs registered workflows durably for many tenants, each inside its boundary.
 
     Args:
@@ -518,39 +510,6 @@ class Engine(HistoryReads):
         )
         return RunHandle(self, tenant, run_id, created=created)
 
-    async def start_child(
-        self, parent: Active, key: str, index: int, workflow: str, task: str
-    ) -> str:
-        """Start a child run (a subagent) of ``parent`` for step ``key``'s call ``index``;
-        idempotent, so a re-executed attempt gets the same child."""
-        return await self.submitter.start_child(parent, key, index, workflow, task)
-
-    def run(self, tenant: str, run_id: str) -> RunHandle:
-        """A handle on an existing run."""
-        return RunHandle(self, check_tenant(tenant), run_id)
-
-    async def cancel(
-        self, tenant: str, run_id: str, reason: str = "cancelled by request"
-    ) -> RunRecord:
-        """Cancel a run: stop its steps, compensate completed ones, end it ``cancelled``."""
-        return await self.runs.cancel(tenant, run_id, reason)
-
-    async def wait(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> RunRecord:
-        """Wait until the run ends and return its record."""
-        return await self.runs.wait(tenant, run_id, timeout)
-
-    async def result(self, tenant: str, run_id: str, timeout: timedelta | None = None) -> Any:
-        """Wait until the run ends and return its result (:class:`RunFailedError` otherwise)."""
-        return await self.runs.result(tenant, run_id, timeout)
-
-    async def resume(self, tenant: str, run_id: str) -> RunRecord:
-        """Resume a run the budget ladder paused (after its budget was raised or reset)."""
-        return await self.runs.resume(tenant, run_id)
-
-    def run_snapshot(self, tenant: str, run_id: str) -> RunSnapshot | None:
-        """A run this engine drives, as it is now (None: it is not executing here)."""
-        return self.runs.view(tenant, run_id)
-
     async def publish(
         self, tenant: str, name: str, event_id: str, data: Any = None
     ) -> EventReceipt:
@@ -577,235 +536,12 @@ class Engine(HistoryReads):
             runs.append(StartedRun(workflow, handle.id, handle.created))
         return EventReceipt(name, key, tuple(runs))
 
-    async def signal(
-        self,
-        tenant: str,
-        run_id: str,
-        name: str,
-        payload: Any = None,
-        *,
-        idempotency_key: str | None = None,
-    ) -> SignalReceipt:
-        """Send signal ``name`` with ``payload`` (plain JSON, at most 64 KiB) into ``tenant``'s
-        run: the step waiting for it (``ctx.wait_for_signal``) resumes with the payload; sent
-        before any step waits, it is kept until one does. The same ``idempotency_key`` twice
-        records it once. NotFoundError for another tenant's run, ConflictError for a run that
-        ended, SpecError for a bad name or payload."""
-        tenant = check_tenant(tenant)
-        active = self.active_run(tenant, run_id) if self.drives(tenant) else None
-        runtime = self.runtime_for_tenant(tenant) if active is not None else None
-        return await send_signal(
-            self.store_for_tenant(tenant),
-            self.clock,
-            tenant,
-            run_id,
-            name,
-            payload,
-            idempotency_key=idempotency_key,
-            active=active,
-            runtime=runtime,
-        )
-
-    async def overview(
-        self, *, stuck_after: timedelta = timedelta(hours=1), top: int = 10
-    ) -> Overview:
-        """An operator's view across tenants: runs by status, the top tenants by queue depth,
-        today's spend and rate-limit waits, and runs idle for ``stuck_after`` with what holds
-        them (see :mod:`tenantflow.engine.operator`)."""
-        if stuck_after.total_seconds() <= 0 or not 1 <= top <= 100:
-            raise ConfigurationError(
-                "stuck_after must be positive and top within 1..100", field="stuck_after"
-            )
-
-        async def runs_in(tenant: str, status: RunStatus) -> list[RunRecord]:
-            return await self.history.list_runs(
-                tenant, status=status, limit=COUNT_CAP, payloads=False
-            )
-
-        async def usage_of(tenant: str, day: str) -> list[dict[str, Any]]:
-            return await self.history.usage(tenant, since=day, until=day)
-
-        return await operator_overview(
-            [info.id for info in self.tenants.list()],
-            list_runs=runs_in,
-            usage=usage_of,
-            why=self.runs.why,
-            now=self.clock.now(),
-            stuck_after_s=stuck_after.total_seconds(),
-            top=top,
-        )
-
-    async def workers(self) -> list[WorkerInfo]:
-        """The workers sharing this engine's database, their heartbeats and the tenants they
-        hold (ConfigurationError on an embedded store; see :mod:`tenantflow.engine.workers`)."""
-        return await list_workers(self.store, self.clock.now(), self.config.lease.total_seconds())
-
-    async def why(self, tenant: str, run_id: str) -> list[Reason]:
-        """Why the run (and each unfinished step) is not progressing now (see
-        :meth:`RunControl.why`)."""
-        return await self.runs.why(tenant, run_id)
-
-    async def retry(
-        self,
-        tenant: str,
-        run_id: str,
-        *,
-        from_start: bool = False,
-        actor: str = "engine",
-        reason: str | None = None,
-    ) -> RetryResult:
-        """Retry a failed, cancelled or compensated run from its failed step (completed steps'
-        outputs kept), or ``from_start`` as a new run (see :meth:`RunControl.retry`)."""
-        return await self.runs.retry(
-            tenant, run_id, from_start=from_start, actor=actor, reason=reason
-        )
-
-    async def retry_many(
-        self,
-        tenant: str,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 100,
-        from_start: bool = False,
-        actor: str = "engine",
-        reason: str | None = None,
-    ) -> list[RetryResult]:
-        """Retry the tenant's runs matching a filter; one result per run (see
-        :meth:`RunControl.retry_many`)."""
-        return await self.runs.retry_many(
-            tenant,
-            status=status,
-            workflow=workflow,
-            since=since,
-            until=until,
-            limit=limit,
-            from_start=from_start,
-            actor=actor,
-            reason=reason,
-        )
-
-    # -- hooks the runtimes call ----------------------------------------------------------
-
-    def on_finish(self, run: Active, status: RunStatus, result: Any) -> None:
-        """A run ended: wake its waiters and admit the next runs."""
-        self.gate.finished(run, status, result)
-
-    def refresh_policy(self, run: Active) -> None:
-        """At a step boundary: a running run picks up its tenant's changed policy (O(1))."""
-        info = self.tenants.cached(run.tenant_id)
-        if info is not None and info.policy_version != run.policy_version:
-            run.policy, run.policy_version = info.policy, info.policy_version
-
-    def review_opened(self, review: ReviewRecord) -> None:
-        """Tell review subscribers, and arm the SLA timer of an open review."""
-        self.reviews.notify(review)
-        if review.sla_due is None or not self.execute:
-            return
-        delay = max(0.0, review.sla_due - self.clock.now())
-
-        async def watch() -> None:
-            await self.clock.sleep(delay)
-            await self.reviews.check_sla(review.tenant_id, review.id)
-
-        runtime = self.runtime_for_tenant(review.tenant_id)
-        runtime.spawn(watch(), f"sla:{review.run_id}:{review.id}")
-
-    def _others_running(self, tenant: str) -> bool:
-        """Whether tenants other than ``tenant`` have steps running in this engine."""
-        scheduler = self.dispatcher.scheduler
-        return scheduler.total_running > scheduler.running(tenant)
-
-    def _in_flight(self, tenant: str) -> bool:
-        """Whether this engine holds runs of ``tenant``."""
-        return any(
-            r.tenant_id == tenant for rt in self.runtimes.values() for r in rt.active.values()
-        )
+    # -- tenants ----------------------------------------------------------------------------
 
     async def purge_expired(self) -> dict[str, dict[str, int]]:
         """The retention job: delete every tenant's finished runs older than its policy's
         ``data_retention`` (with their state, events and reviews). Returns rows by tenant."""
         return await self.tenants.purge_runs()
-
-    def configure_tenant(self, info: TenantInfo) -> None:
-        """Apply a tenant's policy to the scheduler and admission (caps, weight, burst)."""
-        self.gate.configure(info)
-
-    # -- where runs and tenants are -------------------------------------------------------
-
-    def store_for_tenant(self, tenant: str) -> Store:
-        """The store that holds this tenant's data."""
-        return self.router.store_for_tenant(tenant)
-
-    def runtime_for_tenant(self, tenant: str) -> Runtime:
-        """The runtime driving ``tenant``'s runs."""
-        return self.gate.runtime_for_tenant(tenant)
-
-    def active_run(self, tenant: str, run_id: str) -> Active | None:
-        """The run if it is executing in this engine (and belongs to ``tenant``)."""
-        return self.gate.active_run(tenant, run_id)
-
-    async def ready(self, timeout_s: float) -> None:
-        """Return once every store answers (StoreUnavailableError if one does not)."""
-        await self.router.probe(timeout_s)
-
-    def drives(self, tenant: str) -> bool:
-        """Whether this process drives ``tenant``'s runs (always, unless in a cluster)."""
-        return self.ownership.drives(tenant)
-
-    # -- what a dashboard reads (see tenantflow.engine.plane) ---------------------------------
-
-    def now(self) -> float:
-        """The engine's clock now (seconds since the epoch)."""
-        return self.clock.now()
-
-    def load(self) -> PlaneLoad:
-        """Who holds the slots now: Jain's index and each busy tenant's load."""
-        return self.plane.load()
-
-    def tenant_load(self, tenant: str) -> TenantLoad:
-        """One tenant's running and queued steps and runs in this process."""
-        return self.plane.tenant_load(check_tenant(tenant))
-
-    def placement(self) -> PlacementInfo:
-        """How this engine is placed (embedded, front, worker) and the stores it reads."""
-        return self.plane.placement()
-
-    async def health(self) -> list[MemberHealth]:
-        """This process and, in a cluster, the live workers."""
-        return await self.plane.health()
-
-    def breakers(self) -> list[BreakerView]:
-        """Every dependency's circuit breaker."""
-        return self.plane.breakers()
-
-    def latency(self, tenants: list[str] | None = None) -> list[TenantLatency]:
-        """Per tenant, run latency p99 now against its no-burst baseline."""
-        return self.plane.latency(tenants)
-
-    async def run_costs(self, tenant: str, run_ids: list[str]) -> dict[str, RunCost]:
-        """What each of the tenant's runs spent (its run ledgers)."""
-        return await self.plane.run_costs(check_tenant(tenant), run_ids)
-
-    async def version_list(self, tenant: str, run_id: str) -> list[VersionInfo]:
-        """The run's state versions without their states (NotFoundError: no such run)."""
-        record = await self.get_run(tenant, run_id)
-        return await self.plane.version_list(tenant, run_id, record.state_version)
-
-    # -- workers sharing a database (see tenantflow.engine.cluster) -------------------------
-
-    async def command(
-        self, tenant: str, kind: str, target: str, payload: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        """Pass a run command to the worker that drives the tenant and wait for its result
-        (None if none came within ``command_timeout``: it stays queued).
-
-        Raises:
-            TenantflowError: the error the command ended with on the worker.
-        """
-        return await self.clustering.command(tenant, kind, target, payload)
 
 
 def _system_clock() -> Clock:

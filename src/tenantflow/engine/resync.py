@@ -33,9 +33,9 @@ from tenantflow.errors import NotFoundError, StoreError, TenantflowError
 
 if TYPE_CHECKING:
     from tenantflow.domain.records import RunRecord
+    from tenantflow.engine.admission import AdmissionGate
     from tenantflow.engine.execution.active import ActiveRun as Active
     from tenantflow.engine.execution.driver import RunDriver as Runtime
-    from tenantflow.engine.submission import AdmissionGate
     from tenantflow.ports import Clock
 
 __all__ = ["Resync", "runs_of"]

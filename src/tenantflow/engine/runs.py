@@ -32,10 +32,11 @@ from tenantflow.domain.records import (
 from tenantflow.domain.retry import RETRYABLE, check_retryable, plan_retry
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord
 from tenantflow.domain.why import Reason, WaitFacts, explain
+from tenantflow.engine.admission import AdmissionGate
 from tenantflow.engine.handle import RunSnapshot
 from tenantflow.engine.history import RunHistory
 from tenantflow.engine.registry import WorkflowRegistry, decode_sink
-from tenantflow.engine.submission import AdmissionGate, Submitter
+from tenantflow.engine.submission import Submitter
 from tenantflow.errors import ConfigurationError, ConflictError, RunFailedError, TenantflowError
 from tenantflow.ports import Clock, Coordinator
 

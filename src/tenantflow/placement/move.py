@@ -14,7 +14,7 @@ on its own SQLite file), and back the same way. In order:
    the attempts already running finish and commit there (up to ``drain_timeout``; any still
    running then are stopped, exactly as at a shutdown, and run again at the target — see
    :attr:`MoveReport.stopped`). Then the source stops driving the tenant's runs
-   (:meth:`~tenantflow.engine.submission.AdmissionGate.release`): timers stop, queues forget them.
+   (:meth:`~tenantflow.engine.admission.AdmissionGate.release`): timers stop, queues forget them.
 4. **Copy**: every row of the tenant is exported from the source store in one transaction (after
    a ``tenant.moving`` audit row), imported into the target store in one transaction (read back
    and compared, a ``run.moved`` event on each unfinished run, a ``tenant.moved`` audit row that
