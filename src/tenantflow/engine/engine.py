@@ -48,6 +48,7 @@ from tenantflow.domain.spec import WorkflowSpec
 from tenantflow.engine.admission import AdmissionGate
 from tenantflow.engine.cluster import ClusterDriver, Membership, Ownership
 from tenantflow.engine.config import EngineConfig
+from tenantflow.engine.direct import apply_one
 from tenantflow.engine.dispatch import Dispatcher
 from tenantflow.engine.execution.driver import RunDriver as Runtime
 from tenantflow.engine.execution.reviews import Reviews, ReviewWiring
@@ -152,7 +153,16 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
         self.runtime = self.runtimes[DEFAULT_STORE]
         for runtime in self.runtimes.values():  # one platform-wide bucket, not one per region
             runtime.ledgers.platform = self.runtime.writer
-        writes = {key: runtime.writer.write for key, runtime in self.runtimes.items()}
+        writes: dict[str, Write] = {
+            key: runtime.writer.write for key, runtime in self.runtimes.items()
+        }
+        # Tenants write through the writers, which run only when executing; else each of
+        # their writes is a transaction of its own.
+        tenant_writes: dict[str, Write] = (
+            writes
+            if config.execute
+            else {key: functools.partial(apply_one, st) for key, st in self.stores.items()}
+        )
         self.registry = WorkflowRegistry()
         self._triggers: dict[str, set[str]] = {}
         """Event name → the workflows a ``publish`` of it starts."""
@@ -161,7 +171,7 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
         self.tenants = Tenants(
             self.router,
             self.clock,
-            writes,
+            tenant_writes,
             on_policy=self.configure_tenant,
             in_flight=self._in_flight,
             revoke_keys=self.keys.revoke_all,

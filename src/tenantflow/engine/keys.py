@@ -44,18 +44,16 @@ from tenantflow.domain.keys import (
 )
 from tenantflow.domain.records import Transition
 from tenantflow.domain.tenancy import AuditEntry
+from tenantflow.engine.direct import apply_one
 from tenantflow.errors import (
     AuthenticationError,
     ConfigurationError,
     NotFoundError,
-    StoreError,
-    TenantflowError,
 )
 
 if TYPE_CHECKING:
-    from tenantflow.domain.records import Op
     from tenantflow.engine.regions import RegionRouter
-    from tenantflow.ports import Clock, Store
+    from tenantflow.ports import Clock
 
 __all__ = ["ApiKeyInfo", "ApiKeys", "Principal"]
 
@@ -207,7 +205,7 @@ class ApiKeys:
             {"name": name, "prefix": record.prefix},
         )
         here, elsewhere = self._audit_split(owner, entry)
-        await self._apply(self._router.store, CreateApiKey(record, here))
+        await apply_one(self._router.store, CreateApiKey(record, here))
         await self._audit_elsewhere(owner, elsewhere, now)
         return _info(record), secret
 
@@ -245,7 +243,7 @@ class ApiKeys:
         now = self._clock.now()
         entry = AuditEntry(actor, "api_key.revoked", f"api_key:{key_id}", {})
         here, elsewhere = self._audit_split(owner, entry)
-        done: Revocation = await self._apply(
+        done: Revocation = await apply_one(
             self._router.store, RevokeApiKey(tenant, key_id, now, actor, audit=here)
         )
         self._forget(key_id)
@@ -284,7 +282,7 @@ class ApiKeys:
         here, elsewhere = self._audit_split(owner, entry)
         op = RevokeApiKey(tenant, key_id, now, actor, replacement=record, audit=here)
         try:
-            await self._apply(self._router.store, op)
+            await apply_one(self._router.store, op)
         finally:
             self._forget(key_id)
         await self._audit_elsewhere(owner, elsewhere, now)
@@ -399,14 +397,4 @@ class ApiKeys:
         if owner is None or not entries:
             return
         write = Transition(owner.id, "", now, audit=entries)
-        await self._apply(self._router.stores[owner.store], write)
-
-    @staticmethod
-    async def _apply(store: Store, op: Op) -> Any:
-        """Apply one op in its own transaction; its result, or its error raised."""
-        [result] = await store.apply([op])
-        if isinstance(result, TenantflowError):
-            raise result
-        if isinstance(result, BaseException):
-            raise StoreError(f"write refused by the store: {result}") from result
-        return result
+        await apply_one(self._router.stores[owner.store], write)

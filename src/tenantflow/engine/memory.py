@@ -68,6 +68,7 @@ from tenantflow.domain.memory import (
 )
 from tenantflow.domain.policy import Policy
 from tenantflow.domain.records import Op
+from tenantflow.engine.direct import apply_one
 from tenantflow.errors import ConfigurationError, StoreError, TenantflowError
 from tenantflow.ports import Clock, Store
 
@@ -77,16 +78,6 @@ if TYPE_CHECKING:
 __all__ = ["Memory", "MemoryView", "step_memory"]
 
 _PURGE_BATCH = 256  # tenants purged per transaction
-
-
-async def _apply(store: Store, op: Op) -> Any:
-    """Apply one op in its own transaction; its result, or its error raised."""
-    [result] = await store.apply([op])
-    if isinstance(result, TenantflowError):
-        raise result
-    if isinstance(result, BaseException):
-        raise StoreError(f"write refused by the store: {result}") from result
-    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +304,7 @@ class Memory:
         write: Callable[[Op], Awaitable[Any]] = (
             self._writers[info.store]
             if self._writers is not None
-            else functools.partial(_apply, store)
+            else functools.partial(apply_one, store)
         )
         retention = info.policy.memory_retention
 

@@ -23,10 +23,10 @@ from typing import Any, Literal
 from tenantflow.domain.ids import check_tenant
 from tenantflow.domain.memory import DeleteMemory, MemoryEntry, PutMemory
 from tenantflow.domain.records import Op
+from tenantflow.engine.direct import apply_one
 from tenantflow.errors import (
     ConfigurationError,
     NotFoundError,
-    StoreError,
     TenantflowError,
 )
 from tenantflow.ports import Store
@@ -295,16 +295,6 @@ def _iso(ts: float | None) -> str | None:
 Write = Callable[[Op], Awaitable[Any]]
 
 
-async def _apply(store: Store, op: Op) -> Any:
-    """Apply one op in its own transaction; its result, or its error raised."""
-    [result] = await store.apply([op])
-    if isinstance(result, TenantflowError):
-        raise result
-    if isinstance(result, BaseException):
-        raise StoreError(f"write refused by the store: {result}") from result
-    return result
-
-
 class ScheduleStore:
     """The tenants' durable schedules, in each tenant's store (namespace :data:`NAMESPACE`).
 
@@ -324,7 +314,7 @@ class ScheduleStore:
 
     async def _write(self, tenant: str, op: Op) -> Any:
         store, write = await self._locate(tenant)
-        return await (write(op) if write is not None else _apply(store, op))
+        return await (write(op) if write is not None else apply_one(store, op))
 
     async def save(self, schedule: Schedule, now: float) -> None:
         value = json.dumps(schedule.to_json(), separators=(",", ":"), allow_nan=False)
