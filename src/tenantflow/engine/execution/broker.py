@@ -13,7 +13,9 @@ stored, write, publish the effects (a ready step is a publish, a backoff a delay
 
 A delivery is marked in progress while its attempt runs, so the broker redelivers only one whose
 consumer went away; a redelivered step that is still leased, or already done, is acked without
-running. Several drivers (processes) may decide one run's parallel branches at once: each
+running. A delivery that fails after claiming its step gives the claim back before it is nak'ed
+(:class:`~tenantflow.engine.execution.claims.Claims`), so that its redelivery runs the step.
+Several drivers (processes) may decide one run's parallel branches at once: each
 decides from the run as stored, with the state version it read, and writes the finish with that
 version as its ``expected_version`` (the store's run-level compare-and-set). If another branch
 committed meanwhile, the store answers :class:`~tenantflow.domain.records.VersionConflict` and
@@ -76,6 +78,7 @@ from tenantflow.domain.spec import WorkflowSpec, child_key, parse_key
 from tenantflow.domain.tenancy import ReviewRecord, UsageDelta
 from tenantflow.engine.context import StepContext
 from tenantflow.engine.execution.active import ActiveRun
+from tenantflow.engine.execution.claims import Claim, Claims
 from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
 from tenantflow.engine.execution.leases import LeaseKeeper
 from tenantflow.engine.execution.outcomes import (
@@ -169,6 +172,7 @@ class BrokerDriver:
         self.executor = StepExecutor(clock, self.breaker)
         self.reviews_opened: list[ReviewRecord] = []
         """Reviews opened by review steps (deciding them is not driven here)."""
+        self.claims = Claims(owner, clock, self._where, self._spawn)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -270,13 +274,31 @@ class BrokerDriver:
             self._spawn(self._deliver(delivery))
 
     async def _deliver(self, delivery: Delivery) -> None:
+        data = delivery.data
+        claim: Claim = (str(data.get("tenant")), str(data.get("run")), str(data.get("key")))
+        self.claims.enter(claim)
+        left = 0
         try:
-            await self._handle(delivery)
+            try:
+                await self._handle(delivery)
+            finally:
+                left = self.claims.leave(claim)
         except Exception:  # the store failed: let the broker deliver it again
             log.exception("delivery of %s failed", delivery.data)
+            if not left:  # a claim it left behind would be renewed for ever: give it back
+                await self.claims.release(*claim)
             delivery.nak(1.0)
         finally:
             self._slots.release()
+
+    @property
+    def released(self) -> int:
+        """Claims given back after their delivery failed (see :class:`Claims`)."""
+        return self.claims.released
+
+    async def _where(self, tenant: str) -> tuple[Store, Writer]:
+        region, _ = await self._tenant(tenant)
+        return self.stores[region], self.writers[region]
 
     async def _handle(self, delivery: Delivery) -> None:
         tenant, run_id, key = (str(delivery.data[k]) for k in ("tenant", "run", "key"))
