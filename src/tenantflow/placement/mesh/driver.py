@@ -44,10 +44,8 @@ from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
 from tenantflow.domain.records import (
     TERMINAL_RUN,
-    ParkAttempt,
     RunStatus,
     StepStatus,
-    Transition,
 )
 from tenantflow.domain.spec import WorkflowSpec, parse_key
 from tenantflow.engine.execution.active import ActiveRun
@@ -157,9 +155,6 @@ class MeshDriver(BrokerDriver):
         """The policy version applied per tenant (from the policy bucket)."""
         self.shipped = 0
         self.republished = 0
-        self.released = 0
-        """Claims given back after their delivery failed (see :meth:`_release`)."""
-        self._in_flight: dict[tuple[str, str], int] = {}
 
     # -- regions and subjects -----------------------------------------------------------------
 
@@ -278,9 +273,6 @@ class MeshDriver(BrokerDriver):
                 return
         span = _span(tenant, run_id, key, delivery.deliveries)
         redelivered = _REDELIVERED.set(not first)
-        claim = (run_id, key)
-        self._in_flight[claim] = self._in_flight.get(claim, 0) + 1
-        failed = False
         try:
             await super()._handle(delivery)
         except asyncio.CancelledError:
@@ -288,81 +280,14 @@ class MeshDriver(BrokerDriver):
             if task is not None and task.cancelling():
                 raise  # this delivery is being cancelled (the agent stops)
             # nats-py cancels the requests in flight when its connection drops: that is a
-            # failure of this delivery (nak'ed by the caller), not a cancellation of it; left
-            # unsettled, the item would hold its slot and swallow its own redeliveries.
-            failed = True
+            # failure of this delivery (its claim released and nak'ed by the caller), not a
+            # cancellation of it; left unsettled, the item would hold its slot and swallow its
+            # own redeliveries.
             raise ConnectionError("the NATS connection dropped during the delivery") from None
-        except Exception:
-            failed = True
-            raise
         finally:
-            left = self._in_flight.pop(claim) - 1
-            if left:
-                self._in_flight[claim] = left
             _REDELIVERED.reset(redelivered)
             if span is not None:
                 span.end()
-            if failed and not left:
-                await self._release(tenant, run_id, key)
-
-    async def _release(self, tenant: str, run_id: str, key: str) -> None:
-        """Give up this process's claim on a step whose delivery failed after the claim.
-
-        The lease keeper renews every lease of this process's owner, whether an attempt still
-        runs behind it or not: a claim left behind by a failed delivery (a NATS request that
-        timed out, the store that stayed busy) would be renewed for as long as the process
-        lives, and every redelivery of the step would find it held and wait again. The claim is
-        parked back to ready (fenced: a claim that already lapsed, or settled, is left alone);
-        the nak'ed item then runs it. When the store refuses now, a task tries again until the
-        claim is gone.
-        """
-        try:
-            if await self._release_once(tenant, run_id, key):
-                return
-        except Exception as exc:
-            log.warning("releasing %s/%s failed: %s; again", run_id, key, exc)
-        self._spawn(self._release_later(tenant, run_id, key))
-
-    async def _release_later(self, tenant: str, run_id: str, key: str) -> None:
-        delay = 0.1
-        while True:
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
-            if self._in_flight.get((run_id, key)):
-                return  # claimed again here: that attempt settles it
-            try:
-                if await self._release_once(tenant, run_id, key):
-                    return
-            except Exception as exc:
-                log.warning("releasing %s/%s failed: %s; again", run_id, key, exc)
-
-    async def _release_once(self, tenant: str, run_id: str, key: str) -> bool:
-        """Park the step back to ready if this process's owner holds it; True when no claim
-        of ours is left on it."""
-        store_key, _ = await self._tenant(tenant)
-        now = self.clock.now()
-        for step in await self.stores[store_key].get_steps(tenant, run_id):
-            if step.key != key:
-                continue
-            if step.status != StepStatus.RUNNING or step.owner != self.owner:
-                return True
-            if (step.lease_expires_at or 0.0) < now:
-                return True  # lapsed: no renewal revives it, a delivery or the sweep claims it
-            op = ParkAttempt(
-                tenant,
-                run_id,
-                key,
-                step.fence,
-                now,
-                StepStatus.READY,
-                now,
-                "the delivery failed after its claim; released",
-                Transition(tenant, run_id, now),
-            )
-            await self.writers[store_key].write(op)
-            self.released += 1
-            return True
-        return True
 
     async def _leased_for(self, tenant: str, run_id: str, key: str) -> float:
         """Seconds the step's current lease still runs (0 when it is not running)."""
