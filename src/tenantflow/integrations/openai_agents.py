@@ -35,7 +35,6 @@ agent's ``output_type`` is validated by the SDK from the model's text.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import inspect
@@ -45,15 +44,18 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.models import ModelResponse as TenantflowResponse
-from tenantflow.domain.policy import usd_to_micros
-from tenantflow.domain.records import RecordCall
 from tenantflow.engine.context import attempt_scope
 from tenantflow.engine.gateway import Tool, Tools
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
+from tenantflow.integrations._gateway import (
+    missing_extra,
+    record_state,
+    register_tool,
+    streamed_call,
+)
 from tenantflow.integrations._observe import agent_run
 from tenantflow.integrations._reviews import approved
-from tenantflow.ports import STREAM_DELTAS
 
 try:
     from agents import (
@@ -81,10 +83,7 @@ try:
     )
     from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 except ImportError as exc:  # pragma: no cover - the extra is part of dev
-    raise ImportError(
-        f"tenantflow.integrations.openai_agents needs the openai-agents extra:"
-        f" pip install 'tenantflow[openai-agents]' ({exc})"
-    ) from exc
+    raise missing_extra("openai_agents", "openai-agents", exc) from exc
 
 if TYPE_CHECKING:
     from agents.agent_output import AgentOutputSchemaBase
@@ -171,25 +170,14 @@ class TenantflowModel(Model):
             system_instructions, input, model_settings, tools, handoffs,
             previous_response_id or conversation_id or prompt,
         )  # fmt: skip
-        deltas: asyncio.Queue[str | None] = asyncio.Queue()
-        token = STREAM_DELTAS.set(deltas.put_nowait)
-        try:  # the task copies the context: its provider streams into this queue
-            task = asyncio.ensure_future(call.send(self._ctx, stream=True))
-        finally:
-            STREAM_DELTAS.reset(token)
-        task.add_done_callback(lambda _: deltas.put_nowait(None))
         sequence = 0
         streamed = False
-        try:
+        async with streamed_call(lambda: call.send(self._ctx, stream=True)) as (deltas, task):
             while (delta := await deltas.get()) is not None:
                 streamed = True
                 yield _text_delta(delta, sequence)
                 sequence += 1
             response = task.result()
-        finally:
-            if not task.done():  # the consumer stopped: the call is cancelled, its hold freed
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
         if response.text and not streamed:  # replayed, or a provider that does not stream
             yield _text_delta(response.text, sequence)
             sequence += 1
@@ -351,27 +339,16 @@ def register_function_tools(
 
 
 def _register(tools: Tools, function_tool: FunctionTool, cost_usd: float) -> None:
-    try:
-        existing = tools.get(function_tool.name)
-    except Exception:  # not registered yet
-        existing = None
-    if existing is not None:
-        if not getattr(existing.fn, "_tenantflow_sdk_tool", False):
-            raise ConfigurationError(
-                f"the agent's tool {function_tool.name!r} has the name of a registered tool:"
-                " rename one of them",
-                tool=function_tool.name,
-            )
-        return
-    tools.add(
-        Tool(
-            name=function_tool.name,
-            fn=_sdk_invoker(),
-            resource=f"tool:{function_tool.name}",
-            cost_micros=usd_to_micros(cost_usd),
-            description=function_tool.description,
-            parameters=dict(function_tool.params_json_schema),
-        )
+    register_tool(
+        tools,
+        function_tool.name,
+        make_fn=_sdk_invoker,
+        marker="_tenantflow_sdk_tool",
+        clash=f"the agent's tool {function_tool.name!r} has the name of a registered tool:"
+        " rename one of them",
+        description=function_tool.description,
+        parameters=dict(function_tool.params_json_schema),
+        cost_usd=cost_usd,
     )
 
 
@@ -593,19 +570,7 @@ async def _run(
             if not result.interruptions:
                 return result.final_output
             saved = result.to_state().to_string()
-            scope = attempt_scope(ctx)
-            await scope.write(
-                RecordCall(
-                    ctx.tenant_id,
-                    ctx.run_id,
-                    ctx.step,
-                    index,
-                    "agent",
-                    "state",
-                    saved,
-                    scope.now_s(),
-                )
-            )
+            await record_state(ctx, index, saved)
         state = await RunState.from_string(governed, saved)
         for item in state.get_interruptions():
             await approved(ctx, "sdk", item.call_id or "", item.name or "", item.arguments or "")

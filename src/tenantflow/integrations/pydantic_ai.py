@@ -33,7 +33,6 @@ deltas as the provider receives them; a recorded request is replayed as one delt
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -44,15 +43,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tenantflow.domain.models import ModelResponse as GatewayResponse
-from tenantflow.domain.policy import usd_to_micros
-from tenantflow.domain.records import RecordCall
 from tenantflow.engine.context import attempt_scope
-from tenantflow.engine.gateway import Tool, Tools
+from tenantflow.engine.gateway import Tools
 from tenantflow.errors import ConfigurationError, ContractError, NotAllowedError, NotFoundError
 from tenantflow.integrations._carry import Carried, carry, unwrap
+from tenantflow.integrations._gateway import (
+    missing_extra,
+    record_state,
+    register_tool,
+    streamed_call,
+)
 from tenantflow.integrations._observe import agent_run
 from tenantflow.integrations._reviews import answered, approved
-from tenantflow.ports import STREAM_DELTAS
 
 try:
     from pydantic import TypeAdapter
@@ -86,10 +88,7 @@ try:
     from pydantic_ai.tools import RunContext
     from pydantic_ai.usage import RequestUsage
 except ImportError as exc:  # pragma: no cover - the extra is part of dev
-    raise ImportError(
-        f"tenantflow.integrations.pydantic_ai needs the pydantic-ai extra:"
-        f" pip install 'tenantflow[pydantic-ai]' ({exc})"
-    ) from exc
+    raise missing_extra("pydantic_ai", "pydantic-ai", exc) from exc
 
 if TYPE_CHECKING:
     from tenantflow.engine.context import StepContext
@@ -263,15 +262,8 @@ class _GatewayStream(StreamedResponse):
     _at: datetime = field(default_factory=lambda: datetime.now(UTC), init=False)
 
     async def _get_event_iterator(self) -> AsyncIterator[ModelResponseStreamEvent]:
-        deltas: asyncio.Queue[str | None] = asyncio.Queue()
-        token = STREAM_DELTAS.set(deltas.put_nowait)
-        try:  # the task copies the context: its provider streams into this queue
-            task = asyncio.ensure_future(self._call.send(self._ctx, stream=True))
-        finally:
-            STREAM_DELTAS.reset(token)
-        task.add_done_callback(lambda _: deltas.put_nowait(None))
         streamed = False
-        try:
+        async with streamed_call(lambda: self._call.send(self._ctx, stream=True)) as (deltas, task):
             while (delta := await deltas.get()) is not None:
                 streamed = True
                 for event in self._parts_manager.handle_text_delta(
@@ -279,10 +271,6 @@ class _GatewayStream(StreamedResponse):
                 ):
                     yield event
             response = task.result()
-        finally:
-            if not task.done():  # the consumer stopped: the call is cancelled, its hold freed
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
         self._model = response.model
         if response.text and not streamed:  # replayed, or a provider that does not stream
             for event in self._parts_manager.handle_text_delta(
@@ -472,26 +460,15 @@ def register_tools(
 def _register(
     tools: Tools, name: str, description: str, schema: dict[str, Any] | None, cost_usd: float
 ) -> None:
-    try:
-        existing = tools.get(name)
-    except NotFoundError:
-        existing = None
-    if existing is not None:
-        if not getattr(existing.fn, "_tenantflow_pydantic_ai_tool", False):
-            raise ConfigurationError(
-                f"the agent's tool {name!r} has the name of a registered tool: rename one",
-                tool=name,
-            )
-        return
-    tools.add(
-        Tool(
-            name=name,
-            fn=_unit_runner(),
-            resource=f"tool:{name}",
-            cost_micros=usd_to_micros(cost_usd),
-            description=description,
-            parameters=schema,
-        )
+    register_tool(
+        tools,
+        name,
+        make_fn=_unit_runner,
+        marker="_tenantflow_pydantic_ai_tool",
+        clash=f"the agent's tool {name!r} has the name of a registered tool: rename one",
+        description=description,
+        parameters=schema,
+        cost_usd=cost_usd,
     )
 
 
@@ -586,18 +563,7 @@ async def _run(
                     "pending": json.loads(_PAUSE.dump_json(result.output)),
                 }
             )
-            await scope.write(
-                RecordCall(
-                    ctx.tenant_id,
-                    ctx.run_id,
-                    ctx.step,
-                    index,
-                    "agent",
-                    "state",
-                    saved,
-                    scope.now_s(),
-                )
-            )
+            await record_state(ctx, index, saved)
         state = json.loads(saved)
         history = ModelMessagesTypeAdapter.validate_python(state["messages"])
         pending = _PAUSE.validate_python(state["pending"])
