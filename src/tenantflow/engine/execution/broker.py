@@ -78,6 +78,7 @@ from tenantflow.domain.spec import WorkflowSpec, child_key, parse_key
 from tenantflow.domain.tenancy import ReviewRecord, UsageDelta
 from tenantflow.engine.context import StepContext
 from tenantflow.engine.execution.active import ActiveRun
+from tenantflow.engine.execution.broker_parts import BrokerParts
 from tenantflow.engine.execution.claims import Claim, Claims
 from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
 from tenantflow.engine.execution.leases import LeaseKeeper
@@ -94,12 +95,11 @@ from tenantflow.engine.execution.outcomes import (
     Skipped,
     Succeeded,
 )
-from tenantflow.engine.execution.saga import Saga
-from tenantflow.engine.execution.scope import AttemptScope, Ledgers, Services
+from tenantflow.engine.execution.scope import AttemptScope
 from tenantflow.engine.execution.waits import SIGNAL_RECHECK_S
 from tenantflow.engine.gateway import Gateway
 from tenantflow.engine.writer import Writer
-from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError
+from tenantflow.errors import ConflictError, NotFoundError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Delivery, DeliveryQueue, Store
 
@@ -112,7 +112,7 @@ MAX_DECISIONS = 16
 (each conflict means another decision of the run committed, so the run itself moved on)."""
 
 
-class BrokerDriver:
+class BrokerDriver(BrokerParts):
     """Drives runs from a :class:`~tenantflow.ports.DeliveryQueue` (see the module doc).
 
     Args:
@@ -491,59 +491,6 @@ class BrokerDriver:
         return True
 
     # -- parts --------------------------------------------------------------------------------
-
-    def breaker(self, name: str) -> CircuitBreaker:
-        b = self._breakers.get(name)
-        if b is None:
-            b = CircuitBreaker(name, *self._breaker_args)
-            self._breakers[name] = b
-        return b
-
-    def _services(self, region: str) -> Services:
-        return Services(
-            clock=self.clock,
-            store=self.stores[region],
-            ledgers=Ledgers(self.writers[region], self._home),
-            gateway=self.gateway,
-            breaker=self.breaker,
-            observers=self.observers,
-            start_child=self._no_children,
-            expect_child=lambda child, run, key: None,
-        )
-
-    def _saga(self, region: str) -> Saga:
-        def context_for(run: ActiveRun, step: str, attempt: int, key: str) -> StepContext:
-            scope = AttemptScope(
-                run.id,
-                run.tenant_id,
-                run.spec.name,
-                step,
-                attempt,
-                key,
-                self._services(region),
-                run,
-            )
-            return StepContext(scope)
-
-        return Saga(
-            sink=self.writers[region],
-            clock=self.clock,
-            store=self.stores[region],
-            tools=self.gateway.tools,
-            rng=self._rng,
-            active={},
-            spawn=self._spawn_named,
-            finish=lambda run, status, result: self._finished(run.id),
-            context_for=context_for,
-        )
-
-    async def _no_children(
-        self, parent: ActiveRun, key: str, index: int, workflow: str, task: str
-    ) -> str:
-        raise ConfigurationError(
-            "child runs (ctx.delegate) are not driven by the broker driver",
-            workflow=workflow,
-        )
 
     async def _tenant(self, tenant: str) -> tuple[str, Policy]:
         found = self._tenants.get(tenant)
