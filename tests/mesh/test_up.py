@@ -89,7 +89,7 @@ def test_mesh_up_serves_the_api(nats_server_binary: Any, postgres_url: str, tmp_
             assert int(steps["e"].output_json or b"0") == expected_outputs(3)["e"]
             kinds = [e.kind for e in client.timeline(runs[3])]
             assert kinds[0] == "run.submitted" and kinds[-1] == "run.completed"
-            # What the mesh does not do yet is refused with a JSON 4xx, not half-done.
+            # Cancelling a run that already ended is refused with a JSON 4xx (a conflict).
             with pytest.raises(tf.TenantflowError):
                 client.cancel(runs[0])
         # Both agents watched the policy bucket and applied acme's policy (version 1).

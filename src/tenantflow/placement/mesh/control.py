@@ -9,8 +9,10 @@ stream when the API answers). Intake backpressure: past ``max_queued`` work item
 tenant in its region, a submission is refused with
 :class:`~tenantflow.errors.BackpressureError` (the API's 429 and ``Retry-After``).
 
-Not on the mesh yet (refused with a :class:`~tenantflow.errors.ConfigurationError`, the API's
-4xx): idempotency keys, cancelling and resuming runs.
+Run control is the driver's, from the run as stored: an idempotency key on a submission, a
+review decision (the waiting step moves on and what it readies is published for the agents),
+cancelling a run (the core's saga, here) and resuming a paused one (see
+:class:`~.driver.MeshDriver`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,39 @@ class _PublishingTenants:
         return info
 
 
+class _MeshReviews:
+    """The front engine's review queues, whose decisions the mesh driver carries out."""
+
+    def __init__(self, inner: Any, control: MeshControl) -> None:
+        self._inner = inner
+        self._control = control
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def decide(
+        self,
+        tenant: str,
+        review_id: str,
+        *,
+        reviewer: str,
+        approve: bool,
+        comment: str | None = None,
+        fail_step: bool = False,
+    ) -> Any:
+        """Approve or reject; the waiting step goes on in the same transaction, and what it
+        readies is published (see :meth:`~.driver.MeshDriver.decide_review`)."""
+        driver = self._control._started()
+        return await driver.decide_review(
+            tenant,
+            review_id,
+            reviewer=reviewer,
+            approve=approve,
+            comment=comment,
+            fail_step=fail_step,
+        )
+
+
 class MeshControl:
     """A mesh deployment's control plane (see the module doc).
 
@@ -133,8 +168,18 @@ class MeshControl:
             log.warning("policy of %s not put on %s: %s", info.id, region, exc)
 
     @property
+    def reviews(self) -> Any:
+        """The front engine's review queues; a decision is carried out by the mesh driver."""
+        return _MeshReviews(self._engine.reviews, self)
+
+    @property
     def engine(self) -> Engine:
         return self._engine
+
+    def _started(self) -> MeshDriver:
+        if self.driver is None or self.fabric is None:
+            raise ConfigurationError("the mesh control plane is not started")
+        return self.driver
 
     async def start(self) -> None:
         await self._engine.start()
@@ -188,15 +233,10 @@ class MeshControl:
             NotFoundError: no such tenant or workflow (version).
             ContractError: ``input`` breaks the workflow's input contract.
             BackpressureError: the tenant's queue in its region is full.
-            ConfigurationError: an idempotency key or a lane (not on the mesh yet).
+            ResidencyError: no agents serve the tenant's region.
         """
         if self.driver is None or self.fabric is None:
             raise ConfigurationError("the mesh control plane is not started")
-        if idempotency_key is not None:
-            raise ConfigurationError(
-                "idempotency keys are not supported on the mesh placement yet",
-                field="idempotency_key",
-            )
         name = getattr(workflow, "name", workflow)
         spec = self._engine.workflow(str(name), version)
         if spec.name not in self.driver.specs or self.driver.specs[spec.name] is not spec:
@@ -214,16 +254,25 @@ class MeshControl:
                 retry_after_s=1.0,
                 tenant=tenant,
             )
-        run_id = await self.driver.submit(tenant, spec.name, input)
-        return RunHandle(self._engine, tenant, run_id, created=True)
+        run_id, created = await self.driver.record(
+            tenant, spec.name, input, idempotency_key=idempotency_key
+        )
+        return RunHandle(self._engine, tenant, run_id, created=created)
 
     async def cancel(
         self, tenant: str, run_id: str, reason: str = "cancelled by request"
     ) -> RunRecord:
-        raise ConfigurationError("cancelling runs is not supported on the mesh placement yet")
+        """Cancel a run: its steps stop, completed ones are compensated, it ends ``cancelled``.
+
+        Raises:
+            NotFoundError: the tenant has no such run.
+            ConflictError: the run is not running.
+        """
+        return await self._started().cancel(tenant, run_id, reason)
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
-        raise ConfigurationError("resuming runs is not supported on the mesh placement yet")
+        """Resume a run the budget ladder paused (ConflictError: it is not paused)."""
+        return await self._started().resume(tenant, run_id)
 
     async def log(self, tenant: str, run_id: str) -> list[dict[str, Any]]:
         """The run's facts and state versions as the stream holds them."""
