@@ -18,7 +18,9 @@ executor, decider, gateway, saga and fenced store ops as every other placement) 
   work item's ack), the run's new store events are published
   as facts on ``tf.<r>.<t>.run.<run>.evt.<kind>`` (``Nats-Msg-Id`` = run and event id) and a state
   version is appended to the run's chain with an expected-last-subject-sequence check (the entry
-  names the events it covers, so a second shipper publishes only newer ones).
+  names the events it covers, so a second shipper publishes only newer ones, and carries a
+  snapshot of the run, its steps, and the events and state versions it covers, from which
+  :mod:`.projector` builds the API's read model).
 * **Run control.** A submission may carry an idempotency key (a second submission with it
   answers the first run); a step may start child runs (``ctx.delegate``: the child is recorded
   with its parent and an idempotency key naming the parent's call, the parent's step waits
@@ -79,6 +81,7 @@ from tenantflow.errors import (
     ResidencyError,
     StoreUnavailableError,
 )
+from tenantflow.placement.mesh.projector import snapshot
 from tenantflow.ports import Delivery, Store
 
 __all__ = ["CompletionGuard", "MeshDriver"]
@@ -723,10 +726,18 @@ class MeshDriver(BrokerDriver):
                 for ev in events
             ]
             await asyncio.wait_for(asyncio.gather(*acks), 10.0)
+            shipped_version = int(last.get("version", -1))
+            versions = [
+                v
+                for v in await store.state_versions(tenant, run_id, upto=record.state_version)
+                if v.version > shipped_version
+            ]
+            steps = await store.get_steps(tenant, run_id)
             body = {
                 "version": record.state_version,
                 "status": record.status.value,
                 "events_upto": events[-1].id if events else upto,
+                "snapshot": snapshot(record, steps, versions, events),
             }
             if await self.log.append_state(region, tenant, run_id, seq, body):
                 self.shipped += 1
