@@ -164,3 +164,73 @@ async def test_a_crashed_projector_resumes_to_the_same_read_model(
         await driver.queue.close()
         await driver.close()
         await store.close()
+
+
+async def test_the_mesh_control_plane_reads_runs_from_a_sqlite_read_model(
+    mesh_server: Any, admin: Any, postgres_url: str, tmp_path: Path, monkeypatch: Any
+) -> None:
+    from tenantflow.placement.centralized import open_front
+    from tenantflow.placement.mesh.control import MeshControl
+
+    monkeypatch.setenv("TF_SELFTEST_STEP_MS", "1,3")
+    front = open_front(postgres_url)
+    setup(front)
+    control = MeshControl(
+        front,
+        nats_url=mesh_server.url,
+        creds=mesh_server.creds["admin"],
+        regions=["eu"],
+        default_region="eu",
+        read_model=f"sqlite:///{tmp_path / 'read.db'}",
+    )
+    await control.start()
+    options = AgentOptions(
+        postgres_url,
+        mesh_server.url,
+        mesh_server.creds["agent-eu"],
+        ["eu"],
+        default_region="eu",
+        sweep=False,
+        setups=(setup,),
+    )
+    agent = await open_agent(options)
+    try:
+        await control.tenants.create("acme")
+        run_id = (await control.submit(WORKFLOW, tenant="acme", input={"i": 3})).id
+        first = await control.get_run("acme", run_id)  # projected before submit returned
+        assert first.id == run_id and first.workflow == WORKFLOW
+        deadline = time.monotonic() + 20
+        while (await control.get_run("acme", run_id)).status != tf.RunStatus.COMPLETED:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        written = front.router.store_for_tenant("acme")
+        kinds = [e.kind for e in await control.timeline("acme", run_id)]
+        assert kinds == [e.kind for e in await written.events("acme", run_id)]
+        assert kinds[0] == "run.submitted" and kinds[-1] == "run.completed"
+        tail = await control.events_after(
+            "acme", run_id, (await control.timeline("acme", run_id))[-2].id
+        )
+        assert [e.kind for e in tail] == ["run.completed"]
+        versions = await control.versions("acme", run_id)
+        assert [v.version for v in versions] == list(range(len(STEPS) + 1))
+        assert (await control.state("acme", run_id)).state == (
+            await front.state("acme", run_id)
+        ).state
+        # The reads come from the projection: a run the projector has not seen is not there.
+        assert control.projector is not None
+        await control.projector.close()
+        driver, store = await submitter(postgres_url, admin, "eu")
+        try:
+            unseen = await driver.submit("acme", WORKFLOW, {"i": 4})
+        finally:
+            await driver.queue.close()
+            await driver.close()
+            await store.close()
+        with pytest.raises(tf.NotFoundError):
+            await control.get_run("acme", unseen)
+        await control.projector.start()  # resumes where it stopped
+        assert await control.projector.wait_for(unseen, 20)
+        assert (await control.get_run("acme", unseen)).id == unseen
+    finally:
+        await close_agent(*agent)
+        await control.close()

@@ -13,13 +13,20 @@ Run control is the driver's, from the run as stored: an idempotency key on a sub
 review decision (the waiting step moves on and what it readies is published for the agents),
 cancelling a run (the core's saga, here) and resuming a paused one (see
 :class:`~.driver.MeshDriver`).
+
+**The read model.** With ``read_model`` (a SQLite or PostgreSQL URL), a
+:class:`~.projector.Projector` in this process builds the runs, steps, timelines and state
+versions from the execution log on JetStream into that store, and every read of runs answers
+from it (a submission returns once its run is projected); tenants, keys, reviews, usage,
+ledgers and the audit chain are not on the log and are read from the deployment's store.
+Without it, every read goes to the deployment's store.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from tenantflow.adapters.nats.fabric import Credentials, Fabric, connect, provision
 from tenantflow.adapters.nats.log import ExecutionLog
@@ -27,13 +34,18 @@ from tenantflow.adapters.nats.policy import PolicyBoard
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ids import DEFAULT_STORE
-from tenantflow.domain.records import RunRecord
+from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.spec import WorkflowSpec
+from tenantflow.domain.state import Change
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
 from tenantflow.engine.handle import RunHandle
+from tenantflow.engine.history import RunHistory, StateVersion
+from tenantflow.engine.plane import VersionInfo
+from tenantflow.engine.regions import RegionRouter
 from tenantflow.errors import BackpressureError, ConfigurationError
 from tenantflow.placement.mesh.driver import MeshDriver
+from tenantflow.placement.mesh.projector import Projector
 from tenantflow.ports import Store
 
 __all__ = ["MeshControl", "open_submitter"]
@@ -84,6 +96,16 @@ class _PublishingTenants:
         return info
 
 
+class _ReadModel:
+    """A router that sends every tenant's run reads to the projected read model."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def store_for_tenant(self, tenant: str) -> Store:
+        return self.store
+
+
 class _MeshReviews:
     """The front engine's review queues, whose decisions the mesh driver carries out."""
 
@@ -126,6 +148,8 @@ class MeshControl:
         regions: the regions to provision at start.
         default_region: the region of tenants whose policy names none.
         max_queued: per tenant and region, work items waiting past which intake refuses.
+        read_model: the store the projector writes and run reads answer from (a URL, or a
+            store the caller opened); None: the deployment's store.
     """
 
     def __init__(
@@ -137,8 +161,13 @@ class MeshControl:
         regions: Sequence[str],
         default_region: str,
         max_queued: int = 10_000,
+        read_model: str | Store | None = None,
     ) -> None:
         self._engine = engine
+        self._read_model_arg = read_model
+        self.read_store: Store | None = None
+        self.projector: Projector | None = None
+        self.history: RunHistory = engine.history
         self.nats_url = nats_url
         self.creds = creds
         self.regions = list(regions)
@@ -197,8 +226,33 @@ class MeshControl:
             owner=f"mesh-api:{self._engine.owner}",
         )
         await self.driver.start()
+        if self._read_model_arg is not None:
+            await self._start_projector(self._read_model_arg)
+
+    async def _start_projector(self, read_model: str | Store) -> None:
+        assert self.fabric is not None
+        if isinstance(read_model, str):
+            from tenantflow.adapters import open_store
+
+            store = open_store(read_model)
+            await store.open(execute=True)
+        else:
+            store = read_model
+        self.read_store = store
+        regions = [*self.regions, self.default_region]
+        self.projector = Projector(self.fabric, store, regions, durable="api_read_model")
+        await self.projector.start()
+        router = cast(RegionRouter, _ReadModel(store))
+        self.history = RunHistory(router, self._engine.tenants.get)
 
     async def close(self) -> None:
+        if self.projector is not None:
+            await self.projector.close()
+            self.projector = None
+        if self.read_store is not None and isinstance(self._read_model_arg, str):
+            await self.read_store.close()
+        self.read_store = None
+        self.history = self._engine.history
         if self.driver is not None:
             await self.driver.queue.close()
             await self.driver.close()
@@ -257,6 +311,8 @@ class MeshControl:
         run_id, created = await self.driver.record(
             tenant, spec.name, input, idempotency_key=idempotency_key
         )
+        if self.projector is not None and not await self.projector.wait_for(run_id):
+            log.warning("run %s is not in the read model yet", run_id)
         return RunHandle(self._engine, tenant, run_id, created=created)
 
     async def cancel(
@@ -282,3 +338,59 @@ class MeshControl:
         return await ExecutionLog(self.fabric).timeline(
             self.driver.region_of(tenant), tenant, run_id
         )
+
+    # -- run reads: the read model when there is one -------------------------------------------
+
+    async def get_run(self, tenant: str, run_id: str) -> RunRecord:
+        """The run's record (NotFoundError if the tenant has no such run)."""
+        return await self.history.get_run(tenant, run_id)
+
+    async def list_runs(
+        self,
+        tenant: str,
+        *,
+        status: RunStatus | None = None,
+        workflow: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        payloads: bool = True,
+    ) -> list[RunRecord]:
+        """The tenant's runs, newest first."""
+        return await self.history.list_runs(
+            tenant,
+            status=status,
+            workflow=workflow,
+            limit=limit,
+            before=before,
+            payloads=payloads,
+        )
+
+    async def steps(self, tenant: str, run_id: str) -> list[StepRecord]:
+        return await self.history.steps(tenant, run_id)
+
+    async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]:
+        return await self.history.timeline(tenant, run_id)
+
+    async def events_after(self, tenant: str, run_id: str, after: int) -> list[EventRecord]:
+        return await self.history.events_after(tenant, run_id, after)
+
+    async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion:
+        return await self.history.state(tenant, run_id, version)
+
+    async def versions(self, tenant: str, run_id: str) -> list[StateVersion]:
+        return await self.history.versions(tenant, run_id)
+
+    async def diff(self, tenant: str, run_id: str, a: int, b: int) -> list[Change]:
+        return await self.history.diff(tenant, run_id, a, b)
+
+    async def bisect(
+        self, tenant: str, run_id: str, holds: Callable[[dict[str, Any]], bool]
+    ) -> StateVersion | None:
+        return await self.history.bisect(tenant, run_id, holds)
+
+    async def version_list(self, tenant: str, run_id: str) -> list[VersionInfo]:
+        """The run's state versions without their states (NotFoundError: no such run)."""
+        record = await self.get_run(tenant, run_id)
+        store = self.read_store or self._engine.router.store_for_tenant(tenant)
+        rows = await store.state_versions(tenant, run_id, upto=record.state_version)
+        return [VersionInfo(v.version, v.parent, v.step, v.hash, v.created_at) for v in rows]
