@@ -20,6 +20,10 @@ versions from the execution log on JetStream into that store, and every read of 
 from it (a submission returns once its run is projected); tenants, keys, reviews, usage,
 ledgers and the audit chain are not on the log and are read from the deployment's store.
 Without it, every read goes to the deployment's store.
+
+**The plane reads** the dashboard needs (load, placement, health with the agents as members of
+kind ``agent``, their circuit breakers, run latency) come from the fabric: the agents'
+heartbeats and the work consumers' pending counts (:class:`~.plane.MeshPlane`).
 """
 
 from __future__ import annotations
@@ -34,17 +38,26 @@ from tenantflow.adapters.nats.policy import PolicyBoard
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ids import DEFAULT_STORE
-from tenantflow.domain.records import EventRecord, RunRecord, RunStatus, StepRecord
+from tenantflow.domain.records import TERMINAL_RUN, EventRecord, RunRecord, RunStatus, StepRecord
 from tenantflow.domain.spec import WorkflowSpec
 from tenantflow.domain.state import Change
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
 from tenantflow.engine.handle import RunHandle
 from tenantflow.engine.history import RunHistory, StateVersion
-from tenantflow.engine.plane import VersionInfo
+from tenantflow.engine.plane import (
+    BreakerView,
+    MemberHealth,
+    PlacementInfo,
+    PlaneLoad,
+    TenantLatency,
+    TenantLoad,
+    VersionInfo,
+)
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.errors import BackpressureError, ConfigurationError
 from tenantflow.placement.mesh.driver import MeshDriver
+from tenantflow.placement.mesh.plane import MeshPlane
 from tenantflow.placement.mesh.projector import Projector
 from tenantflow.ports import Store
 
@@ -94,6 +107,9 @@ class _PublishingTenants:
         info = await self._inner.update(*args, **options)
         await self._publish(info)
         return info
+
+
+_ENDED = {s.value for s in TERMINAL_RUN}
 
 
 class _ReadModel:
@@ -168,6 +184,8 @@ class MeshControl:
         self.read_store: Store | None = None
         self.projector: Projector | None = None
         self.history: RunHistory = engine.history
+        self.plane: MeshPlane | None = None
+        self._ended: dict[str, None] = {}
         self.nats_url = nats_url
         self.creds = creds
         self.regions = list(regions)
@@ -226,6 +244,15 @@ class MeshControl:
             owner=f"mesh-api:{self._engine.owner}",
         )
         await self.driver.start()
+        self.plane = MeshPlane(
+            self.fabric,
+            [*self.regions, self.default_region],
+            clock=self._engine.clock,
+            process=self._engine.owner,
+            stores=sorted(self._engine.stores),
+            policy_of=self._engine.tenants.cached,
+        )
+        await self.plane.start()
         if self._read_model_arg is not None:
             await self._start_projector(self._read_model_arg)
 
@@ -240,12 +267,26 @@ class MeshControl:
             store = read_model
         self.read_store = store
         regions = [*self.regions, self.default_region]
-        self.projector = Projector(self.fabric, store, regions, durable="api_read_model")
+        self.projector = Projector(
+            self.fabric, store, regions, durable="api_read_model", on_applied=self._applied
+        )
         await self.projector.start()
         router = cast(RegionRouter, _ReadModel(store))
         self.history = RunHistory(router, self._engine.tenants.get)
 
+    def _applied(self, tenant: str, run: dict[str, Any]) -> None:
+        """A projected entry: a run seen ending for the first time feeds the latency."""
+        if self.plane is None or run["status"] not in _ENDED or run["id"] in self._ended:
+            return
+        self._ended[run["id"]] = None
+        if len(self._ended) > 20_000:
+            del self._ended[next(iter(self._ended))]
+        self.plane.finished(tenant, run)
+
     async def close(self) -> None:
+        if self.plane is not None:
+            await self.plane.close()
+            self.plane = None
         if self.projector is not None:
             await self.projector.close()
             self.projector = None
@@ -311,6 +352,8 @@ class MeshControl:
         run_id, created = await self.driver.record(
             tenant, spec.name, input, idempotency_key=idempotency_key
         )
+        if created and self.plane is not None:
+            self.plane.submitted(tenant, run_id, spec.name)
         if self.projector is not None and not await self.projector.wait_for(run_id):
             log.warning("run %s is not in the read model yet", run_id)
         return RunHandle(self._engine, tenant, run_id, created=created)
@@ -394,3 +437,31 @@ class MeshControl:
         store = self.read_store or self._engine.router.store_for_tenant(tenant)
         rows = await store.state_versions(tenant, run_id, upto=record.state_version)
         return [VersionInfo(v.version, v.parent, v.step, v.hash, v.created_at) for v in rows]
+
+    # -- the plane reads: from the fabric ------------------------------------------------------
+
+    def _plane(self) -> MeshPlane:
+        if self.plane is None:
+            raise ConfigurationError("the mesh control plane is not started")
+        return self.plane
+
+    def load(self) -> PlaneLoad:
+        """Per tenant, steps running (delivered, not acked) and queued on the work streams."""
+        return self._plane().load()
+
+    def tenant_load(self, tenant: str) -> TenantLoad:
+        return self._plane().tenant_load(tenant)
+
+    def placement(self) -> PlacementInfo:
+        return self._plane().placement()
+
+    async def health(self) -> list[MemberHealth]:
+        """This process and every agent heard (kind ``agent``), by their heartbeats."""
+        return await self._plane().health()
+
+    def breakers(self) -> list[BreakerView]:
+        """Each agent's circuit breakers, as its last heartbeat reported them."""
+        return self._plane().breakers()
+
+    def latency(self, tenants: list[str] | None = None) -> list[TenantLatency]:
+        return self._plane().latency(tenants)

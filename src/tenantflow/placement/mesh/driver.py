@@ -28,6 +28,10 @@ executor, decider, gateway, saga and fenced store ops as every other placement) 
   a cancel and a resume are decided here from the run as stored, through the core's decider and
   saga, and what they make ready is published (:meth:`MeshDriver.decide_review`,
   :meth:`MeshDriver.cancel`, :meth:`MeshDriver.resume`).
+* **Heartbeats.** A driver that consumes (an agent) publishes a beat every
+  :data:`BEAT_S` seconds on ``tf.<region>._agents.<owner>`` (core NATS, kept nowhere): its
+  regions, kinds, slots, deliveries in flight, queue counters and circuit breakers. The API
+  lists the agents and their breakers from them (:mod:`.plane`).
 * **Recovery.** A redelivered work item (its agent died) first republishes the run's ready steps
   and the steps whose lease lapsed, so a crash between the commit and the publish of the
   successors cannot stall a run; :meth:`MeshDriver.sweep` does the same for every unfinished run
@@ -44,13 +48,15 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from tenantflow.adapters.nats.log import ExecutionLog
 from tenantflow.adapters.nats.queue import JetStreamQueue
-from tenantflow.adapters.nats.subjects import Region
+from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
 from tenantflow.domain.progress import on_review_decided, plan_to_transition
@@ -87,6 +93,15 @@ from tenantflow.ports import Delivery, Store
 __all__ = ["CompletionGuard", "MeshDriver"]
 
 log = logging.getLogger("tenantflow.mesh")
+
+BEAT_S = 2.0
+"""How often an agent publishes its heartbeat."""
+
+
+def beat_subject(region: str, owner: str) -> str:
+    """Where an agent of ``region`` publishes its heartbeat (``*`` for any)."""
+    return f"tf.{region}._agents.{owner if owner == '*' else token(owner)}"
+
 
 STORE_RETRIES = 6
 """How often a decision is tried when the store reports a transient failure."""
@@ -168,6 +183,7 @@ class MeshDriver(BrokerDriver):
         **options: Any,
     ) -> None:
         super().__init__(stores, bus=bus, workflows=workflows, **options)
+        self.slots = int(options.get("concurrency", 8))
         self.queue = bus
         self.log = ExecutionLog(bus.fabric)
         self.default_region = default_region
@@ -184,6 +200,50 @@ class MeshDriver(BrokerDriver):
         self.released = 0
         """Claims given back after their delivery failed (see :meth:`_release`)."""
         self._in_flight: dict[tuple[str, str], int] = {}
+
+    async def start(self) -> None:
+        await super().start()
+        if self.queue.regions:  # it consumes: an agent
+            self._spawn(self._beat())
+
+    def beat(self) -> dict[str, Any]:
+        """What this driver's heartbeat says (see the module doc)."""
+        now = self.clock.now()
+        return {
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "at": now,
+            "every_s": BEAT_S,
+            "regions": sorted(self.queue.regions),
+            "kinds": list(self.queue.kinds),
+            "slots": self.slots,
+            "in_flight": sum(self._in_flight.values()),
+            "queue": asdict(self.queue.stats),
+            "breakers": [
+                {
+                    "name": name,
+                    "state": b.state.value,
+                    "failures": b.failures,
+                    "threshold": b.failure_threshold,
+                    "cooldown_s": b.cooldown_s,
+                    "retry_after_s": b.retry_after_s(now),
+                    "last_change_s": b.transitions[-1][0] if b.transitions else None,
+                    "changes": len(b.transitions),
+                }
+                for name, b in sorted(self._breakers.items())
+            ],
+        }
+
+    async def _beat(self) -> None:
+        nc = self.queue.fabric.nc
+        while True:
+            payload = json.dumps(self.beat(), default=str).encode()
+            for region in self.queue.regions:
+                try:
+                    await nc.publish(beat_subject(region, self.owner), payload)
+                except Exception as exc:  # the server is away: the next beat
+                    log.debug("heartbeat not sent: %s", exc)
+            await asyncio.sleep(BEAT_S)
 
     # -- regions and subjects -----------------------------------------------------------------
 

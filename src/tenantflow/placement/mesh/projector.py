@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,6 +234,8 @@ class Projector:
         durable: the consumer's name: a projector started again with the same name resumes.
         ack_wait_s: how long an entry delivered but not acknowledged (its projector died)
             waits before it is delivered again.
+        on_applied: called with the tenant and the run's record (as the snapshot has it)
+            after each entry applied.
     """
 
     def __init__(
@@ -245,7 +247,9 @@ class Projector:
         durable: str = "projector",
         batch: int = 64,
         ack_wait_s: float = 10.0,
+        on_applied: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        self.on_applied = on_applied
         self.fabric = fabric
         self.store = store
         self.regions = list(dict.fromkeys(regions))
@@ -350,6 +354,8 @@ class Projector:
             return
         if outcome == "applied":
             self.stats.applied += 1
+            if self.on_applied is not None:
+                self.on_applied(tenant, snap["run"])
         else:
             self.stats.seen += 1
         await msg.ack()
