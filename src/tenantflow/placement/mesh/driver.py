@@ -787,11 +787,15 @@ class MeshDriver(BrokerDriver):
             ]
             await asyncio.wait_for(asyncio.gather(*acks), 10.0)
             shipped_version = int(last.get("version", -1))
-            versions = [
-                v
-                for v in await store.state_versions(tenant, run_id, upto=record.state_version)
-                if v.version > shipped_version
-            ]
+            versions = (  # the store reads a chain from its start: only when it grew
+                [
+                    v
+                    for v in await store.state_versions(tenant, run_id, upto=record.state_version)
+                    if v.version > shipped_version
+                ]
+                if record.state_version > shipped_version
+                else []
+            )
             steps = await store.get_steps(tenant, run_id)
             body = {
                 "version": record.state_version,
