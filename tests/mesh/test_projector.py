@@ -234,3 +234,78 @@ async def test_the_mesh_control_plane_reads_runs_from_a_sqlite_read_model(
     finally:
         await close_agent(*agent)
         await control.close()
+
+
+async def test_projecting_into_postgresql(
+    mesh_server: Any,
+    admin: Any,
+    postgres_url: str,
+    postgres_empty_url: str,
+    monkeypatch: Any,
+) -> None:
+    """The same projection into a PostgreSQL read model (its own schema, in the tenant's
+    row-level-security scope): what it holds equals the write model, and a replay writes
+    nothing."""
+    monkeypatch.setenv("TF_SELFTEST_STEP_MS", "1,3")
+    await create_tenants(postgres_url)
+    driver, store = await submitter(postgres_url, admin, "eu")
+    options = AgentOptions(
+        postgres_url,
+        mesh_server.url,
+        mesh_server.creds["agent-eu"],
+        ["eu"],
+        default_region="eu",
+        sweep=False,
+        setups=(setup,),
+    )
+    agent = await open_agent(options)
+    read = open_store(postgres_empty_url)
+    await read.open()
+    try:
+        runs = []
+        for i in range(3):
+            runs.append((tenant_of(i), await driver.submit(tenant_of(i), WORKFLOW, {"i": i})))
+        await wait_all(store, runs)
+        log = ExecutionLog(admin)
+        entries = 0
+        for tenant, run_id in runs:
+            timeline = await wait_log(log, "eu", tenant, run_id)
+            entries += sum(1 for e in timeline if e["subject"].endswith(".state"))
+        async with Projector(admin, read, ["eu"], durable="pg") as projector:
+            await _drain(projector, entries)
+        assert projector.stats.applied == entries
+        for tenant, run_id in runs:
+            projected, written = (
+                await read.get_run(tenant, run_id),
+                await store.get_run(tenant, run_id),
+            )
+            assert (projected.status, projected.result_json, projected.state_version) == (
+                written.status,
+                written.result_json,
+                written.state_version,
+            )
+            p_steps = [
+                (s.key, s.status, s.output_json) for s in await read.get_steps(tenant, run_id)
+            ]
+            w_steps = [
+                (s.key, s.status, s.output_json) for s in await store.get_steps(tenant, run_id)
+            ]
+            assert sorted(p_steps) == sorted(w_steps)
+            p_events = [(e.kind, e.step, e.data) for e in await read.events(tenant, run_id)]
+            assert p_events == [
+                (e.kind, e.step, e.data) for e in await store.events(tenant, run_id)
+            ]
+            p_versions = [(v.version, v.hash) for v in await read.state_versions(tenant, run_id)]
+            w_versions = [(v.version, v.hash) for v in await store.state_versions(tenant, run_id)]
+            assert p_versions == w_versions
+        before = [len(await read.events(t, r)) for t, r in runs]
+        async with Projector(admin, read, ["eu"], durable="pg_replay") as replay:
+            await _drain(replay, entries)
+        assert replay.stats.applied == 0 and replay.stats.seen == entries
+        assert [len(await read.events(t, r)) for t, r in runs] == before
+    finally:
+        await read.close()
+        await close_agent(*agent)
+        await driver.queue.close()
+        await driver.close()
+        await store.close()
