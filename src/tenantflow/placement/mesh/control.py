@@ -354,7 +354,7 @@ class MeshControl:
         )
         if created and self.plane is not None:
             self.plane.submitted(tenant, run_id, spec.name)
-        if self.projector is not None and not await self.projector.wait_for(run_id):
+        if created and self.projector is not None and not await self.projector.wait_for(run_id):
             log.warning("run %s is not in the read model yet", run_id)
         return RunHandle(self._engine, tenant, run_id, created=created)
 

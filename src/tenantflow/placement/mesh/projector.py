@@ -42,9 +42,12 @@ from tenantflow.domain.records import EventRecord, RunRecord, StateVersionRecord
 from tenantflow.errors import ConfigurationError
 from tenantflow.ports import Store
 
-__all__ = ["Projector", "ProjectorStats", "apply_entry", "snapshot"]
+__all__ = ["REMEMBERED", "Projector", "ProjectorStats", "apply_entry", "snapshot"]
 
 log = logging.getLogger("tenantflow.mesh")
+
+REMEMBERED = 100_000
+"""How many runs :meth:`Projector.wait_for` remembers having seen."""
 
 
 def _text(value: bytes | None) -> str | None:
@@ -258,7 +261,8 @@ class Projector:
         self.ack_wait_s = ack_wait_s
         self.stats = ProjectorStats()
         self.applied_runs: dict[str, int] = {}
-        """The last stream sequence applied per run (by this process)."""
+        """The last stream sequence applied per run (by this process; the
+        :data:`REMEMBERED` runs seen last)."""
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[Any] = []
         self._changed = asyncio.Condition()
@@ -360,7 +364,11 @@ class Projector:
             self.stats.seen += 1
         await msg.ack()
         async with self._changed:
-            self.applied_runs[str(snap["run"]["id"])] = seq
+            run_id = str(snap["run"]["id"])
+            self.applied_runs.pop(run_id, None)
+            self.applied_runs[run_id] = seq
+            if len(self.applied_runs) > REMEMBERED:
+                del self.applied_runs[next(iter(self.applied_runs))]
             self._changed.notify_all()
 
     async def wait_for(self, run_id: str, timeout_s: float = 5.0) -> bool:
