@@ -1,7 +1,8 @@
 """``tenantflow mesh up`` end to end: a NATS server, two agent processes and the REST API; an
 admin registers a tenant over HTTP, the tenant submits runs with the ``Client`` and they
-complete on the agents; the timeline, steps and usage read back through the same API; a
-missing store or a non-PostgreSQL store is refused in one line."""
+complete on the agents; the timeline and steps read back through the same API, from the read
+model the API projects into SQLite (``--read-model``); the dashboard is served; a missing store
+or a non-PostgreSQL store is refused in one line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -67,6 +69,7 @@ def test_mesh_up_serves_the_api(nats_server_binary: Any, postgres_url: str, tmp_
                 "--agents", "2", "--app", "tenantflow.selftest.workload:setup",
                 "--db", postgres_url, "--port", str(port), "--dir", str(tmp_path / "mesh"),
                 "--lease", "5", "--ack-wait", "5",
+                "--read-model", f"sqlite:///{tmp_path / 'read.db'}",
             ],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
@@ -89,9 +92,14 @@ def test_mesh_up_serves_the_api(nats_server_binary: Any, postgres_url: str, tmp_
             assert int(steps["e"].output_json or b"0") == expected_outputs(3)["e"]
             kinds = [e.kind for e in client.timeline(runs[3])]
             assert kinds[0] == "run.submitted" and kinds[-1] == "run.completed"
-            # What the mesh does not do yet is refused with a JSON 4xx, not half-done.
-            with pytest.raises(tf.TenantflowError):
+            # Cancelling a run that already ended is refused with a JSON 4xx (a conflict).
+            with pytest.raises(tf.ConflictError):
                 client.cancel(runs[0])
+        # The reads above came from the read model the API projected into SQLite.
+        with sqlite3.connect(tmp_path / "read.db") as db:
+            projected = {r[0]: r[1] for r in db.execute("SELECT id, status FROM runs")}
+        assert projected == dict.fromkeys(runs, "completed")
+        assert httpx.get(f"{url}/ui/login", timeout=5.0).status_code == 200  # the dashboard
         # Both agents watched the policy bucket and applied acme's policy (version 1).
         agent_logs = sorted((tmp_path / "mesh").glob("agent-*.log"))
         assert len(agent_logs) == 2

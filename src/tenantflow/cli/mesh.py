@@ -139,6 +139,15 @@ def up(
         float,
         typer.Option("--ack-wait", min=0.5, help="Seconds before an unacked item is redelivered."),
     ] = 30.0,
+    read_model: Annotated[
+        str | None,
+        typer.Option(
+            "--read-model",
+            metavar="URL",
+            help="Project the API's read model (runs, steps, timelines, state versions) from"
+            " the execution log into this store (sqlite:///FILE or postgresql://...).",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Start a NATS server, agents and the REST API on this machine (PostgreSQL store)."""
@@ -178,6 +187,7 @@ def up(
                 creds=mesh.admin,
                 regions=names,
                 default_region=default_region,
+                read_model=read_model,
             )
 
             def started(_: object) -> None:
@@ -198,7 +208,6 @@ def up(
                 control,  # a ControlPlane by delegation
                 setup=[load_app(ref) for ref in settings.apps],
                 started=[started],
-                dashboard=False,  # its pages read the engine's own scheduler
             )
             logging.basicConfig(level=logging.WARNING)
             run(application, host=host, port=port, log_level="warning")

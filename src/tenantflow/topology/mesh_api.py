@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     application = create_app(
         control,  # a ControlPlane by delegation
         setup=[load_app(ref) for ref in args.app],
-        dashboard=False,
     )
     logging.basicConfig(level=logging.WARNING)
     return 0 if run(application, host="127.0.0.1", port=args.port, log_level="warning") else 1

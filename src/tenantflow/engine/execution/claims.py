@@ -53,6 +53,11 @@ class Claims:
         self.released = 0
         """Claims given back after their delivery failed (see :meth:`release`)."""
 
+    @property
+    def in_flight(self) -> int:
+        """Deliveries running here now, over every claimed step."""
+        return sum(self._in_flight.values())
+
     def enter(self, claim: Claim) -> None:
         """A delivery of the step starts here."""
         self._in_flight[claim] = self._in_flight.get(claim, 0) + 1

@@ -18,7 +18,20 @@ executor, decider, gateway, saga and fenced store ops as every other placement) 
   work item's ack), the run's new store events are published
   as facts on ``tf.<r>.<t>.run.<run>.evt.<kind>`` (``Nats-Msg-Id`` = run and event id) and a state
   version is appended to the run's chain with an expected-last-subject-sequence check (the entry
-  names the events it covers, so a second shipper publishes only newer ones).
+  names the events it covers, so a second shipper publishes only newer ones, and carries a
+  snapshot of the run, its steps, and the events and state versions it covers, from which
+  :mod:`.projector` builds the API's read model).
+* **Run control.** A submission may carry an idempotency key (a second submission with it
+  answers the first run); a step may start child runs (``ctx.delegate``: the child is recorded
+  with its parent and an idempotency key naming the parent's call, the parent's step waits
+  holding no slot, and the child's end publishes the parent's step again); a review decision,
+  a cancel and a resume are decided here from the run as stored, through the core's decider and
+  saga, and what they make ready is published (:meth:`MeshDriver.decide_review`,
+  :meth:`MeshDriver.cancel`, :meth:`MeshDriver.resume`).
+* **Heartbeats.** A driver that consumes (an agent) publishes a beat every
+  :data:`BEAT_S` seconds on ``tf.<region>._agents.<owner>`` (core NATS, kept nowhere): its
+  regions, kinds, slots, deliveries in flight, queue counters and circuit breakers. The API
+  lists the agents and their breakers from them (:mod:`.plane`).
 * **Recovery.** A redelivered work item (its agent died) first republishes the run's ready steps
   and the steps whose lease lapsed, so a crash between the commit and the publish of the
   successors cannot stall a run; :meth:`MeshDriver.sweep` does the same for every unfinished run
@@ -31,42 +44,68 @@ Correlation ids (tenant, run, step, attempt) travel in the messages' headers and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
+import os
+import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 from typing import Any
 
 from tenantflow.adapters.nats.log import ExecutionLog
 from tenantflow.adapters.nats.queue import JetStreamQueue
-from tenantflow.adapters.nats.subjects import Region
+from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
+from tenantflow.domain.progress import on_review_decided, plan_to_transition
 from tenantflow.domain.records import (
     TERMINAL_RUN,
+    CreateRun,
+    NewEvent,
+    RunRecord,
     RunStatus,
+    RunUpdate,
+    StepRecord,
     StepStatus,
 )
-from tenantflow.domain.spec import WorkflowSpec, parse_key
+from tenantflow.domain.run import advance
+from tenantflow.domain.spec import WorkflowSpec, child_key, parse_key
+from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.execution.active import ActiveRun
-from tenantflow.engine.execution.broker import BrokerDriver
+from tenantflow.engine.execution.broker import MAX_DECISIONS, BrokerDriver
 from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
-from tenantflow.engine.execution.outcomes import AttemptOutcome, Succeeded
-from tenantflow.errors import NotFoundError, ResidencyError, StoreUnavailableError
+from tenantflow.engine.execution.outcomes import AttemptOutcome, AwaitingChild, Succeeded
+from tenantflow.engine.execution.scope import Services
+from tenantflow.engine.gateway import human_response
+from tenantflow.errors import (
+    ConflictError,
+    NotFoundError,
+    ResidencyError,
+    StoreUnavailableError,
+)
+from tenantflow.placement.mesh.projector import snapshot
 from tenantflow.ports import Delivery, Store
 
 __all__ = ["CompletionGuard", "MeshDriver"]
 
 log = logging.getLogger("tenantflow.mesh")
 
+BEAT_S = 2.0
+"""How often an agent publishes its heartbeat."""
+
+
+def beat_subject(region: str, owner: str) -> str:
+    """Where an agent of ``region`` publishes its heartbeat (``*`` for any)."""
+    return f"tf.{region}._agents.{owner if owner == '*' else token(owner)}"
+
+
 STORE_RETRIES = 6
 """How often a decision is tried when the store reports a transient failure."""
 
 _REDELIVERED: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "tenantflow_mesh_redelivered", default=False
-)
-_SUBMITTING: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "tenantflow_mesh_submitting", default=None
 )
 
 
@@ -142,6 +181,7 @@ class MeshDriver(BrokerDriver):
         **options: Any,
     ) -> None:
         super().__init__(stores, bus=bus, workflows=workflows, **options)
+        self.slots = int(options.get("concurrency", 8))
         self.queue = bus
         self.log = ExecutionLog(bus.fabric)
         self.default_region = default_region
@@ -155,6 +195,50 @@ class MeshDriver(BrokerDriver):
         """The policy version applied per tenant (from the policy bucket)."""
         self.shipped = 0
         self.republished = 0
+
+    async def start(self) -> None:
+        await super().start()
+        if self.queue.regions:  # it consumes: an agent
+            self._spawn(self._beat())
+
+    def beat(self) -> dict[str, Any]:
+        """What this driver's heartbeat says (see the module doc)."""
+        now = self.clock.now()
+        return {
+            "owner": self.owner,
+            "pid": os.getpid(),
+            "at": now,
+            "every_s": BEAT_S,
+            "regions": sorted(self.queue.regions),
+            "kinds": list(self.queue.kinds),
+            "slots": self.slots,
+            "in_flight": self.claims.in_flight,
+            "queue": asdict(self.queue.stats),
+            "breakers": [
+                {
+                    "name": name,
+                    "state": b.state.value,
+                    "failures": b.failures,
+                    "threshold": b.failure_threshold,
+                    "cooldown_s": b.cooldown_s,
+                    "retry_after_s": b.retry_after_s(now),
+                    "last_change_s": b.transitions[-1][0] if b.transitions else None,
+                    "changes": len(b.transitions),
+                }
+                for name, b in sorted(self._breakers.items())
+            ],
+        }
+
+    async def _beat(self) -> None:
+        nc = self.queue.fabric.nc
+        while True:
+            payload = json.dumps(self.beat(), default=str).encode()
+            for region in self.queue.regions:
+                try:
+                    await nc.publish(beat_subject(region, self.owner), payload)
+                except Exception as exc:  # the server is away: the next beat
+                    log.debug("heartbeat not sent: %s", exc)
+            await asyncio.sleep(BEAT_S)
 
     # -- regions and subjects -----------------------------------------------------------------
 
@@ -191,28 +275,252 @@ class MeshDriver(BrokerDriver):
             return key, policy
         raise NotFoundError(f"no tenant {tenant!r}", kind="tenant", id=tenant)
 
-    async def submit(self, tenant: str, workflow: str, input: Any) -> str:
-        """Record a run and publish its first steps (on the stream when this returns).
+    async def submit(
+        self, tenant: str, workflow: str, input: Any, *, idempotency_key: str | None = None
+    ) -> str:
+        """Record a run and publish its first steps (on the stream when this returns); with an
+        ``idempotency_key`` this tenant used before, the first run's id (nothing recorded).
 
         Raises:
             ResidencyError: no stream serves the tenant's region on this fabric (nothing is
                 recorded).
-            (and what :meth:`BrokerDriver.submit` raises)
+            NotFoundError: no such tenant or workflow.
+            ContractError: ``input`` breaks the workflow's input contract.
         """
-        await self._tenant(tenant)
-        await self._served(self.region_of(tenant))
-        token = _SUBMITTING.set(workflow)
-        try:
-            run_id = await super().submit(tenant, workflow, input)
-        finally:
-            _SUBMITTING.reset(token)
+        run_id, _ = await self.record(tenant, workflow, input, idempotency_key=idempotency_key)
+        return run_id
+
+    async def record(
+        self,
+        tenant: str,
+        workflow: str,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        parent: ActiveRun | None = None,
+    ) -> tuple[str, bool]:
+        """Record a run (a child of ``parent`` when given) and publish its first steps; its id
+        and whether this call created it (False: the key named a stored run, whose ready steps
+        are published again, in case the submission that recorded it died before)."""
+        store_key, policy = await self._tenant(tenant)
+        region = self.region_of(tenant)
+        await self._served(region)
+        spec = self.specs.get(workflow)
+        if spec is None:
+            raise NotFoundError(f"no workflow named {workflow!r}", kind="workflow", id=workflow)
+        value, input_json = contract_for(spec.input_type).check(
+            input, step="<input>", direction="input"
+        )
+        now = self.clock.now()
+        run_id = "run_" + secrets.token_hex(12)
+        pending = {s.name: StepStatus.PENDING for s in spec.steps}
+        plan = advance(spec, pending, {}, value, changed=None)
+        statuses = {**pending, **plan.statuses()}
+        tenant_record = await self.stores[store_key].get_tenant(tenant)
+        lane = parent.lane if parent is not None else policy.default_lane
+        submitted = {
+            "workflow": spec.name,
+            "version": spec.version,
+            "lane": lane,
+            "policy_version": tenant_record.policy_version,
+            "region": policy.region,
+        }
+        planned = plan_to_transition(spec, plan, {}, run_id=run_id, submission=True)
+        events = [NewEvent("run.submitted", None, None, submitted), *planned.events]
+        status = RunStatus.RUNNING if planned.run is None else planned.run.status
+        if planned.run is None:
+            started = {} if parent is None else {"parent_run": parent.id}
+            events.append(NewEvent("run.started", None, None, started))
+        record = RunRecord(
+            id=run_id,
+            tenant_id=tenant,
+            workflow=spec.name,
+            workflow_version=spec.version,
+            status=status,
+            input_json=input_json,
+            created_at=now,
+            updated_at=now,
+            lane=lane,
+            idempotency_key=idempotency_key,
+            result_json=None if planned.run is None else planned.run.result_json,
+            error=planned.error,
+            finished_at=now if status in TERMINAL_RUN else None,
+            meta={"policy_version": tenant_record.policy_version, "region": policy.region},
+        )
+        if parent is not None:  # a child draws on its parent's (root's) budget
+            record.parent_run_id = parent.id
+            record.meta["budget_run"] = parent.budget_run or parent.id
+        rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
+        outcome = await self.writers[store_key].write(CreateRun(record, rows, events))
+        if not outcome.created:
+            await self.republish(tenant, outcome.run_id)
+            await self.queue.flush()
+            return outcome.run_id, False
+        self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
+        self._spec_of_run[run_id] = spec
+        ready = list(plan.ready)
+        for key, n in plan.mapped:
+            ready.extend(child_key(key, i) for i in range(n))
+        self._publish(tenant, run_id, ready)
         await self.queue.flush()
         try:
             await self._ship(tenant, run_id)
         except Exception as exc:  # recorded and published: the log follows, not the caller
             log.warning("shipping the log of %s failed: %s; again", run_id, exc)
             self._spawn(self._ship_soon(tenant, run_id))
+        return run_id, True
+
+    # -- run control --------------------------------------------------------------------------
+
+    def _services(self, region: str) -> Services:
+        services = super()._services(region)
+        services.start_child = self._start_child
+        return services
+
+    async def _start_child(
+        self, parent: ActiveRun, key: str, index: int, workflow: str, task: str
+    ) -> str:
+        """A child run of ``parent`` for step ``key``'s call ``index``; idempotent, so a
+        re-executed attempt gets the same child."""
+        run_id, _ = await self.record(
+            parent.tenant_id,
+            workflow,
+            task,
+            idempotency_key=f"child:{parent.id}:{key}:{index}",
+            parent=parent,
+        )
         return run_id
+
+    async def _wake_parent(self, record: RunRecord) -> None:
+        """An ended child run: publish its parent's ready steps again (the waiting one among
+        them), so the parent reads the child's answer. Called while shipping the child's log,
+        which the queue's acks wait for: the publishes are not waited for here (a flush would
+        wait for the shipping itself)."""
+        if record.parent_run_id is not None and record.status in TERMINAL_RUN:
+            await self.republish(record.tenant_id, record.parent_run_id)
+
+    async def decide_review(
+        self,
+        tenant: str,
+        review_id: str,
+        *,
+        reviewer: str,
+        approve: bool,
+        comment: str | None = None,
+        fail_step: bool = False,
+    ) -> ReviewRecord:
+        """Record a human decision on a review task and move its waiting step on (one
+        transaction, checked against the run's state version); what it makes ready is
+        published.
+
+        Raises:
+            NotFoundError: the tenant has no such review.
+            ConflictError: the review was already decided, or its run is not running.
+        """
+        store_key, policy = await self._tenant(tenant)
+        store = self.stores[store_key]
+        for _ in range(MAX_DECISIONS):
+            review = await store.get_review(tenant, review_id)
+            if review.status not in (ReviewStatus.PENDING, ReviewStatus.CLAIMED):
+                raise ConflictError(
+                    f"review {review_id} is already {review.status.value}", review_id=review_id
+                )
+            loaded = await self._load(store, tenant, review.run_id, policy)
+            if loaded is None or loaded[0].status != RunStatus.RUNNING:
+                raise ConflictError(
+                    f"the run of review {review_id} is not running", review_id=review_id
+                )
+            run, version = loaded
+            view = run.view(self.clock.now())._replace(state_version=version)
+            decision = on_review_decided(
+                view,
+                review,
+                approved=approve,
+                comment=comment,
+                reviewer=reviewer,
+                fail_step=fail_step,
+                human_response=human_response,
+            )
+            async with self._locks.setdefault(run.id, asyncio.Lock()):
+                committed = await self._commit(run, decision, store_key)
+            if committed:
+                await self.queue.flush()
+                await self._ship_now(tenant, run.id)
+                return await store.get_review(tenant, review_id)
+        raise self._conflict(review.run_id, review.step)
+
+    async def cancel(self, tenant: str, run_id: str, reason: str) -> RunRecord:
+        """Cancel a run through the core's saga: its unsettled steps are cancelled (an attempt
+        still running in an agent finds its step settled and writes nothing), its completed
+        steps compensated in reverse order, and it ends ``cancelled``; its child runs that are
+        still going are cancelled with it.
+
+        Raises:
+            NotFoundError: the tenant has no such run.
+            ConflictError: the run already ended or is not running.
+        """
+        store_key, policy = await self._tenant(tenant)
+        store = self.stores[store_key]
+        record = await store.get_run(tenant, run_id)
+        loaded = await self._load(store, tenant, run_id, policy)
+        if loaded is None or record.status != RunStatus.RUNNING:
+            raise ConflictError(
+                f"run {run_id} is {record.status.value}, not running",
+                run_id=run_id,
+                status=record.status.value,
+            )
+        run = loaded[0]
+        saga = self._saga(store_key)
+        unwinds: list[Any] = []
+        saga.spawn = lambda coro, name: unwinds.append(coro)
+        await saga.cancel(run, reason)
+        for unwind in unwinds:
+            await unwind
+        children = {
+            str(ev.data["child_run"])
+            for ev in await store.events(tenant, run_id)
+            if ev.kind == "step.waiting" and isinstance(ev.data, dict) and "child_run" in ev.data
+        }
+        for child in sorted(children):  # a step waiting for a child names it in its event
+            with contextlib.suppress(ConflictError):  # it ended meanwhile
+                await self.cancel(tenant, child, f"its parent run {run_id} is cancelled")
+        await self._ship_now(tenant, run_id)
+        return await store.get_run(tenant, run_id)
+
+    async def resume(self, tenant: str, run_id: str) -> RunRecord:
+        """Resume a run the budget ladder paused: it is running again and its ready steps are
+        published.
+
+        Raises:
+            NotFoundError: the tenant has no such run.
+            ConflictError: the run is not paused.
+        """
+        store_key, _ = await self._tenant(tenant)
+        store = self.stores[store_key]
+        record = await store.get_run(tenant, run_id)
+        if record.status != RunStatus.PAUSED:
+            raise ConflictError(f"run {run_id} is {record.status.value}, not paused", run_id=run_id)
+        async with self._locks.setdefault(run_id, asyncio.Lock()):
+            await self.writers[store_key].write(
+                Transition(
+                    tenant,
+                    run_id,
+                    self.clock.now(),
+                    run=RunUpdate(RunStatus.RUNNING),
+                    events=[NewEvent("run.resumed", None, None, {"reason": "resumed by request"})],
+                )
+            )
+        await self.republish(tenant, run_id)
+        await self.queue.flush()
+        await self._ship_now(tenant, run_id)
+        return await store.get_run(tenant, run_id)
+
+    async def _ship_now(self, tenant: str, run_id: str) -> None:
+        try:
+            await self._ship(tenant, run_id)
+        except Exception as exc:  # committed: the log follows, not the caller
+            log.warning("shipping the log of %s failed: %s; again", run_id, exc)
+            self._spawn(self._ship_soon(tenant, run_id))
 
     async def _served(self, region: str) -> None:
         if region in self._served_regions:
@@ -232,8 +540,6 @@ class MeshDriver(BrokerDriver):
         self, tenant: str, run_id: str, keys: Iterable[str], *, delay_s: float = 0.0
     ) -> None:
         spec = self._spec_of_run.get(run_id)
-        if spec is None:
-            spec = self.specs.get(_SUBMITTING.get() or "")
         region = self.region_of(tenant)
         for key in keys:
             kind = "function"
@@ -328,7 +634,21 @@ class MeshDriver(BrokerDriver):
         committed = await super()._decide(run, version, att, outcome, region)
         if committed:  # off the successors' path, but before this delivery's ack
             self.queue.hold_acks(self._spawn(self._ship_soon(run.tenant_id, run.id)))
+            if isinstance(outcome, AwaitingChild):  # the child may have ended meanwhile
+                await self._child_ended(run, att.key, outcome.error.run_id)
         return committed
+
+    async def _child_ended(self, run: ActiveRun, key: str, child_id: str) -> None:
+        """After a step parked waiting for a child: if the child ended before the park was
+        committed, its end found the step still running and woke nothing, so publish it now
+        (each side reads after its own commit: one of the two sees the other)."""
+        store_key, _ = await self._tenant(run.tenant_id)
+        try:
+            child = await self.stores[store_key].get_run(run.tenant_id, child_id)
+        except NotFoundError:
+            return
+        if child.status in TERMINAL_RUN:
+            self._publish(run.tenant_id, run.id, [key])
 
     async def _ship_soon(self, tenant: str, run_id: str) -> None:
         """Ship the run's log; one shipper per run at a time in this process (a request while
@@ -374,6 +694,8 @@ class MeshDriver(BrokerDriver):
             record = await store.get_run(tenant, run_id)
             if not events and int(last.get("version", -1)) >= record.state_version:
                 return
+            if record.status in TERMINAL_RUN and record.parent_run_id is not None:
+                await self._wake_parent(record)
             acks = [  # sent in order, acknowledged together; a resend is deduplicated by id
                 await self.log.fact(
                     region,
@@ -389,10 +711,22 @@ class MeshDriver(BrokerDriver):
                 for ev in events
             ]
             await asyncio.wait_for(asyncio.gather(*acks), 10.0)
+            shipped_version = int(last.get("version", -1))
+            versions = (  # the store reads a chain from its start: only when it grew
+                [
+                    v
+                    for v in await store.state_versions(tenant, run_id, upto=record.state_version)
+                    if v.version > shipped_version
+                ]
+                if record.state_version > shipped_version
+                else []
+            )
+            steps = await store.get_steps(tenant, run_id)
             body = {
                 "version": record.state_version,
                 "status": record.status.value,
                 "events_upto": events[-1].id if events else upto,
+                "snapshot": snapshot(record, steps, versions, events),
             }
             if await self.log.append_state(region, tenant, run_id, seq, body):
                 self.shipped += 1
