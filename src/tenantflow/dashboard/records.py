@@ -170,4 +170,3 @@ def records_for(engine: ControlPlane) -> DashboardRecords:
     if isinstance(engine, Engine):
         return StoreRecords(engine.store)
     return ProcessRecords()
-
