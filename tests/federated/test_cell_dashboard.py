@@ -30,7 +30,7 @@ from tenantflow.placement.federated.plane import free_port
 from tenantflow.selftest.workload import WORKFLOW
 
 pytest.importorskip("uvicorn", reason="the server extra is not installed")
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 def wait_for(check: Any, timeout_s: float, what: str) -> Any:

@@ -98,6 +98,9 @@ ADMIN_KEY_ENV = "TENANTFLOW_CELL_ADMIN_KEY"
 QUOTAS_ENV = "TENANTFLOW_CELL_QUOTAS"
 """Comma-separated resources under a global limit: denied here until the plane leases a share."""
 
+PEERS_EVERY_S = 5.0
+"""How often a cell asks the plane, in a heartbeat, for its view of every cell."""
+
 _UNFINISHED = ("queued", "running", "paused", "compensating", "cancelling")
 _SUBMIT = "/v1/runs"
 
@@ -197,6 +200,7 @@ class Cell:
     started_at: float = field(default_factory=time.time)
     peers: list[dict[str, Any]] = field(default_factory=list)  # the plane's view of the cells
     peers_at: float | None = None  # the plane's time of that view
+    _peers_asked: float = 0.0
 
     # -- local files --------------------------------------------------------------------------
 
@@ -291,9 +295,14 @@ class Cell:
         """Post the status to the plane once; take the leases it answers with."""
         assert self.options.plane_url is not None
         try:
+            # The plane's view of the cells (for the dashboard) is asked for now and then only:
+            # it grows with the number of cells, and every cell beats.
+            want = self.peers_at is None or time.time() - self._peers_asked >= PEERS_EVERY_S
+            if want:
+                self._peers_asked = time.time()
             answer = await client.post(
                 f"{self.options.plane_url}/plane/v1/heartbeat",
-                json=self.status(),
+                json={**self.status(), "want_cells": want},
                 headers={"Authorization": f"Bearer {self.admin_key}"},
             )
         except httpx.HTTPError:

@@ -789,12 +789,14 @@ class Plane:
         for name, grant in money.items():  # durable before it is answered
             held = self.money.holders[name][cell.id].held
             self.registry.put_money_held(name, cell.id, held, grant.seq)
-        return {
+        answer: dict[str, Any] = {
             "leases": [lease.to_dict() for lease in leases.values()],
             "money_leases": [grant.to_dict() for grant in money.values()],
-            "cells": self.cells_view(),
-            "at": now,
         }
+        if status.get("want_cells"):  # asked for now and then: it grows with the cells
+            answer["cells"] = self.cells_view()
+            answer["at"] = now
+        return answer
 
     def cells_view(self) -> list[dict[str, Any]]:
         """Every cell as the registry and the heartbeats have it, briefly (what each cell's
