@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -128,3 +129,27 @@ async def test_expired_rows_are_swept_from_the_store(tmp_path: Path) -> None:
         await records.put("sign-in", "new", {"at": 1}, now=1000.0 + SWEEP_S, expires_at=2e9)
         left = await records.scan("sign-in", "", now=0.0, limit=10)  # expired ones included
         assert [k for k, _ in left] == ["new"]
+
+
+async def test_the_sweep_pages_through_every_row(tmp_path: Path, monkeypatch: Any) -> None:
+    import tenantflow.dashboard.records as module
+
+    monkeypatch.setattr(module, "_SWEEP_PAGE", 3)
+    async with serving(tmp_path) as api:
+        records = StoreRecords(api.engine.store)
+        # Live rows first in key order, expired ones after them: one page does not reach them.
+        for i in range(4):
+            await records.put("s", f"a{i}", {}, now=0.0, expires_at=1e12)
+        for i in range(4):
+            await records.put("s", f"b{i}", {}, now=0.0, expires_at=10.0)
+
+        async def keys() -> list[str]:
+            return [k for k, _ in await records.scan("s", "", now=0.0, limit=100)]
+
+        assert len(await keys()) == 8
+        t = 100.0
+        while any(k.startswith("b") for k in await keys()):
+            t += module.SWEEP_S
+            assert t < 100.0 + 10 * module.SWEEP_S, await keys()  # a few passes, not forever
+            await records.put("s", "a0", {}, now=t, expires_at=1e12)
+        assert await keys() == ["a0", "a1", "a2", "a3"]

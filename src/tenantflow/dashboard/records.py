@@ -107,12 +107,14 @@ class StoreRecords:
     """In the store's memory table, owner :data:`OWNER` (see the module's docstring).
 
     Expired rows are deleted by whichever process writes next, at most every :data:`SWEEP_S`
-    seconds of ``clock`` and a page at a time, so the table holds roughly the live rows.
+    seconds (of the writes' clock) and a page of rows at a time, each pass going on where the
+    last stopped: the table holds the live rows and those that expired since the last pass.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self._swept: dict[str, float] = {}
+        self._cursor: dict[str, str | None] = {}
 
     @staticmethod
     def _namespace(namespace: str) -> str:
@@ -137,8 +139,12 @@ class StoreRecords:
             await self._sweep(ns, now)
 
     async def _sweep(self, ns: str, now: float) -> None:
+        """Delete the expired rows of one page of ``ns``, continuing where the last sweep
+        stopped (back at the start after the last page): every row is looked at in turn."""
         # ``now=0`` lists expired rows too (live "at the epoch"); DeleteMemory removes them.
-        rows = await self.store.list_memory(OWNER, ns, now=0.0, limit=_SWEEP_PAGE)
+        after = self._cursor.get(ns)
+        rows = await self.store.list_memory(OWNER, ns, now=0.0, after=after, limit=_SWEEP_PAGE)
+        self._cursor[ns] = rows[-1].key if len(rows) == _SWEEP_PAGE else None
         for entry in rows:
             if entry.expires_at is not None and entry.expires_at <= now:
                 await self._apply(DeleteMemory(OWNER, ns, entry.key, now))
