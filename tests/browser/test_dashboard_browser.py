@@ -176,6 +176,13 @@ def test_admin_changes_a_cap_and_reads_fairness(browser: Any, served: Served) ->
     expect(page.locator("#cap-steps")).to_have_text("7")
     policy = served.wait(served.admin_key, "/v1/tenants/initech", lambda b: True)["policy"]
     assert policy["max_running_steps"] == 7
+    # A new key's secret, shown once; a deletion asked for confirmation: scanned as well.
+    page.get_by_role("button", name="Create key").click()
+    expect(page.locator("#new-secret")).to_have_text(re.compile(r"^tfk_"))
+    accessible(page)
+    page.get_by_role("button", name="Delete tenant…").click()
+    expect(page.get_by_role("button", name="Yes, delete initech")).to_be_visible()
+    accessible(page)
     page.get_by_role("link", name="Fairness").click()
     expect(page.locator("#jain")).to_have_text(re.compile(r"^[01]\.\d{3}$"))
     expect(page.get_by_text("Slots in use")).to_be_visible()
@@ -195,6 +202,7 @@ def test_admin_changes_a_cap_and_reads_fairness(browser: Any, served: Served) ->
     # The control plane shows no tenant's runs: the tenant pages refuse an admin session.
     page.goto(f"{served.url}/ui/runs")
     expect(page.get_by_role("alert")).to_contain_text("admin key")
+    accessible(page)
     context.close()
 
 

@@ -746,31 +746,39 @@ async def test_failed_sign_ins_are_throttled_per_key_and_per_address(world: Worl
         assert (await attempt(four, world.key_b)).status_code == 303
 
 
-def test_sign_in_throttle_unit() -> None:
+async def test_sign_in_throttle_unit() -> None:
     from tenantflow.dashboard.throttle import SignInThrottle
     from tenantflow.errors import RateLimitedError
 
     t = [0.0]
     throttle = SignInThrottle(now=lambda: t[0], per_key=2, per_address=3, window_s=10)
-    throttle.failed("garbage", "a")
-    throttle.failed("garbage", "b")
+    await throttle.failed("garbage", "a")
+    await throttle.failed("garbage", "b")
     with pytest.raises(RateLimitedError) as err:
-        throttle.check("garbage", "c")  # a malformed string counts against its digest
+        await throttle.check("garbage", "c")  # a malformed string counts against its digest
     assert err.value.retry_after_s == 10
-    throttle.succeeded("garbage")
-    throttle.check("garbage", "c")
+    await throttle.succeeded("garbage")
+    await throttle.check("garbage", "c")
     for key in ("x1", "x2", "x3"):
-        throttle.failed(key, "a")
+        await throttle.failed(key, "a")
     with pytest.raises(RateLimitedError):
-        throttle.check("x4", "a")
+        await throttle.check("x4", "a")
     t[0] = 10.0
-    throttle.check("x4", "a")  # the failures left the window
+    await throttle.check("x4", "a")  # the failures left the window
     with pytest.raises(tf.ConfigurationError):
         SignInThrottle(now=lambda: 0.0, per_key=0)
-    small = SignInThrottle(now=lambda: t[0], max_buckets=4)
+
+
+async def test_process_records_are_bounded() -> None:
+    from tenantflow.dashboard.records import ProcessRecords
+
+    records = ProcessRecords(max_rows=4)
     for i in range(10):
-        small.failed(f"k{i}", f"addr{i}")
-    assert len(small._failures) == 4
+        await records.put("sign-in", f"k{i}", {"at": i}, now=float(i), expires_at=100.0)
+    assert len(records) == 4
+    assert await records.get("sign-in", "k0", now=0.0) is None  # the oldest were dropped
+    assert await records.get("sign-in", "k9", now=9.0) == {"at": 9}
+    assert await records.get("sign-in", "k9", now=100.0) is None  # expired
 
 
 class _ProtocolOnly:

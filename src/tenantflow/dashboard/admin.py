@@ -188,14 +188,21 @@ async def fairness(request: Request, session: AdminSession) -> HTMLResponse:
 
 @router.get("/health", response_class=HTMLResponse)
 async def health(request: Request, session: AdminSession) -> HTMLResponse:
-    """The placement's members (processes, workers, cells, agents), circuit breakers and
-    queues: counts and states only, nothing of any tenant's runs."""
+    """The placement (and what it says of itself) and its members of every kind the control
+    plane reports (processes, workers, cells, the plane, agents), counted by kind and state,
+    circuit breakers and queues: counts and states only, nothing of any tenant's runs."""
     engine = engine_of(request)
+    members = await engine.health()
+    kinds: dict[str, dict[str, int]] = {}
+    for m in members:
+        states = kinds.setdefault(m.kind, {})
+        states[m.state] = states.get(m.state, 0) + 1
     return render(
         request,
         "admin_health.html",
         placement=engine.placement(),
-        members=await engine.health(),
+        members=members,
+        kinds=[(k, sorted(v.items())) for k, v in kinds.items()],
         breakers=engine.breakers(),
         load=engine.load(),
         now=engine.now(),

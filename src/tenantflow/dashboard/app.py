@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from tenantflow.dashboard import admin, runs, tenant
+from tenantflow.dashboard.records import DashboardRecords, records_for
 from tenantflow.dashboard.sessions import COOKIE, DEFAULT_TTL, SessionStore
 from tenantflow.dashboard.throttle import SignInThrottle
 from tenantflow.dashboard.web import (
@@ -58,6 +59,7 @@ def create_dashboard(
     now: Callable[[], float] | None = None,
     read_only: bool = False,
     throttle: SignInThrottle | None = None,
+    records: DashboardRecords | None = None,
 ) -> FastAPI:
     """The dashboard app of ``engine``; mount it at ``/ui``.
 
@@ -70,12 +72,16 @@ def create_dashboard(
         throttle: failed sign-ins counted per key and per client address (default: 5 per key
             and 20 per address in 5 minutes, on the sessions' clock; see
             :class:`~tenantflow.dashboard.throttle.SignInThrottle`).
+        records: where sessions and failed sign-ins are kept (default: the engine's database
+            when it is an engine on a store, shared by every process on it; else this
+            process's memory; see :mod:`tenantflow.dashboard.records`).
     """
     ui = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     ui.state.engine = engine
     ui.state.read_only = read_only
-    ui.state.sessions = SessionStore(ttl=session_ttl, now=now or engine.now)
-    ui.state.throttle = throttle or SignInThrottle(now=ui.state.sessions.now_s)
+    records = records if records is not None else records_for(engine)
+    ui.state.sessions = SessionStore(records, ttl=session_ttl, now=now or engine.now)
+    ui.state.throttle = throttle or SignInThrottle(now=ui.state.sessions.now_s, records=records)
     ui.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     ui.include_router(_auth)
     for module in (runs, tenant, admin):
@@ -175,7 +181,7 @@ async def login(request: Request) -> Response:
     throttle: SignInThrottle = request.app.state.throttle
     address = request.client.host if request.client else "unknown"
     try:
-        throttle.check(key, address)
+        await throttle.check(key, address)
     except RateLimitedError as exc:
         page = _login_page(request, 429, str(exc))
         page.headers["Retry-After"] = str(int(exc.retry_after_s))
@@ -183,12 +189,12 @@ async def login(request: Request) -> Response:
     try:
         principal = await engine.keys.authenticate(key)
     except AuthenticationError as exc:
-        throttle.failed(key, address)
+        await throttle.failed(key, address)
         return _login_page(request, 401, str(exc))
-    throttle.succeeded(key)
+    await throttle.succeeded(key)
     info = await engine.keys.get(principal.tenant_id, principal.key_id)
     sessions = sessions_of(request)
-    session_token, _ = sessions.open(principal, info.name)
+    session_token, _ = await sessions.open(principal, info.name)
     response = redirect(f"{PREFIX}/")
     _cookie(response, request, COOKIE, session_token, int(sessions.ttl_s))
     response.delete_cookie(_LOGIN_COOKIE, path=PREFIX)
@@ -199,7 +205,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     session = await current_session(request)
     await read_form(request, session, change=False)
-    sessions_of(request).close(request.cookies.get(COOKIE))
+    await sessions_of(request).close(request.cookies.get(COOKIE))
     response = redirect(f"{PREFIX}/login")
     response.delete_cookie(COOKIE, path=PREFIX)
     return response

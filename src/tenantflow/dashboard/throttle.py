@@ -8,21 +8,27 @@ refused with :class:`~tenantflow.errors.RateLimitedError` (429, ``Retry-After``)
 key is even checked, until the oldest of those failures leaves the window. A successful sign-in
 clears its key's failures (not its address's: one good key does not buy more guesses at others).
 
-The counters live in the process's memory, bounded (the oldest buckets are dropped past
-``max_buckets``), on the clock the sessions use (tests move it).
+Each failure is one row with its own expiry (``window_s`` after it) in
+:class:`~tenantflow.dashboard.records.DashboardRecords` — by default the database the API uses,
+so every ``tenantflow serve`` process on it counts the same failures: spreading guesses over
+several processes behind a load balancer buys nothing. Rows are keyed by a digest of the
+bucket and the time, on the clock the sessions use (tests move it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections import deque
+import secrets
 from collections.abc import Callable
 
+from tenantflow.dashboard.records import DashboardRecords, ProcessRecords
 from tenantflow.domain.keys import parse_key
 from tenantflow.errors import ConfigurationError, RateLimitedError
 
 __all__ = ["SignInThrottle"]
+
+_NAMESPACE = "sign-in"
 
 
 class SignInThrottle:
@@ -30,31 +36,30 @@ class SignInThrottle:
 
     Args:
         now: the clock (seconds).
+        records: where failures are counted (default: this process's memory).
         per_key: failures naming one key that lock it.
         per_address: failures from one address that lock it.
         window_s: how long a failure counts.
-        max_buckets: the most keys and addresses tracked.
     """
 
     def __init__(
         self,
         *,
         now: Callable[[], float],
+        records: DashboardRecords | None = None,
         per_key: int = 5,
         per_address: int = 20,
         window_s: float = 300.0,
-        max_buckets: int = 50_000,
     ) -> None:
         if per_key < 1 or per_address < 1:
             raise ConfigurationError("sign-in limits must be at least 1", field="per_key")
         if not math.isfinite(window_s) or window_s <= 0:
             raise ConfigurationError("the sign-in window must be positive", field="window_s")
         self.now = now
+        self.records: DashboardRecords = records if records is not None else ProcessRecords()
         self.per_key = per_key
         self.per_address = per_address
         self.window_s = window_s
-        self._max = max_buckets
-        self._failures: dict[str, deque[float]] = {}
 
     @staticmethod
     def key_bucket(presented: str) -> str:
@@ -64,17 +69,17 @@ class SignInThrottle:
             return f"key:{key_id}"
         return "key?" + hashlib.sha256(presented.encode()).hexdigest()[:32]
 
-    def _live(self, bucket: str, now: float) -> deque[float]:
-        found = self._failures.get(bucket)
-        if found is None:
-            return deque()
-        while found and found[0] <= now - self.window_s:
-            found.popleft()
-        if not found:
-            del self._failures[bucket]
-        return found
+    @staticmethod
+    def _prefix(bucket: str) -> str:
+        return hashlib.sha256(bucket.encode()).hexdigest()[:32] + "/"
 
-    def check(self, presented: str, address: str) -> None:
+    async def _live(self, bucket: str, now: float, limit: int) -> list[float]:
+        """The times of the bucket's failures still in the window, oldest first (at most
+        ``limit``: enough to know whether it is locked)."""
+        rows = await self.records.scan(_NAMESPACE, self._prefix(bucket), now=now, limit=limit)
+        return sorted(float(v["at"]) for _, v in rows if float(v["at"]) > now - self.window_s)
+
+    async def check(self, presented: str, address: str) -> None:
         """Refuse the attempt if its key or its address is locked.
 
         Raises:
@@ -86,7 +91,7 @@ class SignInThrottle:
             (self.key_bucket(presented), self.per_key),
             (f"addr:{address}", self.per_address),
         ):
-            failures = self._live(bucket, now)
+            failures = await self._live(bucket, now, 1000)
             if len(failures) >= limit:
                 waits.append(failures[len(failures) - limit] + self.window_s - now)
         if waits:
@@ -97,14 +102,17 @@ class SignInThrottle:
                 retry_after_s=wait,
             )
 
-    def failed(self, presented: str, address: str) -> None:
+    async def failed(self, presented: str, address: str) -> None:
         now = self.now()
         for bucket in (self.key_bucket(presented), f"addr:{address}"):
-            found = self._failures.pop(bucket, None) or deque(maxlen=1000)
-            found.append(now)
-            self._failures[bucket] = found  # re-inserted last: the dict stays oldest-first
-        while len(self._failures) > self._max:
-            del self._failures[next(iter(self._failures))]
+            key = f"{self._prefix(bucket)}{now:020.6f}/{secrets.token_hex(4)}"
+            await self.records.put(
+                _NAMESPACE, key, {"at": now}, now=now, expires_at=now + self.window_s
+            )
 
-    def succeeded(self, presented: str) -> None:
-        self._failures.pop(self.key_bucket(presented), None)
+    async def succeeded(self, presented: str) -> None:
+        now = self.now()
+        prefix = self._prefix(self.key_bucket(presented))
+        while rows := await self.records.scan(_NAMESPACE, prefix, now=now, limit=100):
+            for key, _ in rows:
+                await self.records.delete(_NAMESPACE, key, now=now)

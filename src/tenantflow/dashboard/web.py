@@ -94,7 +94,7 @@ async def current_session(request: Request) -> Session | None:
     """The request's live session: its cookie names one, and its key is still active."""
     sessions = sessions_of(request)
     token = request.cookies.get(COOKIE)
-    session = sessions.get(token)
+    session = await sessions.get(token)
     if session is None:
         return None
     principal = session.principal
@@ -103,7 +103,7 @@ async def current_session(request: Request) -> Session | None:
     except NotFoundError:  # the tenant was deleted
         key = None
     if key is None or not key.active:
-        sessions.close(token)
+        await sessions.close(token)
         return None
     return session
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,18 +90,22 @@ class PlaneLoad:
 @dataclass(frozen=True, slots=True)
 class PlacementInfo:
     """How this control plane is placed: ``mode`` (embedded, front, worker, or another
-    placement's name), this process's id, and the stores (regions) it reads."""
+    placement's name), this process's id, the stores (regions) it reads, and what else the
+    placement says of itself (``detail``: a federated cell names itself and its plane)."""
 
     mode: str
     process: str
     stores: list[str]
     executes: bool
+    detail: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class MemberHealth:
-    """One member of the placement: a ``process`` (this one), a cluster ``worker``, a ``cell``
-    or an ``agent``; ``state`` is ``up``, ``late`` (its lease or beat is overdue) or ``down``."""
+    """One member of the placement, of any ``kind``: a ``process`` (this one), a cluster
+    ``worker``, a federated ``cell`` or its ``plane``, a mesh ``agent``; ``state`` is ``up``,
+    ``late`` (its lease or beat is overdue) or ``down``; ``detail`` holds what the kind reports
+    (tenants, slots, URL...) as short values."""
 
     kind: str
     id: str
@@ -243,7 +247,23 @@ class PlaneReads:
         self._membership = membership
         self._coordinator = coordinator
         self._lease_s = lease_s
+        self._describe: Callable[[], dict[str, Any]] | None = None
+        self._more: Callable[[], Awaitable[list[MemberHealth]]] | None = None
         self.latencies = LatencyTracker(clock, self._others_queued)
+
+    def extend(
+        self,
+        *,
+        mode: str,
+        describe: Callable[[], dict[str, Any]],
+        members: Callable[[], Awaitable[list[MemberHealth]]],
+    ) -> None:
+        """Let a placement built around this engine (a federated cell) say what it is:
+        ``mode`` names it, ``describe()`` is :attr:`PlacementInfo.detail`, and ``members()``
+        adds its members (the cells the plane knows, the plane) to :meth:`health`."""
+        self._mode = mode
+        self._describe = describe
+        self._more = members
 
     def _others_queued(self, tenant: str) -> int:
         d = self._dispatcher
@@ -312,7 +332,10 @@ class PlaneReads:
         )
 
     def placement(self) -> PlacementInfo:
-        return PlacementInfo(self._mode, self._process, sorted(self._router.stores), self._executes)
+        detail = self._describe() if self._describe is not None else {}
+        return PlacementInfo(
+            self._mode, self._process, sorted(self._router.stores), self._executes, detail
+        )
 
     async def health(self) -> list[MemberHealth]:
         """This process and, in a cluster, every worker with a heartbeat in the database
@@ -350,6 +373,8 @@ class PlaneReads:
                     state = "late" if float(beat) < now - self._lease_s else "up"
                 last = None if beat is None else float(beat)
                 members.append(MemberHealth("worker", str(row["id"]), state, last, detail))
+        if self._more is not None:
+            members.extend(await self._more())
         return members
 
     def breakers(self) -> list[BreakerView]:

@@ -266,10 +266,12 @@ class ControlPlane(Protocol):
         """One tenant's running and queued steps and active and queued runs."""
 
     def placement(self) -> PlacementInfo:
-        """How the control plane is placed and which stores it reads."""
+        """How the control plane is placed and which stores it reads (and, in ``detail``,
+        what the placement says of itself: a federated cell names itself and its plane)."""
 
     async def health(self) -> list[MemberHealth]:
-        """The placement's members (this process, workers, cells, agents) and their state."""
+        """The placement's members of every kind (``process``, ``worker``, ``cell``,
+        ``plane``, ``agent``...) with their state; the dashboard lists whatever kinds come."""
 
     def breakers(self) -> list[BreakerView]:
         """Every dependency's circuit breaker now."""

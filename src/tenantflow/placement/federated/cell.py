@@ -3,8 +3,10 @@
 A cell holds every bit of its tenants' execution state in its own store (one SQLite file by
 default, or a PostgreSQL database/schema of its own), with its own slots, queues, review pools
 and budgets. It serves the ordinary REST API (``/v1/...``: runs, reviews, audit, SSE, metrics)
-for its tenants' keys, and a small internal API for the plane under ``/cell/v1`` that needs the
-cell's admin key:
+for its tenants' keys, the web dashboard at ``/ui`` (its tenants' pages; for the cell's admin
+key, its slots, breakers and placement: this cell, its plane, and every cell as the plane's
+registry had it at the last heartbeat), and a small internal API for the plane under
+``/cell/v1`` that needs the cell's admin key:
 
 * ``POST /cell/v1/tenants`` places a tenant here (refused with 409 once the cell holds
   ``max_tenants``; placing a tenant that is already here answers it again: provisioning steps
@@ -41,6 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -61,6 +64,7 @@ from tenantflow.domain.keys import (
 )
 from tenantflow.domain.policy import Policy, RateLimit
 from tenantflow.domain.records import RunStatus
+from tenantflow.engine.plane import MemberHealth
 from tenantflow.errors import (
     ConfigurationError,
     ConflictError,
@@ -93,6 +97,9 @@ ADMIN_KEY_ENV = "TENANTFLOW_CELL_ADMIN_KEY"
 
 QUOTAS_ENV = "TENANTFLOW_CELL_QUOTAS"
 """Comma-separated resources under a global limit: denied here until the plane leases a share."""
+
+PEERS_EVERY_S = 5.0
+"""How often a cell asks the plane, in a heartbeat, for its view of every cell."""
 
 _UNFINISHED = ("queued", "running", "paused", "compensating", "cancelling")
 _SUBMIT = "/v1/runs"
@@ -191,6 +198,9 @@ class Cell:
     plane_ok: bool = False
     last_beat: float = 0.0
     started_at: float = field(default_factory=time.time)
+    peers: list[dict[str, Any]] = field(default_factory=list)  # the plane's view of the cells
+    peers_at: float | None = None  # the plane's time of that view
+    _peers_asked: float = 0.0
 
     # -- local files --------------------------------------------------------------------------
 
@@ -285,9 +295,14 @@ class Cell:
         """Post the status to the plane once; take the leases it answers with."""
         assert self.options.plane_url is not None
         try:
+            # The plane's view of the cells (for the dashboard) is asked for now and then only:
+            # it grows with the number of cells, and every cell beats.
+            want = self.peers_at is None or time.time() - self._peers_asked >= PEERS_EVERY_S
+            if want:
+                self._peers_asked = time.time()
             answer = await client.post(
                 f"{self.options.plane_url}/plane/v1/heartbeat",
-                json=self.status(),
+                json={**self.status(), "want_cells": want},
                 headers={"Authorization": f"Bearer {self.admin_key}"},
             )
         except httpx.HTTPError:
@@ -297,10 +312,74 @@ class Cell:
             if answer.is_success:
                 self.last_beat = time.time()
                 body = answer.json()
+                cells = body.get("cells")
+                if isinstance(cells, list):
+                    self.peers = [c for c in cells if isinstance(c, dict)]
+                    at = body.get("at")
+                    self.peers_at = float(at) if isinstance(at, int | float) else self.last_beat
                 self.take_leases(body.get("leases", []))
                 if self.wallets is not None:
                     self.wallets.take(body.get("money_leases", []))
         self.apply_leases()  # expired leases decay even while the plane is away
+
+    # -- what the dashboard shows of the placement ------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        """This cell and its plane (the dashboard's placement facts)."""
+        o = self.options
+        return {
+            "cell": o.cell_id,
+            "cell url": o.url,
+            "plane": o.plane_url or "none (not placed by a plane)",
+            "tenants here": f"{len(self.engine.tenants.list())} of {o.max_tenants}",
+            "plane reachable": "yes" if self.plane_ok else "no",
+            "last heartbeat answered (UTC)": _utc(self.last_beat or None),
+            "plane's view of the cells as of (UTC)": _utc(self.peers_at),
+        }
+
+    async def members(self) -> list[MemberHealth]:
+        """The plane, and every cell as the plane's registry had it at the last heartbeat
+        (this cell from its own facts until the plane has answered)."""
+        o = self.options
+        late_s = max(3 * o.heartbeat_s, 2.0)
+        out: list[MemberHealth] = []
+        if o.plane_url:
+            state = "up" if self.plane_ok else "down"
+            every: dict[str, Any] = {"heartbeat every (s)": o.heartbeat_s}
+            out.append(MemberHealth("plane", o.plane_url, state, self.last_beat or None, every))
+        seen_self = False
+        view_at = self.peers_at if self.peers_at is not None else time.time()
+        for peer in self.peers:
+            beat = peer.get("heartbeat_at")
+            beat_at = float(beat) if isinstance(beat, int | float) else None
+            if not peer.get("alive") or peer.get("status") == "stopped":
+                state = "down"
+            elif beat_at is None or view_at - beat_at > late_s:
+                state = "late"
+            else:
+                state = "up"
+            tenants = [str(t) for t in peer.get("tenants") or ()]
+            cell_id = str(peer.get("id"))
+            seen_self = seen_self or cell_id == o.cell_id
+            detail: dict[str, Any] = {
+                "url": str(peer.get("url")),
+                "status": str(peer.get("status")),
+                "tenants": ", ".join(tenants) or "-",
+                "held": f"{len(tenants)} of {peer.get('max_tenants')}",
+                "restarts": peer.get("restarts", 0),
+                **({"this cell": "yes"} if cell_id == o.cell_id else {}),
+            }
+            out.append(MemberHealth("cell", cell_id, state, beat_at, detail))
+        if not seen_self:
+            tenants = [t.id for t in self.engine.tenants.list()]
+            detail = {
+                "url": o.url,
+                "tenants": ", ".join(tenants) or "-",
+                "held": f"{len(tenants)} of {o.max_tenants}",
+                "this cell": "yes",
+            }
+            out.append(MemberHealth("cell", o.cell_id, "up", time.time(), detail))
+        return out
 
     async def beat_forever(self) -> None:
         async with httpx.AsyncClient(timeout=max(1.0, 2 * self.options.heartbeat_s)) as client:
@@ -310,6 +389,12 @@ class Cell:
                 except Exception:  # a heartbeat never brings the cell down
                     log.exception("heartbeat failed")
                 await asyncio.sleep(self.options.heartbeat_s)
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 _DENIED = RateLimit.model_construct(count=1, window_s=1e9, burst=0)
@@ -638,8 +723,9 @@ def build_cell_app(
     max_body_bytes: int = 1_048_576,
     started: Sequence[Callable[[Any], None]] = (),
 ) -> FastAPI:
-    """The cell's ASGI app: the REST API of ``engine`` (embedded, executing), the internal API
-    under ``/cell/v1``, and the heartbeat to the plane while it runs."""
+    """The cell's ASGI app: the REST API of ``engine`` (embedded, executing) and its dashboard
+    at ``/ui`` (for its tenants' keys and the cell's admin key), the internal API under
+    ``/cell/v1``, and the heartbeat to the plane while it runs."""
     from tenantflow.api import create_app
 
     cell = Cell(options, engine, admin_key)
@@ -648,12 +734,14 @@ def build_cell_app(
         registry=registry,
         setup=setups,
         max_body_bytes=max_body_bytes,
-        dashboard=False,
+        dashboard=True,
         started=started,
     )
     app.include_router(cell_router())
     app.add_middleware(CellGuard, cell=lambda: cell)
     app.state.cell = cell
+    # The dashboard (/ui) reads the engine; the cell says what it is and who its peers are.
+    engine.plane.extend(mode="federated cell", describe=cell.describe, members=cell.members)
     inner = app.router.lifespan_context
 
     @asynccontextmanager

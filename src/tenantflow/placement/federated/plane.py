@@ -789,10 +789,31 @@ class Plane:
         for name, grant in money.items():  # durable before it is answered
             held = self.money.holders[name][cell.id].held
             self.registry.put_money_held(name, cell.id, held, grant.seq)
-        return {
+        answer: dict[str, Any] = {
             "leases": [lease.to_dict() for lease in leases.values()],
             "money_leases": [grant.to_dict() for grant in money.values()],
         }
+        if status.get("want_cells"):  # asked for now and then: it grows with the cells
+            answer["cells"] = self.cells_view()
+            answer["at"] = now
+        return answer
+
+    def cells_view(self) -> list[dict[str, Any]]:
+        """Every cell as the registry and the heartbeats have it, briefly (what each cell's
+        dashboard shows of its peers): state, tenants, last heartbeat; never a key."""
+        return [
+            {
+                "id": cell.id,
+                "url": cell.url,
+                "status": cell.status,
+                "alive": self.supervisor.alive(cell),
+                "tenants": self.registry.tenants_of(cell.id),
+                "max_tenants": cell.max_tenants,
+                "restarts": cell.restarts,
+                "heartbeat_at": self.heartbeat_at.get(cell.id),
+            }
+            for cell in sorted(self.registry.cells.values(), key=lambda c: c.created_at)
+        ]
 
     def set_money_cap(self, name: str, cap_micros: int | None) -> dict[str, Any]:
         """Set (or with None remove) the money cap ``name``: micros a period (a UTC day)
