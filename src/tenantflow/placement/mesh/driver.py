@@ -69,6 +69,7 @@ from tenantflow.domain.records import (
     RunUpdate,
     StepRecord,
     StepStatus,
+    Transition,
 )
 from tenantflow.domain.run import advance
 from tenantflow.domain.spec import WorkflowSpec, child_key, parse_key
