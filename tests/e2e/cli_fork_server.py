@@ -31,8 +31,9 @@ def _child(request: dict[str, Any], out: str, err: str) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
+        given = os.open(request.get("stdin_path") or os.devnull, os.O_RDONLY)
+        os.dup2(given, 0)
+        os.close(given)
         for fd, path in ((1, out), (2, err)):
             target = os.open(path, os.O_WRONLY | os.O_TRUNC)
             os.dup2(target, fd)
@@ -41,8 +42,7 @@ def _child(request: dict[str, Any], out: str, err: str) -> None:
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
         sys.argv = [sys.executable, *request["args"]]
-        if "" not in sys.path:
-            sys.path.insert(0, "")
+        sys.path[0] = os.getcwd()  # as ``python -m`` has it (not this script's directory)
         random.seed()  # not the parent's sequence
         code: Any = 0
         try:
@@ -67,7 +67,7 @@ def _child(request: dict[str, Any], out: str, err: str) -> None:
     os._exit(code)
 
 
-def _wait(n: int, pid: int, out: str, err: str, timeout: float) -> None:
+def _wait(n: int, pid: int, timeout: float, out: str, err: str, *more: str) -> None:
     deadline = time.monotonic() + timeout
     timed_out = False
     while True:
@@ -86,7 +86,7 @@ def _wait(n: int, pid: int, out: str, err: str, timeout: float) -> None:
         for name, path in (("stdout", out), ("stderr", err)):
             with open(path, encoding="utf-8", errors="replace") as f:
                 answer[name] = f.read()
-    for path in (out, err):
+    for path in (out, err, *more):
         os.unlink(path)
     with _write:
         _answers.write(json.dumps(answer) + "\n")
@@ -101,12 +101,18 @@ def main() -> None:
             fd, path = tempfile.mkstemp(prefix="tf-cli-", suffix=suffix)
             os.close(fd)
             files.append(path)
+        if request.get("stdin") is not None:
+            fd, path = tempfile.mkstemp(prefix="tf-cli-", suffix=".in")
+            os.write(fd, request["stdin"].encode())
+            os.close(fd)
+            request["stdin_path"] = path
+            files.append(path)
         with _write:  # no answer is half-written in the child's copy of this process
             pid = os.fork()
         if pid == 0:
-            _child(request, *files)
+            _child(request, files[0], files[1])
         waiter = threading.Thread(
-            target=_wait, args=(request["id"], pid, *files, float(request["timeout"])), daemon=True
+            target=_wait, args=(request["id"], pid, float(request["timeout"]), *files), daemon=True
         )
         waiter.start()
 

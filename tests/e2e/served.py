@@ -13,6 +13,7 @@ directory on ``sys.path`` (see ``tests/browser/browser_harness.py``).
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import os
@@ -42,6 +43,9 @@ __all__ = [
 APPS = Path(__file__).parent / "apps"
 CLI = (sys.executable, "-m", "tenantflow.cli.main")
 FORK_SERVER = Path(__file__).parent / "cli_fork_server.py"
+
+_shared: CliForker | None = None
+_shared_lock = threading.Lock()
 
 
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -171,14 +175,20 @@ class CliForker:
             self._waiting.clear()
 
     def run(
-        self, cwd: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+        self,
+        cwd: Path,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        stdin: str | None = None,
+        timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Like :func:`run_cli` (no stdin)."""
+        """Like :func:`run_cli`."""
         future: Future[dict[str, Any]] = Future()
         request = {
             "args": list(args),
             "env": dict(env) if env is not None else cli_env(),
             "cwd": str(cwd),
+            "stdin": stdin,
             "timeout": timeout,
         }
         with self._lock:
@@ -205,6 +215,16 @@ class CliForker:
         self._reader.join(timeout=5)
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+
+    @classmethod
+    def shared(cls) -> CliForker:
+        """One fork server for the whole test session (started on first use, closed at exit)."""
+        with _shared_lock:
+            global _shared
+            if _shared is None:
+                _shared = cls()
+                atexit.register(_shared.close)
+            return _shared
 
     def __enter__(self) -> CliForker:
         return self

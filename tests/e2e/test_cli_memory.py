@@ -19,7 +19,7 @@ import pytest
 import tenantflow as tf
 from tenantflow.adapters.sqlite import SqliteStore
 
-from .served import cli_env, run_cli, start_server
+from .served import CliForker, cli_env, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,7 +33,8 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def cli(
     cwd: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return run_cli(cwd, *args, env=_env(env), stdin=stdin)
+    # Forked from one process that imported the command line once (see served.CliForker).
+    return CliForker.shared().run(cwd, *args, env=_env(env), stdin=stdin, timeout=60)
 
 
 def ok(cwd: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:

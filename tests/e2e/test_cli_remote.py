@@ -10,12 +10,10 @@ do this (403) or bad input (422), 1 for the rest, an unreachable server included
 
 from __future__ import annotations
 
-import atexit
 import copy
 import json
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +31,6 @@ pytestmark = pytest.mark.timeout(180)
 BIG = {"applicant": "ada", "amount": 5000}
 UNKNOWN_KEY = "tfk_" + "0" * 24 + "_" + "A" * 43
 
-_forker: CliForker | None = None
-_forker_lock = threading.Lock()
-
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The test apps importable; ``TENANTFLOW_*`` from the outer environment never leaks in."""
@@ -47,13 +42,7 @@ def cli(
 ) -> subprocess.CompletedProcess[str]:
     """``tenantflow ARGS`` in a process of its own, forked from one that imported the command
     line once (see :class:`served.CliForker`): these tests run a hundred commands."""
-    global _forker
-    with _forker_lock:
-        if _forker is None:
-            _forker = CliForker()
-            atexit.register(_forker.close)
-        forker = _forker
-    return forker.run(cwd, *args, env=_env(env), timeout=60)
+    return CliForker.shared().run(cwd, *args, env=_env(env), timeout=60)
 
 
 def ok(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:

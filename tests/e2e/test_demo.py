@@ -17,6 +17,11 @@ from tenantflow.examples.loan_platform.demo import BURSTER, DemoConfig, arrivals
 from tenantflow.examples.loan_platform.platform import institutions
 from tenantflow.report import Report
 
+# The demo fixture does about 5 CPU-seconds of engine work in virtual time (a few seconds on an
+# idle machine). Its figures do not depend on how long that takes, so the timeout is only a
+# watchdog against a hang, wide enough for a machine where this process gets a tenth of a core.
+pytestmark = pytest.mark.timeout(600)
+
 SMALL = DemoConfig(
     institutions=8,
     slots=10,
