@@ -244,6 +244,7 @@ async def _drive(ctx: Context, row: Row, cluster: Cluster, admin: str) -> None:
             )
             started = last = time.monotonic()
             kills = 0
+            stuck = False
             while True:
                 # A kill at a random moment once the last one was recovered from, while runs
                 # are in flight, until enough have landed (or the generous KILL_DEADLINE_S).
@@ -260,6 +261,8 @@ async def _drive(ctx: Context, row: Row, cluster: Cluster, admin: str) -> None:
                         f"only {ended} of {len(submitted)} runs ended {DEADLINE_S:g}s after the"
                         " last kill",
                     )
+                    submitting.cancel()  # a quiet tenant may wait for a run that never ends
+                    stuck = True
                     break
                 if kills >= profile.cluster_kills:
                     enough.set()
@@ -278,7 +281,8 @@ async def _drive(ctx: Context, row: Row, cluster: Cluster, admin: str) -> None:
                     await cluster.resumed(pid, when, cut, timeout_s=10 * profile.cluster_lease_s)
                 kills += 1
                 last = time.monotonic()
-            await submitting
+            enough.set()
+            await asyncio.gather(submitting, return_exceptions=stuck)
             await asyncio.sleep(1.0)  # the newest workers are past their start-up
             executions = read_executions(cluster.log)
             outcome = await verify_runs(reader.store, submitted, executions)
