@@ -109,8 +109,7 @@ def publish(
     out = render.console()
     if not receipt.runs:
         out.print(
-            f"published event {receipt.name} ({receipt.event_id}): no workflow is registered"
-            " to it",
+            f"published event {receipt.name} ({receipt.event_id}): no workflow is registered to it",
             markup=False,
         )
         return
