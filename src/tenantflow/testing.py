@@ -112,6 +112,11 @@ class FakeClock:
     def pending_timers(self) -> int:
         return len(self._timers)
 
+    def next_due(self) -> float | None:
+        """When the earliest timer fires (None: no timer is set); a cancelled sleeper's timer
+        stays until then and fires into nothing."""
+        return self._timers[0][0] if self._timers else None
+
     def timeout(self, seconds: float) -> _FakeTimeout:
         return _FakeTimeout(self, seconds)
 

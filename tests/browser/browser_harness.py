@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,10 @@ from typing import Any
 import httpx
 import pytest
 
-APPS = Path(__file__).parent.parent / "e2e" / "apps"
+sys.path.insert(0, str(Path(__file__).parent.parent / "e2e"))
+from served import cli_ok as cli
+from served import start_server
+
 SCREENSHOTS = Path(__file__).parent.parent.parent / "docs" / "img"
 
 
@@ -41,33 +43,6 @@ def chromium_path() -> str:
             return found
     _missing("no chromium on PATH (apt-get install chromium)")
     raise AssertionError("unreachable")
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def cli(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tenantflow.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=_env(),
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -120,42 +95,11 @@ def serving(cwd: Path, *options: str) -> Iterator[Served]:
     db = f"sqlite:///{cwd / 'dashboard.db'}"
     cli(cwd, "db", "upgrade", "--db", db)
     admin = json.loads(cli(cwd, "keys", "create", "--admin", "--name", "ops", "--db", db, "--json"))
-    port = free_port()
     log = cwd / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tenantflow.cli.main",
-                "serve",
-                "--db",
-                db,
-                "--app",
-                "api_workflows:setup",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                *options,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=_env(),
-        )
-    server = Served(f"http://127.0.0.1:{port}", admin["secret"], proc, log)
+    options = ("--app", "api_workflows:setup", "--host", "127.0.0.1", *options)
+    proc, url = start_server(cwd, db, *options, log=log)
+    server = Served(url, admin["secret"], proc, log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"the server exited: {log.read_text(errors='replace')}"
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
         yield server
     finally:
         if proc.poll() is None:

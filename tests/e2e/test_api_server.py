@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,37 +23,12 @@ from typing import Any
 import httpx
 import pytest
 
+from .served import cli_env, free_port, start_server
+from .served import cli_ok as cli
+
 pytestmark = pytest.mark.timeout(90)
 
-APPS = Path(__file__).parent / "apps"
 BIG = {"applicant": "ada", "amount": 5000}
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def cli(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tenantflow.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=_env(),
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -74,39 +47,9 @@ class Server:
 
 
 def start(cwd: Path, db: str, name: str) -> Server:
-    port = free_port()
     log = cwd / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tenantflow.cli.main",
-                "serve",
-                "--db",
-                db,
-                "--app",
-                "api_workflows:setup",
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=_env(),
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the server exited: {server.output()}"
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"the server did not become ready: {server.output()}")
+    proc, url = start_server(cwd, db, "--app", "api_workflows:setup", log=log)
+    return Server(proc, url, log)
 
 
 @pytest.fixture
@@ -157,7 +100,7 @@ def test_a_served_platform_end_to_end(served: tuple[Server, str, str, Path]) -> 
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=_env(),
+        env=cli_env(),
         timeout=60,
         check=False,
     )
@@ -282,7 +225,7 @@ def test_serve_reports_a_bad_app_in_one_line(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=_env(),
+        env=cli_env(),
         timeout=60,
         check=False,
     )

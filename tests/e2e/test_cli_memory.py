@@ -6,48 +6,35 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 import tenantflow as tf
 from tenantflow.adapters.sqlite import SqliteStore
 
+from .served import CliForker, cli_env, start_server
+
 pytestmark = pytest.mark.timeout(120)
 
-APPS = Path(__file__).parent / "apps"
 CANARY = "okapi7731"
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return {**env, "COLUMNS": "200", **(extra or {})}
+    return cli_env({"COLUMNS": "200", **(extra or {})})
 
 
 def cli(
     cwd: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenantflow.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=_env(env),
-        input=stdin,
-        timeout=60,
-        check=False,
-    )
+    # Forked from one process that imported the command line once (see served.CliForker).
+    return CliForker.shared().run(cwd, *args, env=_env(env), stdin=stdin, timeout=60)
 
 
 def ok(cwd: Path, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
@@ -206,13 +193,6 @@ def test_purge_deletes_expired_memory(tmp_path: Path) -> None:
 # -- against a server ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class Served:
     url: str
@@ -226,31 +206,10 @@ def served(db: Db) -> Iterator[Served]:
         t: ok_json(db.cwd, "keys", "create", "--tenant", t, "--db", db.url)["secret"]
         for t in ("bank-a", "bank-b")
     }
-    port = _free_port()
-    log = db.cwd / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "tenantflow.cli.main", "serve", "--db", db.url),
-                *("--app", "api_workflows:setup", "--port", str(port)),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=db.cwd,
-            env=_env(),
-        )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server(
+        db.cwd, db.url, "--app", "api_workflows:setup", log=db.cwd / "server.log", env=_env()
+    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"the server exited: {log.read_text()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the server is not ready: {log.read_text()}"
-            time.sleep(0.1)
         yield Served(url, db, keys)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,32 +24,25 @@ from typing import Any
 import httpx
 import pytest
 
+from .served import CliForker, cli_env, free_port, start_server
+
 pytestmark = pytest.mark.timeout(180)
 
-APPS = Path(__file__).parent / "apps"
 BIG = {"applicant": "ada", "amount": 5000}
 UNKNOWN_KEY = "tfk_" + "0" * 24 + "_" + "A" * 43
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The test apps importable; ``TENANTFLOW_*`` from the outer environment never leaks in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return {**env, "COLUMNS": "200", **(extra or {})}
+    return cli_env({"COLUMNS": "200", **(extra or {})})
 
 
 def cli(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tenantflow.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=_env(env),
-        timeout=60,
-        check=False,
-    )
+    """``tenantflow ARGS`` in a process of its own, forked from one that imported the command
+    line once (see :class:`served.CliForker`): these tests run a hundred commands."""
+    return CliForker.shared().run(cwd, *args, env=_env(env), timeout=60)
 
 
 def ok(cwd: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -74,13 +64,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *wo
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     for word in words:
         assert word in lines[0], lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -132,39 +115,11 @@ def serve(tmp_path: Path, *apps: str) -> Iterator[Served]:
     db = f"sqlite:///{tmp_path / 'served.db'}"
     ok(tmp_path, "db", "upgrade", "--db", db)
     admin = ok_json(tmp_path, "keys", "create", "--admin", "--name", "ops", "--db", db)["secret"]
-    port = free_port()
     log = tmp_path / "server.log"
     app_args = [arg for app in apps for arg in ("--app", app)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tenantflow.cli.main",
-                "serve",
-                "--db",
-                db,
-                *app_args,
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            env=_env(),
-        )
-    server = Served(proc, f"http://127.0.0.1:{port}", log, db, tmp_path, admin)
+    proc, url = start_server(tmp_path, db, *app_args, log=log, env=_env())
+    server = Served(proc, url, log, db, tmp_path, admin)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"the server exited: {log.read_text()}"
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the server is not ready: {log.read_text()}"
-            time.sleep(0.1)
         yield server
     finally:
         if proc.poll() is None:

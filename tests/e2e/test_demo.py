@@ -17,6 +17,11 @@ from tenantflow.examples.loan_platform.demo import BURSTER, DemoConfig, arrivals
 from tenantflow.examples.loan_platform.platform import institutions
 from tenantflow.report import Report
 
+# The demo fixture does about 5 CPU-seconds of engine work in virtual time (a few seconds on an
+# idle machine). Its figures do not depend on how long that takes, so the timeout is only a
+# watchdog against a hang, wide enough for a machine where this process gets a tenth of a core.
+pytestmark = pytest.mark.timeout(600)
+
 SMALL = DemoConfig(
     institutions=8,
     slots=10,
@@ -45,7 +50,10 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(demo_dir: Path) -> Report:
-    return asyncio.run(run_demo(SMALL, directory=demo_dir))
+    # In virtual time: the engine's work takes none, so the figures below are the same on an
+    # idle machine and a starved one (on the scaled wall clock a loaded machine stretched every
+    # step and failed these tests now and then).
+    return asyncio.run(run_demo(SMALL, directory=demo_dir, virtual=True))
 
 
 async def _fraud_screens(directory: Path, tenant: str) -> list[tuple[str, str, list[str]]]:
@@ -107,11 +115,9 @@ def test_hard_rules_hold_in_both_variants(report: Report) -> None:
 def test_the_fintechs_budget_never_covers_the_fraud_screen(report: Report, demo_dir: Path) -> None:
     # $0.10 a run: after identity and the bureau ($0.07) and the compliance check (at least
     # $0.0056), the fraud screen's worst case (300 tokens out on the small model, $0.024, plus
-    # its prompt) never fits, so whenever the budget is checked the ladder skips it. What a
-    # run's timing decides is only whether the step gets that far: under load its 2-minute
-    # timeout (half a second at 240x) can end an attempt first, and the optional step then
-    # fails without a degradation. (This test used to demand a skip in every run that
-    # completed, and failed when that happened.)
+    # its prompt) never fits, so whenever the budget is checked the ladder skips it. Whether
+    # the step gets that far is not the budget's to say: its 2-minute timeout can end an
+    # attempt first, and the optional step then fails without a degradation.
     screens = asyncio.run(_fraud_screens(demo_dir / "controls", "fintech-startup"))
     assert screens, "the fintech submitted no application"
     for run_status, screen, degraded in screens:

@@ -8,12 +8,8 @@ drain and exit 0 with the MCP session manager running.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,30 +19,11 @@ import pytest
 import tenantflow as tf
 from tenantflow.engine.gateway import Tools
 
+from .served import cli_ok as _cli
+from .served import start_server
+
 pytest.importorskip("mcp")
 pytestmark = pytest.mark.timeout(120)
-
-APPS = Path(__file__).parent / "apps"
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
-
-def _cli(cwd: Path, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tenantflow.cli.main", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=_env(),
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 @pytest.fixture
@@ -56,46 +33,15 @@ def served(tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]
     admin = json.loads(
         _cli(tmp_path, "keys", "create", "--admin", "--name", "ops", "--db", db, "--json")
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tenantflow.cli.main",
-            "serve",
-            "--db",
-            db,
-            "--app",
-            "api_workflows:setup",
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-        env=_env(),
+    proc, url = start_server(
+        tmp_path, db, "--app", "api_workflows:setup", log=tmp_path / "serve.log", timeout=60
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
         yield url, admin["secret"], proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 async def test_tenantflow_mcp_over_http_as_gateway_tools(

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
+import json
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeAlias, TypeVar
 
 import typer
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
     from tenantflow.client import Client
     from tenantflow.engine.engine import Engine
     from tenantflow.engine.operator import Overview
-    from tenantflow.engine.run_signals import SignalReceipt
+    from tenantflow.engine.run_signals import EventReceipt, SignalReceipt
     from tenantflow.engine.workers import WorkerInfo
     from tenantflow.placement import ControlPlane, StateVersion, TenantInfo
 
@@ -69,6 +72,7 @@ __all__ = [
     "connect",
     "connect_admin",
     "exit_code",
+    "json_option",
     "observe",
     "read",
     "reporting_errors",
@@ -240,6 +244,25 @@ def reporting_errors() -> Iterator[None]:
         raise typer.Exit(exit_code(exc)) from None
 
 
+def json_option(text: str | None, path: Path | None, name: str) -> Any:
+    """The JSON given as ``--NAME`` text or in the file ``--NAME-file`` (None: neither)."""
+    if text is not None and path is not None:
+        raise ConfigurationError(f"give --{name} or --{name}-file, not both", field=name)
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot read --{name}-file {path}: {exc.strerror}", field=f"{name}_file"
+            ) from None
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"--{name} is not JSON: {exc}", field=name) from None
+
+
 def read(ctx: typer.Context, db: str | None, call: Callable[[ControlPlane], Awaitable[T]]) -> T:
     """Open the engine on the configured store, not executing runs, and run ``call`` on it.
 
@@ -307,6 +330,22 @@ class EngineBackend:
                 self._registered(), run_id, name, payload, idempotency_key=idempotency_key
             )
         )
+
+    def publish(self, name: str, event_id: str, data: Any = None) -> EventReceipt:
+        """Send event ``name`` for the tenant: a run of every workflow registered to it here
+        (by :meth:`apply`) starts with ``data`` (see ``Engine.publish``)."""
+        return self._run(self._engine.publish(self._registered(), name, event_id, data))
+
+    def apply(self, setups: Sequence[Callable[[Any], Any]]) -> None:
+        """Register an app's workflows, tools and models on the engine (``--app``)."""
+
+        async def apply() -> None:  # on the engine's loop: registering may start parked runs
+            for setup in setups:
+                result = setup(self._engine)
+                if inspect.isawaitable(result):
+                    await result
+
+        self._run(apply())
 
     def _registered(self) -> str:
         """The tenant, checked: a well-formed id of a registered tenant."""

@@ -23,6 +23,7 @@ from tenantflow.cli import (
     db,
     demo,
     dev,
+    events,
     federated,
     hybrid,
     keys,
@@ -113,6 +114,7 @@ app.command("demo")(demo.demo)
 app.command("simulate")(simulate.simulate)
 app.add_typer(runs.app, name="runs")
 app.add_typer(schedules.app, name="schedules")
+app.add_typer(events.app, name="events")
 app.add_typer(db.app, name="db")
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(reviews.app, name="reviews")

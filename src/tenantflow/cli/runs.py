@@ -9,7 +9,6 @@ The reading commands work on the store (opened with ``execute=False``) or a serv
 
 from __future__ import annotations
 
-import json as jsonlib
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from tenantflow.cli.common import (
     TenantOption,
     UrlOption,
     connect,
+    json_option,
     reporting_errors,
 )
 from tenantflow.domain.records import TERMINAL_RUN, RunStatus
@@ -241,25 +241,6 @@ def _server(backend: object, command: str) -> Client:
     )
 
 
-def _json_option(text: str | None, path: Path | None, name: str) -> Any:
-    """The JSON given as ``--NAME`` text or in the file ``--NAME-file`` (None: neither)."""
-    if text is not None and path is not None:
-        raise ConfigurationError(f"give --{name} or --{name}-file, not both", field=name)
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read --{name}-file {path}: {exc.strerror}", field=f"{name}_file"
-            ) from None
-    if text is None:
-        return None
-    try:
-        return jsonlib.loads(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"--{name} is not JSON: {exc}", field=name) from None
-
-
 def _print_run(run: Any, json: bool, verb: str) -> None:
     if json:
         render.print_json(render.run_dict(run))
@@ -301,7 +282,7 @@ def submit(
     """Submit a run to a server (--url); prints its id and status. With --at or --in, a delayed
     start: a durable one-shot schedule submits it then (prints the schedule's name)."""
     with reporting_errors():
-        value = _json_option(input_text, input_file, "input")
+        value = json_option(input_text, input_file, "input")
         later = _later(start_at, start_in)
     with connect(ctx, None, url, api_key, tenant=tenant) as backend:
         client = _server(backend, "submit")
@@ -402,7 +383,7 @@ def signal(
     the payload; sent before a step waits, it is kept until one does. On the store (--db) or a
     server (--url)."""
     with reporting_errors():
-        payload = _json_option(data, data_file, "data")
+        payload = json_option(data, data_file, "data")
     with connect(ctx, db, url, api_key, tenant=tenant, write=url is None) as backend:
         receipt = backend.signal(run_id, name, payload, idempotency_key=idempotency_key)
     if json:

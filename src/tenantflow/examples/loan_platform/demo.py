@@ -6,7 +6,10 @@ for ``minutes``, during which Institution X submits ``burst`` applications over
 the embedded engine (two SQLite stores, US and EU, in a temporary or given directory) with time
 compressed ``speed`` times (:class:`~tenantflow.adapters.clock.ScaledClock`): the default
 38 minutes take 19 s at the default speed of 120. The same seed gives the same arrivals,
-applications, latencies and reviewer decisions in both variants:
+applications, latencies and reviewer decisions in both variants. With ``virtual=True`` it runs
+on a :class:`~tenantflow.testing.FakeClock` instead, moved from one timer to the next only when
+the engine has nothing left to do at the present instant (see :func:`_run_virtual`): what
+happens then does not depend on how fast, or how loaded, the machine is — the tests use it.
 
 * **with controls** — every institution's policy: fair scheduling by weight with running-step
   caps, per-tenant active-run caps and queues, per-tenant bureau quotas, reviewer queues isolated
@@ -45,6 +48,7 @@ from tenantflow.examples.loan_platform.platform import (
 )
 from tenantflow.examples.loan_platform.reviewers import ReviewDesk
 from tenantflow.examples.loan_platform.workflow import Application
+from tenantflow.ports import Clock
 from tenantflow.report import (
     Report,
     RunOutcome,
@@ -53,6 +57,7 @@ from tenantflow.report import (
     Trace,
     build_report,
 )
+from tenantflow.testing import FakeClock
 
 __all__ = ["DemoConfig", "Progress", "arrivals", "run_demo", "run_scenario"]
 
@@ -154,14 +159,16 @@ async def run_scenario(
     controls: bool,
     directory: Path,
     on_progress: Callable[[Progress], None] | None = None,
+    clock: Clock | None = None,
 ) -> Trace:
-    """Run one variant to the end of its time and return what happened."""
+    """Run one variant to the end of its time and return what happened (on ``clock``: by
+    default ``ScaledClock(cfg.speed)``; a :class:`FakeClock` runs it in virtual time)."""
     name = "with controls" if controls else "without controls"
     members = institutions(cfg.institutions, slots=cfg.slots)
     klass = {m.tenant_id: m.tenant_class for m in members}
     schedule = arrivals(cfg, members)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
-    clock = ScaledClock(cfg.speed)
+    clock = clock if clock is not None else ScaledClock(cfg.speed)
     wall0 = time.perf_counter()
     engine = await build_engine(
         directory, clock=clock, controls=controls, slots=cfg.slots, seed=cfg.seed, members=members
@@ -225,7 +232,10 @@ async def run_scenario(
 
     tasks = [asyncio.create_task(source()), asyncio.create_task(sampler())]
     try:
-        await clock.sleep(cfg.duration_s)
+        if isinstance(clock, FakeClock):
+            await _run_virtual(clock, engine, cfg.duration_s)
+        else:
+            await clock.sleep(cfg.duration_s)
     finally:
         for task in tasks:
             task.cancel()
@@ -251,6 +261,38 @@ async def run_scenario(
         demand_s=_demand(runs, service, submitted),
         notes=[] if controls else ["one shared FIFO, no caps, only the platform's bureau quota"],
     )
+
+
+async def _run_virtual(clock: FakeClock, engine: tf.Engine, seconds: float) -> None:
+    """Move ``clock`` ``seconds`` on, from one timer to the next, each time only once the
+    engine is idle at the present instant: no store call in flight or with its result not yet
+    taken up (``busy``), and no callback ready to run on the event loop. Work takes no virtual
+    time, and every timer fires at its own instant, so the order of what happens is the same
+    on a fast machine and on a starved one."""
+    loop = asyncio.get_running_loop()
+    stores = list(engine.stores.values())
+    end = clock.now() + seconds
+
+    def busy() -> bool:
+        return any(bool(getattr(store, "busy", False)) for store in stores)
+
+    while True:
+        calm = 0
+        while calm < 2:  # idle twice in a row: nothing ran in between
+            await asyncio.sleep(0)
+            if busy():
+                while busy():  # noqa: ASYNC110 (a probe of the stores' threads, not an event)
+                    await asyncio.sleep(0.0005)
+                calm = 0
+            elif len(getattr(loop, "_ready", ())) > 0:  # CPython's queue of ready callbacks
+                calm = 0
+            else:
+                calm += 1
+        due = clock.next_due()
+        if due is None or due > end:
+            clock.advance(max(0.0, end - clock.now()))
+            return
+        clock.advance(max(0.0, due - clock.now()))
 
 
 def _profile(member: Institution) -> TenantProfile:
@@ -364,8 +406,10 @@ async def run_demo(
     directory: Path | None = None,
     variants: tuple[bool, ...] = (False, True),
     on_progress: Callable[[Progress], None] | None = None,
+    virtual: bool = False,
 ) -> Report:
-    """Run the scenario once per variant (without, then with controls) and build the report."""
+    """Run the scenario once per variant (without, then with controls) and build the report;
+    ``virtual``: in virtual time (see :func:`_run_virtual`), ``cfg.speed`` unused."""
     traces: list[Trace] = []
     with tempfile.TemporaryDirectory(prefix="tenantflow-demo-") as tmp:
         base = Path(directory) if directory is not None else Path(tmp)
@@ -375,8 +419,11 @@ async def run_demo(
                 raise tf.ConfigurationError(
                     f"{sub} already holds a demo's stores; give an empty --dir", field="dir"
                 )
+            clock = FakeClock() if virtual else None
             traces.append(
-                await run_scenario(cfg, controls=controls, directory=sub, on_progress=on_progress)
+                await run_scenario(
+                    cfg, controls=controls, directory=sub, on_progress=on_progress, clock=clock
+                )
             )
     params = {
         "institutions": cfg.institutions,
