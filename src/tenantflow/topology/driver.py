@@ -10,6 +10,7 @@ records (status, created, finished) come from the API once the phase has drained
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +26,7 @@ from tenantflow.topology.workload import TenantPlan, Workload, poisson_times
 __all__ = ["Driver", "RunInfo", "Submission"]
 
 TERMINAL = frozenset({"completed", "failed", "compensated", "cancelled"})
-UNFINISHED = ("queued", "running", "compensating", "cancelling", "paused")
+UNFINISHED = ("running", "queued", "compensating", "cancelling", "paused")
 
 
 @dataclass(slots=True)
@@ -207,33 +208,60 @@ class Driver:
             return sub
 
     async def open_loop(
-        self, tenants: Sequence[str], rate: float, seconds: float, phase: str, seed: int
+        self,
+        tenants: Sequence[str],
+        rate: float,
+        seconds: float,
+        phase: str,
+        seed: int,
+        *,
+        stop: asyncio.Event | None = None,
     ) -> list[Submission]:
-        """Each tenant submits as a Poisson process of ``rate`` for ``seconds``."""
+        """Each tenant submits as a Poisson process of ``rate`` for ``seconds``, or until
+        ``stop`` is set (the arrivals due after it are not submitted): the same seed gives the
+        same arrivals whatever the length."""
         start = time.monotonic()
         deadline = start + seconds + self.workload.settings.drain_timeout
-        tasks: list[asyncio.Task[Submission]] = []
+        tasks: list[asyncio.Task[Submission | None]] = []
 
-        async def one(tenant: str, seq: int, at: float) -> Submission:
-            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+        async def one(tenant: str, seq: int, at: float) -> Submission | None:
+            delay = max(0.0, start + at - time.monotonic())
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return None
             return await self.submit(tenant, phase, seq, deadline)
 
         for n, tenant in enumerate(tenants):
             for seq, at in enumerate(poisson_times(rate, seconds, seed * 1009 + n)):
                 tasks.append(asyncio.create_task(one(tenant, seq, at)))
-        ticker = asyncio.create_task(self._tick(phase, tasks, start, seconds))
+        ticker = asyncio.create_task(
+            self._tick(phase, tasks, start, None if stop is not None else seconds)
+        )
         try:
-            return list(await asyncio.gather(*tasks))
+            return [s for s in await asyncio.gather(*tasks) if s is not None]
         finally:
             ticker.cancel()
 
     async def _tick(
-        self, phase: str, tasks: Sequence[asyncio.Task[Submission]], start: float, seconds: float
+        self,
+        phase: str,
+        tasks: Sequence[asyncio.Task[Submission | None]],
+        start: float,
+        seconds: float | None,
     ) -> None:
         while True:
             done = sum(1 for t in tasks if t.done())
             elapsed = time.monotonic() - start
-            self.on_progress(f"{phase}: {elapsed:4.1f}/{seconds:g}s, {done}/{len(tasks)} submitted")
+            if seconds is None:
+                self.on_progress(f"{phase}: {elapsed:4.1f}s, {done} submitted")
+            else:
+                self.on_progress(
+                    f"{phase}: {elapsed:4.1f}/{seconds:g}s, {done}/{len(tasks)} submitted"
+                )
             await asyncio.sleep(0.5)
 
     async def probe(self, tenants: Sequence[str], phase: str) -> list[Submission]:
@@ -259,7 +287,8 @@ class Driver:
     # -- reads ---------------------------------------------------------------------------------
 
     async def unfinished(self, tenant: str, deadline: float) -> int:
-        total = 0
+        """The tenant's runs in the first unfinished status that has any (0: none in any):
+        one read per status, stopping at the first that answers some."""
         for status in UNFINISHED:
             page = await self.call(
                 "GET",
@@ -268,8 +297,9 @@ class Driver:
                 params={"status": status, "limit": 500},
                 retry_until=deadline,
             )
-            total += len(page["items"])
-        return total
+            if page["items"]:
+                return len(page["items"])
+        return 0
 
     async def drain(self, tenants: Iterable[str], phase: str, timeout_s: float) -> bool:
         """Until no run of ``tenants`` is unfinished (True), or ``timeout_s`` passed (False)."""
@@ -278,9 +308,8 @@ class Driver:
         waiting = set(tenants)
         while waiting and time.monotonic() < deadline:
             counts = await asyncio.gather(*(self.unfinished(t, deadline) for t in waiting))
-            left = sum(counts)
             waiting = {t for t, n in zip(list(waiting), counts, strict=True) if n}
-            self.on_progress(f"{phase}: draining, {left} runs unfinished")
+            self.on_progress(f"{phase}: draining, {len(waiting)} tenants with runs unfinished")
             if waiting:
                 await asyncio.sleep(0.3)
         return not waiting
