@@ -50,6 +50,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("quiet tenants' p99 with burst (s)", "quiet_p99_burst_s", "{:.3f}"),
     ("quiet p99 ratio, burst / none (target ≤ 1.10)", "quiet_p99_ratio", "{:.2f}"),
     ("corr(quiet p99 per s, burster queue)", "quiet_p99_depth_corr", "{:+.2f}"),
+    ("corr: seconds measured (quiet + burst)", "quiet_p99_depth_corr_points", "{:.0f}"),
     ("Jain's index at saturation (weighted)", "jain", "{:.3f}"),
     ("burster drain alone (s)", "burster_drain_alone_s", "{:.2f}"),
     ("burster drain with others (s)", "burster_drain_with_others_s", "{:.2f}"),
@@ -195,8 +196,8 @@ def _figure(report: Mapping[str, Any]) -> Figure:
             field="matplotlib",
         ) from None
     measured = {n: e for n, e in report["placements"].items() if e.get("available")}
-    fig = Figure(figsize=(12, 9), layout="constrained")
-    axes = fig.subplots(2, 2)
+    fig = Figure(figsize=(12, 13), layout="constrained")
+    axes = fig.subplots(3, 2)
     # 1. quiet tenants' p99 per second against the burster's queue, per placement
     ax = axes[0][0]
     twin = ax.twinx()
@@ -218,8 +219,8 @@ def _figure(report: Mapping[str, Any]) -> Figure:
                 alpha=0.6,
                 label=f"{name} burster queued",
             )
-    ax.set_title("Burst phase: quiet tenants' p99 per second (—) vs burster's queue (--)")
-    ax.set_xlabel("second of the burst phase")
+    ax.set_title("Quiet then burst phase: quiet tenants' p99 per s (—), burster queued (--)")
+    ax.set_xlabel("second from the quiet phase's start")
     ax.set_ylabel("p99 (s)")
     twin.set_ylabel("burster runs queued")
     ax.legend(loc="upper right", fontsize=7)
@@ -275,7 +276,46 @@ def _figure(report: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("tenants")
     ax.set_ylabel("MB")
     ax.legend(fontsize=8)
+    # 5. recovery: seconds after each fault until the per-second p99 is back within 1.1x
+    ax = axes[2][0]
+    for i, (name, entry) in enumerate(measured.items()):
+        faults = entry["runs"][0]["detail"].get("faults", [])
+        labels = [f"{t['kind']} {t['fault']}" for t in faults]
+        back = [t.get("p99_back_s") for t in faults]
+        positions = [sorted_trials(measured).index(lab) + i * width for lab in labels]
+        ax.bar(
+            [x for x, b in zip(positions, back, strict=True) if b is not None],
+            [b for b in back if b is not None],
+            width,
+            label=name,
+            color=f"C{i}",
+        )
+        windows = [t.get("window_s") for t in faults]
+        ax.scatter(
+            [x for x, b in zip(positions, back, strict=True) if b is None],
+            [w or 0.0 for w, b in zip(windows, back, strict=True) if b is None],
+            marker="x",
+            color=f"C{i}",
+        )
+    names = sorted_trials(measured)
+    ax.set_xticks([j + width * (len(measured) - 1) / 2 for j in range(len(names))])
+    ax.set_xticklabels(names, rotation=30, fontsize=8)
+    ax.set_title("Recovery: s after the fault until p99 per s is back within 1.1x (x: not back)")
+    ax.set_ylabel("s")
+    ax.legend(fontsize=8)
+    axes[2][1].axis("off")
     return fig
+
+
+def sorted_trials(measured: Mapping[str, Any]) -> list[str]:
+    """Every ``kind fault`` trial of the measured placements, sorted."""
+    return sorted(
+        {
+            f"{t['kind']} {t['fault']}"
+            for e in measured.values()
+            for t in e["runs"][0]["detail"].get("faults", [])
+        }
+    )
 
 
 def write_png(report: Mapping[str, Any], path: Path) -> None:
