@@ -240,7 +240,11 @@ def _figure(report: Mapping[str, Any]) -> Figure:
         ax.bar([j + i * width for j in range(len(trials))], values, width, label=name)
     ax.set_xticks([j + width * (len(measured) - 1) / 2 for j in range(len(trials))])
     ax.set_xticklabels(
-        [t[len("affected_share[") : -1].replace("_", " ") for t in trials], rotation=30, fontsize=8
+        [t[len("affected_share[") : -1].replace("_", " ") for t in trials],
+        rotation=30,
+        fontsize=8,
+        ha="right",
+        rotation_mode="anchor",
     )
     ax.set_ylim(0, 1.05)
     ax.set_title("Blast radius: share of tenants affected by one fault")
@@ -299,7 +303,7 @@ def _figure(report: Mapping[str, Any]) -> Figure:
         )
     names = sorted_trials(measured)
     ax.set_xticks([j + width * (len(measured) - 1) / 2 for j in range(len(names))])
-    ax.set_xticklabels(names, rotation=30, fontsize=8)
+    ax.set_xticklabels(names, rotation=30, fontsize=8, ha="right", rotation_mode="anchor")
     ax.set_title("Recovery: s after the fault until p99 per s is back within 1.1x (x: not back)")
     ax.set_ylabel("s")
     ax.legend(fontsize=8)

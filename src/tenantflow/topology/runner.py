@@ -183,6 +183,10 @@ class ProcessSet:
     def stop_all(self) -> None:
         for name in list(self.stopped):
             self.sigcont(name)
+        # SIGTERM to all, then wait for each: they shut down side by side.
+        for proc in self.procs.values():
+            with contextlib.suppress(Exception):
+                proc.signal(signal.SIGTERM)
         for proc in self.procs.values():
             with contextlib.suppress(Exception):
                 proc.stop(timeout_s=15.0)
