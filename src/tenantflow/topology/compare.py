@@ -566,6 +566,7 @@ class _Run:
             "runs_stuck": self.stuck - stuck_before,
             "duplicate_completions": duplicates,
             "reexecuted_steps": sum(n - 1 for n in ends.values() if n > 1),
+            "trial_s": round(time.time() - t0, 1),  # load, fault, window, drain and checks
         }
         self.say(
             f"{label}: {len(affected)}/{len(tenants)} tenants affected,"
@@ -595,19 +596,28 @@ async def _one(
     run = _Run(workload, name, deployment, log, progress)
     try:
         async with run.driver:
-            await run.provision()
-            await run.quiet_and_burst()
-            await run.saturation()
-            await run.burst_alone()
-            await run.policy()
-            await run.accounts()
-            await run.faults()
+            phases = (
+                run.provision,
+                run.quiet_and_burst,
+                run.saturation,
+                run.burst_alone,
+                run.policy,
+                run.accounts,
+                run.faults,
+            )
+            for phase in phases:
+                began = time.monotonic()
+                await phase()
+                run.detail.setdefault("phase_s", {})[phase.__name__] = round(
+                    time.monotonic() - began, 1
+                )
     finally:
         await asyncio.to_thread(deployment.stop)
     run.fig["runs_lost"] = run.lost
     run.fig["runs_stuck"] = run.stuck
     run.fig["submissions_refused"] = run.refused
     run.fig["start_s"] = started_s
+    run.detail.setdefault("phase_s", {})["start"] = round(started_s, 1)
     progress(name, "done")
     return {
         "describe": deployment.describe(),
