@@ -155,7 +155,19 @@ class Driver:
         (the tenant's provisioning time: created → first run done)."""
         start = time.monotonic()
         body = {"id": tenant.id, "tier": tenant.tier, "policy": tenant.policy}
-        await self.call("POST", "/v1/tenants", tenant=None, body=body, retry_until=deadline)
+        try:
+            await self.call("POST", "/v1/tenants", tenant=None, body=body, retry_until=deadline)
+        except RuntimeError as exc:
+            # A try whose answer was lost (a timeout on a loaded machine) may have created it:
+            # the retry's 409 is then this driver's own tenant, if it reads back as created.
+            if ": 409 " not in str(exc):
+                raise
+            found = await self.call(
+                "GET", f"/v1/tenants/{tenant.id}", tenant=None, retry_until=deadline
+            )
+            policy = found.get("policy") or {}
+            if found.get("id") != tenant.id or policy.get("tier") != tenant.tier:
+                raise
         created = await self.call(
             "POST", f"/v1/tenants/{tenant.id}/keys", tenant=None, body={}, retry_until=deadline
         )
