@@ -139,9 +139,18 @@ def compare(
             base = Path(tempfile.mkdtemp(prefix=f"tf-topology-{name}-", dir=workdir))
             try:
                 entry["runs"].append(asyncio.run(_one(workload, runner, base, progress)))
+            except Exception as exc:  # this placement's run failed: say so, go on
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                entry["failed"] = f"{type(exc).__name__}: {first[:300]}"
+                progress(name, f"failed: {entry['failed']}")
+                break
             finally:
                 shutil.rmtree(base, ignore_errors=True)
-        entry["summary_figures"] = summarise(entry["runs"])
+        if not entry["runs"]:
+            entry["available"] = False
+            entry["reason"] = f"the run failed: {entry['failed']}"
+        else:
+            entry["summary_figures"] = summarise(entry["runs"])
         result["placements"][name] = entry
     result["elapsed_s"] = round(time.time() - started, 1)
     return result
@@ -228,9 +237,9 @@ class _Run:
         marks = sorted({max(1, len(self.w.tenants) * k // 3) for k in (1, 2, 3)})
         times: list[float] = []
         points: list[dict[str, Any]] = []
-        deadline = time.monotonic() + self.s.drain_timeout
         for i, tenant in enumerate(self.w.tenants, start=1):
             self.say(f"provision: tenant {i}/{len(self.w.tenants)}")
+            deadline = time.monotonic() + self.s.drain_timeout  # each tenant's own
             times.append(await self.driver.provision(tenant, deadline))
             if i in marks:
                 await asyncio.sleep(0.5)

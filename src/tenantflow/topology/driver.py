@@ -78,7 +78,8 @@ class Driver:
 
     async def __aenter__(self) -> Driver:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=10.0, limits=limits)
+        # 30 s: a loaded 2-core machine can hold an answer for more than 10 s.
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=30.0, limits=limits)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -365,7 +366,10 @@ class Driver:
     async def timeline(self, tenant: str, run_id: str) -> tuple[float, list[dict[str, Any]]]:
         """A run's timeline and the seconds it took to assemble it over the API."""
         start = time.perf_counter()
-        body = await self.call("GET", f"/v1/runs/{run_id}/timeline", tenant=tenant)
+        deadline = time.monotonic() + self.workload.settings.drain_timeout
+        body = await self.call(
+            "GET", f"/v1/runs/{run_id}/timeline", tenant=tenant, retry_until=deadline
+        )
         return time.perf_counter() - start, list(body["items"])
 
     async def usage(self, tenant: str) -> dict[str, float]:
