@@ -56,6 +56,7 @@ def report(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> di
         text=True,
         timeout=540,
         check=False,
+        env={**os.environ, "COLUMNS": "250"},  # the terminal table on one line a row
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "runs lost (must be 0)" in done.stdout  # the terminal table
