@@ -4,12 +4,15 @@ The CI profile of scenarios/topology.yaml through every placement: embedded (one
 serve`` on SQLite), centralized (a front and two ``tenantflow worker`` processes on a private
 PostgreSQL schema), federated (``tenantflow plane`` and the pooled cells its supervisor starts),
 mesh (agents on NATS JetStream, the mesh API, a private PostgreSQL schema) and hybrid (the
-centralized placement with a side-effect step handed to an agent over JetStream). Only what the
+centralized placement with a side-effect step handed to an agent over JetStream), with the
+faults the quick profile lists (those whose directions are asserted here). Only what the
 comparison measured is asserted, and only what must hold whatever the machine's load: no run
 lost, no completion recorded twice, no model call of a region-bound tenant outside its region,
 the single process and the shared front are failure domains of every tenant, a killed worker's
 tenants make progress again, a cell's crash touches only its own tenants, and the mesh's
-broker is a failure domain of every tenant.
+broker is a failure domain of every tenant; and of the isolation and recovery series, what
+holds by construction of the phases (the burster has nothing queued while it submits nothing;
+the steady load of a fault trial outlasts the outage by the window).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def report(tmp_path_factory: pytest.TempPathFactory, postgres_server: str) -> di
         text=True,
         timeout=540,
         check=False,
+        env={**os.environ, "COLUMNS": "250"},  # the terminal table on one line a row
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "runs lost (must be 0)" in done.stdout  # the terminal table
@@ -160,3 +164,24 @@ def test_hybrid_side_effects_leave_nothing_lost(report: dict[str, object]) -> No
         trial = _trial(report, "hybrid", kind, "kill")
         assert trial["runs_lost"] == 0 and trial["duplicate_completions"] == 0
         assert trial["first_progress_s"] is not None, trial
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_isolation_and_recovery_series(report: dict[str, object], placement: str) -> None:
+    run = report["placements"][placement]["runs"][0]  # type: ignore[index]
+    series = run["detail"]["isolation_series"]
+    quiet = [
+        d for ph, d in zip(series["phase"], series["burster_queued"], strict=True) if ph == "quiet"
+    ]
+    # the burster submits nothing in the quiet phase: its queue, as measured, is empty there
+    assert all(d == 0 for d in quiet), series
+    assert run["figures"]["quiet_p99_depth_corr_points"] == len(series["second"])
+    window = report["workload"]["settings"]["fault_window"]  # type: ignore[index]
+    for trial in run["detail"]["faults"]:
+        # the load ran until the window after the component was back
+        assert trial["window_s"] >= trial["outage_s"] + window - 0.01, trial
+        back = trial["p99_back_s"]
+        assert back is None or 0 <= back < trial["window_s"], trial
+        if back is not None:  # every second from then on is within the bound
+            later = [v for s, v in trial["p99_per_second"].items() if int(s) >= back]
+            assert later and all(v <= trial["p99_bound_s"] for v in later), trial

@@ -139,3 +139,43 @@ def test_exec_log_round_trip_and_partial_lines(tmp_path: pytest.TempPathFactory)
     assert (lines[1].model, lines[1].tokens_in, lines[1].cost_micros) == ("m", 3, 5)
     more, _ = read_exec_log(path, offset)
     assert more == []
+
+
+def test_p99_back_is_the_first_second_from_which_every_second_is_within_the_bound() -> None:
+    # the outage (seconds 0-2) is slow, second 3 is back, second 4 slips, then back for good
+    assert m.p99_back({0: 5.0, 1: 4.0, 2: 3.0, 3: 0.5, 4: 2.0, 5: 0.5, 6: 0.4}, 1.0) == 5.0
+    assert m.p99_back({0: 0.5, 1: 0.4}, 1.0) == 0.0  # never left the bound
+    assert m.p99_back({0: 5.0, 1: 0.5, 2: 3.0}, 1.0) is None  # still above at the window's end
+    assert m.p99_back({}, 1.0) is None  # nothing measured
+    assert m.p99_back({0: 0.5}, 0.0) is None  # no steady p99 to compare with
+
+
+def test_open_loop_stops_submitting_when_told() -> None:
+    import asyncio
+
+    from tenantflow.topology.driver import Driver
+    from tenantflow.topology.workload import load_workload
+
+    workload = load_workload("topology", quick=True)
+    driver = Driver("http://127.0.0.1:9", "admin", workload)
+    stop = asyncio.Event()
+    seen: list[int] = []
+
+    async def submit(tenant: str, phase: str, seq: int, deadline: float) -> Submission:
+        seen.append(seq)
+        if len(seen) == 3:
+            stop.set()  # told to stop while submitting the third arrival
+        return Submission(tenant, f"{phase}-{seq}", phase, 0.0, run_id=str(seq))
+
+    driver.submit = submit  # type: ignore[method-assign]
+
+    async def scenario(stopped: bool) -> list[Submission]:
+        if stopped:
+            stop.set()
+        # 5 arrivals a second for 10 minutes: without the stop it would run that long
+        return await asyncio.wait_for(driver.open_loop(["a"], 5.0, 600.0, "f", 1, stop=stop), 120.0)
+
+    assert asyncio.run(scenario(stopped=True)) == []  # stopped before the first arrival
+    stop.clear()
+    subs = asyncio.run(scenario(stopped=False))
+    assert len(subs) == len(seen) >= 3  # the ones submitted are returned, then nothing more

@@ -232,19 +232,20 @@ def project(
 
 
 _LOAN_PLATFORM = {
-    "tenants": 20,
-    "growth": 50,
+    "tenants": 200,
+    "growth": 300,
     "regulated": 2,
     "mix": "mixed",
     "sla_tiers": 3,
     "team": 3,
-    "noisy": False,
+    "noisy": True,
     "side_effects": False,
 }
-"""Seed 001's loan platform: 20 institutions (scenarios/quick.yaml), three tiers (enterprise,
-standard, free), a US-regulated bank and a GDPR-bound EU institution, high- and low-volume
-tenants (Institution X bursts); a platform being built, so no incident log yet. Growth (to
-50) and the team (3 engineers) are assumptions the seed does not state."""
+"""Seed 001's loan platform as the seed describes it: 200 financial institutions, three tiers
+(enterprise, standard, free), a US-regulated bank and a GDPR-bound EU institution, high- and
+low-volume tenants, and a noisy-neighbour incident already seen (Institution X's Monday burst
+of 5,000 applications that left 47 institutions in breach of their SLA). Growth (to 300) and
+the team (3 engineers) are assumptions the seed does not state."""
 
 
 @app.command("advise")

@@ -16,10 +16,11 @@ and says how far its fit is from the points it was fitted to. Per placement it m
 * **policy lag** — the measured lag, carried as it is (it does not depend on the tenant count in
   these placements: one store, policy snapshotted at admission).
 
-The **federated** model has no measurement of its own until that placement's runner exists: it
-is built from the *embedded* calibration (a federated cell is an embedded engine serving
-``cell_size`` tenants) and is labelled ``modelled from embedded`` everywhere it appears. A
-placement with neither is left out, with the reason.
+The **federated** placement is calibrated from its own measured points when the report has them
+(the plane and the cells it started, as one deployment); a report without them gets a model
+built from the *embedded* calibration (a federated cell is an embedded engine serving
+``cell_size`` tenants), labelled ``modelled from embedded`` everywhere it appears. A placement
+with neither is left out, with the reason.
 
 Money: ``cost = gb_month * GB + vcpu_month * vCPUs``, prices given by the caller (defaults are
 round public-cloud list prices, not a quote).

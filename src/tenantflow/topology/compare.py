@@ -139,9 +139,18 @@ def compare(
             base = Path(tempfile.mkdtemp(prefix=f"tf-topology-{name}-", dir=workdir))
             try:
                 entry["runs"].append(asyncio.run(_one(workload, runner, base, progress)))
+            except Exception as exc:  # this placement's run failed: say so, go on
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                entry["failed"] = f"{type(exc).__name__}: {first[:300]}"
+                progress(name, f"failed: {entry['failed']}")
+                break
             finally:
                 shutil.rmtree(base, ignore_errors=True)
-        entry["summary_figures"] = summarise(entry["runs"])
+        if not entry["runs"]:
+            entry["available"] = False
+            entry["reason"] = f"the run failed: {entry['failed']}"
+        else:
+            entry["summary_figures"] = summarise(entry["runs"])
         result["placements"][name] = entry
     result["elapsed_s"] = round(time.time() - started, 1)
     return result
@@ -228,9 +237,9 @@ class _Run:
         marks = sorted({max(1, len(self.w.tenants) * k // 3) for k in (1, 2, 3)})
         times: list[float] = []
         points: list[dict[str, Any]] = []
-        deadline = time.monotonic() + self.s.drain_timeout
         for i, tenant in enumerate(self.w.tenants, start=1):
             self.say(f"provision: tenant {i}/{len(self.w.tenants)}")
+            deadline = time.monotonic() + self.s.drain_timeout  # each tenant's own
             times.append(await self.driver.provision(tenant, deadline))
             if i in marks:
                 await asyncio.sleep(0.5)
@@ -275,6 +284,7 @@ class _Run:
         self.fig["hop_p50_ms"] = _ms(m.percentile(hops, 50))
         self.fig["hop_p99_ms"] = _ms(m.percentile(hops, 99))
         buckets = m.per_second_p99(lat, t0, t0 + seconds)
+        quiet_buckets = {t0 + s + 0.5: v for s, v in buckets.items()}
         self.steady_p99 = m.percentile(list(buckets.values()), 99) or self.fig["run_p99_s"]
         quiet_alone = self.fig["run_p99_s"]
         # A run breaks the SLA when slower than the workload's sla or twice this placement's
@@ -298,15 +308,20 @@ class _Run:
         if quiet_alone and quiet_burst is not None:
             self.fig["quiet_p99_ratio"] = quiet_burst / quiet_alone
         buckets = m.per_second_p99(lat, t1, t1 + seconds)
-        times = [t1 + s + 0.5 for s in buckets]
-        flood_runs = [runs[s.run_id] for s in flood if s.run_id in runs]
-        depth = m.queue_depth(flood_runs, self.lines(), steps[0], times)
+        # Every second of the quiet and the burst phases with two quiet runs or more: their
+        # p99 against the burster's runs created and not yet started at the second's middle
+        # (none in the quiet phase, where it submits nothing: measured all the same).
+        series = {**quiet_buckets, **{t1 + s + 0.5: v for s, v in buckets.items()}}
+        burster_runs = list((await self.driver.all_runs([burster], t0 - 1.0)).values())
+        depth = m.queue_depth(burster_runs, self.lines(), steps[0], list(series))
         self.fig["quiet_p99_depth_corr"] = m.pearson(
-            [float(d) for d in depth], list(buckets.values())
+            [float(d) for d in depth], list(series.values())
         )
+        self.fig["quiet_p99_depth_corr_points"] = len(series)
         self.detail["isolation_series"] = {
-            "second": list(buckets),
-            "quiet_p99_s": list(buckets.values()),
+            "phase": ["quiet" if at < t1 else "burst" for at in series],
+            "second": [round(at - t0, 1) for at in series],
+            "quiet_p99_s": list(series.values()),
             "burster_queued": depth,
         }
         self.fig["burster_drain_with_others_s"] = m.drain_time(flood, runs)
@@ -432,14 +447,15 @@ class _Run:
         self.fig["timeline_events_present"] = present / expected if expected else None
 
     async def faults(self) -> None:
-        comps = self.d.components()
-        if self.w.quick:  # one component of each kind
-            seen: set[str] = set()
-            comps = [c for c in comps if not (c.kind in seen or seen.add(c.kind))]  # type: ignore[func-returns-value]
+        # The first component of each kind: components of one kind are alike (the workers,
+        # the cells, the agents), and each trial costs its outage plus the window.
+        seen: set[str] = set()
+        comps = [c for c in self.d.components() if not (c.kind in seen or seen.add(c.kind))]  # type: ignore[func-returns-value]
         trials: list[dict[str, Any]] = []
         for comp in comps:
             for fault in comp.faults:
-                trials.append(await self.fault(comp, fault))
+                if self.s.wants(self.name, comp.kind, fault):
+                    trials.append(await self.fault(comp, fault))
         self.detail["faults"] = trials
         for trial in trials:
             key = f"{trial['kind']}_{trial['fault']}"
@@ -453,10 +469,15 @@ class _Run:
         label = f"fault: {fault} {comp.name}"
         tenants = [t.id for t in self.w.tenants]
         window = self.s.fault_window
-        seconds = self.s.fault_before + window
+        # The steady load goes on until ``window`` after the component is back: the longest
+        # it can run is bounded by the drain timeout (a restart that takes longer fails).
+        longest = self.s.fault_before + self.s.sigstop_for + self.s.drain_timeout + window
+        stop = asyncio.Event()
         t0 = time.time()
         load = asyncio.create_task(
-            self.driver.open_loop(tenants, self.s.quiet_rate, seconds, label, self.w.seed + 7)
+            self.driver.open_loop(
+                tenants, self.s.quiet_rate, longest, label, self.w.seed + 7, stop=stop
+            )
         )
         await asyncio.sleep(self.s.fault_before)
         when = await asyncio.to_thread(self.d.inject, comp.name, fault)
@@ -466,8 +487,16 @@ class _Run:
         probes = asyncio.create_task(self.driver.probe(tenants, label))
         if fault == "stop":
             await asyncio.sleep(self.s.sigstop_for)
-        await asyncio.to_thread(self.d.recover, comp.name, fault)
-        outage = time.time() - when  # until restarted (kill) or continued (stop)
+        try:
+            await asyncio.to_thread(self.d.recover, comp.name, fault)
+        except BaseException:
+            stop.set()
+            raise
+        back_at = time.time()
+        outage = back_at - when  # until restarted (kill) or continued (stop)
+        await asyncio.sleep(window)
+        stop.set()
+        end = back_at + window
         probed = await probes
         subs = [*await load, *probed]
         lost_before, stuck_before = self.lost, self.stuck
@@ -477,7 +506,7 @@ class _Run:
         sla = self.sla
         affected: set[str] = set()
         for sub in subs:
-            if not (when - sla <= sub.first_try <= when + window):
+            if not (when - sla <= sub.first_try <= end):
                 continue
             if sub.run_id is None:
                 affected.add(sub.tenant)
@@ -490,7 +519,7 @@ class _Run:
                 if x.seconds is None or x.status != "completed":
                     affected.add(x.tenant)
                 continue
-            if when - sla <= x.submitted <= when + window and (
+            if when - sla <= x.submitted <= end and (
                 x.seconds is None or x.seconds > sla or x.status != "completed"
             ):
                 affected.add(x.tenant)
@@ -503,29 +532,24 @@ class _Run:
             after = [x.at for x in lines if x.tenant == tenant and x.kind == "E" and x.at >= when]
             if after:
                 first_progress.append(min(after) - when)
-        buckets = m.per_second_p99(lat, when, when + window)
-        bound = 1.1 * (self.steady_p99 or 0.0)
-        back: float | None = None
-        for second in sorted(buckets):
-            if all(v <= bound for s, v in buckets.items() if s >= second):
-                back = float(second)
-                break
-        duplicates = 0
-        for run in runs.values():
-            _, events = await self.driver.timeline(run.tenant, run.id)
+        steady = [x for x in lat if x.run_id not in probe_ids]
+        buckets = m.per_second_p99(steady, when, end)
+        back = m.p99_back(buckets, 1.1 * (self.steady_p99 or 0.0))
+        gate = asyncio.Semaphore(8)
+
+        async def twice(run: RunInfo) -> int:
+            async with gate:
+                _, events = await self.driver.timeline(run.tenant, run.id)
             kinds: dict[tuple[str, str | None], int] = defaultdict(int)
             for e in events:
                 kinds[(e["kind"], e.get("step"))] += 1
-            duplicates += sum(
+            return sum(
                 n - 1
                 for (k, _s), n in kinds.items()
-                if n > 1
-                and k
-                in (
-                    "run.completed",
-                    "step.succeeded",
-                )
+                if n > 1 and k in ("run.completed", "step.succeeded")
             )
+
+        duplicates = sum(await asyncio.gather(*(twice(r) for r in runs.values())))
         ends: dict[tuple[str, str], int] = defaultdict(int)
         for line in lines:
             if line.kind == "E" and line.run in runs:
@@ -541,6 +565,9 @@ class _Run:
             "affected_share": len(affected) / len(tenants),
             "served_by_component": None if served is None else sorted(served),
             "outage_s": round(outage, 3),
+            "window_s": round(end - when, 3),
+            "p99_per_second": {str(k): round(v, 4) for k, v in buckets.items()},
+            "p99_bound_s": round(1.1 * (self.steady_p99 or 0.0), 4),
             "first_progress_s": max(first_progress) if first_progress else None,
             "p99_back_s": back,
             "runs": len(runs),
@@ -548,6 +575,7 @@ class _Run:
             "runs_stuck": self.stuck - stuck_before,
             "duplicate_completions": duplicates,
             "reexecuted_steps": sum(n - 1 for n in ends.values() if n > 1),
+            "trial_s": round(time.time() - t0, 1),  # load, fault, window, drain and checks
         }
         self.say(
             f"{label}: {len(affected)}/{len(tenants)} tenants affected,"
@@ -577,19 +605,28 @@ async def _one(
     run = _Run(workload, name, deployment, log, progress)
     try:
         async with run.driver:
-            await run.provision()
-            await run.quiet_and_burst()
-            await run.saturation()
-            await run.burst_alone()
-            await run.policy()
-            await run.accounts()
-            await run.faults()
+            phases = (
+                run.provision,
+                run.quiet_and_burst,
+                run.saturation,
+                run.burst_alone,
+                run.policy,
+                run.accounts,
+                run.faults,
+            )
+            for phase in phases:
+                began = time.monotonic()
+                await phase()
+                run.detail.setdefault("phase_s", {})[phase.__name__] = round(
+                    time.monotonic() - began, 1
+                )
     finally:
         await asyncio.to_thread(deployment.stop)
     run.fig["runs_lost"] = run.lost
     run.fig["runs_stuck"] = run.stuck
     run.fig["submissions_refused"] = run.refused
     run.fig["start_s"] = started_s
+    run.detail.setdefault("phase_s", {})["start"] = round(started_s, 1)
     progress(name, "done")
     return {
         "describe": deployment.describe(),

@@ -10,6 +10,7 @@ records (status, created, finished) come from the API once the phase has drained
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +26,7 @@ from tenantflow.topology.workload import TenantPlan, Workload, poisson_times
 __all__ = ["Driver", "RunInfo", "Submission"]
 
 TERMINAL = frozenset({"completed", "failed", "compensated", "cancelled"})
-UNFINISHED = ("queued", "running", "compensating", "cancelling", "paused")
+UNFINISHED = ("running", "queued", "compensating", "cancelling", "paused")
 
 
 @dataclass(slots=True)
@@ -77,7 +78,8 @@ class Driver:
 
     async def __aenter__(self) -> Driver:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=10.0, limits=limits)
+        # 30 s: a loaded 2-core machine can hold an answer for more than 10 s.
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=30.0, limits=limits)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -154,7 +156,19 @@ class Driver:
         (the tenant's provisioning time: created → first run done)."""
         start = time.monotonic()
         body = {"id": tenant.id, "tier": tenant.tier, "policy": tenant.policy}
-        await self.call("POST", "/v1/tenants", tenant=None, body=body, retry_until=deadline)
+        try:
+            await self.call("POST", "/v1/tenants", tenant=None, body=body, retry_until=deadline)
+        except RuntimeError as exc:
+            # A try whose answer was lost (a timeout on a loaded machine) may have created it:
+            # the retry's 409 is then this driver's own tenant, if it reads back as created.
+            if ": 409 " not in str(exc):
+                raise
+            found = await self.call(
+                "GET", f"/v1/tenants/{tenant.id}", tenant=None, retry_until=deadline
+            )
+            policy = found.get("policy") or {}
+            if found.get("id") != tenant.id or policy.get("tier") != tenant.tier:
+                raise
         created = await self.call(
             "POST", f"/v1/tenants/{tenant.id}/keys", tenant=None, body={}, retry_until=deadline
         )
@@ -207,33 +221,60 @@ class Driver:
             return sub
 
     async def open_loop(
-        self, tenants: Sequence[str], rate: float, seconds: float, phase: str, seed: int
+        self,
+        tenants: Sequence[str],
+        rate: float,
+        seconds: float,
+        phase: str,
+        seed: int,
+        *,
+        stop: asyncio.Event | None = None,
     ) -> list[Submission]:
-        """Each tenant submits as a Poisson process of ``rate`` for ``seconds``."""
+        """Each tenant submits as a Poisson process of ``rate`` for ``seconds``, or until
+        ``stop`` is set (the arrivals due after it are not submitted): the same seed gives the
+        same arrivals whatever the length."""
         start = time.monotonic()
         deadline = start + seconds + self.workload.settings.drain_timeout
-        tasks: list[asyncio.Task[Submission]] = []
+        tasks: list[asyncio.Task[Submission | None]] = []
 
-        async def one(tenant: str, seq: int, at: float) -> Submission:
-            await asyncio.sleep(max(0.0, start + at - time.monotonic()))
+        async def one(tenant: str, seq: int, at: float) -> Submission | None:
+            delay = max(0.0, start + at - time.monotonic())
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return None
             return await self.submit(tenant, phase, seq, deadline)
 
         for n, tenant in enumerate(tenants):
             for seq, at in enumerate(poisson_times(rate, seconds, seed * 1009 + n)):
                 tasks.append(asyncio.create_task(one(tenant, seq, at)))
-        ticker = asyncio.create_task(self._tick(phase, tasks, start, seconds))
+        ticker = asyncio.create_task(
+            self._tick(phase, tasks, start, None if stop is not None else seconds)
+        )
         try:
-            return list(await asyncio.gather(*tasks))
+            return [s for s in await asyncio.gather(*tasks) if s is not None]
         finally:
             ticker.cancel()
 
     async def _tick(
-        self, phase: str, tasks: Sequence[asyncio.Task[Submission]], start: float, seconds: float
+        self,
+        phase: str,
+        tasks: Sequence[asyncio.Task[Submission | None]],
+        start: float,
+        seconds: float | None,
     ) -> None:
         while True:
             done = sum(1 for t in tasks if t.done())
             elapsed = time.monotonic() - start
-            self.on_progress(f"{phase}: {elapsed:4.1f}/{seconds:g}s, {done}/{len(tasks)} submitted")
+            if seconds is None:
+                self.on_progress(f"{phase}: {elapsed:4.1f}s, {done} submitted")
+            else:
+                self.on_progress(
+                    f"{phase}: {elapsed:4.1f}/{seconds:g}s, {done}/{len(tasks)} submitted"
+                )
             await asyncio.sleep(0.5)
 
     async def probe(self, tenants: Sequence[str], phase: str) -> list[Submission]:
@@ -259,7 +300,8 @@ class Driver:
     # -- reads ---------------------------------------------------------------------------------
 
     async def unfinished(self, tenant: str, deadline: float) -> int:
-        total = 0
+        """The tenant's runs in the first unfinished status that has any (0: none in any):
+        one read per status, stopping at the first that answers some."""
         for status in UNFINISHED:
             page = await self.call(
                 "GET",
@@ -268,8 +310,9 @@ class Driver:
                 params={"status": status, "limit": 500},
                 retry_until=deadline,
             )
-            total += len(page["items"])
-        return total
+            if page["items"]:
+                return len(page["items"])
+        return 0
 
     async def drain(self, tenants: Iterable[str], phase: str, timeout_s: float) -> bool:
         """Until no run of ``tenants`` is unfinished (True), or ``timeout_s`` passed (False)."""
@@ -278,9 +321,8 @@ class Driver:
         waiting = set(tenants)
         while waiting and time.monotonic() < deadline:
             counts = await asyncio.gather(*(self.unfinished(t, deadline) for t in waiting))
-            left = sum(counts)
             waiting = {t for t, n in zip(list(waiting), counts, strict=True) if n}
-            self.on_progress(f"{phase}: draining, {left} runs unfinished")
+            self.on_progress(f"{phase}: draining, {len(waiting)} tenants with runs unfinished")
             if waiting:
                 await asyncio.sleep(0.3)
         return not waiting
@@ -324,7 +366,10 @@ class Driver:
     async def timeline(self, tenant: str, run_id: str) -> tuple[float, list[dict[str, Any]]]:
         """A run's timeline and the seconds it took to assemble it over the API."""
         start = time.perf_counter()
-        body = await self.call("GET", f"/v1/runs/{run_id}/timeline", tenant=tenant)
+        deadline = time.monotonic() + self.workload.settings.drain_timeout
+        body = await self.call(
+            "GET", f"/v1/runs/{run_id}/timeline", tenant=tenant, retry_until=deadline
+        )
         return time.perf_counter() - start, list(body["items"])
 
     async def usage(self, tenant: str) -> dict[str, float]:

@@ -21,6 +21,7 @@ __all__ = [
     "drain_time",
     "hop_latencies",
     "jain",
+    "p99_back",
     "pearson",
     "percentile",
     "queue_depth",
@@ -147,6 +148,20 @@ def per_second_p99(lat: Sequence[Latency], start: float, end: float) -> dict[int
         if x.seconds is not None and start <= x.submitted < end:
             buckets[int(x.submitted - start)].append(x.seconds)
     return {s: percentile(v, 99) or 0.0 for s, v in sorted(buckets.items()) if len(v) >= 2}
+
+
+def p99_back(buckets: Mapping[int, float], bound: float) -> float | None:
+    """Seconds after a fault until the per-second p99 is back within ``bound`` for good: the
+    first second from which every later second's p99 is within it. None when the last second
+    measured is still above it (not back within the window) or no second was measured."""
+    if not buckets or bound <= 0:
+        return None
+    back: float | None = None
+    for second in sorted(buckets, reverse=True):
+        if buckets[second] > bound:
+            break
+        back = float(second)
+    return back
 
 
 def saturation(

@@ -15,9 +15,10 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,11 +38,11 @@ from tenantflow.topology.runner import (
     free_port,
     tenantflow_command,
 )
-from tenantflow.topology.workload import Workload
+from tenantflow.topology.workload import PLACEMENT_NAMES, Workload
 
 __all__ = ["DEFAULT_PG", "PLACEMENTS", "runners", "versions"]
 
-PLACEMENTS = ("embedded", "centralized", "federated", "mesh", "hybrid")
+PLACEMENTS = PLACEMENT_NAMES
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -158,17 +159,21 @@ class CentralizedDeployment:
         self.procs = ProcessSet(workdir, cli_env(**env), Path(env["TF_TOPOLOGY_EXEC_LOG"]))
         try:
             self.admin_key = admin_key(self.procs.env, self.db)
+            self.schema_ready()
             port = free_port()
             self.base_url = f"http://127.0.0.1:{port}"
             front = tenantflow_command(
                 "serve", "--db", self.db, "--app", APP, "--workers", "external"
             )
             front += ["--port", str(port), "--log-level", "warning", "--dashboard", "off"]
-            self.procs.start_server("front", front, self.base_url)
+            # The front and the workers start side by side (they share only the schema,
+            # upgraded above); then the front must answer.
+            self.procs.spawn("front", front)
             self.workers = [f"worker-{i + 1}" for i in range(workload.settings.workers)]
             for name in self.workers:
                 self.procs.spawn(name, self.worker_command(workload))
             self.started(workload)
+            self.procs.wait_server("front", self.base_url)
         except BaseException:
             self.stop()
             raise
@@ -178,8 +183,12 @@ class CentralizedDeployment:
         command += ["--slots", str(workload.slots)]
         return [*command, "--lease", str(workload.settings.lease)]
 
+    def schema_ready(self) -> None:
+        """The schema is upgraded and the admin key made; nothing is spawned yet (a subclass
+        waits here for what it started alongside)."""
+
     def started(self, workload: Workload) -> None:
-        """The front and the workers are started (a subclass starts more here)."""
+        """The front and the workers are spawned (a subclass spawns more here)."""
 
     def components(self) -> list[Component]:
         out = [
@@ -348,6 +357,29 @@ def _pid_alive(pid: int | None) -> bool:
         if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
             return False
     return True
+
+
+class _Background:
+    """A call run in a thread; ``join()`` returns its result or raises its exception."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._call = call
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._call()
+        except BaseException as exc:  # handed to join()
+            self._error = exc
+
+    def join(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def _wait_file(path: Path, proc_alive: Any, timeout_s: float) -> str:
@@ -543,13 +575,19 @@ class HybridDeployment(CentralizedDeployment):
         from tenantflow.adapters.nats.server import NatsServer
 
         self.nats = NatsServer(store_dir=workdir / "nats", port=free_port())
-        self.nats.start()
+        # nats-server starts while the schema is upgraded (schema_ready waits for it).
+        self._nats_start = _Background(self.nats.start)
         try:
             env = {**env, ENV_SIDE_EFFECT: SIDE_EFFECT}
             super().__init__(workload, workdir, env, server_url)
         except BaseException:
+            with contextlib.suppress(Exception):
+                self._nats_start.join()
             self.nats.stop()
             raise
+
+    def schema_ready(self) -> None:
+        self._nats_start.join()
 
     def worker_command(self, workload: Workload) -> list[str]:
         command = [sys.executable, "-m", "tenantflow.topology.hybrid_worker", "--db", self.db]
@@ -709,8 +747,12 @@ class MeshDeployment:
             env=self.procs.env,
         )
         try:
-            self.admin_key = admin_key(self.procs.env, self.db)
-            asyncio.run(self.mesh.start())
+            # The schema and the admin key are made while NATS starts and is provisioned.
+            made = _Background(lambda: admin_key(self.procs.env, self.db))
+            try:
+                asyncio.run(self.mesh.start())
+            finally:
+                self.admin_key = made.join()
             assert self.mesh.server is not None
             port = free_port()
             self.base_url = f"http://127.0.0.1:{port}"
@@ -719,8 +761,9 @@ class MeshDeployment:
             command += [str(workdir / "mesh" / "creds" / "admin.json")]
             command += ["--regions", ",".join(self.regions)]
             command += ["--default-region", self.default_region, "--port", str(port)]
-            self.procs.start_server("api", [*command, "--app", APP], self.base_url)
-            self.mesh.start_agents()
+            self.procs.spawn("api", [*command, "--app", APP])
+            self.mesh.start_agents()  # alongside the API (neither waits for the other)
+            self.procs.wait_server("api", self.base_url)
             self.agents = {f"agent-{i + 1}": a for i, a in enumerate(self.mesh.procs)}
             self._region = {name: ",".join(a.regions) for name, a in self.agents.items()}
         except BaseException:

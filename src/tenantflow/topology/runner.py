@@ -183,12 +183,21 @@ class ProcessSet:
     def stop_all(self) -> None:
         for name in list(self.stopped):
             self.sigcont(name)
+        # SIGTERM to all, then wait for each: they shut down side by side.
+        for proc in self.procs.values():
+            with contextlib.suppress(Exception):
+                proc.signal(signal.SIGTERM)
         for proc in self.procs.values():
             with contextlib.suppress(Exception):
                 proc.stop(timeout_s=15.0)
 
     def start_server(self, name: str, command: Sequence[str], base_url: str) -> None:
-        proc = self.spawn(name, command)
+        self.spawn(name, command)
+        self.wait_server(name, base_url)
+
+    def wait_server(self, name: str, base_url: str) -> None:
+        """Until the process ``name`` (spawned already) answers ``/readyz`` at ``base_url``."""
+        proc = self.procs[name]
         try:
             wait_ready(base_url, proc, timeout_s=90.0)
         except RuntimeError as exc:

@@ -24,13 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from tenantflow.errors import ConfigurationError
 from tenantflow.sim.scenario import Scenario, find_scenario, load_scenario
 from tenantflow.sim.values import Distribution, RatePerSecond, Seconds, SpecModel
 
+COMPONENT_KINDS = ("api", "worker", "engine", "database", "cell", "plane", "agent", "broker")
+"""The kinds of :class:`~tenantflow.topology.runner.Component` a placement has."""
+PLACEMENT_NAMES = ("embedded", "centralized", "federated", "mesh", "hybrid")
+
 __all__ = [
+    "COMPONENT_KINDS",
     "EndpointPlan",
     "StepPlan",
     "TenantPlan",
@@ -50,8 +55,10 @@ class TopologySpec(SpecModel):
         burst: Runs the burster submits at once (default: the scenario's first burst).
         saturation_runs: Runs every tenant submits at once in the saturation phase.
         fault_before: Steady load before a fault is injected.
-        fault_window: The window after a fault in which a tenant with a failed or slow run (or
-            a submission refused) counts as affected.
+        fault_window: How long the steady load goes on after the faulted component is back
+            (restarted, or continued): a tenant with a failed or slow run (or a submission
+            refused) from the fault to the end of this window counts as affected, and the
+            per-second p99 must be back within 1.1x of the steady one inside it.
         sigstop_for: How long a SIGSTOPped component stays stopped.
         sla: A run whose submission-to-finish time exceeds this is SLA-breaking.
         policy_cap: The burster's stricter ``max_running_steps`` written in the policy phase.
@@ -63,6 +70,9 @@ class TopologySpec(SpecModel):
         drain_timeout: The longest wait for a phase's runs to end.
         timeline_samples: Runs whose timeline is fetched to time its assembly.
         tenants: Use only the first N tenants of the scenario (file order; default: all).
+        faults: The faults to inject, as ``kind:fault`` (``cell:kill``, ``broker:stop``) or
+            ``placement/kind:fault`` (``centralized/api:kill``: that placement's only);
+            default: every fault. A placement without a listed kind skips it.
         quick: Overrides of the fields above for ``--quick``.
     """
 
@@ -84,6 +94,7 @@ class TopologySpec(SpecModel):
     drain_timeout: Seconds = Field(default=90.0, gt=0.0, le=3600.0)
     timeline_samples: int = Field(default=20, ge=1, le=10_000)
     tenants: int | None = Field(default=None, ge=2, le=10_000)
+    faults: list[str] | None = None
     quick: dict[str, Any] = Field(default_factory=dict)
 
     def profile(self, quick: bool) -> TopologySpec:
@@ -94,6 +105,29 @@ class TopologySpec(SpecModel):
         data.update(self.quick)
         data["quick"] = {}
         return TopologySpec.model_validate(data)
+
+    @field_validator("faults")
+    @classmethod
+    def _faults(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or []:
+            placement, _, rest = item.rpartition("/")
+            kind, _, fault = rest.partition(":")
+            if (
+                kind not in COMPONENT_KINDS
+                or fault not in ("kill", "stop")
+                or (placement and placement not in PLACEMENT_NAMES)
+            ):
+                raise ValueError(
+                    f"{item!r}: expected [PLACEMENT/]KIND:FAULT, KIND one of"
+                    f" {', '.join(COMPONENT_KINDS)} and FAULT kill or stop"
+                )
+        return value
+
+    def wants(self, placement: str, kind: str, fault: str) -> bool:
+        """Whether the placement's fault ``fault`` of components of ``kind`` is injected."""
+        if self.faults is None:
+            return True
+        return f"{kind}:{fault}" in self.faults or f"{placement}/{kind}:{fault}" in self.faults
 
 
 @dataclass(frozen=True, slots=True)
