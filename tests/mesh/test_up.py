@@ -81,13 +81,18 @@ def test_mesh_up_serves_the_api(nats_server_binary: Any, postgres_url: str, tmp_
         tenant_key = asyncio.run(_tenant_key(postgres_url, "acme"))
         with Client(url, tenant_key) as client:
             runs = [client.submit(WORKFLOW, {"i": i}).id for i in range(5)]
+            # A submission retried with its Idempotency-Key answers the first run over HTTP.
+            keyed = client.submit(WORKFLOW, {"i": 9}, idempotency_key="order-9")
+            again = client.submit(WORKFLOW, {"i": 9}, idempotency_key="order-9")
+            assert again.id == keyed.id
+            runs.append(keyed.id)
             deadline = time.monotonic() + 40
             while time.monotonic() < deadline:
                 records = [client.get_run(r) for r in runs]
                 if all(r.status in (tf.RunStatus.COMPLETED, tf.RunStatus.FAILED) for r in records):
                     break
                 time.sleep(0.2)
-            assert [r.status for r in records] == [tf.RunStatus.COMPLETED] * 5, log.read_text()
+            assert [r.status for r in records] == [tf.RunStatus.COMPLETED] * 6, log.read_text()
             steps = {s.key: s for s in client.steps(runs[3])}
             assert int(steps["e"].output_json or b"0") == expected_outputs(3)["e"]
             kinds = [e.kind for e in client.timeline(runs[3])]

@@ -709,8 +709,6 @@ class MeshDeployment:
     server: no process schedules the work; agents pull their region's work items."""
 
     placement = "mesh"
-    idempotency_keys = False  # the mesh API refuses Idempotency-Key (422) for now
-
     def __init__(
         self, workload: Workload, workdir: Path, env: Mapping[str, str], server_url: str
     ) -> None:
