@@ -3,6 +3,13 @@
 Runs on the store's writer thread with a connection in autocommit mode; :func:`apply_batch`
 wraps a batch in one ``BEGIN IMMEDIATE … COMMIT``. What each op does is decided once, for every
 SQL store, in :mod:`~tenantflow.adapters.sql_ops`; :func:`drive` executes its statements.
+
+Within a batch, append-only rows (:attr:`Sql.merge <tenantflow.adapters.sql.Sql.merge>`:
+events, state versions, usage, new steps) are held and inserted as one multi-row statement per
+statement text (usage rows of one tenant, day and metric summed first): before a statement
+naming one of their tables and before the commit. Each statement costs a call into SQLite that
+releases and re-takes the interpreter lock, so a batch of a hundred transitions makes a few
+such inserts instead of hundreds.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from typing import Any, TypeVar
 
-from tenantflow.adapters.sql import Gen, Result, Sql, advance
+from tenantflow.adapters.sql import Gen, Held, Result, Sql, advance
 from tenantflow.adapters.sql_ops import apply_op
 from tenantflow.domain.records import Op
 
@@ -26,7 +33,9 @@ def apply_batch(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
     single bad op fails only itself; its result is then the exception."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        results = [drive(conn, apply_op(op)) for op in ops]
+        held = Held()
+        results = [drive(conn, apply_op(op), held) for op in ops]
+        _release(conn, held)
     except sqlite3.IntegrityError as exc:
         conn.execute("ROLLBACK")
         if len(ops) == 1:
@@ -42,18 +51,35 @@ def apply_batch(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
     return results
 
 
-def drive(conn: sqlite3.Connection, query: Gen[T]) -> T:
-    """Run an interpreter step to its end on ``conn``; its result."""
+def drive(conn: sqlite3.Connection, query: Gen[T], held: Held | None = None) -> T:
+    """Run an interpreter step to its end on ``conn``; its result. With ``held``, rows that
+    may be merged are held there (the caller sends them before its commit, :func:`_release`)
+    instead of being inserted at once."""
     with closing(query):
         step = advance(query, None)
         while isinstance(step, Sql):
-            step = advance(query, _execute(conn, step))
+            step = advance(query, _execute(conn, step, held))
         return step.value
 
 
-def _execute(conn: sqlite3.Connection, statement: Sql) -> Result:
+def _release(conn: sqlite3.Connection, held: Held) -> None:
+    """Insert the held rows: one multi-row statement per text (a few for very many rows)."""
+    for text, flat in held.take():
+        conn.execute(text, flat)
+
+
+_NOTHING = Result([], 0)
+
+
+def _execute(conn: sqlite3.Connection, statement: Sql, held: Held | None) -> Result:
     if statement.pg_only:  # one writer: nothing to serialise
-        return Result([], 0)
+        return _NOTHING
+    if held is not None:
+        if statement.merge is not None:
+            held.hold(statement)
+            return _NOTHING
+        if held and held.named_by(statement.text):
+            _release(conn, held)
     if statement.many:
         return Result([], conn.executemany(statement.text, statement.args).rowcount)
     cursor = conn.execute(statement.text, statement.args)
