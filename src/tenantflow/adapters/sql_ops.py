@@ -433,7 +433,11 @@ def _finish(op: FinishAttempt) -> Gen[Any]:
     current_version: tuple[int, str] | None = None
     if op.delta_json is not None and state_hash is not None:
         then = op.then
-        if then.run is not None and all(u.delta_json is None for u in then.steps):
+        if (
+            then.run is not None
+            and (then.tenant_id, then.run_id) == (op.tenant_id, op.run_id)
+            and all(u.delta_json is None for u in then.steps)
+        ):
             # The run row is updated by the follow-on anyway, and nothing before that reads
             # its version: the new version goes in that same UPDATE.
             yield from _insert_version(
