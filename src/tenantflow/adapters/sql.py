@@ -241,15 +241,19 @@ class Held:
         """Whether ``text`` names a table that held rows go to (they must be sent first)."""
         return any(table in text for table in self._tables)
 
-    def take(self) -> Iterator[tuple[str, list[Any]]]:
-        """Empty the held rows as statements to send, in order: each a statement text (in
-        SQLite's dialect) and its flat parameters."""
+    def take_rows(self) -> Iterator[tuple[str, list[Sequence[Any]]]]:
+        """Empty the held rows, in order: each statement text with its rows (added rows
+        summed), to execute once per row."""
         held, self._rows = self._rows, {}
         added, self._added = self._added, set()
         self._tables = set()
         for text, params in held.items():
-            if text in added:
-                params = summed(params)
+            yield text, summed(params) if text in added else params
+
+    def take(self) -> Iterator[tuple[str, list[Any]]]:
+        """Empty the held rows as multi-row statements, in order: each a statement text (in
+        SQLite's dialect) and its flat parameters."""
+        for text, params in self.take_rows():
             start = 0
             for size in chunk_sizes(len(params)):
                 chunk = params[start : start + size]

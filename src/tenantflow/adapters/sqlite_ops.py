@@ -63,9 +63,9 @@ def drive(conn: sqlite3.Connection, query: Gen[T], held: Held | None = None) -> 
 
 
 def _release(conn: sqlite3.Connection, held: Held) -> None:
-    """Insert the held rows: one multi-row statement per text (a few for very many rows)."""
-    for text, flat in held.take():
-        conn.execute(text, flat)
+    """Insert the held rows: one ``executemany`` per statement text."""
+    for text, params in held.take_rows():
+        conn.executemany(text, params)
 
 
 _NOTHING = Result([], 0)
