@@ -1,12 +1,13 @@
 """The store contract, continued: a batch's rows are what its ops write one by one.
 
 Run on the in-memory store, SQLite and PostgreSQL. Both SQL stores hold a batch's append-only
-rows (events, state versions, new steps, usage) and insert them later in the transaction as
-multi-row statements, usage rows of one tenant, day, metric and dimension summed first; a
-finish that ends the run sets the run's new state version in the run's one ``UPDATE``. Each
-test here fails if one of those merges went too far: usage summed across tenants, days,
-dimensions or commits, held rows sent after a statement that reads or deletes their table,
-events out of their ops' order, a refused op's held rows kept, a version written twice.
+rows (events, state versions, new steps, usage) and insert them later in the transaction
+(PostgreSQL as multi-row statements, SQLite with one ``executemany`` per text), usage rows
+of one tenant, day, metric and dimension summed first; a finish that ends the run sets the
+run's new state version in the run's one ``UPDATE``. Each test here fails if one of those
+merges went too far: usage summed across tenants, days, dimensions or commits, held rows
+sent after a statement that reads or deletes their table, events out of their ops' order, a
+refused op's held rows kept, a version written twice.
 """
 
 from __future__ import annotations

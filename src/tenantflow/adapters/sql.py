@@ -15,10 +15,10 @@ content. Statements that only make sense with concurrent writers (an advisory lo
 
 Append-only rows (events, state versions, usage counters) are yielded with :func:`append` and
 :func:`accumulate`: a driver may hold them and send them later in the same transaction, merged
-with the rows of other ops into one multi-row statement (:class:`Held`). Both stores do: on
-PostgreSQL every statement costs a message each way; on SQLite every statement costs a call
-into the library from the writer thread, which gives up and takes back the interpreter lock
-around it.
+with the rows of other ops (:class:`Held`). Both stores do: PostgreSQL as one multi-row
+statement per text, where every statement costs a message each way; SQLite as one
+``executemany`` per text, where every statement costs a call into the library from the writer
+thread.
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ wraps a batch in one ``BEGIN IMMEDIATE … COMMIT``. What each op does is decide
 SQL store, in :mod:`~tenantflow.adapters.sql_ops`; :func:`drive` executes its statements.
 
 Within a batch, append-only rows (:attr:`Sql.merge <tenantflow.adapters.sql.Sql.merge>`:
-events, state versions, usage, new steps) are held and inserted as one multi-row statement per
-statement text (usage rows of one tenant, day and metric summed first): before a statement
-naming one of their tables and before the commit. Each statement costs a call into SQLite that
-releases and re-takes the interpreter lock, so a batch of a hundred transitions makes a few
-such inserts instead of hundreds.
+events, state versions, usage, new steps) are held and inserted with one ``executemany`` per
+statement text (usage rows of one tenant, day, metric and dimension summed first): before a
+statement naming one of their tables and before the commit. That halves the calls from Python
+into SQLite per step. (Multi-row ``VALUES`` statements, which PostgreSQL gets, cost SQLite more
+CPU than ``executemany`` when measured.)
 """
 
 from __future__ import annotations
