@@ -8,14 +8,11 @@ from tenantflow.domain.records import RecoverOrphans, StartAttempt
 
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
-from tenantflow.adapters.postgres import (
-    _by_tenant,
-    _chunks,
-    _insert_table,
-    _merged_text,
-    _summed,
-    postgres_text,
-)
+from tenantflow.adapters.postgres import _by_tenant, postgres_text
+from tenantflow.adapters.sql import chunk_sizes as _chunks
+from tenantflow.adapters.sql import insert_table as _insert_table
+from tenantflow.adapters.sql import merged_insert
+from tenantflow.adapters.sql import summed as _summed
 from tenantflow.errors import StoreError
 
 EVENTS = "INSERT INTO events (tenant_id, run_id, kind) VALUES (?, ?, ?)"
@@ -40,7 +37,7 @@ def test_rows_go_in_powers_of_two_that_add_up(n: int) -> None:
 
 def test_a_merged_insert_repeats_the_values_group() -> None:
     assert _insert_table(EVENTS) == "events"
-    assert _merged_text(EVENTS, 3) == (
+    assert postgres_text(merged_insert(EVENTS, 3)) == (
         b"INSERT INTO events (tenant_id, run_id, kind)"
         b" VALUES ($1, $2, $3), ($4, $5, $6), ($7, $8, $9)"
     )

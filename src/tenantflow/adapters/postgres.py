@@ -95,7 +95,7 @@ from tenantflow.adapters.postgres_schema import (
     migrate,
     schema_version,
 )
-from tenantflow.adapters.sql import Gen, Result, Sql, advance
+from tenantflow.adapters.sql import Gen, Held, Result, Sql, advance
 from tenantflow.adapters.sql_ops import apply_op, op_tenant, start_attempts
 from tenantflow.adapters.sql_store import SqlStore
 from tenantflow.domain.records import Op, StartAttempt
@@ -393,9 +393,7 @@ class _Session:
         self._conn = conn
         self._pipeline = pipeline
         self._scope: tuple[str, str] | None = None
-        self._held: dict[str, list[Sequence[Any]]] = {}  # statement text -> rows, in order
-        self._added: set[str] = set()  # held texts whose rows are summed (Sql.merge == "add")
-        self._tables: set[str] = set()  # the tables held rows go to
+        self._held = Held()
 
     async def enter(self, tenant_id: str | None) -> None:
         """Act as ``tenant_id`` (the application role), or in system scope when None; the
@@ -410,19 +408,9 @@ class _Session:
         """Send the held rows: one multi-row statement per text (a few for very many rows)."""
         if not self._held:
             return
-        held, self._held = self._held, {}
-        added, self._added = self._added, set()
-        self._tables.clear()
         cur = AsyncRawCursor(self._conn)
-        for text, params in held.items():
-            if text in added:
-                params = _summed(params)
-            start = 0
-            for size in _chunks(len(params)):
-                chunk = params[start : start + size]
-                start += size
-                flat = [value for row in chunk for value in row] if size > 1 else chunk[0]
-                await cur.execute(_merged_text(text, size), flat)
+        for text, flat in self._held.take():
+            await cur.execute(postgres_text(text), flat)
 
     async def drive(self, query: Gen[T]) -> T:
         """Run an interpreter step to its end in this transaction; its result."""
@@ -434,12 +422,9 @@ class _Session:
 
     async def execute(self, statement: Sql) -> Result:
         if statement.merge is not None:
-            self._held.setdefault(statement.text, []).extend(statement.args)
-            self._tables.add(_insert_table(statement.text))
-            if statement.merge == "add":
-                self._added.add(statement.text)
+            self._held.hold(statement)
             return _NOTHING
-        if self._tables and any(table in statement.text for table in self._tables):
+        if self._held and self._held.named_by(statement.text):
             await self.release()
         text = postgres_text(statement.text)
         cur = AsyncRawCursor(self._conn)
@@ -498,51 +483,6 @@ def _by_tenant(ops: Sequence[Op]) -> list[int]:
     for indexes in groups.values():
         order.extend(indexes)
     return order
-
-
-_MERGED_ROWS = 256  # the most rows in one merged statement (a power of two)
-_INSERT = re.compile(r"^\s*INSERT INTO (\w+)")
-_VALUES = re.compile(r"VALUES\s*(\([^()]*\))")
-
-
-@lru_cache(maxsize=64)
-def _insert_table(text: str) -> str:
-    found, values = _INSERT.match(text), _VALUES.search(text)
-    if found is None or values is None:
-        raise StoreError(f"not an INSERT … VALUES (…) statement: {text!r}")
-    if values.group(1).count("?") * _MERGED_ROWS > 65_535:  # the protocol's limit
-        raise StoreError(f"too many columns to merge rows of: {text!r}")
-    return found.group(1)
-
-
-def _chunks(n: int) -> list[int]:
-    """``n`` rows as statements of powers of two rows, largest first (13: 8, 4, 1): a few
-    statement texts per table, each prepared once on a connection and parsed once."""
-    sizes = [_MERGED_ROWS] * (n // _MERGED_ROWS)
-    n %= _MERGED_ROWS
-    while n:
-        size = 1 << (n.bit_length() - 1)
-        sizes.append(size)
-        n -= size
-    return sizes
-
-
-@lru_cache(maxsize=256)
-def _merged_text(text: str, n: int) -> bytes:
-    """``text``, an ``INSERT … VALUES (…)``, inserting ``n`` rows (PostgreSQL's dialect)."""
-    found = _VALUES.search(text)
-    assert found is not None  # checked by _insert_table when the rows were held
-    rows = ", ".join([found.group(1)] * n)
-    return postgres_text(f"{text[: found.start(1)]}{rows}{text[found.end(1) :]}")
-
-
-def _summed(params: list[Sequence[Any]]) -> list[Sequence[Any]]:
-    """Rows equal but for their last column, as one row with the sum of the last columns."""
-    totals: dict[tuple[Any, ...], Any] = {}
-    for row in params:
-        key = tuple(row[:-1])
-        totals[key] = totals[key] + row[-1] if key in totals else row[-1]
-    return [(*key, total) for key, total in totals.items()]
 
 
 def _scope(tenant_id: str | None) -> tuple[str, str]:

@@ -15,30 +15,41 @@ content. Statements that only make sense with concurrent writers (an advisory lo
 
 Append-only rows (events, state versions, usage counters) are yielded with :func:`append` and
 :func:`accumulate`: a driver may hold them and send them later in the same transaction, merged
-with the rows of other ops into one multi-row statement (PostgreSQL does, where every statement
-costs a message each way; SQLite executes them at once).
+with the rows of other ops (:class:`Held`). Both stores do: PostgreSQL as one multi-row
+statement per text, where every statement costs a message each way; SQLite as one
+``executemany`` per text, where every statement costs a call into the library from the writer
+thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import re
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Generic, Literal, TypeVar
+
+from tenantflow.errors import StoreError
 
 __all__ = [
     "Done",
     "Gen",
+    "Held",
     "Result",
     "Sql",
     "accumulate",
     "advance",
     "append",
+    "chunk_sizes",
     "count",
     "execute",
+    "insert_table",
     "many",
+    "merged_insert",
     "one",
     "rows",
     "serialize",
+    "summed",
 ]
 
 T = TypeVar("T")
@@ -152,3 +163,100 @@ def serialize(key: str) -> Gen[None]:
     """
     lock = "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))"
     yield Sql(lock, (key,), pg_only=True, results=False)
+
+
+# -- held rows (Sql.merge) ------------------------------------------------------------------
+
+MERGED_ROWS = 256  # the most rows in one merged statement (a power of two)
+_MAX_PARAMS = 32_766  # SQLite's limit on a statement's parameters (PostgreSQL's is 65,535)
+_INSERT = re.compile(r"^\s*INSERT INTO (\w+)")
+_VALUES = re.compile(r"VALUES\s*(\([^()]*\))")
+
+
+@lru_cache(maxsize=64)
+def insert_table(text: str) -> str:
+    """The table ``text``, an ``INSERT … VALUES (…)`` whose rows may be merged, inserts into."""
+    found, values = _INSERT.match(text), _VALUES.search(text)
+    if found is None or values is None:
+        raise StoreError(f"not an INSERT … VALUES (…) statement: {text!r}")
+    if values.group(1).count("?") * MERGED_ROWS > _MAX_PARAMS:
+        raise StoreError(f"too many columns to merge rows of: {text!r}")
+    return found.group(1)
+
+
+def chunk_sizes(n: int) -> list[int]:
+    """``n`` rows as statements of powers of two rows, largest first (13: 8, 4, 1): a few
+    statement texts per table, each prepared once on a connection and parsed once."""
+    sizes = [MERGED_ROWS] * (n // MERGED_ROWS)
+    n %= MERGED_ROWS
+    while n:
+        size = 1 << (n.bit_length() - 1)
+        sizes.append(size)
+        n -= size
+    return sizes
+
+
+@lru_cache(maxsize=256)
+def merged_insert(text: str, n: int) -> str:
+    """``text``, an ``INSERT … VALUES (…)``, inserting ``n`` rows (still SQLite's dialect)."""
+    found = _VALUES.search(text)
+    if found is None:
+        raise StoreError(f"not an INSERT … VALUES (…) statement: {text!r}")
+    rows = ", ".join([found.group(1)] * n)
+    return f"{text[: found.start(1)]}{rows}{text[found.end(1) :]}"
+
+
+def summed(params: list[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Rows equal but for their last column, as one row with the sum of the last columns."""
+    totals: dict[tuple[Any, ...], Any] = {}
+    for row in params:
+        key = tuple(row[:-1])
+        totals[key] = totals[key] + row[-1] if key in totals else row[-1]
+    return [(*key, total) for key, total in totals.items()]
+
+
+class Held:
+    """Rows of :attr:`Sql.merge` statements a driver holds within one transaction: one list
+    per statement text, in the order they came, to be sent as multi-row statements (see
+    :attr:`Sql.merge` for when they must be)."""
+
+    __slots__ = ("_added", "_rows", "_tables")
+
+    def __init__(self) -> None:
+        self._rows: dict[str, list[Sequence[Any]]] = {}  # statement text -> rows, in order
+        self._added: set[str] = set()  # held texts whose rows are summed (Sql.merge == "add")
+        self._tables: set[str] = set()  # the tables held rows go to
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def hold(self, statement: Sql) -> None:
+        """Hold ``statement``'s rows (a statement with :attr:`Sql.merge` set)."""
+        self._rows.setdefault(statement.text, []).extend(statement.args)
+        self._tables.add(insert_table(statement.text))
+        if statement.merge == "add":
+            self._added.add(statement.text)
+
+    def named_by(self, text: str) -> bool:
+        """Whether ``text`` names a table that held rows go to (they must be sent first)."""
+        return any(table in text for table in self._tables)
+
+    def take_rows(self) -> Iterator[tuple[str, list[Sequence[Any]]]]:
+        """Empty the held rows, in order: each statement text with its rows (added rows
+        summed), to execute once per row."""
+        held, self._rows = self._rows, {}
+        added, self._added = self._added, set()
+        self._tables = set()
+        for text, params in held.items():
+            yield text, summed(params) if text in added else params
+
+    def take(self) -> Iterator[tuple[str, list[Any]]]:
+        """Empty the held rows as multi-row statements, in order: each a statement text (in
+        SQLite's dialect) and its flat parameters."""
+        for text, params in self.take_rows():
+            start = 0
+            for size in chunk_sizes(len(params)):
+                chunk = params[start : start + size]
+                start += size
+                flat = [value for row in chunk for value in row] if size > 1 else list(chunk[0])
+                yield merged_insert(text, size), flat

@@ -430,12 +430,26 @@ def _finish(op: FinishAttempt) -> Gen[Any]:
     if row is None:
         return STALE
     events = [NewEvent("step.succeeded", op.key, row[0])]
+    current_version: tuple[int, str] | None = None
     if op.delta_json is not None and state_hash is not None:
-        yield from _write_version(
-            op.tenant_id, op.run_id, op.key, op.delta_json, op.now, version, state_hash
-        )
+        then = op.then
+        if (
+            then.run is not None
+            and (then.tenant_id, then.run_id) == (op.tenant_id, op.run_id)
+            and all(u.delta_json is None for u in then.steps)
+        ):
+            # The run row is updated by the follow-on anyway, and nothing before that reads
+            # its version: the new version goes in that same UPDATE.
+            yield from _insert_version(
+                op.tenant_id, op.run_id, op.key, op.delta_json, op.now, version, state_hash
+            )
+            current_version = (version, state_hash)
+        else:
+            yield from _write_version(
+                op.tenant_id, op.run_id, op.key, op.delta_json, op.now, version, state_hash
+            )
         events.append(NewEvent("state.version", op.key, None, {"version": version}))
-    yield from _transition(op.then, first=events)
+    yield from _transition(op.then, first=events, version=current_version)
     return version
 
 
@@ -509,8 +523,12 @@ def _step_updates(t: Transition) -> Gen[None]:
             yield from _append_version(t.tenant_id, t.run_id, u.key, u.delta_json, t.now)
 
 
-def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
-    """Apply ``t`` (``first``: events of the op that go before the transition's own)."""
+def _transition(
+    t: Transition, first: Sequence[NewEvent] = (), version: tuple[int, str] | None = None
+) -> Gen[None]:
+    """Apply ``t`` (``first``: events of the op that go before the transition's own;
+    ``version``: the run's new state version and hash, set by ``t``'s run update, which the
+    caller has checked there is)."""
     if first and any(u.delta_json is not None for u in t.steps):
         # Those step updates log state versions of their own: keep ``first`` ahead of them.
         yield from _events(t.tenant_id, t.run_id, t.now, first)
@@ -526,10 +544,8 @@ def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
             )
         terminal = t.run.status in TERMINAL_RUN
         yield from execute(
-            "UPDATE runs SET status = ?, result = COALESCE(?, result), error = COALESCE(?, error),"
-            " meta = COALESCE(?, meta),"
-            " updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END"
-            " WHERE id = ? AND tenant_id = ?",
+            _RUN_UPDATE if version is None else _RUN_UPDATE_VERSION,
+            *(() if version is None else version),
             t.run.status.value,
             t.run.result_json,
             t.run.error,
@@ -547,6 +563,17 @@ def _transition(t: Transition, first: Sequence[NewEvent] = ()) -> Gen[None]:
         yield from tq.insert_review(t.review)
     if t.release_prefix is not None:
         yield from tq.release_holds(t_ops.ReleaseHolds(t.tenant_id, t.release_prefix, t.now))
+
+
+_RUN_UPDATE = (
+    "UPDATE runs SET status = ?, result = COALESCE(?, result), error = COALESCE(?, error),"
+    " meta = COALESCE(?, meta),"
+    " updated_at = ?, finished_at = CASE WHEN ? THEN ? ELSE finished_at END"
+    " WHERE id = ? AND tenant_id = ?"
+)
+_RUN_UPDATE_VERSION = _RUN_UPDATE.replace(
+    "UPDATE runs SET ", "UPDATE runs SET state_version = ?, state_hash = ?, "
+)
 
 
 def _transition_op(t: Transition) -> Gen[bool | VersionConflict]:

@@ -116,6 +116,8 @@ class SqliteStore(SqlStore):
                 isolation_level=None,
                 check_same_thread=False,
                 timeout=10.0,
+                # the merged inserts add a few texts per table (1, 2, 4, … 256 rows)
+                cached_statements=256,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")

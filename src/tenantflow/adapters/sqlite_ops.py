@@ -3,6 +3,13 @@
 Runs on the store's writer thread with a connection in autocommit mode; :func:`apply_batch`
 wraps a batch in one ``BEGIN IMMEDIATE … COMMIT``. What each op does is decided once, for every
 SQL store, in :mod:`~tenantflow.adapters.sql_ops`; :func:`drive` executes its statements.
+
+Within a batch, append-only rows (:attr:`Sql.merge <tenantflow.adapters.sql.Sql.merge>`:
+events, state versions, usage, new steps) are held and inserted with one ``executemany`` per
+statement text (usage rows of one tenant, day, metric and dimension summed first): before a
+statement naming one of their tables and before the commit. That halves the calls from Python
+into SQLite per step. (Multi-row ``VALUES`` statements, which PostgreSQL gets, cost SQLite more
+CPU than ``executemany`` when measured.)
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from typing import Any, TypeVar
 
-from tenantflow.adapters.sql import Gen, Result, Sql, advance
+from tenantflow.adapters.sql import Gen, Held, Result, Sql, advance
 from tenantflow.adapters.sql_ops import apply_op
 from tenantflow.domain.records import Op
 
@@ -26,7 +33,9 @@ def apply_batch(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
     single bad op fails only itself; its result is then the exception."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        results = [drive(conn, apply_op(op)) for op in ops]
+        held = Held()
+        results = [drive(conn, apply_op(op), held) for op in ops]
+        _release(conn, held)
     except sqlite3.IntegrityError as exc:
         conn.execute("ROLLBACK")
         if len(ops) == 1:
@@ -42,18 +51,35 @@ def apply_batch(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
     return results
 
 
-def drive(conn: sqlite3.Connection, query: Gen[T]) -> T:
-    """Run an interpreter step to its end on ``conn``; its result."""
+def drive(conn: sqlite3.Connection, query: Gen[T], held: Held | None = None) -> T:
+    """Run an interpreter step to its end on ``conn``; its result. With ``held``, rows that
+    may be merged are held there (the caller sends them before its commit, :func:`_release`)
+    instead of being inserted at once."""
     with closing(query):
         step = advance(query, None)
         while isinstance(step, Sql):
-            step = advance(query, _execute(conn, step))
+            step = advance(query, _execute(conn, step, held))
         return step.value
 
 
-def _execute(conn: sqlite3.Connection, statement: Sql) -> Result:
+def _release(conn: sqlite3.Connection, held: Held) -> None:
+    """Insert the held rows: one ``executemany`` per statement text."""
+    for text, params in held.take_rows():
+        conn.executemany(text, params)
+
+
+_NOTHING = Result([], 0)
+
+
+def _execute(conn: sqlite3.Connection, statement: Sql, held: Held | None) -> Result:
     if statement.pg_only:  # one writer: nothing to serialise
-        return Result([], 0)
+        return _NOTHING
+    if held is not None:
+        if statement.merge is not None:
+            held.hold(statement)
+            return _NOTHING
+        if held and held.named_by(statement.text):
+            _release(conn, held)
     if statement.many:
         return Result([], conn.executemany(statement.text, statement.args).rowcount)
     cursor = conn.execute(statement.text, statement.args)
