@@ -47,6 +47,7 @@ async def lowered_cap_run(server_url: str, admin: Any, agent_creds: Any) -> dict
     running: list[Any] = []
     starts: list[tuple[float, int]] = []  # (when, running including itself)
     changed = {"at": float("inf"), "delivered": 0, "acked": 0}
+    full = asyncio.Event()
     await queue.start()
 
     async def run_items() -> None:
@@ -55,11 +56,12 @@ async def lowered_cap_run(server_url: str, admin: Any, agent_creds: Any) -> dict
             assert delivery is not None
             running.append(delivery)
             starts.append((time.monotonic(), len(running)))
+            if len(running) >= OLD:
+                full.set()
 
     runner = asyncio.create_task(run_items())
     try:
-        while len(running) < OLD:  # 8 out, all running: the server hands out no ninth
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(full.wait(), 30)  # 8 out, all running: no ninth is handed out
         await board.put("acme", 2, {"max_running_steps": NEW})
         changed.update(
             at=time.monotonic(), delivered=queue.stats.delivered, acked=queue.stats.acked
@@ -110,12 +112,17 @@ async def test_a_new_consumer_takes_the_cap_of_the_policy_the_agent_applied(
     await publisher.flush()
     fabric = await connect(mesh_server.url, mesh_server.creds["agent-eu"])
     caps: dict[str, int] = {}
+    seen = asyncio.Event()
+
+    def applied(tenant: str, version: int, policy: dict[str, Any]) -> None:
+        caps[tenant] = cap_of(policy) or 64
+        seen.set()
+
     watcher = PolicyBoard(fabric, "eu")
-    await watcher.watch(lambda t, v, p: caps.__setitem__(t, cap_of(p) or 64))
+    await watcher.watch(applied)
     queue = JetStreamQueue(fabric, regions=["eu"], kinds=["function"], cap=lambda t: caps[t])
     try:
-        while "globex" not in caps:  # the watch delivers the bucket's entries first
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(seen.wait(), 20)  # the watch delivers the bucket's entries first
         await queue.start()
         delivery = await asyncio.wait_for(queue.next(), 20)
         assert delivery is not None and delivery.tenant == "globex"
