@@ -84,6 +84,19 @@ def _drop(name: str) -> None:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def _rss_and_sockets(pid: int) -> tuple[float, int]:
     rss = 0.0
     try:
@@ -199,6 +212,7 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
         else:
             raise RuntimeError("the scenario did not finish in --limit-s")
         elapsed = time.time() - t0
+        cpu = sum(_cpu_s(p.pid or 0) for p in procs)
         for p in procs:
             p.stop()
         stats = []
@@ -223,6 +237,8 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
             "hop_p99_ms": 1000 * max((s["hop_p99_s"] or 0.0) for s in stats) if stats else 0.0,
             "rss_mb_per_agent": [round(r, 1) for r, _ in peak],
             "sockets_per_agent": [s for _, s in peak],
+            "agent_cpu_ms_per_step": round(1000 * cpu / steps, 2) if steps else None,
+            "load_avg_1_5_15_at_end": _load(),
             "redelivered": sum(s["redelivered"] for s in stats),
             "consumers_created": sum(s["consumers_created"] for s in stats),
         }
@@ -251,6 +267,7 @@ async def main(argv: list[str]) -> int:
         f" for {args.quiet_seconds} s (NATS 2.15, PostgreSQL, loopback; a shared machine)",
         flush=True,
     )
+    print(f"load average (1/5/15 min) at start: {_load()}", flush=True)
     results = {}
     for name, quiet, burst in (
         ("quiet", True, 0),
