@@ -13,8 +13,9 @@ tenant and kind, picked by each agent's fair scheduler).
 Scenarios, each on a fresh schema and a fresh NATS store:
 
 1. **quiet**: ``--quiet-tenants`` tenants submit runs as Poisson processes totalling
-   ``--quiet-rate`` runs/s for ``--quiet-seconds``; their end-to-end latency (submission to the
-   run's ``finished_at``) gives the baseline p50/p99.
+   ``--quiet-rate`` runs/s for ``--quiet-seconds``; their end-to-end latency (from each
+   arrival's scheduled time to the run's ``finished_at``; every arrival is submitted in a task
+   of its own, an open loop) gives the baseline p50/p99.
 2. **burst**: the same quiet arrivals (same seed) while tenant ``burster`` submits ``--burst``
    runs at once at the start; quiet p99 again, and how long the burst took to drain.
 3. **alone**: only the burst; its drain time and steps/s.
