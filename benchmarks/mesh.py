@@ -13,8 +13,9 @@ tenant and kind, picked by each agent's fair scheduler).
 Scenarios, each on a fresh schema and a fresh NATS store:
 
 1. **quiet**: ``--quiet-tenants`` tenants submit runs as Poisson processes totalling
-   ``--quiet-rate`` runs/s for ``--quiet-seconds``; their end-to-end latency (submission to the
-   run's ``finished_at``) gives the baseline p50/p99.
+   ``--quiet-rate`` runs/s for ``--quiet-seconds``; their end-to-end latency (from each
+   arrival's scheduled time to the run's ``finished_at``; every arrival is submitted in a task
+   of its own, an open loop) gives the baseline p50/p99.
 2. **burst**: the same quiet arrivals (same seed) while tenant ``burster`` submits ``--burst``
    runs at once at the start; quiet p99 again, and how long the burst took to drain.
 3. **alone**: only the burst; its drain time and steps/s.
@@ -82,6 +83,19 @@ def _drop(name: str) -> None:
 
     with psycopg.connect(PG, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _rss_and_sockets(pid: int) -> tuple[float, int]:
@@ -156,19 +170,30 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
 
             await asyncio.gather(*(one(i) for i in range(burst)))
 
+        submit_s: list[float] = []
+
+        async def one_quiet(tenant: str, n: int, due: float) -> None:
+            run_id = await driver.submit(tenant, WORKFLOW, {"i": n})
+            submit_s.append(time.time() - due)
+            submitted[run_id] = (tenant, due)
+
         async def submit_quiet() -> None:
+            # Open loop: each arrival is submitted at its time in a task of its own, and its
+            # latency counts from that time, so a slow submission (the burst's submissions
+            # share this process and the store) neither delays the next arrivals nor hides
+            # its own wait.
             at = 0.0
             n = 0
+            pending = []
             while True:
                 at += rng.expovariate(args.quiet_rate)
                 if at > args.quiet_seconds:
-                    return
+                    break
                 await asyncio.sleep(max(0.0, t0 + at - time.time()))
                 tenant = quiet_tenants[n % len(quiet_tenants)]
-                started = time.time()
-                run_id = await driver.submit(tenant, WORKFLOW, {"i": n})
-                submitted[run_id] = (tenant, started)
+                pending.append(asyncio.create_task(one_quiet(tenant, n, t0 + at)))
                 n += 1
+            await asyncio.gather(*pending)
 
         tasks = []
         if burst:
@@ -199,6 +224,7 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
         else:
             raise RuntimeError("the scenario did not finish in --limit-s")
         elapsed = time.time() - t0
+        cpu = sum(_cpu_s(p.pid or 0) for p in procs)
         for p in procs:
             p.stop()
         stats = []
@@ -215,6 +241,7 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
         return {
             "quiet_runs": len(submitted),
             "quiet_p50_s": _pct(latencies, 0.5),
+            "quiet_submit_p99_s": _pct(submit_s, 0.99),
             "quiet_p99_s": _pct(latencies, 0.99),
             "burst_runs": len(burst_ids),
             "burst_drain_s": burst_done,
@@ -223,6 +250,8 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
             "hop_p99_ms": 1000 * max((s["hop_p99_s"] or 0.0) for s in stats) if stats else 0.0,
             "rss_mb_per_agent": [round(r, 1) for r, _ in peak],
             "sockets_per_agent": [s for _, s in peak],
+            "agent_cpu_ms_per_step": round(1000 * cpu / steps, 2) if steps else None,
+            "load_avg_1_5_15_at_end": _load(),
             "redelivered": sum(s["redelivered"] for s in stats),
             "consumers_created": sum(s["consumers_created"] for s in stats),
         }
@@ -244,6 +273,11 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--quiet-seconds", type=float, default=20.0)
     parser.add_argument("--limit-s", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--scenarios",
+        default="quiet,burst,alone",
+        help="Which scenarios to run (the ratios need all three).",
+    )
     args = parser.parse_args(argv)
     print(
         f"mesh benchmark: {args.agents} agents x {args.slots} slots, {args.step_ms} ms steps,"
@@ -251,14 +285,20 @@ async def main(argv: list[str]) -> int:
         f" for {args.quiet_seconds} s (NATS 2.15, PostgreSQL, loopback; a shared machine)",
         flush=True,
     )
+    print(f"load average (1/5/15 min) at start: {_load()}", flush=True)
     results = {}
+    wanted = set(args.scenarios.split(","))
     for name, quiet, burst in (
         ("quiet", True, 0),
         ("burst", True, args.burst),
         ("alone", False, args.burst),
     ):
+        if name not in wanted:
+            continue
         results[name] = await scenario(args, quiet=quiet, burst=burst)
         print(f"{name:6s} {json.dumps(results[name])}", flush=True)
+    if not {"quiet", "burst", "alone"} <= set(results):
+        return 0
     q, b, a = results["quiet"], results["burst"], results["alone"]
     ratio = b["quiet_p99_s"] / q["quiet_p99_s"]
     drain = a["burst_drain_s"] / b["burst_drain_s"]

@@ -16,6 +16,7 @@ import inspect
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Annotated, Any, cast
 
 import typer
@@ -138,6 +139,15 @@ def worker(
     app: AppOption = None,
     db: DbOption = None,
     slots: Annotated[int, typer.Option("--slots", min=1, help="Attempts at once.")] = 64,
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease",
+            min=0.5,
+            help="Seconds a step or tenant lease lasts without renewal: how soon a dead"
+            " worker's work is taken over.",
+        ),
+    ] = 10.0,
 ) -> None:
     """A centralized worker (PostgreSQL) that hands side effects to the outbox and relays it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -146,7 +156,7 @@ def worker(
         from tenantflow.placement.hybrid import Hybrid
 
         settings = settings_for(ctx, db, app)
-        engine = open_worker(settings.database_url, slots=slots)
+        engine = open_worker(settings.database_url, slots=slots, lease=timedelta(seconds=lease))
         setups = [load_app(ref) for ref in settings.apps]
 
         async def main() -> None:

@@ -108,7 +108,10 @@ MESH_SCENARIOS: tuple[Scenario, ...] = (  # tenantflow selftest --placement mesh
         run_mesh_isolation,
     ),
     Scenario(
-        "mesh-budget", "50 concurrent steps reserve a KV ledger that fits 12", run_mesh_budget
+        "mesh-budget",
+        "50 steps on two agents call a priced tool; the KV budget ledger fits 12",
+        run_mesh_budget,
+        needs=("postgres",),
     ),
     Scenario(
         "mesh-deadlock",

@@ -10,8 +10,9 @@ Each starts a private nats-server (2.10+, the ``mesh`` extra's 2.15) with the me
 * ``mesh-isolation``: a tenant's NATS user tries to publish to, subscribe to and fetch from
   another tenant's and another region's subjects and consumers; every try must be refused by
   the server (a try that got through is a cross-tenant violation).
-* ``mesh-budget``: 50 concurrent steps over five connections reserve against a budget that
-  fits 12; overspend must be 0 and exactly 12 granted.
+* ``mesh-budget``: 50 one-step runs on two agents (their gateways, at once) call a priced
+  tool against the tenant's period budget, a KV ledger that fits 12 calls; overspend must be
+  0, exactly 12 calls made (counted at the tool) and the others refused by the ledger.
 * ``mesh-deadlock``: three agents waiting on each other (a -> b -> c -> a) must end in a
   timeout naming the cycle before the caller's deadline.
 * ``mesh-loan``: the loan platform (``--app loan_platform.service:setup``) under
@@ -275,45 +276,92 @@ async def _isolation(row: Row, server: Any) -> None:
 
 
 def run_mesh_budget(ctx: Context, row: Row, directory: Path) -> None:
+    from tenantflow.selftest.pg import scratch_schema
+
     server = _server(directory)
     try:
-        asyncio.run(_budget(ctx, row, server))
+        with scratch_schema(ctx.postgres(), "meshbudget") as url:
+            asyncio.run(_budget(ctx, row, server, url))
     finally:
         server.close()
 
 
-async def _budget(ctx: Context, row: Row, server: Any) -> None:
-    from tenantflow.adapters.nats.fabric import connect
+async def _budget(ctx: Context, row: Row, server: Any, url: str) -> None:
+    """One-step runs whose step calls a priced tool, on two agents' gateways at once; the
+    tenant's period budget (a KV ledger) fits 12 calls."""
+    import tenantflow as tf
     from tenantflow.adapters.nats.ledger import Ledger
+    from tenantflow.domain.records import TERMINAL_RUN
+    from tenantflow.placement.mesh.agent import AgentOptions, close_agent, open_agent
+    from tenantflow.placement.mesh.control import open_submitter
+    from tenantflow.placement.mesh.gateway import MeshGateway, period_budget
 
     cost, fits = 40_000, 12
     limit = fits * cost + cost // 2
+    calls: list[int] = []
+    bills = tf.Workflow("selftest-bill")
+
+    @bills.step(optional=True)  # a refused call skips the step (the budget ladder)
+    async def charge(ctx: Any, input: dict[str, int]) -> int:
+        result: int = await ctx.tool("selftest_bureau", i=input["i"])
+        return result
+
+    def setup(engine: tf.Engine) -> None:
+        engine.register(bills)
+
+        @engine.tools.register(cost_usd=cost / 1_000_000)
+        async def selftest_bureau(i: int) -> int:
+            calls.append(i)
+            await asyncio.sleep(0.01)
+            return i
+
+    async with tf.Engine.open(url) as control:
+        await control.tenants.create("acme", tier="standard", budget={"period_micros": limit})
     admin = await _admin(server)
-    await Ledger(admin, "eu").open("acme", "monthly", limit)
-    fabrics = [await connect(server.url, server.creds["agent-eu"]) for _ in range(5)]
+    driver, store = await open_submitter(url, admin, "eu", [bills.spec])
+    steps = ctx.profile.budget_steps
+    options = AgentOptions(
+        store_url=url,
+        nats_url=server.url,
+        creds=server.creds["agent-eu"],
+        regions=["eu"],
+        default_region="eu",
+        slots=max(1, (steps + 1) // 2),
+        sweep=False,
+        setups=[setup],
+    )
+    agents = [await open_agent(options) for _ in range(2)]
     try:
-        ledgers = [Ledger(f, "eu") for f in fabrics]
-
-        async def step(i: int) -> int:
-            ledger = ledgers[i % len(ledgers)]
-            hold = f"run-{i}:charge:1"
-            if not await ledger.reserve("acme", "monthly", hold, cost):
-                return 0
-            return await ledger.settle("acme", "monthly", hold, cost)
-
-        steps = ctx.profile.budget_steps
-        spent = await asyncio.gather(*(step(i) for i in range(steps)))
-        state = await ledgers[0].state("acme", "monthly")
+        runs = [await driver.submit("acme", bills.name, {"i": i}) for i in range(steps)]
+        deadline = time.monotonic() + 120
+        while True:
+            records = [await store.get_run("acme", r) for r in runs]
+            if all(r.status in TERMINAL_RUN for r in records):
+                break
+            if time.monotonic() > deadline:
+                row.check(False, "runs did not end within 120 s")
+                return
+            await asyncio.sleep(0.1)
+        state = await Ledger(admin, "eu").state(
+            "acme", period_budget("monthly", records[0].created_at)
+        )
+        gateways = [d.gateway for d, _, _ in agents]
+        refusals = sum(g.kv_refusals for g in gateways if isinstance(g, MeshGateway))
         row.runs = steps
-        row.overspend_micros = max(0, state.spent - limit)
-        granted = sum(1 for s in spent if s)
-        row.figures["granted"] = float(granted)
-        row.figures["CAS conflicts"] = float(sum(x.conflicts for x in ledgers))
-        row.check(granted == fits, f"{granted} steps granted, {fits} fit")
-        row.check(state.spent == sum(spent), "the ledger and the steps disagree on spending")
+        row.overspend_micros = max(0, state.spent - limit, len(calls) * cost - limit)
+        row.figures["granted"] = float(len(calls))
+        row.figures["refused by the KV ledger"] = float(refusals)
+        row.check(len(calls) == fits, f"{len(calls)} calls made, {fits} fit")
+        row.check(state.spent == len(calls) * cost, "the ledger and the calls disagree")
+        row.check(state.holds == {}, f"{len(state.holds)} holds left open")
+        row.check(refusals >= steps - fits, "the KV ledger did not refuse the others")
     finally:
-        for f in [*fabrics, admin]:
-            await f.close()
+        for agent in agents:
+            await close_agent(*agent)
+        await driver.queue.close()
+        await driver.close()
+        await store.close()
+        await admin.close()
 
 
 # -- deadlock -------------------------------------------------------------------------------------

@@ -118,17 +118,38 @@ class Ledger:
     async def reserve(self, tenant: str, budget: str, hold: str, micros: int) -> bool:
         """Hold ``micros`` for ``hold`` if the budget has them; False (nothing held) if not.
         Idempotent: a hold already open (or settled) answers True again."""
-
-        def change(state: LedgerState) -> tuple[bool, bool]:
-            if hold in state.holds or hold in state.settled:
-                return True, False
-            if micros > state.available:
-                return False, False
-            state.holds[hold] = micros
-            return True, True
-
-        granted: bool = await self._change(tenant, budget, change)
+        granted, _ = await self.try_reserve(tenant, budget, hold, micros)
         return granted
+
+    async def try_reserve(
+        self, tenant: str, budget: str, hold: str, micros: int
+    ) -> tuple[bool, int]:
+        """:meth:`reserve`, also answering what the budget had available when it decided."""
+
+        def change(state: LedgerState) -> tuple[tuple[bool, int], bool]:
+            if hold in state.holds or hold in state.settled:
+                return (True, state.available), False
+            if micros > state.available:
+                return (False, state.available), False
+            state.holds[hold] = micros
+            return (True, state.available), True
+
+        answer: tuple[bool, int] = await self._change(tenant, budget, change)
+        return answer
+
+    async def ensure(self, tenant: str, budget: str, limit_micros: int) -> None:
+        """Create the ledger with ``limit_micros``, or move an existing ledger's limit to it
+        (a changed policy): what was spent and held stays; a lower limit than that only
+        refuses new holds."""
+        await self.open(tenant, budget, limit_micros)
+
+        def change(state: LedgerState) -> tuple[None, bool]:
+            if state.limit == limit_micros:
+                return None, False
+            state.limit = limit_micros
+            return None, True
+
+        await self._change(tenant, budget, change)
 
     async def settle(self, tenant: str, budget: str, hold: str, actual_micros: int) -> int:
         """Close ``hold``, spending ``actual_micros`` of it (at most what it held; the rest is

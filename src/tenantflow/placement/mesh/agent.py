@@ -12,6 +12,13 @@ once).
 
 Several agents share the work; a killed agent's unacked items are redelivered to the others
 after ``ack_wait``, and the step leases in the store lapse after ``lease``.
+
+Policy, budgets and limits need no central scheduler: the agent watches the region's policy
+bucket (a tenant's ``max_running_steps`` is its consumers' ``max_ack_pending``, moved when the
+policy changes: :mod:`tenantflow.adapters.nats.policy`), and its gateway is a
+:class:`~.gateway.MeshGateway`: rate limits are spent from this process's token leases on the
+tenant's KV buckets, and priced calls reserve and settle the tenant's period budget on its KV
+ledger (compare-and-set).
 """
 
 from __future__ import annotations
@@ -21,18 +28,22 @@ import inspect
 import json
 import logging
 import os
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tenantflow.adapters.nats.fabric import Credentials, Fabric, connect, load_credentials
-from tenantflow.adapters.nats.policy import PolicyBoard
+from tenantflow.adapters.nats.leases import RateLeases
+from tenantflow.adapters.nats.ledger import Ledger
+from tenantflow.adapters.nats.policy import PolicyBoard, apply_cap, cap_of
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import KINDS, Region
 from tenantflow.domain.ids import DEFAULT_STORE
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
 from tenantflow.placement.mesh.driver import MeshDriver
+from tenantflow.placement.mesh.gateway import MeshGateway
 
 __all__ = [
     "KINDS",
@@ -63,6 +74,13 @@ class AgentOptions:
     sweep: bool = True
     sweep_every_s: float = 15.0
     setups: Sequence[Callable[[Engine], Any]] = field(default_factory=tuple)
+    rate_lease_ttl_s: float = 10.0
+    """A token lease lapses this long after it was taken (a dead agent's tokens come back)."""
+    rate_lease_batch: int = 8
+    """Tokens per lease (at most a quarter of the limit's burst)."""
+    fabric_limits: bool = True
+    """Rate limits by token leases and the period budget on KV ledgers (False: the store's
+    buckets and ledgers only, as under the other placements)."""
 
 
 async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]:
@@ -75,30 +93,55 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
     for store in engine.stores.values():
         await store.open(execute=True)
     fabric = await connect(options.nats_url, options.creds, name=f"tenantflow-agent-{os.getpid()}")
+    caps: dict[str, int] = {}
+    """tenant -> step cap, from the policies the agent has applied"""
     queue = JetStreamQueue(
         fabric,
         regions=options.regions,
         kinds=options.kinds,
         slots=options.slots,
         ack_wait_s=options.ack_wait_s,
-        cap=lambda tenant: max(1, options.slots * 8),
+        cap=lambda tenant: caps.get(tenant, max(1, options.slots * 8)),
     )
+    owner = f"mesh:{os.getpid()}"
+    gateway = engine.gateway
+    holder: list[MeshDriver] = []
+    if options.fabric_limits:
+        ledgers = {r: Ledger(fabric, r) for r in options.regions}
+
+        def ledger_of(region: str) -> Ledger:
+            if region not in ledgers:
+                ledgers[region] = Ledger(fabric, region)
+            return ledgers[region]
+
+        gateway = MeshGateway(
+            engine.gateway,
+            leases=RateLeases(
+                fabric,
+                f"{owner}:{secrets.token_hex(4)}",
+                ttl_s=options.rate_lease_ttl_s,
+                batch=options.rate_lease_batch,
+            ),
+            ledgers=ledger_of,
+            region_of=lambda tenant: holder[0].region_of(tenant),
+        )
     driver = MeshDriver(
         engine.stores,
         home=DEFAULT_STORE,
         bus=queue,
         clock=engine.clock,
-        gateway=engine.gateway,
+        gateway=gateway,
         workflows=engine.registry.all(),
         default_region=options.default_region,
-        owner=f"mesh:{os.getpid()}",
+        owner=owner,
         lease_s=options.lease_s,
         concurrency=options.slots,
     )
+    holder.append(driver)
     await driver.start()
     for region in options.regions:
         board = PolicyBoard(fabric, region)
-        await board.watch(driver.apply_policy)
+        await board.watch(_applier(driver, fabric, region, caps, options.kinds))
         driver.boards.append(board)
     await queue.start()
     if options.sweep:
@@ -107,6 +150,23 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
             log.info("swept: %d ready steps published again", swept)
         driver._spawn(_sweep_forever(driver, options.sweep_every_s))
     return driver, engine, fabric
+
+
+def _applier(
+    driver: MeshDriver, fabric: Fabric, region: str, caps: dict[str, int], kinds: Sequence[str]
+) -> Callable[[str, int, dict[str, Any]], Any]:
+    """What the agent does with a newer policy: the driver uses it from the next delivery on,
+    new consumers get its step cap, and the existing ones are moved to it."""
+
+    async def apply(tenant: str, version: int, policy: dict[str, Any]) -> None:
+        driver.apply_policy(tenant, version, policy)
+        cap = cap_of(policy)
+        if cap is None:
+            return
+        caps[tenant] = cap
+        await apply_cap(fabric, region, tenant, cap, tuple(kinds))
+
+    return apply
 
 
 async def _sweep_forever(driver: MeshDriver, every_s: float) -> None:
@@ -142,6 +202,20 @@ def agent_stats(driver: MeshDriver) -> dict[str, Any]:
         "republished": driver.republished,
         "log_versions_shipped": driver.shipped,
         "policy_versions": driver.policy_versions,
+        **_limit_stats(driver),
+    }
+
+
+def _limit_stats(driver: MeshDriver) -> dict[str, Any]:
+    gateway = driver.gateway
+    if not isinstance(gateway, MeshGateway):
+        return {}
+    leases = gateway.leases
+    return {
+        "rate_leases_taken": 0 if leases is None else leases.leases_taken,
+        "rate_tokens_spent": 0 if leases is None else leases.spent,
+        "rate_lease_conflicts": 0 if leases is None else leases.conflicts,
+        "budget_kv_refusals": gateway.kv_refusals,
     }
 
 
@@ -149,6 +223,12 @@ async def close_agent(driver: MeshDriver, engine: Engine, fabric: Fabric) -> Non
     log.info("stats %s", json.dumps(agent_stats(driver)))
     for board in driver.boards:
         await board.close()
+    gateway = driver.gateway
+    if isinstance(gateway, MeshGateway) and gateway.leases is not None:
+        try:
+            await gateway.leases.release()
+        except Exception as exc:  # they lapse after their TTL instead
+            log.warning("returning rate leases failed: %s", exc)
     await driver.queue.close()
     await driver.close()
     await fabric.close()

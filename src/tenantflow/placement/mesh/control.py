@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from tenantflow.adapters.nats.fabric import Credentials, Fabric, connect, provision
 from tenantflow.adapters.nats.log import ExecutionLog
-from tenantflow.adapters.nats.policy import PolicyBoard
+from tenantflow.adapters.nats.policy import PolicyBoard, check_intake
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ids import DEFAULT_STORE
@@ -336,9 +336,10 @@ class MeshControl:
         spec = self._engine.workflow(str(name), version)
         if spec.name not in self.driver.specs or self.driver.specs[spec.name] is not spec:
             self.driver.specs[spec.name] = spec
-        await self._engine.tenants.get(tenant)  # NotFoundError for an unknown tenant
+        known = await self._engine.tenants.get(tenant)  # NotFoundError for an unknown tenant
         await self.driver._tenant(tenant)
         region = Region(self.driver.region_of(tenant))
+        await check_intake(self.fabric, region.name, tenant, known.policy.model_dump(mode="json"))
         info = await self.fabric.js.stream_info(
             region.work_stream, subjects_filter=f"tf.{region.name}.{token(tenant)}.run.*.cmd.*"
         )
