@@ -709,6 +709,7 @@ class MeshDeployment:
     server: no process schedules the work; agents pull their region's work items."""
 
     placement = "mesh"
+
     def __init__(
         self, workload: Workload, workdir: Path, env: Mapping[str, str], server_url: str
     ) -> None:
