@@ -71,6 +71,14 @@ async def test_a_delivery_failing_after_its_claim_releases_it_and_the_run_ends()
         async with driver:
             run_id = await driver.submit("t1", "two-steps", 4)
             record = await clock.drive(driver.wait("t1", run_id), step_s=0.5, limit_s=600.0)
+
+            async def settled() -> None:
+                # The run's end is committed before its last delivery is acked: leaving the
+                # driver now could cancel that ack. Wait until every delivery is answered.
+                while bus.acked + bus.naked < bus.delivered:
+                    await clock.sleep(0.5)
+
+            await clock.drive(settled(), step_s=0.5, limit_s=60.0)
         await bus.close()
         steps = {s.key: s for s in await store.get_steps("t1", run_id)}
     assert store.refused == 1
