@@ -21,6 +21,7 @@ from tenantflow.domain.records import (
     EventRecord,
     Op,
     RunRecord,
+    RunSnapshot,
     RunStatus,
     StateVersionRecord,
     StepRecord,
@@ -109,6 +110,20 @@ class Store(Protocol):
         ...
 
     async def get_steps(self, tenant_id: str, run_id: str) -> list[StepRecord]: ...
+
+    async def read_run(
+        self,
+        tenant_id: str,
+        run_id: str,
+        *,
+        events_after: int | None = None,
+        versions_after: int | None = None,
+    ) -> RunSnapshot:
+        """The run and its steps in one read (one round trip, one transaction); with
+        ``events_after`` also its events with a greater id, with ``versions_after`` its state
+        versions after that one up to the run's. :class:`~tenantflow.errors.NotFoundError` if
+        this tenant has no such run."""
+        ...
 
     async def events(self, tenant_id: str, run_id: str, after_id: int = 0) -> list[EventRecord]: ...
 

@@ -41,6 +41,7 @@ from tenantflow.domain.records import (
     RecoverOrphans,
     RenewLeases,
     RunRecord,
+    RunSnapshot,
     RunStatus,
     StartAttempt,
     StateVersionRecord,
@@ -718,6 +719,23 @@ def get_run(tenant_id: str, run_id: str) -> Gen[RunRecord]:
     return _run_from_row(row)
 
 
+def read_run(
+    tenant_id: str, run_id: str, events_after: int | None, versions_after: int | None
+) -> Gen[RunSnapshot]:
+    """The run and its steps, and its events after ``events_after`` and state versions after
+    ``versions_after`` up to the run's (each only when asked), in one transaction. The events
+    are read first: a version committed meanwhile is covered by a later read's events."""
+    found = [] if events_after is None else (yield from events(tenant_id, run_id, events_after))
+    run = yield from get_run(tenant_id, run_id)
+    versions: list[StateVersionRecord] = []
+    if versions_after is not None and run.state_version > versions_after:
+        versions = yield from state_versions(
+            tenant_id, run_id, run.state_version, after=versions_after
+        )
+    steps = yield from get_steps(tenant_id, run_id)
+    return RunSnapshot(run, steps, found, versions)
+
+
 def list_runs(
     tenant_id: str,
     status: RunStatus | None,
@@ -789,13 +807,16 @@ def outbox(tenant_id: str | None, limit: int, unpublished: bool) -> Gen[list[o_o
     return [o_ops.OutboxRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in found]
 
 
-def state_versions(tenant_id: str, run_id: str, upto: int | None) -> Gen[list[StateVersionRecord]]:
+def state_versions(
+    tenant_id: str, run_id: str, upto: int | None, *, after: int = -1
+) -> Gen[list[StateVersionRecord]]:
     found = yield from rows(
         "SELECT run_id, tenant_id, version, parent, step, delta, hash, created_at"
-        " FROM state_versions WHERE tenant_id = ? AND run_id = ? AND version <= ?"
-        " ORDER BY version",
+        " FROM state_versions WHERE tenant_id = ? AND run_id = ? AND version > ?"
+        " AND version <= ? ORDER BY version",
         tenant_id,
         run_id,
+        after,
         upto if upto is not None else 2**62,
     )
     return [StateVersionRecord(*r) for r in found]

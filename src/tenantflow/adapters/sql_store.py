@@ -31,6 +31,7 @@ from tenantflow.domain.records import (
     EventRecord,
     Op,
     RunRecord,
+    RunSnapshot,
     RunStatus,
     StateVersionRecord,
     StepRecord,
@@ -88,6 +89,17 @@ class SqlStore(ABC):
 
     async def get_steps(self, tenant_id: str, run_id: str) -> list[StepRecord]:
         return await self._read(tenant_id, sql_ops.get_steps(tenant_id, run_id))
+
+    async def read_run(
+        self,
+        tenant_id: str,
+        run_id: str,
+        *,
+        events_after: int | None = None,
+        versions_after: int | None = None,
+    ) -> RunSnapshot:
+        query = sql_ops.read_run(tenant_id, run_id, events_after, versions_after)
+        return await self._read(tenant_id, query)
 
     async def events(self, tenant_id: str, run_id: str, after_id: int = 0) -> list[EventRecord]:
         return await self._read(tenant_id, sql_ops.events(tenant_id, run_id, after_id))

@@ -41,6 +41,7 @@ __all__ = [
     "RecoverOrphans",
     "RenewLeases",
     "RunRecord",
+    "RunSnapshot",
     "RunStatus",
     "RunUpdate",
     "StartAttempt",
@@ -172,6 +173,17 @@ class EventRecord:
     step: str | None
     attempt: int | None
     data: dict[str, Any]
+
+
+@dataclass(slots=True)
+class RunSnapshot:
+    """A run read in one transaction (:meth:`~tenantflow.ports.Store.read_run`): the run, its
+    steps, and, when asked for, its events and state versions newer than the reader has."""
+
+    run: RunRecord
+    steps: list[StepRecord]
+    events: list[EventRecord]
+    versions: list[StateVersionRecord]
 
 
 @dataclass(slots=True)

@@ -388,9 +388,11 @@ class BrokerDriver(BrokerParts):
         once one commits and the others, refused, find the step gathered.
         """
         name, index = parse_key(key)
+        if index is None:
+            return  # not a fan-out's element: nothing to gather
         for _ in range(MAX_DECISIONS):
             fresh = await self._load(store, tenant, run_id, policy)
-            if fresh is None or index is None or fresh[0].spec.step(name).kind == "agent":
+            if fresh is None or fresh[0].spec.step(name).kind == "agent":
                 return  # an agent's iterations each move the version: nothing can be lost
             run, version = fresh
             n = run.children.get(name, 0)
@@ -512,11 +514,12 @@ class BrokerDriver(BrokerParts):
         self, store: Store, tenant: str, run_id: str, policy: Policy
     ) -> tuple[ActiveRun, int] | None:
         """The run as stored, and the state version it was read at."""
-        record = await store.get_run(tenant, run_id)
+        read = await store.read_run(tenant, run_id)  # the run and its steps: one round trip
+        record = read.run
         spec = self.specs.get(record.workflow)
         if spec is None:
             return None
-        run = ActiveRun.from_records(record, await store.get_steps(tenant, run_id), spec)
+        run = ActiveRun.from_records(record, read.steps, spec)
         run.policy = policy
         run.budget_run = record.meta.get("budget_run")
         return run, record.state_version

@@ -691,9 +691,14 @@ class MeshDriver(BrokerDriver):
         for _ in range(16):
             seq, last = await self.log.last_state(region, tenant, run_id)
             upto = int(last.get("events_upto", 0))
-            events = await store.events(tenant, run_id, after_id=upto)
-            record = await store.get_run(tenant, run_id)
-            if not events and int(last.get("version", -1)) >= record.state_version:
+            shipped_version = int(last.get("version", -1))
+            # One read: the events after the shipped ones, the run, the state versions after
+            # the shipped one (the chain is not reread from its start) and the steps.
+            read = await store.read_run(
+                tenant, run_id, events_after=upto, versions_after=shipped_version
+            )
+            events, record = read.events, read.run
+            if not events and shipped_version >= record.state_version:
                 return
             if record.status in TERMINAL_RUN and record.parent_run_id is not None:
                 await self._wake_parent(record)
@@ -712,22 +717,11 @@ class MeshDriver(BrokerDriver):
                 for ev in events
             ]
             await asyncio.wait_for(asyncio.gather(*acks), 10.0)
-            shipped_version = int(last.get("version", -1))
-            versions = (  # the store reads a chain from its start: only when it grew
-                [
-                    v
-                    for v in await store.state_versions(tenant, run_id, upto=record.state_version)
-                    if v.version > shipped_version
-                ]
-                if record.state_version > shipped_version
-                else []
-            )
-            steps = await store.get_steps(tenant, run_id)
             body = {
                 "version": record.state_version,
                 "status": record.status.value,
                 "events_upto": events[-1].id if events else upto,
-                "snapshot": snapshot(record, steps, versions, events),
+                "snapshot": snapshot(record, read.steps, read.versions, events),
             }
             if await self.log.append_state(region, tenant, run_id, seq, body):
                 self.shipped += 1
