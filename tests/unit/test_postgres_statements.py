@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tenantflow.domain.memory import PutMemory
 from tenantflow.domain.records import RecoverOrphans, StartAttempt
 
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
-from tenantflow.adapters.postgres import _by_tenant, postgres_text
+from tenantflow.adapters.postgres import _by_tenant, _runs_to_lock, postgres_text
 from tenantflow.adapters.sql import chunk_sizes as _chunks
 from tenantflow.adapters.sql import insert_table as _insert_table
 from tenantflow.adapters.sql import merged_insert
@@ -55,5 +56,20 @@ def test_a_batch_is_taken_tenant_by_tenant_around_system_ops() -> None:
         return StartAttempt(tenant, "r", "a", "o", 0.0, 1.0)
 
     ops = [op("a"), op("b"), op("a"), RecoverOrphans(0.0), op("b"), op("a"), op("b")]
-    # Each tenant's ops keep their order; nothing crosses the system op.
-    assert _by_tenant(ops) == [0, 2, 1, 3, 4, 6, 5]
+    # Tenant by tenant (by id), each tenant's ops in their order; nothing crosses the system op.
+    assert _by_tenant(ops) == [0, 2, 1, 3, 5, 4, 6]
+
+
+def test_a_batch_locks_the_runs_it_writes_in_one_order() -> None:
+    def op(run: str, key: str = "a") -> StartAttempt:
+        return StartAttempt("t", run, key, "o", 0.0, 1.0)
+
+    first = [op("r2"), op("r1", "a"), op("r3"), op("r1", "b")]
+    second = [op("r3"), op("r1", "b"), op("r2")]
+    # Whatever order the ops came in, the runs are locked by id, each once: two batches
+    # sharing runs take them in one order (no deadlock between processes).
+    assert _runs_to_lock(first, range(4)) == ["r1", "r2", "r3"]
+    assert _runs_to_lock(second, range(3)) == ["r1", "r2", "r3"]
+    # A run created by the batch, and a tenant op that writes no run, lock nothing.
+    memory = PutMemory("t", "ns", "k", "{}", 0.0, None)
+    assert _runs_to_lock([memory, op("r9")], range(2)) == ["r9"]

@@ -76,6 +76,8 @@ import asyncio
 import itertools
 import random
 import re
+import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, closing, nullcontext
 from functools import lru_cache
@@ -98,7 +100,15 @@ from tenantflow.adapters.postgres_schema import (
 from tenantflow.adapters.sql import Gen, Held, Result, Sql, advance
 from tenantflow.adapters.sql_ops import apply_op, op_tenant, start_attempts
 from tenantflow.adapters.sql_store import SqlStore
-from tenantflow.domain.records import Op, StartAttempt
+from tenantflow.domain.records import (
+    FailAttempt,
+    FinishAttempt,
+    Op,
+    ParkAttempt,
+    RecordCall,
+    StartAttempt,
+    Transition,
+)
 from tenantflow.errors import ConfigurationError, ConflictError, StoreError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -114,9 +124,37 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PG_HINT = re.compile(r"/\*pg:(.*?)\*/", re.DOTALL)
 _PLACEHOLDER = re.compile(r"\?")
 _SET_SCOPE = f"SELECT set_config('role', %s, true), set_config('{TENANT_SETTING}', %s, true)"
+_LOCK_RUNS = (
+    "SELECT id FROM runs WHERE tenant_id = %s AND id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
+)
+"""Taken first, for each tenant of a batch (tenants by id), on the runs its ops write: two
+processes' batches that share runs then take them in one order, and one waits for the other
+instead of both deadlocking (two agents deciding branches of the same two runs did, each
+locking the runs in its own batch's order)."""
 _ATTEMPTS = 5  # a batch that keeps deadlocking with other processes fails after this many
 _NOTHING = Result([], 0)  # what a statement whose result is not read returns
 _PIPELINE = psycopg.Pipeline.is_supported()  # libpq >= 14; else one round trip a statement
+
+
+CHECK_IDLE_S = 2.0
+"""A pooled connection idle longer than this is checked (a round trip) before it is lent."""
+
+_idle_since: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
+
+
+async def _returned(conn: AsyncConnection[Any]) -> None:
+    _idle_since[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: AsyncConnection[Any]) -> None:
+    """The pool's check: a connection that sat idle (the server may have restarted or dropped
+    it meanwhile) answers a round trip before it is lent; one given back moments ago is lent
+    as it is, unless it is known broken. Checking every one would add a round trip to every
+    transaction; a connection that broke since its last use fails its transaction, which the
+    callers retry (a :class:`~tenantflow.errors.StoreUnavailableError`) on a new one."""
+    since = _idle_since.get(conn)
+    if since is None or conn.broken or time.monotonic() - since > CHECK_IDLE_S:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 @lru_cache(maxsize=2048)
@@ -215,7 +253,8 @@ class PostgresStore(SqlStore):
             min_size=1,
             max_size=self.pool_size,
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
+            check=_check_if_idle,
+            reset=_returned,
             timeout=self.connect_timeout_s,
             name="tenantflow",
             open=False,
@@ -317,9 +356,16 @@ class PostgresStore(SqlStore):
         try:
             async with self._transaction() as session:
                 results: list[Any] = [None] * len(ops)
-                for group in _claims_together(ops, _by_tenant(ops)):
+                order = _by_tenant(ops)
+                locked: set[str | None] = set()
+                for group in _claims_together(ops, order):
                     first = ops[group[0]]
-                    await session.enter(op_tenant(first) if scope is None else scope)
+                    tenant = op_tenant(first)
+                    await session.enter(tenant if scope is None else scope)
+                    if tenant is not None and tenant not in locked:
+                        locked.add(tenant)
+                        mine = [i for i in order if op_tenant(ops[i]) == tenant]
+                        await session.lock_runs(tenant, _runs_to_lock(ops, mine))
                     if len(group) == 1:
                         results[group[0]] = await session.drive(apply_op(ops[group[0]]))
                         continue
@@ -404,6 +450,12 @@ class _Session:
             await self._conn.execute(_SET_SCOPE, scope)
             self._scope = scope
 
+    async def lock_runs(self, tenant_id: str, run_ids: list[str]) -> None:
+        """Lock ``run_ids`` (sorted) for this transaction (:data:`_LOCK_RUNS`); sent without
+        waiting: the server runs it before the statements sent after it."""
+        if len(run_ids) > 1:  # one run is locked by its own first write, in no other order
+            await self._conn.execute(_LOCK_RUNS, (tenant_id, run_ids))
+
     async def release(self) -> None:
         """Send the held rows: one multi-row statement per text (a few for very many rows)."""
         if not self._held:
@@ -464,7 +516,8 @@ def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:
 
 
 def _by_tenant(ops: Sequence[Op]) -> list[int]:
-    """The order to apply a batch's ``ops`` in: each tenant's ops together, in their order.
+    """The order to apply a batch's ``ops`` in: each tenant's ops together, in their order,
+    tenant by tenant by id.
 
     The ops of a batch are independent (each could have been a transaction of its own, in any
     order), except that one tenant's ops keep their order; system-scoped ops (recovery, lease
@@ -474,15 +527,25 @@ def _by_tenant(ops: Sequence[Op]) -> list[int]:
     for i, op in enumerate(ops):
         tenant = op_tenant(op)
         if tenant is None:
-            for indexes in groups.values():
-                order.extend(indexes)
+            for key in sorted(groups):
+                order.extend(groups[key])
             groups.clear()
             order.append(i)
         else:
             groups.setdefault(tenant, []).append(i)
-    for indexes in groups.values():
-        order.extend(indexes)
+    for key in sorted(groups):
+        order.extend(groups[key])
     return order
+
+
+_WRITES_A_RUN = (StartAttempt, FinishAttempt, FailAttempt, ParkAttempt, RecordCall, Transition)
+
+
+def _runs_to_lock(ops: Sequence[Op], indexes: Sequence[int]) -> list[str]:
+    """The existing runs ``indexes``' ops write, by id: the order a transaction locks them in
+    before writing any (:data:`_LOCK_RUNS`)."""
+    runs = {cast(StartAttempt, ops[i]).run_id for i in indexes if isinstance(ops[i], _WRITES_A_RUN)}
+    return sorted(runs)
 
 
 def _scope(tenant_id: str | None) -> tuple[str, str]:
