@@ -20,8 +20,8 @@ from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.domain.records import (
     EventRecord,
     Op,
+    RunRead,
     RunRecord,
-    RunSnapshot,
     RunStatus,
     StateVersionRecord,
     StepRecord,
@@ -118,7 +118,7 @@ class Store(Protocol):
         *,
         events_after: int | None = None,
         versions_after: int | None = None,
-    ) -> RunSnapshot:
+    ) -> RunRead:
         """The run and its steps in one read (one round trip, one transaction); with
         ``events_after`` also its events with a greater id, with ``versions_after`` its state
         versions after that one up to the run's. :class:`~tenantflow.errors.NotFoundError` if

@@ -40,8 +40,8 @@ from tenantflow.domain.records import (
     RecordCall,
     RecoverOrphans,
     RenewLeases,
+    RunRead,
     RunRecord,
-    RunSnapshot,
     RunStatus,
     StartAttempt,
     StateVersionRecord,
@@ -721,7 +721,7 @@ def get_run(tenant_id: str, run_id: str) -> Gen[RunRecord]:
 
 def read_run(
     tenant_id: str, run_id: str, events_after: int | None, versions_after: int | None
-) -> Gen[RunSnapshot]:
+) -> Gen[RunRead]:
     """The run and its steps, and its events after ``events_after`` and state versions after
     ``versions_after`` up to the run's (each only when asked), in one transaction. The events
     are read first: a version committed meanwhile is covered by a later read's events."""
@@ -733,7 +733,7 @@ def read_run(
             tenant_id, run_id, run.state_version, after=versions_after
         )
     steps = yield from get_steps(tenant_id, run_id)
-    return RunSnapshot(run, steps, found, versions)
+    return RunRead(run, steps, found, versions)
 
 
 def list_runs(

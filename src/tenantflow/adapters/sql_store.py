@@ -30,8 +30,8 @@ from tenantflow.domain.outbox import OutboxRecord
 from tenantflow.domain.records import (
     EventRecord,
     Op,
+    RunRead,
     RunRecord,
-    RunSnapshot,
     RunStatus,
     StateVersionRecord,
     StepRecord,
@@ -97,7 +97,7 @@ class SqlStore(ABC):
         *,
         events_after: int | None = None,
         versions_after: int | None = None,
-    ) -> RunSnapshot:
+    ) -> RunRead:
         query = sql_ops.read_run(tenant_id, run_id, events_after, versions_after)
         return await self._read(tenant_id, query)
 

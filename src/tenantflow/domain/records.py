@@ -40,8 +40,8 @@ __all__ = [
     "RecordCall",
     "RecoverOrphans",
     "RenewLeases",
+    "RunRead",
     "RunRecord",
-    "RunSnapshot",
     "RunStatus",
     "RunUpdate",
     "StartAttempt",
@@ -176,7 +176,7 @@ class EventRecord:
 
 
 @dataclass(slots=True)
-class RunSnapshot:
+class RunRead:
     """A run read in one transaction (:meth:`~tenantflow.ports.Store.read_run`): the run, its
     steps, and, when asked for, its events and state versions newer than the reader has."""
 
