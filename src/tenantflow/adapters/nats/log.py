@@ -101,9 +101,10 @@ class ExecutionLog:
 
     async def append_state(
         self, region: str, tenant: str, run: str, after_seq: int, body: dict[str, Any]
-    ) -> bool:
+    ) -> int | None:
         """Append ``body`` to the run's chain if its last entry is still ``after_seq`` (0: the
-        chain is empty); False, with nothing appended, when another writer appended first."""
+        chain is empty): the new entry's stream sequence; None, with nothing appended, when
+        another writer appended first."""
         from nats.js.errors import APIError
 
         r = Region(region)
@@ -114,14 +115,14 @@ class ExecutionLog:
         }
         body = {**body, "parent_seq": after_seq, "at": time.time()}
         try:
-            await self.fabric.js.publish(
+            ack = await self.fabric.js.publish(
                 r.state(tenant, run), json.dumps(body, default=str).encode(), headers=headers
             )
         except APIError as exc:
             if exc.err_code in _WRONG_LAST:
-                return False
+                return None
             raise
-        return True
+        return int(ack.seq)
 
     # -- completion records -------------------------------------------------------------------
 

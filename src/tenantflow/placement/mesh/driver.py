@@ -191,6 +191,10 @@ class MeshDriver(BrokerDriver):
         self._spec_of_run: dict[str, WorkflowSpec] = {}
         self._served_regions: set[str] = set()
         self._shipping: dict[str, bool] = {}
+        self._tips: dict[str, tuple[int, dict[str, Any]]] = {}
+        """run -> the last chain entry this process appended (its sequence, and what it
+        covers): the next append expects it without asking the server; another writer's
+        entry since makes the append fail, and the shipper asks."""
         self.boards: list[Any] = []
         self.policy_versions: dict[str, int] = {}
         """The policy version applied per tenant (from the policy bucket)."""
@@ -689,7 +693,8 @@ class MeshDriver(BrokerDriver):
         store = self.stores[store_key]
         region = self.region_of(tenant)
         for _ in range(16):
-            seq, last = await self.log.last_state(region, tenant, run_id)
+            tip = self._tips.pop(run_id, None)
+            seq, last = tip or await self.log.last_state(region, tenant, run_id)
             upto = int(last.get("events_upto", 0))
             shipped_version = int(last.get("version", -1))
             # One read: the events after the shipped ones, the run, the state versions after
@@ -723,8 +728,14 @@ class MeshDriver(BrokerDriver):
                 "events_upto": events[-1].id if events else upto,
                 "snapshot": snapshot(record, read.steps, read.versions, events),
             }
-            if await self.log.append_state(region, tenant, run_id, seq, body):
+            appended = await self.log.append_state(region, tenant, run_id, seq, body)
+            if appended is not None:
                 self.shipped += 1
+                if record.status not in TERMINAL_RUN:
+                    if len(self._tips) >= 10_000:  # runs this process stopped hearing of
+                        self._tips.clear()
+                    covered = {k: body[k] for k in ("version", "events_upto")}
+                    self._tips[run_id] = (appended, covered)
                 return
 
     # -- recovery -----------------------------------------------------------------------------
