@@ -350,6 +350,19 @@ class JetStreamQueue:
                     log.debug("rescan failed: %s", exc)
             await asyncio.sleep(0.1)
 
+    async def queued_runs(self, region: str, tenant: str) -> set[str]:
+        """The runs of ``tenant`` with a work item on ``region``'s work stream, delivered or
+        not (a work queue keeps an item until it is acked): one request, the stream's count
+        per subject."""
+        r = Region(region)
+        info = await self.fabric.js.stream_info(r.work_stream, subjects_filter=r.cmd_any(tenant))
+        runs: set[str] = set()
+        for subject in info.state.subjects or {}:
+            parts = subject.split(".")  # tf.<region>.<tenant>.run.<run>.cmd.<kind>
+            if len(parts) == 7:
+                runs.add(untoken(parts[4]))
+        return runs
+
     async def rescan(self) -> None:
         """Start a puller for every tenant with a beacon (work may be waiting)."""
         for region in self.regions.values():

@@ -100,6 +100,10 @@ class Region:
     def cmd(self, tenant: str, run: str, kind: str) -> str:
         return f"tf.{self.name}.{token(tenant)}.run.{token(run)}.cmd.{kind}"
 
+    def cmd_any(self, tenant: str) -> str:
+        """Every work item of ``tenant``, of any run and kind."""
+        return f"tf.{self.name}.{token(tenant)}.run.*.cmd.*"
+
     def cmd_filter(self, tenant: str, kind: str) -> str:
         """Every work item of ``tenant`` of ``kind`` (one consumer's filter)."""
         return f"tf.{self.name}.{token(tenant)}.run.*.cmd.{kind}"

@@ -765,12 +765,21 @@ class MeshDriver(BrokerDriver):
 
     async def sweep(self, *, quiet_s: float = 10.0) -> int:
         """Republish the ready steps of every unfinished run of the stores that has not moved
-        for ``quiet_s`` (see the module doc); how many steps."""
+        for ``quiet_s`` and has no work item on the stream (see the module doc); how many
+        steps. A run whose item waits in a tenant's backlog has not moved either, but nothing
+        of it was lost: publishing its steps again would only lengthen the backlog (every
+        agent's sweep republished a burster's whole backlog every few seconds)."""
         count = 0
         now = self.clock.now()
+        queued: dict[tuple[str, str], set[str]] = {}
         for store in self.stores.values():
             for record, _steps in await store.active_runs():
                 if record.workflow not in self.specs or record.updated_at > now - quiet_s:
+                    continue
+                place = (self.region_of(record.tenant_id), record.tenant_id)
+                if place not in queued:
+                    queued[place] = await self.queue.queued_runs(*place)
+                if record.id in queued[place]:
                     continue
                 try:
                     count += await self.republish(record.tenant_id, record.id)
