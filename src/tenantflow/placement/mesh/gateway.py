@@ -11,7 +11,10 @@ without a central scheduler:
   (:class:`~tenantflow.adapters.nats.leases.RateLeases`): a call takes a token from this
   process's lease, and leases a new batch with a compare-and-set when the lease is spent. A
   bucket with no token parks the step (``RateLimitedError`` with its retry-after), as
-  elsewhere.
+  elsewhere. A provider's 429 is recorded in the tenant's bucket in KV
+  (:meth:`~tenantflow.adapters.nats.leases.RateLeases.throttle`): its factor is cut and no
+  agent of the region is granted a lease before the provider's Retry-After, as the store's
+  bucket does for an engine.
 * **The tenant's period budget** (``policy.budget.period_micros``) is a ledger in KV
   (:class:`~tenantflow.adapters.nats.ledger.Ledger`, key ``<tenant>.<period>-<start>``): a
   priced call reserves its worst case there (compare-and-set, so ``spent + held <= limit``
@@ -156,6 +159,17 @@ class MeshGateway(Gateway):
                 resource=resource,
                 retry_after_s=wait,
             )
+
+    async def _throttle(
+        self, ctx: CallScope, resource: str, limit: RateLimit, retry_after_s: float
+    ) -> None:
+        if self.leases is None:
+            await super()._throttle(ctx, resource, limit, retry_after_s)
+            return
+        tenant = ctx.tenant_id
+        await self.leases.throttle(
+            self.region_of(tenant), tenant, resource, limit.rate_per_s, limit.burst, retry_after_s
+        )
 
     # -- the period budget: the KV ledger -----------------------------------------------------
 
