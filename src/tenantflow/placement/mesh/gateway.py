@@ -20,7 +20,8 @@ without a central scheduler:
   priced call reserves its worst case there (compare-and-set, so ``spent + held <= limit``
   whatever the concurrency across agents) before the store's own reservation, and settles
   the actual cost (or releases the hold) when the store does. A refusal is the ``period``
-  ``BudgetExceededError``, and the policy's degradation ladder applies.
+  ``BudgetExceededError``, and the policy's degradation ladder applies. A hold carries the
+  ledger's expiry, so a hold of an agent killed mid-call is released (not spent) after it.
 
 The store still keeps the run's and the period's ledgers and the usage counters (the API reads
 them); the KV ledger is the line every agent checks first.
