@@ -188,8 +188,8 @@ async def test_a_provider_429_pauses_the_tenants_lease_bucket_for_every_agent(
     """The tenant may call the model 100 times at once (burst 100), but the provider answers
     429 with a Retry-After of 30 s: the agent's gateway records it in the tenant's bucket in
     KV, so another agent process is granted no token of it before the Retry-After has passed
-    (the pool still held 99), and the bucket's factor is halved, as the store's bucket is for
-    an engine."""
+    (the pool held 92: the agent had leased 8), and the bucket's factor is halved, as the
+    store's bucket is for an engine."""
     THROTTLING.clear()
     async with tf.Engine.open(postgres_url) as control:
         await control.tenants.create(
