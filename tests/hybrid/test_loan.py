@@ -1,12 +1,15 @@
 """The loan platform end to end under the hybrid placement, with the same ``--app``.
 
-Loan applications (:mod:`tests.hybrid.loan_fx_app`: the platform's workflow plus two side
-effects) run first on an embedded engine, then through the hybrid's processes: a centralized
-front on PostgreSQL records them, ``tenantflow hybrid worker --lease 2`` orchestrates the
-critical path and writes the side effects to the outbox, ``tenantflow hybrid relay`` (beside the
-worker's own relay: the server drops the copies) publishes them, and ``tenantflow hybrid agent``
-runs them. Every side effect is applied exactly once (counted at the receiver), every outcome
+Loan applications run on the platform's own app (``tenantflow.examples.loan_platform.service:
+setup``, the ``--app`` of ``tenantflow serve`` and of the mesh's ``mesh-loan``; its workflow
+records the credit pull in the CRM and notifies the applicant, two side effects) first on an
+embedded engine, then through the hybrid's processes: a centralized front on PostgreSQL records
+them, ``tenantflow hybrid worker --lease 2`` orchestrates the critical path and writes the side
+effects to the outbox, ``tenantflow hybrid relay`` (beside the worker's own relay: the server
+drops the copies) publishes them, and ``tenantflow hybrid agent`` runs them. Every side effect
+is applied exactly once (counted at the receiver, ``$TENANTFLOW_LOAN_WEBHOOK``), every outcome
 lands in its run's timeline, and each application's result equals the embedded engine's.
+The platform's latencies run ``$TENANTFLOW_LOAN_SPEED`` = 200 times faster.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from typing import Any
 
 import pytest
 from tests.hybrid.conftest import Receiver
-from tests.hybrid.loan_fx_app import loan_fx, setup
 from tests.hybrid.test_hybrid import ROOT, _empty, _kill, _spawn, kinds, until
 
 from tenantflow.domain.outbox import FX_DELIVERED, FX_ENQUEUED
 from tenantflow.engine.engine import Engine
-from tenantflow.examples.loan_platform.workflow import Application
+from tenantflow.examples.loan_platform.effects import WEBHOOK_ENV
+from tenantflow.examples.loan_platform.service import SPEED_ENV, setup
+from tenantflow.examples.loan_platform.workflow import Application, loan
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.postgres]
 
@@ -37,6 +41,8 @@ APPLICATIONS = [
     for i in range(6)
 ]
 SIDE_EFFECTS = ("record_pull", "notify_applicant")
+APP = "tenantflow.examples.loan_platform.service:setup"
+SPEED = "200"
 
 
 async def _run_all(engine: Engine, tenant: str) -> tuple[list[str], list[Any]]:
@@ -55,8 +61,15 @@ async def _run_all(engine: Engine, tenant: str) -> tuple[list[str], list[Any]]:
 
 
 async def test_loan_applications_run_end_to_end_under_the_hybrid_with_side_effects(
-    nats_server: Any, receiver: Receiver, postgres_url: str, tmp_path: Path
+    nats_server: Any,
+    receiver: Receiver,
+    postgres_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    assert {s.name for s in loan._steps if s.side_effect} == set(SIDE_EFFECTS)
+    monkeypatch.setenv(WEBHOOK_ENV, receiver.url)
+    monkeypatch.setenv(SPEED_ENV, SPEED)
     async with Engine.open(f"sqlite:///{tmp_path / 'e.db'}", auto_tenant="standard") as embedded:
         setup(embedded)
         _, expected = await _run_all(embedded, "bank")
@@ -66,8 +79,8 @@ async def test_loan_applications_run_end_to_end_under_the_hybrid_with_side_effec
         receiver.applied.clear()
         receiver.posts.clear()
 
-    env = {**os.environ, "TF_FX_RECEIVER": receiver.url, "PYTHONPATH": str(ROOT)}
-    app = ("--app", "tests.hybrid.loan_fx_app:setup")
+    env = {**os.environ, WEBHOOK_ENV: receiver.url, SPEED_ENV: SPEED, "PYTHONPATH": str(ROOT)}
+    app = ("--app", APP)
     worker = _spawn(
         "worker", "--db", postgres_url, "--nats", nats_server.url, "--lease", "2", *app, env=env
     )
@@ -75,7 +88,7 @@ async def test_loan_applications_run_end_to_end_under_the_hybrid_with_side_effec
     agent = _spawn("agent", "--nats", nats_server.url, *app, env=env)
     try:
         async with Engine.open(postgres_url, cluster="front", auto_tenant="standard") as front:
-            front.register(loan_fx)
+            front.register(loan)
             ids, results = await _run_all(front, "bank")
             assert results == expected
             wanted = {f"{run_id}:{step}" for run_id in ids for step in SIDE_EFFECTS}

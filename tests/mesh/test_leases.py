@@ -100,3 +100,56 @@ async def test_another_regions_buckets_are_refused(mesh_server: Any, admin: Any)
             await RateLeases(eu, "agent-x").acquire("us", "acme", RESOURCE, RATE, BURST)
     finally:
         await eu.close()
+
+
+async def test_a_provider_429_pauses_and_lowers_the_bucket_for_every_agent(
+    mesh_server: Any, admin: Any
+) -> None:
+    """Agent b's call is answered 429 with a Retry-After of 30 s: no agent is granted a lease
+    before then (agent a spends only the token it had leased before), then exactly one token
+    is there, and the pool refills at the lowered factor."""
+    clock = Clock(2_000.0)
+    fabrics = [await connect(mesh_server.url, mesh_server.creds["agent-eu"]) for _ in range(2)]
+    a, b = (RateLeases(f, f"agent-{i}", ttl_s=TTL, clock=clock) for i, f in enumerate(fabrics))
+    try:
+        assert await a.acquire("eu", "acme", RESOURCE, RATE, BURST) == 0.0  # leases 2, spends 1
+        assert await b.acquire("eu", "acme", RESOURCE, RATE, BURST) == 0.0  # leases 2, spends 1
+        assert await b.throttle("eu", "acme", RESOURCE, RATE, BURST, 30.0) == 0.5
+        state = await b.state("eu", "acme", RESOURCE)
+        assert state is not None
+        assert state.factor == 0.5 and state.paused_until == 2_030.0 and state.leases == {}
+        # b dropped its unspent token at once; a spends the one it leased before, no more.
+        assert await b.acquire("eu", "acme", RESOURCE, RATE, BURST) == pytest.approx(30.0)
+        assert await a.acquire("eu", "acme", RESOURCE, RATE, BURST) == 0.0
+        assert await a.acquire("eu", "acme", RESOURCE, RATE, BURST) == pytest.approx(30.0)
+        # Whatever the pool held (4 tokens before the 429), nothing is leased during the pause.
+        clock.now += 29.5
+        assert await a.acquire("eu", "acme", RESOURCE, RATE, BURST) == pytest.approx(0.5)
+        assert await b.acquire("eu", "acme", RESOURCE, RATE, BURST) == pytest.approx(0.5)
+        # At the Retry-After: exactly one call, not a burst.
+        clock.now = 2_030.0
+        assert await _drain(a) == 1
+        # Then the refill runs at rate * factor (the factor recovers a step per token granted).
+        state = await a.state("eu", "acme", RESOURCE)
+        assert state is not None and state.factor == pytest.approx(0.55)
+        wait = await b.acquire("eu", "acme", RESOURCE, RATE, BURST)
+        assert wait == pytest.approx(1 / (RATE * 0.55))
+        clock.now += 10.0  # 5.5 tokens at the lowered rate, not 10
+        assert await _drain(b) == 5
+        assert a.throttles == 0 and b.throttles == 1
+    finally:
+        for f in fabrics:
+            await f.close()
+
+
+async def test_a_429_on_a_bucket_never_leased_pauses_it_too(mesh_server: Any, admin: Any) -> None:
+    clock = Clock(3_000.0)
+    fabric = await connect(mesh_server.url, mesh_server.creds["agent-eu"])
+    try:
+        leases = RateLeases(fabric, "agent-0", ttl_s=TTL, clock=clock)
+        assert await leases.throttle("eu", "acme", RESOURCE, RATE, BURST, 120.0) == 0.25
+        assert await leases.acquire("eu", "acme", RESOURCE, RATE, BURST) == pytest.approx(120.0)
+        clock.now += 120.0
+        assert await _drain(leases) == 1
+    finally:
+        await fabric.close()

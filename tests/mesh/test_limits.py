@@ -9,14 +9,17 @@ the KV ledger (compare-and-set across both agents) grants exactly 12 holds, the 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import tenantflow as tf
+from tenantflow.adapters.nats.fabric import connect
 from tenantflow.adapters.nats.leases import RateLeases
 from tenantflow.adapters.nats.ledger import Ledger
+from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.placement.mesh.agent import AgentOptions, close_agent, open_agent
 from tenantflow.placement.mesh.control import open_submitter
 from tenantflow.placement.mesh.gateway import MeshGateway, period_budget
@@ -141,6 +144,101 @@ async def test_an_agents_gateway_spends_its_tenants_rate_limit_from_token_leases
     finally:
         for agent in agents:
             await close_agent(*agent)
+        await driver.queue.close()
+        await driver.close()
+        await store.close()
+
+
+asks = tf.Workflow("ask")
+THROTTLING: list[SimulatedProvider] = []
+RETRY_AFTER_S = 30.0
+
+
+@asks.step(optional=True)
+async def ask(ctx: tf.StepContext, input: dict[str, int]) -> str:
+    reply = await ctx.model(f"question {input['i']}", max_tokens=20)
+    return reply.text
+
+
+def setup_throttled(engine: tf.Engine) -> None:
+    """A model endpoint whose provider answers every call 429 with a Retry-After of 30 s."""
+    engine.register(asks)
+    provider = SimulatedProvider(
+        "small-eu", clock=engine.clock, throttle_rate=1.0, retry_after_s=RETRY_AFTER_S
+    )
+    THROTTLING.append(provider)
+    engine.models.add(
+        tf.Endpoint(
+            name="small-eu",
+            provider="sim",
+            model="small-model",
+            region="eu",
+            tier="small",
+            price_in_per_1k_micros=1_000,
+            price_out_per_1k_micros=2_000,
+            max_context=8_000,
+        ),
+        provider,
+    )
+
+
+async def test_a_provider_429_pauses_the_tenants_lease_bucket_for_every_agent(
+    mesh_server: Any, admin: Any, postgres_url: str
+) -> None:
+    """The tenant may call the model 100 times at once (burst 100), but the provider answers
+    429 with a Retry-After of 30 s: the agent's gateway records it in the tenant's bucket in
+    KV, so another agent process is granted no token of it before the Retry-After has passed
+    (the pool held 92: the agent had leased 8), and the bucket's factor is halved, as the
+    store's bucket is for an engine."""
+    THROTTLING.clear()
+    async with tf.Engine.open(postgres_url) as control:
+        await control.tenants.create(
+            "acme",
+            tier="standard",
+            rate_limits={"model:small-eu": {"rate": "100/minute", "burst": 100}},
+        )
+    driver, store = await open_submitter(postgres_url, admin, "eu", [asks.spec])
+    options = AgentOptions(
+        store_url=postgres_url,
+        nats_url=mesh_server.url,
+        creds=mesh_server.creds["agent-eu"],
+        regions=["eu"],
+        default_region="eu",
+        slots=4,
+        sweep=False,
+        setups=[setup_throttled],
+    )
+    agent = await open_agent(options)
+    other = await connect(mesh_server.url, mesh_server.creds["agent-eu"])
+    try:
+        run = await driver.submit("acme", "ask", {"i": 1})
+        leases = agent[0].gateway.leases
+        assert isinstance(leases, RateLeases)
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:  # the agent's first attempt meets the 429 and parks the step
+            step = (await store.get_steps("acme", run))[0]
+            if step.status.value == "ready" and step.attempt >= 1:
+                break
+            assert asyncio.get_running_loop().time() < deadline, step.status
+            await asyncio.sleep(0.1)
+        seen_at = time.time()
+        assert sum(p.throttled for p in THROTTLING) == 1
+        assert leases.throttles == 1
+        state = await leases.state("eu", "acme", "model:small-eu")
+        assert state is not None
+        assert state.factor == 0.5 and state.leases == {}
+        assert seen_at < state.paused_until <= seen_at + RETRY_AFTER_S
+        # Another agent process: nothing for it before the provider's Retry-After.
+        wait = await RateLeases(other, "agent-other").acquire(
+            "eu", "acme", "model:small-eu", 100 / 60, 100
+        )
+        assert wait >= state.paused_until - time.time() > 0
+        step = (await store.get_steps("acme", run))[0]
+        assert step.status.value == "ready"  # parked by the limit, not run again
+        assert sum(p.calls for p in THROTTLING) == 1
+    finally:
+        await other.close()
+        await close_agent(*agent)
         await driver.queue.close()
         await driver.close()
         await store.close()

@@ -15,9 +15,9 @@ Each starts a private nats-server (2.10+, the ``mesh`` extra's 2.15) with the me
   0, exactly 12 calls made (counted at the tool) and the others refused by the ledger.
 * ``mesh-deadlock``: three agents waiting on each other (a -> b -> c -> a) must end in a
   timeout naming the cycle before the caller's deadline.
-* ``mesh-loan``: the loan platform (``--app loan_platform.service:setup``) under
-  ``tenantflow mesh up`` with agents in two regions; three institutions' applications go in
-  through the REST API and must all complete.
+* ``mesh-loan``: the loan platform (``--app tenantflow.examples.loan_platform.service:setup``,
+  side effects included) under ``tenantflow mesh up`` with agents in two regions; three
+  institutions' applications go in through the REST API and must all complete.
 """
 
 from __future__ import annotations
@@ -416,6 +416,9 @@ async def _deadlock(row: Row, server: Any) -> None:
 # -- the loan platform ----------------------------------------------------------------------------
 
 
+LOAN_APP = "tenantflow.examples.loan_platform.service:setup"
+"""The app of ``tenantflow serve`` and of the hybrid's loan test (tests/hybrid/test_loan.py)."""
+
 LOAN_APPLICATIONS = (
     ("regional-bank", "enterprise", "us-east-1", "ada", 20_000.0),
     ("eu-institution", "standard", "eu-west-1", "grace", 15_000.0),
@@ -425,7 +428,7 @@ LOAN_APPLICATIONS = (
 
 def run_mesh_loan(ctx: Context, row: Row, directory: Path) -> None:
     """The loan platform's applications, from two regions, through ``tenantflow mesh up`` with
-    ``--app loan_platform.service:setup``, the REST API and ``Client``: every one completes."""
+    ``--app`` :data:`LOAN_APP`, the REST API and ``Client``: every one completes."""
     import importlib.util
     import os
     import signal
@@ -439,8 +442,8 @@ def run_mesh_loan(ctx: Context, row: Row, directory: Path) -> None:
     from tenantflow.client import Client
     from tenantflow.selftest.pg import scratch_schema
 
-    if importlib.util.find_spec("loan_platform") is None:
-        raise Unavailable("the loan platform example (loan_platform) is not importable")
+    if importlib.util.find_spec("tenantflow.examples.loan_platform") is None:
+        raise Unavailable("the loan platform example (tenantflow.examples) is not importable")
     _server(directory).close()  # the same check for nats-server as the other scenarios
     with scratch_schema(ctx.postgres(), "meshloan") as url:
 
@@ -459,7 +462,7 @@ def run_mesh_loan(ctx: Context, row: Row, directory: Path) -> None:
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "tenantflow.cli.main", "mesh", "up",
-                "--agents", "1", "--app", "loan_platform.service:setup", "--db", url,
+                "--agents", "1", "--app", LOAN_APP, "--db", url,
                 "--port", str(port), "--dir", str(directory / "mesh"),
                 "--regions", "us-east-1,eu-west-1", "--default-region", "us-east-1",
             ],

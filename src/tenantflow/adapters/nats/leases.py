@@ -20,6 +20,16 @@ The entry holds the pool (``level`` tokens as of ``at``, refilled at ``rate_per_
   (a token is taken from the pool before it is spent, and the pool only grows by the refill).
   Tokens leased to an agent that died count against the burst until its lease lapses; then
   the refill makes them available to the others.
+* **Provider throttling.** When a provider answers 429 to a call the bucket let through, the
+  agent records it in the entry (:meth:`RateLeases.throttle`), as the store's bucket does
+  elsewhere (``ThrottleRate``): the bucket's adaptive ``factor`` is cut
+  (:func:`~tenantflow.domain.ratelimit.adapt_on_throttle`, the refill then runs at
+  ``rate_per_s * factor`` and recovers by the same additive step per token granted), the pool
+  is emptied to at most one token, every live lease is dropped (its tokens forfeit, never
+  returned), and ``paused_until`` is set to the provider's ``Retry-After``: no agent is granted
+  a lease before then, whatever its clock reads of the pool. The agent that saw the 429 drops
+  its own unspent tokens at once; another agent may still spend what it leased before the
+  throttle was recorded (at most one batch, see :meth:`RateLeases.batch_for`), never more.
 
 Times are wall-clock seconds from the ``clock`` given (the agents' clocks are assumed to agree
 to well within a lease's TTL; an agent also stops spending a lease ``margin_s`` before its
@@ -38,6 +48,7 @@ from typing import Any
 
 from tenantflow.adapters.nats.fabric import Fabric
 from tenantflow.adapters.nats.subjects import Region, token
+from tenantflow.domain.ratelimit import adapt_on_success, adapt_on_throttle
 from tenantflow.errors import ConflictError
 
 __all__ = ["LeaseGrant", "RateBucket", "RateLeases", "bucket_key"]
@@ -60,6 +71,10 @@ class RateBucket:
     at: float
     leases: dict[str, list[float]] = field(default_factory=dict)
     """holder -> [tokens leased, expires at]"""
+    factor: float = 1.0
+    """The adaptive factor a provider's 429 cut (the refill runs at ``rate_per_s * factor``)."""
+    paused_until: float = 0.0
+    """No lease is granted before this (a provider's Retry-After)."""
 
     @property
     def leased(self) -> int:
@@ -71,19 +86,44 @@ class RateBucket:
             del self.leases[holder]
 
     def refill(self, now: float, rate_per_s: float, burst: int) -> None:
-        """Apply the (possibly changed) limit and refill up to ``burst`` minus the leased."""
+        """Apply the (possibly changed) limit and refill, at ``rate_per_s * factor``, up to
+        ``burst`` minus the leased."""
         self.rate_per_s, self.burst = rate_per_s, burst
         if now > self.at:
-            self.level += (now - self.at) * rate_per_s
+            self.level += (now - self.at) * rate_per_s * self.factor
             self.at = now
         self.level = max(0.0, min(self.level, float(burst - self.leased)))
 
-    def retry_after(self) -> float:
-        """Seconds until a token could be in the pool (at least the time to refill one)."""
+    def paused(self, now: float) -> bool:
+        """Whether a provider's Retry-After still holds every lease back at ``now``."""
+        return now < self.paused_until
+
+    def throttle(self, now: float, retry_after_s: float) -> None:
+        """A provider answered 429: cut the factor, drop every lease (their tokens forfeit),
+        leave at most one token in the pool and hold every lease back for ``retry_after_s``."""
+        self.factor = adapt_on_throttle(self.factor, retry_after_s)
+        self.leases.clear()
+        self.level = min(self.level, 1.0)
+        self.paused_until = max(self.paused_until, now + max(0.0, retry_after_s))
+        self.at = max(self.at, self.paused_until)  # nothing refills during the pause
+
+    def granted(self, tokens: int) -> None:
+        """``tokens`` went out on a lease: the factor recovers one additive step per token."""
+        for _ in range(tokens):
+            if self.factor >= 1.0:
+                break
+            self.factor = adapt_on_success(self.factor)
+
+    def retry_after(self, now: float | None = None) -> float:
+        """Seconds until a token could be in the pool (at least the time to refill one, and
+        never before a pause ends)."""
+        now = self.at if now is None else now
+        rate = self.rate_per_s * self.factor
         short = max(0.0, 1.0 - self.level)
-        wait = short / self.rate_per_s if self.rate_per_s > 0 else math.inf
+        wait = short / rate if rate > 0 else math.inf
         if self.leased + 1 > self.burst and self.leases:
             wait = max(wait, min(exp for _, exp in self.leases.values()) - self.at)
+        wait = max(wait, self.paused_until - now)
         return max(0.001, wait)
 
     def dump(self) -> bytes:
@@ -94,6 +134,8 @@ class RateBucket:
                 "level": self.level,
                 "at": self.at,
                 "leases": self.leases,
+                "factor": self.factor,
+                "paused_until": self.paused_until,
             }
         ).encode()
 
@@ -106,6 +148,8 @@ class RateBucket:
             float(body["level"]),
             float(body["at"]),
             {str(k): [float(v[0]), float(v[1])] for k, v in body.get("leases", {}).items()},
+            float(body.get("factor", 1.0)),
+            float(body.get("paused_until", 0.0)),
         )
 
 
@@ -158,6 +202,7 @@ class RateLeases:
         self.conflicts = 0
         self.leases_taken = 0
         self.spent = 0
+        self.throttles = 0
 
     async def _bucket(self, region: str) -> Any:
         kv = self._kv.get(region)
@@ -224,11 +269,12 @@ class RateLeases:
             if mine is not None:  # a live lease: its unspent tokens go back
                 state.level += min(max(0, unspent), int(mine[0]))
             state.refill(now, rate_per_s, burst)
-            granted = min(ask, math.floor(state.level + 1e-9))
+            granted = 0 if state.paused(now) else min(ask, math.floor(state.level + 1e-9))
             expires = now + self.ttl_s
             if granted > 0:
                 state.level -= granted
                 state.leases[self.holder] = [float(granted), expires]
+                state.granted(granted)
             try:
                 if revision is None:
                     await kv.create(key, state.dump())
@@ -240,7 +286,50 @@ class RateLeases:
             if granted > 0:
                 self.leases_taken += 1
                 return LeaseGrant(granted, expires)
-            return LeaseGrant(0, now, state.retry_after())
+            return LeaseGrant(0, now, state.retry_after(now))
+        raise ConflictError(f"rate bucket {key!r} kept changing", id=key)
+
+    async def throttle(
+        self,
+        region: str,
+        tenant: str,
+        resource: str,
+        rate_per_s: float,
+        burst: int,
+        retry_after_s: float,
+    ) -> float:
+        """Record a provider's 429 in ``tenant``'s bucket for ``resource`` (module doc): every
+        agent's next lease waits out ``retry_after_s`` and then refills at the lowered factor.
+        This process drops its own unspent tokens of that bucket. Returns the new factor."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        local = self._local.setdefault((region, tenant, resource), _Local())
+        async with local.lock:
+            local.tokens = 0
+            kv = await self._bucket(region)
+            key = bucket_key(tenant, resource)
+            for _ in range(MAX_TRIES):
+                now = self.clock()
+                try:
+                    entry = await kv.get(key)
+                    state = RateBucket.load(entry.value)
+                    revision: int | None = entry.revision
+                except KeyNotFoundError:
+                    state = RateBucket(rate_per_s, burst, float(burst), now)
+                    revision = None
+                state.expire(now)
+                state.refill(now, rate_per_s, burst)
+                state.throttle(now, retry_after_s)
+                try:
+                    if revision is None:
+                        await kv.create(key, state.dump())
+                    else:
+                        await kv.update(key, state.dump(), last=revision)
+                except KeyWrongLastSequenceError:
+                    self.conflicts += 1
+                    continue
+                self.throttles += 1
+                return state.factor
         raise ConflictError(f"rate bucket {key!r} kept changing", id=key)
 
     async def state(self, region: str, tenant: str, resource: str) -> RateBucket | None:

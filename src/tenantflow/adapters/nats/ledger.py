@@ -7,17 +7,28 @@ the actual cost afterwards (at most what it reserved; the rest goes back). Every
 KV ``update`` with the revision read: of two agents changing one ledger at once, one commits
 and the other reads again, so ``spent + held <= limit`` holds whatever the concurrency, and
 nothing is ever overspent. Contention is per ledger, i.e. per tenant.
+
+A hold may carry an **expiry** (the ledger's ``hold_ttl_s``, from the reserver's clock): an
+agent killed between a call's reserve and its settle cannot settle, so once its hold expires
+the next reserve on that ledger (or :meth:`Ledger.sweep`) releases it — counted in
+``released``, never as spent. A hold settled after it expired (a call that outlived the TTL)
+is still spent, in full: the spend is recorded even if it takes ``spent`` past the limit
+(``late`` counts it), so a TTL shorter than the longest call trades the no-overspend bound for
+budget that a dead agent would otherwise withhold until the period ends. Holds without an
+expiry (no TTL, or entries written before there was one) never expire.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from tenantflow.adapters.nats.fabric import Fabric
 from tenantflow.adapters.nats.subjects import Region
-from tenantflow.errors import ConflictError, NotFoundError
+from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError
 
 __all__ = ["Ledger", "LedgerState"]
 
@@ -31,6 +42,14 @@ class LedgerState:
     spent: int = 0
     holds: dict[str, int] = field(default_factory=dict)
     settled: dict[str, int] = field(default_factory=dict)
+    expires: dict[str, float] = field(default_factory=dict)
+    """hold -> when it expires (a hold not here never does)."""
+    lapsed: dict[str, int] = field(default_factory=dict)
+    """hold -> micros it held when it expired (recent ones: a late settle still spends)."""
+    released: int = 0
+    """Micros of expired holds released (never spent)."""
+    late: int = 0
+    """Micros spent by holds settled after they expired."""
 
     @property
     def held(self) -> int:
@@ -40,9 +59,32 @@ class LedgerState:
     def available(self) -> int:
         return self.limit - self.spent - self.held
 
+    def expire(self, now: float) -> int:
+        """Release the holds expired by ``now`` (counted in ``released``); how many micros."""
+        freed = 0
+        for hold in [h for h, at in self.expires.items() if at <= now]:
+            del self.expires[hold]
+            micros = self.holds.pop(hold, None)
+            if micros is None:
+                continue
+            self.lapsed[hold] = micros
+            freed += micros
+        self.released += freed
+        _trim(self.lapsed)
+        return freed
+
     def dump(self) -> bytes:
         return json.dumps(
-            {"limit": self.limit, "spent": self.spent, "holds": self.holds, "settled": self.settled}
+            {
+                "limit": self.limit,
+                "spent": self.spent,
+                "holds": self.holds,
+                "settled": self.settled,
+                "expires": self.expires,
+                "lapsed": self.lapsed,
+                "released": self.released,
+                "late": self.late,
+            }
         ).encode()
 
     @classmethod
@@ -53,15 +95,46 @@ class LedgerState:
             int(body["spent"]),
             {str(k): int(v) for k, v in body["holds"].items()},
             {str(k): int(v) for k, v in body.get("settled", {}).items()},
+            {str(k): float(v) for k, v in body.get("expires", {}).items()},
+            {str(k): int(v) for k, v in body.get("lapsed", {}).items()},
+            int(body.get("released", 0)),
+            int(body.get("late", 0)),
         )
 
 
-class Ledger:
-    """The budget ledgers of one region (see the module doc)."""
+def _trim(kept: dict[str, int]) -> None:
+    while len(kept) > _SETTLED_KEPT:
+        kept.pop(next(iter(kept)))
 
-    def __init__(self, fabric: Fabric, region: str) -> None:
+
+class Ledger:
+    """The budget ledgers of one region (see the module doc).
+
+    Args:
+        fabric: the connection.
+        region: whose ``LEDGER_<r>`` bucket.
+        hold_ttl_s: a hold this process opens expires this long after it was reserved
+            (None: never; must be > 0).
+        clock: wall-clock seconds (the agents' clocks are assumed to agree to well within
+            ``hold_ttl_s``).
+    """
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        region: str,
+        *,
+        hold_ttl_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if hold_ttl_s is not None and not hold_ttl_s > 0:
+            raise ConfigurationError(
+                f"hold_ttl_s must be > 0, got {hold_ttl_s!r}", field="hold_ttl_s", value=hold_ttl_s
+            )
         self.fabric = fabric
         self.region = Region(region)
+        self.hold_ttl_s = hold_ttl_s
+        self.clock = clock
         self._kv: Any = None
         self.conflicts = 0
 
@@ -127,11 +200,16 @@ class Ledger:
         """:meth:`reserve`, also answering what the budget had available when it decided."""
 
         def change(state: LedgerState) -> tuple[tuple[bool, int], bool]:
+            now = self.clock()
+            freed = state.expire(now)  # a dead agent's holds go back before deciding
             if hold in state.holds or hold in state.settled:
-                return (True, state.available), False
+                return (True, state.available), freed > 0
             if micros > state.available:
-                return (False, state.available), False
+                return (False, state.available), freed > 0
+            state.lapsed.pop(hold, None)
             state.holds[hold] = micros
+            if self.hold_ttl_s is not None:
+                state.expires[hold] = now + self.hold_ttl_s
             return (True, state.available), True
 
         answer: tuple[bool, int] = await self._change(tenant, budget, change)
@@ -159,14 +237,31 @@ class Ledger:
             if hold in state.settled:
                 return state.settled[hold], False
             held = state.holds.pop(hold, None)
-            if held is None:
-                return 0, False
+            state.expires.pop(hold, None)
+            late = held is None
+            if late:  # expired and released meanwhile: what the call spent still counts
+                held = state.lapsed.pop(hold, None)
+                if held is None:
+                    return 0, False
+            assert held is not None
             spent = max(0, min(actual_micros, held))
             state.spent += spent
+            if late:
+                state.late += spent
             state.settled[hold] = spent
-            while len(state.settled) > _SETTLED_KEPT:
-                state.settled.pop(next(iter(state.settled)))
+            _trim(state.settled)
             return spent, True
 
         spent: int = await self._change(tenant, budget, change)
         return spent
+
+    async def sweep(self, tenant: str, budget: str) -> int:
+        """Release the expired holds of ``tenant``'s ledger ``budget`` now (module doc); how
+        many micros went back."""
+
+        def change(state: LedgerState) -> tuple[int, bool]:
+            freed = state.expire(self.clock())
+            return freed, freed > 0
+
+        freed: int = await self._change(tenant, budget, change)
+        return freed

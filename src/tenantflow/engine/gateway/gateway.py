@@ -294,16 +294,7 @@ class Gateway:
             breaker.record_success(ctx.now_s())  # a throttle is not an outage
             await ctx.release_holds(key)
             if limit is not None:
-                await ctx.write(
-                    ThrottleRate(
-                        ctx.tenant_id,
-                        resource,
-                        ctx.now_s(),
-                        exc.retry_after_s,
-                        limit.rate_per_s,
-                        limit.burst,
-                    )
-                )
+                await self._throttle(ctx, resource, limit, exc.retry_after_s)
             raise RateLimitedError(
                 f"provider throttled {endpoint.name!r}",
                 resource=resource,
@@ -444,6 +435,17 @@ class Gateway:
         if shared is not None:
             await self._acquire(ctx, PLATFORM, resource, shared, "the platform")
         return limit
+
+    async def _throttle(
+        self, ctx: CallScope, resource: str, limit: RateLimit, retry_after_s: float
+    ) -> None:
+        """A provider answered 429: lower the tenant's bucket for ``resource`` and pause it
+        until ``retry_after_s`` has passed."""
+        now = ctx.now_s()
+        op = ThrottleRate(
+            ctx.tenant_id, resource, now, retry_after_s, limit.rate_per_s, limit.burst
+        )
+        await ctx.write(op)
 
     async def _acquire(
         self, ctx: CallScope, bucket: str, resource: str, limit: RateLimit, whose: str

@@ -23,6 +23,7 @@ The credit bureau is one vendor for the whole platform with its own quota
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from pydantic import BaseModel
 
 import tenantflow as tf
 from tenantflow.adapters.providers import SimulatedProvider
+from tenantflow.domain.models import ModelRequest, ModelResponse
 from tenantflow.examples.loan_platform.workflow import loan
 from tenantflow.ports import Clock
 
@@ -216,12 +218,27 @@ def register_tools(engine: tf.Engine, clock: Clock, seed: int) -> None:
 
 
 def add_models(engine: tf.Engine, clock: Clock, seed: int) -> None:
-    """Every endpoint, served by the simulated provider with its own latency profile."""
+    """Every endpoint, served by the simulated provider with its own latency profile.
+
+    A reply depends on the request's content only, not on the call's idempotency key (which
+    names the run): the same application gets the same answer whichever run asks, so its
+    decision is the same under every placement (a retried call is answered alike as before).
+    """
     for endpoint, latency in ENDPOINTS:
+        content = SimulatedProvider(endpoint.name, clock=clock, seed=seed, out_tokens=(40, 160))
+
+        def respond(request: ModelRequest, of: SimulatedProvider = content) -> ModelResponse:
+            return of.reply(dataclasses.replace(request, idempotency_key=None))
+
         engine.models.add(
             endpoint,
             SimulatedProvider(
-                endpoint.name, clock=clock, seed=seed, latency_ms=latency, out_tokens=(40, 160)
+                endpoint.name,
+                clock=clock,
+                seed=seed,
+                latency_ms=latency,
+                out_tokens=(40, 160),
+                respond=respond,
             ),
         )
 

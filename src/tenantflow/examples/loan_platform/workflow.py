@@ -1,10 +1,12 @@
 """The loan-approval workflow every institution on the platform runs (seed 001).
 
 verify identity → pull credit → compliance check → fraud screen (optional) → human review (only
-when the risk is high) → decide. Every boundary has a contract: an identity below 0.7 confidence
-is refused, a credit score outside 300–850 is refused, the model's verdict must be one of three
-risk levels. Pulling credit places a hold at the bureau; if a later step fails for good, the
-compensation releases it.
+when the risk is high) → decide, with two side effects off that path: the credit pull is
+recorded in the institution's CRM, and the applicant is notified of the decision
+(:mod:`.effects`; nothing reads them, so they never change a decision). Every boundary has a
+contract: an identity below 0.7 confidence is refused, a credit score outside 300–850 is
+refused, the model's verdict must be one of three risk levels. Pulling credit places a hold at
+the bureau; if a later step fails for good, the compensation releases it.
 
 The steps do no work of their own: the identity service and the credit bureau are tools
 (registered by :mod:`.platform`, with per-tenant rate limits and prices), and the
@@ -19,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 import tenantflow as tf
+from tenantflow.examples.loan_platform.effects import EffectContext, deliver
 
 __all__ = [
     "Application",
@@ -95,6 +98,14 @@ async def pull_credit(
     )
 
 
+@loan.step(side_effect=True, timeout=timedelta(minutes=1))
+async def record_pull(
+    ctx: EffectContext, application: Application, pull_credit: CreditReport
+) -> None:
+    """A side effect: the institution's CRM records that credit was pulled."""
+    await deliver(ctx, "crm", application=application.application_id, score=pull_credit.score)
+
+
 def _risk(application: Application, credit: CreditReport) -> Literal["low", "medium", "high"]:
     burden = application.amount / application.income
     if credit.score < 580 or burden > 4.0:
@@ -162,4 +173,16 @@ async def decide(
         return Decision(approved=False, reason=f"{fraud_screen.flags} fraud flags")
     return Decision(
         approved=compliance_check.risk != "high", reason=f"{compliance_check.risk} risk"
+    )
+
+
+@loan.step(side_effect=True, timeout=timedelta(minutes=1))
+async def notify_applicant(ctx: EffectContext, application: Application, decide: Decision) -> None:
+    """A side effect: the applicant hears the decision."""
+    await deliver(
+        ctx,
+        "notify",
+        application=application.application_id,
+        applicant=application.applicant,
+        approved=decide.approved,
     )

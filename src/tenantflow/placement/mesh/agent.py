@@ -82,6 +82,10 @@ class AgentOptions:
     """A token lease lapses this long after it was taken (a dead agent's tokens come back)."""
     rate_lease_batch: int = 8
     """Tokens per lease (at most a quarter of the limit's burst)."""
+    budget_hold_ttl_s: float | None = 3600.0
+    """A KV budget hold this agent opens expires this long after its reserve (a dead agent's
+    hold is then released by the next reserver); a call that outlives it still spends, past
+    the limit if need be (``adapters/nats/ledger.py``). None: holds never expire."""
     fabric_limits: bool = True
     """Rate limits by token leases and the period budget on KV ledgers (False: the store's
     buckets and ledgers only, as under the other placements)."""
@@ -116,7 +120,7 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
 
         def ledger_of(region: str) -> Ledger:
             if region not in ledgers:
-                ledgers[region] = Ledger(fabric, region)
+                ledgers[region] = Ledger(fabric, region, hold_ttl_s=options.budget_hold_ttl_s)
             return ledgers[region]
 
         gateway = MeshGateway(

@@ -11,13 +11,17 @@ without a central scheduler:
   (:class:`~tenantflow.adapters.nats.leases.RateLeases`): a call takes a token from this
   process's lease, and leases a new batch with a compare-and-set when the lease is spent. A
   bucket with no token parks the step (``RateLimitedError`` with its retry-after), as
-  elsewhere.
+  elsewhere. A provider's 429 is recorded in the tenant's bucket in KV
+  (:meth:`~tenantflow.adapters.nats.leases.RateLeases.throttle`): its factor is cut and no
+  agent of the region is granted a lease before the provider's Retry-After, as the store's
+  bucket does for an engine.
 * **The tenant's period budget** (``policy.budget.period_micros``) is a ledger in KV
   (:class:`~tenantflow.adapters.nats.ledger.Ledger`, key ``<tenant>.<period>-<start>``): a
   priced call reserves its worst case there (compare-and-set, so ``spent + held <= limit``
   whatever the concurrency across agents) before the store's own reservation, and settles
   the actual cost (or releases the hold) when the store does. A refusal is the ``period``
-  ``BudgetExceededError``, and the policy's degradation ladder applies.
+  ``BudgetExceededError``, and the policy's degradation ladder applies. A hold carries the
+  ledger's expiry, so a hold of an agent killed mid-call is released (not spent) after it.
 
 The store still keeps the run's and the period's ledgers and the usage counters (the API reads
 them); the KV ledger is the line every agent checks first.
@@ -156,6 +160,17 @@ class MeshGateway(Gateway):
                 resource=resource,
                 retry_after_s=wait,
             )
+
+    async def _throttle(
+        self, ctx: CallScope, resource: str, limit: RateLimit, retry_after_s: float
+    ) -> None:
+        if self.leases is None:
+            await super()._throttle(ctx, resource, limit, retry_after_s)
+            return
+        tenant = ctx.tenant_id
+        await self.leases.throttle(
+            self.region_of(tenant), tenant, resource, limit.rate_per_s, limit.burst, retry_after_s
+        )
 
     # -- the period budget: the KV ledger -----------------------------------------------------
 
