@@ -97,7 +97,7 @@ from tenantflow.adapters.postgres_schema import (
     migrate,
     schema_version,
 )
-from tenantflow.adapters.sql import Gen, Held, Result, Sql, advance
+from tenantflow.adapters.sql import Gen, Held, Result, Sql, Together, advance
 from tenantflow.adapters.sql_ops import apply_op, op_tenant, start_attempts
 from tenantflow.adapters.sql_store import SqlStore
 from tenantflow.domain.records import (
@@ -473,6 +473,8 @@ class _Session:
             return step.value
 
     async def execute(self, statement: Sql) -> Result:
+        if isinstance(statement, Together):
+            return await self._together(statement.statements)
         if statement.merge is not None:
             self._held.hold(statement)
             return _NOTHING
@@ -490,6 +492,24 @@ class _Session:
             await self._pipeline.sync()
         found = await cur.fetchall() if cur.description is not None else []
         return Result(found, cur.rowcount)
+
+    async def _together(self, statements: Sequence[Sql]) -> Result:
+        """Send ``statements`` one after the other without waiting, then wait once (in
+        pipeline mode: one round trip for all); each one's result in ``parts``."""
+        if self._held:
+            await self.release()
+        cursors = []
+        for statement in statements:
+            cur = AsyncRawCursor(self._conn)
+            await cur.execute(postgres_text(statement.text), statement.args)
+            cursors.append(cur)
+        if self._pipeline is not None:
+            await self._pipeline.sync()
+        parts = [
+            Result(await cur.fetchall() if cur.description is not None else [], cur.rowcount)
+            for cur in cursors
+        ]
+        return Result([], 0, parts)
 
 
 def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:

@@ -37,6 +37,7 @@ __all__ = [
     "Held",
     "Result",
     "Sql",
+    "Together",
     "accumulate",
     "advance",
     "append",
@@ -50,6 +51,7 @@ __all__ = [
     "rows",
     "serialize",
     "summed",
+    "together",
 ]
 
 T = TypeVar("T")
@@ -84,11 +86,22 @@ class Sql:
 
 
 @dataclass(slots=True)
+class Together(Sql):
+    """Statements whose rows the interpreter reads, none of which depends on another's: a
+    driver may send them all before waiting for any (PostgreSQL: one round trip for all).
+    Their results come back in :attr:`Result.parts`, in order (:func:`together`)."""
+
+    statements: Sequence[Sql] = ()
+
+
+@dataclass(slots=True)
 class Result:
-    """What a statement returned: its rows (empty without any) and the rows it changed."""
+    """What a statement returned: its rows (empty without any) and the rows it changed; for
+    :class:`Together`, each statement's own result in ``parts``."""
 
     rows: list[tuple[Any, ...]]
     rowcount: int
+    parts: list[Result] | None = None
 
     def one(self) -> tuple[Any, ...] | None:
         """The first row, or None."""
@@ -113,6 +126,14 @@ def advance(query: Gen[T], result: Result | None) -> Sql | Done[T]:
         return next(query) if result is None else query.send(result)
     except StopIteration as stop:
         return Done(stop.value)
+
+
+def together(*statements: Sql) -> Gen[list[Result]]:
+    """Execute ``statements`` (independent reads) at once; their results, in order."""
+    result = yield Together("", statements=statements)
+    if result.parts is None or len(result.parts) != len(statements):
+        raise StoreError("a driver answered statements sent together with no result each")
+    return result.parts
 
 
 def execute(text: str, *args: Any) -> Gen[None]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from tenantflow.adapters import sql_keys, sql_memory
 from tenantflow.adapters import sql_tenancy as tq
-from tenantflow.adapters.sql import Gen, append, count, execute, one, rows
+from tenantflow.adapters.sql import Gen, Sql, append, count, execute, one, rows, together
 from tenantflow.domain import keys as k_ops
 from tenantflow.domain import memory as m_ops
 from tenantflow.domain import outbox as o_ops
@@ -710,10 +710,21 @@ def _step_from_row(r: Sequence[Any]) -> StepRecord:
     )
 
 
+_RUN_BY_ID = f"SELECT {_RUN_COLS} FROM runs WHERE id = ? AND tenant_id = ?"
+_STEPS_OF_RUN = f"SELECT {_STEP_COLS} FROM steps WHERE run_id = ? AND tenant_id = ? ORDER BY key"
+_EVENTS_AFTER = (
+    "SELECT id, tenant_id, run_id, ts, kind, step, attempt, data FROM events"
+    " WHERE tenant_id = ? AND run_id = ? AND id > ? ORDER BY id"
+)
+_VERSIONS_BETWEEN = (
+    "SELECT run_id, tenant_id, version, parent, step, delta, hash, created_at"
+    " FROM state_versions WHERE tenant_id = ? AND run_id = ? AND version > ?"
+    " AND version <= ? ORDER BY version"
+)
+
+
 def get_run(tenant_id: str, run_id: str) -> Gen[RunRecord]:
-    row = yield from one(
-        f"SELECT {_RUN_COLS} FROM runs WHERE id = ? AND tenant_id = ?", run_id, tenant_id
-    )
+    row = yield from one(_RUN_BY_ID, run_id, tenant_id)
     if row is None:
         raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
     return _run_from_row(row)
@@ -723,16 +734,28 @@ def read_run(
     tenant_id: str, run_id: str, events_after: int | None, versions_after: int | None
 ) -> Gen[RunRead]:
     """The run and its steps, and its events after ``events_after`` and state versions after
-    ``versions_after`` up to the run's (each only when asked), in one transaction. The events
-    are read first: a version committed meanwhile is covered by a later read's events."""
-    found = [] if events_after is None else (yield from events(tenant_id, run_id, events_after))
-    run = yield from get_run(tenant_id, run_id)
-    versions: list[StateVersionRecord] = []
-    if versions_after is not None and run.state_version > versions_after:
-        versions = yield from state_versions(
-            tenant_id, run_id, run.state_version, after=versions_after
-        )
-    steps = yield from get_steps(tenant_id, run_id)
+    ``versions_after`` up to the run's (each only when asked), in one transaction, sent
+    together (:func:`~tenantflow.adapters.sql.together`: one round trip on PostgreSQL). The
+    events are read first: a version committed meanwhile is covered by a later read's events;
+    a version newer than the run as read is left for a later read too."""
+    statements = [
+        Sql(_RUN_BY_ID, (run_id, tenant_id)),
+        Sql(_STEPS_OF_RUN, (run_id, tenant_id)),
+    ]
+    if events_after is not None:
+        statements.insert(0, Sql(_EVENTS_AFTER, (tenant_id, run_id, events_after)))
+    if versions_after is not None:
+        statements.append(Sql(_VERSIONS_BETWEEN, (tenant_id, run_id, versions_after, 2**62)))
+    parts = yield from together(*statements)
+    found = [] if events_after is None else _events_from_rows(parts.pop(0).rows)
+    if not parts[0].rows:
+        raise NotFoundError(f"run {run_id!r} not found", kind="run", id=run_id)
+    run = _run_from_row(parts[0].rows[0])
+    steps = [_step_from_row(r) for r in parts[1].rows]
+    versions = []
+    if versions_after is not None:
+        versions = [StateVersionRecord(*r) for r in parts[2].rows]
+        versions = [v for v in versions if v.version <= run.state_version]
     return RunRead(run, steps, found, versions)
 
 
@@ -767,22 +790,16 @@ def list_runs(
 
 
 def get_steps(tenant_id: str, run_id: str) -> Gen[list[StepRecord]]:
-    found = yield from rows(
-        f"SELECT {_STEP_COLS} FROM steps WHERE run_id = ? AND tenant_id = ? ORDER BY key",
-        run_id,
-        tenant_id,
-    )
+    found = yield from rows(_STEPS_OF_RUN, run_id, tenant_id)
     return [_step_from_row(r) for r in found]
 
 
 def events(tenant_id: str, run_id: str, after_id: int) -> Gen[list[EventRecord]]:
-    found = yield from rows(
-        "SELECT id, tenant_id, run_id, ts, kind, step, attempt, data FROM events"
-        " WHERE tenant_id = ? AND run_id = ? AND id > ? ORDER BY id",
-        tenant_id,
-        run_id,
-        after_id,
-    )
+    found = yield from rows(_EVENTS_AFTER, tenant_id, run_id, after_id)
+    return _events_from_rows(found)
+
+
+def _events_from_rows(found: list[tuple[Any, ...]]) -> list[EventRecord]:
     return [
         EventRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
         for r in found
@@ -811,13 +828,7 @@ def state_versions(
     tenant_id: str, run_id: str, upto: int | None, *, after: int = -1
 ) -> Gen[list[StateVersionRecord]]:
     found = yield from rows(
-        "SELECT run_id, tenant_id, version, parent, step, delta, hash, created_at"
-        " FROM state_versions WHERE tenant_id = ? AND run_id = ? AND version > ?"
-        " AND version <= ? ORDER BY version",
-        tenant_id,
-        run_id,
-        after,
-        upto if upto is not None else 2**62,
+        _VERSIONS_BETWEEN, tenant_id, run_id, after, upto if upto is not None else 2**62
     )
     return [StateVersionRecord(*r) for r in found]
 

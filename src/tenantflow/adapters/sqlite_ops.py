@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from typing import Any, TypeVar
 
-from tenantflow.adapters.sql import Gen, Held, Result, Sql, advance
+from tenantflow.adapters.sql import Gen, Held, Result, Sql, Together, advance
 from tenantflow.adapters.sql_ops import apply_op
 from tenantflow.domain.records import Op
 
@@ -72,6 +72,8 @@ _NOTHING = Result([], 0)
 
 
 def _execute(conn: sqlite3.Connection, statement: Sql, held: Held | None) -> Result:
+    if isinstance(statement, Together):  # one connection in one thread: one after the other
+        return Result([], 0, [_execute(conn, s, held) for s in statement.statements])
     if statement.pg_only:  # one writer: nothing to serialise
         return _NOTHING
     if held is not None:
