@@ -150,7 +150,6 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
                 ["tenantflow.selftest.workload:setup"],
                 default_region=REGION,
                 slots=args.slots,
-                fixed_slots=args.fixed_slots,
                 env=env,
                 log_file=tmp / f"agent-{i}.log",
             ).start()
@@ -267,11 +266,6 @@ async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--slots", type=int, default=8)
-    parser.add_argument(
-        "--fixed-slots",
-        action="store_true",
-        help="Agents run --slots steps at once even when saturated (no governor).",
-    )
     parser.add_argument("--step-ms", type=int, default=10)
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--quiet-tenants", type=int, default=8)
@@ -292,8 +286,7 @@ async def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     print(
-        f"mesh benchmark: {args.agents} agents x {args.slots} slots"
-        f" ({'fixed' if args.fixed_slots else 'at most: governed'}), {args.step_ms} ms steps,"
+        f"mesh benchmark: {args.agents} agents x {args.slots} slots, {args.step_ms} ms steps,"
         f" burst {args.burst}, {args.quiet_tenants} quiet tenants at {args.quiet_rate}/s"
         f" for {args.quiet_seconds} s (NATS 2.15, PostgreSQL, loopback; a shared machine)",
         flush=True,

@@ -52,21 +52,7 @@ def agent(
     kinds: Annotated[
         str, typer.Option("--kinds", help="The step kinds it takes (function, agent, review).")
     ] = "function,agent,review",
-    slots: Annotated[
-        int,
-        typer.Option(
-            "--slots",
-            min=1,
-            help="Steps executing at once, at most (fewer while the machine is saturated).",
-        ),
-    ] = 8,
-    fixed_slots: Annotated[
-        bool,
-        typer.Option(
-            "--fixed-slots",
-            help="Run --slots steps at once even when the machine is saturated.",
-        ),
-    ] = False,
+    slots: Annotated[int, typer.Option("--slots", min=1, help="Steps executing at once.")] = 8,
     lease: Annotated[
         float, typer.Option("--lease", min=0.5, help="Seconds a step lease lasts.")
     ] = 30.0,
@@ -109,7 +95,6 @@ def agent(
             regions=regions,
             kinds=wanted,
             slots=slots,
-            fixed_slots=fixed_slots,
             lease_s=lease,
             ack_wait_s=ack_wait,
             default_region=default_region,

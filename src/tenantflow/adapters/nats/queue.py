@@ -43,7 +43,6 @@ from typing import Any
 
 from tenantflow.adapters.nats.fabric import Fabric
 from tenantflow.adapters.nats.subjects import Region, untoken
-from tenantflow.domain.governor import Governor
 from tenantflow.domain.scheduler import FairScheduler, ReadyItem
 
 __all__ = ["JetStreamDelivery", "JetStreamQueue", "QueueStats"]
@@ -139,7 +138,6 @@ class JetStreamQueue:
         idle_s: float = 30.0,
         inactive_s: float = 120.0,
         rescan_s: float = 5.0,
-        governor: Governor | None = None,
     ) -> None:
         self.fabric = fabric
         self.regions = {r: Region(r) for r in regions}
@@ -152,10 +150,7 @@ class JetStreamQueue:
         self.rescan_s = rescan_s
         self._cap = cap or (lambda tenant: 64)
         self._weight = weight or (lambda tenant: 1.0)
-        self.governor = governor
-        self.scheduler = FairScheduler(
-            slots=slots if governor is None else governor.limit + governor.reserve
-        )
+        self.scheduler = FairScheduler(slots=slots)
         self._configured: set[str] = set()
         self._items: dict[str, JetStreamDelivery] = {}
         self._pullers: dict[tuple[str, str, str], _Puller] = {}
@@ -177,8 +172,6 @@ class JetStreamQueue:
             self._subs.append(sub)
         if self.regions:
             self._spawn(self._rescan_forever())
-            if self.governor is not None:
-                self._spawn(self._govern_forever())
 
     async def close(self) -> None:
         """Stop delivering: waiters get None; unsettled items are redelivered by the server."""
@@ -309,33 +302,12 @@ class JetStreamQueue:
         if puller is not None and puller.task is not None and not puller.task.done():
             return
         if tenant not in self._configured:
+            self.scheduler.configure_tenant(tenant, weight=self._weight(tenant))
             self._configured.add(tenant)
-            self._configure(tenant)
         puller = _Puller(self.regions[region], tenant, kind)
         self._pullers[key] = puller
         puller.task = self._spawn(self._pull(puller))
         self.stats.pullers_started += 1
-
-    def _configure(self, tenant: str) -> None:
-        limit = None if self.governor is None else self.governor.limit
-        self.scheduler.configure_tenant(tenant, weight=self._weight(tenant), running_cap=limit)
-
-    async def _govern_forever(self, period_s: float = 0.01) -> None:
-        """Measure the event loop's lag and let the governor set how many deliveries run at
-        once: its limit for any one tenant, and its reserve above it for the others."""
-        governor = self.governor
-        assert governor is not None
-        while not self.closed:
-            began = time.monotonic()
-            await asyncio.sleep(period_s)
-            lag = time.monotonic() - began - period_s
-            scheduler = self.scheduler
-            wanted = scheduler.total_queued > 0 and scheduler.total_running >= governor.limit
-            if governor.observe(lag, wanted=wanted):
-                scheduler.set_slots(governor.limit + governor.reserve)
-                for tenant in self._configured:
-                    self._configure(tenant)
-                self._ready.set()
 
     async def _rescan_forever(self) -> None:
         seen_reconnects = -1

@@ -39,7 +39,6 @@ from tenantflow.adapters.nats.ledger import Ledger
 from tenantflow.adapters.nats.policy import PolicyBoard, apply_cap, cap_of
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import KINDS, Region
-from tenantflow.domain.governor import Governor
 from tenantflow.domain.ids import DEFAULT_STORE
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
@@ -69,9 +68,6 @@ class AgentOptions:
     regions: Sequence[str]
     kinds: Sequence[str] = ("function", "agent", "review")
     slots: int = 8
-    fixed_slots: bool = False
-    """Run ``slots`` steps at once whatever the machine's load (default: at most ``slots``,
-    fewer while the machine is saturated: :mod:`tenantflow.domain.governor`)."""
     lease_s: float = 30.0
     ack_wait_s: float = 30.0
     default_region: str = "global"
@@ -110,7 +106,6 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
         slots=options.slots,
         ack_wait_s=options.ack_wait_s,
         cap=lambda tenant: caps.get(tenant, max(1, options.slots * 8)),
-        governor=None if options.fixed_slots else Governor(most=options.slots),
     )
     owner = f"mesh:{os.getpid()}"
     gateway = engine.gateway
@@ -205,8 +200,6 @@ def agent_stats(driver: MeshDriver) -> dict[str, Any]:
         **asdict(queue.stats),
         "hop_p50_s": pct(0.50),
         "hop_p99_s": pct(0.99),
-        "slots_limit": None if queue.governor is None else queue.governor.limit,
-        "slots_lowered": None if queue.governor is None else queue.governor.lowered,
         "completions_reused": driver.guard.reused,
         "claims_released": driver.released,
         "completions_lost_race": driver.guard.lost,

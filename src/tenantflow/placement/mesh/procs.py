@@ -25,7 +25,6 @@ class AgentProcess:
     default_region: str = "global"
     kinds: str = "function,agent,review"
     slots: int = 8
-    fixed_slots: bool = False
     lease_s: float = 30.0
     ack_wait_s: float = 30.0
     env: Mapping[str, str] = field(default_factory=dict)
@@ -55,8 +54,6 @@ class AgentProcess:
             "--ack-wait",
             str(self.ack_wait_s),
         ]
-        if self.fixed_slots:
-            args.append("--fixed-slots")
         if self.creds_file is not None:
             args += ["--nats-creds", os.fspath(self.creds_file)]
         for app in self.apps:
