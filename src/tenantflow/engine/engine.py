@@ -69,7 +69,7 @@ from tenantflow.engine.run_signals import EventReceipt, StartedRun
 from tenantflow.engine.runs import RunControl
 from tenantflow.engine.schedules import Schedule, Schedules, ScheduleStore, Write
 from tenantflow.engine.submission import Submitter
-from tenantflow.engine.tenants import Tenants
+from tenantflow.engine.tenants import PURGE_BATCH, Tenants
 from tenantflow.errors import ConfigurationError, SpecError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
@@ -548,10 +548,12 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
 
     # -- tenants ----------------------------------------------------------------------------
 
-    async def purge_expired(self) -> dict[str, dict[str, int]]:
+    async def purge_expired(self, *, batch: int = PURGE_BATCH) -> dict[str, dict[str, int]]:
         """The retention job: delete every tenant's finished runs older than its policy's
-        ``data_retention`` (with their state, events and reviews). Returns rows by tenant."""
-        return await self.tenants.purge_runs()
+        ``data_retention`` (with their state, events and reviews). Returns rows by tenant.
+        It goes ``batch`` runs per transaction and paces itself, so running tenants are not
+        stalled (:meth:`Tenants.purge_runs`)."""
+        return await self.tenants.purge_runs(batch=batch)
 
 
 def _system_clock() -> Clock:
