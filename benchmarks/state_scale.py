@@ -31,7 +31,8 @@ engine makes to its admission controller (``submit``, ``finished``) and its fair
 
 Then **purge**, on the loaded store: the steady tenants run closed loops of the same workflow
 (submit, await the result) for ``--steady-s`` seconds, ``engine.purge_expired()`` deletes
-``big``'s expired runs while they keep running, and they run ``--steady-s`` seconds more; the
+``big``'s expired runs while they keep running (``--batch`` runs per transaction, taking at most
+``--share`` of the store's time), and they run ``--steady-s`` seconds more; the
 latency of their runs that overlapped the purge is compared with that of the runs before and
 after it.
 
@@ -65,11 +66,11 @@ from pydantic import BaseModel
 
 try:
     import tenantflow as tf
-    from tenantflow.engine.tenants import PURGE_BATCH
+    from tenantflow.engine.tenants import PURGE_BATCH, PURGE_SHARE
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import tenantflow as tf
-    from tenantflow.engine.tenants import PURGE_BATCH
+    from tenantflow.engine.tenants import PURGE_BATCH, PURGE_SHARE
 
 PG = os.environ.get("TENANTFLOW_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BIG = "big"
@@ -477,7 +478,7 @@ async def bench(args: argparse.Namespace) -> None:
             loops = asyncio.create_task(steady(engine, workers, stop))
             await asyncio.sleep(args.steady_s)
             purge_from = time.perf_counter()
-            purged = await engine.purge_expired(batch=args.batch)
+            purged = await engine.purge_expired(batch=args.batch, share=args.share)
             purge_to = time.perf_counter()
             await asyncio.sleep(args.steady_s)
             stop.set()
@@ -487,7 +488,8 @@ async def bench(args: argparse.Namespace) -> None:
         during = [t1 - t0 for t0, t1 in spans if t1 >= purge_from and t0 <= purge_to]
         deleted = purged.get(BIG, {})
         print(
-            f"purge_expired (batch {args.batch}): {purge_to - purge_from:.2f} s, deleted "
+            f"purge_expired (batch {args.batch}, share {args.share}): "
+            f"{purge_to - purge_from:.2f} s, deleted "
             + ", ".join(f"{k} {v:,}" for k, v in deleted.items())
         )
         print(f"steady tenants ({args.workers}, closed loops) run latency:")
@@ -521,6 +523,9 @@ def main() -> None:
         "--steady-s", type=float, default=10.0, help="seconds without purge, before and after"
     )
     parser.add_argument("--batch", type=int, default=PURGE_BATCH, help="runs per purge batch")
+    parser.add_argument(
+        "--share", type=float, default=PURGE_SHARE, help="most of the store's time purge takes"
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     asyncio.run(bench(args))

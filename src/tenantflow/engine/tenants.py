@@ -277,6 +277,8 @@ class Tenants:
                     total[table] = total.get(table, 0) + rows
                 if deleted["runs"] < batch:
                     break
+                # Real time, not the engine's clock: what is shared is the store's real time
+                # (a fake clock stands still while a batch is written).
                 await asyncio.sleep((loop.time() - started) * (1.0 - share) / share)
             out[info.id] = total
         return out
