@@ -532,6 +532,22 @@ async def test_retention_purges_only_finished_runs_past_the_cutoff(store: Store)
     assert [r.action for r in await store.audit_log("t1")] == ["retention.purged"]
 
 
+async def test_a_limited_purge_deletes_the_oldest_expired_runs_first(store: Store) -> None:
+    ids = ("r3", "r1", "r2")  # created in this order: not the order of their ids
+    for n, run_id in enumerate(ids):
+        await store.apply([new_run(run_id, created=NOW + n)])
+        end = RunUpdate(RunStatus.COMPLETED, result_json=b"1")
+        await store.apply([Transition("t1", run_id, NOW + 10, run=end)])
+    [first] = await store.apply([PurgeRuns("t1", NOW + 50, NOW + 60, limit=2)])
+    assert first["runs"] == 2 and first["steps"] == 4
+    assert [r.id for r in await store.list_runs("t1")] == ["r2"]
+    [rest] = await store.apply([PurgeRuns("t1", NOW + 50, NOW + 60, limit=2)])
+    assert rest["runs"] == 1 and await store.list_runs("t1") == []
+    [none] = await store.apply([PurgeRuns("t1", NOW + 50, NOW + 60, limit=2)])
+    assert none["runs"] == 0
+    assert [r.action for r in await store.audit_log("t1")] == ["retention.purged"] * 2
+
+
 async def test_a_bad_op_fails_alone_and_the_rest_of_its_batch_commits(store: Store) -> None:
     await store.apply([new_run("r1")])
     duplicate = Transition("t1", "r1", NOW, steps=[StepUpdate("a", StepStatus.READY, create=True)])

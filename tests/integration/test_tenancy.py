@@ -734,3 +734,35 @@ def test_a_policy_refusal_is_not_an_outage() -> None:
     assert breaker.allow(1.0) and breaker.failures == 0
     record_outcome(breaker, ConnectionError("down"), 2.0)
     assert not breaker.allow(3.0)  # a real failure opens it
+
+
+async def test_retention_purge_goes_in_batches_each_audited() -> None:
+    from tenantflow.testing import FakeClock
+
+    clock = FakeClock()
+    async with tf.Engine(clock.watch(MemoryStore()), clock=clock) as engine:
+        wf = tf.Workflow("ok")
+
+        @wf.step
+        async def one(ctx: tf.StepContext) -> int:
+            return 1
+
+        engine.register(wf)
+        await engine.tenants.create("short", tier="standard", data_retention=timedelta(days=30))
+        old = [await engine.submit("ok", tenant="short", input=None) for _ in range(5)]
+        for handle in old:
+            await handle.result()
+        clock.advance(31 * 86400)
+        fresh = await engine.submit("ok", tenant="short", input=None)
+        await fresh.result()
+        with pytest.raises(tf.ConfigurationError):
+            await engine.purge_expired(batch=0)
+        with pytest.raises(tf.ConfigurationError):
+            await engine.purge_expired(share=0.0)
+        purged = await engine.purge_expired(batch=2, share=1.0)
+        assert purged["short"]["runs"] == 5
+        assert purged["short"]["steps"] == 5
+        assert [r.id for r in await engine.list_runs("short")] == [fresh.id]
+        audit = [r for r in await engine.audit_log("short") if r.action == "retention.purged"]
+        # Batches of 2, 2 and 1: each deletion audited in its own transaction.
+        assert [r.detail["deleted"]["runs"] for r in audit] == [2, 2, 1]

@@ -45,6 +45,7 @@ from tenantflow.domain.tenancy import (
 from tenantflow.errors import ConflictError, NotFoundError
 
 __all__ = [
+    "PURGE_STATEMENTS",
     "TENANT_TABLES",
     "append_audit",
     "append_audit_op",
@@ -710,30 +711,46 @@ def insert_review(r: ReviewRecord) -> Gen[None]:
     )
 
 
-# Finished runs past retention. Purging deletes from ``runs`` last, so every statement of one
+# Finished runs past retention, the oldest first: a range of the runs_tenant_created index
+# (a run ends after it starts, so one that ended before the cutoff started before it), read in
+# its order (no sort), so a batch reads its expired runs and not the tenant's others. Arguments:
+# tenant, cutoff, cutoff, limit. Purging deletes from ``runs`` last, so every statement of one
 # purge sees the same set.
 _EXPIRED_RUNS = (
-    "SELECT id FROM runs WHERE tenant_id = ? AND finished_at IS NOT NULL AND finished_at < ?"
+    "SELECT id FROM runs WHERE tenant_id = ? AND created_at < ?"
+    " AND finished_at IS NOT NULL AND finished_at < ?"
     " AND status IN ('completed', 'failed', 'compensated', 'cancelled')"
+    " ORDER BY created_at, id LIMIT ?"
+)
+_ALL = 2**62  # no limit
+
+# What a purge deletes, by table, ``runs`` last; each statement takes the tenant and then the
+# arguments of _EXPIRED_RUNS, except the last.
+PURGE_STATEMENTS: tuple[tuple[str, str], ...] = (
+    *(
+        (table, f"DELETE FROM {table} WHERE tenant_id = ? AND run_id IN ({_EXPIRED_RUNS})")
+        for table in ("events", "state_versions", "steps", "calls", "reviews")
+    ),
+    (
+        "ledgers",
+        "DELETE FROM ledgers WHERE tenant_id = ? AND scope IN"
+        f" (SELECT 'run:' || id FROM ({_EXPIRED_RUNS}) AS expired)",
+    ),
+    # By primary key alone: the subquery names the tenant, and naming it here as well has
+    # SQLite walk every run of the tenant in runs_tenant_created for each batch.
+    ("runs", f"DELETE FROM runs WHERE id IN ({_EXPIRED_RUNS})"),
 )
 
 
 def purge_runs(op: PurgeRuns) -> Gen[dict[str, int]]:
-    """Delete finished runs past retention, and everything that hangs off them."""
-    expired = (op.tenant_id, op.tenant_id, op.before)
+    """Delete finished runs past retention (at most ``op.limit``), and everything that hangs
+    off them."""
+    limit = _ALL if op.limit is None else op.limit
+    expired = (op.tenant_id, op.before, op.before, limit)
     deleted: dict[str, int] = {}
-    for table in ("events", "state_versions", "steps", "calls", "reviews"):
-        deleted[table] = yield from count(
-            f"DELETE FROM {table} WHERE tenant_id = ? AND run_id IN ({_EXPIRED_RUNS})", *expired
-        )
-    deleted["ledgers"] = yield from count(
-        "DELETE FROM ledgers WHERE tenant_id = ? AND scope IN"
-        f" (SELECT 'run:' || id FROM ({_EXPIRED_RUNS}) AS expired)",
-        *expired,
-    )
-    deleted["runs"] = yield from count(
-        f"DELETE FROM runs WHERE tenant_id = ? AND id IN ({_EXPIRED_RUNS})", *expired
-    )
+    for table, sql in PURGE_STATEMENTS:
+        args = expired if table == "runs" else (op.tenant_id, *expired)
+        deleted[table] = yield from count(sql, *args)
     if deleted["runs"]:
         detail = {"before": op.before, "deleted": deleted}
         entry = AuditEntry(op.actor, "retention.purged", f"tenant:{op.tenant_id}", detail)

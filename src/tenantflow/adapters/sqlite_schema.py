@@ -152,6 +152,9 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX outbox_unpublished ON outbox (created_at, id) WHERE published_at IS NULL",
     ],
+    # Reviews by run: a retention purge batch deletes its runs' reviews without reading every
+    # review of the tenant (tests/contract/test_store_plans.py).
+    ["CREATE INDEX reviews_run ON reviews (tenant_id, run_id)"],
 ]
 
 

@@ -111,13 +111,15 @@ class DeleteTenant:
 @dataclass(slots=True)
 class PurgeRuns:
     """Delete the tenant's finished runs that ended before ``before`` (data retention), with
-    their steps, state versions, events, recorded calls and reviews. Result: rows deleted by
-    table."""
+    their steps, state versions, events, recorded calls and reviews: all of them, or the oldest
+    ``limit`` (by creation), so that a large purge goes in short transactions. Result: rows
+    deleted by table (fewer than ``limit`` runs: none are left)."""
 
     tenant_id: str
     before: float
     now: float
     actor: str = "retention"
+    limit: int | None = None
 
 
 @dataclass(slots=True)

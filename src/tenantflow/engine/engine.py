@@ -69,7 +69,7 @@ from tenantflow.engine.run_signals import EventReceipt, StartedRun
 from tenantflow.engine.runs import RunControl
 from tenantflow.engine.schedules import Schedule, Schedules, ScheduleStore, Write
 from tenantflow.engine.submission import Submitter
-from tenantflow.engine.tenants import Tenants
+from tenantflow.engine.tenants import PURGE_BATCH, PURGE_SHARE, Tenants
 from tenantflow.errors import ConfigurationError, SpecError
 from tenantflow.observability.events import Observers
 from tenantflow.ports import Clock, Coordinator, Store
@@ -548,10 +548,14 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
 
     # -- tenants ----------------------------------------------------------------------------
 
-    async def purge_expired(self) -> dict[str, dict[str, int]]:
+    async def purge_expired(
+        self, *, batch: int = PURGE_BATCH, share: float = PURGE_SHARE
+    ) -> dict[str, dict[str, int]]:
         """The retention job: delete every tenant's finished runs older than its policy's
-        ``data_retention`` (with their state, events and reviews). Returns rows by tenant."""
-        return await self.tenants.purge_runs()
+        ``data_retention`` (with their state, events and reviews). Returns rows by tenant.
+        It goes ``batch`` runs per transaction and takes at most ``share`` of the store's
+        time, so running tenants are not stalled (:meth:`Tenants.purge_runs`)."""
+        return await self.tenants.purge_runs(batch=batch, share=share)
 
 
 def _system_clock() -> Clock:
