@@ -44,12 +44,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tenantflow.adapters.nats.fabric import Fabric
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ratelimit import adapt_on_success, adapt_on_throttle
 from tenantflow.errors import ConflictError
+
+T = TypeVar("T")
 
 __all__ = ["LeaseGrant", "RateBucket", "RateLeases", "bucket_key"]
 
@@ -250,44 +252,26 @@ class RateLeases:
     ) -> LeaseGrant:
         """Give back ``unspent`` tokens of this holder's lease (if it is still live) and take a
         new one of up to ``want`` tokens (default :meth:`batch_for`) from the pool."""
-        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-
-        kv = await self._bucket(region)
-        key = bucket_key(tenant, resource)
         ask = self.batch_for(burst) if want is None else max(0, want)
-        for _ in range(MAX_TRIES):
-            now = self.clock()
-            try:
-                entry = await kv.get(key)
-                state = RateBucket.load(entry.value)
-                revision: int | None = entry.revision
-            except KeyNotFoundError:
-                state = RateBucket(rate_per_s, burst, float(burst), now)
-                revision = None
-            state.expire(now)
+
+        def take(state: RateBucket, now: float) -> LeaseGrant:
             mine = state.leases.pop(self.holder, None)
             if mine is not None:  # a live lease: its unspent tokens go back
                 state.level += min(max(0, unspent), int(mine[0]))
             state.refill(now, rate_per_s, burst)
             granted = 0 if state.paused(now) else min(ask, math.floor(state.level + 1e-9))
             expires = now + self.ttl_s
-            if granted > 0:
-                state.level -= granted
-                state.leases[self.holder] = [float(granted), expires]
-                state.granted(granted)
-            try:
-                if revision is None:
-                    await kv.create(key, state.dump())
-                else:
-                    await kv.update(key, state.dump(), last=revision)
-            except KeyWrongLastSequenceError:
-                self.conflicts += 1
-                continue
-            if granted > 0:
-                self.leases_taken += 1
-                return LeaseGrant(granted, expires)
-            return LeaseGrant(0, now, state.retry_after(now))
-        raise ConflictError(f"rate bucket {key!r} kept changing", id=key)
+            if granted <= 0:
+                return LeaseGrant(0, now, state.retry_after(now))
+            state.level -= granted
+            state.leases[self.holder] = [float(granted), expires]
+            state.granted(granted)
+            return LeaseGrant(granted, expires)
+
+        grant = await self._change(region, tenant, resource, rate_per_s, burst, take)
+        if grant.tokens > 0:
+            self.leases_taken += 1
+        return grant
 
     async def throttle(
         self,
@@ -301,35 +285,55 @@ class RateLeases:
         """Record a provider's 429 in ``tenant``'s bucket for ``resource`` (module doc): every
         agent's next lease waits out ``retry_after_s`` and then refills at the lowered factor.
         This process drops its own unspent tokens of that bucket. Returns the new factor."""
-        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        def lower(state: RateBucket, now: float) -> float:
+            state.refill(now, rate_per_s, burst)
+            state.throttle(now, retry_after_s)
+            return state.factor
 
         local = self._local.setdefault((region, tenant, resource), _Local())
         async with local.lock:
             local.tokens = 0
-            kv = await self._bucket(region)
-            key = bucket_key(tenant, resource)
-            for _ in range(MAX_TRIES):
-                now = self.clock()
-                try:
-                    entry = await kv.get(key)
-                    state = RateBucket.load(entry.value)
-                    revision: int | None = entry.revision
-                except KeyNotFoundError:
-                    state = RateBucket(rate_per_s, burst, float(burst), now)
-                    revision = None
-                state.expire(now)
-                state.refill(now, rate_per_s, burst)
-                state.throttle(now, retry_after_s)
-                try:
-                    if revision is None:
-                        await kv.create(key, state.dump())
-                    else:
-                        await kv.update(key, state.dump(), last=revision)
-                except KeyWrongLastSequenceError:
-                    self.conflicts += 1
-                    continue
-                self.throttles += 1
-                return state.factor
+            factor = await self._change(region, tenant, resource, rate_per_s, burst, lower)
+            self.throttles += 1
+            return factor
+
+    async def _change(
+        self,
+        region: str,
+        tenant: str,
+        resource: str,
+        rate_per_s: float,
+        burst: int,
+        change: Callable[[RateBucket, float], T],
+    ) -> T:
+        """Apply ``change`` to the bucket as stored (a full one if none is), its lapsed leases
+        dropped, and write it back if nobody wrote it meanwhile (compare-and-set; again if
+        somebody did); what ``change`` returned."""
+        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+        kv = await self._bucket(region)
+        key = bucket_key(tenant, resource)
+        for _ in range(MAX_TRIES):
+            now = self.clock()
+            try:
+                entry = await kv.get(key)
+                state = RateBucket.load(entry.value)
+                revision: int | None = entry.revision
+            except KeyNotFoundError:
+                state = RateBucket(rate_per_s, burst, float(burst), now)
+                revision = None
+            state.expire(now)
+            result = change(state, now)
+            try:
+                if revision is None:
+                    await kv.create(key, state.dump())
+                else:
+                    await kv.update(key, state.dump(), last=revision)
+            except KeyWrongLastSequenceError:
+                self.conflicts += 1
+                continue
+            return result
         raise ConflictError(f"rate bucket {key!r} kept changing", id=key)
 
     async def state(self, region: str, tenant: str, resource: str) -> RateBucket | None:
