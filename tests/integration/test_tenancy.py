@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -561,9 +562,10 @@ async def test_audit_verification_names_the_tampered_row(tmp_path: Path) -> None
         assert not result.ok and result.first_bad_seq == 3
 
 
-async def test_retention_purges_finished_runs_past_the_policy() -> None:
-    from tenantflow.testing import FakeClock
-
+@asynccontextmanager
+async def _retention_engine() -> AsyncIterator[tuple[tf.Engine, FakeClock]]:
+    """An engine on fake time with a one-step workflow ``ok`` and a tenant ``short`` whose
+    policy keeps finished runs 30 days."""
     clock = FakeClock()
     async with tf.Engine(clock.watch(MemoryStore()), clock=clock) as engine:
         wf = tf.Workflow("ok")
@@ -574,6 +576,11 @@ async def test_retention_purges_finished_runs_past_the_policy() -> None:
 
         engine.register(wf)
         await engine.tenants.create("short", tier="standard", data_retention=timedelta(days=30))
+        yield engine, clock
+
+
+async def test_retention_purges_finished_runs_past_the_policy() -> None:
+    async with _retention_engine() as (engine, clock):
         await engine.tenants.create("keep", tier="standard")
         old = await engine.submit("ok", tenant="short", input=None)
         kept = await engine.submit("ok", tenant="keep", input=None)
@@ -737,18 +744,7 @@ def test_a_policy_refusal_is_not_an_outage() -> None:
 
 
 async def test_retention_purge_goes_in_batches_each_audited() -> None:
-    from tenantflow.testing import FakeClock
-
-    clock = FakeClock()
-    async with tf.Engine(clock.watch(MemoryStore()), clock=clock) as engine:
-        wf = tf.Workflow("ok")
-
-        @wf.step
-        async def one(ctx: tf.StepContext) -> int:
-            return 1
-
-        engine.register(wf)
-        await engine.tenants.create("short", tier="standard", data_retention=timedelta(days=30))
+    async with _retention_engine() as (engine, clock):
         old = [await engine.submit("ok", tenant="short", input=None) for _ in range(5)]
         for handle in old:
             await handle.result()
