@@ -379,9 +379,11 @@ class Schedules:
             self._changed.clear()
             sleep = asyncio.ensure_future(self._clock.sleep(max(0.0, min(due - now, longest))))
             changed = asyncio.ensure_future(self._changed.wait())
-            await asyncio.wait({sleep, changed}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (sleep, changed):
-                task.cancel()
+            try:
+                await asyncio.wait({sleep, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this loop is cancelled (the engine closes): none is left behind
+                for task in (sleep, changed):
+                    task.cancel()
 
     async def tick(self) -> list[Fired]:
         """Fire every due time of the schedules of the tenants driven here (one tick at a
