@@ -61,15 +61,15 @@ def test_a_batch_is_taken_tenant_by_tenant_around_system_ops() -> None:
 
 
 def test_a_batch_locks_the_runs_it_writes_in_one_order() -> None:
-    def op(run: str, key: str = "a") -> StartAttempt:
-        return StartAttempt("t", run, key, "o", 0.0, 1.0)
+    def op(run: str, key: str = "a", tenant: str = "t") -> StartAttempt:
+        return StartAttempt(tenant, run, key, "o", 0.0, 1.0)
 
-    first = [op("r2"), op("r1", "a"), op("r3"), op("r1", "b")]
+    first = [op("r2"), op("r1", "a"), op("r3"), op("r1", "b"), op("r0", tenant="u")]
     second = [op("r3"), op("r1", "b"), op("r2")]
-    # Whatever order the ops came in, the runs are locked by id, each once: two batches
-    # sharing runs take them in one order (no deadlock between processes).
-    assert _runs_to_lock(first, range(4)) == ["r1", "r2", "r3"]
-    assert _runs_to_lock(second, range(3)) == ["r1", "r2", "r3"]
+    # Whatever order the ops came in, each tenant's runs are locked by id, each once: two
+    # batches sharing runs take them in one order (no deadlock between processes).
+    assert _runs_to_lock(first) == {"t": ["r1", "r2", "r3"], "u": ["r0"]}
+    assert _runs_to_lock(second) == {"t": ["r1", "r2", "r3"]}
     # A run created by the batch, and a tenant op that writes no run, lock nothing.
     memory = PutMemory("t", "ns", "k", "{}", 0.0, None)
-    assert _runs_to_lock([memory, op("r9")], range(2)) == ["r9"]
+    assert _runs_to_lock([memory, op("r9")]) == {"t": ["r9"]}

@@ -357,15 +357,13 @@ class PostgresStore(SqlStore):
             async with self._transaction() as session:
                 results: list[Any] = [None] * len(ops)
                 order = _by_tenant(ops)
-                locked: set[str | None] = set()
+                to_lock = _runs_to_lock(ops)
                 for group in _claims_together(ops, order):
                     first = ops[group[0]]
                     tenant = op_tenant(first)
                     await session.enter(tenant if scope is None else scope)
-                    if tenant is not None and tenant not in locked:
-                        locked.add(tenant)
-                        mine = [i for i in order if op_tenant(ops[i]) == tenant]
-                        await session.lock_runs(tenant, _runs_to_lock(ops, mine))
+                    if tenant is not None and tenant in to_lock:
+                        await session.lock_runs(tenant, to_lock.pop(tenant))
                     if len(group) == 1:
                         results[group[0]] = await session.drive(apply_op(ops[group[0]]))
                         continue
@@ -561,11 +559,14 @@ def _by_tenant(ops: Sequence[Op]) -> list[int]:
 _WRITES_A_RUN = (StartAttempt, FinishAttempt, FailAttempt, ParkAttempt, RecordCall, Transition)
 
 
-def _runs_to_lock(ops: Sequence[Op], indexes: Sequence[int]) -> list[str]:
-    """The existing runs ``indexes``' ops write, by id: the order a transaction locks them in
-    before writing any (:data:`_LOCK_RUNS`)."""
-    runs = {cast(StartAttempt, ops[i]).run_id for i in indexes if isinstance(ops[i], _WRITES_A_RUN)}
-    return sorted(runs)
+def _runs_to_lock(ops: Sequence[Op]) -> dict[str, list[str]]:
+    """Each tenant's existing runs that ``ops`` write, by id: the order a transaction locks
+    them in before writing any (:data:`_LOCK_RUNS`)."""
+    runs: dict[str, set[str]] = {}
+    for op in ops:
+        if isinstance(op, _WRITES_A_RUN):
+            runs.setdefault(op.tenant_id, set()).add(op.run_id)
+    return {tenant: sorted(ids) for tenant, ids in runs.items()}
 
 
 def _scope(tenant_id: str | None) -> tuple[str, str]:
