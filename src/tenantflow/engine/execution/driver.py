@@ -54,6 +54,7 @@ from tenantflow.domain.tenancy import ReviewRecord, UsageDelta
 from tenantflow.engine.context import StepContext
 from tenantflow.engine.execution import observe
 from tenantflow.engine.execution.active import ActiveRun, RunEvents
+from tenantflow.engine.execution.chain import Chaining
 from tenantflow.engine.execution.executor import AttemptInput, StepExecutor
 from tenantflow.engine.execution.leases import LeaseKeeper
 from tenantflow.engine.execution.outcomes import (
@@ -83,7 +84,7 @@ __all__ = ["RunDriver"]
 log = logging.getLogger("tenantflow.engine")
 
 
-class RunDriver:
+class RunDriver(Chaining):
     """Drives active runs on one store. Owned by :class:`~tenantflow.engine.engine.Engine`."""
 
     def __init__(
@@ -251,7 +252,12 @@ class RunDriver:
 
     # -- one attempt: claim → execute → decide → write → apply --------------------------------
 
-    async def _attempt(self, run: ActiveRun, key: str, slot: Grant) -> None:
+    async def _attempt(
+        self, run: ActiveRun, key: str, slot: Grant, after: asyncio.Future[bool] | None = None
+    ) -> None:
+        """One attempt of step ``key``. ``after`` (a step queued before the completion that
+        readied it had committed, see :meth:`_queue_next`) resolves once that completion is
+        decided: True when it committed and its effects are applied, False when it did not."""
         current = asyncio.current_task()
         if (
             run.status != RunStatus.RUNNING
@@ -269,6 +275,13 @@ class RunDriver:
             lease = await self.writer.write(
                 StartAttempt(run.tenant_id, run.id, key, self.owner, now, now + self.lease_s)
             )
+            if after is not None and not await after:
+                # The completion that readied this step was refused: the claim (made in the
+                # same transaction, after it) can only have found the step ready by other
+                # means; it is given back for whoever holds the run's true state.
+                if lease is not None:
+                    await self._give_back(run, key, lease.fence)
+                return
             if lease is None:
                 return
             name, index = parse_key(key)
@@ -297,17 +310,19 @@ class RunDriver:
             finally:
                 run.executing.pop(key, None)
             service_s = max(0.0, self.clock.now() - started)
-            slot.release()
             self.dispatcher.learn(f"{run.spec.name}/{name}", service_s)
             scope.notes_usage = [UsageDelta("slot_seconds", service_s, name)]
             if key in run.lost:  # our lease was lost mid-flight: the step is claimed again
+                slot.release()
                 run.lost.discard(key)
                 self._requeue(run, key)
                 outcome = LeaseLost()
             else:
                 att = Attempt(key, lease.fence, lease.attempt, scope.notes, scope.notes_usage)
+                if run.lock.locked():  # no slot is held while waiting for a sibling's decision
+                    slot.release()
                 async with run.lock:
-                    await self._decide(run, att, outcome)
+                    await self._decide(run, att, outcome, slot)
             if observers:
                 now = self.clock.now()
                 observe.step_finished(observers, run, key, lease.attempt, started, outcome, now)
@@ -316,12 +331,26 @@ class RunDriver:
             if run.tasks.get(key) is current:
                 del run.tasks[key]
 
-    async def _decide(self, run: ActiveRun, att: Attempt, outcome: AttemptOutcome) -> None:
-        """Decide what ``outcome`` means for the run, write it and apply it (run lock held)."""
+    async def _decide(
+        self, run: ActiveRun, att: Attempt, outcome: AttemptOutcome, slot: Grant
+    ) -> None:
+        """Decide what ``outcome`` means for the run, write it and apply it (run lock held);
+        ``slot`` (the attempt's) is given back once the steps it readies are queued."""
         view = run.view(self.clock.now())
+        if not isinstance(outcome, Succeeded):
+            slot.release()
         match outcome:
             case Succeeded(value, output_json):
-                await self.commit(run, on_succeeded(view, att, value, output_json))
+                decision = on_succeeded(view, att, value, output_json)
+                gates = self._queue_next(run, decision)
+                slot.release()
+                committed = False
+                try:
+                    committed = await self.commit(run, decision) is not STALE
+                finally:
+                    for gate in gates:
+                        if not gate.done():  # a cancelled waiter cancels its gate
+                            gate.set_result(committed)
             case ReviewRequested(payload):
                 await self.reviews.open(run, view, att, payload)
             case RateLimited():
