@@ -18,6 +18,7 @@ from tenantflow.adapters.memory import MemoryStore
 from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.adapters.sqlite import SqliteStore
 from tenantflow.domain.routing import Endpoint
+from tenantflow.domain.scheduler import BurstNotice
 from tenantflow.testing import FakeClock
 
 CLOCK = SystemClock()
@@ -633,6 +634,36 @@ async def test_burst_credit_use_is_audited() -> None:
         await asyncio.sleep(0.05)
         actions = [r.action for r in await engine.audit_log("bursty")]
         assert actions.count("compute.burst_used") >= 2
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.audit_writes = 0
+
+    async def apply(self, ops: Any) -> list[Any]:
+        self.audit_writes += sum(1 for op in ops if getattr(op, "audit", None))
+        return await super().apply(ops)
+
+
+async def test_burst_uses_while_an_audit_write_is_in_flight_share_the_next_write() -> None:
+    store = CountingStore()
+    async with tf.Engine(store, tf.EngineConfig(slots=8)) as engine:
+        await engine.tenants.create("bursty", tier="standard", burst_slots=2)
+        writes_before = store.audit_writes
+        notice = BurstNotice("bursty", "burst_used", 0.0, 3, 2, 0.0, 300.0)
+        for _ in range(5):  # five uses before the first write could end
+            engine.gate.burst_notice(notice)
+        await asyncio.sleep(0)  # the write starts; three more uses while it is in flight
+        for _ in range(3):
+            engine.gate.burst_notice(notice)
+        for _ in range(100):
+            used = [r for r in await engine.audit_log("bursty") if r.action == "compute.burst_used"]
+            if len(used) == 8:
+                break
+            await asyncio.sleep(0.01)
+        assert len(used) == 8  # every use is audited
+        assert store.audit_writes - writes_before == 2
 
 
 async def test_a_provider_429_parks_the_step_and_lowers_that_tenants_rate() -> None:
