@@ -368,6 +368,10 @@ class WorkQueue(Protocol):
         """Record how long an attempt of ``hint_name`` held its slot (a scheduling hint)."""
         ...
 
+    def urgent(self, tenant_id: str) -> bool:
+        """Whether ``tenant_id``'s transitions are written in the writer's urgent lane."""
+        ...
+
 
 class Delivery(Protocol):
     """One delivery of a message from a :class:`DeliveryQueue`, settled once: acked when done

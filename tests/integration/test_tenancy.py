@@ -793,3 +793,63 @@ async def test_retention_purge_goes_in_batches_each_audited() -> None:
         audit = [r for r in await engine.audit_log("short") if r.action == "retention.purged"]
         # Batches of 2, 2 and 1: each deletion audited in its own transaction.
         assert [r.detail["deleted"]["runs"] for r in audit] == [2, 2, 1]
+
+
+async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_urgent() -> None:
+    async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=8)) as engine:
+        gate = asyncio.Event()
+        fan = tf.Workflow("fan", input=list[int])
+
+        @fan.step
+        async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
+            return input
+
+        @fan.step(fan_out="items")
+        async def work(ctx: tf.StepContext, items: int) -> int:
+            await gate.wait()
+            return items
+
+        pair = tf.Workflow("pair", input=int)
+
+        @pair.step
+        async def one(ctx: tf.StepContext, input: int) -> int:
+            return input + 1
+
+        @pair.step
+        async def two(ctx: tf.StepContext, one: int) -> int:
+            return one + 1
+
+        engine.register(fan)
+        engine.register(pair)
+        policy = {
+            "max_running_steps": 2,
+            "guaranteed_slots": 0,
+            "burst_window": timedelta(minutes=5),
+        }
+        await engine.tenants.create("bursty", tier="standard", burst_slots=2, **policy)
+        await engine.tenants.create("quiet", tier="standard")
+        writer = engine.gate.runtime_for_tenant("quiet").writer
+        lanes: list[tuple[str, str, bool]] = []
+        write = writer.write
+
+        async def recording(op: Any, *, urgent: bool = False) -> Any:
+            if type(op).__name__ in ("StartAttempt", "FinishAttempt"):
+                lanes.append((op.tenant_id, type(op).__name__, urgent))
+            return await write(op, urgent=urgent)
+
+        writer.write = recording  # type: ignore[method-assign]
+        burst = await engine.submit("fan", tenant="bursty", input=list(range(6)))
+        for _ in range(100):
+            if engine.dispatcher.scheduler.running("bursty") == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.dispatcher.scheduler.borrowing("bursty")  # cap 2, 4 running
+        lanes.clear()
+        assert await (await engine.submit("pair", tenant="quiet", input=1)).result() == 3
+        gate.set()
+        await burst.result()
+    quiet = [lane for lane in lanes if lane[0] == "quiet"]
+    assert [kind for _, kind, _ in quiet] == ["StartAttempt", "FinishAttempt"] * 2
+    assert all(urgent for _, _, urgent in quiet)
+    bursty = [urgent for tenant, _, urgent in lanes if tenant == "bursty"]
+    assert bursty and not any(bursty)

@@ -569,11 +569,11 @@ async def test_a_run_admitted_while_its_submission_is_written_still_starts() -> 
         first = await engine.submit("gated", tenant="solo", input=1)
         write = engine.runtime.writer.write
 
-        async def finish_first_meanwhile(op: Any) -> Any:
+        async def finish_first_meanwhile(op: Any, **lane: Any) -> Any:
             if isinstance(op, CreateRun) and op.run.input_json == b"2":
                 gate.set()
                 assert await first.result() == 1  # the slot is free before this write lands
-            return await write(op)
+            return await write(op, **lane)
 
         engine.runtime.writer.write = finish_first_meanwhile  # type: ignore[method-assign]
         second = await engine.submit("gated", tenant="solo", input=2)

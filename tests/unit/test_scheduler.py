@@ -678,3 +678,23 @@ def test_remove_withdraws_queued_items_only() -> None:
     sched.push(ReadyItem("a", "a1"), START_S)  # a withdrawn key may be pushed again
     assert sched.total_queued == 2 and sched.total_running == 1
     assert sched.running("a") == 1 and sched.running("unknown") == 0
+
+
+def test_borrowing_names_the_tenants_running_past_their_cap() -> None:
+    s = FairScheduler(slots=8)
+    s.configure_tenant("x", running_cap=1, burst_slots=2, burst_window_s=60.0, now_s=START_S)
+    s.configure_tenant("q", running_cap=4, now_s=START_S)
+    for i in range(3):
+        s.push(ReadyItem("x", f"x{i}", "normal", True, 0.01, None), START_S)
+    s.push(ReadyItem("q", "q0", "normal", True, 0.01, None), START_S)
+    picked = [s.pop(START_S) for _ in range(4)]
+    assert sorted(item.key for item in picked if item is not None) == ["q0", "x0", "x1", "x2"]
+    assert s.borrowing("x") and not s.borrowing("q") and s.borrowers == 1
+    s.done("x", "x0", 0.01, START_S)
+    assert s.borrowing("x")  # 2 running, cap 1
+    s.done("x", "x1", 0.01, START_S)
+    assert not s.borrowing("x") and s.borrowers == 0
+    s.configure_tenant("q", running_cap=0, now_s=START_S)  # a lowered cap: q now runs past it
+    assert s.borrowing("q") and s.borrowers == 1
+    s.configure_tenant("q", running_cap=None, now_s=START_S)
+    assert not s.borrowing("q") and s.borrowers == 0

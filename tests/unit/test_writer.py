@@ -146,3 +146,40 @@ async def test_flush_waits_for_every_op_queued_before_it_whatever_the_round_robi
     assert "run_x_2" in committed
     await asyncio.gather(*x, y, later)
     await writer.close()
+
+
+async def test_urgent_ops_commit_in_a_batch_of_their_own_ahead_of_those_queued_before() -> None:
+    store = RecordingStore()
+    writer = await _start(store)
+    store.gate.clear()  # a batch of the borrower's commits while the rest queue
+    first = asyncio.create_task(writer.write(Transition("x", "run_x_0", 0.0)))
+    await asyncio.sleep(0)
+    borrower = [
+        asyncio.create_task(writer.write(Transition("x", f"run_x_{i}", 0.0))) for i in (1, 2, 3)
+    ]
+    quiet = [
+        asyncio.create_task(writer.write(Transition(t, f"run_{t}", 0.0), urgent=True))
+        for t in ("a", "b")
+    ]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *borrower, *quiet)
+    await writer.close()
+    runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
+    assert runs == [["run_x_0"], ["run_a", "run_b"], ["run_x_1", "run_x_2", "run_x_3"]]
+
+
+async def test_ops_queued_behind_an_urgent_batch_go_next_whatever_their_lane() -> None:
+    store = RecordingStore()
+    writer = await _start(store)
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "run_a_0", 0.0), urgent=True))
+    await asyncio.sleep(0)  # the urgent lane's batch commits; both lanes queue behind it
+    normal = asyncio.create_task(writer.write(Transition("x", "run_x_0", 0.0)))
+    urgent = asyncio.create_task(writer.write(Transition("a", "run_a_1", 0.0), urgent=True))
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, normal, urgent)
+    await writer.close()
+    runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
+    assert runs == [["run_a_0"], ["run_a_1", "run_x_0"]]  # the normal op is not passed over

@@ -280,6 +280,7 @@ class FairScheduler:
         self._with_work = 0
         self._notices: list[BurstNotice] = []
         self._now_s = 0.0  # the latest now_s seen, for calls that do not pass one
+        self._over: set[str] = set()  # tenants running more items than their cap
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -340,6 +341,7 @@ class FairScheduler:
             t.debt_at_s = now_s
         t.weight = float(weight)
         t.cap = _NO_CAP if running_cap is None else running_cap
+        self._mark_over(t)
         t.guaranteed = guaranteed_slots
         t.burst_slots = burst_slots
         t.burst_window_s = float(burst_window_s)
@@ -431,6 +433,8 @@ class FairScheduler:
                 self._accrue(t, now_s)  # settle the old excess before ``running`` changes
             self._take(t, idx, item)
             t.running += 1
+            if t.running > t.cap:
+                self._over.add(t.tenant_id)
             t.vtime = self._charged(t, item.cost_hint_s / t.weight, guaranteed)
             self._running[item.key] = (item, guaranteed)
             self._refresh(t, rejoin=False)
@@ -468,6 +472,8 @@ class FairScheduler:
         if t.burst_slots:
             self._accrue(t, now_s)
         t.running -= 1
+        if t.running == t.cap:
+            self._over.discard(tenant_id)
         t.vtime = self._charged(t, (service_s - item.cost_hint_s) / t.weight, guaranteed)
         if t.burst_slots:
             t.deferred = False
@@ -512,6 +518,15 @@ class FairScheduler:
         """Items of ``tenant_id`` currently running (0 for an unknown tenant)."""
         t = self._tenants.get(tenant_id)
         return 0 if t is None else t.running
+
+    def borrowing(self, tenant_id: str) -> bool:
+        """Whether ``tenant_id`` runs more items than its cap (on burst slots)."""
+        return tenant_id in self._over
+
+    @property
+    def borrowers(self) -> int:
+        """How many tenants run more items than their cap."""
+        return len(self._over)
 
     def queued(self, tenant_id: str) -> int:
         """Items of ``tenant_id`` currently queued (0 for an unknown tenant)."""
@@ -728,6 +743,12 @@ class FairScheduler:
             # Repayment runs at 1 s/s from now on: while locked, running cannot exceed cap.
             t.wake_entry = self._push_entry(self._wake, now_s + t.debt_s, t)
         t.limit = t.cap if (t.locked or t.deferred) else t.cap + t.burst_slots
+
+    def _mark_over(self, t: _Tenant) -> None:
+        if t.running > t.cap:
+            self._over.add(t.tenant_id)
+        else:
+            self._over.discard(t.tenant_id)
 
     def _cancel_wake(self, t: _Tenant) -> None:
         # The wake heap only ever holds exhausted tenants, so it is small: no compaction.

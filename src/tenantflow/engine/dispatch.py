@@ -136,6 +136,12 @@ class Dispatcher:
         self.service_s[owner] = self.service_s.get(owner, 0.0) + service
         self.pump()
 
+    def urgent(self, tenant_id: str) -> bool:
+        """Whether ``tenant_id``'s transitions go in the writer's urgent lane: while another
+        tenant borrows idle slots past its cap, those of the tenants within theirs do."""
+        scheduler = self.scheduler
+        return bool(scheduler.borrowers) and not self.shared and not scheduler.borrowing(tenant_id)
+
     def learn(self, hint_name: str, service_s: float) -> None:
         """Keep a moving average of a step's service time: the scheduler's cost hint."""
         old = self._hints.get(hint_name)

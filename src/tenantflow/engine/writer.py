@@ -17,6 +17,15 @@ transitions (a database under load) may take 64 (``max_new_idle``), so submissio
 with the steps. With nothing in flight (a front that only records submissions, or an engine at
 rest), a batch takes up to ``max_new_idle`` and a burst is recorded at full speed.
 
+While a tenant borrows idle slots past its cap, the others' ops may be written ``urgent``: they
+wait in a lane of their own, and the next batch takes that lane alone. A tenant within its
+share then waits for the batch committing (the writer commits one at a time) and its own small
+one, not for a batch full of the borrower's transitions as well. The batch after an urgent one
+takes both lanes (urgent ops first), so that neither waits for more than one batch of the
+other. A run writes an op only once its last one committed, but for a step's claim written
+beside the completion that readied it, which goes in the completion's lane: a run's ops commit
+in the order it wrote them.
+
 New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
 at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at
 most one of them per batch, not behind all 5,000.
@@ -65,6 +74,7 @@ class Writer:
         self._max_new_idle = max_new_idle
         self._quiet_s = quiet_s
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._urgent: list[tuple[Op, asyncio.Future[Any]]] = []
         # New submissions, one FIFO per tenant; the dict's order is the round-robin order.
         self._new: dict[str, deque[tuple[Op, asyncio.Future[Any]]]] = {}
         self._new_count = 0
@@ -85,14 +95,17 @@ class Writer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tenantflow-writer")
 
-    async def write(self, op: Op) -> Any:
-        """Queue ``op``; return its result once committed (raise its error if it failed)."""
+    async def write(self, op: Op, *, urgent: bool = False) -> Any:
+        """Queue ``op``; return its result once committed (raise its error if it failed).
+        ``urgent``: in the lane committed ahead of the others (see the module docstring)."""
         if self._closed:
             raise StoreUnavailableError("the engine is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if isinstance(op, CreateRun):
             self._new.setdefault(op.run.tenant_id, deque()).append((op, fut))
             self._new_count += 1
+        elif urgent:
+            self._urgent.append((op, fut))
         else:
             self._pending.append((op, fut))
         self._outstanding[fut] = self._seq
@@ -108,22 +121,34 @@ class Writer:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         in_flight_at = -math.inf  # when a batch last carried transitions of runs in flight
+        urgent_last = False  # the last batch was the urgent lane's alone
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending or self._new_count:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                taken = len(batch)
-                if taken:
+            while self._urgent or self._pending or self._new_count:
+                if self._urgent and not urgent_last:
+                    batch = self._urgent[: self._max_batch]
+                    del self._urgent[: self._max_batch]
                     in_flight_at = loop.time()
-                if loop.time() - in_flight_at < self._quiet_s:  # runs in flight
-                    limit = min(self._max_new_idle, max(self._max_new, taken))
-                else:
-                    limit = self._max_new_idle
-                room = min(limit, self._max_batch - taken)
-                if room > 0 and self._new_count:
-                    self._take_new(batch, room)
+                    urgent_last = True
+                else:  # the rest, urgent ops first: no lane waits for more than one batch
+                    urgent_last = False
+                    batch = self._urgent[: self._max_batch]
+                    del self._urgent[: self._max_batch]
+                    if len(batch) < self._max_batch:
+                        room = self._max_batch - len(batch)
+                        batch.extend(self._pending[:room])
+                        del self._pending[:room]
+                    taken = len(batch)
+                    if taken:
+                        in_flight_at = loop.time()
+                    if loop.time() - in_flight_at < self._quiet_s:  # runs in flight
+                        limit = min(self._max_new_idle, max(self._max_new, taken))
+                    else:
+                        limit = self._max_new_idle
+                    room = min(limit, self._max_batch - taken)
+                    if room > 0 and self._new_count:
+                        self._take_new(batch, room)
                 try:
                     results = await self._store.apply([op for op, _ in batch])
                 except asyncio.CancelledError:

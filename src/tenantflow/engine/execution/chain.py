@@ -34,7 +34,9 @@ class Chaining:
     closing: bool
     _attempt: Callable[..., Coroutine[Any, Any, None]]
 
-    def _queue_next(self, run: ActiveRun, decision: Decision) -> list[asyncio.Future[bool]]:
+    def _queue_next(
+        self, run: ActiveRun, decision: Decision, urgent: bool
+    ) -> list[asyncio.Future[bool]]:
         """Queue the steps a completion readies before it commits, each behind a gate.
 
         A step granted a slot at once claims it in the same transaction as the completion (its
@@ -43,7 +45,8 @@ class Chaining:
         finishing attempt's slot by the scheduler's rules, as it would after the commit. Its
         code runs only after the gate says the completion committed and its effects (the
         step's output in the mirror) are applied; the completion's own ``Enqueue`` of the same
-        key is then a duplicate the queue ignores.
+        key is then a duplicate the queue ignores. The claim goes in the completion's writer
+        lane (``urgent``), so that it cannot commit before it.
         """
         if (
             len(decision.ops) != 1
@@ -68,7 +71,7 @@ class Chaining:
                     run.tenant_id,
                     (run.id, key),
                     lane,
-                    functools.partial(self._attempt, run, key, after=gate),
+                    functools.partial(self._attempt, run, key, after=gate, urgent=urgent),
                     in_flight=True,
                     hint_name=f"{run.spec.name}/{parse_key(key)[0]}",
                 )

@@ -253,11 +253,17 @@ class RunDriver(Chaining):
     # -- one attempt: claim → execute → decide → write → apply --------------------------------
 
     async def _attempt(
-        self, run: ActiveRun, key: str, slot: Grant, after: asyncio.Future[bool] | None = None
+        self,
+        run: ActiveRun,
+        key: str,
+        slot: Grant,
+        after: asyncio.Future[bool] | None = None,
+        urgent: bool | None = None,
     ) -> None:
         """One attempt of step ``key``. ``after`` (a step queued before the completion that
         readied it had committed, see :meth:`_queue_next`) resolves once that completion is
-        decided: True when it committed and its effects are applied, False when it did not."""
+        decided: True when it committed and its effects are applied, False when it did not;
+        ``urgent`` is then the completion's writer lane, which the claim shares."""
         current = asyncio.current_task()
         if (
             run.status != RunStatus.RUNNING
@@ -272,8 +278,11 @@ class RunDriver(Chaining):
         try:
             self.hooks.refresh_policy(run)
             now = self.clock.now()
+            if urgent is None:
+                urgent = self.dispatcher.urgent(run.tenant_id)
             lease = await self.writer.write(
-                StartAttempt(run.tenant_id, run.id, key, self.owner, now, now + self.lease_s)
+                StartAttempt(run.tenant_id, run.id, key, self.owner, now, now + self.lease_s),
+                urgent=urgent,
             )
             if after is not None and not await after:
                 # The completion that readied this step was refused: the claim (made in the
@@ -283,6 +292,9 @@ class RunDriver(Chaining):
                     await self._give_back(run, key, lease.fence)
                 return
             if lease is None:
+                if after is not None:  # the completion committed, yet the claim found the
+                    slot.release()  # step not ready (cannot happen while a run's ops keep
+                    self._requeue(run, key)  # their order): it is queued as any ready step
                 return
             name, index = parse_key(key)
             step = run.spec.step(name)
@@ -342,11 +354,12 @@ class RunDriver(Chaining):
         match outcome:
             case Succeeded(value, output_json):
                 decision = on_succeeded(view, att, value, output_json)
-                gates = self._queue_next(run, decision)
+                urgent = self.dispatcher.urgent(run.tenant_id)
+                gates = self._queue_next(run, decision, urgent)
                 slot.release()
                 committed = False
                 try:
-                    committed = await self.commit(run, decision) is not STALE
+                    committed = await self.commit(run, decision, urgent=urgent) is not STALE
                 finally:
                     for gate in gates:
                         if not gate.done():  # a cancelled waiter cancels its gate
@@ -392,13 +405,18 @@ class RunDriver(Chaining):
 
     # -- write, then apply --------------------------------------------------------------------
 
-    async def commit(self, run: ActiveRun, decision: Decision) -> Any:
+    async def commit(
+        self, run: ActiveRun, decision: Decision, *, urgent: bool | None = None
+    ) -> Any:
         """Write ``decision``'s ops in order, then apply its effects (its ``if_stale`` ones if
         the last op was refused as STALE). Returns the last op's result; raises it if it is an
-        error (a review decided meanwhile)."""
+        error (a review decided meanwhile). ``urgent``: the writer lane (by default the run's
+        tenant's, see :meth:`~tenantflow.engine.dispatch.Dispatcher.urgent`)."""
+        if urgent is None:
+            urgent = self.dispatcher.urgent(run.tenant_id)
         result: Any = None
         for op in decision.ops:
-            result = await self.writer.write(op)
+            result = await self.writer.write(op, urgent=urgent)
         if isinstance(result, BaseException):
             raise result
         effects: Sequence[Effect] = decision.effects
