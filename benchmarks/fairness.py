@@ -10,8 +10,10 @@ Variants (``--variant``; each also has a ``--quick`` size, and explicit options 
 
 * ``default``      the seed's Monday morning below.
 * ``short``        issue 22's shape: 20 quiet tenants paced at 10 runs/s in all, institution-x
-                   bursts 2,000 runs of 4 x 5 ms steps over 1 s on 16 slots, hard-capped at 4
-                   running steps (``--x-burst-slots`` lets it borrow idle slots).
+                   bursts 2,000 runs of 4 x 5 ms steps over 1 s on 16 slots, capped at 4
+                   running steps and borrowing the 12 others while they are idle
+                   (``--x-burst-slots 12``, ``--x-runs 16``; ``--x-burst-slots 0`` for a hard
+                   cap, which leaves idle slots empty and cannot drain as fast as alone).
 * ``all-at-once``  the same burst submitted at one instant (every submit in one loop turn).
 * ``spread-names`` 30 quiet tenants of mixed tiers (enterprise / standard / free); the burst,
                    3,000 runs, spread over 20 workflow names, every 4th run in the urgent lane.
@@ -843,7 +845,8 @@ _SHORT = {
     "burst_spread": 1.0,
     "drain": 10.0,
     "x_steps": 4,
-    "x_runs": 8,
+    "x_runs": 16,
+    "x_burst_slots": 12,
 }
 _SHORT_QUICK = {
     **_SHORT,
@@ -857,7 +860,8 @@ _SHORT_QUICK = {
     "burst_spread": 0.5,
     "drain": 5.0,
     "x_steps": 2,
-    "x_runs": 4,
+    "x_runs": 8,
+    "x_burst_slots": 6,
 }
 _NAMES = {"names": 20, "urgent_every": 4, "mixed_tiers": True}
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -929,7 +933,11 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="run the variant N times; every run's ratios"
     )
-    parser.add_argument("--x-burst-slots", type=int, help="X's burst_slots (default 0: a hard cap)")
+    parser.add_argument(
+        "--x-burst-slots",
+        type=int,
+        help="X's burst_slots (default 0, a hard cap; the variants: every other slot)",
+    )
     parser.add_argument(
         "--x-drain",
         action=argparse.BooleanOptionalAction,

@@ -600,35 +600,42 @@ async def test_retention_purges_finished_runs_past_the_policy() -> None:
         assert "retention.purged" in [r.action for r in await engine.audit_log("short")]
 
 
+async def _borrowing(engine: tf.Engine) -> tuple[tf.RunHandle, asyncio.Event]:
+    """Tenant ``bursty`` (cap 2, 2 burst slots) runs 4 fan-out elements that wait for the
+    returned event: 2 of them on borrowed slots."""
+    gate = asyncio.Event()
+    wf = tf.Workflow("fan", input=list[int])
+
+    @wf.step
+    async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
+        return input
+
+    @wf.step(fan_out="items")
+    async def work(ctx: tf.StepContext, items: int) -> int:
+        await gate.wait()
+        return items
+
+    engine.register(wf)
+    await engine.tenants.create(
+        "bursty",
+        tier="standard",
+        max_running_steps=2,
+        guaranteed_slots=0,
+        burst_slots=2,
+        burst_window=timedelta(minutes=5),
+    )
+    run = await engine.submit("fan", tenant="bursty", input=list(range(6)))
+    for _ in range(100):
+        if engine.dispatcher.scheduler.running("bursty") == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.dispatcher.scheduler.running("bursty") == 4  # cap 2 + burst 2
+    return run, gate
+
+
 async def test_burst_credit_use_is_audited() -> None:
     async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=8)) as engine:
-        gate = asyncio.Event()
-        wf = tf.Workflow("fan", input=list[int])
-
-        @wf.step
-        async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
-            return input
-
-        @wf.step(fan_out="items")
-        async def work(ctx: tf.StepContext, items: int) -> int:
-            await gate.wait()
-            return items
-
-        engine.register(wf)
-        await engine.tenants.create(
-            "bursty",
-            tier="standard",
-            max_running_steps=2,
-            guaranteed_slots=0,
-            burst_slots=2,
-            burst_window=timedelta(minutes=5),
-        )
-        run = await engine.submit("fan", tenant="bursty", input=list(range(6)))
-        for _ in range(100):
-            if engine.dispatcher.scheduler.running("bursty") == 4:
-                break
-            await asyncio.sleep(0.01)
-        assert engine.dispatcher.scheduler.running("bursty") == 4  # cap 2 + burst 2
+        run, gate = await _borrowing(engine)
         gate.set()
         await run.result()
         await asyncio.sleep(0.05)
@@ -797,18 +804,6 @@ async def test_retention_purge_goes_in_batches_each_audited() -> None:
 
 async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_urgent() -> None:
     async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=8)) as engine:
-        gate = asyncio.Event()
-        fan = tf.Workflow("fan", input=list[int])
-
-        @fan.step
-        async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
-            return input
-
-        @fan.step(fan_out="items")
-        async def work(ctx: tf.StepContext, items: int) -> int:
-            await gate.wait()
-            return items
-
         pair = tf.Workflow("pair", input=int)
 
         @pair.step
@@ -819,14 +814,7 @@ async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_u
         async def two(ctx: tf.StepContext, one: int) -> int:
             return one + 1
 
-        engine.register(fan)
         engine.register(pair)
-        policy = {
-            "max_running_steps": 2,
-            "guaranteed_slots": 0,
-            "burst_window": timedelta(minutes=5),
-        }
-        await engine.tenants.create("bursty", tier="standard", burst_slots=2, **policy)
         await engine.tenants.create("quiet", tier="standard")
         writer = engine.gate.runtime_for_tenant("quiet").writer
         lanes: list[tuple[str, str, bool]] = []
@@ -838,12 +826,8 @@ async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_u
             return await write(op, urgent=urgent)
 
         writer.write = recording  # type: ignore[method-assign]
-        burst = await engine.submit("fan", tenant="bursty", input=list(range(6)))
-        for _ in range(100):
-            if engine.dispatcher.scheduler.running("bursty") == 4:
-                break
-            await asyncio.sleep(0.01)
-        assert engine.dispatcher.scheduler.borrowing("bursty")  # cap 2, 4 running
+        burst, gate = await _borrowing(engine)
+        assert engine.dispatcher.scheduler.borrowing("bursty")
         lanes.clear()
         assert await (await engine.submit("pair", tenant="quiet", input=1)).result() == 3
         gate.set()
