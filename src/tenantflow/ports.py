@@ -356,8 +356,9 @@ class WorkQueue(Protocol):
         *,
         in_flight: bool = True,
         hint_name: str = "",
-    ) -> None:
-        """Queue step ``key`` = (run id, step key); a duplicate of a queued one is ignored."""
+    ) -> bool:
+        """Queue step ``key`` = (run id, step key); a duplicate of a queued or running one is
+        ignored (False)."""
         ...
 
     def remove(self, key: tuple[str, str]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import tenantflow as tf
 from tenantflow.domain.records import STALE, FinishAttempt, Op, StartAttempt, StepStatus
+from tenantflow.errors import StoreUnavailableError
 from tenantflow.testing import MemoryStore
 
 
@@ -99,3 +100,74 @@ async def test_a_claim_made_beside_a_refused_completion_is_given_back_unrun() ->
     assert steps["b"].status == StepStatus.READY
     assert steps["b"].owner is None
     assert ran == ["a"]
+
+
+class LandsThenRaises(MemoryStore):
+    """The batch holding ``key``'s completion commits, then its caller hears an error (the
+    connection dropped after the commit): the engine reloads the run from the store."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key = key
+        self.raised = False
+
+    async def apply(self, ops: Sequence[Op]) -> list[Any]:
+        results = await super().apply(ops)
+        if not self.raised and any(isinstance(o, FinishAttempt) and o.key == self.key for o in ops):
+            self.raised = True
+            raise StoreUnavailableError("the connection dropped after the commit (injected)")
+        return results
+
+
+async def _until(check: Any) -> None:
+    for _ in range(300):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out waiting")
+
+
+async def test_steps_queued_beside_a_completion_whose_commit_raised_do_not_block_the_reload() -> (
+    None
+):
+    # The fan-out's elements are queued before `items` commits, and wait: the tenant's one
+    # slot is taken. The commit lands but raises; the run is reloaded from the store. The
+    # elements queued for the old mirror must be withdrawn, or they would swallow the reloaded
+    # run's own queueing of the same steps and the run would never end.
+    store = LandsThenRaises("items")
+    hold, go = asyncio.Event(), asyncio.Event()
+    async with tf.Engine(store, tf.EngineConfig(slots=8)) as engine:
+        fan = tf.Workflow("fan", input=list[int])
+
+        @fan.step
+        async def items(ctx: tf.StepContext, input: list[int]) -> list[int]:
+            await go.wait()
+            return input
+
+        @fan.step(fan_out="items")
+        async def work(ctx: tf.StepContext, items: int) -> int:
+            return items
+
+        slow = tf.Workflow("slow", input=int)
+
+        @slow.step
+        async def wait(ctx: tf.StepContext, input: int) -> int:
+            await hold.wait()
+            return input
+
+        engine.register(fan)
+        engine.register(slow)
+        caps = {"max_running_steps": 2, "guaranteed_slots": 0, "burst_slots": 0}
+        await engine.tenants.create("t", tier="standard", **caps)
+        scheduler = engine.dispatcher.scheduler
+        blocker = await engine.submit("slow", tenant="t", input=1)
+        await _until(lambda: scheduler.running("t") == 1)
+        run = await engine.submit("fan", tenant="t", input=[0, 1, 2, 3])
+        await _until(lambda: scheduler.running("t") == 2)
+        await engine.tenants.update("t", max_running_steps=1, guaranteed_slots=0)
+        go.set()  # items completes; its elements wait for the slot `blocker` holds
+        await _until(lambda: store.raised)
+        await asyncio.sleep(0.2)  # the reload happens meanwhile
+        hold.set()
+        assert await blocker.result() == 1
+        assert await asyncio.wait_for(run.result(), 10) == [0, 1, 2, 3]

@@ -183,3 +183,22 @@ async def test_ops_queued_behind_an_urgent_batch_go_next_whatever_their_lane() -
     await writer.close()
     runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
     assert runs == [["run_a_0"], ["run_a_1", "run_x_0"]]  # the normal op is not passed over
+
+
+async def test_urgent_ops_take_at_most_half_of_a_batch_while_other_ops_wait() -> None:
+    store = RecordingStore()
+    writer = await _start(store, max_batch=4, max_new=1, max_new_idle=4)
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "u0", 0.0), urgent=True))
+    await asyncio.sleep(0)
+    urgent = [
+        asyncio.create_task(writer.write(Transition("a", f"u{i}", 0.0), urgent=True))
+        for i in range(1, 7)
+    ]
+    normal = [asyncio.create_task(writer.write(Transition("x", f"n{i}", 0.0))) for i in range(3)]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *urgent, *normal)
+    await writer.close()
+    runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
+    assert runs == [["u0"], ["u1", "u2", "n0", "n1"], ["u3", "u4", "u5", "u6"], ["n2"]]

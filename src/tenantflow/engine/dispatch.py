@@ -80,10 +80,11 @@ class Dispatcher:
         *,
         in_flight: bool = True,
         hint_name: str = "",
-    ) -> None:
-        """Queue a ready step; ``starter(slot)`` runs it once the scheduler grants a slot."""
+    ) -> bool:
+        """Queue a ready step; ``starter(slot)`` runs it once the scheduler grants a slot.
+        False if it was queued or running already (a duplicate wake-up: nothing changes)."""
         if key in self._starters:
-            return  # already queued or running: a duplicate wake-up
+            return False
         self._starters[key] = starter
         self._owners[key] = tenant_id
         self.queued_by[tenant_id] += 1
@@ -92,6 +93,7 @@ class Dispatcher:
         item = ReadyItem(tenant_id, key, lane, in_flight, self._hints.get(hint_name, 0.01), None)
         self.scheduler.push(item, self.clock.now())
         self.pump()
+        return True
 
     def remove(self, key: tuple[str, str]) -> None:
         if self.scheduler.remove(key):

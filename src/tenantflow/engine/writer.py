@@ -21,10 +21,10 @@ While a tenant borrows idle slots past its cap, the others' ops may be written `
 wait in a lane of their own, and the next batch takes that lane alone. A tenant within its
 share then waits for the batch committing (the writer commits one at a time) and its own small
 one, not for a batch full of the borrower's transitions as well. The batch after an urgent one
-takes both lanes (urgent ops first), so that neither waits for more than one batch of the
-other. A run writes an op only once its last one committed, but for a step's claim written
-beside the completion that readied it, which goes in the completion's lane: a run's ops commit
-in the order it wrote them.
+takes both lanes (urgent ops first, in at most half of it while other ops wait), so that
+neither lane can starve the other. A run writes an op only once its last one committed, but
+for a step's claim written beside the completion that readied it, which goes in the
+completion's lane: a run's ops commit in the order it wrote them.
 
 New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
 at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at
@@ -133,8 +133,9 @@ class Writer:
                     urgent_last = True
                 else:  # the rest, urgent ops first: no lane waits for more than one batch
                     urgent_last = False
-                    batch = self._urgent[: self._max_batch]
-                    del self._urgent[: self._max_batch]
+                    share = self._max_batch // 2 if self._pending else self._max_batch
+                    batch = self._urgent[:share]
+                    del self._urgent[:share]
                     if len(batch) < self._max_batch:
                         room = self._max_batch - len(batch)
                         batch.extend(self._pending[:room])

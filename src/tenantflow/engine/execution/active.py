@@ -43,6 +43,8 @@ class ActiveRun:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     executing: dict[str, int] = field(default_factory=dict)  # key -> fence of the live attempt
     lost: set[str] = field(default_factory=set)
+    # Steps queued before the completion that readied them committed (see execution/chain.py).
+    chained: set[str] = field(default_factory=set)
     _lock: asyncio.Lock | None = field(default=None, init=False, repr=False)
     error: str | None = None
     policy: Policy | None = None

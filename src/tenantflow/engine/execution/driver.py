@@ -194,7 +194,7 @@ class RunDriver(Chaining):
             tasks.extend(run.tasks.values())
             self.active.pop(run.id, None)
             self.parking.forget(run.id)
-            for key in list(run.statuses):
+            for key in [*run.statuses, *run.chained]:
                 self.dispatcher.remove((run.id, key))
         ids = {run.id for run in runs}
         # Their timers and unwinds are named "<what>:<run id>[:<step>]" (see spawn's callers).
@@ -355,15 +355,14 @@ class RunDriver(Chaining):
             case Succeeded(value, output_json):
                 decision = on_succeeded(view, att, value, output_json)
                 urgent = self.dispatcher.urgent(run.tenant_id)
-                gates = self._queue_next(run, decision, urgent)
-                slot.release()
+                gates: dict[str, asyncio.Future[bool]] = {}
                 committed = False
                 try:
+                    self._queue_next(run, decision, urgent, gates)
+                    slot.release()
                     committed = await self.commit(run, decision, urgent=urgent) is not STALE
                 finally:
-                    for gate in gates:
-                        if not gate.done():  # a cancelled waiter cancels its gate
-                            gate.set_result(committed)
+                    self._settle_chained(run, gates, committed)
             case ReviewRequested(payload):
                 await self.reviews.open(run, view, att, payload)
             case RateLimited():
