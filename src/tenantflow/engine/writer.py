@@ -131,7 +131,7 @@ class Writer:
                     del self._urgent[: self._max_batch]
                     in_flight_at = loop.time()
                     urgent_last = True
-                else:  # the rest, urgent ops first: no lane waits for more than one batch
+                else:  # both lanes, urgent ops first (at most half of the batch while others wait)
                     urgent_last = False
                     share = self._max_batch // 2 if self._pending else self._max_batch
                     batch = self._urgent[:share]
