@@ -10,6 +10,7 @@ import pytest
 
 from tenantflow.domain.records import CreateRun, Op, RunRecord, RunStatus, Transition
 from tenantflow.engine.writer import Writer
+from tenantflow.errors import ConflictError, StoreError, StoreUnavailableError
 
 
 class RecordingStore:
@@ -202,3 +203,75 @@ async def test_urgent_ops_take_at_most_half_of_a_batch_while_other_ops_wait() ->
     await writer.close()
     runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
     assert runs == [["u0"], ["u1", "u2", "n0", "n1"], ["u3", "u4", "u5", "u6"], ["n2"]]
+
+
+async def test_a_maintenance_op_commits_alone_once_the_ops_that_wait_are_written() -> None:
+    store = RecordingStore()
+    writer = await _start(store)
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "run_a_0", 0.0)))
+    await asyncio.sleep(0)
+    purge = asyncio.create_task(writer.maintain(Transition("ops", "purge", 0.0)))
+    await asyncio.sleep(0)
+    later = [
+        asyncio.create_task(writer.write(Transition(t, f"run_{t}_1", 0.0))) for t in ("a", "b")
+    ]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *later)
+    result, seconds = await purge
+    await writer.close()
+    runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
+    # Queued before the two ops, the purge still goes after them, and in a batch of its own.
+    assert runs == [["run_a_0"], ["run_a_1", "run_b_1"], ["purge"]]
+    assert result is None and seconds >= 0.0
+
+
+async def test_a_maintenance_op_that_waited_long_enough_goes_before_the_others() -> None:
+    store = RecordingStore()
+    writer = await _start(store, background_wait_s=0.0)  # a store that is never idle
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "run_a_0", 0.0)))
+    await asyncio.sleep(0)
+    purge = asyncio.create_task(writer.maintain(Transition("ops", "purge", 0.0)))
+    later = asyncio.create_task(writer.write(Transition("a", "run_a_1", 0.0)))
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, later, purge)
+    await writer.close()
+    runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
+    assert runs == [["run_a_0"], ["purge"], ["run_a_1"]]
+
+
+async def test_a_maintenance_op_refused_by_the_store_raises_as_a_write_does() -> None:
+    class Refusing(RecordingStore):
+        refusal: BaseException = ConflictError("not now")
+
+        async def apply(self, ops: Sequence[Op]) -> list[Any]:
+            await super().apply(ops)
+            return [self.refusal for _ in ops]
+
+    store = Refusing()
+    writer = await _start(store)
+    with pytest.raises(ConflictError, match="not now"):  # a typed refusal, as it is
+        await writer.maintain(Transition("ops", "purge", 0.0))
+    store.refusal = ValueError("bad row")
+    with pytest.raises(StoreError, match="bad row"):
+        await writer.maintain(Transition("ops", "purge", 0.0))
+    await writer.close()
+
+
+async def test_an_op_written_without_waiting_is_committed_by_close() -> None:
+    store = RecordingStore()
+    writer = await _start(store)
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "run_a_0", 0.0)))
+    await asyncio.sleep(0)
+    writer.write_nowait(Transition("a", "run_a_1", 0.0))
+    store.gate.set()
+    await writer.close()
+    await first
+    runs = [op.run_id for batch in store.batches for op in batch]  # type: ignore[attr-defined]
+    assert runs == ["run_a_0", "run_a_1"]
+    with pytest.raises(StoreUnavailableError):
+        writer.write_nowait(Transition("a", "run_a_2", 0.0))

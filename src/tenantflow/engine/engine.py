@@ -176,6 +176,11 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
             in_flight=self._in_flight,
             revoke_keys=self.keys.revoke_all,
             coordinator=self.coordinator,
+            background=(
+                {key: runtime.writer.maintain for key, runtime in self.runtimes.items()}
+                if config.execute
+                else None
+            ),
         )
         self.gate = AdmissionGate(
             self.admission,

@@ -26,6 +26,12 @@ neither lane can starve the other. A run writes an op only once its last one com
 for a step's claim written beside the completion that readied it, which goes in the
 completion's lane: a run's ops commit in the order it wrote them.
 
+Maintenance (the retention purge) is written ``background``: such an op is committed in a
+transaction of its own, and only when no other op waits (or when it has waited
+``background_wait_s``, so that a store that is never idle still gets its maintenance done). An op
+of a running tenant then never waits inside a transaction that deletes thousands of rows, only,
+if it comes while one commits, for the rest of it.
+
 New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
 at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at
 most one of them per batch, not behind all 5,000.
@@ -39,6 +45,7 @@ that the engine reloads the runs they touched from the store (see
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -49,6 +56,28 @@ from tenantflow.errors import StoreError, StoreUnavailableError, TenantflowError
 from tenantflow.ports import Store
 
 __all__ = ["Writer"]
+
+log = logging.getLogger("tenantflow.engine")
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if fut.cancelled():
+        return
+    error = fut.exception()
+    if error is None and isinstance(fut.result(), BaseException):
+        error = fut.result()
+    if error is not None:
+        log.warning("an op written without waiting failed: %s", error)
+
+
+def _outcome(result: Any) -> Any:
+    """An op's result as its writer returns it: a refusal the store reports as a typed error
+    (conflict, not found) raised as it is, any other exception wrapped in a StoreError."""
+    if isinstance(result, TenantflowError):
+        raise result
+    if isinstance(result, BaseException):
+        raise StoreError(f"write refused by the store: {result}") from result
+    return result
 
 
 class Writer:
@@ -62,6 +91,7 @@ class Writer:
         max_new: int = 8,
         max_new_idle: int = 64,
         quiet_s: float = 0.25,
+        background_wait_s: float = 0.1,
     ) -> None:
         if not 1 <= max_new <= max_new_idle <= max_batch:
             raise ValueError(
@@ -73,8 +103,11 @@ class Writer:
         self._max_new = max_new
         self._max_new_idle = max_new_idle
         self._quiet_s = quiet_s
+        self._background_wait_s = background_wait_s
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._urgent: list[tuple[Op, asyncio.Future[Any]]] = []
+        # Maintenance ops, each with when it was queued (loop time).
+        self._background: deque[tuple[Op, asyncio.Future[Any], float]] = deque()
         # New submissions, one FIFO per tenant; the dict's order is the round-robin order.
         self._new: dict[str, deque[tuple[Op, asyncio.Future[Any]]]] = {}
         self._new_count = 0
@@ -98,10 +131,30 @@ class Writer:
     async def write(self, op: Op, *, urgent: bool = False) -> Any:
         """Queue ``op``; return its result once committed (raise its error if it failed).
         ``urgent``: in the lane committed ahead of the others (see the module docstring)."""
+        fut = self._queue(op, urgent=urgent, background=False)
+        return _outcome(await fut)
+
+    def write_nowait(self, op: Op) -> None:
+        """Queue ``op`` and return at once (for a task being cancelled: :meth:`close` commits
+        what is queued). Its failure is logged, for no one waits for it."""
+        fut = self._queue(op, urgent=False, background=False)
+        fut.add_done_callback(_log_failure)
+
+    async def maintain(self, op: Op) -> tuple[Any, float]:
+        """Queue the maintenance op ``op`` in the background lane: it commits in a transaction
+        of its own when nothing else waits (see the module docstring). Its result once
+        committed (its error raised if it failed), and the seconds its transaction took."""
+        result, seconds = await self._queue(op, urgent=False, background=True)
+        return _outcome(result), seconds
+
+    def _queue(self, op: Op, *, urgent: bool, background: bool) -> asyncio.Future[Any]:
         if self._closed:
             raise StoreUnavailableError("the engine is closed")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if isinstance(op, CreateRun):
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if background:
+            self._background.append((op, fut, loop.time()))
+        elif isinstance(op, CreateRun):
             self._new.setdefault(op.run.tenant_id, deque()).append((op, fut))
             self._new_count += 1
         elif urgent:
@@ -111,12 +164,7 @@ class Writer:
         self._outstanding[fut] = self._seq
         self._seq += 1
         self._wake.set()
-        result = await fut
-        if isinstance(result, TenantflowError):
-            raise result  # a refusal the store reports as a typed error (conflict, not found)
-        if isinstance(result, BaseException):
-            raise StoreError(f"write refused by the store: {result}") from result
-        return result
+        return fut
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,7 +173,13 @@ class Writer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._urgent or self._pending or self._new_count:
+            while self._urgent or self._pending or self._new_count or self._background:
+                if self._background and (
+                    not (self._urgent or self._pending or self._new_count)
+                    or loop.time() - self._background[0][2] >= self._background_wait_s
+                ):
+                    await self._commit_background(*self._background.popleft()[:2])
+                    continue
                 if self._urgent and not urgent_last:
                     batch = self._urgent[: self._max_batch]
                     del self._urgent[: self._max_batch]
@@ -174,6 +228,30 @@ class Writer:
                         fut.set_result(result)
             if self._closed:
                 return
+
+    async def _commit_background(self, op: Op, fut: asyncio.Future[Any]) -> None:
+        """Commit one maintenance op alone; its waiter gets ``(result, seconds)``."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            (result,) = await self._store.apply([op])
+        except asyncio.CancelledError:
+            if not fut.done():
+                fut.set_exception(StoreUnavailableError("the engine is closing"))
+            self._progress.set()
+            raise
+        except Exception as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+            self._ended_batch([(op, fut)])
+            if self.on_failed is not None:
+                self.on_failed([op])
+            return
+        self._ended_batch([(op, fut)])
+        self.batches += 1
+        self.ops += 1
+        if not fut.done():
+            fut.set_result((result, loop.time() - started))
 
     def _take_new(self, batch: list[tuple[Op, asyncio.Future[Any]]], room: int) -> None:
         """Move up to ``room`` new submissions into ``batch``, one per tenant in turn; a tenant
