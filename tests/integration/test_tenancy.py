@@ -673,6 +673,22 @@ async def test_burst_uses_while_an_audit_write_is_in_flight_share_the_next_write
         assert store.audit_writes - writes_before == 2
 
 
+async def test_burst_uses_pending_when_the_engine_closes_are_still_audited(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    async with tf.Engine.open(url, slots=8) as engine:
+        await engine.tenants.create("bursty", tier="standard", burst_slots=2)
+        notice = BurstNotice("bursty", "burst_used", 0.0, 3, 2, 0.0, 300.0)
+        engine.gate.burst_notice(notice)
+        await asyncio.sleep(0)  # its write is in flight; two more uses wait for the next
+        engine.gate.burst_notice(notice)
+        engine.gate.burst_notice(notice)
+    async with tf.Engine.open(url) as engine:  # closed with those two still unwritten
+        used = [r for r in await engine.audit_log("bursty") if r.action == "compute.burst_used"]
+        assert len(used) == 3
+
+
 async def test_a_provider_429_parks_the_step_and_lowers_that_tenants_rate() -> None:
     clock = FakeClock()
     async with tf.Engine(

@@ -31,7 +31,7 @@ from tenantflow.engine.execution.driver import RunDriver as Runtime
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.engine.registry import WorkflowRegistry
 from tenantflow.engine.tenants import TenantInfo
-from tenantflow.errors import NotFoundError, TenantflowError
+from tenantflow.errors import NotFoundError, StoreUnavailableError, TenantflowError
 from tenantflow.ports import Clock
 
 __all__ = ["AdmissionGate"]
@@ -235,8 +235,14 @@ class AdmissionGate:
             self._burst_audits[tenant] = []
             try:
                 await runtime.writer.write(Transition(tenant, "", self.clock.now(), audit=entries))
-            except asyncio.CancelledError:
-                self._burst_audits.pop(tenant, None)
+            except asyncio.CancelledError:  # closing: the writer's close commits what it holds
+                if later := self._burst_audits.pop(tenant, None):
+                    try:
+                        runtime.writer.write_nowait(
+                            Transition(tenant, "", self.clock.now(), audit=later)
+                        )
+                    except StoreUnavailableError:
+                        log.warning("%d burst audit entries lost: the writer is closed", len(later))
                 raise
             except Exception as exc:  # as before, when each entry had a write of its own
                 log.warning("%d burst audit entries lost: %s", len(entries), exc)
