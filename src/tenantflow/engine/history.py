@@ -18,7 +18,7 @@ from tenantflow.domain.state import Change, bisect_versions, diff_states, fold
 from tenantflow.engine.regions import RegionRouter
 from tenantflow.errors import ConfigurationError, NotFoundError
 
-__all__ = ["HistoryReads", "RunHistory", "StateVersion"]
+__all__ = ["HistoryReads", "RunHistory", "RunReads", "StateVersion"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +161,9 @@ class RunHistory:
         return None if found is None else history[found]
 
 
-class HistoryReads:
-    """The read-only part of the engine's API, each method delegated to ``self.history``."""
+class RunReads:
+    """A tenant's runs read back — records, steps, execution log, state history — each
+    method delegated to ``self.history`` (the engine's, or a mesh's read model)."""
 
     history: RunHistory
 
@@ -189,24 +190,6 @@ class HistoryReads:
         """The run's steps."""
         return await self.history.steps(tenant, run_id)
 
-    async def usage(
-        self, tenant: str, *, since: str | None = None, until: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The tenant's usage counters per day (see :meth:`RunHistory.usage`)."""
-        return await self.history.usage(tenant, since=since, until=until)
-
-    async def budget(self, tenant: str) -> list[dict[str, Any]]:
-        """The tenant's ledgers: limit, spent, reserved and overrun per scope and unit."""
-        return await self.history.budget(tenant)
-
-    async def audit_log(self, tenant: str) -> list[Any]:
-        """The tenant's audit rows, oldest first."""
-        return await self.history.audit_log(tenant)
-
-    async def audit_verify(self, tenant: str) -> VerifyResult:
-        """Check the tenant's audit hash chain; names the first tampered, missing or moved row."""
-        return await self.history.audit_verify(tenant)
-
     async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]:
         """The run's execution log, oldest first."""
         return await self.history.timeline(tenant, run_id)
@@ -232,3 +215,26 @@ class HistoryReads:
     ) -> StateVersion | None:
         """The first state version where ``holds(state)`` is false (None if it always holds)."""
         return await self.history.bisect(tenant, run_id, holds)
+
+
+class HistoryReads(RunReads):
+    """The read-only part of the engine's API, each method delegated to ``self.history``:
+    the runs (:class:`RunReads`), usage, budgets and the audit log."""
+
+    async def usage(
+        self, tenant: str, *, since: str | None = None, until: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's usage counters per day (see :meth:`RunHistory.usage`)."""
+        return await self.history.usage(tenant, since=since, until=until)
+
+    async def budget(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's ledgers: limit, spent, reserved and overrun per scope and unit."""
+        return await self.history.budget(tenant)
+
+    async def audit_log(self, tenant: str) -> list[Any]:
+        """The tenant's audit rows, oldest first."""
+        return await self.history.audit_log(tenant)
+
+    async def audit_verify(self, tenant: str) -> VerifyResult:
+        """Check the tenant's audit hash chain; names the first tampered, missing or moved row."""
+        return await self.history.audit_verify(tenant)

@@ -204,6 +204,31 @@ class BrokerDriver(BrokerParts):
     async def submit(self, tenant: str, workflow: str, input: Any) -> str:
         """Record a new run of ``workflow`` for ``tenant`` and publish its first steps."""
         region, policy = await self._tenant(tenant)
+        create, ready = await self.creation(region, tenant, policy, workflow, input)
+        await self.writers[region].write(create)
+        run_id = create.run.id
+        self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
+        self._publish(tenant, run_id, ready)
+        return run_id
+
+    async def creation(
+        self,
+        store: str,
+        tenant: str,
+        policy: Policy,
+        workflow: str,
+        input: Any,
+        *,
+        idempotency_key: str | None = None,
+        parent: ActiveRun | None = None,
+    ) -> tuple[CreateRun, list[str]]:
+        """The op that records a new run of ``workflow`` (a child of ``parent`` when given)
+        for ``tenant`` in ``store``, and the keys of the steps it makes ready.
+
+        Raises:
+            NotFoundError: no such workflow.
+            ContractError: ``input`` breaks the workflow's input contract.
+        """
         spec = self.specs.get(workflow)
         if spec is None:
             raise NotFoundError(f"no workflow named {workflow!r}", kind="workflow", id=workflow)
@@ -215,20 +240,22 @@ class BrokerDriver(BrokerParts):
         pending = {s.name: StepStatus.PENDING for s in spec.steps}
         plan = advance(spec, pending, {}, value, changed=None)
         statuses = {**pending, **plan.statuses()}
-        record = await self.stores[region].get_tenant(tenant)
+        tenant_record = await self.stores[store].get_tenant(tenant)
+        lane = parent.lane if parent is not None else policy.default_lane
         submitted = {
             "workflow": spec.name,
             "version": spec.version,
-            "lane": policy.default_lane,
-            "policy_version": record.policy_version,
+            "lane": lane,
+            "policy_version": tenant_record.policy_version,
             "region": policy.region,
         }
         planned = plan_to_transition(spec, plan, {}, run_id=run_id, submission=True)
         events = [NewEvent("run.submitted", None, None, submitted), *planned.events]
         status = RunStatus.RUNNING if planned.run is None else planned.run.status
         if planned.run is None:
-            events.append(NewEvent("run.started"))
-        run = RunRecord(
+            started = None if parent is None else {"parent_run": parent.id}
+            events.append(NewEvent("run.started", None, None, started))  # as the engine's
+        record = RunRecord(
             id=run_id,
             tenant_id=tenant,
             workflow=spec.name,
@@ -237,20 +264,21 @@ class BrokerDriver(BrokerParts):
             input_json=input_json,
             created_at=now,
             updated_at=now,
-            lane=policy.default_lane,
+            lane=lane,
+            idempotency_key=idempotency_key,
             result_json=None if planned.run is None else planned.run.result_json,
             error=planned.error,
             finished_at=now if status in TERMINAL_RUN else None,
-            meta={"policy_version": record.policy_version, "region": policy.region},
+            meta={"policy_version": tenant_record.policy_version, "region": policy.region},
         )
+        if parent is not None:  # a child draws on its parent's (root's) budget
+            record.parent_run_id = parent.id
+            record.meta["budget_run"] = parent.budget_run or parent.id
         rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
-        await self.writers[region].write(CreateRun(run, rows, events))
-        self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
         ready = list(plan.ready)
         for key, n in plan.mapped:
             ready.extend(child_key(key, i) for i in range(n))
-        self._publish(tenant, run_id, ready)
-        return run_id
+        return CreateRun(record, rows, events), ready
 
     async def wait(self, tenant: str, run_id: str) -> RunRecord:
         """Wait until the run ends; its record as stored."""

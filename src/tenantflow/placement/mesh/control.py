@@ -29,7 +29,7 @@ heartbeats and the work consumers' pending counts (:class:`~.plane.MeshPlane`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 from tenantflow.adapters.nats.fabric import Credentials, Fabric, connect, provision
@@ -38,13 +38,12 @@ from tenantflow.adapters.nats.policy import PolicyBoard, check_intake
 from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ids import DEFAULT_STORE
-from tenantflow.domain.records import TERMINAL_RUN, EventRecord, RunRecord, RunStatus, StepRecord
+from tenantflow.domain.records import TERMINAL_RUN, RunRecord
 from tenantflow.domain.spec import WorkflowSpec
-from tenantflow.domain.state import Change
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
 from tenantflow.engine.handle import RunHandle
-from tenantflow.engine.history import RunHistory, StateVersion
+from tenantflow.engine.history import RunHistory, RunReads
 from tenantflow.engine.plane import (
     BreakerView,
     MemberHealth,
@@ -155,7 +154,7 @@ class _MeshReviews:
         )
 
 
-class MeshControl:
+class MeshControl(RunReads):
     """A mesh deployment's control plane (see the module doc).
 
     Args:
@@ -383,54 +382,8 @@ class MeshControl:
             self.driver.region_of(tenant), tenant, run_id
         )
 
-    # -- run reads: the read model when there is one -------------------------------------------
-
-    async def get_run(self, tenant: str, run_id: str) -> RunRecord:
-        """The run's record (NotFoundError if the tenant has no such run)."""
-        return await self.history.get_run(tenant, run_id)
-
-    async def list_runs(
-        self,
-        tenant: str,
-        *,
-        status: RunStatus | None = None,
-        workflow: str | None = None,
-        limit: int = 50,
-        before: str | None = None,
-        payloads: bool = True,
-    ) -> list[RunRecord]:
-        """The tenant's runs, newest first."""
-        return await self.history.list_runs(
-            tenant,
-            status=status,
-            workflow=workflow,
-            limit=limit,
-            before=before,
-            payloads=payloads,
-        )
-
-    async def steps(self, tenant: str, run_id: str) -> list[StepRecord]:
-        return await self.history.steps(tenant, run_id)
-
-    async def timeline(self, tenant: str, run_id: str) -> list[EventRecord]:
-        return await self.history.timeline(tenant, run_id)
-
-    async def events_after(self, tenant: str, run_id: str, after: int) -> list[EventRecord]:
-        return await self.history.events_after(tenant, run_id, after)
-
-    async def state(self, tenant: str, run_id: str, version: int | None = None) -> StateVersion:
-        return await self.history.state(tenant, run_id, version)
-
-    async def versions(self, tenant: str, run_id: str) -> list[StateVersion]:
-        return await self.history.versions(tenant, run_id)
-
-    async def diff(self, tenant: str, run_id: str, a: int, b: int) -> list[Change]:
-        return await self.history.diff(tenant, run_id, a, b)
-
-    async def bisect(
-        self, tenant: str, run_id: str, holds: Callable[[dict[str, Any]], bool]
-    ) -> StateVersion | None:
-        return await self.history.bisect(tenant, run_id, holds)
+    # -- run reads: the read model when there is one (get_run, list_runs, steps, timeline,
+    # -- state history: RunReads over self.history) ----------------------------------------
 
     async def version_list(self, tenant: str, run_id: str) -> list[VersionInfo]:
         """The run's state versions without their states (NotFoundError: no such run)."""

@@ -49,7 +49,6 @@ import contextvars
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -59,20 +58,17 @@ from tenantflow.adapters.nats.queue import JetStreamQueue
 from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy
-from tenantflow.domain.progress import on_review_decided, plan_to_transition
+from tenantflow.domain.progress import on_review_decided
 from tenantflow.domain.records import (
     TERMINAL_RUN,
-    CreateRun,
     NewEvent,
     RunRecord,
     RunStatus,
     RunUpdate,
-    StepRecord,
     StepStatus,
     Transition,
 )
-from tenantflow.domain.run import advance
-from tenantflow.domain.spec import WorkflowSpec, child_key, parse_key
+from tenantflow.domain.spec import WorkflowSpec, parse_key
 from tenantflow.domain.tenancy import ReviewRecord, ReviewStatus
 from tenantflow.engine.execution.active import ActiveRun
 from tenantflow.engine.execution.broker import MAX_DECISIONS, BrokerDriver
@@ -310,62 +306,23 @@ class MeshDriver(BrokerDriver):
         store_key, policy = await self._tenant(tenant)
         region = self.region_of(tenant)
         await self._served(region)
-        spec = self.specs.get(workflow)
-        if spec is None:
-            raise NotFoundError(f"no workflow named {workflow!r}", kind="workflow", id=workflow)
-        value, input_json = contract_for(spec.input_type).check(
-            input, step="<input>", direction="input"
-        )
-        now = self.clock.now()
-        run_id = "run_" + secrets.token_hex(12)
-        pending = {s.name: StepStatus.PENDING for s in spec.steps}
-        plan = advance(spec, pending, {}, value, changed=None)
-        statuses = {**pending, **plan.statuses()}
-        tenant_record = await self.stores[store_key].get_tenant(tenant)
-        lane = parent.lane if parent is not None else policy.default_lane
-        submitted = {
-            "workflow": spec.name,
-            "version": spec.version,
-            "lane": lane,
-            "policy_version": tenant_record.policy_version,
-            "region": policy.region,
-        }
-        planned = plan_to_transition(spec, plan, {}, run_id=run_id, submission=True)
-        events = [NewEvent("run.submitted", None, None, submitted), *planned.events]
-        status = RunStatus.RUNNING if planned.run is None else planned.run.status
-        if planned.run is None:
-            started = {} if parent is None else {"parent_run": parent.id}
-            events.append(NewEvent("run.started", None, None, started))
-        record = RunRecord(
-            id=run_id,
-            tenant_id=tenant,
-            workflow=spec.name,
-            workflow_version=spec.version,
-            status=status,
-            input_json=input_json,
-            created_at=now,
-            updated_at=now,
-            lane=lane,
+        create, ready = await self.creation(
+            store_key,
+            tenant,
+            policy,
+            workflow,
+            input,
             idempotency_key=idempotency_key,
-            result_json=None if planned.run is None else planned.run.result_json,
-            error=planned.error,
-            finished_at=now if status in TERMINAL_RUN else None,
-            meta={"policy_version": tenant_record.policy_version, "region": policy.region},
+            parent=parent,
         )
-        if parent is not None:  # a child draws on its parent's (root's) budget
-            record.parent_run_id = parent.id
-            record.meta["budget_run"] = parent.budget_run or parent.id
-        rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
-        outcome = await self.writers[store_key].write(CreateRun(record, rows, events))
+        outcome = await self.writers[store_key].write(create)
         if not outcome.created:
             await self.republish(tenant, outcome.run_id)
             await self.queue.flush()
             return outcome.run_id, False
+        run_id = create.run.id
         self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
-        self._spec_of_run[run_id] = spec
-        ready = list(plan.ready)
-        for key, n in plan.mapped:
-            ready.extend(child_key(key, i) for i in range(n))
+        self._spec_of_run[run_id] = self.specs[workflow]
         self._publish(tenant, run_id, ready)
         await self.queue.flush()
         try:
