@@ -26,11 +26,11 @@ neither lane can starve the other. A run writes an op only once its last one com
 for a step's claim written beside the completion that readied it, which goes in the
 completion's lane: a run's ops commit in the order it wrote them.
 
-Maintenance (the retention purge) is written ``background``: such an op is committed in a
-transaction of its own, and only when no other op waits (or when it has waited
-``background_wait_s``, so that a store that is never idle still gets its maintenance done). An op
-of a running tenant then never waits inside a transaction that deletes thousands of rows, only,
-if it comes while one commits, for the rest of it.
+Maintenance (the retention purge) goes through :meth:`Writer.maintain`, the background lane:
+such an op is committed in a transaction of its own, and only when no other op waits (or when it
+has waited ``background_wait_s``, so that a store that is never idle still gets its maintenance
+done). An op of a running tenant then never waits inside a transaction that deletes thousands of
+rows, only, if it comes while one commits, for the rest of it.
 
 New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
 at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at
