@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
@@ -816,6 +817,35 @@ async def test_retention_purge_goes_in_batches_each_audited() -> None:
         audit = [r for r in await engine.audit_log("short") if r.action == "retention.purged"]
         # Batches of 2, 2 and 1: each deletion audited in its own transaction.
         assert [r.detail["deleted"]["runs"] for r in audit] == [2, 2, 1]
+
+
+async def test_retention_purge_shares_the_stores_time_by_its_transactions_own_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tenantflow.engine.tenants as tenants_module
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with _retention_engine() as (engine, clock):
+        for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(5)]:
+            await handle.result()
+        clock.advance(31 * 86400)
+        maintain = engine.tenants._background[engine.tenants.cached("short").store]  # type: ignore[union-attr]
+
+        async def slow_to_start(op: Any) -> tuple[Any, float]:
+            await asyncio.sleep(0.02)  # waiting for the store is not the store's time
+            result, _ = await maintain(op)
+            return result, 0.01  # what its transaction took
+
+        engine.tenants._background = {key: slow_to_start for key in engine.tenants._background}
+        monkeypatch.setattr(tenants_module, "asyncio", SimpleNamespace(sleep=sleep))
+        purged = await engine.purge_expired(batch=2, share=0.25)
+    assert purged["short"]["runs"] == 5
+    # After each full batch, three times its own 0.01 s (a quarter of the store's time).
+    assert slept == pytest.approx([0.03, 0.03])
 
 
 async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_urgent() -> None:
