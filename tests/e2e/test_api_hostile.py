@@ -224,3 +224,30 @@ async def test_a_served_app_answers_a_1_mb_header_in_json_and_past_its_buffer_pl
         server.should_exit = True
         await task
         listening.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "policy", "field"),
+    [
+        ("PATCH", {"actor": "mallory"}, "actor"),
+        ("PATCH", {"known_regions": ["mars-1"]}, "known_regions"),
+        ("POST", {"actor": "mallory"}, "actor"),
+        ("POST", {"policy": {}}, "policy"),
+        ("POST", {"tier": "enterprise"}, "tier"),
+        ("POST", {"org_id": "org-2"}, "org_id"),
+    ],
+)
+async def test_policy_keys_that_name_the_calls_own_arguments_are_a_422_not_a_500(
+    api: Api, method: str, policy: dict[str, Any], field: str
+) -> None:
+    if method == "PATCH":
+        await api.tenant("acme")
+        before = (await api.client.get("/v1/tenants/acme", headers=api.admin)).json()
+        r = await api.client.patch("/v1/tenants/acme", json={"policy": policy}, headers=api.admin)
+        refused(r, "configuration_invalid", f"body.policy.{field}")
+        after = (await api.client.get("/v1/tenants/acme", headers=api.admin)).json()
+        assert after == before  # nothing changed
+    else:
+        r = await post(api, "/v1/tenants", json.dumps({"id": "acme", "policy": policy}))
+        refused(r, "configuration_invalid", f"body.policy.{field}")
+        assert (await api.client.get("/v1/tenants/acme", headers=api.admin)).status_code == 404

@@ -19,6 +19,7 @@ from tenantflow.api.schemas import (
     TenantPatch,
     TenantsPage,
 )
+from tenantflow.domain.policy import Policy
 from tenantflow.errors import ConfigurationError, TenantflowError
 
 __all__ = ["router"]
@@ -32,6 +33,21 @@ def _conflict(when: str) -> dict[int | str, dict[str, Any]]:
 
 TenantPath = Annotated[str, Path(min_length=1, max_length=64, description="The tenant's id.")]
 KeyPath = Annotated[str, Path(min_length=1, max_length=100, description="The key's id.")]
+
+
+def _overrides(policy: dict[str, Any], *, top_level: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The body's policy fields, checked before they become keyword arguments of the call: a
+    key that is no policy field (``actor``, say, would name the call's own argument) or one the
+    body sets at its top level is refused, naming it."""
+    for key in policy:
+        if key in top_level:
+            raise ConfigurationError(
+                f"{key} is set at the top level of the body, not in its policy",
+                field=f"body.policy.{key}",
+            )
+        if key not in Policy.model_fields:
+            raise ConfigurationError(f"{key!r} is not a policy field", field=f"body.policy.{key}")
+    return dict(policy)
 
 
 def _policy_field(exc: TenantflowError) -> TenantflowError:
@@ -50,7 +66,7 @@ def _policy_field(exc: TenantflowError) -> TenantflowError:
     responses=_conflict("The tenant exists."),
 )
 async def create_tenant(body: TenantCreate, engine: EngineDep, admin: Admin) -> TenantOut:
-    overrides: dict[str, Any] = dict(body.policy)
+    overrides = _overrides(body.policy, top_level=("tier", "org_id"))
     try:
         info = await engine.tenants.create(
             body.id, tier=body.tier, org_id=body.org_id, actor=actor_of(admin), **overrides
@@ -94,8 +110,9 @@ async def get_tenant(tenant_id: TenantPath, engine: EngineDep, admin: Admin) -> 
 async def update_tenant(
     tenant_id: TenantPath, body: TenantPatch, engine: EngineDep, admin: Admin
 ) -> TenantOut:
+    overrides = _overrides(body.policy)
     try:
-        info = await engine.tenants.update(tenant_id, actor=actor_of(admin), **body.policy)
+        info = await engine.tenants.update(tenant_id, actor=actor_of(admin), **overrides)
     except ConfigurationError as exc:
         raise _policy_field(exc) from None
     return TenantOut.of(info)
