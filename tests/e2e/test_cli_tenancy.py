@@ -246,6 +246,17 @@ def test_update_bumps_the_policy_version_and_names_what_changed(fresh: Db) -> No
     assert_one_line_error(
         cli(fresh, "tenants", "update", "nobody", "--set", "weight=2"), 1, "not found"
     )
+    for name in ("actor", "known_regions"):  # the calls' own arguments, not policy fields
+        assert_one_line_error(
+            cli(fresh, "tenants", "update", "bank-a", "--set", f"{name}=x"),
+            2,
+            "unknown policy field",
+        )
+        assert_one_line_error(
+            cli(fresh, "tenants", "create", "bank-b", "--tier", "free", "--set", f"{name}=x"),
+            2,
+            "unknown policy field",
+        )
     shown = ok_json(fresh, "tenants", "show", "bank-a")
     assert shown["policy_version"] == 3 and shown["policy"]["max_active_runs"] == 7
 

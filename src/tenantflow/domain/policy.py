@@ -65,6 +65,7 @@ __all__ = [
     "Tier",
     "micros_to_usd",
     "parse_duration",
+    "policy_overrides",
     "tier_preset",
     "usd_to_micros",
     "validate_policy",
@@ -582,3 +583,17 @@ def tier_preset(name: str) -> Policy:
             field="tier",
             value=name,
         ) from None
+
+
+def policy_overrides(fields: Mapping[str, Any], *, top_level: Iterable[str] = ()) -> dict[str, Any]:
+    """Policy fields from outside (a request body, a command line), checked before they become
+    keyword arguments of ``Tenants.create`` or ``update``: a key that is no policy field
+    (``actor``, say, would name the call's own argument) or one given apart from the policy
+    (``top_level``: a body's ``tier``) is refused, naming it."""
+    apart = set(top_level)
+    for key in fields:
+        if key in apart:
+            raise ConfigurationError(f"{key} is given apart from the policy fields", field=key)
+        if key not in Policy.model_fields:
+            raise ConfigurationError(f"{key!r} is not a policy field", field=key)
+    return dict(fields)

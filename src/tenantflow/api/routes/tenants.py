@@ -19,7 +19,7 @@ from tenantflow.api.schemas import (
     TenantPatch,
     TenantsPage,
 )
-from tenantflow.domain.policy import Policy
+from tenantflow.domain.policy import policy_overrides
 from tenantflow.errors import ConfigurationError, TenantflowError
 
 __all__ = ["router"]
@@ -36,18 +36,11 @@ KeyPath = Annotated[str, Path(min_length=1, max_length=100, description="The key
 
 
 def _overrides(policy: dict[str, Any], *, top_level: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The body's policy fields, checked before they become keyword arguments of the call: a
-    key that is no policy field (``actor``, say, would name the call's own argument) or one the
-    body sets at its top level is refused, naming it."""
-    for key in policy:
-        if key in top_level:
-            raise ConfigurationError(
-                f"{key} is set at the top level of the body, not in its policy",
-                field=f"body.policy.{key}",
-            )
-        if key not in Policy.model_fields:
-            raise ConfigurationError(f"{key!r} is not a policy field", field=f"body.policy.{key}")
-    return dict(policy)
+    """The body's policy fields, checked before they become keyword arguments of the call."""
+    try:
+        return policy_overrides(policy, top_level=top_level)
+    except ConfigurationError as exc:
+        raise _policy_field(exc) from None
 
 
 def _policy_field(exc: TenantflowError) -> TenantflowError:
