@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -207,7 +208,7 @@ async def test_urgent_ops_take_at_most_half_of_a_batch_while_other_ops_wait() ->
 
 async def test_a_maintenance_op_commits_alone_once_the_ops_that_wait_are_written() -> None:
     store = RecordingStore()
-    writer = await _start(store)
+    writer = await _start(store, background_wait_s=math.inf)  # however slow the machine
     store.gate.clear()
     first = asyncio.create_task(writer.write(Transition("a", "run_a_0", 0.0)))
     await asyncio.sleep(0)
@@ -219,12 +220,38 @@ async def test_a_maintenance_op_commits_alone_once_the_ops_that_wait_are_written
     await asyncio.sleep(0)
     store.gate.set()
     await asyncio.gather(first, *later)
-    result, seconds = await purge
+    result, _ = await purge
     await writer.close()
     runs = [[op.run_id for op in batch] for batch in store.batches]  # type: ignore[attr-defined]
     # Queued before the two ops, the purge still goes after them, and in a batch of its own.
     assert runs == [["run_a_0"], ["run_a_1", "run_b_1"], ["purge"]]
-    assert result is None and seconds >= 0.0
+    assert result is None
+
+
+async def test_a_maintenance_op_reports_its_own_transactions_time_not_its_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]  # the loop's clock, moved by the store alone
+
+    class Timed(RecordingStore):
+        async def apply(self, ops: Sequence[Op]) -> list[Any]:
+            result = await super().apply(ops)
+            now[0] += 2.0 if ops[0].run_id == "purge" else 5.0  # type: ignore[attr-defined]
+            return result
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+    store = Timed()
+    writer = await _start(store, background_wait_s=math.inf)
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "run_a_0", 0.0)))
+    await asyncio.sleep(0)
+    purge = asyncio.create_task(writer.maintain(Transition("ops", "purge", 0.0)))
+    await asyncio.sleep(0)
+    store.gate.set()
+    await first
+    _, seconds = await purge
+    await writer.close()
+    assert seconds == 2.0  # its own commit; not the 5 s it waited behind the batch before it
 
 
 async def test_a_maintenance_op_that_waited_long_enough_goes_before_the_others() -> None:

@@ -27,10 +27,11 @@ for a step's claim written beside the completion that readied it, which goes in 
 completion's lane: a run's ops commit in the order it wrote them.
 
 Maintenance (the retention purge) goes through :meth:`Writer.maintain`, the background lane:
-such an op is committed in a transaction of its own, and only when no other op waits (or when it
-has waited ``background_wait_s``, so that a store that is never idle still gets its maintenance
-done). An op of a running tenant then never waits inside a transaction that deletes thousands of
-rows, only, if it comes while one commits, for the rest of it.
+such an op is committed in a transaction of its own, when no other op waits; an op of a running
+tenant then never shares a transaction that deletes thousands of rows, and waits for one only if
+it comes while one commits. On a store that is never idle, a maintenance op that has waited
+``background_wait_s`` goes next, ahead of the ops queued then (they wait for all of it), so
+that maintenance still gets done: at most one such transaction per ``background_wait_s``.
 
 New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
 at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at

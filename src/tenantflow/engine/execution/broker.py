@@ -204,7 +204,7 @@ class BrokerDriver(BrokerParts):
     async def submit(self, tenant: str, workflow: str, input: Any) -> str:
         """Record a new run of ``workflow`` for ``tenant`` and publish its first steps."""
         region, policy = await self._tenant(tenant)
-        create, ready = await self.creation(region, tenant, policy, workflow, input)
+        create, ready, _ = await self.creation(region, tenant, policy, workflow, input)
         await self.writers[region].write(create)
         run_id = create.run.id
         self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
@@ -221,9 +221,10 @@ class BrokerDriver(BrokerParts):
         *,
         idempotency_key: str | None = None,
         parent: ActiveRun | None = None,
-    ) -> tuple[CreateRun, list[str]]:
+    ) -> tuple[CreateRun, list[str], WorkflowSpec]:
         """The op that records a new run of ``workflow`` (a child of ``parent`` when given)
-        for ``tenant`` in ``store``, and the keys of the steps it makes ready.
+        for ``tenant`` in ``store``, the keys of the steps it makes ready, and the workflow's
+        spec it was made from (``specs`` may change meanwhile: another version submitted).
 
         Raises:
             NotFoundError: no such workflow.
@@ -278,7 +279,7 @@ class BrokerDriver(BrokerParts):
         ready = list(plan.ready)
         for key, n in plan.mapped:
             ready.extend(child_key(key, i) for i in range(n))
-        return CreateRun(record, rows, events), ready
+        return CreateRun(record, rows, events), ready, spec
 
     async def wait(self, tenant: str, run_id: str) -> RunRecord:
         """Wait until the run ends; its record as stored."""

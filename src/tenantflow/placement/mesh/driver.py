@@ -306,7 +306,7 @@ class MeshDriver(BrokerDriver):
         store_key, policy = await self._tenant(tenant)
         region = self.region_of(tenant)
         await self._served(region)
-        create, ready = await self.creation(
+        create, ready, spec = await self.creation(
             store_key,
             tenant,
             policy,
@@ -322,7 +322,7 @@ class MeshDriver(BrokerDriver):
             return outcome.run_id, False
         run_id = create.run.id
         self._done.setdefault(run_id, asyncio.get_running_loop().create_future())
-        self._spec_of_run[run_id] = self.specs[workflow]
+        self._spec_of_run[run_id] = spec
         self._publish(tenant, run_id, ready)
         await self.queue.flush()
         try:
