@@ -433,8 +433,7 @@ class FairScheduler:
                 self._accrue(t, now_s)  # settle the old excess before ``running`` changes
             self._take(t, idx, item)
             t.running += 1
-            if t.running > t.cap:
-                self._over.add(t.tenant_id)
+            self._mark_over(t)
             t.vtime = self._charged(t, item.cost_hint_s / t.weight, guaranteed)
             self._running[item.key] = (item, guaranteed)
             self._refresh(t, rejoin=False)
@@ -472,8 +471,7 @@ class FairScheduler:
         if t.burst_slots:
             self._accrue(t, now_s)
         t.running -= 1
-        if t.running == t.cap:
-            self._over.discard(tenant_id)
+        self._mark_over(t)
         t.vtime = self._charged(t, (service_s - item.cost_hint_s) / t.weight, guaranteed)
         if t.burst_slots:
             t.deferred = False

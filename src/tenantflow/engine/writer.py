@@ -179,7 +179,8 @@ class Writer:
                     not (self._urgent or self._pending or self._new_count)
                     or loop.time() - self._background[0][2] >= self._background_wait_s
                 ):
-                    await self._commit_background(*self._background.popleft()[:2])
+                    op, fut, _ = self._background.popleft()
+                    await self._commit([(op, fut)], timed=True)
                     continue
                 if self._urgent and not urgent_last:
                     batch = self._urgent[: self._max_batch]
@@ -205,54 +206,40 @@ class Writer:
                     room = min(limit, self._max_batch - taken)
                     if room > 0 and self._new_count:
                         self._take_new(batch, room)
-                try:
-                    results = await self._store.apply([op for op, _ in batch])
-                except asyncio.CancelledError:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(StoreUnavailableError("the engine is closing"))
-                    self._progress.set()  # a flush waits no more
-                    raise
-                except Exception as exc:  # the whole batch failed: tell every waiter
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    self._ended_batch(batch)
-                    if self.on_failed is not None:  # it may have committed all the same
-                        self.on_failed([op for op, _ in batch])
-                    continue
-                self._ended_batch(batch)
-                self.batches += 1
-                self.ops += len(batch)
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
+                await self._commit(batch)
             if self._closed:
                 return
 
-    async def _commit_background(self, op: Op, fut: asyncio.Future[Any]) -> None:
-        """Commit one maintenance op alone; its waiter gets ``(result, seconds)``."""
+    async def _commit(
+        self, batch: list[tuple[Op, asyncio.Future[Any]]], *, timed: bool = False
+    ) -> None:
+        """Apply ``batch`` in one transaction and answer its waiters (``timed``: each with the
+        seconds the transaction took, ``(result, seconds)``)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            (result,) = await self._store.apply([op])
+            results = await self._store.apply([op for op, _ in batch])
         except asyncio.CancelledError:
-            if not fut.done():
-                fut.set_exception(StoreUnavailableError("the engine is closing"))
-            self._progress.set()
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(StoreUnavailableError("the engine is closing"))
+            self._progress.set()  # a flush waits no more
             raise
-        except Exception as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-            self._ended_batch([(op, fut)])
-            if self.on_failed is not None:
-                self.on_failed([op])
+        except Exception as exc:  # the whole batch failed: tell every waiter
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            self._ended_batch(batch)
+            if self.on_failed is not None:  # it may have committed all the same
+                self.on_failed([op for op, _ in batch])
             return
-        self._ended_batch([(op, fut)])
+        seconds = loop.time() - started
+        self._ended_batch(batch)
         self.batches += 1
-        self.ops += 1
-        if not fut.done():
-            fut.set_result((result, loop.time() - started))
+        self.ops += len(batch)
+        for (_, fut), result in zip(batch, results, strict=True):
+            if not fut.done():
+                fut.set_result((result, seconds) if timed else result)
 
     def _take_new(self, batch: list[tuple[Op, asyncio.Future[Any]]], room: int) -> None:
         """Move up to ``room`` new submissions into ``batch``, one per tenant in turn; a tenant
