@@ -15,6 +15,7 @@ from pydantic import BaseModel
 import tenantflow as tf
 from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.domain.routing import Endpoint
+from tenantflow.engine.writer import Writer
 from tenantflow.observability import (
     Degraded,
     ModelCallFinished,
@@ -30,6 +31,7 @@ from tenantflow.observability.events import DEGRADATIONS, STEP_OUTCOMES
 from tenantflow.observability.metrics import (
     OTHER,
     PLATFORM_SERIES,
+    SERIES_PER_STORE,
     SERIES_PER_TENANT,
     TenantLabels,
     fairness_index,
@@ -175,6 +177,15 @@ async def test_per_tenant_series_values_and_the_other_bucket(
     assert value(samples, "tenantflow_fairness_index") == 1.0
     assert value(samples, "tenantflow_metrics_labelled_tenants") == 2
     assert value(samples, "tenantflow_store_ops") > 0
+    # The commit-time histogram counts every committed transaction, cumulatively by bound.
+    commits = value(samples, "tenantflow_store_commits")
+    assert value(samples, "tenantflow_store_commit_seconds_count", store="default") == commits
+    counts = [
+        value(samples, "tenantflow_store_commit_seconds_bucket", store="default", le=le)
+        for le in [*(repr(b) for b in Writer.commit_bounds), "+Inf"]
+    ]
+    assert counts == sorted(counts) and counts[-1] == commits
+    assert value(samples, "tenantflow_store_commit_seconds_sum", store="default") > 0
 
     # No run id, input or error message anywhere in the exposition.
     assert SECRET not in text and SECRET.upper() not in text
@@ -445,7 +456,7 @@ async def test_the_documented_series_bound_holds_with_every_label_value_used(
             ReviewSlaBreached(**ids, review_id="rev", step="s", pool="p", action="fail", due_s=1.0)
         )
     _, samples = scrape(registry)
-    bound = (2 + 1) * SERIES_PER_TENANT + PLATFORM_SERIES
+    bound = (2 + 1) * SERIES_PER_TENANT + PLATFORM_SERIES + SERIES_PER_STORE  # one store
     assert len(samples) <= bound, len(samples)
     assert len(samples) >= (2 + 1) * (SERIES_PER_TENANT - 7)  # every counter and histogram
     assert label_values(samples) == {"a", "b", OTHER}

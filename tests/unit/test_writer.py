@@ -302,3 +302,30 @@ async def test_an_op_written_without_waiting_is_committed_by_close() -> None:
     assert runs == ["run_a_0", "run_a_1"]
     with pytest.raises(StoreUnavailableError):
         writer.write_nowait(Transition("a", "run_a_2", 0.0))
+
+
+async def test_commit_times_are_counted_in_the_first_bucket_whose_bound_they_do_not_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [0.0]  # the loop's clock, moved by the store alone (from 0: a bound's float is exact)
+    durations = iter([0.0005, 0.003, 2.0])  # on a bound, between two, over every bound
+
+    class Timed(RecordingStore):
+        async def apply(self, ops: Sequence[Op]) -> list[Any]:
+            result = await super().apply(ops)
+            now[0] += next(durations)
+            return result
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+    writer = await _start(Timed())
+    for n in range(3):
+        await writer.write(Transition("a", f"run_a_{n}", 0.0))
+    await writer.close()
+    bounds = writer.commit_bounds
+    expected = [0] * (len(bounds) + 1)
+    expected[bounds.index(0.0005)] += 1
+    expected[bounds.index(0.005)] += 1  # 3 ms: over 2.5 ms, within 5 ms
+    expected[-1] += 1
+    assert writer.commit_counts == expected
+    assert writer.commit_seconds == pytest.approx(2.0035)
+    assert writer.batches == 3

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -59,6 +60,9 @@ from tenantflow.ports import Store
 __all__ = ["Writer"]
 
 log = logging.getLogger("tenantflow.engine")
+
+# Upper bounds, in seconds, of the buckets of a writer's commit times (Writer.commit_counts).
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:
@@ -83,6 +87,8 @@ def _outcome(result: Any) -> Any:
 
 class Writer:
     """Batches ops into transactions on one store."""
+
+    commit_bounds: tuple[float, ...] = COMMIT_BUCKETS
 
     def __init__(
         self,
@@ -117,6 +123,12 @@ class Writer:
         self._closed = False
         self.batches = 0
         self.ops = 0
+        # How long its committed transactions took, from handing one to the store until the
+        # store answered (a wait for the store's thread included): the count per bucket of
+        # COMMIT_BUCKETS (a duration counts in the first bucket whose bound it does not pass;
+        # the last entry counts those over every bound) and their sum.
+        self.commit_counts = [0] * (len(COMMIT_BUCKETS) + 1)
+        self.commit_seconds = 0.0
         self.on_failed: Callable[[Sequence[Op]], None] | None = None
         # Ops whose batch has not ended, each with its place in the order ops were queued (the
         # dict keeps that order, so its first value is the oldest outstanding op): new
@@ -237,6 +249,8 @@ class Writer:
         self._ended_batch(batch)
         self.batches += 1
         self.ops += len(batch)
+        self.commit_counts[bisect_left(COMMIT_BUCKETS, seconds)] += 1
+        self.commit_seconds += seconds
         for (_, fut), result in zip(batch, results, strict=True):
             if not fut.done():
                 fut.set_result((result, seconds) if timed else result)

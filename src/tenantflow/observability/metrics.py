@@ -20,10 +20,12 @@ first, then the first tenants seen, in order, until there are ``max_tenants``. A
 its label for the life of the process (so its counters never jump between series); every other
 tenant is counted under ``tenant="_other"`` (never a valid tenant id: ids start with a letter or
 digit). Every other label takes a fixed set of values (outcomes, directions, kinds, actions).
-So the series count is bounded by ``(max_tenants + 1) × 185 + 7`` — per ``tenant`` value: 30
-counter children of 2 samples (value and ``_created``), 5 run-latency children of 20 samples and
-1 step-latency child of 18, and 7 gauges; plus 7 platform gauges — about 18,700 at the default
-of 100, whatever the number of tenants, runs or steps (:data:`SERIES_PER_TENANT`).
+So the series count is bounded by ``(max_tenants + 1) × 185 + 7 + 13 × stores`` — per
+``tenant`` value: 30 counter children of 2 samples (value and ``_created``), 5 run-latency
+children of 20 samples and 1 step-latency child of 18, and 7 gauges; plus 7 platform gauges and,
+per store (the default one and each region's), the commit-time histogram's 11 buckets, count and
+sum — about 18,700 at the default of 100, whatever the number of tenants, runs or steps
+(:data:`SERIES_PER_TENANT`, :data:`PLATFORM_SERIES`, :data:`SERIES_PER_STORE`).
 Run ids, step keys, prompts, inputs and workflow names are never labels.
 """
 
@@ -38,7 +40,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.fairness import jain_index, max_min_shares
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OTHER",
     "PLATFORM_SERIES",
+    "SERIES_PER_STORE",
     "SERIES_PER_TENANT",
     "EngineMetrics",
     "TenantLabels",
@@ -83,7 +86,9 @@ STEP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 SERIES_PER_TENANT = 185
 """The most series one ``tenant`` label value can have (see the module docstring)."""
 PLATFORM_SERIES = 7
-"""Series without a ``tenant`` label."""
+"""Series with neither a ``tenant`` nor a ``store`` label."""
+SERIES_PER_STORE = 13
+"""Series of one ``store`` label value (the commit-time histogram)."""
 
 _RUN_OUTCOMES = frozenset({"completed", "failed", "compensated", "cancelled"})
 _DEGRADATIONS = frozenset(DEGRADATIONS)
@@ -466,7 +471,28 @@ class _EngineCollector:
         labelled.add_metric([], len(label))
         commits.add_metric([], sum(rt.writer.batches for rt in engine.runtimes.values()))
         ops.add_metric([], sum(rt.writer.ops for rt in engine.runtimes.values()))
-        return iter(families)
+        return iter([*families, _commit_times(engine)])
+
+
+def _commit_times(engine: Engine) -> HistogramMetricFamily:
+    """The writers' commit times, one histogram per store (the default one and each region's)."""
+    family = HistogramMetricFamily(
+        "tenantflow_store_commit_seconds",
+        "How long the store took to commit each group commit, from the writer handing it the"
+        " batch to its answer (a wait for the store's connection included).",
+        labels=["store"],
+    )
+    for store, runtime in engine.runtimes.items():
+        writer = runtime.writer
+        counts = list(writer.commit_counts)  # a copy: a scrape may run on another thread
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip(writer.commit_bounds, counts, strict=False):
+            total += count
+            buckets.append((repr(bound), total))
+        buckets.append(("+Inf", sum(counts)))
+        family.add_metric([store], buckets, writer.commit_seconds)
+    return family
 
 
 def _families() -> tuple[GaugeMetricFamily, ...]:
