@@ -9,8 +9,12 @@ Durability settings (``sqlite:///path.db?synchronous=full``):
   survive a process crash but the last few may be lost on power loss; it is faster on slow disks.
 
 The engine batches many transitions into one transaction (see ``engine/writer.py``), so one
-fsync covers many steps. All SQL runs on one dedicated thread, so a commit's fsync never blocks
-the event loop.
+fsync covers many steps. Every write runs on one dedicated thread, so a commit's fsync never
+blocks the event loop. An executing engine's reads (a run's record, its events, a tenant's
+list) run on a second thread with a connection of its own, each in a read transaction of its
+own: in WAL mode a reader sees the last commit and never waits for the writer, so reading a
+finished run does not queue behind a batch of other tenants' transitions. A read sees every
+transaction committed before it began (a write awaited before it, for one).
 
 An executing engine holds an exclusive ``flock`` on ``<db>.lock``: a second engine on the same
 file is refused with a clear error, and after a crash the new engine knows every RUNNING attempt
@@ -65,6 +69,9 @@ class SqliteStore(SqlStore):
         self._lock_fd: int | None = None
         self._exclusive = False
         self._checkpointer: Checkpointer | None = None
+        # An executing engine's reads: a connection and a thread of their own (the module doc).
+        self._reader: sqlite3.Connection | None = None
+        self._read_executor: ThreadPoolExecutor | None = None
         self._calls_in_flight = 0
 
     @classmethod
@@ -111,14 +118,7 @@ class SqliteStore(SqlStore):
         try:
             if not self.in_memory:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                ":memory:" if self.in_memory else self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=10.0,
-                # the merged inserts add a few texts per table (1, 2, 4, … 256 rows)
-                cached_statements=256,
-            )
+            conn = self._connect()
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
@@ -148,8 +148,35 @@ class SqliteStore(SqlStore):
                     f"cannot open SQLite database {str(self.path)!r} for checkpoints: {exc}",
                     path=str(self.path),
                 ) from exc
+            try:
+                self._reader = self._connect(query_only=True)
+            except sqlite3.Error as exc:
+                self._checkpointer.close()
+                self._checkpointer = None
+                conn.close()
+                self._release_lock()
+                raise StoreUnavailableError(
+                    f"cannot open SQLite database {str(self.path)!r} for reads: {exc}",
+                    path=str(self.path),
+                ) from exc
+            self._read_executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="tenantflow-sqlite-read"
+            )
         self._conn = conn
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tenantflow-sqlite")
+
+    def _connect(self, *, query_only: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            ":memory:" if self.in_memory else self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=10.0,
+            # the merged inserts add a few texts per table (1, 2, 4, … 256 rows)
+            cached_statements=256,
+        )
+        if query_only:  # the reader: a write through it would be refused, not made
+            conn.execute("PRAGMA query_only=ON")
+        return conn
 
     def _take_lock(self) -> None:
         lock_path = f"{self.path}.lock"
@@ -185,8 +212,13 @@ class SqliteStore(SqlStore):
         if self._conn is None:
             return
         executor, conn = self._executor, self._conn
-        self._conn = None
-        self._executor = None
+        reads, reader = self._read_executor, self._reader
+        self._conn = self._reader = None
+        self._executor = self._read_executor = None
+        if reads is not None:
+            reads.shutdown(wait=True)
+        if reader is not None:
+            reader.close()
         if executor is not None:
             executor.shutdown(wait=True)
         if self._checkpointer is not None:
@@ -195,8 +227,11 @@ class SqliteStore(SqlStore):
         conn.close()
         self._release_lock()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, read: bool = False) -> T:
+        """``fn(conn)`` on the writer's thread, or (``read``) on the reader's if there is one."""
         conn, executor = self._conn, self._executor
+        if read and self._reader is not None:
+            conn, executor = self._reader, self._read_executor
         if conn is None or executor is None:
             raise StoreUnavailableError("the SQLite store is not open")
         loop = asyncio.get_running_loop()
@@ -220,8 +255,10 @@ class SqliteStore(SqlStore):
         return await self._run(lambda conn: sqlite_ops.apply_batch(conn, ops))
 
     async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
-        # One writer thread, no row-level security: every query names its tenant itself.
-        return await self._run(lambda conn: sqlite_ops.drive(conn, query))
+        # No row-level security: every query names its tenant itself.
+        if self._reader is None:  # a reading process: its one connection
+            return await self._run(lambda conn: sqlite_ops.drive(conn, query))
+        return await self._run(lambda conn: sqlite_ops.read(conn, query), read=True)
 
     async def execute_sql(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (tests and tooling: tamper tests, purge proofs)."""

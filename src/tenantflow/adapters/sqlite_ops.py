@@ -23,7 +23,7 @@ from tenantflow.adapters.sql import Gen, Held, Result, Sql, Together, advance
 from tenantflow.adapters.sql_ops import apply_op
 from tenantflow.domain.records import Op
 
-__all__ = ["apply_batch", "drive"]
+__all__ = ["apply_batch", "drive", "read"]
 
 T = TypeVar("T")
 
@@ -49,6 +49,16 @@ def apply_batch(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
         raise
     conn.execute("COMMIT")
     return results
+
+
+def read(conn: sqlite3.Connection, query: Gen[T]) -> T:
+    """Run the read ``query`` in a read transaction of its own: its statements see one
+    snapshot, the last commit before it began, whatever the writer commits meanwhile."""
+    conn.execute("BEGIN")
+    try:
+        return drive(conn, query)
+    finally:
+        conn.execute("COMMIT")  # nothing to write: it ends the snapshot
 
 
 def drive(conn: sqlite3.Connection, query: Gen[T], held: Held | None = None) -> T:
