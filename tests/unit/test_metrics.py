@@ -186,6 +186,10 @@ async def test_per_tenant_series_values_and_the_other_bucket(
     ]
     assert counts == sorted(counts) and counts[-1] == commits
     assert value(samples, "tenantflow_store_commit_seconds_sum", store="default") > 0
+    # described, so that a scrape of that series alone finds it
+    only = registry.restricted_registry(["tenantflow_store_commit_seconds_bucket"])
+    _, restricted = scrape(only)  # type: ignore[arg-type]
+    assert len(restricted) == len(counts)
 
     # No run id, input or error message anywhere in the exposition.
     assert SECRET not in text and SECRET.upper() not in text

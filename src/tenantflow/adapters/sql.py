@@ -3,8 +3,8 @@
 The op interpreter (:mod:`~tenantflow.adapters.sql_ops`, :mod:`~tenantflow.adapters.sql_tenancy`)
 is written once, as generators that yield :class:`Sql` statements and receive each statement's
 :class:`Result`; it never touches a connection. Each store drives those generators with its own
-driver — synchronously on SQLite's writer thread, asynchronously on a psycopg connection — so one
-piece of code decides what every op does on both databases.
+driver — synchronously on SQLite's writer (or reader) thread, asynchronously on a psycopg
+connection — so one piece of code decides what every op does on both databases.
 
 Statements are written in SQLite's dialect with ``?`` placeholders (and no literal ``?`` or
 ``%``). Where PostgreSQL, with writers in other processes, needs more — a row lock, ``SKIP

@@ -1,8 +1,9 @@
 """What the SQL stores share: every read of :class:`~tenantflow.ports.Store`, and the
 tenant-scoped handle (:meth:`SqlStore.for_tenant`).
 
-A subclass says how an interpreter generator runs (:meth:`SqlStore._read`): on SQLite's writer
-thread, or in a PostgreSQL transaction scoped to the tenant. The queries themselves are in
+A subclass says how an interpreter generator runs (:meth:`SqlStore._read`): on SQLite's reader
+thread (its writer's, for a store that does not execute), or in a PostgreSQL transaction scoped
+to the tenant. The queries themselves are in
 :mod:`~tenantflow.adapters.sql_ops` and :mod:`~tenantflow.adapters.sql_tenancy`.
 
 **Whose scope a write runs in.** :meth:`~tenantflow.ports.Store.apply` is the engine's own

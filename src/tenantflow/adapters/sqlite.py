@@ -139,24 +139,19 @@ class SqliteStore(SqlStore):
                 f"cannot open SQLite database {str(self.path)!r}: {exc}", path=str(self.path)
             ) from exc
         if execute and not self.in_memory:
+            purpose = "checkpoints"
             try:
                 self._checkpointer = Checkpointer(self.path, conn)
-            except sqlite3.Error as exc:
-                conn.close()
-                self._release_lock()
-                raise StoreUnavailableError(
-                    f"cannot open SQLite database {str(self.path)!r} for checkpoints: {exc}",
-                    path=str(self.path),
-                ) from exc
-            try:
+                purpose = "reads"
                 self._reader = self._connect(query_only=True)
             except sqlite3.Error as exc:
-                self._checkpointer.close()
-                self._checkpointer = None
+                if self._checkpointer is not None:
+                    self._checkpointer.close()
+                    self._checkpointer = None
                 conn.close()
                 self._release_lock()
                 raise StoreUnavailableError(
-                    f"cannot open SQLite database {str(self.path)!r} for reads: {exc}",
+                    f"cannot open SQLite database {str(self.path)!r} for {purpose}: {exc}",
                     path=str(self.path),
                 ) from exc
             self._read_executor = ThreadPoolExecutor(
@@ -175,7 +170,11 @@ class SqliteStore(SqlStore):
             cached_statements=256,
         )
         if query_only:  # the reader: a write through it would be refused, not made
-            conn.execute("PRAGMA query_only=ON")
+            try:
+                conn.execute("PRAGMA query_only=ON")
+            except sqlite3.Error:
+                conn.close()
+                raise
         return conn
 
     def _take_lock(self) -> None:
@@ -245,7 +244,7 @@ class SqliteStore(SqlStore):
 
     @property
     def busy(self) -> bool:
-        """Whether a call is on the store's thread, or its result not yet taken up by its
+        """Whether a call is on one of the store's threads, or its result not yet taken up by its
         caller (a test on a fake clock waits for this before moving time on)."""
         return self._calls_in_flight > 0
 
@@ -259,6 +258,10 @@ class SqliteStore(SqlStore):
         if self._reader is None:  # a reading process: its one connection
             return await self._run(lambda conn: sqlite_ops.drive(conn, query))
         return await self._run(lambda conn: sqlite_ops.read(conn, query), read=True)
+
+    async def ping(self) -> None:
+        """A round trip on the writer's thread (reads go past it: readiness asks here)."""
+        await self._run(lambda conn: conn.execute("SELECT 1").fetchall())
 
     async def execute_sql(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one statement (tests and tooling: tamper tests, purge proofs)."""

@@ -1,7 +1,8 @@
 """The SQLite driver of the op interpreter: batches in one transaction, statements in order.
 
 Runs on the store's writer thread with a connection in autocommit mode; :func:`apply_batch`
-wraps a batch in one ``BEGIN IMMEDIATE … COMMIT``. What each op does is decided once, for every
+wraps a batch in one ``BEGIN IMMEDIATE … COMMIT``. Reads run on the reader's thread, each in a
+read transaction of its own (:func:`read`). What each op does is decided once, for every
 SQL store, in :mod:`~tenantflow.adapters.sql_ops`; :func:`drive` executes its statements.
 
 Within a batch, append-only rows (:attr:`Sql.merge <tenantflow.adapters.sql.Sql.merge>`:
@@ -58,7 +59,8 @@ def read(conn: sqlite3.Connection, query: Gen[T]) -> T:
     try:
         return drive(conn, query)
     finally:
-        conn.execute("COMMIT")  # nothing to write: it ends the snapshot
+        if conn.in_transaction:  # (an I/O error may have rolled it back already)
+            conn.execute("COMMIT")  # nothing to write: it ends the snapshot
 
 
 def drive(conn: sqlite3.Connection, query: Gen[T], held: Held | None = None) -> T:

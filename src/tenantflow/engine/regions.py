@@ -8,6 +8,7 @@ router which store each known tenant's data is in.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 
 from tenantflow.domain.ids import DEFAULT_STORE
@@ -91,18 +92,22 @@ class RegionRouter:
         return self.stores[self.store_key_of(tenant)]
 
     async def probe(self, timeout_s: float) -> None:
-        """A tenant-scoped read of a run that cannot exist, on every store: an answer of "not
-        found" within the timeout (wall time: it is the process's readiness) means the store
-        is reachable.
+        """A tenant-scoped read of a run that cannot exist on every store, and a round trip on
+        the writer's connection of a store that reads on another (SQLite: its ``ping``): an
+        answer within the timeout (wall time: it is the process's readiness) means the store
+        is reachable and its writes are not stuck.
 
         Raises:
             StoreUnavailableError: a store did not answer in time, or failed.
         """
         for key, store in self.stores.items():
             try:
-                await asyncio.wait_for(store.get_run(_PROBE, _PROBE), timeout_s)
-            except NotFoundError:
-                continue
+                async with asyncio.timeout(timeout_s):
+                    with contextlib.suppress(NotFoundError):
+                        await store.get_run(_PROBE, _PROBE)
+                    ping = getattr(store, "ping", None)
+                    if ping is not None:
+                        await ping()
             except (TenantflowError, TimeoutError) as exc:
                 raise StoreUnavailableError(
                     f"store {key!r} is not answering", store=key, retry_after_s=5.0

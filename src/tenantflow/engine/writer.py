@@ -123,10 +123,11 @@ class Writer:
         self._closed = False
         self.batches = 0
         self.ops = 0
-        # How long its committed transactions took, from handing one to the store until the
-        # store answered (a wait for the store's thread included): the count per bucket of
-        # COMMIT_BUCKETS (a duration counts in the first bucket whose bound it does not pass;
-        # the last entry counts those over every bound) and their sum.
+        # How long its group commits took, from handing a batch to the store until the store
+        # answered (a wait for the store's thread included; a batch whose ops were retried one
+        # by one after a refusal counts once; maintenance ops do not count): the count per
+        # bucket of commit_bounds (a duration counts in the first bucket whose bound it does
+        # not pass; the last entry counts those over every bound) and their sum.
         self.commit_counts = [0] * (len(COMMIT_BUCKETS) + 1)
         self.commit_seconds = 0.0
         self.on_failed: Callable[[Sequence[Op]], None] | None = None
@@ -249,8 +250,9 @@ class Writer:
         self._ended_batch(batch)
         self.batches += 1
         self.ops += len(batch)
-        self.commit_counts[bisect_left(COMMIT_BUCKETS, seconds)] += 1
-        self.commit_seconds += seconds
+        if not timed:  # a group commit (a maintenance op's transaction is not one)
+            self.commit_counts[bisect_left(self.commit_bounds, seconds)] += 1
+            self.commit_seconds += seconds
         for (_, fut), result in zip(batch, results, strict=True):
             if not fut.done():
                 fut.set_result((result, seconds) if timed else result)

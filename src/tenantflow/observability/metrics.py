@@ -419,7 +419,7 @@ class _EngineCollector:
         self._m = metrics
 
     def describe(self) -> Iterator[Metric]:
-        return iter(_families())
+        return iter([*_families(), _commit_family()])
 
     def collect(self) -> Iterator[Metric]:
         m = self._m
@@ -474,14 +474,18 @@ class _EngineCollector:
         return iter([*families, _commit_times(engine)])
 
 
-def _commit_times(engine: Engine) -> HistogramMetricFamily:
-    """The writers' commit times, one histogram per store (the default one and each region's)."""
-    family = HistogramMetricFamily(
+def _commit_family() -> HistogramMetricFamily:
+    return HistogramMetricFamily(
         "tenantflow_store_commit_seconds",
         "How long the store took to commit each group commit, from the writer handing it the"
         " batch to its answer (a wait for the store's connection included).",
         labels=["store"],
     )
+
+
+def _commit_times(engine: Engine) -> HistogramMetricFamily:
+    """The writers' commit times, one histogram per store (the default one and each region's)."""
+    family = _commit_family()
     for store, runtime in engine.runtimes.items():
         writer = runtime.writer
         counts = list(writer.commit_counts)  # a copy: a scrape may run on another thread

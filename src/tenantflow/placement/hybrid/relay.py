@@ -108,6 +108,11 @@ class OutboxRelay:
         self._nc: Client | None = None
         self._marking: set[str] = set()
         self._marks: set[asyncio.Task[None]] = set()
+        # Rows whose mark committed, each with the number of the last read begun before: a
+        # read begun before a mark committed may still return the row (its snapshot is older)
+        # after the mark has ended; a read begun after cannot.
+        self._reads = 0
+        self._marked: dict[str, int] = {}
 
     async def _client(self) -> Client:
         if self._nc is None or self._nc.is_closed:
@@ -119,13 +124,19 @@ class OutboxRelay:
         """Publish one batch of unpublished rows; how many were published.
 
         Their marks are written in the background (the next batch need not wait for them):
-        until a row's mark commits, its id is remembered as in flight and skipped. A mark that
-        fails forgets the ids, so the rows are published again (the server drops the copies).
+        until a row's mark commits, its id is remembered as in flight and skipped, and so it is
+        by a read begun before its mark committed (the store may answer reads from a snapshot
+        taken then). A mark that fails forgets the ids, so the rows are published again (the
+        server drops the copies).
         """
-        found = await self.store.outbox(
-            None, limit=self.batch + len(self._marking), unpublished=True
-        )
-        rows = [r for r in found if r.id not in self._marking][: self.batch]
+        self._reads += 1
+        began = self._reads
+        skip = len(self._marking) + len(self._marked)
+        found = await self.store.outbox(None, limit=self.batch + skip, unpublished=True)
+        rows = [r for r in found if r.id not in self._marking and r.id not in self._marked]
+        rows = rows[: self.batch]
+        # marks that committed before this read began can be in no later read
+        self._marked = {i: n for i, n in self._marked.items() if n >= began}
         if not rows:
             return 0
         js = (await self._client()).jetstream()
@@ -163,6 +174,8 @@ class OutboxRelay:
             await self.store.for_tenant(tenant).apply([MarkPublished(tenant, ids, now)])
         except Exception as exc:  # published again later; the server drops the copies
             log.warning("outbox relay: marking %d rows failed: %s", len(ids), exc)
+        else:
+            self._marked.update(dict.fromkeys(ids, self._reads))
         finally:
             self._marking.difference_update(ids)
 
