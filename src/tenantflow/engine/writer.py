@@ -128,7 +128,7 @@ class Writer:
         # by one after a refusal counts once; maintenance ops do not count): the count per
         # bucket of commit_bounds (a duration counts in the first bucket whose bound it does
         # not pass; the last entry counts those over every bound) and their sum.
-        self.commit_counts = [0] * (len(COMMIT_BUCKETS) + 1)
+        self.commit_counts = [0] * (len(self.commit_bounds) + 1)
         self.commit_seconds = 0.0
         self.on_failed: Callable[[Sequence[Op]], None] | None = None
         # Ops whose batch has not ended, each with its place in the order ops were queued (the
