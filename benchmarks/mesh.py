@@ -112,6 +112,42 @@ def _rss_and_sockets(pid: int) -> tuple[float, int]:
     return rss, sockets
 
 
+async def _phases(
+    store: Any, submitted: dict[str, tuple[str, float]], created: dict[str, float]
+) -> dict[str, Any]:
+    """Where the quiet runs' time went, from their events' timestamps (p50 / p99, ms): the
+    submission; a step's claim -> its decision (the work, the reads around it, the completion
+    record); a decision -> the next step's claim (the commit, the publish, the delivery, the
+    wait for a slot, the read before the claim); the last decision -> the run's end."""
+    found: dict[str, list[float]] = {"submit": [], "first": [], "step": [], "hop": [], "end": []}
+    for run_id, (tenant, due) in submitted.items():
+        record = await store.get_run(tenant, run_id)
+        started: dict[str, float] = {}
+        decided: dict[str, float] = {}
+        for event in await store.events(tenant, run_id):
+            if event.step is None:
+                continue
+            if event.kind == "step.started":
+                started.setdefault(event.step, event.ts)
+            elif event.kind == "step.succeeded":
+                decided[event.step] = event.ts
+        found["submit"].append(created[run_id] - due)
+        if "a" in started:
+            found["first"].append(started["a"] - created[run_id])
+        for step, at in started.items():
+            if step in decided:
+                found["step"].append(decided[step] - at)
+        for parent, child in (("a", "b"), ("a", "c"), ("b", "d"), ("c", "d"), ("d", "e")):
+            if parent in decided and child in started:
+                found["hop"].append(started[child] - decided[parent])
+        if "e" in decided and record.finished_at:
+            found["end"].append(record.finished_at - decided["e"])
+    return {
+        f"phase_{name}_ms": [round(1000 * _pct(v, 0.5), 1), round(1000 * _pct(v, 0.99), 1)]
+        for name, v in found.items()
+    }
+
+
 async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict[str, Any]:
     schema, url = _schema()
     tmp = Path(tempfile.mkdtemp(prefix="tf-bench-mesh-"))
@@ -172,8 +208,11 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
 
         submit_s: list[float] = []
 
+        created: dict[str, float] = {}
+
         async def one_quiet(tenant: str, n: int, due: float) -> None:
             run_id = await driver.submit(tenant, WORKFLOW, {"i": n})
+            created[run_id] = time.time()
             submit_s.append(time.time() - due)
             submitted[run_id] = (tenant, due)
 
@@ -224,6 +263,7 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
         else:
             raise RuntimeError("the scenario did not finish in --limit-s")
         elapsed = time.time() - t0
+        phases = await _phases(store, submitted, created) if args.phases else {}
         cpu = sum(_cpu_s(p.pid or 0) for p in procs)
         for p in procs:
             p.stop()
@@ -254,6 +294,7 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
             "load_avg_1_5_15_at_end": _load(),
             "redelivered": sum(s["redelivered"] for s in stats),
             "consumers_created": sum(s["consumers_created"] for s in stats),
+            **phases,
         }
     finally:
         for p in procs:
@@ -279,6 +320,11 @@ async def main(argv: list[str]) -> int:
     )
     parser.add_argument("--limit-s", type=float, default=900.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="Also print where the quiet runs' time went (p50 / p99 of each phase, ms).",
+    )
     parser.add_argument(
         "--scenarios",
         default="quiet,burst,alone",
