@@ -9,12 +9,16 @@ in the query (``?sslmode=require``), with two of the store's own:
 
 **Transactions.** ``apply(ops)`` is one transaction (the group commit) with one result per op.
 What each op does is decided once for every SQL store (:mod:`~tenantflow.adapters.sql_ops`);
-this module executes it, in pipeline mode: a statement whose result the op does not read is
-sent without waiting, so an op costs about one round trip per result it reads. Every statement
-sent still costs a message each way and a wake-up of the server, so a batch's ops are applied
-tenant by tenant and their append-only rows (events, state versions, usage) go as one multi-row
-statement per tenant and table (see :class:`_Session`). Statements are sent through raw cursors
-with the server's own ``$n`` placeholders, converted once (:func:`postgres_text`). A unique
+this module executes it, in libpq's pipeline mode driven by
+:class:`~tenantflow.adapters.postgres_wire.Wire`: a statement whose result the op does not read
+is put in the connection's output buffer without waiting, ``BEGIN`` and ``COMMIT`` included, so
+a transaction costs one round trip plus one per result it reads, and one wait on the socket for
+each. Every statement sent still costs a message each way and a wake-up of the server, so a
+batch's ops are applied tenant by tenant and their append-only rows (events, state versions,
+usage) go as one multi-row statement per tenant and table (see :class:`_Session`). Statements
+use the server's own ``$n`` placeholders, converted once (:func:`postgres_text`), and are
+prepared on each connection the first time they are sent there (with row-level security on
+every table, planning is most of a small statement's cost). A unique
 violation fails the batch, which is then applied op by op so that only the bad op fails (its
 result is a :class:`~tenantflow.errors.ConflictError`); a deadlock or serialization failure
 against another process retries the whole batch, which committed nothing. Driver errors never
@@ -79,13 +83,13 @@ import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, closing, nullcontext
+from contextlib import asynccontextmanager, closing
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import AsyncConnection, AsyncPipeline, AsyncRawCursor
+from psycopg import AsyncConnection, AsyncRawCursor
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
@@ -97,6 +101,7 @@ from tenantflow.adapters.postgres_schema import (
     migrate,
     schema_version,
 )
+from tenantflow.adapters.postgres_wire import Wire
 from tenantflow.adapters.sql import Gen, Held, Result, Sql, Together, advance
 from tenantflow.adapters.sql_ops import apply_op, op_tenant, start_attempts
 from tenantflow.adapters.sql_store import SqlStore
@@ -123,10 +128,8 @@ _STORE_OPTIONS = ("schema", "pool_size")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PG_HINT = re.compile(r"/\*pg:(.*?)\*/", re.DOTALL)
 _PLACEHOLDER = re.compile(r"\?")
-_SET_SCOPE = f"SELECT set_config('role', %s, true), set_config('{TENANT_SETTING}', %s, true)"
-_LOCK_RUNS = (
-    "SELECT id FROM runs WHERE tenant_id = %s AND id = ANY(%s) ORDER BY id FOR NO KEY UPDATE"
-)
+_SET_SCOPE = f"SELECT set_config('role', ?, true), set_config('{TENANT_SETTING}', ?, true)"
+_LOCK_RUNS = "SELECT id FROM runs WHERE tenant_id = ? AND id = ANY(?) ORDER BY id FOR NO KEY UPDATE"
 """Taken first, for each tenant of a batch (tenants by id), on the runs its ops write: two
 processes' batches that share runs then take them in one order, and one waits for the other
 instead of both deadlocking (two agents deciding branches of the same two runs did, each
@@ -140,10 +143,6 @@ CHECK_IDLE_S = 2.0
 """A pooled connection idle longer than this is checked (a round trip) before it is lent."""
 
 _idle_since: weakref.WeakKeyDictionary[AsyncConnection[Any], float] = weakref.WeakKeyDictionary()
-
-
-async def _returned(conn: AsyncConnection[Any]) -> None:
-    _idle_since[conn] = time.monotonic()
 
 
 async def _check_if_idle(conn: AsyncConnection[Any]) -> None:
@@ -252,9 +251,10 @@ class PostgresStore(SqlStore):
             self._conninfo,
             min_size=1,
             max_size=self.pool_size,
-            kwargs={"autocommit": True},
+            # psycopg's own preparation off: its rollback deallocates every statement
+            # prepared on the connection, the store's own (adapters/postgres_wire.py) too.
+            kwargs={"autocommit": True, "prepare_threshold": None},
             check=_check_if_idle,
-            reset=_returned,
             timeout=self.connect_timeout_s,
             name="tenantflow",
             open=False,
@@ -318,16 +318,35 @@ class PostgresStore(SqlStore):
             raise StoreError(f"PostgreSQL error: {exc}", sqlstate=exc.sqlstate) from exc
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_Session]:
+    async def _lend(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection of the pool; when it goes back, the time is noted for the pool's check
+        (:func:`_check_if_idle`). (Noted here, not by the pool's ``reset`` hook: with one, the
+        pool hands every returned connection to a background task of its own.)"""
         pool = self._pool
         if pool is None:
             raise StoreUnavailableError("the PostgreSQL store is not open", url=self.url)
         async with pool.connection() as conn:
-            pipelined = conn.pipeline() if _PIPELINE else nullcontext(None)
-            async with pipelined as pipeline, conn.transaction():
-                session = _Session(conn, pipeline)
-                yield session
-                await session.release()
+            try:
+                yield conn
+            finally:
+                _idle_since[conn] = time.monotonic()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Session]:
+        """One transaction on a pooled connection, its statements sent without waiting
+        between them (:class:`~tenantflow.adapters.postgres_wire.Wire`): ``BEGIN`` goes out
+        with the first statements and ``COMMIT`` with the last, so a transaction that reads
+        nothing is one round trip, and each read adds one. A statement the server refuses makes
+        it skip the rest up to the next sync, ``COMMIT`` included, and its error is raised
+        there; whatever ends the block early leaves the transaction open or failed, and the
+        pool's connection context rolls it back as the error passes through it (with no
+        error, it finds nothing left to commit)."""
+        async with self._lend() as conn, Wire(conn, piped=_PIPELINE) as wire:
+            await wire.send(b"BEGIN")
+            session = _Session(wire)
+            yield session
+            await session.release()
+            await wire.send(b"COMMIT")
 
     async def apply(self, ops: Sequence[Op]) -> list[Any]:
         return await self._apply(ops, None)
@@ -399,11 +418,8 @@ class PostgresStore(SqlStore):
         """A pooled connection in one transaction, acting as ``tenant_id`` (system scope when
         None) exactly like the store's own ops, driver errors translated (for
         :mod:`~tenantflow.adapters.postgres_cluster`)."""
-        pool = self._pool
-        if pool is None:
-            raise StoreUnavailableError("the PostgreSQL store is not open", url=self.url)
-        async with self._translated(), pool.connection() as conn, conn.transaction():
-            await conn.execute(_SET_SCOPE, _scope(tenant_id))
+        async with self._translated(), self._lend() as conn, conn.transaction():
+            await AsyncRawCursor(conn).execute(postgres_text(_SET_SCOPE), _scope(tenant_id))
             yield conn
 
     async def execute_sql(
@@ -433,9 +449,8 @@ class _Session:
     one statement and its scope is set once, and a tenant's consecutive step claims are one
     ``UPDATE`` (:func:`_claims_together`)."""
 
-    def __init__(self, conn: AsyncConnection[Any], pipeline: AsyncPipeline | None) -> None:
-        self._conn = conn
-        self._pipeline = pipeline
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
         self._scope: tuple[str, str] | None = None
         self._held = Held()
 
@@ -445,22 +460,21 @@ class _Session:
         scope = _scope(tenant_id)
         if scope != self._scope:
             await self.release()
-            await self._conn.execute(_SET_SCOPE, scope)
+            await self._wire.send(postgres_text(_SET_SCOPE), scope)
             self._scope = scope
 
     async def lock_runs(self, tenant_id: str, run_ids: list[str]) -> None:
         """Lock ``run_ids`` (sorted) for this transaction (:data:`_LOCK_RUNS`); sent without
         waiting: the server runs it before the statements sent after it."""
         if len(run_ids) > 1:  # one run is locked by its own first write, in no other order
-            await self._conn.execute(_LOCK_RUNS, (tenant_id, run_ids))
+            await self._wire.send(postgres_text(_LOCK_RUNS), (tenant_id, run_ids))
 
     async def release(self) -> None:
         """Send the held rows: one multi-row statement per text (a few for very many rows)."""
         if not self._held:
             return
-        cur = AsyncRawCursor(self._conn)
         for text, flat in self._held.take():
-            await cur.execute(postgres_text(text), flat)
+            await self._wire.send(postgres_text(text), flat)
 
     async def drive(self, query: Gen[T]) -> T:
         """Run an interpreter step to its end in this transaction; its result."""
@@ -478,36 +492,25 @@ class _Session:
             return _NOTHING
         if self._held and self._held.named_by(statement.text):
             await self.release()
-        text = postgres_text(statement.text)
-        cur = AsyncRawCursor(self._conn)
-        if statement.many:
-            await cur.executemany(text, statement.args)
-        else:
-            await cur.execute(text, statement.args)
+        sent = await self._wire.send(
+            postgres_text(statement.text), statement.args, many=statement.many
+        )
         if not statement.results:
             return _NOTHING
-        if self._pipeline is not None:
-            await self._pipeline.sync()
-        found = await cur.fetchall() if cur.description is not None else []
-        return Result(found, cur.rowcount)
+        await self._wire.sync()
+        return Result(sent.rows, sent.rowcount)
 
     async def _together(self, statements: Sequence[Sql]) -> Result:
         """Send ``statements`` one after the other without waiting, then wait once (in
         pipeline mode: one round trip for all); each one's result in ``parts``."""
         if self._held:
             await self.release()
-        cursors = []
-        for statement in statements:
-            cur = AsyncRawCursor(self._conn)
-            await cur.execute(postgres_text(statement.text), statement.args)
-            cursors.append(cur)
-        if self._pipeline is not None:
-            await self._pipeline.sync()
-        parts = [
-            Result(await cur.fetchall() if cur.description is not None else [], cur.rowcount)
-            for cur in cursors
+        sent = [
+            await self._wire.send(postgres_text(statement.text), statement.args)
+            for statement in statements
         ]
-        return Result([], 0, parts)
+        await self._wire.sync()
+        return Result([], 0, [Result(one.rows, one.rowcount) for one in sent])
 
 
 def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:

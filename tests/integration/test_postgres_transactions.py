@@ -1,0 +1,271 @@
+"""The PostgreSQL store's transactions: ``BEGIN`` ... ``COMMIT`` sent as statements of one
+pipeline. What commits, what is rolled back (an error in the block, a statement the server
+refused, a cancellation while waiting), and that the connection goes back to the pool out of
+any transaction, so the next transaction on it starts clean."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tenantflow.adapters.sql import Sql
+from tenantflow.errors import StoreError
+
+psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+
+from tenantflow.adapters.postgres import PostgresStore  # noqa: E402
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.postgres]
+
+IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+async def _store(url: str) -> PostgresStore:
+    """A store with one pooled connection: every transaction below runs on the same one."""
+    store = PostgresStore.from_url(f"{url}&pool_size=1")
+    await store.open()
+    await store.execute_sql("CREATE TABLE scratch (id integer PRIMARY KEY, note text)")
+    return store
+
+
+async def _ids(store: PostgresStore) -> list[int]:
+    return [row[0] for row in await store.execute_sql("SELECT id FROM scratch ORDER BY id")]
+
+
+async def _assert_idle(store: PostgresStore) -> None:
+    """The pool's one connection is lent out of any transaction."""
+    assert store._pool is not None
+    async with store._pool.connection() as conn:
+        assert conn.info.transaction_status == IDLE, conn.info.transaction_status
+
+
+async def test_the_statements_of_a_block_commit_together(postgres_url: str) -> None:
+    store = await _store(postgres_url)
+    try:
+        async with store._transaction() as session:
+            await session.execute(Sql("INSERT INTO scratch VALUES (?, ?)", (1, "a"), results=False))
+            await session.execute(Sql("INSERT INTO scratch VALUES (?, ?)", (2, "b"), results=False))
+            read = await session.execute(Sql("SELECT count(*) FROM scratch"))
+            assert read.rows == [(2,)]  # its own writes, before the commit
+            await session.execute(Sql("INSERT INTO scratch VALUES (?, ?)", (3, "c"), results=False))
+        assert await _ids(store) == [1, 2, 3]
+        await _assert_idle(store)
+    finally:
+        await store.close()
+
+
+async def test_an_error_in_the_block_rolls_back_what_it_sent(postgres_url: str) -> None:
+    store = await _store(postgres_url)
+    try:
+        with pytest.raises(RuntimeError, match="step code failed"):
+            async with store._transaction() as session:
+                await session.execute(Sql("INSERT INTO scratch VALUES (1, 'sent, not read')"))
+                await session.execute(
+                    Sql("INSERT INTO scratch VALUES (2, 'queued')", results=False)
+                )
+                raise RuntimeError("step code failed")
+        assert await _ids(store) == []
+        await _assert_idle(store)
+    finally:
+        await store.close()
+
+
+async def test_a_refused_statement_fails_the_block_and_commits_nothing(postgres_url: str) -> None:
+    store = await _store(postgres_url)
+    try:
+        await store.execute_sql("INSERT INTO scratch VALUES (7, 'there before')")
+        with pytest.raises(StoreError, match="duplicate key"):
+            async with store._translated(), store._transaction() as session:
+                await session.execute(Sql("INSERT INTO scratch VALUES (1, 'x')", results=False))
+                # Refused by the server; nothing waits for it, so the error comes at the
+                # commit's sync, and the server skips the COMMIT sent after it.
+                await session.execute(Sql("INSERT INTO scratch VALUES (7, 'y')", results=False))
+                await session.execute(Sql("INSERT INTO scratch VALUES (2, 'z')", results=False))
+        assert await _ids(store) == [7]
+        await _assert_idle(store)
+        # The connection is usable: the next block commits.
+        async with store._transaction() as session:
+            await session.execute(Sql("INSERT INTO scratch VALUES (3, 'after')", results=False))
+        assert await _ids(store) == [3, 7]
+    finally:
+        await store.close()
+
+
+async def test_a_block_cancelled_while_it_waits_commits_nothing(postgres_url: str) -> None:
+    store = await _store(postgres_url)
+    other = await psycopg.AsyncConnection.connect(store.conninfo, autocommit=True)
+    try:
+        await store.execute_sql("INSERT INTO scratch VALUES (9, 'locked by another session')")
+        await other.execute("BEGIN")
+        await other.execute("SELECT id FROM scratch WHERE id = 9 FOR UPDATE")
+        entered = asyncio.Event()
+
+        async def block() -> None:
+            async with store._transaction() as session:
+                await session.execute(Sql("INSERT INTO scratch VALUES (1, 'x')", results=False))
+                entered.set()
+                await session.execute(Sql("SELECT id FROM scratch WHERE id = 9 FOR UPDATE"))
+                await session.execute(Sql("INSERT INTO scratch VALUES (2, 'y')", results=False))
+
+        task = asyncio.create_task(block())
+        await asyncio.wait_for(entered.wait(), 10)
+        await asyncio.sleep(0.2)  # the lock wait has begun (it cannot end before the rollback)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await other.execute("ROLLBACK")
+        assert await _ids(store) == [9]
+        await _assert_idle(store)
+        async with store._transaction() as session:
+            await session.execute(Sql("INSERT INTO scratch VALUES (3, 'after')", results=False))
+        assert await _ids(store) == [3, 9]
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def _prepared_here(store: PostgresStore) -> list[str]:
+    """The statements prepared on the pool's one connection (``pg_prepared_statements`` is
+    per session)."""
+    rows = await store.execute_sql("SELECT statement FROM pg_prepared_statements ORDER BY name")
+    return [row[0] for row in rows]
+
+
+async def test_statements_are_prepared_once_per_connection(postgres_url: str) -> None:
+    store = await _store(postgres_url)
+    try:
+        for i in range(3):
+            async with store._transaction() as session:
+                await session.execute(
+                    Sql("INSERT INTO scratch VALUES (?, ?)", (i, "n"), results=False)
+                )
+        prepared = await _prepared_here(store)
+        assert prepared.count("INSERT INTO scratch VALUES ($1, $2)") == 1, prepared
+        assert await _ids(store) == [0, 1, 2]
+    finally:
+        await store.close()
+
+
+async def test_a_statement_that_fails_to_prepare_is_not_taken_as_prepared(
+    postgres_url: str,
+) -> None:
+    from tenantflow.adapters import postgres_wire
+
+    store = await _store(postgres_url)
+    try:
+        bad = Sql("SELECT nope FROM scratch WHERE id = ?", (1,))
+        for _ in range(2):  # the second time it is prepared again, and fails again the same way
+            with pytest.raises(StoreError, match="nope"):
+                async with store._translated(), store._transaction() as session:
+                    await session.execute(bad)
+        assert store._pool is not None
+        async with store._pool.connection() as conn:
+            names = postgres_wire._prepared[conn]
+        assert not any(b"nope" in text for text, _ in names), names
+        await store.execute_sql("INSERT INTO scratch VALUES (1, 'fine')")
+        assert await _ids(store) == [1]
+    finally:
+        await store.close()
+
+
+async def test_the_prepared_statements_outlive_a_rolled_back_transaction(
+    postgres_url: str,
+) -> None:
+    """A rollback by psycopg deallocates every statement prepared on the connection once psycopg
+    has prepared one of its own (after a few executions of a query through its cursors): the
+    pool's connections have psycopg's preparation off, so the store's statements stay."""
+    store = await _store(postgres_url)
+    try:
+        await store.execute_sql("INSERT INTO scratch VALUES (1, 'a')")  # prepared now
+        for _ in range(8):  # through psycopg's own cursor, as the cluster's coordination does
+            async with store.scoped(None) as conn:
+                await conn.execute("SELECT count(*) FROM tenants WHERE id > %s", ("",))
+        with pytest.raises(StoreError, match="duplicate key"):
+            async with store._translated(), store._transaction() as session:
+                await session.execute(Sql("INSERT INTO scratch VALUES (?, ?)", (1, "again")))
+        await store.execute_sql("INSERT INTO scratch VALUES (2, 'b')")
+        assert await _ids(store) == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_past_the_bound_statements_are_sent_unprepared(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tenantflow.adapters import postgres_wire
+
+    store = await _store(postgres_url)  # its set-up statements filled the connection's cache
+    monkeypatch.setattr(postgres_wire, "MAX_PREPARED", 0)
+    try:
+        before = await _prepared_here(store)
+        async with store._transaction() as session:
+            await session.execute(Sql("INSERT INTO scratch VALUES (?, ?)", (5, "x")))
+            read = await session.execute(Sql("SELECT note FROM scratch WHERE id = ?", (5,)))
+            assert read.rows == [("x",)]
+        assert await _prepared_here(store) == before
+        assert await _ids(store) == [5]
+    finally:
+        await store.close()
+
+
+async def test_an_error_read_mid_transaction_stops_it_there(postgres_url: str) -> None:
+    store = await _store(postgres_url)
+    try:
+        with pytest.raises(StoreError, match="division by zero"):
+            async with store._translated(), store._transaction() as session:
+                await session.execute(Sql("INSERT INTO scratch VALUES (1, 'x')", results=False))
+                await session.execute(Sql("SELECT 1 / (id - 1) FROM scratch"))
+                await session.execute(Sql("INSERT INTO scratch VALUES (2, 'y')", results=False))
+        assert await _ids(store) == []
+        await _assert_idle(store)
+    finally:
+        await store.close()
+
+
+async def test_statements_deallocated_behind_the_store_are_prepared_again(
+    postgres_url: str,
+) -> None:
+    """Should something deallocate the connection's statements (``DISCARD ALL``, a proxy), the
+    one transaction that meets it fails, and the statements are prepared anew after it."""
+    store = await _store(postgres_url)
+    try:
+        await store.execute_sql("INSERT INTO scratch VALUES (1, 'a')")
+        assert store._pool is not None
+        async with store._pool.connection() as conn:
+            await conn.execute("DEALLOCATE ALL")
+        with pytest.raises(StoreError, match="does not exist"):
+            await store.execute_sql("INSERT INTO scratch VALUES (2, 'b')")
+        await store.execute_sql("INSERT INTO scratch VALUES (2, 'b')")
+        assert await _ids(store) == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_a_connection_given_back_moments_ago_is_lent_without_a_check(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    from tenantflow.adapters import postgres
+
+    checks: list[object] = []
+    real = AsyncConnectionPool.check_connection
+
+    async def counted(conn: object) -> None:
+        checks.append(conn)
+        await real(conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AsyncConnectionPool, "check_connection", staticmethod(counted))
+    store = await _store(postgres_url)
+    try:
+        checks.clear()
+        for _ in range(3):
+            await store.execute_sql("SELECT 1")
+        assert checks == []  # each time it had just been given back
+        monkeypatch.setattr(postgres, "CHECK_IDLE_S", 0.0)
+        await asyncio.sleep(0.01)
+        await store.execute_sql("SELECT 1")
+        assert len(checks) == 1  # idle longer than CHECK_IDLE_S: a round trip first
+    finally:
+        await store.close()
