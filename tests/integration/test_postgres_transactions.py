@@ -6,15 +6,18 @@ any transaction, so the next transaction on it starts clean."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Generator
 
 import pytest
 
-from tenantflow.adapters.sql import Sql
+import tenantflow as tf
+from tenantflow.adapters.sql import Result, Sql, Together
 from tenantflow.errors import StoreError
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
 
 from tenantflow.adapters.postgres import PostgresStore  # noqa: E402
+from tenantflow.adapters.postgres_schema import SYSTEM_ROLE  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.postgres]
 
@@ -267,5 +270,133 @@ async def test_a_connection_given_back_moments_ago_is_lent_without_a_check(
         await asyncio.sleep(0.01)
         await store.execute_sql("SELECT 1")
         assert len(checks) == 1  # idle longer than CHECK_IDLE_S: a round trip first
+    finally:
+        await store.close()
+
+
+def _count_twice() -> Generator[Sql, Result, tuple[int, int]]:
+    """A read in two segments: the second statement is sent after the first one's result."""
+    first = yield Sql("SELECT count(*) FROM runs")
+    second = yield Sql("SELECT count(*) FROM runs")
+    return first.rows[0][0], second.rows[0][0]
+
+
+async def test_every_segment_of_a_read_is_scoped_to_its_tenant(postgres_url: str) -> None:
+    """A read takes no transaction of its own: each segment (up to a sync) is one, and the
+    tenant scope ends with it. The scope is set again for the next: were it not, the second
+    statement would run as the connecting role, which sees every tenant's rows."""
+    wf = tf.Workflow("pg-two-segments", input=int)
+
+    @wf.step
+    async def only(ctx: tf.StepContext, input: int) -> int:
+        return input
+
+    async with tf.Engine.open(postgres_url, auto_tenant="standard") as engine:
+        engine.register(wf)
+        for tenant in ("t1", "t2", "t2"):
+            handle = await engine.submit("pg-two-segments", tenant=tenant, input=1)
+            await handle.result()
+        store = engine.store
+        assert isinstance(store, PostgresStore)
+        assert await store._read("t1", _count_twice()) == (1, 1)
+        assert await store._read("t2", _count_twice()) == (2, 2)
+        assert await store._read(None, _count_twice()) == (3, 3)  # system scope: all
+
+
+async def test_a_read_runs_queries_only_in_read_only_transactions(postgres_url: str) -> None:
+    """A read's statements are queries; one that is not (a write, or a ``COMMIT`` that would
+    end the scoped transaction mid-read) is refused before it is sent, and a query that writes
+    (a ``WITH`` around a ``DELETE``) is refused by the server: the transaction is read-only."""
+
+    def reads_then(statement: Sql) -> Generator[Sql, Result, None]:
+        yield Sql("SELECT count(*) FROM runs")
+        yield statement
+
+    store = await _store(postgres_url)
+    try:
+        await store.execute_sql("INSERT INTO scratch VALUES (1, 'kept')")
+        for refused in (
+            Sql("DELETE FROM scratch"),
+            Sql("COMMIT", results=False),
+            Sql("INSERT INTO scratch VALUES (?, ?)", [(2, "x")], many=True, merge="append"),
+        ):
+            with pytest.raises(StoreError, match="a read runs queries only"):
+                await store._read(None, reads_then(refused))
+        writing_query = Sql(
+            "WITH gone AS (DELETE FROM scratch RETURNING id) SELECT count(*) FROM gone"
+        )
+        with pytest.raises(StoreError, match="read-only transaction"):
+            await store._read(None, reads_then(writing_query))
+        assert await _ids(store) == [1]
+    finally:
+        await store.close()
+
+
+async def test_a_transaction_that_writes_runs_in_one_scope(postgres_url: str) -> None:
+    """``in_transaction`` (tenant moves, the mesh's projector): the writes of a query in one
+    transaction as the tenant, committed together, or none of them when it raises."""
+
+    def move(fail: bool) -> Generator[Sql, Result, int]:
+        yield Sql("INSERT INTO scratch VALUES (?, ?)", (1, "one"), results=False)
+        found = yield Sql("SELECT count(*) FROM scratch")
+        yield Sql("INSERT INTO scratch VALUES (?, ?)", (2, "two"), results=False)
+        if fail:
+            raise RuntimeError("the fingerprint does not match")
+        return int(found.rows[0][0])
+
+    store = await _store(postgres_url)
+    try:
+        await store.execute_sql(f"GRANT SELECT, INSERT ON scratch TO {SYSTEM_ROLE}")
+        with pytest.raises(RuntimeError, match="fingerprint"):
+            await store.in_transaction(None, move(fail=True))
+        assert await _ids(store) == []
+        assert await store.in_transaction(None, move(fail=False)) == 1
+        assert await _ids(store) == [1, 2]
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_read_leaves_no_statement_taken_as_prepared(postgres_url: str) -> None:
+    """A statement is kept as prepared only once the server said so: one whose preparation
+    was skipped (the read was cancelled before it) is prepared anew next time, not executed
+    by a name the server never knew."""
+    store = await _store(postgres_url)
+    try:
+
+        def slow_then_count() -> Generator[Sql, Result, object]:
+            both = yield Together(
+                "", statements=[Sql("SELECT pg_sleep(5)"), Sql("SELECT count(*) FROM scratch")]
+            )
+            return both
+
+        task = asyncio.create_task(store._read(None, slow_then_count()))
+        await asyncio.sleep(0.5)  # the sleep is running; the count waits behind it
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await store.execute_sql("SELECT count(*) FROM scratch") == [(0,)]
+    finally:
+        await store.close()
+
+
+async def test_the_servers_error_is_raised_not_a_later_rows_loading(postgres_url: str) -> None:
+    store = await _store(postgres_url)
+    try:
+
+        def three() -> Generator[Sql, Result, object]:
+            return (
+                yield Together(
+                    "",
+                    statements=[
+                        Sql("SELECT 'infinity'::date"),  # a value Python's date cannot hold
+                        Sql("SELECT 1 / 0"),
+                        Sql("SELECT 44"),
+                    ],
+                )
+            )
+
+        with pytest.raises(StoreError, match="division by zero"):
+            await store._read(None, three())
+        assert await store.execute_sql("SELECT 44") == [(44,)]
     finally:
         await store.close()

@@ -37,7 +37,8 @@ the migrations, :mod:`~tenantflow.adapters.postgres_schema`):
   handle, :meth:`~tenantflow.adapters.sql_store.SqlStore.for_tenant`, the handle's tenant for
   every op: the caller's scope, not the op's word). Its policies (``USING`` and ``WITH CHECK``,
   forced on every tenant table) show it that tenant's rows only, and refuse to write any
-  other's. Both settings end with the transaction, so nothing carries over to the
+  other's. (A read takes no transaction of its own: each round trip of it is one, set up so,
+  and read-only.) Both settings end with the transaction, so nothing carries over to the
   next user of a pooled connection;
 * system scope — the reads and ops that recovery needs across tenants (``active_runs``,
   ``pending_reviews``, ``list_tenants``, ``RenewLeases``, ``RecoverOrphans``) — runs as
@@ -101,7 +102,7 @@ from tenantflow.adapters.postgres_schema import (
     migrate,
     schema_version,
 )
-from tenantflow.adapters.postgres_wire import Wire
+from tenantflow.adapters.postgres_wire import Sent, Wire
 from tenantflow.adapters.sql import Gen, Held, Result, Sql, Together, advance
 from tenantflow.adapters.sql_ops import apply_op, op_tenant, start_attempts
 from tenantflow.adapters.sql_store import SqlStore
@@ -129,11 +130,19 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _PG_HINT = re.compile(r"/\*pg:(.*?)\*/", re.DOTALL)
 _PLACEHOLDER = re.compile(r"\?")
 _SET_SCOPE = f"SELECT set_config('role', ?, true), set_config('{TENANT_SETTING}', ?, true)"
+_SET_READ_SCOPE = _SET_SCOPE + ", set_config('transaction_read_only', 'on', true)"
+"""A read's scope: the same, in a transaction the server keeps from writing."""
 _LOCK_RUNS = "SELECT id FROM runs WHERE tenant_id = ? AND id = ANY(?) ORDER BY id FOR NO KEY UPDATE"
 """Taken first, for each tenant of a batch (tenants by id), on the runs its ops write: two
 processes' batches that share runs then take them in one order, and one waits for the other
 instead of both deadlocking (two agents deciding branches of the same two runs did, each
 locking the runs in its own batch's order)."""
+_QUERY = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
+"""What a read's statements begin with (see ``PostgresStore._read``): a query, never a command
+that would end its transaction and with it the tenant scope. (A ``WITH`` that writes is
+refused by the server: a read's transaction is read-only.)"""
+
+
 _ATTEMPTS = 5  # a batch that keeps deadlocking with other processes fails after this many
 _NOTHING = Result([], 0)  # what a statement whose result is not read returns
 _PIPELINE = psycopg.Pipeline.is_supported()  # libpq >= 14; else one round trip a statement
@@ -161,8 +170,8 @@ def postgres_text(text: str) -> bytes:
     """A shared statement (:mod:`~tenantflow.adapters.sql`) in PostgreSQL's dialect: its
     ``/*pg: …*/`` additions kept, ``?`` placeholders as the server's own ``$1``, ``$2``, …
 
-    Statements go through psycopg's raw cursors, which send them as they are: converted once
-    here, not parsed again at every execution."""
+    Statements are sent as they are (:mod:`~tenantflow.adapters.postgres_wire`, or psycopg's
+    raw cursors): converted once here, not parsed again at every execution."""
     numbers = itertools.count(1)
     return _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", _PG_HINT.sub(r"\1", text)).encode()
 
@@ -396,8 +405,28 @@ class PostgresStore(SqlStore):
                 return [ConflictError(f"write refused: {exc}", sqlstate=exc.sqlstate)]
             return [result for op in ops for result in await self._commit([op], scope)]
 
-    async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
+    async def in_transaction(self, tenant_id: str | None, query: Gen[T]) -> T:
+        """Run ``query`` (an interpreter step that may write) in one transaction acting as
+        ``tenant_id`` (system scope when None): committed when it returns, rolled back when it
+        raises (tenant moves, the mesh's projector)."""
         async with self._translated(), self._transaction() as session:
+            await session.enter(tenant_id)
+            return await session.drive(query)
+
+    async def _read(self, tenant_id: str | None, query: Gen[T]) -> T:
+        """Run a read. In pipeline mode it takes no transaction of its own: the statements up
+        to each sync are one implicit transaction of the server's, so a read answered in one
+        round trip costs one, not two (``BEGIN`` ... ``COMMIT`` needs a sync of its own after
+        the last result). The tenant scope is transaction-local, so it is sent again at the
+        head of every such segment (:class:`_Session`); each statement sees its own snapshot
+        either way at read committed, PostgreSQL's default (at repeatable read, a read of
+        several round trips would see one snapshot per round trip, not one in all). Its
+        statements must be queries (``SELECT`` or ``WITH``), and its transactions are
+        read-only."""
+        if not _PIPELINE:  # every statement would be a transaction of its own
+            return await self.in_transaction(tenant_id, query)
+        async with self._translated(), self._lend() as conn, Wire(conn, piped=True) as wire:
+            session = _Session(wire, implicit=True)
             await session.enter(tenant_id)
             return await session.drive(query)
 
@@ -436,10 +465,11 @@ class PostgresStore(SqlStore):
 
 
 class _Session:
-    """One transaction on one connection, in pipeline mode: a statement whose result the
-    interpreter does not read is sent without waiting for the server, so an op costs about one
-    round trip per result it reads, not one per statement. (A failing statement fails the
-    transaction at the next wait, with its own error.)
+    """The statements of one transaction on one connection (an implicit session, a read's: one
+    transaction of the server's per round trip, each scoped anew), in pipeline mode: a
+    statement whose result the interpreter does not read is sent without waiting for the
+    server, so an op costs about one round trip per result it reads, not one per statement. (A
+    failing statement fails the transaction at the next wait, with its own error.)
 
     Append-only rows (:attr:`Sql.merge <tenantflow.adapters.sql.Sql.merge>`: events, state
     versions, usage) are held and sent as one multi-row statement per statement text: before a
@@ -449,32 +479,53 @@ class _Session:
     one statement and its scope is set once, and a tenant's consecutive step claims are one
     ``UPDATE`` (:func:`_claims_together`)."""
 
-    def __init__(self, wire: Wire) -> None:
+    def __init__(self, wire: Wire, *, implicit: bool = False) -> None:
         self._wire = wire
         self._scope: tuple[str, str] | None = None
         self._held = Held()
+        self._implicit = implicit
+        self._sent_scope = False
+        """In an implicit session (a read), whether the current segment has set the scope."""
 
     async def enter(self, tenant_id: str | None) -> None:
         """Act as ``tenant_id`` (the application role), or in system scope when None; the
-        settings are transaction-local and sent only when they change."""
+        settings are transaction-local and sent only when they change (in an implicit
+        session, a read, again at the head of each segment: see :meth:`_send`)."""
         scope = _scope(tenant_id)
         if scope != self._scope:
             await self.release()
-            await self._wire.send(postgres_text(_SET_SCOPE), scope)
             self._scope = scope
+            self._sent_scope = False
+            if not self._implicit:
+                await self._wire.send(postgres_text(_SET_SCOPE), scope)
+
+    async def _send(self, text: str, args: Sequence[Any], *, many: bool = False) -> Sent:
+        if self._implicit:
+            if not _QUERY.match(text):
+                raise StoreError(f"a read runs queries only, not {text[:60]!r}")
+            if not self._sent_scope:  # each segment is its own transaction: scope it
+                if self._scope is None:
+                    raise StoreError("a read must enter a scope first")
+                await self._wire.send(postgres_text(_SET_READ_SCOPE), self._scope)
+                self._sent_scope = True
+        return await self._wire.send(postgres_text(text), args, many=many)
+
+    async def _sync(self) -> None:
+        await self._wire.sync()
+        self._sent_scope = False
 
     async def lock_runs(self, tenant_id: str, run_ids: list[str]) -> None:
         """Lock ``run_ids`` (sorted) for this transaction (:data:`_LOCK_RUNS`); sent without
         waiting: the server runs it before the statements sent after it."""
         if len(run_ids) > 1:  # one run is locked by its own first write, in no other order
-            await self._wire.send(postgres_text(_LOCK_RUNS), (tenant_id, run_ids))
+            await self._send(_LOCK_RUNS, (tenant_id, run_ids))
 
     async def release(self) -> None:
         """Send the held rows: one multi-row statement per text (a few for very many rows)."""
         if not self._held:
             return
         for text, flat in self._held.take():
-            await self._wire.send(postgres_text(text), flat)
+            await self._send(text, flat)
 
     async def drive(self, query: Gen[T]) -> T:
         """Run an interpreter step to its end in this transaction; its result."""
@@ -488,16 +539,16 @@ class _Session:
         if isinstance(statement, Together):
             return await self._together(statement.statements)
         if statement.merge is not None:
+            if self._implicit:
+                raise StoreError(f"a read runs queries only, not {statement.text[:60]!r}")
             self._held.hold(statement)
             return _NOTHING
         if self._held and self._held.named_by(statement.text):
             await self.release()
-        sent = await self._wire.send(
-            postgres_text(statement.text), statement.args, many=statement.many
-        )
+        sent = await self._send(statement.text, statement.args, many=statement.many)
         if not statement.results:
             return _NOTHING
-        await self._wire.sync()
+        await self._sync()
         return Result(sent.rows, sent.rowcount)
 
     async def _together(self, statements: Sequence[Sql]) -> Result:
@@ -505,11 +556,8 @@ class _Session:
         pipeline mode: one round trip for all); each one's result in ``parts``."""
         if self._held:
             await self.release()
-        sent = [
-            await self._wire.send(postgres_text(statement.text), statement.args)
-            for statement in statements
-        ]
-        await self._wire.sync()
+        sent = [await self._send(statement.text, statement.args) for statement in statements]
+        await self._sync()
         return Result([], 0, [Result(one.rows, one.rowcount) for one in sent])
 
 

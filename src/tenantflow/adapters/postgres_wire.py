@@ -41,6 +41,9 @@ __all__ = ["MAX_PREPARED", "Sent", "Wire"]
 MAX_PREPARED = 500
 """Statements prepared per connection at most; past it, new ones are sent unprepared."""
 
+_STALE_PLANS = (psycopg.errors.InvalidSqlStatementName, psycopg.errors.FeatureNotSupported)
+"""A statement prepared here is gone (``DISCARD ALL``, a proxy) or its plan no longer fits the
+schema ("cached plan must not change result type" after a migration)."""
 _ROWS = pq.ExecStatus.TUPLES_OK
 _ERROR = pq.ExecStatus.FATAL_ERROR
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
@@ -87,6 +90,8 @@ class Wire:
         self._piped = piped
         self._tx = Transformer.from_context(conn)
         self._names = _prepared.setdefault(conn, {})
+        self._pending: dict[_Key, bytes] = {}
+        """Statements being prepared in this transaction, not yet confirmed by the server."""
         self._waiting: list[Sent | _Prepare] = []
         """One entry per query sent since the last sync, in order."""
         self._syncs = 0
@@ -126,20 +131,22 @@ class Wire:
             sent.rows = await cur.fetchall() if cur.description is not None else []
             sent.rowcount = cur.rowcount
             return sent
-        tx, pgconn, names = self._tx, self._pgconn, self._names
+        tx, pgconn, names, pending = self._tx, self._pgconn, self._names, self._pending
         for row in rows:
             params = tx.dump_sequence(row, [PyFormat.AUTO] * len(row)) if row else None
             types = tuple(tx.types or ()) if row else ()
+            formats = tx.formats if row else None
             key = (text, types)
-            name = names.get(key)
-            if name is None and len(names) < MAX_PREPARED:
-                name = names[key] = b"tf%d" % next(_names)
+            name = names.get(key) or pending.get(key)
+            if name is None and len(names) + len(pending) < MAX_PREPARED:
+                name = b"tf%d" % next(_names)
                 pgconn.send_prepare(name, text, types or None)
+                pending[key] = name  # kept once the server said it is prepared (see sync)
                 self._waiting.append(_Prepare(key, name))
             if name is None:
-                pgconn.send_query_params(text, params, types or None, tx.formats if row else None)
+                pgconn.send_query_params(text, params, types or None, formats)
             else:
-                pgconn.send_query_prepared(name, params, tx.formats if row else None)
+                pgconn.send_query_prepared(name, params, formats)
             self._waiting.append(sent)
         if many and not rows:
             sent.rowcount = 0
@@ -148,44 +155,43 @@ class Wire:
     async def sync(self, *, check: bool = True) -> None:
         """Send what is buffered with a sync point and read every result up to it: the
         :class:`Sent` of each statement is then complete. With ``check``, the first error the
-        server reported is raised (a :class:`psycopg.Error`)."""
-        if not self._piped:
-            return
+        server reported is raised (a :class:`psycopg.Error`), before any row is loaded."""
+        if not self._piped or not (self._waiting or self._syncs):
+            return  # nothing sent since the last sync
         self._pgconn.pipeline_sync()
         self._syncs += 1
         waiting, self._waiting = self._waiting, []
+        pending, self._pending = self._pending, {}
         async with self._conn.lock:
             groups = await self._conn.wait(self._exchange())
         error: psycopg.Error | None = None
-        tx = self._tx
         for sent, results in zip(waiting, groups, strict=False):
             for res in results:
-                status = res.status
-                if status == _ERROR:  # the first error is raised; what follows was skipped
-                    if error is None:
-                        error = psycopg.errors.error_from_result(
-                            res, encoding=self._conn.info.encoding
-                        )
-                elif isinstance(sent, _Prepare) or status == pq.ExecStatus.PIPELINE_ABORTED:
-                    continue
-                elif status == _ROWS:
-                    tx.set_pgresult(res)
-                    sent.rows.extend(tx.load_rows(0, res.ntuples, tuple))
-                    sent._count(res.command_tuples)
-                else:
-                    sent._count(res.command_tuples)
-            if isinstance(sent, _Prepare):
-                prepared = all(res.status == pq.ExecStatus.COMMAND_OK for res in results)
-                if not (prepared and results) and self._names.get(sent.key) == sent.name:
-                    del self._names[sent.key]  # not prepared: prepared when next sent
+                if res.status == _ERROR and error is None:  # what follows it was skipped
+                    error = psycopg.errors.error_from_result(res, encoding=self._conn.info.encoding)
+            if isinstance(sent, _Prepare) and results:
+                if all(res.status == pq.ExecStatus.COMMAND_OK for res in results):
+                    self._names[sent.key] = sent.name
+                pending.pop(sent.key, None)
         if len(groups) != len(waiting) and error is None:
             error = psycopg.InternalError(
                 f"the server answered {len(groups)} statements of {len(waiting)} sent"
             )
-        if isinstance(error, psycopg.errors.InvalidSqlStatementName):
-            self._names.clear()  # deallocated behind this module's back: prepare them anew
-        if check and error is not None:
-            raise error
+        if isinstance(error, _STALE_PLANS):
+            self._names.clear()  # deallocated or stale behind this module's back: anew
+        if error is not None:
+            if check:
+                raise error
+            return
+        tx = self._tx
+        for sent, results in zip(waiting, groups, strict=True):
+            if isinstance(sent, _Prepare):
+                continue
+            for res in results:
+                if res.status == _ROWS:
+                    tx.set_pgresult(res)
+                    sent.rows.extend(tx.load_rows(0, res.ntuples, tuple))
+                sent._count(res.command_tuples)
 
     def _exchange(self) -> Generator[Wait, Ready | int, list[list[pq.abc.PGresult]]]:
         """Flush the output buffer (reading meanwhile, so that neither side blocks on a full
@@ -197,17 +203,24 @@ class Wire:
             if ready & READY_R:
                 pgconn.consume_input()
         groups: list[list[pq.abc.PGresult]] = []
-        current: list[pq.abc.PGresult] = []
+        current: list[pq.abc.PGresult] | None = []
         while self._syncs:
             while pgconn.is_busy():
                 yield WAIT_R
                 pgconn.consume_input()
             res = pgconn.get_result()
             if res is None:
+                if current is None:  # two in a row: no query pending, yet no sync came
+                    raise psycopg.OperationalError(
+                        f"the connection lost its pipeline: {pgconn.error_message.decode()}"
+                    )
                 groups.append(current)
-                current = []
+                current = None
             elif res.status == _SYNC:
                 self._syncs -= 1
+                current = []
+            elif current is None:
+                current = [res]
             else:
                 current.append(res)
         return groups

@@ -423,7 +423,7 @@ async def _transaction(store: Store, tenant_id: str, query: Gen[T]) -> T:
         if isinstance(store, PostgresStore):
             # One transaction as the application role in the tenant's scope (row-level
             # security on every statement); an exception rolls it back.
-            return await store._read(tenant_id, query)
+            return await store.in_transaction(tenant_id, query)
     raise ConfigurationError(
         f"tenant moves need a SQLite or PostgreSQL store, not {store.url!r}", url=store.url
     )
