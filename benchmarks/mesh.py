@@ -116,9 +116,11 @@ async def _phases(
     store: Any, submitted: dict[str, tuple[str, float]], created: dict[str, float]
 ) -> dict[str, Any]:
     """Where the quiet runs' time went, from their events' timestamps (p50 / p99, ms): the
-    submission; a step's claim -> its decision (the work, the reads around it, the completion
-    record); a decision -> the next step's claim (the commit, the publish, the delivery, the
-    wait for a slot, the read before the claim); the last decision -> the run's end."""
+    submission (its due time -> the submit call returned); first: the submit call returned ->
+    the first step claimed (negative when an agent claimed it before the submitter heard back);
+    a step's claim -> its decision (the work, the reads around it, the completion record); a
+    decision -> the next step's claim (the commit, the publish, the delivery, the wait for a
+    slot, the read before the claim); the last decision -> the run's end."""
     found: dict[str, list[float]] = {"submit": [], "first": [], "step": [], "hop": [], "end": []}
     for run_id, (tenant, due) in submitted.items():
         record = await store.get_run(tenant, run_id)
