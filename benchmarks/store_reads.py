@@ -4,10 +4,11 @@ call, for ``get_run`` (the run) and ``read_run`` (the run and its steps), one ca
     python benchmarks/store_reads.py
     python benchmarks/store_reads.py --url postgresql://postgres@127.0.0.1:5432/test --calls 5000
 
-A finished four-step run is written by an embedded engine on a fresh schema (dropped at the
-end); then each read is called ``--calls`` times after a warm-up, and the figures are the
-totals divided by the calls (``time.perf_counter`` and ``time.process_time``). The server's
-own CPU is not counted: this is the cost on the side of the engine, the workers and agents.
+A finished run of ``cluster_throughput.py``'s four-step workflow is written by an embedded
+engine on a fresh schema (dropped at the end); then each read is called ``--calls`` times after
+a warm-up, and the figures are the totals divided by the calls (``time.perf_counter`` and
+``time.process_time``). The server's own CPU is not counted: this is the cost on the side of
+the engine, the workers and agents.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from cluster_throughput import wf  # the same four-step workflow (benchmarks/ is on the path)
 
 import tenantflow as tf
 
@@ -34,27 +37,9 @@ async def measure(url: str, calls: int) -> None:
         conn.execute(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in url else "?"
     try:
-        wf = tf.Workflow("reads-bench", input=int)
-
-        @wf.step
-        async def a(ctx: tf.StepContext, input: int) -> int:
-            return input + 1
-
-        @wf.step
-        async def b(ctx: tf.StepContext, a: int) -> int:
-            return a * 2
-
-        @wf.step
-        async def c(ctx: tf.StepContext, b: int) -> int:
-            return b + 3
-
-        @wf.step
-        async def d(ctx: tf.StepContext, c: int) -> int:
-            return c - 1
-
         async with tf.Engine.open(f"{url}{sep}schema={schema}", auto_tenant="standard") as engine:
             engine.register(wf)
-            handle = await engine.submit("reads-bench", tenant="t1", input=1)
+            handle = await engine.submit(wf.name, tenant="t1", input=1)
             await handle.result()
             store: Any = engine.store
             reads: dict[str, Callable[[], Awaitable[Any]]] = {
