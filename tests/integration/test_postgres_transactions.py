@@ -400,3 +400,66 @@ async def test_the_servers_error_is_raised_not_a_later_rows_loading(postgres_url
         assert await store.execute_sql("SELECT 44") == [(44,)]
     finally:
         await store.close()
+
+
+async def test_a_finish_reads_the_version_and_makes_its_fenced_update_in_one_round_trip(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without an expected version to compare, a finish with a state delta sends the read of
+    the run's version (locking the run) and its fenced update together: two round trips for
+    the whole transaction (that one and the commit), where it took three. What it writes is
+    the same: the step records the version the run moves to, and a stale fence writes
+    nothing."""
+    from tenantflow.adapters import postgres_wire
+    from tenantflow.domain.records import (
+        STALE,
+        CreateRun,
+        FinishAttempt,
+        NewEvent,
+        RunRecord,
+        RunStatus,
+        StartAttempt,
+        StepRecord,
+        StepStatus,
+        Transition,
+    )
+
+    now = 1_800_000_000.0
+    record = RunRecord(
+        id="r1",
+        tenant_id="t1",
+        workflow="wf",
+        workflow_version="1",
+        status=RunStatus.RUNNING,
+        input_json=b"1",
+        created_at=now,
+        updated_at=now,
+    )
+    steps = [StepRecord("r1", "t1", "a", StepStatus.READY)]
+    store = PostgresStore.from_url(postgres_url)
+    await store.open()
+    try:
+        await store.apply([CreateRun(record, steps, [NewEvent("run.submitted")])])
+        [lease] = await store.apply([StartAttempt("t1", "r1", "a", "owner", now, now + 30)])
+        syncs: list[int] = []
+        real = postgres_wire.Wire.sync
+
+        async def counted(self: postgres_wire.Wire, *, check: bool = True) -> None:
+            syncs.append(len(self._waiting))
+            await real(self, check=check)
+
+        monkeypatch.setattr(postgres_wire.Wire, "sync", counted)
+
+        def finish(fence: int) -> FinishAttempt:
+            then = Transition("t1", "r1", now + 1)
+            return FinishAttempt("t1", "r1", "a", fence, now + 1, b"2", b'{"a":2}', then)
+
+        assert await store.apply([finish(lease.fence + 1)]) == [STALE]
+        assert await store.apply([finish(lease.fence)]) == [1]
+        assert len([n for n in syncs if n]) == 4  # two transactions, two round trips each
+        [step] = await store.get_steps("t1", "r1")
+        assert (step.status, step.version) == (StepStatus.SUCCEEDED, 1)
+        versions = await store.state_versions("t1", "r1")
+        assert [v.version for v in versions] == [0, 1]
+    finally:
+        await store.close()

@@ -87,8 +87,9 @@ class Sql:
 
 @dataclass(slots=True)
 class Together(Sql):
-    """Statements whose rows the interpreter reads, none of which depends on another's: a
-    driver may send them all before waiting for any (PostgreSQL: one round trip for all).
+    """Statements whose rows the interpreter reads, none of which needs another's result: a
+    driver may send them all before waiting for any (PostgreSQL: one round trip for all), and
+    executes them in order (a later one may rely on what an earlier one locked or wrote).
     Their results come back in :attr:`Result.parts`, in order (:func:`together`)."""
 
     statements: Sequence[Sql] = ()
@@ -129,7 +130,8 @@ def advance(query: Gen[T], result: Result | None) -> Sql | Done[T]:
 
 
 def together(*statements: Sql) -> Gen[list[Result]]:
-    """Execute ``statements`` (independent reads) at once; their results, in order."""
+    """Execute ``statements`` (none needing another's result) at once, in order; their
+    results, in order."""
     result = yield Together("", statements=statements)
     if result.parts is None or len(result.parts) != len(statements):
         raise StoreError("a driver answered statements sent together with no result each")

@@ -321,15 +321,18 @@ def _start_many_text(n: int) -> str:
     )
 
 
+_LOCKED_VERSION = (
+    "SELECT state_version, state_hash FROM runs WHERE id = ? AND tenant_id = ? /*pg: FOR UPDATE*/"
+)
+
+
 def _locked_version(tenant_id: str, run_id: str) -> Gen[tuple[int, str]]:
     """The run's current state version and its hash (the run row locked until the commit, so
     that a writer in another process waits and then reads the version this one wrote)."""
-    row = yield from one(
-        "SELECT state_version, state_hash FROM runs WHERE id = ? AND tenant_id = ?"
-        " /*pg: FOR UPDATE*/",
-        run_id,
-        tenant_id,
-    )
+    return _version_of((yield from one(_LOCKED_VERSION, run_id, tenant_id)), run_id)
+
+
+def _version_of(row: tuple[Any, ...] | None, run_id: str) -> tuple[int, str]:
     if row is None:
         raise NotFoundError(f"run {run_id!r} not found", run_id=run_id)
     return int(row[0]), str(row[1])
@@ -402,32 +405,52 @@ def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: f
     return version
 
 
+_FINISH = (
+    "UPDATE steps SET status = 'succeeded', output = ?, error = NULL, owner = NULL,"
+    " lease_expires_at = NULL, finished_at = ?, version = {version}"
+    " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
+    " AND lease_expires_at >= ? RETURNING attempt"
+)
+_FINISH_AS_IS = _FINISH.format(version="COALESCE(?, version)")
+_FINISH_NEXT = _FINISH.format(
+    version="(SELECT state_version + 1 FROM runs WHERE id = ? AND tenant_id = ?)"
+)
+"""The fenced finish recording the run's next state version, read by the statement itself: sent
+together with the read of the version (:data:`_LOCKED_VERSION`, which locks the run row first),
+both are one round trip on PostgreSQL, and the version it records is the one read."""
+
+
 def _finish(op: FinishAttempt) -> Gen[Any]:
     # The state version is read first (and the run row locked), so that the expected version
     # is compared before anything is written, the fenced UPDATE of the step also records its
-    # version, and every event of the op goes in one INSERT.
+    # version, and every event of the op goes in one INSERT. Without an expected version to
+    # compare, the read and the fenced UPDATE go together (one round trip).
     version, state_hash = 0, None
-    if op.expected_version is not None or op.delta_json is not None:
-        current, parent_hash = yield from _locked_version(op.tenant_id, op.run_id)
-        if op.expected_version is not None and current != op.expected_version:
-            return VersionConflict(op.run_id, op.expected_version, current)
-        if op.delta_json is not None:
-            version = current + 1
-            state_hash = next_state_hash(parent_hash, version, op.key, op.delta_json)
-    row = yield from one(
-        "UPDATE steps SET status = 'succeeded', output = ?, error = NULL, owner = NULL,"
-        " lease_expires_at = NULL, finished_at = ?, version = COALESCE(?, version)"
-        " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
-        " AND lease_expires_at >= ? RETURNING attempt",
-        op.output_json,
-        op.now,
-        version if state_hash is not None else None,
-        op.run_id,
-        op.key,
-        op.tenant_id,
-        op.fence,
-        op.now,
-    )
+    fenced = (op.run_id, op.key, op.tenant_id, op.fence, op.now)
+    if op.expected_version is None and op.delta_json is not None:
+        locked, finished = yield from together(
+            Sql(_LOCKED_VERSION, (op.run_id, op.tenant_id)),
+            Sql(_FINISH_NEXT, (op.output_json, op.now, op.run_id, op.tenant_id, *fenced)),
+        )
+        current, parent_hash = _version_of(locked.one(), op.run_id)
+        version = current + 1
+        state_hash = next_state_hash(parent_hash, version, op.key, op.delta_json)
+        row = finished.one()
+    else:
+        if op.expected_version is not None or op.delta_json is not None:
+            current, parent_hash = yield from _locked_version(op.tenant_id, op.run_id)
+            if op.expected_version is not None and current != op.expected_version:
+                return VersionConflict(op.run_id, op.expected_version, current)
+            if op.delta_json is not None:
+                version = current + 1
+                state_hash = next_state_hash(parent_hash, version, op.key, op.delta_json)
+        row = yield from one(
+            _FINISH_AS_IS,
+            op.output_json,
+            op.now,
+            version if state_hash is not None else None,
+            *fenced,
+        )
     if row is None:
         return STALE
     events = [NewEvent("step.succeeded", op.key, row[0])]
