@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator
+from typing import Any
 
 import pytest
 
@@ -461,5 +462,76 @@ async def test_a_finish_reads_the_version_and_makes_its_fenced_update_in_one_rou
         assert (step.status, step.version) == (StepStatus.SUCCEEDED, 1)
         versions = await store.state_versions("t1", "r1")
         assert [v.version for v in versions] == [0, 1]
+    finally:
+        await store.close()
+
+
+async def test_the_finishes_of_a_batch_send_their_events_in_one_statement(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows held for a multi-row statement are sent before a statement that names their table,
+    not before every pair of statements sent together: two finishes in one batch (each sends
+    its version read and its fenced update together) still write their events in one INSERT."""
+    from tenantflow.adapters import postgres_wire
+    from tenantflow.domain.records import (
+        CreateRun,
+        FinishAttempt,
+        NewEvent,
+        RunRecord,
+        RunStatus,
+        StartAttempt,
+        StepRecord,
+        StepStatus,
+        Transition,
+    )
+
+    now = 1_800_000_000.0
+    store = PostgresStore.from_url(postgres_url)
+    await store.open()
+    try:
+        leases = {}
+        for run in ("r1", "r2"):
+            record = RunRecord(
+                id=run,
+                tenant_id="t1",
+                workflow="wf",
+                workflow_version="1",
+                status=RunStatus.RUNNING,
+                input_json=b"1",
+                created_at=now,
+                updated_at=now,
+            )
+            steps = [StepRecord(run, "t1", "a", StepStatus.READY)]
+            await store.apply([CreateRun(record, steps, [NewEvent("run.submitted")])])
+            [leases[run]] = await store.apply([StartAttempt("t1", run, "a", "o", now, now + 30)])
+        texts: list[bytes] = []
+        real = postgres_wire.Wire.send
+
+        async def recorded(
+            self: postgres_wire.Wire, text: bytes, args: Any = (), *, many: bool = False
+        ) -> postgres_wire.Sent:
+            texts.append(text)
+            return await real(self, text, args, many=many)
+
+        monkeypatch.setattr(postgres_wire.Wire, "send", recorded)
+        finishes = [
+            FinishAttempt(
+                "t1",
+                run,
+                "a",
+                leases[run].fence,
+                now + 1,
+                b"2",
+                b'{"a":2}',
+                Transition("t1", run, now + 1),
+            )
+            for run in ("r1", "r2")
+        ]
+        assert await store.apply(finishes) == [1, 1]
+        inserts = [t for t in texts if t.startswith(b"INSERT INTO events")]
+        assert len(inserts) == 1, inserts
+        for run in ("r1", "r2"):
+            kinds = [e.kind for e in await store.events("t1", run)]
+            assert kinds.count("step.succeeded") == 1, kinds
     finally:
         await store.close()

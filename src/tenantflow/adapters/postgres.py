@@ -553,8 +553,9 @@ class _Session:
 
     async def _together(self, statements: Sequence[Sql]) -> Result:
         """Send ``statements`` one after the other without waiting, then wait once (in
-        pipeline mode: one round trip for all); each one's result in ``parts``."""
-        if self._held:
+        pipeline mode: one round trip for all); each one's result in ``parts``. Held rows go
+        first only when one of them names their table (as before any other statement)."""
+        if self._held and any(self._held.named_by(s.text) for s in statements):
             await self.release()
         sent = [await self._send(statement.text, statement.args) for statement in statements]
         await self._sync()
