@@ -13,6 +13,19 @@ import pytest
 
 import tenantflow as tf
 from tenantflow.adapters.sql import Result, Sql, Together
+from tenantflow.domain.records import (
+    STALE,
+    CreateRun,
+    FinishAttempt,
+    Lease,
+    NewEvent,
+    RunRecord,
+    RunStatus,
+    StartAttempt,
+    StepRecord,
+    StepStatus,
+    Transition,
+)
 from tenantflow.errors import StoreError
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
@@ -403,6 +416,28 @@ async def test_the_servers_error_is_raised_not_a_later_rows_loading(postgres_url
         await store.close()
 
 
+_NOW = 1_800_000_000.0
+
+
+async def _claimed(store: PostgresStore, run_id: str) -> Lease:
+    """A running run of tenant t1 with one step, ``a``, claimed: its lease."""
+    record = RunRecord(
+        id=run_id,
+        tenant_id="t1",
+        workflow="wf",
+        workflow_version="1",
+        status=RunStatus.RUNNING,
+        input_json=b"1",
+        created_at=_NOW,
+        updated_at=_NOW,
+    )
+    steps = [StepRecord(run_id, "t1", "a", StepStatus.READY)]
+    await store.apply([CreateRun(record, steps, [NewEvent("run.submitted")])])
+    [lease] = await store.apply([StartAttempt("t1", run_id, "a", "owner", _NOW, _NOW + 30)])
+    assert isinstance(lease, Lease)
+    return lease
+
+
 async def test_a_finish_reads_the_version_and_makes_its_fenced_update_in_one_round_trip(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -412,36 +447,12 @@ async def test_a_finish_reads_the_version_and_makes_its_fenced_update_in_one_rou
     the same: the step records the version the run moves to, and a stale fence writes
     nothing."""
     from tenantflow.adapters import postgres_wire
-    from tenantflow.domain.records import (
-        STALE,
-        CreateRun,
-        FinishAttempt,
-        NewEvent,
-        RunRecord,
-        RunStatus,
-        StartAttempt,
-        StepRecord,
-        StepStatus,
-        Transition,
-    )
 
-    now = 1_800_000_000.0
-    record = RunRecord(
-        id="r1",
-        tenant_id="t1",
-        workflow="wf",
-        workflow_version="1",
-        status=RunStatus.RUNNING,
-        input_json=b"1",
-        created_at=now,
-        updated_at=now,
-    )
-    steps = [StepRecord("r1", "t1", "a", StepStatus.READY)]
+    now = _NOW
     store = PostgresStore.from_url(postgres_url)
     await store.open()
     try:
-        await store.apply([CreateRun(record, steps, [NewEvent("run.submitted")])])
-        [lease] = await store.apply([StartAttempt("t1", "r1", "a", "owner", now, now + 30)])
+        lease = await _claimed(store, "r1")
         syncs: list[int] = []
         real = postgres_wire.Wire.sync
 
@@ -473,37 +484,12 @@ async def test_the_finishes_of_a_batch_send_their_events_in_one_statement(
     not before every pair of statements sent together: two finishes in one batch (each sends
     its version read and its fenced update together) still write their events in one INSERT."""
     from tenantflow.adapters import postgres_wire
-    from tenantflow.domain.records import (
-        CreateRun,
-        FinishAttempt,
-        NewEvent,
-        RunRecord,
-        RunStatus,
-        StartAttempt,
-        StepRecord,
-        StepStatus,
-        Transition,
-    )
 
-    now = 1_800_000_000.0
+    now = _NOW
     store = PostgresStore.from_url(postgres_url)
     await store.open()
     try:
-        leases = {}
-        for run in ("r1", "r2"):
-            record = RunRecord(
-                id=run,
-                tenant_id="t1",
-                workflow="wf",
-                workflow_version="1",
-                status=RunStatus.RUNNING,
-                input_json=b"1",
-                created_at=now,
-                updated_at=now,
-            )
-            steps = [StepRecord(run, "t1", "a", StepStatus.READY)]
-            await store.apply([CreateRun(record, steps, [NewEvent("run.submitted")])])
-            [leases[run]] = await store.apply([StartAttempt("t1", run, "a", "o", now, now + 30)])
+        leases = {run: await _claimed(store, run) for run in ("r1", "r2")}
         texts: list[bytes] = []
         real = postgres_wire.Wire.send
 
