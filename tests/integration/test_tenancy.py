@@ -565,11 +565,13 @@ async def test_audit_verification_names_the_tampered_row(tmp_path: Path) -> None
 
 
 @asynccontextmanager
-async def _retention_engine() -> AsyncIterator[tuple[tf.Engine, FakeClock]]:
-    """An engine on fake time with a one-step workflow ``ok`` and a tenant ``short`` whose
-    policy keeps finished runs 30 days."""
+async def _retention_engine(
+    store: Any = None,
+) -> AsyncIterator[tuple[tf.Engine, FakeClock]]:
+    """An engine on fake time (on ``store``, by default a memory store) with a one-step
+    workflow ``ok`` and a tenant ``short`` whose policy keeps finished runs 30 days."""
     clock = FakeClock()
-    async with tf.Engine(clock.watch(MemoryStore()), clock=clock) as engine:
+    async with tf.Engine(clock.watch(store or MemoryStore()), clock=clock) as engine:
         wf = tf.Workflow("ok")
 
         @wf.step
@@ -848,6 +850,49 @@ async def test_retention_purge_shares_the_stores_time_by_its_transactions_own_ti
     assert slept == pytest.approx([0.03, 0.03])
 
 
+@pytest.mark.parametrize(
+    ("per_run_s", "sizes"),
+    [
+        # 0.1 ms a run: 20 runs fit in the 2 ms target; the first batch is 10 (the last asks
+        # for 20 and finds 10).
+        (0.0001, [10] + [20] * 8),
+        # 10 µs a run: the batches double, up to 100 at most.
+        (0.00001, [10, 20, 40, 80, 100]),
+        # 1 ms a run: never fewer than 10 a transaction (a commit's own cost is paid anyway);
+        # the last finds none left.
+        (0.001, [10] * 17),
+    ],
+)
+async def test_retention_purge_sizes_its_transactions_to_the_target_time(
+    monkeypatch: pytest.MonkeyPatch, per_run_s: float, sizes: list[int]
+) -> None:
+    import tenantflow.engine.tenants as tenants_module
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    async with _retention_engine() as (engine, clock):
+        for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(160)]:
+            await handle.result()
+        clock.advance(31 * 86400)
+        maintain = engine.tenants._background[engine.tenants.cached("short").store]  # type: ignore[union-attr]
+        limits: list[int] = []
+
+        async def timed(op: Any) -> tuple[Any, float]:
+            limits.append(op.limit)
+            result, _ = await maintain(op)
+            return result, per_run_s * result["runs"]  # the transaction's time, by its runs
+
+        engine.tenants._background = {key: timed for key in engine.tenants._background}
+        monkeypatch.setattr(tenants_module, "asyncio", SimpleNamespace(sleep=sleep))
+        with pytest.raises(tf.ConfigurationError):
+            await engine.purge_expired(target_s=0.0)
+        purged = await engine.purge_expired(target_s=0.002)
+        assert purged["short"]["runs"] == 160
+        assert limits == sizes
+        assert await engine.list_runs("short") == []
+
+
 async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_urgent() -> None:
     async with tf.Engine(MemoryStore(), tf.EngineConfig(slots=8)) as engine:
         pair = tf.Workflow("pair", input=int)
@@ -883,3 +928,38 @@ async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_u
     assert all(urgent for _, _, urgent in quiet)
     bursty = [urgent for tenant, _, urgent in lanes if tenant == "bursty"]
     assert bursty and not any(bursty)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory", "no-target"])
+async def test_retention_purge_sizes_its_transactions_on_sqlite_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """SQLite, on a file or in memory (one writer thread: every write waits for the purge's
+    transaction), has the purge start at 10 runs and size its transactions to about 2 ms; a
+    store with no ``purge_target_s`` (PostgreSQL) has it delete ``batch`` runs each time."""
+    import tenantflow.engine.tenants as tenants_module
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    store = SqliteStore(tmp_path / "purge.db") if kind == "sqlite" else MemoryStore()
+    if kind == "no-target":
+        store.purge_target_s = None  # type: ignore[assignment]
+    async with _retention_engine(store) as (engine, clock):
+        for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(25)]:
+            await handle.result()
+        clock.advance(31 * 86400)
+        maintain = engine.tenants._background[engine.tenants.cached("short").store]  # type: ignore[union-attr]
+        limits: list[int] = []
+
+        async def timed(op: Any) -> tuple[Any, float]:
+            limits.append(op.limit)
+            result, _ = await maintain(op)
+            return result, 0.0001 * result["runs"]  # 0.1 ms a run: 20 fit in 2 ms
+
+        engine.tenants._background = {key: timed for key in engine.tenants._background}
+        monkeypatch.setattr(tenants_module, "asyncio", SimpleNamespace(sleep=sleep))
+        purged = await engine.purge_expired(batch=50)
+        assert purged["short"]["runs"] == 25
+        assert limits == ([50] if kind == "no-target" else [10, 20])
+        assert await engine.list_runs("short") == []

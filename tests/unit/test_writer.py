@@ -254,9 +254,17 @@ async def test_a_maintenance_op_reports_its_own_transactions_time_not_its_wait(
     assert seconds == 2.0  # its own commit; not the 5 s it waited behind the batch before it
 
 
-async def test_a_maintenance_op_that_waited_long_enough_goes_before_the_others() -> None:
-    store = RecordingStore()
-    writer = await _start(store, background_wait_s=0.0)  # a store that is never idle
+class Impatient(RecordingStore):
+    """A store whose maintenance ops go ahead at once (its own ``background_wait_s``)."""
+
+    background_wait_s = 0.0
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["given", "the-stores-own"])
+async def test_a_maintenance_op_that_waited_long_enough_goes_before_the_others(own: bool) -> None:
+    # A store that is never idle: the wait is given to the writer, or the store's own.
+    store = Impatient() if own else RecordingStore()
+    writer = await (_start(store) if own else _start(store, background_wait_s=0.0))
     store.gate.clear()
     first = asyncio.create_task(writer.write(Transition("a", "run_a_0", 0.0)))
     await asyncio.sleep(0)

@@ -40,6 +40,7 @@ from tenantflow.adapters.sql_store import SqlStore
 from tenantflow.adapters.sqlite_checkpoint import Checkpointer
 from tenantflow.adapters.sqlite_schema import MIGRATIONS, migrate, schema_version_readonly
 from tenantflow.domain.records import Op
+from tenantflow.domain.tenancy import PURGE_TARGET_S
 from tenantflow.errors import ConfigurationError, StoreError, StoreUnavailableError
 
 __all__ = ["SqliteStore"]
@@ -53,6 +54,11 @@ class SqliteStore(SqlStore):
     """A :class:`~tenantflow.ports.Store` on one SQLite file."""
 
     in_memory = False
+    # Every write waits for the transaction committing on the one writer thread: the retention
+    # purge sizes its transactions to about this long, and the engine's writer lets one that
+    # waits through after ``background_wait_s`` on a store that is never idle.
+    purge_target_s = PURGE_TARGET_S
+    background_wait_s = 0.02
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "full") -> None:
         self.path = Path(path)

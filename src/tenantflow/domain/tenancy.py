@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "PURGE_TARGET_S",
     "AcquireRate",
     "AppendAudit",
     "AuditEntry",
@@ -106,6 +107,11 @@ class DeleteTenant:
     now: float
     actor: str
     purge_audit: bool = False
+
+
+# How long a retention purge transaction should hold a store whose writes wait for the one
+# committing (SQLite's one writer thread): about the time of a group commit.
+PURGE_TARGET_S = 0.002
 
 
 @dataclass(slots=True)

@@ -554,13 +554,19 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
     # -- tenants ----------------------------------------------------------------------------
 
     async def purge_expired(
-        self, *, batch: int = PURGE_BATCH, share: float = PURGE_SHARE
+        self,
+        *,
+        batch: int = PURGE_BATCH,
+        share: float = PURGE_SHARE,
+        target_s: float | None = None,
     ) -> dict[str, dict[str, int]]:
         """The retention job: delete every tenant's finished runs older than its policy's
         ``data_retention`` (with their state, events and reviews). Returns rows by tenant.
-        It goes ``batch`` runs per transaction and takes at most ``share`` of the store's
-        time, so running tenants are not stalled (:meth:`Tenants.purge_runs`)."""
-        return await self.tenants.purge_runs(batch=batch, share=share)
+        It goes at most ``batch`` runs per transaction (on SQLite, and with ``target_s``
+        anywhere, as many as fit in about ``target_s`` of the store's time) and takes at most
+        ``share`` of the store's time, so running tenants are not stalled
+        (:meth:`Tenants.purge_runs`)."""
+        return await self.tenants.purge_runs(batch=batch, share=share, target_s=target_s)
 
 
 def _system_clock() -> Clock:

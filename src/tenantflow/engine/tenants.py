@@ -16,18 +16,26 @@ from typing import TYPE_CHECKING, Any
 from tenantflow.domain.ids import DEFAULT_STORE, check_tenant
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy, validate_policy
 from tenantflow.domain.records import RunStatus
-from tenantflow.domain.tenancy import DeleteTenant, PurgeRuns, PutTenant, TenantRecord
+from tenantflow.domain.tenancy import (
+    PURGE_TARGET_S,
+    DeleteTenant,
+    PurgeRuns,
+    PutTenant,
+    TenantRecord,
+)
 from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError, TenantflowError
 from tenantflow.ports import Clock, Coordinator
 
 if TYPE_CHECKING:
     from tenantflow.engine.regions import RegionRouter
 
-__all__ = ["PURGE_BATCH", "PURGE_SHARE", "TenantInfo", "Tenants"]
+__all__ = ["PURGE_BATCH", "PURGE_FIRST", "PURGE_SHARE", "PURGE_TARGET_S", "TenantInfo", "Tenants"]
 
-# Runs deleted per transaction by the retention job (a run leaves about fifteen rows), and the
-# most of the store's time it takes (the rest is left to the running tenants).
+# The retention job: the most runs it deletes in one transaction (a run leaves about fifteen
+# rows); the runs of its first transaction where it sizes them to a time (PURGE_TARGET_S, on
+# SQLite); the most of the store's time it takes (the rest is left to the running tenants).
 PURGE_BATCH = 100
+PURGE_FIRST = 10
 PURGE_SHARE = 0.2
 
 
@@ -265,19 +273,30 @@ class Tenants:
         return info
 
     async def purge_runs(
-        self, *, batch: int = PURGE_BATCH, share: float = PURGE_SHARE
+        self,
+        *,
+        batch: int = PURGE_BATCH,
+        share: float = PURGE_SHARE,
+        target_s: float | None = None,
     ) -> dict[str, dict[str, int]]:
         """The retention job: delete every tenant's finished runs older than its policy's
         ``data_retention`` (with their state, events and reviews). Returns rows by tenant.
 
-        The runs go ``batch`` at a time, the oldest first, each batch in a transaction of its
-        own (audited in it); after each, the store is left to the running tenants long enough
-        that the purge takes at most ``share`` of its time, so a purge of a million runs never
-        holds the store for long, nor most of the time."""
+        The runs go a batch at a time, the oldest first, each batch in a transaction of its
+        own (audited in it): ``batch`` runs, or with ``target_s`` (by default the store's
+        ``purge_target_s``: SQLite's is ``PURGE_TARGET_S``, where every write waits for the one
+        committing) as many as fit in about ``target_s`` of the store's time, measured on the
+        batches before (at least ``PURGE_FIRST`` runs, at most ``batch``, at most twice the
+        last): a running tenant's commit that comes while one is written waits for it. After
+        each, the store is left to the running tenants long enough that the purge takes at most
+        ``share`` of its time, so a purge of a million runs never holds the store for long, nor
+        most of the time."""
         if batch < 1:
             raise ConfigurationError("batch must be at least 1", field="batch", value=batch)
         if not 0.0 < share <= 1.0:
             raise ConfigurationError("share must be in (0, 1]", field="share", value=share)
+        if target_s is not None and not target_s > 0.0:
+            raise ConfigurationError("target_s must be positive", field="target_s", value=target_s)
         out: dict[str, dict[str, int]] = {}
         now = self._clock.now()
         for info in self.list():
@@ -286,14 +305,22 @@ class Tenants:
                 continue
             before = now - retention.total_seconds()
             total: dict[str, int] = {}
+            target = target_s
+            if target is None:
+                target = getattr(self._router.stores[info.store], "purge_target_s", None)
+            least = batch if target is None else min(batch, PURGE_FIRST)
+            size = least
             while True:
                 deleted, busy_s = await self._background[info.store](
-                    PurgeRuns(info.id, before, self._clock.now(), limit=batch)
+                    PurgeRuns(info.id, before, self._clock.now(), limit=size)
                 )
                 for table, rows in deleted.items():
                     total[table] = total.get(table, 0) + rows
-                if deleted["runs"] < batch:
+                if deleted["runs"] < size:
                     break
+                if target is not None:
+                    fit = int(size * target / busy_s) if busy_s > 0 else batch
+                    size = max(least, min(batch, 2 * size, fit))
                 # Real time, not the engine's clock: what is shared is the store's real time
                 # (a fake clock stands still while a batch is written).
                 await asyncio.sleep(busy_s * (1.0 - share) / share)

@@ -31,7 +31,11 @@ such an op is committed in a transaction of its own, when no other op waits; an 
 tenant then never shares a transaction that deletes thousands of rows, and waits for one only if
 it comes while one commits. On a store that is never idle, a maintenance op that has waited
 ``background_wait_s`` goes next, ahead of the ops queued then (they wait for all of it), so
-that maintenance still gets done: at most one such transaction per ``background_wait_s``.
+that maintenance still gets done: at most one such transaction per ``background_wait_s``. That
+is the store's ``background_wait_s`` if it has one, else 0.1 s: SQLite's is 20 ms, for there
+the retention purge sizes its transactions to about 2 ms of the store's time
+(:meth:`~tenantflow.engine.tenants.Tenants.purge_runs`), and what an op that meets one waits
+for is its length, not how often they come.
 
 New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
 at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at
@@ -60,6 +64,9 @@ from tenantflow.ports import Store
 __all__ = ["Writer"]
 
 log = logging.getLogger("tenantflow.engine")
+
+# How long a maintenance op waits on a store that is never idle, unless the store says.
+BACKGROUND_WAIT_S = 0.1
 
 # Upper bounds, in seconds, of the buckets of a writer's commit times (Writer.commit_counts).
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -98,7 +105,7 @@ class Writer:
         max_new: int = 8,
         max_new_idle: int = 64,
         quiet_s: float = 0.25,
-        background_wait_s: float = 0.1,
+        background_wait_s: float | None = None,
     ) -> None:
         if not 1 <= max_new <= max_new_idle <= max_batch:
             raise ValueError(
@@ -110,7 +117,9 @@ class Writer:
         self._max_new = max_new
         self._max_new_idle = max_new_idle
         self._quiet_s = quiet_s
-        self._background_wait_s = background_wait_s
+        if background_wait_s is None:  # the store's own (see the module docstring)
+            background_wait_s = getattr(store, "background_wait_s", BACKGROUND_WAIT_S)
+        self._background_wait_s: float = background_wait_s
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._urgent: list[tuple[Op, asyncio.Future[Any]]] = []
         # Maintenance ops, each with when it was queued (loop time).
