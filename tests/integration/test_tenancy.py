@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ import pytest
 import tenantflow as tf
 from tenantflow.adapters.clock import SystemClock
 from tenantflow.adapters.memory import MemoryStore
+from tenantflow.adapters.postgres import PostgresStore
 from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.adapters.sqlite import SqliteStore
 from tenantflow.domain.routing import Endpoint
@@ -861,6 +863,8 @@ async def test_retention_purge_shares_the_stores_time_by_its_transactions_own_ti
         # 1 ms a run: never fewer than 10 a transaction (a commit's own cost is paid anyway);
         # the last finds none left.
         (0.001, [10] * 17),
+        # No time at all: twice the last each time, up to 100.
+        (0.0, [10, 20, 40, 80, 100]),
     ],
 )
 async def test_retention_purge_sizes_its_transactions_to_the_target_time(
@@ -885,8 +889,10 @@ async def test_retention_purge_sizes_its_transactions_to_the_target_time(
 
         engine.tenants._background = {key: timed for key in engine.tenants._background}
         monkeypatch.setattr(tenants_module, "asyncio", SimpleNamespace(sleep=sleep))
-        with pytest.raises(tf.ConfigurationError):
-            await engine.purge_expired(target_s=0.0)
+        for bad in (0.0, -1.0, math.nan, math.inf):
+            with pytest.raises(tf.ConfigurationError, match="target_s"):
+                await engine.purge_expired(target_s=bad)
+        assert limits == []  # refused before anything is deleted
         purged = await engine.purge_expired(target_s=0.002)
         assert purged["short"]["runs"] == 160
         assert limits == sizes
@@ -943,7 +949,9 @@ async def test_retention_purge_sizes_its_transactions_on_sqlite_by_default(
         pass
 
     store = SqliteStore(tmp_path / "purge.db") if kind == "sqlite" else MemoryStore()
-    if kind == "no-target":
+    if kind == "no-target":  # as PostgreSQL's store has none, nor a wait of its own
+        assert not hasattr(PostgresStore, "purge_target_s")
+        assert not hasattr(PostgresStore, "background_wait_s")
         store.purge_target_s = None  # type: ignore[assignment]
     async with _retention_engine(store) as (engine, clock):
         for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(25)]:
@@ -963,3 +971,15 @@ async def test_retention_purge_sizes_its_transactions_on_sqlite_by_default(
         assert purged["short"]["runs"] == 25
         assert limits == ([50] if kind == "no-target" else [10, 20])
         assert await engine.list_runs("short") == []
+
+
+async def test_retention_purge_with_a_batch_under_ten_keeps_to_it() -> None:
+    """``batch`` is the most a transaction deletes, also below the first sized batch (10)."""
+    async with _retention_engine() as (engine, clock):
+        for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(9)]:
+            await handle.result()
+        clock.advance(31 * 86400)
+        purged = await engine.purge_expired(batch=4, share=1.0, target_s=10.0)  # room for all
+        assert purged["short"]["runs"] == 9
+        audit = [r for r in await engine.audit_log("short") if r.action == "retention.purged"]
+        assert [r.detail["deleted"]["runs"] for r in audit] == [4, 4, 1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -286,17 +287,19 @@ class Tenants:
         own (audited in it): ``batch`` runs, or with ``target_s`` (by default the store's
         ``purge_target_s``: SQLite's is ``PURGE_TARGET_S``, where every write waits for the one
         committing) as many as fit in about ``target_s`` of the store's time, measured on the
-        batches before (at least ``PURGE_FIRST`` runs, at most ``batch``, at most twice the
-        last): a running tenant's commit that comes while one is written waits for it. After
-        each, the store is left to the running tenants long enough that the purge takes at most
-        ``share`` of its time, so a purge of a million runs never holds the store for long, nor
-        most of the time."""
+        batches before (at least ``PURGE_FIRST`` runs or ``batch`` if fewer, at most ``batch``,
+        at most twice the last): a running tenant's commit that comes while one is written
+        waits for it. After each, the store is left to the running tenants long enough that
+        the purge takes at most ``share`` of its time, so a purge of a million runs never holds
+        the store for long, nor most of the time."""
         if batch < 1:
             raise ConfigurationError("batch must be at least 1", field="batch", value=batch)
         if not 0.0 < share <= 1.0:
             raise ConfigurationError("share must be in (0, 1]", field="share", value=share)
-        if target_s is not None and not target_s > 0.0:
-            raise ConfigurationError("target_s must be positive", field="target_s", value=target_s)
+        if target_s is not None and not (math.isfinite(target_s) and target_s > 0.0):
+            raise ConfigurationError(
+                "target_s must be a positive number of seconds", field="target_s", value=target_s
+            )
         out: dict[str, dict[str, int]] = {}
         now = self._clock.now()
         for info in self.list():
@@ -319,8 +322,9 @@ class Tenants:
                 if deleted["runs"] < size:
                     break
                 if target is not None:
-                    fit = int(size * target / busy_s) if busy_s > 0 else batch
-                    size = max(least, min(batch, 2 * size, fit))
+                    # (in floats: a store's tiny time makes no overflow; 1e-9: 19.99999… is 20)
+                    fit = size * target / busy_s if busy_s > 0 else math.inf
+                    size = max(least, int(min(batch, 2 * size, fit) + 1e-9))
                 # Real time, not the engine's clock: what is shared is the store's real time
                 # (a fake clock stands still while a batch is written).
                 await asyncio.sleep(busy_s * (1.0 - share) / share)
