@@ -852,6 +852,37 @@ async def test_retention_purge_shares_the_stores_time_by_its_transactions_own_ti
     assert slept == pytest.approx([0.03, 0.03])
 
 
+async def _expired_and_timed(
+    engine: tf.Engine,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    runs: int,
+    per_run_s: float,
+) -> list[int]:
+    """``runs`` finished runs of ``short`` past retention; each purge transaction is then
+    taken to last ``per_run_s`` a run it deleted, the purge's pauses are skipped, and the list
+    returned gets the number of runs each transaction asked for."""
+    import tenantflow.engine.tenants as tenants_module
+
+    async def sleep(seconds: float) -> None:
+        pass
+
+    for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(runs)]:
+        await handle.result()
+    clock.advance(31 * 86400)
+    maintain = engine.tenants._background[engine.tenants.cached("short").store]  # type: ignore[union-attr]
+    limits: list[int] = []
+
+    async def timed(op: Any) -> tuple[Any, float]:
+        limits.append(op.limit)
+        result, _ = await maintain(op)
+        return result, per_run_s * result["runs"]  # the transaction's time, by its runs
+
+    engine.tenants._background = {key: timed for key in engine.tenants._background}
+    monkeypatch.setattr(tenants_module, "asyncio", SimpleNamespace(sleep=sleep))
+    return limits
+
+
 @pytest.mark.parametrize(
     ("per_run_s", "sizes"),
     [
@@ -870,25 +901,8 @@ async def test_retention_purge_shares_the_stores_time_by_its_transactions_own_ti
 async def test_retention_purge_sizes_its_transactions_to_the_target_time(
     monkeypatch: pytest.MonkeyPatch, per_run_s: float, sizes: list[int]
 ) -> None:
-    import tenantflow.engine.tenants as tenants_module
-
-    async def sleep(seconds: float) -> None:
-        pass
-
     async with _retention_engine() as (engine, clock):
-        for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(160)]:
-            await handle.result()
-        clock.advance(31 * 86400)
-        maintain = engine.tenants._background[engine.tenants.cached("short").store]  # type: ignore[union-attr]
-        limits: list[int] = []
-
-        async def timed(op: Any) -> tuple[Any, float]:
-            limits.append(op.limit)
-            result, _ = await maintain(op)
-            return result, per_run_s * result["runs"]  # the transaction's time, by its runs
-
-        engine.tenants._background = {key: timed for key in engine.tenants._background}
-        monkeypatch.setattr(tenants_module, "asyncio", SimpleNamespace(sleep=sleep))
+        limits = await _expired_and_timed(engine, clock, monkeypatch, 160, per_run_s)
         for bad in (0.0, -1.0, math.nan, math.inf):
             with pytest.raises(tf.ConfigurationError, match="target_s"):
                 await engine.purge_expired(target_s=bad)
@@ -943,30 +957,13 @@ async def test_retention_purge_sizes_its_transactions_on_sqlite_by_default(
     """SQLite, on a file or in memory (one writer thread: every write waits for the purge's
     transaction), has the purge start at 10 runs and size its transactions to about 2 ms; a
     store with no ``purge_target_s`` (PostgreSQL) has it delete ``batch`` runs each time."""
-    import tenantflow.engine.tenants as tenants_module
-
-    async def sleep(seconds: float) -> None:
-        pass
-
     store = SqliteStore(tmp_path / "purge.db") if kind == "sqlite" else MemoryStore()
     if kind == "no-target":  # as PostgreSQL's store has none, nor a wait of its own
         assert not hasattr(PostgresStore, "purge_target_s")
         assert not hasattr(PostgresStore, "background_wait_s")
         store.purge_target_s = None  # type: ignore[assignment]
     async with _retention_engine(store) as (engine, clock):
-        for handle in [await engine.submit("ok", tenant="short", input=None) for _ in range(25)]:
-            await handle.result()
-        clock.advance(31 * 86400)
-        maintain = engine.tenants._background[engine.tenants.cached("short").store]  # type: ignore[union-attr]
-        limits: list[int] = []
-
-        async def timed(op: Any) -> tuple[Any, float]:
-            limits.append(op.limit)
-            result, _ = await maintain(op)
-            return result, 0.0001 * result["runs"]  # 0.1 ms a run: 20 fit in 2 ms
-
-        engine.tenants._background = {key: timed for key in engine.tenants._background}
-        monkeypatch.setattr(tenants_module, "asyncio", SimpleNamespace(sleep=sleep))
+        limits = await _expired_and_timed(engine, clock, monkeypatch, 25, 0.0001)  # 20 in 2 ms
         purged = await engine.purge_expired(batch=50)
         assert purged["short"]["runs"] == 25
         assert limits == ([50] if kind == "no-target" else [10, 20])
