@@ -17,24 +17,19 @@ from typing import TYPE_CHECKING, Any
 from tenantflow.domain.ids import DEFAULT_STORE, check_tenant
 from tenantflow.domain.policy import DEFAULT_REGIONS, Policy, validate_policy
 from tenantflow.domain.records import RunStatus
-from tenantflow.domain.tenancy import (
-    PURGE_TARGET_S,
-    DeleteTenant,
-    PurgeRuns,
-    PutTenant,
-    TenantRecord,
-)
+from tenantflow.domain.tenancy import DeleteTenant, PurgeRuns, PutTenant, TenantRecord
 from tenantflow.errors import ConfigurationError, ConflictError, NotFoundError, TenantflowError
 from tenantflow.ports import Clock, Coordinator
 
 if TYPE_CHECKING:
     from tenantflow.engine.regions import RegionRouter
 
-__all__ = ["PURGE_BATCH", "PURGE_FIRST", "PURGE_SHARE", "PURGE_TARGET_S", "TenantInfo", "Tenants"]
+__all__ = ["PURGE_BATCH", "PURGE_FIRST", "PURGE_SHARE", "TenantInfo", "Tenants"]
 
 # The retention job: the most runs it deletes in one transaction (a run leaves about fifteen
-# rows); the runs of its first transaction where it sizes them to a time (PURGE_TARGET_S, on
-# SQLite); the most of the store's time it takes (the rest is left to the running tenants).
+# rows); the runs of its first transaction where it sizes them to a time (on SQLite:
+# domain.tenancy.PURGE_TARGET_S); the most of the store's time it takes (the rest is left to
+# the running tenants).
 PURGE_BATCH = 100
 PURGE_FIRST = 10
 PURGE_SHARE = 0.2
@@ -285,7 +280,7 @@ class Tenants:
 
         The runs go a batch at a time, the oldest first, each batch in a transaction of its
         own (audited in it): ``batch`` runs, or with ``target_s`` (by default the store's
-        ``purge_target_s``: SQLite's is ``PURGE_TARGET_S``, where every write waits for the one
+        ``purge_target_s``: SQLite's is 2 ms, where every write waits for the one
         committing) as many as fit in about ``target_s`` of the store's time, measured on the
         batches before (at least ``PURGE_FIRST`` runs or ``batch`` if fewer, at most ``batch``,
         at most twice the last): a running tenant's commit that comes while one is written
