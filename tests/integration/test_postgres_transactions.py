@@ -521,3 +521,58 @@ async def test_the_finishes_of_a_batch_send_their_events_in_one_statement(
             assert kinds.count("step.succeeded") == 1, kinds
     finally:
         await store.close()
+
+
+def _submission(run_id: str, key: str | None = None) -> CreateRun:
+    record = RunRecord(
+        id=run_id,
+        tenant_id="t1",
+        workflow="wf",
+        workflow_version="1",
+        status=RunStatus.QUEUED,
+        input_json=b"1",
+        created_at=_NOW,
+        updated_at=_NOW,
+        idempotency_key=key,
+    )
+    return CreateRun(record, [StepRecord(run_id, "t1", "a", StepStatus.READY)], [])
+
+
+async def test_submissions_without_a_key_wait_for_no_insert_of_their_own(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission with no idempotency key has nothing to learn from its run's insert (it
+    lands or raises): a batch of three is one round trip, its commit, where each insert took
+    one of its own. A run id already taken is still refused, alone; a key still answers the
+    run that has it."""
+    from tenantflow.adapters import postgres_wire
+
+    store = PostgresStore.from_url(postgres_url)
+    await store.open()
+    try:
+        syncs: list[int] = []
+        real = postgres_wire.Wire.sync
+
+        async def counted(self: postgres_wire.Wire, *, check: bool = True) -> None:
+            syncs.append(len(self._waiting))
+            await real(self, check=check)
+
+        monkeypatch.setattr(postgres_wire.Wire, "sync", counted)
+        results = await store.apply([_submission(f"r{i}") for i in range(3)])
+        assert [(r.run_id, r.created) for r in results] == [(f"r{i}", True) for i in range(3)]
+        assert len([n for n in syncs if n]) == 1
+        taken, fresh = await store.apply([_submission("r1"), _submission("r3")])
+        assert isinstance(taken, tf.ConflictError)
+        assert (fresh.run_id, fresh.created) == ("r3", True)
+        first, again = await store.apply([_submission("k1", "key"), _submission("k2", "key")])
+        assert (first.run_id, first.created, again.run_id, again.created) == (
+            "k1",
+            True,
+            "k1",
+            False,
+        )
+        runs = sorted(r.id for r in await store.list_runs("t1", limit=10))
+        assert runs == ["k1", "r0", "r1", "r2", "r3"]
+        assert [s.key for s in await store.get_steps("t1", "r3")] == ["a"]
+    finally:
+        await store.close()

@@ -210,12 +210,8 @@ def _create(op: CreateRun) -> Gen[CreateResult]:
         if existing is not None:
             return CreateResult(existing, created=False)
     state_hash = next_state_hash("", 0, None, r.input_json)
-    # A concurrent submission with the same key (another process) wins the insert: this one
-    # then returns the run that won, as if it had come second.
-    inserted = yield from one(
-        f"INSERT INTO runs ({_RUN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-        " /*pg: ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
-        " DO NOTHING*/ RETURNING id",
+    insert = f"INSERT INTO runs ({_RUN_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    values = (
         r.id,
         r.tenant_id,
         r.workflow,
@@ -234,9 +230,21 @@ def _create(op: CreateRun) -> Gen[CreateResult]:
         r.finished_at,
         json.dumps(r.meta, default=str),
     )
-    if inserted is None and r.idempotency_key is not None:
-        winner = yield from _existing_run(r.tenant_id, r.idempotency_key)
-        return CreateResult(winner or r.id, created=False)
+    if r.idempotency_key is None:
+        # Nothing to learn from the insert: it lands or raises (an id taken), so a driver
+        # need not wait for it (PostgreSQL: no round trip of its own).
+        yield from execute(insert, *values)
+    else:
+        # A concurrent submission with the same key (another process) wins the insert: this
+        # one then returns the run that won, as if it had come second.
+        inserted = yield from one(
+            insert + " /*pg: ON CONFLICT (tenant_id, idempotency_key)"
+            " WHERE idempotency_key IS NOT NULL DO NOTHING*/ RETURNING id",
+            *values,
+        )
+        if inserted is None:
+            winner = yield from _existing_run(r.tenant_id, r.idempotency_key)
+            return CreateResult(winner or r.id, created=False)
     yield from append(
         "INSERT INTO steps (run_id, key, tenant_id, status, available_at) VALUES (?, ?, ?, ?, ?)",
         [(s.run_id, s.key, s.tenant_id, s.status.value, s.available_at) for s in op.steps],
