@@ -24,6 +24,7 @@ from tenantflow.domain.records import (
     StartAttempt,
     StepRecord,
     StepStatus,
+    StepUpdate,
     Transition,
 )
 from tenantflow.errors import StoreError
@@ -419,11 +420,14 @@ async def test_the_servers_error_is_raised_not_a_later_rows_loading(postgres_url
 _NOW = 1_800_000_000.0
 
 
-async def _claimed(store: PostgresStore, run_id: str) -> Lease:
-    """A running run of tenant t1 with one step, ``a``, claimed: its lease."""
+async def _claimed(
+    store: PostgresStore, run_id: str, tenant: str = "t1", *, then_b: bool = False
+) -> Lease:
+    """A running run of ``tenant`` with one step, ``a``, claimed (``then_b``: and step ``b``
+    pending): a's lease."""
     record = RunRecord(
         id=run_id,
-        tenant_id="t1",
+        tenant_id=tenant,
         workflow="wf",
         workflow_version="1",
         status=RunStatus.RUNNING,
@@ -431,9 +435,11 @@ async def _claimed(store: PostgresStore, run_id: str) -> Lease:
         created_at=_NOW,
         updated_at=_NOW,
     )
-    steps = [StepRecord(run_id, "t1", "a", StepStatus.READY)]
+    steps = [StepRecord(run_id, tenant, "a", StepStatus.READY)]
+    if then_b:
+        steps.append(StepRecord(run_id, tenant, "b", StepStatus.PENDING))
     await store.apply([CreateRun(record, steps, [NewEvent("run.submitted")])])
-    [lease] = await store.apply([StartAttempt("t1", run_id, "a", "owner", _NOW, _NOW + 30)])
+    [lease] = await store.apply([StartAttempt(tenant, run_id, "a", "owner", _NOW, _NOW + 30)])
     assert isinstance(lease, Lease)
     return lease
 
@@ -576,3 +582,109 @@ async def test_submissions_without_a_key_wait_for_no_insert_of_their_own(
         assert [s.key for s in await store.get_steps("t1", "r3")] == ["a"]
     finally:
         await store.close()
+
+
+def _finish_a(tenant: str, run: str, fence: int, *, b_ready: bool = False) -> FinishAttempt:
+    """Step ``a`` of ``run`` succeeded (output 2, state delta a=2); ``b_ready``: b is ready."""
+    then = Transition(tenant, run, _NOW + 1)
+    if b_ready:
+        then.steps.append(StepUpdate("b", StepStatus.READY, available_at=_NOW))
+    return FinishAttempt(tenant, run, "a", fence, _NOW + 1, b"2", b'{"a":2}', then)
+
+
+async def test_the_finishes_of_a_batch_take_the_round_trips_of_one(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finishes of different runs, of one tenant or several, are driven side by side: each
+    goes as far as it can, then one wait answers all of them. Four finishes in a batch take
+    the round trips one takes alone, and each is decided as it would be alone (a stale fence
+    among them writes nothing of its own and nothing of the others is lost)."""
+    from tenantflow.adapters import postgres_wire
+
+    store = PostgresStore.from_url(postgres_url)
+    await store.open()
+    try:
+        runs = [("t1", "r1"), ("t1", "r2"), ("t2", "r3"), ("t2", "r4"), ("t1", "r5")]
+        leases = {run: await _claimed(store, run, tenant) for tenant, run in runs}
+        syncs: list[int] = []
+        real = postgres_wire.Wire.sync
+
+        async def counted(self: postgres_wire.Wire, *, check: bool = True) -> None:
+            syncs.append(len(self._waiting))
+            await real(self, check=check)
+
+        monkeypatch.setattr(postgres_wire.Wire, "sync", counted)
+        assert await store.apply([_finish_a("t1", "r5", leases["r5"].fence)]) == [1]
+        alone = len([n for n in syncs if n])
+        syncs.clear()
+        batch = [_finish_a(t, r, leases[r].fence) for t, r in runs[:4]]
+        batch[1] = _finish_a("t1", "r2", leases["r2"].fence + 1)  # a stale fence
+        assert await store.apply(batch) == [1, STALE, 1, 1]
+        assert len([n for n in syncs if n]) == alone == 2
+        for tenant, run in runs:
+            [a] = await store.get_steps(tenant, run)
+            stale = run == "r2"
+            assert a.status == (StepStatus.RUNNING if stale else StepStatus.SUCCEEDED)
+            versions = [v.version for v in await store.state_versions(tenant, run)]
+            assert versions == ([0] if stale else [0, 1])
+            kinds = [e.kind for e in await store.events(tenant, run)]
+            assert ("step.succeeded" in kinds) is not stale
+    finally:
+        await store.close()
+
+
+async def test_ops_of_one_run_in_a_batch_are_not_driven_side_by_side(
+    postgres_url: str,
+) -> None:
+    """A finish that readies step b and b's claim in the same batch (the engine writes the
+    claim beside the completion): the claim meets b ready, as when one ran after the other.
+    Driven side by side, the claim would be sent before the finish's update of b."""
+    store = PostgresStore.from_url(postgres_url)
+    await store.open()
+    try:
+        leases = {run: await _claimed(store, run, then_b=True) for run in ("r1", "r2")}
+        batch = [
+            _finish_a("t1", "r1", leases["r1"].fence, b_ready=True),
+            _finish_a("t1", "r2", leases["r2"].fence, b_ready=True),
+            StartAttempt("t1", "r1", "b", "owner", _NOW + 2, _NOW + 30),
+        ]
+        first, second, claim = await store.apply(batch)
+        assert (first, second) == (1, 1)
+        assert isinstance(claim, Lease)
+        steps = {s.key: s.status for s in await store.get_steps("t1", "r1")}
+        assert steps == {"a": StepStatus.SUCCEEDED, "b": StepStatus.RUNNING}
+    finally:
+        await store.close()
+
+
+def test_a_batch_is_cut_into_waves_of_ops_that_write_only_runs_of_their_own() -> None:
+    from tenantflow.adapters.postgres import _claims_together, _side_by_side
+    from tenantflow.domain.tenancy import AuditEntry
+
+    def created(run: str, key: str | None = None) -> CreateRun:
+        return _submission(run, key)
+
+    audited = Transition("t1", "r6", _NOW, audit=[AuditEntry("a", "x", "run:r6")])
+    elsewhere = _finish_a("t1", "r7", 1)
+    elsewhere.then = Transition("t1", "parent", _NOW)  # a child's end moving its parent
+    ops: list[Any] = [
+        StartAttempt("t1", "r1", "a", "o", _NOW, _NOW + 1),  # 0: with 1, one claim statement
+        StartAttempt("t1", "r2", "a", "o", _NOW, _NOW + 1),  # 1
+        _finish_a("t1", "r3", 1),  # 2
+        created("r4"),  # 3
+        _finish_a("t1", "r1", 1),  # 4: r1 again: a new wave
+        created("r5", key="k"),  # 5: with a key: alone
+        audited,  # 6: alone
+        elsewhere,  # 7: writes another run than its own: alone
+        _finish_a("t1", "r8", 1),  # 8
+        Transition("t1", "r9", _NOW),  # 9
+    ]
+    groups = _claims_together(ops, list(range(len(ops))))
+    assert _side_by_side(ops, groups) == [
+        [[0, 1], [2], [3]],
+        [[4]],
+        [[5]],
+        [[6]],
+        [[7]],
+        [[8], [9]],
+    ]

@@ -83,7 +83,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, closing
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -103,10 +103,11 @@ from tenantflow.adapters.postgres_schema import (
     schema_version,
 )
 from tenantflow.adapters.postgres_wire import Sent, Wire
-from tenantflow.adapters.sql import Gen, Held, Result, Sql, Together, advance
+from tenantflow.adapters.sql import Done, Gen, Held, Result, Sql, Together, advance
 from tenantflow.adapters.sql_ops import apply_op, op_tenant, start_attempts
 from tenantflow.adapters.sql_store import SqlStore
 from tenantflow.domain.records import (
+    CreateRun,
     FailAttempt,
     FinishAttempt,
     Op,
@@ -386,19 +387,30 @@ class PostgresStore(SqlStore):
                 results: list[Any] = [None] * len(ops)
                 order = _by_tenant(ops)
                 to_lock = _runs_to_lock(ops)
-                for group in _claims_together(ops, order):
-                    first = ops[group[0]]
-                    tenant = op_tenant(first)
+
+                async def enter(tenant: str | None) -> None:
                     await session.enter(tenant if scope is None else scope)
                     if tenant is not None and tenant in to_lock:
                         await session.lock_runs(tenant, to_lock.pop(tenant))
+
+                def query(group: list[int]) -> Gen[Any]:
                     if len(group) == 1:
-                        results[group[0]] = await session.drive(apply_op(ops[group[0]]))
-                        continue
-                    claims = [cast(StartAttempt, ops[i]) for i in group]
-                    leases = await session.drive(start_attempts(claims))
-                    for i, lease in zip(group, leases, strict=True):
-                        results[i] = lease
+                        return apply_op(ops[group[0]])
+                    return start_attempts([cast(StartAttempt, ops[i]) for i in group])
+
+                for wave in _side_by_side(ops, _claims_together(ops, order)):
+                    if len(wave) == 1:
+                        await enter(op_tenant(ops[wave[0][0]]))
+                        answers = [await session.drive(query(wave[0]))]
+                    else:
+                        units = [(op_tenant(ops[group[0]]), query(group)) for group in wave]
+                        answers = await session.drive_side_by_side(units, enter)
+                    for group, answer in zip(wave, answers, strict=True):
+                        if len(group) == 1:
+                            results[group[0]] = answer
+                        else:
+                            for i, lease in zip(group, answer, strict=True):
+                                results[i] = lease
                 return results
         except psycopg.errors.IntegrityError as exc:
             if len(ops) == 1:
@@ -475,9 +487,13 @@ class _Session:
     versions, usage) are held and sent as one multi-row statement per statement text: before a
     statement naming one of their tables, before the tenant scope changes (row-level security
     checks each row against the scope it is written in) and before the commit. A batch's ops
-    are taken tenant by tenant (:func:`_by_tenant`), so a tenant's rows of a whole batch go in
-    one statement and its scope is set once, and a tenant's consecutive step claims are one
-    ``UPDATE`` (:func:`_claims_together`)."""
+    are taken tenant by tenant (:func:`_by_tenant`), and a tenant's consecutive step claims are
+    one ``UPDATE`` (:func:`_claims_together`). Consecutive ops that write only runs of their own
+    (claims, finishes, submissions; :func:`_side_by_side`) are driven side by side
+    (:meth:`drive_side_by_side`): a batch of them costs the round trips of the longest, not
+    their sum; their statements go out in turn, each in its own tenant's scope, so the scope
+    is set again as the turn passes from one tenant to the next (and a tenant's held rows may
+    go in a few statements rather than one)."""
 
     def __init__(self, wire: Wire, *, implicit: bool = False) -> None:
         self._wire = wire
@@ -535,9 +551,66 @@ class _Session:
                 step = advance(query, await self.execute(step))
             return step.value
 
+    async def drive_side_by_side(
+        self, units: Sequence[tuple[str | None, Gen[Any]]], enter: Callable[[str | None], Any]
+    ) -> list[Any]:
+        """Run independent interpreter steps (``units``: each with the scope it acts in) to
+        their ends, side by side: each goes as far as it can without a result (its statements
+        sent in its own scope, entered with ``enter``), then one wait answers every one that
+        asked for a result, and so on. A batch of finishes thus costs the round trips of one,
+        not one each. The units must not depend on each other's statements (different runs;
+        see :func:`_side_by_side`): only their order at the server differs from driving them
+        one after the other."""
+        out: list[Any] = [None] * len(units)
+        steps: list[Sql | Done[Any]] = []
+        try:
+            for _, query in units:
+                steps.append(advance(query, None))
+            live = list(range(len(units)))
+            while live:
+                asked: list[tuple[int, Callable[[], Result]]] = []
+                for i in live:
+                    scope, query = units[i]
+                    await enter(scope)
+                    step = steps[i]
+                    while isinstance(step, Sql):
+                        answer = await self._put(step)
+                        if not isinstance(answer, Result):
+                            asked.append((i, answer))
+                            break
+                        step = advance(query, answer)
+                    steps[i] = step
+                    if isinstance(step, Done):
+                        out[i] = step.value
+                if asked:
+                    await self._sync()
+                for i, answer in asked:
+                    steps[i] = advance(units[i][1], answer())
+                    if isinstance(steps[i], Done):
+                        out[i] = cast(Done[Any], steps[i]).value
+                live = [i for i, _ in asked if isinstance(steps[i], Sql)]
+        finally:
+            for _, query in units:
+                query.close()
+        return out
+
     async def execute(self, statement: Sql) -> Result:
+        answer = await self._put(statement)
+        if isinstance(answer, Result):
+            return answer
+        await self._sync()
+        return answer()
+
+    async def _put(self, statement: Sql) -> Result | Callable[[], Result]:
+        """Send ``statement`` (or hold it): its result at once when it needs none, else a
+        function that gives it after the next sync. Held rows go first when the statement (or
+        one sent together) names their table, as before any other statement."""
         if isinstance(statement, Together):
-            return await self._together(statement.statements)
+            statements = statement.statements
+            if self._held and any(self._held.named_by(s.text) for s in statements):
+                await self.release()
+            sent = [await self._send(one.text, one.args) for one in statements]
+            return lambda: Result([], 0, [Result(one.rows, one.rowcount) for one in sent])
         if statement.merge is not None:
             if self._implicit:
                 raise StoreError(f"a read runs queries only, not {statement.text[:60]!r}")
@@ -545,21 +618,10 @@ class _Session:
             return _NOTHING
         if self._held and self._held.named_by(statement.text):
             await self.release()
-        sent = await self._send(statement.text, statement.args, many=statement.many)
+        single = await self._send(statement.text, statement.args, many=statement.many)
         if not statement.results:
             return _NOTHING
-        await self._sync()
-        return Result(sent.rows, sent.rowcount)
-
-    async def _together(self, statements: Sequence[Sql]) -> Result:
-        """Send ``statements`` one after the other without waiting, then wait once (in
-        pipeline mode: one round trip for all); each one's result in ``parts``. Held rows go
-        first only when one of them names their table (as before any other statement)."""
-        if self._held and any(self._held.named_by(s.text) for s in statements):
-            await self.release()
-        sent = [await self._send(statement.text, statement.args) for statement in statements]
-        await self._sync()
-        return Result([], 0, [Result(one.rows, one.rowcount) for one in sent])
+        return lambda: Result(single.rows, single.rowcount)
 
 
 def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:
@@ -583,6 +645,58 @@ def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:
         groups.append([i])
         claimed = {(op.run_id, op.key)} if isinstance(op, StartAttempt) else set()
     return groups
+
+
+def _side_by_side(ops: Sequence[Op], groups: list[list[int]]) -> list[list[list[int]]]:
+    """``groups`` (in their order) cut into waves driven side by side
+    (:meth:`_Session.drive_side_by_side`): consecutive groups that each write only runs of
+    their own — step claims, a finish or a transition whose follow-on is its own run's, a
+    submission without an idempotency key — none writing a run another of the wave writes, and
+    none with audit entries (a chain read then extended) or a review to open. Any other op is
+    a wave of its own, driven alone."""
+    waves: list[list[list[int]]] = []
+    wave: list[list[int]] = []
+    runs: set[tuple[str, str]] = set()
+    for group in groups:
+        own = _own_runs(ops, group)
+        if own is not None and wave and not (own & runs):
+            wave.append(group)
+            runs |= own
+            continue
+        if wave:
+            waves.append(wave)
+        wave, runs = [group], own or set()
+        if own is None:
+            waves.append(wave)
+            wave, runs = [], set()
+    if wave:
+        waves.append(wave)
+    return waves
+
+
+def _own_runs(ops: Sequence[Op], group: list[int]) -> set[tuple[str, str]] | None:
+    """The runs ``group`` writes if they are all it writes (see :func:`_side_by_side`), else
+    None."""
+    runs: set[tuple[str, str]] = set()
+    for i in group:
+        op = ops[i]
+        if isinstance(op, StartAttempt):
+            runs.add((op.tenant_id, op.run_id))
+            continue
+        if isinstance(op, CreateRun):
+            if op.run.idempotency_key is not None:
+                return None
+            runs.add((op.run.tenant_id, op.run.id))
+            continue
+        then = op.then if isinstance(op, FinishAttempt) else op
+        if not isinstance(then, Transition) or not isinstance(op, FinishAttempt | Transition):
+            return None
+        if (then.tenant_id, then.run_id) != (op.tenant_id, op.run_id):
+            return None
+        if then.audit or then.review is not None:
+            return None
+        runs.add((op.tenant_id, op.run_id))
+    return runs
 
 
 def _by_tenant(ops: Sequence[Op]) -> list[int]:
