@@ -595,10 +595,12 @@ def _finish_a(tenant: str, run: str, fence: int, *, b_ready: bool = False) -> Fi
 async def test_the_finishes_of_a_batch_take_the_round_trips_of_one(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Finishes of different runs, of one tenant or several, are driven side by side: each
-    goes as far as it can, then one wait answers all of them. Four finishes in a batch take
-    the round trips one takes alone, and each is decided as it would be alone (a stale fence
-    among them writes nothing of its own and nothing of the others is lost)."""
+    """A tenant's finishes of different runs are driven side by side: each goes as far as it
+    can, then one wait answers all of them. Two tenants' four finishes in a batch take the
+    round trips one takes alone and one more (the second tenant's turn; the tenants go one
+    after the other, locking in the order every process locks in), not four more; each is
+    decided as it would be alone (a stale fence among them writes nothing of its own and
+    nothing of the others is lost)."""
     from tenantflow.adapters import postgres_wire
 
     store = PostgresStore.from_url(postgres_url)
@@ -620,7 +622,8 @@ async def test_the_finishes_of_a_batch_take_the_round_trips_of_one(
         batch = [_finish_a(t, r, leases[r].fence) for t, r in runs[:4]]
         batch[1] = _finish_a("t1", "r2", leases["r2"].fence + 1)  # a stale fence
         assert await store.apply(batch) == [1, STALE, 1, 1]
-        assert len([n for n in syncs if n]) == alone == 2
+        assert alone == 2  # the finish's version read and fenced update, then the commit
+        assert len([n for n in syncs if n]) == alone + 1
         for tenant, run in runs:
             [a] = await store.get_steps(tenant, run)
             stale = run == "r2"
@@ -678,6 +681,8 @@ def test_a_batch_is_cut_into_waves_of_ops_that_write_only_runs_of_their_own() ->
         elsewhere,  # 7: writes another run than its own: alone
         _finish_a("t1", "r8", 1),  # 8
         Transition("t1", "r9", _NOW),  # 9
+        _finish_a("t2", "r10", 1),  # 10: another tenant: a new wave
+        _finish_a("t2", "r11", 1),  # 11
     ]
     groups = _claims_together(ops, list(range(len(ops))))
     assert _side_by_side(ops, groups) == [
@@ -687,4 +692,55 @@ def test_a_batch_is_cut_into_waves_of_ops_that_write_only_runs_of_their_own() ->
         [[6]],
         [[7]],
         [[8], [9]],
+        [[10], [11]],
     ]
+
+
+async def test_a_deadlock_with_another_transaction_is_retried_not_raised(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL aborts one of two transactions that wait on each other (SQLSTATE 40P01,
+    which psycopg raises as an ``OperationalError``, not a ``TransactionRollback``). When it
+    is the store's batch, nothing of it was committed: it is tried again, and lands once the
+    other transaction has ended, rather than failing as if the server were down."""
+    from tests.conftest import POSTGRES_URL
+
+    store = PostgresStore.from_url(postgres_url)
+    await store.open()
+    watcher = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
+    try:
+        for run in ("r1", "r2"):
+            await _claimed(store, run)
+        assert store._pool is not None
+        async with store._pool.connection() as other:  # another process's transaction
+            await other.execute("BEGIN")  # (the pool's connections are in autocommit)
+            # It never looks for deadlocks first: the store's transaction is the one aborted.
+            await other.execute("SET LOCAL deadlock_timeout = '60s'")
+            await other.execute("SELECT 1 FROM runs WHERE id = 'r2' FOR UPDATE")
+            batch = [
+                Transition("t1", run, _NOW + 1, events=[NewEvent("noted")]) for run in ("r1", "r2")
+            ]
+            task = asyncio.create_task(store.apply(batch))
+            # The store locks its runs in order: r1, then it waits for r2.
+            waiting = 0
+            for _ in range(600):
+                cursor = await watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%%FROM runs%%' AND pid <> %s",
+                    (other.info.backend_pid,),
+                )
+                row = await cursor.fetchone()
+                waiting = row[0] if row else 0
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting, "the store's batch never waited for r2"
+            # Taking r1 closes the cycle; the store's transaction is aborted, so this lands.
+            await other.execute("SELECT 1 FROM runs WHERE id = 'r1' FOR UPDATE")
+            await other.execute("ROLLBACK")
+        assert await task == [True, True]
+        for run in ("r1", "r2"):
+            assert "noted" in [e.kind for e in await store.events("t1", run)]
+    finally:
+        await watcher.close()
+        await store.close()

@@ -315,16 +315,16 @@ class PostgresStore(SqlStore):
         """Translate driver errors at the boundary: nothing of psycopg escapes."""
         try:
             yield
-        except psycopg.errors.TransactionRollback as exc:
-            raise StoreError(
-                f"PostgreSQL kept aborting the transaction ({exc.sqlstate}): {exc}",
-                sqlstate=exc.sqlstate,
-            ) from exc
-        except psycopg.OperationalError as exc:  # also the pool's timeouts
-            raise StoreUnavailableError(
-                f"PostgreSQL at {self.url!r} is unavailable: {exc}", url=self.url
-            ) from exc
         except psycopg.Error as exc:
+            if _rolled_back(exc):  # (retried, and aborted every time)
+                raise StoreError(
+                    f"PostgreSQL kept aborting the transaction ({exc.sqlstate}): {exc}",
+                    sqlstate=exc.sqlstate,
+                ) from exc
+            if isinstance(exc, psycopg.OperationalError):  # also the pool's timeouts
+                raise StoreUnavailableError(
+                    f"PostgreSQL at {self.url!r} is unavailable: {exc}", url=self.url
+                ) from exc
             raise StoreError(f"PostgreSQL error: {exc}", sqlstate=exc.sqlstate) from exc
 
     @asynccontextmanager
@@ -373,10 +373,10 @@ class PostgresStore(SqlStore):
             while True:
                 try:
                     return await self._commit(ops, scope)
-                except psycopg.errors.TransactionRollback:
+                except psycopg.Error as exc:
                     # A deadlock or serialization failure with another process: nothing was
                     # committed, so the whole batch is tried again, after a short random pause.
-                    if attempt == _ATTEMPTS:
+                    if not _rolled_back(exc) or attempt == _ATTEMPTS:
                         raise
                     await asyncio.sleep(random.uniform(0.0, 0.01 * 2**attempt))
                     attempt += 1
@@ -488,12 +488,9 @@ class _Session:
     statement naming one of their tables, before the tenant scope changes (row-level security
     checks each row against the scope it is written in) and before the commit. A batch's ops
     are taken tenant by tenant (:func:`_by_tenant`), and a tenant's consecutive step claims are
-    one ``UPDATE`` (:func:`_claims_together`). Consecutive ops that write only runs of their own
-    (claims, finishes, submissions; :func:`_side_by_side`) are driven side by side
-    (:meth:`drive_side_by_side`): a batch of them costs the round trips of the longest, not
-    their sum; their statements go out in turn, each in its own tenant's scope, so the scope
-    is set again as the turn passes from one tenant to the next (and a tenant's held rows may
-    go in a few statements rather than one)."""
+    one ``UPDATE`` (:func:`_claims_together`). A tenant's consecutive ops that write only runs
+    of their own (claims, finishes, submissions; :func:`_side_by_side`) are driven side by side
+    (:meth:`drive_side_by_side`): they cost the round trips of the longest, not their sum."""
 
     def __init__(self, wire: Wire, *, implicit: bool = False) -> None:
         self._wire = wire
@@ -647,25 +644,37 @@ def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:
     return groups
 
 
+def _rolled_back(exc: BaseException) -> bool:
+    """Whether PostgreSQL aborted the transaction for a deadlock or a serialization failure
+    (SQLSTATE class 40): nothing of it was committed. (psycopg raises 40P01 and 40001 as
+    subclasses of ``OperationalError``, not of its ``TransactionRollback``.)"""
+    return isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40")
+
+
 def _side_by_side(ops: Sequence[Op], groups: list[list[int]]) -> list[list[list[int]]]:
     """``groups`` (in their order) cut into waves driven side by side
-    (:meth:`_Session.drive_side_by_side`): consecutive groups that each write only runs of
-    their own — step claims, a finish or a transition whose follow-on is its own run's, a
-    submission without an idempotency key — none writing a run another of the wave writes, and
-    none with audit entries (a chain read then extended) or a review to open. Any other op is
-    a wave of its own, driven alone."""
+    (:meth:`_Session.drive_side_by_side`): consecutive groups of one tenant that each write
+    only runs of their own — step claims, a finish or a transition whose follow-on is its own
+    run's, a submission without an idempotency key — none writing a run another of the wave
+    writes, and none with audit entries (a chain read then extended) or a review to open. Any
+    other op is a wave of its own, driven alone. A wave holds one tenant's ops only: a batch
+    still takes its locks tenant by tenant, the order every process takes them in (a later
+    tenant's op driven in the first turn would lock its rows before an earlier tenant's took
+    theirs in a later one)."""
     waves: list[list[list[int]]] = []
     wave: list[list[int]] = []
     runs: set[tuple[str, str]] = set()
+    tenant: str | None = None
     for group in groups:
         own = _own_runs(ops, group)
-        if own is not None and wave and not (own & runs):
+        here = op_tenant(ops[group[0]])
+        if own is not None and wave and here == tenant and not (own & runs):
             wave.append(group)
             runs |= own
             continue
         if wave:
             waves.append(wave)
-        wave, runs = [group], own or set()
+        wave, runs, tenant = [group], own or set(), here
         if own is None:
             waves.append(wave)
             wave, runs = [], set()
