@@ -644,11 +644,16 @@ def _claims_together(ops: Sequence[Op], order: list[int]) -> list[list[int]]:
     return groups
 
 
+_ROLLED_BACK = ("40001", "40P01")
+"""The SQLSTATEs of a transaction PostgreSQL aborted for a serialization failure or a deadlock:
+nothing of it was committed, and the same transaction may well pass if tried again."""
+
+
 def _rolled_back(exc: BaseException) -> bool:
-    """Whether PostgreSQL aborted the transaction for a deadlock or a serialization failure
-    (SQLSTATE class 40): nothing of it was committed. (psycopg raises 40P01 and 40001 as
-    subclasses of ``OperationalError``, not of its ``TransactionRollback``.)"""
-    return isinstance(exc, psycopg.Error) and (exc.sqlstate or "").startswith("40")
+    """Whether PostgreSQL aborted the transaction for a serialization failure or a deadlock
+    (:data:`_ROLLED_BACK`). (psycopg raises them as subclasses of ``OperationalError``, not of
+    its ``TransactionRollback``.)"""
+    return isinstance(exc, psycopg.Error) and exc.sqlstate in _ROLLED_BACK
 
 
 def _side_by_side(ops: Sequence[Op], groups: list[list[int]]) -> list[list[list[int]]]:
