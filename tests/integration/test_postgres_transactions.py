@@ -420,6 +420,22 @@ async def test_the_servers_error_is_raised_not_a_later_rows_loading(postgres_url
 _NOW = 1_800_000_000.0
 
 
+def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, every sync of a store's wire appends how many statements it waits for
+    (0: nothing was sent since the last one, no round trip)."""
+    from tenantflow.adapters import postgres_wire
+
+    syncs: list[int] = []
+    real = postgres_wire.Wire.sync
+
+    async def counted(self: postgres_wire.Wire, *, check: bool = True) -> None:
+        syncs.append(len(self._waiting))
+        await real(self, check=check)
+
+    monkeypatch.setattr(postgres_wire.Wire, "sync", counted)
+    return syncs
+
+
 async def _claimed(
     store: PostgresStore, run_id: str, tenant: str = "t1", *, then_b: bool = False
 ) -> Lease:
@@ -452,21 +468,12 @@ async def test_a_finish_reads_the_version_and_makes_its_fenced_update_in_one_rou
     the whole transaction (that one and the commit), where it took three. What it writes is
     the same: the step records the version the run moves to, and a stale fence writes
     nothing."""
-    from tenantflow.adapters import postgres_wire
-
     now = _NOW
     store = PostgresStore.from_url(postgres_url)
     await store.open()
     try:
         lease = await _claimed(store, "r1")
-        syncs: list[int] = []
-        real = postgres_wire.Wire.sync
-
-        async def counted(self: postgres_wire.Wire, *, check: bool = True) -> None:
-            syncs.append(len(self._waiting))
-            await real(self, check=check)
-
-        monkeypatch.setattr(postgres_wire.Wire, "sync", counted)
+        syncs = _count_syncs(monkeypatch)
 
         def finish(fence: int) -> FinishAttempt:
             then = Transition("t1", "r1", now + 1)
@@ -551,19 +558,10 @@ async def test_submissions_without_a_key_wait_for_no_insert_of_their_own(
     lands or raises): a batch of three is one round trip, its commit, where each insert took
     one of its own. A run id already taken is still refused, alone; a key still answers the
     run that has it."""
-    from tenantflow.adapters import postgres_wire
-
     store = PostgresStore.from_url(postgres_url)
     await store.open()
     try:
-        syncs: list[int] = []
-        real = postgres_wire.Wire.sync
-
-        async def counted(self: postgres_wire.Wire, *, check: bool = True) -> None:
-            syncs.append(len(self._waiting))
-            await real(self, check=check)
-
-        monkeypatch.setattr(postgres_wire.Wire, "sync", counted)
+        syncs = _count_syncs(monkeypatch)
         results = await store.apply([_submission(f"r{i}") for i in range(3)])
         assert [(r.run_id, r.created) for r in results] == [(f"r{i}", True) for i in range(3)]
         assert len([n for n in syncs if n]) == 1
@@ -601,21 +599,12 @@ async def test_the_finishes_of_a_batch_take_the_round_trips_of_one(
     after the other, locking in the order every process locks in), not four more; each is
     decided as it would be alone (a stale fence among them writes nothing of its own and
     nothing of the others is lost)."""
-    from tenantflow.adapters import postgres_wire
-
     store = PostgresStore.from_url(postgres_url)
     await store.open()
     try:
         runs = [("t1", "r1"), ("t1", "r2"), ("t2", "r3"), ("t2", "r4"), ("t1", "r5")]
         leases = {run: await _claimed(store, run, tenant) for tenant, run in runs}
-        syncs: list[int] = []
-        real = postgres_wire.Wire.sync
-
-        async def counted(self: postgres_wire.Wire, *, check: bool = True) -> None:
-            syncs.append(len(self._waiting))
-            await real(self, check=check)
-
-        monkeypatch.setattr(postgres_wire.Wire, "sync", counted)
+        syncs = _count_syncs(monkeypatch)
         assert await store.apply([_finish_a("t1", "r5", leases["r5"].fence)]) == [1]
         alone = len([n for n in syncs if n])
         syncs.clear()
