@@ -6,7 +6,7 @@ any transaction, so the next transaction on it starts clean."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import pytest
@@ -436,25 +436,43 @@ def _count_syncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return syncs
 
 
-async def _claimed(
-    store: PostgresStore, run_id: str, tenant: str = "t1", *, then_b: bool = False
-) -> Lease:
-    """A running run of ``tenant`` with one step, ``a``, claimed (``then_b``: and step ``b``
-    pending): a's lease."""
+def _submission(
+    run_id: str,
+    key: str | None = None,
+    tenant: str = "t1",
+    *,
+    then_b: bool = False,
+    status: RunStatus = RunStatus.QUEUED,
+    events: Sequence[NewEvent] = (),
+) -> CreateRun:
+    """A run of ``tenant`` with step ``a`` ready (``then_b``: and step ``b`` pending)."""
     record = RunRecord(
         id=run_id,
         tenant_id=tenant,
         workflow="wf",
         workflow_version="1",
-        status=RunStatus.RUNNING,
+        status=status,
         input_json=b"1",
         created_at=_NOW,
         updated_at=_NOW,
+        idempotency_key=key,
     )
     steps = [StepRecord(run_id, tenant, "a", StepStatus.READY)]
     if then_b:
         steps.append(StepRecord(run_id, tenant, "b", StepStatus.PENDING))
-    await store.apply([CreateRun(record, steps, [NewEvent("run.submitted")])])
+    return CreateRun(record, steps, list(events))
+
+
+async def _claimed(
+    store: PostgresStore, run_id: str, tenant: str = "t1", *, then_b: bool = False
+) -> Lease:
+    """A running run of ``tenant`` with one step, ``a``, claimed (``then_b``: and step ``b``
+    pending): a's lease."""
+    submitted = [NewEvent("run.submitted")]
+    run = _submission(
+        run_id, None, tenant, then_b=then_b, status=RunStatus.RUNNING, events=submitted
+    )
+    await store.apply([run])
     [lease] = await store.apply([StartAttempt(tenant, run_id, "a", "owner", _NOW, _NOW + 30)])
     assert isinstance(lease, Lease)
     return lease
@@ -534,21 +552,6 @@ async def test_the_finishes_of_a_batch_send_their_events_in_one_statement(
             assert kinds.count("step.succeeded") == 1, kinds
     finally:
         await store.close()
-
-
-def _submission(run_id: str, key: str | None = None) -> CreateRun:
-    record = RunRecord(
-        id=run_id,
-        tenant_id="t1",
-        workflow="wf",
-        workflow_version="1",
-        status=RunStatus.QUEUED,
-        input_json=b"1",
-        created_at=_NOW,
-        updated_at=_NOW,
-        idempotency_key=key,
-    )
-    return CreateRun(record, [StepRecord(run_id, "t1", "a", StepStatus.READY)], [])
 
 
 async def test_submissions_without_a_key_wait_for_no_insert_of_their_own(
@@ -653,9 +656,6 @@ def test_a_batch_is_cut_into_waves_of_ops_that_write_only_runs_of_their_own() ->
     from tenantflow.adapters.postgres import _claims_together, _side_by_side
     from tenantflow.domain.tenancy import AuditEntry
 
-    def created(run: str, key: str | None = None) -> CreateRun:
-        return _submission(run, key)
-
     audited = Transition("t1", "r6", _NOW, audit=[AuditEntry("a", "x", "run:r6")])
     elsewhere = _finish_a("t1", "r7", 1)
     elsewhere.then = Transition("t1", "parent", _NOW)  # a child's end moving its parent
@@ -663,9 +663,9 @@ def test_a_batch_is_cut_into_waves_of_ops_that_write_only_runs_of_their_own() ->
         StartAttempt("t1", "r1", "a", "o", _NOW, _NOW + 1),  # 0: with 1, one claim statement
         StartAttempt("t1", "r2", "a", "o", _NOW, _NOW + 1),  # 1
         _finish_a("t1", "r3", 1),  # 2
-        created("r4"),  # 3
+        _submission("r4"),  # 3
         _finish_a("t1", "r1", 1),  # 4: r1 again: a new wave
-        created("r5", key="k"),  # 5: with a key: alone
+        _submission("r5", key="k"),  # 5: with a key: alone
         audited,  # 6: alone
         elsewhere,  # 7: writes another run than its own: alone
         _finish_a("t1", "r8", 1),  # 8

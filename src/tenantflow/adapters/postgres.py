@@ -399,12 +399,8 @@ class PostgresStore(SqlStore):
                     return start_attempts([cast(StartAttempt, ops[i]) for i in group])
 
                 for wave in _side_by_side(ops, _claims_together(ops, order)):
-                    if len(wave) == 1:
-                        await enter(op_tenant(ops[wave[0][0]]))
-                        answers = [await session.drive(query(wave[0]))]
-                    else:
-                        units = [(op_tenant(ops[group[0]]), query(group)) for group in wave]
-                        answers = await session.drive_side_by_side(units, enter)
+                    units = [(op_tenant(ops[group[0]]), query(group)) for group in wave]
+                    answers = await session.drive_side_by_side(units, enter)
                     for group, answer in zip(wave, answers, strict=True):
                         if len(group) == 1:
                             results[group[0]] = answer
