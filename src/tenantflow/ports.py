@@ -306,7 +306,13 @@ class Coordinator(Protocol):
         """Send what is waiting to be announced."""
         ...
 
-    def listen(self) -> AsyncIterator[Notice]: ...
+    def listen(self) -> AsyncIterator[Notice]:
+        """Wake-ups as they arrive (see :class:`~tenantflow.domain.cluster.Notice`)."""
+        ...
+
+    def listen_ends(self, ready: Callable[[], None]) -> AsyncIterator[Notice]:
+        """Announced ends of runs (kind ``ended``); ``ready`` is called once listening."""
+        ...
 
 
 class OpSink(Protocol):

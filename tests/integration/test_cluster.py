@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +21,9 @@ import httpx
 import pytest
 
 import tenantflow as tf
-from tenantflow.domain.cluster import assign, owners
+from tenantflow.domain.cluster import ENDED, Notice, assign, owners
+from tenantflow.engine import ends as ends_module
+from tenantflow.engine import runs as runs_module
 from tenantflow.placement.centralized import open_front, open_worker
 
 pytest.importorskip("psycopg", reason="the postgres extra is not installed")
@@ -134,6 +137,93 @@ async def test_a_front_queues_runs_that_the_owning_workers_complete(postgres_url
         # Each step ran once, in the worker that owns the run's tenant.
         assert set(executed.values()) == {1} and len(executed) == 3 * len(handles)
         assert not front.runtime.active  # the front drives nothing
+
+
+async def test_a_front_waiting_on_a_run_is_woken_by_its_end_not_by_reading_it_again(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read again on a timer, the run would be seen to end an hour later: only the worker's
+    # announcement of its end (or the listener connecting) wakes the waiting front.
+    monkeypatch.setattr(ends_module, "FALLBACK_S", 3600.0)
+    monkeypatch.setattr(runs_module, "POLL_S", 3600.0)
+    executed: Counter[str] = Counter()
+    gate = asyncio.Event()
+    async with (
+        engine(postgres_url, "worker", executed, gate) as worker,
+        engine(postgres_url, "front", executed, gate) as front,
+    ):
+        await front.tenants.create("bank-a", tier="standard")
+        await until(lambda: "bank-a" in worker.membership.owned)
+        handle = await front.submit("three", tenant="bank-a", input=1)
+        reads: list[str] = []
+        get_run = front.history.get_run
+
+        async def counted(tenant: str, run_id: str) -> tf.RunRecord:
+            reads.append(run_id)
+            return await get_run(tenant, run_id)
+
+        monkeypatch.setattr(front.history, "get_run", counted)
+        waiting = asyncio.create_task(front.wait("bank-a", handle.id, timedelta(seconds=30)))
+        ends = front.runs.ends
+        assert ends is not None
+        await until(lambda: ends.listening and ends.waiting(handle.id))
+        await until(lambda: executed[f"{handle.id}:first"] == 1)
+        gate.set()  # the run ends now, after the front is listening
+        record = await waiting
+        assert record.status == tf.RunStatus.COMPLETED
+        # Read once before waiting, once when the listener connected, once when woken.
+        assert 2 <= len(reads) <= 3 and set(reads) == {handle.id}
+        assert not ends.waiting(handle.id)
+
+
+async def test_the_ends_of_runs_go_on_a_channel_of_their_own(postgres_url: str) -> None:
+    executed: Counter[str] = Counter()
+    async with engine(postgres_url, "front", executed, asyncio.Event()) as front:
+        from tenantflow.adapters.postgres_cluster import PostgresCoordinator
+
+        coordinator = front.coordinator
+        assert isinstance(coordinator, PostgresCoordinator)
+        assert coordinator.ends_channel != coordinator.channel
+        wakes: list[Notice] = []
+        ends: list[Notice] = []
+        listening = asyncio.Event()
+
+        async def collect(source: AsyncIterator[Notice], into: list[Notice]) -> None:
+            async for notice in source:
+                into.append(notice)
+
+        tasks = [
+            asyncio.create_task(collect(coordinator.listen(), wakes)),
+            asyncio.create_task(collect(coordinator.listen_ends(listening.set), ends)),
+        ]
+        try:
+            await asyncio.wait_for(listening.wait(), 20)
+            # The other listener has no ready signal: announce until it hears one.
+            for _ in range(400):
+                coordinator.announce("run", "bank-a", "probe")
+                await asyncio.sleep(0.05)
+                if wakes:
+                    break
+            coordinator.announce(ENDED, "bank-a", "r-ended")
+            coordinator.announce("run", "bank-a", "r-last")
+            await until(lambda: any(n.target == "r-last" for n in wakes) and bool(ends))
+            assert ends == [Notice(ENDED, "bank-a", "r-ended")]
+            assert all(n.kind == "run" for n in wakes)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_channel_names_fit_postgresql_however_long_the_schema() -> None:
+    from tenantflow.adapters import postgres_cluster as cluster_adapter
+
+    assert cluster_adapter._channel("tenantflow_", "public") == "tenantflow_public"
+    long = "s" * 63
+    name = cluster_adapter._channel("tenantflow_ended_", long)
+    assert len(name) <= 63 and name.startswith("tenantflow_ended_")
+    assert name != cluster_adapter._channel("tenantflow_", long)
+    assert name != cluster_adapter._channel("tenantflow_ended_", long[:-1] + "t")
 
 
 async def test_cancel_and_review_decisions_reach_the_owning_worker(postgres_url: str) -> None:

@@ -14,7 +14,10 @@ The tables (created by the migrations like every other):
 Wake-ups: every change another process must react to is also announced with ``pg_notify`` on the
 channel :attr:`PostgresCoordinator.channel` (one per schema), as ``kind:tenant:target``. A
 notification is a hint, never the only copy: what it announces is in the tables, and workers
-sweep them periodically in case one was missed (a listener reconnecting, say).
+sweep them periodically in case one was missed (a listener reconnecting, say). The ends of runs
+(kind ``ended``, see :mod:`tenantflow.engine.ends`) go on a channel of their own,
+:attr:`PostgresCoordinator.ends_channel`, listened to only by processes waiting on runs, so that
+workers are not woken by every run's end.
 
 Scopes: the coordination tables hold ids and commands, not tenant data, but ``commands`` carries
 a tenant's words (a reviewer's comment), so it is under row-level security like any tenant table:
@@ -25,16 +28,17 @@ scope. ``workers`` and ``tenant_owners`` are written in system scope only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
-from tenantflow.domain.cluster import Command, Notice
+from tenantflow.domain.cluster import ENDED, Command, Notice
 from tenantflow.errors import StoreError, StoreUnavailableError
 
 __all__ = ["PostgresCoordinator", "ScopedConnections"]
@@ -42,6 +46,16 @@ __all__ = ["PostgresCoordinator", "ScopedConnections"]
 log = logging.getLogger("tenantflow.cluster")
 
 _ACTIVE = "('queued', 'running', 'paused', 'compensating', 'cancelling')"
+_MAX_CHANNEL = 63
+"""PostgreSQL's longest identifier: a channel name beyond it is refused by ``pg_notify``."""
+
+
+def _channel(prefix: str, schema: str) -> str:
+    """The channel ``prefix`` + ``schema``; for a schema too long for that, its digest."""
+    name = prefix + schema
+    if len(name.encode()) <= _MAX_CHANNEL:
+        return name
+    return prefix + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
 
 
 class ScopedConnections(Protocol):
@@ -70,8 +84,9 @@ class PostgresCoordinator:
 
     def __init__(self, store: ScopedConnections) -> None:
         self.store = store
-        self.channel = f"tenantflow_{store.schema or 'public'}"
-        self._outbox: list[str] = []
+        self.channel = _channel("tenantflow_", store.schema or "public")
+        self.ends_channel = _channel("tenantflow_ended_", store.schema or "public")
+        self._outbox: list[tuple[str, str]] = []  # (channel, payload)
         self._flusher: asyncio.Task[None] | None = None
 
     # -- liveness and ownership -------------------------------------------------------------
@@ -241,7 +256,8 @@ class PostgresCoordinator:
         """Like :meth:`notify`, without waiting: announcements made while one batch is being
         sent go out together in the next (one transaction for many submissions). Best effort:
         a batch that fails is dropped — the listeners' sweeps find what it announced."""
-        self._outbox.append(f"{kind}:{tenant_id}:{target}")
+        channel = self.ends_channel if kind == ENDED else self.channel
+        self._outbox.append((channel, f"{kind}:{tenant_id}:{target}"))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="tenantflow-announce")
 
@@ -251,8 +267,8 @@ class PostgresCoordinator:
             try:
                 async with self.store.scoped(None) as conn:
                     await conn.execute(
-                        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
-                        (self.channel, batch),
+                        "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n (c, p)",
+                        ([c for c, _ in batch], [p for _, p in batch]),
                     )
             except StoreError as exc:  # best effort: what was announced is in the tables
                 log.warning(
@@ -264,19 +280,35 @@ class PostgresCoordinator:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
-    async def listen(self) -> AsyncIterator[Notice]:
+    def listen(self) -> AsyncIterator[Notice]:
         """Wake-ups as they arrive, on a connection of their own, until cancelled.
 
         Raises:
             StoreUnavailableError: the connection was lost (the caller reconnects and sweeps).
         """
+        return self._listen(self.channel, None)
+
+    def listen_ends(self, ready: Callable[[], None]) -> AsyncIterator[Notice]:
+        """Announced ends of runs (kind ``ended``, the run's id as target), as :meth:`listen`;
+        ``ready`` is called once listening (ends announced before it were missed).
+
+        Raises:
+            StoreUnavailableError: the connection was lost (the caller reconnects).
+        """
+        return self._listen(self.ends_channel, ready)
+
+    async def _listen(
+        self, channel: str, ready: Callable[[], None] | None
+    ) -> AsyncIterator[Notice]:
         try:
             conn = await AsyncConnection.connect(self.store.conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"cannot listen for wake-ups: {exc}") from exc
         try:
             async with conn:
-                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                if ready is not None:
+                    ready()
                 async for note in conn.notifies():
                     kind, _, rest = note.payload.partition(":")
                     tenant, _, target = rest.partition(":")

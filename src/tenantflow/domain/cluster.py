@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Command", "Notice", "assign", "owners"]
+__all__ = ["ENDED", "Command", "Notice", "assign", "owners"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +41,16 @@ class Command:
     payload: dict[str, Any]
 
 
+ENDED = "ended"
+"""The kind of a run's end announced (its target: the run's id; see
+:mod:`tenantflow.engine.ends`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """A wake-up between processes: ``kind`` (``run``, ``command``, ``tenant``) about ``target``
-    of tenant ``tenant_id``. A hint only: what it announces is in the store."""
+    """A wake-up between processes: ``kind`` (``run``, ``command``, ``tenant``, or
+    :data:`ENDED`) about ``target`` of tenant ``tenant_id``. A hint only: what it announces is
+    in the store."""
 
     kind: str
     tenant_id: str

@@ -407,6 +407,7 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
         if self.membership is not None:
             await self.clustering.hand_back(self.stores.values())
             await self.membership.leave()
+        await self.runs.close()
         if self.coordinator is not None:
             await self.coordinator.close()
         for st in self.stores.values():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tenantflow.domain.cluster import ENDED
 from tenantflow.domain.records import RunStatus
 from tenantflow.domain.tenancy import ReviewRecord
 from tenantflow.engine.admission import AdmissionGate
@@ -20,7 +21,7 @@ from tenantflow.engine.execution.driver import RunDriver as Runtime
 from tenantflow.engine.execution.reviews import Reviews
 from tenantflow.engine.submission import Submitter
 from tenantflow.engine.tenants import TenantInfo, Tenants
-from tenantflow.ports import Clock
+from tenantflow.ports import Clock, Coordinator
 
 __all__ = ["RuntimeHooks"]
 
@@ -36,6 +37,7 @@ class RuntimeHooks:
     runtimes: dict[str, Runtime]
     clock: Clock
     execute: bool
+    coordinator: Coordinator | None
 
     async def start_child(
         self, parent: Active, key: str, index: int, workflow: str, task: str
@@ -45,8 +47,11 @@ class RuntimeHooks:
         return await self.submitter.start_child(parent, key, index, workflow, task)
 
     def on_finish(self, run: Active, status: RunStatus, result: Any) -> None:
-        """A run ended: wake its waiters and admit the next runs."""
+        """A run ended (its end committed): wake its waiters, here and in the cluster's other
+        processes (see :mod:`tenantflow.engine.ends`), and admit the next runs."""
         self.gate.finished(run, status, result)
+        if self.coordinator is not None:
+            self.coordinator.announce(ENDED, run.tenant_id, run.id)
 
     def refresh_policy(self, run: Active) -> None:
         """At a step boundary: a running run picks up its tenant's changed policy (O(1))."""

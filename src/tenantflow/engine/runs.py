@@ -33,6 +33,7 @@ from tenantflow.domain.retry import RETRYABLE, check_retryable, plan_retry
 from tenantflow.domain.tenancy import AuditEntry, ReviewRecord
 from tenantflow.domain.why import Reason, WaitFacts, explain
 from tenantflow.engine.admission import AdmissionGate
+from tenantflow.engine.ends import RunEnds
 from tenantflow.engine.handle import RunSnapshot
 from tenantflow.engine.history import RunHistory
 from tenantflow.engine.registry import WorkflowRegistry, decode_sink
@@ -107,6 +108,8 @@ class RunControl:
         self._registry = registry
         self._submitter = submitter
         self._coordinator = coordinator
+        self.ends = None if coordinator is None else RunEnds(coordinator, clock, poll_s=POLL_S)
+        """Wake-ups of waiters on runs another process drives (a cluster's; None otherwise)."""
         self._retrying: dict[str, asyncio.Lock] = {}
 
     def view(self, tenant: str, run_id: str) -> RunSnapshot | None:
@@ -180,16 +183,34 @@ class RunControl:
         return self._decode(record)
 
     async def _until_done(self, tenant: str, run_id: str) -> RunRecord:
-        # A run executing here is not read before it ends: its end wakes the watch.
-        while True:
-            if self._gate.active_run(tenant, run_id) is not None:
-                await self._gate.watch(run_id)
-            current = await self._history.get_run(tenant, run_id)
-            if current.status in TERMINAL_RUN:
-                return current
-            if self._gate.active_run(tenant, run_id) is None:
-                # executing elsewhere (or not yet resumed): poll the store
-                await self._clock.sleep(POLL_S)
+        # A run executing here is not read before it ends: its end wakes the watch. One
+        # executing elsewhere (or not yet resumed) is read again when its end is announced (on
+        # a cluster, see tenantflow.engine.ends), or else every POLL_S.
+        ends = self.ends
+        woken = None
+        try:
+            while True:
+                if self._gate.active_run(tenant, run_id) is not None:
+                    await self._gate.watch(run_id)
+                if ends is not None and woken is None:
+                    woken = ends.expect(run_id)  # before the read: an end meanwhile wakes it
+                current = await self._history.get_run(tenant, run_id)
+                if current.status in TERMINAL_RUN:
+                    return current
+                if self._gate.active_run(tenant, run_id) is not None:
+                    continue
+                if woken is not None and ends is not None:
+                    await ends.wait(woken)
+                else:
+                    await self._clock.sleep(POLL_S)
+        finally:
+            if woken is not None and ends is not None:
+                ends.forget(run_id, woken)
+
+    async def close(self) -> None:
+        """Stop listening for the ends of runs driven elsewhere."""
+        if self.ends is not None:
+            await self.ends.close()
 
     async def resume(self, tenant: str, run_id: str) -> RunRecord:
         """Resume a run the budget ladder paused (after its budget was raised or reset)."""
