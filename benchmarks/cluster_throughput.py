@@ -19,13 +19,17 @@ statements blind until autovacuum's first analyse, and the figures halve and var
 run. Prints submissions/s (how fast the runs were durably recorded), workflows/s and steps/s
 (first measured submission to last completion), p50/p99 latency (a run's ``created_at`` to
 ``finished_at`` in the store) and, for the cluster, how the tenants were spread over the workers
-and where the CPU went (the workers' share includes their start-up and the warm-up).
+and where the CPU went while the measured runs ran (from ``/proc``: Linux).
 
 By default the end is found by counting completed runs in the store. With ``--await-results``
 the client reads every run's result through its handle instead (``await handle.result()``),
 and the time runs from the first measured submission to the last result read: the definition
-peer comparisons use. An embedded engine answers a run it drove from memory; a front polls
-the store for each run it waits on, so the client waits on 64 runs at a time.
+peer comparisons use. An embedded engine answers a run it drove from memory; a front reads
+each run it waits on from the store, when it starts waiting and when the run's worker announces
+its end, so the client waits on 64 runs at a time.
+
+The cluster set-up ends with ``--sequential`` runs (100) submitted through the front one at a
+time, each awaited before the next, and prints their p50 / p99 submit → result latency.
 """
 
 from __future__ import annotations
@@ -116,8 +120,8 @@ async def submit_and_finish(
     if handles is None:
         await wait_all(engine.store, done_before + runs, 600)
         return start, submit_s
-    # 64 readers, as there are 64 submitters: a front answers each wait by polling the store,
-    # and thousands of concurrent pollers would exhaust its connection pool.
+    # 64 readers, as there are 64 submitters: a front answers each wait by reading the store,
+    # and thousands of concurrent reads would queue on its connection pool.
     readers = asyncio.Semaphore(64)
 
     async def read(handle: tf.RunHandle) -> int:
@@ -165,6 +169,21 @@ async def latencies(store: object, since: float) -> tuple[float, float]:
     return values[len(values) // 2], values[min(len(values) - 1, int(0.99 * len(values)))]
 
 
+async def one_at_a_time(engine: tf.Engine, names: list[str], runs: int) -> tuple[float, float]:
+    """Submit ``runs`` runs one after the other, each awaited before the next: p50 and p99 of
+    submit → result read by the client, in seconds (a front learns of each end from its
+    worker's announcement, see ``tenantflow.engine.ends``)."""
+    took = []
+    for i in range(runs):
+        started = time.perf_counter()
+        handle = await engine.submit("bench", tenant=names[i % len(names)], input=i)
+        if await handle.result() != i + STEPS:
+            raise SystemExit("a result differs from its input + 4")
+        took.append(time.perf_counter() - started)
+    took.sort()
+    return took[len(took) // 2], took[min(len(took) - 1, int(0.99 * len(took)))]
+
+
 async def embedded(
     url: str, runs: int, tenants: int, slots: int, await_results: bool
 ) -> dict[str, float]:
@@ -198,13 +217,29 @@ def machine_cpu_s() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def processes_cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
+    """CPU seconds (user + system) the processes have used so far, from /proc/<pid>/stat."""
+    ticks = 0
+    for proc in procs:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def own_cpu_s(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
 async def cluster(
-    url: str, runs: int, tenants: int, slots: int, workers: int, await_results: bool
+    url: str,
+    runs: int,
+    tenants: int,
+    slots: int,
+    workers: int,
+    await_results: bool,
+    sequential: int,
 ) -> dict[str, float | str]:
     env = {
         **os.environ,
@@ -229,23 +264,25 @@ async def cluster(
             spread = sorted(int(n) for _, n in owners)
             warm, since = await warm_up(front, names, runs)
             machine0, front0 = machine_cpu_s(), own_cpu_s(resource.RUSAGE_SELF)
+            workers0 = processes_cpu_s(procs)
             start, submit_s = await submit_and_finish(front, names, runs, warm, await_results)
             elapsed = time.perf_counter() - start
             machine, front_cpu = (
                 machine_cpu_s() - machine0,
                 own_cpu_s(resource.RUSAGE_SELF) - front0,
             )
+            workers_cpu = processes_cpu_s(procs) - workers0
             p50, p99 = await latencies(front.store, since)
+            one_p50, one_p99 = await one_at_a_time(front, names, sequential)
         finally:
-            workers0 = own_cpu_s(resource.RUSAGE_CHILDREN)
             stop_workers(procs)
-        # The workers' CPU is known once they have exited (it includes their start-up).
-        workers_cpu = own_cpu_s(resource.RUSAGE_CHILDREN) - workers0
     return {
         "submit_s": submit_s,
         "elapsed_s": elapsed,
         "p50_s": p50,
         "p99_s": p99,
+        "one_p50_s": one_p50,
+        "one_p99_s": one_p99,
         "spread": "/".join(map(str, spread)),
         "cpu": f"machine {machine / elapsed:.2f} cores: workers {workers_cpu / elapsed:.2f},"
         f" front {front_cpu / elapsed:.2f}, rest (PostgreSQL) "
@@ -268,6 +305,9 @@ def report(name: str, runs: int, figures: dict[str, float | str]) -> None:
     print(f"  steps/s          {STEPS * runs / elapsed:10.1f}")
     print(f"  p50 latency ms   {1000 * float(figures['p50_s']):10.1f}")
     print(f"  p99 latency ms   {1000 * float(figures['p99_s']):10.1f}")
+    if "one_p50_s" in figures:
+        p50, p99 = 1000 * float(figures["one_p50_s"]), 1000 * float(figures["one_p99_s"])
+        print(f"  one at a time    p50 {p50:.1f} / p99 {p99:.1f} ms")
     if "spread" in figures:
         print(f"  tenants/worker   {figures['spread']:>10}")
         print(f"  CPU              {figures['cpu']}")
@@ -283,6 +323,12 @@ def main() -> None:
     parser.add_argument("--skip-embedded", action="store_true")
     parser.add_argument(
         "--await-results", action="store_true", help="the client reads every run's result"
+    )
+    parser.add_argument(
+        "--sequential",
+        type=int,
+        default=100,
+        help="runs submitted through the front one at a time at the end, each awaited",
     )
     args = parser.parse_args()
     ending = "every result awaited" if args.await_results else "completions counted in the store"
@@ -310,6 +356,7 @@ def main() -> None:
                         args.slots,
                         args.workers,
                         args.await_results,
+                        args.sequential,
                     )
                 )
                 report(
