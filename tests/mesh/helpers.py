@@ -10,6 +10,7 @@ from typing import Any
 
 import tenantflow as tf
 from tenantflow.adapters.nats.fabric import Fabric, save_credentials
+from tenantflow.adapters.nats.subjects import Region
 from tenantflow.domain.records import TERMINAL_RUN
 from tenantflow.placement.mesh.control import open_submitter
 from tenantflow.placement.mesh.driver import MeshDriver
@@ -78,6 +79,17 @@ async def wait_all(
             ]
             raise AssertionError(f"{len(stuck)} runs did not end: {stuck[:5]}")
         await asyncio.sleep(0.1)
+
+
+async def completion_records(fabric: Fabric, region: str) -> dict[str, int]:
+    """The keys of ``region``'s bucket of completion records, each with its number of
+    messages, from the bucket's stream state. (``KeyValue.keys()`` can come back short or
+    raise NoKeysError when its watcher signals the end of the initial replay before the
+    replay's messages were handled: nats-io/nats.py#842.)"""
+    bucket = Region(region).done_bucket
+    info = await fabric.js.stream_info(f"KV_{bucket}", subjects_filter=">")
+    prefix = f"$KV.{bucket}."
+    return {s.removeprefix(prefix): n for s, n in (info.state.subjects or {}).items()}
 
 
 async def wait_log(log: Any, region: str, tenant: str, run: str, timeout_s: float = 20.0) -> Any:

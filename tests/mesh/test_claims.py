@@ -20,7 +20,7 @@ from tenantflow.adapters.nats.subjects import Region
 from tenantflow.placement.mesh.agent import AgentOptions, close_agent, open_agent
 from tenantflow.selftest.workload import STEPS, WORKFLOW, expected_outputs, setup
 
-from .helpers import create_tenants, submitter, wait_all
+from .helpers import completion_records, create_tenants, submitter, wait_all
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,8 +74,8 @@ async def test_failed_delivery_releases_its_claim(
         assert {k: int(steps[k].output_json or b"0") for k in STEPS} == expected_outputs(0)
         assert agent.released == 1  # the failed delivery's claim, parked back to ready
         assert agent.guard.reused == 1  # its redelivery found the record the server kept
-        kv = await admin.js.key_value(Region("eu").done_bucket)
-        assert len(await kv.keys()) == len(STEPS)
+        expected = {Region.done_key("t0", run, k) for k in STEPS}
+        assert await completion_records(admin, "eu") == dict.fromkeys(expected, 1)
     finally:
         await close_agent(agent, engine, fabric)
         await driver.queue.close()

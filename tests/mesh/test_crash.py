@@ -21,7 +21,6 @@ import pytest
 import tenantflow as tf
 from tenantflow.adapters.nats.fabric import wait_connected
 from tenantflow.adapters.nats.log import ExecutionLog
-from tenantflow.adapters.nats.subjects import Region
 from tenantflow.selftest.workload import (
     STEPS,
     WORKFLOW,
@@ -30,7 +29,14 @@ from tenantflow.selftest.workload import (
     tenant_of,
 )
 
-from .helpers import agents, create_tenants, submitter, wait_all, wait_log
+from .helpers import (
+    agents,
+    completion_records,
+    create_tenants,
+    submitter,
+    wait_all,
+    wait_log,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,9 +82,8 @@ async def test_kill_agents_and_server_under_load(
             steps = {s.key: s for s in await store.get_steps(record.tenant_id, record.id)}
             assert {k: int(steps[k].output_json or b"0") for k in STEPS} == expected_outputs(i)
         # Exactly one completion record per step, and one step.succeeded fact per step.
-        kv = await admin.js.key_value(Region("eu").done_bucket)
-        keys = await kv.keys()
-        assert len(keys) == RUNS * len(STEPS) == len(set(keys))
+        records = await completion_records(admin, "eu")
+        assert len(records) == RUNS * len(STEPS) and set(records.values()) == {1}
         log = ExecutionLog(admin)
         for tenant, run_id in runs:
             timeline = await wait_log(log, "eu", tenant, run_id)
