@@ -273,7 +273,7 @@ async def cluster(
             )
             workers_cpu = processes_cpu_s(procs) - workers0
             p50, p99 = await latencies(front.store, since)
-            one_p50, one_p99 = await one_at_a_time(front, names, sequential)
+            one = await one_at_a_time(front, names, sequential) if sequential > 0 else None
         finally:
             stop_workers(procs)
     return {
@@ -281,8 +281,7 @@ async def cluster(
         "elapsed_s": elapsed,
         "p50_s": p50,
         "p99_s": p99,
-        "one_p50_s": one_p50,
-        "one_p99_s": one_p99,
+        **({"one_p50_s": one[0], "one_p99_s": one[1]} if one is not None else {}),
         "spread": "/".join(map(str, spread)),
         "cpu": f"machine {machine / elapsed:.2f} cores: workers {workers_cpu / elapsed:.2f},"
         f" front {front_cpu / elapsed:.2f}, rest (PostgreSQL) "

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import psycopg
 from psycopg import AsyncConnection, sql
+from psycopg.conninfo import make_conninfo
 
 from tenantflow.domain.cluster import ENDED, Command, Notice
 from tenantflow.errors import StoreError, StoreUnavailableError
@@ -50,12 +51,24 @@ _MAX_CHANNEL = 63
 """PostgreSQL's longest identifier: a channel name beyond it is refused by ``pg_notify``."""
 
 
+_KEEPALIVE = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""TCP keepalives of a listening connection: one silently cut (a NAT's or a balancer's idle
+timeout) is found dead within about a minute and opened anew, not waited on forever."""
+
+
+def _digest(schema: str) -> str:
+    return hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
+
+
 def _channel(prefix: str, schema: str) -> str:
     """The channel ``prefix`` + ``schema``; for a schema too long for that, its digest."""
     name = prefix + schema
-    if len(name.encode()) <= _MAX_CHANNEL:
-        return name
-    return prefix + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
+    return name if len(name.encode()) <= _MAX_CHANNEL else prefix + _digest(schema)
 
 
 class ScopedConnections(Protocol):
@@ -84,8 +97,10 @@ class PostgresCoordinator:
 
     def __init__(self, store: ScopedConnections) -> None:
         self.store = store
-        self.channel = _channel("tenantflow_", store.schema or "public")
-        self.ends_channel = _channel("tenantflow_ended_", store.schema or "public")
+        schema = store.schema or "public"
+        self.channel = _channel("tenantflow_", schema)
+        # Always the schema's digest: no schema's wake-up channel can be another's of ends.
+        self.ends_channel = "tenantflow_ended_" + _digest(schema)
         self._outbox: list[tuple[str, str]] = []  # (channel, payload)
         self._flusher: asyncio.Task[None] | None = None
 
@@ -249,15 +264,18 @@ class PostgresCoordinator:
         """Announce ``kind`` about ``target`` of ``tenant_id`` to every listening process."""
         async with self.store.scoped(tenant_id) as conn:
             await conn.execute(
-                "SELECT pg_notify(%s, %s)", (self.channel, f"{kind}:{tenant_id}:{target}")
+                "SELECT pg_notify(%s, %s)",
+                (self._channel_for(kind), f"{kind}:{tenant_id}:{target}"),
             )
+
+    def _channel_for(self, kind: str) -> str:
+        return self.ends_channel if kind == ENDED else self.channel
 
     def announce(self, kind: str, tenant_id: str, target: str) -> None:
         """Like :meth:`notify`, without waiting: announcements made while one batch is being
         sent go out together in the next (one transaction for many submissions). Best effort:
         a batch that fails is dropped — the listeners' sweeps find what it announced."""
-        channel = self.ends_channel if kind == ENDED else self.channel
-        self._outbox.append((channel, f"{kind}:{tenant_id}:{target}"))
+        self._outbox.append((self._channel_for(kind), f"{kind}:{tenant_id}:{target}"))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="tenantflow-announce")
 
@@ -301,7 +319,8 @@ class PostgresCoordinator:
         self, channel: str, ready: Callable[[], None] | None
     ) -> AsyncIterator[Notice]:
         try:
-            conn = await AsyncConnection.connect(self.store.conninfo, autocommit=True)
+            conninfo = make_conninfo(self.store.conninfo, **_KEEPALIVE)
+            conn = await AsyncConnection.connect(conninfo, autocommit=True)
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"cannot listen for wake-ups: {exc}") from exc
         try:

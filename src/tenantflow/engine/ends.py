@@ -16,13 +16,14 @@ were missed. A waiter registers (:meth:`RunEnds.expect`) before it reads the run
 announced between its read and its wait wakes it too.
 
 The listening connection is opened on the first wait, not before: an engine that never waits on
-another process's runs never holds one.
+another process's runs (a worker awaiting only its own) never holds one. It stays open until
+the engine closes; a wait after that reads its run every ``POLL_S`` until the engine starts
+again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from tenantflow.domain.cluster import ENDED
@@ -53,6 +54,11 @@ class RunEnds:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._listening = False
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def open(self) -> None:
+        """Listen again from the next wait on (after :meth:`close`: an engine started anew)."""
+        self._closed = False
 
     @property
     def listening(self) -> bool:
@@ -66,8 +72,6 @@ class RunEnds:
     def expect(self, run_id: str) -> asyncio.Event:
         """Register a waiter on ``run_id`` (before reading the run): the event is set when an
         end of the run is announced, or when the listener (re)connects."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._listen(), name="tenantflow-run-ends")
         woken = asyncio.Event()
         self._waiters.setdefault(run_id, set()).add(woken)
         return woken
@@ -81,11 +85,21 @@ class RunEnds:
                 del self._waiters[run_id]
 
     async def wait(self, woken: asyncio.Event) -> None:
-        """Until ``woken`` is set, or the time to read the run again has come."""
+        """Until ``woken`` is set, or the time to read the run again has come (listening from
+        now on: connecting wakes every waiter, so nothing announced before is missed)."""
+        if not self._closed and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._listen(), name="tenantflow-run-ends")
         period = FALLBACK_S if self._listening else self._poll_s
-        with contextlib.suppress(TimeoutError):
-            async with self._clock.timeout(period):
-                await woken.wait()
+        if not woken.is_set():
+            # Two tasks raced rather than a timeout inside the caller's: a clock's timeouts
+            # need not nest (the caller may be inside one of its own).
+            ended = asyncio.ensure_future(woken.wait())
+            timer = asyncio.ensure_future(self._clock.sleep(period))
+            try:
+                await asyncio.wait((ended, timer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
+                timer.cancel()
         woken.clear()
 
     def ended(self, run_id: str) -> None:
@@ -108,14 +122,17 @@ class RunEnds:
                         self.ended(notice.target)
             except StoreUnavailableError as exc:
                 log.warning("wake-ups of run ends interrupted (%s); waiters read runs", exc)
-            self._listening = False
+            except Exception:  # a defect: logged, and listened again, never silently gone
+                log.exception("wake-ups of run ends failed; waiters read runs")
+            finally:
+                self._listening = False
             await self._clock.sleep(FALLBACK_S)
 
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening: until :meth:`open`, waits read their runs every ``poll_s``."""
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.gather(task, return_exceptions=True)
         self._listening = False

@@ -374,6 +374,7 @@ class Engine(RunOps, PlaneViews, RuntimeHooks):
                 await st.close()
             raise
         self._started = self.gate.started = True
+        self.runs.open()
         await self.tenants.load()
         if self.execute:
             for runtime in self.runtimes.values():

@@ -207,6 +207,12 @@ class RunControl:
             if woken is not None and ends is not None:
                 ends.forget(run_id, woken)
 
+    def open(self) -> None:
+        """Listen for the ends of runs driven elsewhere from the next wait on (see
+        :mod:`tenantflow.engine.ends`)."""
+        if self.ends is not None:
+            self.ends.open()
+
     async def close(self) -> None:
         """Stop listening for the ends of runs driven elsewhere."""
         if self.ends is not None:

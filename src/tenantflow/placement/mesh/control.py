@@ -179,6 +179,9 @@ class MeshControl(RunReads):
         read_model: str | Store | None = None,
     ) -> None:
         self._engine = engine
+        # The mesh's agents end runs without announcing it on the cluster's channel of ends
+        # (tenantflow.engine.ends): a wait here reads its run on the timer.
+        engine.runs.ends = None
         self._read_model_arg = read_model
         self.read_store: Store | None = None
         self.projector: Projector | None = None
