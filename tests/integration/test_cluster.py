@@ -14,8 +14,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -78,6 +80,20 @@ def engine(url: str, role: str, executed: Counter[str], gate: asyncio.Event) -> 
     e.register(steps_workflow(executed, gate))
     e.register(review_workflow())
     return e
+
+
+@asynccontextmanager
+async def bank_a_on_a_worker(
+    url: str, executed: Counter[str], gate: asyncio.Event
+) -> AsyncIterator[tuple[tf.Engine, tf.Engine]]:
+    """A worker and a front; tenant ``bank-a`` created and driven by the worker."""
+    async with (
+        engine(url, "worker", executed, gate) as worker,
+        engine(url, "front", executed, gate) as front,
+    ):
+        await front.tenants.create("bank-a", tier="standard")
+        await until(lambda: "bank-a" in worker.membership.owned)
+        yield worker, front
 
 
 async def until(predicate: object, seconds: float = 20.0) -> None:
@@ -148,12 +164,7 @@ async def test_a_front_waiting_on_a_run_is_woken_by_its_end_not_by_reading_it_ag
     monkeypatch.setattr(runs_module, "POLL_S", 3600.0)
     executed: Counter[str] = Counter()
     gate = asyncio.Event()
-    async with (
-        engine(postgres_url, "worker", executed, gate) as worker,
-        engine(postgres_url, "front", executed, gate) as front,
-    ):
-        await front.tenants.create("bank-a", tier="standard")
-        await until(lambda: "bank-a" in worker.membership.owned)
+    async with bank_a_on_a_worker(postgres_url, executed, gate) as (_, front):
         handle = await front.submit("three", tenant="bank-a", input=1)
         reads: list[str] = []
         get_run = front.history.get_run
@@ -215,26 +226,25 @@ async def test_the_ends_of_runs_go_on_a_channel_of_their_own(postgres_url: str) 
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def test_channel_names_fit_postgresql_however_long_the_schema() -> None:
-    from tenantflow.adapters import postgres_cluster as cluster_adapter
+def test_channel_names_fit_postgresql_and_no_schema_hears_another() -> None:
+    from tenantflow.adapters.postgres_cluster import PostgresCoordinator
 
-    assert cluster_adapter._channel("tenantflow_", "public") == "tenantflow_public"
-    long = "s" * 63
-    name = cluster_adapter._channel("tenantflow_ended_", long)
-    assert len(name) <= 63 and name.startswith("tenantflow_ended_")
-    assert name != cluster_adapter._channel("tenantflow_", long)
-    assert name != cluster_adapter._channel("tenantflow_ended_", long[:-1] + "t")
+    def channels(schema: str) -> set[str]:
+        c = PostgresCoordinator(SimpleNamespace(schema=schema))  # type: ignore[arg-type]
+        return {c.channel, c.ends_channel}
+
+    assert PostgresCoordinator(SimpleNamespace(schema=None)).channel == "tenantflow_public"  # type: ignore[arg-type]
+    schemas = ["public", "x", "ended_x", "s" * 63, "s" * 62 + "t", "Ünïcode_" * 8]
+    names = [channels(schema) for schema in schemas]
+    assert all(len(n.encode()) <= 63 for pair in names for n in pair)
+    assert all(len(pair) == 2 for pair in names)  # a schema's two channels differ
+    assert len(set().union(*names)) == 2 * len(schemas)  # and no schema shares one
 
 
 async def test_cancel_and_review_decisions_reach_the_owning_worker(postgres_url: str) -> None:
     executed: Counter[str] = Counter()
     gate = asyncio.Event()
-    async with (
-        engine(postgres_url, "worker", executed, gate) as worker,
-        engine(postgres_url, "front", executed, gate) as front,
-    ):
-        await front.tenants.create("bank-a", tier="standard")
-        await until(lambda: "bank-a" in worker.membership.owned)
+    async with bank_a_on_a_worker(postgres_url, executed, gate) as (worker, front):
         stuck = await front.submit("three", tenant="bank-a", input=1)
         await until(lambda: executed[f"{stuck.id}:first"] == 1)
         cancelled = await front.cancel("bank-a", stuck.id, "changed my mind")
