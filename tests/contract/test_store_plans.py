@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tenantflow.adapters import sql_ops
 from tenantflow.adapters.sql_ops import _RUN_COLS, _STEP_COLS
 from tenantflow.adapters.sql_tenancy import PURGE_STATEMENTS
 from tenantflow.adapters.sqlite_schema import migrate
@@ -144,3 +145,89 @@ def test_postgres_uses_the_index(
             table,
             plan,
         )
+
+
+# The statements of a running attempt, by its own step. An attempt's finish, failure and park
+# name the step (run, key, fence, status = 'running'); renewal and recovery find the running
+# steps by owner.
+BY_STEP = [
+    ("finish", sql_ops._FINISH_AS_IS),
+    ("finish recording the next state version", sql_ops._FINISH_NEXT),
+    ("fail", sql_ops._FAIL),
+    ("park", sql_ops._PARK),
+]
+
+
+RUNNING_STEPS = [
+    ("renew", sql_ops._RENEW),
+    ("lapsed leases", sql_ops._LAPSED),
+    ("recover", sql_ops._RUNNING),
+    ("recover an owner's", sql_ops._RUNNING + " AND owner IN (?, ?)"),
+]
+
+
+@pytest.mark.parametrize(("name", "sql"), BY_STEP + RUNNING_STEPS, ids=lambda v: v)
+def test_sqlite_finds_a_step_by_its_key_and_running_steps_by_their_index(
+    tmp_path: Path, name: str, sql: str
+) -> None:
+    plan = sqlite_plan(tmp_path, re.sub(r"/\*pg:.*?\*/", "", sql), (None,) * sql.count("?"))
+    by = "INDEX steps_running" if (name, sql) in RUNNING_STEPS else "PRIMARY KEY"
+    assert plan[0].startswith(f"SEARCH steps USING {by} "), (name, plan)
+
+
+def _generic_plan(conn: Any, sql: str) -> str:
+    """PostgreSQL's generic plan of ``sql`` (the plan a statement prepared on a store's
+    connection keeps, whatever its arguments), as the app role scoped to tenant t1."""
+    from tenantflow.adapters.postgres import postgres_text
+
+    conn.execute(b"PREPARE plan_probe AS " + postgres_text(sql))
+    try:
+        nulls = b", ".join([b"NULL"] * sql.count("?"))
+        execute = b"EXECUTE plan_probe" + (b" (" + nulls + b")" if nulls else b"")
+        found = conn.execute(b"EXPLAIN " + execute).fetchall()
+        return "\n".join(r[0] for r in found)
+    finally:
+        conn.execute(b"DEALLOCATE plan_probe")
+
+
+@pytest.fixture
+def steps_analysed_idle(postgres: Any) -> Any:
+    """4,000 steps of 1,000 runs, none running, analysed: the statistics a database gets when
+    its autovacuum analyses steps in a quiet moment."""
+    postgres.execute("SET enable_seqscan = on")
+    postgres.execute(
+        "INSERT INTO steps (run_id, key, tenant_id, status, available_at)"
+        " SELECT 'r' || (i / 4), 's' || (i % 4), 't' || (i % 10),"
+        " CASE WHEN i % 3 = 0 THEN 'ready' ELSE 'succeeded' END, 0"
+        " FROM generate_series(0, 3999) AS i"
+    )
+    postgres.execute("ANALYZE steps")
+    postgres.execute("SET plan_cache_mode = force_generic_plan")
+    postgres.execute("SET ROLE tenantflow_app")
+    postgres.execute("SELECT set_config('tenantflow.tenant', 't1', false)")
+    return postgres  # the fixture's transaction is never committed: all of it is rolled back
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("name", "sql"), BY_STEP, ids=lambda v: v)
+def test_postgres_finds_an_attempts_step_by_its_primary_key(
+    steps_analysed_idle: Any, name: str, sql: str
+) -> None:
+    # Before migration 9 the partial index of running steps served these statements (their
+    # conditions implied its predicate) and, with no step running when analysed, looked
+    # cheaper than the primary key: every finish then walked all running steps of every tenant.
+    plan = _generic_plan(steps_analysed_idle, sql)
+    assert re.search(r"Index Scan using steps_pkey on steps\b", plan), (name, plan)
+    assert "steps_running" not in plan, (name, plan)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("name", "sql"), RUNNING_STEPS, ids=lambda v: v)
+def test_postgres_finds_running_steps_by_the_partial_index(
+    steps_analysed_idle: Any, name: str, sql: str
+) -> None:
+    plan = _generic_plan(steps_analysed_idle, sql)
+    assert re.search(r"(Index|Bitmap Index) Scan on steps_running\b|using steps_running\b", plan), (
+        name,
+        plan,
+    )

@@ -172,11 +172,24 @@ def _record_call(op: RecordCall) -> Gen[bool]:
     return True
 
 
+_FENCED = (
+    " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
+    " AND lease_expires_at >= ? RETURNING attempt"
+)
+"""The attempt's own step, still running under its lease: found by its primary key (the
+partial index of running steps cannot serve it, see the schema's migration 9)."""
+_PARK = (
+    "UPDATE steps SET status = ?, owner = NULL, lease_expires_at = NULL, available_at = ?" + _FENCED
+)
+_FAIL = (
+    "UPDATE steps SET status = ?, error = ?, owner = NULL, lease_expires_at = NULL,"
+    " available_at = ?, finished_at = ?" + _FENCED
+)
+
+
 def _park(op: ParkAttempt) -> Gen[Any]:
     row = yield from one(
-        "UPDATE steps SET status = ?, owner = NULL, lease_expires_at = NULL, available_at = ?"
-        " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
-        " AND lease_expires_at >= ? RETURNING attempt",
+        _PARK,
         op.status.value,
         op.available_at,
         op.run_id,
@@ -415,9 +428,7 @@ def _append_version(tenant_id: str, run_id: str, step: str, delta: bytes, now: f
 
 _FINISH = (
     "UPDATE steps SET status = 'succeeded', output = ?, error = NULL, owner = NULL,"
-    " lease_expires_at = NULL, finished_at = ?, version = {version}"
-    " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
-    " AND lease_expires_at >= ? RETURNING attempt"
+    " lease_expires_at = NULL, finished_at = ?, version = {version}" + _FENCED
 )
 _FINISH_AS_IS = _FINISH.format(version="COALESCE(?, version)")
 _FINISH_NEXT = _FINISH.format(
@@ -488,10 +499,7 @@ def _finish(op: FinishAttempt) -> Gen[Any]:
 def _fail(op: FailAttempt) -> Gen[Any]:
     status = StepStatus.READY if op.retry_at is not None else StepStatus.FAILED
     row = yield from one(
-        "UPDATE steps SET status = ?, error = ?, owner = NULL, lease_expires_at = NULL,"
-        " available_at = ?, finished_at = ?"
-        " WHERE run_id = ? AND key = ? AND tenant_id = ? AND fence = ? AND status = 'running'"
-        " AND lease_expires_at >= ? RETURNING attempt",
+        _FAIL,
         status.value,
         op.error,
         op.retry_at if op.retry_at is not None else 0.0,
@@ -617,25 +625,30 @@ def _transition_op(t: Transition) -> Gen[bool | VersionConflict]:
     return True
 
 
+_RENEW = (
+    "UPDATE steps SET lease_expires_at = ?"
+    " WHERE owner = ? AND status = 'running' AND lease_expires_at >= ?"
+)
+_LAPSED = (
+    "SELECT run_id, key, fence FROM steps WHERE owner = ? AND status = 'running'"
+    " AND lease_expires_at < ?"
+)
+_RUNNING = (
+    "SELECT tenant_id, run_id, key, attempt FROM steps"
+    " WHERE status = 'running' AND owner IS NOT NULL"
+)
+"""Every running step (it always has an owner: so said, the partial index steps_running
+serves the query)."""
+
+
 def _renew(op: RenewLeases) -> Gen[list[tuple[str, str, int]]]:
-    yield from execute(
-        "UPDATE steps SET lease_expires_at = ?"
-        " WHERE owner = ? AND status = 'running' AND lease_expires_at >= ?",
-        op.lease_until,
-        op.owner,
-        op.now,
-    )
-    lapsed = yield from rows(
-        "SELECT run_id, key, fence FROM steps WHERE owner = ? AND status = 'running'"
-        " AND lease_expires_at < ?",
-        op.owner,
-        op.now,
-    )
+    yield from execute(_RENEW, op.lease_until, op.owner, op.now)
+    lapsed = yield from rows(_LAPSED, op.owner, op.now)
     return [(r[0], r[1], r[2]) for r in lapsed]
 
 
 def _recover(op: RecoverOrphans) -> Gen[int]:
-    sql = "SELECT tenant_id, run_id, key, attempt FROM steps WHERE status = 'running'"
+    sql = _RUNNING
     args: tuple[str, ...] = ()
     if op.owners is not None:
         args = op.owners

@@ -385,7 +385,7 @@ def _remove(tenant_id: str) -> Gen[dict[str, int]]:
 def _live(tenant_id: str, now: float) -> Gen[int]:
     row = yield from one(
         "SELECT COUNT(*) FROM steps WHERE tenant_id = ? AND status = 'running'"
-        " AND lease_expires_at IS NOT NULL AND lease_expires_at > ?",
+        " AND owner IS NOT NULL AND lease_expires_at IS NOT NULL AND lease_expires_at > ?",
         tenant_id,
         now,
     )
