@@ -11,6 +11,7 @@ give with a million runs.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,7 +167,9 @@ RUNNING_STEPS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "sql"), BY_STEP + RUNNING_STEPS, ids=lambda v: v)
+@pytest.mark.parametrize(
+    ("name", "sql"), BY_STEP + RUNNING_STEPS, ids=[n for n, _ in BY_STEP + RUNNING_STEPS]
+)
 def test_sqlite_finds_a_step_by_its_key_and_running_steps_by_their_index(
     tmp_path: Path, name: str, sql: str
 ) -> None:
@@ -177,39 +180,54 @@ def test_sqlite_finds_a_step_by_its_key_and_running_steps_by_their_index(
 
 def _generic_plan(conn: Any, sql: str) -> str:
     """PostgreSQL's generic plan of ``sql`` (the plan a statement prepared on a store's
-    connection keeps, whatever its arguments), as the app role scoped to tenant t1."""
+    connection keeps, whatever its arguments)."""
     from tenantflow.adapters.postgres import postgres_text
 
     conn.execute(b"PREPARE plan_probe AS " + postgres_text(sql))
-    try:
-        nulls = b", ".join([b"NULL"] * sql.count("?"))
-        execute = b"EXECUTE plan_probe" + (b" (" + nulls + b")" if nulls else b"")
-        found = conn.execute(b"EXPLAIN " + execute).fetchall()
-        return "\n".join(r[0] for r in found)
-    finally:
-        conn.execute(b"DEALLOCATE plan_probe")
+    nulls = b", ".join([b"NULL"] * sql.count("?"))
+    execute = b"EXECUTE plan_probe" + (b" (" + nulls + b")" if nulls else b"")
+    found = conn.execute(b"EXPLAIN " + execute).fetchall()
+    conn.execute(b"DEALLOCATE plan_probe")
+    return "\n".join(r[0] for r in found)
 
 
 @pytest.fixture
-def steps_analysed_idle(postgres: Any) -> Any:
-    """4,000 steps of 1,000 runs, none running, analysed: the statistics a database gets when
-    its autovacuum analyses steps in a quiet moment."""
-    postgres.execute("SET enable_seqscan = on")
-    postgres.execute(
-        "INSERT INTO steps (run_id, key, tenant_id, status, available_at)"
-        " SELECT 'r' || (i / 4), 's' || (i % 4), 't' || (i % 10),"
-        " CASE WHEN i % 3 = 0 THEN 'ready' ELSE 'succeeded' END, 0"
-        " FROM generate_series(0, 3999) AS i"
-    )
-    postgres.execute("ANALYZE steps")
-    postgres.execute("SET plan_cache_mode = force_generic_plan")
-    postgres.execute("SET ROLE tenantflow_app")
-    postgres.execute("SELECT set_config('tenantflow.tenant', 't1', false)")
-    return postgres  # the fixture's transaction is never committed: all of it is rolled back
+def steps_analysed_idle(postgres_empty_url: str) -> Iterator[Any]:
+    """A connection to a migrated schema of its own (dropped afterwards, statistics and all)
+    holding 4,000 steps of 1,000 runs, none running, analysed: the statistics a database gets
+    when its autovacuum analyses steps in a quiet moment. It acts as the app role scoped to
+    tenant t1, with generic plans."""
+    psycopg = pytest.importorskip("psycopg", reason="the postgres extra is not installed")
+    from tenantflow.adapters.postgres import PostgresStore
+
+    async def migrate() -> None:
+        store = PostgresStore.from_url(postgres_empty_url)
+        await store.open()
+        await store.close()
+
+    asyncio.run(migrate())
+    schema = re.search(r"schema=(\w+)", postgres_empty_url)
+    assert schema is not None
+    base = re.sub(r"[?&]schema=\w+", "", postgres_empty_url)
+    with psycopg.connect(
+        base, options=f"-c search_path={schema.group(1)}", cursor_factory=psycopg.RawCursor
+    ) as conn:
+        conn.execute(
+            "INSERT INTO steps (run_id, key, tenant_id, status, available_at)"
+            " SELECT 'r' || (i / 4), 's' || (i % 4), 't' || (i % 10),"
+            " CASE WHEN i % 3 = 0 THEN 'ready' ELSE 'succeeded' END, 0"
+            " FROM generate_series(0, 3999) AS i"
+        )
+        conn.execute("ANALYZE steps")
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        conn.execute("SET ROLE tenantflow_app")
+        conn.execute("SELECT set_config('tenantflow.tenant', 't1', false)")
+        yield conn
+        conn.rollback()
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("name", "sql"), BY_STEP, ids=lambda v: v)
+@pytest.mark.parametrize(("name", "sql"), BY_STEP, ids=[n for n, _ in BY_STEP])
 def test_postgres_finds_an_attempts_step_by_its_primary_key(
     steps_analysed_idle: Any, name: str, sql: str
 ) -> None:
@@ -222,12 +240,14 @@ def test_postgres_finds_an_attempts_step_by_its_primary_key(
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("name", "sql"), RUNNING_STEPS, ids=lambda v: v)
+@pytest.mark.parametrize(("name", "sql"), RUNNING_STEPS, ids=[n for n, _ in RUNNING_STEPS])
 def test_postgres_finds_running_steps_by_the_partial_index(
     steps_analysed_idle: Any, name: str, sql: str
 ) -> None:
     plan = _generic_plan(steps_analysed_idle, sql)
-    assert re.search(r"(Index|Bitmap Index) Scan on steps_running\b|using steps_running\b", plan), (
+    assert re.search(
+        r"Index Scan using steps_running on steps\b|Bitmap Index Scan on steps_running\b", plan
+    ), (
         name,
         plan,
     )
