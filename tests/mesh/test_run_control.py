@@ -230,3 +230,30 @@ async def test_an_idempotency_key_answers_the_first_run(mesh: MeshControl) -> No
     for run_id in (first.id, other.id):
         assert (await _until(mesh, run_id, _ended)).status == tf.RunStatus.COMPLETED
     assert len(await mesh.list_runs(TENANT, workflow="child")) == 2
+
+
+async def test_a_wait_through_the_control_plane_is_woken_by_the_agents_announcement(
+    mesh: MeshControl,
+) -> None:
+    # Read again on a timer, the run would be seen to end an hour later: only the agent's
+    # announcement of its end (or the listener connecting) wakes the waiting control plane.
+    ends = mesh.runs.ends
+    assert ends is not None
+    assert ends.fallback_s == 0.1  # ends a mesh does not announce are read as often as before
+    ends.fallback_s = 3600.0
+    ends._poll_s = 3600.0
+    handle = await mesh.submit("cancellable", tenant=TENANT, input=41)
+    await asyncio.wait_for(PROBE.slow_started.wait(), 20)  # the run cannot end yet
+    waiting = asyncio.create_task(handle.result())
+    deadline = time.monotonic() + 20
+    while not (
+        ends.listening
+        and ends.waiting(handle.id)
+        and not any(woken.is_set() for woken in ends._waiters[handle.id])
+    ):  # listening, and the wake-up of its connecting taken: the run read once more
+        assert time.monotonic() < deadline, "the wait never listened"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    PROBE.release.set()
+    assert await asyncio.wait_for(waiting, 15) == 42

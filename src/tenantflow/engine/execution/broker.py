@@ -25,6 +25,10 @@ writes nothing; the driver reads the run again and decides again, at most
 parked step is still decided without it, and a fan-out element's finish does not move the
 version (see :meth:`BrokerDriver._gather_if_lost`).
 
+A run's end, once committed, is announced on its store's channel of ends when the store has
+one (PostgreSQL's: see :mod:`tenantflow.engine.ends`), so that a control plane waiting on the
+run reads it at once rather than on its timer.
+
 Not driven here (yet): child runs (``ctx.delegate``), deciding reviews, pausing and resuming, and
 admission (every submitted run starts at once).
 """
@@ -40,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tenantflow.domain.breaker import CircuitBreaker
+from tenantflow.domain.cluster import ENDED
 from tenantflow.domain.contracts import contract_for
 from tenantflow.domain.policy import Policy
 from tenantflow.domain.progress import (
@@ -101,7 +106,7 @@ from tenantflow.engine.gateway import Gateway
 from tenantflow.engine.writer import Writer
 from tenantflow.errors import ConflictError, NotFoundError
 from tenantflow.observability.events import Observers
-from tenantflow.ports import Clock, Delivery, DeliveryQueue, Store
+from tenantflow.ports import Clock, Coordinator, Delivery, DeliveryQueue, Store
 
 __all__ = ["MAX_DECISIONS", "BrokerDriver"]
 
@@ -173,6 +178,8 @@ class BrokerDriver(BrokerParts):
         self.reviews_opened: list[ReviewRecord] = []
         """Reviews opened by review steps (deciding them is not driven here)."""
         self.claims = Claims(owner, clock, self._where, self._spawn)
+        self._announcers: dict[str, Coordinator | None] = {}
+        """Per region: the coordination its store offers, to announce the ends of runs."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -191,6 +198,10 @@ class BrokerDriver(BrokerParts):
         await asyncio.gather(*tasks, return_exceptions=True)
         for writer in self.writers.values():
             await writer.close()
+        announcers = [a for a in self._announcers.values() if a is not None]
+        self._announcers.clear()
+        for announcer in announcers:  # its announcements still pending are sent first
+            await announcer.close()
 
     async def __aenter__(self) -> BrokerDriver:
         await self.start()
@@ -516,6 +527,7 @@ class BrokerDriver(BrokerParts):
                 run.status = RunStatus.COMPENSATING
                 await self._saga(region).unwind(run, cancel=False)
             elif isinstance(effect, Finish):
+                self._announce_end(region, run.tenant_id, run.id)
                 self._finished(run.id)
             elif isinstance(effect, ReviewOpened):
                 self.reviews_opened.append(effect.review)
@@ -558,6 +570,16 @@ class BrokerDriver(BrokerParts):
     ) -> None:
         for key in keys:
             self.bus.publish({"tenant": tenant, "run": run_id, "key": key}, delay_s=delay_s)
+
+    def _announce_end(self, region: str, tenant: str, run_id: str) -> None:
+        """The run's end has committed: announce it on its store's channel of ends, if the
+        store has one (see the module doc)."""
+        if region not in self._announcers:
+            make = getattr(self.stores[region], "coordinator", None)
+            self._announcers[region] = None if make is None else make()
+        announcer = self._announcers[region]
+        if announcer is not None:
+            announcer.announce(ENDED, tenant, run_id)
 
     def _finished(self, run_id: str) -> None:
         done = self._done.get(run_id)
