@@ -16,6 +16,7 @@ import pytest
 
 import tenantflow as tf
 from tenantflow.domain.records import TERMINAL_RUN
+from tenantflow.engine import ends as ends_module
 from tenantflow.engine.signals import Pause
 from tenantflow.placement.centralized import open_front
 from tenantflow.placement.mesh.agent import AgentOptions, close_agent, open_agent
@@ -232,28 +233,50 @@ async def test_an_idempotency_key_answers_the_first_run(mesh: MeshControl) -> No
     assert len(await mesh.list_runs(TENANT, workflow="child")) == 2
 
 
-async def test_a_wait_through_the_control_plane_is_woken_by_the_agents_announcement(
-    mesh: MeshControl,
-) -> None:
-    # Read again on a timer, the run would be seen to end an hour later: only the agent's
-    # announcement of its end (or the listener connecting) wakes the waiting control plane.
+async def _waiting_on(mesh: MeshControl, run_id: str) -> asyncio.Task[Any]:
+    """A client's wait on ``run_id`` through the control plane, once it listens for ends and
+    has read the run since (the listener's connecting woke it): from then on only an
+    announcement of the run's end wakes it (the tests' timers are an hour)."""
     ends = mesh.runs.ends
     assert ends is not None
-    assert ends.fallback_s == 0.1  # ends a mesh does not announce are read as often as before
-    ends.fallback_s = 3600.0
-    ends._poll_s = 3600.0
-    handle = await mesh.submit("cancellable", tenant=TENANT, input=41)
-    await asyncio.wait_for(PROBE.slow_started.wait(), 20)  # the run cannot end yet
-    waiting = asyncio.create_task(handle.result())
+    waiting = asyncio.create_task(mesh.wait(TENANT, run_id))
     deadline = time.monotonic() + 20
     while not (
         ends.listening
-        and ends.waiting(handle.id)
-        and not any(woken.is_set() for woken in ends._waiters[handle.id])
-    ):  # listening, and the wake-up of its connecting taken: the run read once more
+        and ends.waiting(run_id)
+        and not any(woken.is_set() for woken in ends._waiters[run_id])
+    ):
         assert time.monotonic() < deadline, "the wait never listened"
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.1)
     assert not waiting.done()
+    return waiting
+
+
+async def test_a_wait_through_the_control_plane_is_woken_by_the_agents_announcement(
+    mesh: MeshControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Read again on a timer, the run would be seen to end an hour later: only the agent's
+    # announcement of its end (or the listener connecting) wakes the waiting control plane.
+    monkeypatch.setattr(ends_module, "FALLBACK_S", 3600.0)
+    run_id = (await mesh.submit("cancellable", tenant=TENANT, input=41)).id
+    await asyncio.wait_for(PROBE.slow_started.wait(), 20)  # the run cannot end yet
+    waiting = await _waiting_on(mesh, run_id)
     PROBE.release.set()
-    assert await asyncio.wait_for(waiting, 15) == 42
+    record = await asyncio.wait_for(waiting, 15)
+    assert record.status == tf.RunStatus.COMPLETED
+    assert record.result_json == b"42"
+
+
+async def test_a_wait_through_the_control_plane_is_woken_by_a_cancel(
+    mesh: MeshControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancel ends the run by the saga (its completed steps compensated), not by a step's
+    # decision: it is announced all the same.
+    monkeypatch.setattr(ends_module, "FALLBACK_S", 3600.0)
+    run_id = (await mesh.submit("cancellable", tenant=TENANT, input=1)).id
+    await asyncio.wait_for(PROBE.slow_started.wait(), 20)
+    waiting = await _waiting_on(mesh, run_id)
+    await mesh.cancel(TENANT, run_id, "the customer withdrew")
+    record = await asyncio.wait_for(waiting, 15)
+    assert record.status == tf.RunStatus.CANCELLED

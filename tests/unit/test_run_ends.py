@@ -116,22 +116,6 @@ async def test_waiters_read_on_a_timer_only_as_a_fallback_and_often_while_not_li
     await ends.close()
 
 
-async def test_a_fallback_of_its_own_is_the_period_while_listening() -> None:
-    # Where some runs end unannounced (the mesh's), a waiter reads its run while listening as
-    # often as while not.
-    channel, clock = Channel(), Clock()
-    ends = RunEnds(channel, clock, poll_s=0.1, fallback_s=0.25)  # type: ignore[arg-type]
-    woken = ends.expect("run-a")
-    clock.expire.set()
-    await ends.wait(woken)
-    await settle()
-    assert ends.listening
-    await ends.wait(woken)
-    await ends.wait(woken)
-    assert clock.periods[0] == 0.1 and clock.periods[-1] == 0.25
-    await ends.close()
-
-
 async def test_a_lost_listener_reconnects_and_wakes_every_waiter(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

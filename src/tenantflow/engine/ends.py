@@ -8,8 +8,8 @@ back up to ``POLL_S`` after its end (about 100 ms, one read late, for a short ru
 Instead, the worker that ends a run announces it on the coordinator's channel of ends (batched
 with other announcements, after the end has committed: see
 :meth:`~tenantflow.engine.hooks.RuntimeHooks.on_finish`; a mesh's agent does the same for the
-runs its steps finish, see :mod:`tenantflow.engine.execution.broker`), and a waiter reads the
-run when woken.
+runs it ends, see :mod:`tenantflow.engine.execution.broker`), and a waiter reads the run when
+woken.
 An announcement is a hint, never the only way to learn of an end: one can be lost (its batch
 failed, or the worker died between its commit and its announcement), so a waiter still reads
 the run every :data:`FALLBACK_S` while the listener is connected, every ``POLL_S`` while it is
@@ -47,22 +47,12 @@ class RunEnds:
         coordinator: the cluster's coordination (its channel of ends).
         clock: the engine's clock.
         poll_s: how often a waiter reads its run while nothing listens.
-        fallback_s: how often it reads its run while listening (None: :data:`FALLBACK_S`; as
-            often as ``poll_s`` where some runs end unannounced: the mesh's).
     """
 
-    def __init__(
-        self,
-        coordinator: Coordinator,
-        clock: Clock,
-        *,
-        poll_s: float,
-        fallback_s: float | None = None,
-    ) -> None:
+    def __init__(self, coordinator: Coordinator, clock: Clock, *, poll_s: float) -> None:
         self._coordinator = coordinator
         self._clock = clock
         self._poll_s = poll_s
-        self.fallback_s = FALLBACK_S if fallback_s is None else fallback_s
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._listening = False
         self._task: asyncio.Task[None] | None = None
@@ -101,7 +91,7 @@ class RunEnds:
         now on: connecting wakes every waiter, so nothing announced before is missed)."""
         if not self._closed and (self._task is None or self._task.done()):
             self._task = asyncio.create_task(self._listen(), name="tenantflow-run-ends")
-        period = self.fallback_s if self._listening else self._poll_s
+        period = FALLBACK_S if self._listening else self._poll_s
         if not woken.is_set():
             # Two tasks raced rather than a timeout inside the caller's: a clock's timeouts
             # need not nest (the caller may be inside one of its own).

@@ -25,9 +25,10 @@ writes nothing; the driver reads the run again and decides again, at most
 parked step is still decided without it, and a fan-out element's finish does not move the
 version (see :meth:`BrokerDriver._gather_if_lost`).
 
-A run's end, once committed, is announced on its store's channel of ends when the store has
-one (PostgreSQL's: see :mod:`tenantflow.engine.ends`), so that a control plane waiting on the
-run reads it at once rather than on its timer.
+A run's end, once committed (its last step's decision, or the saga's cancel, compensation or
+failure), is announced on the home store's channel of ends when the store has one
+(PostgreSQL's, as a cluster's workers announce theirs: see :mod:`tenantflow.engine.ends`), so
+that a control plane waiting on the run reads it at once rather than on its timer.
 
 Not driven here (yet): child runs (``ctx.delegate``), deciding reviews, pausing and resuming, and
 admission (every submitted run starts at once).
@@ -178,8 +179,10 @@ class BrokerDriver(BrokerParts):
         self.reviews_opened: list[ReviewRecord] = []
         """Reviews opened by review steps (deciding them is not driven here)."""
         self.claims = Claims(owner, clock, self._where, self._spawn)
-        self._announcers: dict[str, Coordinator | None] = {}
-        """Per region: the coordination its store offers, to announce the ends of runs."""
+        make = getattr(self.stores[home], "coordinator", None)
+        self._announcer: Coordinator | None = None if make is None else make()
+        """The home store's coordination, to announce the ends of runs (None: it has none)."""
+        self._closing = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -192,16 +195,15 @@ class BrokerDriver(BrokerParts):
         self._spawn(self._consume())
 
     async def close(self) -> None:
+        self._closing = True  # nothing is announced from now on
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for writer in self.writers.values():
             await writer.close()
-        announcers = [a for a in self._announcers.values() if a is not None]
-        self._announcers.clear()
-        for announcer in announcers:  # its announcements still pending are sent first
-            await announcer.close()
+        if self._announcer is not None:  # the announcements still pending are sent first
+            await self._announcer.close()
 
     async def __aenter__(self) -> BrokerDriver:
         await self.start()
@@ -527,7 +529,7 @@ class BrokerDriver(BrokerParts):
                 run.status = RunStatus.COMPENSATING
                 await self._saga(region).unwind(run, cancel=False)
             elif isinstance(effect, Finish):
-                self._announce_end(region, run.tenant_id, run.id)
+                self._announce_end(run.tenant_id, run.id)
                 self._finished(run.id)
             elif isinstance(effect, ReviewOpened):
                 self.reviews_opened.append(effect.review)
@@ -571,15 +573,10 @@ class BrokerDriver(BrokerParts):
         for key in keys:
             self.bus.publish({"tenant": tenant, "run": run_id, "key": key}, delay_s=delay_s)
 
-    def _announce_end(self, region: str, tenant: str, run_id: str) -> None:
-        """The run's end has committed: announce it on its store's channel of ends, if the
-        store has one (see the module doc)."""
-        if region not in self._announcers:
-            make = getattr(self.stores[region], "coordinator", None)
-            self._announcers[region] = None if make is None else make()
-        announcer = self._announcers[region]
-        if announcer is not None:
-            announcer.announce(ENDED, tenant, run_id)
+    def _announce_end(self, tenant: str, run_id: str) -> None:
+        """The run's end has committed: announce it (see the module doc)."""
+        if self._announcer is not None and not self._closing:
+            self._announcer.announce(ENDED, tenant, run_id)
 
     def _finished(self, run_id: str) -> None:
         done = self._done.get(run_id)

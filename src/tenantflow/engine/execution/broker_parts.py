@@ -41,6 +41,7 @@ class BrokerParts:
     _breaker_args: tuple[int, float]
     _spawn_named: Callable[[Any, str], None]
     _finished: Callable[[str], None]
+    _announce_end: Callable[[str, str], None]
 
     def breaker(self, name: str) -> CircuitBreaker:
         b = self._breakers.get(name)
@@ -83,9 +84,14 @@ class BrokerParts:
             rng=self._rng,
             active={},
             spawn=self._spawn_named,
-            finish=lambda run, status, result: self._finished(run.id),
+            finish=lambda run, status, result: self._ended(run),
             context_for=context_for,
         )
+
+    def _ended(self, run: Any) -> None:
+        """The saga ended ``run`` (cancelled, compensated or failed; committed)."""
+        self._announce_end(run.tenant_id, run.id)
+        self._finished(run.id)
 
     async def _no_children(
         self, parent: ActiveRun, key: str, index: int, workflow: str, task: str

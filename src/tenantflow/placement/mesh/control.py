@@ -40,7 +40,6 @@ from tenantflow.adapters.nats.subjects import Region, token
 from tenantflow.domain.ids import DEFAULT_STORE
 from tenantflow.domain.records import TERMINAL_RUN, RunRecord
 from tenantflow.domain.spec import WorkflowSpec
-from tenantflow.engine import runs as runs_module
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
 from tenantflow.engine.handle import RunHandle
@@ -180,12 +179,6 @@ class MeshControl(RunReads):
         read_model: str | Store | None = None,
     ) -> None:
         self._engine = engine
-        # The mesh's agents announce the ends of the runs their steps finish on the store's
-        # channel of ends (tenantflow.engine.ends), and a wait here reads its run when woken;
-        # other ends (a cancel's, a saga's unwind) are not announced: a wait also reads its
-        # run as often as with nothing listening.
-        if engine.runs.ends is not None:
-            engine.runs.ends.fallback_s = runs_module.POLL_S
         self._read_model_arg = read_model
         self.read_store: Store | None = None
         self.projector: Projector | None = None
