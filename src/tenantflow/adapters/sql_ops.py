@@ -637,8 +637,8 @@ _RUNNING = (
     "SELECT tenant_id, run_id, key, attempt FROM steps"
     " WHERE status = 'running' AND owner IS NOT NULL"
 )
-"""Every running step (it always has an owner: so said, the partial index steps_running
-serves the query)."""
+"""Every running step. A running step always has an owner; saying so lets the partial index
+steps_running serve the query."""
 
 
 def _renew(op: RenewLeases) -> Gen[list[tuple[str, str, int]]]:

@@ -529,8 +529,7 @@ class BrokerDriver(BrokerParts):
                 run.status = RunStatus.COMPENSATING
                 await self._saga(region).unwind(run, cancel=False)
             elif isinstance(effect, Finish):
-                self._announce_end(run.tenant_id, run.id)
-                self._finished(run.id)
+                self._ended(run)
             elif isinstance(effect, ReviewOpened):
                 self.reviews_opened.append(effect.review)
         return True

@@ -89,7 +89,8 @@ class BrokerParts:
         )
 
     def _ended(self, run: Any) -> None:
-        """The saga ended ``run`` (cancelled, compensated or failed; committed)."""
+        """``run`` ended, its end committed (its last decision's, or the saga's cancel,
+        compensation or failure): announce it, and wake its waiters in this process."""
         self._announce_end(run.tenant_id, run.id)
         self._finished(run.id)
 
