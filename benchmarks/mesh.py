@@ -112,6 +112,35 @@ def _rss_and_sockets(pid: int) -> tuple[float, int]:
     return rss, sockets
 
 
+def start_agents(
+    procs: list[AgentProcess],
+    url: str,
+    nats_url: str,
+    creds: Path,
+    tmp: Path,
+    agents: int,
+    slots: int,
+    step_ms: float,
+) -> None:
+    """Start ``agents`` agent processes of region :data:`REGION` running the selftest's
+    workload with ``step_ms`` steps, each appended to ``procs`` as it starts (a start that
+    fails leaves the ones before it to be stopped)."""
+    for i in range(agents):
+        procs.append(
+            AgentProcess(
+                url,
+                nats_url,
+                creds,
+                [REGION],
+                ["tenantflow.selftest.workload:setup"],
+                default_region=REGION,
+                slots=slots,
+                env={"TF_SELFTEST_STEP_MS": f"{step_ms},{step_ms}"},
+                log_file=tmp / f"agent-{i}.log",
+            ).start()
+        )
+
+
 async def _phases(
     store: Any, submitted: dict[str, tuple[str, float]], created: dict[str, float]
 ) -> dict[str, Any]:
@@ -178,21 +207,8 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
         )
         await driver.start()
         agent_creds = save_credentials(creds[f"agent-{REGION}"], tmp / "agent.json")
-        env = {"TF_SELFTEST_STEP_MS": f"{args.step_ms},{args.step_ms}"}
-        procs = [
-            AgentProcess(
-                url,
-                server.url,
-                agent_creds,
-                [REGION],
-                ["tenantflow.selftest.workload:setup"],
-                default_region=REGION,
-                slots=args.slots,
-                env=env,
-                log_file=tmp / f"agent-{i}.log",
-            ).start()
-            for i in range(args.agents)
-        ]
+        agents = (args.agents, args.slots, args.step_ms)
+        start_agents(procs, url, server.url, agent_creds, tmp, *agents)
         await asyncio.sleep(3.0)  # the agents connect and sweep
         rng = random.Random(args.seed)
         submitted: dict[str, tuple[str, float]] = {}

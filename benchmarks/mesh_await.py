@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import tenantflow as tf
-from mesh import PG, REGION, _pct, _schema
+from mesh import PG, REGION, _pct, _schema, start_agents
 from tenantflow.adapters.nats.fabric import (
     auth_config,
     connect,
@@ -69,19 +69,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
             await control.start()
             await control.tenants.create("acme")
             agent_creds = save_credentials(creds[f"agent-{REGION}"], tmp / "agent.json")
-            for i in range(args.agents):
-                procs.append(
-                    AgentProcess(
-                        url,
-                        server.url,
-                        agent_creds,
-                        [REGION],
-                        ["tenantflow.selftest.workload:setup"],
-                        default_region=REGION,
-                        env={"TF_SELFTEST_STEP_MS": f"{args.step_ms},{args.step_ms}"},
-                        log_file=tmp / f"agent-{i}.log",
-                    ).start()
-                )
+            start_agents(procs, url, server.url, agent_creds, tmp, args.agents, 8, args.step_ms)
             awaited: list[float] = []
             finished: list[float] = []
             for i in range(args.warm + args.runs):
