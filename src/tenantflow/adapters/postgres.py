@@ -133,11 +133,19 @@ _PLACEHOLDER = re.compile(r"\?")
 _SET_SCOPE = f"SELECT set_config('role', ?, true), set_config('{TENANT_SETTING}', ?, true)"
 _SET_READ_SCOPE = _SET_SCOPE + ", set_config('transaction_read_only', 'on', true)"
 """A read's scope: the same, in a transaction the server keeps from writing."""
-_LOCK_RUNS = "SELECT id FROM runs WHERE tenant_id = ? AND id = ANY(?) ORDER BY id FOR NO KEY UPDATE"
+_LOCK_RUNS = (
+    "SELECT r.id FROM unnest(?::text[]) AS u (id) CROSS JOIN LATERAL"
+    " (SELECT id FROM runs WHERE id = u.id AND tenant_id = ? FOR NO KEY UPDATE) AS r"
+)
 """Taken first, for each tenant of a batch (tenants by id), on the runs its ops write: two
 processes' batches that share runs then take them in one order, and one waits for the other
 instead of both deadlocking (two agents deciding branches of the same two runs did, each
-locking the runs in its own batch's order)."""
+locking the runs in its own batch's order). The runs are locked in the array's order (sorted
+by the caller), each found by its primary key: the lateral subquery cannot be flattened (it
+locks), so it runs once per id. Written as ``id = ANY(?)``, the statement's generic plan
+(which a prepared statement keeps) took the tenant's index whenever ``runs`` had not been
+analysed since it was small, and read all of the tenant's runs in every batch: a burst of
+2,000 runs made each lock a scan of up to 2,000 rows."""
 _QUERY = re.compile(r"\s*(SELECT|WITH)\b", re.IGNORECASE)
 """What a read's statements begin with (see ``PostgresStore._read``): a query, never a command
 that would end its transaction and with it the tenant scope. (A ``WITH`` that writes is
@@ -527,7 +535,7 @@ class _Session:
         """Lock ``run_ids`` (sorted) for this transaction (:data:`_LOCK_RUNS`); sent without
         waiting: the server runs it before the statements sent after it."""
         if len(run_ids) > 1:  # one run is locked by its own first write, in no other order
-            await self._send(_LOCK_RUNS, (tenant_id, run_ids))
+            await self._send(_LOCK_RUNS, (run_ids, tenant_id))
 
     async def release(self) -> None:
         """Send the held rows: one multi-row statement per text (a few for very many rows)."""
