@@ -303,3 +303,28 @@ def test_postgres_locks_a_batchs_runs_each_by_its_primary_key_in_order(
     assert re.search(r"Index Scan using runs_pkey on runs\b", plan), plan
     assert "runs_tenant_created" not in plan, plan
     assert "Sort" not in plan, plan
+
+
+@pytest.mark.postgres
+def test_postgres_finds_an_open_command_by_its_tenant_and_id(postgres_empty_url: str) -> None:
+    """A worker's command result names the command in the index of open commands by tenant
+    and id: by its id alone, statistics taken when no command was open made that partial
+    index look cheapest, and each finish walked every open command."""
+    from tenantflow.adapters.postgres_cluster import FINISH_COMMAND
+
+    commands = (
+        "INSERT INTO commands (tenant_id, kind, target, created_at{done})"
+        " SELECT 't' || (i % 10), 'k', 'x', i{value} FROM generate_series(1, {n}) AS i"
+    )
+    with _app_connection(
+        postgres_empty_url,
+        commands.format(done=", done_at", value=", i", n=2000),  # all done when analysed
+        "ANALYZE commands",
+        commands.format(done="", value="", n=3000),
+    ) as conn:
+        conn.execute("RESET ROLE")  # the coordinator works in the system scope
+        sql = FINISH_COMMAND.replace("%s", "{}").format(1.0, "'{}'", 2500, "'t1'")
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql).fetchall())
+    by_open = re.search(r"Index Cond: \((.*)\)", plan)
+    assert by_open is not None, plan
+    assert "tenant_id" in by_open.group(1) and "id = 2500" in by_open.group(1), plan

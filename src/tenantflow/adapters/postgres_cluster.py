@@ -92,6 +92,15 @@ class ScopedConnections(Protocol):
         ...
 
 
+FINISH_COMMAND = (
+    "UPDATE commands SET done_at = %s, result = %s"
+    " WHERE id = %s AND tenant_id = %s AND done_at IS NULL"
+)
+"""A command's result, once. Its tenant names it in the index of open commands (tenant, id)
+too: by its id alone, that partial index (whose predicate the statement implies) was walked
+whole whenever statistics said no command was open."""
+
+
 class PostgresCoordinator:
     """Worker liveness, tenant ownership, the command inbox and wake-ups, on a PostgresStore."""
 
@@ -238,11 +247,11 @@ class PostgresCoordinator:
         )
 
     async def finish(self, command: Command, result: dict[str, Any], now: float) -> None:
-        """Record ``command``'s result (once: a second finish changes nothing)."""
+        """Record ``command``'s result (once: a second finish changes nothing; see
+        :data:`FINISH_COMMAND`)."""
         async with self.store.scoped(None) as conn:
             await conn.execute(
-                "UPDATE commands SET done_at = %s, result = %s WHERE id = %s AND done_at IS NULL",
-                (now, json.dumps(result), command.id),
+                FINISH_COMMAND, (now, json.dumps(result), command.id, command.tenant_id)
             )
 
     async def result(self, tenant_id: str, command_id: int) -> dict[str, Any] | None:
