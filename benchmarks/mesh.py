@@ -133,6 +133,7 @@ def start_agents(
     agents: int,
     slots: int,
     step_ms: float,
+    express: int | None = None,
 ) -> None:
     """Start ``agents`` agent processes of region :data:`REGION` running the selftest's
     workload with ``step_ms`` steps, each appended to ``procs`` as it starts (a start that
@@ -147,6 +148,7 @@ def start_agents(
                 ["tenantflow.selftest.workload:setup"],
                 default_region=REGION,
                 slots=slots,
+                express_slots=express,
                 env={"TF_SELFTEST_STEP_MS": f"{step_ms},{step_ms}"},
                 log_file=tmp / f"agent-{i}.log",
             ).start()
@@ -219,7 +221,7 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
         )
         await driver.start()
         agent_creds = save_credentials(creds[f"agent-{REGION}"], tmp / "agent.json")
-        agents = (args.agents, args.slots, args.step_ms)
+        agents = (args.agents, args.slots, args.step_ms, args.express_slots)
         start_agents(procs, url, server.url, agent_creds, tmp, *agents)
         await asyncio.sleep(3.0)  # the agents connect and sweep
         rng = random.Random(args.seed)
@@ -331,6 +333,12 @@ async def main(argv: list[str]) -> int:
     parser.add_argument("--agents", type=int, default=2)
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--step-ms", type=int, default=10)
+    parser.add_argument(
+        "--express-slots",
+        type=int,
+        default=None,
+        help="Each agent's express slots (default: the agent's, a quarter of --slots; 0: none).",
+    )
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--quiet-tenants", type=int, default=8)
     parser.add_argument("--quiet-rate", type=float, default=4.0)
@@ -355,7 +363,9 @@ async def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     print(
-        f"mesh benchmark: {args.agents} agents x {args.slots} slots, {args.step_ms} ms steps,"
+        f"mesh benchmark: {args.agents} agents x {args.slots} slots"
+        f" (+{'default' if args.express_slots is None else args.express_slots} express),"
+        f" {args.step_ms} ms steps,"
         f" burst {args.burst}, {args.quiet_tenants} quiet tenants at {args.quiet_rate}/s"
         f" for {args.quiet_seconds} s (NATS 2.15, PostgreSQL, loopback; a shared machine)",
         flush=True,

@@ -88,3 +88,60 @@ async def test_the_per_tenant_cap_is_held_by_the_server(admin: Any) -> None:
             d.ack()
         for q in queues:
             await q.close()
+
+
+async def _until(check: Any) -> None:
+    async with asyncio.timeout(30.0):
+        while not check():  # noqa: ASYNC110 - the queue's state has no event to await
+            await asyncio.sleep(0.01)
+
+
+async def test_an_express_slot_takes_a_quiet_tenants_step_while_a_burster_holds_the_rest(
+    admin: Any,
+) -> None:
+    publisher = JetStreamQueue(admin)
+    for i in range(6):
+        publisher.publish(_item("burster", i))
+    await publisher.flush()
+    queue = JetStreamQueue(admin, regions=["eu"], kinds=["function"], slots=2, express=1)
+    await queue.start()
+    try:
+        held = [await asyncio.wait_for(queue.next(), 30.0) for _ in range(2)]
+        assert [d.data["tenant"] for d in held if d is not None] == ["burster", "burster"]
+        await _until(lambda: queue.scheduler.queued("burster") >= 1)
+        # The burster holds every regular slot: the express slot is not for it.
+        assert queue._express_pick() is None
+        for i in range(2):
+            publisher.publish(_item("quiet", 100 + i))
+        await publisher.flush()
+        await _until(lambda: queue.scheduler.queued("quiet") >= 1)
+        first = await asyncio.wait_for(queue.next(), 10.0)
+        assert first is not None and first.data["tenant"] == "quiet" and first.express
+        # One express step a tenant, and the one express slot is taken.
+        await _until(lambda: queue.scheduler.queued("quiet") >= 1)
+        assert queue._express_pick() is None
+        first.ack()  # its slot is free again: the tenant's next step takes it
+        second = await asyncio.wait_for(queue.next(), 10.0)
+        assert second is not None and second.data["tenant"] == "quiet" and second.express
+        assert queue.stats.express == 2
+        assert queue.scheduler.running("burster") == 2  # the burster kept its slots
+        second.ack()
+        held[0].ack()  # a regular slot: the burster's next step takes it
+        third = await asyncio.wait_for(queue.next(), 10.0)
+        assert third is not None and third.data["tenant"] == "burster" and not third.express
+        for d in (held[1], third):
+            d.ack()
+    finally:
+        await queue.close()
+        await publisher.close()
+
+
+def test_an_agent_has_a_quarter_of_its_slots_as_express_slots_unless_told() -> None:
+    from tenantflow.placement.mesh.agent import AgentOptions, express_slots
+
+    def options(slots: int, e: int | None = None) -> AgentOptions:
+        return AgentOptions("sqlite://", "nats://x", None, ["eu"], slots=slots, express_slots=e)
+
+    assert [express_slots(options(n)) for n in (1, 4, 8, 16)] == [1, 1, 2, 4]
+    assert express_slots(options(8, 0)) == 0
+    assert express_slots(options(8, 5)) == 5

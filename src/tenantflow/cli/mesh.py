@@ -53,6 +53,15 @@ def agent(
         str, typer.Option("--kinds", help="The step kinds it takes (function, agent, review).")
     ] = "function,agent,review",
     slots: Annotated[int, typer.Option("--slots", min=1, help="Steps executing at once.")] = 8,
+    express_slots: Annotated[
+        int | None,
+        typer.Option(
+            "--express-slots",
+            min=0,
+            help="Slots beyond --slots, only for tenants with no step running in this agent"
+            " (default: a quarter of --slots, at least 1; 0: none).",
+        ),
+    ] = None,
     lease: Annotated[
         float, typer.Option("--lease", min=0.5, help="Seconds a step lease lasts.")
     ] = 30.0,
@@ -95,6 +104,7 @@ def agent(
             regions=regions,
             kinds=wanted,
             slots=slots,
+            express_slots=express_slots,
             lease_s=lease,
             ack_wait_s=ack_wait,
             default_region=default_region,

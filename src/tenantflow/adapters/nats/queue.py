@@ -17,6 +17,12 @@ requires), and this process picks among the tenants with the core's fair schedul
 * **Fair pick.** Each puller keeps at most ``prefetch`` items fetched and not yet handed out;
   those wait in the scheduler, and :meth:`next` pops the tenant with the lowest virtual time.
   Settling a delivery (ack or nak) charges the tenant its actual service time.
+* **Express slots.** A running step is never preempted, so while a burster holds every slot a
+  quiet tenant's item would wait for one of them to end (with steps of similar length the
+  slots end in waves: up to a whole step). ``express`` slots beyond ``slots`` take only the
+  items of tenants with nothing running in this process, one each; the burster keeps every
+  regular slot, so the work it gets is not reduced (work-conserving), and a quiet tenant's
+  step starts at once. An express delivery is not charged to the tenant's virtual time.
 * **Restartable.** A pull loop that fails (the connection dropped, the consumer vanished) waits
   a little and binds again; nothing is lost, the server redelivers what was not acked.
 * **Publishing.** :meth:`publish` returns at once (the port is synchronous); the publish runs as
@@ -55,6 +61,7 @@ class QueueStats:
     published: int = 0
     publish_retries: int = 0
     delivered: int = 0
+    express: int = 0
     redelivered: int = 0
     acked: int = 0
     naked: int = 0
@@ -76,6 +83,7 @@ class JetStreamDelivery:
         self.puller: tuple[str, str, str] = ("", "", "")
         self.popped_at = 0.0
         self.settled = False
+        self.express = False
 
     @property
     def data(self) -> dict[str, Any]:
@@ -115,7 +123,9 @@ class JetStreamQueue:
         fabric: the connection (an agent's region user, or the admin).
         regions: the regions whose work this process takes (none: it only publishes).
         kinds: the step kinds it takes.
-        slots: deliveries handed out at once (the driver's concurrency).
+        slots: deliveries handed out at once by the fair scheduler.
+        express: deliveries handed out at once beyond ``slots``, one to each tenant with nothing
+            running here (see the module doc); the driver's concurrency is ``slots + express``.
         cap: the per-tenant ``max_ack_pending`` of a new consumer (tenant → cap; default 64).
         weight: the tenant's fair-share weight (tenant → weight; default 1).
         ack_wait_s: the server redelivers an item not acked (or marked in progress) this long.
@@ -130,6 +140,7 @@ class JetStreamQueue:
         regions: Iterable[str] = (),
         kinds: Iterable[str] = ("function", "agent", "review"),
         slots: int = 8,
+        express: int = 0,
         cap: Callable[[str], int] | None = None,
         weight: Callable[[str], float] | None = None,
         ack_wait_s: float = 30.0,
@@ -151,6 +162,10 @@ class JetStreamQueue:
         self._cap = cap or (lambda tenant: 64)
         self._weight = weight or (lambda tenant: 1.0)
         self.scheduler = FairScheduler(slots=slots)
+        if express < 0:
+            raise ValueError("express must be >= 0")
+        self.express = express
+        self._express: dict[str, int] = {}  # tenant -> express deliveries not yet settled
         self._configured: set[str] = set()
         self._items: dict[str, JetStreamDelivery] = {}
         self._pullers: dict[tuple[str, str, str], _Puller] = {}
@@ -243,11 +258,12 @@ class JetStreamQueue:
     # -- delivering ---------------------------------------------------------------------------
 
     async def next(self) -> JetStreamDelivery | None:
-        """The next delivery by the fair scheduler; None once closed."""
+        """The next delivery by the fair scheduler, or on an express slot (see the module
+        doc); None once closed."""
         while not self.closed:
             item = self.scheduler.pop(time.monotonic())
-            if item is not None:
-                delivery = self._items[str(item.key)]
+            delivery = self._items[str(item.key)] if item is not None else self._express_pick()
+            if delivery is not None:
                 delivery.popped_at = time.monotonic()
                 puller = self._pullers.get(delivery.puller)
                 if puller is not None:
@@ -258,15 +274,38 @@ class JetStreamQueue:
             await self._ready.wait()
         return None
 
+    def _express_pick(self) -> JetStreamDelivery | None:
+        """The oldest waiting item of a tenant with nothing running here (one express
+        delivery a tenant), withdrawn from the scheduler, when an express slot is free and the
+        regular ones are not."""
+        if sum(self._express.values()) >= self.express:
+            return None
+        if self.scheduler.total_running < self.scheduler.slots:
+            return None  # a regular slot is free: what waits is not eligible for it yet
+        for key, delivery in self._items.items():
+            tenant = delivery.tenant
+            if delivery.popped_at or self.scheduler.running(tenant) or self._express.get(tenant):
+                continue
+            if not self.scheduler.remove(key):
+                continue
+            delivery.express = True
+            self._express[tenant] = 1
+            self.stats.express += 1
+            return delivery
+        return None
+
     def _settle(self, delivery: JetStreamDelivery, nak_s: float | None) -> None:
         if delivery.settled:
             return
         delivery.settled = True
         now = time.monotonic()
-        with contextlib.suppress(Exception):  # an item handed out is always running
-            self.scheduler.done(
-                delivery.tenant, delivery.key, max(0.0, now - delivery.popped_at), now
-            )
+        if delivery.express:
+            self._express.pop(delivery.tenant, None)
+        else:
+            with contextlib.suppress(Exception):  # an item handed out is always running
+                self.scheduler.done(
+                    delivery.tenant, delivery.key, max(0.0, now - delivery.popped_at), now
+                )
         self._items.pop(delivery.key, None)
         self._ready.set()
         pending = list(self._publishing)

@@ -68,6 +68,9 @@ class AgentOptions:
     regions: Sequence[str]
     kinds: Sequence[str] = ("function", "agent", "review")
     slots: int = 8
+    express_slots: int | None = None
+    """Slots beyond ``slots`` for tenants with no step running in this agent (None: a quarter
+    of ``slots``, at least 1; see ``adapters/nats/queue.py``)."""
     lease_s: float = 30.0
     ack_wait_s: float = 30.0
     default_region: str = "global"
@@ -104,6 +107,7 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
         regions=options.regions,
         kinds=options.kinds,
         slots=options.slots,
+        express=express_slots(options),
         ack_wait_s=options.ack_wait_s,
         cap=lambda tenant: caps.get(tenant, max(1, options.slots * 8)),
     )
@@ -139,7 +143,7 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
         default_region=options.default_region,
         owner=owner,
         lease_s=options.lease_s,
-        concurrency=options.slots,
+        concurrency=options.slots + express_slots(options),
     )
     holder.append(driver)
     await driver.start()
@@ -154,6 +158,13 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
             log.info("swept: %d ready steps published again", swept)
         driver._spawn(_sweep_forever(driver, options.sweep_every_s))
     return driver, engine, fabric
+
+
+def express_slots(options: AgentOptions) -> int:
+    """The agent's express slots (see :attr:`AgentOptions.express_slots`)."""
+    if options.express_slots is not None:
+        return options.express_slots
+    return max(1, options.slots // 4)
 
 
 def _applier(
@@ -245,11 +256,12 @@ async def run_agent(options: AgentOptions, stop: asyncio.Event) -> None:
     """Run an agent until ``stop`` is set."""
     driver, engine, fabric = await open_agent(options)
     log.info(
-        "agent %s: regions %s, kinds %s, %d slots",
+        "agent %s: regions %s, kinds %s, %d slots + %d express",
         driver.owner,
         ",".join(options.regions),
         ",".join(options.kinds),
         options.slots,
+        driver.express,
     )
     try:
         await stop.wait()

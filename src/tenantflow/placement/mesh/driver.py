@@ -178,8 +178,10 @@ class MeshDriver(BrokerDriver):
         **options: Any,
     ) -> None:
         super().__init__(stores, bus=bus, workflows=workflows, **options)
-        self.slots = int(options.get("concurrency", 8))
         self.queue = bus
+        self.express = bus.express
+        self.slots = int(options.get("concurrency", 8)) - self.express
+        """The regular slots (the concurrency less the queue's express slots)."""
         self.log = ExecutionLog(bus.fabric)
         self.default_region = default_region
         self.guard = CompletionGuard(self.executor, self)
@@ -213,6 +215,7 @@ class MeshDriver(BrokerDriver):
             "regions": sorted(self.queue.regions),
             "kinds": list(self.queue.kinds),
             "slots": self.slots,
+            "express_slots": self.express,
             "in_flight": self.claims.in_flight,
             "queue": asdict(self.queue.stats),
             "breakers": [

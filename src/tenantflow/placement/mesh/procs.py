@@ -25,6 +25,7 @@ class AgentProcess:
     default_region: str = "global"
     kinds: str = "function,agent,review"
     slots: int = 8
+    express_slots: int | None = None
     lease_s: float = 30.0
     ack_wait_s: float = 30.0
     env: Mapping[str, str] = field(default_factory=dict)
@@ -54,6 +55,8 @@ class AgentProcess:
             "--ack-wait",
             str(self.ack_wait_s),
         ]
+        if self.express_slots is not None:
+            args += ["--express-slots", str(self.express_slots)]
         if self.creds_file is not None:
             args += ["--nats-creds", os.fspath(self.creds_file)]
         for app in self.apps:
