@@ -52,7 +52,9 @@ def agent(
     kinds: Annotated[
         str, typer.Option("--kinds", help="The step kinds it takes (function, agent, review).")
     ] = "function,agent,review",
-    slots: Annotated[int, typer.Option("--slots", min=1, help="Steps executing at once.")] = 8,
+    slots: Annotated[
+        int, typer.Option("--slots", min=1, help="Steps executing at once (regular slots).")
+    ] = 8,
     express_slots: Annotated[
         int | None,
         typer.Option(

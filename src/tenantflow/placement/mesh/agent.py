@@ -68,9 +68,6 @@ class AgentOptions:
     regions: Sequence[str]
     kinds: Sequence[str] = ("function", "agent", "review")
     slots: int = 8
-    express_slots: int | None = None
-    """Slots beyond ``slots`` for tenants with no step running in this agent (None: a quarter
-    of ``slots``, at least 1; see ``adapters/nats/queue.py``)."""
     lease_s: float = 30.0
     ack_wait_s: float = 30.0
     default_region: str = "global"
@@ -88,6 +85,9 @@ class AgentOptions:
     fabric_limits: bool = True
     """Rate limits by token leases and the period budget on KV ledgers (False: the store's
     buckets and ledgers only, as under the other placements)."""
+    express_slots: int | None = None
+    """Slots beyond ``slots`` for tenants with no step running in this agent (None: a quarter
+    of ``slots``, at least 1; see ``adapters/nats/queue.py``)."""
 
 
 async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]:
