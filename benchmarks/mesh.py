@@ -337,7 +337,7 @@ async def main(argv: list[str]) -> int:
         "--express-slots",
         type=int,
         default=None,
-        help="Each agent's express slots (default: the agent's, a quarter of --slots; 0: none).",
+        help="Each agent's express slots (default: the agent's, half of --slots; 0: none).",
     )
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--quiet-tenants", type=int, default=8)

@@ -136,12 +136,12 @@ async def test_an_express_slot_takes_a_quiet_tenants_step_while_a_burster_holds_
         await publisher.close()
 
 
-def test_an_agent_has_a_quarter_of_its_slots_as_express_slots_unless_told() -> None:
+def test_an_agent_has_half_its_slots_as_express_slots_unless_told() -> None:
     from tenantflow.placement.mesh.agent import AgentOptions, express_slots
 
     def options(slots: int, e: int | None = None) -> AgentOptions:
         return AgentOptions("sqlite://", "nats://x", None, ["eu"], slots=slots, express_slots=e)
 
-    assert [express_slots(options(n)) for n in (1, 4, 8, 16)] == [1, 1, 2, 4]
+    assert [express_slots(options(n)) for n in (1, 4, 8, 16)] == [1, 2, 4, 8]
     assert express_slots(options(8, 0)) == 0
     assert express_slots(options(8, 5)) == 5

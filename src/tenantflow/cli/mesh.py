@@ -61,7 +61,7 @@ def agent(
             "--express-slots",
             min=0,
             help="Slots beyond --slots, only for tenants with no step running in this agent"
-            " (default: a quarter of --slots, at least 1; 0: none).",
+            " (default: half of --slots, at least 1; 0: none).",
         ),
     ] = None,
     lease: Annotated[

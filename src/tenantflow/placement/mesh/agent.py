@@ -86,8 +86,8 @@ class AgentOptions:
     """Rate limits by token leases and the period budget on KV ledgers (False: the store's
     buckets and ledgers only, as under the other placements)."""
     express_slots: int | None = None
-    """Slots beyond ``slots`` for tenants with no step running in this agent (None: a quarter
-    of ``slots``, at least 1; see ``adapters/nats/queue.py``)."""
+    """Slots beyond ``slots`` for tenants with no step running in this agent (None: half of
+    ``slots``, at least 1; see ``adapters/nats/queue.py``)."""
 
 
 async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]:
@@ -164,7 +164,7 @@ def express_slots(options: AgentOptions) -> int:
     """The agent's express slots (see :attr:`AgentOptions.express_slots`)."""
     if options.express_slots is not None:
         return options.express_slots
-    return max(1, options.slots // 4)
+    return max(1, options.slots // 2)
 
 
 def _applier(
