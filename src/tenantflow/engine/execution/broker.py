@@ -37,6 +37,7 @@ admission (every submitted run starts at once).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -112,6 +113,13 @@ from tenantflow.ports import Clock, Coordinator, Delivery, DeliveryQueue, Store
 __all__ = ["MAX_DECISIONS", "BrokerDriver"]
 
 log = logging.getLogger("tenantflow.engine")
+
+_URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tenantflow_broker_urgent", default=False
+)
+"""Whether the delivery being handled came on an express slot (a tenant with nothing else
+running here while a burster holds the regular slots): its claim and decision go in the
+writer's urgent lane, committed ahead of the others' in a batch of their own."""
 
 MAX_DECISIONS = 16
 """How often one outcome is decided again after a version conflict before the driver gives up
@@ -320,11 +328,13 @@ class BrokerDriver(BrokerParts):
         claim: Claim = (str(data.get("tenant")), str(data.get("run")), str(data.get("key")))
         self.claims.enter(claim)
         left = 0
+        urgent = _URGENT.set(bool(getattr(delivery, "express", False)))
         try:
             try:
                 await self._handle(delivery)
             finally:
                 left = self.claims.leave(claim)
+                _URGENT.reset(urgent)
         except Exception:  # the store failed: let the broker deliver it again
             log.exception("delivery of %s failed", delivery.data)
             if not left:  # a claim it left behind would be renewed for ever: give it back
@@ -353,7 +363,8 @@ class BrokerDriver(BrokerParts):
             return
         now = self.clock.now()
         lease = await writer.write(
-            StartAttempt(tenant, run_id, key, self.owner, now, now + self.lease_s)
+            StartAttempt(tenant, run_id, key, self.owner, now, now + self.lease_s),
+            urgent=_URGENT.get(),
         )
         if lease is None:  # not due, leased by another attempt, or settled: nothing to run
             delivery.ack()
@@ -514,7 +525,7 @@ class BrokerDriver(BrokerParts):
         when the store answered a version conflict (the decider writes one op per outcome)."""
         result: Any = None
         for op in decision.ops:
-            result = await self.writers[region].write(op)
+            result = await self.writers[region].write(op, urgent=_URGENT.get())
             if isinstance(result, VersionConflict):
                 return False
         effects = decision.if_stale if result is STALE else decision.effects
