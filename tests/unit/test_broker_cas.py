@@ -149,7 +149,7 @@ class Gate:
         return result
 
     def _gated(self, write: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        async def gated(op: Any) -> Any:
+        async def gated(op: Any, *, urgent: bool = False) -> Any:  # (the lane is not tested here)
             if isinstance(op, Transition) and op.expected_version is not None:
                 return await self._gather(write, op)
             if not isinstance(op, FinishAttempt):

@@ -114,12 +114,8 @@ __all__ = ["MAX_DECISIONS", "BrokerDriver"]
 
 log = logging.getLogger("tenantflow.engine")
 
-_URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "tenantflow_broker_urgent", default=False
-)
-"""Whether the delivery being handled came on an express slot (a tenant with nothing else
-running here while a burster holds the regular slots): its claim and decision go in the
-writer's urgent lane, committed ahead of the others' in a batch of their own."""
+_URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("tf_urgent", default=False)
+# The delivery being handled came on an express slot: its claim and decision go urgent.
 
 MAX_DECISIONS = 16
 """How often one outcome is decided again after a version conflict before the driver gives up
