@@ -155,3 +155,18 @@ def test_advice_follows_the_seed() -> None:
     assert "not measured" in big.graduate[0] and "centralized" in big.graduate[0]
     assert big.figures["mesh"] == ["mesh: not measured: not on this branch yet"]
     assert any("quiet tenants' p99" in line for line in modest.figures["centralized"])
+
+
+def test_a_probe_waited_out_an_outage_longer_than_a_run_takes() -> None:
+    from tenantflow.topology.compare import waited_out
+
+    # A single process killed and back in 0.9 s (a fast machine): its probes waited it out
+    # (with a fixed one-second floor this counted no tenant as affected on such a machine).
+    assert waited_out(0.9, 0.93, 0.06)
+    assert waited_out(None, 0.93, 0.06)  # never ended
+    assert not waited_out(0.2, 0.93, 0.06)  # ended long before the component was back
+    # A killed worker's tenants move on in milliseconds: every probe takes longer than that.
+    assert not waited_out(0.2, 0.031, 0.06)
+    # An outage no longer than runs take under this load is not told apart from the load.
+    assert not waited_out(0.7, 0.6, 0.4)
+    assert waited_out(2.0, 2.0, 0.4)

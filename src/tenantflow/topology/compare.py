@@ -512,7 +512,7 @@ class _Run:
                 affected.add(sub.tenant)
         # The steady load's runs break the SLA or fail; the probes (one per tenant, all at
         # once: a small burst of their own) only count when they failed or waited out the
-        # outage itself.
+        # outage itself (see ``waited_out``).
         probe_ids = {sub.run_id for sub in probed}
         for x in lat:
             if x.run_id in probe_ids:
@@ -523,10 +523,9 @@ class _Run:
                 x.seconds is None or x.seconds > sla or x.status != "completed"
             ):
                 affected.add(x.tenant)
-        if outage >= 1.0:
-            for x in lat:
-                if x.run_id in probe_ids and (x.seconds is None or x.seconds >= 0.95 * outage):
-                    affected.add(x.tenant)
+        for x in lat:
+            if x.run_id in probe_ids and waited_out(x.seconds, outage, self.steady_p99):
+                affected.add(x.tenant)
         first_progress: list[float] = []
         for tenant in tenants:
             after = [x.at for x in lines if x.tenant == tenant and x.kind == "E" and x.at >= when]
@@ -582,6 +581,17 @@ class _Run:
             f" first progress {trial['first_progress_s']}"
         )
         return trial
+
+
+def waited_out(seconds: float | None, outage: float, steady_p99: float | None) -> bool:
+    """Whether a probe submitted at a fault, ``seconds`` to its end (None: it never ended),
+    waited out an outage of ``outage`` seconds: the outage is longer than a run normally takes
+    (twice the steady p99, and at least half a second: a restarted process is back in about a
+    second, a killed worker's tenants move on in milliseconds, which any probe takes) and the
+    probe took about as long."""
+    if outage < max(0.5, 2.0 * (steady_p99 or 0.0)):
+        return False
+    return seconds is None or seconds >= 0.95 * outage
 
 
 def _ms(seconds: float | None) -> float | None:
