@@ -145,3 +145,10 @@ def test_an_agent_has_half_its_slots_as_express_slots_unless_told() -> None:
     assert [express_slots(options(n)) for n in (1, 4, 8, 16)] == [1, 2, 4, 8]
     assert express_slots(options(8, 0)) == 0
     assert express_slots(options(8, 5)) == 5
+
+
+def test_negative_express_slots_are_refused() -> None:
+    from tenantflow.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="express must be >= 0"):
+        JetStreamQueue(None, express=-1)  # type: ignore[arg-type]  # (refused before use)

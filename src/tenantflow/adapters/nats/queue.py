@@ -50,6 +50,7 @@ from typing import Any
 from tenantflow.adapters.nats.fabric import Fabric
 from tenantflow.adapters.nats.subjects import Region, untoken
 from tenantflow.domain.scheduler import FairScheduler, ReadyItem
+from tenantflow.errors import ConfigurationError
 
 __all__ = ["JetStreamDelivery", "JetStreamQueue", "QueueStats"]
 
@@ -163,7 +164,7 @@ class JetStreamQueue:
         self._weight = weight or (lambda tenant: 1.0)
         self.scheduler = FairScheduler(slots=slots)
         if express < 0:
-            raise ValueError("express must be >= 0")
+            raise ConfigurationError("express must be >= 0", field="express", value=express)
         self.express = express
         self._express: dict[str, int] = {}  # tenant -> express deliveries not yet settled
         self._configured: set[str] = set()
