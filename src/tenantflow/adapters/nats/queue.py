@@ -166,7 +166,7 @@ class JetStreamQueue:
         if express < 0:
             raise ConfigurationError("express must be >= 0", field="express", value=express)
         self.express = express
-        self._express: dict[str, int] = {}  # tenant -> express deliveries not yet settled
+        self._express: set[str] = set()  # tenants with an express delivery not yet settled
         self._configured: set[str] = set()
         self._items: dict[str, JetStreamDelivery] = {}
         self._pullers: dict[tuple[str, str, str], _Puller] = {}
@@ -279,18 +279,18 @@ class JetStreamQueue:
         """The oldest waiting item of a tenant with nothing running here (one express
         delivery a tenant), withdrawn from the scheduler, when an express slot is free and the
         regular ones are not."""
-        if sum(self._express.values()) >= self.express:
+        if len(self._express) >= self.express:
             return None
         if self.scheduler.total_running < self.scheduler.slots:
             return None  # a regular slot is free: what waits is not eligible for it yet
         for key, delivery in self._items.items():
             tenant = delivery.tenant
-            if delivery.popped_at or self.scheduler.running(tenant) or self._express.get(tenant):
+            if delivery.popped_at or self.scheduler.running(tenant) or tenant in self._express:
                 continue
             if not self.scheduler.remove(key):
                 continue
             delivery.express = True
-            self._express[tenant] = 1
+            self._express.add(tenant)
             self.stats.express += 1
             return delivery
         return None
@@ -301,7 +301,7 @@ class JetStreamQueue:
         delivery.settled = True
         now = time.monotonic()
         if delivery.express:
-            self._express.pop(delivery.tenant, None)
+            self._express.discard(delivery.tenant)
         else:
             with contextlib.suppress(Exception):  # an item handed out is always running
                 self.scheduler.done(
