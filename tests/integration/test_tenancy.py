@@ -20,6 +20,7 @@ from tenantflow.adapters.memory import MemoryStore
 from tenantflow.adapters.postgres import PostgresStore
 from tenantflow.adapters.providers import SimulatedProvider
 from tenantflow.adapters.sqlite import SqliteStore
+from tenantflow.domain.records import CreateRun
 from tenantflow.domain.routing import Endpoint
 from tenantflow.domain.scheduler import BurstNotice
 from tenantflow.testing import FakeClock
@@ -934,6 +935,8 @@ async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_u
         async def recording(op: Any, *, urgent: bool = False) -> Any:
             if type(op).__name__ in ("StartAttempt", "FinishAttempt"):
                 lanes.append((op.tenant_id, type(op).__name__, urgent))
+            elif isinstance(op, CreateRun):  # keeps the borrower's batches short meanwhile
+                lanes.append((op.run.tenant_id, "CreateRun", urgent))
             return await write(op, urgent=urgent)
 
         writer.write = recording  # type: ignore[method-assign]
@@ -944,7 +947,7 @@ async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_u
         gate.set()
         await burst.result()
     quiet = [lane for lane in lanes if lane[0] == "quiet"]
-    assert [kind for _, kind, _ in quiet] == ["StartAttempt", "FinishAttempt"] * 2
+    assert [kind for _, kind, _ in quiet] == ["CreateRun"] + ["StartAttempt", "FinishAttempt"] * 2
     assert all(urgent for _, _, urgent in quiet)
     bursty = [urgent for tenant, _, urgent in lanes if tenant == "bursty"]
     assert bursty and not any(bursty)

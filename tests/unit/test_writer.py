@@ -337,3 +337,64 @@ async def test_commit_times_are_counted_in_the_first_bucket_whose_bound_they_do_
     assert writer.commit_counts == expected
     assert writer.commit_seconds == pytest.approx(2.0035)
     assert writer.batches == 3
+
+
+async def _borrower_then(writer: Writer, store: RecordingStore, *ops: tuple[Op, bool]) -> None:
+    """A batch of the borrower's commits while nine more of its transitions and ``ops``
+    (each with its lane) queue; then everything commits."""
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("x", "x0", 0.0)))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(writer.write(Transition("x", f"x{i}", 0.0))) for i in range(1, 10)]
+    rest += [asyncio.create_task(writer.write(op, urgent=urgent)) for op, urgent in ops]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *rest)
+    await writer.close()
+
+
+def _ids(store: RecordingStore) -> list[list[str]]:
+    return [
+        [op.run.id if isinstance(op, CreateRun) else op.run_id for op in batch]  # type: ignore[attr-defined]
+        for batch in store.batches
+    ]
+
+
+async def test_batches_are_kept_short_while_a_tenant_within_its_share_writes_urgent() -> None:
+    store = RecordingStore()
+    writer = await _start(store, yield_batch=4, yield_s=3600.0)
+    await _borrower_then(writer, store, (Transition("a", "a0", 0.0), True))
+    assert _ids(store) == [
+        ["x0"],
+        ["a0"],  # the urgent lane alone, then the borrower's ops four at a time
+        ["x1", "x2", "x3", "x4"],
+        ["x5", "x6", "x7", "x8"],
+        ["x9"],
+    ]
+
+
+async def test_batches_are_as_long_as_ever_once_nobody_wrote_urgent_within_yield_s() -> None:
+    store = RecordingStore()
+    writer = await _start(store, yield_batch=4, yield_s=0.0)
+    await _borrower_then(writer, store, (Transition("a", "a0", 0.0), True))
+    assert _ids(store) == [["x0"], ["a0"], [f"x{i}" for i in range(1, 10)]]
+
+
+async def test_an_urgent_submission_keeps_its_place_and_keeps_the_batches_short() -> None:
+    store = RecordingStore()
+    writer = await _start(store, yield_batch=4, yield_s=3600.0)
+    await _borrower_then(writer, store, (_new("a", 0), True), (_new("x", 0), False))
+    # no batch of its own (a submission is taken round-robin), and the batches carry four
+    # transitions and one submission each: submissions keep moving while batches are short
+    assert _ids(store) == [
+        ["x0"],
+        ["x1", "x2", "x3", "x4", "run_a_0"],
+        ["x5", "x6", "x7", "x8", "run_x_0"],
+        ["x9"],
+    ]
+
+
+@pytest.mark.parametrize("kwargs", [{"yield_batch": 0}, {"yield_s": -1.0}, {"yield_s": math.nan}])
+async def test_writer_refuses_a_yield_that_cannot_work(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="yield_batch >= 1 and yield_s >= 0"):
+        Writer(RecordingStore(), **kwargs)  # type: ignore[arg-type]

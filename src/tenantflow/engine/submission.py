@@ -218,7 +218,10 @@ class Submitter:
         local = gate.drives(tenant)
         admitted_here = local and parent is None  # a child took no admission place
         try:
-            outcome = await runtime.writer.write(CreateRun(record, rows, events))
+            # urgent while another tenant borrows: keeps the batches short (see Writer)
+            outcome = await runtime.writer.write(
+                CreateRun(record, rows, events), urgent=gate.dispatcher.urgent(tenant)
+            )
         except BaseException:
             if admitted_here:
                 gate.forget(tenant, run_id, status)
