@@ -398,3 +398,63 @@ async def test_an_urgent_submission_keeps_its_place_and_keeps_the_batches_short(
 async def test_writer_refuses_a_yield_that_cannot_work(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="yield_batch >= 1 and yield_s >= 0"):
         Writer(RecordingStore(), **kwargs)  # type: ignore[arg-type]
+
+
+async def test_batches_are_short_exactly_while_an_urgent_submission_waits() -> None:
+    store = RecordingStore()
+    writer = await _start(store, yield_batch=4, yield_s=0.0)  # no window: only the waiting
+    await _borrower_then(writer, store, (_new("a", 0), True), (_new("x", 0), False))
+    assert _ids(store) == [
+        ["x0"],
+        ["x1", "x2", "x3", "x4", "run_a_0"],  # cut while the urgent submission waits
+        ["x5", "x6", "x7", "x8", "x9", "run_x_0"],  # as long as ever once it is written
+    ]
+
+
+async def test_a_short_batch_never_exceeds_max_batch_for_a_waiting_submission() -> None:
+    store = RecordingStore()
+    writer = await _start(
+        store, max_batch=4, max_new=1, max_new_idle=4, yield_batch=4, yield_s=3600.0
+    )
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "u0", 0.0), urgent=True))
+    await asyncio.sleep(0)
+    ops = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 7)]
+    ops += [(Transition("x", f"n{i}", 0.0), False) for i in range(3)]
+    ops.append((_new("x", 0), False))
+    rest = [asyncio.create_task(writer.write(op, urgent=urgent)) for op, urgent in ops]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *rest)
+    await writer.close()
+    assert _ids(store) == [
+        ["u0"],
+        ["u1", "u2", "n0", "n1"],  # full: the submission waits for the next batch with room
+        ["u3", "u4", "u5", "u6"],
+        ["n2", "run_x_0"],
+    ]
+
+
+async def test_the_short_batches_last_yield_s_from_an_urgent_ops_commit_not_its_queueing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a slow store (each commit takes a second of the loop's time here) an urgent op queued
+    more than ``yield_s`` ago is still being answered: its tenant writes on after its commit."""
+    now = [0.0]
+
+    class SlowStore(RecordingStore):
+        async def apply(self, ops: Sequence[Op]) -> list[Any]:
+            result = await super().apply(ops)
+            now[0] += 1.0
+            return result
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+    store = SlowStore()
+    writer = await _start(store, yield_batch=4, yield_s=0.5)
+    await _borrower_then(writer, store, (Transition("a", "a0", 0.0), True))
+    assert _ids(store) == [
+        ["x0"],
+        ["a0"],  # queued at 0 s, committed at 2 s: the next batches are short until 2.5 s
+        ["x1", "x2", "x3", "x4"],
+        ["x5", "x6", "x7", "x8", "x9"],  # built at 3 s
+    ]

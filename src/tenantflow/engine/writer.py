@@ -10,7 +10,8 @@ Transitions of runs already in flight go first: new submissions (``CreateRun``) 
 of a batch, so a tenant submitting thousands of runs at once cannot put other tenants' in-flight
 steps behind its inserts on the commit path either. While runs are in flight (a transition of
 theirs was committed in the last ``quiet_s`` seconds), a batch carries at most as many
-submissions as it carries transitions, and at least ``max_new``: the writer commits one batch at
+submissions as it carries transitions, and at least ``max_new`` (but see below, the short
+batches while tenants within their share write urgent): the writer commits one batch at
 a time, so a transition that arrives during a batch waits for all of it, and a batch of 4
 transitions and 64 inserts would make every in-flight step wait for 64 inserts. A batch of 300
 transitions (a database under load) may take 64 (``max_new_idle``), so submissions keep pace
@@ -26,12 +27,16 @@ neither lane can starve the other. A run writes an op only once its last one com
 for a step's claim written beside the completion that readied it, which goes in the
 completion's lane: a run's ops commit in the order it wrote them.
 
-While such tenants are active (an op was written ``urgent`` in the last ``yield_s``), a batch
-is also kept short: at most ``yield_batch`` ops besides the urgent ones (one more if that
-leaves no room for a new submission). A batch of 4 ops commits in about half a millisecond
-on SQLite, one of 50 in several: an urgent op that comes while a batch commits waits for all
-of it, so the borrower's transitions then commit in more, smaller transactions, only while the
-others are there to be kept waiting; with nobody else active its batches are as long as ever.
+While such tenants are active (an op written ``urgent`` waits, or was queued or committed in
+the last ``yield_s``), a batch is also kept short: at most ``yield_batch`` ops besides those of
+the urgent lane, one of them a new submission at least when one waits (so a batch may then
+carry one submission, not ``max_new``). A submission written ``urgent`` keeps its round-robin
+place and counts as such an op. On SQLite a batch of 1 op commits in about 0.4 ms, of 5–16 in
+1.2 ms, of 17–64 in 1.8 ms (p50, measured under the short burst of
+``benchmarks/fairness.py``): an urgent op that comes while a batch commits waits for all of it,
+so every other op (mostly the borrower's) then commits in more, smaller transactions, only
+while the others are there to be kept waiting; with nobody else active batches are as long as
+ever.
 
 Maintenance (the retention purge) goes through :meth:`Writer.maintain`, the background lane:
 such an op is committed in a transaction of its own, when no other op waits; an op of a running
@@ -127,7 +132,10 @@ class Writer:
             )
         self._yield_batch = yield_batch
         self._yield_s = yield_s
-        self._urgent_at = -math.inf  # when an op was last written urgent (loop time)
+        # when an urgent op was last queued or committed (loop time), and the urgent
+        # submissions waiting in the round-robin queues
+        self._urgent_at = -math.inf
+        self._urgent_new: set[asyncio.Future[Any]] = set()
         self._store = store
         self._max_batch = max_batch
         self._max_new = max_new
@@ -170,8 +178,8 @@ class Writer:
     async def write(self, op: Op, *, urgent: bool = False) -> Any:
         """Queue ``op``; return its result once committed (raise its error if it failed).
         ``urgent``: in the lane committed ahead of the others (see the module docstring); a
-        new submission (``CreateRun``) keeps its round-robin place, and only keeps the
-        batches short while it waits."""
+        new submission (``CreateRun``) keeps its round-robin place, and only keeps the other
+        batches short."""
         fut = self._queue(op, urgent=urgent, background=False)
         return _outcome(await fut)
 
@@ -200,6 +208,8 @@ class Writer:
         elif isinstance(op, CreateRun):
             self._new.setdefault(op.run.tenant_id, deque()).append((op, fut))
             self._new_count += 1
+            if urgent:
+                self._urgent_new.add(fut)
         elif urgent:
             self._urgent.append((op, fut))
         else:
@@ -224,6 +234,7 @@ class Writer:
                     op, fut, _ = self._background.popleft()
                     await self._commit([(op, fut)], timed=True)
                     continue
+                carries_urgent = bool(self._urgent)
                 if self._urgent and not urgent_last:
                     batch = self._urgent[: self._max_batch]
                     del self._urgent[: self._max_batch]
@@ -231,11 +242,15 @@ class Writer:
                     urgent_last = True
                 else:  # both lanes, urgent ops first (at most half of the batch while others wait)
                     urgent_last = False
+                    # kept short while tenants within their share are active (module docstring)
+                    yielding = (
+                        carries_urgent
+                        or bool(self._urgent_new)
+                        or loop.time() - self._urgent_at < self._yield_s
+                    )
                     share = self._max_batch // 2 if self._pending else self._max_batch
                     batch = self._urgent[:share]
                     del self._urgent[:share]
-                    # kept short while tenants within their share are active (module docstring)
-                    yielding = loop.time() - self._urgent_at < self._yield_s
                     size = self._max_batch
                     if yielding:
                         size = min(size, len(batch) + self._yield_batch)
@@ -254,8 +269,10 @@ class Writer:
                     if yielding and room < 1 and taken < self._max_batch:
                         room = 1  # submissions keep moving, one a batch at least
                     if room > 0 and self._new_count:
-                        self._take_new(batch, room)
+                        carries_urgent = self._take_new(batch, room) or carries_urgent
                 await self._commit(batch)
+                if carries_urgent:  # the tenants it answers are writing on
+                    self._urgent_at = loop.time()
             if self._closed:
                 return
 
@@ -293,17 +310,23 @@ class Writer:
             if not fut.done():
                 fut.set_result((result, seconds) if timed else result)
 
-    def _take_new(self, batch: list[tuple[Op, asyncio.Future[Any]]], room: int) -> None:
+    def _take_new(self, batch: list[tuple[Op, asyncio.Future[Any]]], room: int) -> bool:
         """Move up to ``room`` new submissions into ``batch``, one per tenant in turn; a tenant
-        served goes to the back of the round-robin order."""
+        served goes to the back of the round-robin order. Whether one was written urgent."""
+        urgent = False
         while room > 0 and self._new:
             tenant = next(iter(self._new))
             queue = self._new.pop(tenant)
-            batch.append(queue.popleft())
+            entry = queue.popleft()
+            batch.append(entry)
+            if self._urgent_new:
+                urgent = entry[1] in self._urgent_new or urgent
+                self._urgent_new.discard(entry[1])
             self._new_count -= 1
             room -= 1
             if queue:
                 self._new[tenant] = queue  # re-inserted: now last in the order
+        return urgent
 
     def _ended_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         for _, fut in batch:
