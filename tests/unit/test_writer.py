@@ -380,16 +380,17 @@ async def test_batches_are_as_long_as_ever_once_nobody_wrote_urgent_within_yield
     assert _ids(store) == [["x0"], ["a0"], [f"x{i}" for i in range(1, 10)]]
 
 
-async def test_an_urgent_submission_keeps_its_place_and_keeps_the_batches_short() -> None:
+async def test_an_urgent_submission_goes_in_the_urgent_lane_and_keeps_the_batches_short() -> None:
     store = RecordingStore()
     writer = await _start(store, yield_batch=4, yield_s=3600.0)
     await _borrower_then(writer, store, (_new("a", 0), True), (_new("x", 0), False))
-    # no batch of its own (a submission is taken round-robin), and the batches carry four
-    # transitions and one submission each: submissions keep moving while batches are short
+    # ahead of the borrower's queued submission and transitions; then batches of four
+    # transitions and one submission: submissions keep moving while batches are short
     assert _ids(store) == [
         ["x0"],
-        ["x1", "x2", "x3", "x4", "run_a_0"],
-        ["x5", "x6", "x7", "x8", "run_x_0"],
+        ["run_a_0"],
+        ["x1", "x2", "x3", "x4", "run_x_0"],
+        ["x5", "x6", "x7", "x8"],
         ["x9"],
     ]
 
@@ -400,14 +401,26 @@ async def test_writer_refuses_a_yield_that_cannot_work(kwargs: dict[str, Any]) -
         Writer(RecordingStore(), **kwargs)  # type: ignore[arg-type]
 
 
-async def test_batches_are_short_exactly_while_an_urgent_submission_waits() -> None:
+async def test_a_batch_is_short_while_urgent_ops_wait_whatever_the_window() -> None:
     store = RecordingStore()
-    writer = await _start(store, yield_batch=4, yield_s=0.0)  # no window: only the waiting
-    await _borrower_then(writer, store, (_new("a", 0), True), (_new("x", 0), False))
+    writer = await _start(
+        store, max_batch=8, max_new=1, max_new_idle=8, yield_batch=1, yield_s=0.0
+    )  # no window: only the urgent ops waiting cut a batch
+    store.gate.clear()
+    first = asyncio.create_task(writer.write(Transition("a", "u0", 0.0), urgent=True))
+    await asyncio.sleep(0)
+    ops = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 7)]
+    ops += [(Transition("x", f"n{i}", 0.0), False) for i in range(8)]
+    rest = [asyncio.create_task(writer.write(op, urgent=urgent)) for op, urgent in ops]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(first, *rest)
+    await writer.close()
     assert _ids(store) == [
-        ["x0"],
-        ["x1", "x2", "x3", "x4", "run_a_0"],  # cut while the urgent submission waits
-        ["x5", "x6", "x7", "x8", "x9", "run_x_0"],  # as long as ever once it is written
+        ["u0"],
+        ["u1", "u2", "u3", "u4", "n0"],  # half the batch urgent, then one op: u5, u6 wait
+        ["u5", "u6"],
+        [f"n{i}" for i in range(1, 8)],  # nothing urgent waits, no window: as long as ever
     ]
 
 

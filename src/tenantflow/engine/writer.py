@@ -30,13 +30,15 @@ completion's lane: a run's ops commit in the order it wrote them.
 While such tenants are active (an op written ``urgent`` waits, or was queued or committed in
 the last ``yield_s``), a batch is also kept short: at most ``yield_batch`` ops besides those of
 the urgent lane, one of them a new submission at least when one waits (so a batch may then
-carry one submission, not ``max_new``). A submission written ``urgent`` keeps its round-robin
-place and counts as such an op. On SQLite a batch of 1 op commits in about 0.4 ms, of 5–16 in
-1.2 ms, of 17–64 in 1.8 ms (p50, measured under the short burst of
+carry one submission, not ``max_new``). On SQLite a batch of 1 op commits in about 0.4 ms, of
+5–16 in 1.2 ms, of 17–64 in 1.8 ms (p50, measured under the short burst of
 ``benchmarks/fairness.py``): an urgent op that comes while a batch commits waits for all of it,
 so every other op (mostly the borrower's) then commits in more, smaller transactions, only
 while the others are there to be kept waiting; with nobody else active batches are as long as
-ever.
+ever. A submission written ``urgent`` (a tenant within its share, while another borrows) goes
+in the urgent lane, not in the round-robin queues behind the borrower's thousands: the ingest
+gate (:mod:`tenantflow.engine.ingest`) has at most a few of a tenant's submissions in progress
+while others run, so they cannot flood the lane.
 
 Maintenance (the retention purge) goes through :meth:`Writer.maintain`, the background lane:
 such an op is committed in a transaction of its own, when no other op waits; an op of a running
@@ -132,10 +134,7 @@ class Writer:
             )
         self._yield_batch = yield_batch
         self._yield_s = yield_s
-        # when an urgent op was last queued or committed (loop time), and the urgent
-        # submissions waiting in the round-robin queues
-        self._urgent_at = -math.inf
-        self._urgent_new: set[asyncio.Future[Any]] = set()
+        self._urgent_at = -math.inf  # when an urgent op was last queued or committed
         self._store = store
         self._max_batch = max_batch
         self._max_new = max_new
@@ -177,9 +176,8 @@ class Writer:
 
     async def write(self, op: Op, *, urgent: bool = False) -> Any:
         """Queue ``op``; return its result once committed (raise its error if it failed).
-        ``urgent``: in the lane committed ahead of the others (see the module docstring); a
-        new submission (``CreateRun``) keeps its round-robin place, and only keeps the other
-        batches short."""
+        ``urgent``: in the lane committed ahead of the others (see the module docstring), a
+        new submission (``CreateRun``) too."""
         fut = self._queue(op, urgent=urgent, background=False)
         return _outcome(await fut)
 
@@ -205,13 +203,11 @@ class Writer:
             self._urgent_at = loop.time()
         if background:
             self._background.append((op, fut, loop.time()))
+        elif urgent:
+            self._urgent.append((op, fut))
         elif isinstance(op, CreateRun):
             self._new.setdefault(op.run.tenant_id, deque()).append((op, fut))
             self._new_count += 1
-            if urgent:
-                self._urgent_new.add(fut)
-        elif urgent:
-            self._urgent.append((op, fut))
         else:
             self._pending.append((op, fut))
         self._outstanding[fut] = self._seq
@@ -243,11 +239,7 @@ class Writer:
                 else:  # both lanes, urgent ops first (at most half of the batch while others wait)
                     urgent_last = False
                     # kept short while tenants within their share are active (module docstring)
-                    yielding = (
-                        carries_urgent
-                        or bool(self._urgent_new)
-                        or loop.time() - self._urgent_at < self._yield_s
-                    )
+                    yielding = carries_urgent or loop.time() - self._urgent_at < self._yield_s
                     share = self._max_batch // 2 if self._pending else self._max_batch
                     batch = self._urgent[:share]
                     del self._urgent[:share]
@@ -269,7 +261,7 @@ class Writer:
                     if yielding and room < 1 and taken < self._max_batch:
                         room = 1  # submissions keep moving, one a batch at least
                     if room > 0 and self._new_count:
-                        carries_urgent = self._take_new(batch, room) or carries_urgent
+                        self._take_new(batch, room)
                 await self._commit(batch)
                 if carries_urgent:  # the tenants it answers are writing on
                     self._urgent_at = loop.time()
@@ -310,23 +302,17 @@ class Writer:
             if not fut.done():
                 fut.set_result((result, seconds) if timed else result)
 
-    def _take_new(self, batch: list[tuple[Op, asyncio.Future[Any]]], room: int) -> bool:
+    def _take_new(self, batch: list[tuple[Op, asyncio.Future[Any]]], room: int) -> None:
         """Move up to ``room`` new submissions into ``batch``, one per tenant in turn; a tenant
-        served goes to the back of the round-robin order. Whether one was written urgent."""
-        urgent = False
+        served goes to the back of the round-robin order."""
         while room > 0 and self._new:
             tenant = next(iter(self._new))
             queue = self._new.pop(tenant)
-            entry = queue.popleft()
-            batch.append(entry)
-            if self._urgent_new:
-                urgent = entry[1] in self._urgent_new or urgent
-                self._urgent_new.discard(entry[1])
+            batch.append(queue.popleft())
             self._new_count -= 1
             room -= 1
             if queue:
                 self._new[tenant] = queue  # re-inserted: now last in the order
-        return urgent
 
     def _ended_batch(self, batch: list[tuple[Op, asyncio.Future[Any]]]) -> None:
         for _, fut in batch:
