@@ -339,18 +339,26 @@ async def test_commit_times_are_counted_in_the_first_bucket_whose_bound_they_do_
     assert writer.batches == 3
 
 
+async def _behind(
+    writer: Writer, store: RecordingStore, first: tuple[Op, bool], *ops: tuple[Op, bool]
+) -> None:
+    """``first`` (with its lane) commits while ``ops`` (each with its lane) queue; then
+    everything commits and the writer closes."""
+    store.gate.clear()
+    head = asyncio.create_task(writer.write(first[0], urgent=first[1]))
+    await asyncio.sleep(0)
+    rest = [asyncio.create_task(writer.write(op, urgent=urgent)) for op, urgent in ops]
+    await asyncio.sleep(0)
+    store.gate.set()
+    await asyncio.gather(head, *rest)
+    await writer.close()
+
+
 async def _borrower_then(writer: Writer, store: RecordingStore, *ops: tuple[Op, bool]) -> None:
     """A batch of the borrower's commits while nine more of its transitions and ``ops``
     (each with its lane) queue; then everything commits."""
-    store.gate.clear()
-    first = asyncio.create_task(writer.write(Transition("x", "x0", 0.0)))
-    await asyncio.sleep(0)
-    rest = [asyncio.create_task(writer.write(Transition("x", f"x{i}", 0.0))) for i in range(1, 10)]
-    rest += [asyncio.create_task(writer.write(op, urgent=urgent)) for op, urgent in ops]
-    await asyncio.sleep(0)
-    store.gate.set()
-    await asyncio.gather(first, *rest)
-    await writer.close()
+    borrower = [(Transition("x", f"x{i}", 0.0), False) for i in range(1, 10)]
+    await _behind(writer, store, (Transition("x", "x0", 0.0), False), *borrower, *ops)
 
 
 def _ids(store: RecordingStore) -> list[list[str]]:
@@ -406,16 +414,9 @@ async def test_a_batch_is_short_while_urgent_ops_wait_whatever_the_window() -> N
     writer = await _start(
         store, max_batch=8, max_new=1, max_new_idle=8, yield_batch=1, yield_s=0.0
     )  # no window: only the urgent ops waiting cut a batch
-    store.gate.clear()
-    first = asyncio.create_task(writer.write(Transition("a", "u0", 0.0), urgent=True))
-    await asyncio.sleep(0)
-    ops = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 7)]
+    ops: list[tuple[Op, bool]] = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 7)]
     ops += [(Transition("x", f"n{i}", 0.0), False) for i in range(8)]
-    rest = [asyncio.create_task(writer.write(op, urgent=urgent)) for op, urgent in ops]
-    await asyncio.sleep(0)
-    store.gate.set()
-    await asyncio.gather(first, *rest)
-    await writer.close()
+    await _behind(writer, store, (Transition("a", "u0", 0.0), True), *ops)
     assert _ids(store) == [
         ["u0"],
         ["u1", "u2", "u3", "u4", "n0"],  # half the batch urgent, then one op: u5, u6 wait
@@ -429,17 +430,10 @@ async def test_a_short_batch_never_exceeds_max_batch_for_a_waiting_submission() 
     writer = await _start(
         store, max_batch=4, max_new=1, max_new_idle=4, yield_batch=4, yield_s=3600.0
     )
-    store.gate.clear()
-    first = asyncio.create_task(writer.write(Transition("a", "u0", 0.0), urgent=True))
-    await asyncio.sleep(0)
-    ops = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 7)]
+    ops: list[tuple[Op, bool]] = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 7)]
     ops += [(Transition("x", f"n{i}", 0.0), False) for i in range(3)]
     ops.append((_new("x", 0), False))
-    rest = [asyncio.create_task(writer.write(op, urgent=urgent)) for op, urgent in ops]
-    await asyncio.sleep(0)
-    store.gate.set()
-    await asyncio.gather(first, *rest)
-    await writer.close()
+    await _behind(writer, store, (Transition("a", "u0", 0.0), True), *ops)
     assert _ids(store) == [
         ["u0"],
         ["u1", "u2", "n0", "n1"],  # full: the submission waits for the next batch with room
