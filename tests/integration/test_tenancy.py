@@ -927,6 +927,20 @@ async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_u
             return one + 1
 
         engine.register(pair)
+        echo = tf.Workflow("echo", input=str)
+
+        @echo.step
+        async def say(ctx: tf.StepContext, input: str) -> str:
+            return input
+
+        parent = tf.Workflow("parent", input=str)
+
+        @parent.step
+        async def ask(ctx: tf.StepContext, input: str) -> str:
+            return (await ctx.delegate("echo", input))[1]
+
+        engine.register(echo)
+        engine.register(parent)
         await engine.tenants.create("quiet", tier="standard")
         writer = engine.gate.runtime_for_tenant("quiet").writer
         lanes: list[tuple[str, str, bool]] = []
@@ -944,9 +958,16 @@ async def test_while_a_tenant_borrows_slots_the_others_transitions_are_written_u
         assert engine.dispatcher.scheduler.borrowing("bursty")
         lanes.clear()
         assert await (await engine.submit("pair", tenant="quiet", input=1)).result() == 3
+        quiet = [lane for lane in lanes if lane[0] == "quiet"]
+        lanes.clear()
+        assert await (await engine.submit("parent", tenant="quiet", input="hi")).result() == "hi"
+        # the submission is urgent; its child run (no ingest gate) goes round-robin
+        assert [(t, u) for t, kind, u in lanes if kind == "CreateRun"] == [
+            ("quiet", True),
+            ("quiet", False),
+        ]
         gate.set()
         await burst.result()
-    quiet = [lane for lane in lanes if lane[0] == "quiet"]
     assert [kind for _, kind, _ in quiet] == ["CreateRun"] + ["StartAttempt", "FinishAttempt"] * 2
     assert all(urgent for _, _, urgent in quiet)
     bursty = [urgent for tenant, _, urgent in lanes if tenant == "bursty"]

@@ -68,7 +68,7 @@ async def test_a_burst_does_not_queue_other_tenants_submissions_behind_it() -> N
     assert _tenants(store.batches[0]) == ["x"] * 4
     assert sorted(_tenants(store.batches[1])) == ["a", "b", "c", "x"]
     assert sum(len(b) for b in store.batches) == 103
-    # Each tenant's submissions keep their order.
+    # Each tenant's submissions keep their order (all in one lane here).
     xs = [op.run.id for b in store.batches for op in b if op.run.tenant_id == "x"]  # type: ignore[attr-defined]
     assert xs == [f"run_x_{i}" for i in range(100)]
 
@@ -409,18 +409,19 @@ async def test_writer_refuses_a_yield_that_cannot_work(kwargs: dict[str, Any]) -
         Writer(RecordingStore(), **kwargs)  # type: ignore[arg-type]
 
 
-async def test_a_batch_is_short_while_urgent_ops_wait_whatever_the_window() -> None:
+async def test_a_batch_is_short_while_urgent_ops_or_submissions_wait_whatever_the_window() -> None:
     store = RecordingStore()
     writer = await _start(
         store, max_batch=8, max_new=1, max_new_idle=8, yield_batch=1, yield_s=0.0
     )  # no window: only the urgent ops waiting cut a batch
-    ops: list[tuple[Op, bool]] = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 7)]
+    ops: list[tuple[Op, bool]] = [(Transition("a", f"u{i}", 0.0), True) for i in range(1, 5)]
+    ops += [(_new("a", 0), True), (_new("b", 0), True)]  # submissions, in the urgent lane
     ops += [(Transition("x", f"n{i}", 0.0), False) for i in range(8)]
     await _behind(writer, store, (Transition("a", "u0", 0.0), True), *ops)
     assert _ids(store) == [
         ["u0"],
-        ["u1", "u2", "u3", "u4", "n0"],  # half the batch urgent, then one op: u5, u6 wait
-        ["u5", "u6"],
+        ["u1", "u2", "u3", "u4", "n0"],  # half the batch urgent, then one op; two more wait
+        ["run_a_0", "run_b_0"],  # the urgent lane alone, submissions as they are
         [f"n{i}" for i in range(1, 8)],  # nothing urgent waits, no window: as long as ever
     ]
 

@@ -6,7 +6,8 @@ commit it rides in. A tenant that sends 5,000 submissions at once would otherwis
 on the loop's ready queue together and keep the writer's batches full of its inserts: every hop
 of another tenant's in-flight run (step ends -> its commit -> next step starts) then waits for
 whole loop turns and longer commits. The writer's round-robin over tenants
-(:mod:`tenantflow.engine.writer`) orders the inserts; this gate bounds how many there are.
+(:mod:`tenantflow.engine.writer`) orders the inserts (but those of a tenant within its share
+while another borrows, which go in its urgent lane); this gate bounds how many there are.
 
 :class:`IngestGate` lets at most ``per_tenant`` submissions of one tenant be in progress (from
 the call to its commit) while other tenants have steps running, and ``alone`` while none do: it

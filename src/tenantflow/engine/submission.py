@@ -217,11 +217,12 @@ class Submitter:
         rows = [StepRecord(run_id, tenant, k, s) for k, s in statuses.items()]
         local = gate.drives(tenant)
         admitted_here = local and parent is None  # a child took no admission place
+        # In the writer's urgent lane, ahead of the borrower's inserts and keeping its batches
+        # short, while another tenant borrows slots here (see Writer): only a submission that
+        # passed the ingest gate (a child run does not) of a tenant this process drives.
+        urgent = admitted_here and gate.dispatcher.urgent(tenant)
         try:
-            # urgent while another tenant borrows: keeps the batches short (see Writer)
-            outcome = await runtime.writer.write(
-                CreateRun(record, rows, events), urgent=gate.dispatcher.urgent(tenant)
-            )
+            outcome = await runtime.writer.write(CreateRun(record, rows, events), urgent=urgent)
         except BaseException:
             if admitted_here:
                 gate.forget(tenant, run_id, status)

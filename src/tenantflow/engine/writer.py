@@ -6,17 +6,18 @@ While one batch commits, new ops queue; the next batch takes all of them. Under 
 commit (and a single fsync) covers hundreds of transitions; with no load an op commits alone at
 once.
 
-Transitions of runs already in flight go first: new submissions (``CreateRun``) fill what is left
-of a batch, so a tenant submitting thousands of runs at once cannot put other tenants' in-flight
-steps behind its inserts on the commit path either. While runs are in flight (a transition of
-theirs was committed in the last ``quiet_s`` seconds), a batch carries at most as many
-submissions as it carries transitions, and at least ``max_new`` (but see below, the short
-batches while tenants within their share write urgent): the writer commits one batch at
-a time, so a transition that arrives during a batch waits for all of it, and a batch of 4
-transitions and 64 inserts would make every in-flight step wait for 64 inserts. A batch of 300
-transitions (a database under load) may take 64 (``max_new_idle``), so submissions keep pace
-with the steps. With nothing in flight (a front that only records submissions, or an engine at
-rest), a batch takes up to ``max_new_idle`` and a burst is recorded at full speed.
+Transitions of runs already in flight go first: new submissions (``CreateRun``; but for those
+written ``urgent``, see below) fill what is left of a batch, so a tenant submitting thousands of
+runs at once cannot put other tenants' in-flight steps behind its inserts on the commit path
+either. While runs are in flight (a transition of theirs was committed in the last ``quiet_s``
+seconds), a batch carries at most as many submissions as it carries transitions, and at least
+``max_new`` (but see below, the short batches while tenants within their share write urgent): the
+writer commits one batch at a time, so a transition that arrives during a batch waits for all of
+it, and a batch of 4 transitions and 64 inserts would make every in-flight step wait for 64
+inserts. A batch of 300 transitions (a database under load) may take 64 (``max_new_idle``), so
+submissions keep pace with the steps. With nothing in flight (a front that only records
+submissions, or an engine at rest), a batch takes up to ``max_new_idle`` and a burst is recorded at
+full speed.
 
 While a tenant borrows idle slots past its cap, the others' ops may be written ``urgent``: they
 wait in a lane of their own, and the next batch takes that lane alone. A tenant within its
@@ -27,18 +28,20 @@ neither lane can starve the other. A run writes an op only once its last one com
 for a step's claim written beside the completion that readied it, which goes in the
 completion's lane: a run's ops commit in the order it wrote them.
 
-While such tenants are active (an op written ``urgent`` waits, or was queued or committed in
-the last ``yield_s``), a batch is also kept short: at most ``yield_batch`` ops besides those of
-the urgent lane, one of them a new submission at least when one waits (so a batch may then
-carry one submission, not ``max_new``). On SQLite a batch of 1 op commits in about 0.4 ms, of
-5–16 in 1.2 ms, of 17–64 in 1.8 ms (p50, measured under the short burst of
-``benchmarks/fairness.py``): an urgent op that comes while a batch commits waits for all of it,
-so every other op (mostly the borrower's) then commits in more, smaller transactions, only
-while the others are there to be kept waiting; with nobody else active batches are as long as
-ever. A submission written ``urgent`` (a tenant within its share, while another borrows) goes
-in the urgent lane, not in the round-robin queues behind the borrower's thousands: the ingest
-gate (:mod:`tenantflow.engine.ingest`) has at most a few of a tenant's submissions in progress
-while others run, so they cannot flood the lane.
+While such tenants are active (an op written ``urgent`` waits, or was queued or committed in the
+last ``yield_s``), a batch is also kept short: at most ``yield_batch`` ops besides those of the
+urgent lane, one of them a new submission at least when one waits (so a batch may then carry one
+submission from the round-robin queues, not ``max_new``). On SQLite a batch of 1 op commits in
+about 0.4 ms, of 5–16 in 1.2 ms, of 17–64 in 1.8 ms (p50, measured under the short burst of
+``benchmarks/fairness.py``): an urgent op that comes while a batch commits waits for all of it, so
+every other op (mostly the borrower's) then commits in more, smaller transactions, only while the
+others are there to be kept waiting; with nobody else active batches are as long as ever.
+
+A submission written ``urgent`` goes in the urgent lane as it is, not in the round-robin queues
+behind the borrower's thousands. The engine writes one so only when its tenant is within its
+share while another borrows slots in the same process, and only once it passed the ingest gate
+(:mod:`tenantflow.engine.ingest`), which lets 4 of a tenant's submissions be in progress while
+others run (up to 64 taken before they did may still be); a child run's goes round-robin.
 
 Maintenance (the retention purge) goes through :meth:`Writer.maintain`, the background lane:
 such an op is committed in a transaction of its own, when no other op waits; an op of a running
@@ -51,9 +54,9 @@ the retention purge sizes its transactions to about 2 ms of the store's time
 (:meth:`~tenantflow.engine.tenants.Tenants.purge_runs`), and what an op that meets one waits
 for is its length, not how often they come.
 
-New submissions wait in one FIFO queue per tenant and a batch takes them round-robin, one tenant
-at a time: a tenant's 5,000 queued submissions put another tenant's next submission behind at
-most one of them per batch, not behind all 5,000.
+New submissions not written ``urgent`` wait in one FIFO queue per tenant and a batch takes them
+round-robin, one tenant at a time: a tenant's 5,000 queued submissions put another tenant's next
+submission behind at most one of them per batch, not behind all 5,000.
 
 A batch whose commit raised may have landed all the same (the connection dropped after the
 commit): every waiter gets the error, and ``on_failed`` is told which ops were in the batch, so
