@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tenantflow.adapters.nats.queue import JetStreamQueue
+from tenantflow.errors import ConfigurationError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -148,7 +149,5 @@ def test_an_agent_has_half_its_slots_as_express_slots_unless_told() -> None:
 
 
 def test_negative_express_slots_are_refused() -> None:
-    from tenantflow.errors import ConfigurationError
-
     with pytest.raises(ConfigurationError, match="express must be >= 0"):
         JetStreamQueue(None, express=-1)  # type: ignore[arg-type]  # (refused before use)

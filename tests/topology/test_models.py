@@ -19,6 +19,7 @@ from tenantflow.sim.placements import (
     projection_table,
 )
 from tenantflow.topology.advise import Profile, advise
+from tenantflow.topology.compare import waited_out
 from tenantflow.topology.workload import load_workload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,8 +159,6 @@ def test_advice_follows_the_seed() -> None:
 
 
 def test_a_probe_waited_out_an_outage_longer_than_a_run_takes() -> None:
-    from tenantflow.topology.compare import waited_out
-
     # A single process killed and back in 0.9 s (a fast machine): its probes waited it out
     # (with a fixed one-second floor this counted no tenant as affected on such a machine).
     assert waited_out(0.9, 0.93, 0.06)
