@@ -134,6 +134,7 @@ def start_agents(
     slots: int,
     step_ms: float,
     express: int | None = None,
+    eager_log: bool = False,
 ) -> None:
     """Start ``agents`` agent processes of region :data:`REGION` running the selftest's
     workload with ``step_ms`` steps, each appended to ``procs`` as it starts (a start that
@@ -149,6 +150,7 @@ def start_agents(
                 default_region=REGION,
                 slots=slots,
                 express_slots=express,
+                eager_log=eager_log,
                 env={"TF_SELFTEST_STEP_MS": f"{step_ms},{step_ms}"},
                 log_file=tmp / f"agent-{i}.log",
             ).start()
@@ -221,7 +223,7 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
         )
         await driver.start()
         agent_creds = save_credentials(creds[f"agent-{REGION}"], tmp / "agent.json")
-        agents = (args.agents, args.slots, args.step_ms, args.express_slots)
+        agents = (args.agents, args.slots, args.step_ms, args.express_slots, args.eager_log)
         start_agents(procs, url, server.url, agent_creds, tmp, *agents)
         await asyncio.sleep(3.0)  # the agents connect and sweep
         rng = random.Random(args.seed)
@@ -319,6 +321,8 @@ async def scenario(args: argparse.Namespace, *, quiet: bool, burst: int) -> dict
             "load_avg_1_5_15_at_end": _load(),
             "redelivered": sum(s["redelivered"] for s in stats),
             "consumers_created": sum(s["consumers_created"] for s in stats),
+            "log_shipped": sum(s["log_versions_shipped"] for s in stats),
+            "log_deferred": sum(s["log_deferred"] for s in stats),
             **phases,
         }
     finally:
@@ -338,6 +342,12 @@ async def main(argv: list[str]) -> int:
         type=int,
         default=None,
         help="Each agent's express slots (default: the agent's, half of --slots; 0: none).",
+    )
+    parser.add_argument(
+        "--eager-log",
+        action="store_true",
+        help="The agents ship every decision's log entry, even under a backlog (their"
+        " --eager-log; by default a decision that hands its run on leaves it to the next).",
     )
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--quiet-tenants", type=int, default=8)

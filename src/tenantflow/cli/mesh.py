@@ -64,6 +64,23 @@ def agent(
             " (default: half of --slots, at least 1; 0: none).",
         ),
     ] = None,
+    eager_log: Annotated[
+        bool,
+        typer.Option(
+            "--eager-log",
+            help="Ship every decision's log entry at once, even while this agent has a backlog"
+            " (by default a decision that hands its run on leaves it to the next one then).",
+        ),
+    ] = False,
+    log_lag: Annotated[
+        float,
+        typer.Option(
+            "--log-lag",
+            min=0.01,
+            help="The longest, in seconds, a run's log is left to a later decision under a"
+            " backlog before this agent ships it.",
+        ),
+    ] = 10.0,
     lease: Annotated[
         float, typer.Option("--lease", min=0.5, help="Seconds a step lease lasts.")
     ] = 30.0,
@@ -107,6 +124,8 @@ def agent(
             kinds=wanted,
             slots=slots,
             express_slots=express_slots,
+            defer_log=not eager_log,
+            log_lag_s=log_lag,
             lease_s=lease,
             ack_wait_s=ack_wait,
             default_region=default_region,

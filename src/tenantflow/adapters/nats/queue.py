@@ -113,6 +113,9 @@ class _Puller:
     tenant: str
     kind: str
     buffered: int = 0
+    pending: int = 0
+    """Items the server had left for the consumer after the last one fetched, less those a
+    fetch in flight may take; 0 after a fetch that found nothing."""
     room: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -211,6 +214,12 @@ class JetStreamQueue:
         """Make every ack settled from now on wait for ``task`` too (as for a publish)."""
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether work waits for this process: an item fetched and not handed out yet, or
+        items the server had left for one of its consumers after the last one fetched."""
+        return self.scheduler.total_queued > 0 or any(p.pending for p in self._pullers.values())
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -424,14 +433,18 @@ class JetStreamQueue:
                 try:
                     if sub is None:
                         sub = await self._bind(p)
+                    # what this fetch may take of what the server had left: no longer left
+                    p.pending = max(0, p.pending - room)
                     msgs = await sub.fetch(room, timeout=self.poll_s)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    p.pending = 0  # nothing came (another agent's pull may have taken it)
                     if time.monotonic() - idle_since >= self.idle_s and p.buffered == 0:
                         return  # idle: stop; the next beacon starts a puller again
                     continue
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # disconnected, or the consumer went away: bind again
+                    p.pending = 0  # nothing known of what waits until a fetch says
                     self.stats.pull_errors += 1
                     log.debug("pull %s/%s failed: %s", p.tenant, p.kind, exc)
                     if sub is not None:
@@ -461,6 +474,7 @@ class JetStreamQueue:
             self._spawn(msg.nak(delay=not_before - time.time()))
             return
         meta = msg.metadata
+        p.pending = int(meta.num_pending or 0)
         key = f"{meta.stream}:{meta.sequence.stream}"
         delivery = JetStreamDelivery(self, msg, data, key)
         delivery.puller = (p.region.name, p.tenant, p.kind)

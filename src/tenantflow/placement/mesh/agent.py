@@ -42,7 +42,7 @@ from tenantflow.adapters.nats.subjects import KINDS, Region
 from tenantflow.domain.ids import DEFAULT_STORE
 from tenantflow.engine.config import EngineConfig
 from tenantflow.engine.engine import Engine
-from tenantflow.placement.mesh.driver import MeshDriver
+from tenantflow.placement.mesh.driver import LOG_LAG_S, MeshDriver
 from tenantflow.placement.mesh.gateway import MeshGateway
 
 __all__ = [
@@ -88,6 +88,11 @@ class AgentOptions:
     express_slots: int | None = None
     """Slots beyond ``slots`` for tenants with no step running in this agent (None: half of
     ``slots``, at least 1; see ``adapters/nats/queue.py``)."""
+    defer_log: bool = True
+    """While the agent has a backlog, leave the log of a decision that hands its run on to the
+    steps it published (``MeshDriver(defer_log=...)``; False: every decision ships its log)."""
+    log_lag_s: float = LOG_LAG_S
+    """The longest the agent leaves a run's log so (``MeshDriver(log_lag_s=...)``)."""
 
 
 async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]:
@@ -144,6 +149,8 @@ async def open_agent(options: AgentOptions) -> tuple[MeshDriver, Engine, Fabric]
         owner=owner,
         lease_s=options.lease_s,
         concurrency=options.slots + express_slots(options),
+        defer_log=options.defer_log,
+        log_lag_s=options.log_lag_s,
     )
     holder.append(driver)
     await driver.start()
@@ -216,6 +223,8 @@ def agent_stats(driver: MeshDriver) -> dict[str, Any]:
         "completions_lost_race": driver.guard.lost,
         "republished": driver.republished,
         "log_versions_shipped": driver.shipped,
+        "log_deferred": driver.deferred,
+        "log_caught_up": driver.caught_up,
         "policy_versions": driver.policy_versions,
         **_limit_stats(driver),
     }
@@ -235,6 +244,7 @@ def _limit_stats(driver: MeshDriver) -> dict[str, Any]:
 
 
 async def close_agent(driver: MeshDriver, engine: Engine, fabric: Fabric) -> None:
+    driver.ship_owed()  # the logs it left to later decisions (the queue's close waits for them)
     log.info("stats %s", json.dumps(agent_stats(driver)))
     for board in driver.boards:
         await board.close()

@@ -20,7 +20,14 @@ executor, decider, gateway, saga and fenced store ops as every other placement) 
   version is appended to the run's chain with an expected-last-subject-sequence check (the entry
   names the events it covers, so a second shipper publishes only newer ones, and carries a
   snapshot of the run, its steps, and the events and state versions it covers, from which
-  :mod:`.projector` builds the API's read model).
+  :mod:`.projector` builds the API's read model). While work waits for the agent (an item
+  fetched and not handed out, or more left on the server for one of its consumers), a
+  decision that published other steps of its run to run at once and did not end the run
+  ships nothing: a later decision of the run that ships (any agent's: a run's end, a park, a
+  decision that publishes nothing, one made with no backlog) ships every event since the last
+  entry. An agent ships a run's log it left once ``log_lag_s`` (10 s) has passed, at its next
+  decision of the run or by a catch-up, and when it closes; so under a backlog the read model
+  may show a running run up to about ``log_lag_s`` late (``defer_log``).
 * **Run control.** A submission may carry an idempotency key (a second submission with it
   answers the first run); a step may start child runs (``ctx.delegate``: the child is recorded
   with its parent and an idempotency key naming the parent's call, the parent's step waits
@@ -49,8 +56,9 @@ import contextvars
 import json
 import logging
 import os
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tenantflow.adapters.nats.log import ExecutionLog
@@ -77,6 +85,7 @@ from tenantflow.engine.execution.outcomes import AttemptOutcome, AwaitingChild, 
 from tenantflow.engine.execution.scope import Services
 from tenantflow.engine.gateway import human_response
 from tenantflow.errors import (
+    ConfigurationError,
     ConflictError,
     NotFoundError,
     ResidencyError,
@@ -91,6 +100,26 @@ log = logging.getLogger("tenantflow.mesh")
 
 BEAT_S = 2.0
 """How often an agent publishes its heartbeat."""
+
+LOG_LAG_S = 10.0
+"""The longest an agent leaves a run's log to a later decision (``MeshDriver(log_lag_s=...)``)."""
+
+
+@dataclass
+class _Decided:
+    """What the decision being committed in this task did, as the log's shipper needs it."""
+
+    handed_on: set[tuple[str, str]] = field(default_factory=set)
+    """The steps (run, key) it published to run at once."""
+    ended: bool = False
+    """Whether it ended the run."""
+    committed: bool = False
+    """Whether a decision was committed (a lost fan-out's gather, see ``_gather_if_lost``)."""
+
+
+_DECIDING: contextvars.ContextVar[_Decided | None] = contextvars.ContextVar(
+    "tenantflow_mesh_deciding", default=None
+)
 
 
 def beat_subject(region: str, owner: str) -> str:
@@ -165,6 +194,10 @@ class MeshDriver(BrokerDriver):
 
     Args:
         default_region: the mesh region of tenants whose policy names none.
+        defer_log: while this agent has a backlog, leave the log of a decision that hands the
+            run on to the steps it published (see the module doc); False: every decision ships.
+        log_lag_s: the longest a run's log is left so by this agent: a decision of a run whose
+            log it has left for this long ships, and so does a catch-up every quarter of it.
         (the rest as :class:`BrokerDriver`)
     """
 
@@ -175,6 +208,8 @@ class MeshDriver(BrokerDriver):
         bus: JetStreamQueue,
         default_region: str,
         workflows: Iterable[WorkflowSpec],
+        defer_log: bool = True,
+        log_lag_s: float = LOG_LAG_S,
         **options: Any,
     ) -> None:
         super().__init__(stores, bus=bus, workflows=workflows, **options)
@@ -196,13 +231,28 @@ class MeshDriver(BrokerDriver):
         self.boards: list[Any] = []
         self.policy_versions: dict[str, int] = {}
         """The policy version applied per tenant (from the policy bucket)."""
+        if not log_lag_s > 0:  # also refuses NaN
+            raise ConfigurationError(
+                f"log_lag_s must be > 0, not {log_lag_s!r}", field="log_lag_s", value=log_lag_s
+            )
+        self.defer_log = defer_log
+        self.log_lag_s = log_lag_s
+        self._owed: dict[str, tuple[str, float]] = {}
+        """run -> (tenant, since when): runs whose log this process left to a later decision
+        and has not shipped since (monotonic seconds)."""
         self.shipped = 0
+        self.deferred = 0
+        """Decisions whose log was left to the run's next decision (see the module doc)."""
+        self.caught_up = 0
+        """Runs whose log was shipped because it had been left for ``log_lag_s``."""
         self.republished = 0
 
     async def start(self) -> None:
         await super().start()
         if self.queue.regions:  # it consumes: an agent
             self._spawn(self._beat())
+            if self.defer_log:
+                self._spawn(self._catch_up_forever())
 
     def beat(self) -> dict[str, Any]:
         """What this driver's heartbeat says (see the module doc)."""
@@ -506,6 +556,9 @@ class MeshDriver(BrokerDriver):
     ) -> None:
         spec = self._spec_of_run.get(run_id)
         region = self.region_of(tenant)
+        deciding = _DECIDING.get()
+        if deciding is not None and delay_s <= 0:
+            deciding.handed_on.update((run_id, key) for key in keys)
         for key in keys:
             kind = "function"
             if spec is not None:
@@ -596,12 +649,79 @@ class MeshDriver(BrokerDriver):
     async def _decide(
         self, run: ActiveRun, version: int, att: Any, outcome: AttemptOutcome, region: str
     ) -> bool:
-        committed = await super()._decide(run, version, att, outcome, region)
-        if committed:  # off the successors' path, but before this delivery's ack
-            self.queue.hold_acks(self._spawn(self._ship_soon(run.tenant_id, run.id)))
+        deciding = _Decided()
+        token = _DECIDING.set(deciding)
+        try:
+            committed = await super()._decide(run, version, att, outcome, region)
+        finally:
+            _DECIDING.reset(token)
+        if committed:
+            if self._defers(run.id, att.key, deciding):
+                self.deferred += 1
+                self._owed.setdefault(run.id, (run.tenant_id, time.monotonic()))
+            else:  # off the successors' path, but before this delivery's ack
+                self.queue.hold_acks(self._spawn(self._ship_soon(run.tenant_id, run.id)))
             if isinstance(outcome, AwaitingChild):  # the child may have ended meanwhile
                 await self._child_ended(run, att.key, outcome.error.run_id)
         return committed
+
+    def _defers(self, run_id: str, key: str, deciding: _Decided) -> bool:
+        """Whether the log of the decision just committed (on the run's step ``key``) is left
+        to the run's next decision: only while work waits for this agent, and only for a
+        decision that published other steps of the run to run at once and did not end it (see
+        the module doc)."""
+        owed = self._owed.get(run_id)
+        return (
+            self.defer_log
+            and not deciding.ended
+            and any(r == run_id and k != key for r, k in deciding.handed_on)
+            and self.queue.backlogged
+            and (owed is None or time.monotonic() - owed[1] < self.log_lag_s)
+        )
+
+    def ship_owed(self, older_than_s: float = 0.0) -> int:
+        """Ship the log of every run whose log this process left to a later decision at least
+        ``older_than_s`` ago and has not shipped since (the acks settled from now on wait for
+        them, and :meth:`JetStreamQueue.flush` does); how many."""
+        now = time.monotonic()
+        due = [(r, t) for r, (t, since) in self._owed.items() if now - since >= older_than_s]
+        for run_id, tenant in due:
+            del self._owed[run_id]
+            self.queue.hold_acks(self._spawn(self._ship_soon(tenant, run_id)))
+        self.caught_up += len(due)
+        return len(due)
+
+    async def _catch_up_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.log_lag_s / 4)
+            self.ship_owed(self.log_lag_s)
+
+    async def _commit(self, run: ActiveRun, decision: Any, region: str) -> bool:
+        committed = await super()._commit(run, decision, region)
+        deciding = _DECIDING.get()
+        if committed and deciding is not None:
+            deciding.committed = True
+        return committed
+
+    async def _gather_if_lost(
+        self, store: Store, tenant: str, run_id: str, policy: Policy, key: str, region: str
+    ) -> None:
+        # A gather committed here is a decision like any other: its log is shipped (before
+        # this delivery's ack), or nothing would ship the run's end it may have written.
+        deciding = _Decided()
+        token = _DECIDING.set(deciding)
+        try:
+            await super()._gather_if_lost(store, tenant, run_id, policy, key, region)
+        finally:
+            _DECIDING.reset(token)
+        if deciding.committed:
+            self.queue.hold_acks(self._spawn(self._ship_soon(tenant, run_id)))
+
+    def _ended(self, run: Any) -> None:
+        deciding = _DECIDING.get()
+        if deciding is not None:
+            deciding.ended = True
+        super()._ended(run)
 
     async def _child_ended(self, run: ActiveRun, key: str, child_id: str) -> None:
         """After a step parked waiting for a child: if the child ended before the park was
@@ -618,6 +738,7 @@ class MeshDriver(BrokerDriver):
     async def _ship_soon(self, tenant: str, run_id: str) -> None:
         """Ship the run's log; one shipper per run at a time in this process (a request while
         one runs makes it go round again), retried while the server is away."""
+        self._owed.pop(run_id, None)  # what this process left is read by the ship below
         if run_id in self._shipping:
             self._shipping[run_id] = True
             return
@@ -641,6 +762,7 @@ class MeshDriver(BrokerDriver):
 
     def _finished(self, run_id: str) -> None:
         super()._finished(run_id)
+        self._owed.pop(run_id, None)  # its end ships everything
         spec = self._spec_of_run.pop(run_id, None)
         del spec
 

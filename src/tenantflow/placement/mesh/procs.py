@@ -26,6 +26,7 @@ class AgentProcess:
     kinds: str = "function,agent,review"
     slots: int = 8
     express_slots: int | None = None
+    eager_log: bool = False
     lease_s: float = 30.0
     ack_wait_s: float = 30.0
     env: Mapping[str, str] = field(default_factory=dict)
@@ -57,6 +58,8 @@ class AgentProcess:
         ]
         if self.express_slots is not None:
             args += ["--express-slots", str(self.express_slots)]
+        if self.eager_log:
+            args.append("--eager-log")
         if self.creds_file is not None:
             args += ["--nats-creds", os.fspath(self.creds_file)]
         for app in self.apps:
