@@ -85,9 +85,9 @@ async def test_a_backlogged_agent_leaves_a_handing_on_decisions_log_to_the_next(
     shipped, deferred, entries = await _drive(mesh_server, admin, postgres_url, 6, defer_log=True)
     # The first run's first decision already met the five other runs waiting on the server.
     assert deferred >= 1
-    # Every run's log: its submission's entry, then one a ship of the agent's (a ship asked for
-    # while the run's last one ran goes round once more and appends only if there is more),
-    # and at least the entry of its end.
+    # Every run's log: its submission's entry, then an entry for each of the agent's ships that
+    # found more to ship (one asked for while the run's last ran goes round once more and
+    # appends only if there is more), at least the one of its end.
     assert sum(entries) == 6 + shipped
     assert shipped <= 6 * len(STEPS) - deferred
     assert all(n >= 2 for n in entries)
