@@ -69,7 +69,7 @@ def agent(
         typer.Option(
             "--eager-log",
             help="Ship every decision's log entry at once, even while this agent has a backlog"
-            " (by default a decision that hands its run on leaves it to the next one then).",
+            " (by default a decision that hands its run on leaves it to a later one then).",
         ),
     ] = False,
     log_lag: Annotated[
