@@ -22,8 +22,10 @@ Scenarios, each on a fresh schema and a fresh NATS store:
 
 Printed: quiet p99 with burst / without (target <= 1.2), burster drain speed with quiet traffic /
 alone (target >= 0.8, work-conserving), steps/s, hop latency p50/p99 (work item published ->
-delivered to an agent, from the agents' own counters), RSS and sockets per agent. On a shared,
-loaded machine these numbers are noisy: run it more than once and report every run.
+delivered to an agent, from the agents' own counters), RSS and sockets per agent, and the log
+entries the agents shipped and the decisions whose entry they left to a later one
+(``--eager-log``: none). On a shared, loaded machine these numbers are noisy: run it more than
+once and report every run.
 """
 
 from __future__ import annotations
@@ -347,7 +349,7 @@ async def main(argv: list[str]) -> int:
         "--eager-log",
         action="store_true",
         help="The agents ship every decision's log entry, even under a backlog (their"
-        " --eager-log; by default a decision that hands its run on leaves it to the next).",
+        " --eager-log; by default a decision that hands its run on leaves it to a later one).",
     )
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--quiet-tenants", type=int, default=8)
