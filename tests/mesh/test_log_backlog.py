@@ -1,5 +1,5 @@
 """The execution log under a backlog: while work waits for an agent, a decision that hands its
-run on to the steps it published leaves its log entry to the run's next decision, whose
+run on to the steps it published leaves its log entry to a later decision of the run, whose
 shipper publishes every event after the last one shipped. The log of every run still ends
 complete (each store event a fact, once and in order; the last state entry at the run's last
 version, covering its last event), and with no backlog, or ``defer_log`` off, every decision

@@ -242,7 +242,7 @@ class MeshDriver(BrokerDriver):
         and has not shipped since (monotonic seconds)."""
         self.shipped = 0
         self.deferred = 0
-        """Decisions whose log was left to the run's next decision (see the module doc)."""
+        """Decisions whose log was left to a later decision of the run (see the module doc)."""
         self.caught_up = 0
         """Runs whose log was shipped because it had been left for ``log_lag_s``."""
         self.republished = 0
@@ -667,7 +667,7 @@ class MeshDriver(BrokerDriver):
 
     def _defers(self, run_id: str, key: str, deciding: _Decided) -> bool:
         """Whether the log of the decision just committed (on the run's step ``key``) is left
-        to the run's next decision: only while work waits for this agent, and only for a
+        to a later decision of the run: only while work waits for this agent, and only for a
         decision that published other steps of the run to run at once and did not end it (see
         the module doc)."""
         owed = self._owed.get(run_id)
