@@ -117,7 +117,7 @@ async def test_with_no_backlog_every_decision_ships(
 @pytest.mark.parametrize("eager", [False, True])
 def test_eager_log_reaches_the_agent_from_its_command_line(eager: bool, monkeypatch: Any) -> None:
     """``AgentProcess(eager_log=...)`` writes ``--eager-log``, and ``tenantflow agent`` turns
-    it into ``AgentOptions(defer_log=False)``."""
+    it into ``AgentOptions(defer_log=False)``; ``--log-lag`` into ``log_lag_s``."""
     import os
 
     from typer.testing import CliRunner
@@ -138,9 +138,36 @@ def test_eager_log_reaches_the_agent_from_its_command_line(eager: bool, monkeypa
     args = proc.command()[3:]  # past `python -m tenantflow.cli.main`
     assert ("--eager-log" in args) is eager
     env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
-    result = CliRunner().invoke(app, args, env=env)
+    result = CliRunner().invoke(app, [*args, "--log-lag", "2.5"], env=env)
     assert result.exit_code == 0, result.output
-    assert [o.defer_log for o in seen] == [not eager]
+    assert [(o.defer_log, o.log_lag_s) for o in seen] == [(not eager, 2.5)]
+
+
+def test_a_log_lag_that_is_not_positive_is_refused() -> None:
+    import os
+
+    from typer.testing import CliRunner
+
+    from tenantflow.adapters.nats.queue import JetStreamQueue
+    from tenantflow.cli.main import app
+    from tenantflow.errors import ConfigurationError
+    from tenantflow.placement.mesh.driver import MeshDriver
+
+    for lag in (0.0, -1.0, float("nan")):
+        with pytest.raises(ConfigurationError, match="log_lag_s must be > 0"):
+            MeshDriver(
+                {},
+                bus=JetStreamQueue(None),  # type: ignore[arg-type]  # (refused before use)
+                default_region="eu",
+                workflows=[],
+                log_lag_s=lag,
+            )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TENANTFLOW_")}
+    args = ["agent", "--db", "postgresql://h/db", "--log-lag", "0"]
+    result = CliRunner().invoke(app, args, env=env)
+    assert result.exit_code != 0
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--log-lag" in lines[0]
 
 
 def _gated() -> tf.Workflow:

@@ -57,7 +57,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -120,6 +120,17 @@ class _Decided:
 _DECIDING: contextvars.ContextVar[_Decided | None] = contextvars.ContextVar(
     "tenantflow_mesh_deciding", default=None
 )
+
+
+@contextlib.contextmanager
+def _deciding() -> Iterator[_Decided]:
+    """Record what the decision made in this block does (see :class:`_Decided`)."""
+    decided = _Decided()
+    token = _DECIDING.set(decided)
+    try:
+        yield decided
+    finally:
+        _DECIDING.reset(token)
 
 
 def beat_subject(region: str, owner: str) -> str:
@@ -212,6 +223,10 @@ class MeshDriver(BrokerDriver):
         log_lag_s: float = LOG_LAG_S,
         **options: Any,
     ) -> None:
+        if not log_lag_s > 0:  # also refuses NaN; before anything is built
+            raise ConfigurationError(
+                f"log_lag_s must be > 0, not {log_lag_s!r}", field="log_lag_s", value=log_lag_s
+            )
         super().__init__(stores, bus=bus, workflows=workflows, **options)
         self.queue = bus
         self.express = bus.express
@@ -231,10 +246,6 @@ class MeshDriver(BrokerDriver):
         self.boards: list[Any] = []
         self.policy_versions: dict[str, int] = {}
         """The policy version applied per tenant (from the policy bucket)."""
-        if not log_lag_s > 0:  # also refuses NaN
-            raise ConfigurationError(
-                f"log_lag_s must be > 0, not {log_lag_s!r}", field="log_lag_s", value=log_lag_s
-            )
         self.defer_log = defer_log
         self.log_lag_s = log_lag_s
         self._owed: dict[str, tuple[str, float]] = {}
@@ -649,12 +660,8 @@ class MeshDriver(BrokerDriver):
     async def _decide(
         self, run: ActiveRun, version: int, att: Any, outcome: AttemptOutcome, region: str
     ) -> bool:
-        deciding = _Decided()
-        token = _DECIDING.set(deciding)
-        try:
+        with _deciding() as deciding:
             committed = await super()._decide(run, version, att, outcome, region)
-        finally:
-            _DECIDING.reset(token)
         if committed:
             if self._defers(run.id, att.key, deciding):
                 self.deferred += 1
@@ -708,12 +715,8 @@ class MeshDriver(BrokerDriver):
     ) -> None:
         # A gather committed here is a decision like any other: its log is shipped (before
         # this delivery's ack), or nothing would ship the run's end it may have written.
-        deciding = _Decided()
-        token = _DECIDING.set(deciding)
-        try:
+        with _deciding() as deciding:
             await super()._gather_if_lost(store, tenant, run_id, policy, key, region)
-        finally:
-            _DECIDING.reset(token)
         if deciding.committed:
             self.queue.hold_acks(self._spawn(self._ship_soon(tenant, run_id)))
 
