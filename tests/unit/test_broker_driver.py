@@ -342,3 +342,31 @@ async def test_the_loopback_bus_acks_naks_and_redelivers_after_the_ack_timeout()
     await asyncio.sleep(0)
     await bus.close()
     assert await waiter is None
+
+
+async def test_the_broker_names_runs_by_their_creation_time() -> None:
+    clock, us, eu = FakeClock(), InlineStore(), InlineStore()
+    async with platform(clock, us, eu) as control:
+        await create_tenants(control)
+        bus = LoopbackBus(clock, ack_wait_s=30.0)
+        driver = BrokerDriver(
+            {US: us, EU: eu},
+            home=US,
+            bus=bus,
+            clock=clock,
+            gateway=control.gateway,
+            workflows=[loan.spec],
+            seed=SEED,
+        )
+        async with driver:
+            made = []
+            for n in range(3):
+                app = application(n, "Ada", 5_000)
+                made.append(await driver.submit("regional-bank", "loan-approval", app))
+                clock.advance(1.5)
+            records = [await us.get_run("regional-bank", run_id) for run_id in made]
+        await bus.close()
+    assert sorted(made) == made
+    for record in records:
+        assert _RUN_ID.fullmatch(record.id)
+        assert int(record.id[4:16], 16) == int(record.created_at * 1000)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from tenantflow.domain import budget as budget_math
 from tenantflow.domain.contracts import contract_for
-from tenantflow.domain.ids import check_lane, check_tenant
+from tenantflow.domain.ids import check_lane, check_tenant, new_run_id
 from tenantflow.domain.policy import Policy
 from tenantflow.domain.progress import plan_to_transition
 from tenantflow.domain.records import (
@@ -164,7 +163,7 @@ class Submitter:
         await refuse_credentials(runtime, tenant, spec.name, input_json)
         await self._check_period_budget(runtime, tenant, policy)
         now = self.clock.now()
-        run_id = "run_" + secrets.token_hex(12)
+        run_id = new_run_id(now)
         pending = {s.name: StepStatus.PENDING for s in spec.steps}
         plan = advance(spec, pending, {}, value, changed=None)
         statuses = {**pending, **plan.statuses()}

@@ -41,13 +41,13 @@ import contextvars
 import json
 import logging
 import random
-import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tenantflow.domain.breaker import CircuitBreaker
 from tenantflow.domain.cluster import ENDED
 from tenantflow.domain.contracts import contract_for
+from tenantflow.domain.ids import new_review_id, new_run_id
 from tenantflow.domain.policy import Policy
 from tenantflow.domain.progress import (
     Attempt,
@@ -254,7 +254,7 @@ class BrokerDriver(BrokerParts):
             input, step="<input>", direction="input"
         )
         now = self.clock.now()
-        run_id = "run_" + secrets.token_hex(12)
+        run_id = new_run_id(now)
         pending = {s.name: StepStatus.PENDING for s in spec.steps}
         plan = advance(spec, pending, {}, value, changed=None)
         statuses = {**pending, **plan.statuses()}
@@ -486,7 +486,7 @@ class BrokerDriver(BrokerParts):
             case Succeeded(value, output_json):
                 decision = on_succeeded(view, att, value, output_json)
             case ReviewRequested(payload):
-                review_id = "rev_" + secrets.token_hex(10)
+                review_id = new_review_id()
                 decision = on_review_requested(view, att, payload, review_id)
             case RateLimited(_, resource, wait_s):
                 decision = on_rate_limited(view, att, resource, wait_s)
@@ -494,7 +494,7 @@ class BrokerDriver(BrokerParts):
                 decision = on_skipped(view, att, signal.reason)
             case Escalated(signal):
                 payload = {"reason": signal.reason, "prompt": signal.prompt[:4000]}
-                review_id = "rev_" + secrets.token_hex(10)
+                review_id = new_review_id()
                 decision = on_review_requested(
                     view,
                     att,

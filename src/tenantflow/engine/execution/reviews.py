@@ -12,12 +12,12 @@ tenant's policy says: escalate to another pool, auto-reject, or fail the step.
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tenantflow.domain.ids import new_review_id
 from tenantflow.domain.progress import (
     Attempt,
     Decision,
@@ -127,7 +127,7 @@ class ReviewSteps:
         extra: dict[str, Any] | None = None,
     ) -> None:
         """Park the step as WAITING and open its review task, in one transaction."""
-        review_id = "rev_" + secrets.token_hex(10)
+        review_id = new_review_id()
         decision = on_review_requested(view, att, payload, review_id, kind=kind, extra=extra)
         await self.commit(run, decision)
 
