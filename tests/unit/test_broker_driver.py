@@ -154,22 +154,29 @@ async def embedded() -> dict[str, Any]:
         return await fingerprint({US: us, EU: eu}, runs)
 
 
+def broker_driver(
+    control: tf.Engine, clock: FakeClock, us: Store, eu: Store, bus: LoopbackBus
+) -> BrokerDriver:
+    """The broker-shaped driver of the loan platform over the two regions' stores."""
+    return BrokerDriver(
+        {US: us, EU: eu},
+        home=US,
+        bus=bus,
+        clock=clock,
+        gateway=control.gateway,
+        workflows=[loan.spec],
+        seed=SEED,
+        lease_s=600.0,
+    )
+
+
 async def brokered() -> tuple[dict[str, Any], LoopbackBus]:
     clock, us, eu = FakeClock(), InlineStore(), InlineStore()
     # The control plane: it records the tenants and owns the stores, and drives nothing here.
     async with platform(clock, us, eu) as control:
         await create_tenants(control)
         bus = LoopbackBus(clock, ack_wait_s=30.0)
-        driver = BrokerDriver(
-            {US: us, EU: eu},
-            home=US,
-            bus=bus,
-            clock=clock,
-            gateway=control.gateway,
-            workflows=[loan.spec],
-            seed=SEED,
-            lease_s=600.0,
-        )
+        driver = broker_driver(control, clock, us, eu, bus)
         async with driver:
 
             async def submit(tenant: str, app: Application) -> str:
@@ -349,15 +356,7 @@ async def test_the_broker_names_runs_by_their_creation_time() -> None:
     async with platform(clock, us, eu) as control:
         await create_tenants(control)
         bus = LoopbackBus(clock, ack_wait_s=30.0)
-        driver = BrokerDriver(
-            {US: us, EU: eu},
-            home=US,
-            bus=bus,
-            clock=clock,
-            gateway=control.gateway,
-            workflows=[loan.spec],
-            seed=SEED,
-        )
+        driver = broker_driver(control, clock, us, eu, bus)
         async with driver:
             made = []
             for n in range(3):
