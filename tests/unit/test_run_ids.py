@@ -11,7 +11,7 @@ import pytest
 
 import tenantflow as tf
 from tenantflow.adapters.sqlite import SqliteStore
-from tenantflow.domain.ids import new_run_id
+from tenantflow.domain.ids import new_review_id, new_run_id
 from tenantflow.testing import FakeClock
 
 _ID = re.compile(r"^run_[0-9a-f]{24}$")
@@ -33,6 +33,12 @@ def test_ids_made_in_the_same_millisecond_differ() -> None:
     ids = {new_run_id(1_800_000_000.0) for _ in range(20_000)}
     assert len(ids) == 20_000
     assert len({i[4:16] for i in ids}) == 1
+
+
+def test_review_ids_are_random() -> None:
+    ids = {new_review_id() for _ in range(1_000)}
+    assert len(ids) == 1_000
+    assert all(re.fullmatch(r"rev_[0-9a-f]{20}", i) for i in ids)
 
 
 @pytest.mark.parametrize("now", [0.0, -1.0, 1e20])
